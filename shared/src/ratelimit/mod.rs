@@ -1,0 +1,55 @@
+//! Rate limiting: GCRA decisions per key.
+//!
+//! [`RateLimiter`] is implemented by [`local::LocalRateLimiter`] (`governor`, in memory) and,
+//! later, by Redis; both must pass [`conformance`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub mod local;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+/// A limit: a sustained rate plus a burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RateLimit {
+    /// Sustained requests per second (≥ 1).
+    pub per_second: u32,
+    /// Requests admitted at once from idle (≥ 1).
+    pub burst: u32,
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    /// Whether the request is admitted.
+    pub allowed: bool,
+    /// The limit's burst (for `RateLimit-Limit`).
+    pub limit: u32,
+    /// Requests that could still be admitted right now.
+    pub remaining: u32,
+    /// When the bucket is full again (for `RateLimit-Reset`).
+    pub reset_after: Duration,
+    /// When to retry, if refused (for `Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+/// Errors of a rate limiter backend.
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitError {
+    /// A limit with a zero rate or burst.
+    #[error("invalid rate limit: per_second and burst must be at least 1")]
+    InvalidLimit,
+    /// The backend failed.
+    #[error("rate limiter: {0}")]
+    Backend(String),
+}
+
+/// Decides whether a request under `key` is admitted by `limit`.
+#[async_trait]
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Counts one request against `key` and decides.
+    async fn check(&self, key: &str, limit: RateLimit) -> Result<RateDecision, RateLimitError>;
+}

@@ -1,0 +1,203 @@
+//! The metadata store: functions and their versions, invocation records, logs and API keys.
+//!
+//! [`MetadataStore`] is implemented by [`sqlite::SqliteStore`] (embedded) and, later, by a
+//! PostgreSQL store; both must pass [`conformance`].
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::function::Function;
+use crate::ids::InvocationId;
+use crate::invocation::{InvocationLogs, InvocationResult, InvocationStatus};
+use crate::names::{FunctionName, Namespace};
+
+pub mod sqlite;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+/// Errors of a metadata store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key already exists (a function name, a version, an invocation id).
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// The row to update does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A cursor that this store did not issue.
+    #[error("invalid cursor")]
+    InvalidCursor,
+    /// The backend failed.
+    #[error("metadata store: {0}")]
+    Backend(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items, in listing order.
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Filter of [`MetadataStore::list_invocations`].
+#[derive(Debug, Clone, Default)]
+pub struct InvocationFilter {
+    /// Only this function.
+    pub function: Option<FunctionName>,
+    /// Only this status.
+    pub status: Option<InvocationStatus>,
+}
+
+/// What a key may do. Roles beyond `admin` arrive with the security issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Deploy, update, delete, invoke and read in its namespace.
+    Developer,
+    /// Invoke and read results in its namespace.
+    Invoker,
+}
+
+impl Role {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Developer => "developer",
+            Role::Invoker => "invoker",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "developer" => Some(Role::Developer),
+            "invoker" => Some(Role::Invoker),
+            _ => None,
+        }
+    }
+}
+
+/// A stored API key: never the key itself, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Public id of the key.
+    pub id: String,
+    /// Human label.
+    pub name: String,
+    /// Hex SHA-256 of the full key.
+    pub key_hash: String,
+    /// What it may do.
+    pub role: Role,
+    /// Where.
+    pub namespace: Namespace,
+    /// Created at.
+    pub created_at: DateTime<Utc>,
+    /// Expires at, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Revoked at, if revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Storage of everything but code.
+///
+/// Every method is scoped by namespace: a row of another namespace is indistinguishable from
+/// an absent one.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Checks the backend is reachable.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts version 1 of a new function. `Conflict` if the name exists in the namespace.
+    async fn create_function(&self, function: &Function) -> Result<(), StoreError>;
+
+    /// Appends a version. `function.version` must be the latest + 1 (`Conflict` otherwise,
+    /// e.g. a concurrent update won); `NotFound` if the function does not exist.
+    async fn add_version(&self, function: &Function) -> Result<(), StoreError>;
+
+    /// The latest version, or the given one.
+    async fn get_function(
+        &self,
+        namespace: &Namespace,
+        name: &FunctionName,
+        version: Option<u32>,
+    ) -> Result<Option<Function>, StoreError>;
+
+    /// Latest versions of the namespace's functions, by name.
+    async fn list_functions(
+        &self,
+        namespace: &Namespace,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<Function>, StoreError>;
+
+    /// All versions of one function, oldest first (empty if it does not exist).
+    async fn list_versions(
+        &self,
+        namespace: &Namespace,
+        name: &FunctionName,
+    ) -> Result<Vec<Function>, StoreError>;
+
+    /// Deletes a function and all its versions; `false` if it did not exist.
+    async fn delete_function(
+        &self,
+        namespace: &Namespace,
+        name: &FunctionName,
+    ) -> Result<bool, StoreError>;
+
+    /// Records a new invocation (normally `queued`). `Conflict` if the id exists.
+    async fn insert_invocation(&self, record: &InvocationResult) -> Result<(), StoreError>;
+
+    /// Applies an update from a node. Fenced: it is applied only if the stored record is not
+    /// terminal with a higher attempt, and a terminal record is never replaced by a
+    /// non-terminal one of the same or a lower attempt. Returns whether it was applied.
+    async fn update_invocation(&self, record: &InvocationResult) -> Result<bool, StoreError>;
+
+    /// One invocation.
+    async fn get_invocation(
+        &self,
+        namespace: &Namespace,
+        id: &InvocationId,
+    ) -> Result<Option<InvocationResult>, StoreError>;
+
+    /// Invocations, newest first.
+    async fn list_invocations(
+        &self,
+        namespace: &Namespace,
+        filter: &InvocationFilter,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<InvocationResult>, StoreError>;
+
+    /// Stores (replaces) the captured logs of an invocation.
+    async fn put_logs(&self, id: &InvocationId, logs: &InvocationLogs) -> Result<(), StoreError>;
+
+    /// The captured logs, if any were stored.
+    async fn get_logs(
+        &self,
+        namespace: &Namespace,
+        id: &InvocationId,
+    ) -> Result<Option<InvocationLogs>, StoreError>;
+
+    /// Stores a key. `Conflict` if the id or hash exists.
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+
+    /// Replaces the key with this id (or inserts it).
+    async fn upsert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+
+    /// The key whose hash is `key_hash`, revoked or not.
+    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+}
