@@ -1,1 +1,75 @@
-fn main() {}
+//! The `fnmesh` binary: parses arguments, sets up logging and hands over to a command.
+//!
+//! The hidden `__supervisor` subcommand must run before any thread exists: libcontainer forks
+//! with a raw `clone3` that is only safe in a single-threaded process, so it is dispatched
+//! before the tokio runtime (and its threads) is built.
+
+mod args;
+mod client;
+mod commands;
+mod output;
+mod pack;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Supervisor = cli.command {
+        return ExitCode::from(fnmesh_nodes::sandbox::supervisor::main_from_env());
+    }
+    if let Command::Bench(_) = cli.command {
+        if let Err(e) = commands::bench::enter_bench_namespace() {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let as_json = cli.json;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => commands::up::run(args).await,
+            Command::Function(cmd) => commands::functions::run(cmd, as_json).await,
+            Command::Invoke(args) => commands::invocations::invoke(args, as_json).await,
+            Command::Invocation(cmd) => commands::invocations::invocation(cmd, as_json).await,
+            Command::Logs(args) => commands::invocations::logs(args, as_json).await,
+            Command::Bench(args) => commands::bench::run(args).await,
+            Command::Supervisor => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Readable logs on stderr by default; JSON with `FNMESH_LOG_FORMAT=json`; level from
+/// `FNMESH_LOG` (default `info`).
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FNMESH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("FNMESH_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

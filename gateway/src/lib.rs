@@ -1,1 +1,28 @@
+//! The fnmesh HTTP gateway: API v1 over warp.
+//!
+//! It validates and stores functions (code normalised by [`fnmesh_shared::archive`] and kept in
+//! the code store), accepts invocations — records them `queued`, publishes them on the bus and,
+//! for sync calls, waits for the outcome on an inbox — and runs the [`recorder`] that persists
+//! node events and dead letters. Every `/v1` route needs an API key ([`auth`]) and is rate
+//! limited per key; errors are rendered in one place ([`error`]).
+//!
+//! The map of the crate: [`routes`] is the filter tree; one module per operation under
+//! [`functions`] and [`invocations`]; [`body`] reads capped bodies; [`server`] binds, serves and
+//! drains.
 
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod functions;
+pub mod health;
+pub mod invocations;
+pub mod recorder;
+pub mod routes;
+pub mod server;
+pub mod state;
+
+pub use config::GatewayConfig;
+pub use error::{ApiError, GatewayError};
+pub use server::Gateway;
+pub use state::Backends;

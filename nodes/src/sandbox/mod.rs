@@ -7,7 +7,12 @@
 //! - [`BundleRequest`] + `spec::write_bundle` turn a function's limits into a hardened
 //!   `config.json`.
 
+pub mod cgroup;
+pub mod fake;
+pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
+pub mod supervisor;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;

@@ -1,7 +1,23 @@
 //! The hardened OCI runtime spec (`config.json`) of a sandbox.
+//!
+//! [`write_bundle`] turns a [`BundleRequest`] into a `config.json` that libcontainer 0.7 and
+//! `crun run` both accept: a read-only root built from the shared skeleton (see `rootfs`), host
+//! `/usr` and a few `/etc` files bound read-only, the function code at `/var/task`, a size-capped
+//! `/tmp`; new pid, network, ipc, uts and mount namespaces; no capabilities, `noNewPrivileges`,
+//! a non-root user, rlimits, cgroup limits (memory without swap, pids, cpu, devices) and the
+//! seccomp allowlist of `seccomp`. `/sys` is not mounted.
+//!
+//! `process.oomScoreAdj` is deliberately absent: libcontainer would also apply it to the process
+//! that creates the container (the supervisor).
 
+use std::fs;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use serde_json::{json, Value};
+
+use super::rootfs::ETC_FILES;
+use super::seccomp::{self, MaskedEqOrder};
 use super::SandboxError;
 
 /// Everything that varies between sandboxes. Paths are absolute host paths.
@@ -37,8 +53,448 @@ pub struct BundleRequest {
     pub gid: u32,
 }
 
+/// Hostname inside every sandbox.
+pub const HOSTNAME: &str = "fnmesh";
+
+/// `RLIMIT_FSIZE`: the largest file a sandbox may write.
+const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Size of the `/dev` tmpfs (device nodes only).
+const DEV_SIZE: &str = "size=65536k";
+
+/// Size of `/dev/shm`.
+const SHM_SIZE: &str = "size=65536k";
+
+/// CFS period the CPU quota is expressed in, in microseconds.
+const CPU_PERIOD_US: u64 = 100_000;
+
 /// Writes `<bundle_dir>/config.json` for `req`, creating `bundle_dir`.
+///
+/// The file is written to a temporary name and renamed, so a reader never sees half of it.
+/// The seccomp profile is laid out for libcontainer; see [`write_bundle_for`] for runc/crun.
 pub fn write_bundle(bundle_dir: &Path, req: &BundleRequest) -> Result<(), SandboxError> {
-    let _ = (bundle_dir, req);
-    Err(SandboxError::Supervisor("not written yet".into()))
+    write_bundle_for(bundle_dir, req, MaskedEqOrder::Libcontainer)
+}
+
+/// [`write_bundle`] for a runtime that reads seccomp masked comparisons in `order`
+/// ([`MaskedEqOrder::Oci`] for `crun run`/`runc run`: libcontainer 0.7 swaps mask and datum,
+/// and with the wrong order the `clone` rule allows namespace flags).
+pub fn write_bundle_for(
+    bundle_dir: &Path,
+    req: &BundleRequest,
+    order: MaskedEqOrder,
+) -> Result<(), SandboxError> {
+    let config = config_json_for(req, order)?;
+    fs::create_dir_all(bundle_dir)?;
+    let text = serde_json::to_vec_pretty(&config).map_err(io::Error::other)?;
+    let tmp = bundle_dir.join(".config.json.tmp");
+    {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(&text)?;
+    }
+    fs::rename(&tmp, bundle_dir.join("config.json"))?;
+    Ok(())
+}
+
+fn invalid(message: String) -> SandboxError {
+    SandboxError::Io(io::Error::new(io::ErrorKind::InvalidInput, message))
+}
+
+fn check(req: &BundleRequest) -> Result<(), SandboxError> {
+    for (what, path) in [
+        ("rootfs", &req.rootfs),
+        ("code_dir", &req.code_dir),
+        ("runtime_dir", &req.runtime_dir),
+    ] {
+        if !path.is_absolute() {
+            return Err(invalid(format!(
+                "bundle {what} {} is not absolute",
+                path.display()
+            )));
+        }
+    }
+    if !req.cgroup_path.starts_with('/') || req.cgroup_path.contains("..") {
+        return Err(invalid(format!(
+            "bundle cgroup path {:?} must be absolute without \"..\"",
+            req.cgroup_path
+        )));
+    }
+    if req.args.first().is_none_or(|a| !a.starts_with('/')) {
+        return Err(invalid(format!(
+            "bundle args {:?} must start with an absolute path",
+            req.args
+        )));
+    }
+    if req.uid == 0 || req.gid == 0 {
+        return Err(invalid("bundle user must not be root".to_owned()));
+    }
+    if req.memory_mb == 0 || req.pids_limit == 0 || req.tmp_mb == 0 {
+        return Err(invalid(
+            "bundle memory_mb, pids_limit and tmp_mb must be positive".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// The `config.json` document for `req`, for libcontainer.
+pub fn config_json(req: &BundleRequest) -> Result<Value, SandboxError> {
+    config_json_for(req, MaskedEqOrder::Libcontainer)
+}
+
+/// The `config.json` document for `req`, for a runtime reading masked comparisons in `order`.
+pub fn config_json_for(req: &BundleRequest, order: MaskedEqOrder) -> Result<Value, SandboxError> {
+    check(req)?;
+    let memory_bytes = u64::from(req.memory_mb) * 1024 * 1024;
+    let mut resources = json!({
+        "devices": device_rules(),
+        "memory": { "limit": memory_bytes, "swap": memory_bytes },
+        "pids": { "limit": req.pids_limit },
+    });
+    if req.cpu_millis > 0 {
+        resources["cpu"] = json!({
+            "quota": u64::from(req.cpu_millis) * CPU_PERIOD_US / 1000,
+            "period": CPU_PERIOD_US,
+        });
+    }
+
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "root": { "path": req.rootfs, "readonly": true },
+        "hostname": HOSTNAME,
+        "process": {
+            "terminal": false,
+            "user": { "uid": req.uid, "gid": req.gid, "additionalGids": [req.gid] },
+            "args": req.args,
+            "env": req.env,
+            "cwd": req.cwd,
+            "noNewPrivileges": true,
+            "capabilities": {
+                "bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": [],
+            },
+            "rlimits": [
+                { "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 },
+                { "type": "RLIMIT_CORE", "hard": 0, "soft": 0 },
+                { "type": "RLIMIT_FSIZE", "hard": MAX_FILE_BYTES, "soft": MAX_FILE_BYTES },
+            ],
+        },
+        "mounts": mounts(req),
+        "linux": {
+            "namespaces": [
+                { "type": "pid" },
+                { "type": "network" },
+                { "type": "ipc" },
+                { "type": "uts" },
+                { "type": "mount" },
+            ],
+            "cgroupsPath": req.cgroup_path,
+            "resources": resources,
+            "devices": devices(),
+            "maskedPaths": [
+                "/proc/acpi",
+                "/proc/asound",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/proc/scsi",
+                "/sys/firmware",
+                "/sys/devices/virtual/powercap",
+            ],
+            "readonlyPaths": [
+                "/proc/bus",
+                "/proc/fs",
+                "/proc/irq",
+                "/proc/sys",
+                "/proc/sysrq-trigger",
+            ],
+            "seccomp": seccomp::profile_for(order),
+        },
+    }))
+}
+
+fn mount(destination: &str, kind: &str, source: &str, options: &[&str]) -> Value {
+    json!({ "destination": destination, "type": kind, "source": source, "options": options })
+}
+
+fn mounts(req: &BundleRequest) -> Vec<Value> {
+    let tmp_size = format!("size={}m", req.tmp_mb);
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", DEV_SIZE],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", SHM_SIZE],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount("/usr", "bind", "/usr", &["rbind", "ro", "nosuid", "nodev"]),
+    ];
+    for file in ETC_FILES {
+        let host = Path::new("/etc").join(file);
+        if host.exists() {
+            mounts.push(json!({
+                "destination": host,
+                "type": "bind",
+                "source": host,
+                "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+            }));
+        }
+    }
+    mounts.push(json!({
+        "destination": "/var/task",
+        "type": "bind",
+        "source": req.code_dir,
+        "options": ["rbind", "ro", "nosuid", "nodev"],
+    }));
+    mounts.push(json!({
+        "destination": "/var/runtime",
+        "type": "bind",
+        "source": req.runtime_dir,
+        "options": ["rbind", "ro", "nosuid", "nodev"],
+    }));
+    mounts.push(json!({
+        "destination": "/tmp",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "nodev", "mode=1777", tmp_size],
+    }));
+    mounts
+}
+
+/// `(path, major, minor)` of the character devices created in `/dev`.
+const DEVICES: &[(&str, i64, i64)] = &[
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+];
+
+fn devices() -> Vec<Value> {
+    DEVICES
+        .iter()
+        .map(|(path, major, minor)| {
+            json!({
+                "path": path, "type": "c", "major": major, "minor": minor,
+                "fileMode": 0o666, "uid": 0, "gid": 0,
+            })
+        })
+        .collect()
+}
+
+/// The device cgroup: deny everything, then allow the standard devices, `/dev/ptmx` and the
+/// pseudo-terminals of the private devpts.
+fn device_rules() -> Vec<Value> {
+    let mut rules = vec![json!({ "allow": false, "access": "rwm" })];
+    for (_, major, minor) in DEVICES.iter().chain(&[("/dev/ptmx", 5, 2)]) {
+        rules.push(json!({
+            "allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm",
+        }));
+    }
+    rules.push(json!({ "allow": true, "type": "c", "major": 136, "access": "rwm" }));
+    rules
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use libcontainer::oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+    use super::*;
+
+    fn request() -> BundleRequest {
+        BundleRequest {
+            sandbox_id: "sb-1".into(),
+            rootfs: "/var/lib/fnmesh/rootfs".into(),
+            code_dir: "/var/lib/fnmesh/code/f1".into(),
+            runtime_dir: "/var/lib/fnmesh/runtimes".into(),
+            args: vec!["/usr/bin/python3".into(), "-c".into(), "print(1)".into()],
+            env: vec!["PATH=/usr/bin:/bin".into(), "FOO=bar".into()],
+            cwd: "/var/task".into(),
+            memory_mb: 128,
+            pids_limit: 64,
+            cpu_millis: 500,
+            tmp_mb: 32,
+            cgroup_path: "/fnmesh/node-a/sb-1".into(),
+            uid: 65534,
+            gid: 65534,
+        }
+    }
+
+    fn written() -> (Value, Spec) {
+        let dir = tempfile::tempdir().unwrap();
+        write_bundle(&dir.path().join("b"), &request()).unwrap();
+        let text = fs::read_to_string(dir.path().join("b/config.json")).unwrap();
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let spec: Spec = serde_json::from_str(&text).unwrap();
+        (value, spec)
+    }
+
+    fn mount_of<'a>(v: &'a Value, dest: &str) -> Option<&'a Value> {
+        v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == dest)
+    }
+
+    #[test]
+    fn namespaces_are_new_except_user_and_cgroup() {
+        let (_, spec) = written();
+        let kinds: Vec<LinuxNamespaceType> = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        for k in [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Network,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Mount,
+        ] {
+            assert!(kinds.contains(&k), "{k:?} missing");
+        }
+        assert!(!kinds.contains(&LinuxNamespaceType::User));
+        assert_eq!(spec.hostname().as_deref(), Some(HOSTNAME));
+    }
+
+    #[test]
+    fn process_is_unprivileged() {
+        let (v, spec) = written();
+        let p = &v["process"];
+        for set in [
+            "bounding",
+            "effective",
+            "inheritable",
+            "permitted",
+            "ambient",
+        ] {
+            assert_eq!(p["capabilities"][set], json!([]), "{set}");
+        }
+        assert_eq!(p["noNewPrivileges"], true);
+        assert_eq!(p["terminal"], false);
+        assert_eq!(p["user"]["uid"], 65534);
+        assert_eq!(p["user"]["additionalGids"], json!([65534]));
+        assert!(p.get("oomScoreAdj").is_none());
+        assert!(!v.to_string().contains("oomScoreAdj"));
+        let proc = spec.process().as_ref().unwrap();
+        assert_eq!(proc.args().as_ref().unwrap()[0], "/usr/bin/python3");
+        assert_eq!(proc.cwd(), Path::new("/var/task"));
+        let rlimits: Vec<String> = p["rlimits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(rlimits, ["RLIMIT_NOFILE", "RLIMIT_CORE", "RLIMIT_FSIZE"]);
+    }
+
+    #[test]
+    fn root_is_readonly_and_mounts_are_hardened() {
+        let (v, _) = written();
+        assert_eq!(v["root"]["readonly"], true);
+        assert_eq!(v["root"]["path"], "/var/lib/fnmesh/rootfs");
+        let usr = mount_of(&v, "/usr").unwrap();
+        for opt in ["rbind", "ro", "nosuid", "nodev"] {
+            assert!(usr["options"].as_array().unwrap().contains(&json!(opt)));
+        }
+        let task = mount_of(&v, "/var/task").unwrap();
+        assert_eq!(task["source"], "/var/lib/fnmesh/code/f1");
+        assert!(task["options"].as_array().unwrap().contains(&json!("ro")));
+        assert_eq!(
+            mount_of(&v, "/var/runtime").unwrap()["source"],
+            "/var/lib/fnmesh/runtimes"
+        );
+        let tmp = mount_of(&v, "/tmp").unwrap();
+        assert_eq!(tmp["type"], "tmpfs");
+        assert!(tmp["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("size=32m")));
+        assert!(tmp["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("mode=1777")));
+        for dest in ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue"] {
+            assert!(mount_of(&v, dest).is_some(), "{dest}");
+        }
+        assert!(mount_of(&v, "/sys").is_none());
+        assert!(mount_of(&v, "/etc/passwd").is_some());
+        let masked = v["linux"]["maskedPaths"].as_array().unwrap();
+        assert!(masked.contains(&json!("/proc/kcore")));
+        let ro = v["linux"]["readonlyPaths"].as_array().unwrap();
+        assert!(ro.contains(&json!("/proc/sys")));
+    }
+
+    #[test]
+    fn resources_match_the_request() {
+        let (v, _) = written();
+        let r = &v["linux"]["resources"];
+        assert_eq!(r["memory"]["limit"], 128 * 1024 * 1024);
+        assert_eq!(r["memory"]["swap"], 128 * 1024 * 1024);
+        assert_eq!(r["pids"]["limit"], 64);
+        assert_eq!(r["cpu"]["quota"], 50_000);
+        assert_eq!(r["cpu"]["period"], 100_000);
+        assert_eq!(r["devices"][0], json!({ "allow": false, "access": "rwm" }));
+        assert_eq!(v["linux"]["cgroupsPath"], "/fnmesh/node-a/sb-1");
+        assert_eq!(
+            v["linux"]["devices"].as_array().unwrap().len(),
+            DEVICES.len()
+        );
+    }
+
+    #[test]
+    fn seccomp_denies_by_default_with_eperm() {
+        let (v, spec) = written();
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(v["linux"]["seccomp"]["defaultErrnoRet"], 1);
+        let seccomp = spec.linux().as_ref().unwrap().seccomp().as_ref().unwrap();
+        assert!(!seccomp.syscalls().as_ref().unwrap().is_empty());
+    }
+
+    #[test]
+    fn rejects_unsafe_requests() {
+        let mut root = request();
+        root.uid = 0;
+        assert!(config_json(&root).is_err());
+        let mut rel = request();
+        rel.code_dir = "code".into();
+        assert!(config_json(&rel).is_err());
+        let mut cg = request();
+        cg.cgroup_path = "/fnmesh/../x".into();
+        assert!(config_json(&cg).is_err());
+    }
 }

@@ -1,1 +1,652 @@
-//! (to be written)
+//! The conformance suite every [`Bus`] must pass (the in-process bus now, JetStream later).
+//!
+//! Each case is a `pub async fn` taking a factory that builds a fresh, empty bus from the
+//! case's [`BusConfig`] (short ack waits, small capacities); [`run_all`] runs every case. A
+//! backend on a shared server must isolate each bus the factory makes (e.g. its own stream and
+//! subject prefix). Assertions panic with a message naming the behaviour that broke.
+//!
+//! ```text
+//! fnmesh_shared::bus::conformance::run_all(|config| async move {
+//!     let bus: Arc<dyn Bus> = Arc::new(JetStreamBus::connect(&url, &fresh_prefix(), config).await?);
+//!     bus
+//! })
+//! .await;
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+
+use super::{Bus, BusConfig, BusError, Delivery, ReplyTo};
+use crate::checksum::Checksum;
+use crate::function::{CodeInfo, Function, FunctionConfig, Runtime};
+use crate::ids::{FunctionId, InvocationId};
+use crate::invocation::{
+    InvocationLogs, InvocationOutcome, InvocationRequest, InvocationResult, InvocationStatus,
+    NodeEvent,
+};
+use crate::names::{FunctionName, Namespace};
+
+/// The ack wait most cases use: short, so expiry is quick to observe.
+pub const ACK_WAIT: Duration = Duration::from_millis(200);
+
+/// Longest any single expected delivery may take to show up.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// The config of most cases: a short ack wait, 5 attempts, a roomy queue.
+pub fn test_config() -> BusConfig {
+    BusConfig {
+        ack_wait: ACK_WAIT,
+        max_deliver: 5,
+        capacity: 10_000,
+        dedupe_window: Duration::from_secs(60),
+    }
+}
+
+/// Runs every case, one after the other, each on a fresh bus from `make`.
+pub async fn run_all<F, Fut>(make: F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    ping(&make).await;
+    publish_pull_ack(&make).await;
+    pull_times_out_when_empty(&make).await;
+    publish_is_deduplicated(&make).await;
+    nak_redelivers_with_next_attempt(&make).await;
+    nak_with_delay_waits(&make).await;
+    ack_wait_expiry_redelivers(&make).await;
+    in_progress_prevents_redelivery(&make).await;
+    max_deliver_dead_letters(&make).await;
+    term_drops_without_dead_letter(&make).await;
+    stale_acker_is_fenced(&make).await;
+    full_queue_refuses_publish(&make).await;
+    inbox_reply_roundtrip(&make).await;
+    reply_to_a_dropped_inbox_is_ok(&make).await;
+    malformed_reply_address_is_refused(&make).await;
+    events_publish_pull_ack(&make).await;
+    concurrent_publishers_and_pullers(&make).await;
+}
+
+// ---- helpers ----
+
+/// A fresh invocation request (unique id and namespace).
+pub fn request() -> InvocationRequest {
+    let now = Utc::now();
+    let namespace =
+        Namespace::parse(&format!("t-{:016x}", rand::random::<u64>())).expect("namespace");
+    InvocationRequest {
+        id: InvocationId::new(),
+        function: Function {
+            id: FunctionId::new(),
+            namespace,
+            name: FunctionName::parse("echo").expect("name"),
+            version: 1,
+            runtime: Runtime::Python3,
+            handler: "main.handle".to_owned(),
+            code: CodeInfo {
+                checksum: Checksum::of(b"print(1)"),
+                size: 8,
+                source_type: "inline".to_owned(),
+            },
+            config: FunctionConfig::default(),
+            metadata: Default::default(),
+            created_at: now,
+            updated_at: now,
+        },
+        payload: serde_json::json!({ "n": rand::random::<u32>() }),
+        created_at: now,
+        trace_id: None,
+    }
+}
+
+fn outcome(request: &InvocationRequest) -> InvocationOutcome {
+    let mut result = InvocationResult::queued(request);
+    result.status = InvocationStatus::Succeeded;
+    result.attempt = 1;
+    result.result = Some(serde_json::json!({ "ok": true }));
+    result.completed_at = Some(Utc::now());
+    InvocationOutcome {
+        result,
+        logs: InvocationLogs {
+            text: "hello\n".to_owned(),
+            truncated: false,
+        },
+    }
+}
+
+fn started(request: &InvocationRequest, attempt: u32) -> NodeEvent {
+    NodeEvent::Started {
+        id: request.id,
+        namespace: request.function.namespace.clone(),
+        attempt,
+        node_id: "node-1".to_owned(),
+        started_at: Utc::now(),
+    }
+}
+
+/// Pulls one delivery, failing the case if none arrives within [`PATIENCE`].
+async fn expect_delivery(bus: &dyn Bus, what: &str) -> Delivery {
+    bus.pull_invocation(PATIENCE)
+        .await
+        .expect("pull_invocation")
+        .unwrap_or_else(|| panic!("expected a delivery: {what}"))
+}
+
+/// Asserts nothing is delivered for `wait`.
+async fn expect_nothing(bus: &dyn Bus, wait: Duration, what: &str) {
+    if let Some(d) = bus.pull_invocation(wait).await.expect("pull_invocation") {
+        panic!(
+            "expected no delivery ({what}), got {} attempt {}",
+            d.request.id, d.attempt
+        );
+    }
+}
+
+// ---- cases ----
+
+/// `ping` succeeds on a fresh bus.
+pub async fn ping<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    bus.ping().await.expect("ping");
+}
+
+/// A published invocation is delivered once, with attempt 1, and an ack settles it.
+pub async fn publish_pull_ack<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let req = request();
+    bus.publish_invocation(&req, None).await.expect("publish");
+    let d = expect_delivery(&*bus, "the published invocation").await;
+    assert_eq!(d.request, req, "the delivery carries the request unchanged");
+    assert_eq!(d.attempt, 1, "first delivery is attempt 1");
+    assert_eq!(d.reply_to, None, "no reply address was given");
+    d.acker.ack().await.expect("ack");
+    d.acker.ack().await.expect("acking twice is harmless");
+    expect_nothing(
+        &*bus,
+        ACK_WAIT * 2,
+        "an acked invocation is never redelivered",
+    )
+    .await;
+}
+
+/// An empty bus returns `None` after about `wait`.
+pub async fn pull_times_out_when_empty<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let start = Instant::now();
+    let got = bus
+        .pull_invocation(Duration::from_millis(150))
+        .await
+        .unwrap();
+    let elapsed = start.elapsed();
+    assert!(got.is_none(), "an empty bus delivers nothing");
+    assert!(
+        elapsed >= Duration::from_millis(100) && elapsed < Duration::from_secs(3),
+        "pull waited {elapsed:?} for a 150 ms wait"
+    );
+    assert!(bus
+        .pull_event(Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(bus
+        .pull_dead_letter(Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// Re-publishing an id (queued, in flight or completed) within the window is ignored.
+pub async fn publish_is_deduplicated<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let req = request();
+    bus.publish_invocation(&req, None).await.unwrap();
+    bus.publish_invocation(&req, None)
+        .await
+        .expect("a duplicate publish is accepted");
+    let d = expect_delivery(&*bus, "the invocation").await;
+    bus.publish_invocation(&req, None)
+        .await
+        .expect("re-publish while in flight is accepted");
+    d.acker.ack().await.unwrap();
+    bus.publish_invocation(&req, None)
+        .await
+        .expect("re-publish after completion is accepted");
+    expect_nothing(
+        &*bus,
+        ACK_WAIT * 2,
+        "duplicates never make a second delivery",
+    )
+    .await;
+}
+
+/// A nak redelivers at once, with the next attempt number.
+pub async fn nak_redelivers_with_next_attempt<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let req = request();
+    bus.publish_invocation(&req, None).await.unwrap();
+    let d1 = expect_delivery(&*bus, "attempt 1").await;
+    d1.acker.nak(None).await.expect("nak");
+    let start = Instant::now();
+    let d2 = expect_delivery(&*bus, "the nak'ed invocation again").await;
+    assert_eq!(d2.request.id, req.id);
+    assert_eq!(d2.attempt, 2, "a redelivery counts an attempt");
+    assert!(
+        start.elapsed() < ACK_WAIT,
+        "a nak without delay redelivers before the ack wait would"
+    );
+    d2.acker.ack().await.unwrap();
+    expect_nothing(&*bus, ACK_WAIT * 2, "acked after the nak").await;
+}
+
+/// A nak with a delay redelivers only after the delay.
+pub async fn nak_with_delay_waits<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let req = request();
+    bus.publish_invocation(&req, None).await.unwrap();
+    let d1 = expect_delivery(&*bus, "attempt 1").await;
+    let delay = Duration::from_millis(400);
+    let start = Instant::now();
+    d1.acker.nak(Some(delay)).await.expect("nak with delay");
+    expect_nothing(&*bus, Duration::from_millis(150), "during the nak delay").await;
+    let d2 = expect_delivery(&*bus, "after the nak delay").await;
+    assert!(
+        start.elapsed() >= delay - Duration::from_millis(50),
+        "redelivered after {:?}, before the {delay:?} delay",
+        start.elapsed()
+    );
+    assert_eq!(d2.attempt, 2);
+    d2.acker.ack().await.unwrap();
+}
+
+/// A delivery not acked within the ack wait is redelivered, with the next attempt.
+pub async fn ack_wait_expiry_redelivers<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let req = request();
+    bus.publish_invocation(&req, None).await.unwrap();
+    let start = Instant::now();
+    let d1 = expect_delivery(&*bus, "attempt 1").await;
+    // A puller already waiting must see the redelivery when the ack wait runs out.
+    let d2 = expect_delivery(&*bus, "the redelivery after the ack wait").await;
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= ACK_WAIT - Duration::from_millis(20),
+        "redelivered after {elapsed:?}, before the {ACK_WAIT:?} ack wait"
+    );
+    assert_eq!(d2.request.id, req.id);
+    assert_eq!(d2.attempt, 2);
+    drop(d1);
+    d2.acker.ack().await.unwrap();
+    expect_nothing(&*bus, ACK_WAIT * 2, "acked redelivery").await;
+}
+
+/// `in_progress` restarts the ack wait, so slow work is not redelivered.
+pub async fn in_progress_prevents_redelivery<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let req = request();
+    bus.publish_invocation(&req, None).await.unwrap();
+    let d = expect_delivery(&*bus, "attempt 1").await;
+    let watcher = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.pull_invocation(ACK_WAIT * 4).await.unwrap() })
+    };
+    // Work for 4 ack waits, reporting progress every half ack wait.
+    for _ in 0..8 {
+        tokio::time::sleep(ACK_WAIT / 2).await;
+        d.acker.in_progress().await.expect("in_progress");
+    }
+    d.acker.ack().await.unwrap();
+    let stolen = watcher.await.unwrap();
+    assert!(
+        stolen.is_none(),
+        "a delivery kept in progress must not be redelivered (got attempt {:?})",
+        stolen.map(|d| d.attempt)
+    );
+    expect_nothing(&*bus, ACK_WAIT * 2, "acked after progress").await;
+}
+
+/// After `max_deliver` attempts (nak'ed or expired) the invocation is dead-lettered.
+pub async fn max_deliver_dead_letters<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(BusConfig {
+        max_deliver: 2,
+        ..test_config()
+    })
+    .await;
+
+    // Through naks.
+    let naked = request();
+    bus.publish_invocation(&naked, None).await.unwrap();
+    for attempt in 1..=2 {
+        let d = expect_delivery(&*bus, "a nak'ed attempt").await;
+        assert_eq!(d.attempt, attempt);
+        d.acker.nak(None).await.unwrap();
+    }
+    let dead = bus
+        .pull_dead_letter(PATIENCE)
+        .await
+        .unwrap()
+        .expect("a dead letter after max_deliver naks");
+    assert_eq!(dead.request, naked, "the dead letter carries the request");
+    assert_eq!(dead.attempts, 2, "the dead letter counts the attempts");
+    expect_nothing(&*bus, ACK_WAIT * 2, "a dead-lettered invocation").await;
+
+    // Through expiry: nobody acks.
+    let expired = request();
+    bus.publish_invocation(&expired, None).await.unwrap();
+    let d1 = expect_delivery(&*bus, "expiring attempt 1").await;
+    let d2 = expect_delivery(&*bus, "expiring attempt 2").await;
+    assert_eq!((d1.attempt, d2.attempt), (1, 2));
+    let dead = bus
+        .pull_dead_letter(PATIENCE)
+        .await
+        .unwrap()
+        .expect("a dead letter after max_deliver expiries");
+    assert_eq!(dead.request.id, expired.id);
+    assert_eq!(dead.attempts, 2);
+    expect_nothing(&*bus, ACK_WAIT * 2, "an expired dead letter").await;
+    d2.acker
+        .ack()
+        .await
+        .expect("acking a dead-lettered delivery is harmless");
+}
+
+/// `term` settles without success and without a dead letter.
+pub async fn term_drops_without_dead_letter<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    bus.publish_invocation(&request(), None).await.unwrap();
+    let d = expect_delivery(&*bus, "to term").await;
+    d.acker.term().await.expect("term");
+    expect_nothing(&*bus, ACK_WAIT * 2, "a termed invocation").await;
+    assert!(
+        bus.pull_dead_letter(Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_none(),
+        "term makes no dead letter"
+    );
+}
+
+/// An acker of an attempt that was redelivered settles nothing.
+pub async fn stale_acker_is_fenced<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let req = request();
+    bus.publish_invocation(&req, None).await.unwrap();
+    let d1 = expect_delivery(&*bus, "attempt 1").await;
+    let d2 = expect_delivery(&*bus, "attempt 2 after expiry").await;
+    assert_eq!(d2.attempt, 2);
+    d1.acker.ack().await.expect("a stale ack is harmless");
+    d1.acker.nak(None).await.expect("a stale nak is harmless");
+    d1.acker.term().await.expect("a stale term is harmless");
+    // Attempt 2 is still live: its nak redelivers.
+    d2.acker.nak(None).await.unwrap();
+    let d3 = expect_delivery(&*bus, "attempt 3: the stale ack did not settle attempt 2").await;
+    assert_eq!(d3.attempt, 3);
+    d3.acker.ack().await.unwrap();
+    d3.acker.ack().await.unwrap();
+    d2.acker.ack().await.unwrap();
+    expect_nothing(&*bus, ACK_WAIT * 2, "after the live ack").await;
+}
+
+/// A full queue refuses new work with `Full`; settling makes room.
+pub async fn full_queue_refuses_publish<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(BusConfig {
+        capacity: 3,
+        ack_wait: Duration::from_secs(30),
+        ..test_config()
+    })
+    .await;
+    let accepted: Vec<_> = (0..3).map(|_| request()).collect();
+    for r in &accepted {
+        bus.publish_invocation(r, None).await.unwrap();
+    }
+    let err = bus.publish_invocation(&request(), None).await.unwrap_err();
+    assert!(
+        matches!(err, BusError::Full),
+        "publishing past capacity must be Full, got {err:?}"
+    );
+    bus.publish_invocation(&accepted[0], None)
+        .await
+        .expect("a duplicate of accepted work is not refused when full");
+    let d = expect_delivery(&*bus, "one of the accepted").await;
+    let err = bus.publish_invocation(&request(), None).await.unwrap_err();
+    assert!(
+        matches!(err, BusError::Full),
+        "in-flight work still counts, got {err:?}"
+    );
+    d.acker.ack().await.unwrap();
+    bus.publish_invocation(&request(), None)
+        .await
+        .expect("an ack makes room");
+}
+
+/// An outcome sent to an open inbox arrives.
+pub async fn inbox_reply_roundtrip<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let mut inbox = bus.open_inbox().await.expect("open_inbox");
+    let other = bus.open_inbox().await.unwrap();
+    assert_ne!(inbox.reply_to, other.reply_to, "inbox addresses are unique");
+
+    let req = request();
+    bus.publish_invocation(&req, Some(&inbox.reply_to))
+        .await
+        .unwrap();
+    let d = expect_delivery(&*bus, "a sync invocation").await;
+    assert_eq!(
+        d.reply_to.as_ref(),
+        Some(&inbox.reply_to),
+        "the delivery carries the reply address"
+    );
+    let sent = outcome(&req);
+    bus.reply(d.reply_to.as_ref().unwrap(), &sent)
+        .await
+        .expect("reply");
+    d.acker.ack().await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, inbox.receiver.recv())
+        .await
+        .expect("the reply arrives in time")
+        .expect("the inbox is open");
+    assert_eq!(got, sent, "the reply arrives unchanged");
+}
+
+/// Replying to an inbox that was dropped is not an error (the reply is lost).
+pub async fn reply_to_a_dropped_inbox_is_ok<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let inbox = bus.open_inbox().await.unwrap();
+    let to = inbox.reply_to.clone();
+    drop(inbox);
+    bus.reply(&to, &outcome(&request()))
+        .await
+        .expect("a reply to a dropped inbox is Ok");
+    // A full inbox loses the second reply without error too.
+    let inbox = bus.open_inbox().await.unwrap();
+    for _ in 0..3 {
+        bus.reply(&inbox.reply_to, &outcome(&request()))
+            .await
+            .expect("a reply to a full inbox is Ok");
+    }
+}
+
+/// An address the bus never issued is `InvalidReply`.
+pub async fn malformed_reply_address_is_refused<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    for bad in ["", "not an inbox", "a.*.>", "\u{0}"] {
+        let err = bus
+            .reply(&ReplyTo(bad.to_owned()), &outcome(&request()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, BusError::InvalidReply),
+            "reply address {bad:?} must be InvalidReply, got {err:?}"
+        );
+    }
+}
+
+/// Node events: delivered, nak'ed ones again, acked ones never again.
+pub async fn events_publish_pull_ack<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let req = request();
+    let e1 = started(&req, 1);
+    let e2 = NodeEvent::Finished(Box::new(outcome(&req)));
+    bus.publish_event(&e1).await.expect("publish_event");
+    bus.publish_event(&e2).await.expect("publish_event");
+
+    let mut pending = vec![e1.clone(), e2.clone()];
+    let first = bus
+        .pull_event(PATIENCE)
+        .await
+        .unwrap()
+        .expect("an event is delivered");
+    assert!(pending.contains(&first.event), "a published event");
+    first.acker.ack().await.unwrap();
+    pending.retain(|e| e != &first.event);
+
+    let second = bus
+        .pull_event(PATIENCE)
+        .await
+        .unwrap()
+        .expect("the other event is delivered");
+    assert_eq!(second.event, pending[0]);
+    second.acker.nak(None).await.unwrap();
+    let again = bus
+        .pull_event(PATIENCE)
+        .await
+        .unwrap()
+        .expect("a nak'ed event is redelivered");
+    assert_eq!(again.event, pending[0]);
+    // Not acked: the ack wait brings it back once more.
+    let expired = bus
+        .pull_event(PATIENCE)
+        .await
+        .unwrap()
+        .expect("an unacked event is redelivered after the ack wait");
+    assert_eq!(expired.event, pending[0]);
+    expired.acker.ack().await.unwrap();
+    assert!(
+        bus.pull_event(ACK_WAIT * 2).await.unwrap().is_none(),
+        "acked events are never redelivered"
+    );
+}
+
+/// 1000 invocations from 4 publishers reach 4 pullers exactly once each.
+pub async fn concurrent_publishers_and_pullers<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    const TOTAL: usize = 1000;
+    let bus = make(BusConfig {
+        ack_wait: Duration::from_secs(30),
+        ..test_config()
+    })
+    .await;
+    let requests: Vec<_> = (0..TOTAL).map(|_| request()).collect();
+    let expected: HashSet<_> = requests.iter().map(|r| r.id).collect();
+
+    let mut pullers = Vec::new();
+    for _ in 0..4 {
+        let bus = bus.clone();
+        pullers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(d) = bus
+                .pull_invocation(Duration::from_millis(500))
+                .await
+                .unwrap()
+            {
+                assert_eq!(d.attempt, 1, "no redelivery in this case");
+                got.push(d.request.id);
+                d.acker.ack().await.unwrap();
+            }
+            got
+        }));
+    }
+    let mut publishers = Vec::new();
+    for chunk in requests.chunks(TOTAL / 4) {
+        let bus = bus.clone();
+        let chunk = chunk.to_vec();
+        publishers.push(tokio::spawn(async move {
+            for r in &chunk {
+                bus.publish_invocation(r, None).await.unwrap();
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let mut all = Vec::new();
+    for p in pullers {
+        all.extend(p.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "no invocation is delivered twice");
+    assert_eq!(unique, expected, "every invocation is delivered");
+}

@@ -1,1 +1,660 @@
-//! (to be written)
+//! The in-process bus used by `fnmesh up`: the same delivery semantics as JetStream, kept in
+//! memory (nothing survives a restart).
+//!
+//! One mutex guards all queue state; nothing awaits while holding it. Two queues share one
+//! implementation ([`Queue`]): invocations (bounded by [`BusConfig::capacity`], dead-lettered
+//! after [`BusConfig::max_deliver`] attempts) and node events (bounded by
+//! [`EVENT_CAPACITY`], redelivered until acked or termed). Ack-wait and nak-delay deadlines sit
+//! in a timer heap that is processed lazily by every operation; pullers sleep until the earliest
+//! deadline or a [`Notify`], so a waiting puller sees a redelivery on time without a background
+//! task or a busy loop.
+//!
+//! Every delivery carries its attempt number and its acker is fenced on it: a stale acker (of a
+//! delivery that has since been redelivered) settles nothing.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use super::{Acker, Bus, BusConfig, BusError, DeadLetter, Delivery, EventDelivery, Inbox, ReplyTo};
+use crate::ids::InvocationId;
+use crate::invocation::{InvocationOutcome, InvocationRequest, NodeEvent};
+
+/// Node events kept (unacked) at most.
+pub const EVENT_CAPACITY: usize = 100_000;
+
+/// Published invocation ids remembered for dedupe at most (the oldest are forgotten first).
+pub const MAX_DEDUPE_IDS: usize = 1_000_000;
+
+/// Prefix of reply addresses this bus issues.
+const REPLY_PREFIX: &str = "mem-inbox";
+
+/// The in-process [`Bus`].
+#[derive(Debug, Clone)]
+pub struct MemoryBus {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: BusConfig,
+    state: Mutex<State>,
+    invocations_ready: Notify,
+    events_ready: Notify,
+    dead_ready: Notify,
+    closed: AtomicBool,
+    /// Distinguishes this bus's reply addresses from another instance's.
+    instance: u64,
+    next_inbox: AtomicU64,
+    inboxes: Mutex<HashMap<u64, mpsc::Sender<InvocationOutcome>>>,
+}
+
+#[derive(Debug)]
+struct State {
+    invocations: Queue<Work>,
+    events: Queue<NodeEvent>,
+    dead: VecDeque<DeadLetter>,
+    dedupe: HashMap<InvocationId, Instant>,
+    dedupe_order: VecDeque<(Instant, InvocationId)>,
+}
+
+#[derive(Debug, Clone)]
+struct Work {
+    request: InvocationRequest,
+    reply: Option<ReplyTo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Invocations,
+    Events,
+}
+
+impl MemoryBus {
+    /// A new, empty bus.
+    pub fn new(config: BusConfig) -> Self {
+        let capacity = config.capacity.max(1);
+        let max_deliver = config.max_deliver.max(1);
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    invocations: Queue::new(capacity, Some(max_deliver)),
+                    events: Queue::new(EVENT_CAPACITY, None),
+                    dead: VecDeque::new(),
+                    dedupe: HashMap::new(),
+                    dedupe_order: VecDeque::new(),
+                }),
+                config,
+                invocations_ready: Notify::new(),
+                events_ready: Notify::new(),
+                dead_ready: Notify::new(),
+                closed: AtomicBool::new(false),
+                instance: rand::random(),
+                next_inbox: AtomicU64::new(1),
+                inboxes: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Closes the bus: waiting pullers return and every later call fails with
+    /// [`BusError::Closed`]. Undelivered work is dropped (this bus is not durable).
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.invocations_ready.notify_waiters();
+        self.shared.events_ready.notify_waiters();
+        self.shared.dead_ready.notify_waiters();
+        tracing::debug!("memory bus closed");
+    }
+
+    /// Invocations accepted and not yet settled (queued, in flight or waiting to be retried).
+    pub fn queued_invocations(&self) -> usize {
+        self.shared.lock().invocations.items.len()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No invariant spans a panic point, so a poisoned lock's state is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn check_open(&self) -> Result<(), BusError> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(BusError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn notify(&self, which: Which, ready: usize) {
+        let notify = match which {
+            Which::Invocations => &self.invocations_ready,
+            Which::Events => &self.events_ready,
+        };
+        for _ in 0..ready {
+            notify.notify_one();
+        }
+    }
+
+    /// Fires due timers of both queues: nak delays end, ack waits expire (redelivery or dead
+    /// letter). Wakes whoever can use the result.
+    fn process_timers(&self, state: &mut State, now: Instant) {
+        let mut dead = Vec::new();
+        let ready = state.invocations.fire_timers(now, &mut dead);
+        self.notify(Which::Invocations, ready);
+        self.dead_letter(state, dead);
+        let mut never = Vec::new();
+        let ready = state.events.fire_timers(now, &mut never);
+        self.notify(Which::Events, ready);
+    }
+
+    fn dead_letter(&self, state: &mut State, dead: Vec<(Work, u32)>) {
+        for (work, attempts) in dead {
+            tracing::warn!(
+                invocation.id = %work.request.id,
+                invocation.attempts = attempts,
+                "invocation attempts ran out; dead-lettered"
+            );
+            if state.dead.len() >= self.config.capacity.max(1) {
+                if let Some(lost) = state.dead.pop_front() {
+                    tracing::error!(
+                        invocation.id = %lost.request.id,
+                        "dead-letter queue full; oldest dead letter dropped"
+                    );
+                }
+            }
+            state.dead.push_back(DeadLetter {
+                request: work.request,
+                attempts,
+            });
+            self.dead_ready.notify_one();
+        }
+    }
+
+    /// Waits up to `wait` for `take` to produce something, waking on `notify` and at the
+    /// earliest timer of `which`.
+    async fn wait_for<R>(
+        &self,
+        wait: Duration,
+        notify: &Notify,
+        which: Which,
+        mut take: impl FnMut(&mut State, Instant) -> Option<R>,
+    ) -> Result<Option<R>, BusError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            self.check_open()?;
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next_due = {
+                let mut state = self.lock();
+                let now = Instant::now();
+                self.process_timers(&mut state, now);
+                if let Some(found) = take(&mut state, now) {
+                    return Ok(Some(found));
+                }
+                match which {
+                    Which::Invocations => state.invocations.next_due(),
+                    Which::Events => state.events.next_due(),
+                }
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wake = next_due.map_or(deadline, |due| due.min(deadline));
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn settle(&self, which: Which, seq: u64, attempt: u32, how: Settle) -> Result<(), BusError> {
+        self.check_open()?;
+        let mut state = self.lock();
+        let now = Instant::now();
+        self.process_timers(&mut state, now);
+        let ack_wait = self.config.ack_wait;
+        match which {
+            Which::Invocations => {
+                let mut dead = Vec::new();
+                let ready = state
+                    .invocations
+                    .settle(seq, attempt, how, now, ack_wait, &mut dead);
+                self.notify(Which::Invocations, ready);
+                self.dead_letter(&mut state, dead);
+            }
+            Which::Events => {
+                let mut never = Vec::new();
+                let ready = state
+                    .events
+                    .settle(seq, attempt, how, now, ack_wait, &mut never);
+                self.notify(Which::Events, ready);
+            }
+        }
+        Ok(())
+    }
+
+    fn forget_expired_ids(&self, state: &mut State, now: Instant) {
+        let window = self.config.dedupe_window;
+        while let Some((at, id)) = state.dedupe_order.front().copied() {
+            let expired = now.duration_since(at) >= window;
+            if !expired && state.dedupe_order.len() <= MAX_DEDUPE_IDS {
+                break;
+            }
+            state.dedupe_order.pop_front();
+            if state.dedupe.get(&id) == Some(&at) {
+                state.dedupe.remove(&id);
+            }
+        }
+    }
+}
+
+// ---- the queue ----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Nak(Option<Duration>),
+    InProgress,
+    Term,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ItemState {
+    /// In the ready deque.
+    Ready,
+    /// Nak'ed with a delay; ready again at the timer.
+    Delayed,
+    /// Delivered; redelivered at the timer unless settled.
+    InFlight,
+}
+
+#[derive(Debug)]
+struct Item<T> {
+    payload: T,
+    /// Deliveries made so far (the attempt number of the latest delivery).
+    attempt: u32,
+    state: ItemState,
+    /// Bumped on every state change; timers of an older generation are stale.
+    generation: u64,
+}
+
+/// A work queue with per-delivery ack deadlines.
+#[derive(Debug)]
+struct Queue<T> {
+    items: HashMap<u64, Item<T>>,
+    ready: VecDeque<u64>,
+    /// (due, seq, generation), earliest first. Stale entries are skipped when they fire.
+    timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
+    next_seq: u64,
+    capacity: usize,
+    max_deliver: Option<u32>,
+}
+
+impl<T: Clone> Queue<T> {
+    fn new(capacity: usize, max_deliver: Option<u32>) -> Self {
+        Self {
+            items: HashMap::new(),
+            ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            next_seq: 0,
+            capacity,
+            max_deliver,
+        }
+    }
+
+    fn push(&mut self, payload: T) -> Result<(), BusError> {
+        if self.items.len() >= self.capacity {
+            return Err(BusError::Full);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.items.insert(
+            seq,
+            Item {
+                payload,
+                attempt: 0,
+                state: ItemState::Ready,
+                generation: 0,
+            },
+        );
+        self.ready.push_back(seq);
+        Ok(())
+    }
+
+    /// Delivers the next ready item: (seq, attempt, payload).
+    fn take(&mut self, now: Instant, ack_wait: Duration) -> Option<(u64, u32, T)> {
+        while let Some(seq) = self.ready.pop_front() {
+            let Some(item) = self.items.get_mut(&seq) else {
+                continue; // settled while ready
+            };
+            if item.state != ItemState::Ready {
+                continue;
+            }
+            item.attempt += 1;
+            item.state = ItemState::InFlight;
+            item.generation += 1;
+            self.timers
+                .push(Reverse((now + ack_wait, seq, item.generation)));
+            return Some((seq, item.attempt, item.payload.clone()));
+        }
+        None
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((due, _, _))| *due)
+    }
+
+    /// Makes an item ready again, or dead-letters it when its attempts ran out.
+    /// Returns whether it became ready.
+    fn retry(&mut self, seq: u64, dead: &mut Vec<(T, u32)>) -> bool {
+        let Some(item) = self.items.get_mut(&seq) else {
+            return false;
+        };
+        if self.max_deliver.is_some_and(|max| item.attempt >= max) {
+            if let Some(item) = self.items.remove(&seq) {
+                dead.push((item.payload, item.attempt));
+            }
+            return false;
+        }
+        item.state = ItemState::Ready;
+        item.generation += 1;
+        self.ready.push_back(seq);
+        true
+    }
+
+    /// Fires due timers; returns how many items became ready.
+    fn fire_timers(&mut self, now: Instant, dead: &mut Vec<(T, u32)>) -> usize {
+        let mut ready = 0;
+        while let Some(Reverse((due, seq, generation))) = self.timers.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(item) = self.items.get_mut(&seq) else {
+                continue;
+            };
+            if item.generation != generation {
+                continue;
+            }
+            match item.state {
+                ItemState::Delayed => {
+                    item.state = ItemState::Ready;
+                    item.generation += 1;
+                    self.ready.push_back(seq);
+                    ready += 1;
+                }
+                ItemState::InFlight => {
+                    tracing::debug!(
+                        bus.seq = seq,
+                        bus.attempt = item.attempt,
+                        "ack wait expired"
+                    );
+                    if self.retry(seq, dead) {
+                        ready += 1;
+                    }
+                }
+                ItemState::Ready => {}
+            }
+        }
+        ready
+    }
+
+    /// Applies an acker's decision, fenced on the attempt. Returns how many items became ready.
+    fn settle(
+        &mut self,
+        seq: u64,
+        attempt: u32,
+        how: Settle,
+        now: Instant,
+        ack_wait: Duration,
+        dead: &mut Vec<(T, u32)>,
+    ) -> usize {
+        let Some(item) = self.items.get_mut(&seq) else {
+            return 0; // already settled
+        };
+        if item.attempt != attempt {
+            return 0; // a stale acker: the item was redelivered since
+        }
+        match how {
+            // The work of this attempt is done, even if its ack wait just expired.
+            Settle::Ack | Settle::Term => {
+                self.items.remove(&seq);
+                0
+            }
+            Settle::Nak(delay) if item.state == ItemState::InFlight => match delay {
+                Some(delay)
+                    if !delay.is_zero() && self.max_deliver.is_none_or(|m| item.attempt < m) =>
+                {
+                    item.state = ItemState::Delayed;
+                    item.generation += 1;
+                    self.timers
+                        .push(Reverse((now + delay, seq, item.generation)));
+                    0
+                }
+                _ => usize::from(self.retry(seq, dead)),
+            },
+            Settle::InProgress if item.state == ItemState::InFlight => {
+                item.generation += 1;
+                self.timers
+                    .push(Reverse((now + ack_wait, seq, item.generation)));
+                0
+            }
+            Settle::Nak(_) | Settle::InProgress => 0,
+        }
+    }
+}
+
+// ---- ackers and inboxes ----
+
+struct MemoryAcker {
+    shared: Arc<Shared>,
+    which: Which,
+    seq: u64,
+    attempt: u32,
+}
+
+#[async_trait]
+impl Acker for MemoryAcker {
+    async fn ack(&self) -> Result<(), BusError> {
+        self.shared
+            .settle(self.which, self.seq, self.attempt, Settle::Ack)
+    }
+
+    async fn nak(&self, delay: Option<Duration>) -> Result<(), BusError> {
+        self.shared
+            .settle(self.which, self.seq, self.attempt, Settle::Nak(delay))
+    }
+
+    async fn in_progress(&self) -> Result<(), BusError> {
+        self.shared
+            .settle(self.which, self.seq, self.attempt, Settle::InProgress)
+    }
+
+    async fn term(&self) -> Result<(), BusError> {
+        self.shared
+            .settle(self.which, self.seq, self.attempt, Settle::Term)
+    }
+}
+
+/// Removes its inbox from the bus when dropped.
+struct InboxGuard {
+    shared: Weak<Shared>,
+    id: u64,
+}
+
+impl Drop for InboxGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared
+                .inboxes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.id);
+        }
+    }
+}
+
+fn parse_reply(instance: u64, to: &ReplyTo) -> Result<(bool, u64), BusError> {
+    let mut parts = to.0.split('.');
+    let (Some(REPLY_PREFIX), Some(inst), Some(id), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(BusError::InvalidReply);
+    };
+    let inst = u64::from_str_radix(inst, 16).map_err(|_| BusError::InvalidReply)?;
+    let id: u64 = id.parse().map_err(|_| BusError::InvalidReply)?;
+    Ok((inst == instance, id))
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn ping(&self) -> Result<(), BusError> {
+        self.shared.check_open()
+    }
+
+    async fn publish_invocation(
+        &self,
+        request: &InvocationRequest,
+        reply: Option<&ReplyTo>,
+    ) -> Result<(), BusError> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        if let Some(reply) = reply {
+            if !parse_reply(shared.instance, reply)?.0 {
+                return Err(BusError::InvalidReply);
+            }
+        }
+        let mut state = shared.lock();
+        let now = Instant::now();
+        shared.process_timers(&mut state, now);
+        shared.forget_expired_ids(&mut state, now);
+        if state.dedupe.contains_key(&request.id) {
+            tracing::debug!(invocation.id = %request.id, "duplicate publish ignored");
+            return Ok(());
+        }
+        state.invocations.push(Work {
+            request: request.clone(),
+            reply: reply.cloned(),
+        })?;
+        state.dedupe.insert(request.id, now);
+        state.dedupe_order.push_back((now, request.id));
+        shared.invocations_ready.notify_one();
+        Ok(())
+    }
+
+    async fn pull_invocation(&self, wait: Duration) -> Result<Option<Delivery>, BusError> {
+        let shared = &self.shared;
+        let ack_wait = shared.config.ack_wait;
+        let found = shared
+            .wait_for(
+                wait,
+                &shared.invocations_ready,
+                Which::Invocations,
+                |state, now| state.invocations.take(now, ack_wait),
+            )
+            .await?;
+        Ok(found.map(|(seq, attempt, work)| Delivery {
+            request: work.request,
+            reply_to: work.reply,
+            attempt,
+            acker: Box::new(MemoryAcker {
+                shared: shared.clone(),
+                which: Which::Invocations,
+                seq,
+                attempt,
+            }),
+        }))
+    }
+
+    async fn open_inbox(&self) -> Result<Inbox, BusError> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        let id = shared.next_inbox.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = mpsc::channel(1);
+        shared
+            .inboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, sender);
+        Ok(Inbox {
+            reply_to: ReplyTo(format!("{REPLY_PREFIX}.{:016x}.{id}", shared.instance)),
+            receiver,
+            guard: Some(Box::new(InboxGuard {
+                shared: Arc::downgrade(shared),
+                id,
+            })),
+        })
+    }
+
+    async fn reply(&self, to: &ReplyTo, outcome: &InvocationOutcome) -> Result<(), BusError> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        let (ours, id) = parse_reply(shared.instance, to)?;
+        if !ours {
+            return Err(BusError::InvalidReply);
+        }
+        let sender = shared
+            .inboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        match sender {
+            // At most once: a full or closed inbox loses the reply (the event stream has it).
+            Some(sender) => {
+                if sender.try_send(outcome.clone()).is_err() {
+                    tracing::debug!(reply.to = %to.0, "reply dropped: inbox full or closed");
+                }
+            }
+            None => tracing::debug!(reply.to = %to.0, "reply dropped: no such inbox"),
+        }
+        Ok(())
+    }
+
+    async fn publish_event(&self, event: &NodeEvent) -> Result<(), BusError> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        let mut state = shared.lock();
+        shared.process_timers(&mut state, Instant::now());
+        state.events.push(event.clone())?;
+        shared.events_ready.notify_one();
+        Ok(())
+    }
+
+    async fn pull_event(&self, wait: Duration) -> Result<Option<EventDelivery>, BusError> {
+        let shared = &self.shared;
+        let ack_wait = shared.config.ack_wait;
+        let found = shared
+            .wait_for(wait, &shared.events_ready, Which::Events, |state, now| {
+                state.events.take(now, ack_wait)
+            })
+            .await?;
+        Ok(found.map(|(seq, attempt, event)| EventDelivery {
+            event,
+            acker: Box::new(MemoryAcker {
+                shared: shared.clone(),
+                which: Which::Events,
+                seq,
+                attempt,
+            }),
+        }))
+    }
+
+    async fn pull_dead_letter(&self, wait: Duration) -> Result<Option<DeadLetter>, BusError> {
+        let shared = &self.shared;
+        shared
+            .wait_for(wait, &shared.dead_ready, Which::Invocations, |state, _| {
+                state.dead.pop_front()
+            })
+            .await
+    }
+}

@@ -1,1 +1,855 @@
-//! (to be written)
+//! The conformance suite every [`MetadataStore`] must pass (SQLite now, PostgreSQL later).
+//!
+//! Each case is a `pub async fn` taking the store under test; [`run_all`] runs every case.
+//! Cases create their own data in fresh, randomly named namespaces, so they can run in
+//! parallel against one shared database. Assertions panic with a message naming the
+//! behaviour that broke.
+//!
+//! ```text
+//! let store: Arc<dyn MetadataStore> = Arc::new(PostgresStore::connect(&url).await?);
+//! fnmesh_shared::store::conformance::run_all(store).await;
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration as ChronoDuration, SubsecRound, Utc};
+
+use super::{ApiKeyRecord, InvocationFilter, MetadataStore, Role, StoreError};
+use crate::checksum::Checksum;
+use crate::function::{CodeInfo, Function, FunctionConfig, Runtime};
+use crate::ids::{FunctionId, InvocationId};
+use crate::invocation::{
+    ErrorKind, InvocationError, InvocationLogs, InvocationMetrics, InvocationResult,
+    InvocationStatus,
+};
+use crate::names::{FunctionName, Namespace};
+
+/// The store under test, shared by the cases.
+pub type Store = Arc<dyn MetadataStore>;
+
+/// Runs every case, one after the other, against `store`.
+pub async fn run_all(store: Store) {
+    ping(store.clone()).await;
+    create_and_get(store.clone()).await;
+    create_conflicts_only_within_a_namespace(store.clone()).await;
+    add_version_requires_latest_plus_one(store.clone()).await;
+    concurrent_add_version_has_one_winner(store.clone()).await;
+    list_functions_pages_latest_versions_by_name(store.clone()).await;
+    list_functions_refuses_bad_cursors(store.clone()).await;
+    delete_removes_all_versions(store.clone()).await;
+    namespaces_are_isolated(store.clone()).await;
+    insert_and_get_invocation(store.clone()).await;
+    update_invocation_is_fenced(store.clone()).await;
+    update_of_absent_invocation_is_not_found(store.clone()).await;
+    list_invocations_newest_first_with_filters(store.clone()).await;
+    list_invocations_pagination_is_stable_under_inserts(store.clone()).await;
+    list_invocations_refuses_bad_cursors(store.clone()).await;
+    logs_roundtrip(store.clone()).await;
+    api_keys(store).await;
+}
+
+// ---- helpers ----
+
+/// A namespace no other case (or run) uses.
+pub fn fresh_namespace() -> Namespace {
+    Namespace::parse(&format!("t-{:016x}", rand::random::<u64>())).unwrap()
+}
+
+fn name(s: &str) -> FunctionName {
+    FunctionName::parse(s).unwrap()
+}
+
+/// Now, at millisecond precision (every backend stores at least that).
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
+}
+
+/// Version 1 of a function.
+pub fn function(namespace: &Namespace, fname: &str) -> Function {
+    let created = now();
+    let code = format!("code of {namespace}/{fname}");
+    Function {
+        id: FunctionId::new(),
+        namespace: namespace.clone(),
+        name: name(fname),
+        version: 1,
+        runtime: Runtime::Python3,
+        handler: "main.handle".to_owned(),
+        code: CodeInfo {
+            checksum: Checksum::of(code.as_bytes()),
+            size: code.len() as u64,
+            source_type: "inline".to_owned(),
+        },
+        config: FunctionConfig::default(),
+        metadata: BTreeMap::from([("team".to_owned(), "conformance".to_owned())]),
+        created_at: created,
+        updated_at: created,
+    }
+}
+
+/// The next version of `f`, with a visible change.
+pub fn next_version(f: &Function) -> Function {
+    let mut next = f.clone();
+    next.version += 1;
+    next.handler = format!("main.handle_v{}", next.version);
+    next.config.timeout_ms = 1_000 + u64::from(next.version);
+    next.updated_at = now();
+    next
+}
+
+/// A queued invocation record of `function`.
+pub fn invocation(namespace: &Namespace, function: &str) -> InvocationResult {
+    InvocationResult {
+        id: InvocationId::new(),
+        namespace: namespace.clone(),
+        function: name(function),
+        version: 1,
+        status: InvocationStatus::Queued,
+        result: None,
+        error: None,
+        metrics: None,
+        node_id: None,
+        attempt: 0,
+        created_at: now(),
+        started_at: None,
+        completed_at: None,
+    }
+}
+
+fn with_status(r: &InvocationResult, status: InvocationStatus, attempt: u32) -> InvocationResult {
+    let mut r = r.clone();
+    r.status = status;
+    r.attempt = attempt;
+    r.node_id = Some(format!("node-{attempt}"));
+    match status {
+        InvocationStatus::Queued => {}
+        InvocationStatus::Running => r.started_at = Some(now()),
+        InvocationStatus::Succeeded => {
+            r.result = Some(serde_json::json!({ "attempt": attempt }));
+            r.completed_at = Some(now());
+            r.metrics = Some(InvocationMetrics {
+                queue_ms: 1,
+                init_ms: 2,
+                duration_ms: 3,
+                cold_start: true,
+                memory_peak_bytes: 4096,
+            });
+        }
+        InvocationStatus::Failed | InvocationStatus::Timeout => {
+            r.error = Some(InvocationError {
+                kind: if status == InvocationStatus::Timeout {
+                    ErrorKind::Timeout
+                } else {
+                    ErrorKind::HandlerError
+                },
+                message: format!("attempt {attempt} failed"),
+            });
+            r.completed_at = Some(now());
+        }
+    }
+    r
+}
+
+fn api_key(namespace: &Namespace) -> ApiKeyRecord {
+    let suffix = format!("{:016x}", rand::random::<u64>());
+    ApiKeyRecord {
+        id: format!("key-{suffix}"),
+        name: format!("conformance {suffix}"),
+        key_hash: Checksum::of(suffix.as_bytes()).to_string(),
+        role: Role::Developer,
+        namespace: namespace.clone(),
+        created_at: now(),
+        expires_at: Some(now() + ChronoDuration::days(30)),
+        revoked_at: None,
+    }
+}
+
+// ---- functions ----
+
+/// `ping` succeeds on a healthy store.
+pub async fn ping(store: Store) {
+    store.ping().await.expect("ping of a healthy store");
+}
+
+/// A created function reads back equal, as latest and as version 1; absent ones are `None`.
+pub async fn create_and_get(store: Store) {
+    let ns = fresh_namespace();
+    let f = function(&ns, "hello");
+    store.create_function(&f).await.expect("create_function");
+    let latest = store.get_function(&ns, &f.name, None).await.unwrap();
+    assert_eq!(
+        latest.as_ref(),
+        Some(&f),
+        "get latest returns the created function"
+    );
+    let v1 = store.get_function(&ns, &f.name, Some(1)).await.unwrap();
+    assert_eq!(v1.as_ref(), Some(&f), "get version 1");
+    assert_eq!(
+        store.get_function(&ns, &f.name, Some(2)).await.unwrap(),
+        None,
+        "a version that does not exist is None"
+    );
+    assert_eq!(
+        store
+            .get_function(&ns, &name("absent"), None)
+            .await
+            .unwrap(),
+        None,
+        "an absent function is None"
+    );
+}
+
+/// A name is unique within a namespace, not across namespaces.
+pub async fn create_conflicts_only_within_a_namespace(store: Store) {
+    let ns = fresh_namespace();
+    let other = fresh_namespace();
+    let f = function(&ns, "dup");
+    store.create_function(&f).await.unwrap();
+    let again = function(&ns, "dup");
+    let err = store.create_function(&again).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(_)),
+        "creating an existing name must be Conflict, got {err:?}"
+    );
+    assert_eq!(
+        store
+            .get_function(&ns, &f.name, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        f.id,
+        "a refused create leaves the original in place"
+    );
+    store
+        .create_function(&function(&other, "dup"))
+        .await
+        .expect("the same name in another namespace is fine");
+}
+
+/// `add_version` takes exactly latest + 1; `NotFound` without a function.
+pub async fn add_version_requires_latest_plus_one(store: Store) {
+    let ns = fresh_namespace();
+    let v1 = function(&ns, "versioned");
+    store.create_function(&v1).await.unwrap();
+    let v2 = next_version(&v1);
+    store.add_version(&v2).await.expect("add version 2");
+
+    let err = store.add_version(&v2).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(_)),
+        "re-adding version 2 must be Conflict, got {err:?}"
+    );
+    let mut v4 = next_version(&v2);
+    v4.version = 4;
+    let err = store.add_version(&v4).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(_)),
+        "skipping a version must be Conflict, got {err:?}"
+    );
+    let mut stale = v1.clone();
+    stale.version = 1;
+    let err = store.add_version(&stale).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(_)),
+        "adding an old version must be Conflict, got {err:?}"
+    );
+    let mut orphan = next_version(&function(&ns, "never-created"));
+    orphan.version = 2;
+    let err = store.add_version(&orphan).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound(_)),
+        "add_version of an absent function must be NotFound, got {err:?}"
+    );
+
+    let latest = store.get_function(&ns, &v1.name, None).await.unwrap();
+    assert_eq!(latest.as_ref(), Some(&v2), "latest is version 2");
+    let first = store.get_function(&ns, &v1.name, Some(1)).await.unwrap();
+    assert_eq!(first.as_ref(), Some(&v1), "version 1 is unchanged");
+    let versions = store.list_versions(&ns, &v1.name).await.unwrap();
+    assert_eq!(versions, vec![v1, v2], "list_versions is oldest first");
+    assert!(
+        store
+            .list_versions(&ns, &name("absent"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "list_versions of an absent function is empty"
+    );
+}
+
+/// Of several concurrent `add_version` of the same n+1, exactly one wins.
+pub async fn concurrent_add_version_has_one_winner(store: Store) {
+    let ns = fresh_namespace();
+    let v1 = function(&ns, "raced");
+    store.create_function(&v1).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        let mut v2 = next_version(&v1);
+        v2.handler = format!("main.racer_{i}");
+        tasks.push(tokio::spawn(async move {
+            let outcome = store.add_version(&v2).await;
+            (v2, outcome)
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (v2, outcome) = task.await.unwrap();
+        match outcome {
+            Ok(()) => winners.push(v2),
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("a losing concurrent add_version must be Conflict, got {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one concurrent add_version wins");
+    let latest = store.get_function(&ns, &v1.name, None).await.unwrap();
+    assert_eq!(latest.as_ref(), winners.first(), "the winner is the latest");
+    assert_eq!(store.list_versions(&ns, &v1.name).await.unwrap().len(), 2);
+}
+
+/// `list_functions`: latest versions, by name, paged without repeats or gaps.
+pub async fn list_functions_pages_latest_versions_by_name(store: Store) {
+    let ns = fresh_namespace();
+    let empty = store.list_functions(&ns, 10, None).await.unwrap();
+    assert!(
+        empty.items.is_empty() && empty.next_cursor.is_none(),
+        "an empty namespace lists nothing"
+    );
+
+    // Created out of name order; every third one gets a second version.
+    let mut expected = BTreeMap::new();
+    for i in [
+        7, 3, 12, 0, 19, 5, 1, 16, 9, 22, 14, 2, 11, 20, 4, 8, 6, 21, 13, 10, 15, 18, 17,
+    ] {
+        let f = function(&ns, &format!("fn-{i:02}"));
+        store.create_function(&f).await.unwrap();
+        let latest = if i % 3 == 0 {
+            let v2 = next_version(&f);
+            store.add_version(&v2).await.unwrap();
+            v2
+        } else {
+            f
+        };
+        expected.insert(latest.name.clone(), latest);
+    }
+    let expected: Vec<Function> = expected.into_values().collect();
+
+    for limit in [1, 5, 7, 23, 100] {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = store
+                .list_functions(&ns, limit, cursor.as_deref())
+                .await
+                .unwrap();
+            pages += 1;
+            assert!(
+                page.items.len() <= limit as usize,
+                "a page holds at most `limit` items"
+            );
+            seen.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+            assert!(pages <= 100, "pagination must terminate");
+        }
+        assert_eq!(
+            seen, expected,
+            "walking all pages (limit {limit}) yields every latest version once, by name"
+        );
+    }
+
+    let one = store.list_functions(&ns, 0, None).await.unwrap();
+    assert_eq!(one.items.len(), 1, "limit 0 is treated as 1");
+    assert!(one.next_cursor.is_some());
+}
+
+/// A cursor the store did not issue is `InvalidCursor`.
+pub async fn list_functions_refuses_bad_cursors(store: Store) {
+    let ns = fresh_namespace();
+    store.create_function(&function(&ns, "a")).await.unwrap();
+    for bad in ["not a cursor!", "%%%", "AAAA", "\u{1F600}"] {
+        let err = store.list_functions(&ns, 10, Some(bad)).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidCursor),
+            "cursor {bad:?} must be InvalidCursor, got {err:?}"
+        );
+    }
+}
+
+/// Delete removes every version; the name can then be created again.
+pub async fn delete_removes_all_versions(store: Store) {
+    let ns = fresh_namespace();
+    let v1 = function(&ns, "doomed");
+    store.create_function(&v1).await.unwrap();
+    store.add_version(&next_version(&v1)).await.unwrap();
+    let keep = function(&ns, "kept");
+    store.create_function(&keep).await.unwrap();
+
+    assert!(
+        store.delete_function(&ns, &v1.name).await.unwrap(),
+        "deleting an existing function returns true"
+    );
+    assert_eq!(store.get_function(&ns, &v1.name, None).await.unwrap(), None);
+    assert_eq!(
+        store.get_function(&ns, &v1.name, Some(1)).await.unwrap(),
+        None,
+        "old versions are gone too"
+    );
+    assert!(store.list_versions(&ns, &v1.name).await.unwrap().is_empty());
+    assert!(
+        !store.delete_function(&ns, &v1.name).await.unwrap(),
+        "deleting an absent function returns false"
+    );
+    let listed = store.list_functions(&ns, 100, None).await.unwrap();
+    assert_eq!(listed.items, vec![keep], "others are untouched");
+
+    let reborn = function(&ns, "doomed");
+    assert_ne!(reborn.id, v1.id);
+    store
+        .create_function(&reborn)
+        .await
+        .expect("re-creating a deleted name");
+    assert_eq!(
+        store.get_function(&ns, &v1.name, None).await.unwrap(),
+        Some(reborn.clone()),
+        "the re-created function is version 1 with its new id"
+    );
+    assert_eq!(
+        store.list_versions(&ns, &v1.name).await.unwrap(),
+        vec![reborn]
+    );
+}
+
+/// A namespace never sees another's functions, invocations or logs.
+pub async fn namespaces_are_isolated(store: Store) {
+    let a = fresh_namespace();
+    let b = fresh_namespace();
+    let f = function(&a, "private");
+    store.create_function(&f).await.unwrap();
+    let inv = invocation(&a, "private");
+    store.insert_invocation(&inv).await.unwrap();
+    store
+        .put_logs(
+            &inv.id,
+            &InvocationLogs {
+                text: "secret".to_owned(),
+                truncated: false,
+            },
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(store.get_function(&b, &f.name, None).await.unwrap(), None);
+    assert_eq!(
+        store.get_function(&b, &f.name, Some(1)).await.unwrap(),
+        None
+    );
+    assert!(store
+        .list_functions(&b, 100, None)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    assert!(store.list_versions(&b, &f.name).await.unwrap().is_empty());
+    assert!(
+        !store.delete_function(&b, &f.name).await.unwrap(),
+        "deleting from another namespace finds nothing"
+    );
+    let mut v2 = next_version(&f);
+    v2.namespace = b.clone();
+    assert!(matches!(
+        store.add_version(&v2).await.unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+    assert_eq!(store.get_invocation(&b, &inv.id).await.unwrap(), None);
+    assert_eq!(store.get_logs(&b, &inv.id).await.unwrap(), None);
+    assert!(store
+        .list_invocations(&b, &InvocationFilter::default(), 100, None)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let mut foreign = with_status(&inv, InvocationStatus::Succeeded, 1);
+    foreign.namespace = b.clone();
+    assert!(
+        store.update_invocation(&foreign).await.is_err(),
+        "an update addressed to another namespace must not apply"
+    );
+
+    // Still all there for the owner.
+    assert_eq!(
+        store.get_function(&a, &f.name, None).await.unwrap(),
+        Some(f)
+    );
+    assert_eq!(
+        store.get_invocation(&a, &inv.id).await.unwrap(),
+        Some(inv.clone())
+    );
+    assert!(store.get_logs(&a, &inv.id).await.unwrap().is_some());
+}
+
+// ---- invocations ----
+
+/// An inserted record reads back equal; a duplicate id is `Conflict`.
+pub async fn insert_and_get_invocation(store: Store) {
+    let ns = fresh_namespace();
+    let inv = invocation(&ns, "worker");
+    store.insert_invocation(&inv).await.unwrap();
+    assert_eq!(
+        store.get_invocation(&ns, &inv.id).await.unwrap(),
+        Some(inv.clone())
+    );
+    let err = store.insert_invocation(&inv).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(_)),
+        "a duplicate invocation id must be Conflict, got {err:?}"
+    );
+    assert_eq!(
+        store
+            .get_invocation(&ns, &InvocationId::new())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// The fencing rules of `update_invocation`:
+/// - a higher attempt always applies;
+/// - the same attempt applies over a non-terminal record, never over a terminal one (the
+///   first terminal result wins);
+/// - a lower attempt applies only with a terminal result over a non-terminal record.
+pub async fn update_invocation_is_fenced(store: Store) {
+    use InvocationStatus::{Failed, Queued, Running, Succeeded, Timeout};
+    let ns = fresh_namespace();
+
+    // (stored status, stored attempt, update status, update attempt, applies)
+    let cases = [
+        (Queued, 0, Running, 1, true),
+        (Running, 1, Running, 1, true),
+        (Running, 1, Succeeded, 1, true),
+        (Running, 1, Failed, 1, true),
+        (Running, 2, Running, 1, false),
+        (Running, 2, Queued, 1, false),
+        (Running, 2, Succeeded, 1, true),
+        (Succeeded, 1, Running, 1, false),
+        (Succeeded, 1, Queued, 1, false),
+        (Succeeded, 1, Failed, 1, false),
+        (Failed, 1, Succeeded, 1, false),
+        (Succeeded, 2, Succeeded, 1, false),
+        (Succeeded, 2, Running, 1, false),
+        (Timeout, 1, Running, 2, true),
+        (Failed, 1, Succeeded, 2, true),
+        (Succeeded, 1, Timeout, 2, true),
+    ];
+    for (stored_status, stored_attempt, new_status, new_attempt, applies) in cases {
+        let base = invocation(&ns, "fenced");
+        store.insert_invocation(&base).await.unwrap();
+        let stored = with_status(&base, stored_status, stored_attempt);
+        if stored_status != Queued || stored_attempt != 0 {
+            assert!(
+                store.update_invocation(&stored).await.unwrap(),
+                "setting up {stored_status:?}/{stored_attempt} must apply"
+            );
+        }
+        let update = with_status(&base, new_status, new_attempt);
+        let applied = store.update_invocation(&update).await.unwrap();
+        assert_eq!(
+            applied, applies,
+            "update to {new_status:?}/{new_attempt} over stored {stored_status:?}/{stored_attempt}"
+        );
+        let now_stored = store.get_invocation(&ns, &base.id).await.unwrap().unwrap();
+        let expected = if applies { &update } else { &stored };
+        assert_eq!(
+            &now_stored, expected,
+            "record after {new_status:?}/{new_attempt} over {stored_status:?}/{stored_attempt}"
+        );
+    }
+}
+
+/// Updating a record that was never inserted is `NotFound`.
+pub async fn update_of_absent_invocation_is_not_found(store: Store) {
+    let ns = fresh_namespace();
+    let ghost = with_status(&invocation(&ns, "ghost"), InvocationStatus::Succeeded, 1);
+    let err = store.update_invocation(&ghost).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound(_)),
+        "updating an absent invocation must be NotFound, got {err:?}"
+    );
+}
+
+async fn walk_invocations(
+    store: &Store,
+    ns: &Namespace,
+    filter: &InvocationFilter,
+    limit: u32,
+) -> Vec<InvocationResult> {
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..1000 {
+        let page = store
+            .list_invocations(ns, filter, limit, cursor.as_deref())
+            .await
+            .unwrap();
+        assert!(page.items.len() <= limit.max(1) as usize);
+        seen.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return seen,
+        }
+    }
+    panic!("list_invocations pagination did not terminate");
+}
+
+/// `list_invocations`: newest first, filtered by function and/or status, paged.
+pub async fn list_invocations_newest_first_with_filters(store: Store) {
+    let ns = fresh_namespace();
+    let mut all = Vec::new();
+    for i in 0..30u32 {
+        let function = if i % 2 == 0 { "even" } else { "odd" };
+        let mut inv = invocation(&ns, function);
+        if i % 3 == 0 {
+            inv = with_status(&inv, InvocationStatus::Succeeded, 1);
+        }
+        store.insert_invocation(&inv).await.unwrap();
+        all.push(inv);
+    }
+    all.sort_by_key(|r| std::cmp::Reverse(r.id));
+    let ids = |v: &[InvocationResult]| v.iter().map(|r| r.id).collect::<Vec<_>>();
+
+    for limit in [1, 4, 7, 30, 1000] {
+        let seen = walk_invocations(&store, &ns, &InvocationFilter::default(), limit).await;
+        assert_eq!(
+            ids(&seen),
+            ids(&all),
+            "walking all pages (limit {limit}) yields every invocation once, newest first"
+        );
+    }
+    assert_eq!(
+        walk_invocations(&store, &ns, &InvocationFilter::default(), 1000).await,
+        all,
+        "listed records equal the stored ones"
+    );
+
+    let even = name("even");
+    let by_function = InvocationFilter {
+        function: Some(even.clone()),
+        status: None,
+    };
+    let expected: Vec<_> = all.iter().filter(|r| r.function == even).cloned().collect();
+    assert_eq!(
+        ids(&walk_invocations(&store, &ns, &by_function, 4).await),
+        ids(&expected),
+        "filter by function"
+    );
+
+    let by_status = InvocationFilter {
+        function: None,
+        status: Some(InvocationStatus::Succeeded),
+    };
+    let expected: Vec<_> = all
+        .iter()
+        .filter(|r| r.status == InvocationStatus::Succeeded)
+        .cloned()
+        .collect();
+    assert_eq!(
+        ids(&walk_invocations(&store, &ns, &by_status, 3).await),
+        ids(&expected),
+        "filter by status"
+    );
+
+    let both = InvocationFilter {
+        function: Some(even.clone()),
+        status: Some(InvocationStatus::Queued),
+    };
+    let expected: Vec<_> = all
+        .iter()
+        .filter(|r| r.function == even && r.status == InvocationStatus::Queued)
+        .cloned()
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(
+        ids(&walk_invocations(&store, &ns, &both, 2).await),
+        ids(&expected),
+        "filter by function and status"
+    );
+
+    let none = InvocationFilter {
+        function: Some(name("nobody")),
+        status: None,
+    };
+    let page = store.list_invocations(&ns, &none, 10, None).await.unwrap();
+    assert!(page.items.is_empty() && page.next_cursor.is_none());
+
+    let one = store
+        .list_invocations(&ns, &InvocationFilter::default(), 0, None)
+        .await
+        .unwrap();
+    assert_eq!(one.items.len(), 1, "limit 0 is treated as 1");
+}
+
+/// Rows inserted while a client walks the pages neither repeat nor hide older rows.
+pub async fn list_invocations_pagination_is_stable_under_inserts(store: Store) {
+    let ns = fresh_namespace();
+    let mut original = Vec::new();
+    for _ in 0..20 {
+        let inv = invocation(&ns, "busy");
+        store.insert_invocation(&inv).await.unwrap();
+        original.push(inv.id);
+    }
+    original.reverse();
+
+    let filter = InvocationFilter::default();
+    let mut seen = Vec::new();
+    let mut page = store.list_invocations(&ns, &filter, 6, None).await.unwrap();
+    loop {
+        seen.extend(page.items.iter().map(|r| r.id));
+        // Newer rows arrive between every page.
+        for _ in 0..3 {
+            store
+                .insert_invocation(&invocation(&ns, "busy"))
+                .await
+                .unwrap();
+        }
+        let Some(cursor) = page.next_cursor else {
+            break;
+        };
+        page = store
+            .list_invocations(&ns, &filter, 6, Some(&cursor))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        seen, original,
+        "a walk started before the inserts sees exactly the rows that existed, in order"
+    );
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no duplicates");
+}
+
+/// A cursor the store did not issue is `InvalidCursor` (including a function cursor).
+pub async fn list_invocations_refuses_bad_cursors(store: Store) {
+    let ns = fresh_namespace();
+    for i in 0..3 {
+        store
+            .create_function(&function(&ns, &format!("f-{i}")))
+            .await
+            .unwrap();
+    }
+    let function_cursor = store
+        .list_functions(&ns, 1, None)
+        .await
+        .unwrap()
+        .next_cursor
+        .unwrap();
+    let filter = InvocationFilter::default();
+    for bad in ["not a cursor!", "%%%", "AAAA", function_cursor.as_str()] {
+        let err = store
+            .list_invocations(&ns, &filter, 10, Some(bad))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidCursor),
+            "cursor {bad:?} must be InvalidCursor, got {err:?}"
+        );
+    }
+}
+
+/// Logs are stored, replaced and read back, scoped by the invocation's namespace.
+pub async fn logs_roundtrip(store: Store) {
+    let ns = fresh_namespace();
+    let inv = invocation(&ns, "chatty");
+    store.insert_invocation(&inv).await.unwrap();
+    assert_eq!(
+        store.get_logs(&ns, &inv.id).await.unwrap(),
+        None,
+        "no logs before put"
+    );
+    let first = InvocationLogs {
+        text: "line 1\nline 2 ünïcode\n".to_owned(),
+        truncated: false,
+    };
+    store.put_logs(&inv.id, &first).await.unwrap();
+    assert_eq!(store.get_logs(&ns, &inv.id).await.unwrap(), Some(first));
+    let second = InvocationLogs {
+        text: "x".repeat(64 * 1024),
+        truncated: true,
+    };
+    store.put_logs(&inv.id, &second).await.unwrap();
+    assert_eq!(
+        store.get_logs(&ns, &inv.id).await.unwrap(),
+        Some(second),
+        "put_logs replaces"
+    );
+    assert_eq!(
+        store.get_logs(&ns, &InvocationId::new()).await.unwrap(),
+        None
+    );
+}
+
+// ---- API keys ----
+
+/// Keys: create, find by hash, conflicts on id or hash, upsert by id.
+pub async fn api_keys(store: Store) {
+    let ns = fresh_namespace();
+    let key = api_key(&ns);
+    store.create_api_key(&key).await.unwrap();
+    assert_eq!(
+        store.find_api_key(&key.key_hash).await.unwrap(),
+        Some(key.clone())
+    );
+    assert_eq!(
+        store
+            .find_api_key(Checksum::of(b"no such key").as_str())
+            .await
+            .unwrap(),
+        None
+    );
+
+    let mut same_id = api_key(&ns);
+    same_id.id = key.id.clone();
+    assert!(
+        matches!(
+            store.create_api_key(&same_id).await.unwrap_err(),
+            StoreError::Conflict(_)
+        ),
+        "a duplicate key id must be Conflict"
+    );
+    let mut same_hash = api_key(&ns);
+    same_hash.key_hash = key.key_hash.clone();
+    assert!(
+        matches!(
+            store.create_api_key(&same_hash).await.unwrap_err(),
+            StoreError::Conflict(_)
+        ),
+        "a duplicate key hash must be Conflict"
+    );
+
+    let mut revoked = key.clone();
+    revoked.revoked_at = Some(now());
+    revoked.role = Role::Invoker;
+    revoked.expires_at = None;
+    store.upsert_api_key(&revoked).await.unwrap();
+    assert_eq!(
+        store.find_api_key(&key.key_hash).await.unwrap(),
+        Some(revoked),
+        "upsert replaces the key with that id, and find returns revoked keys too"
+    );
+
+    let fresh = ApiKeyRecord {
+        role: Role::Admin,
+        ..api_key(&ns)
+    };
+    store.upsert_api_key(&fresh).await.unwrap();
+    assert_eq!(
+        store.find_api_key(&fresh.key_hash).await.unwrap(),
+        Some(fresh),
+        "upsert inserts a new key"
+    );
+}

@@ -1,1 +1,595 @@
-//! (to be written)
+//! The embedded metadata store: one SQLite file (WAL mode), for `fnmesh up` and single-node
+//! deployments.
+//!
+//! The schema lives in `migrations/sqlite/` and is applied by [`SqliteStore::open`]. Every
+//! record's full JSON is kept in a `body` column; the other columns carry keys, fencing state
+//! and listing order. Listings use keyset pagination with opaque cursors (base64 of the last
+//! key seen), so walking all pages never repeats or skips a row, even while rows are inserted.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{ApiKeyRecord, InvocationFilter, MetadataStore, Page, Role, StoreError};
+use crate::function::Function;
+use crate::ids::InvocationId;
+use crate::invocation::{InvocationLogs, InvocationResult};
+use crate::names::{FunctionName, Namespace};
+
+/// Embedded migrations (`migrations/sqlite/`).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Largest page a listing returns.
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+
+/// How long a statement waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections in the pool (SQLite serialises writers; readers run in parallel in WAL mode).
+const MAX_CONNECTIONS: u32 = 8;
+
+/// Cursor prefixes, so a cursor of one listing is refused by another.
+const FUNCTION_CURSOR: &str = "f:";
+const INVOCATION_CURSOR: &str = "i:";
+
+/// Terminal statuses, as stored (must match `InvocationStatus::is_terminal`).
+const TERMINAL_SQL: &str = "('succeeded', 'failed', 'timeout')";
+
+/// A [`MetadataStore`] in one SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, in WAL mode with foreign keys on, and
+    /// applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migrate {}: {e}", path.display())))?;
+        tracing::debug!(path = %path.display(), "sqlite metadata store opened");
+        Ok(Self { pool })
+    }
+
+    /// Closes every connection (waits for checked-out ones to return).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn clamp_limit(limit: u32) -> u32 {
+    limit.clamp(1, MAX_PAGE_LIMIT)
+}
+
+fn encode_cursor(prefix: &str, key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{prefix}{key}"))
+}
+
+fn decode_cursor(prefix: &str, cursor: &str) -> Result<String, StoreError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| StoreError::InvalidCursor)?;
+    let text = String::from_utf8(bytes).map_err(|_| StoreError::InvalidCursor)?;
+    text.strip_prefix(prefix)
+        .map(str::to_owned)
+        .ok_or(StoreError::InvalidCursor)
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("encode record: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("decode record: {e}")))
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn parse_ts(column: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Backend(format!("decode {column}: {e}")))
+}
+
+fn function_label(namespace: &Namespace, name: &FunctionName) -> String {
+    format!("function \"{namespace}/{name}\"")
+}
+
+fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
+    let role: String = row.try_get("role")?;
+    let namespace: String = row.try_get("namespace")?;
+    let created_at: String = row.try_get("created_at")?;
+    let expires_at: Option<String> = row.try_get("expires_at")?;
+    let revoked_at: Option<String> = row.try_get("revoked_at")?;
+    Ok(ApiKeyRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        key_hash: row.try_get("key_hash")?,
+        role: Role::parse(&role)
+            .ok_or_else(|| StoreError::Backend(format!("decode role: unknown {role:?}")))?,
+        namespace: Namespace::parse(&namespace)
+            .map_err(|e| StoreError::Backend(format!("decode namespace: {e}")))?,
+        created_at: parse_ts("created_at", &created_at)?,
+        expires_at: expires_at
+            .as_deref()
+            .map(|t| parse_ts("expires_at", t))
+            .transpose()?,
+        revoked_at: revoked_at
+            .as_deref()
+            .map(|t| parse_ts("revoked_at", t))
+            .transpose()?,
+    })
+}
+
+#[async_trait]
+impl MetadataStore for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_function(&self, function: &Function) -> Result<(), StoreError> {
+        let label = function_label(&function.namespace, &function.name);
+        let body = to_json(function)?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let inserted = sqlx::query(
+            "INSERT INTO functions (namespace, name, id, latest_version, created_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(function.namespace.as_str())
+        .bind(function.name.as_str())
+        .bind(function.id.to_string())
+        .bind(i64::from(function.version))
+        .bind(ts(&function.created_at))
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(label)),
+            Err(e) => return Err(e.into()),
+        }
+        sqlx::query(
+            "INSERT INTO function_versions (namespace, name, version, body, created_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(function.namespace.as_str())
+        .bind(function.name.as_str())
+        .bind(i64::from(function.version))
+        .bind(body)
+        .bind(ts(&function.updated_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_version(&self, function: &Function) -> Result<(), StoreError> {
+        let label = function_label(&function.namespace, &function.name);
+        let body = to_json(function)?;
+        let version = i64::from(function.version);
+        // BEGIN IMMEDIATE takes the write lock up front: the check-and-bump below cannot
+        // interleave with another writer, so of two concurrent n+1 updates exactly one wins.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let bumped = sqlx::query(
+            "UPDATE functions SET latest_version = ? \
+             WHERE namespace = ? AND name = ? AND latest_version = ?",
+        )
+        .bind(version)
+        .bind(function.namespace.as_str())
+        .bind(function.name.as_str())
+        .bind(version - 1)
+        .execute(&mut *tx)
+        .await?;
+        if bumped.rows_affected() == 0 {
+            let latest: Option<i64> = sqlx::query_scalar(
+                "SELECT latest_version FROM functions WHERE namespace = ? AND name = ?",
+            )
+            .bind(function.namespace.as_str())
+            .bind(function.name.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            return Err(match latest {
+                None => StoreError::NotFound(label),
+                Some(latest) => StoreError::Conflict(format!(
+                    "{label} version {} (latest is {latest})",
+                    function.version
+                )),
+            });
+        }
+        sqlx::query(
+            "INSERT INTO function_versions (namespace, name, version, body, created_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(function.namespace.as_str())
+        .bind(function.name.as_str())
+        .bind(version)
+        .bind(body)
+        .bind(ts(&function.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("{label} version {}", function.version))
+            } else {
+                e.into()
+            }
+        })?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_function(
+        &self,
+        namespace: &Namespace,
+        name: &FunctionName,
+        version: Option<u32>,
+    ) -> Result<Option<Function>, StoreError> {
+        let body: Option<String> = match version {
+            Some(version) => {
+                sqlx::query_scalar(
+                    "SELECT body FROM function_versions \
+                     WHERE namespace = ? AND name = ? AND version = ?",
+                )
+                .bind(namespace.as_str())
+                .bind(name.as_str())
+                .bind(i64::from(version))
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query_scalar(
+                    "SELECT v.body FROM functions f JOIN function_versions v \
+                     ON v.namespace = f.namespace AND v.name = f.name \
+                     AND v.version = f.latest_version \
+                     WHERE f.namespace = ? AND f.name = ?",
+                )
+                .bind(namespace.as_str())
+                .bind(name.as_str())
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        body.as_deref().map(from_json).transpose()
+    }
+
+    async fn list_functions(
+        &self,
+        namespace: &Namespace,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<Function>, StoreError> {
+        let limit = clamp_limit(limit);
+        let after = match cursor {
+            Some(c) => {
+                let name = decode_cursor(FUNCTION_CURSOR, c)?;
+                FunctionName::parse(&name).map_err(|_| StoreError::InvalidCursor)?;
+                Some(name)
+            }
+            None => None,
+        };
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT v.body FROM functions f JOIN function_versions v \
+             ON v.namespace = f.namespace AND v.name = f.name AND v.version = f.latest_version \
+             WHERE f.namespace = ? AND (? IS NULL OR f.name > ?) \
+             ORDER BY f.name LIMIT ?",
+        )
+        .bind(namespace.as_str())
+        .bind(after.as_deref())
+        .bind(after.as_deref())
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = rows
+            .iter()
+            .map(|b| from_json::<Function>(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items
+                .last()
+                .map(|f| encode_cursor(FUNCTION_CURSOR, f.name.as_str()))
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn list_versions(
+        &self,
+        namespace: &Namespace,
+        name: &FunctionName,
+    ) -> Result<Vec<Function>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT body FROM function_versions WHERE namespace = ? AND name = ? \
+             ORDER BY version",
+        )
+        .bind(namespace.as_str())
+        .bind(name.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|b| from_json(b)).collect()
+    }
+
+    async fn delete_function(
+        &self,
+        namespace: &Namespace,
+        name: &FunctionName,
+    ) -> Result<bool, StoreError> {
+        // Versions go with it (ON DELETE CASCADE).
+        let done = sqlx::query("DELETE FROM functions WHERE namespace = ? AND name = ?")
+            .bind(namespace.as_str())
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn insert_invocation(&self, record: &InvocationResult) -> Result<(), StoreError> {
+        let body = to_json(record)?;
+        let now = ts(&Utc::now());
+        let inserted = sqlx::query(
+            "INSERT INTO invocations \
+             (id, namespace, function, version, status, attempt, body, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(record.id.to_string())
+        .bind(record.namespace.as_str())
+        .bind(record.function.as_str())
+        .bind(i64::from(record.version))
+        .bind(record.status.as_str())
+        .bind(i64::from(record.attempt))
+        .bind(body)
+        .bind(ts(&record.created_at))
+        .bind(now)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Conflict(format!("invocation {}", record.id)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn update_invocation(&self, record: &InvocationResult) -> Result<bool, StoreError> {
+        // Fencing, in one statement so it is atomic:
+        // - over a terminal record, only a higher attempt applies;
+        // - over a non-terminal record, the same or a higher attempt applies, and a lower
+        //   attempt only if it brings a terminal result (a slow attempt that did finish).
+        let body = to_json(record)?;
+        let sql = format!(
+            "UPDATE invocations SET version = ?1, status = ?2, attempt = ?3, body = ?4, \
+             updated_at = ?5 \
+             WHERE id = ?6 AND namespace = ?7 AND ( \
+               (status IN {TERMINAL_SQL} AND ?3 > attempt) \
+               OR (status NOT IN {TERMINAL_SQL} AND (?3 >= attempt OR ?8)) \
+             )"
+        );
+        let done = sqlx::query(&sql)
+            .bind(i64::from(record.version))
+            .bind(record.status.as_str())
+            .bind(i64::from(record.attempt))
+            .bind(body)
+            .bind(ts(&Utc::now()))
+            .bind(record.id.to_string())
+            .bind(record.namespace.as_str())
+            .bind(record.status.is_terminal())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() > 0 {
+            return Ok(true);
+        }
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM invocations WHERE id = ? AND namespace = ?")
+                .bind(record.id.to_string())
+                .bind(record.namespace.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        match exists {
+            Some(_) => {
+                tracing::debug!(
+                    invocation.id = %record.id,
+                    invocation.attempt = record.attempt,
+                    invocation.status = record.status.as_str(),
+                    "stale invocation update fenced off"
+                );
+                Ok(false)
+            }
+            None => Err(StoreError::NotFound(format!("invocation {}", record.id))),
+        }
+    }
+
+    async fn get_invocation(
+        &self,
+        namespace: &Namespace,
+        id: &InvocationId,
+    ) -> Result<Option<InvocationResult>, StoreError> {
+        let body: Option<String> =
+            sqlx::query_scalar("SELECT body FROM invocations WHERE id = ? AND namespace = ?")
+                .bind(id.to_string())
+                .bind(namespace.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        body.as_deref().map(from_json).transpose()
+    }
+
+    async fn list_invocations(
+        &self,
+        namespace: &Namespace,
+        filter: &InvocationFilter,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<InvocationResult>, StoreError> {
+        let limit = clamp_limit(limit);
+        let before = match cursor {
+            Some(c) => {
+                let id = decode_cursor(INVOCATION_CURSOR, c)?;
+                Some(InvocationId::from_str(&id).map_err(|_| StoreError::InvalidCursor)?)
+            }
+            None => None,
+        };
+        let mut query: QueryBuilder<'_, Sqlite> =
+            QueryBuilder::new("SELECT body FROM invocations WHERE namespace = ");
+        query.push_bind(namespace.as_str());
+        if let Some(function) = &filter.function {
+            query.push(" AND function = ").push_bind(function.as_str());
+        }
+        if let Some(status) = filter.status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(before) = before {
+            query.push(" AND id < ").push_bind(before.to_string());
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows: Vec<String> = query.build_query_scalar().fetch_all(&self.pool).await?;
+        let mut items = rows
+            .iter()
+            .map(|b| from_json::<InvocationResult>(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items
+                .last()
+                .map(|r| encode_cursor(INVOCATION_CURSOR, &r.id.to_string()))
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn put_logs(&self, id: &InvocationId, logs: &InvocationLogs) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO invocation_logs (id, text, truncated) VALUES (?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET text = excluded.text, truncated = excluded.truncated",
+        )
+        .bind(id.to_string())
+        .bind(&logs.text)
+        .bind(logs.truncated)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_logs(
+        &self,
+        namespace: &Namespace,
+        id: &InvocationId,
+    ) -> Result<Option<InvocationLogs>, StoreError> {
+        let row = sqlx::query(
+            "SELECT l.text, l.truncated FROM invocation_logs l \
+             JOIN invocations i ON i.id = l.id \
+             WHERE l.id = ? AND i.namespace = ?",
+        )
+        .bind(id.to_string())
+        .bind(namespace.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(InvocationLogs {
+                text: row.try_get("text")?,
+                truncated: row.try_get("truncated")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO api_keys \
+             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.key_hash)
+        .bind(&key.name)
+        .bind(key.role.as_str())
+        .bind(key.namespace.as_str())
+        .bind(ts(&key.created_at))
+        .bind(key.expires_at.as_ref().map(ts))
+        .bind(key.revoked_at.as_ref().map(ts))
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Conflict(format!("api key {:?}", key.id)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn upsert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO api_keys \
+             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, \
+             name = excluded.name, role = excluded.role, namespace = excluded.namespace, \
+             created_at = excluded.created_at, expires_at = excluded.expires_at, \
+             revoked_at = excluded.revoked_at",
+        )
+        .bind(&key.id)
+        .bind(&key.key_hash)
+        .bind(&key.name)
+        .bind(key.role.as_str())
+        .bind(key.namespace.as_str())
+        .bind(ts(&key.created_at))
+        .bind(key.expires_at.as_ref().map(ts))
+        .bind(key.revoked_at.as_ref().map(ts))
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(_) => Ok(()),
+            // Another key already has this hash.
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "api key hash of {:?}",
+                key.id
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, key_hash, name, role, namespace, created_at, expires_at, revoked_at \
+             FROM api_keys WHERE key_hash = ?",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(api_key_from_row).transpose()
+    }
+}

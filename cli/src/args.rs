@@ -1,0 +1,207 @@
+//! Command-line arguments. Every flag has an environment twin.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// fnmesh: a self-hosted Function-as-a-Service platform.
+#[derive(Debug, Parser)]
+#[command(name = "fnmesh", version, about)]
+pub struct Cli {
+    /// Print JSON instead of tables (client commands).
+    #[arg(long, global = true, env = "FNMESH_JSON")]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a gateway and a node in one process on the embedded backends.
+    Up(UpArgs),
+    /// Manage functions.
+    #[command(name = "fn", subcommand)]
+    Function(FnCommand),
+    /// Invoke a function.
+    Invoke(InvokeArgs),
+    /// Inspect invocations.
+    #[command(subcommand)]
+    Invocation(InvocationCommand),
+    /// Show the captured output of an invocation.
+    Logs(LogsArgs),
+    /// Run the sandbox benchmark (cold and warm start against baselines).
+    Bench(BenchArgs),
+    /// Internal: the single-threaded sandbox supervisor (started by nodes).
+    #[command(name = "__supervisor", hide = true)]
+    Supervisor,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "FNMESH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where data (database, code, sandboxes, admin key) is kept.
+    #[arg(long, env = "FNMESH_DATA_DIR", default_value = "./.fnmesh")]
+    pub data_dir: PathBuf,
+    /// The bootstrap admin API key (default: read or generate `<data dir>/admin.key`).
+    #[arg(long, env = "FNMESH_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Invocations run at once.
+    #[arg(long, env = "FNMESH_NODE_SLOTS", default_value_t = 16)]
+    pub slots: usize,
+    /// Live sandboxes kept at most.
+    #[arg(long, env = "FNMESH_MAX_SANDBOXES", default_value_t = 64)]
+    pub max_sandboxes: usize,
+    /// Idle sandboxes are reaped after this many seconds.
+    #[arg(long, env = "FNMESH_KEEP_ALIVE_SECS", default_value_t = 300)]
+    pub keep_alive_secs: u64,
+    /// Request bodies larger than this are refused with 413.
+    #[arg(long, env = "FNMESH_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds to wait for in-flight work on shutdown.
+    #[arg(long, env = "FNMESH_DRAIN_SECS", default_value_t = 30)]
+    pub drain_secs: u64,
+}
+
+/// Where client commands connect.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// The gateway's URL.
+    #[arg(long, env = "FNMESH_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// API key (default: `<data dir>/admin.key` when present).
+    #[arg(long, env = "FNMESH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Data dir whose admin.key is the default API key.
+    #[arg(long, env = "FNMESH_DATA_DIR", default_value = "./.fnmesh")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FnCommand {
+    /// Create a function, or add a version if it exists.
+    Deploy(DeployArgs),
+    /// List functions.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show a function.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+        /// A specific version.
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Delete a function and all its versions.
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+    },
+    /// List a function's versions.
+    Versions {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// A directory (packed as tar.gz) or a single file.
+    pub path: PathBuf,
+    /// Function name.
+    #[arg(long)]
+    pub name: String,
+    /// python3 | nodejs | exec.
+    #[arg(long)]
+    pub runtime: String,
+    /// e.g. `main.handle`, `index.handler`, `run.sh`.
+    #[arg(long)]
+    pub handler: String,
+    /// Memory limit.
+    #[arg(long)]
+    pub memory_mb: Option<u32>,
+    /// Timeout.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Concurrent invocations per node.
+    #[arg(long)]
+    pub max_concurrency: Option<u32>,
+    /// Sandboxes kept warm.
+    #[arg(long)]
+    pub min_warm: Option<u32>,
+    /// Environment variable for the function, `KEY=VALUE` (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Function name.
+    pub name: String,
+    /// JSON payload, or `@file` to read it from a file.
+    #[arg(long, short = 'd')]
+    pub data: Option<String>,
+    /// Queue it and return its id at once.
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+    /// Run a specific version.
+    #[arg(long)]
+    pub version: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InvocationCommand {
+    /// Show one invocation.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+    /// List invocations.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        function: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Invocation id.
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Rounds of each cold-start measurement.
+    #[arg(long, default_value_t = 20)]
+    pub cold_rounds: usize,
+    /// Sequential warm invocations.
+    #[arg(long, default_value_t = 2000)]
+    pub warm_iterations: usize,
+    /// Scratch directory (default: a temp dir).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+}

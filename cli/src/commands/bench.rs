@@ -1,0 +1,314 @@
+//! `fnmesh bench`: cold and warm start of a Python hello through fnmesh's sandboxes, side by
+//! side in one run with `crun run` of an equivalent bundle, bare `python3`, and the handler
+//! called directly.
+//!
+//! crun 1.8 refuses this kind of hybrid cgroup layout, so [`enter_bench_namespace`] (called
+//! before any thread exists) moves the whole benchmark into a private mount namespace with
+//! `/sys/fs/cgroup/unified` unmounted; every contender then runs under the same conditions.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use fnmesh_nodes::executor::{Executor, ExecutorConfig, Job};
+use fnmesh_nodes::sandbox::rootfs::ensure_rootfs;
+use fnmesh_nodes::sandbox::spec::{write_bundle, BundleRequest};
+use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
+use fnmesh_nodes::sandbox::ContainerRuntime;
+use fnmesh_shared::{
+    Checksum, CodeInfo, Function, FunctionConfig, FunctionId, FunctionName, InvocationId,
+    InvocationStatus, Namespace, Runtime,
+};
+
+use crate::args::BenchArgs;
+
+const HANDLER: &str = "def handle(event, context):\n    return {\"hello\": \"world\"}\n";
+const ONE_SHOT: &str =
+    "import sys; sys.path.insert(0, '/var/task'); import main; print(main.handle({}, None))";
+
+/// Moves this (still single-threaded) process into a private mount namespace without the
+/// cgroup2 mount, so that crun accepts the host's cgroup v1 layout.
+pub fn enter_bench_namespace() -> Result<()> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS) (run the benchmark as root)")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making mounts private")?;
+    if Path::new("/sys/fs/cgroup/unified").exists() {
+        let _ = umount2("/sys/fs/cgroup/unified", MntFlags::MNT_DETACH);
+    }
+    Ok(())
+}
+
+struct Stats {
+    samples: Vec<f64>,
+}
+
+impl Stats {
+    fn new(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(|a, b| a.total_cmp(b));
+        Self { samples }
+    }
+    fn pct(&self, p: f64) -> f64 {
+        if self.samples.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((self.samples.len() - 1) as f64 * p).round() as usize;
+        self.samples[idx.min(self.samples.len() - 1)]
+    }
+    fn median(&self) -> f64 {
+        self.pct(0.5)
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark creates sandboxes and must run as root");
+    }
+    let scratch = match &args.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            tempfile::Builder::new().prefix("fnmesh-bench-").tempdir_in(d)?
+        }
+        None => tempfile::Builder::new().prefix("fnmesh-bench-").tempdir()?,
+    };
+    let work = scratch.path().to_path_buf();
+    let code_dir = work.join("code");
+    std::fs::create_dir_all(&code_dir)?;
+    std::fs::write(code_dir.join("main.py"), HANDLER)?;
+    let tag = format!("{:08x}", rand::random::<u32>());
+
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(
+        SupervisorClient::spawn(
+            &std::env::current_exe()?,
+            &["__supervisor"],
+            &work.join("state"),
+        )
+        .await?,
+    );
+    let executor = Executor::new(
+        ExecutorConfig {
+            work_dir: work.join("node"),
+            node_id: format!("bench-{tag}"),
+            max_sandboxes: args.cold_rounds + 8,
+            cgroup_parent: format!("/fnmesh-bench/{tag}"),
+            ..ExecutorConfig::default()
+        },
+        runtime,
+    )
+    .await?;
+
+    // An equivalent one-shot bundle for crun: same rootfs, mounts, limits and seccomp profile.
+    let rootfs = ensure_rootfs(&work.join("crun-rootfs"))?;
+    let empty_runtime_dir = work.join("crun-runtime");
+    std::fs::create_dir_all(&empty_runtime_dir)?;
+    let crun = which("crun");
+    let crun_root = work.join("crun-state");
+    std::fs::create_dir_all(&crun_root)?;
+
+    println!("fnmesh bench: python hello, {} cold rounds (round-robin), {} warm iterations", args.cold_rounds, args.warm_iterations);
+    let mut cold_fnmesh = Vec::new();
+    let mut cold_init = Vec::new();
+    let mut cold_crun = Vec::new();
+    let mut cold_bare = Vec::new();
+    for round in 0..args.cold_rounds {
+        // fnmesh: a new function id every round, so every invocation is a cold start.
+        let function = bench_function(FunctionId::new());
+        let started = Instant::now();
+        let out = executor.execute(job(&function, &code_dir)).await;
+        let elapsed = started.elapsed();
+        if out.status != InvocationStatus::Succeeded || !out.cold_start {
+            bail!("fnmesh cold invocation failed: {:?} {:?}", out.status, out.error);
+        }
+        cold_fnmesh.push(ms(elapsed));
+        cold_init.push(out.init_ms as f64);
+
+        if let Some(crun) = &crun {
+            let id = format!("bench-{tag}-{round}");
+            let bundle = work.join("crun-bundles").join(&id);
+            write_bundle(
+                &bundle,
+                &BundleRequest {
+                    sandbox_id: id.clone(),
+                    rootfs: rootfs.clone(),
+                    code_dir: code_dir.clone(),
+                    runtime_dir: empty_runtime_dir.clone(),
+                    args: vec!["/usr/bin/python3".into(), "-I".into(), "-c".into(), ONE_SHOT.into()],
+                    env: vec!["PATH=/usr/bin:/bin".into(), "HOME=/tmp".into()],
+                    cwd: "/var/task".into(),
+                    memory_mb: 128,
+                    pids_limit: 64,
+                    cpu_millis: 1000,
+                    tmp_mb: 64,
+                    cgroup_path: format!("/fnmesh-bench/{tag}/{id}"),
+                    uid: 65534,
+                    gid: 65534,
+                },
+            )?;
+            let started = Instant::now();
+            let status = Command::new(crun)
+                .arg("--root")
+                .arg(&crun_root)
+                .args(["run", "--bundle"])
+                .arg(&bundle)
+                .arg(&id)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()?;
+            let elapsed = started.elapsed();
+            if !status.status.success() {
+                bail!("crun run failed: {}", String::from_utf8_lossy(&status.stderr));
+            }
+            cold_crun.push(ms(elapsed));
+        }
+
+        let started = Instant::now();
+        let status = Command::new("/usr/bin/python3")
+            .args(["-I", "-c", &ONE_SHOT.replace("/var/task", &code_dir.to_string_lossy())])
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("bare python3 failed");
+        }
+        cold_bare.push(ms(started.elapsed()));
+    }
+
+    // Warm: one function, one sandbox, sequential invocations.
+    let function = bench_function(FunctionId::new());
+    let first = executor.execute(job(&function, &code_dir)).await;
+    if first.status != InvocationStatus::Succeeded {
+        bail!("warm-up invocation failed: {:?}", first.error);
+    }
+    let mut warm = Vec::with_capacity(args.warm_iterations);
+    for _ in 0..args.warm_iterations {
+        let started = Instant::now();
+        let out = executor.execute(job(&function, &code_dir)).await;
+        let elapsed = started.elapsed();
+        if out.cold_start || out.status != InvocationStatus::Succeeded {
+            bail!("warm invocation was not warm: {:?}", out.error);
+        }
+        warm.push(elapsed.as_secs_f64() * 1e6);
+    }
+    let direct_us = direct_handler_us(&code_dir, args.warm_iterations)?;
+    executor.shutdown(Duration::from_secs(5)).await;
+
+    let fn_cold = Stats::new(cold_fnmesh);
+    let init = Stats::new(cold_init);
+    let crun_cold = Stats::new(cold_crun);
+    let bare = Stats::new(cold_bare);
+    let warm = Stats::new(warm);
+
+    println!();
+    println!("cold start (ms)                         n    min   p50   p90   max");
+    let row = |label: &str, s: &Stats| {
+        if s.samples.is_empty() {
+            println!("{label:<36} n/a");
+        } else {
+            println!(
+                "{label:<36} {:>3} {:>6.1} {:>5.1} {:>5.1} {:>5.1}",
+                s.samples.len(),
+                s.pct(0.0),
+                s.median(),
+                s.pct(0.9),
+                s.pct(1.0)
+            );
+        }
+    };
+    row("fnmesh sandbox (request → result)", &fn_cold);
+    row("  of which init (create+start+load)", &init);
+    if crun.is_some() {
+        row("crun run (create+run+delete)", &crun_cold);
+    } else {
+        println!("crun run                             n/a: crun is not installed (apt-get install crun)");
+    }
+    row("bare python3 (no container)", &bare);
+    println!();
+    if !crun_cold.samples.is_empty() {
+        println!("ratio fnmesh cold / crun run (p50):   {:.2}x   (target ≤ 1.0x)", fn_cold.median() / crun_cold.median());
+    }
+    println!("ratio fnmesh cold / bare python (p50): {:.2}x", fn_cold.median() / bare.median());
+    println!();
+    println!("warm round trip (µs)                    n    min   p50   p90   p99");
+    println!(
+        "{:<36} {:>5} {:>6.0} {:>5.0} {:>5.0} {:>5.0}",
+        "fnmesh pooled sandbox",
+        warm.samples.len(),
+        warm.pct(0.0),
+        warm.median(),
+        warm.pct(0.9),
+        warm.pct(0.99)
+    );
+    println!("{:<36} {:>5} {:>24.2}", "handler called directly (p50)", args.warm_iterations, direct_us);
+    println!(
+        "warm overhead over the bare handler (p50): {:.0} µs   (target ≤ 100 µs)",
+        warm.median() - direct_us
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(bin))
+            .find(|p| p.is_file())
+    })
+}
+
+fn bench_function(id: FunctionId) -> Function {
+    let now = Utc::now();
+    Function {
+        id,
+        namespace: Namespace::default_ns(),
+        name: FunctionName::parse("bench-hello").unwrap_or_else(|_| unreachable!()),
+        version: 1,
+        runtime: Runtime::Python3,
+        handler: "main.handle".into(),
+        code: CodeInfo {
+            checksum: Checksum::of(HANDLER.as_bytes()),
+            size: HANDLER.len() as u64,
+            source_type: "inline".into(),
+        },
+        config: FunctionConfig::default(),
+        metadata: BTreeMap::new(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn job(function: &Function, code_dir: &Path) -> Job {
+    Job {
+        invocation_id: InvocationId::new(),
+        function: function.clone(),
+        code_dir: code_dir.to_path_buf(),
+        payload: serde_json::json!({}),
+        trace_id: None,
+    }
+}
+
+/// Median time of one direct call of the handler inside Python, in µs.
+fn direct_handler_us(code_dir: &Path, n: usize) -> Result<f64> {
+    let script = format!(
+        "import sys, time, statistics\nsys.path.insert(0, {dir:?})\nimport main\nts = []\nfor _ in range({n}):\n    t = time.perf_counter_ns()\n    main.handle({{}}, None)\n    ts.append(time.perf_counter_ns() - t)\nprint(statistics.median(ts) / 1000)\n",
+        dir = code_dir.to_string_lossy(),
+    );
+    let out = Command::new("/usr/bin/python3").args(["-I", "-c", &script]).output()?;
+    if !out.status.success() {
+        bail!("direct handler run failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}

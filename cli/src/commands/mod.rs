@@ -1,0 +1,6 @@
+//! One module per group of client commands; `up` runs the platform and `bench` the benchmark.
+
+pub mod bench;
+pub mod functions;
+pub mod invocations;
+pub mod up;

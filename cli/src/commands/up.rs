@@ -1,0 +1,272 @@
+//! `fnmesh up`: a gateway and a node in one process on the embedded backends (SQLite, a local
+//! code directory, the in-process bus, in-memory rate limits) and real sandboxes.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fnmesh_gateway::{auth, Backends, Gateway, GatewayConfig};
+use fnmesh_nodes::code_cache::CodeCache;
+use fnmesh_nodes::executor::{Executor, ExecutorConfig};
+use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
+use fnmesh_nodes::sandbox::ContainerRuntime;
+use fnmesh_nodes::worker::{Worker, WorkerConfig};
+use fnmesh_shared::bus::memory::MemoryBus;
+use fnmesh_shared::bus::{Bus, BusConfig};
+use fnmesh_shared::code::local::LocalCodeStore;
+use fnmesh_shared::code::CodeStore;
+use fnmesh_shared::ratelimit::local::LocalRateLimiter;
+use fnmesh_shared::store::sqlite::SqliteStore;
+use fnmesh_shared::store::{InvocationFilter, MetadataStore};
+use fnmesh_shared::{ErrorKind, InvocationError, InvocationStatus, Namespace};
+use tokio_util::sync::CancellationToken;
+
+use crate::args::UpArgs;
+
+pub async fn run(args: UpArgs) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("fnmesh up runs functions in sandboxes (cgroups, namespaces) and must run as root");
+    }
+    let data_dir = absolute(&args.data_dir)?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+
+    let store: Arc<dyn MetadataStore> = Arc::new(
+        SqliteStore::open(&data_dir.join("fnmesh.db"))
+            .await
+            .context("opening the SQLite metadata store")?,
+    );
+    let code: Arc<dyn CodeStore> = Arc::new(
+        LocalCodeStore::open(&data_dir.join("code"))
+            .await
+            .context("opening the local code store")?,
+    );
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(BusConfig::default()));
+    let limiter = Arc::new(LocalRateLimiter::new());
+
+    let admin = admin_key(&args, &data_dir)?;
+    auth::ensure_admin_key(store.as_ref(), &admin.key)
+        .await
+        .context("storing the admin key")?;
+    fail_orphaned_invocations(store.as_ref()).await?;
+
+    let node_id = std::env::var("FNMESH_NODE_ID")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+    let sandbox_dir = data_dir.join("sandboxes");
+    let exe = std::env::current_exe().context("locating the fnmesh binary")?;
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(
+        SupervisorClient::spawn(&exe, &["__supervisor"], &sandbox_dir.join("state"))
+            .await
+            .context("starting the sandbox supervisor")?,
+    );
+    let executor = Executor::new(
+        ExecutorConfig {
+            work_dir: sandbox_dir.clone(),
+            node_id: node_id.clone(),
+            max_sandboxes: args.max_sandboxes,
+            keep_alive: Duration::from_secs(args.keep_alive_secs),
+            cgroup_parent: format!("/fnmesh/{node_id}"),
+            ..ExecutorConfig::default()
+        },
+        runtime,
+    )
+    .await
+    .context("preparing the sandbox executor")?;
+    let cache = Arc::new(CodeCache::new(
+        &data_dir.join("node").join("code"),
+        code.clone(),
+        Default::default(),
+    )?);
+
+    let gateway = Gateway::bind(
+        GatewayConfig {
+            listen: args.listen,
+            max_body_bytes: args.max_body_bytes,
+            drain_timeout: Duration::from_secs(args.drain_secs),
+            ..GatewayConfig::default()
+        },
+        Backends {
+            store: store.clone(),
+            code: code.clone(),
+            bus: bus.clone(),
+            limiter,
+        },
+    )
+    .await
+    .with_context(|| format!("starting the HTTP API on {}", args.listen))?;
+    let addr = gateway.local_addr();
+
+    println!("fnmesh is up: http://{addr}");
+    println!("  data dir:  {}", data_dir.display());
+    println!("  admin key: {}", admin.describe());
+    println!("  node:      {node_id}");
+    println!("stop with Ctrl-C");
+    let _ = std::io::stdout().flush();
+
+    let gateway_stop = CancellationToken::new();
+    let node_stop = CancellationToken::new();
+    let worker = Worker::new(
+        WorkerConfig {
+            node_id: node_id.clone(),
+            slots: args.slots,
+            drain_timeout: Duration::from_secs(args.drain_secs),
+            ..WorkerConfig::default()
+        },
+        bus.clone(),
+        cache,
+        executor.clone(),
+    );
+    let node_task = tokio::spawn(worker.run(node_stop.clone()));
+    let gateway_task = tokio::spawn(gateway.run(gateway_stop.clone()));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new requests; draining in-flight work");
+    // The gateway drains first (its in-flight sync calls need the node), then the node.
+    gateway_stop.cancel();
+    match gateway_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "gateway stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "gateway task failed"),
+    }
+    node_stop.cancel();
+    let _ = node_task.await;
+    executor.shutdown(Duration::from_secs(5)).await;
+    tracing::info!("fnmesh stopped");
+    Ok(())
+}
+
+/// Where the bootstrap admin key came from.
+struct AdminKey {
+    key: String,
+    file: Option<PathBuf>,
+    generated: bool,
+}
+
+impl AdminKey {
+    fn describe(&self) -> String {
+        match (&self.file, self.generated) {
+            (Some(p), true) => format!("generated and written to {} (mode 0600)", p.display()),
+            (Some(p), false) => format!("{}", p.display()),
+            (None, _) => "from FNMESH_ADMIN_KEY".to_owned(),
+        }
+    }
+}
+
+fn admin_key(args: &UpArgs, data_dir: &Path) -> Result<AdminKey> {
+    if let Some(k) = args.admin_key.as_ref().filter(|k| !k.is_empty()) {
+        if k.len() < 16 {
+            bail!("FNMESH_ADMIN_KEY must be at least 16 characters");
+        }
+        return Ok(AdminKey {
+            key: k.clone(),
+            file: None,
+            generated: false,
+        });
+    }
+    let path = data_dir.join("admin.key");
+    if path.exists() {
+        let key = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_owned();
+        if key.is_empty() {
+            bail!("{} is empty; delete it to generate a new key", path.display());
+        }
+        return Ok(AdminKey {
+            key,
+            file: Some(path),
+            generated: false,
+        });
+    }
+    let key = auth::generate_key();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{key}")?;
+    f.sync_all()?;
+    Ok(AdminKey {
+        key,
+        file: Some(path),
+        generated: true,
+    })
+}
+
+/// The in-process bus does not survive a restart: invocations that were queued or running
+/// when the previous process died are marked failed (never left hanging silently).
+async fn fail_orphaned_invocations(store: &dyn MetadataStore) -> Result<()> {
+    let ns = Namespace::default_ns();
+    let mut failed = 0usize;
+    for status in [InvocationStatus::Queued, InvocationStatus::Running] {
+        loop {
+            let page = store
+                .list_invocations(
+                    &ns,
+                    &InvocationFilter {
+                        function: None,
+                        status: Some(status),
+                    },
+                    500,
+                    None,
+                )
+                .await?;
+            if page.items.is_empty() {
+                break;
+            }
+            let mut applied = 0usize;
+            for mut rec in page.items {
+                rec.status = InvocationStatus::Failed;
+                rec.attempt = rec.attempt.saturating_add(1);
+                rec.completed_at = Some(chrono::Utc::now());
+                rec.error = Some(InvocationError {
+                    kind: ErrorKind::Crashed,
+                    message: "fnmesh restarted before this invocation finished".into(),
+                });
+                if store.update_invocation(&rec).await? {
+                    applied += 1;
+                }
+            }
+            failed += applied;
+            if applied == 0 {
+                break;
+            }
+        }
+    }
+    if failed > 0 {
+        tracing::warn!(
+            invocations = failed,
+            "marked invocations left unfinished by the previous run as failed"
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}

@@ -1,0 +1,43 @@
+//! Gateway settings. The CLI layers defaults, file, environment and flags into this.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use fnmesh_shared::archive::ArchiveLimits;
+use fnmesh_shared::ratelimit::RateLimit;
+
+/// Default body cap (6 MiB: a 4.5 MiB archive plus base64 overhead).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
+
+/// How the gateway serves.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Address to listen on (port 0 picks a free port; see [`crate::Gateway::local_addr`]).
+    pub listen: SocketAddr,
+    /// Largest accepted request body, enforced while reading.
+    pub max_body_bytes: usize,
+    /// Limits on uploaded code archives.
+    pub archive: ArchiveLimits,
+    /// How long a sync invocation waits beyond the function's `timeout_ms`.
+    pub sync_grace: Duration,
+    /// The limit applied to each API key; `None` disables rate limiting.
+    pub default_rate_limit: Option<RateLimit>,
+    /// How long in-flight requests may take to finish once shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            archive: ArchiveLimits::default(),
+            sync_grace: Duration::from_secs(5),
+            default_rate_limit: Some(RateLimit {
+                per_second: 1000,
+                burst: 2000,
+            }),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Every error the API can answer with, and the one place that turns them into HTTP.
+//!
+//! Handlers return [`ApiError`]; each variant knows its status and machine-readable code.
+//! [`recover`] (the single warp `recover` of the filter tree) renders
+//! `{"error":{"code":"…","message":"…"}}`, adds the headers some errors need (`Retry-After`,
+//! `WWW-Authenticate`, `RateLimit-*`) and maps warp's own rejections (unknown route, wrong
+//! method, bad query) into the same shape. Internal errors are logged and shown generically.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use fnmesh_shared::archive::ArchiveError;
+use fnmesh_shared::bus::BusError;
+use fnmesh_shared::code::CodeStoreError;
+use fnmesh_shared::function::ConfigError;
+use fnmesh_shared::ids::IdError;
+use fnmesh_shared::names::NameError;
+use fnmesh_shared::store::StoreError;
+use fnmesh_shared::InvocationId;
+use serde_json::json;
+use warp::http::header::{HeaderValue, CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+/// Errors of starting or running the gateway (not of a request).
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The listen address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Server(String),
+}
+
+/// An error answer of the API.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// No, malformed, unknown, revoked or expired credentials.
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    /// The key's role does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The key is over its rate limit.
+    #[error("rate limit exceeded")]
+    RateLimited {
+        /// `RateLimit-Limit`.
+        limit: u32,
+        /// `RateLimit-Remaining`.
+        remaining: u32,
+        /// `RateLimit-Reset`.
+        reset_after: Duration,
+        /// `Retry-After`.
+        retry_after: Duration,
+    },
+    /// No such route, function, version or invocation.
+    #[error("{0}")]
+    NotFound(String),
+    /// A route that exists, with another method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A function name (body, path or query) that is not a valid name.
+    #[error("{0}")]
+    InvalidName(String),
+    /// An unknown runtime.
+    #[error("{0}")]
+    InvalidRuntime(String),
+    /// A handler that does not fit the runtime.
+    #[error("{0}")]
+    InvalidHandler(String),
+    /// A config with unknown fields or out-of-range values.
+    #[error("{0}")]
+    InvalidConfig(String),
+    /// Metadata over its limits.
+    #[error("{0}")]
+    InvalidMetadata(String),
+    /// `code.source` is not base64.
+    #[error("{0}")]
+    InvalidBase64(String),
+    /// The code is not a safe, readable archive.
+    #[error("{0}")]
+    InvalidArchive(String),
+    /// A body that is not JSON of the expected shape.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// An invocation payload that is not JSON.
+    #[error("{0}")]
+    InvalidPayload(String),
+    /// A path id that is not an invocation id.
+    #[error("{0}")]
+    InvalidId(String),
+    /// A query string that does not parse.
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// A malformed request that fits no other code (e.g. a bad header).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A listing cursor this API did not issue.
+    #[error("invalid cursor")]
+    InvalidCursor,
+    /// The thing already exists, or a concurrent change won.
+    #[error("{0}")]
+    Conflict(String),
+    /// The body is over the cap.
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge {
+        /// The cap.
+        limit: usize,
+    },
+    /// The invocation queue is full.
+    #[error("the invocation queue is full; retry later")]
+    QueueFull,
+    /// A backend is shutting down or unreachable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// `/readyz`: a backend failed its ping.
+    #[error("{0}")]
+    NotReady(String),
+    /// A sync invocation did not finish in time; it can be fetched by id later.
+    #[error("invocation {invocation_id} did not finish in time; fetch it later by id")]
+    GatewayTimeout {
+        /// The invocation.
+        invocation_id: InvocationId,
+    },
+    /// A bug or a backend failure; logged, never shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::InvalidName(_)
+            | Self::InvalidRuntime(_)
+            | Self::InvalidHandler(_)
+            | Self::InvalidConfig(_)
+            | Self::InvalidMetadata(_)
+            | Self::InvalidBase64(_)
+            | Self::InvalidArchive(_)
+            | Self::InvalidJson(_)
+            | Self::InvalidPayload(_)
+            | Self::InvalidId(_)
+            | Self::InvalidQuery(_)
+            | Self::BadRequest(_)
+            | Self::InvalidCursor => StatusCode::BAD_REQUEST,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::QueueFull | Self::Unavailable(_) | Self::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::InvalidName(_) => "invalid_name",
+            Self::InvalidRuntime(_) => "invalid_runtime",
+            Self::InvalidHandler(_) => "invalid_handler",
+            Self::InvalidConfig(_) => "invalid_config",
+            Self::InvalidMetadata(_) => "invalid_metadata",
+            Self::InvalidBase64(_) => "invalid_base64",
+            Self::InvalidArchive(_) => "invalid_archive",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidPayload(_) => "invalid_payload",
+            Self::InvalidId(_) => "invalid_id",
+            Self::InvalidQuery(_) => "invalid_query",
+            Self::BadRequest(_) => "bad_request",
+            Self::InvalidCursor => "invalid_cursor",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::QueueFull => "queue_full",
+            Self::Unavailable(_) => "unavailable",
+            Self::NotReady(_) => "not_ready",
+            Self::GatewayTimeout { .. } => "gateway_timeout",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// A rejection carrying this error, for `and_then` filters.
+    pub fn reject(self) -> Rejection {
+        warp::reject::custom(self)
+    }
+
+    /// Renders the error response.
+    pub fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            Self::Internal(detail) => {
+                tracing::error!(error.detail = %detail, "internal error answering a request");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut error = json!({ "code": self.code(), "message": message });
+        if let Self::GatewayTimeout { invocation_id } = &self {
+            error["invocation_id"] = json!(invocation_id.to_string());
+        }
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&json!({ "error": error })), status)
+                .into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthorized => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::RateLimited {
+                limit,
+                remaining,
+                reset_after,
+                retry_after,
+            } => {
+                headers.insert(RETRY_AFTER, secs_header(*retry_after));
+                headers.insert("ratelimit-limit", HeaderValue::from(*limit));
+                headers.insert("ratelimit-remaining", HeaderValue::from(*remaining));
+                headers.insert("ratelimit-reset", secs_header(*reset_after));
+            }
+            Self::QueueFull => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::PayloadTooLarge { .. } => {
+                // The rest of the body is not read: the connection cannot be reused.
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// Whole seconds, rounded up, at least 1.
+fn secs_header(d: Duration) -> HeaderValue {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
+            StoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            StoreError::InvalidCursor => Self::InvalidCursor,
+            StoreError::Backend(detail) => Self::Internal(format!("metadata store: {detail}")),
+        }
+    }
+}
+
+impl From<CodeStoreError> for ApiError {
+    fn from(e: CodeStoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::Full => Self::QueueFull,
+            BusError::Closed => Self::Unavailable("the invocation bus is shutting down".into()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ArchiveError> for ApiError {
+    fn from(e: ArchiveError) -> Self {
+        match e {
+            ArchiveError::Io(io) => Self::Internal(format!("normalising code: {io}")),
+            other => Self::InvalidArchive(other.to_string()),
+        }
+    }
+}
+
+impl From<NameError> for ApiError {
+    fn from(e: NameError) -> Self {
+        Self::InvalidName(e.to_string())
+    }
+}
+
+impl From<IdError> for ApiError {
+    fn from(e: IdError) -> Self {
+        Self::InvalidId(e.to_string())
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(e: ConfigError) -> Self {
+        match e {
+            ConfigError::Handler { .. } => Self::InvalidHandler(e.to_string()),
+            other => Self::InvalidConfig(other.to_string()),
+        }
+    }
+}
+
+/// The single `recover` of the filter tree: renders every rejection as the JSON error shape.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    // `find` searches every rejection of a combination, so the more specific ones are looked
+    // for first: a custom error, then a bad query or header of the route that matched, then a
+    // wrong method, and only then "no such route".
+    let error = if let Some(e) = rejection.find::<ApiError>() {
+        e.clone()
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::InvalidQuery(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::BadRequest(e.to_string())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if rejection.is_not_found() {
+        ApiError::NotFound("no such route".into())
+    } else {
+        ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
+    };
+    Ok(error.into_response())
+}
+
+/// Turns a handler's result into what warp's `and_then` expects.
+pub fn into_reply<T: Reply>(result: Result<T, ApiError>) -> Result<Response, Rejection> {
+    result.map(Reply::into_response).map_err(ApiError::reject)
+}

@@ -1,0 +1,36 @@
+//! `DELETE /v1/functions/{name}`: removes the function and all its versions.
+//!
+//! Code blobs are content-addressed and may be shared, so they are left in the code store;
+//! invocation records stay readable.
+
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+use super::parse_name;
+use crate::auth::{Action, Principal};
+use crate::error::ApiError;
+use crate::state::State;
+
+/// Handles the request.
+pub async fn handle(
+    state: State,
+    principal: Principal,
+    raw_name: String,
+) -> Result<Response, ApiError> {
+    principal.authorize(Action::Deploy)?;
+    let name = parse_name(&raw_name)?;
+    let deleted = state
+        .backends
+        .store
+        .delete_function(&principal.namespace, &name)
+        .await?;
+    if !deleted {
+        return Err(ApiError::NotFound(format!(
+            "function {:?} not found",
+            name.as_str()
+        )));
+    }
+    tracing::info!(function.name = %name, key.id = %principal.key_id, "function deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,41 @@
+//! `GET /v1/functions/{name}[?version=N]`: the latest (or a given) version.
+
+use serde::Deserialize;
+use warp::reply::Response;
+use warp::Reply;
+
+use super::parse_name;
+use crate::auth::{Action, Principal};
+use crate::error::ApiError;
+use crate::state::State;
+
+/// `?version=N`.
+#[derive(Debug, Default, Deserialize)]
+pub struct VersionQuery {
+    /// A specific version.
+    pub version: Option<u32>,
+}
+
+/// Handles the request.
+pub async fn handle(
+    state: State,
+    principal: Principal,
+    raw_name: String,
+    query: VersionQuery,
+) -> Result<Response, ApiError> {
+    principal.authorize(Action::Read)?;
+    let name = parse_name(&raw_name)?;
+    let function = state
+        .backends
+        .store
+        .get_function(&principal.namespace, &name, query.version)
+        .await?
+        .ok_or_else(|| match query.version {
+            Some(v) => ApiError::NotFound(format!(
+                "version {v} of function {:?} not found",
+                name.as_str()
+            )),
+            None => ApiError::NotFound(format!("function {:?} not found", name.as_str())),
+        })?;
+    Ok(warp::reply::json(&function).into_response())
+}

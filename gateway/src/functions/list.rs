@@ -1,0 +1,25 @@
+//! `GET /v1/functions?limit=&cursor=`: latest versions, by name, one page at a time.
+
+use warp::reply::Response;
+use warp::Reply;
+
+use super::PageQuery;
+use crate::auth::{Action, Principal};
+use crate::error::ApiError;
+use crate::state::State;
+
+/// Handles the request.
+pub async fn handle(
+    state: State,
+    principal: Principal,
+    query: PageQuery,
+) -> Result<Response, ApiError> {
+    principal.authorize(Action::Read)?;
+    let limit = query.limit()?;
+    let page = state
+        .backends
+        .store
+        .list_functions(&principal.namespace, limit, query.cursor.as_deref())
+        .await?;
+    Ok(warp::reply::json(&page).into_response())
+}

@@ -1,0 +1,176 @@
+//! Function management: one module per operation, plus the request parsing they share.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use fnmesh_shared::archive;
+use fnmesh_shared::{CodeInfo, FunctionConfig, FunctionName, Runtime};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::state::State;
+
+pub mod create;
+pub mod delete;
+pub mod get;
+pub mod list;
+pub mod update;
+pub mod versions;
+
+/// The only `code.source_type` accepted today.
+pub const SOURCE_TYPE_INLINE: &str = "inline";
+/// Most metadata labels per function.
+const MAX_METADATA_ENTRIES: usize = 64;
+/// Most metadata bytes (keys + values) per function.
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Default page size of listings.
+pub const DEFAULT_PAGE_LIMIT: u32 = 50;
+/// Largest page size of listings.
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+
+/// `code` of a create or update body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeBody {
+    /// Base64 of a zip, tar.gz, tar or single file.
+    pub source: String,
+    /// How the code is supplied; only `inline`.
+    #[serde(default)]
+    pub source_type: Option<String>,
+}
+
+/// `?limit=&cursor=` of listings.
+#[derive(Debug, Default, Deserialize)]
+pub struct PageQuery {
+    /// Page size (1..=1000, default 50).
+    pub limit: Option<u32>,
+    /// Cursor from the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    /// The validated page size.
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(DEFAULT_PAGE_LIMIT),
+            Some(n) if (1..=MAX_PAGE_LIMIT).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::InvalidQuery(format!(
+                "limit {n} is out of range (1..={MAX_PAGE_LIMIT})"
+            ))),
+        }
+    }
+}
+
+/// Parses a JSON body: malformed JSON or a wrong shape is `invalid_json`.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(format!("invalid body: {e}")))
+}
+
+/// Validates a function name from a body, path or query.
+pub fn parse_name(raw: &str) -> Result<FunctionName, ApiError> {
+    Ok(FunctionName::parse(raw)?)
+}
+
+/// Parses a runtime's wire name.
+pub fn parse_runtime(raw: &str) -> Result<Runtime, ApiError> {
+    Runtime::parse(raw).ok_or_else(|| {
+        ApiError::InvalidRuntime(format!(
+            "unknown runtime {:?}: expected python3, nodejs or exec",
+            raw.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
+/// Builds a config from `base` overlaid with the fields of `patch`, then validates it.
+/// Unknown fields and out-of-range values are `invalid_config`.
+pub fn merge_config(
+    base: &FunctionConfig,
+    patch: Option<Value>,
+) -> Result<FunctionConfig, ApiError> {
+    let config = match patch {
+        None | Some(Value::Null) => base.clone(),
+        Some(Value::Object(fields)) => {
+            let mut merged = match serde_json::to_value(base) {
+                Ok(Value::Object(map)) => map,
+                _ => {
+                    return Err(ApiError::Internal(
+                        "config does not serialise to an object".into(),
+                    ))
+                }
+            };
+            merged.extend(fields);
+            serde_json::from_value(Value::Object(merged))
+                .map_err(|e| ApiError::InvalidConfig(format!("invalid config: {e}")))?
+        }
+        Some(_) => {
+            return Err(ApiError::InvalidConfig(
+                "config must be a JSON object".into(),
+            ))
+        }
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Checks metadata stays within its limits.
+pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if metadata.len() > MAX_METADATA_ENTRIES || bytes > MAX_METADATA_BYTES {
+        return Err(ApiError::InvalidMetadata(format!(
+            "metadata is too large (max {MAX_METADATA_ENTRIES} entries, {MAX_METADATA_BYTES} bytes)"
+        )));
+    }
+    if metadata.keys().any(|k| k.is_empty()) {
+        return Err(ApiError::InvalidMetadata(
+            "metadata keys must not be empty".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes, normalises and stores uploaded code; `handler_file` must be in it.
+pub async fn store_code(
+    state: &State,
+    code: &CodeBody,
+    handler_file: String,
+) -> Result<CodeInfo, ApiError> {
+    let source_type = code.source_type.as_deref().unwrap_or(SOURCE_TYPE_INLINE);
+    if source_type != SOURCE_TYPE_INLINE {
+        return Err(ApiError::InvalidJson(format!(
+            "code.source_type {:?} is not supported: use \"inline\"",
+            source_type.chars().take(40).collect::<String>()
+        )));
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(code.source.trim())
+        .map_err(|e| ApiError::InvalidBase64(format!("code.source is not valid base64: {e}")))?;
+    let limits = state.config.archive;
+    let _permit = state
+        .normalize_permits
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(format!("normalisation permits closed: {e}")))?;
+    let started = std::time::Instant::now();
+    let source_bytes = decoded.len();
+    let tar =
+        tokio::task::spawn_blocking(move || archive::normalize(&decoded, &handler_file, &limits))
+            .await
+            .map_err(|e| ApiError::Internal(format!("code normalisation task failed: {e}")))??;
+    let size = tar.len() as u64;
+    let checksum = state.backends.code.put(Bytes::from(tar)).await?;
+    tracing::info!(
+        code.checksum = %checksum,
+        code.source_bytes = source_bytes,
+        code.stored_bytes = size,
+        code.normalize_ms = started.elapsed().as_millis() as u64,
+        "code stored"
+    );
+    Ok(CodeInfo {
+        checksum,
+        size,
+        source_type: SOURCE_TYPE_INLINE.to_owned(),
+    })
+}

@@ -1,0 +1,144 @@
+//! `PUT /v1/functions/{name}`: a new version from the latest one, with the given fields changed.
+//!
+//! Omitted fields keep their values; `config` fields are merged into the previous config;
+//! `metadata`, when given, replaces the previous labels; omitted `code` keeps the code (the
+//! handler's file must then exist in it).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::Utc;
+use fnmesh_shared::archive;
+use fnmesh_shared::Function;
+use serde::Deserialize;
+use serde_json::Value;
+use warp::reply::Response;
+use warp::Reply;
+
+use super::{
+    check_metadata, merge_config, parse_json, parse_name, parse_runtime, store_code, CodeBody,
+};
+use crate::auth::{Action, Principal};
+use crate::error::ApiError;
+use crate::state::State;
+
+/// The update body: the create body with every field optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateFunction {
+    /// Must equal the path's name if given.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New runtime.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// New handler.
+    #[serde(default)]
+    pub handler: Option<String>,
+    /// New code.
+    #[serde(default)]
+    pub code: Option<CodeBody>,
+    /// Config fields to change.
+    #[serde(default)]
+    pub config: Option<Value>,
+    /// New labels.
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Handles the request.
+pub async fn handle(
+    state: State,
+    principal: Principal,
+    raw_name: String,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    principal.authorize(Action::Deploy)?;
+    let name = parse_name(&raw_name)?;
+    let req: UpdateFunction = parse_json(&body)?;
+    if let Some(body_name) = &req.name {
+        if body_name != name.as_str() {
+            return Err(ApiError::InvalidName(
+                "the body's name differs from the path's; functions cannot be renamed".into(),
+            ));
+        }
+    }
+    let store = &state.backends.store;
+    let latest = store
+        .get_function(&principal.namespace, &name, None)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("function {:?} not found", name.as_str())))?;
+
+    let runtime = match &req.runtime {
+        Some(raw) => parse_runtime(raw)?,
+        None => latest.runtime,
+    };
+    let handler = req
+        .handler
+        .clone()
+        .unwrap_or_else(|| latest.handler.clone());
+    let handler_file = runtime.handler_file(&handler)?;
+    let config = merge_config(&latest.config, req.config)?;
+    let metadata = req.metadata.unwrap_or_else(|| latest.metadata.clone());
+    check_metadata(&metadata)?;
+
+    let code = match &req.code {
+        Some(code) => store_code(&state, code, handler_file).await?,
+        None => {
+            let unchanged =
+                latest.runtime.handler_file(&latest.handler).ok() == Some(handler_file.clone());
+            if !unchanged {
+                let tar = state
+                    .backends
+                    .code
+                    .get(&latest.code.checksum)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::Internal(format!(
+                            "code {} of {name} is missing",
+                            latest.code.checksum
+                        ))
+                    })?;
+                if !archive::contains_file(&tar, &handler_file)? {
+                    return Err(ApiError::InvalidHandler(format!(
+                        "handler file {handler_file:?} is not in the function's code; upload code with it"
+                    )));
+                }
+            }
+            latest.code.clone()
+        }
+    };
+    let function = Function {
+        id: latest.id,
+        namespace: latest.namespace.clone(),
+        name,
+        version: latest.version + 1,
+        runtime,
+        handler,
+        code,
+        config,
+        metadata,
+        created_at: latest.created_at,
+        updated_at: Utc::now(),
+    };
+    store
+        .add_version(&function)
+        .await
+        .map_err(|e| match ApiError::from(e) {
+            ApiError::Conflict(_) => ApiError::Conflict(format!(
+                "function {:?} was updated concurrently; retry",
+                function.name.as_str()
+            )),
+            ApiError::NotFound(_) => {
+                ApiError::NotFound(format!("function {:?} not found", function.name.as_str()))
+            }
+            other => other,
+        })?;
+    tracing::info!(
+        function.name = %function.name,
+        function.version = function.version,
+        key.id = %principal.key_id,
+        "function updated"
+    );
+    Ok(warp::reply::json(&function).into_response())
+}

@@ -1,0 +1,61 @@
+//! `GET /healthz` (the process answers) and `GET /readyz` (every backend answers its ping).
+//! Neither needs a key.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde_json::json;
+use warp::reply::Response;
+use warp::Reply;
+
+use crate::error::ApiError;
+use crate::state::State;
+
+/// How long one backend ping may take before the gateway is reported not ready.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /healthz`.
+pub async fn healthz() -> Result<Response, ApiError> {
+    Ok(warp::reply::json(&json!({ "status": "ok" })).into_response())
+}
+
+/// `GET /readyz`.
+pub async fn readyz(state: State) -> Result<Response, ApiError> {
+    let b = &state.backends;
+    let (store, code, bus) = tokio::join!(
+        ping("metadata store", b.store.ping()),
+        ping("code store", b.code.ping()),
+        ping("bus", b.bus.ping()),
+    );
+    let failures: Vec<String> = [store, code, bus].into_iter().flatten().collect();
+    if failures.is_empty() {
+        Ok(warp::reply::json(&json!({ "status": "ready" })).into_response())
+    } else {
+        Err(ApiError::NotReady(format!(
+            "not ready: {}",
+            failures.join("; ")
+        )))
+    }
+}
+
+/// `None` when the ping succeeded in time, else what failed.
+async fn ping<E: std::fmt::Display>(
+    what: &str,
+    ping: impl Future<Output = Result<(), E>>,
+) -> Option<String> {
+    match tokio::time::timeout(PING_TIMEOUT, ping).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => {
+            tracing::warn!(backend = what, error = %e, "readiness ping failed");
+            Some(format!("{what} unavailable"))
+        }
+        Err(_) => {
+            tracing::warn!(
+                backend = what,
+                timeout_ms = PING_TIMEOUT.as_millis() as u64,
+                "readiness ping timed out"
+            );
+            Some(format!("{what} did not answer in time"))
+        }
+    }
+}

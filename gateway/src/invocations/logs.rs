@@ -1,0 +1,38 @@
+//! `GET /v1/invocations/{id}/logs`: captured output (empty until recorded).
+
+use serde_json::json;
+use warp::reply::Response;
+use warp::Reply;
+
+use super::parse_id;
+use crate::auth::{Action, Principal};
+use crate::error::ApiError;
+use crate::state::State;
+
+/// Handles the request.
+pub async fn handle(
+    state: State,
+    principal: Principal,
+    raw_id: String,
+) -> Result<Response, ApiError> {
+    principal.authorize(Action::Read)?;
+    let id = parse_id(&raw_id)?;
+    let store = &state.backends.store;
+    if store
+        .get_invocation(&principal.namespace, &id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!("invocation {id} not found")));
+    }
+    let logs = store
+        .get_logs(&principal.namespace, &id)
+        .await?
+        .unwrap_or_default();
+    Ok(warp::reply::json(&json!({
+        "id": id,
+        "logs": logs.text,
+        "truncated": logs.truncated,
+    }))
+    .into_response())
+}

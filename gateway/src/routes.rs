@@ -1,0 +1,249 @@
+//! The filter tree: every route of API v1, its auth, and the single `recover`.
+//!
+//! Each route matches its path, then its method, then authenticates (and rate-limits) the key,
+//! then extracts query and body. So an unknown path answers 404, a known path with another
+//! method 405, and auth runs once per request. Function names in paths are taken raw and
+//! validated by the handler, so an invalid name answers 400 `invalid_name`, not 404.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use warp::filters::BoxedFilter;
+use warp::http::HeaderMap;
+use warp::path::Tail;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::auth::Principal;
+use crate::error::{into_reply, recover, ApiError};
+use crate::state::State;
+use crate::{body, functions, health, invocations};
+
+/// The whole API, with errors rendered.
+pub fn api(state: State) -> BoxedFilter<(Response,)> {
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .then(health::healthz)
+        .map(into_reply)
+        .and_then(std::future::ready)
+        .or(warp::path!("readyz")
+            .and(warp::get())
+            .and(with_state(state.clone()))
+            .then(health::readyz)
+            .map(into_reply)
+            .and_then(std::future::ready))
+        .unify();
+
+    let routes = health
+        .or(functions_routes(state.clone()))
+        .unify()
+        .or(invocations_routes(state))
+        .unify();
+    let started = warp::any().map(Instant::now);
+    started
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(routes.recover(recover).unify())
+        .map(
+            |started: Instant, method, path: warp::path::FullPath, response: Response| {
+                tracing::info!(
+                    http.method = %method,
+                    http.path = path.as_str(),
+                    http.status = response.status().as_u16(),
+                    http.duration_ms = started.elapsed().as_millis() as u64,
+                    "request"
+                );
+                response
+            },
+        )
+        .boxed()
+}
+
+fn with_state(
+    state: State,
+) -> impl Filter<Extract = (State,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// Authenticates the `Authorization` header and counts the request against the key's limit.
+fn authed(state: State) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and(with_state(state))
+        .and_then(|headers: HeaderMap, state: State| async move {
+            let header = headers
+                .get(warp::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let principal = state
+                .authenticator
+                .authenticate_header(header)
+                .await
+                .map_err(ApiError::reject)?;
+            rate_limit(&state, &principal)
+                .await
+                .map_err(ApiError::reject)?;
+            Ok::<_, Rejection>(principal)
+        })
+}
+
+/// Per-key rate limit. A limiter failure fails open (with a warning), never a 500.
+async fn rate_limit(state: &State, principal: &Principal) -> Result<(), ApiError> {
+    let Some(limit) = state.config.default_rate_limit else {
+        return Ok(());
+    };
+    match state.backends.limiter.check(&principal.key_id, limit).await {
+        Ok(decision) if decision.allowed => Ok(()),
+        Ok(decision) => {
+            tracing::info!(key.id = %principal.key_id, "rate limited");
+            Err(ApiError::RateLimited {
+                limit: decision.limit,
+                remaining: decision.remaining,
+                reset_after: decision.reset_after,
+                retry_after: decision.retry_after.unwrap_or(decision.reset_after),
+            })
+        }
+        Err(e) => {
+            tracing::warn!(key.id = %principal.key_id, error = %e, "rate limiter failed; admitting the request");
+            Ok(())
+        }
+    }
+}
+
+/// Which route under `/v1/functions/{name}` a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FunctionSub {
+    Item,
+    Versions,
+    Invoke,
+}
+
+/// Matches `/v1/functions/{name}[/versions|/invoke]`, extracting the raw name (validated by
+/// the handler, so that an empty or invalid name is a 400 rather than a 404).
+fn function_path(sub: FunctionSub) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+    warp::path("v1")
+        .and(warp::path("functions"))
+        .and(warp::path::tail())
+        .and_then(move |tail: Tail| async move {
+            let tail = tail.as_str();
+            if tail.is_empty() {
+                return Err(warp::reject::not_found());
+            }
+            let mut segments = tail.split('/');
+            let name = segments.next().unwrap_or_default().to_owned();
+            let found = match (segments.next(), segments.next()) {
+                (None, _) => FunctionSub::Item,
+                (Some("versions"), None) => FunctionSub::Versions,
+                (Some("invoke"), None) => FunctionSub::Invoke,
+                _ => return Err(warp::reject::not_found()),
+            };
+            if found == sub {
+                Ok(name)
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+}
+
+fn functions_routes(state: State) -> BoxedFilter<(Response,)> {
+    let s = state;
+    let body = body::capped(s.clone());
+
+    let create = warp::path!("v1" / "functions")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(body.clone())
+        .then(functions::create::handle)
+        .map(into_reply);
+    let list = warp::path!("v1" / "functions")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(warp::query::<functions::PageQuery>())
+        .then(functions::list::handle)
+        .map(into_reply);
+    let get = function_path(FunctionSub::Item)
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(warp::query::<functions::get::VersionQuery>())
+        .then(|name: String, state, principal, query| {
+            functions::get::handle(state, principal, name, query)
+        })
+        .map(into_reply);
+    let update = function_path(FunctionSub::Item)
+        .and(warp::put())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(body.clone())
+        .then(|name: String, state, principal, body: Bytes| {
+            functions::update::handle(state, principal, name, body)
+        })
+        .map(into_reply);
+    let delete = function_path(FunctionSub::Item)
+        .and(warp::delete())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(|name: String, state, principal| functions::delete::handle(state, principal, name))
+        .map(into_reply);
+    let versions = function_path(FunctionSub::Versions)
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(|name: String, state, principal| functions::versions::handle(state, principal, name))
+        .map(into_reply);
+    let invoke = function_path(FunctionSub::Invoke)
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(warp::query::<invocations::invoke::InvokeQuery>())
+        .and(body)
+        .then(|name: String, state, principal, query, body: Bytes| {
+            invocations::invoke::handle(state, principal, name, query, body)
+        })
+        .map(into_reply);
+
+    create
+        .or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(update)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(versions)
+        .unify()
+        .or(invoke)
+        .unify()
+        .and_then(std::future::ready)
+        .boxed()
+}
+
+fn invocations_routes(state: State) -> BoxedFilter<(Response,)> {
+    let s = state;
+    let list = warp::path!("v1" / "invocations")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(warp::query::<invocations::list::ListInvocationsQuery>())
+        .then(invocations::list::handle)
+        .map(into_reply);
+    let get = warp::path!("v1" / "invocations" / String)
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(|id: String, state, principal| invocations::get::handle(state, principal, id))
+        .map(into_reply);
+    let logs = warp::path!("v1" / "invocations" / String / "logs")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s))
+        .then(|id: String, state, principal| invocations::logs::handle(state, principal, id))
+        .map(into_reply);
+    list.or(get)
+        .unify()
+        .or(logs)
+        .unify()
+        .and_then(std::future::ready)
+        .boxed()
+}

@@ -1,0 +1,104 @@
+//! Binding, serving and draining.
+//!
+//! [`Gateway::bind`] binds the listener (so the caller learns the port before serving);
+//! [`Gateway::run`] serves the API and runs the recorder until the shutdown token is cancelled,
+//! then stops accepting, lets in-flight requests finish within `drain_timeout`, and stops the
+//! recorder.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::server::conn::AddrIncoming;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GatewayConfig;
+use crate::error::GatewayError;
+use crate::recorder::Recorder;
+use crate::routes;
+use crate::state::{AppState, Backends, State};
+
+/// Slowest accepted request head (guards against slow-loris clients).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A bound, not yet serving, gateway.
+pub struct Gateway {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: State,
+}
+
+impl Gateway {
+    /// Binds the listener (port 0 picks a free port).
+    pub async fn bind(config: GatewayConfig, backends: Backends) -> Result<Gateway, GatewayError> {
+        let addr = config.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        Ok(Gateway {
+            listener,
+            local_addr,
+            state: AppState::new(config, backends),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests (bounded by
+    /// `drain_timeout`). Runs the recorder meanwhile.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), GatewayError> {
+        let Gateway {
+            listener,
+            local_addr,
+            state,
+        } = self;
+        let drain_timeout = state.config.drain_timeout;
+
+        let recorder_stop = shutdown.child_token();
+        let recorder = Recorder::new(state.backends.store.clone(), state.backends.bus.clone());
+        let recorder_task = tokio::spawn(recorder.run(recorder_stop.clone()));
+
+        let mut incoming = AddrIncoming::from_listener(listener)
+            .map_err(|e| GatewayError::Server(e.to_string()))?;
+        incoming.set_nodelay(true);
+        let filter = routes::api(state);
+        let make_service = hyper::service::make_service_fn(move |_conn| {
+            let service = warp::service(filter.clone());
+            async move { Ok::<_, Infallible>(service) }
+        });
+        let signal = shutdown.clone();
+        let server = hyper::Server::builder(incoming)
+            .http1_header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve(make_service)
+            .with_graceful_shutdown(async move { signal.cancelled().await });
+        tracing::info!(http.addr = %local_addr, "gateway listening");
+
+        let mut server = std::pin::pin!(server);
+        let served = tokio::select! {
+            result = &mut server => result,
+            _ = shutdown.cancelled() => {
+                tracing::info!(drain_timeout_ms = drain_timeout.as_millis() as u64, "gateway draining");
+                match tokio::time::timeout(drain_timeout, &mut server).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("drain timeout reached; dropping remaining connections");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        recorder_stop.cancel();
+        if let Err(e) = recorder_task.await {
+            tracing::warn!(error = %e, "recorder task failed");
+        }
+        tracing::info!("gateway stopped");
+        served.map_err(|e| GatewayError::Server(e.to_string()))
+    }
+}

@@ -1,0 +1,55 @@
+//! What every handler shares: the backends, the settings and the authenticator.
+
+use std::sync::Arc;
+
+use fnmesh_shared::bus::Bus;
+use fnmesh_shared::code::CodeStore;
+use fnmesh_shared::ratelimit::RateLimiter;
+use fnmesh_shared::store::MetadataStore;
+
+use crate::auth::Authenticator;
+use crate::config::GatewayConfig;
+
+/// The backends the gateway programs against.
+#[derive(Clone)]
+pub struct Backends {
+    /// Functions, invocation records, logs, keys.
+    pub store: Arc<dyn MetadataStore>,
+    /// Code archives.
+    pub code: Arc<dyn CodeStore>,
+    /// Work queue, replies and node events.
+    pub bus: Arc<dyn Bus>,
+    /// Per-key rate limits.
+    pub limiter: Arc<dyn RateLimiter>,
+}
+
+/// Shared by every request.
+pub struct AppState {
+    /// Settings.
+    pub config: GatewayConfig,
+    /// Backends.
+    pub backends: Backends,
+    /// Turns credentials into principals.
+    pub authenticator: Authenticator,
+    /// Bounds concurrent code normalisations (each may stage up to the unpacked cap on disk).
+    pub normalize_permits: tokio::sync::Semaphore,
+}
+
+/// Code normalisations run at once, at most.
+pub const MAX_CONCURRENT_NORMALIZE: usize = 4;
+
+/// The handle handlers receive.
+pub type State = Arc<AppState>;
+
+impl AppState {
+    /// Builds the shared state.
+    pub fn new(config: GatewayConfig, backends: Backends) -> State {
+        let authenticator = Authenticator::new(backends.store.clone());
+        Arc::new(Self {
+            config,
+            backends,
+            authenticator,
+            normalize_permits: tokio::sync::Semaphore::new(MAX_CONCURRENT_NORMALIZE),
+        })
+    }
+}

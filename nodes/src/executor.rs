@@ -1,0 +1,583 @@
+//! The executor: runs one invocation on a warm or new sandbox and reports how it went.
+//!
+//! [`Executor::new`] writes the runtime bootstraps to `<work_dir>/runtime`, ensures the shared
+//! rootfs skeleton at `<work_dir>/rootfs`, clears stale bundles under `<work_dir>/bundles` and
+//! starts the reaper. [`Executor::execute`] checks a sandbox out of the [`Pool`] (a warm one, or
+//! capacity for a new one which it launches), sends the invocation and gives the sandbox back
+//! (or destroys it when it was killed).
+//!
+//! Every invocation has one deadline, `timeout_ms` after `execute` was called: waiting for a
+//! sandbox, creating it and loading the handler count against it, and it is the `deadline_ms`
+//! the handler sees in its context. `execute` never fails: infrastructure problems become a
+//! `failed` outcome with kind `crashed`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fnmesh_shared::invocation::DEFAULT_LOG_CAP_BYTES;
+use fnmesh_shared::{
+    ErrorKind, Function, InvocationError, InvocationId, InvocationLogs, InvocationStatus,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::instance::{Instance, LaunchPlan};
+use crate::pool::{Checkout, CheckoutError, KeyLimits, Pool, PoolKey, PoolLimits};
+use crate::runtimes::{self, protocol, RuntimeRegistry};
+use crate::sandbox::rootfs;
+use crate::sandbox::spec::BundleRequest;
+use crate::sandbox::{ContainerRuntime, SandboxError};
+
+pub use crate::pool::PoolStats;
+
+/// Settings of the executor.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Rootfs skeleton, runtime bootstraps and bundles live under here.
+    pub work_dir: PathBuf,
+    /// This node's id (names sandboxes).
+    pub node_id: String,
+    /// Node-wide cap on live sandboxes.
+    pub max_sandboxes: usize,
+    /// Node-wide cap on the sum of live sandboxes' `memory_mb`.
+    pub max_memory_mb: u64,
+    /// Idle sandboxes are reaped after this.
+    pub keep_alive: Duration,
+    /// Max processes/threads per sandbox.
+    pub pids_limit: u32,
+    /// CPU quota per sandbox in millicores.
+    pub cpu_millis: u32,
+    /// Size of each sandbox's `/tmp`.
+    pub tmp_mb: u32,
+    /// Cap on captured logs per invocation.
+    pub log_cap_bytes: usize,
+    /// User the sandboxes run as.
+    pub uid: u32,
+    /// Group the sandboxes run as.
+    pub gid: u32,
+    /// Parent cgroup of the sandboxes, e.g. `/fnmesh/<node id>`.
+    pub cgroup_parent: String,
+}
+
+/// 75% of the host's RAM in MiB (4 GiB when unknown).
+fn default_max_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(4096, |kb| kb / 1024 * 3 / 4)
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        let node_id = "node".to_owned();
+        Self {
+            work_dir: PathBuf::from("/var/lib/fnmesh/node"),
+            cgroup_parent: format!("/fnmesh/{node_id}"),
+            node_id,
+            max_sandboxes: 64,
+            max_memory_mb: default_max_memory_mb(),
+            keep_alive: Duration::from_secs(300),
+            pids_limit: 64,
+            cpu_millis: 1000,
+            tmp_mb: 64,
+            log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
+            uid: 65534,
+            gid: 65534,
+        }
+    }
+}
+
+/// Why the executor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// A directory under the work dir could not be prepared.
+    #[error("preparing {path}: {source}")]
+    WorkDir {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The rootfs skeleton could not be built.
+    #[error("preparing the rootfs: {0}")]
+    Rootfs(#[from] SandboxError),
+    /// A setting is unusable.
+    #[error("invalid executor config: {0}")]
+    Config(String),
+}
+
+/// One invocation to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Its id.
+    pub invocation_id: InvocationId,
+    /// The function version to run.
+    pub function: Function,
+    /// The function's unpacked code on the host.
+    pub code_dir: PathBuf,
+    /// The event.
+    pub payload: serde_json::Value,
+    /// W3C trace id, when traced.
+    pub trace_id: Option<String>,
+}
+
+/// How an invocation went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecOutcome {
+    /// `Succeeded`, `Failed` or `Timeout`.
+    pub status: InvocationStatus,
+    /// The handler's result, when it succeeded.
+    pub result: Option<serde_json::Value>,
+    /// Why it did not.
+    pub error: Option<InvocationError>,
+    /// Captured output.
+    pub logs: InvocationLogs,
+    /// Whether a new sandbox was made for it.
+    pub cold_start: bool,
+    /// Sandbox create + start + handler load (0 when warm).
+    pub init_ms: u64,
+    /// The handler as seen by the node.
+    pub duration_ms: u64,
+    /// Peak memory of the sandbox.
+    pub memory_peak_bytes: u64,
+}
+
+impl ExecOutcome {
+    fn failed(status: InvocationStatus, kind: ErrorKind, message: String) -> Self {
+        Self {
+            status,
+            result: None,
+            error: Some(InvocationError { kind, message }),
+            logs: InvocationLogs::default(),
+            cold_start: false,
+            init_ms: 0,
+            duration_ms: 0,
+            memory_peak_bytes: 0,
+        }
+    }
+}
+
+/// Runs invocations in pooled sandboxes. See the module docs.
+pub struct Executor {
+    inner: Arc<Inner>,
+    reaper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("node_id", &self.inner.config.node_id)
+            .field("pool", &self.inner.pool)
+            .finish()
+    }
+}
+
+struct Inner {
+    config: ExecutorConfig,
+    runtime: Arc<dyn ContainerRuntime>,
+    registry: RuntimeRegistry,
+    pool: Arc<Pool>,
+    rootfs: PathBuf,
+    runtime_dir: PathBuf,
+    bundles_dir: PathBuf,
+    id_prefix: String,
+    counter: AtomicU64,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+fn work_dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> ExecError + '_ {
+    move |source| ExecError::WorkDir {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The node id reduced to a short `[a-z0-9]+` sandbox id prefix.
+fn id_prefix(node_id: &str) -> String {
+    let prefix: String = node_id
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .take(12)
+        .collect();
+    if prefix.is_empty() {
+        "node".to_owned()
+    } else {
+        prefix
+    }
+}
+
+fn unix_ms_at(deadline: Instant) -> u64 {
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    u64::try_from((now_unix + remaining).as_millis()).unwrap_or(u64::MAX)
+}
+
+fn key_of(function: &Function) -> PoolKey {
+    PoolKey {
+        namespace: function.namespace.clone(),
+        function_id: function.id,
+        version: function.version,
+    }
+}
+
+fn limits_of(function: &Function) -> KeyLimits {
+    KeyLimits {
+        max_concurrency: function.config.max_concurrency,
+        min_warm: function.config.min_warm,
+        memory_mb: function.config.memory_mb,
+    }
+}
+
+impl Executor {
+    /// Prepares the work dir (bootstraps, rootfs skeleton, bundles) and starts the reaper.
+    pub async fn new(
+        config: ExecutorConfig,
+        runtime: Arc<dyn ContainerRuntime>,
+    ) -> Result<Arc<Self>, ExecError> {
+        if config.max_sandboxes == 0 || config.max_memory_mb == 0 {
+            return Err(ExecError::Config(
+                "max_sandboxes and max_memory_mb must be positive".to_owned(),
+            ));
+        }
+        if config.keep_alive.is_zero() {
+            return Err(ExecError::Config("keep_alive must be positive".to_owned()));
+        }
+        let work_dir = if config.work_dir.is_absolute() {
+            config.work_dir.clone()
+        } else {
+            std::env::current_dir()
+                .map_err(work_dir_error(&config.work_dir))?
+                .join(&config.work_dir)
+        };
+        let runtime_dir = work_dir.join("runtime");
+        let bundles_dir = work_dir.join("bundles");
+        let rootfs_dir = work_dir.join("rootfs");
+        let prepared = {
+            let (runtime_dir, bundles_dir) = (runtime_dir.clone(), bundles_dir.clone());
+            tokio::task::spawn_blocking(move || -> Result<PathBuf, ExecError> {
+                runtimes::install_bootstraps(&runtime_dir).map_err(work_dir_error(&runtime_dir))?;
+                // Bundles of a previous run are stale: their sandboxes died with it.
+                match std::fs::remove_dir_all(&bundles_dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(work_dir_error(&bundles_dir)(e)),
+                }
+                std::fs::create_dir_all(&bundles_dir).map_err(work_dir_error(&bundles_dir))?;
+                Ok(rootfs::ensure_rootfs(&rootfs_dir)?)
+            })
+            .await
+            .map_err(|e| ExecError::Config(format!("preparing the work dir panicked: {e}")))??
+        };
+
+        let pool = Pool::new(PoolLimits {
+            max_sandboxes: config.max_sandboxes,
+            max_memory_mb: config.max_memory_mb,
+            keep_alive: config.keep_alive,
+        });
+        let inner = Arc::new(Inner {
+            id_prefix: id_prefix(&config.node_id),
+            config,
+            runtime,
+            registry: RuntimeRegistry::builtin(),
+            pool,
+            rootfs: prepared,
+            runtime_dir,
+            bundles_dir,
+            counter: AtomicU64::new(0),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let reaper = tokio::spawn(reap_loop(Arc::clone(&inner)));
+        tracing::info!(
+            node.id = %inner.config.node_id,
+            max_sandboxes = inner.config.max_sandboxes,
+            max_memory_mb = inner.config.max_memory_mb,
+            keep_alive_ms = u64::try_from(inner.config.keep_alive.as_millis()).unwrap_or(u64::MAX),
+            "executor started"
+        );
+        Ok(Arc::new(Self {
+            inner,
+            reaper: std::sync::Mutex::new(Some(reaper)),
+        }))
+    }
+
+    /// Runs one invocation. Never panics; infrastructure failures are `Failed`/`crashed`.
+    pub async fn execute(&self, job: Job) -> ExecOutcome {
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(job.function.config.timeout_ms);
+        let outcome = self.inner.run(&job, deadline).await;
+        tracing::debug!(
+            invocation.id = %job.invocation_id,
+            function.name = %job.function.name,
+            function.version = job.function.version,
+            status = outcome.status.as_str(),
+            cold_start = outcome.cold_start,
+            init_ms = outcome.init_ms,
+            duration_ms = outcome.duration_ms,
+            total_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "invocation finished"
+        );
+        outcome
+    }
+
+    /// Counters of the pool.
+    pub fn stats(&self) -> PoolStats {
+        self.inner.pool.stats()
+    }
+
+    /// Tops `function` up to its `min_warm` idle sandboxes, in the background, using only free
+    /// capacity (it never evicts or waits).
+    pub async fn prewarm(&self, function: &Function, code_dir: &Path) {
+        if function.config.min_warm == 0 || self.inner.cancel.is_cancelled() {
+            return;
+        }
+        let inner = Arc::clone(&self.inner);
+        let function = function.clone();
+        let code_dir = code_dir.to_path_buf();
+        self.inner.tasks.spawn(async move {
+            let key = key_of(&function);
+            let limits = limits_of(&function);
+            while let Some(reservation) = inner.pool.reserve_prewarm(&key, limits) {
+                let budget = Duration::from_millis(function.config.timeout_ms).max(Duration::from_secs(30));
+                let launch = inner.launch(&function, &code_dir, Instant::now() + budget);
+                let launched = tokio::select! {
+                    () = inner.cancel.cancelled() => return,
+                    launched = launch => launched,
+                };
+                match launched {
+                    Ok((instance, init_ms)) => {
+                        tracing::debug!(function.name = %function.name, function.version = function.version, init_ms, "prewarmed a sandbox");
+                        reservation.fill(instance).release().await;
+                    }
+                    Err(failure) => {
+                        tracing::warn!(
+                            function.name = %function.name,
+                            function.version = function.version,
+                            error.kind = failure.kind.as_str(),
+                            error.message = %failure.message,
+                            "prewarming failed"
+                        );
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Stops the reaper and prewarming, waits up to `deadline` for busy sandboxes, then destroys
+    /// every sandbox.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        let reaper = self
+            .reaper
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        if let Some(reaper) = reaper {
+            let _ = reaper.await;
+        }
+        let idle = self.inner.pool.begin_shutdown();
+        futures::future::join_all(idle.into_iter().map(|i| i.destroy())).await;
+        let _ = tokio::time::timeout_at(until, self.inner.tasks.wait()).await;
+        let leftover = self.inner.pool.wait_idle(until).await;
+        for id in &leftover {
+            if let Err(e) = self.inner.runtime.destroy(id).await {
+                tracing::warn!(sandbox.id = %id, error = %e, "destroying a busy sandbox at shutdown failed");
+            }
+        }
+        tracing::info!(killed_busy = leftover.len(), "executor stopped");
+    }
+}
+
+async fn reap_loop(inner: Arc<Inner>) {
+    let period =
+        (inner.config.keep_alive / 4).clamp(Duration::from_millis(10), Duration::from_secs(10));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = inner.cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let expired = inner.pool.reap(Instant::now());
+        if !expired.is_empty() {
+            tracing::debug!(reaped = expired.len(), "reaping idle sandboxes");
+            futures::future::join_all(expired.into_iter().map(|i| i.destroy())).await;
+        }
+    }
+}
+
+/// A launch that did not produce a sandbox, as an invocation outcome.
+struct LaunchError {
+    status: InvocationStatus,
+    kind: ErrorKind,
+    message: String,
+    logs: InvocationLogs,
+    init_ms: u64,
+    memory_peak_bytes: u64,
+}
+
+impl Inner {
+    fn next_sandbox_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}-{:04x}", self.id_prefix, rand::random::<u16>())
+    }
+
+    async fn launch(
+        &self,
+        function: &Function,
+        code_dir: &Path,
+        deadline: Instant,
+    ) -> Result<(Instance, u64), LaunchError> {
+        let crashed = |message: String| LaunchError {
+            status: InvocationStatus::Failed,
+            kind: ErrorKind::Crashed,
+            message,
+            logs: InvocationLogs::default(),
+            init_ms: 0,
+            memory_peak_bytes: 0,
+        };
+        let process = self
+            .registry
+            .process(function)
+            .map_err(|e| crashed(e.to_string()))?;
+        let code_dir = if code_dir.is_absolute() {
+            code_dir.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| crashed(format!("resolving the code dir: {e}")))?
+                .join(code_dir)
+        };
+        let id = self.next_sandbox_id();
+        let plan = LaunchPlan {
+            bundle_dir: self.bundles_dir.join(&id),
+            bundle: BundleRequest {
+                sandbox_id: id.clone(),
+                rootfs: self.rootfs.clone(),
+                code_dir,
+                runtime_dir: self.runtime_dir.clone(),
+                args: process.args,
+                env: process.env,
+                cwd: process.cwd,
+                memory_mb: function.config.memory_mb,
+                pids_limit: self.config.pids_limit,
+                cpu_millis: self.config.cpu_millis,
+                tmp_mb: self.config.tmp_mb,
+                cgroup_path: format!("{}/{id}", self.config.cgroup_parent.trim_end_matches('/')),
+                uid: self.config.uid,
+                gid: self.config.gid,
+            },
+            id,
+            log_cap_bytes: self.config.log_cap_bytes,
+        };
+        Instance::launch(Arc::clone(&self.runtime), plan, deadline)
+            .await
+            .map_err(|f| LaunchError {
+                status: f.status,
+                kind: f.error.kind,
+                message: f.error.message,
+                logs: f.logs,
+                init_ms: f.init_ms,
+                memory_peak_bytes: f.memory_peak_bytes,
+            })
+    }
+
+    async fn run(&self, job: &Job, deadline: Instant) -> ExecOutcome {
+        let function = &job.function;
+        let key = key_of(function);
+        let checkout = self
+            .pool
+            .checkout(&key, limits_of(function), deadline)
+            .await;
+        let (mut lease, cold_start, init_ms) = match checkout {
+            Ok(Checkout::Warm(lease)) => (*lease, false, 0),
+            Ok(Checkout::Cold(reservation)) => {
+                match self.launch(function, &job.code_dir, deadline).await {
+                    Ok((instance, init_ms)) => (reservation.fill(instance), true, init_ms),
+                    Err(e) => {
+                        return ExecOutcome {
+                            status: e.status,
+                            result: None,
+                            error: Some(InvocationError {
+                                kind: e.kind,
+                                message: e.message,
+                            }),
+                            logs: e.logs,
+                            cold_start: true,
+                            init_ms: e.init_ms,
+                            duration_ms: 0,
+                            memory_peak_bytes: e.memory_peak_bytes,
+                        }
+                    }
+                }
+            }
+            Err(CheckoutError::Timeout) => {
+                return ExecOutcome::failed(
+                    InvocationStatus::Timeout,
+                    ErrorKind::Timeout,
+                    format!(
+                        "no sandbox became free within the timeout of {} ms",
+                        function.config.timeout_ms
+                    ),
+                )
+            }
+            Err(e) => {
+                return ExecOutcome::failed(
+                    InvocationStatus::Failed,
+                    ErrorKind::Crashed,
+                    e.to_string(),
+                )
+            }
+        };
+
+        let invocation_id = job.invocation_id.to_string();
+        let request = protocol::Request {
+            id: &invocation_id,
+            payload: &job.payload,
+            context: protocol::RequestContext {
+                invocation_id: &invocation_id,
+                function_name: function.name.as_str(),
+                function_version: function.version,
+                memory_limit_mb: function.config.memory_mb,
+                deadline_ms: unix_ms_at(deadline),
+                trace_id: job.trace_id.as_deref(),
+            },
+        };
+        let Some(instance) = lease.instance() else {
+            return ExecOutcome::failed(
+                InvocationStatus::Failed,
+                ErrorKind::Crashed,
+                "lease without a sandbox".to_owned(),
+            );
+        };
+        let invoked = instance.invoke(&request, deadline).await;
+        if invoked.reusable {
+            lease.release().await;
+        } else {
+            lease.discard().await;
+        }
+        ExecOutcome {
+            status: invoked.status,
+            result: invoked.result,
+            error: invoked.error,
+            logs: invoked.logs,
+            cold_start,
+            init_ms,
+            duration_ms: invoked.duration_ms,
+            memory_peak_bytes: invoked.memory_peak_bytes,
+        }
+    }
+}

@@ -1,0 +1,792 @@
+//! One sandbox serving one function version: start it, invoke it, kill it.
+//!
+//! [`Instance::launch`] creates three pipes (the host ends close-on-exec and non-blocking,
+//! driven by tokio), writes the bundle to `<work_dir>/bundles/<id>`, creates and starts the
+//! container and waits for the bootstrap's first frame. A log task reads the sandbox's stderr
+//! continuously (a chatty handler never blocks on a full pipe) into a [`LogSink`] that splits
+//! the stream at each invocation's end marker and caps what it keeps.
+//!
+//! [`Instance::invoke`] sends one request frame and awaits the response until the invocation's
+//! deadline. Past it, or on EOF or garbage, the sandbox is destroyed and reported as `Timeout`,
+//! `oom` or `crashed`; the caller must then discard the instance. The warm path is a pipe write,
+//! a pipe read and one `memory_peak` call (read-and-reset, run while the logs settle).
+//!
+//! Dropping an instance without [`Instance::destroy`] (e.g. a cancelled invocation) still
+//! destroys the container and removes the bundle directory, from a spawned task.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fnmesh_shared::{ErrorKind, InvocationError, InvocationLogs, InvocationStatus};
+use nix::fcntl::OFlag;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::runtimes::protocol::{self, Hello, Response, MAX_FRAME_BYTES};
+use crate::sandbox::spec::{self, BundleRequest};
+use crate::sandbox::{ContainerRuntime, ExitReport, SandboxError, SandboxIo, SandboxSpec};
+
+/// How long to wait for an invocation's log end marker once its response arrived.
+const MARKER_WAIT: Duration = Duration::from_millis(250);
+/// How long to wait for the rest of the logs after a sandbox was killed.
+const DRAIN_WAIT: Duration = Duration::from_millis(250);
+/// Bound on the `memory_peak` call after an invocation.
+const PEAK_WAIT: Duration = Duration::from_millis(500);
+/// Longest error message taken from a handler.
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Everything needed to start one sandbox.
+#[derive(Debug, Clone)]
+pub struct LaunchPlan {
+    /// Unique sandbox id, `[a-z0-9-]+`.
+    pub id: String,
+    /// `<work_dir>/bundles/<id>`.
+    pub bundle_dir: PathBuf,
+    /// What goes into `config.json`.
+    pub bundle: BundleRequest,
+    /// Cap on captured logs per invocation.
+    pub log_cap_bytes: usize,
+}
+
+/// Why a sandbox did not become ready.
+#[derive(Debug)]
+pub struct LaunchFailure {
+    /// `Timeout` or `Failed`.
+    pub status: InvocationStatus,
+    /// Kind and message.
+    pub error: InvocationError,
+    /// What the sandbox printed (e.g. the import traceback).
+    pub logs: InvocationLogs,
+    /// From the exit report, when it got that far.
+    pub memory_peak_bytes: u64,
+    /// Time spent trying.
+    pub init_ms: u64,
+}
+
+/// The result of one invocation on an instance.
+#[derive(Debug)]
+pub struct Invoked {
+    /// `Succeeded`, `Failed` or `Timeout`.
+    pub status: InvocationStatus,
+    /// The handler's result.
+    pub result: Option<serde_json::Value>,
+    /// Why it did not succeed.
+    pub error: Option<InvocationError>,
+    /// Its logs.
+    pub logs: InvocationLogs,
+    /// From sending the request to the response (or the kill).
+    pub duration_ms: u64,
+    /// Peak memory of the sandbox since the previous invocation.
+    pub memory_peak_bytes: u64,
+    /// False when the sandbox was killed: the caller must discard the instance.
+    pub reusable: bool,
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> InvocationError {
+    InvocationError {
+        kind,
+        message: message.into(),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn truncate_utf8(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+/// What a dead sandbox's exit report means for the invocation.
+fn death_error(report: &ExitReport, memory_mb: u32, what: &str) -> InvocationError {
+    if report.oom_killed {
+        return error(
+            ErrorKind::Oom,
+            format!("sandbox ran out of memory (limit {memory_mb} MiB)"),
+        );
+    }
+    let how = match (report.exit_code, report.signal) {
+        (_, Some(signal)) => format!(" (killed by signal {signal})"),
+        (Some(code), None) => format!(" (exit code {code})"),
+        (None, None) => String::new(),
+    };
+    error(ErrorKind::Crashed, format!("{what}{how}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logs
+
+/// Collects a sandbox's log stream and splits it at invocation end markers.
+#[derive(Debug)]
+pub struct LogSink {
+    state: Mutex<LogState>,
+    notify: Notify,
+}
+
+#[derive(Debug)]
+struct LogState {
+    cap: usize,
+    buf: Vec<u8>,
+    truncated: bool,
+    /// The marker that ends the current invocation's logs.
+    marker: Option<Vec<u8>>,
+    /// Bytes held back because they may be the start of the marker.
+    pending: Vec<u8>,
+    /// The logs of the invocation whose marker was seen.
+    finished: Option<(Vec<u8>, bool)>,
+    eof: bool,
+}
+
+fn append_capped(buf: &mut Vec<u8>, truncated: &mut bool, cap: usize, data: &[u8]) {
+    let room = cap.saturating_sub(buf.len());
+    if data.len() > room {
+        buf.extend_from_slice(&data[..room]);
+        *truncated = true;
+    } else {
+        buf.extend_from_slice(data);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+impl LogState {
+    fn push(&mut self, data: &[u8]) {
+        let Some(marker) = self.marker.as_deref() else {
+            append_capped(&mut self.buf, &mut self.truncated, self.cap, data);
+            return;
+        };
+        self.pending.extend_from_slice(data);
+        if let Some(pos) = find(&self.pending, marker) {
+            let after = self.pending.split_off(pos + marker.len());
+            self.pending.truncate(pos);
+            append_capped(&mut self.buf, &mut self.truncated, self.cap, &self.pending);
+            self.pending.clear();
+            self.finished = Some((
+                std::mem::take(&mut self.buf),
+                std::mem::take(&mut self.truncated),
+            ));
+            self.marker = None;
+            // Output after the marker (a background thread) belongs to the next invocation.
+            append_capped(&mut self.buf, &mut self.truncated, self.cap, &after);
+        } else {
+            let keep = marker.len() - 1;
+            if self.pending.len() > keep {
+                let cut = self.pending.len() - keep;
+                append_capped(
+                    &mut self.buf,
+                    &mut self.truncated,
+                    self.cap,
+                    &self.pending[..cut],
+                );
+                self.pending.drain(..cut);
+            }
+        }
+    }
+
+    /// Everything collected so far; disarms the marker.
+    fn take_all(&mut self) -> (Vec<u8>, bool) {
+        let pending = std::mem::take(&mut self.pending);
+        append_capped(&mut self.buf, &mut self.truncated, self.cap, &pending);
+        self.marker = None;
+        (
+            std::mem::take(&mut self.buf),
+            std::mem::take(&mut self.truncated),
+        )
+    }
+}
+
+impl LogSink {
+    /// A sink keeping at most `cap` bytes per invocation.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            state: Mutex::new(LogState {
+                cap,
+                buf: Vec::new(),
+                truncated: false,
+                marker: None,
+                pending: Vec::new(),
+                finished: None,
+                eof: false,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        // Never held across a panic point that matters: the state stays consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Feeds bytes read from the log pipe.
+    pub fn push(&self, data: &[u8]) {
+        let done = {
+            let mut state = self.lock();
+            state.push(data);
+            state.finished.is_some()
+        };
+        if done {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Marks the end of the stream.
+    pub fn close(&self) {
+        self.lock().eof = true;
+        self.notify.notify_one();
+    }
+
+    /// Starts an invocation: its logs end at `marker`.
+    pub fn arm(&self, marker: Vec<u8>) {
+        let mut state = self.lock();
+        state.finished = None;
+        state.marker = Some(marker);
+    }
+
+    fn render((bytes, mut truncated): (Vec<u8>, bool), cap: usize) -> InvocationLogs {
+        let mut text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+        if text.len() > cap {
+            truncate_utf8(&mut text, cap);
+            truncated = true;
+        }
+        InvocationLogs { text, truncated }
+    }
+
+    /// The armed invocation's logs: waits up to `bound` for its marker (or the end of the
+    /// stream), then takes whatever arrived.
+    pub async fn finish(&self, bound: Duration) -> InvocationLogs {
+        let until = Instant::now() + bound;
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut state = self.lock();
+                let cap = state.cap;
+                if let Some(done) = state.finished.take() {
+                    return Self::render(done, cap);
+                }
+                if state.eof || Instant::now() >= until {
+                    let all = state.take_all();
+                    return Self::render(all, cap);
+                }
+            }
+            let _ = tokio::time::timeout_at(until, notified).await;
+        }
+    }
+
+    /// Everything up to the end of the stream (waiting up to `bound` for it).
+    pub async fn drain(&self, bound: Duration) -> InvocationLogs {
+        let until = Instant::now() + bound;
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut state = self.lock();
+                if state.eof || Instant::now() >= until {
+                    let cap = state.cap;
+                    let mut all = state.take_all();
+                    if let Some((mut done, truncated)) = state.finished.take() {
+                        done.extend_from_slice(&all.0);
+                        all = (done, truncated || all.1);
+                    }
+                    return Self::render(all, cap);
+                }
+            }
+            let _ = tokio::time::timeout_at(until, notified).await;
+        }
+    }
+}
+
+async fn pump_logs(mut rx: pipe::Receiver, sink: Arc<LogSink>) {
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match rx.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => sink.push(&chunk[..n]),
+        }
+    }
+    sink.close();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cleanup
+
+/// Destroys the container (unless already destroyed) and removes the bundle when dropped armed.
+struct CleanupGuard {
+    runtime: Arc<dyn ContainerRuntime>,
+    id: String,
+    bundle_dir: PathBuf,
+    destroy_container: bool,
+    armed: bool,
+}
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let bundle_dir = std::mem::take(&mut self.bundle_dir);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let runtime = Arc::clone(&self.runtime);
+                let id = std::mem::take(&mut self.id);
+                let destroy = self.destroy_container;
+                handle.spawn(async move {
+                    if destroy {
+                        if let Err(e) = runtime.destroy(&id).await {
+                            tracing::warn!(sandbox.id = %id, error = %e, "destroying dropped sandbox failed");
+                        }
+                    }
+                    let _ = tokio::fs::remove_dir_all(&bundle_dir).await;
+                });
+            }
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&bundle_dir);
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instance
+
+/// A started sandbox with its handler loaded.
+pub struct Instance {
+    id: String,
+    memory_mb: u32,
+    runtime: Arc<dyn ContainerRuntime>,
+    requests: pipe::Sender,
+    responses: BufReader<pipe::Receiver>,
+    logs: Arc<LogSink>,
+    _log_task: AbortOnDrop,
+    guard: CleanupGuard,
+    /// Reused request frame buffer.
+    frame: Vec<u8>,
+    /// Reused response body buffer.
+    body: Vec<u8>,
+    /// Set once the container was destroyed.
+    dead: Option<ExitReport>,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("id", &self.id)
+            .field("memory_mb", &self.memory_mb)
+            .field("dead", &self.dead.is_some())
+            .finish()
+    }
+}
+
+fn host_pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+enum BootError {
+    Init(String),
+    Protocol(String),
+}
+
+impl Instance {
+    /// The sandbox id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its memory limit.
+    pub fn memory_mb(&self) -> u32 {
+        self.memory_mb
+    }
+
+    /// Creates and starts a sandbox and waits, until `deadline`, for its handler to load.
+    pub async fn launch(
+        runtime: Arc<dyn ContainerRuntime>,
+        plan: LaunchPlan,
+        deadline: Instant,
+    ) -> Result<(Self, u64), LaunchFailure> {
+        let started = Instant::now();
+        let memory_mb = plan.bundle.memory_mb;
+        let fail = |status, error, logs, peak| LaunchFailure {
+            status,
+            error,
+            logs,
+            memory_peak_bytes: peak,
+            init_ms: millis(started.elapsed()),
+        };
+        let mut instance =
+            match tokio::time::timeout_at(deadline, Self::create(runtime, plan)).await {
+                Ok(Ok(instance)) => instance,
+                Ok(Err(e)) => {
+                    return Err(fail(
+                        InvocationStatus::Failed,
+                        error(
+                            ErrorKind::Crashed,
+                            format!("creating the sandbox failed: {e}"),
+                        ),
+                        InvocationLogs::default(),
+                        0,
+                    ))
+                }
+                Err(_) => {
+                    return Err(fail(
+                        InvocationStatus::Timeout,
+                        error(ErrorKind::Timeout, "timed out while creating the sandbox"),
+                        InvocationLogs::default(),
+                        0,
+                    ))
+                }
+            };
+        let booted = tokio::time::timeout_at(deadline, instance.boot()).await;
+        let (status, err) = match booted {
+            Ok(Ok(())) => {
+                let init_ms = millis(started.elapsed());
+                tracing::debug!(sandbox.id = %instance.id, init_ms, "sandbox ready");
+                return Ok((instance, init_ms));
+            }
+            Ok(Err(BootError::Init(message))) => (
+                InvocationStatus::Failed,
+                error(
+                    ErrorKind::HandlerError,
+                    format!("loading the handler failed: {message}"),
+                ),
+            ),
+            Ok(Err(BootError::Protocol(what))) => {
+                (InvocationStatus::Failed, error(ErrorKind::Crashed, what))
+            }
+            Err(_) => (
+                InvocationStatus::Timeout,
+                error(ErrorKind::Timeout, "timed out while loading the handler"),
+            ),
+        };
+        let report = instance.kill().await;
+        let logs = instance.logs.drain(DRAIN_WAIT).await;
+        let err = match err.kind {
+            ErrorKind::Crashed => death_error(&report, memory_mb, &err.message),
+            _ => err,
+        };
+        tracing::info!(
+            sandbox.id = %instance.id,
+            error.kind = err.kind.as_str(),
+            error.message = %err.message,
+            "sandbox failed to start"
+        );
+        let peak = report.memory_peak_bytes;
+        instance.destroy().await;
+        Err(fail(status, err, logs, peak))
+    }
+
+    async fn create(
+        runtime: Arc<dyn ContainerRuntime>,
+        plan: LaunchPlan,
+    ) -> Result<Self, SandboxError> {
+        let (stdin_rx, stdin_tx) = host_pipe()?;
+        let (stdout_rx, stdout_tx) = host_pipe()?;
+        let (stderr_rx, stderr_tx) = host_pipe()?;
+        let mut guard = CleanupGuard {
+            runtime: Arc::clone(&runtime),
+            id: plan.id.clone(),
+            bundle_dir: plan.bundle_dir.clone(),
+            destroy_container: false,
+            armed: true,
+        };
+        let bundle_dir = plan.bundle_dir.clone();
+        let bundle = plan.bundle.clone();
+        tokio::task::spawn_blocking(move || spec::write_bundle(&bundle_dir, &bundle))
+            .await
+            .map_err(|e| SandboxError::Io(io::Error::other(e)))??;
+
+        let requests = pipe::Sender::from_owned_fd(stdin_tx)?;
+        let responses = pipe::Receiver::from_owned_fd(stdout_rx)?;
+        let log_rx = pipe::Receiver::from_owned_fd(stderr_rx)?;
+        let io = SandboxIo {
+            stdin: stdin_rx,
+            stdout: stdout_tx,
+            stderr: stderr_tx,
+        };
+        let sandbox = SandboxSpec {
+            id: plan.id.clone(),
+            bundle: plan.bundle_dir.clone(),
+        };
+        guard.destroy_container = true;
+        runtime.create(&sandbox, io).await?;
+
+        let logs = Arc::new(LogSink::new(plan.log_cap_bytes));
+        let log_task = tokio::spawn(pump_logs(log_rx, Arc::clone(&logs)));
+        Ok(Self {
+            id: plan.id,
+            memory_mb: plan.bundle.memory_mb,
+            runtime,
+            requests,
+            responses: BufReader::with_capacity(64 * 1024, responses),
+            logs,
+            _log_task: AbortOnDrop(log_task),
+            guard,
+            frame: Vec::with_capacity(4096),
+            body: Vec::with_capacity(4096),
+            dead: None,
+        })
+    }
+
+    async fn boot(&mut self) -> Result<(), BootError> {
+        self.runtime
+            .start(&self.id)
+            .await
+            .map_err(|e| BootError::Protocol(format!("starting the sandbox failed: {e}")))?;
+        if let Err(e) = read_frame(&mut self.responses, &mut self.body).await {
+            return Err(BootError::Protocol(format!(
+                "sandbox exited before its handler loaded: {e}"
+            )));
+        }
+        match protocol::decode_hello(&self.body) {
+            Ok(Hello::Ready) => Ok(()),
+            Ok(Hello::InitError(message)) => Err(BootError::Init(message)),
+            Err(e) => Err(BootError::Protocol(format!(
+                "bootstrap protocol error: {e}"
+            ))),
+        }
+    }
+
+    /// Runs one invocation, killing the sandbox at `deadline`.
+    pub async fn invoke(&mut self, request: &protocol::Request<'_>, deadline: Instant) -> Invoked {
+        let started = Instant::now();
+        if let Err(e) = protocol::encode_request(&mut self.frame, request) {
+            return Invoked {
+                status: InvocationStatus::Failed,
+                result: None,
+                error: Some(error(
+                    ErrorKind::Crashed,
+                    format!("encoding the request failed: {e}"),
+                )),
+                logs: InvocationLogs::default(),
+                duration_ms: 0,
+                memory_peak_bytes: 0,
+                reusable: true,
+            };
+        }
+        if self.frame.len() - 4 > MAX_FRAME_BYTES {
+            return Invoked {
+                status: InvocationStatus::Failed,
+                result: None,
+                error: Some(error(ErrorKind::Crashed, "the payload is too large")),
+                logs: InvocationLogs::default(),
+                duration_ms: 0,
+                memory_peak_bytes: 0,
+                reusable: true,
+            };
+        }
+        self.logs.arm(protocol::end_marker(request.id));
+
+        let (requests, responses, body, frame) = (
+            &mut self.requests,
+            &mut self.responses,
+            &mut self.body,
+            &self.frame,
+        );
+        let exchange = async move {
+            requests.write_all(frame).await?;
+            read_frame(responses, body).await
+        };
+        let outcome = tokio::time::timeout_at(deadline, exchange).await;
+        let duration_ms = millis(started.elapsed());
+
+        let failure = match outcome {
+            Ok(Ok(())) => match protocol::decode_response(&self.body) {
+                Ok(response) => {
+                    let (logs, peak) = tokio::join!(
+                        self.logs.finish(MARKER_WAIT),
+                        tokio::time::timeout(PEAK_WAIT, self.runtime.memory_peak(&self.id, true)),
+                    );
+                    let memory_peak_bytes = match peak {
+                        Ok(Ok(bytes)) => bytes,
+                        _ => 0,
+                    };
+                    let (status, result, err) = match response {
+                        Response::Ok(value) => (InvocationStatus::Succeeded, Some(value), None),
+                        Response::Error {
+                            type_name,
+                            message,
+                            invalid_result,
+                        } => {
+                            let kind = if invalid_result {
+                                ErrorKind::InvalidResult
+                            } else {
+                                ErrorKind::HandlerError
+                            };
+                            let mut text = if type_name.is_empty() {
+                                message
+                            } else {
+                                format!("{type_name}: {message}")
+                            };
+                            truncate_utf8(&mut text, MAX_MESSAGE_BYTES);
+                            (InvocationStatus::Failed, None, Some(error(kind, text)))
+                        }
+                    };
+                    return Invoked {
+                        status,
+                        result,
+                        error: err,
+                        logs,
+                        duration_ms,
+                        memory_peak_bytes,
+                        reusable: true,
+                    };
+                }
+                Err(e) => (
+                    InvocationStatus::Failed,
+                    format!("bootstrap protocol error: {e}"),
+                ),
+            },
+            Ok(Err(e)) => (
+                InvocationStatus::Failed,
+                format!("sandbox died during the invocation: {e}"),
+            ),
+            Err(_) => (InvocationStatus::Timeout, String::new()),
+        };
+
+        let report = self.kill().await;
+        let logs = self.logs.drain(DRAIN_WAIT).await;
+        let (status, what) = failure;
+        let err = if status == InvocationStatus::Timeout {
+            let budget = deadline.saturating_duration_since(started);
+            error(
+                ErrorKind::Timeout,
+                format!("the invocation timed out after {} ms", millis(budget)),
+            )
+        } else {
+            death_error(&report, self.memory_mb, &what)
+        };
+        tracing::info!(
+            sandbox.id = %self.id,
+            error.kind = err.kind.as_str(),
+            duration_ms,
+            "sandbox killed"
+        );
+        Invoked {
+            status,
+            result: None,
+            error: Some(err),
+            logs,
+            duration_ms,
+            memory_peak_bytes: report.memory_peak_bytes,
+            reusable: false,
+        }
+    }
+
+    /// Destroys the container once; later calls return the first report.
+    async fn kill(&mut self) -> ExitReport {
+        if let Some(report) = &self.dead {
+            return report.clone();
+        }
+        let report = match self.runtime.destroy(&self.id).await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::warn!(sandbox.id = %self.id, error = %e, "destroying the sandbox failed");
+                ExitReport::default()
+            }
+        };
+        self.guard.destroy_container = false;
+        self.dead = Some(report.clone());
+        report
+    }
+
+    /// Destroys the container and removes its bundle directory.
+    pub async fn destroy(mut self) -> ExitReport {
+        let report = self.kill().await;
+        let _ = tokio::fs::remove_dir_all(&self.guard.bundle_dir).await;
+        self.guard.armed = false;
+        tracing::debug!(sandbox.id = %self.id, "sandbox destroyed");
+        report
+    }
+}
+
+async fn read_frame(reader: &mut BufReader<pipe::Receiver>, body: &mut Vec<u8>) -> io::Result<()> {
+    let mut header = [0u8; 4];
+    reader.read_exact(&mut header).await?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit"),
+        ));
+    }
+    body.clear();
+    body.resize(len, 0);
+    reader.read_exact(body).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn logs_split_at_markers_across_chunks() {
+        let sink = LogSink::new(1024);
+        sink.push(b"init\n");
+        sink.arm(protocol::end_marker("a"));
+        let marker = protocol::end_marker("a");
+        let (head, tail) = marker.split_at(5);
+        sink.push(b"hello");
+        sink.push(head);
+        sink.push(tail);
+        sink.push(b"stray");
+        let logs = sink.finish(Duration::from_millis(10)).await;
+        assert_eq!(logs.text, "init\nhello");
+        assert!(!logs.truncated);
+        sink.arm(protocol::end_marker("b"));
+        sink.push(b" more");
+        sink.push(&protocol::end_marker("b"));
+        let logs = sink.finish(Duration::from_millis(10)).await;
+        assert_eq!(logs.text, "stray more");
+    }
+
+    #[tokio::test]
+    async fn logs_are_capped_and_marked_truncated() {
+        let sink = LogSink::new(10);
+        sink.arm(protocol::end_marker("a"));
+        sink.push(&[b'x'; 100]);
+        sink.push(&protocol::end_marker("a"));
+        let logs = sink.finish(Duration::from_millis(10)).await;
+        assert_eq!(logs.text, "x".repeat(10));
+        assert!(logs.truncated);
+    }
+
+    #[tokio::test]
+    async fn missing_marker_gives_what_arrived_after_the_bound() {
+        let sink = LogSink::new(100);
+        sink.arm(protocol::end_marker("a"));
+        sink.push(b"partial \xff");
+        let logs = sink.finish(Duration::from_millis(20)).await;
+        assert_eq!(logs.text, "partial \u{fffd}");
+        sink.push(b"later");
+        sink.close();
+        assert_eq!(sink.drain(Duration::from_millis(10)).await.text, "later");
+    }
+}

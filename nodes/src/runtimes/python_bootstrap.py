@@ -1,0 +1,158 @@
+"""fnmesh python3 runtime bootstrap.
+
+Run as: python3 -I -u python_bootstrap.py <task_root> <module.function>
+
+Protocol (see nodes/src/runtimes/protocol.rs): frames are a 4-byte big-endian length followed
+by UTF-8 JSON. The node writes requests on our fd 0 and reads responses on our fd 1; the logs
+are fd 2. At start we move the protocol to private fds, point fd 0 at /dev/null and fd 1 at the
+log pipe, so nothing the handler (or its children) prints can corrupt a frame.
+"""
+
+import importlib
+import json
+import os
+import struct
+import sys
+import time
+import traceback
+
+MAX_FRAME = 64 * 1024 * 1024
+
+
+def _setup_fds():
+    proto_in = os.dup(0)  # non-inheritable: child processes never see the protocol
+    proto_out = os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    return os.fdopen(proto_in, "rb", buffering=65536), proto_out
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _send(fd, obj):
+    body = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
+    _write_all(fd, struct.pack(">I", len(body)) + body)
+
+
+def _recv(inp):
+    header = inp.read(4)
+    if len(header) < 4:
+        return None
+    (length,) = struct.unpack(">I", header)
+    if length > MAX_FRAME:
+        raise ValueError("request frame too large")
+    body = inp.read(length)
+    if len(body) < length:
+        return None
+    return json.loads(body)
+
+
+def _flush_logs(marker):
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - the handler may have closed or replaced them
+            pass
+    try:
+        _write_all(2, marker)
+    except OSError:
+        pass
+
+
+class Context:
+    """What the handler gets as its second argument."""
+
+    __slots__ = (
+        "invocation_id",
+        "function_name",
+        "function_version",
+        "memory_limit_mb",
+        "deadline_ms",
+        "trace_id",
+    )
+
+    def __init__(self, ctx):
+        self.invocation_id = ctx.get("invocation_id")
+        self.function_name = ctx.get("function_name")
+        self.function_version = ctx.get("function_version")
+        self.memory_limit_mb = ctx.get("memory_limit_mb")
+        self.deadline_ms = ctx.get("deadline_ms") or 0
+        self.trace_id = ctx.get("trace_id")
+
+    def get_remaining_time_in_millis(self):
+        return max(0, self.deadline_ms - int(time.time() * 1000))
+
+    def __repr__(self):
+        return "Context(invocation_id=%r, function_name=%r, function_version=%r)" % (
+            self.invocation_id,
+            self.function_name,
+            self.function_version,
+        )
+
+
+def _describe(exc):
+    return {"type": type(exc).__name__, "message": str(exc)[:4096]}
+
+
+def main():
+    task_root, handler = sys.argv[1], sys.argv[2]
+    inp, out = _setup_fds()
+    sys.dont_write_bytecode = True
+    sys.path.insert(0, task_root)
+
+    try:
+        module_name, func_name = handler.rsplit(".", 1)
+        module = importlib.import_module(module_name)
+        func = getattr(module, func_name)
+        if not callable(func):
+            raise TypeError("handler %r is not callable" % handler)
+    except BaseException as exc:  # noqa: BLE001 - any import failure is an init error
+        traceback.print_exc()
+        _flush_logs(b"")
+        desc = _describe(exc)
+        _send(out, {"init_error": "%s: %s" % (desc["type"], desc["message"])})
+        return 1
+    _send(out, {"ready": True})
+
+    while True:
+        req = _recv(inp)
+        if req is None:
+            return 0
+        marker = b"\n\x00fnmesh-end:" + req["id"].encode() + b"\x00\n"
+        try:
+            result = func(req["payload"], Context(req.get("context") or {}))
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: the sandbox stays usable
+            traceback.print_exc()
+            _flush_logs(marker)
+            _send(out, {"error": _describe(exc)})
+            continue
+        try:
+            body = json.dumps(
+                {"ok": result}, allow_nan=False, separators=(",", ":")
+            ).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
+            _flush_logs(marker)
+            _send(
+                out,
+                {
+                    "error": {
+                        "type": "InvalidResult",
+                        "message": "result is not JSON-serialisable: %s" % exc,
+                        "kind": "invalid_result",
+                    }
+                },
+            )
+            continue
+        _flush_logs(marker)
+        _write_all(out, struct.pack(">I", len(body)) + body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what fnmesh needs on a fresh Debian 12 machine (run as root). Idempotent.
+#   - build: a Rust toolchain (rustup when cargo is missing), gcc, pkg-config, libseccomp-dev
+#   - sandboxes: libseccomp2, python3 and nodejs on the host /usr (bind-mounted read-only into
+#     every sandbox), iproute2/procps for the tests
+#   - benchmarks: crun and hyperfine (side-by-side baselines)
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup-debian.sh must run as root (it installs packages)" >&2
+  exit 1
+fi
+
+need=()
+for pkg in gcc pkg-config libseccomp-dev libseccomp2 python3 nodejs procps crun hyperfine ca-certificates curl; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "installing the Rust toolchain with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy -c rustfmt
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
+cargo --version

@@ -1,0 +1,110 @@
+//! The bus conformance suite against the in-process bus.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use fnmesh_shared::bus::conformance;
+use fnmesh_shared::bus::memory::MemoryBus;
+use fnmesh_shared::bus::{Bus, BusConfig};
+
+async fn memory(config: BusConfig) -> Arc<dyn Bus> {
+    Arc::new(MemoryBus::new(config))
+}
+
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $case() {
+            conformance::$case(&memory).await;
+        }
+    )*};
+}
+
+cases!(
+    ping,
+    publish_pull_ack,
+    pull_times_out_when_empty,
+    publish_is_deduplicated,
+    nak_redelivers_with_next_attempt,
+    nak_with_delay_waits,
+    ack_wait_expiry_redelivers,
+    in_progress_prevents_redelivery,
+    max_deliver_dead_letters,
+    term_drops_without_dead_letter,
+    stale_acker_is_fenced,
+    full_queue_refuses_publish,
+    inbox_reply_roundtrip,
+    reply_to_a_dropped_inbox_is_ok,
+    malformed_reply_address_is_refused,
+    events_publish_pull_ack,
+    concurrent_publishers_and_pullers,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_all_in_sequence() {
+    conformance::run_all(memory).await;
+}
+
+/// Publish + pull + ack stays cheap (a few µs in release; generous bound for debug builds).
+#[tokio::test]
+async fn hot_path_is_cheap() {
+    let bus = MemoryBus::new(BusConfig::default());
+    let requests: Vec<_> = (0..10_000).map(|_| conformance::request()).collect();
+    let start = std::time::Instant::now();
+    for r in &requests {
+        bus.publish_invocation(r, None).await.unwrap();
+        let d = bus
+            .pull_invocation(std::time::Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        d.acker.ack().await.unwrap();
+    }
+    let per_cycle = start.elapsed() / 10_000;
+    println!("publish + pull + ack: {per_cycle:?} per invocation");
+    assert!(
+        per_cycle < std::time::Duration::from_millis(1),
+        "publish + pull + ack took {per_cycle:?}"
+    );
+    assert_eq!(bus.queued_invocations(), 0);
+}
+
+/// `close` wakes a waiting puller with `Closed`, and later calls fail the same way.
+#[tokio::test]
+async fn close_wakes_pullers_with_closed() {
+    use fnmesh_shared::bus::BusError;
+    let bus = MemoryBus::new(BusConfig::default());
+    let waiter = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            bus.pull_invocation(std::time::Duration::from_secs(30))
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    bus.close();
+    let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        .await
+        .expect("the puller returns promptly")
+        .unwrap();
+    assert!(matches!(woke, Err(BusError::Closed)));
+    assert!(matches!(
+        bus.publish_invocation(&conformance::request(), None).await,
+        Err(BusError::Closed)
+    ));
+}
+
+/// A reply address issued by another bus instance is not this bus's to deliver.
+#[tokio::test]
+async fn reply_addresses_of_another_bus_are_invalid() {
+    use fnmesh_shared::bus::BusError;
+    let a = MemoryBus::new(BusConfig::default());
+    let b = MemoryBus::new(BusConfig::default());
+    let inbox = a.open_inbox().await.unwrap();
+    let req = conformance::request();
+    assert!(matches!(
+        b.publish_invocation(&req, Some(&inbox.reply_to)).await,
+        Err(BusError::InvalidReply)
+    ));
+}
