@@ -746,6 +746,30 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
+    #[test]
+    fn exit_reports_map_to_error_kinds() {
+        let oom = ExitReport {
+            oom_killed: true,
+            signal: Some(9),
+            ..ExitReport::default()
+        };
+        let e = death_error(&oom, 128, "sandbox died");
+        assert_eq!(e.kind, ErrorKind::Oom);
+        assert!(e.message.contains("128 MiB"));
+        let killed = ExitReport {
+            signal: Some(9),
+            ..ExitReport::default()
+        };
+        let e = death_error(&killed, 128, "sandbox died");
+        assert_eq!(e.kind, ErrorKind::Crashed);
+        assert_eq!(e.message, "sandbox died (killed by signal 9)");
+        let exited = ExitReport {
+            exit_code: Some(3),
+            ..ExitReport::default()
+        };
+        assert_eq!(death_error(&exited, 64, "x").message, "x (exit code 3)");
+    }
+
     #[tokio::test]
     async fn logs_split_at_markers_across_chunks() {
         let sink = LogSink::new(1024);

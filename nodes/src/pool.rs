@@ -262,29 +262,34 @@ impl Pool {
 
     /// Registers `key` (updating its limits) and returns its permits.
     fn register(&self, state: &mut State, key: &PoolKey, limits: KeyLimits) -> Arc<Semaphore> {
-        let superseded = state.keys.iter().any(|(k, _)| {
-            k.function_id == key.function_id
-                && k.namespace == key.namespace
-                && k.version > key.version
-        });
-        for (k, ks) in state.keys.iter_mut() {
-            if k.function_id == key.function_id
-                && k.namespace == key.namespace
-                && k.version < key.version
-            {
+        if let Some(ks) = state.keys.get_mut(key) {
+            ks.min_warm = limits.min_warm;
+            return Arc::clone(&ks.permits);
+        }
+        // A new key: it supersedes older versions of the function, or is itself superseded.
+        let same_function =
+            |k: &PoolKey| k.function_id == key.function_id && k.namespace == key.namespace;
+        let mut superseded = false;
+        for (k, ks) in state.keys.iter_mut().filter(|(k, _)| same_function(k)) {
+            if k.version < key.version {
                 ks.superseded = true;
+            } else {
+                superseded = true;
             }
         }
-        let ks = state.keys.entry(key.clone()).or_insert_with(|| KeyState {
-            permits: Arc::new(Semaphore::new(limits.max_concurrency.max(1) as usize)),
-            idle: Vec::new(),
-            live: 0,
-            prewarming: 0,
-            min_warm: limits.min_warm,
-            superseded,
-        });
-        ks.min_warm = limits.min_warm;
-        Arc::clone(&ks.permits)
+        let permits = Arc::new(Semaphore::new(limits.max_concurrency.max(1) as usize));
+        state.keys.insert(
+            key.clone(),
+            KeyState {
+                permits: Arc::clone(&permits),
+                idle: Vec::new(),
+                live: 0,
+                prewarming: 0,
+                min_warm: limits.min_warm,
+                superseded,
+            },
+        );
+        permits
     }
 
     /// A sandbox for one invocation of `key`: an idle one, or capacity for a new one (evicting

@@ -16,7 +16,8 @@ use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use fnmesh_nodes::executor::{Executor, ExecutorConfig, Job};
 use fnmesh_nodes::sandbox::rootfs::ensure_rootfs;
-use fnmesh_nodes::sandbox::spec::{write_bundle, BundleRequest};
+use fnmesh_nodes::sandbox::seccomp::MaskedEqOrder;
+use fnmesh_nodes::sandbox::spec::{write_bundle_for, BundleRequest};
 use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
 use fnmesh_nodes::sandbox::ContainerRuntime;
 use fnmesh_shared::{
@@ -136,7 +137,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         if let Some(crun) = &crun {
             let id = format!("bench-{tag}-{round}");
             let bundle = work.join("crun-bundles").join(&id);
-            write_bundle(
+            write_bundle_for(
                 &bundle,
                 &BundleRequest {
                     sandbox_id: id.clone(),
@@ -154,6 +155,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     uid: 65534,
                     gid: 65534,
                 },
+                // crun reads SCMP_CMP_MASKED_EQ in the OCI order (libcontainer 0.7 swaps it).
+                MaskedEqOrder::Oci,
             )?;
             let started = Instant::now();
             let status = Command::new(crun)

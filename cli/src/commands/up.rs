@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use fnmesh_gateway::{auth, Backends, Gateway, GatewayConfig};
 use fnmesh_nodes::code_cache::CodeCache;
 use fnmesh_nodes::executor::{Executor, ExecutorConfig};
+use fnmesh_nodes::sandbox::cgroup::SandboxCgroup;
 use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
 use fnmesh_nodes::sandbox::ContainerRuntime;
 use fnmesh_nodes::worker::{Worker, WorkerConfig};
@@ -59,18 +60,20 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
     let sandbox_dir = data_dir.join("sandboxes");
     let exe = std::env::current_exe().context("locating the fnmesh binary")?;
-    let runtime: Arc<dyn ContainerRuntime> = Arc::new(
+    let supervisor = Arc::new(
         SupervisorClient::spawn(&exe, &["__supervisor"], &sandbox_dir.join("state"))
             .await
             .context("starting the sandbox supervisor")?,
     );
+    let runtime: Arc<dyn ContainerRuntime> = supervisor.clone();
+    let cgroup_parent = format!("/fnmesh/{node_id}");
     let executor = Executor::new(
         ExecutorConfig {
             work_dir: sandbox_dir.clone(),
             node_id: node_id.clone(),
             max_sandboxes: args.max_sandboxes,
             keep_alive: Duration::from_secs(args.keep_alive_secs),
-            cgroup_parent: format!("/fnmesh/{node_id}"),
+            cgroup_parent: cgroup_parent.clone(),
             ..ExecutorConfig::default()
         },
         runtime,
@@ -136,6 +139,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
     node_stop.cancel();
     let _ = node_task.await;
     executor.shutdown(Duration::from_secs(5)).await;
+    supervisor.shutdown().await;
+    // The node's parent cgroup is empty now that every sandbox is gone.
+    let leftovers = SandboxCgroup::new(&cgroup_parent).remove_leftovers();
+    if !leftovers.is_empty() {
+        tracing::warn!(?leftovers, "cgroup directories could not be removed");
+    }
     tracing::info!("fnmesh stopped");
     Ok(())
 }

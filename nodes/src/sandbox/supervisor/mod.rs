@@ -20,7 +20,9 @@
 //! a tokio runtime, installing a tracing subscriber, or anything else that spawns threads or
 //! writes to fd 2, and exit with the code it returns:
 //! ```ignore
-//! Command::Supervisor => std::process::exit(fnmesh_nodes::sandbox::supervisor::run_supervisor_from_env()),
+//! if let Command::Supervisor = cli.command {
+//!     return ExitCode::from(fnmesh_nodes::sandbox::supervisor::main_from_env());
+//! }
 //! ```
 //!
 //! # Lifecycle
@@ -55,6 +57,11 @@ pub const STATE_DIR_ENV: &str = "FNMESH_SUPERVISOR_STATE_DIR";
 
 /// The descriptor number the socket is passed as.
 pub const SUPERVISOR_FD: RawFd = 3;
+
+/// [`run_supervisor_from_env`] as a `u8`, for `std::process::ExitCode::from`.
+pub fn main_from_env() -> u8 {
+    u8::try_from(run_supervisor_from_env()).unwrap_or(1)
+}
 
 /// Entry point of `fnmesh __supervisor` and `fnmesh-sandboxd`: reads [`FD_ENV`] and
 /// [`STATE_DIR_ENV`], then runs [`serve`]. Returns the process exit code.
