@@ -31,8 +31,9 @@ pub enum Command {
     Invocation(InvocationCommand),
     /// Show the captured output of an invocation.
     Logs(LogsArgs),
-    /// Run the sandbox benchmark (cold and warm start against baselines).
-    Bench(BenchArgs),
+    /// Benchmarks that print figures side by side with their baselines.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Internal: the single-threaded sandbox supervisor (started by nodes).
     #[command(name = "__supervisor", hide = true)]
     Supervisor,
@@ -191,6 +192,27 @@ pub struct LogsArgs {
     pub client: ClientArgs,
     /// Invocation id.
     pub id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Cold and warm start through fnmesh's sandboxes vs crun, bare python3 and a direct call.
+    Sandbox(BenchArgs),
+    /// Batched invocation-record writes vs one INSERT per row (PostgreSQL).
+    Persistence(PersistenceBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PersistenceBenchArgs {
+    /// The PostgreSQL server to write to (a fresh schema is created and dropped).
+    #[arg(long, env = "FNMESH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pub database_url: String,
+    /// Rows written by each method.
+    #[arg(long, default_value_t = 20_000)]
+    pub rows: usize,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
 }
 
 #[derive(Debug, Args)]

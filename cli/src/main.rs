@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     if let Command::Supervisor = cli.command {
         return ExitCode::from(fnmesh_nodes::sandbox::supervisor::main_from_env());
     }
-    if let Command::Bench(_) = cli.command {
+    if let Command::Bench(args::BenchCommand::Sandbox(_)) = cli.command {
         if let Err(e) = commands::bench::enter_bench_namespace() {
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;
@@ -46,7 +46,10 @@ fn main() -> ExitCode {
             Command::Invoke(args) => commands::invocations::invoke(args, as_json).await,
             Command::Invocation(cmd) => commands::invocations::invocation(cmd, as_json).await,
             Command::Logs(args) => commands::invocations::logs(args, as_json).await,
-            Command::Bench(args) => commands::bench::run(args).await,
+            Command::Bench(args::BenchCommand::Sandbox(args)) => commands::bench::run(args).await,
+            Command::Bench(args::BenchCommand::Persistence(args)) => {
+                commands::bench_persistence::run(args).await
+            }
             Command::Supervisor => Ok(()),
         }
     });

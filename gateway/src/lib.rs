@@ -4,7 +4,8 @@
 //! the code store), accepts invocations — records them `queued`, publishes them on the bus and,
 //! for sync calls, waits for the outcome on an inbox — and runs the [`recorder`] that persists
 //! node events and dead letters. Every `/v1` route needs an API key ([`auth`]) and is rate
-//! limited per key; errors are rendered in one place ([`error`]).
+//! limited per key, invocations also per function ([`ratelimit`]); errors are rendered in one
+//! place ([`error`]).
 //!
 //! The map of the crate: [`routes`] is the filter tree; one module per operation under
 //! [`functions`] and [`invocations`]; [`body`] reads capped bodies; [`server`] binds, serves and
@@ -17,6 +18,7 @@ pub mod error;
 pub mod functions;
 pub mod health;
 pub mod invocations;
+pub mod ratelimit;
 pub mod recorder;
 pub mod routes;
 pub mod server;

@@ -205,17 +205,17 @@ pub async fn record_dead_letter(
         message: format!("attempts exhausted after {} deliveries", dead.attempts),
     });
     record.completed_at = Some(Utc::now());
-    if exists {
-        // Fenced: a terminal result that raced in is kept.
-        store.update_invocation(&record).await?;
-        Ok(())
-    } else {
-        // Absent records are inserted, so the failure is never lost.
-        match store.insert_invocation(&record).await {
-            Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
-            Err(e) => Err(e),
+    if !exists {
+        // Absent records are inserted (then failed below), so the failure is never lost. A
+        // record that raced in meanwhile is fine: the update below is fenced.
+        match store.insert_invocation(request).await {
+            Ok(_) | Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e),
         }
     }
+    // Fenced: a terminal result that raced in is kept.
+    store.update_invocation(&record).await?;
+    Ok(())
 }
 
 /// Sleeps unless shut down first; `false` when shut down.

@@ -17,7 +17,7 @@ use warp::{Filter, Rejection};
 use crate::auth::Principal;
 use crate::error::{into_reply, recover, ApiError};
 use crate::state::State;
-use crate::{body, functions, health, invocations};
+use crate::{body, functions, health, invocations, ratelimit};
 
 /// The whole API, with errors rendered.
 pub fn api(state: State) -> BoxedFilter<(Response,)> {
@@ -78,34 +78,11 @@ fn authed(state: State) -> impl Filter<Extract = (Principal,), Error = Rejection
                 .authenticate_header(header)
                 .await
                 .map_err(ApiError::reject)?;
-            rate_limit(&state, &principal)
+            ratelimit::check_key(&state, &principal)
                 .await
                 .map_err(ApiError::reject)?;
             Ok::<_, Rejection>(principal)
         })
-}
-
-/// Per-key rate limit. A limiter failure fails open (with a warning), never a 500.
-async fn rate_limit(state: &State, principal: &Principal) -> Result<(), ApiError> {
-    let Some(limit) = state.config.default_rate_limit else {
-        return Ok(());
-    };
-    match state.backends.limiter.check(&principal.key_id, limit).await {
-        Ok(decision) if decision.allowed => Ok(()),
-        Ok(decision) => {
-            tracing::info!(key.id = %principal.key_id, "rate limited");
-            Err(ApiError::RateLimited {
-                limit: decision.limit,
-                remaining: decision.remaining,
-                reset_after: decision.reset_after,
-                retry_after: decision.retry_after.unwrap_or(decision.reset_after),
-            })
-        }
-        Err(e) => {
-            tracing::warn!(key.id = %principal.key_id, error = %e, "rate limiter failed; admitting the request");
-            Ok(())
-        }
-    }
 }
 
 /// Which route under `/v1/functions/{name}` a path names.

@@ -160,7 +160,7 @@ impl Worker {
         let job = Job {
             invocation_id: request.id,
             function: request.function.clone(),
-            code_dir,
+            code_dir: code_dir.clone(),
             payload: request.payload.clone(),
             trace_id: request.trace_id.clone(),
         };
@@ -180,6 +180,10 @@ impl Worker {
             }
         };
         let completed_at = Utc::now();
+        if request.function.config.min_warm > 0 {
+            // Keeps `min_warm` sandboxes of this version ready once the node has seen it.
+            self.executor.prewarm(&request.function, &code_dir).await;
+        }
         let result = InvocationResult {
             id: request.id,
             namespace,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::checksum::Checksum;
 use crate::ids::FunctionId;
 use crate::names::{FunctionName, Namespace};
+use crate::ratelimit::RateLimit;
 
 /// The language runtime a function runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -124,6 +125,8 @@ pub const DEFAULT_MAX_CONCURRENCY: u32 = 10;
 pub const MAX_CONCURRENCY: u32 = 1000;
 /// Largest `min_warm`.
 pub const MAX_MIN_WARM: u32 = 32;
+/// Largest `rate_limit.per_second` and `rate_limit.burst`.
+pub const MAX_RATE_LIMIT: u32 = 1_000_000;
 
 /// Limits and settings of a function version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +147,9 @@ pub struct FunctionConfig {
     /// Environment variables visible to the function (and nothing else of the node's).
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
+    /// Invocations of this function admitted across all gateways (`None`: no function limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 fn default_timeout() -> u64 {
@@ -164,6 +170,7 @@ impl Default for FunctionConfig {
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             min_warm: 0,
             environment: BTreeMap::new(),
+            rate_limit: None,
         }
     }
 }
@@ -227,6 +234,20 @@ impl FunctionConfig {
                 value: self.min_warm.into(),
                 range: "0..=min(32, max_concurrency)",
             });
+        }
+        if let Some(limit) = self.rate_limit {
+            for (field, value) in [
+                ("rate_limit.per_second", limit.per_second),
+                ("rate_limit.burst", limit.burst),
+            ] {
+                if value == 0 || value > MAX_RATE_LIMIT {
+                    return Err(ConfigError::OutOfRange {
+                        field,
+                        value: value.into(),
+                        range: "1..=1000000",
+                    });
+                }
+            }
         }
         let total: usize = self
             .environment
@@ -324,10 +345,30 @@ mod tests {
             r#"{"max_concurrency":0}"#,
             r#"{"environment":{"FNMESH_X":"1"}}"#,
             r#"{"environment":{"a b":"1"}}"#,
+            r#"{"rate_limit":{"per_second":0,"burst":1}}"#,
+            r#"{"rate_limit":{"per_second":1,"burst":0}}"#,
+            r#"{"rate_limit":{"per_second":1000001,"burst":1}}"#,
+            r#"{"rate_limit":{"per_second":1,"burst":1000001}}"#,
         ] {
             let c: FunctionConfig = serde_json::from_str(bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");
         }
         assert!(serde_json::from_str::<FunctionConfig>(r#"{"nope":1}"#).is_err());
+        let c: FunctionConfig =
+            serde_json::from_str(r#"{"rate_limit":{"per_second":50,"burst":10}}"#).unwrap();
+        assert_eq!(
+            c.rate_limit,
+            Some(RateLimit {
+                per_second: 50,
+                burst: 10
+            })
+        );
+        assert!(c.validate().is_ok());
+        assert!(
+            !serde_json::to_string(&FunctionConfig::default())
+                .unwrap()
+                .contains("rate_limit"),
+            "no limit, no field: stored configs stay as they were"
+        );
     }
 }

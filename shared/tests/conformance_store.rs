@@ -43,7 +43,13 @@ cases!(
     list_invocations_newest_first_with_filters,
     list_invocations_pagination_is_stable_under_inserts,
     list_invocations_refuses_bad_cursors,
+    update_invocations_batch_is_fenced_like_single_updates,
+    update_invocations_batch_applies_in_order,
+    stale_queued_returns_accepted_requests_oldest_first,
+    stale_queued_skips_records_that_moved_on,
     logs_roundtrip,
+    put_logs_batch_stores_each_last_wins,
+    nul_characters_do_not_fail_writes,
     api_keys,
 );
 
@@ -84,7 +90,7 @@ async fn list_limits_are_capped_at_1000() {
     let ns = conformance::fresh_namespace();
     for _ in 0..1001 {
         store
-            .insert_invocation(&conformance::invocation(&ns, "many"))
+            .insert_invocation(&conformance::request(&ns, "many"))
             .await
             .expect("insert");
     }

@@ -20,6 +20,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 pub mod archive;
+pub mod servers;
 
 /// The admin key every TestApp is started with.
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";

@@ -57,6 +57,7 @@ pub async fn handle(
             )),
             None => ApiError::NotFound(format!("function {:?} not found", name.as_str())),
         })?;
+    crate::ratelimit::check_function(&state, &function).await?;
     let timeout = std::time::Duration::from_millis(function.config.timeout_ms);
     let request = InvocationRequest {
         id: InvocationId::new(),
@@ -66,9 +67,7 @@ pub async fn handle(
         trace_id: None,
     };
     let id = request.id;
-    store
-        .insert_invocation(&InvocationResult::queued(&request))
-        .await?;
+    store.insert_invocation(&request).await?;
     let bus = &state.backends.bus;
 
     if query.asynchronous.unwrap_or(false) {

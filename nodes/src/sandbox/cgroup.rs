@@ -198,6 +198,22 @@ fn parse_u64(text: &str) -> io::Result<u64> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// The bundle's absolute `linux.cgroupsPath`; required, so cgroups never get
+/// systemd-style default names we could not find again.
+pub fn bundle_cgroups_path(bundle: &Path) -> Result<String, String> {
+    let config = bundle.join("config.json");
+    let text = fs::read(&config).map_err(|e| format!("reading {}: {e}", config.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("parsing {}: {e}", config.display()))?;
+    match value["linux"]["cgroupsPath"].as_str() {
+        Some(path) if path.starts_with('/') => Ok(path.to_owned()),
+        _ => Err(format!(
+            "{} has no absolute linux.cgroupsPath",
+            config.display()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use crate::checksum::Checksum;
 
 pub mod local;
+pub mod s3;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

@@ -1,19 +1,22 @@
 //! Rate limiting: GCRA decisions per key.
 //!
-//! [`RateLimiter`] is implemented by [`local::LocalRateLimiter`] (`governor`, in memory) and,
-//! later, by Redis; both must pass [`conformance`].
+//! [`RateLimiter`] is implemented by [`local::LocalRateLimiter`] (`governor`, in memory, one
+//! gateway) and by [`redis::RedisRateLimiter`] (GCRA in Redis, shared by every gateway); both
+//! pass [`conformance`].
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub mod local;
+pub mod redis;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
 /// A limit: a sustained rate plus a burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Sustained requests per second (≥ 1).
     pub per_second: u32,

@@ -1,4 +1,4 @@
-//! The conformance suite every [`MetadataStore`] must pass (SQLite now, PostgreSQL later).
+//! The conformance suite every [`MetadataStore`] must pass (SQLite and PostgreSQL).
 //!
 //! Each case is a `pub async fn` taking the store under test; [`run_all`] runs every case.
 //! Cases create their own data in fresh, randomly named namespaces, so they can run in
@@ -22,8 +22,8 @@ use crate::checksum::Checksum;
 use crate::function::{CodeInfo, Function, FunctionConfig, Runtime};
 use crate::ids::{FunctionId, InvocationId};
 use crate::invocation::{
-    ErrorKind, InvocationError, InvocationLogs, InvocationMetrics, InvocationResult,
-    InvocationStatus,
+    ErrorKind, InvocationError, InvocationLogs, InvocationMetrics, InvocationRequest,
+    InvocationResult, InvocationStatus,
 };
 use crate::names::{FunctionName, Namespace};
 
@@ -47,7 +47,13 @@ pub async fn run_all(store: Store) {
     list_invocations_newest_first_with_filters(store.clone()).await;
     list_invocations_pagination_is_stable_under_inserts(store.clone()).await;
     list_invocations_refuses_bad_cursors(store.clone()).await;
+    update_invocations_batch_is_fenced_like_single_updates(store.clone()).await;
+    update_invocations_batch_applies_in_order(store.clone()).await;
+    stale_queued_returns_accepted_requests_oldest_first(store.clone()).await;
+    stale_queued_skips_records_that_moved_on(store.clone()).await;
     logs_roundtrip(store.clone()).await;
+    put_logs_batch_stores_each_last_wins(store.clone()).await;
+    nul_characters_do_not_fail_writes(store.clone()).await;
     api_keys(store).await;
 }
 
@@ -100,23 +106,25 @@ pub fn next_version(f: &Function) -> Function {
     next
 }
 
-/// A queued invocation record of `function`.
-pub fn invocation(namespace: &Namespace, function: &str) -> InvocationResult {
-    InvocationResult {
+/// A request to invoke version 1 of `function`, accepted now, with a small payload.
+pub fn request(namespace: &Namespace, function_name: &str) -> InvocationRequest {
+    InvocationRequest {
         id: InvocationId::new(),
-        namespace: namespace.clone(),
-        function: name(function),
-        version: 1,
-        status: InvocationStatus::Queued,
-        result: None,
-        error: None,
-        metrics: None,
-        node_id: None,
-        attempt: 0,
+        function: function(namespace, function_name),
+        payload: serde_json::json!({
+            "order": rand::random::<u32>(),
+            "items": [{ "sku": "a-1", "qty": 2 }, { "sku": "b-7", "qty": 1 }],
+            "note": "ünïcode ✓",
+        }),
         created_at: now(),
-        started_at: None,
-        completed_at: None,
+        trace_id: Some(format!("{:032x}", rand::random::<u128>())),
     }
+}
+
+/// Accepts a new request of `function` and returns its `queued` record.
+pub async fn accept(store: &Store, namespace: &Namespace, function: &str) -> InvocationResult {
+    let req = request(namespace, function);
+    store.insert_invocation(&req).await.unwrap()
 }
 
 fn with_status(r: &InvocationResult, status: InvocationStatus, attempt: u32) -> InvocationResult {
@@ -433,8 +441,7 @@ pub async fn namespaces_are_isolated(store: Store) {
     let b = fresh_namespace();
     let f = function(&a, "private");
     store.create_function(&f).await.unwrap();
-    let inv = invocation(&a, "private");
-    store.insert_invocation(&inv).await.unwrap();
+    let inv = accept(&store, &a, "private").await;
     store
         .put_logs(
             &inv.id,
@@ -497,16 +504,21 @@ pub async fn namespaces_are_isolated(store: Store) {
 
 // ---- invocations ----
 
-/// An inserted record reads back equal; a duplicate id is `Conflict`.
+/// An accepted request's record is `queued` and reads back equal; a duplicate id is `Conflict`.
 pub async fn insert_and_get_invocation(store: Store) {
     let ns = fresh_namespace();
-    let inv = invocation(&ns, "worker");
-    store.insert_invocation(&inv).await.unwrap();
+    let req = request(&ns, "worker");
+    let inv = store.insert_invocation(&req).await.unwrap();
+    assert_eq!(
+        inv,
+        InvocationResult::queued(&req),
+        "insert_invocation returns the queued record of the request"
+    );
     assert_eq!(
         store.get_invocation(&ns, &inv.id).await.unwrap(),
         Some(inv.clone())
     );
-    let err = store.insert_invocation(&inv).await.unwrap_err();
+    let err = store.insert_invocation(&req).await.unwrap_err();
     assert!(
         matches!(err, StoreError::Conflict(_)),
         "a duplicate invocation id must be Conflict, got {err:?}"
@@ -526,31 +538,10 @@ pub async fn insert_and_get_invocation(store: Store) {
 ///   first terminal result wins);
 /// - a lower attempt applies only with a terminal result over a non-terminal record.
 pub async fn update_invocation_is_fenced(store: Store) {
-    use InvocationStatus::{Failed, Queued, Running, Succeeded, Timeout};
+    use InvocationStatus::Queued;
     let ns = fresh_namespace();
-
-    // (stored status, stored attempt, update status, update attempt, applies)
-    let cases = [
-        (Queued, 0, Running, 1, true),
-        (Running, 1, Running, 1, true),
-        (Running, 1, Succeeded, 1, true),
-        (Running, 1, Failed, 1, true),
-        (Running, 2, Running, 1, false),
-        (Running, 2, Queued, 1, false),
-        (Running, 2, Succeeded, 1, true),
-        (Succeeded, 1, Running, 1, false),
-        (Succeeded, 1, Queued, 1, false),
-        (Succeeded, 1, Failed, 1, false),
-        (Failed, 1, Succeeded, 1, false),
-        (Succeeded, 2, Succeeded, 1, false),
-        (Succeeded, 2, Running, 1, false),
-        (Timeout, 1, Running, 2, true),
-        (Failed, 1, Succeeded, 2, true),
-        (Succeeded, 1, Timeout, 2, true),
-    ];
-    for (stored_status, stored_attempt, new_status, new_attempt, applies) in cases {
-        let base = invocation(&ns, "fenced");
-        store.insert_invocation(&base).await.unwrap();
+    for (stored_status, stored_attempt, new_status, new_attempt, applies) in FENCING_CASES {
+        let base = accept(&store, &ns, "fenced").await;
         let stored = with_status(&base, stored_status, stored_attempt);
         if stored_status != Queued || stored_attempt != 0 {
             assert!(
@@ -573,10 +564,37 @@ pub async fn update_invocation_is_fenced(store: Store) {
     }
 }
 
+/// The fencing table: (stored status, stored attempt, update status, update attempt, applies).
+const FENCING_CASES: [(InvocationStatus, u32, InvocationStatus, u32, bool); 16] = {
+    use InvocationStatus::{Failed, Queued, Running, Succeeded, Timeout};
+    [
+        (Queued, 0, Running, 1, true),
+        (Running, 1, Running, 1, true),
+        (Running, 1, Succeeded, 1, true),
+        (Running, 1, Failed, 1, true),
+        (Running, 2, Running, 1, false),
+        (Running, 2, Queued, 1, false),
+        (Running, 2, Succeeded, 1, true),
+        (Succeeded, 1, Running, 1, false),
+        (Succeeded, 1, Queued, 1, false),
+        (Succeeded, 1, Failed, 1, false),
+        (Failed, 1, Succeeded, 1, false),
+        (Succeeded, 2, Succeeded, 1, false),
+        (Succeeded, 2, Running, 1, false),
+        (Timeout, 1, Running, 2, true),
+        (Failed, 1, Succeeded, 2, true),
+        (Succeeded, 1, Timeout, 2, true),
+    ]
+};
+
 /// Updating a record that was never inserted is `NotFound`.
 pub async fn update_of_absent_invocation_is_not_found(store: Store) {
     let ns = fresh_namespace();
-    let ghost = with_status(&invocation(&ns, "ghost"), InvocationStatus::Succeeded, 1);
+    let ghost = with_status(
+        &InvocationResult::queued(&request(&ns, "ghost")),
+        InvocationStatus::Succeeded,
+        1,
+    );
     let err = store.update_invocation(&ghost).await.unwrap_err();
     assert!(
         matches!(err, StoreError::NotFound(_)),
@@ -613,11 +631,11 @@ pub async fn list_invocations_newest_first_with_filters(store: Store) {
     let mut all = Vec::new();
     for i in 0..30u32 {
         let function = if i % 2 == 0 { "even" } else { "odd" };
-        let mut inv = invocation(&ns, function);
+        let mut inv = accept(&store, &ns, function).await;
         if i % 3 == 0 {
             inv = with_status(&inv, InvocationStatus::Succeeded, 1);
+            assert!(store.update_invocation(&inv).await.unwrap());
         }
-        store.insert_invocation(&inv).await.unwrap();
         all.push(inv);
     }
     all.sort_by_key(|r| std::cmp::Reverse(r.id));
@@ -699,8 +717,7 @@ pub async fn list_invocations_pagination_is_stable_under_inserts(store: Store) {
     let ns = fresh_namespace();
     let mut original = Vec::new();
     for _ in 0..20 {
-        let inv = invocation(&ns, "busy");
-        store.insert_invocation(&inv).await.unwrap();
+        let inv = accept(&store, &ns, "busy").await;
         original.push(inv.id);
     }
     original.reverse();
@@ -712,10 +729,7 @@ pub async fn list_invocations_pagination_is_stable_under_inserts(store: Store) {
         seen.extend(page.items.iter().map(|r| r.id));
         // Newer rows arrive between every page.
         for _ in 0..3 {
-            store
-                .insert_invocation(&invocation(&ns, "busy"))
-                .await
-                .unwrap();
+            accept(&store, &ns, "busy").await;
         }
         let Some(cursor) = page.next_cursor else {
             break;
@@ -761,11 +775,224 @@ pub async fn list_invocations_refuses_bad_cursors(store: Store) {
     }
 }
 
+/// `update_invocations` fences every update of a batch exactly like `update_invocation`, and
+/// reports an absent record as not applied.
+pub async fn update_invocations_batch_is_fenced_like_single_updates(store: Store) {
+    use InvocationStatus::Queued;
+    let ns = fresh_namespace();
+    assert!(
+        store.update_invocations(&[]).await.unwrap().is_empty(),
+        "an empty batch applies nothing"
+    );
+
+    let mut setups = Vec::new();
+    let mut stored = Vec::new();
+    let mut updates = Vec::new();
+    let mut expected_applied = Vec::new();
+    for (stored_status, stored_attempt, new_status, new_attempt, applies) in FENCING_CASES {
+        let base = accept(&store, &ns, "batched").await;
+        let before = with_status(&base, stored_status, stored_attempt);
+        if stored_status != Queued || stored_attempt != 0 {
+            setups.push(before.clone());
+        }
+        stored.push(before);
+        updates.push(with_status(&base, new_status, new_attempt));
+        expected_applied.push(applies);
+    }
+    let set_up = store.update_invocations(&setups).await.unwrap();
+    assert!(
+        set_up.iter().all(|&a| a),
+        "every set-up update of a batch applies, got {set_up:?}"
+    );
+
+    // An update of a record that does not exist rides along.
+    let ghost = with_status(
+        &InvocationResult::queued(&request(&ns, "ghost")),
+        InvocationStatus::Succeeded,
+        1,
+    );
+    let mut batch = updates.clone();
+    batch.insert(updates.len() / 2, ghost.clone());
+    let mut applied = store.update_invocations(&batch).await.unwrap();
+    assert_eq!(applied.len(), batch.len(), "one answer per update");
+    assert!(
+        !applied.remove(updates.len() / 2),
+        "an absent record is reported as not applied"
+    );
+    assert_eq!(applied, expected_applied, "batch fencing matches the table");
+    assert_eq!(store.get_invocation(&ns, &ghost.id).await.unwrap(), None);
+
+    for ((update, before), applies) in updates.iter().zip(&stored).zip(&expected_applied) {
+        let now_stored = store
+            .get_invocation(&ns, &update.id)
+            .await
+            .unwrap()
+            .unwrap();
+        let expected = if *applies { update } else { before };
+        assert_eq!(
+            &now_stored, expected,
+            "record after a batched {:?}/{} over {:?}/{}",
+            update.status, update.attempt, before.status, before.attempt
+        );
+    }
+}
+
+/// Several updates of one invocation in one batch apply as if one after the other.
+pub async fn update_invocations_batch_applies_in_order(store: Store) {
+    use InvocationStatus::{Failed, Running, Succeeded};
+    let ns = fresh_namespace();
+    let a = accept(&store, &ns, "ordered").await;
+    let b = accept(&store, &ns, "ordered").await;
+    let batch = vec![
+        with_status(&a, Running, 1),
+        with_status(&b, Running, 1),
+        with_status(&a, Succeeded, 1),
+        with_status(&a, Running, 1),
+        with_status(&b, Running, 2),
+        with_status(&b, Succeeded, 1),
+        with_status(&a, Failed, 2),
+        with_status(&b, Failed, 2),
+        with_status(&b, Succeeded, 2),
+    ];
+    let applied = store.update_invocations(&batch).await.unwrap();
+    assert_eq!(
+        applied,
+        vec![true, true, true, false, true, true, true, true, false],
+        "updates of one id within a batch are fenced against each other, in order"
+    );
+    assert_eq!(
+        store.get_invocation(&ns, &a.id).await.unwrap().as_ref(),
+        Some(&batch[6])
+    );
+    assert_eq!(
+        store.get_invocation(&ns, &b.id).await.unwrap().as_ref(),
+        Some(&batch[7])
+    );
+}
+
+/// A time no other case uses: somewhere in 1990-2020, random to the second.
+fn distant_past() -> DateTime<Utc> {
+    let base = DateTime::parse_from_rfc3339("1990-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    base + ChronoDuration::seconds(rand::random::<i64>().rem_euclid(30 * 365 * 24 * 3600))
+}
+
+/// `stale_queued` returns accepted requests (function snapshot and payload intact) queued
+/// before the cutoff, oldest first, and nothing newer.
+pub async fn stale_queued_returns_accepted_requests_oldest_first(store: Store) {
+    let ns = fresh_namespace();
+    let base = distant_past();
+    // Accepted out of time order.
+    let mut old = Vec::new();
+    for offset_ms in [300, 100, 500, 200, 400] {
+        let mut req = request(&ns, "slow");
+        req.created_at = base + ChronoDuration::milliseconds(offset_ms);
+        store.insert_invocation(&req).await.unwrap();
+        old.push(req);
+    }
+    let mut late = request(&ns, "slow");
+    late.created_at = base + ChronoDuration::seconds(10);
+    store.insert_invocation(&late).await.unwrap();
+    accept(&store, &ns, "recent").await;
+    old.sort_by_key(|r| r.created_at);
+
+    let cutoff = base + ChronoDuration::seconds(1);
+    let stale = store.stale_queued(cutoff, 1000).await.unwrap();
+    assert!(
+        stale.windows(2).all(|w| w[0].created_at <= w[1].created_at),
+        "stale_queued is oldest first"
+    );
+    assert!(
+        stale.iter().all(|r| r.created_at < cutoff),
+        "stale_queued returns only requests older than the cutoff"
+    );
+    let mine: Vec<_> = stale.into_iter().filter(|r| r.function.namespace == ns).collect();
+    assert_eq!(
+        mine, old,
+        "the stale requests round-trip whole (function snapshot, payload, trace id), oldest first"
+    );
+
+    let two = store.stale_queued(cutoff, 2).await.unwrap();
+    assert_eq!(two.len(), 2, "the limit caps the answer");
+    assert!(two[0].created_at <= two[1].created_at);
+
+    let later = store
+        .stale_queued(base + ChronoDuration::seconds(11), 1000)
+        .await
+        .unwrap();
+    assert!(
+        later.iter().any(|r| r.id == late.id),
+        "a later cutoff includes the later request"
+    );
+}
+
+/// A record that moved on (running, or terminal) is no longer stale; one that is fenced off
+/// stays as it was.
+pub async fn stale_queued_skips_records_that_moved_on(store: Store) {
+    use InvocationStatus::{Failed, Running, Succeeded, Timeout};
+    let ns = fresh_namespace();
+    let base = distant_past();
+    let mut records = Vec::new();
+    for i in 0..5 {
+        let mut req = request(&ns, "moving");
+        req.created_at = base + ChronoDuration::milliseconds(i);
+        records.push(store.insert_invocation(&req).await.unwrap());
+    }
+    let cutoff = base + ChronoDuration::seconds(1);
+    let stale_ids = |stale: Vec<InvocationRequest>| {
+        stale
+            .into_iter()
+            .filter(|r| r.function.namespace == ns)
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        stale_ids(store.stale_queued(cutoff, 1000).await.unwrap()),
+        records.iter().map(|r| r.id).collect::<Vec<_>>()
+    );
+
+    assert!(store
+        .update_invocation(&with_status(&records[0], Running, 1))
+        .await
+        .unwrap());
+    assert!(store
+        .update_invocation(&with_status(&records[1], Succeeded, 1))
+        .await
+        .unwrap());
+    let applied = store
+        .update_invocations(&[
+            with_status(&records[2], Failed, 1),
+            with_status(&records[3], Timeout, 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(applied, vec![true, true]);
+    assert_eq!(
+        stale_ids(store.stale_queued(cutoff, 1000).await.unwrap()),
+        vec![records[4].id],
+        "running and terminal records are not stale"
+    );
+
+    // A running record re-queued by its own attempt (a node handing it back) is stale again,
+    // with its request; a terminal one never comes back.
+    let mut requeued = with_status(&records[0], InvocationStatus::Queued, 1);
+    requeued.node_id = None;
+    assert!(store.update_invocation(&requeued).await.unwrap());
+    assert!(!store
+        .update_invocation(&with_status(&records[1], InvocationStatus::Queued, 1))
+        .await
+        .unwrap());
+    assert_eq!(
+        stale_ids(store.stale_queued(cutoff, 1000).await.unwrap()),
+        vec![records[0].id, records[4].id]
+    );
+}
+
 /// Logs are stored, replaced and read back, scoped by the invocation's namespace.
 pub async fn logs_roundtrip(store: Store) {
     let ns = fresh_namespace();
-    let inv = invocation(&ns, "chatty");
-    store.insert_invocation(&inv).await.unwrap();
+    let inv = accept(&store, &ns, "chatty").await;
     assert_eq!(
         store.get_logs(&ns, &inv.id).await.unwrap(),
         None,
@@ -791,6 +1018,83 @@ pub async fn logs_roundtrip(store: Store) {
         store.get_logs(&ns, &InvocationId::new()).await.unwrap(),
         None
     );
+}
+
+/// `put_logs_batch` stores each invocation's logs; for a repeated id the last one wins.
+pub async fn put_logs_batch_stores_each_last_wins(store: Store) {
+    let ns = fresh_namespace();
+    let a = accept(&store, &ns, "batch-logs").await;
+    let b = accept(&store, &ns, "batch-logs").await;
+    let c = accept(&store, &ns, "batch-logs").await;
+    let logs = |text: &str, truncated| InvocationLogs {
+        text: text.to_owned(),
+        truncated,
+    };
+    store.put_logs(&c.id, &logs("old c", false)).await.unwrap();
+    store.put_logs_batch(&[]).await.unwrap();
+    store
+        .put_logs_batch(&[
+            (a.id, logs("first a", false)),
+            (b.id, logs("only b", true)),
+            (a.id, logs("second a", false)),
+            (c.id, logs("new c", true)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_logs(&ns, &a.id).await.unwrap(),
+        Some(logs("second a", false)),
+        "the last logs of a repeated id win"
+    );
+    assert_eq!(
+        store.get_logs(&ns, &b.id).await.unwrap(),
+        Some(logs("only b", true))
+    );
+    assert_eq!(
+        store.get_logs(&ns, &c.id).await.unwrap(),
+        Some(logs("new c", true)),
+        "put_logs_batch replaces"
+    );
+}
+
+/// U+0000 in a payload, a result or logs never makes a write fail (PostgreSQL cannot store
+/// it in text or jsonb; it may come back as U+FFFD there).
+pub async fn nul_characters_do_not_fail_writes(store: Store) {
+    let same = |got: &str, sent: &str| got == sent || got == sent.replace('\0', "\u{FFFD}");
+    let ns = fresh_namespace();
+    let mut req = request(&ns, "nul");
+    req.payload = serde_json::json!({ "text": "a\u{0}b", "\u{0}key": 1 });
+    let inv = store.insert_invocation(&req).await.unwrap();
+    let mut done = with_status(&inv, InvocationStatus::Succeeded, 1);
+    done.result = Some(serde_json::json!("out\u{0}put"));
+    assert!(store.update_invocation(&done).await.unwrap());
+    let got = store.get_invocation(&ns, &inv.id).await.unwrap().unwrap();
+    let text = got.result.as_ref().and_then(|v| v.as_str()).unwrap();
+    assert!(same(text, "out\u{0}put"), "result read back as {text:?}");
+
+    let logs = InvocationLogs {
+        text: "before\u{0}after".to_owned(),
+        truncated: false,
+    };
+    store.put_logs(&inv.id, &logs).await.unwrap();
+    store
+        .put_logs_batch(&[(inv.id, logs.clone())])
+        .await
+        .unwrap();
+    let got = store.get_logs(&ns, &inv.id).await.unwrap().unwrap();
+    assert!(same(&got.text, &logs.text), "logs read back as {:?}", got.text);
+
+    let mut queued = request(&ns, "nul");
+    queued.created_at = distant_past();
+    queued.payload = serde_json::json!(["\u{0}"]);
+    store.insert_invocation(&queued).await.unwrap();
+    let stale = store
+        .stale_queued(queued.created_at + ChronoDuration::milliseconds(1), 1000)
+        .await
+        .unwrap();
+    let back = stale.iter().find(|r| r.id == queued.id).unwrap();
+    let text = back.payload[0].as_str().unwrap();
+    assert!(same(text, "\u{0}"), "payload read back as {text:?}");
 }
 
 // ---- API keys ----

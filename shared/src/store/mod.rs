@@ -1,7 +1,7 @@
 //! The metadata store: functions and their versions, invocation records, logs and API keys.
 //!
-//! [`MetadataStore`] is implemented by [`sqlite::SqliteStore`] (embedded) and, later, by a
-//! PostgreSQL store; both must pass [`conformance`].
+//! [`MetadataStore`] is implemented by [`sqlite::SqliteStore`] (embedded) and by
+//! [`postgres::PostgresStore`] (production); both must pass [`conformance`].
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::function::Function;
 use crate::ids::InvocationId;
-use crate::invocation::{InvocationLogs, InvocationResult, InvocationStatus};
+use crate::invocation::{InvocationLogs, InvocationRequest, InvocationResult, InvocationStatus};
 use crate::names::{FunctionName, Namespace};
 
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -158,13 +159,51 @@ pub trait MetadataStore: Send + Sync + 'static {
         name: &FunctionName,
     ) -> Result<bool, StoreError>;
 
-    /// Records a new invocation (normally `queued`). `Conflict` if the id exists.
-    async fn insert_invocation(&self, record: &InvocationResult) -> Result<(), StoreError>;
+    /// Accepts an invocation: commits its `queued` record (`InvocationResult::queued(request)`)
+    /// together with the full request (function snapshot and payload) in one transaction, so
+    /// accepted work can be re-published by [`MetadataStore::stale_queued`] until it finishes.
+    /// Returns the record. `Conflict` if the id exists.
+    async fn insert_invocation(
+        &self,
+        request: &InvocationRequest,
+    ) -> Result<InvocationResult, StoreError>;
 
-    /// Applies an update from a node. Fenced: it is applied only if the stored record is not
-    /// terminal with a higher attempt, and a terminal record is never replaced by a
-    /// non-terminal one of the same or a lower attempt. Returns whether it was applied.
+    /// Applies an update from a node. Fenced, in one atomic step:
+    /// - over a terminal record, only a higher attempt applies;
+    /// - over a non-terminal record, the same or a higher attempt applies, and a lower attempt
+    ///   only if it brings a terminal result (a slow attempt that did finish).
+    ///
+    /// Once a terminal record is applied the stored request is dropped. Returns whether the
+    /// update was applied; `NotFound` if the record does not exist.
     async fn update_invocation(&self, record: &InvocationResult) -> Result<bool, StoreError>;
+
+    /// Applies several updates, as if by [`MetadataStore::update_invocation`] one after the
+    /// other in slice order (same fencing; several updates of one id are fine). Returns, per
+    /// update, whether it was applied; a record that does not exist is `false`, not an error,
+    /// so one unknown id cannot fail a batch. Backends override this with one round trip.
+    async fn update_invocations(
+        &self,
+        records: &[InvocationResult],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut applied = Vec::with_capacity(records.len());
+        for record in records {
+            applied.push(match self.update_invocation(record).await {
+                Ok(done) => done,
+                Err(StoreError::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(applied)
+    }
+
+    /// Requests whose record is still `queued` (in any namespace) and was created before
+    /// `older_than`, oldest first, at most `limit` (clamped to 1..=1000). For re-publishing
+    /// under the same invocation id.
+    async fn stale_queued(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<InvocationRequest>, StoreError>;
 
     /// One invocation.
     async fn get_invocation(
@@ -184,6 +223,18 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Stores (replaces) the captured logs of an invocation.
     async fn put_logs(&self, id: &InvocationId, logs: &InvocationLogs) -> Result<(), StoreError>;
+
+    /// Stores several invocations' logs, as if by [`MetadataStore::put_logs`] in slice order
+    /// (for a repeated id the last one wins). Backends override this with one round trip.
+    async fn put_logs_batch(
+        &self,
+        logs: &[(InvocationId, InvocationLogs)],
+    ) -> Result<(), StoreError> {
+        for (id, entry) in logs {
+            self.put_logs(id, entry).await?;
+        }
+        Ok(())
+    }
 
     /// The captured logs, if any were stored.
     async fn get_logs(

@@ -23,7 +23,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::{ApiKeyRecord, InvocationFilter, MetadataStore, Page, Role, StoreError};
 use crate::function::Function;
 use crate::ids::InvocationId;
-use crate::invocation::{InvocationLogs, InvocationResult};
+use crate::invocation::{InvocationLogs, InvocationRequest, InvocationResult};
 use crate::names::{FunctionName, Namespace};
 
 /// Embedded migrations (`migrations/sqlite/`).
@@ -354,13 +354,20 @@ impl MetadataStore for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn insert_invocation(&self, record: &InvocationResult) -> Result<(), StoreError> {
-        let body = to_json(record)?;
+    async fn insert_invocation(
+        &self,
+        request: &InvocationRequest,
+    ) -> Result<InvocationResult, StoreError> {
+        let record = InvocationResult::queued(request);
+        let body = to_json(&record)?;
+        let request_json = to_json(request)?;
         let now = ts(&Utc::now());
+        // One statement: the record and its request are committed together.
         let inserted = sqlx::query(
             "INSERT INTO invocations \
-             (id, namespace, function, version, status, attempt, body, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             (id, namespace, function, version, status, attempt, body, request, created_at, \
+             updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(record.id.to_string())
         .bind(record.namespace.as_str())
@@ -369,12 +376,13 @@ impl MetadataStore for SqliteStore {
         .bind(record.status.as_str())
         .bind(i64::from(record.attempt))
         .bind(body)
+        .bind(request_json)
         .bind(ts(&record.created_at))
         .bind(now)
         .execute(&self.pool)
         .await;
         match inserted {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(record),
             Err(e) if is_unique_violation(&e) => {
                 Err(StoreError::Conflict(format!("invocation {}", record.id)))
             }
@@ -387,10 +395,11 @@ impl MetadataStore for SqliteStore {
         // - over a terminal record, only a higher attempt applies;
         // - over a non-terminal record, the same or a higher attempt applies, and a lower
         //   attempt only if it brings a terminal result (a slow attempt that did finish).
+        // A terminal record drops the stored request: it will never be re-published.
         let body = to_json(record)?;
         let sql = format!(
             "UPDATE invocations SET version = ?1, status = ?2, attempt = ?3, body = ?4, \
-             updated_at = ?5 \
+             updated_at = ?5, request = CASE WHEN ?8 THEN NULL ELSE request END \
              WHERE id = ?6 AND namespace = ?7 AND ( \
                (status IN {TERMINAL_SQL} AND ?3 > attempt) \
                OR (status NOT IN {TERMINAL_SQL} AND (?3 >= attempt OR ?8)) \
@@ -428,6 +437,24 @@ impl MetadataStore for SqliteStore {
             }
             None => Err(StoreError::NotFound(format!("invocation {}", record.id))),
         }
+    }
+
+    async fn stale_queued(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<InvocationRequest>, StoreError> {
+        // `created_at` is fixed-width RFC 3339 (nanoseconds, `Z`), so text order is time order.
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT request FROM invocations \
+             WHERE status = 'queued' AND created_at < ? AND request IS NOT NULL \
+             ORDER BY created_at, id LIMIT ?",
+        )
+        .bind(ts(&older_than))
+        .bind(i64::from(clamp_limit(limit)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| from_json(r)).collect()
     }
 
     async fn get_invocation(

@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
+use std::collections::HashMap;
+
 use super::protocol::{Channel, Request, Response};
 use super::{FD_ENV, STATE_DIR_ENV, SUPERVISOR_FD};
+use crate::sandbox::cgroup::{bundle_cgroups_path, SandboxCgroup};
 use crate::sandbox::{ContainerRuntime, ExitReport, SandboxError, SandboxIo, SandboxSpec};
 
 /// Requests waiting for the connection thread.
@@ -56,6 +59,9 @@ enum Op {
 pub struct SupervisorClient {
     commands: mpsc::Sender<Op>,
     pid: u32,
+    /// Memory cgroups of live sandboxes: the node (root, like the supervisor) reads and resets
+    /// memory peaks itself, so the warm path needs no round trip to the supervisor.
+    cgroups: std::sync::Mutex<HashMap<String, SandboxCgroup>>,
 }
 
 impl std::fmt::Debug for Op {
@@ -128,7 +134,11 @@ impl SupervisorClient {
         let pid = ready_rx
             .await
             .map_err(|_| supervisor_error("connection thread died during startup"))??;
-        Ok(Self { commands, pid })
+        Ok(Self {
+            commands,
+            pid,
+            cgroups: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     /// The supervisor's process id.
@@ -184,7 +194,14 @@ impl ContainerRuntime for SupervisorClient {
             .call(request, vec![io.stdin, io.stdout, io.stderr])
             .await?
         {
-            Response::Done => Ok(()),
+            Response::Done => {
+                if let Ok(path) = bundle_cgroups_path(&spec.bundle) {
+                    if let Ok(mut map) = self.cgroups.lock() {
+                        map.insert(spec.id.clone(), SandboxCgroup::new(&path));
+                    }
+                }
+                Ok(())
+            }
             other => Err(unexpected(&other)),
         }
     }
@@ -200,6 +217,16 @@ impl ContainerRuntime for SupervisorClient {
     }
 
     async fn memory_peak(&self, id: &str, reset: bool) -> Result<u64, SandboxError> {
+        // Fast path: read (and reset) the cgroup's counter directly; a few µs, no round trip.
+        if let Ok(mut map) = self.cgroups.lock() {
+            if let Some(cgroup) = map.get_mut(id) {
+                if let Ok(peak) = cgroup.memory_peak() {
+                    if !reset || cgroup.reset_memory_peak().is_ok() {
+                        return Ok(peak);
+                    }
+                }
+            }
+        }
         let request = Request::MemoryPeak {
             id: id.to_owned(),
             reset,
@@ -211,6 +238,9 @@ impl ContainerRuntime for SupervisorClient {
     }
 
     async fn destroy(&self, id: &str) -> Result<ExitReport, SandboxError> {
+        if let Ok(mut map) = self.cgroups.lock() {
+            map.remove(id);
+        }
         match self
             .call(Request::Destroy { id: id.to_owned() }, Vec::new())
             .await?

@@ -260,7 +260,7 @@ impl Supervisor {
         if !bundle.is_absolute() {
             return fail(format!("bundle {} is not absolute", bundle.display()));
         }
-        let cgroups_path = match read_cgroups_path(bundle) {
+        let cgroups_path = match crate::sandbox::cgroup::bundle_cgroups_path(bundle) {
             Ok(path) => path,
             Err(message) => return fail(message),
         };
@@ -427,22 +427,6 @@ fn check_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// The bundle's absolute `linux.cgroupsPath`; required, so cgroups never get
-/// systemd-style default names we could not find again.
-fn read_cgroups_path(bundle: &Path) -> Result<String, String> {
-    let config = bundle.join("config.json");
-    let text = fs::read(&config).map_err(|e| format!("reading {}: {e}", config.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| format!("parsing {}: {e}", config.display()))?;
-    match value["linux"]["cgroupsPath"].as_str() {
-        Some(path) if path.starts_with('/') => Ok(path.to_owned()),
-        _ => Err(format!(
-            "{} has no absolute linux.cgroupsPath",
-            config.display()
-        )),
-    }
-}
-
 /// What became of a child we waited for.
 enum Reaped {
     /// It exited and was reaped.
@@ -562,13 +546,16 @@ mod tests {
     fn cgroups_path_is_required() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("config.json"), r#"{"linux":{}}"#).unwrap();
-        assert!(read_cgroups_path(dir.path()).is_err());
+        assert!(crate::sandbox::cgroup::bundle_cgroups_path(dir.path()).is_err());
         fs::write(
             dir.path().join("config.json"),
             r#"{"linux":{"cgroupsPath":"/fnmesh/a"}}"#,
         )
         .unwrap();
-        assert_eq!(read_cgroups_path(dir.path()).unwrap(), "/fnmesh/a");
+        assert_eq!(
+            crate::sandbox::cgroup::bundle_cgroups_path(dir.path()).unwrap(),
+            "/fnmesh/a"
+        );
     }
 
     #[test]
