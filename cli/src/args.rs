@@ -34,6 +34,12 @@ pub enum Command {
     /// Benchmarks that print figures side by side with their baselines.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Apply the PostgreSQL schema migrations.
+    Migrate {
+        /// The database to migrate.
+        #[arg(long, env = "FNMESH_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
     /// Internal: the single-threaded sandbox supervisor (started by nodes).
     #[command(name = "__supervisor", hide = true)]
     Supervisor,
@@ -65,6 +71,37 @@ pub struct UpArgs {
     /// Seconds to wait for in-flight work on shutdown.
     #[arg(long, env = "FNMESH_DRAIN_SECS", default_value_t = 30)]
     pub drain_secs: u64,
+    #[command(flatten)]
+    pub backends: BackendArgs,
+}
+
+/// Which backends a gateway uses (defaults: the embedded ones inside the data dir).
+#[derive(Debug, Args, Clone)]
+pub struct BackendArgs {
+    /// Metadata store: `postgres://user@host:port/db` or `sqlite://<path>`
+    /// (default: `sqlite://<data dir>/fnmesh.db`).
+    #[arg(long, env = "FNMESH_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Apply PostgreSQL migrations at start (SQLite's are always applied).
+    #[arg(long, env = "FNMESH_MIGRATE", default_value_t = false)]
+    pub migrate: bool,
+    /// Code store: `s3://<bucket>` (with FNMESH_S3_ENDPOINT, FNMESH_S3_REGION,
+    /// FNMESH_S3_PATH_STYLE, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or a directory
+    /// (default: `<data dir>/code`).
+    #[arg(long, env = "FNMESH_CODE_STORE")]
+    pub code_store: Option<String>,
+    /// Redis for rate limits shared by all gateways (default: in-memory limits).
+    #[arg(long, env = "FNMESH_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// What rate limiting does when Redis is down: `fail_open` (local limits) or `fail_closed`.
+    #[arg(long, env = "FNMESH_RATE_LIMIT_FAILURE", default_value = "fail_open")]
+    pub rate_limit_failure: String,
+    /// Per-API-key limit, requests per second (0 disables the per-key limit).
+    #[arg(long, env = "FNMESH_KEY_RATE_LIMIT", default_value_t = 1000)]
+    pub key_rate_per_second: u32,
+    /// Per-API-key burst.
+    #[arg(long, env = "FNMESH_KEY_RATE_BURST", default_value_t = 2000)]
+    pub key_rate_burst: u32,
 }
 
 /// Where client commands connect.

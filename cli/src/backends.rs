@@ -94,11 +94,9 @@ impl CodeStoreLocation {
 
 /// `FNMESH_RATE_LIMIT_FAILURE`.
 pub fn parse_failure_policy(value: &str) -> Result<FailurePolicy> {
-    match value {
-        "fail_open" | "open" => Ok(FailurePolicy::FailOpen),
-        "fail_closed" | "closed" => Ok(FailurePolicy::FailClosed),
-        other => bail!("FNMESH_RATE_LIMIT_FAILURE={other:?} is not supported: use fail_open or fail_closed"),
-    }
+    value
+        .parse::<FailurePolicy>()
+        .map_err(|e| anyhow::anyhow!("FNMESH_RATE_LIMIT_FAILURE={value:?}: {e}"))
 }
 
 /// Hides the password of a URL.
@@ -155,7 +153,7 @@ pub async fn open_code_store(location: &CodeStoreLocation) -> Result<Arc<dyn Cod
         ),
         CodeStoreLocation::S3(bucket) => {
             let config = S3Config::from_env(bucket.clone())?;
-            Arc::new(S3CodeStore::new(config).await.context("configuring the S3 code store")?)
+            Arc::new(S3CodeStore::new(config).context("configuring the S3 code store")?)
         }
     })
 }

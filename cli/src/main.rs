@@ -5,6 +5,7 @@
 //! before the tokio runtime (and its threads) is built.
 
 mod args;
+mod backends;
 mod client;
 mod commands;
 mod output;
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
             Command::Bench(args::BenchCommand::Persistence(args)) => {
                 commands::bench_persistence::run(args).await
             }
+            Command::Migrate { database_url } => commands::migrate::run(&database_url).await,
             Command::Supervisor => Ok(()),
         }
     });

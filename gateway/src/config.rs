@@ -24,6 +24,13 @@ pub struct GatewayConfig {
     pub default_rate_limit: Option<RateLimit>,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub drain_timeout: Duration,
+    /// Whether [`crate::Gateway::run`] also runs the recorder and the reconciler. A process
+    /// that hosts a node too (`fnmesh up`) runs them itself, so they outlive the node's drain.
+    pub background_workers: bool,
+    /// How often the reconciler looks for stale `queued` invocations.
+    pub reconcile_interval: Duration,
+    /// How long an invocation may stay `queued` before the reconciler re-publishes it.
+    pub reconcile_after: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -38,6 +45,9 @@ impl Default for GatewayConfig {
                 burst: 2000,
             }),
             drain_timeout: Duration::from_secs(30),
+            background_workers: true,
+            reconcile_interval: Duration::from_secs(10),
+            reconcile_after: Duration::from_secs(30),
         }
     }
 }

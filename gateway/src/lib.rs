@@ -19,6 +19,7 @@ pub mod functions;
 pub mod health;
 pub mod invocations;
 pub mod ratelimit;
+pub mod reconciler;
 pub mod recorder;
 pub mod routes;
 pub mod server;

@@ -1,9 +1,12 @@
 //! The recorder: persists what nodes report.
 //!
 //! Two loops, both stopped by the shutdown token:
-//! - node events: `Started` marks the record `running` (attempt, node, start time),
-//!   `Finished` writes the final record and its logs; then the event is acked, or nak'ed on a
-//!   store error so it comes back. The store fences stale updates, so replays are harmless.
+//! - node events, in batches (up to [`BATCH_MAX`] events: the first pulled, then whatever
+//!   else arrives within [`BATCH_GATHER`]): `Started` marks records `running` (attempt, node,
+//!   start time) with one batched update; `Finished` writes the final records with one
+//!   batched update and their logs with one batched write. Then each event is acked, or
+//!   nak'ed on a store error so it comes back. The store fences stale updates, so replays are
+//!   harmless.
 //! - dead letters: an invocation whose attempts ran out is marked `failed` (`crashed`).
 //!
 //! Bus errors back off exponentially (100 ms to 5 s).
@@ -12,15 +15,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use fnmesh_shared::bus::{Bus, DeadLetter, EventDelivery};
+use fnmesh_shared::bus::{Acker, Bus, DeadLetter, EventDelivery};
 use fnmesh_shared::store::{MetadataStore, StoreError};
 use fnmesh_shared::{
-    ErrorKind, InvocationError, InvocationOutcome, InvocationResult, InvocationStatus, NodeEvent,
+    ErrorKind, InvocationError, InvocationId, InvocationLogs, InvocationOutcome, InvocationResult,
+    InvocationStatus, NodeEvent,
 };
+use futures::future::BoxFuture;
+use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 
 /// How long one pull waits for a message.
 const PULL_WAIT: Duration = Duration::from_secs(1);
+/// Node events recorded together at most.
+pub const BATCH_MAX: usize = 256;
+/// After the first event of a batch, how long the batch takes in events already arriving.
+pub const BATCH_GATHER: Duration = Duration::from_millis(5);
+/// Concurrent record reads while preparing a batch.
+const READ_CONCURRENCY: usize = 16;
 /// Delay before a nak'ed event comes back.
 const NAK_DELAY: Duration = Duration::from_secs(1);
 /// Tries to record one dead letter (they cannot be redelivered).
@@ -60,7 +72,8 @@ impl Recorder {
             match pulled {
                 Ok(Some(delivery)) => {
                     backoff = BACKOFF_MIN;
-                    self.handle_event(delivery).await;
+                    let batch = self.gather(delivery).await;
+                    self.handle_events(batch).await;
                 }
                 Ok(None) => backoff = BACKOFF_MIN,
                 Err(e) => {
@@ -74,44 +87,63 @@ impl Recorder {
         }
     }
 
-    async fn handle_event(&self, delivery: EventDelivery) {
-        let result = match &delivery.event {
-            NodeEvent::Started {
-                id,
-                namespace,
-                attempt,
-                node_id,
-                started_at,
-            } => match self.store.get_invocation(namespace, id).await {
-                Ok(Some(mut record)) => {
-                    record.status = InvocationStatus::Running;
-                    record.attempt = *attempt;
-                    record.node_id = Some(node_id.clone());
-                    record.started_at = Some(*started_at);
-                    self.store.update_invocation(&record).await.map(|_| ())
-                }
-                Ok(None) => {
-                    tracing::warn!(invocation.id = %id, "start event for an unknown invocation; dropped");
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            },
-            NodeEvent::Finished(outcome) => record_outcome(self.store.as_ref(), outcome).await,
-        };
-        let settled = match result {
-            Ok(()) => delivery.acker.ack().await,
-            Err(StoreError::NotFound(what)) => {
-                // Nothing to update (e.g. a record of a wiped store): redelivery cannot help.
-                tracing::warn!(record = %what, "node event for an unknown invocation; dropped");
-                delivery.acker.ack().await
+    /// `first`, plus the events that arrive within [`BATCH_GATHER`], up to [`BATCH_MAX`].
+    async fn gather(&self, first: EventDelivery) -> Vec<EventDelivery> {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + BATCH_GATHER;
+        while batch.len() < BATCH_MAX {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "recording a node event failed; it will be redelivered");
-                delivery.acker.nak(Some(NAK_DELAY)).await
+            match self.bus.pull_event(left).await {
+                Ok(Some(delivery)) => batch.push(delivery),
+                Ok(None) => break,
+                Err(e) => {
+                    // The main loop's next pull reports and backs off if it persists.
+                    tracing::debug!(error = %e, "pulling more node events for a batch failed");
+                    break;
+                }
             }
-        };
-        if let Err(e) = settled {
-            tracing::warn!(error = %e, "settling a node event failed");
+        }
+        batch
+    }
+
+    /// Records a batch of events (`Started` ones, then `Finished` ones, each kind with one
+    /// batched update), then settles each event.
+    async fn handle_events(&self, batch: Vec<EventDelivery>) {
+        let (events, ackers): (Vec<NodeEvent>, Vec<Box<dyn Acker>>) =
+            batch.into_iter().map(|d| (d.event, d.acker)).unzip();
+        let store = self.store.as_ref();
+        let mut settled = record_starts(store, &events).await;
+        let mut finished_at = Vec::new();
+        let mut outcomes = Vec::new();
+        for (i, event) in events.into_iter().enumerate() {
+            if let NodeEvent::Finished(outcome) = event {
+                finished_at.push(i);
+                outcomes.push(*outcome);
+            }
+        }
+        if !outcomes.is_empty() {
+            if let Err(e) = record_outcomes(store, &outcomes).await {
+                tracing::warn!(error = %e, batch.size = outcomes.len(), "recording finished invocations failed; they will be redelivered");
+                for i in finished_at {
+                    settled[i] = false;
+                }
+            }
+        }
+
+        let settles = ackers.iter().zip(&settled).map(|(acker, &done)| {
+            if done {
+                acker.ack()
+            } else {
+                acker.nak(Some(NAK_DELAY))
+            }
+        });
+        for result in futures::future::join_all(settles).await {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "settling a node event failed");
+            }
         }
     }
 
@@ -159,6 +191,111 @@ impl Recorder {
         }
         tracing::error!(invocation.id = %id, "giving up on recording a dead letter; its record is stale");
     }
+}
+
+/// Marks records `running` for `Started` events (other events are ignored), with one batched
+/// update. Returns, per event, whether it is settled (`false`: a store error, redeliver it).
+/// Events of unknown invocations are dropped (settled) with a warning.
+pub async fn record_starts(store: &dyn MetadataStore, events: &[NodeEvent]) -> Vec<bool> {
+    // At most READ_CONCURRENCY reads at a time. (Boxed futures collected before the await:
+    // a lazy stream adaptor here would make the recorder task's future not `Send`.)
+    let mut reads = Vec::with_capacity(events.len());
+    for chunk in events.chunks(READ_CONCURRENCY) {
+        let pending: Vec<BoxFuture<'_, _>> = chunk
+            .iter()
+            .map(|event| read_start(store, event).boxed())
+            .collect();
+        reads.extend(futures::future::join_all(pending).await);
+    }
+
+    let mut settled = vec![true; events.len()];
+    let mut updates = Vec::new();
+    let mut update_of = Vec::new();
+    for (i, read) in reads.into_iter().enumerate() {
+        match read {
+            Ok(Some(record)) => {
+                updates.push(record);
+                update_of.push(i);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a started invocation failed; it will be redelivered");
+                settled[i] = false;
+            }
+        }
+    }
+    if !updates.is_empty() {
+        // Fenced: a start that lost to a later or finished attempt is simply not applied.
+        if let Err(e) = store.update_invocations(&updates).await {
+            tracing::warn!(error = %e, batch.size = updates.len(), "recording started invocations failed; they will be redelivered");
+            for i in update_of {
+                settled[i] = false;
+            }
+        }
+    }
+    settled
+}
+
+/// The `running` record for a `Started` event; `None` if the invocation is unknown (warned)
+/// or the event is not a start.
+async fn read_start(
+    store: &dyn MetadataStore,
+    event: &NodeEvent,
+) -> Result<Option<InvocationResult>, StoreError> {
+    let NodeEvent::Started {
+        id,
+        namespace,
+        attempt,
+        node_id,
+        started_at,
+    } = event
+    else {
+        return Ok(None);
+    };
+    let Some(mut record) = store.get_invocation(namespace, id).await? else {
+        tracing::warn!(invocation.id = %id, "start event for an unknown invocation; dropped");
+        return Ok(None);
+    };
+    record.status = InvocationStatus::Running;
+    record.attempt = *attempt;
+    record.node_id = Some(node_id.clone());
+    record.started_at = Some(*started_at);
+    Ok(Some(record))
+}
+
+/// Writes final records with one batched update and, for each one that is (now) the stored
+/// result, its logs with one batched write. Outcomes of unknown invocations are dropped with a
+/// warning. An error means none is known to be fully recorded: redeliver them all (replays
+/// are fenced, and re-write the logs of an applied outcome).
+pub async fn record_outcomes(
+    store: &dyn MetadataStore,
+    outcomes: &[InvocationOutcome],
+) -> Result<(), StoreError> {
+    let results: Vec<InvocationResult> = outcomes.iter().map(|o| o.result.clone()).collect();
+    let applied = store.update_invocations(&results).await?;
+    let mut logs: Vec<(InvocationId, InvocationLogs)> = Vec::with_capacity(outcomes.len());
+    for (outcome, applied) in outcomes.iter().zip(applied) {
+        let result = &outcome.result;
+        let current = if applied {
+            true
+        } else {
+            // Replays of the applied outcome still (re)write its logs; stale attempts do not.
+            match store.get_invocation(&result.namespace, &result.id).await? {
+                Some(r) => r.attempt == result.attempt && r.status == result.status,
+                None => {
+                    tracing::warn!(invocation.id = %result.id, "outcome of an unknown invocation; dropped");
+                    false
+                }
+            }
+        };
+        if current {
+            logs.push((result.id, outcome.logs.clone()));
+        }
+    }
+    if !logs.is_empty() {
+        store.put_logs_batch(&logs).await?;
+    }
+    Ok(())
 }
 
 /// Writes a final record and, unless it was a stale attempt, its logs.

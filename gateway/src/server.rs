@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
+use crate::reconciler::Reconciler;
 use crate::recorder::Recorder;
 use crate::routes;
 use crate::state::{AppState, Backends, State};
@@ -61,9 +62,19 @@ impl Gateway {
         } = self;
         let drain_timeout = state.config.drain_timeout;
 
-        let recorder_stop = shutdown.child_token();
-        let recorder = Recorder::new(state.backends.store.clone(), state.backends.bus.clone());
-        let recorder_task = tokio::spawn(recorder.run(recorder_stop.clone()));
+        let background_stop = shutdown.child_token();
+        let mut background = Vec::new();
+        if state.config.background_workers {
+            let recorder = Recorder::new(state.backends.store.clone(), state.backends.bus.clone());
+            background.push(tokio::spawn(recorder.run(background_stop.clone())));
+            let reconciler = Reconciler::new(
+                state.backends.store.clone(),
+                state.backends.bus.clone(),
+                state.config.reconcile_interval,
+                state.config.reconcile_after,
+            );
+            background.push(tokio::spawn(reconciler.run(background_stop.clone())));
+        }
 
         let mut incoming = AddrIncoming::from_listener(listener)
             .map_err(|e| GatewayError::Server(e.to_string()))?;
@@ -94,9 +105,11 @@ impl Gateway {
                 }
             }
         };
-        recorder_stop.cancel();
-        if let Err(e) = recorder_task.await {
-            tracing::warn!(error = %e, "recorder task failed");
+        background_stop.cancel();
+        for task in background {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "background task failed");
+            }
         }
         tracing::info!("gateway stopped");
         served.map_err(|e| GatewayError::Server(e.to_string()))

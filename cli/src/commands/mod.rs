@@ -4,4 +4,5 @@ pub mod bench;
 pub mod bench_persistence;
 pub mod functions;
 pub mod invocations;
+pub mod migrate;
 pub mod up;

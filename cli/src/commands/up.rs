@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use fnmesh_gateway::reconciler::Reconciler;
+use fnmesh_gateway::recorder::Recorder;
 use fnmesh_gateway::{auth, Backends, Gateway, GatewayConfig};
 use fnmesh_nodes::code_cache::CodeCache;
 use fnmesh_nodes::executor::{Executor, ExecutorConfig};
@@ -17,15 +19,16 @@ use fnmesh_nodes::sandbox::ContainerRuntime;
 use fnmesh_nodes::worker::{Worker, WorkerConfig};
 use fnmesh_shared::bus::memory::MemoryBus;
 use fnmesh_shared::bus::{Bus, BusConfig};
-use fnmesh_shared::code::local::LocalCodeStore;
-use fnmesh_shared::code::CodeStore;
-use fnmesh_shared::ratelimit::local::LocalRateLimiter;
-use fnmesh_shared::store::sqlite::SqliteStore;
+use fnmesh_shared::ratelimit::RateLimit;
 use fnmesh_shared::store::{InvocationFilter, MetadataStore};
 use fnmesh_shared::{ErrorKind, InvocationError, InvocationStatus, Namespace};
 use tokio_util::sync::CancellationToken;
 
 use crate::args::UpArgs;
+use crate::backends::{
+    default_database, open_code_store, open_limiter, open_store, parse_failure_policy,
+    CodeStoreLocation, DatabaseUrl,
+};
 
 pub async fn run(args: UpArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -35,24 +38,31 @@ pub async fn run(args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
 
-    let store: Arc<dyn MetadataStore> = Arc::new(
-        SqliteStore::open(&data_dir.join("fnmesh.db"))
-            .await
-            .context("opening the SQLite metadata store")?,
-    );
-    let code: Arc<dyn CodeStore> = Arc::new(
-        LocalCodeStore::open(&data_dir.join("code"))
-            .await
-            .context("opening the local code store")?,
-    );
+    let backends = &args.backends;
+    let database = match &backends.database_url {
+        Some(url) => DatabaseUrl::parse(url)?,
+        None => default_database(&data_dir),
+    };
+    let code_location = match &backends.code_store {
+        Some(loc) => CodeStoreLocation::parse(loc)?,
+        None => CodeStoreLocation::Dir(data_dir.join("code")),
+    };
+    let policy = parse_failure_policy(&backends.rate_limit_failure)?;
+    let store = open_store(&database, backends.migrate).await?;
+    let code = open_code_store(&code_location).await?;
+    let limiter = open_limiter(backends.redis_url.as_deref(), policy).await?;
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(BusConfig::default()));
-    let limiter = Arc::new(LocalRateLimiter::new());
+    tracing::info!(backend = "in-process", "bus");
+    let key_limit = (backends.key_rate_per_second > 0).then(|| RateLimit {
+        per_second: backends.key_rate_per_second,
+        burst: backends.key_rate_burst.max(1),
+    });
 
     let admin = admin_key(&args, &data_dir)?;
     auth::ensure_admin_key(store.as_ref(), &admin.key)
         .await
         .context("storing the admin key")?;
-    fail_orphaned_invocations(store.as_ref()).await?;
+    fail_interrupted_invocations(store.as_ref()).await?;
 
     let node_id = std::env::var("FNMESH_NODE_ID")
         .ok()
@@ -91,6 +101,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
             listen: args.listen,
             max_body_bytes: args.max_body_bytes,
             drain_timeout: Duration::from_secs(args.drain_secs),
+            default_rate_limit: key_limit,
+            // Run here instead, so they outlive the node's drain.
+            background_workers: false,
             ..GatewayConfig::default()
         },
         Backends {
@@ -113,6 +126,20 @@ pub async fn run(args: UpArgs) -> Result<()> {
 
     let gateway_stop = CancellationToken::new();
     let node_stop = CancellationToken::new();
+    let background_stop = CancellationToken::new();
+    let defaults = GatewayConfig::default();
+    let reconciler = Reconciler::new(
+        store.clone(),
+        bus.clone(),
+        defaults.reconcile_interval,
+        defaults.reconcile_after,
+    );
+    // The in-process bus did not survive the previous run: re-publish what it still owed.
+    reconciler.pass(chrono::Utc::now()).await;
+    let background = [
+        tokio::spawn(Recorder::new(store.clone(), bus.clone()).run(background_stop.clone())),
+        tokio::spawn(reconciler.run(background_stop.clone())),
+    ];
     let worker = Worker::new(
         WorkerConfig {
             node_id: node_id.clone(),
@@ -138,6 +165,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
     }
     node_stop.cancel();
     let _ = node_task.await;
+    background_stop.cancel();
+    for task in background {
+        let _ = task.await;
+    }
     executor.shutdown(Duration::from_secs(5)).await;
     supervisor.shutdown().await;
     // The node's parent cgroup is empty now that every sandbox is gone.
@@ -208,50 +239,46 @@ fn admin_key(args: &UpArgs, data_dir: &Path) -> Result<AdminKey> {
     })
 }
 
-/// The in-process bus does not survive a restart: invocations that were queued or running
-/// when the previous process died are marked failed (never left hanging silently).
-async fn fail_orphaned_invocations(store: &dyn MetadataStore) -> Result<()> {
+/// Invocations that were running when the previous process died are marked failed: they may
+/// have had effects, so they are not silently run again. (Queued ones are re-published by the
+/// reconciler: their requests are stored with them.)
+async fn fail_interrupted_invocations(store: &dyn MetadataStore) -> Result<()> {
     let ns = Namespace::default_ns();
     let mut failed = 0usize;
-    for status in [InvocationStatus::Queued, InvocationStatus::Running] {
-        loop {
-            let page = store
-                .list_invocations(
-                    &ns,
-                    &InvocationFilter {
-                        function: None,
-                        status: Some(status),
-                    },
-                    500,
-                    None,
-                )
-                .await?;
-            if page.items.is_empty() {
-                break;
+    loop {
+        let page = store
+            .list_invocations(
+                &ns,
+                &InvocationFilter {
+                    function: None,
+                    status: Some(InvocationStatus::Running),
+                },
+                500,
+                None,
+            )
+            .await?;
+        let mut applied = 0usize;
+        for mut rec in page.items {
+            rec.status = InvocationStatus::Failed;
+            rec.attempt = rec.attempt.saturating_add(1);
+            rec.completed_at = Some(chrono::Utc::now());
+            rec.error = Some(InvocationError {
+                kind: ErrorKind::Crashed,
+                message: "fnmesh restarted while this invocation was running".into(),
+            });
+            if store.update_invocation(&rec).await? {
+                applied += 1;
             }
-            let mut applied = 0usize;
-            for mut rec in page.items {
-                rec.status = InvocationStatus::Failed;
-                rec.attempt = rec.attempt.saturating_add(1);
-                rec.completed_at = Some(chrono::Utc::now());
-                rec.error = Some(InvocationError {
-                    kind: ErrorKind::Crashed,
-                    message: "fnmesh restarted before this invocation finished".into(),
-                });
-                if store.update_invocation(&rec).await? {
-                    applied += 1;
-                }
-            }
-            failed += applied;
-            if applied == 0 {
-                break;
-            }
+        }
+        failed += applied;
+        if applied == 0 {
+            break;
         }
     }
     if failed > 0 {
         tracing::warn!(
             invocations = failed,
-            "marked invocations left unfinished by the previous run as failed"
+            "marked invocations interrupted by the previous run as failed"
         );
     }
     Ok(())

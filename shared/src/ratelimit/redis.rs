@@ -44,6 +44,9 @@ pub const KEY_PREFIX: &str = "fnmesh:rl:";
 /// The longest a failure warning stays silent while failures go on.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// The shortest retry-after of a refusal.
+const MIN_RETRY_AFTER: Duration = Duration::from_micros(1);
+
 /// Retry-after of a request refused because Redis failed under [`FailurePolicy::FailClosed`].
 pub const FAIL_CLOSED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -335,7 +338,7 @@ impl RedisRateLimiter {
                 0
             },
             reset_after: micros(reset_us),
-            retry_after: (!allowed).then(|| micros(retry_us).max(Duration::from_micros(1))),
+            retry_after: (!allowed).then(|| micros(retry_us).max(MIN_RETRY_AFTER)),
         })
     }
 
@@ -386,8 +389,12 @@ impl RateLimiter for RedisRateLimiter {
         // The local limiter is an optimisation; if it fails, Redis alone decides.
         let local = self.local.check(key, self.local_limit(limit)).await.ok();
         if let Some(d) = local.filter(|d| !d.allowed) {
+            // governor may report a zero wait when its clock moved on during the check.
+            let retry_after = d.retry_after.unwrap_or_default().max(MIN_RETRY_AFTER);
             return Ok(RateDecision {
                 limit: limit.burst,
+                retry_after: Some(retry_after),
+                reset_after: d.reset_after.max(retry_after),
                 ..d
             });
         }

@@ -907,7 +907,10 @@ pub async fn stale_queued_returns_accepted_requests_oldest_first(store: Store) {
         stale.iter().all(|r| r.created_at < cutoff),
         "stale_queued returns only requests older than the cutoff"
     );
-    let mine: Vec<_> = stale.into_iter().filter(|r| r.function.namespace == ns).collect();
+    let mine: Vec<_> = stale
+        .into_iter()
+        .filter(|r| r.function.namespace == ns)
+        .collect();
     assert_eq!(
         mine, old,
         "the stale requests round-trip whole (function snapshot, payload, trace id), oldest first"
@@ -1082,7 +1085,11 @@ pub async fn nul_characters_do_not_fail_writes(store: Store) {
         .await
         .unwrap();
     let got = store.get_logs(&ns, &inv.id).await.unwrap().unwrap();
-    assert!(same(&got.text, &logs.text), "logs read back as {:?}", got.text);
+    assert!(
+        same(&got.text, &logs.text),
+        "logs read back as {:?}",
+        got.text
+    );
 
     let mut queued = request(&ns, "nul");
     queued.created_at = distant_past();

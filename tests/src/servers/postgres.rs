@@ -56,7 +56,10 @@ impl TestPostgres {
             // Statics are never dropped: stop the server when the test binary exits.
             // SAFETY: registers a plain `extern "C" fn` with no arguments, as atexit expects.
             let registered = unsafe { nix::libc::atexit(stop_shared) };
-            assert_eq!(registered, 0, "registering the postgres cleanup with atexit");
+            assert_eq!(
+                registered, 0,
+                "registering the postgres cleanup with atexit"
+            );
             pg
         })
     }
@@ -83,9 +86,15 @@ impl TestPostgres {
 
         let log = dir.path().join("initdb.log");
         let mut cmd = Command::new(&initdb);
-        cmd.arg("-D")
-            .arg(&data_dir)
-            .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "-N"]);
+        cmd.arg("-D").arg(&data_dir).args([
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "-N",
+        ]);
         let status = as_user(&mut cmd, &run_as, dir.path())
             .stdout(log_file(&log))
             .stderr(log_file(&log))
@@ -137,7 +146,14 @@ impl TestPostgres {
         let psql = pg_binary("psql", "FNMESH_TEST_PSQL");
         let out = Command::new(&psql)
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", SUPERUSER])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+            ])
             .args(["-d", database, "-c", sql])
             .stdin(Stdio::null())
             .output()
@@ -193,7 +209,10 @@ impl TestPostgres {
         let deadline = Instant::now() + READY_WITHIN;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("postgres exited with {status} at start:\n{}", read_tail(&log));
+                panic!(
+                    "postgres exited with {status} at start:\n{}",
+                    read_tail(&log)
+                );
             }
             match self.psql("postgres", "SELECT 1") {
                 Ok(_) => break,
