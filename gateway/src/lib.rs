@@ -15,6 +15,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod functions;
 pub mod health;
 pub mod invocations;

@@ -18,9 +18,11 @@ pub fn zip_of(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
 /// A zip holding a symlink `name` -> `target` plus a regular `main.py`.
 pub fn zip_with_symlink(name: &str, target: &str) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    w.start_file("main.py", SimpleFileOptions::default()).unwrap();
+    w.start_file("main.py", SimpleFileOptions::default())
+        .unwrap();
     w.write_all(b"def handle(e, c):\n    return 1\n").unwrap();
-    w.add_symlink(name, target, SimpleFileOptions::default()).unwrap();
+    w.add_symlink(name, target, SimpleFileOptions::default())
+        .unwrap();
     w.finish().unwrap().into_inner()
 }
 

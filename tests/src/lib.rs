@@ -39,17 +39,30 @@ pub fn fnmesh_bin() -> PathBuf {
             .and_then(Path::parent)
             .expect("test binary lives in target/<profile>/deps");
         let target_dir = profile_dir.parent().expect("target dir");
-        let profile = profile_dir.file_name().and_then(|s| s.to_str()).unwrap_or("debug");
+        let profile = profile_dir
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("debug");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "fnmesh-cli", "--bin", "fnmesh", "--manifest-path"])
-            .arg(&manifest)
-            .env("CARGO_TARGET_DIR", target_dir);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "fnmesh-cli",
+            "--bin",
+            "fnmesh",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", target_dir);
         if profile == "release" {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("running cargo build for the fnmesh binary");
+        let status = cmd
+            .status()
+            .expect("running cargo build for the fnmesh binary");
         assert!(status.success(), "building the fnmesh binary failed");
         profile_dir.join("fnmesh")
     })
@@ -110,22 +123,7 @@ impl TestApp {
             .expect("temp dir");
         let port = free_port();
         let log_path = data_dir.path().join("fnmesh-up.log");
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let mut cmd = Command::new(fnmesh_bin());
-        cmd.arg("up")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("FNMESH_LISTEN", format!("127.0.0.1:{port}"))
-            .env("FNMESH_DATA_DIR", data_dir.path())
-            .env("FNMESH_ADMIN_KEY", ADMIN_KEY)
-            .env("FNMESH_LOG", "info,fnmesh=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawning fnmesh up");
+        let child = spawn_up(data_dir.path(), port, &log_path, env);
         let mut app = TestApp {
             child: Some(child),
             base_url: format!("http://127.0.0.1:{port}"),
@@ -141,10 +139,46 @@ impl TestApp {
         app
     }
 
+    /// Waits for the process to exit by itself (e.g. at a failpoint), bounded.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fnmesh did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `fnmesh up` again on the same port and data dir (after it stopped or crashed).
+    pub async fn restart_with(&mut self, env: &[(&str, &str)]) {
+        if self.child.is_some() {
+            let _ = self.terminate(Duration::from_secs(15));
+        }
+        self.child = Some(spawn_up(
+            self.data_dir.path(),
+            self.port,
+            &self.log_path,
+            env,
+        ));
+        self.wait_healthy(Duration::from_secs(30)).await;
+    }
+
     async fn wait_healthy(&mut self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!(
                     "fnmesh up exited early with {status}; its log:\n{}",
                     self.log()
@@ -174,8 +208,13 @@ impl TestApp {
 
     /// Sends a request with the admin key.
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
-        self.call_with(method, path, body.map(|b| b.to_string().into_bytes()), Some(ADMIN_KEY))
-            .await
+        self.call_with(
+            method,
+            path,
+            body.map(|b| b.to_string().into_bytes()),
+            Some(ADMIN_KEY),
+        )
+        .await
     }
 
     /// Sends raw bytes with an optional key.
@@ -187,16 +226,19 @@ impl TestApp {
         key: Option<&str>,
     ) -> Resp {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(method, format!("{}{}", self.base_url, path));
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base_url, path));
         if let Some(k) = key {
             req = req.bearer_auth(k);
         }
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
-        let resp = req.send().await.unwrap_or_else(|e| {
-            panic!("request {path} failed: {e}; fnmesh log:\n{}", self.log())
-        });
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {path} failed: {e}; fnmesh log:\n{}", self.log()));
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.unwrap();
@@ -218,8 +260,15 @@ impl TestApp {
     }
 
     /// Deploys `files` (path, content) as a zip; panics unless 201.
-    pub async fn deploy(&self, name: &str, runtime: &str, handler: &str, files: &[(&str, &str)]) -> Value {
-        self.deploy_with(name, runtime, handler, files, json!({})).await
+    pub async fn deploy(
+        &self,
+        name: &str,
+        runtime: &str,
+        handler: &str,
+        files: &[(&str, &str)],
+    ) -> Value {
+        self.deploy_with(name, runtime, handler, files, json!({}))
+            .await
     }
 
     /// Deploys with a config object; panics unless 201.
@@ -232,7 +281,11 @@ impl TestApp {
         config: Value,
     ) -> Value {
         let r = self
-            .call("POST", "/v1/functions", Some(function_body(name, runtime, handler, files, config)))
+            .call(
+                "POST",
+                "/v1/functions",
+                Some(function_body(name, runtime, handler, files, config)),
+            )
             .await;
         assert_eq!(r.status, 201, "deploy {name}: {:?}", r.body);
         r.body
@@ -240,14 +293,24 @@ impl TestApp {
 
     /// Sync invoke; returns the response.
     pub async fn invoke(&self, name: &str, payload: Value) -> Resp {
-        self.call("POST", &format!("/v1/functions/{name}/invoke"), Some(payload))
-            .await
+        self.call(
+            "POST",
+            &format!("/v1/functions/{name}/invoke"),
+            Some(payload),
+        )
+        .await
     }
 
     /// Sync invoke that must answer 200; returns the InvocationResult.
     pub async fn invoke_ok(&self, name: &str, payload: Value) -> Value {
         let r = self.invoke(name, payload).await;
-        assert_eq!(r.status, 200, "invoke {name}: {:?}\nlog:\n{}", r.body, self.log());
+        assert_eq!(
+            r.status,
+            200,
+            "invoke {name}: {:?}\nlog:\n{}",
+            r.body,
+            self.log()
+        );
         r.body
     }
 
@@ -255,7 +318,9 @@ impl TestApp {
     pub async fn wait_terminal(&self, id: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;
         loop {
-            let r = self.call("GET", &format!("/v1/invocations/{id}"), None).await;
+            let r = self
+                .call("GET", &format!("/v1/invocations/{id}"), None)
+                .await;
             assert_eq!(r.status, 200, "{:?}", r.body);
             let s = r.body["status"].as_str().unwrap_or("").to_owned();
             if ["succeeded", "failed", "timeout"].contains(&s.as_str()) {
@@ -288,6 +353,30 @@ impl TestApp {
     }
 }
 
+/// Spawns `fnmesh up` on `port` with `data_dir`, appending its output to `log_path`.
+fn spawn_up(data_dir: &Path, port: u16, log_path: &Path, env: &[(&str, &str)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("log file");
+    let mut cmd = Command::new(fnmesh_bin());
+    cmd.arg("up")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FNMESH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FNMESH_DATA_DIR", data_dir)
+        .env("FNMESH_ADMIN_KEY", ADMIN_KEY)
+        .env("FNMESH_LOG", "info,fnmesh=debug")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log fd"))
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawning fnmesh up")
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if self.child.is_some() {
@@ -297,8 +386,19 @@ impl Drop for TestApp {
 }
 
 /// The JSON body of `POST /v1/functions` with `files` zipped.
-pub fn function_body(name: &str, runtime: &str, handler: &str, files: &[(&str, &str)], config: Value) -> Value {
-    let zip = archive::zip_of(&files.iter().map(|(p, c)| (*p, c.as_bytes(), 0o755)).collect::<Vec<_>>());
+pub fn function_body(
+    name: &str,
+    runtime: &str,
+    handler: &str,
+    files: &[(&str, &str)],
+    config: Value,
+) -> Value {
+    let zip = archive::zip_of(
+        &files
+            .iter()
+            .map(|(p, c)| (*p, c.as_bytes(), 0o755))
+            .collect::<Vec<_>>(),
+    );
     json!({
         "name": name,
         "runtime": runtime,

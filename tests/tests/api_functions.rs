@@ -14,7 +14,13 @@ async fn crud_with_versions_and_delete() {
     let app = TestApp::start().await;
     let name = unique("crud");
     let f = app
-        .deploy_with(&name, "python3", "main.handle", &[("main.py", PY)], json!({"memory_mb": 256, "environment": {"GREETING": "hi"}}))
+        .deploy_with(
+            &name,
+            "python3",
+            "main.handle",
+            &[("main.py", PY)],
+            json!({"memory_mb": 256, "environment": {"GREETING": "hi"}}),
+        )
         .await;
     assert_eq!(f["version"], 1);
     assert_eq!(f["name"], name.as_str());
@@ -27,35 +33,70 @@ async fn crud_with_versions_and_delete() {
 
     // Same name again: 409.
     let again = app
-        .call("POST", "/v1/functions", Some(function_body(&name, "python3", "main.handle", &[("main.py", PY)], json!({}))))
+        .call(
+            "POST",
+            "/v1/functions",
+            Some(function_body(
+                &name,
+                "python3",
+                "main.handle",
+                &[("main.py", PY)],
+                json!({}),
+            )),
+        )
         .await;
     assert_eq!(again.status, 409, "{:?}", again.body);
     assert_eq!(again.body["error"]["code"], "conflict");
 
     // Update: version 2.
-    let mut update = function_body(&name, "python3", "main.handle", &[("main.py", "def handle(e, c):\n    return 2\n")], json!({}));
+    let mut update = function_body(
+        &name,
+        "python3",
+        "main.handle",
+        &[("main.py", "def handle(e, c):\n    return 2\n")],
+        json!({}),
+    );
     update.as_object_mut().unwrap().remove("name");
-    let v2 = app.call("PUT", &format!("/v1/functions/{name}"), Some(update)).await;
+    let v2 = app
+        .call("PUT", &format!("/v1/functions/{name}"), Some(update))
+        .await;
     assert_eq!(v2.status, 200, "{:?}", v2.body);
     assert_eq!(v2.body["version"], 2);
     assert_eq!(v2.body["id"], f["id"]);
     assert_ne!(v2.body["code"]["checksum"], f["code"]["checksum"]);
 
-    let got = app.call("GET", &format!("/v1/functions/{name}"), None).await;
+    let got = app
+        .call("GET", &format!("/v1/functions/{name}"), None)
+        .await;
     assert_eq!(got.status, 200);
     assert_eq!(got.body["version"], 2);
-    let v1 = app.call("GET", &format!("/v1/functions/{name}?version=1"), None).await;
+    let v1 = app
+        .call("GET", &format!("/v1/functions/{name}?version=1"), None)
+        .await;
     assert_eq!(v1.status, 200);
     assert_eq!(v1.body["version"], 1);
     assert_eq!(v1.body["config"]["memory_mb"], 256);
 
-    let versions = app.call("GET", &format!("/v1/functions/{name}/versions"), None).await;
+    let versions = app
+        .call("GET", &format!("/v1/functions/{name}/versions"), None)
+        .await;
     assert_eq!(versions.status, 200);
-    let vs: Vec<u64> = versions.body["items"].as_array().unwrap().iter().map(|v| v["version"].as_u64().unwrap()).collect();
+    let vs: Vec<u64> = versions.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
     assert_eq!(vs, vec![1, 2]);
 
     // Invoking a specific version runs that version.
-    let r1 = app.call("POST", &format!("/v1/functions/{name}/invoke?version=1"), Some(json!({"a": 1}))).await;
+    let r1 = app
+        .call(
+            "POST",
+            &format!("/v1/functions/{name}/invoke?version=1"),
+            Some(json!({"a": 1})),
+        )
+        .await;
     assert_eq!(r1.status, 200, "{:?}", r1.body);
     assert_eq!(r1.body["result"], json!({"echo": {"a": 1}}));
     assert_eq!(r1.body["version"], 1);
@@ -63,13 +104,25 @@ async fn crud_with_versions_and_delete() {
     assert_eq!(r2["result"], json!(2));
     assert_eq!(r2["version"], 2);
 
-    let del = app.call("DELETE", &format!("/v1/functions/{name}"), None).await;
+    let del = app
+        .call("DELETE", &format!("/v1/functions/{name}"), None)
+        .await;
     assert_eq!(del.status, 204);
-    assert_eq!(app.call("GET", &format!("/v1/functions/{name}"), None).await.status, 404);
+    assert_eq!(
+        app.call("GET", &format!("/v1/functions/{name}"), None)
+            .await
+            .status,
+        404
+    );
     let inv = app.invoke(&name, json!({})).await;
     assert_eq!(inv.status, 404);
     assert_eq!(inv.body["error"]["code"], "not_found");
-    assert_eq!(app.call("DELETE", &format!("/v1/functions/{name}"), None).await.status, 404);
+    assert_eq!(
+        app.call("DELETE", &format!("/v1/functions/{name}"), None)
+            .await
+            .status,
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,7 +131,8 @@ async fn list_paginates_with_cursor() {
     let mut names = Vec::new();
     for i in 0..5 {
         let name = format!("page-{i}");
-        app.deploy(&name, "python3", "main.handle", &[("main.py", PY)]).await;
+        app.deploy(&name, "python3", "main.handle", &[("main.py", PY)])
+            .await;
         names.push(name);
     }
     let mut seen = Vec::new();
@@ -99,7 +153,9 @@ async fn list_paginates_with_cursor() {
         }
     }
     assert_eq!(seen, names);
-    let bad = app.call("GET", "/v1/functions?cursor=%21%21garbage", None).await;
+    let bad = app
+        .call("GET", "/v1/functions?cursor=%21%21garbage", None)
+        .await;
     assert_eq!(bad.status, 400, "{:?}", bad.body);
 }
 
@@ -107,9 +163,29 @@ async fn list_paginates_with_cursor() {
 async fn invalid_names_are_refused_on_create_and_invoke() {
     let app = TestApp::start().await;
     let long = "a".repeat(64);
-    for bad in ["a.b", "*", ">", "A", "a b", "a\tb", "", long.as_str(), "$JS"] {
+    for bad in [
+        "a.b",
+        "*",
+        ">",
+        "A",
+        "a b",
+        "a\tb",
+        "",
+        long.as_str(),
+        "$JS",
+    ] {
         let r = app
-            .call("POST", "/v1/functions", Some(function_body(bad, "python3", "main.handle", &[("main.py", PY)], json!({}))))
+            .call(
+                "POST",
+                "/v1/functions",
+                Some(function_body(
+                    bad,
+                    "python3",
+                    "main.handle",
+                    &[("main.py", PY)],
+                    json!({}),
+                )),
+            )
             .await;
         assert_eq!(r.status, 400, "create {bad:?}: {:?}", r.body);
         assert_eq!(r.body["error"]["code"], "invalid_name", "create {bad:?}");
@@ -120,10 +196,22 @@ async fn invalid_names_are_refused_on_create_and_invoke() {
         }
         let encoded: String = bad
             .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect();
         for mode in ["", "?async=true"] {
-            let r = app.call("POST", &format!("/v1/functions/{encoded}/invoke{mode}"), Some(json!({}))).await;
+            let r = app
+                .call(
+                    "POST",
+                    &format!("/v1/functions/{encoded}/invoke{mode}"),
+                    Some(json!({})),
+                )
+                .await;
             assert_eq!(r.status, 400, "invoke {bad:?}{mode}: {:?}", r.body);
             assert_eq!(r.body["error"]["code"], "invalid_name", "invoke {bad:?}");
         }
@@ -141,13 +229,33 @@ async fn out_of_range_config_is_refused() {
         json!({"unknown_field": 1}),
     ] {
         let r = app
-            .call("POST", "/v1/functions", Some(function_body(&unique("cfg"), "python3", "main.handle", &[("main.py", PY)], config.clone())))
+            .call(
+                "POST",
+                "/v1/functions",
+                Some(function_body(
+                    &unique("cfg"),
+                    "python3",
+                    "main.handle",
+                    &[("main.py", PY)],
+                    config.clone(),
+                )),
+            )
             .await;
         assert_eq!(r.status, 400, "{config}: {:?}", r.body);
         assert_eq!(r.body["error"]["code"], "invalid_config", "{config}");
     }
     let r = app
-        .call("POST", "/v1/functions", Some(function_body(&unique("rt"), "cobol", "main.handle", &[("main.py", PY)], json!({}))))
+        .call(
+            "POST",
+            "/v1/functions",
+            Some(function_body(
+                &unique("rt"),
+                "cobol",
+                "main.handle",
+                &[("main.py", PY)],
+                json!({}),
+            )),
+        )
         .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.body["error"]["code"], "invalid_runtime");
@@ -159,10 +267,28 @@ async fn bad_code_is_refused_and_nothing_escapes() {
     let outside = tempfile::tempdir().unwrap();
     let escape_target = outside.path().join("pwned");
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("zip slip", zip_of(&[("main.py", PY.as_bytes(), 0o644), ("../../../../../../tmp/fnmesh-zip-slip", b"x", 0o644)])),
-        ("absolute path", zip_of(&[("main.py", PY.as_bytes(), 0o644), ("/tmp/fnmesh-abs-path", b"x", 0o644)])),
-        ("escaping symlink", zip_with_symlink("link", escape_target.to_str().unwrap())),
-        ("relative escaping symlink", zip_with_symlink("link", "../../../../../../etc/passwd")),
+        (
+            "zip slip",
+            zip_of(&[
+                ("main.py", PY.as_bytes(), 0o644),
+                ("../../../../../../tmp/fnmesh-zip-slip", b"x", 0o644),
+            ]),
+        ),
+        (
+            "absolute path",
+            zip_of(&[
+                ("main.py", PY.as_bytes(), 0o644),
+                ("/tmp/fnmesh-abs-path", b"x", 0o644),
+            ]),
+        ),
+        (
+            "escaping symlink",
+            zip_with_symlink("link", escape_target.to_str().unwrap()),
+        ),
+        (
+            "relative escaping symlink",
+            zip_with_symlink("link", "../../../../../../etc/passwd"),
+        ),
         ("broken zip", {
             let mut z = zip_of(&[("main.py", PY.as_bytes(), 0o644)]);
             z.truncate(z.len() / 2);
@@ -190,15 +316,26 @@ async fn bad_code_is_refused_and_nothing_escapes() {
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 
     let r = app
-        .call("POST", "/v1/functions", Some(json!({
-            "name": unique("b64"), "runtime": "python3", "handler": "main.handle",
-            "code": {"source": "!!!not base64!!!", "source_type": "inline"},
-        })))
+        .call(
+            "POST",
+            "/v1/functions",
+            Some(json!({
+                "name": unique("b64"), "runtime": "python3", "handler": "main.handle",
+                "code": {"source": "!!!not base64!!!", "source_type": "inline"},
+            })),
+        )
         .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.body["error"]["code"], "invalid_base64");
 
-    let r = app.call_with("POST", "/v1/functions", Some(b"{not json".to_vec()), Some(ADMIN_KEY)).await;
+    let r = app
+        .call_with(
+            "POST",
+            "/v1/functions",
+            Some(b"{not json".to_vec()),
+            Some(ADMIN_KEY),
+        )
+        .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.body["error"]["code"], "invalid_json");
 }
@@ -222,9 +359,17 @@ fn targz_of_raw_path(path: &str) -> Vec<u8> {
 async fn bodies_over_the_cap_get_413() {
     let app = TestApp::start_with(&[("FNMESH_MAX_BODY_BYTES", "1048576")]).await;
     let name = unique("big");
-    app.deploy(&name, "python3", "main.handle", &[("main.py", PY)]).await;
+    app.deploy(&name, "python3", "main.handle", &[("main.py", PY)])
+        .await;
     let big = vec![b' '; 1024 * 1024 + 10];
-    let r = app.call_with("POST", &format!("/v1/functions/{name}/invoke"), Some(big.clone()), Some(ADMIN_KEY)).await;
+    let r = app
+        .call_with(
+            "POST",
+            &format!("/v1/functions/{name}/invoke"),
+            Some(big.clone()),
+            Some(ADMIN_KEY),
+        )
+        .await;
     assert_eq!(r.status, 413, "{:?}", r.body);
     assert_eq!(r.body["error"]["code"], "payload_too_large");
     // Chunked, without Content-Length: refused while reading too.
@@ -249,13 +394,23 @@ async fn missing_or_wrong_key_is_401_and_health_needs_none() {
         let r = app.call_with("GET", path, None, None).await;
         assert_eq!(r.status, 401, "{path}");
         assert_eq!(r.body["error"]["code"], "unauthorized");
-        let r = app.call_with("GET", path, None, Some("wrong-key-wrong-key")).await;
+        let r = app
+            .call_with("GET", path, None, Some("wrong-key-wrong-key"))
+            .await;
         assert_eq!(r.status, 401, "{path}");
     }
-    let r = app.call_with("POST", "/v1/functions/x/invoke", Some(b"{}".to_vec()), None).await;
+    let r = app
+        .call_with("POST", "/v1/functions/x/invoke", Some(b"{}".to_vec()), None)
+        .await;
     assert_eq!(r.status, 401);
-    assert_eq!(app.call_with("GET", "/healthz", None, None).await.status, 200);
-    assert_eq!(app.call_with("GET", "/readyz", None, None).await.status, 200);
+    assert_eq!(
+        app.call_with("GET", "/healthz", None, None).await.status,
+        200
+    );
+    assert_eq!(
+        app.call_with("GET", "/readyz", None, None).await.status,
+        200
+    );
     let r = app.call_with("GET", "/nope", None, Some(ADMIN_KEY)).await;
     assert_eq!(r.status, 404);
     assert!(r.body["error"]["code"].is_string());

@@ -31,7 +31,16 @@ async fn sync_invoke_python_node_and_exec() {
     assert_eq!(r["result"], json!({"hello": "node", "fn": node}));
 
     let exec = unique("exec");
-    app.deploy(&exec, "exec", "run.sh", &[("run.sh", "#!/bin/sh\nread -r input\necho \"{\\\"got\\\": $input}\"\n")]).await;
+    app.deploy(
+        &exec,
+        "exec",
+        "run.sh",
+        &[(
+            "run.sh",
+            "#!/bin/sh\nread -r input\necho \"{\\\"got\\\": $input}\"\n",
+        )],
+    )
+    .await;
     let r = app.invoke_ok(&exec, json!({"n": 3})).await;
     assert_eq!(r["status"], "succeeded", "{r}");
     assert_eq!(r["result"], json!({"got": {"n": 3}}));
@@ -41,20 +50,49 @@ async fn sync_invoke_python_node_and_exec() {
 async fn async_invoke_is_queued_then_succeeds() {
     let app = TestApp::start().await;
     let name = unique("async");
-    app.deploy(&name, "python3", "main.handle", &[("main.py", "def handle(event, context):\n    return event['x'] * 2\n")]).await;
-    let r = app.call("POST", &format!("/v1/functions/{name}/invoke?async=true"), Some(json!({"x": 21}))).await;
+    app.deploy(
+        &name,
+        "python3",
+        "main.handle",
+        &[(
+            "main.py",
+            "def handle(event, context):\n    return event['x'] * 2\n",
+        )],
+    )
+    .await;
+    let r = app
+        .call(
+            "POST",
+            &format!("/v1/functions/{name}/invoke?async=true"),
+            Some(json!({"x": 21})),
+        )
+        .await;
     assert_eq!(r.status, 202, "{:?}", r.body);
     assert_eq!(r.body["status"], "queued");
     let id = r.body["id"].as_str().unwrap().to_owned();
-    assert_eq!(r.headers["location"].to_str().unwrap(), format!("/v1/invocations/{id}"));
+    assert_eq!(
+        r.headers["location"].to_str().unwrap(),
+        format!("/v1/invocations/{id}")
+    );
     let done = app.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["result"], 42);
     assert_eq!(done["id"], id.as_str());
 
-    let list = app.call("GET", &format!("/v1/invocations?function={name}&status=succeeded"), None).await;
+    let list = app
+        .call(
+            "GET",
+            &format!("/v1/invocations?function={name}&status=succeeded"),
+            None,
+        )
+        .await;
     assert_eq!(list.status, 200);
-    let ids: Vec<&str> = list.body["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = list.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
     assert!(ids.contains(&id.as_str()), "{ids:?}");
 }
 
@@ -62,11 +100,23 @@ async fn async_invoke_is_queued_then_succeeds() {
 async fn unknown_function_is_404_in_both_modes() {
     let app = TestApp::start().await;
     for mode in ["", "?async=true"] {
-        let r = app.call("POST", &format!("/v1/functions/no-such-fn/invoke{mode}"), Some(json!({}))).await;
+        let r = app
+            .call(
+                "POST",
+                &format!("/v1/functions/no-such-fn/invoke{mode}"),
+                Some(json!({})),
+            )
+            .await;
         assert_eq!(r.status, 404, "{mode}: {:?}", r.body);
         assert_eq!(r.body["error"]["code"], "not_found");
     }
-    let r = app.call("GET", "/v1/invocations/0190b3c4-0000-7000-8000-000000000000", None).await;
+    let r = app
+        .call(
+            "GET",
+            "/v1/invocations/0190b3c4-0000-7000-8000-000000000000",
+            None,
+        )
+        .await;
     assert_eq!(r.status, 404);
     let r = app.call("GET", "/v1/invocations/not-an-id", None).await;
     assert_eq!(r.status, 400);
@@ -81,22 +131,38 @@ async fn prints_reach_the_logs_and_exceptions_fail_with_handler_error() {
     assert_eq!(ok["status"], "succeeded");
     assert_eq!(ok["result"], "ok", "a print must never corrupt the result");
     let id = ok["id"].as_str().unwrap();
-    let logs = app.call("GET", &format!("/v1/invocations/{id}/logs"), None).await;
+    let logs = app
+        .call("GET", &format!("/v1/invocations/{id}/logs"), None)
+        .await;
     assert_eq!(logs.status, 200, "{:?}", logs.body);
     let text = logs.body["logs"].as_str().unwrap();
-    assert!(text.contains("hello from the handler {'boom': False}"), "{text}");
+    assert!(
+        text.contains("hello from the handler {'boom': False}"),
+        "{text}"
+    );
     assert!(text.contains("to stderr"), "{text}");
     assert_eq!(logs.body["truncated"], false);
 
     let failed = app.invoke_ok(&name, json!({"boom": true})).await;
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["error"]["kind"], "handler_error");
-    assert!(failed["error"]["message"].as_str().unwrap().contains("kaboom"));
+    assert!(failed["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("kaboom"));
     let id = failed["id"].as_str().unwrap();
-    let logs = app.call("GET", &format!("/v1/invocations/{id}/logs"), None).await;
+    let logs = app
+        .call("GET", &format!("/v1/invocations/{id}/logs"), None)
+        .await;
     let text = logs.body["logs"].as_str().unwrap();
-    assert!(text.contains("Traceback"), "the traceback goes to the logs: {text}");
-    assert!(!text.contains("hello from the handler {'boom': False}"), "logs are per invocation: {text}");
+    assert!(
+        text.contains("Traceback"),
+        "the traceback goes to the logs: {text}"
+    );
+    assert!(
+        !text.contains("hello from the handler {'boom': False}"),
+        "logs are per invocation: {text}"
+    );
 
     // The sandbox survives a handler exception.
     let again = app.invoke_ok(&name, json!({})).await;
@@ -111,7 +177,13 @@ async fn logs_are_capped_and_marked_truncated() {
     app.deploy(&name, "python3", "main.handle", &[("main.py", "def handle(event, context):\n    for i in range(20000):\n        print('line', i, 'x' * 40)\n    return 'done'\n")]).await;
     let r = app.invoke_ok(&name, json!({})).await;
     assert_eq!(r["status"], "succeeded", "{r}");
-    let logs = app.call("GET", &format!("/v1/invocations/{}/logs", r["id"].as_str().unwrap()), None).await;
+    let logs = app
+        .call(
+            "GET",
+            &format!("/v1/invocations/{}/logs", r["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
     assert_eq!(logs.body["truncated"], true);
     assert!(logs.body["logs"].as_str().unwrap().len() <= 64 * 1024);
 }
@@ -120,25 +192,54 @@ async fn logs_are_capped_and_marked_truncated() {
 async fn sigterm_drains_and_exits_zero() {
     let mut app = TestApp::start().await;
     let name = unique("drain");
-    app.deploy(&name, "python3", "main.handle", &[("main.py", "import time\ndef handle(event, context):\n    time.sleep(1.5)\n    return 'slept'\n")]).await;
+    app.deploy(
+        &name,
+        "python3",
+        "main.handle",
+        &[(
+            "main.py",
+            "import time\ndef handle(event, context):\n    time.sleep(1.5)\n    return 'slept'\n",
+        )],
+    )
+    .await;
     let url = format!("{}/v1/functions/{name}/invoke", app.base_url);
     let http = app.http.clone();
     let inflight = tokio::spawn(async move {
-        http.post(url).bearer_auth(fnmesh_tests::ADMIN_KEY).body("{}").send().await.unwrap().json::<serde_json::Value>().await.unwrap()
+        http.post(url)
+            .bearer_auth(fnmesh_tests::ADMIN_KEY)
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
     });
     // Wait until a node is running it.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let running = app.call("GET", &format!("/v1/invocations?function={name}&status=running"), None).await;
+        let running = app
+            .call(
+                "GET",
+                &format!("/v1/invocations?function={name}&status=running"),
+                None,
+            )
+            .await;
         if !running.body["items"].as_array().unwrap().is_empty() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the invocation never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the invocation never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let status = app.terminate(Duration::from_secs(30)).unwrap();
     assert!(status.success(), "exit status {status}");
     let r = inflight.await.unwrap();
-    assert_eq!(r["status"], "succeeded", "the in-flight invocation finished: {r}");
+    assert_eq!(
+        r["status"], "succeeded",
+        "the in-flight invocation finished: {r}"
+    );
     assert_eq!(r["result"], "slept");
 }

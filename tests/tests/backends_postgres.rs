@@ -2,6 +2,8 @@
 //! (one test per case, each in its own database), then what only PostgreSQL has to show:
 //! idempotent migrations, schema scoping, batches under concurrency, surviving a restart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use fnmesh_shared::store::conformance::{self, Store};

@@ -111,10 +111,23 @@ def handle(event, context):
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_denies_by_default() {
-    let app = TestApp::start_with(&[("AWS_SECRET_ACCESS_KEY", "host-secret"), ("FNMESH_SECRET_THING", "host-secret")]).await;
+    let app = TestApp::start_with(&[
+        ("AWS_SECRET_ACCESS_KEY", "host-secret"),
+        ("FNMESH_SECRET_THING", "host-secret"),
+    ])
+    .await;
     let name = unique("inspect");
-    app.deploy_with(&name, "python3", "main.handle", &[("main.py", INSPECT)], json!({"memory_mb": 256, "environment": {"MY_SETTING": "visible"}})).await;
-    let r = app.invoke_ok(&name, json!({"gateway_port": app.port})).await;
+    app.deploy_with(
+        &name,
+        "python3",
+        "main.handle",
+        &[("main.py", INSPECT)],
+        json!({"memory_mb": 256, "environment": {"MY_SETTING": "visible"}}),
+    )
+    .await;
+    let r = app
+        .invoke_ok(&name, json!({"gateway_port": app.port}))
+        .await;
     assert_eq!(r["status"], "succeeded", "{r}");
     let v = &r["result"];
     assert_ne!(v["uid"], 0, "{v}");
@@ -133,11 +146,19 @@ async fn the_sandbox_denies_by_default() {
     assert_eq!(v["ifaces"], json!(["lo"]), "only lo exists");
     assert_eq!(v["loopback"], true, "lo is up inside the sandbox");
     assert_ne!(v["internet"], "connected");
-    assert_ne!(v["gateway"], "connected", "the host's gateway port is unreachable");
+    assert_ne!(
+        v["gateway"], "connected",
+        "the host's gateway port is unreachable"
+    );
     assert_eq!(v["unshare_user"], "EPERM");
     assert_eq!(v["mount"], "EPERM");
     assert_eq!(v["kcore_bytes"], 0, "/proc/kcore is masked");
-    assert_eq!(v["pid"].as_u64().unwrap() < 10, true, "own pid namespace: {}", v["pid"]);
+    assert_eq!(
+        v["pid"].as_u64().unwrap() < 10,
+        true,
+        "own pid namespace: {}",
+        v["pid"]
+    );
 
     // Only the expected fds: stdio and the runtime's protocol pipes (plus the listdir itself).
     let fds = v["fds"].as_object().unwrap();
@@ -172,7 +193,13 @@ async fn memory_limit_gives_oom() {
     assert_eq!(r["error"]["kind"], "oom", "{r}");
     // The node keeps serving.
     let ok = unique("after-oom");
-    app.deploy(&ok, "python3", "main.handle", &[("main.py", "def handle(e, c):\n    return 'fine'\n")]).await;
+    app.deploy(
+        &ok,
+        "python3",
+        "main.handle",
+        &[("main.py", "def handle(e, c):\n    return 'fine'\n")],
+    )
+    .await;
     assert_eq!(app.invoke_ok(&ok, json!({})).await["result"], "fine");
 }
 
@@ -180,19 +207,38 @@ async fn memory_limit_gives_oom() {
 async fn a_fork_bomb_is_held_and_the_node_keeps_serving() {
     let app = TestApp::start().await;
     let bomb = unique("bomb");
-    app.deploy_with(&bomb, "exec", "bomb.sh", &[("bomb.sh", "#!/bin/sh\nbomb() { bomb | bomb & }\nbomb\nsleep 2\necho '\"survived\"'\n")], json!({"timeout_ms": 4000})).await;
+    app.deploy_with(
+        &bomb,
+        "exec",
+        "bomb.sh",
+        &[(
+            "bomb.sh",
+            "#!/bin/sh\nbomb() { bomb | bomb & }\nbomb\nsleep 2\necho '\"survived\"'\n",
+        )],
+        json!({"timeout_ms": 4000}),
+    )
+    .await;
     let r = app.invoke_ok(&bomb, json!({})).await;
     // Whatever the bomb's own fate, the limit held it and the platform answered.
     assert!(r["status"].is_string(), "{r}");
     let ok = unique("after-bomb");
-    app.deploy(&ok, "python3", "main.handle", &[("main.py", "def handle(e, c):\n    return 'fine'\n")]).await;
+    app.deploy(
+        &ok,
+        "python3",
+        "main.handle",
+        &[("main.py", "def handle(e, c):\n    return 'fine'\n")],
+    )
+    .await;
     let started = Instant::now();
     assert_eq!(app.invoke_ok(&ok, json!({})).await["result"], "fine");
     assert!(started.elapsed() < Duration::from_secs(20));
 }
 
 fn processes_matching(marker: &str) -> Vec<String> {
-    let out = std::process::Command::new("ps").args(["-eo", "pid,args"]).output().unwrap();
+    let out = std::process::Command::new("ps")
+        .args(["-eo", "pid,args"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains(marker) && !l.contains("ps -eo"))
@@ -220,7 +266,17 @@ async fn timeout_kills_the_whole_sandbox_promptly() {
     let app = TestApp::start().await;
     let name = unique("sleepy");
     // A double-forked daemon plus a long sleep; both must die with the sandbox.
-    app.deploy_with(&name, "exec", "slow.sh", &[("slow.sh", "#!/bin/sh\n(sleep 271.828 &)\nexec sleep 314.159\n")], json!({"timeout_ms": 1000})).await;
+    app.deploy_with(
+        &name,
+        "exec",
+        "slow.sh",
+        &[(
+            "slow.sh",
+            "#!/bin/sh\n(sleep 271.828 &)\nexec sleep 314.159\n",
+        )],
+        json!({"timeout_ms": 1000}),
+    )
+    .await;
     let started = Instant::now();
     let r = app.invoke_ok(&name, json!({})).await;
     let elapsed = started.elapsed();
@@ -232,10 +288,21 @@ async fn timeout_kills_the_whole_sandbox_promptly() {
         elapsed < Duration::from_millis(1000 + init_ms + 1000),
         "timeout reported after {elapsed:?} (init {init_ms} ms)"
     );
-    assert!(processes_matching("sleep 314.159").is_empty(), "{:?}", processes_matching("sleep 314.159"));
-    assert!(processes_matching("sleep 271.828").is_empty(), "the daemon outlived its sandbox");
+    assert!(
+        processes_matching("sleep 314.159").is_empty(),
+        "{:?}",
+        processes_matching("sleep 314.159")
+    );
+    assert!(
+        processes_matching("sleep 271.828").is_empty(),
+        "the daemon outlived its sandbox"
+    );
     let node_id = r["node_id"].as_str().unwrap();
-    assert!(sandbox_cgroups(node_id).is_empty(), "{:?}", sandbox_cgroups(node_id));
+    assert!(
+        sandbox_cgroups(node_id).is_empty(),
+        "{:?}",
+        sandbox_cgroups(node_id)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,7 +310,8 @@ async fn warm_state_persists_per_version_and_never_leaks() {
     let app = TestApp::start().await;
     let counter = "count = 0\ndef handle(event, context):\n    global count\n    count += 1\n    return count\n";
     let a = unique("count-a");
-    app.deploy(&a, "python3", "main.handle", &[("main.py", counter)]).await;
+    app.deploy(&a, "python3", "main.handle", &[("main.py", counter)])
+        .await;
     let first = app.invoke_ok(&a, json!({})).await;
     assert_eq!(first["result"], 1);
     assert_eq!(first["metrics"]["cold_start"], true);
@@ -251,25 +319,46 @@ async fn warm_state_persists_per_version_and_never_leaks() {
     let second = app.invoke_ok(&a, json!({})).await;
     assert_eq!(second["metrics"]["cold_start"], false, "{second}");
     assert_eq!(second["metrics"]["init_ms"], 0);
-    assert_eq!(second["result"], 2, "module state persists across warm invocations");
+    assert_eq!(
+        second["result"], 2,
+        "module state persists across warm invocations"
+    );
     assert!(second["metrics"]["memory_peak_bytes"].as_u64().unwrap() > 0);
     assert_eq!(app.invoke_ok(&a, json!({})).await["result"], 3);
 
     // A new version starts from scratch.
-    let mut update = fnmesh_tests::function_body(&a, "python3", "main.handle", &[("main.py", counter)], json!({}));
+    let mut update = fnmesh_tests::function_body(
+        &a,
+        "python3",
+        "main.handle",
+        &[("main.py", counter)],
+        json!({}),
+    );
     update.as_object_mut().unwrap().remove("name");
-    let v2 = app.call("PUT", &format!("/v1/functions/{a}"), Some(update)).await;
+    let v2 = app
+        .call("PUT", &format!("/v1/functions/{a}"), Some(update))
+        .await;
     assert_eq!(v2.status, 200);
     let r: Value = app.invoke_ok(&a, json!({})).await;
     assert_eq!(r["version"], 2);
-    assert_eq!(r["result"], 1, "a new version never reuses an old version's sandbox");
+    assert_eq!(
+        r["result"], 1,
+        "a new version never reuses an old version's sandbox"
+    );
     assert_eq!(r["metrics"]["cold_start"], true);
     // The old version still has its own state.
-    let old = app.call("POST", &format!("/v1/functions/{a}/invoke?version=1"), Some(json!({}))).await;
+    let old = app
+        .call(
+            "POST",
+            &format!("/v1/functions/{a}/invoke?version=1"),
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(old.body["result"], 4);
 
     // Another function with the same code never shares state.
     let b = unique("count-b");
-    app.deploy(&b, "python3", "main.handle", &[("main.py", counter)]).await;
+    app.deploy(&b, "python3", "main.handle", &[("main.py", counter)])
+        .await;
     assert_eq!(app.invoke_ok(&b, json!({})).await["result"], 1);
 }

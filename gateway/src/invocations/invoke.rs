@@ -68,6 +68,7 @@ pub async fn handle(
     };
     let id = request.id;
     store.insert_invocation(&request).await?;
+    crate::failpoint::hit(crate::failpoint::AFTER_COMMIT_BEFORE_PUBLISH);
     let bus = &state.backends.bus;
 
     if query.asynchronous.unwrap_or(false) {
