@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs what fnmesh needs on a fresh Debian 12 machine (run as root). Idempotent.
+# With --test it also installs the servers the test suite starts its own instances of:
+# redis-server, PostgreSQL (initdb/postgres) and Garage (S3; built with cargo, ~10 minutes once).
 #   - build: a Rust toolchain (rustup when cargo is missing), gcc, pkg-config, libseccomp-dev
 #   - sandboxes: libseccomp2, python3 and nodejs on the host /usr (bind-mounted read-only into
 #     every sandbox), iproute2/procps for the tests
@@ -11,8 +13,13 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+with_test=0
+[ "${1:-}" = "--test" ] && with_test=1
+
+packages=(gcc pkg-config libseccomp-dev libseccomp2 python3 nodejs procps crun hyperfine ca-certificates curl)
+[ "$with_test" = 1 ] && packages+=(redis-server postgresql)
 need=()
-for pkg in gcc pkg-config libseccomp-dev libseccomp2 python3 nodejs procps crun hyperfine ca-certificates curl; do
+for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -32,3 +39,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 cargo --version
+
+if [ "$with_test" = 1 ] && ! command -v garage >/dev/null 2>&1; then
+  echo "installing garage (S3-compatible server for the code-store tests; builds once, ~10 min)"
+  CARGO_TARGET_DIR="${GARAGE_BUILD_DIR:-$HOME/.cache/garage-build}" cargo install garage --locked --quiet
+fi

@@ -3,7 +3,7 @@
 #   ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup-debian.sh
+./scripts/setup-debian.sh --test
 export PATH="$HOME/.cargo/bin:$PATH"
 unset RUST_BACKTRACE   # pathrs/procfs capture a backtrace per handled error: slow sandboxes
 cargo fmt --all -- --check

@@ -242,7 +242,11 @@ pub enum BenchCommand {
 #[derive(Debug, Args)]
 pub struct PersistenceBenchArgs {
     /// The PostgreSQL server to write to (a fresh schema is created and dropped).
-    #[arg(long, env = "FNMESH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    #[arg(
+        long,
+        env = "FNMESH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
     pub database_url: String,
     /// Rows written by each method.
     #[arg(long, default_value_t = 20_000)]

@@ -67,9 +67,9 @@ impl CodeStoreLocation {
         if let Some(bucket) = value.strip_prefix("s3://") {
             let bucket = bucket.trim_end_matches('/');
             let ok = (3..=63).contains(&bucket.len())
-                && bucket
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
             if !ok {
                 bail!("FNMESH_CODE_STORE={value:?}: the bucket name must be 3-63 lowercase letters, digits, '-' or '.'");
             }
@@ -116,10 +116,7 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Opens the metadata store; Postgres migrations run only when `migrate` is set.
-pub async fn open_store(
-    url: &DatabaseUrl,
-    migrate: bool,
-) -> Result<Arc<dyn MetadataStore>> {
+pub async fn open_store(url: &DatabaseUrl, migrate: bool) -> Result<Arc<dyn MetadataStore>> {
     tracing::info!(backend = %url.describe(), "metadata store");
     Ok(match url {
         DatabaseUrl::Sqlite(path) => {
@@ -127,14 +124,21 @@ pub async fn open_store(
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
-            Arc::new(SqliteStore::open(path).await.context("opening the SQLite metadata store")?)
+            Arc::new(
+                SqliteStore::open(path)
+                    .await
+                    .context("opening the SQLite metadata store")?,
+            )
         }
         DatabaseUrl::Postgres(url) => {
             let store = PostgresStore::connect(url)
                 .await
                 .context("connecting to PostgreSQL (FNMESH_DATABASE_URL)")?;
             if migrate {
-                store.migrate().await.context("applying PostgreSQL migrations")?;
+                store
+                    .migrate()
+                    .await
+                    .context("applying PostgreSQL migrations")?;
                 tracing::info!("postgres migrations applied");
             }
             Arc::new(store)
@@ -198,7 +202,9 @@ mod tests {
             DatabaseUrl::parse("postgres://u:p@h/db").unwrap(),
             DatabaseUrl::Postgres(_)
         ));
-        let err = DatabaseUrl::parse("mysql://u:secret@h/db").unwrap_err().to_string();
+        let err = DatabaseUrl::parse("mysql://u:secret@h/db")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("FNMESH_DATABASE_URL"), "{err}");
         assert!(err.contains("postgres://"), "{err}");
         assert!(!err.contains("secret"), "{err}");
@@ -215,7 +221,10 @@ mod tests {
             CodeStoreLocation::Dir("./code".into())
         );
         let err = CodeStoreLocation::parse("gs://x").unwrap_err().to_string();
-        assert!(err.contains("FNMESH_CODE_STORE") && err.contains("s3://"), "{err}");
+        assert!(
+            err.contains("FNMESH_CODE_STORE") && err.contains("s3://"),
+            "{err}"
+        );
         assert!(CodeStoreLocation::parse("s3://A").is_err());
     }
 
@@ -224,7 +233,10 @@ mod tests {
         assert!(parse_failure_policy("fail_open").is_ok());
         let err = parse_failure_policy("maybe").unwrap_err().to_string();
         assert!(err.contains("FNMESH_RATE_LIMIT_FAILURE"));
-        assert_eq!(redact("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

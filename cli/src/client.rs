@@ -64,10 +64,12 @@ impl ApiClient {
         if let Some(b) = body {
             req = req.body(b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the gateway at {} (is `fnmesh up` running?)", self.base))?;
+        let resp = req.send().await.with_context(|| {
+            format!(
+                "cannot reach the gateway at {} (is `fnmesh up` running?)",
+                self.base
+            )
+        })?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
         let value = if bytes.is_empty() {

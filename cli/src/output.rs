@@ -48,9 +48,7 @@ pub fn record(v: &Value, fields: &[&str]) {
     for f in fields {
         let value = &v[*f];
         let text = match value {
-            Value::Object(_) | Value::Array(_) => {
-                serde_json::to_string(value).unwrap_or_default()
-            }
+            Value::Object(_) | Value::Array(_) => serde_json::to_string(value).unwrap_or_default(),
             other => cell(other),
         };
         println!("{:<14}{}", format!("{f}:"), text);

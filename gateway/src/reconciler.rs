@@ -80,7 +80,10 @@ impl Reconciler {
             }
         }
         if published > 0 {
-            tracing::info!(invocations = published, "reconciler re-published queued invocations");
+            tracing::info!(
+                invocations = published,
+                "reconciler re-published queued invocations"
+            );
         }
         published
     }

@@ -25,6 +25,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 
+/// How long the final drain on shutdown may take.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one pull waits for a message.
 const PULL_WAIT: Duration = Duration::from_secs(1);
 /// Node events recorded together at most.
@@ -66,7 +68,7 @@ impl Recorder {
         let mut backoff = BACKOFF_MIN;
         loop {
             let pulled = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return self.drain_events().await,
                 pulled = self.bus.pull_event(PULL_WAIT) => pulled,
             };
             match pulled {
@@ -85,6 +87,22 @@ impl Recorder {
                 }
             }
         }
+    }
+
+    /// On shutdown: records the events already waiting (those of invocations the node finished
+    /// while draining), bounded by [`DRAIN_TIMEOUT`], so they are not left `running`.
+    async fn drain_events(&self) {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            match self.bus.pull_event(Duration::ZERO).await {
+                Ok(Some(delivery)) => {
+                    let batch = self.gather(delivery).await;
+                    self.handle_events(batch).await;
+                }
+                Ok(None) | Err(_) => return,
+            }
+        }
+        tracing::warn!("recorder drain timed out; unrecorded events stay on the bus");
     }
 
     /// `first`, plus the events that arrive within [`BATCH_GATHER`], up to [`BATCH_MAX`].

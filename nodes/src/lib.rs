@@ -1,10 +1,10 @@
 //! fnmesh worker nodes: pull invocations from the bus, run them in hardened sandboxes kept warm
 //! in a pool, and report results back over the bus.
 
+pub mod code_cache;
 pub mod executor;
 pub mod instance;
 pub mod pool;
 pub mod runtimes;
 pub mod sandbox;
-pub mod code_cache;
 pub mod worker;

@@ -189,7 +189,9 @@ pub enum ConfigError {
         range: &'static str,
     },
     /// An environment variable name that is not `[A-Za-z_][A-Za-z0-9_]*` or is reserved.
-    #[error("config.environment key {0:?} is invalid: use [A-Za-z_][A-Za-z0-9_]* and no FNMESH_ prefix")]
+    #[error(
+        "config.environment key {0:?} is invalid: use [A-Za-z_][A-Za-z0-9_]* and no FNMESH_ prefix"
+    )]
     EnvKey(String),
     /// The environment is too large.
     #[error("config.environment is too large (max 64 entries, 32 KiB in total)")]

@@ -1,6 +1,8 @@
 //! Nothing accepted is lost: a gateway killed between committing an invocation and publishing
 //! it completes the invocation exactly once after it restarts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use fnmesh_tests::{unique, TestApp, ADMIN_KEY};

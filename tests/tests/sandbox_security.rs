@@ -153,9 +153,8 @@ async fn the_sandbox_denies_by_default() {
     assert_eq!(v["unshare_user"], "EPERM");
     assert_eq!(v["mount"], "EPERM");
     assert_eq!(v["kcore_bytes"], 0, "/proc/kcore is masked");
-    assert_eq!(
+    assert!(
         v["pid"].as_u64().unwrap() < 10,
-        true,
         "own pid namespace: {}",
         v["pid"]
     );

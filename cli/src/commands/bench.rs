@@ -79,7 +79,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let scratch = match &args.work_dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
-            tempfile::Builder::new().prefix("fnmesh-bench-").tempdir_in(d)?
+            tempfile::Builder::new()
+                .prefix("fnmesh-bench-")
+                .tempdir_in(d)?
         }
         None => tempfile::Builder::new().prefix("fnmesh-bench-").tempdir()?,
     };
@@ -117,7 +119,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let crun_root = work.join("crun-state");
     std::fs::create_dir_all(&crun_root)?;
 
-    println!("fnmesh bench: python hello, {} cold rounds (round-robin), {} warm iterations", args.cold_rounds, args.warm_iterations);
+    println!(
+        "fnmesh bench: python hello, {} cold rounds (round-robin), {} warm iterations",
+        args.cold_rounds, args.warm_iterations
+    );
     let mut cold_fnmesh = Vec::new();
     let mut cold_init = Vec::new();
     let mut cold_crun = Vec::new();
@@ -129,7 +134,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let out = executor.execute(job(&function, &code_dir)).await;
         let elapsed = started.elapsed();
         if out.status != InvocationStatus::Succeeded || !out.cold_start {
-            bail!("fnmesh cold invocation failed: {:?} {:?}", out.status, out.error);
+            bail!(
+                "fnmesh cold invocation failed: {:?} {:?}",
+                out.status,
+                out.error
+            );
         }
         cold_fnmesh.push(ms(elapsed));
         cold_init.push(out.init_ms as f64);
@@ -144,7 +153,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     rootfs: rootfs.clone(),
                     code_dir: code_dir.clone(),
                     runtime_dir: empty_runtime_dir.clone(),
-                    args: vec!["/usr/bin/python3".into(), "-I".into(), "-c".into(), ONE_SHOT.into()],
+                    args: vec![
+                        "/usr/bin/python3".into(),
+                        "-I".into(),
+                        "-c".into(),
+                        ONE_SHOT.into(),
+                    ],
                     env: vec!["PATH=/usr/bin:/bin".into(), "HOME=/tmp".into()],
                     cwd: "/var/task".into(),
                     memory_mb: 128,
@@ -171,14 +185,21 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 .output()?;
             let elapsed = started.elapsed();
             if !status.status.success() {
-                bail!("crun run failed: {}", String::from_utf8_lossy(&status.stderr));
+                bail!(
+                    "crun run failed: {}",
+                    String::from_utf8_lossy(&status.stderr)
+                );
             }
             cold_crun.push(ms(elapsed));
         }
 
         let started = Instant::now();
         let status = Command::new("/usr/bin/python3")
-            .args(["-I", "-c", &ONE_SHOT.replace("/var/task", &code_dir.to_string_lossy())])
+            .args([
+                "-I",
+                "-c",
+                &ONE_SHOT.replace("/var/task", &code_dir.to_string_lossy()),
+            ])
             .stdout(Stdio::null())
             .status()?;
         if !status.success() {
@@ -238,9 +259,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     row("bare python3 (no container)", &bare);
     println!();
     if !crun_cold.samples.is_empty() {
-        println!("ratio fnmesh cold / crun run (p50):   {:.2}x   (target ≤ 1.0x)", fn_cold.median() / crun_cold.median());
+        println!(
+            "ratio fnmesh cold / crun run (p50):   {:.2}x   (target ≤ 1.0x)",
+            fn_cold.median() / crun_cold.median()
+        );
     }
-    println!("ratio fnmesh cold / bare python (p50): {:.2}x", fn_cold.median() / bare.median());
+    println!(
+        "ratio fnmesh cold / bare python (p50): {:.2}x",
+        fn_cold.median() / bare.median()
+    );
     println!();
     println!("warm round trip (µs)                    n    min   p50   p90   p99");
     println!(
@@ -252,7 +279,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         warm.pct(0.9),
         warm.pct(0.99)
     );
-    println!("{:<36} {:>5} {:>24.2}", "handler called directly (p50)", args.warm_iterations, direct_us);
+    println!(
+        "{:<36} {:>5} {:>24.2}",
+        "handler called directly (p50)", args.warm_iterations, direct_us
+    );
     println!(
         "warm overhead over the bare handler (p50): {:.0} µs   (target ≤ 100 µs)",
         warm.median() - direct_us
@@ -309,9 +339,14 @@ fn direct_handler_us(code_dir: &Path, n: usize) -> Result<f64> {
         "import sys, time, statistics\nsys.path.insert(0, {dir:?})\nimport main\nts = []\nfor _ in range({n}):\n    t = time.perf_counter_ns()\n    main.handle({{}}, None)\n    ts.append(time.perf_counter_ns() - t)\nprint(statistics.median(ts) / 1000)\n",
         dir = code_dir.to_string_lossy(),
     );
-    let out = Command::new("/usr/bin/python3").args(["-I", "-c", &script]).output()?;
+    let out = Command::new("/usr/bin/python3")
+        .args(["-I", "-c", &script])
+        .output()?;
     if !out.status.success() {
-        bail!("direct handler run failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "direct handler run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }

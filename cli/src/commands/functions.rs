@@ -111,7 +111,13 @@ fn functions_table(items: &[Value]) {
         .collect();
     output::table(
         &[
-            "NAME", "VERSION", "RUNTIME", "HANDLER", "MEMORY_MB", "TIMEOUT_MS", "UPDATED",
+            "NAME",
+            "VERSION",
+            "RUNTIME",
+            "HANDLER",
+            "MEMORY_MB",
+            "TIMEOUT_MS",
+            "UPDATED",
         ],
         &rows,
     );

@@ -104,7 +104,14 @@ pub async fn invocation(cmd: InvocationCommand, as_json: bool) -> Result<()> {
                     })
                     .collect();
                 output::table(
-                    &["ID", "FUNCTION", "VERSION", "STATUS", "DURATION_MS", "CREATED"],
+                    &[
+                        "ID",
+                        "FUNCTION",
+                        "VERSION",
+                        "STATUS",
+                        "DURATION_MS",
+                        "CREATED",
+                    ],
                     &rows,
                 );
             }
@@ -116,7 +123,11 @@ pub async fn invocation(cmd: InvocationCommand, as_json: bool) -> Result<()> {
 pub async fn logs(args: LogsArgs, as_json: bool) -> Result<()> {
     let api = ApiClient::new(&args.client)?;
     let (_, v) = api
-        .call(Method::GET, &format!("/v1/invocations/{}/logs", args.id), None)
+        .call(
+            Method::GET,
+            &format!("/v1/invocations/{}/logs", args.id),
+            None,
+        )
         .await?;
     if as_json {
         output::json(&v);

@@ -215,7 +215,10 @@ fn admin_key(args: &UpArgs, data_dir: &Path) -> Result<AdminKey> {
             .trim()
             .to_owned();
         if key.is_empty() {
-            bail!("{} is empty; delete it to generate a new key", path.display());
+            bail!(
+                "{} is empty; delete it to generate a new key",
+                path.display()
+            );
         }
         return Ok(AdminKey {
             key,
