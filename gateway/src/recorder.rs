@@ -316,28 +316,6 @@ pub async fn record_outcomes(
     Ok(())
 }
 
-/// Writes a final record and, unless it was a stale attempt, its logs.
-pub async fn record_outcome(
-    store: &dyn MetadataStore,
-    outcome: &InvocationOutcome,
-) -> Result<(), StoreError> {
-    let result = &outcome.result;
-    let applied = store.update_invocation(result).await?;
-    let current_attempt = if applied {
-        true
-    } else {
-        // Replays of the applied outcome still (re)write its logs; stale attempts do not.
-        store
-            .get_invocation(&result.namespace, &result.id)
-            .await?
-            .is_some_and(|r| r.attempt == result.attempt && r.status == result.status)
-    };
-    if current_attempt {
-        store.put_logs(&result.id, &outcome.logs).await?;
-    }
-    Ok(())
-}
-
 /// Marks a dead-lettered invocation failed, unless it already reached a terminal status.
 pub async fn record_dead_letter(
     store: &dyn MetadataStore,

@@ -646,39 +646,3 @@ async fn a_dead_supervisor_fails_calls_and_its_leftovers_are_removed_by_the_next
     next.shutdown().await;
     h.finish().await;
 }
-
-/// Latency profile, not a check: `cargo test --release -p fnmesh-nodes --test sandbox_real
-/// -- --ignored --nocapture latency_profile`.
-#[tokio::test]
-#[ignore = "a measurement; run explicitly"]
-async fn latency_profile() {
-    let h = Harness::start().await;
-    let (mut create, mut start, mut destroy) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..30 {
-        let req = h.request(&format!("lat-{i}"), &["/bin/true"]);
-        let spec = h.bundle(&req);
-        let (mut ours, io) = pipes();
-        let t = Instant::now();
-        h.client().create(&spec, io).await.unwrap();
-        create.push(t.elapsed());
-        drop(ours.stdin.take());
-        let t = Instant::now();
-        h.client().start(&spec.id).await.unwrap();
-        start.push(t.elapsed());
-        read_to_end(ours.stdout).await;
-        let t = Instant::now();
-        let report = h.client().destroy(&spec.id).await.unwrap();
-        destroy.push(t.elapsed());
-        assert_eq!(report.exit_code, Some(0));
-    }
-    for (name, mut v) in [("create", create), ("start", start), ("destroy", destroy)] {
-        v.sort();
-        eprintln!(
-            "{name}: min {:?} p50 {:?} max {:?}",
-            v[0],
-            v[v.len() / 2],
-            v[v.len() - 1]
-        );
-    }
-    h.finish().await;
-}

@@ -19,7 +19,7 @@
 //! The hidden subcommand must call [`run_supervisor_from_env`] **first thing**, before starting
 //! a tokio runtime, installing a tracing subscriber, or anything else that spawns threads or
 //! writes to fd 2, and exit with the code it returns:
-//! ```ignore
+//! ```text
 //! if let Command::Supervisor = cli.command {
 //!     return ExitCode::from(fnmesh_nodes::sandbox::supervisor::main_from_env());
 //! }
