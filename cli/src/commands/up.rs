@@ -13,7 +13,7 @@ use fnmesh_gateway::recorder::Recorder;
 use fnmesh_gateway::{auth, Backends, Gateway, GatewayConfig};
 use fnmesh_nodes::code_cache::CodeCache;
 use fnmesh_nodes::executor::{Executor, ExecutorConfig};
-use fnmesh_nodes::sandbox::cgroup::SandboxCgroup;
+use fnmesh_nodes::sandbox::cgroup::{hierarchies, SandboxCgroup, CGROUP_ROOT};
 use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
 use fnmesh_nodes::sandbox::ContainerRuntime;
 use fnmesh_nodes::worker::{Worker, WorkerConfig};
@@ -76,6 +76,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             .context("starting the sandbox supervisor")?,
     );
     let runtime: Arc<dyn ContainerRuntime> = supervisor.clone();
+    remove_empty_node_cgroups();
     let cgroup_parent = format!("/fnmesh/{node_id}");
     let executor = Executor::new(
         ExecutorConfig {
@@ -287,6 +288,22 @@ async fn fail_interrupted_invocations(store: &dyn MetadataStore) -> Result<()> {
     Ok(())
 }
 
+/// Removes the empty per-node parents (`/fnmesh/<node id>`) that nodes which died without
+/// shutting down left behind. `rmdir` only succeeds on a cgroup without tasks or children, so a
+/// live node's sandboxes are never touched.
+fn remove_empty_node_cgroups() {
+    for hierarchy in hierarchies(Path::new(CGROUP_ROOT)) {
+        let Ok(entries) = std::fs::read_dir(hierarchy.join("fnmesh")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -303,9 +320,14 @@ async fn shutdown_signal() {
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    Ok(if p.is_absolute() {
+    let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
         std::env::current_dir()?.join(p)
-    })
+    };
+    // Drop `.` components so printed paths read naturally.
+    Ok(joined
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect())
 }
