@@ -32,7 +32,6 @@ cases!(
     in_progress_prevents_redelivery,
     max_deliver_dead_letters,
     term_drops_without_dead_letter,
-    stale_acker_is_fenced,
     full_queue_refuses_publish,
     inbox_reply_roundtrip,
     reply_to_a_dropped_inbox_is_ok,
@@ -107,4 +106,46 @@ async fn reply_addresses_of_another_bus_are_invalid() {
         b.publish_invocation(&req, Some(&inbox.reply_to)).await,
         Err(BusError::InvalidReply)
     ));
+}
+
+/// The in-process bus fences ackers on the attempt: an acker of an attempt that was
+/// redelivered settles nothing. (Not part of the shared suite: JetStream cannot fence acks,
+/// nats-server#4786; the shared contract lets a stale ack settle a later delivery.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_acker_is_fenced() {
+    use conformance::{request, test_config, ACK_WAIT};
+    use std::time::Duration;
+    let bus = MemoryBus::new(test_config());
+    let patience = Duration::from_secs(5);
+    let req = request();
+    bus.publish_invocation(&req, None).await.unwrap();
+    let d1 = bus
+        .pull_invocation(patience)
+        .await
+        .unwrap()
+        .expect("attempt 1");
+    let d2 = bus
+        .pull_invocation(patience)
+        .await
+        .unwrap()
+        .expect("attempt 2 after expiry");
+    assert_eq!(d2.attempt, 2);
+    d1.acker.ack().await.expect("a stale ack is harmless");
+    d1.acker.nak(None).await.expect("a stale nak is harmless");
+    d1.acker.term().await.expect("a stale term is harmless");
+    // Attempt 2 is still live: its nak redelivers.
+    d2.acker.nak(None).await.unwrap();
+    let d3 = bus
+        .pull_invocation(patience)
+        .await
+        .unwrap()
+        .expect("attempt 3: the stale ack did not settle attempt 2");
+    assert_eq!(d3.attempt, 3);
+    d3.acker.ack().await.unwrap();
+    d3.acker.ack().await.unwrap();
+    d2.acker.ack().await.unwrap();
+    assert!(
+        bus.pull_invocation(ACK_WAIT * 2).await.unwrap().is_none(),
+        "nothing after the live ack"
+    );
 }

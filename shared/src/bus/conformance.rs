@@ -5,6 +5,11 @@
 //! backend on a shared server must isolate each bus the factory makes (e.g. its own stream and
 //! subject prefix). Assertions panic with a message naming the behaviour that broke.
 //!
+//! Not in the shared suite: fencing a stale acker (an acker of attempt n settling attempt n+1).
+//! JetStream cannot provide it (acks are tied to the stream sequence, not to the delivery:
+//! nats-server#4786), so it is part of the in-process bus's own tests only, and records are
+//! fenced by attempt in the metadata store instead.
+//!
 //! ```text
 //! fnmesh_shared::bus::conformance::run_all(|config| async move {
 //!     let bus: Arc<dyn Bus> = Arc::new(JetStreamBus::connect(&url, &fresh_prefix(), config).await?);
@@ -65,7 +70,6 @@ where
     in_progress_prevents_redelivery(&make).await;
     max_deliver_dead_letters(&make).await;
     term_drops_without_dead_letter(&make).await;
-    stale_acker_is_fenced(&make).await;
     full_queue_refuses_publish(&make).await;
     inbox_reply_roundtrip(&make).await;
     reply_to_a_dropped_inbox_is_ok(&make).await;
@@ -410,31 +414,6 @@ where
             .is_none(),
         "term makes no dead letter"
     );
-}
-
-/// An acker of an attempt that was redelivered settles nothing.
-pub async fn stale_acker_is_fenced<F, Fut>(make: &F)
-where
-    F: Fn(BusConfig) -> Fut,
-    Fut: Future<Output = Arc<dyn Bus>>,
-{
-    let bus = make(test_config()).await;
-    let req = request();
-    bus.publish_invocation(&req, None).await.unwrap();
-    let d1 = expect_delivery(&*bus, "attempt 1").await;
-    let d2 = expect_delivery(&*bus, "attempt 2 after expiry").await;
-    assert_eq!(d2.attempt, 2);
-    d1.acker.ack().await.expect("a stale ack is harmless");
-    d1.acker.nak(None).await.expect("a stale nak is harmless");
-    d1.acker.term().await.expect("a stale term is harmless");
-    // Attempt 2 is still live: its nak redelivers.
-    d2.acker.nak(None).await.unwrap();
-    let d3 = expect_delivery(&*bus, "attempt 3: the stale ack did not settle attempt 2").await;
-    assert_eq!(d3.attempt, 3);
-    d3.acker.ack().await.unwrap();
-    d3.acker.ack().await.unwrap();
-    d2.acker.ack().await.unwrap();
-    expect_nothing(&*bus, ACK_WAIT * 2, "after the live ack").await;
 }
 
 /// A full queue refuses new work with `Full`; settling makes room.

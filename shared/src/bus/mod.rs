@@ -1,8 +1,8 @@
 //! The bus: the work queue between gateways and nodes, the reply path of sync calls, and the
 //! stream of node events that recorders persist.
 //!
-//! [`Bus`] is implemented by [`memory::MemoryBus`] (in-process, for `fnmesh up`) and, later, by
-//! JetStream; both must pass [`conformance`].
+//! [`Bus`] is implemented by [`memory::MemoryBus`] (in-process, for `fnmesh up`) and by
+//! [`jetstream::JetStreamBus`]; both must pass [`conformance`].
 //!
 //! Delivery semantics (shared by every implementation):
 //! - `publish_invocation` is idempotent on the invocation id within the dedupe window: a
@@ -11,6 +11,10 @@
 //!   delivered again, with `attempt` + 1, up to `max_deliver` attempts; then it is dropped from
 //!   the queue and reported by [`Bus::pull_dead_letter`] (never silently lost).
 //! - A full queue refuses the publish with [`BusError::Full`]; nothing accepted is dropped.
+//! - Acks are not fenced by attempt: a stale delivery's ack (of an attempt that has since been
+//!   redelivered) may settle a later delivery of the same invocation (JetStream,
+//!   nats-server#4786). Records are fenced by attempt in the store. [`memory::MemoryBus`]
+//!   happens to fence its ackers, but callers must not rely on it.
 
 use std::time::Duration;
 
@@ -20,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::invocation::{InvocationOutcome, InvocationRequest, NodeEvent};
 
+pub mod jetstream;
 pub mod memory;
 
 #[cfg(any(test, feature = "conformance"))]

@@ -10,6 +10,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 pub mod garage;
+pub mod nats;
 pub mod postgres;
 pub mod redis;
 

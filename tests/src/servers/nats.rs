@@ -1,0 +1,151 @@
+//! A real `nats-server` with JetStream for tests: a free loopback port, a temp store dir,
+//! killed on drop. [`TestNats::stop`] and [`TestNats::restart`] keep the port and the store dir,
+//! so JetStream data survives a restart.
+//!
+//! The binary is `$FNMESH_TEST_NATS`, else `nats-server` on PATH, else `/usr/sbin/nats-server`
+//! (where Debian installs it, often not on a normal user's PATH). The server runs with the
+//! default `sync_interval`: 2.9.x has no `sync_interval` setting (see the caveats note), which
+//! does not matter for a process kill (the page cache survives it).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{find_binary, kill};
+
+/// A running (or stopped) `nats-server -js`.
+pub struct TestNats {
+    child: Option<Child>,
+    binary: PathBuf,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn binary() -> PathBuf {
+    let debian = Path::new("/usr/sbin/nats-server");
+    if std::env::var_os("FNMESH_TEST_NATS").is_none() && debian.is_file() {
+        let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join("nats-server").is_file())
+        });
+        if !on_path {
+            return debian.to_path_buf();
+        }
+    }
+    find_binary(
+        "nats-server",
+        "FNMESH_TEST_NATS",
+        "apt-get install nats-server",
+    )
+}
+
+impl TestNats {
+    /// Starts `nats-server -js` on a free port and waits until it answers `PING`.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fnmesh-nats-")
+            .tempdir()
+            .expect("temp dir for nats");
+        let mut nats = Self {
+            child: None,
+            binary: binary(),
+            port: crate::free_port(),
+            dir,
+        };
+        nats.spawn();
+        nats
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port (kept across [`Self::restart`]).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (JetStream data stays in the store dir).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    /// Starts the server again on the same port with the same store dir.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats.log")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("nats log");
+        let mut child = Command::new(&self.binary)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path().join("store"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("nats log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.binary.display()));
+        super::wait_for_port(
+            self.port,
+            Duration::from_secs(10),
+            "nats-server",
+            &mut child,
+        );
+        self.child = Some(child);
+        // Ready means a client handshake completes (INFO, CONNECT, PING -> PONG).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.handshake() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server on port {} did not answer PING; its log:\n{}",
+                self.port,
+                std::fs::read_to_string(self.log_path()).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn handshake(&self) -> bool {
+        let attempt = || -> std::io::Result<bool> {
+            let stream = TcpStream::connect(("127.0.0.1", self.port))?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            if !line.starts_with("INFO") {
+                return Ok(false);
+            }
+            (&stream).write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n")?;
+            line.clear();
+            reader.read_line(&mut line)?;
+            Ok(line.starts_with("PONG"))
+        };
+        attempt().unwrap_or(false)
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,208 @@
+//! The JetStream bus against a real `nats-server -js`: the whole bus conformance suite (each
+//! case on its own server, each bus the factory makes under its own prefix), durability of
+//! queued invocations across a server restart, dedupe across connections and restarts, and a
+//! full work stream refusing publishes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fnmesh_shared::bus::conformance::{self, request, test_config};
+use fnmesh_shared::bus::jetstream::JetStreamBus;
+use fnmesh_shared::bus::{Bus, BusConfig, BusError};
+use fnmesh_tests::servers::nats::TestNats;
+
+/// A prefix no other bus of this process uses.
+fn fresh_prefix() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn bus(url: &str, prefix: &str, config: BusConfig) -> JetStreamBus {
+    JetStreamBus::connect(url, prefix, config)
+        .await
+        .expect("connecting the jetstream bus")
+}
+
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $case() {
+            let nats = TestNats::start();
+            let url = nats.url();
+            let make = |config: BusConfig| {
+                let url = url.clone();
+                async move {
+                    Arc::new(bus(&url, &fresh_prefix(), config).await) as Arc<dyn Bus>
+                }
+            };
+            conformance::$case(&make).await;
+        }
+    )*};
+}
+
+mod conformance_suite {
+    use super::*;
+
+    cases!(
+        ping,
+        publish_pull_ack,
+        pull_times_out_when_empty,
+        publish_is_deduplicated,
+        nak_redelivers_with_next_attempt,
+        nak_with_delay_waits,
+        ack_wait_expiry_redelivers,
+        in_progress_prevents_redelivery,
+        max_deliver_dead_letters,
+        term_drops_without_dead_letter,
+        full_queue_refuses_publish,
+        inbox_reply_roundtrip,
+        reply_to_a_dropped_inbox_is_ok,
+        malformed_reply_address_is_refused,
+        events_publish_pull_ack,
+        concurrent_publishers_and_pullers,
+    );
+}
+
+/// `run_all` (every case in sequence) on one server, each bus under its own prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_all_in_sequence() {
+    let nats = TestNats::start();
+    let url = nats.url();
+    conformance::run_all(|config| {
+        let url = url.clone();
+        async move { Arc::new(bus(&url, &fresh_prefix(), config).await) as Arc<dyn Bus> }
+    })
+    .await;
+}
+
+/// Queued invocations are on disk: a server restart keeps them, and the bus reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_keeps_queued_invocations() {
+    let mut nats = TestNats::start();
+    let prefix = fresh_prefix();
+    let bus = bus(&nats.url(), &prefix, test_config()).await;
+    let queued: Vec<_> = (0..3).map(|_| request()).collect();
+    for r in &queued {
+        bus.publish_invocation(r, None).await.unwrap();
+    }
+    nats.restart();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < queued.len() && tokio::time::Instant::now() < deadline {
+        // The client reconnects in the background; pulls fail until it has.
+        match bus.pull_invocation(Duration::from_millis(500)).await {
+            Ok(Some(d)) => {
+                d.acker.ack().await.unwrap();
+                got.push(d.request);
+            }
+            Ok(None) | Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    got.sort_by_key(|r| r.id);
+    let mut want = queued.clone();
+    want.sort_by_key(|r| r.id);
+    assert_eq!(got, want, "every queued invocation survives the restart");
+}
+
+/// A re-publish from another connection, and after a server restart, is still a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dedupe_holds_across_connections_and_restarts() {
+    let mut nats = TestNats::start();
+    let prefix = fresh_prefix();
+    let first = bus(&nats.url(), &prefix, test_config()).await;
+    let req = request();
+    first.publish_invocation(&req, None).await.unwrap();
+
+    let second = bus(&nats.url(), &prefix, test_config()).await;
+    second.publish_invocation(&req, None).await.unwrap();
+
+    nats.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let third = loop {
+        match JetStreamBus::connect(&nats.url(), &prefix, test_config()).await {
+            Ok(bus) => break bus,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("waiting for jetstream after the restart: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("reconnecting after the restart: {e}"),
+        }
+    };
+    third.publish_invocation(&req, None).await.unwrap();
+
+    let d = third
+        .pull_invocation(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the invocation is delivered");
+    assert_eq!(d.request.id, req.id);
+    assert_eq!(d.attempt, 1);
+    d.acker.ack().await.unwrap();
+    assert!(
+        third
+            .pull_invocation(Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_none(),
+        "three publishes of one id make one delivery"
+    );
+}
+
+/// A full work stream refuses a publish with `Full`, not a generic backend error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publish_to_a_full_stream_is_full() {
+    let nats = TestNats::start();
+    let bus = bus(
+        &nats.url(),
+        &fresh_prefix(),
+        BusConfig {
+            capacity: 2,
+            ..test_config()
+        },
+    )
+    .await;
+    bus.publish_invocation(&request(), None).await.unwrap();
+    bus.publish_invocation(&request(), None).await.unwrap();
+    let err = bus.publish_invocation(&request(), None).await.unwrap_err();
+    assert!(matches!(err, BusError::Full), "got {err:?}");
+}
+
+/// Two prefixes on one server never see each other's work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prefixes_isolate_buses() {
+    let nats = TestNats::start();
+    let a = bus(&nats.url(), &fresh_prefix(), test_config()).await;
+    let b = bus(&nats.url(), &fresh_prefix(), test_config()).await;
+    a.publish_invocation(&request(), None).await.unwrap();
+    assert!(b
+        .pull_invocation(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(a
+        .pull_invocation(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// An invalid prefix is refused before anything is created.
+#[tokio::test]
+async fn invalid_prefix_is_refused() {
+    let nats = TestNats::start();
+    for bad in ["", "A", "a.b", "a b", "a*", "a>"] {
+        assert!(
+            JetStreamBus::connect(&nats.url(), bad, test_config())
+                .await
+                .is_err(),
+            "prefix {bad:?}"
+        );
+    }
+}
