@@ -21,6 +21,13 @@ pub struct Cli {
 pub enum Command {
     /// Run a gateway and a node in one process on the embedded backends.
     Up(UpArgs),
+    /// Run a gateway (HTTP API) over NATS JetStream.
+    Gateway(GatewayCommand),
+    /// Run a worker node over NATS JetStream.
+    Node(NodeCommand),
+    /// Print every environment variable the binary reads, one per line.
+    #[command(name = "env-vars", hide = true)]
+    EnvVars,
     /// Manage functions.
     #[command(name = "fn", subcommand)]
     Function(FnCommand),
@@ -47,15 +54,90 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Address the HTTP API listens on.
-    #[arg(long, env = "FNMESH_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Run over NATS JetStream instead of the in-process bus (`nats://host:port`).
+    #[arg(long, env = "FNMESH_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Region: the bus prefix (streams, subjects, consumers) this process works in.
+    #[arg(long, env = "FNMESH_REGION", default_value = "local")]
+    pub region: String,
+}
+
+/// `fnmesh gateway`: the HTTP API only; nodes run elsewhere, connected over NATS.
+#[derive(Debug, Args)]
+pub struct GatewayCommand {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+/// `fnmesh node`: a worker node only, pulling work from NATS.
+#[derive(Debug, Args)]
+pub struct NodeCommand {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    /// Where code is fetched from by checksum: `s3://<bucket>` or a directory shared with
+    /// the gateways (default: `<data dir>/code`).
+    #[arg(long, env = "FNMESH_CODE_STORE")]
+    pub code_store: Option<String>,
+}
+
+/// Settings every long-running command shares.
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
     /// Where data (database, code, sandboxes, admin key) is kept.
     #[arg(long, env = "FNMESH_DATA_DIR", default_value = "./.fnmesh")]
     pub data_dir: PathBuf,
+    /// Seconds to wait for in-flight work on shutdown.
+    #[arg(long, env = "FNMESH_DRAIN_SECS", default_value_t = 30)]
+    pub drain_secs: u64,
+}
+
+/// The NATS connection of `gateway` and `node`.
+#[derive(Debug, Args, Clone)]
+pub struct MeshArgs {
+    /// NATS server with JetStream (`nats://host:port`).
+    #[arg(long, env = "FNMESH_NATS_URL")]
+    pub nats_url: String,
+    /// Region: the bus prefix (streams, subjects, consumers) this process works in.
+    #[arg(long, env = "FNMESH_REGION", default_value = "local")]
+    pub region: String,
+}
+
+/// Settings of the HTTP API.
+#[derive(Debug, Args, Clone)]
+pub struct GatewayArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "FNMESH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
     /// The bootstrap admin API key (default: read or generate `<data dir>/admin.key`).
     #[arg(long, env = "FNMESH_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// Request bodies larger than this are refused with 413.
+    #[arg(long, env = "FNMESH_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub backends: BackendArgs,
+}
+
+/// Settings of a worker node.
+#[derive(Debug, Args, Clone)]
+pub struct NodeArgs {
+    /// This node's id (default: generated).
+    #[arg(long, env = "FNMESH_NODE_ID")]
+    pub node_id: Option<String>,
     /// Invocations run at once.
     #[arg(long, env = "FNMESH_NODE_SLOTS", default_value_t = 16)]
     pub slots: usize,
@@ -65,14 +147,6 @@ pub struct UpArgs {
     /// Idle sandboxes are reaped after this many seconds.
     #[arg(long, env = "FNMESH_KEEP_ALIVE_SECS", default_value_t = 300)]
     pub keep_alive_secs: u64,
-    /// Request bodies larger than this are refused with 413.
-    #[arg(long, env = "FNMESH_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
-    pub max_body_bytes: usize,
-    /// Seconds to wait for in-flight work on shutdown.
-    #[arg(long, env = "FNMESH_DRAIN_SECS", default_value_t = 30)]
-    pub drain_secs: u64,
-    #[command(flatten)]
-    pub backends: BackendArgs,
 }
 
 /// Which backends a gateway uses (defaults: the embedded ones inside the data dir).

@@ -43,6 +43,14 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => commands::up::run(args).await,
+            Command::Gateway(args) => commands::gateway::run(args).await,
+            Command::Node(args) => commands::node::run(args).await,
+            Command::EnvVars => {
+                for name in env_vars() {
+                    println!("{name}");
+                }
+                Ok(())
+            }
             Command::Function(cmd) => commands::functions::run(cmd, as_json).await,
             Command::Invoke(args) => commands::invocations::invoke(args, as_json).await,
             Command::Invocation(cmd) => commands::invocations::invocation(cmd, as_json).await,
@@ -62,6 +70,37 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Environment variables read outside clap's arguments.
+const DIRECT_ENV_VARS: &[&str] = &[
+    "FNMESH_LOG",
+    "FNMESH_LOG_FORMAT",
+    "FNMESH_FAILPOINT",
+    fnmesh_shared::code::s3::ENV_ENDPOINT,
+    fnmesh_shared::code::s3::ENV_REGION,
+    fnmesh_shared::code::s3::ENV_PATH_STYLE,
+    fnmesh_shared::code::s3::ENV_ACCESS_KEY_ID,
+    fnmesh_shared::code::s3::ENV_SECRET_ACCESS_KEY,
+];
+
+/// Every environment variable the binary reads: the `env` twins of all flags of all commands,
+/// plus [`DIRECT_ENV_VARS`]. Deployment files are checked against this list.
+fn env_vars() -> std::collections::BTreeSet<String> {
+    fn walk(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                out.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out: std::collections::BTreeSet<String> =
+        DIRECT_ENV_VARS.iter().map(|s| s.to_string()).collect();
+    walk(&<Cli as clap::CommandFactory>::command(), &mut out);
+    out
 }
 
 /// Readable logs on stderr by default; JSON with `FNMESH_LOG_FORMAT=json`; level from

@@ -355,18 +355,29 @@ impl TestApp {
 
 /// Spawns `fnmesh up` on `port` with `data_dir`, appending its output to `log_path`.
 fn spawn_up(data_dir: &Path, port: u16, log_path: &Path, env: &[(&str, &str)]) -> Child {
+    let listen = format!("127.0.0.1:{port}");
+    let data_dir = data_dir.to_string_lossy().into_owned();
+    let mut all = vec![
+        ("FNMESH_LISTEN", listen.as_str()),
+        ("FNMESH_DATA_DIR", data_dir.as_str()),
+        ("FNMESH_ADMIN_KEY", ADMIN_KEY),
+    ];
+    all.extend_from_slice(env);
+    spawn_fnmesh("up", &all, log_path)
+}
+
+/// Spawns `fnmesh <subcommand>` with a cleared environment (PATH, debug logs, then `env`),
+/// appending its output to `log_path`.
+pub fn spawn_fnmesh(subcommand: &str, env: &[(&str, &str)], log_path: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_path)
         .expect("log file");
     let mut cmd = Command::new(fnmesh_bin());
-    cmd.arg("up")
+    cmd.arg(subcommand)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("FNMESH_LISTEN", format!("127.0.0.1:{port}"))
-        .env("FNMESH_DATA_DIR", data_dir)
-        .env("FNMESH_ADMIN_KEY", ADMIN_KEY)
         .env("FNMESH_LOG", "info,fnmesh=debug")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log fd"))
@@ -374,7 +385,7 @@ fn spawn_up(data_dir: &Path, port: u16, log_path: &Path, env: &[(&str, &str)]) -
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("spawning fnmesh up")
+    cmd.spawn().expect("spawning fnmesh")
 }
 
 impl Drop for TestApp {

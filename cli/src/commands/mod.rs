@@ -3,6 +3,9 @@
 pub mod bench;
 pub mod bench_persistence;
 pub mod functions;
+pub mod gateway;
 pub mod invocations;
 pub mod migrate;
+pub mod node;
+pub mod platform;
 pub mod up;

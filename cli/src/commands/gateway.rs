@@ -1,0 +1,36 @@
+//! `fnmesh gateway`: the HTTP API, recorder and reconciler over NATS JetStream; the nodes
+//! that run the functions are separate processes (`fnmesh node`).
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use fnmesh_gateway::Gateway;
+use tokio_util::sync::CancellationToken;
+
+use super::platform::{data_dir, open_bus, open_gateway, shutdown_signal};
+use crate::args::GatewayCommand;
+
+pub async fn run(args: GatewayCommand) -> Result<()> {
+    let data_dir = data_dir(&args.common)?;
+    let bus = open_bus(Some(&args.mesh.nats_url), &args.mesh.region).await?;
+    let parts = open_gateway(&args.gateway, &args.common, &data_dir, bus).await?;
+    let listen = parts.config.listen;
+    let gateway = Gateway::bind(parts.config, parts.backends)
+        .await
+        .with_context(|| format!("starting the HTTP API on {listen}"))?;
+    println!("fnmesh gateway: http://{}", gateway.local_addr());
+    println!("  admin key: {}", parts.admin.describe());
+    println!("  region:    {}", args.mesh.region);
+    let _ = std::io::stdout().flush();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(gateway.run(stop.clone()));
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new requests; draining in-flight requests");
+    stop.cancel();
+    match task.await {
+        Ok(result) => result.context("gateway")?,
+        Err(e) => tracing::warn!(error = %e, "gateway task failed"),
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}

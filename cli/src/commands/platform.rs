@@ -1,0 +1,369 @@
+//! What `up`, `gateway` and `node` share: opening backends and the bus, the bootstrap admin
+//! key, starting a node (supervisor, executor, work loop) and stopping it, and the signal that
+//! starts the one shutdown path.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fnmesh_gateway::{auth, Backends, GatewayConfig};
+use fnmesh_nodes::code_cache::CodeCache;
+use fnmesh_nodes::executor::{Executor, ExecutorConfig};
+use fnmesh_nodes::sandbox::cgroup::{hierarchies, SandboxCgroup, CGROUP_ROOT};
+use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
+use fnmesh_nodes::sandbox::ContainerRuntime;
+use fnmesh_nodes::worker::{Worker, WorkerConfig};
+use fnmesh_shared::bus::jetstream::JetStreamBus;
+use fnmesh_shared::bus::memory::MemoryBus;
+use fnmesh_shared::bus::{Bus, BusConfig};
+use fnmesh_shared::code::CodeStore;
+use fnmesh_shared::ratelimit::RateLimit;
+use fnmesh_shared::store::{InvocationFilter, MetadataStore};
+use fnmesh_shared::{ErrorKind, InvocationError, InvocationStatus, Namespace};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{CommonArgs, GatewayArgs, NodeArgs};
+use crate::backends::{
+    default_database, open_code_store, open_limiter, open_store, parse_failure_policy,
+    CodeStoreLocation, DatabaseUrl,
+};
+
+/// The data dir as an absolute path, created if needed.
+pub fn data_dir(common: &CommonArgs) -> Result<PathBuf> {
+    let dir = absolute(&common.data_dir)?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Fails unless running as root (sandboxes need cgroups and namespaces).
+pub fn require_root(what: &str) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("fnmesh {what} runs functions in sandboxes (cgroups, namespaces) and must run as root");
+    }
+    Ok(())
+}
+
+/// The in-process bus, or JetStream when a NATS URL is given.
+pub async fn open_bus(nats_url: Option<&str>, region: &str) -> Result<Arc<dyn Bus>> {
+    Ok(match nats_url {
+        None => {
+            tracing::info!(backend = "in-process", "bus");
+            Arc::new(MemoryBus::new(BusConfig::default()))
+        }
+        Some(url) => {
+            tracing::info!(backend = "nats jetstream", nats.url = %crate::backends::redact(url), region, "bus");
+            Arc::new(
+                JetStreamBus::connect(url, region, BusConfig::default())
+                    .await
+                    .with_context(|| format!("connecting to NATS JetStream (FNMESH_NATS_URL), region {region:?}"))?,
+            )
+        }
+    })
+}
+
+/// Where the code lives: the setting, or `<data dir>/code`.
+pub fn code_location(setting: Option<&str>, data_dir: &Path) -> Result<CodeStoreLocation> {
+    match setting {
+        Some(loc) => CodeStoreLocation::parse(loc),
+        None => Ok(CodeStoreLocation::Dir(data_dir.join("code"))),
+    }
+}
+
+/// A gateway's backends plus its bootstrap admin key, ready to serve.
+pub struct GatewayParts {
+    pub backends: Backends,
+    pub config: GatewayConfig,
+    pub admin: AdminKey,
+}
+
+/// Opens the gateway's store, code store and limiter, stores the admin key.
+pub async fn open_gateway(
+    args: &GatewayArgs,
+    common: &CommonArgs,
+    data_dir: &Path,
+    bus: Arc<dyn Bus>,
+) -> Result<GatewayParts> {
+    let backends = &args.backends;
+    let database = match &backends.database_url {
+        Some(url) => DatabaseUrl::parse(url)?,
+        None => default_database(data_dir),
+    };
+    let policy = parse_failure_policy(&backends.rate_limit_failure)?;
+    let store = open_store(&database, backends.migrate).await?;
+    let code = open_code_store(&code_location(backends.code_store.as_deref(), data_dir)?).await?;
+    let limiter = open_limiter(backends.redis_url.as_deref(), policy).await?;
+    let admin = admin_key(args.admin_key.as_deref(), data_dir)?;
+    auth::ensure_admin_key(store.as_ref(), &admin.key)
+        .await
+        .context("storing the admin key")?;
+    let config = GatewayConfig {
+        listen: args.listen,
+        max_body_bytes: args.max_body_bytes,
+        drain_timeout: Duration::from_secs(common.drain_secs),
+        default_rate_limit: (backends.key_rate_per_second > 0).then(|| RateLimit {
+            per_second: backends.key_rate_per_second,
+            burst: backends.key_rate_burst.max(1),
+        }),
+        ..GatewayConfig::default()
+    };
+    Ok(GatewayParts {
+        backends: Backends {
+            store,
+            code,
+            bus,
+            limiter,
+        },
+        config,
+        admin,
+    })
+}
+
+/// A running node: its work loop, executor and sandbox supervisor.
+pub struct NodeHandle {
+    pub node_id: String,
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+    executor: Arc<Executor>,
+    supervisor: Arc<SupervisorClient>,
+    cgroup_parent: String,
+}
+
+impl NodeHandle {
+    /// Starts the supervisor, the executor and the work loop.
+    pub async fn start(
+        args: &NodeArgs,
+        common: &CommonArgs,
+        data_dir: &Path,
+        code: Arc<dyn CodeStore>,
+        bus: Arc<dyn Bus>,
+    ) -> Result<Self> {
+        let node_id = args
+            .node_id
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+        let valid = node_id.len() <= 40
+            && node_id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            bail!("FNMESH_NODE_ID={node_id:?}: use up to 40 lowercase letters, digits and '-'");
+        }
+        let sandbox_dir = data_dir.join("sandboxes");
+        let exe = std::env::current_exe().context("locating the fnmesh binary")?;
+        let supervisor = Arc::new(
+            SupervisorClient::spawn(&exe, &["__supervisor"], &sandbox_dir.join("state"))
+                .await
+                .context("starting the sandbox supervisor")?,
+        );
+        let runtime: Arc<dyn ContainerRuntime> = supervisor.clone();
+        remove_empty_node_cgroups();
+        let cgroup_parent = format!("/fnmesh/{node_id}");
+        let executor = Executor::new(
+            ExecutorConfig {
+                work_dir: sandbox_dir,
+                node_id: node_id.clone(),
+                max_sandboxes: args.max_sandboxes,
+                keep_alive: Duration::from_secs(args.keep_alive_secs),
+                cgroup_parent: cgroup_parent.clone(),
+                ..ExecutorConfig::default()
+            },
+            runtime,
+        )
+        .await
+        .context("preparing the sandbox executor")?;
+        let cache = Arc::new(CodeCache::new(
+            &data_dir.join("node").join("code"),
+            code,
+            Default::default(),
+        )?);
+        let worker = Worker::new(
+            WorkerConfig {
+                node_id: node_id.clone(),
+                slots: args.slots,
+                drain_timeout: Duration::from_secs(common.drain_secs),
+                ..WorkerConfig::default()
+            },
+            bus,
+            cache,
+            executor.clone(),
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker.run(stop.clone()));
+        Ok(Self {
+            node_id,
+            task,
+            stop,
+            executor,
+            supervisor,
+            cgroup_parent,
+        })
+    }
+
+    /// Stops pulling, drains in-flight invocations (bounded), destroys every sandbox, stops
+    /// the supervisor and removes the node's cgroup parent.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.executor.shutdown(Duration::from_secs(5)).await;
+        self.supervisor.shutdown().await;
+        let leftovers = SandboxCgroup::new(&self.cgroup_parent).remove_leftovers();
+        if !leftovers.is_empty() {
+            tracing::warn!(?leftovers, "cgroup directories could not be removed");
+        }
+    }
+}
+
+/// Where the bootstrap admin key came from.
+pub struct AdminKey {
+    key: String,
+    file: Option<PathBuf>,
+    generated: bool,
+}
+
+impl AdminKey {
+    pub fn describe(&self) -> String {
+        match (&self.file, self.generated) {
+            (Some(p), true) => format!("generated and written to {} (mode 0600)", p.display()),
+            (Some(p), false) => format!("{}", p.display()),
+            (None, _) => "from FNMESH_ADMIN_KEY".to_owned(),
+        }
+    }
+}
+
+fn admin_key(configured: Option<&str>, data_dir: &Path) -> Result<AdminKey> {
+    if let Some(k) = configured.filter(|k| !k.is_empty()) {
+        if k.len() < 16 {
+            bail!("FNMESH_ADMIN_KEY must be at least 16 characters");
+        }
+        return Ok(AdminKey {
+            key: k.to_owned(),
+            file: None,
+            generated: false,
+        });
+    }
+    let path = data_dir.join("admin.key");
+    if path.exists() {
+        let key = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_owned();
+        if key.is_empty() {
+            bail!(
+                "{} is empty; delete it to generate a new key",
+                path.display()
+            );
+        }
+        return Ok(AdminKey {
+            key,
+            file: Some(path),
+            generated: false,
+        });
+    }
+    let key = auth::generate_key();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{key}")?;
+    f.sync_all()?;
+    Ok(AdminKey {
+        key,
+        file: Some(path),
+        generated: true,
+    })
+}
+
+/// Invocations that were running when the previous process died are marked failed: they may
+/// have had effects, so they are not silently run again. (Queued ones are re-published by the
+/// reconciler: their requests are stored with them.)
+pub async fn fail_interrupted_invocations(store: &dyn MetadataStore) -> Result<()> {
+    let ns = Namespace::default_ns();
+    let mut failed = 0usize;
+    loop {
+        let page = store
+            .list_invocations(
+                &ns,
+                &InvocationFilter {
+                    function: None,
+                    status: Some(InvocationStatus::Running),
+                },
+                500,
+                None,
+            )
+            .await?;
+        let mut applied = 0usize;
+        for mut rec in page.items {
+            rec.status = InvocationStatus::Failed;
+            rec.attempt = rec.attempt.saturating_add(1);
+            rec.completed_at = Some(chrono::Utc::now());
+            rec.error = Some(InvocationError {
+                kind: ErrorKind::Crashed,
+                message: "fnmesh restarted while this invocation was running".into(),
+            });
+            if store.update_invocation(&rec).await? {
+                applied += 1;
+            }
+        }
+        failed += applied;
+        if applied == 0 {
+            break;
+        }
+    }
+    if failed > 0 {
+        tracing::warn!(
+            invocations = failed,
+            "marked invocations interrupted by the previous run as failed"
+        );
+    }
+    Ok(())
+}
+
+/// Removes the empty per-node parents (`/fnmesh/<node id>`) that nodes which died without
+/// shutting down left behind. `rmdir` only succeeds on a cgroup without tasks or children, so a
+/// live node's sandboxes are never touched.
+fn remove_empty_node_cgroups() {
+    for hierarchy in hierarchies(Path::new(CGROUP_ROOT)) {
+        let Ok(entries) = std::fs::read_dir(hierarchy.join("fnmesh")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
+}
+
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
+    // Drop `.` components so printed paths read naturally.
+    Ok(joined
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect())
+}

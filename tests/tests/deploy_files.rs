@@ -1,0 +1,203 @@
+//! The deployment files are checked against the real binary: every `FNMESH_*` variable that
+//! `docker-compose.yml` or the `Dockerfile` sets is one `fnmesh` reads (from
+//! `fnmesh env-vars`), the commands are real subcommands, the gateway's port, listen address and
+//! healthcheck agree, and every URL points at a service of the stack. No Docker engine runs
+//! here, so the stack itself is not started by this test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use fnmesh_tests::fnmesh_bin;
+use serde_yaml::Value;
+
+fn repo_file(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn env_vars_the_binary_reads() -> BTreeSet<String> {
+    let out = Command::new(fnmesh_bin()).arg("env-vars").output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn compose() -> Value {
+    let mut doc: Value = serde_yaml::from_str(&repo_file("docker-compose.yml")).unwrap();
+    doc.apply_merge().unwrap();
+    // Merge keys nested under services too.
+    if let Some(services) = doc.get_mut("services").and_then(Value::as_mapping_mut) {
+        for (_, service) in services.iter_mut() {
+            service.apply_merge().unwrap();
+            if let Some(env) = service.get_mut("environment") {
+                env.apply_merge().unwrap();
+            }
+        }
+    }
+    doc
+}
+
+fn env_of(service: &Value) -> Vec<(String, String)> {
+    service
+        .get("environment")
+        .and_then(Value::as_mapping)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let value = match v {
+                        Value::String(s) => s.clone(),
+                        other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
+                    };
+                    (k.as_str().unwrap().to_owned(), value)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
+    rest.split(['/', ':']).next().unwrap()
+}
+
+#[test]
+fn compose_sets_only_variables_the_binary_reads() {
+    let known = env_vars_the_binary_reads();
+    assert!(known.contains("FNMESH_NATS_URL") && known.contains("FNMESH_DATABASE_URL"));
+    let doc = compose();
+    let services = doc["services"].as_mapping().unwrap();
+    let mut checked = 0;
+    for (name, service) in services {
+        for (key, _) in env_of(service) {
+            if key.starts_with("FNMESH_") || key.starts_with("AWS_") {
+                assert!(
+                    known.contains(&key),
+                    "service {name:?} sets {key}, which fnmesh never reads"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} variables checked");
+    for line in repo_file("Dockerfile").lines() {
+        if let Some(rest) = line.trim().strip_prefix("ENV ") {
+            let key = rest.split('=').next().unwrap();
+            assert!(
+                known.contains(key),
+                "Dockerfile sets {key}, which fnmesh never reads"
+            );
+        }
+    }
+}
+
+#[test]
+fn compose_has_the_full_stack_wired_together() {
+    let doc = compose();
+    let services = doc["services"].as_mapping().unwrap();
+    let names: BTreeSet<String> = services
+        .keys()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    for required in [
+        "nats",
+        "postgres",
+        "redis",
+        "minio",
+        "minio-init",
+        "gateway",
+        "node-1",
+        "node-2",
+    ] {
+        assert!(names.contains(required), "missing service {required}");
+    }
+    // Real subcommands.
+    for (name, sub) in [
+        ("gateway", "gateway"),
+        ("node-1", "node"),
+        ("node-2", "node"),
+    ] {
+        let command = doc["services"][name]["command"][0].as_str().unwrap();
+        assert_eq!(command, sub, "{name}");
+        let help = Command::new(fnmesh_bin())
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert!(help.status.success(), "fnmesh {sub} --help failed");
+    }
+    // Nodes run sandboxes: privileged, distinct ids, same region as the gateway.
+    let gateway_env: std::collections::BTreeMap<_, _> =
+        env_of(&doc["services"]["gateway"]).into_iter().collect();
+    let mut node_ids = BTreeSet::new();
+    for node in ["node-1", "node-2"] {
+        let svc = &doc["services"][node];
+        assert_eq!(
+            svc["privileged"],
+            Value::Bool(true),
+            "{node} must be privileged"
+        );
+        let env: std::collections::BTreeMap<_, _> = env_of(svc).into_iter().collect();
+        node_ids.insert(env["FNMESH_NODE_ID"].clone());
+        assert_eq!(env["FNMESH_REGION"], gateway_env["FNMESH_REGION"]);
+        assert_eq!(env["FNMESH_NATS_URL"], gateway_env["FNMESH_NATS_URL"]);
+        assert_eq!(
+            env["FNMESH_CODE_STORE"], gateway_env["FNMESH_CODE_STORE"],
+            "nodes read the code the gateway writes"
+        );
+        assert!(svc["depends_on"].get("nats").is_some());
+    }
+    assert_eq!(node_ids.len(), 2, "node ids must differ");
+    // The gateway's listen port, published port and healthcheck agree.
+    let listen_port = gateway_env["FNMESH_LISTEN"]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let published = doc["services"]["gateway"]["ports"][0].as_str().unwrap();
+    assert_eq!(published.rsplit(':').next().unwrap(), listen_port);
+    let health = serde_yaml::to_string(&doc["services"]["gateway"]["healthcheck"]["test"]).unwrap();
+    assert!(
+        health.contains(&format!("127.0.0.1:{listen_port}/readyz")),
+        "{health}"
+    );
+    // Every URL points at a service of the stack, and the gateway waits for each backend.
+    for key in [
+        "FNMESH_NATS_URL",
+        "FNMESH_DATABASE_URL",
+        "FNMESH_REDIS_URL",
+        "FNMESH_S3_ENDPOINT",
+    ] {
+        let host = host_of(&gateway_env[key]);
+        assert!(
+            names.contains(host),
+            "{key} points at {host}, not a service"
+        );
+    }
+    for dep in ["nats", "postgres", "redis", "minio-init"] {
+        assert!(
+            doc["services"]["gateway"]["depends_on"].get(dep).is_some(),
+            "gateway must wait for {dep}"
+        );
+    }
+    for svc in ["nats", "postgres", "redis", "minio", "gateway"] {
+        assert!(
+            doc["services"][svc].get("healthcheck").is_some(),
+            "{svc} needs a healthcheck"
+        );
+    }
+    // The bucket the init container creates is the code store's.
+    let init = serde_yaml::to_string(&doc["services"]["minio-init"]["command"]).unwrap();
+    let bucket = gateway_env["FNMESH_CODE_STORE"]
+        .trim_start_matches("s3://")
+        .to_owned();
+    assert!(
+        init.contains(&format!("mb --ignore-existing local/{bucket}")),
+        "{init}"
+    );
+}
