@@ -17,7 +17,10 @@ pub async fn run(args: NodeCommand) -> Result<()> {
     let bus = open_bus(Some(&args.mesh.nats_url), &args.mesh.region).await?;
     let code = open_code_store(&code_location(args.code_store.as_deref(), &data_dir)?).await?;
     let node = NodeHandle::start(&args.node, &args.common, &data_dir, code, bus).await?;
-    println!("fnmesh node {} pulling work in region {}", node.node_id, args.mesh.region);
+    println!(
+        "fnmesh node {} pulling work in region {}",
+        node.node_id, args.mesh.region
+    );
     let _ = std::io::stdout().flush();
     shutdown_signal().await;
     tracing::info!("shutting down: no new work; draining in-flight invocations");

@@ -2,8 +2,8 @@
 //! key, starting a node (supervisor, executor, work loop) and stopping it, and the signal that
 //! starts the one shutdown path.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +43,9 @@ pub fn data_dir(common: &CommonArgs) -> Result<PathBuf> {
 /// Fails unless running as root (sandboxes need cgroups and namespaces).
 pub fn require_root(what: &str) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("fnmesh {what} runs functions in sandboxes (cgroups, namespaces) and must run as root");
+        bail!(
+            "fnmesh {what} runs functions in sandboxes (cgroups, namespaces) and must run as root"
+        );
     }
     Ok(())
 }
@@ -60,7 +62,9 @@ pub async fn open_bus(nats_url: Option<&str>, region: &str) -> Result<Arc<dyn Bu
             Arc::new(
                 JetStreamBus::connect(url, region, BusConfig::default())
                     .await
-                    .with_context(|| format!("connecting to NATS JetStream (FNMESH_NATS_URL), region {region:?}"))?,
+                    .with_context(|| {
+                        format!("connecting to NATS JetStream (FNMESH_NATS_URL), region {region:?}")
+                    })?,
             )
         }
     })
@@ -148,7 +152,9 @@ impl NodeHandle {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
         let valid = node_id.len() <= 40
-            && node_id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && node_id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !valid {
             bail!("FNMESH_NODE_ID={node_id:?}: use up to 40 lowercase letters, digits and '-'");
         }

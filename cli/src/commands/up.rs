@@ -11,8 +11,8 @@ use fnmesh_gateway::{Gateway, GatewayConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::platform::{
-    data_dir, fail_interrupted_invocations, open_bus, open_gateway, require_root,
-    shutdown_signal, NodeHandle,
+    data_dir, fail_interrupted_invocations, open_bus, open_gateway, require_root, shutdown_signal,
+    NodeHandle,
 };
 use crate::args::UpArgs;
 

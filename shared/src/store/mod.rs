@@ -12,6 +12,7 @@ use crate::ids::InvocationId;
 use crate::invocation::{InvocationLogs, InvocationRequest, InvocationResult, InvocationStatus};
 use crate::names::{FunctionName, Namespace};
 
+mod common;
 pub mod postgres;
 pub mod sqlite;
 

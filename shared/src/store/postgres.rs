@@ -20,13 +20,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
+use super::common::{
+    clamp_limit, decode_cursor, encode_cursor, from_json, function_label, is_unique_violation,
+    FUNCTION_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
+};
 use super::{ApiKeyRecord, InvocationFilter, MetadataStore, Page, Role, StoreError};
 use crate::function::Function;
 use crate::ids::InvocationId;
@@ -36,8 +38,7 @@ use crate::names::{FunctionName, Namespace};
 /// Embedded migrations (`migrations/postgres/`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
-/// Largest page a listing (or `stale_queued`) returns.
-pub const MAX_PAGE_LIMIT: u32 = 1000;
+pub use super::common::MAX_PAGE_LIMIT;
 
 /// Connections in the pool by default: enough for a gateway's handlers, recorder and
 /// reconciler, well under PostgreSQL's default `max_connections` of 100.
@@ -45,13 +46,6 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 
 /// How long a caller waits for a free connection before the store reports an error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Cursor prefixes, so a cursor of one listing is refused by another.
-const FUNCTION_CURSOR: &str = "f:";
-const INVOCATION_CURSOR: &str = "i:";
-
-/// Terminal statuses, as stored (must match `InvocationStatus::is_terminal`).
-const TERMINAL_SQL: &str = "('succeeded', 'failed', 'timeout')";
 
 /// A [`MetadataStore`] in a PostgreSQL database (or one schema of it).
 #[derive(Debug, Clone)]
@@ -176,28 +170,6 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-fn clamp_limit(limit: u32) -> u32 {
-    limit.clamp(1, MAX_PAGE_LIMIT)
-}
-
-fn encode_cursor(prefix: &str, key: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{prefix}{key}"))
-}
-
-fn decode_cursor(prefix: &str, cursor: &str) -> Result<String, StoreError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| StoreError::InvalidCursor)?;
-    let text = String::from_utf8(bytes).map_err(|_| StoreError::InvalidCursor)?;
-    text.strip_prefix(prefix)
-        .map(str::to_owned)
-        .ok_or(StoreError::InvalidCursor)
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
 /// JSON text for a jsonb column: U+0000 (which jsonb refuses) becomes U+FFFD.
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     let encode = |e: serde_json::Error| StoreError::Backend(format!("encode record: {e}"));
@@ -237,14 +209,6 @@ fn replace_nul(text: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(text)
     }
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("decode record: {e}")))
-}
-
-fn function_label(namespace: &Namespace, name: &FunctionName) -> String {
-    format!("function \"{namespace}/{name}\"")
 }
 
 fn api_key_from_row(row: &PgRow) -> Result<ApiKeyRecord, StoreError> {

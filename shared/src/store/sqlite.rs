@@ -11,8 +11,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -20,6 +18,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use super::common::{
+    clamp_limit, decode_cursor, encode_cursor, from_json, function_label, is_unique_violation,
+    FUNCTION_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
+};
 use super::{ApiKeyRecord, InvocationFilter, MetadataStore, Page, Role, StoreError};
 use crate::function::Function;
 use crate::ids::InvocationId;
@@ -29,21 +31,13 @@ use crate::names::{FunctionName, Namespace};
 /// Embedded migrations (`migrations/sqlite/`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
-/// Largest page a listing returns.
-pub const MAX_PAGE_LIMIT: u32 = 1000;
+pub use super::common::MAX_PAGE_LIMIT;
 
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections in the pool (SQLite serialises writers; readers run in parallel in WAL mode).
 const MAX_CONNECTIONS: u32 = 8;
-
-/// Cursor prefixes, so a cursor of one listing is refused by another.
-const FUNCTION_CURSOR: &str = "f:";
-const INVOCATION_CURSOR: &str = "i:";
-
-/// Terminal statuses, as stored (must match `InvocationStatus::is_terminal`).
-const TERMINAL_SQL: &str = "('succeeded', 'failed', 'timeout')";
 
 /// A [`MetadataStore`] in one SQLite database file.
 #[derive(Debug, Clone)]
@@ -81,34 +75,8 @@ impl SqliteStore {
     }
 }
 
-fn clamp_limit(limit: u32) -> u32 {
-    limit.clamp(1, MAX_PAGE_LIMIT)
-}
-
-fn encode_cursor(prefix: &str, key: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{prefix}{key}"))
-}
-
-fn decode_cursor(prefix: &str, cursor: &str) -> Result<String, StoreError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| StoreError::InvalidCursor)?;
-    let text = String::from_utf8(bytes).map_err(|_| StoreError::InvalidCursor)?;
-    text.strip_prefix(prefix)
-        .map(str::to_owned)
-        .ok_or(StoreError::InvalidCursor)
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("encode record: {e}")))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("decode record: {e}")))
 }
 
 fn ts(t: &DateTime<Utc>) -> String {
@@ -119,10 +87,6 @@ fn parse_ts(column: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| StoreError::Backend(format!("decode {column}: {e}")))
-}
-
-fn function_label(namespace: &Namespace, name: &FunctionName) -> String {
-    format!("function \"{namespace}/{name}\"")
 }
 
 fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
