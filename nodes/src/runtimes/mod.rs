@@ -159,6 +159,26 @@ fn runtime_file(name: &str) -> String {
     format!("{RUNTIME_DIR}/{name}")
 }
 
+/// `python3 -I -u <bootstrap> /var/task <handler>`: how both python-hosted bootstraps start.
+fn python_bootstrap_process(
+    function: &Function,
+    bootstrap: &str,
+) -> Result<ProcessSpec, RuntimeError> {
+    function.runtime.handler_file(&function.handler)?;
+    Ok(ProcessSpec {
+        args: vec![
+            PYTHON.to_owned(),
+            "-I".to_owned(),
+            "-u".to_owned(),
+            runtime_file(bootstrap),
+            TASK_DIR.to_owned(),
+            function.handler.clone(),
+        ],
+        env: sandbox_env(function),
+        cwd: TASK_DIR.to_owned(),
+    })
+}
+
 /// `python3`: `handle(event, context)` of a module, served by `python_bootstrap.py`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Python3;
@@ -169,19 +189,7 @@ impl RuntimeAdapter for Python3 {
     }
 
     fn process(&self, function: &Function) -> Result<ProcessSpec, RuntimeError> {
-        function.runtime.handler_file(&function.handler)?;
-        Ok(ProcessSpec {
-            args: vec![
-                PYTHON.to_owned(),
-                "-I".to_owned(),
-                "-u".to_owned(),
-                runtime_file("python_bootstrap.py"),
-                TASK_DIR.to_owned(),
-                function.handler.clone(),
-            ],
-            env: sandbox_env(function),
-            cwd: TASK_DIR.to_owned(),
-        })
+        python_bootstrap_process(function, "python_bootstrap.py")
     }
 }
 
@@ -229,19 +237,7 @@ impl RuntimeAdapter for Exec {
     }
 
     fn process(&self, function: &Function) -> Result<ProcessSpec, RuntimeError> {
-        function.runtime.handler_file(&function.handler)?;
-        Ok(ProcessSpec {
-            args: vec![
-                PYTHON.to_owned(),
-                "-I".to_owned(),
-                "-u".to_owned(),
-                runtime_file("exec_bootstrap.py"),
-                TASK_DIR.to_owned(),
-                function.handler.clone(),
-            ],
-            env: sandbox_env(function),
-            cwd: TASK_DIR.to_owned(),
-        })
+        python_bootstrap_process(function, "exec_bootstrap.py")
     }
 }
 

@@ -22,7 +22,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::common::{
@@ -209,6 +210,23 @@ fn replace_nul(text: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(text)
     }
+}
+
+/// Binds an API key's columns in `api_keys` order
+/// (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at).
+fn bind_api_key<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    key: &'q ApiKeyRecord,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(&key.id)
+        .bind(&key.key_hash)
+        .bind(replace_nul(&key.name))
+        .bind(key.role.as_str())
+        .bind(key.namespace.as_str())
+        .bind(key.created_at)
+        .bind(key.expires_at)
+        .bind(key.revoked_at)
 }
 
 fn api_key_from_row(row: &PgRow) -> Result<ApiKeyRecord, StoreError> {
@@ -771,21 +789,12 @@ impl MetadataStore for PostgresStore {
     }
 
     async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let inserted = sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO api_keys \
              (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&key.id)
-        .bind(&key.key_hash)
-        .bind(replace_nul(&key.name))
-        .bind(key.role.as_str())
-        .bind(key.namespace.as_str())
-        .bind(key.created_at)
-        .bind(key.expires_at)
-        .bind(key.revoked_at)
-        .execute(&self.pool)
-        .await;
+        );
+        let inserted = bind_api_key(query, key).execute(&self.pool).await;
         match inserted {
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => {
@@ -796,7 +805,7 @@ impl MetadataStore for PostgresStore {
     }
 
     async fn upsert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO api_keys \
              (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -804,18 +813,9 @@ impl MetadataStore for PostgresStore {
              name = excluded.name, role = excluded.role, namespace = excluded.namespace, \
              created_at = excluded.created_at, expires_at = excluded.expires_at, \
              revoked_at = excluded.revoked_at",
-        )
-        .bind(&key.id)
-        .bind(&key.key_hash)
-        .bind(replace_nul(&key.name))
-        .bind(key.role.as_str())
-        .bind(key.namespace.as_str())
-        .bind(key.created_at)
-        .bind(key.expires_at)
-        .bind(key.revoked_at)
-        .execute(&self.pool)
-        .await;
-        match done {
+        );
+        let inserted = bind_api_key(query, key).execute(&self.pool).await;
+        match inserted {
             Ok(_) => Ok(()),
             // Another key already has this hash.
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::query::Query;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -87,6 +88,23 @@ fn parse_ts(column: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| StoreError::Backend(format!("decode {column}: {e}")))
+}
+
+/// Binds an API key's columns in `api_keys` order
+/// (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at).
+fn bind_api_key<'q>(
+    query: Query<'q, Sqlite, SqliteArguments<'q>>,
+    key: &'q ApiKeyRecord,
+) -> Query<'q, Sqlite, SqliteArguments<'q>> {
+    query
+        .bind(&key.id)
+        .bind(&key.key_hash)
+        .bind(&key.name)
+        .bind(key.role.as_str())
+        .bind(key.namespace.as_str())
+        .bind(ts(&key.created_at))
+        .bind(key.expires_at.as_ref().map(ts))
+        .bind(key.revoked_at.as_ref().map(ts))
 }
 
 fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
@@ -518,21 +536,12 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let inserted = sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO api_keys \
              (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&key.id)
-        .bind(&key.key_hash)
-        .bind(&key.name)
-        .bind(key.role.as_str())
-        .bind(key.namespace.as_str())
-        .bind(ts(&key.created_at))
-        .bind(key.expires_at.as_ref().map(ts))
-        .bind(key.revoked_at.as_ref().map(ts))
-        .execute(&self.pool)
-        .await;
+        );
+        let inserted = bind_api_key(query, key).execute(&self.pool).await;
         match inserted {
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => {
@@ -543,7 +552,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn upsert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO api_keys \
              (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
@@ -551,18 +560,9 @@ impl MetadataStore for SqliteStore {
              name = excluded.name, role = excluded.role, namespace = excluded.namespace, \
              created_at = excluded.created_at, expires_at = excluded.expires_at, \
              revoked_at = excluded.revoked_at",
-        )
-        .bind(&key.id)
-        .bind(&key.key_hash)
-        .bind(&key.name)
-        .bind(key.role.as_str())
-        .bind(key.namespace.as_str())
-        .bind(ts(&key.created_at))
-        .bind(key.expires_at.as_ref().map(ts))
-        .bind(key.revoked_at.as_ref().map(ts))
-        .execute(&self.pool)
-        .await;
-        match done {
+        );
+        let inserted = bind_api_key(query, key).execute(&self.pool).await;
+        match inserted {
             Ok(_) => Ok(()),
             // Another key already has this hash.
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
