@@ -20,6 +20,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 pub mod archive;
+pub mod mesh;
 pub mod servers;
 
 /// The admin key every TestApp is started with.

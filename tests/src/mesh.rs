@@ -1,0 +1,284 @@
+//! A mesh of real processes for integration tests: one `fnmesh gateway` and any number of
+//! `fnmesh node`s over a harness-started `nats-server -js`, each with its own data directory
+//! and log file, sharing one region (bus prefix) and one local code directory.
+//!
+//! Processes are stopped with SIGTERM (then SIGKILL) when dropped; [`MeshProc::kill9`] and
+//! [`MeshProc::sigterm`] let a test crash or drain one on purpose.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::servers::nats::TestNats;
+use crate::{free_port, require_root, spawn_fnmesh, unique, Resp, ADMIN_KEY};
+
+/// A child `fnmesh` process with its log; SIGTERM (then SIGKILL after 15 s) on drop.
+pub struct MeshProc {
+    child: Option<Child>,
+    /// Its log file (stdout and stderr).
+    pub log_path: PathBuf,
+    /// Its id (`gateway`, or the node id).
+    pub id: String,
+}
+
+impl MeshProc {
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `kill -9`: the process dies without any cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+
+    /// Waits up to `within` for the process to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for MeshProc {
+    fn drop(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        self.sigterm();
+        if self.wait_exit(Duration::from_secs(15)).is_none() {
+            self.kill9();
+        }
+    }
+}
+
+/// A gateway and nodes over one NATS server.
+pub struct Mesh {
+    /// The NATS server (dropped last).
+    pub nats: TestNats,
+    /// Working directory of every process.
+    pub dir: tempfile::TempDir,
+    /// The region shared by all processes (unique per mesh).
+    pub region: String,
+    /// The shared code directory.
+    pub code_dir: PathBuf,
+    /// `http://127.0.0.1:<port>` of the gateway.
+    pub base_url: String,
+    /// The gateway.
+    pub gateway: MeshProc,
+    /// The nodes, in start order.
+    pub nodes: Vec<MeshProc>,
+    /// HTTP client (120 s timeout).
+    pub http: reqwest::Client,
+    /// Extra environment given to every process.
+    env: Vec<(String, String)>,
+}
+
+impl Mesh {
+    /// Starts NATS, a gateway and nodes `node_ids`, with `env` added to every process, and
+    /// waits until the gateway is ready.
+    pub async fn start(node_ids: &[&str], env: &[(&str, &str)]) -> Self {
+        require_root();
+        let nats = TestNats::start();
+        let dir = tempfile::tempdir().unwrap();
+        let region = unique("mesh");
+        let code_dir = dir.path().join("code");
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut mesh_env = vec![
+            ("FNMESH_NATS_URL".to_owned(), nats.url()),
+            ("FNMESH_REGION".to_owned(), region.clone()),
+            (
+                "FNMESH_CODE_STORE".to_owned(),
+                code_dir.to_str().unwrap().to_owned(),
+            ),
+        ];
+        mesh_env.extend(env);
+        let gw_data = dir.path().join("gateway");
+        let mut gw_env = vec![
+            ("FNMESH_LISTEN".to_owned(), listen.clone()),
+            (
+                "FNMESH_DATA_DIR".to_owned(),
+                gw_data.to_str().unwrap().to_owned(),
+            ),
+            ("FNMESH_ADMIN_KEY".to_owned(), ADMIN_KEY.to_owned()),
+        ];
+        gw_env.extend(mesh_env.iter().cloned());
+        let gw_log = dir.path().join("gateway.log");
+        let gateway = MeshProc {
+            child: Some(spawn_fnmesh("gateway", &pairs(&gw_env), &gw_log)),
+            log_path: gw_log,
+            id: "gateway".into(),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let mut mesh = Self {
+            nats,
+            dir,
+            region,
+            code_dir,
+            base_url: format!("http://{listen}"),
+            gateway,
+            nodes: Vec::new(),
+            http,
+            env: mesh_env,
+        };
+        for id in node_ids {
+            mesh.add_node(id, &[]);
+        }
+        mesh.wait_ready().await;
+        mesh
+    }
+
+    /// Starts one more node with id `id` (and `extra` environment); returns its index.
+    pub fn add_node(&mut self, id: &str, extra: &[(&str, &str)]) -> usize {
+        let data = self.dir.path().join(id);
+        let log = self.dir.path().join(format!("{id}.log"));
+        let mut env = vec![
+            ("FNMESH_NODE_ID".to_owned(), id.to_owned()),
+            (
+                "FNMESH_DATA_DIR".to_owned(),
+                data.to_str().unwrap().to_owned(),
+            ),
+        ];
+        env.extend(self.env.iter().cloned());
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        self.nodes.push(MeshProc {
+            child: Some(spawn_fnmesh("node", &pairs(&env), &log)),
+            log_path: log,
+            id: id.to_owned(),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// The node with id `id`.
+    pub fn node(&mut self, id: &str) -> &mut MeshProc {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("no such node")
+    }
+
+    /// Every process's log, for assertion messages.
+    pub fn logs(&self) -> String {
+        let mut out = format!("--- gateway ---\n{}", self.gateway.log());
+        for n in &self.nodes {
+            out.push_str(&format!("\n--- {} ---\n{}", n.id, n.log()));
+        }
+        out
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = self
+                .http
+                .get(format!("{}/readyz", self.base_url))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready:\n{}",
+                self.gateway.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Calls the gateway as admin.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base_url))
+            .bearer_auth(ADMIN_KEY);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let r = req.send().await.expect("calling the gateway");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let bytes = r.bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                Value::String(String::from_utf8_lossy(&bytes).into_owned())
+            })
+        };
+        Resp {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// Deploys `body` (see [`crate::function_body`]) and asserts 201.
+    pub async fn deploy(&self, body: Value) {
+        let r = self.call("POST", "/v1/functions", Some(body)).await;
+        assert_eq!(r.status, 201, "deploy: {:?}", r.body);
+    }
+
+    /// Polls an invocation until it is terminal (or `within` passes, which fails the test).
+    pub async fn wait_terminal(&self, id: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let r = self.call("GET", &format!("/v1/invocations/{id}"), None).await;
+            if r.status == 200 {
+                let s = r.body["status"].as_str().unwrap_or_default();
+                if !matches!(s, "queued" | "running") {
+                    return r.body;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "invocation {id} not terminal after {within:?}: {:?}\n{}",
+                r.body,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
