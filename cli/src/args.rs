@@ -66,6 +66,8 @@ pub struct UpArgs {
     /// Region: the bus prefix (streams, subjects, consumers) this process works in.
     #[arg(long, env = "FNMESH_REGION", default_value = "local")]
     pub region: String,
+    #[command(flatten)]
+    pub nats: NatsAuthArgs,
 }
 
 /// `fnmesh gateway`: the HTTP API only; nodes run elsewhere, connected over NATS.
@@ -114,6 +116,42 @@ pub struct MeshArgs {
     /// Region: the bus prefix (streams, subjects, consumers) this process works in.
     #[arg(long, env = "FNMESH_REGION", default_value = "local")]
     pub region: String,
+    #[command(flatten)]
+    pub nats: NatsAuthArgs,
+}
+
+/// Credentials and TLS of the NATS connection.
+#[derive(Debug, Args, Clone, Default)]
+pub struct NatsAuthArgs {
+    /// A NATS `.creds` file (user JWT and nkey seed).
+    #[arg(long, env = "FNMESH_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// PEM CA certificates to verify the NATS servers with (turns TLS on).
+    #[arg(long, env = "FNMESH_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `--nats-tls-key`).
+    #[arg(long, env = "FNMESH_NATS_TLS_CERT")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "FNMESH_NATS_TLS_KEY")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Refuse NATS connections without TLS.
+    #[arg(long, env = "FNMESH_NATS_REQUIRE_TLS", default_value_t = false)]
+    pub nats_require_tls: bool,
+}
+
+impl NatsAuthArgs {
+    /// The connection options for `url`.
+    pub fn options(&self, url: &str) -> fnmesh_shared::nats::NatsOptions {
+        fnmesh_shared::nats::NatsOptions {
+            url: url.to_owned(),
+            creds_file: self.nats_creds.clone(),
+            tls_ca_file: self.nats_tls_ca.clone(),
+            tls_cert_file: self.nats_tls_cert.clone(),
+            tls_key_file: self.nats_tls_key.clone(),
+            require_tls: self.nats_require_tls,
+        }
+    }
 }
 
 /// Settings of the HTTP API.

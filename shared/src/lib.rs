@@ -10,6 +10,7 @@ pub mod function;
 pub mod ids;
 pub mod invocation;
 pub mod names;
+pub mod nats;
 pub mod ratelimit;
 pub mod store;
 pub mod subjects;

@@ -175,7 +175,11 @@ impl Mesh {
             ),
         ];
         env.extend(self.env.iter().cloned());
-        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         self.nodes.push(MeshProc {
             child: Some(spawn_fnmesh("node", &pairs(&env), &log)),
             log_path: log,
@@ -240,9 +244,8 @@ impl Mesh {
         let body = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                Value::String(String::from_utf8_lossy(&bytes).into_owned())
-            })
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
         Resp {
             status,
@@ -261,7 +264,9 @@ impl Mesh {
     pub async fn wait_terminal(&self, id: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;
         loop {
-            let r = self.call("GET", &format!("/v1/invocations/{id}"), None).await;
+            let r = self
+                .call("GET", &format!("/v1/invocations/{id}"), None)
+                .await;
             if r.status == 200 {
                 let s = r.body["status"].as_str().unwrap_or_default();
                 if !matches!(s, "queued" | "running") {

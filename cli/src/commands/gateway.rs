@@ -12,7 +12,12 @@ use crate::args::GatewayCommand;
 
 pub async fn run(args: GatewayCommand) -> Result<()> {
     let data_dir = data_dir(&args.common)?;
-    let bus = open_bus(Some(&args.mesh.nats_url), &args.mesh.region).await?;
+    let bus = open_bus(
+        Some(args.mesh.nats.options(&args.mesh.nats_url)),
+        &args.mesh.region,
+    )
+    .await?
+    .bus;
     let parts = open_gateway(&args.gateway, &args.common, &data_dir, bus).await?;
     let listen = parts.config.listen;
     let gateway = Gateway::bind(parts.config, parts.backends)

@@ -14,7 +14,12 @@ use crate::backends::open_code_store;
 pub async fn run(args: NodeCommand) -> Result<()> {
     require_root("node")?;
     let data_dir = data_dir(&args.common)?;
-    let bus = open_bus(Some(&args.mesh.nats_url), &args.mesh.region).await?;
+    let bus = open_bus(
+        Some(args.mesh.nats.options(&args.mesh.nats_url)),
+        &args.mesh.region,
+    )
+    .await?
+    .bus;
     let code = open_code_store(&code_location(args.code_store.as_deref(), &data_dir)?).await?;
     let node = NodeHandle::start(&args.node, &args.common, &data_dir, code, bus).await?;
     println!(

@@ -20,6 +20,7 @@ use fnmesh_shared::bus::jetstream::JetStreamBus;
 use fnmesh_shared::bus::memory::MemoryBus;
 use fnmesh_shared::bus::{Bus, BusConfig};
 use fnmesh_shared::code::CodeStore;
+use fnmesh_shared::nats::NatsOptions;
 use fnmesh_shared::ratelimit::RateLimit;
 use fnmesh_shared::store::{InvocationFilter, MetadataStore};
 use fnmesh_shared::{ErrorKind, InvocationError, InvocationStatus, Namespace};
@@ -50,22 +51,38 @@ pub fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The in-process bus, or JetStream when a NATS URL is given.
-pub async fn open_bus(nats_url: Option<&str>, region: &str) -> Result<Arc<dyn Bus>> {
-    Ok(match nats_url {
+/// The bus of a process, and its NATS connection when it runs over NATS.
+pub struct OpenBus {
+    /// The bus.
+    pub bus: Arc<dyn Bus>,
+    /// The connection the JetStream bus uses (registry, code, request/reply share it).
+    pub nats: Option<async_nats::Client>,
+}
+
+/// The in-process bus, or JetStream when NATS options are given.
+pub async fn open_bus(nats: Option<NatsOptions>, region: &str) -> Result<OpenBus> {
+    Ok(match nats {
         None => {
             tracing::info!(backend = "in-process", "bus");
-            Arc::new(MemoryBus::new(BusConfig::default()))
+            OpenBus {
+                bus: Arc::new(MemoryBus::new(BusConfig::default())),
+                nats: None,
+            }
         }
-        Some(url) => {
-            tracing::info!(backend = "nats jetstream", nats.url = %crate::backends::redact(url), region, "bus");
-            Arc::new(
-                JetStreamBus::connect(url, region, BusConfig::default())
+        Some(options) => {
+            tracing::info!(backend = "nats jetstream", nats.url = %crate::backends::redact(&options.url), region, "bus");
+            let client = options
+                .connect(&format!("fnmesh-{region}"))
+                .await
+                .context("connecting to NATS (FNMESH_NATS_URL)")?;
+            let bus =
+                JetStreamBus::connect_with_client(client.clone(), region, BusConfig::default())
                     .await
-                    .with_context(|| {
-                        format!("connecting to NATS JetStream (FNMESH_NATS_URL), region {region:?}")
-                    })?,
-            )
+                    .with_context(|| format!("opening the JetStream bus of region {region:?}"))?;
+            OpenBus {
+                bus: Arc::new(bus),
+                nats: Some(client),
+            }
         }
     })
 }

@@ -20,7 +20,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
     require_root("up")?;
     let data_dir = data_dir(&args.common)?;
     let durable_bus = args.nats_url.is_some();
-    let bus = open_bus(args.nats_url.as_deref(), &args.region).await?;
+    let bus = open_bus(
+        args.nats_url.as_deref().map(|url| args.nats.options(url)),
+        &args.region,
+    )
+    .await?
+    .bus;
     let mut parts = open_gateway(&args.gateway, &args.common, &data_dir, bus.clone()).await?;
     // The recorder and reconciler run here instead, so they outlive the node's drain.
     parts.config.background_workers = false;

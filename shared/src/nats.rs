@@ -1,0 +1,84 @@
+//! Connecting to NATS: one place that turns the operator's settings (URL, creds file, TLS)
+//! into an [`async_nats::Client`], shared by the bus, the node registry and the code store.
+
+use std::path::PathBuf;
+
+/// How to reach the NATS servers.
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    /// `nats://host:port` (or `tls://…`); several separated by commas.
+    pub url: String,
+    /// A `.creds` file (JWT + nkey seed) to authenticate with.
+    pub creds_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to verify the server with (implies TLS).
+    pub tls_ca_file: Option<PathBuf>,
+    /// A PEM client certificate for mutual TLS (with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse a connection without TLS.
+    pub require_tls: bool,
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsConnectError {
+    /// A setting is unusable (a missing creds file, half a client certificate).
+    #[error("nats settings: {0}")]
+    Settings(String),
+    /// The servers could not be reached or refused us.
+    #[error("connecting to nats: {0}")]
+    Connect(String),
+}
+
+impl NatsOptions {
+    /// Options for `url` alone.
+    pub fn url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Connects, naming the connection `name` (it shows in the server's monitoring).
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, NatsConnectError> {
+        let mut options = async_nats::ConnectOptions::new().name(name);
+        if let Some(creds) = &self.creds_file {
+            options = options.credentials_file(creds).await.map_err(|e| {
+                NatsConnectError::Settings(format!(
+                    "reading the creds file {}: {e}",
+                    creds.display()
+                ))
+            })?;
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                options = options
+                    .add_client_certificate(cert.clone(), key.clone())
+                    .require_tls(true);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(NatsConnectError::Settings(
+                    "a TLS client certificate needs both the certificate and its key".into(),
+                ))
+            }
+        }
+        if self.require_tls {
+            options = options.require_tls(true);
+        }
+        let servers: Vec<&str> = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        options
+            .connect(servers.as_slice())
+            .await
+            .map_err(|e| NatsConnectError::Connect(e.to_string()))
+    }
+}
