@@ -2,6 +2,7 @@
 # Installs what fnmesh needs on a fresh Debian 12 machine (run as root). Idempotent.
 # With --test it also installs the servers the test suite starts its own instances of:
 # redis-server, PostgreSQL (initdb/postgres) and Garage (S3; built with cargo, ~10 minutes once).
+# And nats-py, the Python NATS client the request/reply tests invoke functions with.
 #   - build: a Rust toolchain (rustup when cargo is missing), gcc, pkg-config, libseccomp-dev
 #   - sandboxes: libseccomp2, python3 and nodejs on the host /usr (bind-mounted read-only into
 #     every sandbox), iproute2/procps for the tests
@@ -43,4 +44,18 @@ cargo --version
 if [ "$with_test" = 1 ] && ! command -v garage >/dev/null 2>&1; then
   echo "installing garage (S3-compatible server for the code-store tests; builds once, ~10 min)"
   CARGO_TARGET_DIR="${GARAGE_BUILD_DIR:-$HOME/.cache/garage-build}" cargo install garage --locked --quiet
+fi
+
+# nats-py, for the python3 on PATH (the one the tests run). Debian's own python3 is "externally
+# managed" (PEP 668) and may lack pip; a pyenv or venv python3 is neither.
+if [ "$with_test" = 1 ] && ! python3 -c 'import nats' >/dev/null 2>&1; then
+  echo "installing nats-py (python NATS client for the request/reply tests)"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3-pip >/dev/null
+  fi
+  python3 -m pip install --quiet nats-py 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages nats-py
+  python3 -c 'import nats'
 fi

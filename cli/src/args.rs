@@ -68,6 +68,8 @@ pub struct UpArgs {
     pub region: String,
     #[command(flatten)]
     pub nats: NatsAuthArgs,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
 }
 
 /// `fnmesh gateway`: the HTTP API only; nodes run elsewhere, connected over NATS.
@@ -91,7 +93,7 @@ pub struct NodeCommand {
     #[command(flatten)]
     pub mesh: MeshArgs,
     /// Where code is fetched from by checksum: `s3://<bucket>` or a directory shared with
-    /// the gateways (default: `<data dir>/code`).
+    /// the gateways (default: the region's NATS code bucket).
     #[arg(long, env = "FNMESH_CODE_STORE")]
     pub code_store: Option<String>,
 }
@@ -118,6 +120,31 @@ pub struct MeshArgs {
     pub region: String,
     #[command(flatten)]
     pub nats: NatsAuthArgs,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+}
+
+/// Delivery guarantees of the bus (set the same on every gateway and node of a region).
+#[derive(Debug, Args, Clone)]
+pub struct DeliveryArgs {
+    /// Seconds a delivery may go without an ack or a progress heartbeat before it is given to
+    /// another node (a crashed node's work is redelivered after this).
+    #[arg(long, env = "FNMESH_ACK_WAIT_SECS", default_value_t = 30)]
+    pub ack_wait_secs: u64,
+    /// Attempts of an invocation before it is dead-lettered.
+    #[arg(long, env = "FNMESH_MAX_DELIVER", default_value_t = 3)]
+    pub max_deliver: u32,
+}
+
+impl DeliveryArgs {
+    /// The bus settings.
+    pub fn bus_config(&self) -> fnmesh_shared::bus::BusConfig {
+        fnmesh_shared::bus::BusConfig {
+            ack_wait: std::time::Duration::from_secs(self.ack_wait_secs.max(1)),
+            max_deliver: self.max_deliver.clamp(1, 100),
+            ..fnmesh_shared::bus::BusConfig::default()
+        }
+    }
 }
 
 /// Credentials and TLS of the NATS connection.
@@ -185,6 +212,10 @@ pub struct NodeArgs {
     /// Idle sandboxes are reaped after this many seconds.
     #[arg(long, env = "FNMESH_KEEP_ALIVE_SECS", default_value_t = 300)]
     pub keep_alive_secs: u64,
+    /// Seconds between the node's heartbeats to the node registry (it drops out after three
+    /// missed ones).
+    #[arg(long, env = "FNMESH_HEARTBEAT_SECS", default_value_t = 2)]
+    pub heartbeat_secs: u64,
 }
 
 /// Which backends a gateway uses (defaults: the embedded ones inside the data dir).
@@ -349,6 +380,34 @@ pub enum BenchCommand {
     Sandbox(BenchArgs),
     /// Batched invocation-record writes vs one INSERT per row (PostgreSQL).
     Persistence(PersistenceBenchArgs),
+    /// A warm sync invoke over the mesh (gateway, JetStream, node) vs raw HTTP, NATS and
+    /// sandbox round trips, and its throughput.
+    Mesh(MeshBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MeshBenchArgs {
+    /// NATS server with JetStream to use (default: start `nats-server -js` on a free port).
+    #[arg(long, env = "FNMESH_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Sequential requests of each round-trip series (after 200 warm-up requests).
+    #[arg(long, default_value_t = 2000)]
+    pub requests: usize,
+    /// Concurrent invocations of the throughput run.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Length of the throughput run.
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Warm-up at full concurrency before the throughput run (fills the sandbox pool).
+    #[arg(long, default_value_t = 3)]
+    pub warmup_secs: u64,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
+    /// Scratch directory (default: a temp dir).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -59,6 +59,9 @@ fn main() -> ExitCode {
             Command::Bench(args::BenchCommand::Persistence(args)) => {
                 commands::bench_persistence::run(args).await
             }
+            Command::Bench(args::BenchCommand::Mesh(args)) => {
+                commands::bench_mesh::run(args, as_json).await
+            }
             Command::Migrate { database_url } => commands::migrate::run(&database_url).await,
             Command::Supervisor => Ok(()),
         }

@@ -100,13 +100,16 @@ pub enum Action {
     Invoke,
     /// Read functions, invocations and logs.
     Read,
+    /// Operate the platform, across namespaces (`/v1/admin/...`): admins only.
+    Administer,
 }
 
 impl Principal {
     /// Whether this principal may do `action` (within its namespace).
     pub fn authorize(&self, action: Action) -> Result<(), ApiError> {
         let allowed = match self.role {
-            Role::Admin | Role::Developer => true,
+            Role::Admin => true,
+            Role::Developer => action != Action::Administer,
             Role::Invoker => matches!(action, Action::Invoke | Action::Read),
         };
         if allowed {
@@ -119,6 +122,7 @@ impl Principal {
                     Action::Deploy => "deploy functions",
                     Action::Invoke => "invoke functions",
                     Action::Read => "read",
+                    Action::Administer => "use the admin API",
                 }
             )))
         }
@@ -251,5 +255,18 @@ mod tests {
         };
         assert!(p.authorize(Action::Invoke).is_ok());
         assert!(p.authorize(Action::Deploy).is_err());
+    }
+
+    #[test]
+    fn only_admins_administer() {
+        let p = |role| Principal {
+            key_id: "k".into(),
+            role,
+            namespace: Namespace::default_ns(),
+        };
+        assert!(p(Role::Admin).authorize(Action::Administer).is_ok());
+        assert!(p(Role::Developer).authorize(Action::Administer).is_err());
+        assert!(p(Role::Developer).authorize(Action::Deploy).is_ok());
+        assert!(p(Role::Invoker).authorize(Action::Administer).is_err());
     }
 }

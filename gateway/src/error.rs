@@ -15,6 +15,7 @@ use fnmesh_shared::code::CodeStoreError;
 use fnmesh_shared::function::ConfigError;
 use fnmesh_shared::ids::IdError;
 use fnmesh_shared::names::NameError;
+use fnmesh_shared::registry::RegistryError;
 use fnmesh_shared::store::StoreError;
 use fnmesh_shared::InvocationId;
 use serde_json::json;
@@ -37,6 +38,9 @@ pub enum GatewayError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Server(String),
+    /// The NATS request API could not start.
+    #[error(transparent)]
+    NatsApi(#[from] crate::nats_api::NatsApiError),
 }
 
 /// An error answer of the API.
@@ -204,10 +208,10 @@ impl ApiError {
         warp::reject::custom(self)
     }
 
-    /// Renders the error response.
-    pub fn into_response(self) -> Response {
-        let status = self.status();
-        let message = match &self {
+    /// The error body every front end answers with: `{"error":{"code","message"}}` (plus
+    /// `invocation_id` on a timeout). An internal error's detail is logged here, never shown.
+    pub fn body(&self) -> serde_json::Value {
+        let message = match self {
             Self::Internal(detail) => {
                 tracing::error!(error.detail = %detail, "internal error answering a request");
                 "internal error".to_owned()
@@ -215,12 +219,17 @@ impl ApiError {
             other => other.to_string(),
         };
         let mut error = json!({ "code": self.code(), "message": message });
-        if let Self::GatewayTimeout { invocation_id } = &self {
+        if let Self::GatewayTimeout { invocation_id } = self {
             error["invocation_id"] = json!(invocation_id.to_string());
         }
+        json!({ "error": error })
+    }
+
+    /// Renders the error response.
+    pub fn into_response(self) -> Response {
+        let status = self.status();
         let mut response =
-            warp::reply::with_status(warp::reply::json(&json!({ "error": error })), status)
-                .into_response();
+            warp::reply::with_status(warp::reply::json(&self.body()), status).into_response();
         let headers = response.headers_mut();
         match &self {
             Self::Unauthorized => {
@@ -280,6 +289,12 @@ impl From<BusError> for ApiError {
             BusError::Closed => Self::Unavailable("the invocation bus is shutting down".into()),
             other => Self::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        Self::Internal(e.to_string())
     }
 }
 

@@ -9,8 +9,9 @@
 //!
 //! The map of the crate: [`routes`] is the filter tree; one module per operation under
 //! [`functions`] and [`invocations`]; [`body`] reads capped bodies; [`server`] binds, serves and
-//! drains.
+//! drains; [`nats_api`] serves the same invocations to NATS request/reply clients.
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod failpoint;
 pub mod functions;
 pub mod health;
 pub mod invocations;
+pub mod nats_api;
 pub mod ratelimit;
 pub mod reconciler;
 pub mod recorder;

@@ -3,7 +3,8 @@
 //! Two loops, both stopped by the shutdown token:
 //! - node events, in batches (up to [`BATCH_MAX`] events: the first pulled, then whatever
 //!   else arrives within [`BATCH_GATHER`]): `Started` marks records `running` (attempt, node,
-//!   start time) with one batched update; `Finished` writes the final records with one
+//!   start time) and `Retrying` marks them `queued` again with the failed attempt's error,
+//!   with one batched update; `Finished` writes the final records with one
 //!   batched update and their logs with one batched write. Then each event is acked, or
 //!   nak'ed on a store error so it comes back. The store fences stale updates, so replays are
 //!   harmless.
@@ -18,7 +19,7 @@ use chrono::Utc;
 use fnmesh_shared::bus::{Acker, Bus, DeadLetter, EventDelivery};
 use fnmesh_shared::store::{MetadataStore, StoreError};
 use fnmesh_shared::{
-    ErrorKind, InvocationError, InvocationId, InvocationLogs, InvocationOutcome, InvocationResult,
+    DeadLetterRecord, InvocationId, InvocationLogs, InvocationOutcome, InvocationResult,
     InvocationStatus, NodeEvent,
 };
 use futures::future::BoxFuture;
@@ -254,30 +255,48 @@ pub async fn record_starts(store: &dyn MetadataStore, events: &[NodeEvent]) -> V
     settled
 }
 
-/// The `running` record for a `Started` event; `None` if the invocation is unknown (warned)
-/// or the event is not a start.
+/// The record update for a `Started` event (`running`, with attempt, node and start time) or
+/// a `Retrying` one (`queued` again, with the failed attempt's error kept as the last error);
+/// `None` if the invocation is unknown (warned) or the event is neither.
 async fn read_start(
     store: &dyn MetadataStore,
     event: &NodeEvent,
 ) -> Result<Option<InvocationResult>, StoreError> {
-    let NodeEvent::Started {
-        id,
-        namespace,
-        attempt,
-        node_id,
-        started_at,
-    } = event
-    else {
-        return Ok(None);
+    let (namespace, id) = match event {
+        NodeEvent::Started { namespace, id, .. } | NodeEvent::Retrying { namespace, id, .. } => {
+            (namespace, id)
+        }
+        NodeEvent::Finished(_) => return Ok(None),
     };
     let Some(mut record) = store.get_invocation(namespace, id).await? else {
-        tracing::warn!(invocation.id = %id, "start event for an unknown invocation; dropped");
+        tracing::warn!(invocation.id = %id, "event for an unknown invocation; dropped");
         return Ok(None);
     };
-    record.status = InvocationStatus::Running;
-    record.attempt = *attempt;
-    record.node_id = Some(node_id.clone());
-    record.started_at = Some(*started_at);
+    match event {
+        NodeEvent::Started {
+            attempt,
+            node_id,
+            started_at,
+            ..
+        } => {
+            record.status = InvocationStatus::Running;
+            record.attempt = *attempt;
+            record.node_id = Some(node_id.clone());
+            record.started_at = Some(*started_at);
+        }
+        NodeEvent::Retrying {
+            attempt,
+            node_id,
+            error,
+            ..
+        } => {
+            record.status = InvocationStatus::Queued;
+            record.attempt = *attempt;
+            record.node_id = Some(node_id.clone());
+            record.error = Some(error.clone());
+        }
+        NodeEvent::Finished(_) => return Ok(None),
+    }
     Ok(Some(record))
 }
 
@@ -316,7 +335,11 @@ pub async fn record_outcomes(
     Ok(())
 }
 
-/// Marks a dead-lettered invocation failed, unless it already reached a terminal status.
+/// Dead-letters an invocation whose attempts ran out: stores its [`DeadLetterRecord`] (the
+/// request with its payload, the attempts made, and as last error the one the last `Retrying`
+/// event left on the record) and marks the record `dead_lettered`, in one store transaction.
+/// A terminal result that raced in is kept (then nothing is stored); an absent record is
+/// inserted, so a dead letter is never lost. Idempotent.
 pub async fn record_dead_letter(
     store: &dyn MetadataStore,
     dead: &DeadLetter,
@@ -325,29 +348,19 @@ pub async fn record_dead_letter(
     let current = store
         .get_invocation(&request.function.namespace, &request.id)
         .await?;
-    let exists = current.is_some();
-    let mut record = match current {
-        Some(r) if r.status.is_terminal() => return Ok(()),
-        Some(r) => r,
-        None => InvocationResult::queued(request),
+    let record = DeadLetterRecord {
+        id: request.id,
+        namespace: request.function.namespace.clone(),
+        function: request.function.name.clone(),
+        version: request.function.version,
+        attempts: dead.attempts,
+        last_error: current.and_then(|r| r.error),
+        request: request.clone(),
+        dead_lettered_at: Utc::now(),
     };
-    record.status = InvocationStatus::Failed;
-    record.attempt = record.attempt.max(dead.attempts);
-    record.error = Some(InvocationError {
-        kind: ErrorKind::Crashed,
-        message: format!("attempts exhausted after {} deliveries", dead.attempts),
-    });
-    record.completed_at = Some(Utc::now());
-    if !exists {
-        // Absent records are inserted (then failed below), so the failure is never lost. A
-        // record that raced in meanwhile is fine: the update below is fenced.
-        match store.insert_invocation(request).await {
-            Ok(_) | Err(StoreError::Conflict(_)) => {}
-            Err(e) => return Err(e),
-        }
+    if !store.put_dead_letter(&record).await? {
+        tracing::debug!(invocation.id = %request.id, "dead letter of a finished invocation; its result is kept");
     }
-    // Fenced: a terminal result that raced in is kept.
-    store.update_invocation(&record).await?;
     Ok(())
 }
 

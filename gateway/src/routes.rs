@@ -17,7 +17,7 @@ use warp::{Filter, Rejection};
 use crate::auth::Principal;
 use crate::error::{into_reply, recover, ApiError};
 use crate::state::State;
-use crate::{body, functions, health, invocations, ratelimit};
+use crate::{admin, body, functions, health, invocations, ratelimit};
 
 /// The whole API, with errors rendered.
 pub fn api(state: State) -> BoxedFilter<(Response,)> {
@@ -37,7 +37,9 @@ pub fn api(state: State) -> BoxedFilter<(Response,)> {
     let routes = health
         .or(functions_routes(state.clone()))
         .unify()
-        .or(invocations_routes(state))
+        .or(invocations_routes(state.clone()))
+        .unify()
+        .or(admin_routes(state))
         .unify();
     let started = warp::any().map(Instant::now);
     started
@@ -220,6 +222,61 @@ fn invocations_routes(state: State) -> BoxedFilter<(Response,)> {
     list.or(get)
         .unify()
         .or(logs)
+        .unify()
+        .and_then(std::future::ready)
+        .boxed()
+}
+
+/// `/v1/admin/...`: the operator API (each handler checks the admin role).
+fn admin_routes(state: State) -> BoxedFilter<(Response,)> {
+    let s = state;
+    let dlq_list = warp::path!("v1" / "admin" / "dlq")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(warp::query::<admin::dlq::DlqQuery>())
+        .then(admin::dlq::list)
+        .map(into_reply);
+    let dlq_get = warp::path!("v1" / "admin" / "dlq" / String)
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(|id: String, state, principal| admin::dlq::get(state, principal, id))
+        .map(into_reply);
+    let dlq_delete = warp::path!("v1" / "admin" / "dlq" / String)
+        .and(warp::delete())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(|id: String, state, principal| admin::dlq::delete(state, principal, id))
+        .map(into_reply);
+    let dlq_replay = warp::path!("v1" / "admin" / "dlq" / String / "replay")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(|id: String, state, principal| admin::dlq::replay(state, principal, id))
+        .map(into_reply);
+    let queues = warp::path!("v1" / "admin" / "queues")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(admin::queues::handle)
+        .map(into_reply);
+    let nodes = warp::path!("v1" / "admin" / "nodes")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s))
+        .then(admin::nodes::list)
+        .map(into_reply);
+    dlq_list
+        .or(dlq_get)
+        .unify()
+        .or(dlq_delete)
+        .unify()
+        .or(dlq_replay)
+        .unify()
+        .or(queues)
+        .unify()
+        .or(nodes)
         .unify()
         .and_then(std::future::ready)
         .boxed()

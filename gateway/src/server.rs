@@ -3,7 +3,8 @@
 //! [`Gateway::bind`] binds the listener (so the caller learns the port before serving);
 //! [`Gateway::run`] serves the API and runs the recorder until the shutdown token is cancelled,
 //! then stops accepting, lets in-flight requests finish within `drain_timeout`, and stops the
-//! recorder.
+//! recorder. [`Gateway::serve_nats_requests`] adds the NATS request API ([`crate::nats_api`]),
+//! run and drained alongside the HTTP API.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
+use crate::nats_api::NatsRequests;
 use crate::reconciler::Reconciler;
 use crate::recorder::Recorder;
 use crate::routes;
@@ -28,6 +30,7 @@ pub struct Gateway {
     listener: TcpListener,
     local_addr: SocketAddr,
     state: State,
+    nats_requests: Option<NatsRequests>,
 }
 
 impl Gateway {
@@ -44,7 +47,18 @@ impl Gateway {
             listener,
             local_addr,
             state: AppState::new(config, backends),
+            nats_requests: None,
         })
+    }
+
+    /// Also serves NATS request/reply clients over `client` (see [`crate::nats_api`]): the
+    /// subscription is made now, so requests are taken once this returns.
+    pub async fn serve_nats_requests(
+        mut self,
+        client: async_nats::Client,
+    ) -> Result<Gateway, GatewayError> {
+        self.nats_requests = Some(NatsRequests::subscribe(client).await?);
+        Ok(self)
     }
 
     /// The bound address.
@@ -59,6 +73,7 @@ impl Gateway {
             listener,
             local_addr,
             state,
+            nats_requests,
         } = self;
         let drain_timeout = state.config.drain_timeout;
 
@@ -75,6 +90,10 @@ impl Gateway {
             );
             background.push(tokio::spawn(reconciler.run(background_stop.clone())));
         }
+
+        // Drains on the same token as the HTTP server, concurrently with it.
+        let nats_task = nats_requests
+            .map(|requests| tokio::spawn(requests.serve(state.clone(), shutdown.clone())));
 
         let mut incoming = AddrIncoming::from_listener(listener)
             .map_err(|e| GatewayError::Server(e.to_string()))?;
@@ -105,6 +124,11 @@ impl Gateway {
                 }
             }
         };
+        if let Some(task) = nats_task {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "NATS request task failed");
+            }
+        }
         background_stop.cancel();
         for task in background {
             if let Err(e) = task.await {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use fnmesh_shared::bus::Bus;
 use fnmesh_shared::code::CodeStore;
 use fnmesh_shared::ratelimit::RateLimiter;
+use fnmesh_shared::registry::NodeRegistry;
 use fnmesh_shared::store::MetadataStore;
 
 use crate::auth::Authenticator;
@@ -21,6 +22,8 @@ pub struct Backends {
     pub bus: Arc<dyn Bus>,
     /// Per-key rate limits.
     pub limiter: Arc<dyn RateLimiter>,
+    /// The live worker nodes of the region (`GET /v1/admin/nodes`).
+    pub registry: Arc<dyn NodeRegistry>,
 }
 
 /// Shared by every request.

@@ -299,7 +299,7 @@ async fn the_recorder_applies_node_events() {
 }
 
 #[tokio::test]
-async fn the_recorder_fails_dead_lettered_invocations() {
+async fn the_recorder_dead_letters_invocations_whose_attempts_ran_out() {
     let app = TestApp::builder()
         .bus(|b| {
             b.max_deliver = 1;
@@ -321,7 +321,7 @@ async fn the_recorder_fails_dead_lettered_invocations() {
     delivery.acker.nak(None).await.unwrap();
     let record = eventually(|| async {
         let r = app.get(&path).await;
-        (r.body["status"] == "failed").then_some(r)
+        (r.body["status"] == "dead_lettered").then_some(r)
     })
     .await;
     assert_eq!(record.body["error"]["kind"], "crashed");
@@ -329,4 +329,6 @@ async fn the_recorder_fails_dead_lettered_invocations() {
         record.body["error"]["message"],
         "attempts exhausted after 1 deliveries"
     );
+    assert_eq!(record.body["attempt"], 1);
+    assert!(record.body["completed_at"].is_string());
 }

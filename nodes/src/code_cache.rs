@@ -1,5 +1,7 @@
-//! The node's local code cache: code archives fetched by checksum from the code store,
-//! verified, and unpacked once into `<dir>/<sha256>/`, which sandboxes mount read-only.
+//! The node's local code cache: code archives fetched by checksum from the code store (the
+//! NATS bucket of the region, or `FNMESH_CODE_STORE`), verified against their SHA-256 here
+//! whatever the store, and unpacked once into `<dir>/<sha256>/`, which sandboxes mount
+//! read-only.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +71,15 @@ impl CodeCache {
                 message: e.to_string(),
             })?
             .ok_or_else(|| CodeCacheError::Missing(checksum.clone()))?;
+        // Stores verify what they serve; check again here, so code from any store (or a
+        // damaged transfer) is never unpacked unless it is exactly what was deployed.
+        if Checksum::of(&bytes) != *checksum {
+            tracing::error!(code.checksum = %checksum, "fetched code does not match its checksum; refused");
+            return Err(CodeCacheError::Fetch {
+                checksum: checksum.clone(),
+                message: "checksum mismatch: the fetched bytes are not the deployed code".into(),
+            });
+        }
         let staging = self.dir.join(format!(
             ".staging-{}-{:016x}",
             checksum.as_str(),
@@ -102,5 +113,55 @@ impl CodeCache {
         .map_err(unpack_err)?;
         tracing::debug!(code.checksum = %checksum, "code unpacked into the node cache");
         Ok(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use fnmesh_shared::code::CodeStoreError;
+
+    use super::*;
+
+    /// A store that serves other bytes than the ones asked for.
+    struct Lying(Bytes);
+
+    #[async_trait]
+    impl CodeStore for Lying {
+        async fn ping(&self) -> Result<(), CodeStoreError> {
+            Ok(())
+        }
+        async fn put(&self, bytes: Bytes) -> Result<Checksum, CodeStoreError> {
+            Ok(Checksum::of(&bytes))
+        }
+        async fn get(&self, _: &Checksum) -> Result<Option<Bytes>, CodeStoreError> {
+            Ok(Some(self.0.clone()))
+        }
+        async fn exists(&self, _: &Checksum) -> Result<bool, CodeStoreError> {
+            Ok(true)
+        }
+        async fn delete(&self, _: &Checksum) -> Result<bool, CodeStoreError> {
+            Ok(true)
+        }
+    }
+
+    #[tokio::test]
+    async fn code_that_does_not_match_its_checksum_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Lying(Bytes::from_static(b"not the deployed archive")));
+        let cache = CodeCache::new(dir.path(), store, ArchiveLimits::default()).unwrap();
+        let wanted = Checksum::of(b"the deployed archive");
+        match cache.get(&wanted).await {
+            Err(CodeCacheError::Fetch { checksum, message }) => {
+                assert_eq!(checksum, wanted);
+                assert!(message.contains("checksum mismatch"), "{message}");
+            }
+            other => panic!("a mismatching blob must be refused, got {other:?}"),
+        }
+        assert!(
+            !dir.path().join(wanted.as_str()).exists(),
+            "nothing is unpacked"
+        );
     }
 }

@@ -5,6 +5,7 @@ pub mod code_cache;
 pub mod executor;
 pub mod instance;
 pub mod pool;
+pub mod registration;
 pub mod runtimes;
 pub mod sandbox;
 pub mod worker;

@@ -6,12 +6,16 @@
 //! If the `Finished` event cannot be published the delivery is nak'ed: running it again is
 //! better than losing it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fnmesh_shared::bus::{Bus, Delivery};
-use fnmesh_shared::{InvocationMetrics, InvocationOutcome, InvocationResult, NodeEvent};
+use fnmesh_shared::{
+    ErrorKind, FunctionConfig, InvocationError, InvocationMetrics, InvocationOutcome,
+    InvocationResult, InvocationStatus, NodeEvent,
+};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,6 +36,8 @@ pub struct WorkerConfig {
     pub progress_interval: Duration,
     /// How long shutdown waits for in-flight invocations.
     pub drain_timeout: Duration,
+    /// Backoff before the second attempt of a failed async invocation (doubled per attempt).
+    pub retry_backoff: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -42,6 +48,7 @@ impl Default for WorkerConfig {
             pull_wait: Duration::from_millis(500),
             progress_interval: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            retry_backoff: Duration::from_secs(1),
         }
     }
 }
@@ -52,6 +59,43 @@ pub struct Worker {
     bus: Arc<dyn Bus>,
     code: Arc<CodeCache>,
     executor: Arc<Executor>,
+    /// Invocations being handled right now (the node registry reports free slots from it).
+    busy: Arc<AtomicUsize>,
+}
+
+/// A read-only view of a worker's load, for the node registry's heartbeats.
+#[derive(Debug, Clone)]
+pub struct WorkerLoad {
+    slots: usize,
+    busy: Arc<AtomicUsize>,
+}
+
+impl WorkerLoad {
+    /// Invocations the worker runs at once.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Slots not running an invocation right now.
+    pub fn free_slots(&self) -> usize {
+        self.slots.saturating_sub(self.busy.load(Ordering::Relaxed))
+    }
+}
+
+/// Counts one handled invocation as busy until dropped (also if its task panics).
+struct BusyGuard(Arc<AtomicUsize>);
+
+impl BusyGuard {
+    fn enter(busy: &Arc<AtomicUsize>) -> Self {
+        busy.fetch_add(1, Ordering::Relaxed);
+        Self(busy.clone())
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Worker {
@@ -67,6 +111,15 @@ impl Worker {
             bus,
             code,
             executor,
+            busy: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A view of this worker's load that stays valid after [`Worker::run`] takes the worker.
+    pub fn load(&self) -> WorkerLoad {
+        WorkerLoad {
+            slots: self.config.slots.max(1),
+            busy: self.busy.clone(),
         }
     }
 
@@ -94,8 +147,10 @@ impl Worker {
                 Ok(Some(delivery)) => {
                     backoff = Duration::from_millis(50);
                     let worker = this.clone();
+                    let busy = BusyGuard::enter(&this.busy);
                     tracker.spawn(async move {
                         worker.handle(delivery).await;
+                        drop(busy);
                         drop(permit);
                     });
                 }
@@ -167,7 +222,13 @@ impl Worker {
         let t0 = Instant::now();
         let exec = self.executor.execute(job);
         tokio::pin!(exec);
-        let mut heartbeat = tokio::time::interval(self.config.progress_interval);
+        // Well within the bus's ack wait, so a long invocation is never redelivered.
+        let interval = self
+            .config
+            .progress_interval
+            .min(self.bus.ack_wait() / 3)
+            .max(Duration::from_millis(50));
+        let mut heartbeat = tokio::time::interval(interval);
         heartbeat.tick().await;
         let outcome = loop {
             tokio::select! {
@@ -212,6 +273,26 @@ impl Worker {
             cold_start = outcome.cold_start,
             "invocation finished"
         );
+        if let Some(error) = retryable(&result, reply_to.is_some(), &request.function.config) {
+            // Delivered again after a backoff, or dead-lettered by the bus when the attempts
+            // ran out; the record keeps this error as the last one.
+            let retrying = NodeEvent::Retrying {
+                id: request.id,
+                namespace: result.namespace.clone(),
+                attempt,
+                node_id: self.config.node_id.clone(),
+                error,
+            };
+            if let Err(e) = self.bus.publish_event(&retrying).await {
+                tracing::warn!(error = %e, invocation.id = %request.id, "could not publish the retrying event");
+            }
+            let delay = retry_delay(self.config.retry_backoff, attempt);
+            tracing::info!(invocation.id = %request.id, attempt, delay_ms = delay.as_millis() as u64, "attempt failed; retrying after a backoff");
+            if let Err(e) = acker.nak(Some(delay)).await {
+                tracing::warn!(error = %e, "nak failed; the invocation is redelivered after its ack wait");
+            }
+            return;
+        }
         let outcome = InvocationOutcome {
             result,
             logs: outcome.logs,
@@ -239,5 +320,44 @@ impl Worker {
             }
         }
         let _ = acker.nak(Some(Duration::from_secs(1))).await;
+    }
+}
+
+/// The error to retry on, if this attempt's result should be retried: async invocations
+/// only (a sync caller gets the failure at once); a crashed sandbox always (the bus's
+/// `max_deliver` bounds it), the function's own failures only within its `retries`.
+fn retryable(
+    result: &InvocationResult,
+    sync: bool,
+    config: &FunctionConfig,
+) -> Option<InvocationError> {
+    if sync || result.status == InvocationStatus::Succeeded {
+        return None;
+    }
+    let error = result.error.clone()?;
+    let retry = match error.kind {
+        ErrorKind::Crashed => true,
+        _ => result.attempt <= config.retries,
+    };
+    retry.then_some(error)
+}
+
+/// Backoff before attempt `attempt + 1`: `base` doubled per failed attempt, at most 5 min.
+fn retry_delay(base: Duration, attempt: u32) -> Duration {
+    let factor = 1u32 << attempt.saturating_sub(1).min(16);
+    base.saturating_mul(factor).min(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let base = Duration::from_secs(1);
+        assert_eq!(retry_delay(base, 1), Duration::from_secs(1));
+        assert_eq!(retry_delay(base, 2), Duration::from_secs(2));
+        assert_eq!(retry_delay(base, 3), Duration::from_secs(4));
+        assert_eq!(retry_delay(base, 40), Duration::from_secs(300));
     }
 }

@@ -119,10 +119,12 @@ pub const MAX_TIMEOUT_MS: u64 = 900_000;
 pub const DEFAULT_MEMORY_MB: u32 = 128;
 /// Accepted memory limits.
 pub const MEMORY_MB_RANGE: std::ops::RangeInclusive<u32> = 64..=4096;
-/// Default per-function concurrency (per node).
+/// Default per-function concurrency (across the cluster).
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 10;
 /// Largest per-function concurrency.
 pub const MAX_CONCURRENCY: u32 = 1000;
+/// Largest `retries`.
+pub const MAX_RETRIES: u32 = 10;
 /// Largest `min_warm`.
 pub const MAX_MIN_WARM: u32 = 32;
 /// Largest `rate_limit.per_second` and `rate_limit.burst`.
@@ -138,9 +140,14 @@ pub struct FunctionConfig {
     /// Memory limit of the sandbox (swap equal: none beyond it).
     #[serde(default = "default_memory")]
     pub memory_mb: u32,
-    /// Concurrent invocations of this function per node.
+    /// Invocations of this function running at once across the whole cluster.
     #[serde(default = "default_concurrency")]
     pub max_concurrency: u32,
+    /// Extra attempts of an async invocation whose handler failed (`handler_error`, `timeout`,
+    /// `oom`, `invalid_result`); a crashed sandbox is always retried until the bus's
+    /// `max_deliver`.
+    #[serde(default)]
+    pub retries: u32,
     /// Sandboxes kept warm once a node has seen this function.
     #[serde(default)]
     pub min_warm: u32,
@@ -168,6 +175,7 @@ impl Default for FunctionConfig {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             memory_mb: DEFAULT_MEMORY_MB,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            retries: 0,
             min_warm: 0,
             environment: BTreeMap::new(),
             rate_limit: None,
@@ -228,6 +236,13 @@ impl FunctionConfig {
                 field: "max_concurrency",
                 value: self.max_concurrency.into(),
                 range: "1..=1000",
+            });
+        }
+        if self.retries > MAX_RETRIES {
+            return Err(ConfigError::OutOfRange {
+                field: "retries",
+                value: self.retries.into(),
+                range: "0..=10",
             });
         }
         if self.min_warm > MAX_MIN_WARM || self.min_warm > self.max_concurrency {

@@ -99,3 +99,99 @@ mod tests {
         assert!(InvocationId::parse("a.b.c").is_err());
     }
 }
+
+/// A node id that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid node id {0:?}: must match ^[a-z0-9][a-z0-9_-]{{0,62}}$")]
+pub struct NodeIdError(String);
+
+/// A worker node's id (`^[a-z0-9][a-z0-9_-]{0,62}$`): safe in registry keys, cgroup paths and
+/// logs. Chosen by the operator (`FNMESH_NODE_ID`) or generated ([`NodeId::generate`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// Validates `value` and wraps it.
+    pub fn parse(value: &str) -> Result<Self, NodeIdError> {
+        let bytes = value.as_bytes();
+        let ok = !bytes.is_empty()
+            && bytes.len() <= 63
+            && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_');
+        if ok {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(NodeIdError(value.chars().take(80).collect()))
+        }
+    }
+
+    /// A fresh random id, `node-<8 hex digits>`.
+    pub fn generate() -> Self {
+        Self(format!("node-{:08x}", rand::random::<u32>()))
+    }
+
+    /// The validated id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NodeId {
+    type Error = NodeIdError;
+    fn try_from(value: String) -> Result<Self, NodeIdError> {
+        Self::parse(&value)
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(value: NodeId) -> String {
+        value.0
+    }
+}
+
+impl std::str::FromStr for NodeId {
+    type Err = NodeIdError;
+    fn from_str(s: &str) -> Result<Self, NodeIdError> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod node_id_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn node_ids_are_validated() {
+        for ok in ["a", "node-a", "0", "n_1", "node-0123abcd", &"a".repeat(63)] {
+            assert!(NodeId::parse(ok).is_ok(), "{ok:?}");
+        }
+        let long = "a".repeat(64);
+        for bad in [
+            "", "-a", "_a", "A", "a.b", "a b", "a*", ">", "a/b", "é", &long,
+        ] {
+            assert!(NodeId::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(serde_json::from_str::<NodeId>("\"a.b\"").is_err());
+        assert!(NodeId::parse(NodeId::generate().as_str()).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn valid_node_ids_never_contain_subject_metacharacters(s in "\\PC{0,80}") {
+            if let Ok(id) = NodeId::parse(&s) {
+                prop_assert!(!id.as_str().contains(['.', '*', '>', ' ', '/', '$']));
+                prop_assert!(id.as_str().len() <= 63);
+            }
+        }
+    }
+}

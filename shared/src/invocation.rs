@@ -21,6 +21,8 @@ pub enum InvocationStatus {
     Failed,
     /// It ran past its timeout and was killed.
     Timeout,
+    /// Its delivery attempts ran out; it waits in the dead-letter queue (replay or delete).
+    DeadLettered,
 }
 
 impl InvocationStatus {
@@ -32,6 +34,7 @@ impl InvocationStatus {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Timeout => "timeout",
+            Self::DeadLettered => "dead_lettered",
         }
     }
 
@@ -43,13 +46,17 @@ impl InvocationStatus {
             "succeeded" => Self::Succeeded,
             "failed" => Self::Failed,
             "timeout" => Self::Timeout,
+            "dead_lettered" => Self::DeadLettered,
             _ => return None,
         })
     }
 
     /// Whether no further transition happens.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Timeout)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Timeout | Self::DeadLettered
+        )
     }
 }
 
@@ -212,6 +219,52 @@ pub enum NodeEvent {
     },
     /// The invocation reached a terminal status.
     Finished(Box<InvocationOutcome>),
+    /// An attempt failed and the invocation will be delivered again (unless its attempts ran
+    /// out, in which case it is dead-lettered with this error as its last error).
+    Retrying {
+        /// Which invocation.
+        id: InvocationId,
+        /// Namespace, for routing the record update.
+        namespace: Namespace,
+        /// The attempt that failed.
+        attempt: u32,
+        /// The node.
+        node_id: String,
+        /// Why the attempt failed.
+        error: InvocationError,
+    },
+}
+
+impl NodeEvent {
+    /// The invocation this event is about.
+    pub fn invocation_id(&self) -> InvocationId {
+        match self {
+            Self::Started { id, .. } | Self::Retrying { id, .. } => *id,
+            Self::Finished(outcome) => outcome.result.id,
+        }
+    }
+}
+
+/// An invocation whose delivery attempts ran out, kept for replay or deletion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterRecord {
+    /// The invocation id.
+    pub id: InvocationId,
+    /// The tenant.
+    pub namespace: Namespace,
+    /// The function.
+    pub function: FunctionName,
+    /// The version that was tried.
+    pub version: u32,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last attempt's error, when a node reported one.
+    #[serde(default)]
+    pub last_error: Option<InvocationError>,
+    /// The full request, with its payload (what a replay publishes again).
+    pub request: InvocationRequest,
+    /// When it was dead-lettered.
+    pub dead_lettered_at: DateTime<Utc>,
 }
 
 /// A terminal result plus its logs.

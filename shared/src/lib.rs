@@ -1,6 +1,6 @@
 //! fnmesh's common library: the domain types every crate speaks, and the backend traits
-//! (metadata store, code store, bus, rate limiter) with their embedded implementations and the
-//! conformance suites every implementation must pass.
+//! (metadata store, code store, bus, rate limiter, node registry) with their embedded
+//! implementations and the conformance suites every implementation must pass.
 
 pub mod archive;
 pub mod bus;
@@ -12,14 +12,15 @@ pub mod invocation;
 pub mod names;
 pub mod nats;
 pub mod ratelimit;
+pub mod registry;
 pub mod store;
 pub mod subjects;
 
 pub use checksum::Checksum;
 pub use function::{CodeInfo, Function, FunctionConfig, Runtime};
-pub use ids::{FunctionId, InvocationId};
+pub use ids::{FunctionId, InvocationId, NodeId};
 pub use invocation::{
-    ErrorKind, InvocationError, InvocationLogs, InvocationMetrics, InvocationOutcome,
-    InvocationRequest, InvocationResult, InvocationStatus, NodeEvent,
+    DeadLetterRecord, ErrorKind, InvocationError, InvocationLogs, InvocationMetrics,
+    InvocationOutcome, InvocationRequest, InvocationResult, InvocationStatus, NodeEvent,
 };
 pub use names::{FunctionName, Namespace};

@@ -116,13 +116,60 @@ impl BusRole {
     }
 }
 
-/// The core-NATS advisory JetStream publishes when a message of `stream` ran out of deliveries
-/// on `consumer`: `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`.
-pub fn max_deliveries_advisory(prefix: &BusPrefix) -> String {
+/// Durable consumer of one function's work on a prefixed bus:
+/// `fnmesh-<prefix>-fn_<namespace>_<function>` (names hold no `_`, so the split is unambiguous).
+pub fn bus_function_consumer(
+    prefix: &BusPrefix,
+    namespace: &Namespace,
+    function: &FunctionName,
+) -> String {
     format!(
-        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+        "{}{namespace}_{function}",
+        bus_function_consumer_prefix(prefix)
+    )
+}
+
+/// What every function consumer name of a prefixed bus starts with: `fnmesh-<prefix>-fn_`.
+pub fn bus_function_consumer_prefix(prefix: &BusPrefix) -> String {
+    format!("fnmesh-{prefix}-fn_")
+}
+
+/// Parses a function consumer name of `prefix` back into (namespace, function); `None` for any
+/// other name.
+pub fn parse_function_consumer(
+    prefix: &BusPrefix,
+    name: &str,
+) -> Option<(Namespace, FunctionName)> {
+    let rest = name.strip_prefix(&bus_function_consumer_prefix(prefix))?;
+    let (namespace, function) = rest.split_once('_')?;
+    Some((
+        Namespace::parse(namespace).ok()?,
+        FunctionName::parse(function).ok()?,
+    ))
+}
+
+/// Core-NATS subject on which "work may be ready on consumer X" hints travel (payload: the
+/// consumer name): `fnmesh.v1.<prefix>.ready`.
+pub fn bus_work_ready(prefix: &BusPrefix) -> String {
+    format!("{PREFIX}.{prefix}.ready")
+}
+
+/// The core-NATS advisory JetStream publishes when a message ran out of deliveries on one
+/// consumer of the work stream: `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`.
+/// `consumer` must be a name built by [`bus_function_consumer`].
+pub fn max_deliveries_advisory(prefix: &BusPrefix, consumer: &str) -> String {
+    format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{consumer}",
         bus_stream(prefix, BusRole::Invocations),
-        bus_consumer(prefix, BusRole::Invocations)
+    )
+}
+
+/// Every max-deliveries advisory of the work stream of `prefix` (the dead-letter stream's
+/// filter).
+pub fn max_deliveries_advisories_all(prefix: &BusPrefix) -> String {
+    format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+        bus_stream(prefix, BusRole::Invocations),
     )
 }
 
@@ -160,12 +207,179 @@ mod tests {
             5
         );
         assert_eq!(bus_stream(&p, BusRole::Invocations), "fnmesh-t-1-inv");
+        let c = bus_function_consumer(&p, &ns, &f);
+        assert_eq!(c, "fnmesh-t-1-fn_default_hello");
         assert_eq!(
-            max_deliveries_advisory(&p),
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.fnmesh-t-1-inv.fnmesh-t-1-inv-c"
+            parse_function_consumer(&p, &c),
+            Some((ns.clone(), f.clone()))
+        );
+        assert_eq!(parse_function_consumer(&p, "fnmesh-t-1-inv-c"), None);
+        assert_eq!(
+            max_deliveries_advisory(&p, &c),
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.fnmesh-t-1-inv.fnmesh-t-1-fn_default_hello"
         );
         for bad in ["", "A", "a.b", "a b", "a*", ">", "-a", &"a".repeat(33)] {
             assert!(BusPrefix::parse(bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+// --- NATS request/reply clients -------------------------------------------------------------
+
+/// Queue group in which every gateway serves [`request`] subjects, so each request is answered
+/// by exactly one gateway.
+pub const REQUEST_QUEUE_GROUP: &str = "fnmesh-gateways";
+
+/// Subject a NATS client sends a plain request to, to invoke a function:
+/// `fnmesh.v1.req.<function>`. The namespace is not on the subject: it comes from the API key
+/// the request carries.
+pub fn request(function: &FunctionName) -> String {
+    format!("{PREFIX}.req.{function}")
+}
+
+/// Every request subject, what gateways subscribe to: `fnmesh.v1.req.*`.
+pub fn requests_all() -> String {
+    format!("{PREFIX}.req.*")
+}
+
+/// Why a subject is not a usable request subject.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestSubjectError {
+    /// Not `fnmesh.v1.req.<one token>`.
+    #[error("subject {0:?} is not fnmesh.v1.req.<function>")]
+    Shape(String),
+    /// The function token is not a valid function name.
+    #[error(transparent)]
+    Name(#[from] crate::names::NameError),
+}
+
+/// The function a [`request`] subject names, validated as a [`FunctionName`].
+pub fn parse_request(subject: &str) -> Result<FunctionName, RequestSubjectError> {
+    let shape = || RequestSubjectError::Shape(subject.chars().take(80).collect());
+    let rest = subject
+        .strip_prefix(PREFIX)
+        .and_then(|s| s.strip_prefix(".req."))
+        .ok_or_else(shape)?;
+    if rest.is_empty() || rest.contains('.') {
+        return Err(shape());
+    }
+    Ok(FunctionName::parse(rest)?)
+}
+
+/// Whether a gateway may publish a request's reply to `reply`, a subject the client chose:
+/// never onto fnmesh's own subjects nor a `$`-prefixed system or JetStream API subject (a
+/// reply there would act with the gateway's permissions), nor anything that is not one plain
+/// publish subject.
+pub fn reply_allowed(reply: &str) -> bool {
+    !reply.is_empty()
+        && reply.len() <= 1024
+        && !reply.starts_with('$')
+        && !reply.starts_with("fnmesh.")
+        && reply
+            .split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">")
+        && !reply
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+}
+
+#[cfg(test)]
+mod request_subject_tests {
+    use super::*;
+
+    #[test]
+    fn request_subjects_round_trip_through_the_parser() {
+        let f = FunctionName::parse("hello-1").unwrap();
+        assert_eq!(request(&f), "fnmesh.v1.req.hello-1");
+        assert_eq!(requests_all(), "fnmesh.v1.req.*");
+        assert_eq!(parse_request(&request(&f)), Ok(f));
+    }
+
+    #[test]
+    fn malformed_request_subjects_are_refused() {
+        for bad in [
+            "",
+            "fnmesh.v1.req",
+            "fnmesh.v1.req.",
+            "fnmesh.v1.req.a.b",
+            "fnmesh.v1.inv.default.a",
+            "fnmesh.v2.req.a",
+            "x.fnmesh.v1.req.a",
+        ] {
+            assert!(
+                matches!(parse_request(bad), Err(RequestSubjectError::Shape(_))),
+                "{bad:?}"
+            );
+        }
+        for bad in [
+            "fnmesh.v1.req.A",
+            "fnmesh.v1.req.a_b",
+            "fnmesh.v1.req.$x",
+            "fnmesh.v1.req.1a",
+        ] {
+            assert!(
+                matches!(parse_request(bad), Err(RequestSubjectError::Name(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn replies_never_go_to_our_own_or_system_subjects() {
+        assert!(reply_allowed("_INBOX.abc.123"));
+        assert!(reply_allowed("my.app.replies.1"));
+        for bad in [
+            "",
+            "$JS.API.STREAM.PURGE.fnmesh-x-inv",
+            "$SYS.REQ.SERVER.PING",
+            "fnmesh.v1.x.inv.default.f",
+            "_INBOX.*",
+            "_INBOX.>",
+            "a..b",
+            "a b",
+        ] {
+            assert!(!reply_allowed(bad), "{bad:?}");
+        }
+    }
+}
+
+/// JetStream KV bucket of the node registry of a prefixed bus (region):
+/// `fnmesh-<prefix>-nodes`.
+pub fn node_registry_bucket(prefix: &BusPrefix) -> String {
+    format!("fnmesh-{prefix}-nodes")
+}
+
+/// Key of one node in its registry bucket: the node id itself (validated, so a valid KV key).
+pub fn node_registry_key(id: &crate::ids::NodeId) -> String {
+    id.as_str().to_owned()
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    #[test]
+    fn registry_names_carry_the_prefix() {
+        let p = BusPrefix::parse("eu-1").unwrap();
+        assert_eq!(node_registry_bucket(&p), "fnmesh-eu-1-nodes");
+        let id = crate::ids::NodeId::parse("node-a_1").unwrap();
+        assert_eq!(node_registry_key(&id), "node-a_1");
+    }
+}
+
+/// JetStream object store bucket holding the code of a prefixed bus (a region):
+/// `fnmesh-<prefix>-code`. Objects in it are named by [`code_key`].
+pub fn code_bucket(prefix: &BusPrefix) -> String {
+    format!("fnmesh-{prefix}-code")
+}
+
+#[cfg(test)]
+mod code_bucket_tests {
+    use super::*;
+
+    #[test]
+    fn code_bucket_carries_the_prefix() {
+        let p = BusPrefix::parse("eu-1").unwrap();
+        assert_eq!(code_bucket(&p), "fnmesh-eu-1-code");
     }
 }

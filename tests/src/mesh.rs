@@ -1,6 +1,7 @@
 //! A mesh of real processes for integration tests: one `fnmesh gateway` and any number of
 //! `fnmesh node`s over a harness-started `nats-server -js`, each with its own data directory
-//! and log file, sharing one region (bus prefix) and one local code directory.
+//! and log file, sharing one region (bus prefix). Only the gateway has a code store (a local
+//! directory); nodes fetch code from the region's NATS code bucket, as in production.
 //!
 //! Processes are stopped with SIGTERM (then SIGKILL) when dropped; [`MeshProc::kill9`] and
 //! [`MeshProc::sigterm`] let a test crash or drain one on purpose.
@@ -87,7 +88,7 @@ pub struct Mesh {
     pub dir: tempfile::TempDir,
     /// The region shared by all processes (unique per mesh).
     pub region: String,
-    /// The shared code directory.
+    /// The gateway's code directory (nodes read code over NATS).
     pub code_dir: PathBuf,
     /// `http://127.0.0.1:<port>` of the gateway.
     pub base_url: String,
@@ -119,10 +120,6 @@ impl Mesh {
         let mut mesh_env = vec![
             ("FNMESH_NATS_URL".to_owned(), nats.url()),
             ("FNMESH_REGION".to_owned(), region.clone()),
-            (
-                "FNMESH_CODE_STORE".to_owned(),
-                code_dir.to_str().unwrap().to_owned(),
-            ),
         ];
         mesh_env.extend(env);
         let gw_data = dir.path().join("gateway");
@@ -133,6 +130,10 @@ impl Mesh {
                 gw_data.to_str().unwrap().to_owned(),
             ),
             ("FNMESH_ADMIN_KEY".to_owned(), ADMIN_KEY.to_owned()),
+            (
+                "FNMESH_CODE_STORE".to_owned(),
+                code_dir.to_str().unwrap().to_owned(),
+            ),
         ];
         gw_env.extend(mesh_env.iter().cloned());
         let gw_log = dir.path().join("gateway.log");

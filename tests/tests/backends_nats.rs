@@ -67,6 +67,9 @@ mod conformance_suite {
         malformed_reply_address_is_refused,
         events_publish_pull_ack,
         concurrent_publishers_and_pullers,
+        max_concurrency_caps_in_flight,
+        a_flooded_function_does_not_hold_up_another,
+        queue_stats_count_pending_and_in_flight,
     );
 }
 

@@ -54,6 +54,11 @@ cases!(
     put_logs_batch_stores_each_last_wins,
     nul_characters_do_not_fail_writes,
     api_keys,
+    dead_letters_roundtrip_and_mark_the_record,
+    dead_letters_list_newest_first_with_cursors,
+    put_dead_letter_is_idempotent,
+    put_dead_letter_keeps_terminal_records,
+    put_dead_letter_inserts_absent_records,
 );
 
 /// The whole suite twice at once on one database, as several gateways would share it.

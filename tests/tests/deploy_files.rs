@@ -146,11 +146,12 @@ fn compose_has_the_full_stack_wired_together() {
         node_ids.insert(env["FNMESH_NODE_ID"].clone());
         assert_eq!(env["FNMESH_REGION"], gateway_env["FNMESH_REGION"]);
         assert_eq!(env["FNMESH_NATS_URL"], gateway_env["FNMESH_NATS_URL"]);
-        assert_eq!(
-            env["FNMESH_CODE_STORE"], gateway_env["FNMESH_CODE_STORE"],
-            "nodes read the code the gateway writes"
+        assert!(
+            !env.contains_key("FNMESH_CODE_STORE"),
+            "{node} needs nothing but NATS: it reads code from the region's NATS bucket"
         );
         assert!(svc["depends_on"].get("nats").is_some());
+        assert!(svc["depends_on"].get("minio-init").is_none(), "{node}");
     }
     assert_eq!(node_ids.len(), 2, "node ids must differ");
     // The gateway's listen port, published port and healthcheck agree.

@@ -5,24 +5,46 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use fnmesh_gateway::Gateway;
+use fnmesh_shared::registry::jetstream::DEFAULT_MAX_AGE;
 use tokio_util::sync::CancellationToken;
 
-use super::platform::{data_dir, open_bus, open_gateway, shutdown_signal};
+use super::platform::{
+    data_dir, open_bus, open_gateway, open_nats_code, open_registry, shutdown_signal,
+};
 use crate::args::GatewayCommand;
 
 pub async fn run(args: GatewayCommand) -> Result<()> {
     let data_dir = data_dir(&args.common)?;
-    let bus = open_bus(
+    let open = open_bus(
         Some(args.mesh.nats.options(&args.mesh.nats_url)),
         &args.mesh.region,
+        args.mesh.delivery.bus_config(),
     )
-    .await?
-    .bus;
-    let parts = open_gateway(&args.gateway, &args.common, &data_dir, bus).await?;
+    .await?;
+    let replica = open_nats_code(open.nats.as_ref(), &args.mesh.region).await?;
+    // Nodes' entries carry their own time to live; the bucket's max_age is only a backstop.
+    let registry = open_registry(open.nats.as_ref(), &args.mesh.region, DEFAULT_MAX_AGE).await?;
+    let bus = open.bus;
+    let parts = open_gateway(
+        &args.gateway,
+        &args.common,
+        &data_dir,
+        bus,
+        replica,
+        registry,
+    )
+    .await?;
     let listen = parts.config.listen;
     let gateway = Gateway::bind(parts.config, parts.backends)
         .await
         .with_context(|| format!("starting the HTTP API on {listen}"))?;
+    let gateway = match open.nats.clone() {
+        Some(client) => gateway
+            .serve_nats_requests(client)
+            .await
+            .context("serving NATS request/reply clients")?,
+        None => gateway,
+    };
     println!("fnmesh gateway: http://{}", gateway.local_addr());
     println!("  admin key: {}", parts.admin.describe());
     println!("  region:    {}", args.mesh.region);

@@ -1,27 +1,50 @@
-//! `fnmesh node`: a worker node over NATS JetStream. It needs the bus and the code store
-//! (by checksum), nothing else.
+//! `fnmesh node`: a worker node over NATS JetStream. It needs nothing but NATS: work from the
+//! bus, code by checksum from the region's NATS code bucket (or from `FNMESH_CODE_STORE` when
+//! set), verified and cached on local disk.
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::platform::{
-    code_location, data_dir, open_bus, require_root, shutdown_signal, NodeHandle,
+    data_dir, open_bus, open_nats_code, open_registry, registry_ttl, require_root, shutdown_signal,
+    NodeHandle,
 };
 use crate::args::NodeCommand;
-use crate::backends::open_code_store;
+use crate::backends::{open_code_store, CodeStoreLocation};
 
 pub async fn run(args: NodeCommand) -> Result<()> {
     require_root("node")?;
     let data_dir = data_dir(&args.common)?;
-    let bus = open_bus(
+    let open = open_bus(
         Some(args.mesh.nats.options(&args.mesh.nats_url)),
         &args.mesh.region,
+        args.mesh.delivery.bus_config(),
     )
-    .await?
-    .bus;
-    let code = open_code_store(&code_location(args.code_store.as_deref(), &data_dir)?).await?;
-    let node = NodeHandle::start(&args.node, &args.common, &data_dir, code, bus).await?;
+    .await?;
+    let code = match args.code_store.as_deref() {
+        Some(setting) => open_code_store(&CodeStoreLocation::parse(setting)?).await?,
+        None => open_nats_code(open.nats.as_ref(), &args.mesh.region)
+            .await?
+            .context("a node needs NATS to read code when FNMESH_CODE_STORE is not set")?,
+    };
+    let registry = open_registry(
+        open.nats.as_ref(),
+        &args.mesh.region,
+        registry_ttl(&args.node),
+    )
+    .await?;
+    let bus = open.bus;
+    let node = NodeHandle::start(
+        &args.node,
+        &args.common,
+        &data_dir,
+        code,
+        bus,
+        &args.mesh.region,
+        registry,
+    )
+    .await?;
     println!(
         "fnmesh node {} pulling work in region {}",
         node.node_id, args.mesh.region

@@ -12,6 +12,8 @@ use anyhow::{bail, Context, Result};
 use fnmesh_gateway::{auth, Backends, GatewayConfig};
 use fnmesh_nodes::code_cache::CodeCache;
 use fnmesh_nodes::executor::{Executor, ExecutorConfig};
+use fnmesh_nodes::registration::{Load, LoadSampler, Registration, RegistrationConfig};
+use fnmesh_nodes::runtimes::RuntimeRegistry;
 use fnmesh_nodes::sandbox::cgroup::{hierarchies, SandboxCgroup, CGROUP_ROOT};
 use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
 use fnmesh_nodes::sandbox::ContainerRuntime;
@@ -19,11 +21,16 @@ use fnmesh_nodes::worker::{Worker, WorkerConfig};
 use fnmesh_shared::bus::jetstream::JetStreamBus;
 use fnmesh_shared::bus::memory::MemoryBus;
 use fnmesh_shared::bus::{Bus, BusConfig};
+use fnmesh_shared::code::mirror::Mirrored;
+use fnmesh_shared::code::nats::NatsCodeStore;
 use fnmesh_shared::code::CodeStore;
 use fnmesh_shared::nats::NatsOptions;
 use fnmesh_shared::ratelimit::RateLimit;
+use fnmesh_shared::registry::jetstream::JetStreamRegistry;
+use fnmesh_shared::registry::memory::MemoryRegistry;
+use fnmesh_shared::registry::{NodeRegistry, MISSED_HEARTBEATS};
 use fnmesh_shared::store::{InvocationFilter, MetadataStore};
-use fnmesh_shared::{ErrorKind, InvocationError, InvocationStatus, Namespace};
+use fnmesh_shared::{ErrorKind, InvocationError, InvocationStatus, Namespace, NodeId};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -60,12 +67,16 @@ pub struct OpenBus {
 }
 
 /// The in-process bus, or JetStream when NATS options are given.
-pub async fn open_bus(nats: Option<NatsOptions>, region: &str) -> Result<OpenBus> {
+pub async fn open_bus(
+    nats: Option<NatsOptions>,
+    region: &str,
+    config: BusConfig,
+) -> Result<OpenBus> {
     Ok(match nats {
         None => {
             tracing::info!(backend = "in-process", "bus");
             OpenBus {
-                bus: Arc::new(MemoryBus::new(BusConfig::default())),
+                bus: Arc::new(MemoryBus::new(config)),
                 nats: None,
             }
         }
@@ -75,10 +86,9 @@ pub async fn open_bus(nats: Option<NatsOptions>, region: &str) -> Result<OpenBus
                 .connect(&format!("fnmesh-{region}"))
                 .await
                 .context("connecting to NATS (FNMESH_NATS_URL)")?;
-            let bus =
-                JetStreamBus::connect_with_client(client.clone(), region, BusConfig::default())
-                    .await
-                    .with_context(|| format!("opening the JetStream bus of region {region:?}"))?;
+            let bus = JetStreamBus::connect_with_client(client.clone(), region, config)
+                .await
+                .with_context(|| format!("opening the JetStream bus of region {region:?}"))?;
             OpenBus {
                 bus: Arc::new(bus),
                 nats: Some(client),
@@ -95,6 +105,26 @@ pub fn code_location(setting: Option<&str>, data_dir: &Path) -> Result<CodeStore
     }
 }
 
+/// The code bucket of `region` on NATS (created if missing), when the process runs over NATS:
+/// what nodes read code from, and where a gateway mirrors the code it stores.
+pub async fn open_nats_code(
+    nats: Option<&async_nats::Client>,
+    region: &str,
+) -> Result<Option<Arc<dyn CodeStore>>> {
+    let Some(client) = nats else {
+        return Ok(None);
+    };
+    let store = NatsCodeStore::open(client.clone(), region)
+        .await
+        .with_context(|| format!("opening the NATS code bucket of region {region:?}"))?;
+    tracing::info!(
+        backend = "nats object store",
+        nats.bucket = store.bucket_name(),
+        "code store (nodes)"
+    );
+    Ok(Some(Arc::new(store)))
+}
+
 /// A gateway's backends plus its bootstrap admin key, ready to serve.
 pub struct GatewayParts {
     pub backends: Backends,
@@ -102,12 +132,16 @@ pub struct GatewayParts {
     pub admin: AdminKey,
 }
 
-/// Opens the gateway's store, code store and limiter, stores the admin key.
+/// Opens the gateway's store, code store and limiter, stores the admin key. With a
+/// `code_replica` (the NATS code bucket), code is written to both and re-copied to the replica
+/// when an invocation finds it missing there.
 pub async fn open_gateway(
     args: &GatewayArgs,
     common: &CommonArgs,
     data_dir: &Path,
     bus: Arc<dyn Bus>,
+    code_replica: Option<Arc<dyn CodeStore>>,
+    registry: Arc<dyn NodeRegistry>,
 ) -> Result<GatewayParts> {
     let backends = &args.backends;
     let database = match &backends.database_url {
@@ -116,7 +150,11 @@ pub async fn open_gateway(
     };
     let policy = parse_failure_policy(&backends.rate_limit_failure)?;
     let store = open_store(&database, backends.migrate).await?;
-    let code = open_code_store(&code_location(backends.code_store.as_deref(), data_dir)?).await?;
+    let mut code =
+        open_code_store(&code_location(backends.code_store.as_deref(), data_dir)?).await?;
+    if let Some(replica) = code_replica {
+        code = Arc::new(Mirrored::new(code, replica));
+    }
     let limiter = open_limiter(backends.redis_url.as_deref(), policy).await?;
     let admin = admin_key(args.admin_key.as_deref(), data_dir)?;
     auth::ensure_admin_key(store.as_ref(), &admin.key)
@@ -138,16 +176,42 @@ pub async fn open_gateway(
             code,
             bus,
             limiter,
+            registry,
         },
         config,
         admin,
     })
 }
 
-/// A running node: its work loop, executor and sandbox supervisor.
+/// The node registry of `region`: its JetStream KV bucket when the process runs over NATS
+/// (with a `max_age` of at least `max_age`), else an in-process one, which `fnmesh up` shares
+/// between its gateway and its node.
+pub async fn open_registry(
+    nats: Option<&async_nats::Client>,
+    region: &str,
+    max_age: Duration,
+) -> Result<Arc<dyn NodeRegistry>> {
+    let Some(client) = nats else {
+        tracing::info!(backend = "in-process", "node registry");
+        return Ok(Arc::new(MemoryRegistry::new()));
+    };
+    let registry = JetStreamRegistry::open(client.clone(), region, max_age)
+        .await
+        .with_context(|| format!("opening the node registry of region {region:?}"))?;
+    tracing::info!(backend = "nats kv", ?registry, "node registry");
+    Ok(Arc::new(registry))
+}
+
+/// The time to live of a node's registry entry: three heartbeats.
+pub fn registry_ttl(args: &NodeArgs) -> Duration {
+    Duration::from_secs(args.heartbeat_secs.max(1)) * MISSED_HEARTBEATS
+}
+
+/// A running node: its work loop, registration, executor and sandbox supervisor.
 pub struct NodeHandle {
     pub node_id: String,
     task: JoinHandle<()>,
+    registration: Registration,
     stop: CancellationToken,
     executor: Arc<Executor>,
     supervisor: Arc<SupervisorClient>,
@@ -155,26 +219,22 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Starts the supervisor, the executor and the work loop.
+    /// Starts the supervisor, the executor, the work loop and the node's registration in
+    /// `registry` (as a node of `region`).
     pub async fn start(
         args: &NodeArgs,
         common: &CommonArgs,
         data_dir: &Path,
         code: Arc<dyn CodeStore>,
         bus: Arc<dyn Bus>,
+        region: &str,
+        registry: Arc<dyn NodeRegistry>,
     ) -> Result<Self> {
-        let node_id = args
-            .node_id
-            .clone()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
-        let valid = node_id.len() <= 40
-            && node_id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !valid {
-            bail!("FNMESH_NODE_ID={node_id:?}: use up to 40 lowercase letters, digits and '-'");
-        }
+        let id = match args.node_id.as_deref().filter(|s| !s.is_empty()) {
+            Some(id) => NodeId::parse(id).with_context(|| format!("FNMESH_NODE_ID={id:?}"))?,
+            None => NodeId::generate(),
+        };
+        let node_id = id.to_string();
         let sandbox_dir = data_dir.join("sandboxes");
         let exe = std::env::current_exe().context("locating the fnmesh binary")?;
         let supervisor = Arc::new(
@@ -214,11 +274,36 @@ impl NodeHandle {
             cache,
             executor.clone(),
         );
+        let load = worker.load();
         let stop = CancellationToken::new();
         let task = tokio::spawn(worker.run(stop.clone()));
+        let sample: LoadSampler = {
+            let executor = executor.clone();
+            Arc::new(move || Load {
+                slots_total: load.slots(),
+                slots_free: load.free_slots(),
+                warm_sandboxes: executor.stats().idle,
+            })
+        };
+        let registration = Registration::start(
+            registry,
+            RegistrationConfig {
+                node_id: id,
+                region: region.to_owned(),
+                runtimes: RuntimeRegistry::builtin()
+                    .names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                interval: Duration::from_secs(args.heartbeat_secs.max(1)),
+            },
+            sample,
+        )
+        .await;
         Ok(Self {
             node_id,
             task,
+            registration,
             stop,
             executor,
             supervisor,
@@ -226,11 +311,14 @@ impl NodeHandle {
         })
     }
 
-    /// Stops pulling, drains in-flight invocations (bounded), destroys every sandbox, stops
-    /// the supervisor and removes the node's cgroup parent.
+    /// Stops pulling (announcing `draining` in the registry), drains in-flight invocations
+    /// (bounded), leaves the registry, destroys every sandbox, stops the supervisor and removes
+    /// the node's cgroup parent.
     pub async fn stop(self) {
         self.stop.cancel();
+        self.registration.set_draining();
         let _ = self.task.await;
+        self.registration.leave().await;
         self.executor.shutdown(Duration::from_secs(5)).await;
         self.supervisor.shutdown().await;
         let leftovers = SandboxCgroup::new(&self.cgroup_parent).remove_leftovers();

@@ -11,8 +11,8 @@ use fnmesh_gateway::{Gateway, GatewayConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::platform::{
-    data_dir, fail_interrupted_invocations, open_bus, open_gateway, require_root, shutdown_signal,
-    NodeHandle,
+    data_dir, fail_interrupted_invocations, open_bus, open_gateway, open_nats_code, open_registry,
+    registry_ttl, require_root, shutdown_signal, NodeHandle,
 };
 use crate::args::UpArgs;
 
@@ -20,13 +20,26 @@ pub async fn run(args: UpArgs) -> Result<()> {
     require_root("up")?;
     let data_dir = data_dir(&args.common)?;
     let durable_bus = args.nats_url.is_some();
-    let bus = open_bus(
+    let open = open_bus(
         args.nats_url.as_deref().map(|url| args.nats.options(url)),
         &args.region,
+        args.delivery.bus_config(),
     )
-    .await?
-    .bus;
-    let mut parts = open_gateway(&args.gateway, &args.common, &data_dir, bus.clone()).await?;
+    .await?;
+    let replica = open_nats_code(open.nats.as_ref(), &args.region).await?;
+    // One registry for the gateway and the node (in-process without NATS).
+    let registry =
+        open_registry(open.nats.as_ref(), &args.region, registry_ttl(&args.node)).await?;
+    let bus = open.bus;
+    let mut parts = open_gateway(
+        &args.gateway,
+        &args.common,
+        &data_dir,
+        bus.clone(),
+        replica,
+        registry.clone(),
+    )
+    .await?;
     // The recorder and reconciler run here instead, so they outlive the node's drain.
     parts.config.background_workers = false;
     let store = parts.backends.store.clone();
@@ -39,12 +52,21 @@ pub async fn run(args: UpArgs) -> Result<()> {
         &data_dir,
         parts.backends.code.clone(),
         bus.clone(),
+        &args.region,
+        registry,
     )
     .await?;
     let listen = parts.config.listen;
     let gateway = Gateway::bind(parts.config, parts.backends)
         .await
         .with_context(|| format!("starting the HTTP API on {listen}"))?;
+    let gateway = match open.nats.clone() {
+        Some(client) => gateway
+            .serve_nats_requests(client)
+            .await
+            .context("serving NATS request/reply clients")?,
+        None => gateway,
+    };
     let addr = gateway.local_addr();
 
     println!("fnmesh is up: http://{addr}");

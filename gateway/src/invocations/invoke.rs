@@ -6,11 +6,14 @@
 //! does, fenced and idempotent) and answer 200 whatever the function did, or 504 with the id.
 //! When the bus refuses the publish, the record is marked failed: nothing accepted is dropped
 //! silently.
+//!
+//! [`invoke`] is that whole path behind the HTTP handler; NATS requests
+//! ([`crate::nats_api`]) go through it too, so both front ends decide the same way.
 
 use bytes::Bytes;
 use chrono::Utc;
 use fnmesh_shared::{
-    ErrorKind, InvocationError, InvocationId, InvocationOutcome, InvocationRequest,
+    ErrorKind, FunctionName, InvocationError, InvocationId, InvocationOutcome, InvocationRequest,
     InvocationResult, InvocationStatus,
 };
 use serde::Deserialize;
@@ -35,6 +38,24 @@ pub struct InvokeQuery {
     pub asynchronous: Option<bool>,
 }
 
+/// Whether the caller waits for the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Wait for the outcome, up to the function's timeout plus the sync grace.
+    Sync,
+    /// Answer as soon as the invocation is queued.
+    Async,
+}
+
+/// What an accepted invocation turned into.
+#[derive(Debug)]
+pub enum Invoked {
+    /// Queued ([`Mode::Async`]); fetch it later by id.
+    Queued(InvocationId),
+    /// Finished ([`Mode::Sync`]), whatever the function did.
+    Finished(Box<InvocationResult>),
+}
+
 /// Handles the request.
 pub async fn handle(
     state: State,
@@ -43,21 +64,60 @@ pub async fn handle(
     query: InvokeQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    principal.authorize(Action::Invoke)?;
     let name = parse_name(&raw_name)?;
-    let payload = parse_payload(&body)?;
+    let mode = if query.asynchronous.unwrap_or(false) {
+        Mode::Async
+    } else {
+        Mode::Sync
+    };
+    match invoke(&state, &principal, &name, query.version, mode, &body).await? {
+        Invoked::Queued(id) => {
+            let location = format!("/v1/invocations/{id}");
+            let reply = warp::reply::with_status(
+                warp::reply::json(&json!({ "id": id, "status": InvocationStatus::Queued })),
+                StatusCode::ACCEPTED,
+            );
+            Ok(warp::reply::with_header(reply, LOCATION, location).into_response())
+        }
+        Invoked::Finished(result) => Ok(warp::reply::json(&result).into_response()),
+    }
+}
+
+/// Invokes `name` (its `version`, or the latest) in the principal's namespace with the JSON
+/// `payload`: the one path every front end (HTTP, NATS requests) goes through. Checks the
+/// principal may invoke and the function's own rate limit; the caller has authenticated the
+/// principal and counted the request against its key's limit.
+pub async fn invoke(
+    state: &State,
+    principal: &Principal,
+    name: &FunctionName,
+    version: Option<u32>,
+    mode: Mode,
+    payload: &[u8],
+) -> Result<Invoked, ApiError> {
+    principal.authorize(Action::Invoke)?;
+    let payload = parse_payload(payload)?;
     let store = &state.backends.store;
     let function = store
-        .get_function(&principal.namespace, &name, query.version)
+        .get_function(&principal.namespace, name, version)
         .await?
-        .ok_or_else(|| match query.version {
+        .ok_or_else(|| match version {
             Some(v) => ApiError::NotFound(format!(
                 "version {v} of function {:?} not found",
                 name.as_str()
             )),
             None => ApiError::NotFound(format!("function {:?} not found", name.as_str())),
         })?;
-    crate::ratelimit::check_function(&state, &function).await?;
+    crate::ratelimit::check_function(state, &function).await?;
+    // Nodes read code from the NATS replica: put it back if it went missing (cached, cheap).
+    if let Err(e) = state
+        .backends
+        .code
+        .ensure_replicated(&function.code.checksum)
+        .await
+    {
+        tracing::warn!(code.checksum = %function.code.checksum, error = %e, "code could not be replicated for nodes");
+    }
     let timeout = std::time::Duration::from_millis(function.config.timeout_ms);
     let request = InvocationRequest {
         id: InvocationId::new(),
@@ -71,28 +131,23 @@ pub async fn handle(
     crate::failpoint::hit(crate::failpoint::AFTER_COMMIT_BEFORE_PUBLISH);
     let bus = &state.backends.bus;
 
-    if query.asynchronous.unwrap_or(false) {
+    if mode == Mode::Async {
         if let Err(e) = bus.publish_invocation(&request, None).await {
-            return Err(refused(&state, &request, e.into()).await);
+            return Err(refused(state, &request, e.into()).await);
         }
         tracing::info!(invocation.id = %id, function.name = %name, mode = "async", "invocation queued");
-        let location = format!("/v1/invocations/{id}");
-        let reply = warp::reply::with_status(
-            warp::reply::json(&json!({ "id": id, "status": InvocationStatus::Queued })),
-            StatusCode::ACCEPTED,
-        );
-        return Ok(warp::reply::with_header(reply, LOCATION, location).into_response());
+        return Ok(Invoked::Queued(id));
     }
 
     let mut inbox = match bus.open_inbox().await {
         Ok(inbox) => inbox,
-        Err(e) => return Err(refused(&state, &request, e.into()).await),
+        Err(e) => return Err(refused(state, &request, e.into()).await),
     };
     if let Err(e) = bus
         .publish_invocation(&request, Some(&inbox.reply_to))
         .await
     {
-        return Err(refused(&state, &request, e.into()).await);
+        return Err(refused(state, &request, e.into()).await);
     }
     tracing::debug!(invocation.id = %id, function.name = %name, mode = "sync", "invocation queued");
     let wait = timeout + state.config.sync_grace;
@@ -100,8 +155,8 @@ pub async fn handle(
     loop {
         match tokio::time::timeout_at(deadline, inbox.receiver.recv()).await {
             Ok(Some(outcome)) if outcome.result.id == id => {
-                record(&state, &outcome).await;
-                return Ok(warp::reply::json(&outcome.result).into_response());
+                record(state, &outcome).await;
+                return Ok(Invoked::Finished(Box::new(outcome.result)));
             }
             Ok(Some(other)) => {
                 tracing::warn!(
@@ -152,7 +207,11 @@ async fn record(state: &State, outcome: &InvocationOutcome) {
 
 /// Marks an accepted invocation failed after the bus refused it, and returns the error to
 /// answer with.
-async fn refused(state: &State, request: &InvocationRequest, error: ApiError) -> ApiError {
+pub(crate) async fn refused(
+    state: &State,
+    request: &InvocationRequest,
+    error: ApiError,
+) -> ApiError {
     let mut record = InvocationResult::queued(request);
     record.status = InvocationStatus::Failed;
     record.error = Some(InvocationError {

@@ -15,6 +15,7 @@ use fnmesh_shared::bus::{Bus, BusConfig};
 use fnmesh_shared::code::local::LocalCodeStore;
 use fnmesh_shared::code::CodeStore;
 use fnmesh_shared::ratelimit::local::LocalRateLimiter;
+use fnmesh_shared::registry::memory::MemoryRegistry;
 use fnmesh_shared::store::sqlite::SqliteStore;
 use fnmesh_shared::store::MetadataStore;
 use serde_json::{json, Value};
@@ -50,6 +51,7 @@ impl TestAppBuilder {
         );
         let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(self.bus));
         let limiter = Arc::new(LocalRateLimiter::new());
+        let registry = Arc::new(MemoryRegistry::new());
         let key = auth::generate_key();
         auth::ensure_admin_key(store.as_ref(), &key).await.unwrap();
         let mut config = self.config;
@@ -61,6 +63,7 @@ impl TestAppBuilder {
                 code: code.clone(),
                 bus: bus.clone(),
                 limiter,
+                registry: registry.clone(),
             },
         )
         .await
@@ -75,6 +78,7 @@ impl TestAppBuilder {
             store,
             code,
             bus,
+            registry,
             shutdown,
             task: Some(task),
             http: reqwest::Client::new(),
@@ -89,6 +93,7 @@ pub struct TestApp {
     pub store: Arc<dyn MetadataStore>,
     pub code: Arc<dyn CodeStore>,
     pub bus: Arc<dyn Bus>,
+    pub registry: Arc<MemoryRegistry>,
     pub shutdown: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<Result<(), fnmesh_gateway::GatewayError>>>,
     pub http: reqwest::Client,

@@ -121,6 +121,13 @@ impl RuntimeRegistry {
             .ok_or_else(|| RuntimeError::Unknown(name.chars().take(40).collect()))
     }
 
+    /// The runtime names this registry serves, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.adapters.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The sandbox process of `function`.
     pub fn process(&self, function: &Function) -> Result<ProcessSpec, RuntimeError> {
         self.get(function.runtime.as_str())?.process(function)

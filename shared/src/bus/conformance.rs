@@ -76,6 +76,9 @@ where
     malformed_reply_address_is_refused(&make).await;
     events_publish_pull_ack(&make).await;
     concurrent_publishers_and_pullers(&make).await;
+    max_concurrency_caps_in_flight(&make).await;
+    a_flooded_function_does_not_hold_up_another(&make).await;
+    queue_stats_count_pending_and_in_flight(&make).await;
 }
 
 // ---- helpers ----
@@ -108,6 +111,19 @@ pub fn request() -> InvocationRequest {
         created_at: now,
         trace_id: None,
     }
+}
+
+/// A fresh request of function `name` in `namespace` with `max_concurrency`.
+pub fn request_of(namespace: &Namespace, name: &str, max_concurrency: u32) -> InvocationRequest {
+    let mut r = request();
+    r.function.namespace = namespace.clone();
+    r.function.name = FunctionName::parse(name).expect("name");
+    r.function.config.max_concurrency = max_concurrency;
+    r
+}
+
+fn fresh_namespace() -> Namespace {
+    Namespace::parse(&format!("t-{:016x}", rand::random::<u64>())).expect("namespace")
 }
 
 fn outcome(request: &InvocationRequest) -> InvocationOutcome {
@@ -628,4 +644,111 @@ where
     let unique: HashSet<_> = all.iter().copied().collect();
     assert_eq!(unique.len(), all.len(), "no invocation is delivered twice");
     assert_eq!(unique, expected, "every invocation is delivered");
+}
+
+/// A function's `max_concurrency` caps its deliveries in flight across every puller; settling
+/// one makes room for the next.
+pub async fn max_concurrency_caps_in_flight<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(BusConfig {
+        ack_wait: Duration::from_secs(30),
+        ..test_config()
+    })
+    .await;
+    let ns = fresh_namespace();
+    for _ in 0..5 {
+        bus.publish_invocation(&request_of(&ns, "capped", 2), None)
+            .await
+            .unwrap();
+    }
+    let first = expect_delivery(&*bus, "capped 1").await;
+    let _second = expect_delivery(&*bus, "capped 2").await;
+    expect_nothing(
+        &*bus,
+        Duration::from_millis(700),
+        "a third delivery while max_concurrency = 2 are in flight",
+    )
+    .await;
+    first.acker.ack().await.unwrap();
+    let third = expect_delivery(&*bus, "capped 3 after an ack made room").await;
+    assert_eq!(third.request.function.name.as_str(), "capped");
+}
+
+/// Deliveries go round-robin over functions: a function with a deep backlog (at its cap)
+/// does not hold up another function's work.
+pub async fn a_flooded_function_does_not_hold_up_another<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(BusConfig {
+        ack_wait: Duration::from_secs(30),
+        ..test_config()
+    })
+    .await;
+    let ns = fresh_namespace();
+    for _ in 0..50 {
+        bus.publish_invocation(&request_of(&ns, "slow", 4), None)
+            .await
+            .unwrap();
+    }
+    let fast = request_of(&ns, "fast", 4);
+    bus.publish_invocation(&fast, None).await.unwrap();
+    let mut held = Vec::new();
+    let mut got_fast = false;
+    for _ in 0..5 {
+        let Some(d) = bus.pull_invocation(PATIENCE).await.unwrap() else {
+            break;
+        };
+        if d.request.id == fast.id {
+            got_fast = true;
+            break;
+        }
+        held.push(d);
+    }
+    assert!(
+        got_fast,
+        "the fast function's invocation must come within the slow one's cap ({} slow delivered first)",
+        held.len()
+    );
+    assert!(
+        held.len() <= 4,
+        "at most the slow function's cap went first"
+    );
+}
+
+/// `queue_stats` reports per-function pending and in-flight work.
+pub async fn queue_stats_count_pending_and_in_flight<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(BusConfig {
+        ack_wait: Duration::from_secs(30),
+        ..test_config()
+    })
+    .await;
+    let ns = fresh_namespace();
+    for _ in 0..3 {
+        bus.publish_invocation(&request_of(&ns, "counted", 7), None)
+            .await
+            .unwrap();
+    }
+    let d = expect_delivery(&*bus, "one of the counted").await;
+    let stats = bus.queue_stats().await.expect("queue_stats");
+    let f = stats
+        .functions
+        .iter()
+        .find(|f| f.namespace == ns.as_str() && f.function == "counted")
+        .unwrap_or_else(|| panic!("the function is listed: {stats:?}"));
+    assert_eq!(
+        (f.pending, f.in_flight, f.max_in_flight),
+        (2, 1, 7),
+        "{stats:?}"
+    );
+    assert!(stats.invocations >= 3, "{stats:?}");
+    d.acker.ack().await.unwrap();
 }

@@ -47,6 +47,7 @@
 //! capacity-1 channel by a task that ends (and unsubscribes) when the [`Inbox`] guard drops.
 //! Replies are core NATS: at most once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,8 +59,10 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Acker, Bus, BusConfig, BusError, DeadLetter, Delivery, EventDelivery, Inbox, ReplyTo};
-use crate::ids::InvocationId;
+use super::{
+    Acker, Bus, BusConfig, BusError, DeadLetter, Delivery, EventDelivery, FunctionQueue, Inbox,
+    QueueStats, ReplyTo,
+};
 use crate::invocation::{InvocationOutcome, InvocationRequest, NodeEvent};
 use crate::subjects::{self, BusPrefix, BusRole};
 
@@ -69,8 +72,19 @@ pub const EVENT_CAPACITY: i64 = 100_000;
 /// Our header carrying the reply inbox of a sync invocation.
 pub const REPLY_HEADER: &str = "Fnmesh-Reply-To";
 
-/// Unacked deliveries the work consumer allows at most.
+/// Unacked deliveries the event and dead-letter consumers allow at most.
 const MAX_ACK_PENDING: i64 = 100_000;
+
+/// How often a pulling node re-reads the function consumers (work that became ready without a
+/// hint: redeliveries after an ack wait, ends of nak delays, hints lost on the wire).
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a server may hold a fetch of a consumer at its max_ack_pending.
+const FETCH_EXPIRY: Duration = Duration::from_millis(20);
+
+/// Hint payload prefixes: new work on a consumer, or a delivery of it settled.
+const HINT_WORK: &str = "w:";
+const HINT_FREED: &str = "f:";
 
 /// Shortest pull expiry (NATS needs a non-zero one).
 const MIN_EXPIRY: Duration = Duration::from_millis(1);
@@ -89,9 +103,49 @@ struct Inner {
     max_deliver: u32,
     ack_wait: Duration,
     work_stream: stream::Stream,
-    work: consumer::PullConsumer,
     events: consumer::PullConsumer,
     dead: consumer::PullConsumer,
+    /// Function consumers this process made sure of, with the `max_ack_pending` they have.
+    ensured: std::sync::Mutex<HashMap<String, i64>>,
+    /// The pulling side (nodes): which function consumers may have work.
+    pull: PullState,
+}
+
+/// Which function consumers a node should look at, round-robin.
+#[derive(Default)]
+struct PullState {
+    /// Set up once, by the first pull: the ready-hint listener.
+    listener: tokio::sync::OnceCell<()>,
+    wake: tokio::sync::Notify,
+    inner: std::sync::Mutex<Ring>,
+}
+
+#[derive(Default)]
+struct Ring {
+    /// Consumers that may have work, in round-robin order.
+    order: std::collections::VecDeque<String>,
+    /// Those consumers, with a counter bumped by every hint (a hint that arrives while a
+    /// fetch comes back empty keeps the consumer hot).
+    hot: HashMap<String, u64>,
+    /// Consumers at their `max_ack_pending`: skipped until a delivery of theirs is settled
+    /// (a "freed" hint) or a sweep shows room.
+    capped: std::collections::HashSet<String>,
+    /// Consumer handles by name.
+    known: HashMap<String, consumer::PullConsumer>,
+    /// When the consumer list was last read from the server.
+    last_sweep: Option<Instant>,
+}
+
+impl Ring {
+    fn mark_hot(&mut self, name: &str) {
+        match self.hot.get_mut(name) {
+            Some(generation) => *generation += 1,
+            None => {
+                self.hot.insert(name.to_owned(), 0);
+                self.order.push_back(name.to_owned());
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for JetStreamBus {
@@ -123,7 +177,6 @@ impl JetStreamBus {
     ) -> Result<Self, BusError> {
         let prefix = BusPrefix::parse(prefix).map_err(|e| backend("bus prefix", e))?;
         let js = jetstream::new(client.clone());
-        let max_deliver = i64::from(config.max_deliver.max(1));
         let capacity = i64::try_from(config.capacity.max(1)).unwrap_or(i64::MAX);
 
         let work_name = subjects::bus_stream(&prefix, BusRole::Invocations);
@@ -144,14 +197,15 @@ impl JetStreamBus {
             .get_stream(&work_name)
             .await
             .map_err(|e| backend("getting the work stream", e))?;
-        let work = create_consumer(
-            &work_stream,
-            subjects::bus_consumer(&prefix, BusRole::Invocations),
-            config.ack_wait,
-            max_deliver,
-            MAX_ACK_PENDING.max(capacity),
-        )
-        .await?;
+        // Work is consumed per function (see `ensure_function_consumer`); the single consumer
+        // of earlier versions would overlap their filters on a work-queue stream.
+        let legacy = subjects::bus_consumer(&prefix, BusRole::Invocations);
+        if work_stream.consumer_info(&legacy).await.is_ok() {
+            work_stream
+                .delete_consumer(&legacy)
+                .await
+                .map_err(|e| backend("removing the legacy work consumer", e))?;
+        }
 
         let events_name = subjects::bus_stream(&prefix, BusRole::Events);
         js.create_or_update_stream(stream::Config {
@@ -181,7 +235,7 @@ impl JetStreamBus {
         let dead_name = subjects::bus_stream(&prefix, BusRole::DeadLetters);
         js.create_or_update_stream(stream::Config {
             name: dead_name.clone(),
-            subjects: vec![subjects::max_deliveries_advisory(&prefix)],
+            subjects: vec![subjects::max_deliveries_advisories_all(&prefix)],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             ..Default::default()
@@ -210,9 +264,10 @@ impl JetStreamBus {
                 max_deliver: config.max_deliver.max(1),
                 ack_wait: config.ack_wait,
                 work_stream,
-                work,
                 events,
                 dead,
+                ensured: std::sync::Mutex::new(HashMap::new()),
+                pull: PullState::default(),
             }),
         })
     }
@@ -225,6 +280,275 @@ impl JetStreamBus {
     /// The underlying connection.
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.client
+    }
+
+    /// Makes sure the durable consumer of `request`'s function exists with the function's
+    /// `max_concurrency` as `max_ack_pending` (the cap holds across every node together).
+    /// Cached per process; a changed cap updates the consumer.
+    async fn ensure_function_consumer(&self, request: &InvocationRequest) -> Result<(), BusError> {
+        let f = &request.function;
+        let name = subjects::bus_function_consumer(&self.inner.prefix, &f.namespace, &f.name);
+        let cap = i64::from(f.config.max_concurrency.max(1));
+        if self.ensured().get(&name) == Some(&cap) {
+            return Ok(());
+        }
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: subjects::bus_invocation(&self.inner.prefix, &f.namespace, &f.name),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.inner.ack_wait,
+            max_deliver: i64::from(self.inner.max_deliver),
+            max_ack_pending: cap,
+            ..Default::default()
+        };
+        // Create-or-update: an existing consumer with another cap is updated.
+        self.inner
+            .work_stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| backend(&format!("creating consumer {name}"), e))?;
+        self.ensured().insert(name, cap);
+        Ok(())
+    }
+
+    fn ensured(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.inner
+            .ensured
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.inner
+            .pull
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Tells pulling nodes that `consumer` may have work (`freed`: one of its deliveries was
+    /// settled, so a capped consumer has room again). Core NATS, best effort: a lost hint
+    /// costs at most one sweep interval.
+    async fn hint(&self, consumer: &str, freed: bool) {
+        let subject = subjects::bus_work_ready(&self.inner.prefix);
+        let payload = format!("{}{consumer}", if freed { HINT_FREED } else { HINT_WORK });
+        if let Err(e) = self.inner.client.publish(subject, payload.into()).await {
+            tracing::debug!(error = %e, "work hint not sent");
+        }
+    }
+
+    /// Starts (once) the task that turns ready hints into hot consumers.
+    async fn start_listener(&self) -> Result<(), BusError> {
+        self.inner
+            .pull
+            .listener
+            .get_or_try_init(|| async {
+                let mut hints = self
+                    .inner
+                    .client
+                    .subscribe(subjects::bus_work_ready(&self.inner.prefix))
+                    .await
+                    .map_err(|e| backend("subscribing to work hints", e))?;
+                let weak = Arc::downgrade(&self.inner);
+                let own = subjects::bus_function_consumer_prefix(&self.inner.prefix);
+                tokio::spawn(async move {
+                    while let Some(message) = hints.next().await {
+                        let Some(inner) = weak.upgrade() else { break };
+                        // Anyone on NATS can publish here: only well-formed names of our
+                        // own consumers are taken.
+                        let Ok(text) = std::str::from_utf8(&message.payload) else {
+                            continue;
+                        };
+                        let (freed, name) = if let Some(name) = text.strip_prefix(HINT_FREED) {
+                            (true, name)
+                        } else if let Some(name) = text.strip_prefix(HINT_WORK) {
+                            (false, name)
+                        } else {
+                            continue;
+                        };
+                        let valid = name.len() <= 200
+                            && name.starts_with(&own)
+                            && name.bytes().all(|b| {
+                                b.is_ascii_lowercase()
+                                    || b.is_ascii_digit()
+                                    || b == b'-'
+                                    || b == b'_'
+                            });
+                        if !valid {
+                            continue;
+                        }
+                        {
+                            let mut ring = inner
+                                .pull
+                                .inner
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            if freed {
+                                ring.capped.remove(name);
+                            } else if ring.capped.contains(name) {
+                                continue;
+                            }
+                            ring.mark_hot(name);
+                        }
+                        inner.pull.wake.notify_one();
+                    }
+                });
+                Ok::<(), BusError>(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Reads the function consumers from the server: those with work (new, in flight or due
+    /// for redelivery) become hot, and those at their cap are marked capped. This finds work
+    /// that became ready without a hint: redeliveries after an ack wait, ends of nak delays,
+    /// lost hints.
+    async fn sweep(&self) -> Result<(), BusError> {
+        let own = subjects::bus_function_consumer_prefix(&self.inner.prefix);
+        let mut infos = self.inner.work_stream.consumers();
+        let mut found = Vec::new();
+        while let Some(info) = infos.next().await {
+            let info = info.map_err(|e| backend("listing work consumers", e))?;
+            if info.name.starts_with(&own) {
+                let capped = info.config.max_ack_pending > 0
+                    && info.num_ack_pending as i64 >= info.config.max_ack_pending;
+                let work = info.num_pending > 0 || info.num_ack_pending > 0;
+                found.push((info.name, work, capped));
+            }
+        }
+        let mut ring = self.ring();
+        ring.known
+            .retain(|name, _| found.iter().any(|(n, _, _)| n == name));
+        for (name, work, capped) in &found {
+            if *capped {
+                ring.capped.insert(name.clone());
+            } else {
+                ring.capped.remove(name);
+            }
+            // Capped ones too: a redelivery (after a crashed node's ack wait) is delivered even
+            // at the cap, and nothing else would look for it.
+            if *work {
+                ring.mark_hot(name);
+            }
+        }
+        ring.last_sweep = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The handle of consumer `name` (looked up once).
+    async fn consumer(&self, name: &str) -> Result<consumer::PullConsumer, BusError> {
+        if let Some(c) = self.ring().known.get(name) {
+            return Ok(c.clone());
+        }
+        let c: consumer::PullConsumer = self
+            .inner
+            .work_stream
+            .get_consumer(name)
+            .await
+            .map_err(|e| backend("looking up a work consumer", e))?;
+        self.ring().known.insert(name.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// Tries the hot consumers once each, round-robin; the first message found wins.
+    async fn fetch_round(&self) -> Result<Option<jetstream::Message>, BusError> {
+        let rounds = self.ring().order.len();
+        for _ in 0..rounds {
+            let (name, generation) = {
+                let mut ring = self.ring();
+                let Some(name) = ring.order.pop_front() else {
+                    return Ok(None);
+                };
+                let generation = ring.hot.get(&name).copied().unwrap_or(0);
+                (name, generation)
+            };
+            let started = Instant::now();
+            let got = match self.consumer(&name).await {
+                Ok(c) => fetch_now(&c).await,
+                Err(e) => Err(e),
+            };
+            // An empty answer that took the whole expiry: the server held the request
+            // because the consumer is at its max_ack_pending.
+            let held = started.elapsed() >= FETCH_EXPIRY;
+            let mut ring = self.ring();
+            match got {
+                Ok(Some(message)) => {
+                    // It may have more: keep it hot, at the back.
+                    ring.order.push_back(name);
+                    return Ok(Some(message));
+                }
+                Ok(None) | Err(_) => {
+                    if let Err(e) = &got {
+                        tracing::debug!(consumer = %name, error = %e, "fetch failed; consumer cooled");
+                        ring.known.remove(&name);
+                    }
+                    if matches!(got, Ok(None)) && held {
+                        ring.capped.insert(name.clone());
+                    }
+                    if ring.hot.get(&name) == Some(&generation) {
+                        ring.hot.remove(&name);
+                    } else {
+                        // A hint arrived meanwhile: try it again.
+                        ring.order.push_back(name);
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Turns a fetched work message into a delivery; `None` (after terminating it) for a
+    /// message nothing can ever run.
+    async fn delivery(&self, message: jetstream::Message) -> Result<Option<Delivery>, BusError> {
+        let info = message.info().map_err(|e| backend("message info", e))?;
+        let attempt = u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX);
+        let consumer = info.consumer.to_owned();
+        let stream_seq = info.stream_sequence;
+        let request: InvocationRequest = match serde_json::from_slice(&message.payload) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::error!(error = %e, subject = %message.subject, "undecodable invocation; terminated");
+                let _ = message.ack_with(AckKind::Term).await;
+                return Ok(None);
+            }
+        };
+        let reply_to = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(REPLY_HEADER))
+            .map(|v| ReplyTo(v.as_str().to_owned()))
+            .filter(|r| {
+                let ok = check_reply(r).is_ok();
+                if !ok {
+                    tracing::warn!(invocation.id = %request.id, "invalid reply header ignored");
+                }
+                ok
+            });
+        let last = if attempt >= self.inner.max_deliver {
+            let last = Arc::new(LastAttempt {
+                js: self.inner.js.clone(),
+                advisory_subject: subjects::max_deliveries_advisory(&self.inner.prefix, &consumer),
+                stream_seq,
+                deliveries: attempt,
+                ack_wait: self.inner.ack_wait,
+                done: std::sync::atomic::AtomicBool::new(false),
+                extended: tokio::sync::Notify::new(),
+            });
+            tokio::spawn(last.clone().watch());
+            Some(last)
+        } else {
+            None
+        };
+        Ok(Some(Delivery {
+            request,
+            reply_to,
+            attempt,
+            acker: Box::new(JetStreamAcker {
+                message,
+                last,
+                freed: Some((self.clone(), consumer)),
+            }),
+        }))
     }
 
     /// Publishes to a stream and waits for the PubAck.
@@ -306,13 +630,6 @@ fn check_reply(to: &ReplyTo) -> Result<&str, BusError> {
     }
 }
 
-fn event_id(event: &NodeEvent) -> InvocationId {
-    match event {
-        NodeEvent::Started { id, .. } => *id,
-        NodeEvent::Finished(outcome) => outcome.result.id,
-    }
-}
-
 /// Pulls at most one message from `consumer`, waiting up to `wait`.
 async fn pull_one(
     consumer: &consumer::PullConsumer,
@@ -333,10 +650,24 @@ async fn pull_one(
     }
 }
 
-/// The `delivered` count of a JetStream message, as an attempt number.
-fn attempt_of(message: &jetstream::Message) -> Result<u32, BusError> {
-    let info = message.info().map_err(|e| backend("message info", e))?;
-    Ok(u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX))
+/// Fetches at most one message that is available right now (no waiting on the server).
+async fn fetch_now(
+    consumer: &consumer::PullConsumer,
+) -> Result<Option<jetstream::Message>, BusError> {
+    // `no_wait` answers at once when nothing is pending, but a consumer at its max_ack_pending
+    // holds the request: the expiry bounds that wait.
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(FETCH_EXPIRY)
+        .messages()
+        .await
+        .map_err(|e| backend("fetching an invocation", e))?;
+    match batch.next().await {
+        None => Ok(None),
+        Some(Ok(message)) => Ok(Some(message)),
+        Some(Err(e)) => Err(backend("fetching an invocation", e)),
+    }
 }
 
 /// Settles one JetStream delivery; every kind is confirmed by the server.
@@ -344,6 +675,9 @@ struct JetStreamAcker {
     message: jetstream::Message,
     /// Set on the last allowed attempt of an invocation.
     last: Option<Arc<LastAttempt>>,
+    /// For work deliveries: the bus and consumer to hint once this delivery no longer counts
+    /// against the function's `max_ack_pending`.
+    freed: Option<(JetStreamBus, String)>,
 }
 
 impl JetStreamAcker {
@@ -351,7 +685,11 @@ impl JetStreamAcker {
         self.message
             .double_ack_with(kind)
             .await
-            .map_err(|e| backend(what, e))
+            .map_err(|e| backend(what, e))?;
+        if let (Some((bus, consumer)), false) = (&self.freed, matches!(kind, AckKind::Progress)) {
+            bus.hint(consumer, true).await;
+        }
+        Ok(())
     }
 }
 
@@ -486,6 +824,10 @@ struct MaxDeliveries {
 
 #[async_trait]
 impl Bus for JetStreamBus {
+    fn ack_wait(&self) -> Duration {
+        self.inner.ack_wait
+    }
+
     async fn ping(&self) -> Result<(), BusError> {
         self.inner
             .client
@@ -517,73 +859,51 @@ impl Bus for JetStreamBus {
             &request.function.namespace,
             &request.function.name,
         );
+        self.ensure_function_consumer(request).await?;
         let ack = self
             .publish(subject, headers, payload, "publishing an invocation")
             .await?;
         if ack.duplicate {
             tracing::debug!(invocation.id = %request.id, "duplicate publish ignored");
+        } else {
+            let f = &request.function;
+            let consumer =
+                subjects::bus_function_consumer(&self.inner.prefix, &f.namespace, &f.name);
+            self.hint(&consumer, false).await;
         }
         Ok(())
     }
 
     async fn pull_invocation(&self, wait: Duration) -> Result<Option<Delivery>, BusError> {
+        self.start_listener().await?;
         let deadline = Instant::now() + wait;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(message) = pull_one(&self.inner.work, left, "pulling an invocation").await?
-            else {
-                return Ok(None);
-            };
-            let attempt = attempt_of(&message)?;
-            let request: InvocationRequest = match serde_json::from_slice(&message.payload) {
-                Ok(request) => request,
-                Err(e) => {
-                    // Nothing can ever run it: drop it loudly rather than redeliver forever.
-                    tracing::error!(error = %e, subject = %message.subject, "undecodable invocation; terminated");
-                    let _ = message.ack_with(AckKind::Term).await;
-                    if Instant::now() >= deadline {
-                        return Ok(None);
-                    }
-                    continue;
+            let sweep_due = self
+                .ring()
+                .last_sweep
+                .is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL);
+            if sweep_due {
+                self.sweep().await?;
+            }
+            // Registered before looking, so a hint that lands meanwhile is not missed.
+            let wake = self.inner.pull.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if let Some(message) = self.fetch_round().await? {
+                if let Some(delivery) = self.delivery(message).await? {
+                    return Ok(Some(delivery));
                 }
-            };
-            let reply_to = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(REPLY_HEADER))
-                .map(|v| ReplyTo(v.as_str().to_owned()))
-                .filter(|r| {
-                    let ok = check_reply(r).is_ok();
-                    if !ok {
-                        tracing::warn!(invocation.id = %request.id, "invalid reply header ignored");
-                    }
-                    ok
-                });
-            let last = if attempt >= self.inner.max_deliver {
-                let stream_seq = message
-                    .info()
-                    .map_err(|e| backend("message info", e))?
-                    .stream_sequence;
-                let last = Arc::new(LastAttempt {
-                    js: self.inner.js.clone(),
-                    advisory_subject: subjects::max_deliveries_advisory(&self.inner.prefix),
-                    stream_seq,
-                    deliveries: attempt,
-                    ack_wait: self.inner.ack_wait,
-                    done: std::sync::atomic::AtomicBool::new(false),
-                    extended: tokio::sync::Notify::new(),
-                });
-                tokio::spawn(last.clone().watch());
-                Some(last)
-            } else {
-                None
-            };
-            return Ok(Some(Delivery {
-                request,
-                reply_to,
-                attempt,
-                acker: Box::new(JetStreamAcker { message, last }),
-            }));
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let next_sweep = self.ring().last_sweep.map_or(now, |at| at + SWEEP_INTERVAL);
+            tokio::select! {
+                () = &mut wake => {}
+                () = tokio::time::sleep_until(next_sweep.min(deadline)) => {}
+            }
         }
     }
 
@@ -640,7 +960,7 @@ impl Bus for JetStreamBus {
 
     async fn publish_event(&self, event: &NodeEvent) -> Result<(), BusError> {
         let payload = serde_json::to_vec(event).map_err(|e| backend("encoding an event", e))?;
-        let subject = subjects::bus_node_event(&self.inner.prefix, &event_id(event));
+        let subject = subjects::bus_node_event(&self.inner.prefix, &event.invocation_id());
         self.publish(subject, HeaderMap::new(), payload, "publishing an event")
             .await?;
         Ok(())
@@ -661,6 +981,7 @@ impl Bus for JetStreamBus {
                         acker: Box::new(JetStreamAcker {
                             message,
                             last: None,
+                            freed: None,
                         }),
                     }))
                 }
@@ -673,6 +994,47 @@ impl Bus for JetStreamBus {
                 }
             }
         }
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, BusError> {
+        let mut work = self.inner.work_stream.clone();
+        let invocations = work
+            .info()
+            .await
+            .map_err(|e| backend("work stream info", e))?
+            .state
+            .messages;
+        let mut functions = Vec::new();
+        let mut consumers = self.inner.work_stream.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.map_err(|e| backend("listing work consumers", e))?;
+            let Some((namespace, function)) =
+                subjects::parse_function_consumer(&self.inner.prefix, &info.name)
+            else {
+                continue;
+            };
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                continue;
+            }
+            functions.push(FunctionQueue {
+                namespace: namespace.to_string(),
+                function: function.to_string(),
+                pending: info.num_pending,
+                in_flight: u64::try_from(info.num_ack_pending).unwrap_or(0),
+                max_in_flight: u64::try_from(info.config.max_ack_pending).unwrap_or(0),
+            });
+        }
+        functions.sort_by(|a, b| (&a.namespace, &a.function).cmp(&(&b.namespace, &b.function)));
+        let mut events = self.inner.events.clone();
+        let events = events
+            .info()
+            .await
+            .map_err(|e| backend("event consumer info", e))?;
+        Ok(QueueStats {
+            invocations,
+            events: events.num_pending + u64::try_from(events.num_ack_pending).unwrap_or(0),
+            functions,
+        })
     }
 
     async fn pull_dead_letter(&self, wait: Duration) -> Result<Option<DeadLetter>, BusError> {

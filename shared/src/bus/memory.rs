@@ -9,11 +9,16 @@
 //! deadline or a [`Notify`], so a waiting puller sees a redelivery on time without a background
 //! task or a busy loop.
 //!
+//! Invocations queue in one lane per function and are delivered round-robin over the lanes
+//! with ready work, each lane holding at most its function's `max_concurrency` deliveries in
+//! flight: a flooded or slow function never holds up another (the same policy the JetStream
+//! bus gets from one consumer per function).
+//!
 //! Every delivery carries its attempt number and its acker is fenced on it: a stale acker (of a
 //! delivery that has since been redelivered) settles nothing.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -22,7 +27,10 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use super::{Acker, Bus, BusConfig, BusError, DeadLetter, Delivery, EventDelivery, Inbox, ReplyTo};
+use super::{
+    Acker, Bus, BusConfig, BusError, DeadLetter, Delivery, EventDelivery, FunctionQueue, Inbox,
+    QueueStats, ReplyTo,
+};
 use crate::ids::InvocationId;
 use crate::invocation::{InvocationOutcome, InvocationRequest, NodeEvent};
 
@@ -115,6 +123,37 @@ impl MemoryBus {
     /// Invocations accepted and not yet settled (queued, in flight or waiting to be retried).
     pub fn queued_invocations(&self) -> usize {
         self.shared.lock().invocations.items.len()
+    }
+
+    fn stats(&self) -> QueueStats {
+        let state = self.shared.lock();
+        let mut functions: BTreeMap<&str, FunctionQueue> = BTreeMap::new();
+        for item in state.invocations.items.values() {
+            let entry = functions.entry(item.lane.as_str()).or_insert_with(|| {
+                let f = &item.payload.request.function;
+                FunctionQueue {
+                    namespace: f.namespace.to_string(),
+                    function: f.name.to_string(),
+                    pending: 0,
+                    in_flight: 0,
+                    max_in_flight: state
+                        .invocations
+                        .lanes
+                        .get(&item.lane)
+                        .map_or(u64::from(f.config.max_concurrency), |l| u64::from(l.cap)),
+                }
+            });
+            if item.state == ItemState::InFlight {
+                entry.in_flight += 1;
+            } else {
+                entry.pending += 1;
+            }
+        }
+        QueueStats {
+            invocations: state.invocations.items.len() as u64,
+            events: state.events.items.len() as u64,
+            functions: functions.into_values().collect(),
+        }
     }
 }
 
@@ -280,6 +319,8 @@ enum ItemState {
 #[derive(Debug)]
 struct Item<T> {
     payload: T,
+    /// The lane it queues in.
+    lane: String,
     /// Deliveries made so far (the attempt number of the latest delivery).
     attempt: u32,
     state: ItemState,
@@ -287,11 +328,50 @@ struct Item<T> {
     generation: u64,
 }
 
-/// A work queue with per-delivery ack deadlines.
+/// What a queue needs to know of a payload: the lane it queues in (one per function, so a
+/// flooded function cannot hold up another) and how many of the lane's items may be in flight
+/// at once (the function's `max_concurrency`, across every puller).
+trait Laned {
+    fn lane(&self) -> (String, u32);
+}
+
+impl Laned for Work {
+    fn lane(&self) -> (String, u32) {
+        let f = &self.request.function;
+        (
+            format!("{}/{}", f.namespace, f.name),
+            f.config.max_concurrency.max(1),
+        )
+    }
+}
+
+impl Laned for NodeEvent {
+    fn lane(&self) -> (String, u32) {
+        (String::new(), u32::MAX)
+    }
+}
+
+/// One lane of a queue.
+#[derive(Debug, Default)]
+struct Lane {
+    /// Ready items in order (entries of items settled meanwhile are skipped).
+    ready: VecDeque<u64>,
+    /// Items delivered and not yet settled, expired or nak'ed.
+    in_flight: u32,
+    /// At most this many in flight.
+    cap: u32,
+    /// Whether the lane is in the round-robin ring.
+    in_ring: bool,
+}
+
+/// A work queue with per-delivery ack deadlines, fair across lanes: deliveries go round-robin
+/// over the lanes with ready items and room under their in-flight cap.
 #[derive(Debug)]
 struct Queue<T> {
     items: HashMap<u64, Item<T>>,
-    ready: VecDeque<u64>,
+    lanes: HashMap<String, Lane>,
+    /// Lanes that may have ready items, in round-robin order.
+    ring: VecDeque<String>,
     /// (due, seq, generation), earliest first. Stale entries are skipped when they fire.
     timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
     next_seq: u64,
@@ -299,11 +379,12 @@ struct Queue<T> {
     max_deliver: Option<u32>,
 }
 
-impl<T: Clone> Queue<T> {
+impl<T: Clone + Laned> Queue<T> {
     fn new(capacity: usize, max_deliver: Option<u32>) -> Self {
         Self {
             items: HashMap::new(),
-            ready: VecDeque::new(),
+            lanes: HashMap::new(),
+            ring: VecDeque::new(),
             timers: BinaryHeap::new(),
             next_seq: 0,
             capacity,
@@ -317,28 +398,98 @@ impl<T: Clone> Queue<T> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        let (lane, cap) = payload.lane();
+        // The latest published config of a function sets its cap.
+        self.lanes.entry(lane.clone()).or_default().cap = cap;
         self.items.insert(
             seq,
             Item {
                 payload,
+                lane: lane.clone(),
                 attempt: 0,
                 state: ItemState::Ready,
                 generation: 0,
             },
         );
-        self.ready.push_back(seq);
+        self.enqueue(&lane, seq);
         Ok(())
     }
 
-    /// Delivers the next ready item: (seq, attempt, payload).
+    /// Puts `seq` at the back of its lane's ready items.
+    fn enqueue(&mut self, lane: &str, seq: u64) {
+        if !self.lanes.contains_key(lane) {
+            let cap = self
+                .items
+                .get(&seq)
+                .map_or(u32::MAX, |item| item.payload.lane().1);
+            self.lanes.insert(
+                lane.to_owned(),
+                Lane {
+                    cap,
+                    ..Lane::default()
+                },
+            );
+        }
+        let Some(entry) = self.lanes.get_mut(lane) else {
+            return;
+        };
+        entry.ready.push_back(seq);
+        if !entry.in_ring {
+            entry.in_ring = true;
+            self.ring.push_back(lane.to_owned());
+        }
+    }
+
+    /// An item of `lane` stopped being in flight. Returns 1 if that lets a ready item of the
+    /// lane be delivered (a puller should be woken), else 0.
+    fn leave_flight(&mut self, lane: &str) -> usize {
+        let Some(entry) = self.lanes.get_mut(lane) else {
+            return 0;
+        };
+        let was_full = entry.in_flight >= entry.cap;
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+        if entry.in_flight == 0 && entry.ready.is_empty() && !entry.in_ring {
+            self.lanes.remove(lane);
+            return 0;
+        }
+        usize::from(was_full && !entry.ready.is_empty())
+    }
+
+    /// Delivers the next ready item, round-robin over lanes with room: (seq, attempt, payload).
     fn take(&mut self, now: Instant, ack_wait: Duration) -> Option<(u64, u32, T)> {
-        while let Some(seq) = self.ready.pop_front() {
-            let Some(item) = self.items.get_mut(&seq) else {
-                continue; // settled while ready
+        for _ in 0..self.ring.len() {
+            let lane_key = self.ring.pop_front()?;
+            let Some(lane) = self.lanes.get_mut(&lane_key) else {
+                continue;
             };
-            if item.state != ItemState::Ready {
+            // Skip entries of items settled (or re-queued) since they were made ready.
+            while let Some(seq) = lane.ready.front() {
+                match self.items.get(seq) {
+                    Some(item) if item.state == ItemState::Ready => break,
+                    _ => {
+                        lane.ready.pop_front();
+                    }
+                }
+            }
+            if lane.ready.is_empty() {
+                lane.in_ring = false;
+                if lane.in_flight == 0 {
+                    self.lanes.remove(&lane_key);
+                }
                 continue;
             }
+            if lane.in_flight >= lane.cap {
+                self.ring.push_back(lane_key);
+                continue;
+            }
+            let seq = lane.ready.pop_front()?;
+            lane.in_flight += 1;
+            if lane.ready.is_empty() {
+                lane.in_ring = false;
+            } else {
+                self.ring.push_back(lane_key);
+            }
+            let item = self.items.get_mut(&seq)?;
             item.attempt += 1;
             item.state = ItemState::InFlight;
             item.generation += 1;
@@ -367,7 +518,8 @@ impl<T: Clone> Queue<T> {
         }
         item.state = ItemState::Ready;
         item.generation += 1;
-        self.ready.push_back(seq);
+        let lane = item.lane.clone();
+        self.enqueue(&lane, seq);
         true
     }
 
@@ -389,7 +541,8 @@ impl<T: Clone> Queue<T> {
                 ItemState::Delayed => {
                     item.state = ItemState::Ready;
                     item.generation += 1;
-                    self.ready.push_back(seq);
+                    let lane = item.lane.clone();
+                    self.enqueue(&lane, seq);
                     ready += 1;
                 }
                 ItemState::InFlight => {
@@ -398,6 +551,8 @@ impl<T: Clone> Queue<T> {
                         bus.attempt = item.attempt,
                         "ack wait expired"
                     );
+                    let lane = item.lane.clone();
+                    ready += self.leave_flight(&lane);
                     if self.retry(seq, dead) {
                         ready += 1;
                     }
@@ -427,21 +582,34 @@ impl<T: Clone> Queue<T> {
         match how {
             // The work of this attempt is done, even if its ack wait just expired.
             Settle::Ack | Settle::Term => {
+                let was_in_flight = item.state == ItemState::InFlight;
+                let lane = item.lane.clone();
                 self.items.remove(&seq);
-                0
-            }
-            Settle::Nak(delay) if item.state == ItemState::InFlight => match delay {
-                Some(delay)
-                    if !delay.is_zero() && self.max_deliver.is_none_or(|m| item.attempt < m) =>
-                {
-                    item.state = ItemState::Delayed;
-                    item.generation += 1;
-                    self.timers
-                        .push(Reverse((now + delay, seq, item.generation)));
+                if was_in_flight {
+                    self.leave_flight(&lane)
+                } else {
                     0
                 }
-                _ => usize::from(self.retry(seq, dead)),
-            },
+            }
+            Settle::Nak(delay) if item.state == ItemState::InFlight => {
+                let lane = item.lane.clone();
+                match delay {
+                    Some(delay)
+                        if !delay.is_zero()
+                            && self.max_deliver.is_none_or(|m| item.attempt < m) =>
+                    {
+                        item.state = ItemState::Delayed;
+                        item.generation += 1;
+                        self.timers
+                            .push(Reverse((now + delay, seq, item.generation)));
+                        self.leave_flight(&lane)
+                    }
+                    _ => {
+                        let freed = self.leave_flight(&lane);
+                        freed + usize::from(self.retry(seq, dead))
+                    }
+                }
+            }
             Settle::InProgress if item.state == ItemState::InFlight => {
                 item.generation += 1;
                 self.timers
@@ -519,6 +687,10 @@ fn parse_reply(instance: u64, to: &ReplyTo) -> Result<(bool, u64), BusError> {
 impl Bus for MemoryBus {
     async fn ping(&self) -> Result<(), BusError> {
         self.shared.check_open()
+    }
+
+    fn ack_wait(&self) -> Duration {
+        self.shared.config.ack_wait
     }
 
     async fn publish_invocation(
@@ -647,6 +819,11 @@ impl Bus for MemoryBus {
                 attempt,
             }),
         }))
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, BusError> {
+        self.shared.check_open()?;
+        Ok(self.stats())
     }
 
     async fn pull_dead_letter(&self, wait: Duration) -> Result<Option<DeadLetter>, BusError> {

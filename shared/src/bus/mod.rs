@@ -127,11 +127,41 @@ pub struct DeadLetter {
     pub attempts: u32,
 }
 
+/// Depth of one function's work queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionQueue {
+    /// The tenant.
+    pub namespace: String,
+    /// The function.
+    pub function: String,
+    /// Waiting to be delivered (including nak'ed work waiting out its delay).
+    pub pending: u64,
+    /// Delivered and not yet settled (running somewhere).
+    pub in_flight: u64,
+    /// Deliveries allowed in flight at once across all nodes (the function's `max_concurrency`).
+    pub max_in_flight: u64,
+}
+
+/// Depths of the whole bus, for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Invocations accepted and not yet settled.
+    pub invocations: u64,
+    /// Node events not yet recorded.
+    pub events: u64,
+    /// Per function with work queued or in flight.
+    pub functions: Vec<FunctionQueue>,
+}
+
 /// The message bus.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Checks the bus is usable.
     async fn ping(&self) -> Result<(), BusError>;
+
+    /// How long a delivery may go without ack or progress before it is redelivered (pullers
+    /// send `in_progress` well within it).
+    fn ack_wait(&self) -> Duration;
 
     /// Enqueues an invocation; `reply` is where the node sends the outcome of a sync call.
     async fn publish_invocation(
@@ -158,4 +188,7 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Waits up to `wait` for one invocation whose attempts ran out.
     async fn pull_dead_letter(&self, wait: Duration) -> Result<Option<DeadLetter>, BusError>;
+
+    /// Queue depths, per function.
+    async fn queue_stats(&self) -> Result<QueueStats, BusError>;
 }

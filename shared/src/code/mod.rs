@@ -1,7 +1,9 @@
 //! The code store: function code archives, content-addressed by SHA-256.
 //!
-//! [`CodeStore`] is implemented by [`local::LocalCodeStore`] (a directory) and, later, by S3;
-//! both must pass [`conformance`].
+//! [`CodeStore`] is implemented by [`local::LocalCodeStore`] (a directory), [`s3::S3CodeStore`]
+//! and [`nats::NatsCodeStore`] (a JetStream object store bucket, what nodes read); all must pass
+//! [`conformance`]. [`mirror::Mirrored`] writes a primary store and a replica (a gateway's own
+//! store and the NATS bucket of its region).
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -9,10 +11,16 @@ use bytes::Bytes;
 use crate::checksum::Checksum;
 
 pub mod local;
+pub mod mirror;
+pub mod nats;
 pub mod s3;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+
+/// The largest blob the NATS store accepts or serves (a code archive is far smaller: requests
+/// are capped well below this).
+pub const MAX_BLOB_BYTES: usize = 64 * 1024 * 1024;
 
 /// Errors of a code store.
 #[derive(Debug, thiserror::Error)]
@@ -43,4 +51,12 @@ pub trait CodeStore: Send + Sync + 'static {
 
     /// Removes the blob; `false` if it was absent.
     async fn delete(&self, checksum: &Checksum) -> Result<bool, CodeStoreError>;
+
+    /// Makes sure every reader of this store can read `checksum`: a [`mirror::Mirrored`] store
+    /// copies it to its replica when the replica lacks it (say, NATS was wiped). A no-op for a
+    /// single store.
+    async fn ensure_replicated(&self, checksum: &Checksum) -> Result<(), CodeStoreError> {
+        let _ = checksum;
+        Ok(())
+    }
 }

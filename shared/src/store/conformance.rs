@@ -22,8 +22,8 @@ use crate::checksum::Checksum;
 use crate::function::{CodeInfo, Function, FunctionConfig, Runtime};
 use crate::ids::{FunctionId, InvocationId};
 use crate::invocation::{
-    ErrorKind, InvocationError, InvocationLogs, InvocationMetrics, InvocationRequest,
-    InvocationResult, InvocationStatus,
+    DeadLetterRecord, ErrorKind, InvocationError, InvocationLogs, InvocationMetrics,
+    InvocationRequest, InvocationResult, InvocationStatus,
 };
 use crate::names::{FunctionName, Namespace};
 
@@ -54,6 +54,11 @@ pub async fn run_all(store: Store) {
     logs_roundtrip(store.clone()).await;
     put_logs_batch_stores_each_last_wins(store.clone()).await;
     nul_characters_do_not_fail_writes(store.clone()).await;
+    dead_letters_roundtrip_and_mark_the_record(store.clone()).await;
+    dead_letters_list_newest_first_with_cursors(store.clone()).await;
+    put_dead_letter_is_idempotent(store.clone()).await;
+    put_dead_letter_keeps_terminal_records(store.clone()).await;
+    put_dead_letter_inserts_absent_records(store.clone()).await;
     api_keys(store).await;
 }
 
@@ -146,7 +151,7 @@ fn with_status(r: &InvocationResult, status: InvocationStatus, attempt: u32) -> 
                 memory_peak_bytes: 4096,
             });
         }
-        InvocationStatus::Failed | InvocationStatus::Timeout => {
+        InvocationStatus::Failed | InvocationStatus::Timeout | InvocationStatus::DeadLettered => {
             r.error = Some(InvocationError {
                 kind: if status == InvocationStatus::Timeout {
                     ErrorKind::Timeout
@@ -1163,4 +1168,339 @@ pub async fn api_keys(store: Store) {
         Some(fresh),
         "upsert inserts a new key"
     );
+}
+
+// ---- dead letters ----
+
+/// The dead letter of `req` after `attempts` deliveries, now.
+pub fn dead_letter(
+    req: &InvocationRequest,
+    attempts: u32,
+    last_error: Option<InvocationError>,
+) -> DeadLetterRecord {
+    DeadLetterRecord {
+        id: req.id,
+        namespace: req.function.namespace.clone(),
+        function: req.function.name.clone(),
+        version: req.function.version,
+        attempts,
+        last_error,
+        request: req.clone(),
+        dead_lettered_at: now(),
+    }
+}
+
+/// Accepts a request and returns it (for dead-lettering).
+async fn accepted_request(
+    store: &Store,
+    namespace: &Namespace,
+    function: &str,
+) -> InvocationRequest {
+    let req = request(namespace, function);
+    store.insert_invocation(&req).await.unwrap();
+    req
+}
+
+async fn walk_dead_letters(
+    store: &Store,
+    ns: Option<&Namespace>,
+    limit: u32,
+) -> Vec<DeadLetterRecord> {
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..1000 {
+        let page = store
+            .list_dead_letters(ns, limit, cursor.as_deref())
+            .await
+            .unwrap();
+        assert!(page.items.len() <= limit.max(1) as usize);
+        seen.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return seen,
+        }
+    }
+    panic!("list_dead_letters pagination did not terminate");
+}
+
+/// A dead letter reads back whole (in its namespace and for admins), turns its record
+/// `dead_lettered` (highest attempt, last error, completed when dead-lettered), is invisible
+/// from other namespaces, and is deleted while the record stays `dead_lettered`.
+pub async fn dead_letters_roundtrip_and_mark_the_record(store: Store) {
+    let ns = fresh_namespace();
+    let other = fresh_namespace();
+    let req = accepted_request(&store, &ns, "flaky").await;
+    // A node got to attempt 4 before the attempts ran out at 3 counted deliveries.
+    let running = with_status(
+        &InvocationResult::queued(&req),
+        InvocationStatus::Running,
+        4,
+    );
+    assert!(store.update_invocation(&running).await.unwrap());
+    let error = InvocationError {
+        kind: ErrorKind::Oom,
+        message: "attempt 4 ran out of memory".to_owned(),
+    };
+    let dead = dead_letter(&req, 3, Some(error.clone()));
+    assert!(
+        store.put_dead_letter(&dead).await.unwrap(),
+        "dead-lettering a running invocation applies"
+    );
+
+    assert_eq!(
+        store.get_dead_letter(Some(&ns), &req.id).await.unwrap(),
+        Some(dead.clone()),
+        "the dead letter reads back whole in its namespace"
+    );
+    assert_eq!(
+        store.get_dead_letter(None, &req.id).await.unwrap(),
+        Some(dead.clone()),
+        "admins read it without a namespace"
+    );
+    let page = store.list_dead_letters(Some(&ns), 10, None).await.unwrap();
+    assert_eq!(page.items, vec![dead.clone()]);
+    assert_eq!(page.next_cursor, None);
+    assert!(
+        walk_dead_letters(&store, None, 1000).await.contains(&dead),
+        "the admin listing of all namespaces includes it"
+    );
+
+    let record = store.get_invocation(&ns, &req.id).await.unwrap().unwrap();
+    let mut expected = running.clone();
+    expected.status = InvocationStatus::DeadLettered;
+    expected.attempt = 4;
+    expected.error = Some(error);
+    expected.completed_at = Some(dead.dead_lettered_at);
+    assert_eq!(
+        record, expected,
+        "the record turns dead_lettered with the highest attempt and the last error"
+    );
+    let by_status = InvocationFilter {
+        function: None,
+        status: Some(InvocationStatus::DeadLettered),
+    };
+    let listed = store
+        .list_invocations(&ns, &by_status, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.items,
+        vec![expected.clone()],
+        "dead_lettered records are listed by status"
+    );
+    assert!(
+        !store
+            .update_invocation(&with_status(&running, InvocationStatus::Succeeded, 4))
+            .await
+            .unwrap(),
+        "dead_lettered is terminal: the same attempt is fenced off"
+    );
+
+    assert_eq!(
+        store.get_dead_letter(Some(&other), &req.id).await.unwrap(),
+        None
+    );
+    assert!(store
+        .list_dead_letters(Some(&other), 10, None)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    assert!(
+        !store
+            .delete_dead_letter(Some(&other), &req.id)
+            .await
+            .unwrap(),
+        "another namespace cannot delete it"
+    );
+
+    assert!(store.delete_dead_letter(Some(&ns), &req.id).await.unwrap());
+    assert_eq!(store.get_dead_letter(None, &req.id).await.unwrap(), None);
+    assert!(
+        !store.delete_dead_letter(None, &req.id).await.unwrap(),
+        "deleted once"
+    );
+    assert_eq!(
+        store.get_invocation(&ns, &req.id).await.unwrap(),
+        Some(expected),
+        "the record stays dead_lettered after its dead letter is deleted"
+    );
+    assert!(
+        !store
+            .delete_dead_letter(None, &InvocationId::new())
+            .await
+            .unwrap(),
+        "an unknown id was not deleted"
+    );
+}
+
+/// `list_dead_letters`: newest first, per namespace or all, every one once across pages; a
+/// cursor the store did not issue is `InvalidCursor`.
+pub async fn dead_letters_list_newest_first_with_cursors(store: Store) {
+    let ns = fresh_namespace();
+    let mut all = Vec::new();
+    for i in 0..7u32 {
+        let req = accepted_request(&store, &ns, if i % 2 == 0 { "even" } else { "odd" }).await;
+        let dead = dead_letter(&req, i + 1, None);
+        assert!(store.put_dead_letter(&dead).await.unwrap());
+        all.push(dead);
+    }
+    // Another namespace's dead letters stay out of this one's listing.
+    let other = fresh_namespace();
+    let stranger = dead_letter(&accepted_request(&store, &other, "even").await, 1, None);
+    assert!(store.put_dead_letter(&stranger).await.unwrap());
+    all.sort_by_key(|d| std::cmp::Reverse(d.id));
+
+    for limit in [1, 3, 7, 1000] {
+        assert_eq!(
+            walk_dead_letters(&store, Some(&ns), limit).await,
+            all,
+            "walking all pages (limit {limit}) yields every dead letter once, newest first"
+        );
+    }
+    let everyone: Vec<_> = walk_dead_letters(&store, None, 4)
+        .await
+        .into_iter()
+        .filter(|d| d.namespace == ns || d.namespace == other)
+        .collect();
+    assert!(
+        everyone.windows(2).all(|w| w[0].id > w[1].id),
+        "the admin listing is newest first too"
+    );
+    assert_eq!(
+        everyone.len(),
+        all.len() + 1,
+        "the admin listing has every namespace's"
+    );
+
+    let one = store.list_dead_letters(Some(&ns), 0, None).await.unwrap();
+    assert_eq!(one.items.len(), 1, "limit 0 is treated as 1");
+
+    let invocation_cursor = store
+        .list_invocations(&ns, &InvocationFilter::default(), 1, None)
+        .await
+        .unwrap()
+        .next_cursor
+        .unwrap();
+    for bad in ["not a cursor!", "%%%", "AAAA", invocation_cursor.as_str()] {
+        let err = store
+            .list_dead_letters(Some(&ns), 10, Some(bad))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidCursor),
+            "cursor {bad:?} must be InvalidCursor, got {err:?}"
+        );
+    }
+}
+
+/// Putting a dead letter again replaces it (one dead letter per id, the record follows);
+/// once it was deleted (replayed or dropped), a late duplicate does not bring it back.
+pub async fn put_dead_letter_is_idempotent(store: Store) {
+    let ns = fresh_namespace();
+    let req = accepted_request(&store, &ns, "twice").await;
+    let first = dead_letter(&req, 3, None);
+    assert!(store.put_dead_letter(&first).await.unwrap());
+    assert!(
+        store.put_dead_letter(&first).await.unwrap(),
+        "the same put again applies"
+    );
+    let second = DeadLetterRecord {
+        attempts: 5,
+        last_error: Some(InvocationError {
+            kind: ErrorKind::HandlerError,
+            message: "still broken".to_owned(),
+        }),
+        dead_lettered_at: now() + ChronoDuration::seconds(1),
+        ..first.clone()
+    };
+    assert!(store.put_dead_letter(&second).await.unwrap());
+    assert_eq!(
+        store
+            .list_dead_letters(Some(&ns), 10, None)
+            .await
+            .unwrap()
+            .items,
+        vec![second.clone()],
+        "one dead letter per invocation, the last put wins"
+    );
+    let record = store.get_invocation(&ns, &req.id).await.unwrap().unwrap();
+    assert_eq!(record.status, InvocationStatus::DeadLettered);
+    assert_eq!(record.attempt, 5);
+    assert_eq!(record.error, second.last_error);
+    assert_eq!(record.completed_at, Some(second.dead_lettered_at));
+
+    assert!(store.delete_dead_letter(Some(&ns), &req.id).await.unwrap());
+    assert!(
+        !store.put_dead_letter(&second).await.unwrap(),
+        "a duplicate arriving after the dead letter was deleted is not applied"
+    );
+    assert_eq!(store.get_dead_letter(None, &req.id).await.unwrap(), None);
+}
+
+/// A terminal result that raced in wins: the put returns `false`, stores no dead letter and
+/// leaves the record as it was.
+pub async fn put_dead_letter_keeps_terminal_records(store: Store) {
+    use InvocationStatus::{Failed, Succeeded, Timeout};
+    let ns = fresh_namespace();
+    for status in [Succeeded, Failed, Timeout] {
+        let req = accepted_request(&store, &ns, "finished").await;
+        let done = with_status(&InvocationResult::queued(&req), status, 2);
+        assert!(store.update_invocation(&done).await.unwrap());
+        assert!(
+            !store
+                .put_dead_letter(&dead_letter(&req, 3, None))
+                .await
+                .unwrap(),
+            "a {status:?} record is kept"
+        );
+        assert_eq!(store.get_dead_letter(None, &req.id).await.unwrap(), None);
+        assert_eq!(
+            store.get_invocation(&ns, &req.id).await.unwrap(),
+            Some(done)
+        );
+    }
+    assert!(store
+        .list_dead_letters(Some(&ns), 10, None)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+}
+
+/// A dead letter of an invocation with no record inserts the record (never lost), already
+/// `dead_lettered`, with a generic error when no node reported one, and not re-publishable.
+pub async fn put_dead_letter_inserts_absent_records(store: Store) {
+    let ns = fresh_namespace();
+    let mut req = request(&ns, "lost");
+    req.created_at = distant_past();
+    let dead = dead_letter(&req, 3, None);
+    assert!(store.put_dead_letter(&dead).await.unwrap());
+    assert_eq!(
+        store.get_dead_letter(Some(&ns), &req.id).await.unwrap(),
+        Some(dead.clone())
+    );
+    let record = store.get_invocation(&ns, &req.id).await.unwrap().unwrap();
+    let mut expected = InvocationResult::queued(&req);
+    expected.status = InvocationStatus::DeadLettered;
+    expected.attempt = 3;
+    expected.error = Some(InvocationError {
+        kind: ErrorKind::Crashed,
+        message: "attempts exhausted after 3 deliveries".to_owned(),
+    });
+    expected.completed_at = Some(dead.dead_lettered_at);
+    assert_eq!(
+        record, expected,
+        "the absent record is inserted, dead_lettered"
+    );
+    let stale = store
+        .stale_queued(req.created_at + ChronoDuration::seconds(1), 1000)
+        .await
+        .unwrap();
+    assert!(
+        stale.iter().all(|r| r.id != req.id),
+        "a dead-lettered invocation is not re-published by the reconciler"
+    );
+    let err = store.insert_invocation(&req).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "the id is taken");
 }

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::function::Function;
 use crate::ids::InvocationId;
-use crate::invocation::{InvocationLogs, InvocationRequest, InvocationResult, InvocationStatus};
+use crate::invocation::{
+    DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult, InvocationStatus,
+};
 use crate::names::{FunctionName, Namespace};
 
 mod common;
@@ -252,4 +254,34 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// The key whose hash is `key_hash`, revoked or not.
     async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// Dead-letters an invocation in one transaction: stores (or replaces) `dead` and sets the
+    /// invocation's record to `dead_lettered` with `dead.last_error`, `dead.attempts` and
+    /// `completed_at`, unless the record is already terminal (a result that raced in wins:
+    /// then nothing is stored and `false` is returned). An absent record is inserted first
+    /// (from `dead.request`), so a dead letter is never lost. Idempotent on the id.
+    async fn put_dead_letter(&self, dead: &DeadLetterRecord) -> Result<bool, StoreError>;
+
+    /// Dead letters, newest first, of one namespace or (admins) of all; at most `limit`
+    /// (clamped to 1..=1000), continuing after `cursor`.
+    async fn list_dead_letters(
+        &self,
+        namespace: Option<&Namespace>,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<DeadLetterRecord>, StoreError>;
+
+    /// One dead letter (`None` if absent or in another namespace, when one is given).
+    async fn get_dead_letter(
+        &self,
+        namespace: Option<&Namespace>,
+        id: &InvocationId,
+    ) -> Result<Option<DeadLetterRecord>, StoreError>;
+
+    /// Removes a dead letter (its invocation record stays `dead_lettered`); whether it existed.
+    async fn delete_dead_letter(
+        &self,
+        namespace: Option<&Namespace>,
+        id: &InvocationId,
+    ) -> Result<bool, StoreError>;
 }

@@ -27,13 +27,14 @@ use sqlx::query::Query;
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::common::{
-    clamp_limit, decode_cursor, encode_cursor, from_json, function_label, is_unique_violation,
+    clamp_limit, dead_letter_cursor, dead_letter_page, dead_letter_target, decode_cursor,
+    encode_cursor, from_json, function_label, is_unique_violation, DeadLetterColumns,
     FUNCTION_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
 };
 use super::{ApiKeyRecord, InvocationFilter, MetadataStore, Page, Role, StoreError};
 use crate::function::Function;
 use crate::ids::InvocationId;
-use crate::invocation::{InvocationLogs, InvocationRequest, InvocationResult};
+use crate::invocation::{DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult};
 use crate::names::{FunctionName, Namespace};
 
 /// Embedded migrations (`migrations/postgres/`).
@@ -244,6 +245,24 @@ fn api_key_from_row(row: &PgRow) -> Result<ApiKeyRecord, StoreError> {
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
     })
+}
+
+/// The columns of `dead_letters` as [`dead_letter_from_row`] reads them.
+const DEAD_LETTER_COLUMNS: &str = "id::text AS id, namespace, function, version, attempts, \
+     last_error::text AS last_error, request::text AS request, dead_lettered_at";
+
+fn dead_letter_from_row(row: &PgRow) -> Result<DeadLetterRecord, StoreError> {
+    DeadLetterColumns {
+        id: row.try_get("id")?,
+        namespace: row.try_get("namespace")?,
+        function: row.try_get("function")?,
+        version: row.try_get("version")?,
+        attempts: row.try_get("attempts")?,
+        last_error: row.try_get("last_error")?,
+        request: row.try_get("request")?,
+        dead_lettered_at: row.try_get("dead_lettered_at")?,
+    }
+    .decode()
 }
 
 /// The fencing condition of an update, over the stored row `i` and the update `u`
@@ -835,6 +854,147 @@ impl MetadataStore for PostgresStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(api_key_from_row).transpose()
+    }
+
+    async fn put_dead_letter(&self, dead: &DeadLetterRecord) -> Result<bool, StoreError> {
+        let id = dead.id.to_string();
+        let queued = InvocationResult::queued(&dead.request);
+        let mut tx = self.pool.begin().await?;
+        // An absent record is inserted first, as `insert_invocation` would have; then the row
+        // is locked, so no node update slips in between reading it and replacing it.
+        sqlx::query(
+            "INSERT INTO invocations \
+             (id, namespace, function, version, status, attempt, body, request, created_at, \
+             updated_at) \
+             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, now()) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(queued.namespace.as_str())
+        .bind(queued.function.as_str())
+        .bind(i64::from(queued.version))
+        .bind(queued.status.as_str())
+        .bind(i64::from(queued.attempt))
+        .bind(to_json(&queued)?)
+        .bind(to_json(&dead.request)?)
+        .bind(queued.created_at)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT i.namespace, i.status, i.body::text AS body, \
+             EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = i.id) AS dead \
+             FROM invocations i WHERE i.id = $1::uuid FOR UPDATE OF i",
+        )
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let namespace: String = row.try_get("namespace")?;
+        let status: String = row.try_get("status")?;
+        let body: String = row.try_get("body")?;
+        let stored: bool = row.try_get("dead")?;
+        let Some(record) = dead_letter_target(dead, &namespace, &status, &body, stored)? else {
+            // Dropping the transaction rolls it back.
+            return Ok(false);
+        };
+        sqlx::query(
+            "UPDATE invocations SET status = $1, attempt = $2, body = $3::jsonb, \
+             updated_at = now(), request = NULL WHERE id = $4::uuid",
+        )
+        .bind(record.status.as_str())
+        .bind(i64::from(record.attempt))
+        .bind(to_json(&record)?)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO dead_letters \
+             (id, namespace, function, version, attempts, last_error, request, \
+             dead_lettered_at) \
+             VALUES ($1::uuid, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8) \
+             ON CONFLICT (id) DO UPDATE SET namespace = excluded.namespace, \
+             function = excluded.function, version = excluded.version, \
+             attempts = excluded.attempts, last_error = excluded.last_error, \
+             request = excluded.request, dead_lettered_at = excluded.dead_lettered_at",
+        )
+        .bind(&id)
+        .bind(dead.namespace.as_str())
+        .bind(dead.function.as_str())
+        .bind(i64::from(dead.version))
+        .bind(i64::from(dead.attempts))
+        .bind(dead.last_error.as_ref().map(to_json).transpose()?)
+        .bind(to_json(&dead.request)?)
+        .bind(dead.dead_lettered_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        namespace: Option<&Namespace>,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<DeadLetterRecord>, StoreError> {
+        let limit = clamp_limit(limit);
+        let before = dead_letter_cursor(cursor)?;
+        let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new("SELECT ");
+        query
+            .push(DEAD_LETTER_COLUMNS)
+            .push(" FROM dead_letters WHERE true");
+        if let Some(namespace) = namespace {
+            query
+                .push(" AND namespace = ")
+                .push_bind(namespace.as_str());
+        }
+        if let Some(before) = before {
+            query
+                .push(" AND id < ")
+                .push_bind(before.to_string())
+                .push("::uuid");
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows = query.build().fetch_all(&self.pool).await?;
+        let items = rows
+            .iter()
+            .map(dead_letter_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(dead_letter_page(items, limit))
+    }
+
+    async fn get_dead_letter(
+        &self,
+        namespace: Option<&Namespace>,
+        id: &InvocationId,
+    ) -> Result<Option<DeadLetterRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters \
+             WHERE id = $1::uuid AND ($2::text IS NULL OR namespace = $2)"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(namespace.map(Namespace::as_str))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(dead_letter_from_row).transpose()
+    }
+
+    async fn delete_dead_letter(
+        &self,
+        namespace: Option<&Namespace>,
+        id: &InvocationId,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM dead_letters \
+             WHERE id = $1::uuid AND ($2::text IS NULL OR namespace = $2)",
+        )
+        .bind(id.to_string())
+        .bind(namespace.map(Namespace::as_str))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 }
 

@@ -1,0 +1,821 @@
+//! `fnmesh bench mesh`: a warm sync invocation through the whole mesh (HTTP → gateway →
+//! JetStream → node → sandbox → reply → HTTP), side by side in one run with the raw round
+//! trips it is built from.
+//!
+//! The benchmark starts what it needs and tears it down on exit, also on error (drop guards):
+//! a `nats-server -js` on a free loopback port (unless `--nats-url` is given), then
+//! `fnmesh gateway` and `fnmesh node` as child processes of this binary in a fresh region,
+//! each with its own temp data dir, sharing a temp code directory. It measures, in order:
+//!
+//! 1. a warp echo server in this process, called with the same reqwest client (keep-alive);
+//! 2. core NATS request/reply against a responder subscription in this process;
+//! 3. a JetStream publish waiting for its PubAck, on a file-storage stream;
+//! 4. a warm round trip through a pooled sandbox driven in this process (the executor the
+//!    node uses, without NATS or HTTP);
+//! 5. fnmesh's sync invoke of a Python echo: p50/p99 at concurrency 1 after a warm-up, then
+//!    invocations/s at `--concurrency` for `--duration-secs`.
+//!
+//! and prints the ratio of (5) to the sum of (1), (2) and (4), and the throughput against the
+//! targets of the mesh issue (≤ 2× and ≥ 5,000/s).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use base64::Engine;
+use chrono::Utc;
+use fnmesh_nodes::executor::{Executor, ExecutorConfig, Job};
+use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
+use fnmesh_nodes::sandbox::ContainerRuntime;
+use fnmesh_shared::{
+    Checksum, CodeInfo, Function, FunctionConfig, FunctionId, FunctionName, InvocationId,
+    InvocationStatus, Namespace, Runtime,
+};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::args::MeshBenchArgs;
+
+/// The function every contender echoes through.
+const HANDLER: &str = "def handle(event, context):\n    return event\n";
+/// The request body of every contender.
+const PAYLOAD: &str = r#"{"hello":"world","n":42}"#;
+/// The benchmark function's name.
+const FUNCTION: &str = "bench-echo";
+/// Sequential calls before each measured series (discarded).
+const WARMUP_CALLS: usize = 200;
+/// Targets of the mesh issue.
+const TARGET_RATIO: f64 = 2.0;
+const TARGET_THROUGHPUT: f64 = 5_000.0;
+/// How long a child gets to drain after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// p50/p99 of a series, in µs.
+#[derive(Debug, Clone, Serialize)]
+struct Latency {
+    n: usize,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        let pct = |p: f64| {
+            if samples.is_empty() {
+                return f64::NAN;
+            }
+            let idx = ((samples.len() - 1) as f64 * p).round() as usize;
+            samples[idx.min(samples.len() - 1)].as_secs_f64() * 1e6
+        };
+        Self {
+            n: samples.len(),
+            p50_us: pct(0.5),
+            p99_us: pct(0.99),
+        }
+    }
+}
+
+/// Invocations/s at a concurrency.
+#[derive(Debug, Clone, Serialize)]
+struct Throughput {
+    concurrency: usize,
+    duration_s: f64,
+    succeeded: u64,
+    errors: u64,
+    per_second: f64,
+    latency: Latency,
+    first_error: Option<String>,
+}
+
+/// Everything the benchmark measured; `--json-out` writes this.
+#[derive(Debug, Serialize)]
+struct Figures {
+    http_echo: Latency,
+    nats_request_reply: Latency,
+    jetstream_publish: Latency,
+    sandbox_warm: Latency,
+    fnmesh_sync_c1: Latency,
+    fnmesh_throughput: Throughput,
+    /// fnmesh p50 / (HTTP p50 + NATS p50 + sandbox p50).
+    ratio_p50: f64,
+    target_ratio: f64,
+    target_throughput_per_second: f64,
+}
+
+/// Runs the benchmark and prints its figures (as JSON on stdout with `--json`).
+pub async fn run(args: MeshBenchArgs, as_json: bool) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the mesh benchmark starts a node that creates sandboxes and must run as root");
+    }
+    ensure!(args.requests > 0, "--requests must be at least 1");
+    ensure!(
+        (1..=1000).contains(&args.concurrency),
+        "--concurrency must be between 1 and 1000"
+    );
+    ensure!(args.duration_secs > 0, "--duration-secs must be at least 1");
+    let scratch = match &args.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            tempfile::Builder::new()
+                .prefix("fnmesh-bench-mesh-")
+                .tempdir_in(d)?
+        }
+        None => tempfile::Builder::new()
+            .prefix("fnmesh-bench-mesh-")
+            .tempdir()?,
+    };
+    let work = scratch.path().to_path_buf();
+
+    // Declared first, so dropped last: the children stop before their NATS server.
+    let mut _nats_server = None;
+    let nats_url = match &args.nats_url {
+        Some(url) => url.clone(),
+        None => {
+            let server = start_nats(&work.join("nats"))?;
+            let url = server.url.clone();
+            _nats_server = Some(server.proc);
+            url
+        }
+    };
+    let nats = async_nats::connect(&nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    eprintln!(
+        "fnmesh bench mesh: NATS {nats_url}, {} sequential requests per series, \
+         concurrency {} for {} s",
+        args.requests, args.concurrency, args.duration_secs
+    );
+
+    eprintln!("measuring raw HTTP echo (warp)…");
+    let http_echo = raw_http(&http, args.requests).await?;
+    eprintln!("measuring raw NATS request/reply…");
+    let nats_rr = raw_nats(&nats, args.requests).await?;
+    eprintln!("measuring raw JetStream publish…");
+    let js_pub = raw_jetstream(&nats, args.requests).await?;
+    eprintln!("measuring the warm sandbox round trip…");
+    let sandbox = sandbox_warm(&work.join("sandbox"), args.requests).await?;
+
+    eprintln!("starting fnmesh gateway and node…");
+    let mut mesh = MeshProcs::start(&work, &nats_url, args.concurrency)?;
+    let figures = match measure_mesh(&mut mesh, &http, &args).await {
+        Ok((c1, throughput)) => {
+            let floor = http_echo.p50_us + nats_rr.p50_us + sandbox.p50_us;
+            Figures {
+                ratio_p50: c1.p50_us / floor,
+                http_echo,
+                nats_request_reply: nats_rr,
+                jetstream_publish: js_pub,
+                sandbox_warm: sandbox,
+                fnmesh_sync_c1: c1,
+                fnmesh_throughput: throughput,
+                target_ratio: TARGET_RATIO,
+                target_throughput_per_second: TARGET_THROUGHPUT,
+            }
+        }
+        Err(e) => {
+            eprintln!("{}", mesh.log_tails());
+            return Err(e);
+        }
+    };
+    eprintln!("stopping fnmesh…");
+    drop(mesh);
+
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, serde_json::to_vec_pretty(&figures)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        print!("{}", table(&figures));
+    }
+    Ok(())
+}
+
+fn table(f: &Figures) -> String {
+    let row = |label: &str, l: &Latency| {
+        format!(
+            "{label:<48} {:>6} {:>9.0} {:>9.0}\n",
+            l.n, l.p50_us, l.p99_us
+        )
+    };
+    let t = &f.fnmesh_throughput;
+    let mut out = String::from(
+        "\nround trip (µs)                                       n       p50       p99\n",
+    );
+    out += &row("raw HTTP echo (warp, reqwest keep-alive)", &f.http_echo);
+    out += &row("raw NATS request/reply (async-nats)", &f.nats_request_reply);
+    out += &row(
+        "raw JetStream publish + PubAck (file stream)",
+        &f.jetstream_publish,
+    );
+    out += &row(
+        "warm sandbox round trip (pooled, in-process)",
+        &f.sandbox_warm,
+    );
+    out += &row(
+        "fnmesh warm sync invoke over the mesh, c=1",
+        &f.fnmesh_sync_c1,
+    );
+    out += &format!(
+        "\nthroughput at concurrency {} for {:.1} s: {} succeeded, {} errors\n\
+         {:<48} {:>6} {:>9.0} {:>9.0}\n\
+         fnmesh sync invoke                               {:>9.0} invocations/s   \
+         (target ≥ {TARGET_THROUGHPUT:.0}/s: {:.2}x of it)\n",
+        t.concurrency,
+        t.duration_s,
+        t.succeeded,
+        t.errors,
+        format!("latency at c={} (µs)", t.concurrency),
+        t.latency.n,
+        t.latency.p50_us,
+        t.latency.p99_us,
+        t.per_second,
+        t.per_second / TARGET_THROUGHPUT,
+    );
+    if let Some(e) = &t.first_error {
+        out += &format!("first error: {e}\n");
+    }
+    out += &format!(
+        "\nratio fnmesh p50 / (HTTP + NATS + sandbox p50) = {:.0} / ({:.0} + {:.0} + {:.0}) µs: \
+         {:.2}x   (target ≤ {TARGET_RATIO:.1}x)\n",
+        f.fnmesh_sync_c1.p50_us,
+        f.http_echo.p50_us,
+        f.nats_request_reply.p50_us,
+        f.sandbox_warm.p50_us,
+        f.ratio_p50,
+    );
+    out
+}
+
+/// Runs `call` [`WARMUP_CALLS`] times, then `n` measured times, one after the other.
+async fn sequential<F, Fut>(n: usize, mut call: F) -> Result<Latency>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    for _ in 0..WARMUP_CALLS {
+        call().await?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        call().await?;
+        samples.push(started.elapsed());
+    }
+    Ok(Latency::of(samples))
+}
+
+/// (1) A warp server on 127.0.0.1:0 echoing the body.
+async fn raw_http(http: &reqwest::Client, n: usize) -> Result<Latency> {
+    use warp::Filter;
+    let route = warp::post()
+        .and(warp::path("echo"))
+        .and(warp::body::bytes())
+        .map(|body: warp::hyper::body::Bytes| {
+            warp::reply::with_header(body.to_vec(), "content-type", "application/json")
+        });
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let (addr, server) = warp::serve(route)
+        .try_bind_with_graceful_shutdown(
+            ([127, 0, 0, 1], 0),
+            async move { stopped.cancelled().await },
+        )
+        .context("binding the warp echo server")?;
+    let server = tokio::spawn(server);
+    let url = format!("http://{addr}/echo");
+    let result = sequential(n, || async {
+        let resp = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(PAYLOAD)
+            .send()
+            .await?;
+        ensure!(
+            resp.status().is_success(),
+            "echo answered {}",
+            resp.status()
+        );
+        let body = resp.bytes().await?;
+        ensure!(
+            body.as_ref() == PAYLOAD.as_bytes(),
+            "echo answered another body"
+        );
+        Ok(())
+    })
+    .await;
+    stop.cancel();
+    let _ = server.await;
+    result
+}
+
+/// (2) A responder subscription and a requester on one connection.
+async fn raw_nats(nats: &async_nats::Client, n: usize) -> Result<Latency> {
+    let subject = format!("bench.rr.{:016x}", rand::random::<u64>());
+    let mut sub = nats.subscribe(subject.clone()).await?;
+    let responder_client = nats.clone();
+    let responder = tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            if let Some(reply) = msg.reply {
+                let _ = responder_client.publish(reply, msg.payload).await;
+            }
+        }
+    });
+    nats.flush().await?;
+    let result = sequential(n, || async {
+        let answer = nats
+            .request(subject.clone(), PAYLOAD.as_bytes().to_vec().into())
+            .await?;
+        ensure!(
+            answer.payload.as_ref() == PAYLOAD.as_bytes(),
+            "the responder answered another body"
+        );
+        Ok(())
+    })
+    .await;
+    responder.abort();
+    result
+}
+
+/// (3) Publish + PubAck on a file-storage stream, deleted afterwards.
+async fn raw_jetstream(nats: &async_nats::Client, n: usize) -> Result<Latency> {
+    use async_nats::jetstream;
+    let js = jetstream::new(nats.clone());
+    let tag = format!("{:016x}", rand::random::<u64>());
+    let name = format!("BENCH_{tag}");
+    let subject = format!("bench.js.{tag}");
+    js.create_stream(jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![subject.clone()],
+        storage: jetstream::stream::StorageType::File,
+        max_messages: 100_000,
+        ..Default::default()
+    })
+    .await
+    .context("creating the benchmark stream (is JetStream enabled: nats-server -js?)")?;
+    let result = sequential(n, || async {
+        js.publish(subject.clone(), PAYLOAD.as_bytes().to_vec().into())
+            .await?
+            .await?;
+        Ok(())
+    })
+    .await;
+    if let Err(e) = js.delete_stream(&name).await {
+        eprintln!("warning: deleting stream {name}: {e}");
+    }
+    result
+}
+
+/// (4) Sequential warm invocations through a pooled sandbox, driven in this process.
+async fn sandbox_warm(work: &Path, n: usize) -> Result<Latency> {
+    let code_dir = work.join("code");
+    std::fs::create_dir_all(&code_dir)?;
+    std::fs::write(code_dir.join("main.py"), HANDLER)?;
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(
+        SupervisorClient::spawn(
+            &std::env::current_exe()?,
+            &["__supervisor"],
+            &work.join("state"),
+        )
+        .await
+        .context("starting the sandbox supervisor")?,
+    );
+    let executor = Executor::new(
+        ExecutorConfig {
+            work_dir: work.join("node"),
+            node_id: format!("bench-mesh-{tag}"),
+            max_sandboxes: 4,
+            cgroup_parent: format!("/fnmesh-bench/{tag}"),
+            ..ExecutorConfig::default()
+        },
+        runtime,
+    )
+    .await?;
+    let function = sandbox_function()?;
+    let payload: Value = serde_json::from_str(PAYLOAD)?;
+    let result = sequential(n, || async {
+        let out = executor
+            .execute(Job {
+                invocation_id: InvocationId::new(),
+                function: function.clone(),
+                code_dir: code_dir.clone(),
+                payload: payload.clone(),
+                trace_id: None,
+            })
+            .await;
+        ensure!(
+            out.status == InvocationStatus::Succeeded,
+            "sandbox invocation failed: {:?} {:?}",
+            out.status,
+            out.error
+        );
+        Ok(())
+    })
+    .await;
+    executor.shutdown(Duration::from_secs(5)).await;
+    result
+}
+
+fn sandbox_function() -> Result<Function> {
+    let now = Utc::now();
+    Ok(Function {
+        id: FunctionId::new(),
+        namespace: Namespace::default_ns(),
+        name: FunctionName::parse(FUNCTION).context("function name")?,
+        version: 1,
+        runtime: Runtime::Python3,
+        handler: "main.handle".into(),
+        code: CodeInfo {
+            checksum: Checksum::of(HANDLER.as_bytes()),
+            size: HANDLER.len() as u64,
+            source_type: "inline".into(),
+        },
+        config: FunctionConfig::default(),
+        metadata: BTreeMap::new(),
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+/// (5) Deploys the echo function, warms up, then measures c=1 and the throughput.
+async fn measure_mesh(
+    mesh: &mut MeshProcs,
+    http: &reqwest::Client,
+    args: &MeshBenchArgs,
+) -> Result<(Latency, Throughput)> {
+    mesh.wait_ready(http, Duration::from_secs(60)).await?;
+    let api = Api {
+        http: http.clone(),
+        base: mesh.base_url.clone(),
+        key: mesh.admin_key.clone(),
+    };
+    api.deploy(args.concurrency).await?;
+    eprintln!("fnmesh is ready; first (cold) invocation…");
+    api.invoke().await.context("the first invocation")?;
+
+    eprintln!("measuring fnmesh at concurrency 1…");
+    let c1 = sequential(args.requests, || api.invoke()).await?;
+
+    eprintln!(
+        "warming {} sandboxes for {} s…",
+        args.concurrency, args.warmup_secs
+    );
+    let _ = concurrent(
+        &api,
+        args.concurrency,
+        Duration::from_secs(args.warmup_secs),
+    )
+    .await;
+    eprintln!(
+        "measuring fnmesh at concurrency {} for {} s…",
+        args.concurrency, args.duration_secs
+    );
+    let throughput = concurrent(
+        &api,
+        args.concurrency,
+        Duration::from_secs(args.duration_secs),
+    )
+    .await;
+    ensure!(
+        throughput.succeeded > 0,
+        "no invocation succeeded at concurrency {}: {}",
+        args.concurrency,
+        throughput
+            .first_error
+            .as_deref()
+            .unwrap_or("no error recorded")
+    );
+    Ok((c1, throughput))
+}
+
+/// `concurrency` workers invoking back to back until `duration` has passed.
+async fn concurrent(api: &Api, concurrency: usize, duration: Duration) -> Throughput {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let api = api.clone();
+        tasks.spawn(async move {
+            let mut samples = Vec::new();
+            let mut errors = 0u64;
+            let mut first_error = None;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match api.invoke().await {
+                    Ok(()) => samples.push(t.elapsed()),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+            }
+            (samples, errors, first_error)
+        });
+    }
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((s, e, f)) => {
+                samples.extend(s);
+                errors += e;
+                if first_error.is_none() {
+                    first_error = f;
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("worker task failed: {e}"));
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let succeeded = samples.len() as u64;
+    Throughput {
+        concurrency,
+        duration_s: elapsed,
+        succeeded,
+        errors,
+        per_second: succeeded as f64 / elapsed.max(1e-9),
+        latency: Latency::of(samples),
+        first_error,
+    }
+}
+
+/// The gateway's API as the benchmark uses it.
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Api {
+    async fn deploy(&self, concurrency: usize) -> Result<()> {
+        // A single file is stored under the handler's file name (`main.py`).
+        let body = json!({
+            "name": FUNCTION,
+            "runtime": "python3",
+            "handler": "main.handle",
+            "code": {
+                "source": base64::engine::general_purpose::STANDARD.encode(HANDLER),
+                "source_type": "inline",
+            },
+            "config": {
+                "max_concurrency": concurrency,
+                "min_warm": 1,
+                "timeout_ms": 30_000,
+            },
+        });
+        let resp = self
+            .http
+            .post(format!("{}/v1/functions", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .context("deploying the benchmark function")?;
+        let status = resp.status();
+        if status.as_u16() != 201 {
+            bail!(
+                "deploying the benchmark function answered {status}: {}",
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// One sync invoke that must succeed and echo the payload.
+    async fn invoke(&self) -> Result<()> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/functions/{FUNCTION}/invoke", self.base))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .body(PAYLOAD)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        if status.as_u16() != 200 {
+            bail!(
+                "invoke answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let result: Value = serde_json::from_slice(&body)?;
+        if result["status"] != "succeeded" || result["result"]["n"] != 42 {
+            bail!("invocation did not succeed: {result}");
+        }
+        Ok(())
+    }
+}
+
+/// A child process with its log file: SIGTERM, then SIGKILL after [`STOP_GRACE`], on drop.
+struct ChildProc {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl ChildProc {
+    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Self> {
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            name,
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// Fails (with its log) if the process has exited.
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(child) = &mut self.child {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                bail!(
+                    "{} exited early with {status}; its log:\n{}",
+                    self.name,
+                    self.tail(40)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: {} did not stop in time; killing it", self.name);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+struct NatsServer {
+    proc: ChildProc,
+    url: String,
+}
+
+/// Starts `nats-server -js` on a free loopback port with its store in `dir`.
+fn start_nats(dir: &Path) -> Result<NatsServer> {
+    let binary = find_on_path("nats-server")
+        .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
+        .context(
+            "nats-server is not installed (apt-get install nats-server), \
+             or point the benchmark at a server with --nats-url",
+        )?;
+    std::fs::create_dir_all(dir)?;
+    let port = free_port()?;
+    let mut cmd = Command::new(&binary);
+    cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("store"));
+    let mut proc = ChildProc::spawn("nats-server", cmd, dir.join("nats.log"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        proc.check_running()?;
+        ensure!(
+            Instant::now() < deadline,
+            "nats-server did not listen on port {port}; its log:\n{}",
+            proc.tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(NatsServer {
+        proc,
+        url: format!("nats://127.0.0.1:{port}"),
+    })
+}
+
+/// The gateway and node child processes (the node stops first).
+struct MeshProcs {
+    node: ChildProc,
+    gateway: ChildProc,
+    base_url: String,
+    admin_key: String,
+}
+
+impl MeshProcs {
+    fn start(work: &Path, nats_url: &str, concurrency: usize) -> Result<Self> {
+        let exe = std::env::current_exe().context("locating the fnmesh binary")?;
+        let region = format!("bench-{:08x}", rand::random::<u32>());
+        let code_dir = work.join("code");
+        std::fs::create_dir_all(&code_dir)?;
+        let port = free_port()?;
+        let admin_key = format!("bench-{:032x}", rand::random::<u128>());
+        let log_filter = std::env::var("FNMESH_LOG").unwrap_or_else(|_| "info".to_owned());
+        let base = |sub: &str, data: &str| {
+            let mut cmd = Command::new(&exe);
+            cmd.arg(sub)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("FNMESH_LOG", &log_filter)
+                .env("FNMESH_NATS_URL", nats_url)
+                .env("FNMESH_REGION", &region)
+                .env("FNMESH_CODE_STORE", &code_dir)
+                .env("FNMESH_DATA_DIR", work.join(data))
+                .env("FNMESH_DRAIN_SECS", "10");
+            cmd
+        };
+        let mut gw = base("gateway", "gateway");
+        gw.env("FNMESH_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FNMESH_ADMIN_KEY", &admin_key)
+            // The per-key limit (1,000/s by default) would cap the throughput measured.
+            .env("FNMESH_KEY_RATE_LIMIT", "0");
+        let gateway = ChildProc::spawn("fnmesh gateway", gw, work.join("gateway.log"))?;
+        let mut nd = base("node", "node");
+        nd.env("FNMESH_NODE_ID", format!("{region}-node"))
+            .env("FNMESH_NODE_SLOTS", concurrency.to_string())
+            .env("FNMESH_MAX_SANDBOXES", (concurrency + 8).to_string());
+        let node = ChildProc::spawn("fnmesh node", nd, work.join("node.log"))?;
+        Ok(Self {
+            node,
+            gateway,
+            base_url: format!("http://127.0.0.1:{port}"),
+            admin_key,
+        })
+    }
+
+    /// Polls the gateway's `/readyz` (every backend answers) until `within` passes.
+    async fn wait_ready(&mut self, http: &reqwest::Client, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        let url = format!("{}/readyz", self.base_url);
+        loop {
+            self.gateway.check_running()?;
+            self.node.check_running()?;
+            let ready = http
+                .get(&url)
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the gateway was not ready within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_tails(&self) -> String {
+        format!(
+            "--- fnmesh gateway log (last lines) ---\n{}\n--- fnmesh node log (last lines) ---\n{}",
+            self.gateway.tail(30),
+            self.node.tail(30)
+        )
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn find_on_path(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(bin))
+            .find(|p| p.is_file())
+    })
+}

@@ -1,0 +1,6 @@
+//! The operator API under `/v1/admin`: admin keys only ([`crate::auth::Action::Administer`]),
+//! across namespaces. One module per resource.
+
+pub mod dlq;
+pub mod nodes;
+pub mod queues;

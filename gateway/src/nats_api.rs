@@ -1,0 +1,269 @@
+//! NATS request/reply clients: any NATS client invokes a function with a plain request.
+//!
+//! Gateways subscribe to `fnmesh.v1.req.*` ([`subjects::requests_all`]) in the queue group
+//! [`subjects::REQUEST_QUEUE_GROUP`], so each request is answered by one gateway. A request's
+//! payload is the JSON body of an HTTP invoke; its `Authorization: Bearer <key>` header is
+//! authenticated by the same [`Authenticator`](crate::auth::Authenticator) (the namespace comes
+//! from the key) and counted against the same per-key rate limit. It then goes through
+//! [`invoke::invoke`] like a sync HTTP invoke, and the reply is the same `InvocationResult`
+//! JSON, or the same `{"error":{"code","message"}}` body ([`ApiError::body`]) with the code HTTP
+//! would answer.
+//!
+//! Nothing a client sends is copied into what we publish: its headers are read for the key
+//! and dropped, and a reply subject under fnmesh's own or a `$` system subject is never
+//! answered ([`subjects::reply_allowed`]).
+//!
+//! At most [`MAX_IN_FLIGHT`] requests are served at once; past that a request is answered
+//! `unavailable` at once (another gateway of the group may take the retry). On shutdown the
+//! subscription is drained — requests already delivered to us are answered `unavailable` —
+//! and in-flight requests get up to the drain timeout to reply; then the replies are flushed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::{Client, HeaderMap, Message, Subject, Subscriber};
+use bytes::Bytes;
+use fnmesh_shared::subjects::{self, RequestSubjectError};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::ApiError;
+use crate::invocations::invoke::{self, Invoked, Mode};
+use crate::ratelimit;
+use crate::state::State;
+
+/// Requests served at once, at most, by one gateway.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// Why the request API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsApiError {
+    /// Subscribing to the request subjects failed.
+    #[error("subscribing to {subject} in queue group {group}: {detail}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// The queue group.
+        group: &'static str,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// The request subscription of a gateway, subscribed but not yet serving.
+pub struct NatsRequests {
+    client: Client,
+    subscriber: Subscriber,
+}
+
+impl NatsRequests {
+    /// Subscribes to every request subject in the gateways' queue group and waits until the
+    /// server has the subscription, so requests are taken from the moment this returns.
+    pub async fn subscribe(client: Client) -> Result<Self, NatsApiError> {
+        let subject = subjects::requests_all();
+        let group = subjects::REQUEST_QUEUE_GROUP;
+        let error = |detail: String| NatsApiError::Subscribe {
+            subject: subject.clone(),
+            group,
+            detail,
+        };
+        let subscriber = client
+            .queue_subscribe(subject.clone(), group.to_owned())
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        client.flush().await.map_err(|e| error(e.to_string()))?;
+        tracing::info!(nats.subject = %subject, nats.queue_group = group, "serving NATS requests");
+        Ok(Self { client, subscriber })
+    }
+
+    /// Serves requests until `shutdown` is cancelled (or the connection closes for good), then
+    /// drains: see the module doc.
+    pub async fn serve(self, state: State, shutdown: CancellationToken) {
+        let Self {
+            client,
+            mut subscriber,
+        } = self;
+        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let in_flight = TaskTracker::new();
+        loop {
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                next = subscriber.next() => match next {
+                    Some(message) => message,
+                    None => {
+                        tracing::warn!("the NATS request subscription ended; no longer serving NATS requests");
+                        break;
+                    }
+                },
+            };
+            let Some(reply) = usable_reply(&message) else {
+                continue;
+            };
+            match permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let state = state.clone();
+                    let client = client.clone();
+                    in_flight.spawn(async move {
+                        let body = answer(&state, &message).await;
+                        send(&client, reply, body).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    let error = ApiError::Unavailable(format!(
+                        "the gateway is serving {MAX_IN_FLIGHT} NATS requests already; retry later"
+                    ));
+                    tracing::warn!(nats.subject = %message.subject, "NATS request refused: too many in flight");
+                    send(&client, reply, error_body(&error)).await;
+                }
+            }
+        }
+
+        let drain_timeout = state.config.drain_timeout;
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        tracing::info!(
+            in_flight = in_flight.len(),
+            drain_timeout_ms = drain_timeout.as_millis() as u64,
+            "NATS requests draining"
+        );
+        in_flight.close();
+        if let Err(e) = subscriber.drain().await {
+            tracing::warn!(error = %e, "draining the NATS request subscription failed");
+        } else {
+            // Requests the server delivered before it saw the unsubscribe: refused, so the
+            // client can retry on another gateway rather than wait for its timeout.
+            let refusal = error_body(&ApiError::Unavailable(
+                "the gateway is shutting down; retry".into(),
+            ));
+            while let Ok(Some(message)) = tokio::time::timeout_at(deadline, subscriber.next()).await
+            {
+                if let Some(reply) = usable_reply(&message) {
+                    send(&client, reply, refusal.clone()).await;
+                }
+            }
+        }
+        if tokio::time::timeout_at(deadline, in_flight.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = in_flight.len(),
+                "drain timeout reached; abandoning in-flight NATS requests"
+            );
+        }
+        let flush_by =
+            deadline.max(tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+        match tokio::time::timeout_at(flush_by, client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS replies failed"),
+            Err(_) => tracing::warn!("flushing NATS replies timed out"),
+        }
+        tracing::info!("NATS requests stopped");
+    }
+}
+
+/// The reply subject of a request, when it has one we may publish to.
+fn usable_reply(message: &Message) -> Option<Subject> {
+    match &message.reply {
+        None => {
+            tracing::debug!(nats.subject = %message.subject, "NATS message without a reply subject; ignored");
+            None
+        }
+        Some(reply) if !subjects::reply_allowed(reply.as_str()) => {
+            tracing::warn!(nats.subject = %message.subject, "NATS request with a reply subject we never publish to; ignored");
+            None
+        }
+        Some(reply) => Some(reply.clone()),
+    }
+}
+
+/// Serves one request: the reply body, a result or an error.
+async fn answer(state: &State, message: &Message) -> Bytes {
+    let started = Instant::now();
+    let result = handle(state, message).await;
+    let (body, outcome) = match result {
+        Ok(Invoked::Finished(result)) => match serde_json::to_vec(&result) {
+            Ok(json) => (Bytes::from(json), "ok"),
+            Err(e) => {
+                let error = ApiError::Internal(format!("serializing an invocation result: {e}"));
+                (error_body(&error), error.code())
+            }
+        },
+        Ok(Invoked::Queued(id)) => {
+            // Not reached: requests are sync. Answer as an async HTTP invoke would.
+            let json = serde_json::json!({ "id": id, "status": "queued" });
+            (Bytes::from(json.to_string()), "ok")
+        }
+        Err(error) => (error_body(&error), error.code()),
+    };
+    tracing::info!(
+        nats.subject = %message.subject,
+        outcome,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "NATS request"
+    );
+    body
+}
+
+/// Authenticates, rate-limits and invokes, deciding like the HTTP invoke route.
+async fn handle(state: &State, message: &Message) -> Result<Invoked, ApiError> {
+    let principal = state
+        .authenticator
+        .authenticate_header(authorization(message.headers.as_ref()))
+        .await?;
+    ratelimit::check_key(state, &principal).await?;
+    let name = subjects::parse_request(message.subject.as_str()).map_err(|e| match e {
+        RequestSubjectError::Name(e) => ApiError::from(e),
+        shape @ RequestSubjectError::Shape(_) => ApiError::BadRequest(shape.to_string()),
+    })?;
+    let limit = state.config.max_body_bytes;
+    if message.payload.len() > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    invoke::invoke(state, &principal, &name, None, Mode::Sync, &message.payload).await
+}
+
+/// The one `Authorization` header value (its name matched case-insensitively, as in HTTP);
+/// `None` when absent or given more than once.
+fn authorization(headers: Option<&HeaderMap>) -> Option<&str> {
+    let mut values = headers?
+        .iter()
+        .filter(|(name, _)| AsRef::<str>::as_ref(name).eq_ignore_ascii_case("authorization"))
+        .flat_map(|(_, values)| values.iter());
+    let value = values.next()?;
+    values.next().is_none().then_some(value.as_str())
+}
+
+fn error_body(error: &ApiError) -> Bytes {
+    Bytes::from(error.body().to_string())
+}
+
+/// Publishes a reply: our payload only, no headers.
+async fn send(client: &Client, reply: Subject, body: Bytes) {
+    if let Err(e) = client.publish(reply, body).await {
+        tracing::warn!(error = %e, "publishing a NATS reply failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_authorization_header_is_found_case_insensitively_and_only_once() {
+        assert_eq!(authorization(None), None);
+        let mut headers = HeaderMap::new();
+        assert_eq!(authorization(Some(&headers)), None);
+        headers.insert("authorization", "Bearer k");
+        assert_eq!(authorization(Some(&headers)), Some("Bearer k"));
+        headers.insert("Authorization", "Bearer other");
+        assert_eq!(authorization(Some(&headers)), None);
+        let mut headers = HeaderMap::new();
+        headers.append("Authorization", "Bearer a");
+        headers.append("Authorization", "Bearer b");
+        assert_eq!(authorization(Some(&headers)), None);
+    }
+}

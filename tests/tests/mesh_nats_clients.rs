@@ -1,0 +1,233 @@
+//! NATS request/reply clients: a gateway of the mesh answers plain NATS requests on
+//! `fnmesh.v1.req.<function>` (API key in an `Authorization` header) with the same result or
+//! error body a sync HTTP invoke answers with. Driven from Python with `nats-py`, as a client
+//! of ours would, and from Rust with `async-nats` for what Python makes awkward (malformed
+//! payloads, hostile headers, watching the work subject).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use fnmesh_shared::subjects::{self, BusPrefix};
+use fnmesh_shared::FunctionName;
+use fnmesh_tests::mesh::Mesh;
+use fnmesh_tests::{function_body, ADMIN_KEY};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+/// Sends each case as a NATS request with nats-py and prints one JSON list of the replies.
+const PY_CLIENT: &str = r#"
+import asyncio, json, sys
+import nats
+
+async def main():
+    url, cases = sys.argv[1], json.loads(sys.argv[2])
+    nc = await nats.connect(url)
+    out = []
+    for case in cases:
+        try:
+            msg = await nc.request(
+                case["subject"],
+                case["payload"].encode(),
+                timeout=60,
+                headers=case.get("headers"),
+            )
+            out.append({"reply": json.loads(msg.data)})
+        except Exception as e:
+            out.append({"exception": f"{type(e).__name__}: {e}"})
+    await nc.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"#;
+
+/// Fails (never skips) when nats-py is not installed, saying how to install it.
+fn require_nats_py() {
+    let ok = Command::new("python3")
+        .args(["-c", "import nats"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "nats-py is not installed for python3: run `scripts/setup-debian.sh --test` or \
+         `python3 -m pip install nats-py` (on Debian's own python3 add --break-system-packages)"
+    );
+}
+
+/// Runs [`PY_CLIENT`] against `url` with `cases`; returns one entry per case.
+fn python_requests(url: &str, cases: &Value) -> Vec<Value> {
+    let out = Command::new("python3")
+        .args(["-c", PY_CLIENT, url, &cases.to_string()])
+        .output()
+        .expect("running python3");
+    assert!(
+        out.status.success(),
+        "the nats-py client failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the nats-py client printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn subject(function: &str) -> String {
+    subjects::request(&FunctionName::parse(function).unwrap())
+}
+
+fn bearer(key: &str) -> Value {
+    json!({ "Authorization": format!("Bearer {key}") })
+}
+
+const ECHO: &str = "def handle(event, context):\n    return {'got': event}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_nats_clients_invoke_functions_with_an_api_key() {
+    require_nats_py();
+    let mesh = Mesh::start(&["node-a"], &[]).await;
+    mesh.deploy(function_body(
+        "echo",
+        "python3",
+        "main.handle",
+        &[("main.py", ECHO)],
+        json!({}),
+    ))
+    .await;
+
+    let cases = json!([
+        { "subject": subject("echo"), "payload": "{\"x\": 1}", "headers": bearer(ADMIN_KEY) },
+        { "subject": subject("echo"), "payload": "{\"x\": 1}" },
+        { "subject": subject("echo"), "payload": "{\"x\": 1}", "headers": bearer("fnm_not-a-key-of-ours") },
+        { "subject": subject("missing"), "payload": "{}", "headers": bearer(ADMIN_KEY) },
+        { "subject": "fnmesh.v1.req.Not_A_Name", "payload": "{}", "headers": bearer(ADMIN_KEY) },
+    ]);
+    let replies = python_requests(&mesh.nats.url(), &cases);
+    let logs = || mesh.logs();
+    let reply = |i: usize| -> &Value {
+        replies[i]
+            .get("reply")
+            .unwrap_or_else(|| panic!("case {i}: no reply: {:?}\n{}", replies[i], logs()))
+    };
+
+    let ok = reply(0);
+    assert_eq!(ok["status"], "succeeded", "{ok:?}\n{}", logs());
+    assert_eq!(ok["result"], json!({ "got": { "x": 1 } }), "{ok:?}");
+    // The same shape as a sync HTTP invoke's answer, and the same record behind it.
+    let http = mesh
+        .call("POST", "/v1/functions/echo/invoke", Some(json!({ "x": 1 })))
+        .await;
+    assert_eq!(http.status, 200, "{:?}", http.body);
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(ok), keys(&http.body));
+    let id = ok["id"].as_str().unwrap();
+    let stored = mesh
+        .call("GET", &format!("/v1/invocations/{id}"), None)
+        .await;
+    assert_eq!(stored.status, 200, "{:?}", stored.body);
+    assert_eq!(stored.body["status"], "succeeded");
+
+    for (i, code) in [
+        (1, "unauthorized"),
+        (2, "unauthorized"),
+        (3, "not_found"),
+        (4, "invalid_name"),
+    ] {
+        let r = reply(i);
+        assert_eq!(r["error"]["code"], code, "case {i}: {r:?}");
+        assert!(r["error"]["message"].is_string(), "case {i}: {r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_requests_refuse_malformed_payloads_and_never_forward_client_headers() {
+    let mesh = Mesh::start(&["node-a"], &[]).await;
+    mesh.deploy(function_body(
+        "echo",
+        "python3",
+        "main.handle",
+        &[("main.py", ECHO)],
+        json!({}),
+    ))
+    .await;
+    let client = async_nats::connect(mesh.nats.url()).await.unwrap();
+    let prefix = BusPrefix::parse(&mesh.region).unwrap();
+    let mut work = client
+        .subscribe(subjects::bus_invocations_all(&prefix))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Authorization", format!("Bearer {ADMIN_KEY}").as_str());
+    headers.insert("Nats-Msg-Id", "client-chosen-id");
+    headers.insert("X-Client-Header", "must-not-travel");
+    let request = |payload: &'static str| {
+        let client = client.clone();
+        let headers = headers.clone();
+        async move {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(60),
+                client.request_with_headers(subject("echo"), headers, payload.into()),
+            )
+            .await
+            .expect("no reply within 60 s")
+            .expect("the request failed");
+            serde_json::from_slice::<Value>(&reply.payload).unwrap()
+        }
+    };
+
+    for malformed in ["{not json", "[1,", "\u{1}"] {
+        let r = request(malformed).await;
+        assert_eq!(
+            r["error"]["code"],
+            "invalid_payload",
+            "{malformed:?}: {r:?}\n{}",
+            mesh.logs()
+        );
+    }
+
+    let r = request("{\"x\": 2}").await;
+    assert_eq!(r["status"], "succeeded", "{r:?}\n{}", mesh.logs());
+    assert_eq!(r["result"], json!({ "got": { "x": 2 } }));
+    // The only work published was this invocation's, carrying our headers only.
+    let published = tokio::time::timeout(Duration::from_secs(10), work.next())
+        .await
+        .expect("the invocation was not seen on the work subject")
+        .unwrap();
+    let published_headers = published.headers.unwrap_or_default();
+    for (name, values) in published_headers.iter() {
+        let name: &str = name.as_ref();
+        assert!(
+            !name.eq_ignore_ascii_case("authorization") && name != "X-Client-Header",
+            "a client header was forwarded: {name}"
+        );
+        for v in values {
+            assert_ne!(
+                v.as_str(),
+                "client-chosen-id",
+                "{name} was taken from the client"
+            );
+            assert_ne!(
+                v.as_str(),
+                "must-not-travel",
+                "{name} was taken from the client"
+            );
+        }
+    }
+    assert_eq!(
+        published_headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_owned()),
+        r["id"].as_str().map(str::to_owned),
+        "the work message is deduplicated by the invocation id"
+    );
+}
