@@ -8,7 +8,8 @@
 //!   batched update and their logs with one batched write. Then each event is acked, or
 //!   nak'ed on a store error so it comes back. The store fences stale updates, so replays are
 //!   harmless.
-//! - dead letters: an invocation whose attempts ran out is marked `failed` (`crashed`).
+//! - dead letters: an invocation whose attempts ran out is stored as a dead letter (payload,
+//!   attempts, last error) and its record becomes `dead_lettered`.
 //!
 //! Bus errors back off exponentially (100 ms to 5 s).
 
@@ -196,7 +197,7 @@ impl Recorder {
         for attempt in 1..=DEAD_LETTER_TRIES {
             match record_dead_letter(self.store.as_ref(), dead).await {
                 Ok(()) => {
-                    tracing::warn!(invocation.id = %id, attempts = dead.attempts, "invocation dead-lettered: marked failed");
+                    tracing::warn!(invocation.id = %id, attempts = dead.attempts, "invocation dead-lettered");
                     return;
                 }
                 Err(e) => {

@@ -199,14 +199,22 @@ impl Worker {
             node_id: self.config.node_id.clone(),
             started_at,
         };
-        if let Err(e) = self.bus.publish_event(&started).await {
-            tracing::warn!(error = %e, invocation.id = %request.id, "could not publish the started event");
-        }
+        // Published while the function runs (its PubAck is not on the invocation's path); it
+        // is settled before the outcome is published, and the store fences the order anyway.
+        let started_published = self.bus.publish_event(&started);
+        tokio::pin!(started_published);
+        let mut started_pending = true;
+        let report_started = |r: Result<(), fnmesh_shared::bus::BusError>| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, invocation.id = %request.id, "could not publish the started event");
+            }
+        };
 
         let code_dir = match self.code.get(&request.function.code.checksum).await {
             Ok(dir) => dir,
             Err(e) => {
                 tracing::warn!(error = %e, invocation.id = %request.id, "code unavailable; will retry");
+                report_started(started_published.await);
                 let _ = acker.nak(Some(Duration::from_secs(1))).await;
                 return;
             }
@@ -233,6 +241,10 @@ impl Worker {
         let outcome = loop {
             tokio::select! {
                 out = &mut exec => break out,
+                r = &mut started_published, if started_pending => {
+                    started_pending = false;
+                    report_started(r);
+                }
                 _ = heartbeat.tick() => {
                     if let Err(e) = acker.in_progress().await {
                         tracing::debug!(error = %e, "in_progress failed");
@@ -240,10 +252,17 @@ impl Worker {
                 }
             }
         };
+        if started_pending {
+            report_started(started_published.await);
+        }
         let completed_at = Utc::now();
         if request.function.config.min_warm > 0 {
-            // Keeps `min_warm` sandboxes of this version ready once the node has seen it.
-            self.executor.prewarm(&request.function, &code_dir).await;
+            // Keeps `min_warm` sandboxes of this version ready once the node has seen it (off
+            // the invocation's path).
+            let executor = self.executor.clone();
+            let function = request.function.clone();
+            let code_dir = code_dir.clone();
+            tokio::spawn(async move { executor.prewarm(&function, &code_dir).await });
         }
         let result = InvocationResult {
             id: request.id,

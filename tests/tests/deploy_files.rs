@@ -202,3 +202,46 @@ fn compose_has_the_full_stack_wired_together() {
         "{init}"
     );
 }
+
+/// `KEY = "value"` and `KEY=value` assignments of `FNMESH_*`/`AWS_*` variables in a Nomad file
+/// (env blocks and templates).
+fn nomad_vars(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let name: String = line
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let rest = line[name.len()..].trim_start();
+            ((name.starts_with("FNMESH_") || name.starts_with("AWS_")) && rest.starts_with('='))
+                .then_some(name)
+        })
+        .collect()
+}
+
+#[test]
+fn nomad_jobs_set_only_variables_the_binary_reads() {
+    let known = env_vars_the_binary_reads();
+    for file in [
+        "deploy/nomad/fnmesh-gateway.nomad.hcl",
+        "deploy/nomad/fnmesh-node.nomad.hcl",
+    ] {
+        let text = repo_file(file);
+        let vars = nomad_vars(&text);
+        assert!(vars.len() >= 5, "{file}: found only {vars:?}");
+        for var in &vars {
+            assert!(known.contains(var), "{file} sets {var}, which fnmesh does not read");
+        }
+    }
+    let gateway = repo_file("deploy/nomad/fnmesh-gateway.nomad.hcl");
+    assert!(gateway.contains("args    = [\"gateway\"]"));
+    assert!(gateway.contains("path     = \"/readyz\""));
+    let node = repo_file("deploy/nomad/fnmesh-node.nomad.hcl");
+    assert!(node.contains("args       = [\"node\"]"));
+    assert!(node.contains("privileged = true"));
+    assert!(
+        !nomad_vars(&node).contains("FNMESH_CODE_STORE"),
+        "nodes fetch code over NATS"
+    );
+}

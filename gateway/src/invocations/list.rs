@@ -36,7 +36,7 @@ pub async fn handle(
         None => None,
         Some(raw) => Some(InvocationStatus::parse(raw).ok_or_else(|| {
             ApiError::InvalidQuery(format!(
-                "unknown status {:?}: expected queued, running, succeeded, failed or timeout",
+                "unknown status {:?}: expected queued, running, succeeded, failed, timeout or dead_lettered",
                 raw.chars().take(40).collect::<String>()
             ))
         })?),
