@@ -107,6 +107,8 @@ pub struct CommonArgs {
     /// Seconds to wait for in-flight work on shutdown.
     #[arg(long, env = "FNMESH_DRAIN_SECS", default_value_t = 30)]
     pub drain_secs: u64,
+    #[command(flatten)]
+    pub secrets: SecretsArgs,
 }
 
 /// The NATS connection of `gateway` and `node`.
@@ -195,6 +197,8 @@ pub struct GatewayArgs {
     pub max_body_bytes: usize,
     #[command(flatten)]
     pub backends: BackendArgs,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
 }
 
 /// Settings of a worker node.
@@ -216,6 +220,10 @@ pub struct NodeArgs {
     /// missed ones).
     #[arg(long, env = "FNMESH_HEARTBEAT_SECS", default_value_t = 2)]
     pub heartbeat_secs: u64,
+    /// Serve the node's Prometheus metrics on `GET /metrics` at this address (default: off;
+    /// in `fnmesh up` the gateway's `/metrics` includes them anyway).
+    #[arg(long, env = "FNMESH_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Which backends a gateway uses (defaults: the embedded ones inside the data dir).
@@ -370,8 +378,12 @@ pub enum InvocationCommand {
 pub struct LogsArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Invocation id.
+    /// Invocation id; or a function name, for the output of its latest invocations (live with
+    /// --follow).
     pub id: String,
+    /// Follow the function's output as its invocations finish (until Ctrl-C).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -383,6 +395,9 @@ pub enum BenchCommand {
     /// A warm sync invoke over the mesh (gateway, JetStream, node) vs raw HTTP, NATS and
     /// sandbox round trips, and its throughput.
     Mesh(MeshBenchArgs),
+    /// The sandbox and mesh benchmarks in one run: one table of figures and ratios, the same as
+    /// JSON, and a latency histogram (SVG).
+    All(AllBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -435,7 +450,101 @@ pub struct BenchArgs {
     /// Sequential warm invocations.
     #[arg(long, default_value_t = 2000)]
     pub warm_iterations: usize,
+    /// Also write the figures (with the raw samples) as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
     /// Scratch directory (default: a temp dir).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AllBenchArgs {
+    /// Rounds of each cold-start measurement (fnmesh, crun, bare python3).
+    #[arg(long, default_value_t = 20)]
+    pub cold_rounds: usize,
+    /// Sequential warm invocations of the sandbox benchmark.
+    #[arg(long, default_value_t = 2000)]
+    pub warm_iterations: usize,
+    /// Sequential requests of each mesh round-trip series (after 200 warm-up requests).
+    #[arg(long, default_value_t = 2000)]
+    pub requests: usize,
+    /// Concurrent invocations of the throughput run.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Length of the throughput run.
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Warm-up at full concurrency before the throughput run.
+    #[arg(long, default_value_t = 3)]
+    pub warmup_secs: u64,
+    /// NATS server with JetStream to use (default: start `nats-server -js` on a free port).
+    #[arg(long, env = "FNMESH_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Directory of the output files.
+    #[arg(long, default_value = ".")]
+    pub out_dir: PathBuf,
+    /// The figures as JSON (default: `<out-dir>/bench-results.json`).
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
+    /// The latency histogram as SVG (default: `<out-dir>/bench-latency.svg`); also rendered
+    /// next to it as PNG when `rsvg-convert` is installed.
+    #[arg(long, value_name = "FILE")]
+    pub svg_out: Option<PathBuf>,
+    /// Scratch directory (default: a temp dir).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+}
+
+/// Signing keys and lifetimes of access tokens (`POST /v1/auth/token`). Set at most one of the
+/// four key settings; with none, an HS256 secret is generated in `<data dir>/jwt-hs256.secret`
+/// (fine for one gateway; several gateways must share a configured key).
+#[derive(Debug, Args, Clone, Default)]
+pub struct TokenArgs {
+    /// HS256 secret (at least 32 bytes).
+    #[arg(long, env = "FNMESH_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// File holding the HS256 secret.
+    #[arg(long, env = "FNMESH_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// PEM (PKCS#8) Ed25519 private key: tokens are signed EdDSA.
+    #[arg(long, env = "FNMESH_JWT_ED25519_KEY_FILE")]
+    pub jwt_ed25519_key_file: Option<PathBuf>,
+    /// PEM RSA private key (PKCS#1 or PKCS#8, ≥ 2048 bits): tokens are signed RS256.
+    #[arg(long, env = "FNMESH_JWT_RS256_KEY_FILE")]
+    pub jwt_rs256_key_file: Option<PathBuf>,
+    /// The signing key's id (`kid`).
+    #[arg(long, env = "FNMESH_JWT_KID", default_value = "k1")]
+    pub jwt_kid: String,
+    /// `iss` of access tokens.
+    #[arg(long, env = "FNMESH_JWT_ISSUER", default_value = "fnmesh")]
+    pub jwt_issuer: String,
+    /// `aud` of access tokens.
+    #[arg(long, env = "FNMESH_JWT_AUDIENCE", default_value = "fnmesh-api")]
+    pub jwt_audience: String,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "FNMESH_JWT_ACCESS_TTL_SECS", default_value_t = 900)]
+    pub jwt_access_ttl_secs: u64,
+    /// Lifetime of refresh tokens, in seconds.
+    #[arg(long, env = "FNMESH_JWT_REFRESH_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub jwt_refresh_ttl_secs: u64,
+}
+
+/// The keyring that seals function secrets (gateways) and opens them (nodes): every gateway
+/// and node of a cluster must be given the same keys. With neither key setting, a key is read
+/// from (or generated into) `<data dir>/secrets.key`, which suits `fnmesh up` only.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SecretsArgs {
+    /// Base64 of the 32-byte AES-256 key that seals secrets.
+    #[arg(long, env = "FNMESH_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
+    /// A file holding that base64 key.
+    #[arg(long, env = "FNMESH_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+    /// The id stored with each value sealed by that key (change it when rotating).
+    #[arg(long, env = "FNMESH_SECRETS_KEY_ID", default_value = "k1")]
+    pub secrets_key_id: String,
+    /// Earlier keys that still open values sealed with them: `id:base64,id:base64`.
+    #[arg(long, env = "FNMESH_SECRETS_OLD_KEYS", hide_env_values = true)]
+    pub secrets_old_keys: Option<String>,
 }

@@ -88,4 +88,30 @@ impl ApiClient {
         }
         Ok((status, value))
     }
+
+    /// Opens a long-lived GET (a server-sent event stream): no overall timeout; a non-2xx
+    /// answer is an [`ApiFailure`].
+    pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        let resp = http
+            .get(format!("{}{}", self.base, path))
+            .bearer_auth(&self.key)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the gateway at {}", self.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let value: Value = resp.json().await.unwrap_or(Value::Null);
+            let err = &value["error"];
+            bail!(ApiFailure {
+                status,
+                code: err["code"].as_str().unwrap_or("unknown").to_owned(),
+                message: err["message"].as_str().unwrap_or("").to_owned(),
+            });
+        }
+        Ok(resp)
+    }
 }

@@ -8,8 +8,11 @@ mod args;
 mod backends;
 mod client;
 mod commands;
+mod jwt_keys;
 mod output;
 mod pack;
+mod secrets_key;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -28,7 +31,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    init_tracing();
+    let service = match cli.command {
+        Command::Up(_) => "fnmesh",
+        Command::Gateway(_) => "fnmesh-gateway",
+        Command::Node(_) => "fnmesh-node",
+        _ => "fnmesh-cli",
+    };
+    let telemetry = match telemetry::init(service) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,6 +51,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
+            telemetry.shutdown(telemetry::FLUSH_DEADLINE);
             return ExitCode::FAILURE;
         }
     };
@@ -62,10 +78,12 @@ fn main() -> ExitCode {
             Command::Bench(args::BenchCommand::Mesh(args)) => {
                 commands::bench_mesh::run(args, as_json).await
             }
+            Command::Bench(args::BenchCommand::All(args)) => commands::bench_all::run(args).await,
             Command::Migrate { database_url } => commands::migrate::run(&database_url).await,
             Command::Supervisor => Ok(()),
         }
     });
+    telemetry.shutdown(telemetry::FLUSH_DEADLINE);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -77,8 +95,8 @@ fn main() -> ExitCode {
 
 /// Environment variables read outside clap's arguments.
 const DIRECT_ENV_VARS: &[&str] = &[
-    "FNMESH_LOG",
-    "FNMESH_LOG_FORMAT",
+    telemetry::ENV_LOG,
+    telemetry::ENV_LOG_FORMAT,
     "FNMESH_FAILPOINT",
     fnmesh_shared::code::s3::ENV_ENDPOINT,
     fnmesh_shared::code::s3::ENV_REGION,
@@ -100,23 +118,11 @@ fn env_vars() -> std::collections::BTreeSet<String> {
             walk(sub, out);
         }
     }
-    let mut out: std::collections::BTreeSet<String> =
-        DIRECT_ENV_VARS.iter().map(|s| s.to_string()).collect();
+    let mut out: std::collections::BTreeSet<String> = DIRECT_ENV_VARS
+        .iter()
+        .chain(telemetry::OTEL_ENV_VARS)
+        .map(|s| s.to_string())
+        .collect();
     walk(&<Cli as clap::CommandFactory>::command(), &mut out);
     out
-}
-
-/// Readable logs on stderr by default; JSON with `FNMESH_LOG_FORMAT=json`; level from
-/// `FNMESH_LOG` (default `info`).
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FNMESH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("FNMESH_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -1,24 +1,37 @@
 //! Authentication and authorization.
 //!
-//! A request's credential ([`Credential`], parsed from `Authorization`) is turned into a
-//! [`Principal`] by the [`Authenticator`], which has one method per credential kind (API keys
-//! today; JWTs slot in as another variant and method). What a principal may do is decided by
-//! [`Principal::authorize`], the single place roles are checked.
+//! A request's credential ([`Credential`], parsed from `Authorization: Bearer …`) is turned
+//! into a [`Principal`] by the [`Authenticator`], which has one method per credential kind: an
+//! API key, or an access token ([`jwt`]; told apart by shape: three base64url segments). What
+//! a principal may do is decided here, in [`Principal::authorize`] (roles),
+//! [`Principal::authorize_function`] and [`Principal::can_see_function`] (per-function
+//! grants) and [`Principal::acting_in`] (which namespace a request addresses).
+//!
+//! Roles: `admin` does everything in every namespace; `developer` deploys, invokes, reads and
+//! manages keys (no stronger than its own) in its namespace; `invoker` invokes and reads. A key
+//! may also be limited to named functions. Another namespace's data is 404, as if absent; a
+//! forbidden action in one's own namespace is 403.
 //!
 //! API keys are `fnm_` plus 40 base62 characters. Only their SHA-256 is stored; a presented key
 //! is hashed, looked up by hash and compared in constant time. Unknown, revoked and expired
-//! keys all answer the same 401. Keys are never logged.
+//! keys, and tokens that do not verify or whose key is no longer live, all answer the same 401.
+//! Keys and tokens are never logged.
+
+pub mod jwt;
+pub mod key_status;
 
 use std::sync::Arc;
 
 use chrono::Utc;
 use fnmesh_shared::store::{ApiKeyRecord, MetadataStore, Role, StoreError};
-use fnmesh_shared::Namespace;
+use fnmesh_shared::{FunctionName, Namespace};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use self::jwt::{TokenConfig, Tokens, MAX_KEY_CHECK_TTL};
+use self::key_status::KeyStatusCache;
 use crate::error::ApiError;
 
 /// Prefix of every generated key.
@@ -27,6 +40,12 @@ pub const KEY_PREFIX: &str = "fnm_";
 pub const KEY_RANDOM_CHARS: usize = 40;
 /// Id of the key `fnmesh up` bootstraps.
 pub const BOOTSTRAP_ADMIN_ID: &str = "bootstrap-admin";
+/// Prefix of the public id of keys made by `POST /v1/keys`.
+pub const KEY_ID_PREFIX: &str = "key_";
+/// Random characters of a key id after the prefix.
+const KEY_ID_RANDOM_CHARS: usize = 20;
+/// The header an admin names another namespace with.
+pub const NAMESPACE_HEADER: &str = "x-fnmesh-namespace";
 /// Longest credential accepted (anything longer is refused without hashing).
 const MAX_CREDENTIAL_LEN: usize = 512;
 
@@ -41,14 +60,22 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
+fn random_base62(len: usize) -> String {
+    rand::rngs::OsRng
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
 /// A fresh API key: `fnm_` + 40 random base62 characters (~238 bits).
 pub fn generate_key() -> String {
-    let random: String = rand::rngs::OsRng
-        .sample_iter(&Alphanumeric)
-        .take(KEY_RANDOM_CHARS)
-        .map(char::from)
-        .collect();
-    format!("{KEY_PREFIX}{random}")
+    format!("{KEY_PREFIX}{}", random_base62(KEY_RANDOM_CHARS))
+}
+
+/// A fresh public key id: `key_` + 20 random base62 characters.
+pub fn generate_key_id() -> String {
+    format!("{KEY_ID_PREFIX}{}", random_base62(KEY_ID_RANDOM_CHARS))
 }
 
 /// Hex SHA-256 of a key: what the store keeps.
@@ -74,21 +101,36 @@ pub async fn ensure_admin_key(store: &dyn MetadataStore, key: &str) -> Result<()
         created_at: Utc::now(),
         expires_at: None,
         revoked_at: None,
+        functions: None,
     };
     store.upsert_api_key(&record).await?;
     tracing::info!(key.id = BOOTSTRAP_ADMIN_ID, "bootstrap admin key stored");
     Ok(())
 }
 
+/// How a principal authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// An API key.
+    ApiKey,
+    /// An access token minted from an API key.
+    AccessToken,
+}
+
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// The key's (public) id; also the rate-limit key.
+    /// The key's (public) id — also what an access token's `sub` names; the rate-limit key.
     pub key_id: String,
     /// What it may do.
     pub role: Role,
-    /// Where: every lookup is scoped by it.
+    /// Where: every lookup is scoped by it. The key's namespace, or the one an admin named
+    /// with `X-Fnmesh-Namespace` ([`Principal::acting_in`]).
     pub namespace: Namespace,
+    /// The only functions it may touch (`None`: all of its namespace).
+    pub functions: Option<Vec<FunctionName>>,
+    /// How it authenticated.
+    pub credential: CredentialKind,
 }
 
 /// What a request wants to do, for [`Principal::authorize`].
@@ -102,9 +144,28 @@ pub enum Action {
     Read,
     /// Operate the platform, across namespaces (`/v1/admin/...`): admins only.
     Administer,
+    /// Create, list and revoke API keys (developers: in their namespace, no stronger than
+    /// their own).
+    ManageKeys,
 }
 
 impl Principal {
+    /// A principal with the key's own settings.
+    pub fn from_key(record: &ApiKeyRecord, credential: CredentialKind) -> Self {
+        Self {
+            key_id: record.id.clone(),
+            role: record.role,
+            namespace: record.namespace.clone(),
+            functions: record.functions.clone(),
+            credential,
+        }
+    }
+
+    /// Whether this principal is an admin (all namespaces).
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
     /// Whether this principal may do `action` (within its namespace).
     pub fn authorize(&self, action: Action) -> Result<(), ApiError> {
         let allowed = match self.role {
@@ -123,9 +184,51 @@ impl Principal {
                     Action::Invoke => "invoke functions",
                     Action::Read => "read",
                     Action::Administer => "use the admin API",
+                    Action::ManageKeys => "manage API keys",
                 }
             )))
         }
+    }
+
+    /// Whether this principal's grants include function `name` (no grants: every function).
+    pub fn can_see_function(&self, name: &FunctionName) -> bool {
+        self.functions
+            .as_ref()
+            .is_none_or(|granted| granted.contains(name))
+    }
+
+    /// [`Principal::authorize`], then the grants: a key limited to other functions gets 403.
+    pub fn authorize_function(&self, action: Action, name: &FunctionName) -> Result<(), ApiError> {
+        self.authorize(action)?;
+        if self.can_see_function(name) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this key may not use function {:?}",
+                name.as_str()
+            )))
+        }
+    }
+
+    /// The principal addressing namespace `requested` (the `X-Fnmesh-Namespace` header):
+    /// admins may name any namespace; anyone else only their own (another one is 403).
+    pub fn acting_in(mut self, requested: Option<&str>) -> Result<Self, ApiError> {
+        let Some(raw) = requested else {
+            return Ok(self);
+        };
+        let namespace = Namespace::parse(raw.trim())?;
+        if namespace == self.namespace {
+            return Ok(self);
+        }
+        if !self.is_admin() {
+            return Err(ApiError::Forbidden(format!(
+                "role {} may not address namespace {:?}",
+                self.role.as_str(),
+                namespace.as_str()
+            )));
+        }
+        self.namespace = namespace;
+        Ok(self)
     }
 }
 
@@ -134,12 +237,15 @@ impl Principal {
 pub enum Credential {
     /// `Authorization: Bearer <api key>`.
     ApiKey(String),
+    /// `Authorization: Bearer <access token>` (three base64url segments).
+    AccessToken(String),
 }
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
+            Self::AccessToken(_) => f.write_str("AccessToken(<redacted>)"),
         }
     }
 }
@@ -152,19 +258,43 @@ impl Credential {
             return None;
         }
         let value = value.trim();
+        if jwt::looks_like_jwt(value) {
+            // Tokens can be longer than keys, but not unboundedly.
+            return (value.len() <= MAX_TOKEN_LEN).then(|| Self::AccessToken(value.to_owned()));
+        }
         usable_key(value).then(|| Self::ApiKey(value.to_owned()))
     }
 }
 
+/// Longest access token accepted.
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+
 /// Turns credentials into principals.
 pub struct Authenticator {
     store: Arc<dyn MetadataStore>,
+    tokens: Tokens,
+    key_status: KeyStatusCache,
 }
 
 impl Authenticator {
-    /// An authenticator over the key store.
-    pub fn new(store: Arc<dyn MetadataStore>) -> Self {
-        Self { store }
+    /// An authenticator over the key store, verifying access tokens with `tokens`.
+    pub fn new(store: Arc<dyn MetadataStore>, tokens: TokenConfig) -> Self {
+        let ttl = tokens.key_check_ttl.min(MAX_KEY_CHECK_TTL);
+        Self {
+            store,
+            tokens: Tokens::new(tokens),
+            key_status: KeyStatusCache::new(ttl),
+        }
+    }
+
+    /// Mints and verifies access tokens.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// Forgets the cached liveness of key `id` (after revoking it on this gateway).
+    pub fn forget_key(&self, id: &str) {
+        self.key_status.forget(id);
     }
 
     /// Authenticates an `Authorization` header.
@@ -179,7 +309,35 @@ impl Authenticator {
     pub async fn authenticate(&self, credential: &Credential) -> Result<Principal, ApiError> {
         match credential {
             Credential::ApiKey(key) => self.api_key(key).await,
+            Credential::AccessToken(token) => self.access_token(token).await,
         }
+    }
+
+    /// Verifies an access token, then that its key is still live (cached, see
+    /// [`key_status`]).
+    async fn access_token(&self, token: &str) -> Result<Principal, ApiError> {
+        let claims = match self.tokens.verify(token) {
+            Ok(claims) => claims,
+            Err(e) => {
+                tracing::debug!(error = %e, "access token refused");
+                return Err(ApiError::Unauthorized);
+            }
+        };
+        if !self
+            .key_status
+            .is_live(self.store.as_ref(), &claims.sub)
+            .await?
+        {
+            tracing::debug!(key.id = %claims.sub, "access token of a key that is no longer live");
+            return Err(ApiError::Unauthorized);
+        }
+        Ok(Principal {
+            key_id: claims.sub,
+            role: claims.role,
+            namespace: claims.ns,
+            functions: claims.fns,
+            credential: CredentialKind::AccessToken,
+        })
     }
 
     /// Looks a key up by its hash and checks it is live.
@@ -201,11 +359,7 @@ impl Authenticator {
             tracing::debug!(key.id = %record.id, "api key expired");
             return Err(ApiError::Unauthorized);
         }
-        Ok(Principal {
-            key_id: record.id,
-            role: record.role,
-            namespace: record.namespace,
-        })
+        Ok(Principal::from_key(&record, CredentialKind::ApiKey))
     }
 }
 
@@ -246,27 +400,71 @@ mod tests {
         assert!(!format!("{:?}", Credential::ApiKey("secret".into())).contains("secret"));
     }
 
+    fn principal(role: Role) -> Principal {
+        Principal {
+            key_id: "k".into(),
+            role,
+            namespace: Namespace::default_ns(),
+            functions: None,
+            credential: CredentialKind::ApiKey,
+        }
+    }
+
     #[test]
     fn invokers_cannot_deploy() {
-        let p = Principal {
-            key_id: "k".into(),
-            role: Role::Invoker,
-            namespace: Namespace::default_ns(),
-        };
+        let p = principal(Role::Invoker);
         assert!(p.authorize(Action::Invoke).is_ok());
         assert!(p.authorize(Action::Deploy).is_err());
     }
 
     #[test]
     fn only_admins_administer() {
-        let p = |role| Principal {
-            key_id: "k".into(),
-            role,
-            namespace: Namespace::default_ns(),
-        };
+        let p = principal;
         assert!(p(Role::Admin).authorize(Action::Administer).is_ok());
         assert!(p(Role::Developer).authorize(Action::Administer).is_err());
         assert!(p(Role::Developer).authorize(Action::Deploy).is_ok());
         assert!(p(Role::Invoker).authorize(Action::Administer).is_err());
+        assert!(p(Role::Invoker).authorize(Action::ManageKeys).is_err());
+        assert!(p(Role::Developer).authorize(Action::ManageKeys).is_ok());
+    }
+
+    #[test]
+    fn grants_limit_functions() {
+        let resize = FunctionName::parse("resize").unwrap();
+        let other = FunctionName::parse("other").unwrap();
+        let mut p = principal(Role::Developer);
+        assert!(p.authorize_function(Action::Invoke, &other).is_ok());
+        p.functions = Some(vec![resize.clone()]);
+        assert!(p.authorize_function(Action::Invoke, &resize).is_ok());
+        assert!(matches!(
+            p.authorize_function(Action::Invoke, &other),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(!p.can_see_function(&other));
+    }
+
+    #[test]
+    fn only_admins_address_other_namespaces() {
+        let admin = principal(Role::Admin).acting_in(Some("team-b")).unwrap();
+        assert_eq!(admin.namespace.as_str(), "team-b");
+        let dev = principal(Role::Developer);
+        assert!(dev.clone().acting_in(Some("default")).is_ok());
+        assert!(matches!(
+            dev.clone().acting_in(Some("team-b")),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(matches!(
+            dev.acting_in(Some("../x")),
+            Err(ApiError::InvalidName(_))
+        ));
+    }
+
+    #[test]
+    fn bearer_values_shaped_like_jwts_are_tokens() {
+        assert!(matches!(
+            Credential::from_authorization(Some("Bearer a.b.c")),
+            Some(Credential::AccessToken(_))
+        ));
+        assert!(!format!("{:?}", Credential::AccessToken("a.b.c".into())).contains("a.b.c"));
     }
 }

@@ -31,6 +31,11 @@ pub struct GatewayConfig {
     pub reconcile_interval: Duration,
     /// How long an invocation may stay `queued` before the reconciler re-publishes it.
     pub reconcile_after: Duration,
+    /// Access and refresh tokens: signing keys, issuer, audience, lifetimes.
+    pub tokens: crate::auth::jwt::TokenConfig,
+    /// Seals function secrets (`None`: the secrets API answers 503; invocations still carry
+    /// secrets stored earlier, sealed, to nodes that can open them).
+    pub secrets_keyring: Option<std::sync::Arc<fnmesh_shared::secrets::Keyring>>,
 }
 
 impl Default for GatewayConfig {
@@ -48,6 +53,8 @@ impl Default for GatewayConfig {
             background_workers: true,
             reconcile_interval: Duration::from_secs(10),
             reconcile_after: Duration::from_secs(30),
+            tokens: crate::auth::jwt::TokenConfig::default(),
+            secrets_keyring: None,
         }
     }
 }

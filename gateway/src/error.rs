@@ -41,17 +41,24 @@ pub enum GatewayError {
     /// The NATS request API could not start.
     #[error(transparent)]
     NatsApi(#[from] crate::nats_api::NatsApiError),
+    /// The gateway's metrics could not be registered (already registered in this registry?).
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// An error answer of the API.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
-    /// No, malformed, unknown, revoked or expired credentials.
-    #[error("missing or invalid API key")]
+    /// No, malformed, unknown, revoked or expired credentials (API key, access or refresh
+    /// token).
+    #[error("missing or invalid credentials")]
     Unauthorized,
     /// The key's role does not allow this.
     #[error("{0}")]
     Forbidden(String),
+    /// The request would take a namespace over one of its quotas.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The key is over its rate limit.
     #[error("rate limit exceeded")]
     RateLimited {
@@ -145,7 +152,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::QuotaExceeded(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -177,6 +184,7 @@ impl ApiError {
         match self {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden(_) => "forbidden",
+            Self::QuotaExceeded(_) => "quota_exceeded",
             Self::RateLimited { .. } => "rate_limited",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",

@@ -3,15 +3,17 @@
 //! It validates and stores functions (code normalised by [`fnmesh_shared::archive`] and kept in
 //! the code store), accepts invocations — records them `queued`, publishes them on the bus and,
 //! for sync calls, waits for the outcome on an inbox — and runs the [`recorder`] that persists
-//! node events and dead letters. Every `/v1` route needs an API key ([`auth`]) and is rate
-//! limited per key, invocations also per function ([`ratelimit`]); errors are rendered in one
+//! node events and dead letters. Every `/v1` route needs an API key or an access token
+//! ([`auth`]; minted by [`tokens`], keys managed by [`keys`]) and is rate limited per key, invocations also per function ([`ratelimit`]); errors are rendered in one
 //! place ([`error`]).
 //!
 //! The map of the crate: [`routes`] is the filter tree; one module per operation under
 //! [`functions`] and [`invocations`]; [`body`] reads capped bodies; [`server`] binds, serves and
-//! drains; [`nats_api`] serves the same invocations to NATS request/reply clients.
+//! drains; [`nats_api`] serves the same invocations to NATS request/reply clients; [`metrics`]
+//! counts for `GET /metrics`.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -20,13 +22,18 @@ pub mod failpoint;
 pub mod functions;
 pub mod health;
 pub mod invocations;
+pub mod keys;
+pub mod metrics;
 pub mod nats_api;
 pub mod ratelimit;
 pub mod reconciler;
 pub mod recorder;
 pub mod routes;
+pub mod secrets;
 pub mod server;
 pub mod state;
+pub mod telemetry;
+pub mod tokens;
 
 pub use config::GatewayConfig;
 pub use error::{ApiError, GatewayError};

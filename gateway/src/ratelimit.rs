@@ -31,7 +31,7 @@ pub async fn check_key(state: &State, principal: &Principal) -> Result<(), ApiEr
     let Some(limit) = state.config.default_rate_limit else {
         return Ok(());
     };
-    check(state, &key_subject(&principal.key_id), limit).await
+    check(state, "key", &key_subject(&principal.key_id), limit).await
 }
 
 /// Counts an invocation against the function's own limit, if it has one.
@@ -41,17 +41,25 @@ pub async fn check_function(state: &State, function: &Function) -> Result<(), Ap
     };
     check(
         state,
+        "function",
         &function_subject(&function.namespace, &function.name),
         limit,
     )
     .await
 }
 
-async fn check(state: &State, subject: &str, limit: RateLimit) -> Result<(), ApiError> {
+/// `scope` (`key` or `function`) labels refusals in the metrics.
+async fn check(
+    state: &State,
+    scope: &'static str,
+    subject: &str,
+    limit: RateLimit,
+) -> Result<(), ApiError> {
     match state.backends.limiter.check(subject, limit).await {
         Ok(decision) if decision.allowed => Ok(()),
         Ok(decision) => {
             tracing::info!(ratelimit.subject = subject, "rate limited");
+            state.metrics.observe_rate_limited(scope);
             Err(ApiError::RateLimited {
                 limit: decision.limit,
                 remaining: decision.remaining,

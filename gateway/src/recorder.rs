@@ -11,7 +11,8 @@
 //! - dead letters: an invocation whose attempts ran out is stored as a dead letter (payload,
 //!   attempts, last error) and its record becomes `dead_lettered`.
 //!
-//! Bus errors back off exponentially (100 ms to 5 s).
+//! Bus errors back off exponentially (100 ms to 5 s). Recorded results and dead letters are
+//! counted in the gateway's metrics ([`crate::metrics`]) when it has them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,8 @@ use fnmesh_shared::{
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::GatewayMetrics;
 
 /// How long the final drain on shutdown may take.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,12 +52,23 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct Recorder {
     store: Arc<dyn MetadataStore>,
     bus: Arc<dyn Bus>,
+    metrics: Option<Arc<GatewayMetrics>>,
 }
 
 impl Recorder {
     /// A recorder over these backends.
     pub fn new(store: Arc<dyn MetadataStore>, bus: Arc<dyn Bus>) -> Self {
-        Self { store, bus }
+        Self {
+            store,
+            bus,
+            metrics: None,
+        }
+    }
+
+    /// Counts what it records in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<GatewayMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs both loops until `shutdown` is cancelled.
@@ -145,10 +159,19 @@ impl Recorder {
             }
         }
         if !outcomes.is_empty() {
-            if let Err(e) = record_outcomes(store, &outcomes).await {
-                tracing::warn!(error = %e, batch.size = outcomes.len(), "recording finished invocations failed; they will be redelivered");
-                for i in finished_at {
-                    settled[i] = false;
+            match record_outcomes(store, &outcomes).await {
+                Ok(()) => {
+                    if let Some(metrics) = &self.metrics {
+                        for outcome in &outcomes {
+                            metrics.observe_result(&outcome.result);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, batch.size = outcomes.len(), "recording finished invocations failed; they will be redelivered");
+                    for i in finished_at {
+                        settled[i] = false;
+                    }
                 }
             }
         }
@@ -198,6 +221,9 @@ impl Recorder {
             match record_dead_letter(self.store.as_ref(), dead).await {
                 Ok(()) => {
                     tracing::warn!(invocation.id = %id, attempts = dead.attempts, "invocation dead-lettered");
+                    if let Some(metrics) = &self.metrics {
+                        metrics.observe_dead_letter(dead.request.function.name.as_str());
+                    }
                     return;
                 }
                 Err(e) => {

@@ -17,10 +17,11 @@ use warp::{Filter, Rejection};
 use crate::auth::Principal;
 use crate::error::{into_reply, recover, ApiError};
 use crate::state::State;
-use crate::{admin, body, functions, health, invocations, ratelimit};
+use crate::{admin, body, functions, health, invocations, keys, ratelimit, secrets, tokens};
 
 /// The whole API, with errors rendered.
 pub fn api(state: State) -> BoxedFilter<(Response,)> {
+    let metrics = state.metrics.clone();
     let health = warp::path!("healthz")
         .and(warp::get())
         .then(health::healthz)
@@ -32,12 +33,23 @@ pub fn api(state: State) -> BoxedFilter<(Response,)> {
             .then(health::readyz)
             .map(into_reply)
             .and_then(std::future::ready))
+        .unify()
+        .or(warp::path!("metrics")
+            .and(warp::get())
+            .and(with_state(state.clone()))
+            .then(crate::metrics::handle)
+            .map(into_reply)
+            .and_then(std::future::ready))
         .unify();
 
     let routes = health
         .or(functions_routes(state.clone()))
         .unify()
         .or(invocations_routes(state.clone()))
+        .unify()
+        .or(secrets_routes(state.clone()))
+        .unify()
+        .or(auth_routes(state.clone()))
         .unify()
         .or(admin_routes(state))
         .unify();
@@ -47,7 +59,13 @@ pub fn api(state: State) -> BoxedFilter<(Response,)> {
         .and(warp::path::full())
         .and(routes.recover(recover).unify())
         .map(
-            |started: Instant, method, path: warp::path::FullPath, response: Response| {
+            move |started: Instant, method, path: warp::path::FullPath, response: Response| {
+                metrics.observe_http(
+                    &method,
+                    path.as_str(),
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
                 tracing::info!(
                     http.method = %method,
                     http.path = path.as_str(),
@@ -58,6 +76,8 @@ pub fn api(state: State) -> BoxedFilter<(Response,)> {
                 response
             },
         )
+        .with(warp::trace(crate::telemetry::request_span))
+        .map(warp::Reply::into_response)
         .boxed()
 }
 
@@ -67,7 +87,9 @@ fn with_state(
     warp::any().map(move || state.clone())
 }
 
-/// Authenticates the `Authorization` header and counts the request against the key's limit.
+/// Authenticates the `Authorization` header (an API key or an access token), applies
+/// `X-Fnmesh-Namespace` (admins only: see [`Principal::acting_in`]) and counts the request
+/// against the key's limit.
 fn authed(state: State) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
     warp::header::headers_cloned()
         .and(with_state(state))
@@ -80,6 +102,12 @@ fn authed(state: State) -> impl Filter<Extract = (Principal,), Error = Rejection
                 .authenticate_header(header)
                 .await
                 .map_err(ApiError::reject)?;
+            crate::audit::note_principal(&principal);
+            let requested = headers
+                .get(crate::auth::NAMESPACE_HEADER)
+                .map(|v| v.to_str().unwrap_or("\u{0}"));
+            let principal = principal.acting_in(requested).map_err(ApiError::reject)?;
+            crate::audit::note_principal(&principal);
             ratelimit::check_key(&state, &principal)
                 .await
                 .map_err(ApiError::reject)?;
@@ -93,9 +121,10 @@ enum FunctionSub {
     Item,
     Versions,
     Invoke,
+    Logs,
 }
 
-/// Matches `/v1/functions/{name}[/versions|/invoke]`, extracting the raw name (validated by
+/// Matches `/v1/functions/{name}[/versions|/invoke|/logs]`, extracting the raw name (validated by
 /// the handler, so that an empty or invalid name is a 400 rather than a 404).
 fn function_path(sub: FunctionSub) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
     warp::path("v1")
@@ -112,6 +141,7 @@ fn function_path(sub: FunctionSub) -> impl Filter<Extract = (String,), Error = R
                 (None, _) => FunctionSub::Item,
                 (Some("versions"), None) => FunctionSub::Versions,
                 (Some("invoke"), None) => FunctionSub::Invoke,
+                (Some("logs"), None) => FunctionSub::Logs,
                 _ => return Err(warp::reject::not_found()),
             };
             if found == sub {
@@ -180,6 +210,15 @@ fn functions_routes(state: State) -> BoxedFilter<(Response,)> {
             invocations::invoke::handle(state, principal, name, query, body)
         })
         .map(into_reply);
+    let logs = function_path(FunctionSub::Logs)
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(warp::query::<functions::logs::LogsQuery>())
+        .then(|name: String, state, principal, query| {
+            functions::logs::handle(state, principal, name, query)
+        })
+        .map(into_reply);
 
     create
         .or(list)
@@ -193,6 +232,42 @@ fn functions_routes(state: State) -> BoxedFilter<(Response,)> {
         .or(versions)
         .unify()
         .or(invoke)
+        .unify()
+        .or(logs)
+        .unify()
+        .and_then(std::future::ready)
+        .boxed()
+}
+
+/// `/v1/functions/{name}/secrets[/{key}]`: names and keys taken raw, validated by the handlers.
+fn secrets_routes(state: State) -> BoxedFilter<(Response,)> {
+    let s = state;
+    let list = warp::path!("v1" / "functions" / String / "secrets")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(|name: String, state, principal| secrets::list::handle(state, principal, name))
+        .map(into_reply);
+    let put = warp::path!("v1" / "functions" / String / "secrets" / String)
+        .and(warp::put())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(body::capped(s.clone()))
+        .then(|name: String, key: String, state, principal, body: Bytes| {
+            secrets::put::handle(state, principal, name, key, body)
+        })
+        .map(into_reply);
+    let delete = warp::path!("v1" / "functions" / String / "secrets" / String)
+        .and(warp::delete())
+        .and(with_state(s.clone()))
+        .and(authed(s))
+        .then(|name: String, key: String, state, principal| {
+            secrets::delete::handle(state, principal, name, key)
+        })
+        .map(into_reply);
+    list.or(put)
+        .unify()
+        .or(delete)
         .unify()
         .and_then(std::future::ready)
         .boxed()
@@ -227,6 +302,63 @@ fn invocations_routes(state: State) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+/// `/v1/auth/...` (tokens) and `/v1/keys` (API keys).
+fn auth_routes(state: State) -> BoxedFilter<(Response,)> {
+    let s = state;
+    let body = body::capped(s.clone());
+    let token = warp::path!("v1" / "auth" / "token")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(tokens::issue::handle)
+        .map(into_reply);
+    let refresh = warp::path!("v1" / "auth" / "refresh")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(body.clone())
+        .then(tokens::refresh::handle)
+        .map(into_reply);
+    let revoke = warp::path!("v1" / "auth" / "revoke")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(body.clone())
+        .then(tokens::revoke::handle)
+        .map(into_reply);
+    let create_key = warp::path!("v1" / "keys")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(body)
+        .then(keys::create::handle)
+        .map(into_reply);
+    let list_keys = warp::path!("v1" / "keys")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(warp::query::<keys::list::KeysQuery>())
+        .then(keys::list::handle)
+        .map(into_reply);
+    let delete_key = warp::path!("v1" / "keys" / String)
+        .and(warp::delete())
+        .and(with_state(s.clone()))
+        .and(authed(s))
+        .then(|id: String, state, principal| keys::delete::handle(state, principal, id))
+        .map(into_reply);
+    token
+        .or(refresh)
+        .unify()
+        .or(revoke)
+        .unify()
+        .or(create_key)
+        .unify()
+        .or(list_keys)
+        .unify()
+        .or(delete_key)
+        .unify()
+        .and_then(std::future::ready)
+        .boxed()
+}
+
 /// `/v1/admin/...`: the operator API (each handler checks the admin role).
 fn admin_routes(state: State) -> BoxedFilter<(Response,)> {
     let s = state;
@@ -255,6 +387,13 @@ fn admin_routes(state: State) -> BoxedFilter<(Response,)> {
         .and(authed(s.clone()))
         .then(|id: String, state, principal| admin::dlq::replay(state, principal, id))
         .map(into_reply);
+    let audit = warp::path!("v1" / "admin" / "audit")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(warp::query::<admin::audit::AuditQuery>())
+        .then(admin::audit::list)
+        .map(into_reply);
     let queues = warp::path!("v1" / "admin" / "queues")
         .and(warp::get())
         .and(with_state(s.clone()))
@@ -264,8 +403,29 @@ fn admin_routes(state: State) -> BoxedFilter<(Response,)> {
     let nodes = warp::path!("v1" / "admin" / "nodes")
         .and(warp::get())
         .and(with_state(s.clone()))
-        .and(authed(s))
+        .and(authed(s.clone()))
         .then(admin::nodes::list)
+        .map(into_reply);
+    let namespaces = warp::path!("v1" / "admin" / "namespaces")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(admin::namespaces::list)
+        .map(into_reply);
+    let namespace_get = warp::path!("v1" / "admin" / "namespaces" / String)
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(|ns: String, state, principal| admin::namespaces::get(state, principal, ns))
+        .map(into_reply);
+    let namespace_put = warp::path!("v1" / "admin" / "namespaces" / String)
+        .and(warp::put())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(body::capped(s))
+        .then(|ns: String, state, principal, body: Bytes| {
+            admin::namespaces::put(state, principal, ns, body)
+        })
         .map(into_reply);
     dlq_list
         .or(dlq_get)
@@ -274,9 +434,17 @@ fn admin_routes(state: State) -> BoxedFilter<(Response,)> {
         .unify()
         .or(dlq_replay)
         .unify()
+        .or(audit)
+        .unify()
         .or(queues)
         .unify()
         .or(nodes)
+        .unify()
+        .or(namespaces)
+        .unify()
+        .or(namespace_get)
+        .unify()
+        .or(namespace_put)
         .unify()
         .and_then(std::future::ready)
         .boxed()

@@ -8,14 +8,18 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::AddrIncoming;
+use fnmesh_shared::metrics::Registry;
+use hyper::server::conn::{AddrIncoming, AddrStream};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit;
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
+use crate::metrics::GatewayMetrics;
 use crate::nats_api::NatsRequests;
 use crate::reconciler::Reconciler;
 use crate::recorder::Recorder;
@@ -34,8 +38,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds the listener (port 0 picks a free port).
+    /// Binds the listener (port 0 picks a free port), with metrics in a registry of its own.
     pub async fn bind(config: GatewayConfig, backends: Backends) -> Result<Gateway, GatewayError> {
+        Self::bind_with_registry(config, backends, &Registry::new()).await
+    }
+
+    /// Binds the listener, registering the gateway's metrics in the process's `registry`
+    /// (which `GET /metrics` then shows whole, e.g. with a node's metrics in `fnmesh up`).
+    pub async fn bind_with_registry(
+        config: GatewayConfig,
+        backends: Backends,
+        registry: &Registry,
+    ) -> Result<Gateway, GatewayError> {
+        let metrics = Arc::new(GatewayMetrics::register(registry)?);
         let addr = config.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -46,7 +61,7 @@ impl Gateway {
         Ok(Gateway {
             listener,
             local_addr,
-            state: AppState::new(config, backends),
+            state: AppState::new(config, backends, metrics),
             nats_requests: None,
         })
     }
@@ -66,6 +81,11 @@ impl Gateway {
         self.local_addr
     }
 
+    /// The gateway's metrics (for a recorder run outside [`Gateway::run`]).
+    pub fn metrics(&self) -> Arc<GatewayMetrics> {
+        self.state.metrics.clone()
+    }
+
     /// Serves until `shutdown` is cancelled, then drains in-flight requests (bounded by
     /// `drain_timeout`). Runs the recorder meanwhile.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), GatewayError> {
@@ -80,7 +100,8 @@ impl Gateway {
         let background_stop = shutdown.child_token();
         let mut background = Vec::new();
         if state.config.background_workers {
-            let recorder = Recorder::new(state.backends.store.clone(), state.backends.bus.clone());
+            let recorder = Recorder::new(state.backends.store.clone(), state.backends.bus.clone())
+                .with_metrics(state.metrics.clone());
             background.push(tokio::spawn(recorder.run(background_stop.clone())));
             let reconciler = Reconciler::new(
                 state.backends.store.clone(),
@@ -98,9 +119,17 @@ impl Gateway {
         let mut incoming = AddrIncoming::from_listener(listener)
             .map_err(|e| GatewayError::Server(e.to_string()))?;
         incoming.set_nodelay(true);
+        // Log streams never end by themselves: they are ended when the drain begins.
+        let followers = state.clone();
+        // Every response passes the audit log (see `crate::audit`); its writer stores entries
+        // until the server has drained.
+        let (audit, audit_writer) =
+            audit::channel(state.backends.store.clone(), audit::QUEUE_CAPACITY);
+        let audit_stop = CancellationToken::new();
+        let audit_task = tokio::spawn(audit_writer.run(audit_stop.clone()));
         let filter = routes::api(state);
-        let make_service = hyper::service::make_service_fn(move |_conn| {
-            let service = warp::service(filter.clone());
+        let make_service = hyper::service::make_service_fn(move |conn: &AddrStream| {
+            let service = audit.service(warp::service(filter.clone()), Some(conn.remote_addr()));
             async move { Ok::<_, Infallible>(service) }
         });
         let signal = shutdown.clone();
@@ -115,6 +144,7 @@ impl Gateway {
             result = &mut server => result,
             _ = shutdown.cancelled() => {
                 tracing::info!(drain_timeout_ms = drain_timeout.as_millis() as u64, "gateway draining");
+                followers.log_followers.stop();
                 match tokio::time::timeout(drain_timeout, &mut server).await {
                     Ok(result) => result,
                     Err(_) => {
@@ -128,6 +158,10 @@ impl Gateway {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, "NATS request task failed");
             }
+        }
+        audit_stop.cancel();
+        if let Err(e) = audit_task.await {
+            tracing::warn!(error = %e, "audit writer task failed");
         }
         background_stop.cancel();
         for task in background {

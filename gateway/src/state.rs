@@ -10,6 +10,7 @@ use fnmesh_shared::store::MetadataStore;
 
 use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
+use crate::metrics::GatewayMetrics;
 
 /// The backends the gateway programs against.
 #[derive(Clone)]
@@ -36,6 +37,10 @@ pub struct AppState {
     pub authenticator: Authenticator,
     /// Bounds concurrent code normalisations (each may stage up to the unpacked cap on disk).
     pub normalize_permits: tokio::sync::Semaphore,
+    /// Open `logs?follow=true` streams: bounded, ended when the gateway drains.
+    pub log_followers: crate::functions::logs::Followers,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: Arc<GatewayMetrics>,
 }
 
 /// Code normalisations run at once, at most.
@@ -46,13 +51,15 @@ pub type State = Arc<AppState>;
 
 impl AppState {
     /// Builds the shared state.
-    pub fn new(config: GatewayConfig, backends: Backends) -> State {
-        let authenticator = Authenticator::new(backends.store.clone());
+    pub fn new(config: GatewayConfig, backends: Backends, metrics: Arc<GatewayMetrics>) -> State {
+        let authenticator = Authenticator::new(backends.store.clone(), config.tokens.clone());
         Arc::new(Self {
             config,
             backends,
             authenticator,
             normalize_permits: tokio::sync::Semaphore::new(MAX_CONCURRENT_NORMALIZE),
+            log_followers: Default::default(),
+            metrics,
         })
     }
 }

@@ -34,6 +34,7 @@ async fn key_with_role(app: &TestApp, role: Role) -> String {
             created_at: Utc::now(),
             expires_at: None,
             revoked_at: None,
+            functions: None,
         })
         .await
         .unwrap();
@@ -72,6 +73,8 @@ async fn dead_letter_in(
         payload,
         created_at: Utc::now(),
         trace_id: None,
+        traceparent: None,
+        secrets: None,
     };
     app.store.insert_invocation(&request).await.unwrap();
     record_dead_letter(

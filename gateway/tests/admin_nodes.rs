@@ -46,6 +46,7 @@ async fn key_with_role(app: &TestApp, role: Role) -> String {
             created_at: Utc::now(),
             expires_at: None,
             revoked_at: None,
+            functions: None,
         })
         .await
         .unwrap();

@@ -75,6 +75,7 @@ async fn revoked_and_expired_keys_are_refused() {
                 created_at: past,
                 expires_at: expired.then_some(past),
                 revoked_at: revoked.then_some(past),
+                functions: None,
             })
             .await
             .unwrap();

@@ -17,12 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fnmesh_shared::invocation::DEFAULT_LOG_CAP_BYTES;
+use fnmesh_shared::secrets::{Keyring, SealedSecrets, SecretEnv};
 use fnmesh_shared::{
     ErrorKind, Function, InvocationError, InvocationId, InvocationLogs, InvocationStatus,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::instance::{Instance, LaunchPlan};
 use crate::pool::{Checkout, CheckoutError, KeyLimits, Pool, PoolKey, PoolLimits};
@@ -60,6 +62,8 @@ pub struct ExecutorConfig {
     pub gid: u32,
     /// Parent cgroup of the sandboxes, e.g. `/fnmesh/<node id>`.
     pub cgroup_parent: String,
+    /// Opens the secrets invocations carry (`None`: an invocation with secrets fails).
+    pub secrets_keyring: Option<Arc<Keyring>>,
 }
 
 /// 75% of the host's RAM in MiB (4 GiB when unknown).
@@ -90,6 +94,7 @@ impl Default for ExecutorConfig {
             log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
             uid: 65534,
             gid: 65534,
+            secrets_keyring: None,
         }
     }
 }
@@ -126,6 +131,9 @@ pub struct Job {
     pub payload: serde_json::Value,
     /// W3C trace id, when traced.
     pub trace_id: Option<String>,
+    /// The function's secrets, sealed as the invocation carried them; opened with
+    /// [`ExecutorConfig::secrets_keyring`] into the environment of the sandbox only.
+    pub secrets: Option<SealedSecrets>,
 }
 
 /// How an invocation went.
@@ -147,6 +155,10 @@ pub struct ExecOutcome {
     pub duration_ms: u64,
     /// Peak memory of the sandbox.
     pub memory_peak_bytes: u64,
+    /// `init_ms` in microseconds, measured around the sandbox launch.
+    pub init_us: u64,
+    /// The handler in microseconds, measured around the request to the sandbox.
+    pub exec_us: u64,
 }
 
 impl ExecOutcome {
@@ -160,8 +172,14 @@ impl ExecOutcome {
             init_ms: 0,
             duration_ms: 0,
             memory_peak_bytes: 0,
+            init_us: 0,
+            exec_us: 0,
         }
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Runs invocations in pooled sandboxes. See the module docs.
@@ -223,11 +241,14 @@ fn unix_ms_at(deadline: Instant) -> u64 {
     u64::try_from((now_unix + remaining).as_millis()).unwrap_or(u64::MAX)
 }
 
-fn key_of(function: &Function) -> PoolKey {
+/// Sandboxes of one function version and one set of secrets: a sandbox started with other
+/// secrets (or none) is never reused.
+fn key_of(function: &Function, secrets: &SecretEnv) -> PoolKey {
     PoolKey {
         namespace: function.namespace.clone(),
         function_id: function.id,
         version: function.version,
+        secrets_digest: secrets.digest().map(str::to_owned),
     }
 }
 
@@ -339,18 +360,36 @@ impl Executor {
     /// Tops `function` up to its `min_warm` idle sandboxes, in the background, using only free
     /// capacity (it never evicts or waits).
     pub async fn prewarm(&self, function: &Function, code_dir: &Path) {
+        self.prewarm_with_secrets(function, code_dir, None).await;
+    }
+
+    /// [`Executor::prewarm`] for the sandboxes of `function` with these `secrets` (the ones
+    /// its invocations carry).
+    pub async fn prewarm_with_secrets(
+        &self,
+        function: &Function,
+        code_dir: &Path,
+        secrets: Option<&SealedSecrets>,
+    ) {
         if function.config.min_warm == 0 || self.inner.cancel.is_cancelled() {
             return;
         }
+        let secrets = match self.inner.open_secrets(function, secrets) {
+            Ok(secrets) => secrets,
+            Err(message) => {
+                tracing::warn!(function.name = %function.name, error.message = %message, "prewarming skipped");
+                return;
+            }
+        };
         let inner = Arc::clone(&self.inner);
         let function = function.clone();
         let code_dir = code_dir.to_path_buf();
         self.inner.tasks.spawn(async move {
-            let key = key_of(&function);
+            let key = key_of(&function, &secrets);
             let limits = limits_of(&function);
             while let Some(reservation) = inner.pool.reserve_prewarm(&key, limits) {
                 let budget = Duration::from_millis(function.config.timeout_ms).max(Duration::from_secs(30));
-                let launch = inner.launch(&function, &code_dir, Instant::now() + budget);
+                let launch = inner.launch(&function, &code_dir, &secrets, Instant::now() + budget);
                 let launched = tokio::select! {
                     () = inner.cancel.cancelled() => return,
                     launched = launch => launched,
@@ -436,10 +475,32 @@ impl Inner {
         format!("{}-{n}-{:04x}", self.id_prefix, rand::random::<u16>())
     }
 
+    /// The secrets of an invocation of `function`, opened (empty when it carries none).
+    fn open_secrets(
+        &self,
+        function: &Function,
+        sealed: Option<&SealedSecrets>,
+    ) -> Result<SecretEnv, String> {
+        let Some(sealed) = sealed.filter(|s| !s.is_empty()) else {
+            return Ok(SecretEnv::default());
+        };
+        let Some(keyring) = self.config.secrets_keyring.as_deref() else {
+            return Err(
+                "the function has secrets but this node has no secrets keyring \
+                         (FNMESH_SECRETS_KEY)"
+                    .to_owned(),
+            );
+        };
+        keyring
+            .open_secrets(&function.namespace, &function.name, sealed)
+            .map_err(|e| format!("opening the function's secrets: {e}"))
+    }
+
     async fn launch(
         &self,
         function: &Function,
         code_dir: &Path,
+        secrets: &SecretEnv,
         deadline: Instant,
     ) -> Result<(Instance, u64), LaunchError> {
         let crashed = |message: String| LaunchError {
@@ -470,7 +531,7 @@ impl Inner {
                 code_dir,
                 runtime_dir: self.runtime_dir.clone(),
                 args: process.args,
-                env: process.env,
+                env: runtimes::with_secrets(process.env, secrets),
                 cwd: process.cwd,
                 memory_mb: function.config.memory_mb,
                 pids_limit: self.config.pids_limit,
@@ -497,16 +558,32 @@ impl Inner {
 
     async fn run(&self, job: &Job, deadline: Instant) -> ExecOutcome {
         let function = &job.function;
-        let key = key_of(function);
+        let secrets = match self.open_secrets(function, job.secrets.as_ref()) {
+            Ok(secrets) => secrets,
+            Err(message) => {
+                tracing::warn!(invocation.id = %job.invocation_id, error.message = %message, "secrets unavailable");
+                return ExecOutcome::failed(InvocationStatus::Failed, ErrorKind::Crashed, message);
+            }
+        };
+        let key = key_of(function, &secrets);
         let checkout = self
             .pool
             .checkout(&key, limits_of(function), deadline)
             .await;
-        let (mut lease, cold_start, init_ms) = match checkout {
-            Ok(Checkout::Warm(lease)) => (*lease, false, 0),
+        let launched = Instant::now();
+        let (mut lease, cold_start, init_ms, init_us) = match checkout {
+            Ok(Checkout::Warm(lease)) => (*lease, false, 0, 0),
             Ok(Checkout::Cold(reservation)) => {
-                match self.launch(function, &job.code_dir, deadline).await {
-                    Ok((instance, init_ms)) => (reservation.fill(instance), true, init_ms),
+                let launch = self
+                    .launch(function, &job.code_dir, &secrets, deadline)
+                    .instrument(tracing::info_span!("sandbox.launch"));
+                match launch.await {
+                    Ok((instance, init_ms)) => (
+                        reservation.fill(instance),
+                        true,
+                        init_ms,
+                        micros(launched.elapsed()),
+                    ),
                     Err(e) => {
                         return ExecOutcome {
                             status: e.status,
@@ -520,6 +597,8 @@ impl Inner {
                             init_ms: e.init_ms,
                             duration_ms: 0,
                             memory_peak_bytes: e.memory_peak_bytes,
+                            init_us: micros(launched.elapsed()),
+                            exec_us: 0,
                         }
                     }
                 }
@@ -563,7 +642,15 @@ impl Inner {
                 "lease without a sandbox".to_owned(),
             );
         };
-        let invoked = instance.invoke(&request, deadline).await;
+        let invoking = Instant::now();
+        let invoked = instance
+            .invoke(&request, deadline)
+            .instrument(tracing::info_span!(
+                "handler",
+                sandbox.cold_start = cold_start
+            ))
+            .await;
+        let exec_us = micros(invoking.elapsed());
         if invoked.reusable {
             lease.release().await;
         } else {
@@ -578,6 +665,8 @@ impl Inner {
             init_ms,
             duration_ms: invoked.duration_ms,
             memory_peak_bytes: invoked.memory_peak_bytes,
+            init_us,
+            exec_us,
         }
     }
 }

@@ -4,8 +4,10 @@
 pub mod code_cache;
 pub mod executor;
 pub mod instance;
+pub mod metrics;
 pub mod pool;
 pub mod registration;
 pub mod runtimes;
 pub mod sandbox;
+pub mod telemetry;
 pub mod worker;

@@ -37,6 +37,8 @@ pub struct PoolKey {
     pub function_id: FunctionId,
     /// Its version.
     pub version: u32,
+    /// Digest of the sealed secrets its sandboxes were started with (`None`: no secrets).
+    pub secrets_digest: Option<String>,
 }
 
 /// What a key's sandboxes need, from the function's config.
@@ -266,12 +268,15 @@ impl Pool {
             ks.min_warm = limits.min_warm;
             return Arc::clone(&ks.permits);
         }
-        // A new key: it supersedes older versions of the function, or is itself superseded.
+        // A new key: it supersedes older versions of the function (and the same version with
+        // other secrets: the new key is the current set), or is itself superseded.
         let same_function =
             |k: &PoolKey| k.function_id == key.function_id && k.namespace == key.namespace;
         let mut superseded = false;
         for (k, ks) in state.keys.iter_mut().filter(|(k, _)| same_function(k)) {
-            if k.version < key.version {
+            if k.version < key.version
+                || (k.version == key.version && k.secrets_digest != key.secrets_digest)
+            {
                 ks.superseded = true;
             } else {
                 superseded = true;

@@ -19,9 +19,11 @@ use fnmesh_shared::{
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::code_cache::CodeCache;
 use crate::executor::{Executor, Job};
+use crate::metrics::NodeMetrics;
 
 /// Settings of the work loop.
 #[derive(Debug, Clone)]
@@ -61,6 +63,8 @@ pub struct Worker {
     executor: Arc<Executor>,
     /// Invocations being handled right now (the node registry reports free slots from it).
     busy: Arc<AtomicUsize>,
+    /// Counts what ran, when the node exports metrics.
+    metrics: Option<Arc<NodeMetrics>>,
 }
 
 /// A read-only view of a worker's load, for the node registry's heartbeats.
@@ -112,7 +116,14 @@ impl Worker {
             code,
             executor,
             busy: Arc::new(AtomicUsize::new(0)),
+            metrics: None,
         }
+    }
+
+    /// Counts every finished attempt in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// A view of this worker's load that stays valid after [`Worker::run`] takes the worker.
@@ -148,8 +159,9 @@ impl Worker {
                     backoff = Duration::from_millis(50);
                     let worker = this.clone();
                     let busy = BusyGuard::enter(&this.busy);
+                    let span = crate::telemetry::invocation_span(&delivery, &worker.config.node_id);
                     tracker.spawn(async move {
-                        worker.handle(delivery).await;
+                        worker.handle(delivery).instrument(span).await;
                         drop(busy);
                         drop(permit);
                     });
@@ -190,6 +202,7 @@ impl Worker {
         } = delivery;
         let started_at = Utc::now();
         let queue_ms = (started_at - request.created_at).num_milliseconds().max(0) as u64;
+        let queue_us = micros_between(request.created_at, started_at);
         let namespace = request.function.namespace.clone();
 
         let started = NodeEvent::Started {
@@ -210,7 +223,12 @@ impl Worker {
             }
         };
 
-        let code_dir = match self.code.get(&request.function.code.checksum).await {
+        let code_dir = match self
+            .code
+            .get(&request.function.code.checksum)
+            .instrument(tracing::info_span!("code.fetch"))
+            .await
+        {
             Ok(dir) => dir,
             Err(e) => {
                 tracing::warn!(error = %e, invocation.id = %request.id, "code unavailable; will retry");
@@ -226,6 +244,7 @@ impl Worker {
             code_dir: code_dir.clone(),
             payload: request.payload.clone(),
             trace_id: request.trace_id.clone(),
+            secrets: request.secrets.clone(),
         };
         let t0 = Instant::now();
         let exec = self.executor.execute(job);
@@ -256,13 +275,19 @@ impl Worker {
             report_started(started_published.await);
         }
         let completed_at = Utc::now();
+        self.publish_logs(&request, attempt, &outcome.logs, completed_at);
         if request.function.config.min_warm > 0 {
             // Keeps `min_warm` sandboxes of this version ready once the node has seen it (off
             // the invocation's path).
             let executor = self.executor.clone();
             let function = request.function.clone();
             let code_dir = code_dir.clone();
-            tokio::spawn(async move { executor.prewarm(&function, &code_dir).await });
+            let secrets = request.secrets.clone();
+            tokio::spawn(async move {
+                executor
+                    .prewarm_with_secrets(&function, &code_dir, secrets.as_ref())
+                    .await
+            });
         }
         let result = InvocationResult {
             id: request.id,
@@ -278,6 +303,11 @@ impl Worker {
                 duration_ms: outcome.duration_ms,
                 cold_start: outcome.cold_start,
                 memory_peak_bytes: outcome.memory_peak_bytes,
+                total_ms: micros_between(request.created_at, completed_at) / 1000,
+                queue_us,
+                init_us: outcome.init_us,
+                exec_us: outcome.exec_us,
+                total_us: micros_between(request.created_at, completed_at),
             }),
             node_id: Some(self.config.node_id.clone()),
             attempt,
@@ -292,6 +322,9 @@ impl Worker {
             cold_start = outcome.cold_start,
             "invocation finished"
         );
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(&result);
+        }
         if let Some(error) = retryable(&result, reply_to.is_some(), &request.function.config) {
             // Delivered again after a backoff, or dead-lettered by the bus when the attempts
             // ran out; the record keeps this error as the last one.
@@ -317,7 +350,12 @@ impl Worker {
             logs: outcome.logs,
         };
         if let Some(to) = &reply_to {
-            if let Err(e) = self.bus.reply(to, &outcome).await {
+            let replied = self
+                .bus
+                .reply(to, &outcome)
+                .instrument(tracing::info_span!("invocation.reply"))
+                .await;
+            if let Err(e) = replied {
                 tracing::debug!(error = %e, "sync reply failed; the result is still recorded");
             }
         }
@@ -342,6 +380,39 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Publishes what the invocation printed for live followers (`logs?follow=true`), off the
+    /// invocation's path; best effort.
+    fn publish_logs(
+        &self,
+        request: &fnmesh_shared::InvocationRequest,
+        attempt: u32,
+        logs: &fnmesh_shared::InvocationLogs,
+        at: chrono::DateTime<Utc>,
+    ) {
+        if logs.text.is_empty() {
+            return;
+        }
+        let entry = fnmesh_shared::invocation::FunctionLogs {
+            invocation_id: request.id,
+            namespace: request.function.namespace.clone(),
+            function: request.function.name.clone(),
+            version: request.function.version,
+            attempt,
+            node_id: self.config.node_id.clone(),
+            text: logs.text.clone(),
+            truncated: logs.truncated,
+            at,
+        };
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bus.publish_logs(&entry).await {
+                tracing::debug!(error = %e, invocation.id = %entry.invocation_id, "publishing logs for followers failed");
+            }
+        });
+    }
+}
+
 /// The error to retry on, if this attempt's result should be retried: async invocations
 /// only (a sync caller gets the failure at once); a crashed sandbox always (the bus's
 /// `max_deliver` bounds it), the function's own failures only within its `retries`.
@@ -359,6 +430,14 @@ fn retryable(
         _ => result.attempt <= config.retries,
     };
     retry.then_some(error)
+}
+
+/// Microseconds from `from` to `to` (0 if `to` is earlier: clocks of two machines).
+fn micros_between(from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>) -> u64 {
+    (to - from)
+        .num_microseconds()
+        .and_then(|us| u64::try_from(us).ok())
+        .unwrap_or(0)
 }
 
 /// Backoff before attempt `attempt + 1`: `base` doubled per failed attempt, at most 5 min.

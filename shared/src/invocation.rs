@@ -111,6 +111,22 @@ pub struct InvocationMetrics {
     pub cold_start: bool,
     /// Peak memory of the sandbox during this invocation.
     pub memory_peak_bytes: u64,
+    /// End to end: from acceptance (the gateway's clock) to the node finishing (its own).
+    #[serde(default)]
+    pub total_ms: u64,
+    /// The same phases in microseconds, as a sync response's `Server-Timing` reports them:
+    /// waiting for a node (`queue`) …
+    #[serde(default)]
+    pub queue_us: u64,
+    /// … making a sandbox (`init`, 0 when warm) …
+    #[serde(default)]
+    pub init_us: u64,
+    /// … the handler (`exec`) …
+    #[serde(default)]
+    pub exec_us: u64,
+    /// … and all of it (`total`; also code fetch and the node's own work).
+    #[serde(default)]
+    pub total_us: u64,
 }
 
 /// The record of one invocation, as the API returns it.
@@ -199,6 +215,13 @@ pub struct InvocationRequest {
     /// W3C trace id, when the call was traced.
     #[serde(default)]
     pub trace_id: Option<String>,
+    /// W3C trace context of the gateway's span that published it (built by the gateway from
+    /// its own span, never copied from a client), so the node's spans join the same trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<crate::trace::TraceParent>,
+    /// The function's secrets, sealed: only the node that runs the invocation opens them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<crate::secrets::SealedSecrets>,
 }
 
 /// What a node reports for one delivery attempt.
@@ -274,4 +297,29 @@ pub struct InvocationOutcome {
     pub result: InvocationResult,
     /// Captured output.
     pub logs: InvocationLogs,
+}
+
+/// One invocation's captured output, published by the node that ran it for live followers
+/// (`GET /v1/functions/{name}/logs?follow=true`). Best effort: nothing is kept, a follower that
+/// is not listening misses it (the logs are still recorded with the result).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionLogs {
+    /// Which invocation printed it.
+    pub invocation_id: InvocationId,
+    /// The tenant.
+    pub namespace: Namespace,
+    /// The function.
+    pub function: FunctionName,
+    /// The version that ran.
+    pub version: u32,
+    /// Delivery attempt.
+    pub attempt: u32,
+    /// The node that ran it.
+    pub node_id: String,
+    /// The text (lossy UTF-8), at most the node's cap.
+    pub text: String,
+    /// Whether output beyond the cap was dropped.
+    pub truncated: bool,
+    /// When the invocation finished.
+    pub at: DateTime<Utc>,
 }

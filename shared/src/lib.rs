@@ -9,12 +9,15 @@ pub mod code;
 pub mod function;
 pub mod ids;
 pub mod invocation;
+pub mod metrics;
 pub mod names;
 pub mod nats;
 pub mod ratelimit;
 pub mod registry;
+pub mod secrets;
 pub mod store;
 pub mod subjects;
+pub mod trace;
 
 pub use checksum::Checksum;
 pub use function::{CodeInfo, Function, FunctionConfig, Runtime};

@@ -383,3 +383,29 @@ mod code_bucket_tests {
         assert_eq!(code_bucket(&p), "fnmesh-eu-1-code");
     }
 }
+
+/// Core-NATS subject on which nodes of a prefixed bus publish the captured output of one
+/// function's invocations for live followers: `fnmesh.v1.<prefix>.logs.<namespace>.<function>`.
+pub fn bus_function_logs(
+    prefix: &BusPrefix,
+    namespace: &Namespace,
+    function: &FunctionName,
+) -> String {
+    format!("{PREFIX}.{prefix}.logs.{namespace}.{function}")
+}
+
+#[cfg(test)]
+mod logs_tests {
+    use super::*;
+
+    #[test]
+    fn log_subjects_carry_the_prefix_namespace_and_function() {
+        let p = BusPrefix::parse("eu-1").unwrap();
+        let ns = Namespace::parse("team-a").unwrap();
+        let f = FunctionName::parse("resize").unwrap();
+        assert_eq!(
+            bus_function_logs(&p, &ns, &f),
+            "fnmesh.v1.eu-1.logs.team-a.resize"
+        );
+    }
+}

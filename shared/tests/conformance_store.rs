@@ -56,6 +56,10 @@ cases!(
     put_dead_letter_is_idempotent,
     put_dead_letter_keeps_terminal_records,
     put_dead_letter_inserts_absent_records,
+    audit_roundtrip_and_filters,
+    audit_pages_newest_first,
+    secrets_roundtrip_sealed,
+    secrets_need_their_function_and_go_with_it,
 );
 
 /// The whole suite on one shared database, as a shared server would run it.
@@ -105,4 +109,10 @@ async fn list_limits_are_capped_at_1000() {
         .expect("list");
     assert_eq!(page.items.len(), 1000);
     assert!(page.next_cursor.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_store_cases() {
+    let (_dir, store) = store().await;
+    fnmesh_shared::store::access::conformance::run_all(store).await;
 }

@@ -70,6 +70,8 @@ mod conformance_suite {
         max_concurrency_caps_in_flight,
         a_flooded_function_does_not_hold_up_another,
         queue_stats_count_pending_and_in_flight,
+        traceparent_travels_with_the_request,
+        log_followers_get_their_function_only,
     );
 }
 

@@ -59,6 +59,10 @@ cases!(
     put_dead_letter_is_idempotent,
     put_dead_letter_keeps_terminal_records,
     put_dead_letter_inserts_absent_records,
+    audit_roundtrip_and_filters,
+    audit_pages_newest_first,
+    secrets_roundtrip_sealed,
+    secrets_need_their_function_and_go_with_it,
 );
 
 /// The whole suite twice at once on one database, as several gateways would share it.
@@ -365,4 +369,10 @@ async fn the_store_survives_a_server_restart() {
 
 fn store_dyn(store: &PostgresStore) -> Store {
     Arc::new(store.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_store_cases() {
+    let store: Store = Arc::new(store().await);
+    fnmesh_shared::store::access::conformance::run_all(store).await;
 }

@@ -25,6 +25,8 @@ use fnmesh_shared::{
     InvocationStatus, Namespace, Runtime,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::args::BenchArgs;
 
 const HANDLER: &str = "def handle(event, context):\n    return {\"hello\": \"world\"}\n";
@@ -72,7 +74,69 @@ impl Stats {
     }
 }
 
+/// Summary of one series (in the series' unit) with its raw samples.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Series {
+    pub n: usize,
+    pub min: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    /// The measured samples, sorted.
+    pub samples: Vec<f64>,
+}
+
+impl Series {
+    fn of(s: &Stats) -> Self {
+        Self {
+            n: s.samples.len(),
+            min: s.pct(0.0),
+            p50: s.median(),
+            p90: s.pct(0.9),
+            p99: s.pct(0.99),
+            max: s.pct(1.0),
+            samples: s.samples.clone(),
+        }
+    }
+}
+
+/// Everything `fnmesh bench sandbox` measured; `--json-out` writes this.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxFigures {
+    /// fnmesh cold start, request → result (ms).
+    pub fnmesh_cold_ms: Series,
+    /// Of which sandbox init: create + start + load (ms).
+    pub fnmesh_init_ms: Series,
+    /// `crun run` of an equivalent bundle (ms); `None` without crun.
+    pub crun_cold_ms: Option<Series>,
+    /// Bare `python3` running the handler once (ms).
+    pub bare_python_ms: Series,
+    /// Warm round trip through a pooled sandbox (µs).
+    pub warm_us: Series,
+    /// Median of one direct call of the handler in Python (µs).
+    pub direct_handler_p50_us: f64,
+    /// Warm p50 minus the direct call (µs); target ≤ 100.
+    pub warm_overhead_us: f64,
+    /// fnmesh cold p50 / crun p50; target ≤ 1.
+    pub ratio_cold_vs_crun: Option<f64>,
+    /// fnmesh cold p50 / bare python p50.
+    pub ratio_cold_vs_bare: f64,
+}
+
+/// Runs the benchmark, prints its table and writes `--json-out`.
 pub async fn run(args: BenchArgs) -> Result<()> {
+    let figures = measure(&args).await?;
+    print!("{}", table(&figures));
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, serde_json::to_vec_pretty(&figures)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs the benchmark (the process must be in [`enter_bench_namespace`]'s namespace).
+pub async fn measure(args: &BenchArgs) -> Result<SandboxFigures> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark creates sandboxes and must run as root");
     }
@@ -232,62 +296,64 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let crun_cold = Stats::new(cold_crun);
     let bare = Stats::new(cold_bare);
     let warm = Stats::new(warm);
+    let has_crun = crun.is_some() && !crun_cold.samples.is_empty();
+    Ok(SandboxFigures {
+        ratio_cold_vs_crun: has_crun.then(|| fn_cold.median() / crun_cold.median()),
+        ratio_cold_vs_bare: fn_cold.median() / bare.median(),
+        warm_overhead_us: warm.median() - direct_us,
+        direct_handler_p50_us: direct_us,
+        fnmesh_cold_ms: Series::of(&fn_cold),
+        fnmesh_init_ms: Series::of(&init),
+        crun_cold_ms: has_crun.then(|| Series::of(&crun_cold)),
+        bare_python_ms: Series::of(&bare),
+        warm_us: Series::of(&warm),
+    })
+}
 
-    println!();
-    println!("cold start (ms)                         n    min   p50   p90   max");
-    let row = |label: &str, s: &Stats| {
-        if s.samples.is_empty() {
-            println!("{label:<36} n/a");
+/// The human-readable table of `fnmesh bench sandbox`.
+pub fn table(f: &SandboxFigures) -> String {
+    let row = |label: &str, s: &Series| {
+        if s.n == 0 {
+            format!("{label:<36} n/a\n")
         } else {
-            println!(
-                "{label:<36} {:>3} {:>6.1} {:>5.1} {:>5.1} {:>5.1}",
-                s.samples.len(),
-                s.pct(0.0),
-                s.median(),
-                s.pct(0.9),
-                s.pct(1.0)
-            );
+            format!(
+                "{label:<36} {:>3} {:>6.1} {:>5.1} {:>5.1} {:>5.1}\n",
+                s.n, s.min, s.p50, s.p90, s.max
+            )
         }
     };
-    row("fnmesh sandbox (request → result)", &fn_cold);
-    row("  of which init (create+start+load)", &init);
-    if crun.is_some() {
-        row("crun run (create+run+delete)", &crun_cold);
-    } else {
-        println!("crun run                             n/a: crun is not installed (apt-get install crun)");
+    let mut out =
+        String::from("\ncold start (ms)                         n    min   p50   p90   max\n");
+    out += &row("fnmesh sandbox (request → result)", &f.fnmesh_cold_ms);
+    out += &row("  of which init (create+start+load)", &f.fnmesh_init_ms);
+    match &f.crun_cold_ms {
+        Some(crun) => out += &row("crun run (create+run+delete)", crun),
+        None => out += "crun run                             n/a: crun is not installed (apt-get install crun)\n",
     }
-    row("bare python3 (no container)", &bare);
-    println!();
-    if !crun_cold.samples.is_empty() {
-        println!(
-            "ratio fnmesh cold / crun run (p50):   {:.2}x   (target ≤ 1.0x)",
-            fn_cold.median() / crun_cold.median()
-        );
+    out += &row("bare python3 (no container)", &f.bare_python_ms);
+    out.push('\n');
+    if let Some(ratio) = f.ratio_cold_vs_crun {
+        out += &format!("ratio fnmesh cold / crun run (p50):   {ratio:.2}x   (target ≤ 1.0x)\n");
     }
-    println!(
-        "ratio fnmesh cold / bare python (p50): {:.2}x",
-        fn_cold.median() / bare.median()
+    out += &format!(
+        "ratio fnmesh cold / bare python (p50): {:.2}x\n",
+        f.ratio_cold_vs_bare
     );
-    println!();
-    println!("warm round trip (µs)                    n    min   p50   p90   p99");
-    println!(
-        "{:<36} {:>5} {:>6.0} {:>5.0} {:>5.0} {:>5.0}",
-        "fnmesh pooled sandbox",
-        warm.samples.len(),
-        warm.pct(0.0),
-        warm.median(),
-        warm.pct(0.9),
-        warm.pct(0.99)
+    out += "\nwarm round trip (µs)                    n    min   p50   p90   p99\n";
+    let w = &f.warm_us;
+    out += &format!(
+        "{:<36} {:>5} {:>6.0} {:>5.0} {:>5.0} {:>5.0}\n",
+        "fnmesh pooled sandbox", w.n, w.min, w.p50, w.p90, w.p99
     );
-    println!(
-        "{:<36} {:>5} {:>24.2}",
-        "handler called directly (p50)", args.warm_iterations, direct_us
+    out += &format!(
+        "{:<36} {:>5} {:>24.2}\n",
+        "handler called directly (p50)", w.n, f.direct_handler_p50_us
     );
-    println!(
-        "warm overhead over the bare handler (p50): {:.0} µs   (target ≤ 100 µs)",
-        warm.median() - direct_us
+    out += &format!(
+        "warm overhead over the bare handler (p50): {:.0} µs   (target ≤ 100 µs)\n",
+        f.warm_overhead_us
     );
-    Ok(())
+    out
 }
 
 fn ms(d: Duration) -> f64 {
@@ -330,6 +396,7 @@ fn job(function: &Function, code_dir: &Path) -> Job {
         code_dir: code_dir.to_path_buf(),
         payload: serde_json::json!({}),
         trace_id: None,
+        secrets: None,
     }
 }
 

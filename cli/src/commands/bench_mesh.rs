@@ -52,17 +52,20 @@ const FUNCTION: &str = "bench-echo";
 /// Sequential calls before each measured series (discarded).
 const WARMUP_CALLS: usize = 200;
 /// Targets of the mesh issue.
-const TARGET_RATIO: f64 = 2.0;
-const TARGET_THROUGHPUT: f64 = 5_000.0;
+pub const TARGET_RATIO: f64 = 2.0;
+pub const TARGET_THROUGHPUT: f64 = 5_000.0;
 /// How long a child gets to drain after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// p50/p99 of a series, in µs.
 #[derive(Debug, Clone, Serialize)]
-struct Latency {
-    n: usize,
-    p50_us: f64,
-    p99_us: f64,
+pub struct Latency {
+    pub n: usize,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// The measured samples in µs, sorted (not written to the JSON).
+    #[serde(skip)]
+    pub samples_us: Vec<f64>,
 }
 
 impl Latency {
@@ -79,39 +82,55 @@ impl Latency {
             n: samples.len(),
             p50_us: pct(0.5),
             p99_us: pct(0.99),
+            samples_us: samples.iter().map(|d| d.as_secs_f64() * 1e6).collect(),
         }
     }
 }
 
 /// Invocations/s at a concurrency.
 #[derive(Debug, Clone, Serialize)]
-struct Throughput {
-    concurrency: usize,
-    duration_s: f64,
-    succeeded: u64,
-    errors: u64,
-    per_second: f64,
-    latency: Latency,
-    first_error: Option<String>,
+pub struct Throughput {
+    pub concurrency: usize,
+    pub duration_s: f64,
+    pub succeeded: u64,
+    pub errors: u64,
+    pub per_second: f64,
+    pub latency: Latency,
+    pub first_error: Option<String>,
 }
 
 /// Everything the benchmark measured; `--json-out` writes this.
 #[derive(Debug, Serialize)]
-struct Figures {
-    http_echo: Latency,
-    nats_request_reply: Latency,
-    jetstream_publish: Latency,
-    sandbox_warm: Latency,
-    fnmesh_sync_c1: Latency,
-    fnmesh_throughput: Throughput,
+pub struct Figures {
+    pub http_echo: Latency,
+    pub nats_request_reply: Latency,
+    pub jetstream_publish: Latency,
+    pub sandbox_warm: Latency,
+    pub fnmesh_sync_c1: Latency,
+    pub fnmesh_throughput: Throughput,
     /// fnmesh p50 / (HTTP p50 + NATS p50 + sandbox p50).
-    ratio_p50: f64,
-    target_ratio: f64,
-    target_throughput_per_second: f64,
+    pub ratio_p50: f64,
+    pub target_ratio: f64,
+    pub target_throughput_per_second: f64,
 }
 
 /// Runs the benchmark and prints its figures (as JSON on stdout with `--json`).
 pub async fn run(args: MeshBenchArgs, as_json: bool) -> Result<()> {
+    let figures = measure(&args).await?;
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, serde_json::to_vec_pretty(&figures)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        print!("{}", table(&figures));
+    }
+    Ok(())
+}
+
+/// Runs the benchmark (progress on stderr) and returns its figures.
+pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the mesh benchmark starts a node that creates sandboxes and must run as root");
     }
@@ -168,7 +187,7 @@ pub async fn run(args: MeshBenchArgs, as_json: bool) -> Result<()> {
 
     eprintln!("starting fnmesh gateway and node…");
     let mut mesh = MeshProcs::start(&work, &nats_url, args.concurrency)?;
-    let figures = match measure_mesh(&mut mesh, &http, &args).await {
+    let figures = match measure_mesh(&mut mesh, &http, args).await {
         Ok((c1, throughput)) => {
             let floor = http_echo.p50_us + nats_rr.p50_us + sandbox.p50_us;
             Figures {
@@ -190,20 +209,11 @@ pub async fn run(args: MeshBenchArgs, as_json: bool) -> Result<()> {
     };
     eprintln!("stopping fnmesh…");
     drop(mesh);
-
-    if let Some(path) = &args.json_out {
-        std::fs::write(path, serde_json::to_vec_pretty(&figures)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&figures)?);
-    } else {
-        print!("{}", table(&figures));
-    }
-    Ok(())
+    Ok(figures)
 }
 
-fn table(f: &Figures) -> String {
+/// The human-readable table of `fnmesh bench mesh`.
+pub fn table(f: &Figures) -> String {
     let row = |label: &str, l: &Latency| {
         format!(
             "{label:<48} {:>6} {:>9.0} {:>9.0}\n",
@@ -414,6 +424,7 @@ async fn sandbox_warm(work: &Path, n: usize) -> Result<Latency> {
                 code_dir: code_dir.clone(),
                 payload: payload.clone(),
                 trace_id: None,
+                secrets: None,
             })
             .await;
         ensure!(

@@ -156,6 +156,8 @@ async fn accept(
                 }),
                 created_at: Utc::now(),
                 trace_id: Some(format!("{:032x}", rand::random::<u128>())),
+                traceparent: None,
+                secrets: None,
             };
             async move { store.insert_invocation(&request).await }
         })
@@ -187,6 +189,7 @@ fn finished(queued: &InvocationResult, attempt: u32) -> InvocationResult {
         duration_ms: 87,
         cold_start: false,
         memory_peak_bytes: 48 * 1024 * 1024,
+        ..InvocationMetrics::default()
     });
     r
 }

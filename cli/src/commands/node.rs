@@ -43,6 +43,7 @@ pub async fn run(args: NodeCommand) -> Result<()> {
         bus,
         &args.mesh.region,
         registry,
+        &fnmesh_shared::metrics::Registry::new(),
     )
     .await?;
     println!(

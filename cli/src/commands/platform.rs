@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use fnmesh_gateway::{auth, Backends, GatewayConfig};
 use fnmesh_nodes::code_cache::CodeCache;
 use fnmesh_nodes::executor::{Executor, ExecutorConfig};
+use fnmesh_nodes::metrics::{LoadCollector, MetricsServer, NodeMetrics};
 use fnmesh_nodes::registration::{Load, LoadSampler, Registration, RegistrationConfig};
 use fnmesh_nodes::runtimes::RuntimeRegistry;
 use fnmesh_nodes::sandbox::cgroup::{hierarchies, SandboxCgroup, CGROUP_ROOT};
@@ -24,6 +25,7 @@ use fnmesh_shared::bus::{Bus, BusConfig};
 use fnmesh_shared::code::mirror::Mirrored;
 use fnmesh_shared::code::nats::NatsCodeStore;
 use fnmesh_shared::code::CodeStore;
+use fnmesh_shared::metrics::Registry;
 use fnmesh_shared::nats::NatsOptions;
 use fnmesh_shared::ratelimit::RateLimit;
 use fnmesh_shared::registry::jetstream::JetStreamRegistry;
@@ -168,6 +170,8 @@ pub async fn open_gateway(
             per_second: backends.key_rate_per_second,
             burst: backends.key_rate_burst.max(1),
         }),
+        tokens: crate::jwt_keys::token_config(&args.tokens, data_dir)?,
+        secrets_keyring: Some(crate::secrets_key::keyring(&common.secrets, data_dir)?),
         ..GatewayConfig::default()
     };
     Ok(GatewayParts {
@@ -216,11 +220,14 @@ pub struct NodeHandle {
     executor: Arc<Executor>,
     supervisor: Arc<SupervisorClient>,
     cgroup_parent: String,
+    metrics_server: Option<(MetricsServer, CancellationToken)>,
 }
 
 impl NodeHandle {
     /// Starts the supervisor, the executor, the work loop and the node's registration in
-    /// `registry` (as a node of `region`).
+    /// `registry` (as a node of `region`). The node's metrics go to `metrics` (the process's
+    /// registry), served on `FNMESH_METRICS_LISTEN` when set.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         args: &NodeArgs,
         common: &CommonArgs,
@@ -229,6 +236,7 @@ impl NodeHandle {
         bus: Arc<dyn Bus>,
         region: &str,
         registry: Arc<dyn NodeRegistry>,
+        metrics: &Registry,
     ) -> Result<Self> {
         let id = match args.node_id.as_deref().filter(|s| !s.is_empty()) {
             Some(id) => NodeId::parse(id).with_context(|| format!("FNMESH_NODE_ID={id:?}"))?,
@@ -252,6 +260,7 @@ impl NodeHandle {
                 max_sandboxes: args.max_sandboxes,
                 keep_alive: Duration::from_secs(args.keep_alive_secs),
                 cgroup_parent: cgroup_parent.clone(),
+                secrets_keyring: Some(crate::secrets_key::keyring(&common.secrets, data_dir)?),
                 ..ExecutorConfig::default()
             },
             runtime,
@@ -273,7 +282,8 @@ impl NodeHandle {
             bus,
             cache,
             executor.clone(),
-        );
+        )
+        .with_metrics(NodeMetrics::register(metrics)?);
         let load = worker.load();
         let stop = CancellationToken::new();
         let task = tokio::spawn(worker.run(stop.clone()));
@@ -284,6 +294,17 @@ impl NodeHandle {
                 slots_free: load.free_slots(),
                 warm_sandboxes: executor.stats().idle,
             })
+        };
+        LoadCollector::register(metrics, sample.clone())?;
+        let metrics_server = match args.metrics_listen {
+            Some(addr) => {
+                let stop = CancellationToken::new();
+                let server = MetricsServer::start(addr, metrics.clone(), stop.clone())
+                    .await
+                    .context("FNMESH_METRICS_LISTEN")?;
+                Some((server, stop))
+            }
+            None => None,
         };
         let registration = Registration::start(
             registry,
@@ -308,6 +329,7 @@ impl NodeHandle {
             executor,
             supervisor,
             cgroup_parent,
+            metrics_server,
         })
     }
 
@@ -324,6 +346,10 @@ impl NodeHandle {
         let leftovers = SandboxCgroup::new(&self.cgroup_parent).remove_leftovers();
         if !leftovers.is_empty() {
             tracing::warn!(?leftovers, "cgroup directories could not be removed");
+        }
+        if let Some((server, stop)) = self.metrics_server {
+            stop.cancel();
+            server.stopped().await;
         }
     }
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use fnmesh_gateway::reconciler::Reconciler;
 use fnmesh_gateway::recorder::Recorder;
 use fnmesh_gateway::{Gateway, GatewayConfig};
+use fnmesh_shared::metrics::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::platform::{
@@ -46,6 +47,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
     if !durable_bus {
         fail_interrupted_invocations(store.as_ref()).await?;
     }
+    // One metrics registry: the gateway's `/metrics` shows the node's metrics too.
+    let metrics = Registry::new();
     let node = NodeHandle::start(
         &args.node,
         &args.common,
@@ -54,10 +57,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
         bus.clone(),
         &args.region,
         registry,
+        &metrics,
     )
     .await?;
     let listen = parts.config.listen;
-    let gateway = Gateway::bind(parts.config, parts.backends)
+    let gateway = Gateway::bind_with_registry(parts.config, parts.backends, &metrics)
         .await
         .with_context(|| format!("starting the HTTP API on {listen}"))?;
     let gateway = match open.nats.clone() {
@@ -68,6 +72,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         None => gateway,
     };
     let addr = gateway.local_addr();
+    let gateway_metrics = gateway.metrics();
 
     println!("fnmesh is up: http://{addr}");
     println!("  data dir:  {}", data_dir.display());
@@ -89,7 +94,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     }
     let background_stop = CancellationToken::new();
     let background = [
-        tokio::spawn(Recorder::new(store.clone(), bus.clone()).run(background_stop.clone())),
+        tokio::spawn(
+            Recorder::new(store.clone(), bus.clone())
+                .with_metrics(gateway_metrics)
+                .run(background_stop.clone()),
+        ),
         tokio::spawn(reconciler.run(background_stop.clone())),
     ];
     let gateway_stop = CancellationToken::new();

@@ -7,6 +7,10 @@
 //!   again as a new async invocation (202 with its id), then removes the dead letter;
 //! - `DELETE /v1/admin/dlq/{id}`: removes it (204); the record stays `dead_lettered`.
 //!
+//! Admins only. For anyone else, a dead letter of another namespace (or of a function outside
+//! their grants) is 404, as if absent, and one of their own namespace is 403: visibility is
+//! checked before the role.
+//!
 //! A replay is accepted like an async invocation: its record is committed `queued` before it
 //! is published (the reconciler re-publishes it if the gateway dies in between), and the dead
 //! letter is removed only once the new invocation is published, so a crash can at worst leave
@@ -84,6 +88,25 @@ fn not_found(id: &InvocationId) -> ApiError {
     ApiError::NotFound(format!("dead letter {id} not found"))
 }
 
+/// The dead letter `id` if `principal` may see it (404 otherwise) and administer it (403
+/// otherwise): non-admins see only their own namespace and functions.
+async fn administered(
+    state: &State,
+    principal: &Principal,
+    id: &InvocationId,
+) -> Result<DeadLetterRecord, ApiError> {
+    let scope = (!principal.is_admin()).then_some(&principal.namespace);
+    let dead = state
+        .backends
+        .store
+        .get_dead_letter(scope, id)
+        .await?
+        .filter(|dead| principal.can_see_function(&dead.function))
+        .ok_or_else(|| not_found(id))?;
+    principal.authorize(Action::Administer)?;
+    Ok(dead)
+}
+
 /// `GET /v1/admin/dlq`.
 pub async fn list(
     state: State,
@@ -115,14 +138,8 @@ pub async fn list(
 
 /// `GET /v1/admin/dlq/{id}`.
 pub async fn get(state: State, principal: Principal, raw_id: String) -> Result<Response, ApiError> {
-    principal.authorize(Action::Administer)?;
     let id = parse_id(&raw_id)?;
-    let dead = state
-        .backends
-        .store
-        .get_dead_letter(None, &id)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
+    let dead = administered(&state, &principal, &id).await?;
     Ok(warp::reply::json(&DeadLetterView::from(&dead)).into_response())
 }
 
@@ -132,19 +149,21 @@ pub async fn replay(
     principal: Principal,
     raw_id: String,
 ) -> Result<Response, ApiError> {
-    principal.authorize(Action::Administer)?;
     let id = parse_id(&raw_id)?;
     let store = &state.backends.store;
-    let dead = store
-        .get_dead_letter(None, &id)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
+    let dead = administered(&state, &principal, &id).await?;
+    // The function's secrets as they are now (sealed), not as they were when it first ran.
+    let secrets = store
+        .sealed_secrets(&dead.namespace, &dead.function)
+        .await?;
     let request = InvocationRequest {
         id: InvocationId::new(),
         function: dead.request.function,
         payload: dead.request.payload,
         created_at: Utc::now(),
         trace_id: None,
+        traceparent: None,
+        secrets: (!secrets.is_empty()).then_some(secrets),
     };
     // Nodes read code from the NATS replica: put it back if it went missing (cached, cheap).
     if let Err(e) = state
@@ -191,8 +210,8 @@ pub async fn delete(
     principal: Principal,
     raw_id: String,
 ) -> Result<Response, ApiError> {
-    principal.authorize(Action::Administer)?;
     let id = parse_id(&raw_id)?;
+    administered(&state, &principal, &id).await?;
     if !state.backends.store.delete_dead_letter(None, &id).await? {
         return Err(not_found(&id));
     }

@@ -43,11 +43,14 @@ pub async fn handle(state: State, principal: Principal, body: Bytes) -> Result<R
     principal.authorize(Action::Deploy)?;
     let req: CreateFunction = parse_json(&body)?;
     let name = parse_name(&req.name)?;
+    crate::audit::note_target(format!("function/{name}"));
+    principal.authorize_function(Action::Deploy, &name)?;
     let runtime = parse_runtime(&req.runtime)?;
     let handler_file = runtime.handler_file(&req.handler)?;
     let config = merge_config(&FunctionConfig::default(), req.config)?;
     let metadata = req.metadata.unwrap_or_default();
     check_metadata(&metadata)?;
+    super::quota::check(&state, &principal.namespace, &name, &config, true).await?;
 
     let store = &state.backends.store;
     if store

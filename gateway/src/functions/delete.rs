@@ -20,6 +20,7 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Deploy)?;
     let name = parse_name(&raw_name)?;
+    principal.authorize_function(Action::Deploy, &name)?;
     let deleted = state
         .backends
         .store

@@ -25,6 +25,7 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Read)?;
     let name = parse_name(&raw_name)?;
+    principal.authorize_function(Action::Read, &name)?;
     let function = state
         .backends
         .store

@@ -16,10 +16,12 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Read)?;
     let limit = query.limit()?;
-    let page = state
+    let mut page = state
         .backends
         .store
         .list_functions(&principal.namespace, limit, query.cursor.as_deref())
         .await?;
+    // A key limited to some functions sees only those (a page may then be short).
+    page.items.retain(|f| principal.can_see_function(&f.name));
     Ok(warp::reply::json(&page).into_response())
 }

@@ -17,6 +17,8 @@ pub mod create;
 pub mod delete;
 pub mod get;
 pub mod list;
+pub mod logs;
+pub mod quota;
 pub mod update;
 pub mod versions;
 

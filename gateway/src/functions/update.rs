@@ -55,6 +55,7 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Deploy)?;
     let name = parse_name(&raw_name)?;
+    principal.authorize_function(Action::Deploy, &name)?;
     let req: UpdateFunction = parse_json(&body)?;
     if let Some(body_name) = &req.name {
         if body_name != name.as_str() {
@@ -81,6 +82,7 @@ pub async fn handle(
     let config = merge_config(&latest.config, req.config)?;
     let metadata = req.metadata.unwrap_or_else(|| latest.metadata.clone());
     check_metadata(&metadata)?;
+    super::quota::check(&state, &principal.namespace, &name, &config, false).await?;
 
     let code = match &req.code {
         Some(code) => store_code(&state, code, handler_file).await?,

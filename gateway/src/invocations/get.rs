@@ -21,6 +21,7 @@ pub async fn handle(
         .store
         .get_invocation(&principal.namespace, &id)
         .await?
+        .filter(|r| principal.can_see_function(&r.function))
         .ok_or_else(|| ApiError::NotFound(format!("invocation {id} not found")))?;
     Ok(warp::reply::json(&record).into_response())
 }

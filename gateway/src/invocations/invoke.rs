@@ -18,6 +18,7 @@ use fnmesh_shared::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tracing::Instrument as _;
 use warp::http::header::LOCATION;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -79,7 +80,11 @@ pub async fn handle(
             );
             Ok(warp::reply::with_header(reply, LOCATION, location).into_response())
         }
-        Invoked::Finished(result) => Ok(warp::reply::json(&result).into_response()),
+        Invoked::Finished(result) => {
+            let mut response = warp::reply::json(&result).into_response();
+            crate::metrics::add_timing_headers(&mut response, &result);
+            Ok(response)
+        }
     }
 }
 
@@ -95,7 +100,7 @@ pub async fn invoke(
     mode: Mode,
     payload: &[u8],
 ) -> Result<Invoked, ApiError> {
-    principal.authorize(Action::Invoke)?;
+    principal.authorize_function(Action::Invoke, name)?;
     let payload = parse_payload(payload)?;
     let store = &state.backends.store;
     let function = store
@@ -118,21 +123,37 @@ pub async fn invoke(
     {
         tracing::warn!(code.checksum = %function.code.checksum, error = %e, "code could not be replicated for nodes");
     }
+    // Sealed as stored: only the node that runs the invocation opens them.
+    let secrets = store.sealed_secrets(&principal.namespace, name).await?;
     let timeout = std::time::Duration::from_millis(function.config.timeout_ms);
+    let id = InvocationId::new();
+    // Commit + publish. The request carries this span's context (built here, never copied from
+    // a client's header), so the node's spans join the trace; the function sees its trace id.
+    let publish_span =
+        tracing::info_span!("invocation.publish", invocation.id = %id, function.name = %name);
+    let traceparent = fnmesh_shared::trace::traceparent_of(&publish_span);
     let request = InvocationRequest {
-        id: InvocationId::new(),
+        id,
         function,
         payload,
         created_at: Utc::now(),
-        trace_id: None,
+        trace_id: traceparent.map(|tp| tp.trace_id_hex()),
+        traceparent,
+        secrets: (!secrets.is_empty()).then_some(secrets),
     };
-    let id = request.id;
-    store.insert_invocation(&request).await?;
+    store
+        .insert_invocation(&request)
+        .instrument(publish_span.clone())
+        .await?;
     crate::failpoint::hit(crate::failpoint::AFTER_COMMIT_BEFORE_PUBLISH);
     let bus = &state.backends.bus;
 
     if mode == Mode::Async {
-        if let Err(e) = bus.publish_invocation(&request, None).await {
+        let published = bus
+            .publish_invocation(&request, None)
+            .instrument(publish_span)
+            .await;
+        if let Err(e) = published {
             return Err(refused(state, &request, e.into()).await);
         }
         tracing::info!(invocation.id = %id, function.name = %name, mode = "async", "invocation queued");
@@ -145,6 +166,7 @@ pub async fn invoke(
     };
     if let Err(e) = bus
         .publish_invocation(&request, Some(&inbox.reply_to))
+        .instrument(publish_span)
         .await
     {
         return Err(refused(state, &request, e.into()).await);
@@ -152,10 +174,17 @@ pub async fn invoke(
     tracing::debug!(invocation.id = %id, function.name = %name, mode = "sync", "invocation queued");
     let wait = timeout + state.config.sync_grace;
     let deadline = tokio::time::Instant::now() + wait;
+    let wait_span = tracing::info_span!("invocation.wait", invocation.id = %id);
     loop {
-        match tokio::time::timeout_at(deadline, inbox.receiver.recv()).await {
+        let received = tokio::time::timeout_at(deadline, inbox.receiver.recv())
+            .instrument(wait_span.clone())
+            .await;
+        match received {
             Ok(Some(outcome)) if outcome.result.id == id => {
-                record(state, &outcome).await;
+                drop(wait_span);
+                record(state, &outcome)
+                    .instrument(tracing::info_span!("invocation.record", invocation.id = %id))
+                    .await;
                 return Ok(Invoked::Finished(Box::new(outcome.result)));
             }
             Ok(Some(other)) => {

@@ -32,6 +32,9 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Read)?;
     let function = query.function.as_deref().map(parse_name).transpose()?;
+    if let Some(name) = &function {
+        principal.authorize_function(Action::Read, name)?;
+    }
     let status = match query.status.as_deref() {
         None => None,
         Some(raw) => Some(InvocationStatus::parse(raw).ok_or_else(|| {
@@ -46,7 +49,7 @@ pub async fn handle(
         cursor: query.cursor,
     };
     let limit = page_query.limit()?;
-    let page = state
+    let mut page = state
         .backends
         .store
         .list_invocations(
@@ -56,5 +59,8 @@ pub async fn handle(
             page_query.cursor.as_deref(),
         )
         .await?;
+    // A key limited to some functions sees only theirs (a page may then be short).
+    page.items
+        .retain(|r| principal.can_see_function(&r.function));
     Ok(warp::reply::json(&page).into_response())
 }

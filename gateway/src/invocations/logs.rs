@@ -18,10 +18,10 @@ pub async fn handle(
     principal.authorize(Action::Read)?;
     let id = parse_id(&raw_id)?;
     let store = &state.backends.store;
-    if store
+    if !store
         .get_invocation(&principal.namespace, &id)
         .await?
-        .is_none()
+        .is_some_and(|r| principal.can_see_function(&r.function))
     {
         return Err(ApiError::NotFound(format!("invocation {id} not found")));
     }

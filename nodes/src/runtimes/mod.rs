@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fnmesh_shared::function::ConfigError;
+use fnmesh_shared::secrets::SecretEnv;
 use fnmesh_shared::Function;
 
 /// Where the function's code is inside a sandbox.
@@ -160,6 +161,29 @@ pub fn sandbox_env(function: &Function) -> Vec<String> {
     env.insert("FUNCTION_VERSION", function.version.to_string());
     env.insert("FUNCTION_MEMORY_MB", function.config.memory_mb.to_string());
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// `env` with the function's secrets added (a secret replaces a variable of the same name).
+/// Secret names are validated (`[A-Z_][A-Z0-9_]*`, never `FNMESH_*` or `FUNCTION_*`), so they
+/// cannot shadow the runtime's own variables.
+pub fn with_secrets(env: Vec<String>, secrets: &SecretEnv) -> Vec<String> {
+    if secrets.is_empty() {
+        return env;
+    }
+    let mut env: Vec<String> = env
+        .into_iter()
+        .filter(|entry| {
+            let name = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
+            !secrets.iter().any(|(k, _)| k == name)
+        })
+        .collect();
+    env.extend(
+        secrets
+            .iter()
+            .filter(|(_, v)| !v.contains('\0'))
+            .map(|(k, v)| format!("{k}={v}")),
+    );
+    env
 }
 
 fn runtime_file(name: &str) -> String {
@@ -322,6 +346,28 @@ mod tests {
                 "PYTHONDONTWRITEBYTECODE=1",
             ]
         );
+    }
+
+    #[test]
+    fn secrets_join_the_env_and_replace_same_named_variables() {
+        let name = |s: &str| fnmesh_shared::secrets::SecretName::parse(s).unwrap();
+        let secrets = SecretEnv::from_pairs(
+            [
+                (name("GREETING"), "secret hi".to_owned()),
+                (name("DB_PASSWORD"), "pw".to_owned()),
+            ],
+            Some("digest".to_owned()),
+        );
+        let env = with_secrets(
+            sandbox_env(&function(Runtime::Python3, "main.handle")),
+            &secrets,
+        );
+        assert!(env.contains(&"GREETING=secret hi".to_owned()), "{env:?}");
+        assert!(!env.contains(&"GREETING=hi".to_owned()), "{env:?}");
+        assert!(env.contains(&"DB_PASSWORD=pw".to_owned()), "{env:?}");
+        assert!(env.contains(&"FUNCTION_NAME=hello".to_owned()), "{env:?}");
+        let plain = sandbox_env(&function(Runtime::Python3, "main.handle"));
+        assert_eq!(with_secrets(plain.clone(), &SecretEnv::default()), plain);
     }
 
     #[test]

@@ -120,6 +120,7 @@ pub fn job(function: &Function, code: &Path, payload: serde_json::Value) -> Job 
         code_dir: code.to_path_buf(),
         payload,
         trace_id: None,
+        secrets: None,
     }
 }
 

@@ -79,6 +79,8 @@ where
     max_concurrency_caps_in_flight(&make).await;
     a_flooded_function_does_not_hold_up_another(&make).await;
     queue_stats_count_pending_and_in_flight(&make).await;
+    traceparent_travels_with_the_request(&make).await;
+    log_followers_get_their_function_only(&make).await;
 }
 
 // ---- helpers ----
@@ -110,6 +112,8 @@ pub fn request() -> InvocationRequest {
         payload: serde_json::json!({ "n": rand::random::<u32>() }),
         created_at: now,
         trace_id: None,
+        traceparent: None,
+        secrets: None,
     }
 }
 
@@ -751,4 +755,65 @@ where
     );
     assert!(stats.invocations >= 3, "{stats:?}");
     d.acker.ack().await.unwrap();
+}
+
+/// The request's `traceparent` reaches the node unchanged.
+pub async fn traceparent_travels_with_the_request<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let mut req = request();
+    let tp =
+        crate::trace::TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .unwrap();
+    req.traceparent = Some(tp);
+    bus.publish_invocation(&req, None).await.unwrap();
+    let d = expect_delivery(&*bus, "the traced invocation").await;
+    assert_eq!(d.request.traceparent, Some(tp), "traceparent kept");
+    d.acker.ack().await.unwrap();
+}
+
+/// A log follower gets the entries of its (namespace, function) published after it started,
+/// and none of another function or namespace.
+pub async fn log_followers_get_their_function_only<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    use futures::StreamExt as _;
+
+    let bus = make(test_config()).await;
+    let ns = fresh_namespace();
+    let other_ns = fresh_namespace();
+    let name = FunctionName::parse("printer").unwrap();
+    let other = FunctionName::parse("other").unwrap();
+    let entry = |namespace: &Namespace, function: &FunctionName, text: &str| {
+        crate::invocation::FunctionLogs {
+            invocation_id: InvocationId::new(),
+            namespace: namespace.clone(),
+            function: function.clone(),
+            version: 1,
+            attempt: 1,
+            node_id: "node-a".to_owned(),
+            text: text.to_owned(),
+            truncated: false,
+            at: Utc::now(),
+        }
+    };
+    let mut feed = bus.follow_logs(&ns, &name).await.expect("follow_logs");
+    bus.publish_logs(&entry(&ns, &other, "wrong function\n"))
+        .await
+        .unwrap();
+    bus.publish_logs(&entry(&other_ns, &name, "wrong namespace\n"))
+        .await
+        .unwrap();
+    let wanted = entry(&ns, &name, "hello\n");
+    bus.publish_logs(&wanted).await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, feed.next())
+        .await
+        .expect("the follower gets its entry in time")
+        .expect("the feed is open");
+    assert_eq!(got, wanted, "only the followed function's entry arrives");
 }

@@ -61,9 +61,10 @@ use tokio::time::Instant;
 
 use super::{
     Acker, Bus, BusConfig, BusError, DeadLetter, Delivery, EventDelivery, FunctionQueue, Inbox,
-    QueueStats, ReplyTo,
+    LogFeed, QueueStats, ReplyTo,
 };
-use crate::invocation::{InvocationOutcome, InvocationRequest, NodeEvent};
+use crate::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
+use crate::names::{FunctionName, Namespace};
 use crate::subjects::{self, BusPrefix, BusRole};
 
 /// Node events kept (unacked) at most.
@@ -852,6 +853,14 @@ impl Bus for JetStreamBus {
         if let Some(reply) = reply {
             headers.insert(REPLY_HEADER, check_reply(reply)?);
         }
+        // Built by the gateway from its own span (a validated type, never a client's header),
+        // for NATS tooling; nodes read the same value from the request.
+        if let Some(traceparent) = &request.traceparent {
+            headers.insert(
+                crate::trace::TRACEPARENT_HEADER,
+                traceparent.to_string().as_str(),
+            );
+        }
         let payload =
             serde_json::to_vec(request).map_err(|e| backend("encoding the invocation", e))?;
         let subject = subjects::bus_invocation(
@@ -994,6 +1003,41 @@ impl Bus for JetStreamBus {
                 }
             }
         }
+    }
+
+    async fn publish_logs(&self, logs: &FunctionLogs) -> Result<(), BusError> {
+        let subject =
+            subjects::bus_function_logs(&self.inner.prefix, &logs.namespace, &logs.function);
+        let payload = serde_json::to_vec(logs).map_err(|e| backend("encoding logs", e))?;
+        self.inner
+            .client
+            .publish(subject, payload.into())
+            .await
+            .map_err(|e| backend("publishing logs", e))
+    }
+
+    async fn follow_logs(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<LogFeed, BusError> {
+        let subject = subjects::bus_function_logs(&self.inner.prefix, namespace, function);
+        let subscriber = self
+            .inner
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| backend("following logs", e))?;
+        let feed = subscriber.filter_map(|message| async move {
+            match serde_json::from_slice::<FunctionLogs>(&message.payload) {
+                Ok(logs) => Some(logs),
+                Err(e) => {
+                    tracing::debug!(error = %e, "undecodable log entry; skipped");
+                    None
+                }
+            }
+        });
+        Ok(Box::pin(feed))
     }
 
     async fn queue_stats(&self) -> Result<QueueStats, BusError> {

@@ -29,10 +29,11 @@ use tokio::time::Instant;
 
 use super::{
     Acker, Bus, BusConfig, BusError, DeadLetter, Delivery, EventDelivery, FunctionQueue, Inbox,
-    QueueStats, ReplyTo,
+    LogFeed, QueueStats, ReplyTo, LOG_FEED_CAPACITY,
 };
 use crate::ids::InvocationId;
-use crate::invocation::{InvocationOutcome, InvocationRequest, NodeEvent};
+use crate::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
+use crate::names::{FunctionName, Namespace};
 
 /// Node events kept (unacked) at most.
 pub const EVENT_CAPACITY: usize = 100_000;
@@ -61,6 +62,8 @@ struct Shared {
     instance: u64,
     next_inbox: AtomicU64,
     inboxes: Mutex<HashMap<u64, mpsc::Sender<InvocationOutcome>>>,
+    /// Live function output for followers (`follow_logs`); nothing is kept.
+    logs: tokio::sync::broadcast::Sender<Arc<FunctionLogs>>,
 }
 
 #[derive(Debug)]
@@ -106,6 +109,7 @@ impl MemoryBus {
                 instance: rand::random(),
                 next_inbox: AtomicU64::new(1),
                 inboxes: Mutex::new(HashMap::new()),
+                logs: tokio::sync::broadcast::channel(LOG_FEED_CAPACITY).0,
             }),
         }
     }
@@ -833,5 +837,40 @@ impl Bus for MemoryBus {
                 state.dead.pop_front()
             })
             .await
+    }
+
+    async fn publish_logs(&self, logs: &FunctionLogs) -> Result<(), BusError> {
+        self.shared.check_open()?;
+        // No receiver is not an error: nobody is following.
+        let _ = self.shared.logs.send(Arc::new(logs.clone()));
+        Ok(())
+    }
+
+    async fn follow_logs(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<LogFeed, BusError> {
+        self.shared.check_open()?;
+        let receiver = self.shared.logs.subscribe();
+        let (namespace, function) = (namespace.clone(), function.clone());
+        let feed = futures::stream::unfold(receiver, move |mut receiver| {
+            let (namespace, function) = (namespace.clone(), function.clone());
+            async move {
+                loop {
+                    match receiver.recv().await {
+                        Ok(logs) if logs.namespace == namespace && logs.function == function => {
+                            return Some((FunctionLogs::clone(&logs), receiver));
+                        }
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::debug!(missed, "a log follower fell behind");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(feed))
     }
 }

@@ -22,7 +22,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::invocation::{InvocationOutcome, InvocationRequest, NodeEvent};
+use crate::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
+use crate::names::{FunctionName, Namespace};
 
 pub mod jetstream;
 pub mod memory;
@@ -153,6 +154,12 @@ pub struct QueueStats {
     pub functions: Vec<FunctionQueue>,
 }
 
+/// A live feed of one function's output, from [`Bus::follow_logs`]. Ends when the bus closes.
+pub type LogFeed = futures::stream::BoxStream<'static, FunctionLogs>;
+
+/// Entries a live log follower may fall behind by before it misses some.
+pub const LOG_FEED_CAPACITY: usize = 1024;
+
 /// The message bus.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -191,4 +198,17 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Queue depths, per function.
     async fn queue_stats(&self) -> Result<QueueStats, BusError>;
+
+    /// Publishes one invocation's captured output for live followers, on every gateway of
+    /// the bus. Best effort and at most once: nothing is kept for followers not listening (the
+    /// logs are recorded with the result anyway).
+    async fn publish_logs(&self, logs: &FunctionLogs) -> Result<(), BusError>;
+
+    /// Follows the output of `function` in `namespace` published from now on. A follower more
+    /// than [`LOG_FEED_CAPACITY`] entries behind misses entries.
+    async fn follow_logs(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<LogFeed, BusError>;
 }

@@ -55,4 +55,10 @@ pub enum RateLimitError {
 pub trait RateLimiter: Send + Sync + 'static {
     /// Counts one request against `key` and decides.
     async fn check(&self, key: &str, limit: RateLimit) -> Result<RateDecision, RateLimitError>;
+
+    /// Failures of a shared backend since start (checks decided by the failure policy
+    /// instead); 0 for limiters without one.
+    fn backend_errors(&self) -> u64 {
+        0
+    }
 }

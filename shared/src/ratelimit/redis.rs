@@ -382,6 +382,10 @@ impl RedisRateLimiter {
 
 #[async_trait]
 impl RateLimiter for RedisRateLimiter {
+    fn backend_errors(&self) -> u64 {
+        self.redis_errors()
+    }
+
     async fn check(&self, key: &str, limit: RateLimit) -> Result<RateDecision, RateLimitError> {
         if limit.per_second == 0 || limit.burst == 0 {
             return Err(RateLimitError::InvalidLimit);

@@ -27,6 +27,11 @@ use crate::invocation::{
 };
 use crate::names::{FunctionName, Namespace};
 
+pub use super::conformance_audit::{
+    audit_pages_newest_first, audit_roundtrip_and_filters,
+    secrets_need_their_function_and_go_with_it, secrets_roundtrip_sealed,
+};
+
 /// The store under test, shared by the cases.
 pub type Store = Arc<dyn MetadataStore>;
 
@@ -59,7 +64,9 @@ pub async fn run_all(store: Store) {
     put_dead_letter_is_idempotent(store.clone()).await;
     put_dead_letter_keeps_terminal_records(store.clone()).await;
     put_dead_letter_inserts_absent_records(store.clone()).await;
-    api_keys(store).await;
+    crate::store::access::conformance::run_all(store.clone()).await;
+    api_keys(store.clone()).await;
+    super::conformance_audit::run_all(store).await;
 }
 
 // ---- helpers ----
@@ -123,6 +130,8 @@ pub fn request(namespace: &Namespace, function_name: &str) -> InvocationRequest 
         }),
         created_at: now(),
         trace_id: Some(format!("{:032x}", rand::random::<u128>())),
+        traceparent: None,
+        secrets: None,
     }
 }
 
@@ -149,6 +158,11 @@ fn with_status(r: &InvocationResult, status: InvocationStatus, attempt: u32) -> 
                 duration_ms: 3,
                 cold_start: true,
                 memory_peak_bytes: 4096,
+                total_ms: 9,
+                queue_us: 1_234,
+                init_us: 2_345,
+                exec_us: 3_456,
+                total_us: 9_876,
             });
         }
         InvocationStatus::Failed | InvocationStatus::Timeout | InvocationStatus::DeadLettered => {
@@ -177,6 +191,7 @@ fn api_key(namespace: &Namespace) -> ApiKeyRecord {
         created_at: now(),
         expires_at: Some(now() + ChronoDuration::days(30)),
         revoked_at: None,
+        functions: None,
     }
 }
 

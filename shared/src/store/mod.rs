@@ -13,13 +13,22 @@ use crate::invocation::{
     DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult, InvocationStatus,
 };
 use crate::names::{FunctionName, Namespace};
+use crate::secrets::{SealedSecrets, SealedValue, SecretName};
 
+pub mod access;
+mod audit;
 mod common;
 pub mod postgres;
 pub mod sqlite;
 
+pub use access::{AccessStore, NamespaceQuota, NamespaceUsage, RefreshTokenRecord};
+pub use audit::{AuditEntry, AuditFilter, AuditOutcome, SecretInfo};
+
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance_audit;
 
 /// Errors of a metadata store.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +71,8 @@ pub struct InvocationFilter {
     pub status: Option<InvocationStatus>,
 }
 
-/// What a key may do. Roles beyond `admin` arrive with the security issue.
+/// What a key may do. Each role can do everything the roles below it can:
+/// `admin` ⊇ `developer` ⊇ `invoker`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -81,6 +91,20 @@ impl Role {
             Role::Admin => "admin",
             Role::Developer => "developer",
             Role::Invoker => "invoker",
+        }
+    }
+
+    /// Whether this role can do everything `other` can (a key may only mint keys whose role
+    /// its own covers).
+    pub fn covers(self, other: Role) -> bool {
+        self.rank() >= other.rank()
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Role::Admin => 2,
+            Role::Developer => 1,
+            Role::Invoker => 0,
         }
     }
 
@@ -114,14 +138,18 @@ pub struct ApiKeyRecord {
     pub expires_at: Option<DateTime<Utc>>,
     /// Revoked at, if revoked.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The only functions it may touch (`None`: every function of its namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<Vec<FunctionName>>,
 }
 
 /// Storage of everything but code.
 ///
 /// Every method is scoped by namespace: a row of another namespace is indistinguishable from
-/// an absent one.
+/// an absent one. Key management, refresh tokens and quotas are in the supertrait
+/// [`AccessStore`].
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
+pub trait MetadataStore: AccessStore + Send + Sync + 'static {
     /// Checks the backend is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -283,5 +311,48 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         namespace: Option<&Namespace>,
         id: &InvocationId,
+    ) -> Result<bool, StoreError>;
+    /// Records one audit entry (append-only).
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+
+    /// Audit entries matching `filter`, newest first, at most `limit` (clamped to 1..=1000),
+    /// continuing after `cursor`.
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<AuditEntry>, StoreError>;
+
+    /// Stores (or replaces) a sealed secret of a function. `NotFound` if the function does
+    /// not exist. Secrets go with their function when it is deleted.
+    async fn put_secret(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &SecretName,
+        value: &SealedValue,
+    ) -> Result<(), StoreError>;
+
+    /// The names of a function's secrets (never their values), by name.
+    async fn list_secrets(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<Vec<SecretInfo>, StoreError>;
+
+    /// A function's secrets, sealed, by name: what an invocation carries to the node.
+    async fn sealed_secrets(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<SealedSecrets, StoreError>;
+
+    /// Removes a secret; whether it existed.
+    async fn delete_secret(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &SecretName,
     ) -> Result<bool, StoreError>;
 }

@@ -32,10 +32,16 @@ use super::common::{
     FUNCTION_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
 };
 use super::{ApiKeyRecord, InvocationFilter, MetadataStore, Page, Role, StoreError};
+use super::{AuditEntry, AuditFilter, SecretInfo};
 use crate::function::Function;
 use crate::ids::InvocationId;
 use crate::invocation::{DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult};
 use crate::names::{FunctionName, Namespace};
+use crate::secrets::{SealedSecrets, SealedValue, SecretName};
+
+mod audit;
+
+mod access;
 
 /// Embedded migrations (`migrations/postgres/`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -213,11 +219,16 @@ fn replace_nul(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// Binds an API key's columns in `api_keys` order
-/// (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at).
+/// The columns of `api_keys`, in the order [`bind_api_key`] binds them.
+const API_KEY_COLUMNS: &str =
+    "id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, functions";
+
+/// Binds an API key's columns in [`API_KEY_COLUMNS`] order; `functions` is the JSON of its
+/// grants (see [`functions_json`]).
 fn bind_api_key<'q>(
     query: Query<'q, Postgres, PgArguments>,
     key: &'q ApiKeyRecord,
+    functions: Option<Value>,
 ) -> Query<'q, Postgres, PgArguments> {
     query
         .bind(&key.id)
@@ -228,6 +239,18 @@ fn bind_api_key<'q>(
         .bind(key.created_at)
         .bind(key.expires_at)
         .bind(key.revoked_at)
+        .bind(functions)
+}
+
+/// The JSON of a key's grants (`None`: no restriction).
+fn functions_json(functions: &Option<Vec<FunctionName>>) -> Result<Option<Value>, StoreError> {
+    functions
+        .as_ref()
+        .map(|f| {
+            serde_json::to_value(f)
+                .map_err(|e| StoreError::Backend(format!("encode key functions: {e}")))
+        })
+        .transpose()
 }
 
 fn api_key_from_row(row: &PgRow) -> Result<ApiKeyRecord, StoreError> {
@@ -244,6 +267,13 @@ fn api_key_from_row(row: &PgRow) -> Result<ApiKeyRecord, StoreError> {
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
+        functions: row
+            .try_get::<Option<Value>, _>("functions")?
+            .map(|v| {
+                serde_json::from_value(v)
+                    .map_err(|e| StoreError::Backend(format!("decode key functions: {e}")))
+            })
+            .transpose()?,
     })
 }
 
@@ -810,10 +840,13 @@ impl MetadataStore for PostgresStore {
     async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         let query = sqlx::query(
             "INSERT INTO api_keys \
-             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
+             functions) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         );
-        let inserted = bind_api_key(query, key).execute(&self.pool).await;
+        let inserted = bind_api_key(query, key, functions_json(&key.functions)?)
+            .execute(&self.pool)
+            .await;
         match inserted {
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => {
@@ -826,14 +859,17 @@ impl MetadataStore for PostgresStore {
     async fn upsert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         let query = sqlx::query(
             "INSERT INTO api_keys \
-             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
+             functions) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, \
              name = excluded.name, role = excluded.role, namespace = excluded.namespace, \
              created_at = excluded.created_at, expires_at = excluded.expires_at, \
-             revoked_at = excluded.revoked_at",
+             revoked_at = excluded.revoked_at, functions = excluded.functions",
         );
-        let inserted = bind_api_key(query, key).execute(&self.pool).await;
+        let inserted = bind_api_key(query, key, functions_json(&key.functions)?)
+            .execute(&self.pool)
+            .await;
         match inserted {
             Ok(_) => Ok(()),
             // Another key already has this hash.
@@ -847,8 +883,8 @@ impl MetadataStore for PostgresStore {
 
     async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, key_hash, name, role, namespace, created_at, expires_at, revoked_at \
-             FROM api_keys WHERE key_hash = $1",
+            "SELECT id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
+             functions FROM api_keys WHERE key_hash = $1",
         )
         .bind(key_hash)
         .fetch_optional(&self.pool)
@@ -995,6 +1031,54 @@ impl MetadataStore for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        audit::append_audit(&self.pool, entry).await
+    }
+
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<AuditEntry>, StoreError> {
+        audit::list_audit(&self.pool, filter, limit, cursor).await
+    }
+
+    async fn put_secret(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &SecretName,
+        value: &SealedValue,
+    ) -> Result<(), StoreError> {
+        audit::put_secret(&self.pool, namespace, function, name, value).await
+    }
+
+    async fn list_secrets(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<Vec<SecretInfo>, StoreError> {
+        audit::list_secrets(&self.pool, namespace, function).await
+    }
+
+    async fn sealed_secrets(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<SealedSecrets, StoreError> {
+        audit::sealed_secrets(&self.pool, namespace, function).await
+    }
+
+    async fn delete_secret(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &SecretName,
+    ) -> Result<bool, StoreError> {
+        audit::delete_secret(&self.pool, namespace, function, name).await
     }
 }
 

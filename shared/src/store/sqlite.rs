@@ -25,10 +25,16 @@ use super::common::{
     FUNCTION_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
 };
 use super::{ApiKeyRecord, InvocationFilter, MetadataStore, Page, Role, StoreError};
+use super::{AuditEntry, AuditFilter, SecretInfo};
 use crate::function::Function;
 use crate::ids::InvocationId;
 use crate::invocation::{DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult};
 use crate::names::{FunctionName, Namespace};
+use crate::secrets::{SealedSecrets, SealedValue, SecretName};
+
+mod audit;
+
+mod access;
 
 /// Embedded migrations (`migrations/sqlite/`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -91,11 +97,16 @@ fn parse_ts(column: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
         .map_err(|e| StoreError::Backend(format!("decode {column}: {e}")))
 }
 
-/// Binds an API key's columns in `api_keys` order
-/// (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at).
+/// The columns of `api_keys`, in the order [`bind_api_key`] binds them.
+const API_KEY_COLUMNS: &str =
+    "id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, functions";
+
+/// Binds an API key's columns in [`API_KEY_COLUMNS`] order; `functions` is the JSON of its
+/// grants (see [`functions_json`]).
 fn bind_api_key<'q>(
     query: Query<'q, Sqlite, SqliteArguments<'q>>,
     key: &'q ApiKeyRecord,
+    functions: Option<String>,
 ) -> Query<'q, Sqlite, SqliteArguments<'q>> {
     query
         .bind(&key.id)
@@ -106,6 +117,12 @@ fn bind_api_key<'q>(
         .bind(ts(&key.created_at))
         .bind(key.expires_at.as_ref().map(ts))
         .bind(key.revoked_at.as_ref().map(ts))
+        .bind(functions)
+}
+
+/// The JSON of a key's grants (`None`: no restriction).
+fn functions_json(functions: &Option<Vec<FunctionName>>) -> Result<Option<String>, StoreError> {
+    functions.as_ref().map(to_json).transpose()
 }
 
 fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
@@ -114,6 +131,7 @@ fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
     let created_at: String = row.try_get("created_at")?;
     let expires_at: Option<String> = row.try_get("expires_at")?;
     let revoked_at: Option<String> = row.try_get("revoked_at")?;
+    let functions: Option<String> = row.try_get("functions")?;
     Ok(ApiKeyRecord {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -131,6 +149,7 @@ fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
             .as_deref()
             .map(|t| parse_ts("revoked_at", t))
             .transpose()?,
+        functions: functions.as_deref().map(from_json).transpose()?,
     })
 }
 
@@ -558,10 +577,13 @@ impl MetadataStore for SqliteStore {
     async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         let query = sqlx::query(
             "INSERT INTO api_keys \
-             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
+             functions) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         );
-        let inserted = bind_api_key(query, key).execute(&self.pool).await;
+        let inserted = bind_api_key(query, key, functions_json(&key.functions)?)
+            .execute(&self.pool)
+            .await;
         match inserted {
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => {
@@ -574,14 +596,17 @@ impl MetadataStore for SqliteStore {
     async fn upsert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         let query = sqlx::query(
             "INSERT INTO api_keys \
-             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
+             functions) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, \
              name = excluded.name, role = excluded.role, namespace = excluded.namespace, \
              created_at = excluded.created_at, expires_at = excluded.expires_at, \
-             revoked_at = excluded.revoked_at",
+             revoked_at = excluded.revoked_at, functions = excluded.functions",
         );
-        let inserted = bind_api_key(query, key).execute(&self.pool).await;
+        let inserted = bind_api_key(query, key, functions_json(&key.functions)?)
+            .execute(&self.pool)
+            .await;
         match inserted {
             Ok(_) => Ok(()),
             // Another key already has this hash.
@@ -595,8 +620,8 @@ impl MetadataStore for SqliteStore {
 
     async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, key_hash, name, role, namespace, created_at, expires_at, revoked_at \
-             FROM api_keys WHERE key_hash = ?",
+            "SELECT id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
+             functions FROM api_keys WHERE key_hash = ?",
         )
         .bind(key_hash)
         .fetch_optional(&self.pool)
@@ -741,5 +766,52 @@ impl MetadataStore for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        audit::append_audit(&self.pool, entry).await
+    }
+
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<AuditEntry>, StoreError> {
+        audit::list_audit(&self.pool, filter, limit, cursor).await
+    }
+
+    async fn put_secret(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &SecretName,
+        value: &SealedValue,
+    ) -> Result<(), StoreError> {
+        audit::put_secret(&self.pool, namespace, function, name, value).await
+    }
+
+    async fn list_secrets(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<Vec<SecretInfo>, StoreError> {
+        audit::list_secrets(&self.pool, namespace, function).await
+    }
+
+    async fn sealed_secrets(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<SealedSecrets, StoreError> {
+        audit::sealed_secrets(&self.pool, namespace, function).await
+    }
+
+    async fn delete_secret(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &SecretName,
+    ) -> Result<bool, StoreError> {
+        audit::delete_secret(&self.pool, namespace, function, name).await
     }
 }

@@ -31,6 +31,11 @@
 //! [`protocol`]). When the node sends `shutdown` or the socket reaches end of file (the node
 //! exited or crashed), it destroys every live container and exits: containers never outlive it.
 //!
+//! # Sealed binary
+//! Before anything else the supervisor re-executes itself from a read-only, detached bind mount
+//! of its own binary ([`seal`]), so no container init ever runs from a writable host binary
+//! (CVE-2019-5736 class).
+//!
 //! # Hygiene
 //! Everything the supervisor holds is close-on-exec; received stdio descriptors are handed to
 //! libcontainer (which closes its copies) and nothing is logged through `tracing`, whose output
@@ -39,6 +44,7 @@
 
 pub mod client;
 pub mod protocol;
+pub mod seal;
 pub mod server;
 
 use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
@@ -80,6 +86,11 @@ pub fn run_supervisor_from_env() -> i32 {
         eprintln!("fnmesh-sandboxd: {STATE_DIR_ENV} is not set");
         return 2;
     };
+    // Re-executes from a read-only copy of the binary first (returns only when sealed).
+    if let Err(message) = seal::ensure_sealed(&state_dir) {
+        eprintln!("fnmesh-sandboxd: {message}");
+        return 2;
+    }
     // SAFETY: only checks the descriptor's type; it stays open and unowned here.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let is_socket = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&borrowed))

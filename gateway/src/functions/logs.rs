@@ -1,0 +1,184 @@
+//! `GET /v1/functions/{name}/logs[?follow=true][&limit=N]`: a function's output.
+//!
+//! Without `follow`: the captured output of its `limit` (default 20, at most 100) latest
+//! invocations, as JSON. With `follow=true`: server-sent events, one `log` event per invocation
+//! of the function that finishes after the stream opened, on any node of the bus (nodes publish
+//! each invocation's output through [`fnmesh_shared::bus::Bus::publish_logs`]; over NATS that is
+//! a core-NATS subject every gateway can subscribe to). The event's `id` is the invocation id
+//! and its data a [`FunctionLogs`] object. Output arrives when the invocation finishes, not line
+//! by line while it runs. A follower that falls far behind misses entries (the logs stay
+//! readable by invocation id). At most [`MAX_FOLLOWERS`] streams are open per gateway, and all
+//! end when the gateway shuts down.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fnmesh_shared::invocation::FunctionLogs;
+use fnmesh_shared::store::InvocationFilter;
+use futures::StreamExt as _;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use warp::reply::Response;
+use warp::sse::Event;
+use warp::Reply;
+
+use super::parse_name;
+use crate::auth::{Action, Principal};
+use crate::error::ApiError;
+use crate::state::State;
+
+/// Log streams open at once per gateway, at most.
+pub const MAX_FOLLOWERS: usize = 256;
+/// Default number of invocations listed without `follow`.
+const DEFAULT_LIMIT: u32 = 20;
+/// Most invocations listed without `follow`.
+const MAX_LIMIT: u32 = 100;
+/// Interval of keep-alive comments on an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `?follow=true&limit=N`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Stream output of invocations finishing from now on.
+    pub follow: Option<bool>,
+    /// Without `follow`: how many of the latest invocations.
+    pub limit: Option<u32>,
+}
+
+/// The open log streams of a gateway: bounded, and ended together at shutdown.
+#[derive(Debug)]
+pub struct Followers {
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+}
+
+impl Default for Followers {
+    fn default() -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
+            stop: CancellationToken::new(),
+        }
+    }
+}
+
+impl Followers {
+    /// Ends every open stream (and every later one at once): called when the gateway begins
+    /// draining, so followers do not hold the drain up.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// Handles the request.
+pub async fn handle(
+    state: State,
+    principal: Principal,
+    raw_name: String,
+    query: LogsQuery,
+) -> Result<Response, ApiError> {
+    let name = parse_name(&raw_name)?;
+    principal.authorize_function(Action::Read, &name)?;
+    let store = &state.backends.store;
+    if store
+        .get_function(&principal.namespace, &name, None)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!(
+            "function {:?} not found",
+            name.as_str()
+        )));
+    }
+    if !query.follow.unwrap_or(false) {
+        return recent(&state, &principal, name, query.limit).await;
+    }
+    if query.limit.is_some() {
+        return Err(ApiError::InvalidQuery(
+            "limit does not apply to follow=true".to_owned(),
+        ));
+    }
+    let followers = &state.log_followers;
+    if followers.stop.is_cancelled() {
+        return Err(ApiError::Unavailable(
+            "the gateway is shutting down".to_owned(),
+        ));
+    }
+    let permit = followers.permits.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Unavailable(format!(
+            "too many log streams are open on this gateway (at most {MAX_FOLLOWERS})"
+        ))
+    })?;
+    let feed = state
+        .backends
+        .bus
+        .follow_logs(&principal.namespace, &name)
+        .await?;
+    tracing::debug!(function.name = %name, "log stream opened");
+    let stop = followers.stop.clone();
+    let events =
+        feed.take_until(async move { stop.cancelled().await })
+            .map(move |logs: FunctionLogs| {
+                // Held as long as the stream is.
+                let _held = &permit;
+                Ok::<_, Infallible>(event_of(&logs))
+            });
+    Ok(
+        warp::sse::reply(warp::sse::keep_alive().interval(KEEP_ALIVE).stream(events))
+            .into_response(),
+    )
+}
+
+/// One `log` event.
+fn event_of(logs: &FunctionLogs) -> Event {
+    let event = Event::default()
+        .event("log")
+        .id(logs.invocation_id.to_string());
+    match serde_json::to_string(logs) {
+        Ok(data) => event.data(data),
+        Err(e) => Event::default().comment(format!("unencodable log entry: {e}")),
+    }
+}
+
+/// The output of the latest `limit` invocations of `name`.
+async fn recent(
+    state: &State,
+    principal: &Principal,
+    name: fnmesh_shared::FunctionName,
+    limit: Option<u32>,
+) -> Result<Response, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::InvalidQuery(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let store = &state.backends.store;
+    let filter = InvocationFilter {
+        function: Some(name),
+        status: None,
+    };
+    let page = store
+        .list_invocations(&principal.namespace, &filter, limit, None)
+        .await?;
+    let mut entries = Vec::with_capacity(page.items.len());
+    for record in page.items {
+        let logs = store
+            .get_logs(&principal.namespace, &record.id)
+            .await?
+            .unwrap_or_default();
+        entries.push(json!({
+            "invocation_id": record.id,
+            "version": record.version,
+            "status": record.status,
+            "node_id": record.node_id,
+            "created_at": record.created_at,
+            "text": logs.text,
+            "truncated": logs.truncated,
+        }));
+    }
+    Ok(warp::reply::json(&json!({ "entries": entries })).into_response())
+}

@@ -1,0 +1,42 @@
+//! `DELETE /v1/keys/{id}`: revokes a key (204). Its API key stops working at once everywhere
+//! (keys are checked against the store on every request); access tokens minted from it stop
+//! at once on this gateway and within the key-check TTL (≤ 60 s) on the others; its refresh
+//! tokens stop at once. A key of another namespace is 404 for non-admins; a stronger key is
+//! 403.
+
+use chrono::Utc;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+use super::covers;
+use crate::auth::{Action, Principal};
+use crate::error::ApiError;
+use crate::state::State;
+
+/// Handles the request.
+pub async fn handle(state: State, principal: Principal, id: String) -> Result<Response, ApiError> {
+    principal.authorize(Action::ManageKeys)?;
+    let not_found = || ApiError::NotFound(format!("key {:?} not found", truncate(&id)));
+    let store = &state.backends.store;
+    let key = store
+        .get_api_key(&id)
+        .await?
+        .filter(|k| principal.is_admin() || k.namespace == principal.namespace)
+        .ok_or_else(not_found)?;
+    if !covers(&principal, key.role, key.functions.as_deref()) {
+        return Err(ApiError::Forbidden(
+            "a key can only revoke keys no stronger than itself".into(),
+        ));
+    }
+    let revoked = store.revoke_api_key(&key.id, Utc::now()).await?;
+    state.authenticator.forget_key(&key.id);
+    if revoked {
+        tracing::info!(key.id = %key.id, by.key_id = %principal.key_id, "api key revoked");
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn truncate(id: &str) -> String {
+    id.chars().take(64).collect()
+}

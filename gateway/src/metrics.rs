@@ -1,0 +1,449 @@
+//! The gateway's Prometheus metrics, `GET /metrics` (no key, like the health routes), and the
+//! `Server-Timing` of sync responses.
+//!
+//! What is counted where:
+//! - invocation results (`fnmesh_invocations_total{function,status}`, the phase histograms,
+//!   `fnmesh_cold_starts_total`) and dead letters by the [`crate::recorder`], which sees every
+//!   result of the mesh once (a redelivered event after a store error may count twice);
+//! - rate-limit refusals by [`crate::ratelimit`], by scope (`key`, `function`);
+//! - HTTP requests by the filter tree ([`crate::routes`]), labelled with the route template
+//!   (`/v1/functions/{name}/invoke`), never the raw path;
+//! - queue depths per function from [`Bus::queue_stats`], read when scraped (at most once per
+//!   [`QUEUE_STATS_TTL`]), and the limiter's backend errors.
+//!
+//! Function labels are capped by [`LabelCap`] (beyond [`MAX_FUNCTION_LABELS`] names: `other`).
+//! The registry is the process's: in `fnmesh up` the node registers its metrics in the same
+//! one, so this endpoint shows both.
+//!
+//! [`MAX_FUNCTION_LABELS`]: fnmesh_shared::metrics::MAX_FUNCTION_LABELS
+
+use std::time::{Duration, Instant};
+
+use fnmesh_shared::bus::Bus;
+use fnmesh_shared::metrics::{self as shared, seconds_of_us, LabelCap, Registry};
+use fnmesh_shared::ratelimit::RateLimiter;
+use fnmesh_shared::{InvocationMetrics, InvocationResult, InvocationStatus};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+};
+use warp::http::header::{HeaderName, CONTENT_TYPE};
+use warp::http::{HeaderValue, Method};
+use warp::reply::Response;
+use warp::Reply;
+
+use crate::error::ApiError;
+use crate::state::State;
+
+/// How long queue depths read from the bus are served before being read again.
+pub const QUEUE_STATS_TTL: Duration = Duration::from_secs(1);
+/// How long reading queue depths may take before the scrape goes on without them.
+const QUEUE_STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The route label of a path that matches no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Route templates of the API, as `route` labels (a route missing here counts as
+/// [`UNMATCHED_ROUTE`]). `{…}` matches one non-empty path segment.
+const ROUTES: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/functions",
+    "/v1/functions/{name}",
+    "/v1/functions/{name}/versions",
+    "/v1/functions/{name}/invoke",
+    "/v1/functions/{name}/logs",
+    "/v1/functions/{name}/secrets",
+    "/v1/functions/{name}/secrets/{key}",
+    "/v1/invocations",
+    "/v1/invocations/{id}",
+    "/v1/invocations/{id}/logs",
+    "/v1/admin/dlq",
+    "/v1/admin/dlq/{id}",
+    "/v1/admin/dlq/{id}/replay",
+    "/v1/admin/queues",
+    "/v1/admin/nodes",
+    "/v1/admin/audit",
+    "/v1/admin/namespaces",
+    "/v1/admin/namespaces/{namespace}",
+    "/v1/auth/token",
+    "/v1/auth/refresh",
+    "/v1/auth/revoke",
+    "/v1/keys",
+    "/v1/keys/{id}",
+];
+
+/// The gateway's metrics, registered in the process's registry.
+pub struct GatewayMetrics {
+    registry: Registry,
+    functions: LabelCap,
+    invocations: IntCounterVec,
+    cold_starts: IntCounterVec,
+    queue_seconds: Histogram,
+    init_seconds: Histogram,
+    execution_seconds: Histogram,
+    duration_seconds: Histogram,
+    dead_letters: IntCounter,
+    rate_limit_rejections: IntCounterVec,
+    rate_limiter_errors: IntCounter,
+    queue_pending: IntGaugeVec,
+    queue_in_flight: IntGaugeVec,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    queue_read_at: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for GatewayMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayMetrics").finish_non_exhaustive()
+    }
+}
+
+fn seconds(name: &str, help: &str) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(shared::SECONDS_BUCKETS.to_vec())
+}
+
+impl GatewayMetrics {
+    /// Registers the gateway's metrics in `registry` (once per registry).
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let this = Self {
+            registry: registry.clone(),
+            functions: LabelCap::default(),
+            invocations: IntCounterVec::new(
+                Opts::new(
+                    "fnmesh_invocations_total",
+                    "Finished invocations recorded, by function and final status.",
+                ),
+                &["function", "status"],
+            )?,
+            cold_starts: IntCounterVec::new(
+                Opts::new(
+                    "fnmesh_cold_starts_total",
+                    "Recorded invocations that needed a new sandbox, by function.",
+                ),
+                &["function"],
+            )?,
+            queue_seconds: Histogram::with_opts(seconds(
+                "fnmesh_invocation_queue_seconds",
+                "From acceptance to a node starting the invocation.",
+            ))?,
+            init_seconds: Histogram::with_opts(seconds(
+                "fnmesh_invocation_init_seconds",
+                "Making a sandbox for a cold start (create, start, handler load).",
+            ))?,
+            execution_seconds: Histogram::with_opts(seconds(
+                "fnmesh_invocation_execution_seconds",
+                "The handler's execution, as seen by the node.",
+            ))?,
+            duration_seconds: Histogram::with_opts(seconds(
+                "fnmesh_invocation_duration_seconds",
+                "End to end: from acceptance to the node finishing.",
+            ))?,
+            dead_letters: IntCounter::new(
+                "fnmesh_dead_letters_total",
+                "Invocations dead-lettered after their attempts ran out.",
+            )?,
+            rate_limit_rejections: IntCounterVec::new(
+                Opts::new(
+                    "fnmesh_rate_limit_rejections_total",
+                    "Requests refused by a rate limit, by scope (key, function).",
+                ),
+                &["scope"],
+            )?,
+            rate_limiter_errors: IntCounter::new(
+                "fnmesh_rate_limiter_errors_total",
+                "Failures of the shared rate-limit backend (decided by the failure policy).",
+            )?,
+            queue_pending: IntGaugeVec::new(
+                Opts::new(
+                    "fnmesh_queue_pending",
+                    "Invocations waiting to be delivered, by function.",
+                ),
+                &["function"],
+            )?,
+            queue_in_flight: IntGaugeVec::new(
+                Opts::new(
+                    "fnmesh_queue_in_flight",
+                    "Invocations delivered and not yet settled, by function.",
+                ),
+                &["function"],
+            )?,
+            http_requests: IntCounterVec::new(
+                Opts::new(
+                    "fnmesh_http_requests_total",
+                    "HTTP requests, by route template, method and status.",
+                ),
+                &["route", "method", "status"],
+            )?,
+            http_duration: HistogramVec::new(
+                seconds(
+                    "fnmesh_http_request_duration_seconds",
+                    "Time to answer an HTTP request, by route template.",
+                ),
+                &["route"],
+            )?,
+            queue_read_at: tokio::sync::Mutex::new(None),
+        };
+        registry.register(Box::new(this.invocations.clone()))?;
+        registry.register(Box::new(this.cold_starts.clone()))?;
+        registry.register(Box::new(this.queue_seconds.clone()))?;
+        registry.register(Box::new(this.init_seconds.clone()))?;
+        registry.register(Box::new(this.execution_seconds.clone()))?;
+        registry.register(Box::new(this.duration_seconds.clone()))?;
+        registry.register(Box::new(this.dead_letters.clone()))?;
+        registry.register(Box::new(this.rate_limit_rejections.clone()))?;
+        registry.register(Box::new(this.rate_limiter_errors.clone()))?;
+        registry.register(Box::new(this.queue_pending.clone()))?;
+        registry.register(Box::new(this.queue_in_flight.clone()))?;
+        registry.register(Box::new(this.http_requests.clone()))?;
+        registry.register(Box::new(this.http_duration.clone()))?;
+        Ok(this)
+    }
+
+    /// Counts one recorded result (a node's `Finished` event) with its phases.
+    pub fn observe_result(&self, result: &InvocationResult) {
+        let function = self.functions.label(result.function.as_str());
+        self.invocations
+            .with_label_values(&[&function, result.status.as_str()])
+            .inc();
+        let Some(m) = &result.metrics else {
+            return;
+        };
+        let phases = Phases::of(m);
+        self.queue_seconds.observe(seconds_of_us(phases.queue_us));
+        if m.cold_start {
+            self.cold_starts.with_label_values(&[&function]).inc();
+            self.init_seconds.observe(seconds_of_us(phases.init_us));
+        }
+        self.execution_seconds
+            .observe(seconds_of_us(phases.exec_us));
+        self.duration_seconds
+            .observe(seconds_of_us(phases.total_us));
+    }
+
+    /// Counts one recorded dead letter of `function`.
+    pub fn observe_dead_letter(&self, function: &str) {
+        let function = self.functions.label(function);
+        self.dead_letters.inc();
+        self.invocations
+            .with_label_values(&[&function, InvocationStatus::DeadLettered.as_str()])
+            .inc();
+    }
+
+    /// Counts one request refused by a rate limit of `scope` (`key` or `function`).
+    pub fn observe_rate_limited(&self, scope: &'static str) {
+        self.rate_limit_rejections.with_label_values(&[scope]).inc();
+    }
+
+    /// Counts one answered HTTP request.
+    pub fn observe_http(&self, method: &Method, path: &str, status: u16, elapsed: Duration) {
+        let route = route_of(path);
+        let method = match *method {
+            Method::GET
+            | Method::POST
+            | Method::PUT
+            | Method::DELETE
+            | Method::HEAD
+            | Method::PATCH
+            | Method::OPTIONS => method.as_str(),
+            _ => shared::OTHER,
+        };
+        let status = status.to_string();
+        self.http_requests
+            .with_label_values(&[route, method, &status])
+            .inc();
+        self.http_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Everything, in the text format: refreshes the queue depths (if older than
+    /// [`QUEUE_STATS_TTL`]) and the limiter's error count first.
+    pub async fn render(&self, bus: &dyn Bus, limiter: &dyn RateLimiter) -> String {
+        let errors = limiter.backend_errors();
+        let seen = self.rate_limiter_errors.get();
+        if errors > seen {
+            self.rate_limiter_errors.inc_by(errors - seen);
+        }
+        self.refresh_queues(bus).await;
+        shared::encode(&self.registry)
+    }
+
+    async fn refresh_queues(&self, bus: &dyn Bus) {
+        let mut read_at = self.queue_read_at.lock().await;
+        if read_at.is_some_and(|at| at.elapsed() < QUEUE_STATS_TTL) {
+            return;
+        }
+        let stats = match tokio::time::timeout(QUEUE_STATS_TIMEOUT, bus.queue_stats()).await {
+            Ok(Ok(stats)) => stats,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading queue depths for metrics failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("reading queue depths for metrics timed out");
+                return;
+            }
+        };
+        // Functions whose queues emptied drop out; namespaces sharing a name add up.
+        self.queue_pending.reset();
+        self.queue_in_flight.reset();
+        for q in &stats.functions {
+            let function = self.functions.label(&q.function);
+            self.queue_pending
+                .with_label_values(&[&function])
+                .add(i64::try_from(q.pending).unwrap_or(i64::MAX));
+            self.queue_in_flight
+                .with_label_values(&[&function])
+                .add(i64::try_from(q.in_flight).unwrap_or(i64::MAX));
+        }
+        *read_at = Some(Instant::now());
+    }
+}
+
+/// The template of the route `path` matches, or [`UNMATCHED_ROUTE`].
+pub fn route_of(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    ROUTES
+        .iter()
+        .find(|route| {
+            let pattern: Vec<&str> = route.split('/').collect();
+            pattern.len() == segments.len()
+                && pattern.iter().zip(&segments).all(|(p, s)| {
+                    if p.starts_with('{') {
+                        !s.is_empty()
+                    } else {
+                        p == s
+                    }
+                })
+        })
+        .copied()
+        .unwrap_or(UNMATCHED_ROUTE)
+}
+
+/// One invocation's phases in microseconds (from the `*_ms` fields for records written by
+/// nodes that predate the `*_us` ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phases {
+    /// Waiting for a node.
+    pub queue_us: u64,
+    /// Making a sandbox.
+    pub init_us: u64,
+    /// The handler.
+    pub exec_us: u64,
+    /// End to end.
+    pub total_us: u64,
+}
+
+impl Phases {
+    /// The phases of `m`.
+    pub fn of(m: &InvocationMetrics) -> Self {
+        let us = |us: u64, ms: u64| if us > 0 { us } else { ms.saturating_mul(1000) };
+        Self {
+            queue_us: us(m.queue_us, m.queue_ms),
+            init_us: us(m.init_us, m.init_ms),
+            exec_us: us(m.exec_us, m.duration_ms),
+            total_us: us(m.total_us, m.total_ms),
+        }
+    }
+}
+
+/// The `Server-Timing` value of a finished invocation: `queue`, `init`, `exec` and `total`
+/// durations in milliseconds with microsecond precision (the record's `*_us` fields), then
+/// `cold` and `node` as descriptions. `None` before it ran.
+pub fn server_timing(result: &InvocationResult) -> Option<String> {
+    let m = result.metrics.as_ref()?;
+    let p = Phases::of(m);
+    let mut value = format!(
+        "queue;dur={}, init;dur={}, exec;dur={}, total;dur={}, cold;desc=\"{}\"",
+        shared::ms_of_us(p.queue_us),
+        shared::ms_of_us(p.init_us),
+        shared::ms_of_us(p.exec_us),
+        shared::ms_of_us(p.total_us),
+        m.cold_start,
+    );
+    if let Some(node) = result.node_id.as_deref().filter(|n| is_token(n)) {
+        value.push_str(&format!(", node;desc=\"{node}\""));
+    }
+    Some(value)
+}
+
+/// Adds `Server-Timing`, `X-Fnmesh-Node-Id` and `X-Fnmesh-Cold-Start` for `result` to a sync
+/// response.
+pub fn add_timing_headers(response: &mut Response, result: &InvocationResult) {
+    let headers = response.headers_mut();
+    if let Some(value) = server_timing(result).and_then(|v| HeaderValue::from_str(&v).ok()) {
+        headers.insert(HeaderName::from_static("server-timing"), value);
+    }
+    if let Some(node) = result.node_id.as_deref().filter(|n| is_token(n)) {
+        if let Ok(value) = HeaderValue::from_str(node) {
+            headers.insert(HeaderName::from_static("x-fnmesh-node-id"), value);
+        }
+    }
+    if let Some(m) = &result.metrics {
+        headers.insert(
+            HeaderName::from_static("x-fnmesh-cold-start"),
+            HeaderValue::from_static(if m.cold_start { "true" } else { "false" }),
+        );
+    }
+}
+
+/// Whether `s` can stand in a quoted header value as it is.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// `GET /metrics`.
+pub async fn handle(state: State) -> Result<Response, ApiError> {
+    let b = &state.backends;
+    let body = state
+        .metrics
+        .render(b.bus.as_ref(), b.limiter.as_ref())
+        .await;
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(shared::CONTENT_TYPE));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_templates_not_paths() {
+        assert_eq!(
+            route_of("/v1/functions/resize/invoke"),
+            "/v1/functions/{name}/invoke"
+        );
+        assert_eq!(route_of("/v1/functions/resize"), "/v1/functions/{name}");
+        assert_eq!(route_of("/v1/functions"), "/v1/functions");
+        assert_eq!(route_of("/v1/functions/"), "/v1/functions");
+        assert_eq!(
+            route_of("/v1/invocations/0190-abc/logs"),
+            "/v1/invocations/{id}/logs"
+        );
+        assert_eq!(route_of("/metrics"), "/metrics");
+        assert_eq!(route_of("/v1/functions/a/b/c"), UNMATCHED_ROUTE);
+        assert_eq!(route_of("/nope"), UNMATCHED_ROUTE);
+        assert_eq!(route_of("/v1/functions//invoke"), UNMATCHED_ROUTE);
+    }
+
+    #[test]
+    fn phases_fall_back_to_milliseconds() {
+        let m = InvocationMetrics {
+            queue_ms: 2,
+            duration_ms: 5,
+            exec_us: 4_321,
+            ..InvocationMetrics::default()
+        };
+        let p = Phases::of(&m);
+        assert_eq!(p.queue_us, 2_000);
+        assert_eq!(p.exec_us, 4_321);
+        assert_eq!(p.init_us, 0);
+    }
+}

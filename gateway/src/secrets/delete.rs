@@ -1,0 +1,35 @@
+//! `DELETE /v1/functions/{name}/secrets/{key}`: removes a secret (204; 404 if absent).
+
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+use super::{authorize, parse_secret_name};
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::state::State;
+
+/// Handles the request.
+pub async fn handle(
+    state: State,
+    principal: Principal,
+    raw_name: String,
+    raw_key: String,
+) -> Result<Response, ApiError> {
+    let name = authorize(&principal, &raw_name)?;
+    let key = parse_secret_name(&raw_key)?;
+    let deleted = state
+        .backends
+        .store
+        .delete_secret(&principal.namespace, &name, &key)
+        .await?;
+    if !deleted {
+        return Err(ApiError::NotFound(format!(
+            "secret {:?} of function {:?} not found",
+            key.as_str(),
+            name.as_str()
+        )));
+    }
+    tracing::info!(function.name = %name, secret.name = %key, key.id = %principal.key_id, "secret deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

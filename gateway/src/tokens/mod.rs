@@ -1,0 +1,147 @@
+//! `/v1/auth/*`: access tokens and refresh tokens.
+//!
+//! - `POST /v1/auth/token` ([`issue`]), authenticated by an API key (not a token): a new
+//!   access token and a refresh token that starts a new *family*;
+//! - `POST /v1/auth/refresh` ([`refresh`]) `{"refresh_token"}`: rotates — the presented token
+//!   stops working and a new pair is returned; presenting a rotated token again revokes the
+//!   whole family (someone holds a copy), and so does a key that is no longer live;
+//! - `POST /v1/auth/revoke` ([`revoke`]) `{"refresh_token"}`: revokes the token's family; 204
+//!   whether or not the token was known.
+//!
+//! Refresh tokens are `fnr_` + 43 random base62 characters; only their SHA-256 is stored.
+//! Every failure is the same 401. Responses carry `Cache-Control: no-store`.
+
+use chrono::Utc;
+use fnmesh_shared::store::{ApiKeyRecord, RefreshTokenRecord};
+use serde::{Deserialize, Serialize};
+use warp::reply::Response;
+use warp::Reply;
+
+use crate::auth::hash_key;
+use crate::error::ApiError;
+use crate::state::State;
+
+pub mod issue;
+pub mod refresh;
+pub mod revoke;
+
+/// Prefix of refresh tokens.
+pub const REFRESH_PREFIX: &str = "fnr_";
+/// Random characters after the prefix (~256 bits).
+const REFRESH_RANDOM_CHARS: usize = 43;
+
+/// What a token request answers.
+#[derive(Debug, Serialize)]
+pub struct TokenPair {
+    /// The JWT.
+    pub access_token: String,
+    /// Opaque; rotates on every refresh.
+    pub refresh_token: String,
+    /// Seconds the access token lives.
+    pub expires_in: u64,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds the refresh token lives.
+    pub refresh_expires_in: u64,
+}
+
+/// `{"refresh_token"}` of refresh and revoke.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshBody {
+    /// The refresh token.
+    pub refresh_token: String,
+}
+
+/// A fresh refresh token.
+fn generate_refresh_token() -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::Rng;
+    let random: String = rand::rngs::OsRng
+        .sample_iter(&Alphanumeric)
+        .take(REFRESH_RANDOM_CHARS)
+        .map(char::from)
+        .collect();
+    format!("{REFRESH_PREFIX}{random}")
+}
+
+/// The stored hash of a presented refresh token, if it has the right shape.
+fn presented_hash(token: &str) -> Option<String> {
+    let ok = token.len() == REFRESH_PREFIX.len() + REFRESH_RANDOM_CHARS
+        && token.starts_with(REFRESH_PREFIX)
+        && token[REFRESH_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric());
+    ok.then(|| hash_key(token))
+}
+
+/// A new refresh token of `family` for `key`: the token and its record.
+fn new_refresh(state: &State, key: &ApiKeyRecord, family: &str) -> (String, RefreshTokenRecord) {
+    let token = generate_refresh_token();
+    let now = Utc::now();
+    let ttl = chrono::Duration::from_std(state.config.tokens.refresh_ttl)
+        .unwrap_or_else(|_| chrono::Duration::days(7));
+    let record = RefreshTokenRecord {
+        token_hash: hash_key(&token),
+        family_id: family.to_owned(),
+        key_id: key.id.clone(),
+        created_at: now,
+        expires_at: now + ttl,
+        used_at: None,
+        revoked_at: None,
+    };
+    (token, record)
+}
+
+/// The pair for `key` with refresh token `refresh_token`, as a no-store JSON response.
+fn pair_response(
+    state: &State,
+    key: &ApiKeyRecord,
+    refresh_token: String,
+) -> Result<Response, ApiError> {
+    let (access_token, _) = state
+        .authenticator
+        .tokens()
+        .sign(&key.id, key.role, &key.namespace, key.functions.as_deref())
+        .map_err(|e| ApiError::Internal(format!("signing an access token: {e}")))?;
+    let config = &state.config.tokens;
+    let pair = TokenPair {
+        access_token,
+        refresh_token,
+        expires_in: config.access_ttl.as_secs(),
+        token_type: "Bearer",
+        refresh_expires_in: config.refresh_ttl.as_secs(),
+    };
+    Ok(no_store(warp::reply::json(&pair).into_response()))
+}
+
+/// Marks a response as not cacheable (it carries credentials).
+fn no_store(mut response: Response) -> Response {
+    use warp::http::header::{HeaderValue, CACHE_CONTROL, PRAGMA};
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_have_the_documented_shape() {
+        let t = generate_refresh_token();
+        assert_ne!(t, generate_refresh_token());
+        assert_eq!(presented_hash(&t), Some(hash_key(&t)));
+        for bad in [
+            "",
+            "fnr_",
+            "fnm_abc",
+            &format!("{t}x"),
+            &t.replace("fnr_", "fnx_"),
+        ] {
+            assert_eq!(presented_hash(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Function secrets end to end on a real `fnmesh up`: a secret reaches the function's
+//! environment (also when a warm sandbox started without it exists), no API response shows
+//! it, and neither it nor the admin key is in the database file or the process's log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use fnmesh_tests::{unique, TestApp, ADMIN_KEY};
+use serde_json::json;
+
+const SECRET: &str = "pl41n-s3cr3t-9d2e61b0";
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_reaches_the_function_and_nothing_else() {
+    let app = TestApp::start().await;
+    let name = unique("sec");
+    app.deploy(
+        &name,
+        "python3",
+        "main.handle",
+        &[(
+            "main.py",
+            "import os\n\ndef handle(event, context):\n    print('running')\n    return os.environ.get('MY_SECRET')\n",
+        )],
+    )
+    .await;
+    // A warm sandbox without the secret exists before it is set...
+    let before = app.invoke_ok(&name, json!({})).await;
+    assert_eq!(before["result"], json!(null), "{before}");
+
+    let put = app
+        .call(
+            "PUT",
+            &format!("/v1/functions/{name}/secrets/MY_SECRET"),
+            Some(json!({ "value": SECRET })),
+        )
+        .await;
+    assert_eq!(put.status, 204, "{:?}", put.body);
+
+    // ... and is not reused: the next invocation sees the secret.
+    let r = app.invoke_ok(&name, json!({})).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["result"], SECRET);
+    let id = r["id"].as_str().unwrap().to_owned();
+
+    // Async too (stored request, bus, node).
+    let queued = app
+        .call(
+            "POST",
+            &format!("/v1/functions/{name}/invoke?async=true"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(queued.status, 202);
+    let async_id = queued.body["id"].as_str().unwrap().to_owned();
+    let done = app.wait_terminal(&async_id, Duration::from_secs(60)).await;
+    assert_eq!(done["result"], SECRET, "{done}");
+
+    // No API shows the value (the invocation's result is the function's own output).
+    for path in [
+        format!("/v1/functions/{name}"),
+        format!("/v1/functions/{name}/versions"),
+        format!("/v1/functions/{name}/secrets"),
+        format!("/v1/invocations/{id}/logs"),
+        format!("/v1/invocations/{async_id}/logs"),
+        "/v1/admin/audit?limit=1000".to_owned(),
+    ] {
+        let r = app.call("GET", &path, None).await;
+        assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+        assert!(!r.body.to_string().contains(SECRET), "{path}: {}", r.body);
+    }
+
+    let log = app.log();
+    assert!(
+        !contains(log.as_bytes(), SECRET),
+        "the log holds the secret"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_and_the_log_hold_neither_secrets_nor_the_admin_key() {
+    let mut app = TestApp::start().await;
+    let name = unique("digest");
+    // Proves it has the value without returning it: its SHA-256.
+    app.deploy(
+        &name,
+        "python3",
+        "main.handle",
+        &[(
+            "main.py",
+            "import hashlib, os\n\ndef handle(event, context):\n    return hashlib.sha256(os.environ['MY_SECRET'].encode()).hexdigest()\n",
+        )],
+    )
+    .await;
+    let put = app
+        .call(
+            "PUT",
+            &format!("/v1/functions/{name}/secrets/MY_SECRET"),
+            Some(json!({ "value": SECRET })),
+        )
+        .await;
+    assert_eq!(put.status, 204, "{:?}", put.body);
+    let r = app.invoke_ok(&name, json!({})).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let expected = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(SECRET.as_bytes()))
+    };
+    assert_eq!(r["result"], expected.as_str());
+    let queued = app
+        .call(
+            "POST",
+            &format!("/v1/functions/{name}/invoke?async=true"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(queued.status, 202);
+    let id = queued.body["id"].as_str().unwrap().to_owned();
+    let done = app.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["result"], expected.as_str());
+
+    // Stop, so the database and the log are complete, then grep them.
+    app.terminate(Duration::from_secs(30)).unwrap();
+    let dir = app.data_dir.path();
+    let mut db = Vec::new();
+    for file in ["fnmesh.db", "fnmesh.db-wal", "fnmesh.db-shm"] {
+        if let Ok(bytes) = std::fs::read(dir.join(file)) {
+            db.extend(bytes);
+        }
+    }
+    assert!(!db.is_empty(), "no database in {}", dir.display());
+    let log = app.log();
+    assert!(
+        log.contains("secret set"),
+        "the log shows the secret's name only"
+    );
+    for (what, bytes) in [("database", db.as_slice()), ("log", log.as_bytes())] {
+        assert!(
+            !contains(bytes, SECRET),
+            "the {what} holds the secret value"
+        );
+        assert!(
+            !contains(bytes, ADMIN_KEY),
+            "the {what} holds the admin key"
+        );
+    }
+}
