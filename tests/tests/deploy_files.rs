@@ -231,7 +231,10 @@ fn nomad_jobs_set_only_variables_the_binary_reads() {
         let vars = nomad_vars(&text);
         assert!(vars.len() >= 5, "{file}: found only {vars:?}");
         for var in &vars {
-            assert!(known.contains(var), "{file} sets {var}, which fnmesh does not read");
+            assert!(
+                known.contains(var),
+                "{file} sets {var}, which fnmesh does not read"
+            );
         }
     }
     let gateway = repo_file("deploy/nomad/fnmesh-gateway.nomad.hcl");

@@ -81,7 +81,8 @@ async fn a_killed_node_loses_no_work() {
     for (i, id) in ids.iter().enumerate() {
         let record = mesh.wait_terminal(id, Duration::from_secs(120)).await;
         assert_eq!(
-            record["status"], "succeeded",
+            record["status"],
+            "succeeded",
             "invocation {i}: {record}\n{}",
             mesh.logs()
         );
@@ -137,7 +138,8 @@ async fn a_crashing_function_ends_in_the_dead_letter_queue() {
     let record = mesh.wait_terminal(&id, Duration::from_secs(60)).await;
     let took = started.elapsed();
     assert_eq!(
-        record["status"], "dead_lettered",
+        record["status"],
+        "dead_lettered",
         "{record}\n{}",
         mesh.logs()
     );
@@ -174,7 +176,9 @@ async fn a_crashing_function_ends_in_the_dead_letter_queue() {
     assert_eq!(r.status, 202, "{:?}", r.body);
     let replay_id = r.body["id"].as_str().unwrap().to_owned();
     assert_ne!(replay_id, id);
-    let replayed = mesh.wait_terminal(&replay_id, Duration::from_secs(60)).await;
+    let replayed = mesh
+        .wait_terminal(&replay_id, Duration::from_secs(60))
+        .await;
     assert_eq!(replayed["status"], "dead_lettered", "{replayed}");
     assert_eq!(replayed["attempt"], 3, "the replay ran again: {replayed}");
     assert!(replayed["node_id"].is_string(), "{replayed}");
@@ -261,7 +265,10 @@ async fn a_flooded_slow_function_does_not_delay_a_fast_one() {
         slow_queue["pending"].as_u64().unwrap() > 150,
         "{slow_queue}"
     );
-    assert!(slow_queue["in_flight"].as_u64().unwrap() <= 2, "{slow_queue}");
+    assert!(
+        slow_queue["in_flight"].as_u64().unwrap() <= 2,
+        "{slow_queue}"
+    );
 }
 
 /// `max_concurrency: 2` caps concurrent executions across both nodes together.
@@ -305,6 +312,9 @@ async fn max_concurrency_holds_across_the_cluster() {
         .max()
         .unwrap();
     println!("most concurrent: {most}, nodes: {nodes:?}");
-    assert!(most <= 2, "{most} ran at once with max_concurrency 2: {spans:?}");
+    assert!(
+        most <= 2,
+        "{most} ran at once with max_concurrency 2: {spans:?}"
+    );
     assert_eq!(most, 2, "two did run at once: {spans:?}");
 }
