@@ -203,22 +203,22 @@ impl GatewayMetrics {
     /// Counts one recorded result (a node's `Finished` event) with its phases.
     pub fn observe_result(&self, result: &InvocationResult) {
         let function = self.functions.label(result.function.as_str());
+        // Phases first, the result counter last: a scrape that sees the count sees its phases.
+        if let Some(m) = &result.metrics {
+            let phases = Phases::of(m);
+            self.queue_seconds.observe(seconds_of_us(phases.queue_us));
+            if m.cold_start {
+                self.cold_starts.with_label_values(&[&function]).inc();
+                self.init_seconds.observe(seconds_of_us(phases.init_us));
+            }
+            self.execution_seconds
+                .observe(seconds_of_us(phases.exec_us));
+            self.duration_seconds
+                .observe(seconds_of_us(phases.total_us));
+        }
         self.invocations
             .with_label_values(&[&function, result.status.as_str()])
             .inc();
-        let Some(m) = &result.metrics else {
-            return;
-        };
-        let phases = Phases::of(m);
-        self.queue_seconds.observe(seconds_of_us(phases.queue_us));
-        if m.cold_start {
-            self.cold_starts.with_label_values(&[&function]).inc();
-            self.init_seconds.observe(seconds_of_us(phases.init_us));
-        }
-        self.execution_seconds
-            .observe(seconds_of_us(phases.exec_us));
-        self.duration_seconds
-            .observe(seconds_of_us(phases.total_us));
     }
 
     /// Counts one recorded dead letter of `function`.

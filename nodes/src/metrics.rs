@@ -99,9 +99,7 @@ impl NodeMetrics {
     /// Counts one finished attempt.
     pub fn observe(&self, result: &InvocationResult) {
         let function = self.functions.label(result.function.as_str());
-        self.invocations
-            .with_label_values(&[&function, result.status.as_str()])
-            .inc();
+        // Phases first, the result counter last: a scrape that sees the count sees its phases.
         if let Some(m) = &result.metrics {
             if m.cold_start {
                 self.cold_starts.with_label_values(&[&function]).inc();
@@ -109,6 +107,9 @@ impl NodeMetrics {
             }
             self.execution_seconds.observe(seconds_of_us(m.exec_us));
         }
+        self.invocations
+            .with_label_values(&[&function, result.status.as_str()])
+            .inc();
     }
 }
 

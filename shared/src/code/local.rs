@@ -150,4 +150,18 @@ impl CodeStore for LocalCodeStore {
             Err(e) => Err(backend("remove", &path, e)),
         }
     }
+
+    async fn put_raw(&self, key: &Checksum, bytes: Bytes) -> Result<(), CodeStoreError> {
+        let path = self.blob_path(key);
+        blocking(move || write_atomically(&path, &bytes)).await
+    }
+
+    async fn get_raw(&self, key: &Checksum) -> Result<Option<Bytes>, CodeStoreError> {
+        let path = self.blob_path(key);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(backend("read", &path, e)),
+        }
+    }
 }

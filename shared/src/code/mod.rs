@@ -3,13 +3,15 @@
 //! [`CodeStore`] is implemented by [`local::LocalCodeStore`] (a directory), [`s3::S3CodeStore`]
 //! and [`nats::NatsCodeStore`] (a JetStream object store bucket, what nodes read); all must pass
 //! [`conformance`]. [`mirror::Mirrored`] writes a primary store and a replica (a gateway's own
-//! store and the NATS bucket of its region).
+//! store and the NATS bucket of its region). [`encrypted::Encrypted`] seals blobs at rest with
+//! the secrets keyring (`FNMESH_ENCRYPT_CODE`).
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::checksum::Checksum;
 
+pub mod encrypted;
 pub mod local;
 pub mod mirror;
 pub mod nats;
@@ -58,5 +60,23 @@ pub trait CodeStore: Send + Sync + 'static {
     async fn ensure_replicated(&self, checksum: &Checksum) -> Result<(), CodeStoreError> {
         let _ = checksum;
         Ok(())
+    }
+
+    /// Stores `bytes` as they are under `key`, which they need not hash to (replacing what is
+    /// there): for [`encrypted::Encrypted`], which keeps ciphertext under the plaintext's
+    /// checksum. Stores that cannot do this refuse.
+    async fn put_raw(&self, key: &Checksum, bytes: Bytes) -> Result<(), CodeStoreError> {
+        let _ = (key, bytes);
+        Err(CodeStoreError::Backend(
+            "this code store cannot hold transformed (encrypted) blobs".to_owned(),
+        ))
+    }
+
+    /// The bytes stored under `key`, unverified (see [`CodeStore::put_raw`]); `None` if absent.
+    async fn get_raw(&self, key: &Checksum) -> Result<Option<Bytes>, CodeStoreError> {
+        let _ = key;
+        Err(CodeStoreError::Backend(
+            "this code store cannot hold transformed (encrypted) blobs".to_owned(),
+        ))
     }
 }

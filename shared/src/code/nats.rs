@@ -163,11 +163,16 @@ impl CodeStore for NatsCodeStore {
     }
 
     async fn put(&self, bytes: Bytes) -> Result<Checksum, CodeStoreError> {
+        let checksum = Checksum::of(&bytes);
+        self.put_raw(&checksum, bytes).await?;
+        Ok(checksum)
+    }
+
+    async fn put_raw(&self, checksum: &Checksum, bytes: Bytes) -> Result<(), CodeStoreError> {
         if bytes.len() > MAX_BLOB_BYTES {
             return Err(too_large(bytes.len()));
         }
-        let checksum = Checksum::of(&bytes);
-        let key = subjects::code_key(&checksum);
+        let key = subjects::code_key(checksum);
         self.deadline("put", &key, async {
             let _serialised = self.put_lock.lock().await;
             // Content addressed: an intact object is already this content.
@@ -185,11 +190,21 @@ impl CodeStore for NatsCodeStore {
             tracing::debug!(code.checksum = %checksum, code.size_bytes = bytes.len(), "code stored in nats");
             Ok(())
         })
-        .await?;
-        Ok(checksum)
+        .await
     }
 
     async fn get(&self, checksum: &Checksum) -> Result<Option<Bytes>, CodeStoreError> {
+        let Some(buf) = self.get_raw(checksum).await? else {
+            return Ok(None);
+        };
+        if Checksum::of(&buf) != *checksum {
+            tracing::error!(code.checksum = %checksum, nats.bucket = %self.name, "code object is corrupt");
+            return Err(CodeStoreError::Corrupt(checksum.clone()));
+        }
+        Ok(Some(buf))
+    }
+
+    async fn get_raw(&self, checksum: &Checksum) -> Result<Option<Bytes>, CodeStoreError> {
         let key = subjects::code_key(checksum);
         self.deadline("get", &key, async {
             let mut object = match self.bucket.get(key.as_str()).await {
@@ -214,10 +229,6 @@ impl CodeStore for NatsCodeStore {
             }
             if buf.len() > MAX_BLOB_BYTES {
                 return Err(too_large(buf.len()));
-            }
-            if Checksum::of(&buf) != *checksum {
-                tracing::error!(code.checksum = %checksum, nats.bucket = %self.name, "code object is corrupt");
-                return Err(CodeStoreError::Corrupt(checksum.clone()));
             }
             Ok(Some(Bytes::from(buf)))
         })
