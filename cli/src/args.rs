@@ -547,4 +547,8 @@ pub struct SecretsArgs {
     /// Earlier keys that still open values sealed with them: `id:base64,id:base64`.
     #[arg(long, env = "FNMESH_SECRETS_OLD_KEYS", hide_env_values = true)]
     pub secrets_old_keys: Option<String>,
+    /// Seal function code at rest with this keyring: gateways encrypt what they store (and
+    /// mirror to NATS), nodes decrypt what they read. Set it the same on every process.
+    #[arg(long, env = "FNMESH_ENCRYPT_CODE", default_value_t = false)]
+    pub encrypt_code: bool,
 }

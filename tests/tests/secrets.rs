@@ -1,6 +1,7 @@
 //! Function secrets end to end on a real `fnmesh up`: a secret reaches the function's
 //! environment (also when a warm sandbox started without it exists), no API response shows
-//! it, and neither it nor the admin key is in the database file or the process's log.
+//! it, and neither it, the admin key nor minted tokens and keys are in the database file or the
+//! process's log; with `FNMESH_ENCRYPT_CODE=true` the code directory holds no plaintext code.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -84,19 +85,53 @@ async fn a_secret_reaches_the_function_and_nothing_else() {
     );
 }
 
+/// In the code archive as a file name (zip keeps names uncompressed), so it is in the stored
+/// code unless that is encrypted.
+const CODE_MARKER: &str = "code_marker_5b9e2f";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_and_the_log_hold_neither_secrets_nor_the_admin_key() {
-    let mut app = TestApp::start().await;
+    database_and_log_check(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_code_encryption_the_code_directory_holds_no_plaintext_either() {
+    database_and_log_check(true).await;
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+async fn database_and_log_check(encrypt_code: bool) {
+    let mut app = if encrypt_code {
+        TestApp::start_with(&[("FNMESH_ENCRYPT_CODE", "true")]).await
+    } else {
+        TestApp::start().await
+    };
     let name = unique("digest");
     // Proves it has the value without returning it: its SHA-256.
     app.deploy(
         &name,
         "python3",
         "main.handle",
-        &[(
-            "main.py",
-            "import hashlib, os\n\ndef handle(event, context):\n    return hashlib.sha256(os.environ['MY_SECRET'].encode()).hexdigest()\n",
-        )],
+        &[
+            (
+                "main.py",
+                "import hashlib, os\n\ndef handle(event, context):\n    return hashlib.sha256(os.environ['MY_SECRET'].encode()).hexdigest()\n",
+            ),
+            (&format!("{CODE_MARKER}.py"), "X = 1\n"),
+        ],
     )
     .await;
     let put = app
@@ -126,6 +161,46 @@ async fn the_database_and_the_log_hold_neither_secrets_nor_the_admin_key() {
     let done = app.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(done["result"], expected.as_str());
 
+    // Credentials minted and used once: an access and a refresh token, a new API key.
+    let pair = app.call("POST", "/v1/auth/token", None).await;
+    assert_eq!(pair.status, 200, "{:?}", pair.body);
+    let access = pair.body["access_token"].as_str().unwrap().to_owned();
+    let refresh = pair.body["refresh_token"].as_str().unwrap().to_owned();
+    let listed = app
+        .call_with("GET", "/v1/functions", None, Some(&access))
+        .await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    let rotated = app
+        .call_with(
+            "POST",
+            "/v1/auth/refresh",
+            Some(json!({ "refresh_token": refresh }).to_string().into_bytes()),
+            None,
+        )
+        .await;
+    assert_eq!(rotated.status, 200, "{:?}", rotated.body);
+    let rotated_access = rotated.body["access_token"].as_str().unwrap().to_owned();
+    let rotated_refresh = rotated.body["refresh_token"].as_str().unwrap().to_owned();
+    let created = app
+        .call(
+            "POST",
+            "/v1/keys",
+            Some(json!({ "name": "k", "role": "invoker" })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let new_key = created.body["key"].as_str().unwrap().to_owned();
+    let invoked = app
+        .call_with(
+            "POST",
+            &format!("/v1/functions/{name}/invoke"),
+            Some(b"{}".to_vec()),
+            Some(&new_key),
+        )
+        .await;
+    assert_eq!(invoked.status, 200, "{:?}", invoked.body);
+    assert_eq!(invoked.body["result"], expected.as_str());
+
     // Stop, so the database and the log are complete, then grep them.
     app.terminate(Duration::from_secs(30)).unwrap();
     let dir = app.data_dir.path();
@@ -150,5 +225,25 @@ async fn the_database_and_the_log_hold_neither_secrets_nor_the_admin_key() {
             !contains(bytes, ADMIN_KEY),
             "the {what} holds the admin key"
         );
+        for (credential, value) in [
+            ("access token", &access),
+            ("refresh token", &refresh),
+            ("rotated access token", &rotated_access),
+            ("rotated refresh token", &rotated_refresh),
+            ("new API key", &new_key),
+        ] {
+            assert!(!contains(bytes, value), "the {what} holds the {credential}");
+        }
     }
+
+    // The code directory: the archive is there in the clear unless code encryption is on.
+    let code = files_under(&dir.join("code"));
+    assert!(!code.is_empty(), "no code under {}", dir.display());
+    let in_clear = code
+        .iter()
+        .any(|f| contains(&std::fs::read(f).unwrap_or_default(), CODE_MARKER));
+    assert_eq!(
+        in_clear, !encrypt_code,
+        "the code directory holds the archive in the clear: {in_clear}"
+    );
 }

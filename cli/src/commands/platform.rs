@@ -22,6 +22,7 @@ use fnmesh_nodes::worker::{Worker, WorkerConfig};
 use fnmesh_shared::bus::jetstream::JetStreamBus;
 use fnmesh_shared::bus::memory::MemoryBus;
 use fnmesh_shared::bus::{Bus, BusConfig};
+use fnmesh_shared::code::encrypted::Encrypted;
 use fnmesh_shared::code::mirror::Mirrored;
 use fnmesh_shared::code::nats::NatsCodeStore;
 use fnmesh_shared::code::CodeStore;
@@ -31,12 +32,13 @@ use fnmesh_shared::ratelimit::RateLimit;
 use fnmesh_shared::registry::jetstream::JetStreamRegistry;
 use fnmesh_shared::registry::memory::MemoryRegistry;
 use fnmesh_shared::registry::{NodeRegistry, MISSED_HEARTBEATS};
+use fnmesh_shared::secrets::Keyring;
 use fnmesh_shared::store::{InvocationFilter, MetadataStore};
 use fnmesh_shared::{ErrorKind, InvocationError, InvocationStatus, Namespace, NodeId};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{CommonArgs, GatewayArgs, NodeArgs};
+use crate::args::{CommonArgs, GatewayArgs, NodeArgs, SecretsArgs};
 use crate::backends::{
     default_database, open_code_store, open_limiter, open_store, parse_failure_policy,
     CodeStoreLocation, DatabaseUrl,
@@ -127,6 +129,23 @@ pub async fn open_nats_code(
     Ok(Some(Arc::new(store)))
 }
 
+/// `store` sealed with `keyring` when `FNMESH_ENCRYPT_CODE` is on (each store of a mirror is
+/// sealed on its own); as is otherwise.
+pub fn seal_code(
+    store: Arc<dyn CodeStore>,
+    secrets: &SecretsArgs,
+    keyring: &Arc<Keyring>,
+) -> Arc<dyn CodeStore> {
+    if !secrets.encrypt_code {
+        return store;
+    }
+    tracing::info!(
+        secrets.key_id = keyring.current_id(),
+        "function code is encrypted at rest"
+    );
+    Arc::new(Encrypted::new(store, keyring.clone()))
+}
+
 /// A gateway's backends plus its bootstrap admin key, ready to serve.
 pub struct GatewayParts {
     pub backends: Backends,
@@ -152,10 +171,12 @@ pub async fn open_gateway(
     };
     let policy = parse_failure_policy(&backends.rate_limit_failure)?;
     let store = open_store(&database, backends.migrate).await?;
+    let keyring = crate::secrets_key::keyring(&common.secrets, data_dir)?;
+    let sealed = |store| seal_code(store, &common.secrets, &keyring);
     let mut code =
-        open_code_store(&code_location(backends.code_store.as_deref(), data_dir)?).await?;
+        sealed(open_code_store(&code_location(backends.code_store.as_deref(), data_dir)?).await?);
     if let Some(replica) = code_replica {
-        code = Arc::new(Mirrored::new(code, replica));
+        code = Arc::new(Mirrored::new(code, sealed(replica)));
     }
     let limiter = open_limiter(backends.redis_url.as_deref(), policy).await?;
     let admin = admin_key(args.admin_key.as_deref(), data_dir)?;
@@ -171,7 +192,7 @@ pub async fn open_gateway(
             burst: backends.key_rate_burst.max(1),
         }),
         tokens: crate::jwt_keys::token_config(&args.tokens, data_dir)?,
-        secrets_keyring: Some(crate::secrets_key::keyring(&common.secrets, data_dir)?),
+        secrets_keyring: Some(keyring),
         ..GatewayConfig::default()
     };
     Ok(GatewayParts {

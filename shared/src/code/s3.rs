@@ -356,9 +356,14 @@ impl CodeStore for S3CodeStore {
     }
 
     async fn put(&self, bytes: Bytes) -> Result<Checksum, CodeStoreError> {
-        let digest = Sha256::digest(&bytes);
         let checksum = Checksum::of(&bytes);
-        let key = subjects::code_key(&checksum);
+        self.put_raw(&checksum, bytes).await?;
+        Ok(checksum)
+    }
+
+    async fn put_raw(&self, checksum: &Checksum, bytes: Bytes) -> Result<(), CodeStoreError> {
+        let digest = Sha256::digest(&bytes);
+        let key = subjects::code_key(checksum);
         let size = bytes.len();
         let content_length = i64::try_from(size).map_err(|_| {
             CodeStoreError::Backend(format!("code blob of {size} bytes is too large"))
@@ -375,10 +380,21 @@ impl CodeStore for S3CodeStore {
             .await
             .map_err(|e| self.failed("put object", &key, e))?;
         tracing::debug!(code.checksum = %checksum, code.size_bytes = size, "code stored in s3");
-        Ok(checksum)
+        Ok(())
     }
 
     async fn get(&self, checksum: &Checksum) -> Result<Option<Bytes>, CodeStoreError> {
+        let Some(bytes) = self.get_raw(checksum).await? else {
+            return Ok(None);
+        };
+        if Checksum::of(&bytes) != *checksum {
+            tracing::error!(code.checksum = %checksum, s3.bucket = %self.bucket, "code object is corrupt");
+            return Err(CodeStoreError::Corrupt(checksum.clone()));
+        }
+        Ok(Some(bytes))
+    }
+
+    async fn get_raw(&self, checksum: &Checksum) -> Result<Option<Bytes>, CodeStoreError> {
         let key = subjects::code_key(checksum);
         let output = match self
             .client
@@ -409,10 +425,6 @@ impl CodeStore for S3CodeStore {
                 ))
             })?
             .into_bytes();
-        if Checksum::of(&bytes) != *checksum {
-            tracing::error!(code.checksum = %checksum, s3.bucket = %self.bucket, "code object is corrupt");
-            return Err(CodeStoreError::Corrupt(checksum.clone()));
-        }
         Ok(Some(bytes))
     }
 
