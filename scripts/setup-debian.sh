@@ -18,7 +18,7 @@ with_test=0
 [ "${1:-}" = "--test" ] && with_test=1
 
 packages=(gcc pkg-config libseccomp-dev libseccomp2 python3 nodejs procps crun hyperfine ca-certificates curl)
-[ "$with_test" = 1 ] && packages+=(redis-server postgresql)
+[ "$with_test" = 1 ] && packages+=(redis-server postgresql nats-server)
 need=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
