@@ -128,8 +128,12 @@ impl Gateway {
         let audit_stop = CancellationToken::new();
         let audit_task = tokio::spawn(audit_writer.run(audit_stop.clone()));
         let filter = routes::api(state);
+        // Counts requests being handled, so the drain knows when only idle connections remain.
+        let in_flight = InFlight::default();
+        let tracker = in_flight.clone();
         let make_service = hyper::service::make_service_fn(move |conn: &AddrStream| {
             let service = audit.service(warp::service(filter.clone()), Some(conn.remote_addr()));
+            let service = tracker.track(service);
             async move { Ok::<_, Infallible>(service) }
         });
         let signal = shutdown.clone();
@@ -145,7 +149,7 @@ impl Gateway {
             _ = shutdown.cancelled() => {
                 tracing::info!(drain_timeout_ms = drain_timeout.as_millis() as u64, "gateway draining");
                 followers.log_followers.stop();
-                match tokio::time::timeout(drain_timeout, &mut server).await {
+                match tokio::time::timeout(drain_timeout, drain(&mut server, &in_flight)).await {
                     Ok(result) => result,
                     Err(_) => {
                         tracing::warn!("drain timeout reached; dropping remaining connections");
@@ -171,5 +175,118 @@ impl Gateway {
         }
         tracing::info!("gateway stopped");
         served.map_err(|e| GatewayError::Server(e.to_string()))
+    }
+}
+
+/// How long the drain keeps waiting on the server once no request is in flight: responses
+/// flush and idle keep-alive connections close in this time.
+const FLUSH_GRACE: Duration = Duration::from_millis(500);
+
+/// Waits for the (gracefully shutting down) `server` to finish, or, once no request is in
+/// flight, for at most [`FLUSH_GRACE`] more. hyper 0.14's graceful shutdown also waits for
+/// connections that were opened but never sent a request (hyperium/hyper#2730; clients' pools
+/// leave such connections behind when they race a new connection against an idle one), until
+/// the header-read timeout; those are dropped instead. A request that arrives meanwhile is
+/// waited for too. The caller bounds the whole by the drain timeout.
+async fn drain<F>(server: &mut std::pin::Pin<&mut F>, in_flight: &InFlight) -> hyper::Result<()>
+where
+    F: std::future::Future<Output = hyper::Result<()>>,
+{
+    loop {
+        tokio::select! {
+            result = server.as_mut() => return result,
+            () = in_flight.idle() => {}
+        }
+        match tokio::time::timeout(FLUSH_GRACE, server.as_mut()).await {
+            Ok(result) => return result,
+            Err(_) if in_flight.count() == 0 => {
+                tracing::debug!("drained; closing connections that sent no request");
+                return Ok(());
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Requests being handled right now.
+#[derive(Clone, Default)]
+struct InFlight {
+    inner: Arc<InFlightInner>,
+}
+
+#[derive(Default)]
+struct InFlightInner {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Held while one request is handled.
+struct InFlightGuard(Arc<InFlightInner>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    fn count(&self) -> usize {
+        self.inner.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves when no request is in flight.
+    async fn idle(&self) {
+        loop {
+            // Registered before the check, so a wake-up between the two is not missed.
+            let notified = self.inner.idle.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// `service`, counting each call from its start to its response.
+    fn track<S>(
+        &self,
+        service: S,
+    ) -> impl hyper::service::Service<
+        hyper::Request<hyper::Body>,
+        Response = hyper::Response<hyper::Body>,
+        Error = Infallible,
+        Future = impl std::future::Future<Output = Result<hyper::Response<hyper::Body>, Infallible>>
+                     + Send,
+    > + Clone
+           + Send
+    where
+        S: hyper::service::Service<
+                hyper::Request<hyper::Body>,
+                Response = hyper::Response<hyper::Body>,
+                Error = Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let inner = self.inner.clone();
+        hyper::service::service_fn(move |req: hyper::Request<hyper::Body>| {
+            inner
+                .count
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let guard = InFlightGuard(inner.clone());
+            let call = service.clone().call(req);
+            async move {
+                let response = call.await;
+                drop(guard);
+                response
+            }
+        })
     }
 }

@@ -255,3 +255,32 @@ async fn clients_still_sending_an_oversized_body_get_the_413() {
         assert_eq!(chunked.status().as_u16(), 413);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_does_not_wait_for_connections_that_never_sent_a_request() {
+    // hyper 0.14's graceful shutdown waits for such connections (hyperium/hyper#2730); client
+    // pools leave them behind. The drain ends once no request is in flight, well before its
+    // timeout, and an in-flight request still gets its answer.
+    let mut app = TestApp::builder()
+        .config(|c| c.drain_timeout = Duration::from_secs(120))
+        .start()
+        .await;
+    let silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    assert_eq!(
+        app.send_with_key("GET", "/healthz", None, None)
+            .await
+            .status,
+        200
+    );
+    app.shutdown.cancel();
+    let task = app.task.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the drain waited for connections without a request")
+        .unwrap()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(app.addr).await.is_err());
+    drop((silent, half));
+}

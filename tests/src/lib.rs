@@ -342,12 +342,26 @@ impl TestApp {
         let deadline = Instant::now() + within;
         loop {
             if let Some(s) = child.try_wait()? {
+                let took =
+                    within.saturating_sub(deadline.saturating_duration_since(Instant::now()));
+                if took > within / 3 {
+                    eprintln!(
+                        "fnmesh took {took:?} to exit after SIGTERM; its log:\n{}",
+                        self.log()
+                    );
+                }
                 return Ok(s);
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("fnmesh did not exit within {within:?} of SIGTERM");
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "fnmesh did not exit within {within:?} of SIGTERM; its log ends:\n{}",
+                    tail.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
