@@ -53,8 +53,8 @@ fn local_key(data_dir: &Path) -> Result<String> {
     f.sync_all()?;
     tracing::warn!(
         path = %path.display(),
-        "generated a secrets key for this process only: a cluster must set one shared \
-         FNMESH_SECRETS_KEY on every gateway and node"
+        "generated a secrets key in the data dir (reused by later starts on this data dir); \
+         a cluster must set one shared FNMESH_SECRETS_KEY on every gateway and node"
     );
     Ok(key)
 }

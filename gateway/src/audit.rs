@@ -243,6 +243,38 @@ impl AuditLog {
         );
     }
 
+    /// Runs `call`, a request that did not arrive over HTTP (a NATS request), with a fresh slot
+    /// for [`note_principal`] / [`note_target`], and records it like an HTTP call of the same
+    /// `classified` action when `status_of` its outcome says so (e.g. an auth failure).
+    pub async fn record_call<F>(
+        &self,
+        classified: &Classified,
+        source: &str,
+        call: F,
+        status_of: impl FnOnce(&F::Output) -> u16,
+    ) -> F::Output
+    where
+        F: std::future::Future,
+    {
+        let slot: Slot = Arc::default();
+        let output = CALL.scope(slot.clone(), call).await;
+        let status = status_of(&output);
+        if recorded(classified, status) {
+            let noted =
+                std::mem::take(&mut *slot.lock().unwrap_or_else(|poison| poison.into_inner()));
+            let entry = AuditEntry::new(
+                noted.actor.as_deref().unwrap_or(ANONYMOUS),
+                noted.namespace,
+                &classified.action,
+                noted.target.as_deref().or(classified.target.as_deref()),
+                status,
+                Some(source),
+            );
+            self.record(entry).await;
+        }
+        output
+    }
+
     /// Wraps one connection's service: every request runs with a fresh slot for
     /// [`note_principal`] / [`note_target`], and its response is classified and recorded.
     pub fn service<S>(

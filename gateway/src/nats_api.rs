@@ -7,7 +7,8 @@
 //! from the key) and counted against the same per-key rate limit. It then goes through
 //! [`invoke::invoke`] like a sync HTTP invoke, and the reply is the same `InvocationResult`
 //! JSON, or the same `{"error":{"code","message"}}` body ([`ApiError::body`]) with the code HTTP
-//! would answer.
+//! would answer. Refusals (401/403) go to the audit log like the HTTP route's, with the source
+//! `nats`.
 //!
 //! Nothing a client sends is copied into what we publish: its headers are read for the key
 //! and dropped, and a reply subject under fnmesh's own or a `$` system subject is never
@@ -29,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::{AuditLog, Classified};
 use crate::error::ApiError;
 use crate::invocations::invoke::{self, Invoked, Mode};
 use crate::ratelimit;
@@ -36,6 +38,8 @@ use crate::state::State;
 
 /// Requests served at once, at most, by one gateway.
 pub const MAX_IN_FLIGHT: usize = 1024;
+/// The audit log's `source` of a NATS request (a NATS client's address is not known here).
+const AUDIT_SOURCE: &str = "nats";
 
 /// Why the request API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +84,7 @@ impl NatsRequests {
 
     /// Serves requests until `shutdown` is cancelled (or the connection closes for good), then
     /// drains: see the module doc.
-    pub async fn serve(self, state: State, shutdown: CancellationToken) {
+    pub async fn serve(self, state: State, audit: AuditLog, shutdown: CancellationToken) {
         let Self {
             client,
             mut subscriber,
@@ -106,8 +110,9 @@ impl NatsRequests {
                 Ok(permit) => {
                     let state = state.clone();
                     let client = client.clone();
+                    let audit = audit.clone();
                     in_flight.spawn(async move {
-                        let body = answer(&state, &message).await;
+                        let body = answer(&state, &audit, &message).await;
                         send(&client, reply, body).await;
                         drop(permit);
                     });
@@ -181,9 +186,21 @@ fn usable_reply(message: &Message) -> Option<Subject> {
 }
 
 /// Serves one request: the reply body, a result or an error.
-async fn answer(state: &State, message: &Message) -> Bytes {
+async fn answer(state: &State, audit: &AuditLog, message: &Message) -> Bytes {
     let started = Instant::now();
-    let result = handle(state, message).await;
+    // Audited like the HTTP invoke route: refusals (401/403) are recorded.
+    let classified = Classified {
+        action: "function.invoke".to_owned(),
+        target: subjects::parse_request(message.subject.as_str())
+            .ok()
+            .map(|name| format!("function/{name}")),
+        management: false,
+    };
+    let result = audit
+        .record_call(&classified, AUDIT_SOURCE, handle(state, message), |r| {
+            r.as_ref().map_or_else(|e| e.status().as_u16(), |_| 200)
+        })
+        .await;
     let (body, outcome) = match result {
         Ok(Invoked::Finished(result)) => match serde_json::to_vec(&result) {
             Ok(json) => (Bytes::from(json), "ok"),
@@ -214,6 +231,7 @@ async fn handle(state: &State, message: &Message) -> Result<Invoked, ApiError> {
         .authenticator
         .authenticate_header(authorization(message.headers.as_ref()))
         .await?;
+    crate::audit::note_principal(&principal);
     ratelimit::check_key(state, &principal).await?;
     let name = subjects::parse_request(message.subject.as_str()).map_err(|e| match e {
         RequestSubjectError::Name(e) => ApiError::from(e),

@@ -112,21 +112,23 @@ impl Gateway {
             background.push(tokio::spawn(reconciler.run(background_stop.clone())));
         }
 
+        // Every response passes the audit log (see `crate::audit`), NATS requests' refusals
+        // too; its writer stores entries until the server has drained.
+        let (audit, audit_writer) =
+            audit::channel(state.backends.store.clone(), audit::QUEUE_CAPACITY);
+        let audit_stop = CancellationToken::new();
+        let audit_task = tokio::spawn(audit_writer.run(audit_stop.clone()));
+
         // Drains on the same token as the HTTP server, concurrently with it.
-        let nats_task = nats_requests
-            .map(|requests| tokio::spawn(requests.serve(state.clone(), shutdown.clone())));
+        let nats_task = nats_requests.map(|requests| {
+            tokio::spawn(requests.serve(state.clone(), audit.clone(), shutdown.clone()))
+        });
 
         let mut incoming = AddrIncoming::from_listener(listener)
             .map_err(|e| GatewayError::Server(e.to_string()))?;
         incoming.set_nodelay(true);
         // Log streams never end by themselves: they are ended when the drain begins.
         let followers = state.clone();
-        // Every response passes the audit log (see `crate::audit`); its writer stores entries
-        // until the server has drained.
-        let (audit, audit_writer) =
-            audit::channel(state.backends.store.clone(), audit::QUEUE_CAPACITY);
-        let audit_stop = CancellationToken::new();
-        let audit_task = tokio::spawn(audit_writer.run(audit_stop.clone()));
         let filter = routes::api(state);
         // Counts requests being handled, so the drain knows when only idle connections remain.
         let in_flight = InFlight::default();

@@ -64,6 +64,7 @@ mod conformance_suite {
         full_queue_refuses_publish,
         inbox_reply_roundtrip,
         reply_to_a_dropped_inbox_is_ok,
+        many_inboxes_each_get_their_own_reply,
         malformed_reply_address_is_refused,
         events_publish_pull_ack,
         concurrent_publishers_and_pullers,

@@ -145,6 +145,38 @@ async fn python_nats_clients_invoke_functions_with_an_api_key() {
         assert_eq!(r["error"]["code"], code, "case {i}: {r:?}");
         assert!(r["error"]["message"].is_string(), "case {i}: {r:?}");
     }
+
+    // The two refusals are in the audit log, as the HTTP route's would be, and the wrong key
+    // is not.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let denied = loop {
+        let r = mesh
+            .call(
+                "GET",
+                "/v1/admin/audit?action=function.invoke&outcome=denied&limit=100",
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let entries: Vec<Value> = r.body["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no items: {:?}", r.body))
+            .iter()
+            .filter(|e| e["source"] == "nats")
+            .cloned()
+            .collect();
+        if entries.len() >= 2 || std::time::Instant::now() > deadline {
+            break entries;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    for e in &denied {
+        assert_eq!(e["actor"], "anonymous", "{e}");
+        assert_eq!(e["target"], "function/echo", "{e}");
+        assert_eq!(e["status"], 401, "{e}");
+        assert!(!e.to_string().contains("not-a-key-of-ours"), "{e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

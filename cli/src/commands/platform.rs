@@ -33,8 +33,8 @@ use fnmesh_shared::registry::jetstream::JetStreamRegistry;
 use fnmesh_shared::registry::memory::MemoryRegistry;
 use fnmesh_shared::registry::{NodeRegistry, MISSED_HEARTBEATS};
 use fnmesh_shared::secrets::Keyring;
-use fnmesh_shared::store::{InvocationFilter, MetadataStore};
-use fnmesh_shared::{ErrorKind, InvocationError, InvocationStatus, Namespace, NodeId};
+use fnmesh_shared::store::MetadataStore;
+use fnmesh_shared::{ErrorKind, InvocationError, InvocationStatus, NodeId};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -441,22 +441,11 @@ fn admin_key(configured: Option<&str>, data_dir: &Path) -> Result<AdminKey> {
 /// have had effects, so they are not silently run again. (Queued ones are re-published by the
 /// reconciler: their requests are stored with them.)
 pub async fn fail_interrupted_invocations(store: &dyn MetadataStore) -> Result<()> {
-    let ns = Namespace::default_ns();
     let mut failed = 0usize;
     loop {
-        let page = store
-            .list_invocations(
-                &ns,
-                &InvocationFilter {
-                    function: None,
-                    status: Some(InvocationStatus::Running),
-                },
-                500,
-                None,
-            )
-            .await?;
+        let page = store.running_invocations(500).await?;
         let mut applied = 0usize;
-        for mut rec in page.items {
+        for mut rec in page {
             rec.status = InvocationStatus::Failed;
             rec.attempt = rec.attempt.saturating_add(1);
             rec.completed_at = Some(chrono::Utc::now());

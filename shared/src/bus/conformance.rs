@@ -73,6 +73,7 @@ where
     full_queue_refuses_publish(&make).await;
     inbox_reply_roundtrip(&make).await;
     reply_to_a_dropped_inbox_is_ok(&make).await;
+    many_inboxes_each_get_their_own_reply(&make).await;
     malformed_reply_address_is_refused(&make).await;
     events_publish_pull_ack(&make).await;
     concurrent_publishers_and_pullers(&make).await;
@@ -503,6 +504,38 @@ where
         .expect("the reply arrives in time")
         .expect("the inbox is open");
     assert_eq!(got, sent, "the reply arrives unchanged");
+}
+
+/// Many open inboxes, replied to in another order than they were opened (one dropped on the
+/// way): each gets exactly its own reply.
+pub async fn many_inboxes_each_get_their_own_reply<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let mut inboxes = Vec::new();
+    for _ in 0..40 {
+        inboxes.push((bus.open_inbox().await.unwrap(), outcome(&request())));
+    }
+    let dropped = inboxes.remove(7);
+    let dropped_to = dropped.0.reply_to.clone();
+    drop(dropped);
+    bus.reply(&dropped_to, &outcome(&request())).await.unwrap();
+    for (inbox, sent) in inboxes.iter().rev() {
+        bus.reply(&inbox.reply_to, sent).await.unwrap();
+    }
+    for (inbox, sent) in &mut inboxes {
+        let got = tokio::time::timeout(PATIENCE, inbox.receiver.recv())
+            .await
+            .expect("each reply arrives in time")
+            .expect("the inbox is open");
+        assert_eq!(&got, sent, "an inbox got another invocation's reply");
+        assert!(
+            inbox.receiver.try_recv().is_err(),
+            "an inbox got a second reply"
+        );
+    }
 }
 
 /// Replying to an inbox that was dropped is not an error (the reply is lost).

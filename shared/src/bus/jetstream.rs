@@ -43,9 +43,9 @@
 //! could in a narrow race both report one message, so dead-letter handling must be
 //! idempotent on the invocation id.
 //!
-//! **Inboxes** are core-NATS subscriptions on fresh `_INBOX.<nuid>` subjects, bridged into a
-//! capacity-1 channel by a task that ends (and unsubscribes) when the [`Inbox`] guard drops.
-//! Replies are core NATS: at most once.
+//! **Inboxes** are `_INBOX.<nuid>.<n>` subjects on one core-NATS subscription per bus
+//! (`_INBOX.<nuid>.*`), each routed into a capacity-1 channel until its [`Inbox`] guard drops
+//! (see `nats_inbox`). Replies are core NATS: at most once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,7 +56,6 @@ use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_trait::async_trait;
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{
@@ -110,6 +109,8 @@ struct Inner {
     ensured: std::sync::Mutex<HashMap<String, i64>>,
     /// The pulling side (nodes): which function consumers may have work.
     pull: PullState,
+    /// Sync callers' reply inboxes, on one subscription.
+    inboxes: super::nats_inbox::Inboxes,
 }
 
 /// Which function consumers a node should look at, round-robin.
@@ -161,6 +162,29 @@ fn backend(what: &str, err: impl std::fmt::Display) -> BusError {
     BusError::Backend(format!("{what}: {err}"))
 }
 
+/// Creates or updates a stream, retrying a few times: when processes start together, their
+/// creates race, and nats-server (2.9) can refuse the loser with "subjects overlap" or "name
+/// in use" although the winner made the very same stream; the retry then finds and updates it.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+    what: &str,
+) -> Result<(), BusError> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match js.create_or_update_stream(config.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::debug!(stream = %config.name, attempt, error = %e, "{what} failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(backend(what, e)),
+        }
+    }
+}
+
 impl JetStreamBus {
     /// Connects to `url` and sets up (or reuses) the streams and consumers of `prefix`.
     pub async fn connect(url: &str, prefix: &str, config: BusConfig) -> Result<Self, BusError> {
@@ -181,19 +205,22 @@ impl JetStreamBus {
         let capacity = i64::try_from(config.capacity.max(1)).unwrap_or(i64::MAX);
 
         let work_name = subjects::bus_stream(&prefix, BusRole::Invocations);
-        js.create_or_update_stream(stream::Config {
-            name: work_name.clone(),
-            subjects: vec![subjects::bus_invocations_all(&prefix)],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            max_messages: capacity,
-            discard: stream::DiscardPolicy::New,
-            duplicate_window: config.dedupe_window,
-            allow_direct: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| backend("creating the work stream", e))?;
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: work_name.clone(),
+                subjects: vec![subjects::bus_invocations_all(&prefix)],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                max_messages: capacity,
+                discard: stream::DiscardPolicy::New,
+                duplicate_window: config.dedupe_window,
+                allow_direct: true,
+                ..Default::default()
+            },
+            "creating the work stream",
+        )
+        .await?;
         let work_stream = js
             .get_stream(&work_name)
             .await
@@ -209,17 +236,20 @@ impl JetStreamBus {
         }
 
         let events_name = subjects::bus_stream(&prefix, BusRole::Events);
-        js.create_or_update_stream(stream::Config {
-            name: events_name.clone(),
-            subjects: vec![subjects::bus_node_events_all(&prefix)],
-            retention: stream::RetentionPolicy::Interest,
-            storage: stream::StorageType::File,
-            max_messages: EVENT_CAPACITY,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| backend("creating the event stream", e))?;
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: events_name.clone(),
+                subjects: vec![subjects::bus_node_events_all(&prefix)],
+                retention: stream::RetentionPolicy::Interest,
+                storage: stream::StorageType::File,
+                max_messages: EVENT_CAPACITY,
+                discard: stream::DiscardPolicy::New,
+                ..Default::default()
+            },
+            "creating the event stream",
+        )
+        .await?;
         let events_stream = js
             .get_stream(&events_name)
             .await
@@ -234,15 +264,18 @@ impl JetStreamBus {
         .await?;
 
         let dead_name = subjects::bus_stream(&prefix, BusRole::DeadLetters);
-        js.create_or_update_stream(stream::Config {
-            name: dead_name.clone(),
-            subjects: vec![subjects::max_deliveries_advisories_all(&prefix)],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| backend("creating the dead-letter stream", e))?;
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: dead_name.clone(),
+                subjects: vec![subjects::max_deliveries_advisories_all(&prefix)],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+            "creating the dead-letter stream",
+        )
+        .await?;
         let dead_stream = js
             .get_stream(&dead_name)
             .await
@@ -269,6 +302,7 @@ impl JetStreamBus {
                 dead,
                 ensured: std::sync::Mutex::new(HashMap::new()),
                 pull: PullState::default(),
+                inboxes: Default::default(),
             }),
         })
     }
@@ -811,11 +845,6 @@ impl LastAttempt {
     }
 }
 
-/// Ends the inbox bridge task (which unsubscribes) when dropped.
-struct InboxGuard {
-    _stop: oneshot::Sender<()>,
-}
-
 /// The max-deliveries advisory, as far as we read it.
 #[derive(Deserialize)]
 struct MaxDeliveries {
@@ -917,44 +946,7 @@ impl Bus for JetStreamBus {
     }
 
     async fn open_inbox(&self) -> Result<Inbox, BusError> {
-        let client = &self.inner.client;
-        let subject = client.new_inbox();
-        let mut subscriber = client
-            .subscribe(subject.clone())
-            .await
-            .map_err(|e| backend("subscribing an inbox", e))?;
-        // Make sure the server knows the subscription before anyone can reply to it.
-        client
-            .flush()
-            .await
-            .map_err(|e| backend("subscribing an inbox", e))?;
-        let (sender, receiver) = mpsc::channel(1);
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    () = sender.closed() => break,
-                    message = subscriber.next() => {
-                        let Some(message) = message else { break };
-                        match serde_json::from_slice::<InvocationOutcome>(&message.payload) {
-                            Ok(outcome) => {
-                                if sender.try_send(outcome).is_err() {
-                                    tracing::debug!("reply dropped: inbox full");
-                                }
-                            }
-                            Err(e) => tracing::warn!(error = %e, "undecodable reply ignored"),
-                        }
-                    }
-                }
-            }
-            let _ = subscriber.unsubscribe().await;
-        });
-        Ok(Inbox {
-            reply_to: ReplyTo(subject),
-            receiver,
-            guard: Some(Box::new(InboxGuard { _stop: stop })),
-        })
+        self.inner.inboxes.open(&self.inner.client).await
     }
 
     async fn reply(&self, to: &ReplyTo, outcome: &InvocationOutcome) -> Result<(), BusError> {

@@ -27,6 +27,7 @@ use crate::names::{FunctionName, Namespace};
 
 pub mod jetstream;
 pub mod memory;
+mod nats_inbox;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

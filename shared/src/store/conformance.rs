@@ -56,6 +56,7 @@ pub async fn run_all(store: Store) {
     update_invocations_batch_applies_in_order(store.clone()).await;
     stale_queued_returns_accepted_requests_oldest_first(store.clone()).await;
     stale_queued_skips_records_that_moved_on(store.clone()).await;
+    running_invocations_span_namespaces(store.clone()).await;
     logs_roundtrip(store.clone()).await;
     put_logs_batch_stores_each_last_wins(store.clone()).await;
     nul_characters_do_not_fail_writes(store.clone()).await;
@@ -952,6 +953,40 @@ pub async fn stale_queued_returns_accepted_requests_oldest_first(store: Store) {
 
 /// A record that moved on (running, or terminal) is no longer stale; one that is fenced off
 /// stays as it was.
+/// `running_invocations` lists running records of every namespace, and nothing else.
+pub async fn running_invocations_span_namespaces(store: Store) {
+    use InvocationStatus::{Running, Succeeded};
+    let (a, b) = (fresh_namespace(), fresh_namespace());
+    let ra = accept(&store, &a, "runs").await;
+    let rb = accept(&store, &b, "runs").await;
+    let queued = accept(&store, &a, "waits").await;
+    let done = accept(&store, &b, "done").await;
+    for (r, status) in [(&ra, Running), (&rb, Running), (&done, Succeeded)] {
+        assert!(store
+            .update_invocation(&with_status(r, status, 1))
+            .await
+            .unwrap());
+    }
+    let ours: Vec<InvocationResult> = store
+        .running_invocations(1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.namespace == a || r.namespace == b)
+        .collect();
+    let mut ids: Vec<_> = ours.iter().map(|r| r.id).collect();
+    ids.sort();
+    let mut want = vec![ra.id, rb.id];
+    want.sort();
+    assert_eq!(
+        ids, want,
+        "running records of both namespaces, nothing else"
+    );
+    assert!(ours.iter().all(|r| r.status == Running));
+    assert!(!ids.contains(&queued.id) && !ids.contains(&done.id));
+    assert!(!store.running_invocations(1).await.unwrap().is_empty());
+}
+
 pub async fn stale_queued_skips_records_that_moved_on(store: Store) {
     use InvocationStatus::{Failed, Running, Succeeded, Timeout};
     let ns = fresh_namespace();

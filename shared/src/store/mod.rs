@@ -236,6 +236,10 @@ pub trait MetadataStore: AccessStore + Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<InvocationRequest>, StoreError>;
 
+    /// Records still `running` in any namespace, oldest first, at most `limit` (clamped to
+    /// 1..=1000). For marking what a dead single-process platform was running when it stopped.
+    async fn running_invocations(&self, limit: u32) -> Result<Vec<InvocationResult>, StoreError>;
+
     /// One invocation.
     async fn get_invocation(
         &self,

@@ -701,6 +701,17 @@ impl MetadataStore for PostgresStore {
         rows.iter().map(|r| from_json(r)).collect()
     }
 
+    async fn running_invocations(&self, limit: u32) -> Result<Vec<InvocationResult>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT body::text FROM invocations WHERE status = 'running' \
+             ORDER BY created_at, id LIMIT $1",
+        )
+        .bind(i64::from(clamp_limit(limit)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| from_json(r)).collect()
+    }
+
     async fn get_invocation(
         &self,
         namespace: &Namespace,

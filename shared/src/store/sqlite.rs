@@ -478,6 +478,17 @@ impl MetadataStore for SqliteStore {
         rows.iter().map(|r| from_json(r)).collect()
     }
 
+    async fn running_invocations(&self, limit: u32) -> Result<Vec<InvocationResult>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT body FROM invocations WHERE status = 'running' \
+             ORDER BY created_at, id LIMIT ?",
+        )
+        .bind(i64::from(clamp_limit(limit)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| from_json(r)).collect()
+    }
+
     async fn get_invocation(
         &self,
         namespace: &Namespace,
