@@ -414,7 +414,8 @@ pub struct MeshBenchArgs {
     /// Length of the throughput run.
     #[arg(long, default_value_t = 10)]
     pub duration_secs: u64,
-    /// Warm-up at full concurrency before the throughput run (fills the sandbox pool).
+    /// Shortest warm-up at full concurrency before the throughput run; it goes on until 2 s pass
+    /// without a cold start (the sandbox pool is full), at most 60 s.
     #[arg(long, default_value_t = 3)]
     pub warmup_secs: u64,
     /// Also write the figures as JSON to this file.
@@ -475,7 +476,7 @@ pub struct AllBenchArgs {
     /// Length of the throughput run.
     #[arg(long, default_value_t = 10)]
     pub duration_secs: u64,
-    /// Warm-up at full concurrency before the throughput run.
+    /// Shortest warm-up at full concurrency before the throughput run (see `bench mesh`).
     #[arg(long, default_value_t = 3)]
     pub warmup_secs: u64,
     /// NATS server with JetStream to use (default: start `nats-server -js` on a free port).

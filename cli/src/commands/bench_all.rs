@@ -414,8 +414,8 @@ fn ratios(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Ratio> {
         target: Some(format!("≥ 1.0x ({TARGET_THROUGHPUT:.0}/s)")),
         met: Some(r >= 1.0),
         detail: format!(
-            "{:.0}/s at c={}, {} errors",
-            t.per_second, t.concurrency, t.errors
+            "{:.0}/s at c={}, {} errors, {} cold starts",
+            t.per_second, t.concurrency, t.errors, t.cold_starts
         ),
     });
     out

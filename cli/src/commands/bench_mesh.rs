@@ -94,6 +94,9 @@ pub struct Throughput {
     pub duration_s: f64,
     pub succeeded: u64,
     pub errors: u64,
+    /// Calls of the measured run that needed a new sandbox (the warm-up could not foresee
+    /// that many at once); each costs a cold start under full load.
+    pub cold_starts: u64,
     pub per_second: f64,
     pub latency: Latency,
     pub first_error: Option<String>,
@@ -239,13 +242,14 @@ pub fn table(f: &Figures) -> String {
         &f.fnmesh_sync_c1,
     );
     out += &format!(
-        "\nthroughput at concurrency {} for {:.1} s: {} succeeded, {} errors\n\
+        "\nthroughput at concurrency {} for {:.1} s: {} succeeded ({} cold starts), {} errors\n\
          {:<48} {:>6} {:>9.0} {:>9.0}\n\
          fnmesh sync invoke                               {:>9.0} invocations/s   \
          (target ≥ {TARGET_THROUGHPUT:.0}/s: {:.2}x of it)\n",
         t.concurrency,
         t.duration_s,
         t.succeeded,
+        t.cold_starts,
         t.errors,
         format!("latency at c={} (µs)", t.concurrency),
         t.latency.n,
@@ -481,10 +485,12 @@ async fn measure_mesh(
     let c1 = sequential(args.requests, || api.invoke()).await?;
 
     eprintln!(
-        "warming {} sandboxes for {} s…",
-        args.concurrency, args.warmup_secs
+        "warming sandboxes at concurrency {} (at least {} s, until {} s pass without a cold start)…",
+        args.concurrency,
+        args.warmup_secs,
+        WARM_QUIET.as_secs()
     );
-    let _ = concurrent(
+    warm_up(
         &api,
         args.concurrency,
         Duration::from_secs(args.warmup_secs),
@@ -512,6 +518,45 @@ async fn measure_mesh(
     Ok((c1, throughput))
 }
 
+/// How long the warm-up must go without a cold start before it ends.
+const WARM_QUIET: Duration = Duration::from_secs(2);
+/// The longest warm-up.
+const WARM_MAX: Duration = Duration::from_secs(60);
+
+/// `concurrency` workers invoking back to back for at least `min`, until [`WARM_QUIET`] has
+/// passed without a cold start (at most [`WARM_MAX`]): the pool then holds the sandboxes this
+/// concurrency needs, so the measured run does not pay for creating them (64 sandboxes created
+/// at once take seconds on 2 cores).
+async fn warm_up(api: &Api, concurrency: usize, min: Duration) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let started = Instant::now();
+    // Milliseconds after `started` of the last cold start seen.
+    let last_cold = Arc::new(AtomicU64::new(0));
+    let done = move |last_cold: &AtomicU64| {
+        let elapsed = started.elapsed();
+        let since_cold =
+            elapsed.saturating_sub(Duration::from_millis(last_cold.load(Ordering::Relaxed)));
+        elapsed >= WARM_MAX || (elapsed >= min && since_cold >= WARM_QUIET)
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let api = api.clone();
+        let last_cold = last_cold.clone();
+        tasks.spawn(async move {
+            while !done(&last_cold) {
+                if let Ok(true) = api.invoke_reporting_cold_start().await {
+                    let at = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    last_cold.fetch_max(at, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    if started.elapsed() >= WARM_MAX {
+        eprintln!("  the warm-up still saw cold starts after {WARM_MAX:?}");
+    }
+}
+
 /// `concurrency` workers invoking back to back until `duration` has passed.
 async fn concurrent(api: &Api, concurrency: usize, duration: Duration) -> Throughput {
     let started = Instant::now();
@@ -522,28 +567,34 @@ async fn concurrent(api: &Api, concurrency: usize, duration: Duration) -> Throug
         tasks.spawn(async move {
             let mut samples = Vec::new();
             let mut errors = 0u64;
+            let mut cold = 0u64;
             let mut first_error = None;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                match api.invoke().await {
-                    Ok(()) => samples.push(t.elapsed()),
+                match api.invoke_reporting_cold_start().await {
+                    Ok(was_cold) => {
+                        samples.push(t.elapsed());
+                        cold += u64::from(was_cold);
+                    }
                     Err(e) => {
                         errors += 1;
                         first_error.get_or_insert_with(|| format!("{e:#}"));
                     }
                 }
             }
-            (samples, errors, first_error)
+            (samples, errors, cold, first_error)
         });
     }
     let mut samples = Vec::new();
     let mut errors = 0;
+    let mut cold_starts = 0;
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((s, e, f)) => {
+            Ok((s, e, c, f)) => {
                 samples.extend(s);
                 errors += e;
+                cold_starts += c;
                 if first_error.is_none() {
                     first_error = f;
                 }
@@ -561,6 +612,7 @@ async fn concurrent(api: &Api, concurrency: usize, duration: Duration) -> Throug
         duration_s: elapsed,
         succeeded,
         errors,
+        cold_starts,
         per_second: succeeded as f64 / elapsed.max(1e-9),
         latency: Latency::of(samples),
         first_error,
@@ -612,6 +664,11 @@ impl Api {
 
     /// One sync invoke that must succeed and echo the payload.
     async fn invoke(&self) -> Result<()> {
+        self.invoke_reporting_cold_start().await.map(|_| ())
+    }
+
+    /// Invokes once; whether the call needed a new sandbox.
+    async fn invoke_reporting_cold_start(&self) -> Result<bool> {
         let resp = self
             .http
             .post(format!("{}/v1/functions/{FUNCTION}/invoke", self.base))
@@ -632,7 +689,7 @@ impl Api {
         if result["status"] != "succeeded" || result["result"]["n"] != 42 {
             bail!("invocation did not succeed: {result}");
         }
-        Ok(())
+        Ok(result["metrics"]["cold_start"] == true)
     }
 }
 
