@@ -82,6 +82,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a server may hold a fetch of a consumer at its max_ack_pending.
 const FETCH_EXPIRY: Duration = Duration::from_millis(20);
 
+/// How long a fetch waits for the server's answer before it is taken as empty (see
+/// `fetch_now`): far past FETCH_EXPIRY, so a delivery made before the request expired has
+/// arrived by then even on a busy node.
+const FETCH_ANSWER: Duration = Duration::from_millis(500);
+
 /// Hint payload prefixes: new work on a consumer, or a delivery of it settled.
 const HINT_WORK: &str = "w:";
 const HINT_FREED: &str = "f:";
@@ -498,13 +503,21 @@ impl JetStreamBus {
                 (name, generation)
             };
             let started = Instant::now();
-            let got = match self.consumer(&name).await {
-                Ok(c) => fetch_now(&c).await,
-                Err(e) => Err(e),
+            let (got, held) = match self.consumer(&name).await {
+                Ok(mut c) => {
+                    let got = fetch_now(&c).await;
+                    // An empty answer that took the whole expiry: the server may have held the
+                    // request because the consumer is at its max_ack_pending, or this process
+                    // was just slow (a busy node on a small machine). Only the consumer's
+                    // counts tell; a consumer wrongly marked capped would ignore work hints
+                    // until the next sweep.
+                    let held = matches!(got, Ok(None))
+                        && started.elapsed() >= FETCH_EXPIRY
+                        && at_cap(&mut c).await;
+                    (got, held)
+                }
+                Err(e) => (Err(e), false),
             };
-            // An empty answer that took the whole expiry: the server held the request
-            // because the consumer is at its max_ack_pending.
-            let held = started.elapsed() >= FETCH_EXPIRY;
             let mut ring = self.ring();
             match got {
                 Ok(Some(message)) => {
@@ -517,7 +530,7 @@ impl JetStreamBus {
                         tracing::debug!(consumer = %name, error = %e, "fetch failed; consumer cooled");
                         ring.known.remove(&name);
                     }
-                    if matches!(got, Ok(None)) && held {
+                    if held {
                         ring.capped.insert(name.clone());
                     }
                     if ring.hot.get(&name) == Some(&generation) {
@@ -698,10 +711,34 @@ async fn fetch_now(
         .messages()
         .await
         .map_err(|e| backend("fetching an invocation", e))?;
-    match batch.next().await {
-        None => Ok(None),
-        Some(Ok(message)) => Ok(Some(message)),
-        Some(Err(e)) => Err(backend("fetching an invocation", e)),
+    // The server answers within the expiry (a message, "no messages" or "request timeout"),
+    // but nats-server 2.9 sometimes answers a held request late or not at all, and
+    // async-nats then waits expiry + 5 s. Past FETCH_ANSWER the request has expired on the
+    // server, which no longer delivers to it: give up on it as an empty answer.
+    match tokio::time::timeout(FETCH_ANSWER, batch.next()).await {
+        Err(_) => {
+            tracing::debug!("a fetch got no answer in time; treated as empty");
+            Ok(None)
+        }
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(message))) => Ok(Some(message)),
+        Ok(Some(Err(e))) => Err(backend("fetching an invocation", e)),
+    }
+}
+
+/// Whether `consumer` has as many deliveries pending acknowledgement as its max_ack_pending
+/// allows (true when its info cannot be read: the cautious answer, undone by the next sweep).
+async fn at_cap(consumer: &mut consumer::PullConsumer) -> bool {
+    match consumer.info().await {
+        Ok(info) => {
+            info.config.max_ack_pending > 0
+                && i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX)
+                    >= info.config.max_ack_pending
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "reading a work consumer's counts failed");
+            true
+        }
     }
 }
 
