@@ -243,6 +243,29 @@ impl AuditLog {
         );
     }
 
+    /// Records the call `slot` noted, when its classification and status say so.
+    async fn record_noted(
+        &self,
+        slot: &Slot,
+        classified: &Classified,
+        status: u16,
+        source: Option<&str>,
+    ) {
+        if !recorded(classified, status) {
+            return;
+        }
+        let noted = std::mem::take(&mut *slot.lock().unwrap_or_else(|poison| poison.into_inner()));
+        let entry = AuditEntry::new(
+            noted.actor.as_deref().unwrap_or(ANONYMOUS),
+            noted.namespace,
+            &classified.action,
+            noted.target.as_deref().or(classified.target.as_deref()),
+            status,
+            source,
+        );
+        self.record(entry).await;
+    }
+
     /// Runs `call`, a request that did not arrive over HTTP (a NATS request), with a fresh slot
     /// for [`note_principal`] / [`note_target`], and records it like an HTTP call of the same
     /// `classified` action when `status_of` its outcome says so (e.g. an auth failure).
@@ -259,19 +282,8 @@ impl AuditLog {
         let slot: Slot = Arc::default();
         let output = CALL.scope(slot.clone(), call).await;
         let status = status_of(&output);
-        if recorded(classified, status) {
-            let noted =
-                std::mem::take(&mut *slot.lock().unwrap_or_else(|poison| poison.into_inner()));
-            let entry = AuditEntry::new(
-                noted.actor.as_deref().unwrap_or(ANONYMOUS),
-                noted.namespace,
-                &classified.action,
-                noted.target.as_deref().or(classified.target.as_deref()),
-                status,
-                Some(source),
-            );
-            self.record(entry).await;
-        }
+        self.record_noted(&slot, classified, status, Some(source))
+            .await;
         output
     }
 
@@ -308,21 +320,8 @@ impl AuditLog {
             async move {
                 let response = CALL.scope(slot.clone(), call).await?;
                 let status = response.status().as_u16();
-                let classified = classify(&method, &path);
-                if recorded(&classified, status) {
-                    let noted = std::mem::take(
-                        &mut *slot.lock().unwrap_or_else(|poison| poison.into_inner()),
-                    );
-                    let entry = AuditEntry::new(
-                        noted.actor.as_deref().unwrap_or(ANONYMOUS),
-                        noted.namespace,
-                        &classified.action,
-                        noted.target.as_deref().or(classified.target.as_deref()),
-                        status,
-                        source.as_deref(),
-                    );
-                    log.record(entry).await;
-                }
+                log.record_noted(&slot, &classify(&method, &path), status, source.as_deref())
+                    .await;
                 Ok(response)
             }
         })
