@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use fnmesh_shared::metrics::Registry;
 use hyper::server::conn::{AddrIncoming, AddrStream};
+use hyper::service::Service as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::audit;
 use crate::config::GatewayConfig;
@@ -131,11 +133,14 @@ impl Gateway {
         let followers = state.clone();
         let filter = routes::api(state);
         // Counts requests being handled, so the drain knows when only idle connections remain.
-        let in_flight = InFlight::default();
+        let in_flight = TaskTracker::new();
         let tracker = in_flight.clone();
         let make_service = hyper::service::make_service_fn(move |conn: &AddrStream| {
             let service = audit.service(warp::service(filter.clone()), Some(conn.remote_addr()));
-            let service = tracker.track(service);
+            let tracker = tracker.clone();
+            let service = hyper::service::service_fn(move |req| {
+                tracker.track_future(service.clone().call(req))
+            });
             async move { Ok::<_, Infallible>(service) }
         });
         let signal = shutdown.clone();
@@ -190,105 +195,24 @@ const FLUSH_GRACE: Duration = Duration::from_millis(500);
 /// leave such connections behind when they race a new connection against an idle one), until
 /// the header-read timeout; those are dropped instead. A request that arrives meanwhile is
 /// waited for too. The caller bounds the whole by the drain timeout.
-async fn drain<F>(server: &mut std::pin::Pin<&mut F>, in_flight: &InFlight) -> hyper::Result<()>
+async fn drain<F>(server: &mut std::pin::Pin<&mut F>, in_flight: &TaskTracker) -> hyper::Result<()>
 where
     F: std::future::Future<Output = hyper::Result<()>>,
 {
+    // Closed, `wait` resolves whenever no request is in flight.
+    in_flight.close();
     loop {
         tokio::select! {
             result = server.as_mut() => return result,
-            () = in_flight.idle() => {}
+            () = in_flight.wait() => {}
         }
         match tokio::time::timeout(FLUSH_GRACE, server.as_mut()).await {
             Ok(result) => return result,
-            Err(_) if in_flight.count() == 0 => {
+            Err(_) if in_flight.is_empty() => {
                 tracing::debug!("drained; closing connections that sent no request");
                 return Ok(());
             }
             Err(_) => {}
         }
-    }
-}
-
-/// Requests being handled right now.
-#[derive(Clone, Default)]
-struct InFlight {
-    inner: Arc<InFlightInner>,
-}
-
-#[derive(Default)]
-struct InFlightInner {
-    count: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-/// Held while one request is handled.
-struct InFlightGuard(Arc<InFlightInner>);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        if self
-            .0
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-            == 1
-        {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-impl InFlight {
-    fn count(&self) -> usize {
-        self.inner.count.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Resolves when no request is in flight.
-    async fn idle(&self) {
-        loop {
-            // Registered before the check, so a wake-up between the two is not missed.
-            let notified = self.inner.idle.notified();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// `service`, counting each call from its start to its response.
-    fn track<S>(
-        &self,
-        service: S,
-    ) -> impl hyper::service::Service<
-        hyper::Request<hyper::Body>,
-        Response = hyper::Response<hyper::Body>,
-        Error = Infallible,
-        Future = impl std::future::Future<Output = Result<hyper::Response<hyper::Body>, Infallible>>
-                     + Send,
-    > + Clone
-           + Send
-    where
-        S: hyper::service::Service<
-                hyper::Request<hyper::Body>,
-                Response = hyper::Response<hyper::Body>,
-                Error = Infallible,
-            > + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        let inner = self.inner.clone();
-        hyper::service::service_fn(move |req: hyper::Request<hyper::Body>| {
-            inner
-                .count
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            let guard = InFlightGuard(inner.clone());
-            let call = service.clone().call(req);
-            async move {
-                let response = call.await;
-                drop(guard);
-                response
-            }
-        })
     }
 }
