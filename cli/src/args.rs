@@ -136,6 +136,10 @@ pub struct DeliveryArgs {
     /// Attempts of an invocation before it is dead-lettered.
     #[arg(long, env = "FNMESH_MAX_DELIVER", default_value_t = 3)]
     pub max_deliver: u32,
+    /// Node events the event stream keeps (not yet recorded) at most; when it is full, nodes
+    /// hold their results and retry until the recorders catch up.
+    #[arg(long, env = "FNMESH_EVENT_CAPACITY", default_value_t = 100_000)]
+    pub event_capacity: usize,
 }
 
 impl DeliveryArgs {
@@ -144,6 +148,7 @@ impl DeliveryArgs {
         fnmesh_shared::bus::BusConfig {
             ack_wait: std::time::Duration::from_secs(self.ack_wait_secs.max(1)),
             max_deliver: self.max_deliver.clamp(1, 100),
+            event_capacity: self.event_capacity.max(1),
             ..fnmesh_shared::bus::BusConfig::default()
         }
     }

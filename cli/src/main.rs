@@ -103,6 +103,7 @@ const DIRECT_ENV_VARS: &[&str] = &[
     fnmesh_shared::code::s3::ENV_PATH_STYLE,
     fnmesh_shared::code::s3::ENV_ACCESS_KEY_ID,
     fnmesh_shared::code::s3::ENV_SECRET_ACCESS_KEY,
+    fnmesh_shared::nats::server::ENV_SERVER_BINARY,
 ];
 
 /// Every environment variable the binary reads: the `env` twins of all flags of all commands,

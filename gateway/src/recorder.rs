@@ -1,12 +1,11 @@
 //! The recorder: persists what nodes report.
 //!
 //! Two loops, both stopped by the shutdown token:
-//! - node events, in batches (up to [`BATCH_MAX`] events: the first pulled, then whatever
-//!   else arrives within [`BATCH_GATHER`]): `Started` marks records `running` (attempt, node,
-//!   start time) and `Retrying` marks them `queued` again with the failed attempt's error,
-//!   with one batched update; `Finished` writes the final records with one
-//!   batched update and their logs with one batched write. Then each event is acked, or
-//!   nak'ed on a store error so it comes back. The store fences stale updates, so replays are
+//! - node events, in batches (one pull: the first event, and every other one ready by then,
+//!   up to [`BATCH_MAX`]; so batches grow with the backlog, and a lone event is not held
+//!   back), recorded by [`record_events`] with a fixed number of store calls per batch (reads
+//!   first, then only the writes that change something). Then each event is acked, or nak'ed
+//!   on a store error so it comes back. The store fences stale updates, so replays are
 //!   harmless.
 //! - dead letters: an invocation whose attempts ran out is stored as a dead letter (payload,
 //!   attempts, last error) and its record becomes `dead_lettered`.
@@ -14,6 +13,7 @@
 //! Bus errors back off exponentially (100 ms to 5 s). Recorded results and dead letters are
 //! counted in the gateway's metrics ([`crate::metrics`]) when it has them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +21,9 @@ use chrono::Utc;
 use fnmesh_shared::bus::{Acker, Bus, DeadLetter, EventDelivery};
 use fnmesh_shared::store::{MetadataStore, StoreError};
 use fnmesh_shared::{
-    DeadLetterRecord, InvocationId, InvocationLogs, InvocationOutcome, InvocationResult,
-    InvocationStatus, NodeEvent,
+    DeadLetterRecord, InvocationId, InvocationLogs, InvocationResult, InvocationStatus, Namespace,
+    NodeEvent,
 };
-use futures::future::BoxFuture;
-use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::GatewayMetrics;
@@ -36,10 +34,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const PULL_WAIT: Duration = Duration::from_secs(1);
 /// Node events recorded together at most.
 pub const BATCH_MAX: usize = 256;
-/// After the first event of a batch, how long the batch takes in events already arriving.
-pub const BATCH_GATHER: Duration = Duration::from_millis(5);
-/// Concurrent record reads while preparing a batch.
-const READ_CONCURRENCY: usize = 16;
 /// Delay before a nak'ed event comes back.
 const NAK_DELAY: Duration = Duration::from_secs(1);
 /// Tries to record one dead letter (they cannot be redelivered).
@@ -85,15 +79,15 @@ impl Recorder {
         loop {
             let pulled = tokio::select! {
                 _ = shutdown.cancelled() => return self.drain_events().await,
-                pulled = self.bus.pull_event(PULL_WAIT) => pulled,
+                pulled = self.bus.pull_events(BATCH_MAX, PULL_WAIT) => pulled,
             };
             match pulled {
-                Ok(Some(delivery)) => {
+                Ok(batch) => {
                     backoff = BACKOFF_MIN;
-                    let batch = self.gather(delivery).await;
-                    self.handle_events(batch).await;
+                    if !batch.is_empty() {
+                        self.handle_events(batch).await;
+                    }
                 }
-                Ok(None) => backoff = BACKOFF_MIN,
                 Err(e) => {
                     tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "pulling node events failed");
                     if !sleep(&shutdown, backoff).await {
@@ -110,68 +104,23 @@ impl Recorder {
     async fn drain_events(&self) {
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while tokio::time::Instant::now() < deadline {
-            match self.bus.pull_event(Duration::ZERO).await {
-                Ok(Some(delivery)) => {
-                    let batch = self.gather(delivery).await;
-                    self.handle_events(batch).await;
-                }
-                Ok(None) | Err(_) => return,
+            match self.bus.pull_events(BATCH_MAX, Duration::ZERO).await {
+                Ok(batch) if !batch.is_empty() => self.handle_events(batch).await,
+                Ok(_) | Err(_) => return,
             }
         }
         tracing::warn!("recorder drain timed out; unrecorded events stay on the bus");
     }
 
-    /// `first`, plus the events that arrive within [`BATCH_GATHER`], up to [`BATCH_MAX`].
-    async fn gather(&self, first: EventDelivery) -> Vec<EventDelivery> {
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + BATCH_GATHER;
-        while batch.len() < BATCH_MAX {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match self.bus.pull_event(left).await {
-                Ok(Some(delivery)) => batch.push(delivery),
-                Ok(None) => break,
-                Err(e) => {
-                    // The main loop's next pull reports and backs off if it persists.
-                    tracing::debug!(error = %e, "pulling more node events for a batch failed");
-                    break;
-                }
-            }
-        }
-        batch
-    }
-
-    /// Records a batch of events (`Started` ones, then `Finished` ones, each kind with one
-    /// batched update), then settles each event.
+    /// Records a batch of events ([`record_events`]), then settles each event.
     async fn handle_events(&self, batch: Vec<EventDelivery>) {
         let (events, ackers): (Vec<NodeEvent>, Vec<Box<dyn Acker>>) =
             batch.into_iter().map(|d| (d.event, d.acker)).unzip();
-        let store = self.store.as_ref();
-        let mut settled = record_starts(store, &events).await;
-        let mut finished_at = Vec::new();
-        let mut outcomes = Vec::new();
-        for (i, event) in events.into_iter().enumerate() {
-            if let NodeEvent::Finished(outcome) = event {
-                finished_at.push(i);
-                outcomes.push(*outcome);
-            }
-        }
-        if !outcomes.is_empty() {
-            match record_outcomes(store, &outcomes).await {
-                Ok(()) => {
-                    if let Some(metrics) = &self.metrics {
-                        for outcome in &outcomes {
-                            metrics.observe_result(&outcome.result);
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, batch.size = outcomes.len(), "recording finished invocations failed; they will be redelivered");
-                    for i in finished_at {
-                        settled[i] = false;
-                    }
+        let settled = record_events(self.store.as_ref(), &events).await;
+        if let Some(metrics) = &self.metrics {
+            for (event, &done) in events.iter().zip(&settled) {
+                if let (NodeEvent::Finished(outcome), true) = (event, done) {
+                    metrics.observe_result(&outcome.result);
                 }
             }
         }
@@ -239,42 +188,175 @@ impl Recorder {
     }
 }
 
-/// Marks records `running` for `Started` events (other events are ignored), with one batched
-/// update. Returns, per event, whether it is settled (`false`: a store error, redeliver it).
-/// Events of unknown invocations are dropped (settled) with a warning.
-pub async fn record_starts(store: &dyn MetadataStore, events: &[NodeEvent]) -> Vec<bool> {
-    // At most READ_CONCURRENCY reads at a time. (Boxed futures collected before the await:
-    // a lazy stream adaptor here would make the recorder task's future not `Send`.)
-    let mut reads = Vec::with_capacity(events.len());
-    for chunk in events.chunks(READ_CONCURRENCY) {
-        let pending: Vec<BoxFuture<'_, _>> = chunk
-            .iter()
-            .map(|event| read_start(store, event).boxed())
-            .collect();
-        reads.extend(futures::future::join_all(pending).await);
-    }
-
+/// Records a batch of node events. Returns, per event, whether it is settled (`false`: a
+/// store error, redeliver it). Events of unknown invocations are dropped (settled) with a
+/// warning.
+///
+/// The store's fencing decides, but the recorder reads every record the batch touches first
+/// (one `get_invocations`) and writes only what would change something:
+/// - `Started` marks a record `running` (attempt, node, start time), `Retrying` marks it
+///   `queued` again with the failed attempt's error: one batched update of those the fence
+///   would take;
+/// - `Finished` writes the final record (one batched update of those the fence would take)
+///   and, for each one that is (now) the stored result, its logs (one batched write), unless
+///   they are stored already: a replayed outcome, or one the sync handler wrote itself, costs
+///   two reads and no write.
+pub async fn record_events(store: &dyn MetadataStore, events: &[NodeEvent]) -> Vec<bool> {
     let mut settled = vec![true; events.len()];
-    let mut updates = Vec::new();
-    let mut update_of = Vec::new();
-    for (i, read) in reads.into_iter().enumerate() {
-        match read {
-            Ok(Some(record)) => {
-                updates.push(record);
-                update_of.push(i);
+    if events.is_empty() {
+        return settled;
+    }
+    let keys: Vec<(Namespace, InvocationId)> = events
+        .iter()
+        .map(|e| (e.namespace().clone(), e.invocation_id()))
+        .collect();
+    let mut current: HashMap<InvocationId, InvocationResult> = match store
+        .get_invocations(&keys)
+        .await
+    {
+        Ok(records) => records.into_iter().flatten().map(|r| (r.id, r)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, batch.size = events.len(), "reading the records of node events failed; they will be redelivered");
+            return vec![false; events.len()];
+        }
+    };
+
+    // Starts and retries.
+    let mut starts = Vec::new();
+    let mut start_of = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        if matches!(event, NodeEvent::Finished(_)) {
+            continue;
+        }
+        let Some(record) = current.get(&event.invocation_id()) else {
+            tracing::warn!(invocation.id = %event.invocation_id(), "event for an unknown invocation; dropped");
+            continue;
+        };
+        let update = started_record(record.clone(), event);
+        if would_apply(record, &update) {
+            starts.push(update);
+            start_of.push(i);
+        }
+    }
+    if !starts.is_empty() {
+        match store.update_invocations(&starts).await {
+            Ok(applied) => {
+                for (update, applied) in starts.into_iter().zip(applied) {
+                    if applied {
+                        current.insert(update.id, update);
+                    }
+                }
             }
-            Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "reading a started invocation failed; it will be redelivered");
-                settled[i] = false;
+                tracing::warn!(error = %e, batch.size = start_of.len(), "recording started invocations failed; they will be redelivered");
+                for i in start_of {
+                    settled[i] = false;
+                }
             }
         }
     }
-    if !updates.is_empty() {
-        // Fenced: a start that lost to a later or finished attempt is simply not applied.
-        if let Err(e) = store.update_invocations(&updates).await {
-            tracing::warn!(error = %e, batch.size = updates.len(), "recording started invocations failed; they will be redelivered");
-            for i in update_of {
+
+    // Outcomes.
+    let mut finals = Vec::new();
+    let mut final_of = Vec::new();
+    // Outcomes whose record holds this very result: their logs are written if missing.
+    let mut held = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let NodeEvent::Finished(outcome) = event else {
+            continue;
+        };
+        let result = &outcome.result;
+        match current.get(&result.id) {
+            None => {
+                tracing::warn!(invocation.id = %result.id, "outcome of an unknown invocation; dropped");
+            }
+            Some(record) if would_apply(record, result) => {
+                finals.push(result.clone());
+                final_of.push(i);
+            }
+            Some(record) if holds(record, result) => held.push(i),
+            // A stale attempt: neither its record nor its logs.
+            Some(_) => {}
+        }
+    }
+    let mut write_logs = Vec::new();
+    if !finals.is_empty() {
+        match store.update_invocations(&finals).await {
+            Ok(applied) => {
+                let mut raced = Vec::new();
+                for (i, applied) in final_of.into_iter().zip(applied) {
+                    if applied {
+                        write_logs.push(i);
+                    } else {
+                        raced.push(i);
+                    }
+                }
+                // Fenced off by a write since the read: read again to tell a replay of the
+                // stored result from a stale attempt.
+                if !raced.is_empty() {
+                    let raced_keys: Vec<_> =
+                        raced.iter().filter_map(|&i| keys.get(i).cloned()).collect();
+                    match store.get_invocations(&raced_keys).await {
+                        Ok(records) => {
+                            for (i, record) in raced.into_iter().zip(records) {
+                                let holds_it = match (record, events.get(i)) {
+                                    (Some(record), Some(NodeEvent::Finished(o))) => {
+                                        holds(&record, &o.result)
+                                    }
+                                    _ => false,
+                                };
+                                if holds_it {
+                                    held.push(i);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "re-reading fenced outcomes failed; they will be redelivered");
+                            for i in raced {
+                                settled[i] = false;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, batch.size = final_of.len(), "recording finished invocations failed; they will be redelivered");
+                for i in final_of {
+                    settled[i] = false;
+                }
+            }
+        }
+    }
+    if !held.is_empty() {
+        let held_keys: Vec<_> = held.iter().filter_map(|&i| keys.get(i).cloned()).collect();
+        match store.logs_stored(&held_keys).await {
+            Ok(stored) => {
+                write_logs.extend(
+                    held.into_iter()
+                        .zip(stored)
+                        .filter(|(_, s)| !s)
+                        .map(|(i, _)| i),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checking stored logs failed; the outcomes will be redelivered");
+                for i in held {
+                    settled[i] = false;
+                }
+            }
+        }
+    }
+    let logs: Vec<(InvocationId, InvocationLogs)> = write_logs
+        .iter()
+        .filter_map(|&i| match events.get(i) {
+            Some(NodeEvent::Finished(outcome)) => Some((outcome.result.id, outcome.logs.clone())),
+            _ => None,
+        })
+        .collect();
+    if !logs.is_empty() {
+        if let Err(e) = store.put_logs_batch(&logs).await {
+            tracing::warn!(error = %e, batch.size = logs.len(), "recording logs failed; the outcomes will be redelivered");
+            for i in write_logs {
                 settled[i] = false;
             }
         }
@@ -282,23 +364,26 @@ pub async fn record_starts(store: &dyn MetadataStore, events: &[NodeEvent]) -> V
     settled
 }
 
-/// The record update for a `Started` event (`running`, with attempt, node and start time) or
-/// a `Retrying` one (`queued` again, with the failed attempt's error kept as the last error);
-/// `None` if the invocation is unknown (warned) or the event is neither.
-async fn read_start(
-    store: &dyn MetadataStore,
-    event: &NodeEvent,
-) -> Result<Option<InvocationResult>, StoreError> {
-    let (namespace, id) = match event {
-        NodeEvent::Started { namespace, id, .. } | NodeEvent::Retrying { namespace, id, .. } => {
-            (namespace, id)
-        }
-        NodeEvent::Finished(_) => return Ok(None),
-    };
-    let Some(mut record) = store.get_invocation(namespace, id).await? else {
-        tracing::warn!(invocation.id = %id, "event for an unknown invocation; dropped");
-        return Ok(None);
-    };
+/// Whether the store's fencing would apply `update` over `stored` (see
+/// [`MetadataStore::update_invocation`]): over a terminal record only a higher attempt; over
+/// another, the same or a higher attempt, or a lower one that brings a terminal result. The
+/// store decides; this only spares writes that would change nothing.
+fn would_apply(stored: &InvocationResult, update: &InvocationResult) -> bool {
+    if stored.status.is_terminal() {
+        update.attempt > stored.attempt
+    } else {
+        update.attempt >= stored.attempt || update.status.is_terminal()
+    }
+}
+
+/// Whether `stored` is the record `result` left (same attempt, same status).
+fn holds(stored: &InvocationResult, result: &InvocationResult) -> bool {
+    stored.attempt == result.attempt && stored.status == result.status
+}
+
+/// `record` as a `Started` event leaves it (`running`, with attempt, node and start time) or a
+/// `Retrying` one (`queued` again, with the failed attempt's error kept as the last error).
+fn started_record(mut record: InvocationResult, event: &NodeEvent) -> InvocationResult {
     match event {
         NodeEvent::Started {
             attempt,
@@ -322,44 +407,9 @@ async fn read_start(
             record.node_id = Some(node_id.clone());
             record.error = Some(error.clone());
         }
-        NodeEvent::Finished(_) => return Ok(None),
+        NodeEvent::Finished(_) => {}
     }
-    Ok(Some(record))
-}
-
-/// Writes final records with one batched update and, for each one that is (now) the stored
-/// result, its logs with one batched write. Outcomes of unknown invocations are dropped with a
-/// warning. An error means none is known to be fully recorded: redeliver them all (replays
-/// are fenced, and re-write the logs of an applied outcome).
-pub async fn record_outcomes(
-    store: &dyn MetadataStore,
-    outcomes: &[InvocationOutcome],
-) -> Result<(), StoreError> {
-    let results: Vec<InvocationResult> = outcomes.iter().map(|o| o.result.clone()).collect();
-    let applied = store.update_invocations(&results).await?;
-    let mut logs: Vec<(InvocationId, InvocationLogs)> = Vec::with_capacity(outcomes.len());
-    for (outcome, applied) in outcomes.iter().zip(applied) {
-        let result = &outcome.result;
-        let current = if applied {
-            true
-        } else {
-            // Replays of the applied outcome still (re)write its logs; stale attempts do not.
-            match store.get_invocation(&result.namespace, &result.id).await? {
-                Some(r) => r.attempt == result.attempt && r.status == result.status,
-                None => {
-                    tracing::warn!(invocation.id = %result.id, "outcome of an unknown invocation; dropped");
-                    false
-                }
-            }
-        };
-        if current {
-            logs.push((result.id, outcome.logs.clone()));
-        }
-    }
-    if !logs.is_empty() {
-        store.put_logs_batch(&logs).await?;
-    }
-    Ok(())
+    record
 }
 
 /// Dead-letters an invocation whose attempts ran out: stores its [`DeadLetterRecord`] (the

@@ -332,3 +332,125 @@ async fn the_recorder_dead_letters_invocations_whose_attempts_ran_out() {
     assert_eq!(record.body["attempt"], 1);
     assert!(record.body["completed_at"].is_string());
 }
+
+/// `record_events` on a batch that mixes fresh events, replays, stale attempts and outcomes
+/// the sync handler already wrote: every event is settled; a fresh start and outcome are
+/// applied with their logs; an outcome whose record is already written gets its missing logs
+/// and nothing else; stored logs are not rewritten by a replay; a stale attempt changes
+/// neither record nor logs; an unknown invocation is dropped.
+#[tokio::test]
+async fn recording_a_batch_writes_only_what_changes_something() {
+    use fnmesh_gateway::recorder::record_events;
+
+    let app = TestApp::start().await;
+    app.create_function("hello").await;
+    // Three accepted invocations, and their requests as a node would get them.
+    let mut requests = Vec::new();
+    for i in 0..3 {
+        let r = app
+            .post_json("/v1/functions/hello/invoke?async=true", &json!({"i": i}))
+            .await;
+        assert_eq!(r.status, 202);
+        let delivery = app
+            .bus
+            .pull_invocation(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        requests.push(delivery.request);
+    }
+    let ns = Namespace::default_ns();
+    let outcome = |request: &fnmesh_shared::InvocationRequest, attempt: u32, text: &str| {
+        let mut result = fnmesh_shared::InvocationResult::queued(request);
+        result.status = InvocationStatus::Succeeded;
+        result.result = Some(json!(attempt));
+        result.attempt = attempt;
+        result.completed_at = Some(Utc::now());
+        NodeEvent::Finished(Box::new(InvocationOutcome {
+            result,
+            logs: InvocationLogs {
+                text: text.into(),
+                truncated: false,
+            },
+        }))
+    };
+    let started = |request: &fnmesh_shared::InvocationRequest, attempt: u32| NodeEvent::Started {
+        id: request.id,
+        namespace: ns.clone(),
+        attempt,
+        node_id: "n1".into(),
+        started_at: Utc::now(),
+    };
+    let (fresh, written, stale) = (&requests[0], &requests[1], &requests[2]);
+    // `written`: its outcome was written by the sync handler, but not its logs.
+    let NodeEvent::Finished(done) = outcome(written, 1, "written") else {
+        unreachable!()
+    };
+    assert!(app.store.update_invocation(&done.result).await.unwrap());
+    // `stale`: attempt 2 finished and is fully recorded.
+    assert_eq!(
+        record_events(app.store.as_ref(), &[outcome(stale, 2, "second")]).await,
+        vec![true]
+    );
+
+    let unknown = fnmesh_shared::InvocationRequest {
+        id: InvocationId::new(),
+        ..fresh.clone()
+    };
+    let batch = vec![
+        started(fresh, 1),
+        outcome(fresh, 1, "fresh"),
+        started(written, 1),
+        outcome(written, 1, "written"),
+        outcome(stale, 1, "first"),
+        started(stale, 1),
+        outcome(stale, 2, "second, replayed"),
+        outcome(&unknown, 1, "nobody"),
+    ];
+    assert_eq!(
+        record_events(app.store.as_ref(), &batch).await,
+        vec![true; batch.len()],
+        "every event is settled"
+    );
+
+    let record = |id| {
+        let store = app.store.clone();
+        let ns = ns.clone();
+        async move { store.get_invocation(&ns, &id).await.unwrap().unwrap() }
+    };
+    let logs = |id| {
+        let store = app.store.clone();
+        let ns = ns.clone();
+        async move { store.get_logs(&ns, &id).await.unwrap().map(|l| l.text) }
+    };
+    let r = record(fresh.id).await;
+    assert_eq!(
+        (r.status, r.attempt),
+        (InvocationStatus::Succeeded, 1),
+        "a fresh outcome is applied"
+    );
+    assert_eq!(
+        r.node_id, None,
+        "the outcome's record is what the node sent"
+    );
+    assert_eq!(logs(fresh.id).await.as_deref(), Some("fresh"));
+    let r = record(written.id).await;
+    assert_eq!(r, done.result, "a start after the outcome changes nothing");
+    assert_eq!(
+        logs(written.id).await.as_deref(),
+        Some("written"),
+        "the missing logs of a written outcome are written"
+    );
+    let r = record(stale.id).await;
+    assert_eq!((r.status, r.attempt), (InvocationStatus::Succeeded, 2));
+    assert_eq!(
+        logs(stale.id).await.as_deref(),
+        Some("second"),
+        "neither a stale attempt nor a replay rewrites stored logs"
+    );
+    assert_eq!(
+        app.store.get_invocation(&ns, &unknown.id).await.unwrap(),
+        None,
+        "an outcome of an unknown invocation is dropped"
+    );
+}

@@ -3,8 +3,10 @@
 //!
 //! Ordering per delivery: `Started` event → execute (with `in_progress` heartbeats so a long
 //! invocation is not redelivered) → reply (sync calls) → `Finished` event (durable) → ack.
-//! If the `Finished` event cannot be published the delivery is nak'ed: running it again is
-//! better than losing it.
+//! If the `Finished` event cannot be published (the event stream is full or unreachable) it is
+//! retried with backoff, the delivery kept alive, until it is published or the node shuts
+//! down (then the delivery is redelivered after its ack wait): a result is never dropped, and
+//! work that ran is not run again just because its result could not be reported yet.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -250,11 +252,7 @@ impl Worker {
         let exec = self.executor.execute(job);
         tokio::pin!(exec);
         // Well within the bus's ack wait, so a long invocation is never redelivered.
-        let interval = self
-            .config
-            .progress_interval
-            .min(self.bus.ack_wait() / 3)
-            .max(Duration::from_millis(50));
+        let interval = self.progress_interval();
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.tick().await;
         let outcome = loop {
@@ -360,8 +358,15 @@ impl Worker {
             }
         }
         let event = NodeEvent::Finished(Box::new(outcome));
-        let mut delay = Duration::from_millis(50);
-        for try_no in 1..=5 {
+        // The result is kept until the recorders' stream takes it (it may be full for a while,
+        // or unreachable): running the invocation again would not make room, and a rerun of
+        // work that already ran is worse than a late result. The delivery is kept alive
+        // meanwhile, and the slot stays taken, so a node that cannot report stops taking work.
+        // Shutdown's drain timeout bounds the wait; an unsettled delivery is then redelivered.
+        let mut delay = PUBLISH_RETRY_MIN;
+        let mut last_progress = Instant::now();
+        let mut try_no: u32 = 1;
+        loop {
             match self.bus.publish_event(&event).await {
                 Ok(()) => {
                     if let Err(e) = acker.ack().await {
@@ -370,17 +375,40 @@ impl Worker {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, try_no, "publishing the result failed");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    if try_no == 1 || try_no.is_power_of_two() {
+                        tracing::warn!(error = %e, try_no, invocation.id = %request.id, "publishing the result failed; retrying");
+                    }
+                    // Never longer than the progress interval, so the delivery stays alive.
+                    let interval = self.progress_interval();
+                    tokio::time::sleep(delay.min(interval)).await;
+                    delay = (delay * 2).min(PUBLISH_RETRY_MAX);
+                    try_no = try_no.saturating_add(1);
+                    if last_progress.elapsed() >= interval {
+                        if let Err(e) = acker.in_progress().await {
+                            tracing::debug!(error = %e, "progress while retrying the result failed");
+                        }
+                        last_progress = Instant::now();
+                    }
                 }
             }
         }
-        let _ = acker.nak(Some(Duration::from_secs(1))).await;
     }
 }
 
+/// First and longest pause between tries to publish a result.
+const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(50);
+const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(2);
+
 impl Worker {
+    /// How often a delivery being worked on is kept alive: well within the bus's ack wait, so
+    /// it is never redelivered meanwhile.
+    fn progress_interval(&self) -> Duration {
+        self.config
+            .progress_interval
+            .min(self.bus.ack_wait() / 3)
+            .max(Duration::from_millis(50))
+    }
+
     /// Publishes what the invocation printed for live followers (`logs?follow=true`), off the
     /// invocation's path; best effort.
     fn publish_logs(

@@ -266,6 +266,14 @@ impl NodeEvent {
             Self::Finished(outcome) => outcome.result.id,
         }
     }
+
+    /// The namespace of the invocation this event is about.
+    pub fn namespace(&self) -> &Namespace {
+        match self {
+            Self::Started { namespace, .. } | Self::Retrying { namespace, .. } => namespace,
+            Self::Finished(outcome) => &outcome.result.namespace,
+        }
+    }
 }
 
 /// An invocation whose delivery attempts ran out, kept for replay or deletion.

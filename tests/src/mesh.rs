@@ -45,11 +45,26 @@ impl MeshProc {
         }
     }
 
-    /// Sends SIGTERM without waiting.
+    /// Sends SIGTERM without waiting (and SIGCONT, in case it is paused).
     pub fn sigterm(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.resume();
+    }
+
+    /// SIGSTOP: the process is frozen (its connections stay open) until [`Self::resume`].
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT: a paused process runs on.
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
         if let Some(child) = &self.child {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(pid, signal);
         }
     }
 

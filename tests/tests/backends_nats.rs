@@ -67,6 +67,8 @@ mod conformance_suite {
         many_inboxes_each_get_their_own_reply,
         malformed_reply_address_is_refused,
         events_publish_pull_ack,
+        events_pull_in_batches,
+        full_event_stream_refuses_events,
         concurrent_publishers_and_pullers,
         max_concurrency_caps_in_flight,
         a_flooded_function_does_not_hold_up_another,

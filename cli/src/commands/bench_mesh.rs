@@ -766,12 +766,8 @@ struct NatsServer {
 
 /// Starts `nats-server -js` on a free loopback port with its store in `dir`.
 fn start_nats(dir: &Path) -> Result<NatsServer> {
-    let binary = find_on_path("nats-server")
-        .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
-        .context(
-            "nats-server is not installed (apt-get install nats-server), \
-             or point the benchmark at a server with --nats-url",
-        )?;
+    let binary = fnmesh_shared::nats::server::find_binary()
+        .map_err(|e| anyhow::anyhow!("{e}; or point the benchmark at a server with --nats-url"))?;
     std::fs::create_dir_all(dir)?;
     let port = free_port()?;
     let mut cmd = Command::new(&binary);
@@ -878,12 +874,4 @@ impl MeshProcs {
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn find_on_path(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(bin))
-            .find(|p| p.is_file())
-    })
 }

@@ -51,6 +51,7 @@ pub fn test_config() -> BusConfig {
         max_deliver: 5,
         capacity: 10_000,
         dedupe_window: Duration::from_secs(60),
+        event_capacity: 10_000,
     }
 }
 
@@ -76,6 +77,8 @@ where
     many_inboxes_each_get_their_own_reply(&make).await;
     malformed_reply_address_is_refused(&make).await;
     events_publish_pull_ack(&make).await;
+    events_pull_in_batches(&make).await;
+    full_event_stream_refuses_events(&make).await;
     concurrent_publishers_and_pullers(&make).await;
     max_concurrency_caps_in_flight(&make).await;
     a_flooded_function_does_not_hold_up_another(&make).await;
@@ -627,6 +630,103 @@ where
         bus.pull_event(ACK_WAIT * 2).await.unwrap().is_none(),
         "acked events are never redelivered"
     );
+}
+
+/// `pull_events` returns as soon as events are ready, every one ready up to `max`, and each
+/// event once until it is settled.
+pub async fn events_pull_in_batches<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(BusConfig {
+        ack_wait: Duration::from_secs(30),
+        ..test_config()
+    })
+    .await;
+    let req = request();
+    let published: Vec<NodeEvent> = (1..=5).map(|attempt| started(&req, attempt)).collect();
+    for event in &published {
+        bus.publish_event(event).await.expect("publish_event");
+    }
+    let mut seen = Vec::new();
+    let begun = Instant::now();
+    let first = bus.pull_events(3, PATIENCE).await.unwrap();
+    assert_eq!(first.len(), 3, "a batch holds every ready event up to max");
+    let rest = bus.pull_events(10, PATIENCE).await.unwrap();
+    assert!(
+        begun.elapsed() < PATIENCE,
+        "a pull returns once events are ready, not at its expiry"
+    );
+    assert_eq!(rest.len(), 2, "the next batch holds the remaining events");
+    for delivery in first.into_iter().chain(rest) {
+        seen.push(delivery.event.clone());
+        delivery.acker.ack().await.unwrap();
+    }
+    for event in &published {
+        assert!(seen.contains(event), "every published event is pulled once");
+    }
+    let begun = Instant::now();
+    assert!(
+        bus.pull_events(10, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing is left once every event is acked"
+    );
+    assert!(
+        begun.elapsed() >= Duration::from_millis(250),
+        "an empty pull waits for its expiry"
+    );
+    assert!(
+        bus.pull_events(10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a pull without waiting answers at once"
+    );
+}
+
+/// At `event_capacity` unrecorded events, publishing another is `Full` (nothing is dropped
+/// silently); recording one makes room again.
+pub async fn full_event_stream_refuses_events<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(BusConfig {
+        ack_wait: Duration::from_secs(30),
+        event_capacity: 3,
+        ..test_config()
+    })
+    .await;
+    let req = request();
+    for attempt in 1..=3 {
+        bus.publish_event(&started(&req, attempt))
+            .await
+            .expect("events up to the capacity are taken");
+    }
+    let err = bus.publish_event(&started(&req, 4)).await.unwrap_err();
+    assert!(
+        matches!(err, BusError::Full),
+        "an event past the capacity is Full, got {err:?}"
+    );
+    let recorded = bus
+        .pull_event(PATIENCE)
+        .await
+        .unwrap()
+        .expect("a kept event is delivered");
+    recorded.acker.ack().await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match bus.publish_event(&started(&req, 5)).await {
+            Ok(()) => break,
+            Err(BusError::Full) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("a recorded event makes room for another, got {e:?}"),
+        }
+    }
 }
 
 /// 1000 invocations from 4 publishers reach 4 pullers exactly once each.

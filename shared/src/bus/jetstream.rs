@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | work stream | `fnmesh-<prefix>-inv` | work-queue retention, file storage, `max_msgs` = capacity, discard new, `duplicate_window` = dedupe window, subjects `fnmesh.v1.<prefix>.inv.>` |
 //! | work consumer | `fnmesh-<prefix>-inv-c` | durable pull, explicit ack, `ack_wait`, `max_deliver` |
-//! | event stream | `fnmesh-<prefix>-evt` | interest retention, file storage, 100 000 messages at most, discard new, subjects `fnmesh.v1.<prefix>.evt.>` |
+//! | event stream | `fnmesh-<prefix>-evt` | interest retention, file storage, `event_capacity` messages at most (100 000 by default), discard new, subjects `fnmesh.v1.<prefix>.evt.>` |
 //! | event consumer | `fnmesh-<prefix>-evt-c` | durable pull for recorders, explicit ack, redelivered until acked |
 //! | dead-letter stream | `fnmesh-<prefix>-dlq` | work-queue retention, captures `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<work stream>.<work consumer>` |
 //!
@@ -22,7 +22,9 @@
 //!
 //! **Pulls** ask the durable consumer for one message with an expiry of `wait` (at least 1 ms).
 //! `Delivery::attempt` is the server's delivery count. Ackers map to `+ACK` / `-NAK {delay}` /
-//! `+WPI` / `+TERM`, each sent as a request so the server confirms it (double ack).
+//! `+WPI` / `+TERM`, each sent as a request so the server confirms it (double ack); node
+//! events are acked without a confirmation (a lost ack replays an event the recorder already
+//! has, which it takes as a no-op).
 //!
 //! **Acks are not fenced** (nats-server#4786): JetStream ties an ack to the stream sequence,
 //! not to the delivery, so the acker of a stale attempt can settle a later attempt of the same
@@ -66,9 +68,6 @@ use crate::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, Node
 use crate::names::{FunctionName, Namespace};
 use crate::subjects::{self, BusPrefix, BusRole};
 
-/// Node events kept (unacked) at most.
-pub const EVENT_CAPACITY: i64 = 100_000;
-
 /// Our header carrying the reply inbox of a sync invocation.
 pub const REPLY_HEADER: &str = "Fnmesh-Reply-To";
 
@@ -81,11 +80,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How long a server may hold a fetch of a consumer at its max_ack_pending.
 const FETCH_EXPIRY: Duration = Duration::from_millis(20);
-
-/// How long a fetch waits for the server's answer before it is taken as empty (see
-/// `fetch_now`): far past FETCH_EXPIRY, so a delivery made before the request expired has
-/// arrived by then even on a busy node.
-const FETCH_ANSWER: Duration = Duration::from_millis(500);
 
 /// Hint payload prefixes: new work on a consumer, or a delivery of it settled.
 const HINT_WORK: &str = "w:";
@@ -248,7 +242,7 @@ impl JetStreamBus {
                 subjects: vec![subjects::bus_node_events_all(&prefix)],
                 retention: stream::RetentionPolicy::Interest,
                 storage: stream::StorageType::File,
-                max_messages: EVENT_CAPACITY,
+                max_messages: i64::try_from(config.event_capacity.max(1)).unwrap_or(i64::MAX),
                 discard: stream::DiscardPolicy::New,
                 ..Default::default()
             },
@@ -593,6 +587,7 @@ impl JetStreamBus {
             attempt,
             acker: Box::new(JetStreamAcker {
                 message,
+                confirm: true,
                 last,
                 freed: Some((self.clone(), consumer)),
             }),
@@ -703,7 +698,7 @@ async fn fetch_now(
     consumer: &consumer::PullConsumer,
 ) -> Result<Option<jetstream::Message>, BusError> {
     // `no_wait` answers at once when nothing is pending, but a consumer at its max_ack_pending
-    // holds the request: the expiry bounds that wait.
+    // holds the request: the expiry bounds that wait (the server answers "request timeout").
     let mut batch = consumer
         .fetch()
         .max_messages(1)
@@ -711,18 +706,10 @@ async fn fetch_now(
         .messages()
         .await
         .map_err(|e| backend("fetching an invocation", e))?;
-    // The server answers within the expiry (a message, "no messages" or "request timeout"),
-    // but nats-server 2.9 sometimes answers a held request late or not at all, and
-    // async-nats then waits expiry + 5 s. Past FETCH_ANSWER the request has expired on the
-    // server, which no longer delivers to it: give up on it as an empty answer.
-    match tokio::time::timeout(FETCH_ANSWER, batch.next()).await {
-        Err(_) => {
-            tracing::debug!("a fetch got no answer in time; treated as empty");
-            Ok(None)
-        }
-        Ok(None) => Ok(None),
-        Ok(Some(Ok(message))) => Ok(Some(message)),
-        Ok(Some(Err(e))) => Err(backend("fetching an invocation", e)),
+    match batch.next().await {
+        None => Ok(None),
+        Some(Ok(message)) => Ok(Some(message)),
+        Some(Err(e)) => Err(backend("fetching an invocation", e)),
     }
 }
 
@@ -742,9 +729,13 @@ async fn at_cap(consumer: &mut consumer::PullConsumer) -> bool {
     }
 }
 
-/// Settles one JetStream delivery; every kind is confirmed by the server.
+/// Settles one JetStream delivery: work deliveries with every kind confirmed by the server
+/// (double ack); node events with a plain ack, since a lost one only replays an event, which
+/// the recorder takes as a no-op.
 struct JetStreamAcker {
     message: jetstream::Message,
+    /// Whether the server confirms each settlement.
+    confirm: bool,
     /// Set on the last allowed attempt of an invocation.
     last: Option<Arc<LastAttempt>>,
     /// For work deliveries: the bus and consumer to hint once this delivery no longer counts
@@ -754,10 +745,12 @@ struct JetStreamAcker {
 
 impl JetStreamAcker {
     async fn send(&self, kind: AckKind, what: &str) -> Result<(), BusError> {
-        self.message
-            .double_ack_with(kind)
-            .await
-            .map_err(|e| backend(what, e))?;
+        if self.confirm {
+            self.message.double_ack_with(kind).await
+        } else {
+            self.message.ack_with(kind).await
+        }
+        .map_err(|e| backend(what, e))?;
         if let (Some((bus, consumer)), false) = (&self.freed, matches!(kind, AckKind::Progress)) {
             bus.hint(consumer, true).await;
         }
@@ -1004,34 +997,49 @@ impl Bus for JetStreamBus {
         Ok(())
     }
 
-    async fn pull_event(&self, wait: Duration) -> Result<Option<EventDelivery>, BusError> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(message) = pull_one(&self.inner.events, left, "pulling an event").await?
-            else {
-                return Ok(None);
+    async fn pull_events(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<EventDelivery>, BusError> {
+        // One pull request: with `no_wait` and an expiry the server waits up to the expiry for
+        // a first message, then answers at once with every message ready, up to the batch.
+        let mut request = self.inner.events.fetch().max_messages(max.max(1));
+        if !wait.is_zero() {
+            request = request.expires(wait.max(MIN_EXPIRY));
+        }
+        let mut batch = request
+            .messages()
+            .await
+            .map_err(|e| backend("pulling events", e))?;
+        let mut events = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message = match message {
+                Ok(message) => message,
+                // What arrived is kept; the next pull reports an error that persists.
+                Err(e) if !events.is_empty() => {
+                    tracing::debug!(error = %e, "pulling events ended early");
+                    break;
+                }
+                Err(e) => return Err(backend("pulling events", e)),
             };
             match serde_json::from_slice::<NodeEvent>(&message.payload) {
-                Ok(event) => {
-                    return Ok(Some(EventDelivery {
-                        event,
-                        acker: Box::new(JetStreamAcker {
-                            message,
-                            last: None,
-                            freed: None,
-                        }),
-                    }))
-                }
+                Ok(event) => events.push(EventDelivery {
+                    event,
+                    acker: Box::new(JetStreamAcker {
+                        message,
+                        confirm: false,
+                        last: None,
+                        freed: None,
+                    }),
+                }),
                 Err(e) => {
                     tracing::error!(error = %e, "undecodable node event; terminated");
                     let _ = message.ack_with(AckKind::Term).await;
-                    if Instant::now() >= deadline {
-                        return Ok(None);
-                    }
                 }
             }
         }
+        Ok(events)
     }
 
     async fn publish_logs(&self, logs: &FunctionLogs) -> Result<(), BusError> {

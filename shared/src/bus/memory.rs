@@ -4,7 +4,7 @@
 //! One mutex guards all queue state; nothing awaits while holding it. Two queues share one
 //! implementation ([`Queue`]): invocations (bounded by [`BusConfig::capacity`], dead-lettered
 //! after [`BusConfig::max_deliver`] attempts) and node events (bounded by
-//! [`EVENT_CAPACITY`], redelivered until acked or termed). Ack-wait and nak-delay deadlines sit
+//! [`BusConfig::event_capacity`], redelivered until acked or termed). Ack-wait and nak-delay deadlines sit
 //! in a timer heap that is processed lazily by every operation; pullers sleep until the earliest
 //! deadline or a [`Notify`], so a waiting puller sees a redelivery on time without a background
 //! task or a busy loop.
@@ -34,9 +34,6 @@ use super::{
 use crate::ids::InvocationId;
 use crate::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
 use crate::names::{FunctionName, Namespace};
-
-/// Node events kept (unacked) at most.
-pub const EVENT_CAPACITY: usize = 100_000;
 
 /// Published invocation ids remembered for dedupe at most (the oldest are forgotten first).
 pub const MAX_DEDUPE_IDS: usize = 1_000_000;
@@ -96,7 +93,7 @@ impl MemoryBus {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     invocations: Queue::new(capacity, Some(max_deliver)),
-                    events: Queue::new(EVENT_CAPACITY, None),
+                    events: Queue::new(config.event_capacity.max(1), None),
                     dead: VecDeque::new(),
                     dedupe: HashMap::new(),
                     dedupe_order: VecDeque::new(),
@@ -806,23 +803,39 @@ impl Bus for MemoryBus {
         Ok(())
     }
 
-    async fn pull_event(&self, wait: Duration) -> Result<Option<EventDelivery>, BusError> {
+    async fn pull_events(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<EventDelivery>, BusError> {
         let shared = &self.shared;
         let ack_wait = shared.config.ack_wait;
+        let max = max.max(1);
         let found = shared
             .wait_for(wait, &shared.events_ready, Which::Events, |state, now| {
-                state.events.take(now, ack_wait)
+                let mut taken = Vec::new();
+                while taken.len() < max {
+                    match state.events.take(now, ack_wait) {
+                        Some(item) => taken.push(item),
+                        None => break,
+                    }
+                }
+                (!taken.is_empty()).then_some(taken)
             })
             .await?;
-        Ok(found.map(|(seq, attempt, event)| EventDelivery {
-            event,
-            acker: Box::new(MemoryAcker {
-                shared: shared.clone(),
-                which: Which::Events,
-                seq,
-                attempt,
-            }),
-        }))
+        Ok(found
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(seq, attempt, event)| EventDelivery {
+                event,
+                acker: Box::new(MemoryAcker {
+                    shared: shared.clone(),
+                    which: Which::Events,
+                    seq,
+                    attempt,
+                }),
+            })
+            .collect())
     }
 
     async fn queue_stats(&self) -> Result<QueueStats, BusError> {

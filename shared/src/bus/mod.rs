@@ -60,6 +60,9 @@ pub struct BusConfig {
     pub capacity: usize,
     /// How long a published id is remembered for dedupe.
     pub dedupe_window: Duration,
+    /// Node events kept (not yet recorded) at most; past it publishing an event is
+    /// [`BusError::Full`] until the recorders catch up.
+    pub event_capacity: usize,
 }
 
 impl Default for BusConfig {
@@ -69,6 +72,7 @@ impl Default for BusConfig {
             max_deliver: 3,
             capacity: 10_000,
             dedupe_window: Duration::from_secs(600),
+            event_capacity: 100_000,
         }
     }
 }
@@ -191,8 +195,15 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes a node event for the recorders (durable until acked).
     async fn publish_event(&self, event: &NodeEvent) -> Result<(), BusError>;
 
+    /// Waits up to `wait` for node events, returning as soon as there is one: every event
+    /// ready then, up to `max` (at least one). Empty when none came in time.
+    async fn pull_events(&self, max: usize, wait: Duration)
+        -> Result<Vec<EventDelivery>, BusError>;
+
     /// Waits up to `wait` for one node event.
-    async fn pull_event(&self, wait: Duration) -> Result<Option<EventDelivery>, BusError>;
+    async fn pull_event(&self, wait: Duration) -> Result<Option<EventDelivery>, BusError> {
+        Ok(self.pull_events(1, wait).await?.into_iter().next())
+    }
 
     /// Waits up to `wait` for one invocation whose attempts ran out.
     async fn pull_dead_letter(&self, wait: Duration) -> Result<Option<DeadLetter>, BusError>;

@@ -47,6 +47,7 @@ pub async fn run_all(store: Store) {
     delete_removes_all_versions(store.clone()).await;
     namespaces_are_isolated(store.clone()).await;
     insert_and_get_invocation(store.clone()).await;
+    get_invocations_in_order_within_the_namespace(store.clone()).await;
     update_invocation_is_fenced(store.clone()).await;
     update_of_absent_invocation_is_not_found(store.clone()).await;
     list_invocations_newest_first_with_filters(store.clone()).await;
@@ -59,6 +60,7 @@ pub async fn run_all(store: Store) {
     running_invocations_span_namespaces(store.clone()).await;
     logs_roundtrip(store.clone()).await;
     put_logs_batch_stores_each_last_wins(store.clone()).await;
+    logs_stored_answers_per_key_within_the_namespace(store.clone()).await;
     nul_characters_do_not_fail_writes(store.clone()).await;
     dead_letters_roundtrip_and_mark_the_record(store.clone()).await;
     dead_letters_list_newest_first_with_cursors(store.clone()).await;
@@ -551,6 +553,39 @@ pub async fn insert_and_get_invocation(store: Store) {
             .unwrap(),
         None
     );
+}
+
+/// `get_invocations` answers per key, in order: a record of another namespace, or an absent
+/// one, is `None`; a repeated key is answered twice.
+pub async fn get_invocations_in_order_within_the_namespace(store: Store) {
+    let ns = fresh_namespace();
+    let other = fresh_namespace();
+    let a = store
+        .insert_invocation(&request(&ns, "worker"))
+        .await
+        .unwrap();
+    let b = store
+        .insert_invocation(&request(&ns, "worker"))
+        .await
+        .unwrap();
+    let theirs = store
+        .insert_invocation(&request(&other, "worker"))
+        .await
+        .unwrap();
+    let keys = vec![
+        (ns.clone(), b.id),
+        (ns.clone(), InvocationId::new()),
+        (ns.clone(), theirs.id),
+        (ns.clone(), a.id),
+        (ns.clone(), b.id),
+    ];
+    let found = store.get_invocations(&keys).await.unwrap();
+    assert_eq!(
+        found,
+        vec![Some(b.clone()), None, None, Some(a), Some(b)],
+        "one answer per key, in order, none across namespaces"
+    );
+    assert!(store.get_invocations(&[]).await.unwrap().is_empty());
 }
 
 /// The fencing rules of `update_invocation`:
@@ -1076,6 +1111,43 @@ pub async fn logs_roundtrip(store: Store) {
         store.get_logs(&ns, &InvocationId::new()).await.unwrap(),
         None
     );
+}
+
+/// `logs_stored` answers per key, in order: logs of an invocation of another namespace, or
+/// of an invocation with no logs, are not stored as far as the key is concerned.
+pub async fn logs_stored_answers_per_key_within_the_namespace(store: Store) {
+    let ns = fresh_namespace();
+    let other = fresh_namespace();
+    let with = store
+        .insert_invocation(&request(&ns, "worker"))
+        .await
+        .unwrap();
+    let without = store
+        .insert_invocation(&request(&ns, "worker"))
+        .await
+        .unwrap();
+    let theirs = store
+        .insert_invocation(&request(&other, "worker"))
+        .await
+        .unwrap();
+    let logs = InvocationLogs {
+        text: "hello\n".into(),
+        truncated: false,
+    };
+    store.put_logs(&with.id, &logs).await.unwrap();
+    store.put_logs(&theirs.id, &logs).await.unwrap();
+    let stored = store
+        .logs_stored(&[
+            (ns.clone(), without.id),
+            (ns.clone(), with.id),
+            (ns.clone(), theirs.id),
+            (other.clone(), theirs.id),
+            (ns.clone(), InvocationId::new()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![false, true, false, true, false]);
+    assert!(store.logs_stored(&[]).await.unwrap().is_empty());
 }
 
 /// `put_logs_batch` stores each invocation's logs; for a repeated id the last one wins.

@@ -247,6 +247,19 @@ pub trait MetadataStore: AccessStore + Send + Sync + 'static {
         id: &InvocationId,
     ) -> Result<Option<InvocationResult>, StoreError>;
 
+    /// Several invocations by `(namespace, id)`, in slice order (`None` where absent or in
+    /// another namespace). Backends override this with one round trip.
+    async fn get_invocations(
+        &self,
+        keys: &[(Namespace, InvocationId)],
+    ) -> Result<Vec<Option<InvocationResult>>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for (namespace, id) in keys {
+            found.push(self.get_invocation(namespace, id).await?);
+        }
+        Ok(found)
+    }
+
     /// Invocations, newest first.
     async fn list_invocations(
         &self,
@@ -269,6 +282,19 @@ pub trait MetadataStore: AccessStore + Send + Sync + 'static {
             self.put_logs(id, entry).await?;
         }
         Ok(())
+    }
+
+    /// Per key, in slice order: whether logs of that invocation (in that namespace) are
+    /// stored. Backends override this with one round trip.
+    async fn logs_stored(
+        &self,
+        keys: &[(Namespace, InvocationId)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut stored = Vec::with_capacity(keys.len());
+        for (namespace, id) in keys {
+            stored.push(self.get_logs(namespace, id).await?.is_some());
+        }
+        Ok(stored)
     }
 
     /// The captured logs, if any were stored.

@@ -727,6 +727,30 @@ impl MetadataStore for PostgresStore {
         body.as_deref().map(from_json).transpose()
     }
 
+    async fn get_invocations(
+        &self,
+        keys: &[(Namespace, InvocationId)],
+    ) -> Result<Vec<Option<InvocationResult>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = keys.iter().map(|(_, id)| id.to_string()).collect();
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT body::text FROM invocations WHERE id = ANY($1::uuid[])")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut by_id: HashMap<InvocationId, InvocationResult> = HashMap::with_capacity(rows.len());
+        for body in rows {
+            let record: InvocationResult = from_json(&body)?;
+            by_id.insert(record.id, record);
+        }
+        Ok(keys
+            .iter()
+            .map(|(namespace, id)| by_id.get(id).filter(|r| &r.namespace == namespace).cloned())
+            .collect())
+    }
+
     async fn list_invocations(
         &self,
         namespace: &Namespace,
@@ -823,6 +847,32 @@ impl MetadataStore for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn logs_stored(
+        &self,
+        keys: &[(Namespace, InvocationId)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = keys.iter().map(|(_, id)| id.to_string()).collect();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT l.id::text, i.namespace FROM invocation_logs l \
+             JOIN invocations i ON i.id = l.id WHERE l.id = ANY($1::uuid[])",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let found: HashMap<String, String> = rows.into_iter().collect();
+        Ok(keys
+            .iter()
+            .map(|(namespace, id)| {
+                found
+                    .get(&id.to_string())
+                    .is_some_and(|ns| ns == namespace.as_str())
+            })
+            .collect())
     }
 
     async fn get_logs(

@@ -6,6 +6,7 @@
 //! and listing order. Listings use keyset pagination with opaque cursors (base64 of the last
 //! key seen), so walking all pages never repeats or skips a row, even while rows are inserted.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -81,6 +82,32 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Stores (replaces) one invocation's logs. Binds: id, text, truncated.
+const PUT_LOGS_SQL: &str = "INSERT INTO invocation_logs (id, text, truncated) VALUES (?, ?, ?) \
+     ON CONFLICT (id) DO UPDATE SET text = excluded.text, truncated = excluded.truncated";
+
+/// Keys or rows one batched statement carries at most.
+const BATCH_CHUNK: usize = 500;
+
+/// The fenced update of one invocation record (see [`MetadataStore::update_invocation`]), in
+/// one statement so it is atomic:
+/// - over a terminal record, only a higher attempt applies;
+/// - over a non-terminal record, the same or a higher attempt applies, and a lower attempt
+///   only if it brings a terminal result (a slow attempt that did finish).
+///
+/// A terminal record drops the stored request: it will never be re-published. Binds: version,
+/// status, attempt, body, updated_at, id, namespace, terminal.
+fn update_invocation_sql() -> String {
+    format!(
+        "UPDATE invocations SET version = ?1, status = ?2, attempt = ?3, body = ?4, \
+         updated_at = ?5, request = CASE WHEN ?8 THEN NULL ELSE request END \
+         WHERE id = ?6 AND namespace = ?7 AND ( \
+           (status IN {TERMINAL_SQL} AND ?3 > attempt) \
+           OR (status NOT IN {TERMINAL_SQL} AND (?3 >= attempt OR ?8)) \
+         )"
+    )
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
@@ -412,20 +439,8 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn update_invocation(&self, record: &InvocationResult) -> Result<bool, StoreError> {
-        // Fencing, in one statement so it is atomic:
-        // - over a terminal record, only a higher attempt applies;
-        // - over a non-terminal record, the same or a higher attempt applies, and a lower
-        //   attempt only if it brings a terminal result (a slow attempt that did finish).
-        // A terminal record drops the stored request: it will never be re-published.
         let body = to_json(record)?;
-        let sql = format!(
-            "UPDATE invocations SET version = ?1, status = ?2, attempt = ?3, body = ?4, \
-             updated_at = ?5, request = CASE WHEN ?8 THEN NULL ELSE request END \
-             WHERE id = ?6 AND namespace = ?7 AND ( \
-               (status IN {TERMINAL_SQL} AND ?3 > attempt) \
-               OR (status NOT IN {TERMINAL_SQL} AND (?3 >= attempt OR ?8)) \
-             )"
-        );
+        let sql = update_invocation_sql();
         let done = sqlx::query(&sql)
             .bind(i64::from(record.version))
             .bind(record.status.as_str())
@@ -458,6 +473,37 @@ impl MetadataStore for SqliteStore {
             }
             None => Err(StoreError::NotFound(format!("invocation {}", record.id))),
         }
+    }
+
+    async fn update_invocations(
+        &self,
+        records: &[InvocationResult],
+    ) -> Result<Vec<bool>, StoreError> {
+        // One transaction: one write lock and one commit for the whole batch (each statement
+        // on its own would be a commit, and a hop to the connection's thread, apiece).
+        let mut applied = Vec::with_capacity(records.len());
+        if records.is_empty() {
+            return Ok(applied);
+        }
+        let sql = update_invocation_sql();
+        let now = ts(&Utc::now());
+        let mut tx = self.pool.begin().await?;
+        for record in records {
+            let done = sqlx::query(&sql)
+                .bind(i64::from(record.version))
+                .bind(record.status.as_str())
+                .bind(i64::from(record.attempt))
+                .bind(to_json(record)?)
+                .bind(&now)
+                .bind(record.id.to_string())
+                .bind(record.namespace.as_str())
+                .bind(record.status.is_terminal())
+                .execute(&mut *tx)
+                .await?;
+            applied.push(done.rows_affected() > 0);
+        }
+        tx.commit().await?;
+        Ok(applied)
     }
 
     async fn stale_queued(
@@ -501,6 +547,37 @@ impl MetadataStore for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?;
         body.as_deref().map(from_json).transpose()
+    }
+
+    async fn get_invocations(
+        &self,
+        keys: &[(Namespace, InvocationId)],
+    ) -> Result<Vec<Option<InvocationResult>>, StoreError> {
+        let mut by_id: HashMap<String, InvocationResult> = HashMap::with_capacity(keys.len());
+        // SQLite allows 32,766 bound parameters: chunks stay far below.
+        for chunk in keys.chunks(BATCH_CHUNK) {
+            let mut query: QueryBuilder<'_, Sqlite> =
+                QueryBuilder::new("SELECT body FROM invocations WHERE id IN (");
+            let mut ids = query.separated(", ");
+            for (_, id) in chunk {
+                ids.push_bind(id.to_string());
+            }
+            ids.push_unseparated(")");
+            let rows: Vec<String> = query.build_query_scalar().fetch_all(&self.pool).await?;
+            for body in rows {
+                let record: InvocationResult = from_json(&body)?;
+                by_id.insert(record.id.to_string(), record);
+            }
+        }
+        Ok(keys
+            .iter()
+            .map(|(namespace, id)| {
+                by_id
+                    .get(&id.to_string())
+                    .filter(|r| &r.namespace == namespace)
+                    .cloned()
+            })
+            .collect())
     }
 
     async fn list_invocations(
@@ -550,16 +627,62 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn put_logs(&self, id: &InvocationId, logs: &InvocationLogs) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO invocation_logs (id, text, truncated) VALUES (?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET text = excluded.text, truncated = excluded.truncated",
-        )
-        .bind(id.to_string())
-        .bind(&logs.text)
-        .bind(logs.truncated)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(PUT_LOGS_SQL)
+            .bind(id.to_string())
+            .bind(&logs.text)
+            .bind(logs.truncated)
+            .execute(&self.pool)
+            .await?;
         Ok(())
+    }
+
+    async fn put_logs_batch(
+        &self,
+        logs: &[(InvocationId, InvocationLogs)],
+    ) -> Result<(), StoreError> {
+        if logs.is_empty() {
+            return Ok(());
+        }
+        // In slice order, so for a repeated id the last one wins; one transaction.
+        let mut tx = self.pool.begin().await?;
+        for (id, entry) in logs {
+            sqlx::query(PUT_LOGS_SQL)
+                .bind(id.to_string())
+                .bind(&entry.text)
+                .bind(entry.truncated)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn logs_stored(
+        &self,
+        keys: &[(Namespace, InvocationId)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut found: HashMap<String, String> = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_CHUNK) {
+            let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                "SELECT l.id, i.namespace FROM invocation_logs l \
+                 JOIN invocations i ON i.id = l.id WHERE l.id IN (",
+            );
+            let mut ids = query.separated(", ");
+            for (_, id) in chunk {
+                ids.push_bind(id.to_string());
+            }
+            ids.push_unseparated(")");
+            let rows: Vec<(String, String)> = query.build_query_as().fetch_all(&self.pool).await?;
+            found.extend(rows);
+        }
+        Ok(keys
+            .iter()
+            .map(|(namespace, id)| {
+                found
+                    .get(&id.to_string())
+                    .is_some_and(|ns| ns == namespace.as_str())
+            })
+            .collect())
     }
 
     async fn get_logs(

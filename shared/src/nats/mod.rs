@@ -1,5 +1,9 @@
 //! Connecting to NATS: one place that turns the operator's settings (URL, creds file, TLS)
 //! into an [`async_nats::Client`], shared by the bus, the node registry and the code store.
+//! A server older than [`server::MIN_SERVER_VERSION`] is refused with an error naming both
+//! versions.
+
+pub mod server;
 
 use std::path::PathBuf;
 
@@ -29,6 +33,9 @@ pub enum NatsConnectError {
     /// The servers could not be reached or refused us.
     #[error("connecting to nats: {0}")]
     Connect(String),
+    /// The server is older than fnmesh supports.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl NatsOptions {
@@ -76,9 +83,23 @@ impl NatsOptions {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
-        options
+        let client = options
             .connect(servers.as_slice())
             .await
-            .map_err(|e| NatsConnectError::Connect(e.to_string()))
+            .map_err(|e| NatsConnectError::Connect(e.to_string()))?;
+        check_server(&client)?;
+        Ok(client)
     }
+}
+
+/// Refuses a server older than [`server::MIN_SERVER_VERSION`].
+pub fn check_server(client: &async_nats::Client) -> Result<(), NatsConnectError> {
+    let version = client.server_info().version;
+    if server::is_supported(&version) {
+        return Ok(());
+    }
+    let (major, minor) = server::MIN_SERVER_VERSION;
+    Err(NatsConnectError::Unsupported(format!(
+        "nats-server {version} is older than {major}.{minor}, the oldest fnmesh supports"
+    )))
 }
