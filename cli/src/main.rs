@@ -71,14 +71,16 @@ fn main() -> ExitCode {
             Command::Invoke(args) => commands::invocations::invoke(args, as_json).await,
             Command::Invocation(cmd) => commands::invocations::invocation(cmd, as_json).await,
             Command::Logs(args) => commands::invocations::logs(args, as_json).await,
-            Command::Bench(args::BenchCommand::Sandbox(args)) => commands::bench::run(args).await,
+            Command::Bench(args::BenchCommand::Sandbox(args)) => {
+                commands::bench::sandbox::run(args).await
+            }
             Command::Bench(args::BenchCommand::Persistence(args)) => {
-                commands::bench_persistence::run(args).await
+                commands::bench::persistence::run(args).await
             }
             Command::Bench(args::BenchCommand::Mesh(args)) => {
-                commands::bench_mesh::run(args, as_json).await
+                commands::bench::mesh::run(args, as_json).await
             }
-            Command::Bench(args::BenchCommand::All(args)) => commands::bench_all::run(args).await,
+            Command::Bench(args::BenchCommand::All(args)) => commands::bench::all::run(args).await,
             Command::Migrate { database_url } => commands::migrate::run(&database_url).await,
             Command::Supervisor => Ok(()),
         }

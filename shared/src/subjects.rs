@@ -354,6 +354,16 @@ pub fn node_registry_key(id: &crate::ids::NodeId) -> String {
     id.as_str().to_owned()
 }
 
+/// The subject a node's registry entry is written to (the KV bucket's `$KV.<bucket>.<key>`),
+/// for writes that carry headers the KV API does not offer (a per-entry `Nats-TTL`).
+pub fn node_registry_entry(prefix: &BusPrefix, id: &crate::ids::NodeId) -> String {
+    format!(
+        "$KV.{}.{}",
+        node_registry_bucket(prefix),
+        node_registry_key(id)
+    )
+}
+
 #[cfg(test)]
 mod registry_tests {
     use super::*;
@@ -364,6 +374,10 @@ mod registry_tests {
         assert_eq!(node_registry_bucket(&p), "fnmesh-eu-1-nodes");
         let id = crate::ids::NodeId::parse("node-a_1").unwrap();
         assert_eq!(node_registry_key(&id), "node-a_1");
+        assert_eq!(
+            node_registry_entry(&p, &id),
+            "$KV.fnmesh-eu-1-nodes.node-a_1"
+        );
     }
 }
 

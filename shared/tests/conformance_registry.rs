@@ -23,15 +23,7 @@ macro_rules! cases {
     )*};
 }
 
-cases!(
-    heartbeat_then_list,
-    heartbeat_replaces_the_entry,
-    leave_removes_the_entry,
-    stale_entry_disappears_within_three_heartbeats,
-    entry_refreshed_in_time_stays_listed,
-    entry_written_long_ago_is_not_listed,
-    registries_are_isolated,
-);
+fnmesh_shared::registry_conformance_cases!(cases);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_all_in_sequence() {

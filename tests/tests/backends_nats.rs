@@ -50,32 +50,7 @@ macro_rules! cases {
 mod conformance_suite {
     use super::*;
 
-    cases!(
-        ping,
-        publish_pull_ack,
-        pull_times_out_when_empty,
-        publish_is_deduplicated,
-        nak_redelivers_with_next_attempt,
-        nak_with_delay_waits,
-        ack_wait_expiry_redelivers,
-        in_progress_prevents_redelivery,
-        max_deliver_dead_letters,
-        term_drops_without_dead_letter,
-        full_queue_refuses_publish,
-        inbox_reply_roundtrip,
-        reply_to_a_dropped_inbox_is_ok,
-        many_inboxes_each_get_their_own_reply,
-        malformed_reply_address_is_refused,
-        events_publish_pull_ack,
-        events_pull_in_batches,
-        full_event_stream_refuses_events,
-        concurrent_publishers_and_pullers,
-        max_concurrency_caps_in_flight,
-        a_flooded_function_does_not_hold_up_another,
-        queue_stats_count_pending_and_in_flight,
-        traceparent_travels_with_the_request,
-        log_followers_get_their_function_only,
-    );
+    fnmesh_shared::bus_conformance_cases!(cases);
 }
 
 /// `run_all` (every case in sequence) on one server, each bus under its own prefix.

@@ -54,16 +54,7 @@ macro_rules! cases {
     )*};
 }
 
-cases!(
-    ping,
-    put_get_roundtrip,
-    put_is_idempotent,
-    absent_blobs,
-    delete_removes,
-    empty_blob,
-    large_blob,
-    concurrent_puts_of_the_same_bytes,
-);
+fnmesh_shared::code_conformance_cases!(cases);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_all_on_one_bucket() {

@@ -1,7 +1,8 @@
 //! The JetStream KV node registry against a real `nats-server -js`: the whole registry
 //! conformance suite (each registry the factory makes under its own region prefix, so its own
-//! bucket), a second handle on the same region seeing the same nodes, and the bucket's
-//! `max_age` growing (never shrinking) when a process with a longer time to live opens it.
+//! bucket), a second handle on the same region seeing the same nodes, entries removed from the
+//! bucket by their own time to live, and a bucket of an earlier fnmesh (no per-entry TTLs)
+//! upgraded when opened.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,16 +25,22 @@ fn fresh_prefix() -> String {
     )
 }
 
-async fn open(url: &str, prefix: &str, max_age: Duration) -> JetStreamRegistry {
+async fn open(url: &str, prefix: &str) -> JetStreamRegistry {
     let client = async_nats::connect(url).await.expect("connecting to nats");
-    JetStreamRegistry::open(client, prefix, max_age)
+    JetStreamRegistry::open(client, prefix)
         .await
         .expect("opening the jetstream registry")
 }
 
-/// A `max_age` far above the cases' time to live, so the listing's own freshness check (not
-/// the bucket's expiry) is what the expiry cases exercise.
-const MAX_AGE: Duration = Duration::from_secs(60);
+/// The region's KV bucket, opened directly.
+async fn bucket(url: &str, prefix: &str) -> async_nats::jetstream::kv::Store {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let bucket = fnmesh_shared::subjects::node_registry_bucket(
+        &fnmesh_shared::subjects::BusPrefix::parse(prefix).unwrap(),
+    );
+    js.get_key_value(&bucket).await.unwrap()
+}
 
 macro_rules! cases {
     ($($case:ident),* $(,)?) => {$(
@@ -44,7 +51,7 @@ macro_rules! cases {
             let make = || {
                 let url = url.clone();
                 async move {
-                    Arc::new(open(&url, &fresh_prefix(), MAX_AGE).await) as Arc<dyn NodeRegistry>
+                    Arc::new(open(&url, &fresh_prefix()).await) as Arc<dyn NodeRegistry>
                 }
             };
             conformance::$case(&make).await;
@@ -55,15 +62,7 @@ macro_rules! cases {
 mod conformance_suite {
     use super::*;
 
-    cases!(
-        heartbeat_then_list,
-        heartbeat_replaces_the_entry,
-        leave_removes_the_entry,
-        stale_entry_disappears_within_three_heartbeats,
-        entry_refreshed_in_time_stays_listed,
-        entry_written_long_ago_is_not_listed,
-        registries_are_isolated,
-    );
+    fnmesh_shared::registry_conformance_cases!(cases);
 }
 
 /// `run_all` (every case in sequence) on one server, each registry under its own prefix.
@@ -73,70 +72,93 @@ async fn run_all_in_sequence() {
     let url = nats.url();
     conformance::run_all(|| {
         let url = url.clone();
-        async move { Arc::new(open(&url, &fresh_prefix(), MAX_AGE).await) as Arc<dyn NodeRegistry> }
+        async move { Arc::new(open(&url, &fresh_prefix()).await) as Arc<dyn NodeRegistry> }
     })
     .await;
 }
 
-/// The bucket's `max_age` is the backstop: an entry nobody refreshes is removed from the
-/// bucket itself (not only hidden from listings) once `max_age` has passed.
+/// An entry nobody refreshes is removed from the bucket itself (not only hidden from
+/// listings) once its own time to live (three heartbeat intervals) has passed, while a
+/// neighbour with a longer interval stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_age_removes_unrefreshed_entries_from_the_bucket() {
+async fn an_unrefreshed_entry_leaves_the_bucket_after_its_own_ttl() {
     let nats = TestNats::start();
     let url = nats.url();
     let prefix = fresh_prefix();
-    let registry = open(&url, &prefix, Duration::from_secs(1)).await;
-    let info = node_info("node-a", Duration::from_secs(30));
-    registry.heartbeat(&info).await.unwrap();
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let bucket = fnmesh_shared::subjects::node_registry_bucket(
-        &fnmesh_shared::subjects::BusPrefix::parse(&prefix).unwrap(),
-    );
-    let store = js.get_key_value(&bucket).await.unwrap();
-    let key = fnmesh_shared::subjects::node_registry_key(&info.id);
-    assert!(store.get(key.as_str()).await.unwrap().is_some());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while store.get(key.as_str()).await.unwrap().is_some() {
+    let registry = open(&url, &prefix).await;
+    // TTLs of 3 × 300 ms (1 s on the wire: whole seconds) and 3 × 30 s.
+    let short = node_info("node-a", Duration::from_millis(300));
+    let long = node_info("node-b", Duration::from_secs(30));
+    registry.heartbeat(&short).await.unwrap();
+    registry.heartbeat(&long).await.unwrap();
+    let store = bucket(&url, &prefix).await;
+    let short_key = fnmesh_shared::subjects::node_registry_key(&short.id);
+    let long_key = fnmesh_shared::subjects::node_registry_key(&long.id);
+    assert!(store.get(short_key.as_str()).await.unwrap().is_some());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.get(short_key.as_str()).await.unwrap().is_some() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the entry outlived the bucket's max_age of 1 s by far"
+            "the entry outlived its 1 s time to live by far"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        store.get(long_key.as_str()).await.unwrap().is_some(),
+        "an entry with a longer time to live stays"
+    );
+    assert_eq!(registry.list().await.unwrap(), vec![long]);
 }
 
 /// A gateway and a node open the same region's bucket on their own connections: what the node
-/// writes, the gateway lists; a later opener with a longer time to live raises `max_age`, one
-/// with a shorter one leaves it alone.
+/// writes, the gateway lists, and what it leaves is gone for both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_one_region() {
     let nats = TestNats::start();
     let url = nats.url();
     let prefix = fresh_prefix();
-    let gateway = open(&url, &prefix, Duration::from_secs(6)).await;
-    let node = open(&url, &prefix, Duration::from_secs(30)).await;
+    let gateway = open(&url, &prefix).await;
+    let node = open(&url, &prefix).await;
     let info = node_info("node-a", Duration::from_secs(10));
     node.heartbeat(&info).await.unwrap();
     assert_eq!(gateway.list().await.unwrap(), vec![info.clone()]);
-    let _short = open(&url, &prefix, Duration::from_secs(3)).await;
-
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let bucket = fnmesh_shared::subjects::node_registry_bucket(
-        &fnmesh_shared::subjects::BusPrefix::parse(&prefix).unwrap(),
-    );
-    let store = js.get_key_value(&bucket).await.unwrap();
-    let max_age = store.status().await.unwrap().info.config.max_age;
-    assert_eq!(
-        max_age,
-        Duration::from_secs(30),
-        "max_age grew, never shrank"
-    );
-
     node.leave(&info.id).await.unwrap();
     assert!(
         gateway.list().await.unwrap().is_empty(),
         "left for everyone"
     );
+}
+
+/// A bucket made by an earlier fnmesh (a plain KV bucket with a `max_age`, no per-entry TTLs)
+/// is upgraded when opened, and heartbeats then expire on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_without_per_entry_ttls_is_upgraded() {
+    let nats = TestNats::start();
+    let url = nats.url();
+    let prefix = fresh_prefix();
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: fnmesh_shared::subjects::node_registry_bucket(
+            &fnmesh_shared::subjects::BusPrefix::parse(&prefix).unwrap(),
+        ),
+        history: 1,
+        max_age: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let registry = open(&url, &prefix).await;
+    let info = node_info("node-a", Duration::from_millis(300));
+    registry.heartbeat(&info).await.unwrap();
+    let store = bucket(&url, &prefix).await;
+    let key = fnmesh_shared::subjects::node_registry_key(&info.id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.get(key.as_str()).await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upgraded bucket keeps an entry past its time to live"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

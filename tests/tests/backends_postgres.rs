@@ -30,42 +30,7 @@ macro_rules! cases {
     )*};
 }
 
-cases!(
-    ping,
-    create_and_get,
-    create_conflicts_only_within_a_namespace,
-    add_version_requires_latest_plus_one,
-    concurrent_add_version_has_one_winner,
-    list_functions_pages_latest_versions_by_name,
-    list_functions_refuses_bad_cursors,
-    delete_removes_all_versions,
-    namespaces_are_isolated,
-    insert_and_get_invocation,
-    get_invocations_in_order_within_the_namespace,
-    update_invocation_is_fenced,
-    update_of_absent_invocation_is_not_found,
-    list_invocations_newest_first_with_filters,
-    list_invocations_pagination_is_stable_under_inserts,
-    list_invocations_refuses_bad_cursors,
-    update_invocations_batch_is_fenced_like_single_updates,
-    update_invocations_batch_applies_in_order,
-    stale_queued_returns_accepted_requests_oldest_first,
-    stale_queued_skips_records_that_moved_on,
-    logs_roundtrip,
-    put_logs_batch_stores_each_last_wins,
-    logs_stored_answers_per_key_within_the_namespace,
-    nul_characters_do_not_fail_writes,
-    api_keys,
-    dead_letters_roundtrip_and_mark_the_record,
-    dead_letters_list_newest_first_with_cursors,
-    put_dead_letter_is_idempotent,
-    put_dead_letter_keeps_terminal_records,
-    put_dead_letter_inserts_absent_records,
-    audit_roundtrip_and_filters,
-    audit_pages_newest_first,
-    secrets_roundtrip_sealed,
-    secrets_need_their_function_and_go_with_it,
-);
+fnmesh_shared::store_conformance_cases!(cases);
 
 /// The whole suite twice at once on one database, as several gateways would share it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -38,14 +38,7 @@ macro_rules! cases {
 mod conformance_suite {
     use super::*;
 
-    cases!(
-        invalid_limits_are_refused,
-        burst_is_admitted_then_refused,
-        remaining_counts_down,
-        keys_are_independent,
-        a_token_returns_after_one_period,
-        sustained_rate_is_burst_plus_rate,
-    );
+    fnmesh_shared::ratelimit_conformance_cases!(cases);
 
     #[tokio::test]
     async fn run_all_on_one_limiter() {

@@ -5,7 +5,6 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use fnmesh_gateway::Gateway;
-use fnmesh_shared::registry::jetstream::DEFAULT_MAX_AGE;
 use tokio_util::sync::CancellationToken;
 
 use super::platform::{
@@ -23,7 +22,7 @@ pub async fn run(args: GatewayCommand) -> Result<()> {
     .await?;
     let replica = open_nats_code(open.nats.as_ref(), &args.mesh.region).await?;
     // Nodes' entries carry their own time to live; the bucket's max_age is only a backstop.
-    let registry = open_registry(open.nats.as_ref(), &args.mesh.region, DEFAULT_MAX_AGE).await?;
+    let registry = open_registry(open.nats.as_ref(), &args.mesh.region).await?;
     let bus = open.bus;
     let parts = open_gateway(
         &args.gateway,

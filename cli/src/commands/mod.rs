@@ -1,9 +1,6 @@
 //! One module per group of client commands; `up` runs the platform and `bench` the benchmark.
 
 pub mod bench;
-pub mod bench_all;
-pub mod bench_mesh;
-pub mod bench_persistence;
 pub mod functions;
 pub mod gateway;
 pub mod invocations;

@@ -7,8 +7,8 @@ use std::io::Write;
 use anyhow::{Context, Result};
 
 use super::platform::{
-    data_dir, open_bus, open_nats_code, open_registry, registry_ttl, require_root, seal_code,
-    shutdown_signal, NodeHandle,
+    data_dir, open_bus, open_nats_code, open_registry, require_root, seal_code, shutdown_signal,
+    NodeHandle,
 };
 use crate::args::NodeCommand;
 use crate::backends::{open_code_store, CodeStoreLocation};
@@ -30,12 +30,7 @@ pub async fn run(args: NodeCommand) -> Result<()> {
     };
     let keyring = crate::secrets_key::keyring(&args.common.secrets, &data_dir)?;
     let code = seal_code(code, &args.common.secrets, &keyring);
-    let registry = open_registry(
-        open.nats.as_ref(),
-        &args.mesh.region,
-        registry_ttl(&args.node),
-    )
-    .await?;
+    let registry = open_registry(open.nats.as_ref(), &args.mesh.region).await?;
     let bus = open.bus;
     let node = NodeHandle::start(
         &args.node,

@@ -31,7 +31,7 @@ use fnmesh_shared::nats::NatsOptions;
 use fnmesh_shared::ratelimit::RateLimit;
 use fnmesh_shared::registry::jetstream::JetStreamRegistry;
 use fnmesh_shared::registry::memory::MemoryRegistry;
-use fnmesh_shared::registry::{NodeRegistry, MISSED_HEARTBEATS};
+use fnmesh_shared::registry::NodeRegistry;
 use fnmesh_shared::secrets::Keyring;
 use fnmesh_shared::store::MetadataStore;
 use fnmesh_shared::{ErrorKind, InvocationError, InvocationStatus, NodeId};
@@ -208,28 +208,21 @@ pub async fn open_gateway(
     })
 }
 
-/// The node registry of `region`: its JetStream KV bucket when the process runs over NATS
-/// (with a `max_age` of at least `max_age`), else an in-process one, which `fnmesh up` shares
-/// between its gateway and its node.
+/// The node registry of `region`: its JetStream KV bucket when the process runs over NATS,
+/// else an in-process one, which `fnmesh up` shares between its gateway and its node.
 pub async fn open_registry(
     nats: Option<&async_nats::Client>,
     region: &str,
-    max_age: Duration,
 ) -> Result<Arc<dyn NodeRegistry>> {
     let Some(client) = nats else {
         tracing::info!(backend = "in-process", "node registry");
         return Ok(Arc::new(MemoryRegistry::new()));
     };
-    let registry = JetStreamRegistry::open(client.clone(), region, max_age)
+    let registry = JetStreamRegistry::open(client.clone(), region)
         .await
         .with_context(|| format!("opening the node registry of region {region:?}"))?;
     tracing::info!(backend = "nats kv", ?registry, "node registry");
     Ok(Arc::new(registry))
-}
-
-/// The time to live of a node's registry entry: three heartbeats.
-pub fn registry_ttl(args: &NodeArgs) -> Duration {
-    Duration::from_secs(args.heartbeat_secs.max(1)) * MISSED_HEARTBEATS
 }
 
 /// A running node: its work loop, registration, executor and sandbox supervisor.

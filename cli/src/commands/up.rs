@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::platform::{
     data_dir, fail_interrupted_invocations, open_bus, open_gateway, open_nats_code, open_registry,
-    registry_ttl, require_root, shutdown_signal, NodeHandle,
+    require_root, shutdown_signal, NodeHandle,
 };
 use crate::args::UpArgs;
 
@@ -29,8 +29,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     .await?;
     let replica = open_nats_code(open.nats.as_ref(), &args.region).await?;
     // One registry for the gateway and the node (in-process without NATS).
-    let registry =
-        open_registry(open.nats.as_ref(), &args.region, registry_ttl(&args.node)).await?;
+    let registry = open_registry(open.nats.as_ref(), &args.region).await?;
     let bus = open.bus;
     let mut parts = open_gateway(
         &args.gateway,

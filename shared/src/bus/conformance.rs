@@ -55,36 +55,51 @@ pub fn test_config() -> BusConfig {
     }
 }
 
+/// Every case of this suite, in the order [`run_all`] runs them. An engine's test file
+/// generates one test per case from this one list (`fnmesh_shared::bus_conformance_cases!(cases);` with its own
+/// `cases!` macro), so no engine can miss a case.
+#[macro_export]
+macro_rules! bus_conformance_cases {
+    ($callback:ident) => {
+        $callback!(
+            ping,
+            publish_pull_ack,
+            pull_times_out_when_empty,
+            publish_is_deduplicated,
+            nak_redelivers_with_next_attempt,
+            nak_with_delay_waits,
+            ack_wait_expiry_redelivers,
+            in_progress_prevents_redelivery,
+            max_deliver_dead_letters,
+            term_drops_without_dead_letter,
+            full_queue_refuses_publish,
+            inbox_reply_roundtrip,
+            reply_to_a_dropped_inbox_is_ok,
+            many_inboxes_each_get_their_own_reply,
+            malformed_reply_address_is_refused,
+            events_publish_pull_ack,
+            events_pull_in_batches,
+            full_event_stream_refuses_events,
+            concurrent_publishers_and_pullers,
+            max_concurrency_caps_in_flight,
+            a_flooded_function_does_not_hold_up_another,
+            queue_stats_count_pending_and_in_flight,
+            traceparent_travels_with_the_request,
+            log_followers_get_their_function_only
+        );
+    };
+}
+
 /// Runs every case, one after the other, each on a fresh bus from `make`.
 pub async fn run_all<F, Fut>(make: F)
 where
     F: Fn(BusConfig) -> Fut,
     Fut: Future<Output = Arc<dyn Bus>>,
 {
-    ping(&make).await;
-    publish_pull_ack(&make).await;
-    pull_times_out_when_empty(&make).await;
-    publish_is_deduplicated(&make).await;
-    nak_redelivers_with_next_attempt(&make).await;
-    nak_with_delay_waits(&make).await;
-    ack_wait_expiry_redelivers(&make).await;
-    in_progress_prevents_redelivery(&make).await;
-    max_deliver_dead_letters(&make).await;
-    term_drops_without_dead_letter(&make).await;
-    full_queue_refuses_publish(&make).await;
-    inbox_reply_roundtrip(&make).await;
-    reply_to_a_dropped_inbox_is_ok(&make).await;
-    many_inboxes_each_get_their_own_reply(&make).await;
-    malformed_reply_address_is_refused(&make).await;
-    events_publish_pull_ack(&make).await;
-    events_pull_in_batches(&make).await;
-    full_event_stream_refuses_events(&make).await;
-    concurrent_publishers_and_pullers(&make).await;
-    max_concurrency_caps_in_flight(&make).await;
-    a_flooded_function_does_not_hold_up_another(&make).await;
-    queue_stats_count_pending_and_in_flight(&make).await;
-    traceparent_travels_with_the_request(&make).await;
-    log_followers_get_their_function_only(&make).await;
+    macro_rules! run {
+        ($($case:ident),* $(,)?) => { $( $case(&make).await; )* };
+    }
+    crate::bus_conformance_cases!(run);
 }
 
 // ---- helpers ----

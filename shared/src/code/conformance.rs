@@ -27,16 +27,31 @@ use crate::checksum::Checksum;
 /// The store under test.
 pub type Store = Arc<dyn CodeStore>;
 
+/// Every case of this suite, in the order [`run_all`] runs them. An engine's test file
+/// generates one test per case from this one list (`fnmesh_shared::code_conformance_cases!(cases);` with its own
+/// `cases!` macro), so no engine can miss a case.
+#[macro_export]
+macro_rules! code_conformance_cases {
+    ($callback:ident) => {
+        $callback!(
+            ping,
+            put_get_roundtrip,
+            put_is_idempotent,
+            absent_blobs,
+            delete_removes,
+            empty_blob,
+            large_blob,
+            concurrent_puts_of_the_same_bytes
+        );
+    };
+}
+
 /// Runs every case that needs only the store.
 pub async fn run_all(store: Store) {
-    ping(store.clone()).await;
-    put_get_roundtrip(store.clone()).await;
-    put_is_idempotent(store.clone()).await;
-    absent_blobs(store.clone()).await;
-    delete_removes(store.clone()).await;
-    empty_blob(store.clone()).await;
-    large_blob(store.clone()).await;
-    concurrent_puts_of_the_same_bytes(store).await;
+    macro_rules! run {
+        ($($case:ident),* $(,)?) => { $( $case(store.clone()).await; )* };
+    }
+    crate::code_conformance_cases!(run);
 }
 
 /// `len` random bytes: content no other case or run stores.

@@ -22,14 +22,29 @@ pub type Limiter = Arc<dyn RateLimiter>;
 /// Slack allowed on durations for clock granularity and backend round trips.
 const SLACK: Duration = Duration::from_millis(50);
 
+/// Every case of this suite, in the order [`run_all`] runs them. An engine's test file
+/// generates one test per case from this one list (`fnmesh_shared::ratelimit_conformance_cases!(cases);` with its own
+/// `cases!` macro), so no engine can miss a case.
+#[macro_export]
+macro_rules! ratelimit_conformance_cases {
+    ($callback:ident) => {
+        $callback!(
+            invalid_limits_are_refused,
+            burst_is_admitted_then_refused,
+            remaining_counts_down,
+            keys_are_independent,
+            a_token_returns_after_one_period,
+            sustained_rate_is_burst_plus_rate
+        );
+    };
+}
+
 /// Runs every case, one after the other.
 pub async fn run_all(limiter: Limiter) {
-    invalid_limits_are_refused(limiter.clone()).await;
-    burst_is_admitted_then_refused(limiter.clone()).await;
-    remaining_counts_down(limiter.clone()).await;
-    keys_are_independent(limiter.clone()).await;
-    a_token_returns_after_one_period(limiter.clone()).await;
-    sustained_rate_is_burst_plus_rate(limiter).await;
+    macro_rules! run {
+        ($($case:ident),* $(,)?) => { $( $case(limiter.clone()).await; )* };
+    }
+    crate::ratelimit_conformance_cases!(run);
 }
 
 /// A key no other case or run uses.

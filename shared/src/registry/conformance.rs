@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! fnmesh_shared::registry::conformance::run_all(|| async {
-//!     Arc::new(JetStreamRegistry::open(client.clone(), &fresh_prefix(), max_age).await?)
+//!     Arc::new(JetStreamRegistry::open(client.clone(), &fresh_prefix()).await?)
 //!         as Arc<dyn NodeRegistry>
 //! })
 //! .await;
@@ -33,19 +33,34 @@ pub const SHORT_INTERVAL: Duration = Duration::from_millis(500);
 /// Extra time a stale entry may take to drop out (polling, server round trips).
 const SLACK: Duration = Duration::from_secs(1);
 
+/// Every case of this suite, in the order [`run_all`] runs them. An engine's test file
+/// generates one test per case from this one list (`fnmesh_shared::registry_conformance_cases!(cases);` with its own
+/// `cases!` macro), so no engine can miss a case.
+#[macro_export]
+macro_rules! registry_conformance_cases {
+    ($callback:ident) => {
+        $callback!(
+            heartbeat_then_list,
+            heartbeat_replaces_the_entry,
+            leave_removes_the_entry,
+            stale_entry_disappears_within_three_heartbeats,
+            entry_refreshed_in_time_stays_listed,
+            entry_written_long_ago_is_not_listed,
+            registries_are_isolated
+        );
+    };
+}
+
 /// Runs every case, one after the other, each on fresh registries from `make`.
 pub async fn run_all<F, Fut>(make: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Arc<dyn NodeRegistry>>,
 {
-    heartbeat_then_list(&make).await;
-    heartbeat_replaces_the_entry(&make).await;
-    leave_removes_the_entry(&make).await;
-    stale_entry_disappears_within_three_heartbeats(&make).await;
-    entry_refreshed_in_time_stays_listed(&make).await;
-    entry_written_long_ago_is_not_listed(&make).await;
-    registries_are_isolated(&make).await;
+    macro_rules! run {
+        ($($case:ident),* $(,)?) => { $( $case(&make).await; )* };
+    }
+    crate::registry_conformance_cases!(run);
 }
 
 // ---- helpers ----

@@ -2,18 +2,18 @@
 //! ([`subjects::node_registry_bucket`]), one key per node ([`subjects::node_registry_key`]),
 //! the JSON of its [`NodeInfo`] as value, history 1, file storage.
 //!
-//! nats-server 2.9 has no per-key TTL, so expiry is enforced twice:
-//! - the bucket's `max_age` (the stream's) removes entries no heartbeat refreshed; it is a
-//!   backstop that only grows: a process opening the bucket with a longer time to live than
-//!   the bucket has raises it (a shorter `max_age` than a node's interval would make its entry
-//!   vanish between heartbeats), and never lowers it;
-//! - [`NodeRegistry::list`] skips entries past their own time to live
-//!   ([`NodeInfo::is_live`]), whatever the bucket's `max_age`.
+//! Each heartbeat is written with a per-entry time to live (`Nats-TTL`, nats-server 2.11+):
+//! the entry's own [`NodeInfo::ttl`], three heartbeat intervals. The server removes an entry
+//! no heartbeat refreshed in time (leaving a delete marker), so a dead node disappears from
+//! the bucket itself, whatever the heartbeat intervals of the other nodes. Listings also skip
+//! entries past their time to live by the writer's clock ([`NodeInfo::is_live`]), which covers
+//! the moment between expiry and removal.
 //!
-//! [`NodeRegistry::leave`] writes a delete marker (aged out by `max_age` like any entry).
+//! [`NodeRegistry::leave`] writes a delete marker.
 
 use std::time::Duration;
 
+use async_nats::header::HeaderMap;
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
 use chrono::Utc;
@@ -22,9 +22,6 @@ use futures::{StreamExt, TryStreamExt};
 use super::{NodeInfo, NodeRegistry, RegistryError};
 use crate::ids::NodeId;
 use crate::subjects::{self, BusPrefix};
-
-/// The bucket's `max_age` when the opener does not ask for more (a gateway, which only lists).
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// Largest entry accepted (a [`NodeInfo`] is a few hundred bytes).
 const MAX_VALUE_BYTES: i32 = 64 * 1024;
@@ -35,9 +32,13 @@ const MAX_LISTED: usize = 10_000;
 /// How long one listing may take.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the delete marker of an expired entry is kept.
+const MARKER_TTL: Duration = Duration::from_secs(60);
+
 /// The JetStream registry of one region.
 #[derive(Clone)]
 pub struct JetStreamRegistry {
+    js: jetstream::Context,
     store: kv::Store,
     prefix: BusPrefix,
 }
@@ -56,64 +57,40 @@ fn backend(what: &str, err: impl std::fmt::Display) -> RegistryError {
 }
 
 impl JetStreamRegistry {
-    /// Opens (creating it if needed) the registry bucket of region `prefix` on `client`, with
-    /// a `max_age` of at least `max_age` (see the module docs).
-    pub async fn open(
-        client: async_nats::Client,
-        prefix: &str,
-        max_age: Duration,
-    ) -> Result<Self, RegistryError> {
+    /// Opens (creating it if needed) the registry bucket of region `prefix` on `client`. A
+    /// bucket made by an earlier fnmesh (without per-entry TTLs) is updated to allow them.
+    pub async fn open(client: async_nats::Client, prefix: &str) -> Result<Self, RegistryError> {
         let prefix = BusPrefix::parse(prefix).map_err(|e| backend("registry prefix", e))?;
         let js = jetstream::new(client);
         let bucket = subjects::node_registry_bucket(&prefix);
-        let config = stream_config(&bucket, max_age.max(Duration::from_secs(1)));
         let store = match js.get_key_value(&bucket).await {
             Ok(store) => {
-                let current = store.stream.cached_info().config.max_age;
-                if !current.is_zero() && current < config.max_age {
+                let config = &store.stream.cached_info().config;
+                if !config.allow_message_ttl {
+                    let mut config = config.clone();
+                    config.allow_message_ttl = true;
+                    config.subject_delete_marker_ttl = Some(MARKER_TTL);
                     js.update_stream(&config)
                         .await
-                        .map_err(|e| backend("raising the node registry max_age", e))?;
+                        .map_err(|e| backend("allowing per-entry TTLs in the node registry", e))?;
                 }
                 store
             }
-            Err(get_err) => match js.create_stream(config).await {
-                Ok(_) => js
-                    .get_key_value(&bucket)
-                    .await
-                    .map_err(|e| backend("opening the node registry bucket", e))?,
-                // Another process may have created it in between.
-                Err(create_err) => js.get_key_value(&bucket).await.map_err(|e| {
-                    backend(
-                        "creating the node registry bucket",
-                        format!("{get_err}; {create_err}; {e}"),
-                    )
-                })?,
-            },
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    description: "fnmesh node registry".to_owned(),
+                    history: 1,
+                    max_value_size: MAX_VALUE_BYTES,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: 1,
+                    limit_markers: Some(MARKER_TTL),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| backend("creating the node registry bucket", e))?,
         };
-        Ok(Self { store, prefix })
-    }
-}
-
-/// The bucket's stream, as `async_nats`' own `create_key_value` would make it. (That call
-/// reads the account info first, which fails to parse against nats-server 2.9, so the stream
-/// is created directly and then opened as a bucket.)
-fn stream_config(bucket: &str, max_age: Duration) -> jetstream::stream::Config {
-    jetstream::stream::Config {
-        name: format!("KV_{bucket}"),
-        description: Some("fnmesh node registry".to_owned()),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        max_age,
-        max_message_size: MAX_VALUE_BYTES,
-        storage: jetstream::stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        deny_purge: false,
-        allow_direct: true,
-        num_replicas: 1,
-        discard: jetstream::stream::DiscardPolicy::New,
-        ..Default::default()
+        Ok(Self { js, store, prefix })
     }
 }
 
@@ -125,8 +102,18 @@ impl NodeRegistry for JetStreamRegistry {
             key: key.clone(),
             detail: e.to_string(),
         })?;
-        self.store
-            .put(&key, value.into())
+        // Whole seconds, rounded up (the server's TTL granularity).
+        let ttl_secs = info.ttl().as_millis().div_ceil(1000).max(1);
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-TTL", format!("{ttl_secs}s").as_str());
+        self.js
+            .publish_with_headers(
+                subjects::node_registry_entry(&self.prefix, &info.id),
+                headers,
+                value.into(),
+            )
+            .await
+            .map_err(|e| backend("writing a heartbeat", e))?
             .await
             .map_err(|e| backend("writing a heartbeat", e))?;
         Ok(())

@@ -27,6 +27,10 @@ use crate::invocation::{
 };
 use crate::names::{FunctionName, Namespace};
 
+pub use super::access::conformance::{
+    api_key_grants_roundtrip, api_keys_list_get_and_revoke, namespace_quotas_roundtrip,
+    namespace_usage_counts_latest_versions, refresh_family_revocation, refresh_tokens_rotate_once,
+};
 pub use super::conformance_audit::{
     audit_pages_newest_first, audit_roundtrip_and_filters,
     secrets_need_their_function_and_go_with_it, secrets_roundtrip_sealed,
@@ -35,41 +39,64 @@ pub use super::conformance_audit::{
 /// The store under test, shared by the cases.
 pub type Store = Arc<dyn MetadataStore>;
 
+/// Every case of this suite, in the order [`run_all`] runs them. An engine's test file
+/// generates one test per case from this one list (`fnmesh_shared::store_conformance_cases!(cases);` with its own
+/// `cases!` macro), so no engine can miss a case.
+#[macro_export]
+macro_rules! store_conformance_cases {
+    ($callback:ident) => {
+        $callback!(
+            ping,
+            create_and_get,
+            create_conflicts_only_within_a_namespace,
+            add_version_requires_latest_plus_one,
+            concurrent_add_version_has_one_winner,
+            list_functions_pages_latest_versions_by_name,
+            list_functions_refuses_bad_cursors,
+            delete_removes_all_versions,
+            namespaces_are_isolated,
+            insert_and_get_invocation,
+            get_invocations_in_order_within_the_namespace,
+            update_invocation_is_fenced,
+            update_of_absent_invocation_is_not_found,
+            list_invocations_newest_first_with_filters,
+            list_invocations_pagination_is_stable_under_inserts,
+            list_invocations_refuses_bad_cursors,
+            update_invocations_batch_is_fenced_like_single_updates,
+            update_invocations_batch_applies_in_order,
+            stale_queued_returns_accepted_requests_oldest_first,
+            stale_queued_skips_records_that_moved_on,
+            running_invocations_span_namespaces,
+            logs_roundtrip,
+            put_logs_batch_stores_each_last_wins,
+            logs_stored_answers_per_key_within_the_namespace,
+            nul_characters_do_not_fail_writes,
+            dead_letters_roundtrip_and_mark_the_record,
+            dead_letters_list_newest_first_with_cursors,
+            put_dead_letter_is_idempotent,
+            put_dead_letter_keeps_terminal_records,
+            put_dead_letter_inserts_absent_records,
+            api_keys_list_get_and_revoke,
+            api_key_grants_roundtrip,
+            refresh_tokens_rotate_once,
+            refresh_family_revocation,
+            namespace_quotas_roundtrip,
+            namespace_usage_counts_latest_versions,
+            api_keys,
+            audit_roundtrip_and_filters,
+            audit_pages_newest_first,
+            secrets_roundtrip_sealed,
+            secrets_need_their_function_and_go_with_it
+        );
+    };
+}
+
 /// Runs every case, one after the other, against `store`.
 pub async fn run_all(store: Store) {
-    ping(store.clone()).await;
-    create_and_get(store.clone()).await;
-    create_conflicts_only_within_a_namespace(store.clone()).await;
-    add_version_requires_latest_plus_one(store.clone()).await;
-    concurrent_add_version_has_one_winner(store.clone()).await;
-    list_functions_pages_latest_versions_by_name(store.clone()).await;
-    list_functions_refuses_bad_cursors(store.clone()).await;
-    delete_removes_all_versions(store.clone()).await;
-    namespaces_are_isolated(store.clone()).await;
-    insert_and_get_invocation(store.clone()).await;
-    get_invocations_in_order_within_the_namespace(store.clone()).await;
-    update_invocation_is_fenced(store.clone()).await;
-    update_of_absent_invocation_is_not_found(store.clone()).await;
-    list_invocations_newest_first_with_filters(store.clone()).await;
-    list_invocations_pagination_is_stable_under_inserts(store.clone()).await;
-    list_invocations_refuses_bad_cursors(store.clone()).await;
-    update_invocations_batch_is_fenced_like_single_updates(store.clone()).await;
-    update_invocations_batch_applies_in_order(store.clone()).await;
-    stale_queued_returns_accepted_requests_oldest_first(store.clone()).await;
-    stale_queued_skips_records_that_moved_on(store.clone()).await;
-    running_invocations_span_namespaces(store.clone()).await;
-    logs_roundtrip(store.clone()).await;
-    put_logs_batch_stores_each_last_wins(store.clone()).await;
-    logs_stored_answers_per_key_within_the_namespace(store.clone()).await;
-    nul_characters_do_not_fail_writes(store.clone()).await;
-    dead_letters_roundtrip_and_mark_the_record(store.clone()).await;
-    dead_letters_list_newest_first_with_cursors(store.clone()).await;
-    put_dead_letter_is_idempotent(store.clone()).await;
-    put_dead_letter_keeps_terminal_records(store.clone()).await;
-    put_dead_letter_inserts_absent_records(store.clone()).await;
-    crate::store::access::conformance::run_all(store.clone()).await;
-    api_keys(store.clone()).await;
-    super::conformance_audit::run_all(store).await;
+    macro_rules! run {
+        ($($case:ident),* $(,)?) => { $( $case(store.clone()).await; )* };
+    }
+    crate::store_conformance_cases!(run);
 }
 
 // ---- helpers ----

@@ -15,9 +15,9 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
+use super::mesh::{self as bench_mesh, Latency, TARGET_RATIO, TARGET_THROUGHPUT};
+use super::sandbox::{SandboxFigures, Series};
 use crate::args::{AllBenchArgs, MeshBenchArgs};
-use crate::commands::bench::{SandboxFigures, Series};
-use crate::commands::bench_mesh::{self, Latency, TARGET_RATIO, TARGET_THROUGHPUT};
 
 /// Target of the sandbox issue: warm overhead over the bare handler, in µs.
 const TARGET_WARM_OVERHEAD_US: f64 = 100.0;
