@@ -276,6 +276,19 @@ impl Mesh {
         assert_eq!(r.status, 201, "deploy: {:?}", r.body);
     }
 
+    /// Invokes `name` asynchronously with `payload`, asserts 202 and returns the invocation id.
+    pub async fn invoke_async(&self, name: &str, payload: Value) -> String {
+        let r = self
+            .call(
+                "POST",
+                &format!("/v1/functions/{name}/invoke?async=true"),
+                Some(payload),
+            )
+            .await;
+        assert_eq!(r.status, 202, "async invoke: {:?}", r.body);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
     /// Polls an invocation until it is terminal (or `within` passes, which fails the test).
     pub async fn wait_terminal(&self, id: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;

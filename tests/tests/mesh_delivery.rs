@@ -11,19 +11,7 @@ use std::time::{Duration, Instant};
 
 use fnmesh_tests::mesh::Mesh;
 use fnmesh_tests::{function_body, unique};
-use serde_json::{json, Value};
-
-async fn invoke_async(mesh: &Mesh, name: &str, payload: Value) -> String {
-    let r = mesh
-        .call(
-            "POST",
-            &format!("/v1/functions/{name}/invoke?async=true"),
-            Some(payload),
-        )
-        .await;
-    assert_eq!(r.status, 202, "async invoke: {:?}", r.body);
-    r.body["id"].as_str().unwrap().to_owned()
-}
+use serde_json::json;
 
 /// `kill -9` of a node while 50 one-second async invocations are in flight: all 50 end
 /// `succeeded`, once each, after at most 2 attempts, none left `running`.
@@ -49,7 +37,7 @@ async fn a_killed_node_loses_no_work() {
 
     let mut ids = Vec::new();
     for i in 0..50 {
-        ids.push(invoke_async(&mesh, &name, json!({"i": i})).await);
+        ids.push(mesh.invoke_async(&name, json!({"i": i})).await);
     }
     // Kill node-a once it is running some of them.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -134,7 +122,7 @@ async fn a_crashing_function_ends_in_the_dead_letter_queue() {
     ))
     .await;
     let started = Instant::now();
-    let id = invoke_async(&mesh, &name, json!({"order": 42})).await;
+    let id = mesh.invoke_async(&name, json!({"order": 42})).await;
     let record = mesh.wait_terminal(&id, Duration::from_secs(60)).await;
     let took = started.elapsed();
     assert_eq!(
@@ -229,7 +217,7 @@ async fn a_flooded_slow_function_does_not_delay_a_fast_one() {
     ))
     .await;
     for i in 0..200 {
-        invoke_async(&mesh, &slow, json!({"i": i})).await;
+        mesh.invoke_async(&slow, json!({"i": i})).await;
     }
     let mut worst = Duration::ZERO;
     for i in 0..10 {
@@ -289,7 +277,7 @@ async fn max_concurrency_holds_across_the_cluster() {
     .await;
     let mut ids = Vec::new();
     for i in 0..12 {
-        ids.push(invoke_async(&mesh, &name, json!({"i": i})).await);
+        ids.push(mesh.invoke_async(&name, json!({"i": i})).await);
     }
     let mut spans = Vec::new();
     let mut nodes = HashSet::new();

@@ -128,8 +128,8 @@ async fn under_steady_load_the_event_backlog_stays_bounded() {
     assert_eq!(r.body["items"], json!([]), "nothing is left running");
 }
 
-/// 40 async invocations accepted, then the gateway (and its recorder) frozen while the node
-/// runs them: the event stream (8 events at most) fills up and stays full for several ack
+/// 40 async invocations accepted (the node frozen meanwhile), then the gateway (and its
+/// recorder) frozen while the node runs them: the event stream (8 events at most) fills up and stays full for several ack
 /// waits. Once the recorder is back, every invocation ends `succeeded` after exactly one
 /// attempt, with its logs, and the stream drains. (Nodes used to give up on a full stream
 /// after 1.5 s and nak the work, which then ran again and again and was dead-lettered.)
@@ -168,20 +168,16 @@ async fn a_full_event_stream_never_leaves_accepted_work_unfinished() {
         .await;
     assert_eq!(r.status, 200, "warm-up: {:?}\n{}", r.body, mesh.logs());
 
+    // The node is frozen while the work is accepted, then the gateway while the node runs it:
+    // otherwise the recorder keeps up and the stream never fills.
+    mesh.nodes[0].pause();
     let mut ids = Vec::new();
     for i in 0..INVOCATIONS {
-        let r = mesh
-            .call(
-                "POST",
-                &format!("/v1/functions/{name}/invoke?async=true"),
-                Some(json!({"i": i})),
-            )
-            .await;
-        assert_eq!(r.status, 202, "async invoke: {:?}", r.body);
-        ids.push(r.body["id"].as_str().unwrap().to_owned());
+        ids.push(mesh.invoke_async(&name, json!({"i": i})).await);
     }
 
     mesh.gateway.pause();
+    mesh.nodes[0].resume();
     let deadline = Instant::now() + Duration::from_secs(60);
     while event_stream_messages(&mesh).await < CAPACITY {
         if Instant::now() > deadline {

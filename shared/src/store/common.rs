@@ -24,6 +24,35 @@ pub(crate) const DEAD_LETTER_CURSOR: &str = "d:";
 /// The terminal statuses, as an SQL list.
 pub(crate) const TERMINAL_SQL: &str = "('succeeded', 'failed', 'timeout', 'dead_lettered')";
 
+/// The answers of a batched read by `(namespace, id)` keys, in key order: for each key, the
+/// record of `found` with that id, if it is in the key's namespace.
+pub(crate) fn records_per_key(
+    keys: &[(Namespace, InvocationId)],
+    found: Vec<InvocationResult>,
+) -> Vec<Option<InvocationResult>> {
+    let by_id: std::collections::HashMap<InvocationId, InvocationResult> =
+        found.into_iter().map(|r| (r.id, r)).collect();
+    keys.iter()
+        .map(|(namespace, id)| by_id.get(id).filter(|r| &r.namespace == namespace).cloned())
+        .collect()
+}
+
+/// For each key, in order, whether `found` (invocation id → namespace, as text) holds it in
+/// the key's namespace.
+pub(crate) fn present_per_key(
+    keys: &[(Namespace, InvocationId)],
+    found: Vec<(String, String)>,
+) -> Vec<bool> {
+    let found: std::collections::HashMap<String, String> = found.into_iter().collect();
+    keys.iter()
+        .map(|(namespace, id)| {
+            found
+                .get(&id.to_string())
+                .is_some_and(|ns| ns == namespace.as_str())
+        })
+        .collect()
+}
+
 /// A requested page size within 1..=[`MAX_PAGE_LIMIT`].
 pub(crate) fn clamp_limit(limit: u32) -> u32 {
     limit.clamp(1, MAX_PAGE_LIMIT)

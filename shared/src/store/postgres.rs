@@ -28,8 +28,8 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::common::{
     clamp_limit, dead_letter_cursor, dead_letter_page, dead_letter_target, decode_cursor,
-    encode_cursor, from_json, function_label, is_unique_violation, DeadLetterColumns,
-    FUNCTION_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
+    encode_cursor, from_json, function_label, is_unique_violation, present_per_key,
+    records_per_key, DeadLetterColumns, FUNCTION_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
 };
 use super::{ApiKeyRecord, InvocationFilter, MetadataStore, Page, Role, StoreError};
 use super::{AuditEntry, AuditFilter, SecretInfo};
@@ -740,15 +740,11 @@ impl MetadataStore for PostgresStore {
                 .bind(ids)
                 .fetch_all(&self.pool)
                 .await?;
-        let mut by_id: HashMap<InvocationId, InvocationResult> = HashMap::with_capacity(rows.len());
-        for body in rows {
-            let record: InvocationResult = from_json(&body)?;
-            by_id.insert(record.id, record);
-        }
-        Ok(keys
+        let found = rows
             .iter()
-            .map(|(namespace, id)| by_id.get(id).filter(|r| &r.namespace == namespace).cloned())
-            .collect())
+            .map(|body| from_json(body))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(records_per_key(keys, found))
     }
 
     async fn list_invocations(
@@ -864,15 +860,7 @@ impl MetadataStore for PostgresStore {
         .bind(ids)
         .fetch_all(&self.pool)
         .await?;
-        let found: HashMap<String, String> = rows.into_iter().collect();
-        Ok(keys
-            .iter()
-            .map(|(namespace, id)| {
-                found
-                    .get(&id.to_string())
-                    .is_some_and(|ns| ns == namespace.as_str())
-            })
-            .collect())
+        Ok(present_per_key(keys, rows))
     }
 
     async fn get_logs(

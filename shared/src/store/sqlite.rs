@@ -6,7 +6,6 @@
 //! and listing order. Listings use keyset pagination with opaque cursors (base64 of the last
 //! key seen), so walking all pages never repeats or skips a row, even while rows are inserted.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,8 +21,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::common::{
     clamp_limit, dead_letter_cursor, dead_letter_page, dead_letter_target, decode_cursor,
-    encode_cursor, from_json, function_label, is_unique_violation, DeadLetterColumns,
-    FUNCTION_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
+    encode_cursor, from_json, function_label, is_unique_violation, present_per_key,
+    records_per_key, DeadLetterColumns, FUNCTION_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
 };
 use super::{ApiKeyRecord, InvocationFilter, MetadataStore, Page, Role, StoreError};
 use super::{AuditEntry, AuditFilter, SecretInfo};
@@ -553,7 +552,7 @@ impl MetadataStore for SqliteStore {
         &self,
         keys: &[(Namespace, InvocationId)],
     ) -> Result<Vec<Option<InvocationResult>>, StoreError> {
-        let mut by_id: HashMap<String, InvocationResult> = HashMap::with_capacity(keys.len());
+        let mut found = Vec::with_capacity(keys.len());
         // SQLite allows 32,766 bound parameters: chunks stay far below.
         for chunk in keys.chunks(BATCH_CHUNK) {
             let mut query: QueryBuilder<'_, Sqlite> =
@@ -565,19 +564,10 @@ impl MetadataStore for SqliteStore {
             ids.push_unseparated(")");
             let rows: Vec<String> = query.build_query_scalar().fetch_all(&self.pool).await?;
             for body in rows {
-                let record: InvocationResult = from_json(&body)?;
-                by_id.insert(record.id.to_string(), record);
+                found.push(from_json(&body)?);
             }
         }
-        Ok(keys
-            .iter()
-            .map(|(namespace, id)| {
-                by_id
-                    .get(&id.to_string())
-                    .filter(|r| &r.namespace == namespace)
-                    .cloned()
-            })
-            .collect())
+        Ok(records_per_key(keys, found))
     }
 
     async fn list_invocations(
@@ -661,7 +651,7 @@ impl MetadataStore for SqliteStore {
         &self,
         keys: &[(Namespace, InvocationId)],
     ) -> Result<Vec<bool>, StoreError> {
-        let mut found: HashMap<String, String> = HashMap::with_capacity(keys.len());
+        let mut found = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH_CHUNK) {
             let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
                 "SELECT l.id, i.namespace FROM invocation_logs l \
@@ -675,14 +665,7 @@ impl MetadataStore for SqliteStore {
             let rows: Vec<(String, String)> = query.build_query_as().fetch_all(&self.pool).await?;
             found.extend(rows);
         }
-        Ok(keys
-            .iter()
-            .map(|(namespace, id)| {
-                found
-                    .get(&id.to_string())
-                    .is_some_and(|ns| ns == namespace.as_str())
-            })
-            .collect())
+        Ok(present_per_key(keys, found))
     }
 
     async fn get_logs(
