@@ -375,7 +375,7 @@ impl Worker {
                     return;
                 }
                 Err(e) => {
-                    if try_no == 1 || try_no.is_power_of_two() {
+                    if try_no.is_power_of_two() {
                         tracing::warn!(error = %e, try_no, invocation.id = %request.id, "publishing the result failed; retrying");
                     }
                     // Never longer than the progress interval, so the delivery stays alive.
