@@ -197,10 +197,10 @@ impl Recorder {
 /// - `Started` marks a record `running` (attempt, node, start time), `Retrying` marks it
 ///   `queued` again with the failed attempt's error: one batched update of those the fence
 ///   would take;
-/// - `Finished` writes the final record (one batched update of those the fence would take)
-///   and, for each one that is (now) the stored result, its logs (one batched write), unless
-///   they are stored already: a replayed outcome, or one the sync handler wrote itself, costs
-///   two reads and no write.
+/// - `Finished` writes the logs, then the final record (one batched write each) of those the
+///   fence would take, so a finished record is never read without its logs; an outcome whose
+///   record already holds it (a replay, or one the sync handler wrote itself) gets only its
+///   logs, if they are missing: it costs two reads and no write.
 pub async fn record_events(store: &dyn MetadataStore, events: &[NodeEvent]) -> Vec<bool> {
     let mut settled = vec![true; events.len()];
     if events.is_empty() {
@@ -279,44 +279,35 @@ pub async fn record_events(store: &dyn MetadataStore, events: &[NodeEvent]) -> V
             Some(_) => {}
         }
     }
-    let mut write_logs = Vec::new();
+    // The logs of the outcomes about to be applied go first, so a record is never seen
+    // finished without its logs.
+    if !finals.is_empty() {
+        if let Err(e) = store.put_logs_batch(&logs_of(events, &final_of)).await {
+            tracing::warn!(error = %e, batch.size = final_of.len(), "recording logs failed; the outcomes will be redelivered");
+            for &i in &final_of {
+                settled[i] = false;
+            }
+            finals.clear();
+            final_of.clear();
+        }
+    }
     if !finals.is_empty() {
         match store.update_invocations(&finals).await {
             Ok(applied) => {
-                let mut raced = Vec::new();
-                for (i, applied) in final_of.into_iter().zip(applied) {
-                    if applied {
-                        write_logs.push(i);
-                    } else {
-                        raced.push(i);
-                    }
-                }
-                // Fenced off by a write since the read: read again to tell a replay of the
-                // stored result from a stale attempt.
+                let raced: Vec<usize> = final_of
+                    .iter()
+                    .zip(applied)
+                    .filter(|(_, applied)| !applied)
+                    .map(|(&i, _)| i)
+                    .collect();
                 if !raced.is_empty() {
-                    let raced_keys: Vec<_> =
-                        raced.iter().filter_map(|&i| keys.get(i).cloned()).collect();
-                    match store.get_invocations(&raced_keys).await {
-                        Ok(records) => {
-                            for (i, record) in raced.into_iter().zip(records) {
-                                let holds_it = match (record, events.get(i)) {
-                                    (Some(record), Some(NodeEvent::Finished(o))) => {
-                                        holds(&record, &o.result)
-                                    }
-                                    _ => false,
-                                };
-                                if holds_it {
-                                    held.push(i);
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "re-reading fenced outcomes failed; they will be redelivered");
-                            for i in raced {
-                                settled[i] = false;
-                            }
-                        }
-                    }
+                    // Fenced off by a write since the read: a replay of the same attempt (its
+                    // logs are these very logs), or rarely a later attempt's result, whose
+                    // writer writes its own logs too.
+                    tracing::debug!(
+                        batch.fenced = raced.len(),
+                        "outcomes fenced off by a concurrent write"
+                    );
                 }
             }
             Err(e) => {
@@ -327,41 +318,45 @@ pub async fn record_events(store: &dyn MetadataStore, events: &[NodeEvent]) -> V
             }
         }
     }
+    // Outcomes already stored (by the sync handler, or a replay): only their missing logs.
     if !held.is_empty() {
         let held_keys: Vec<_> = held.iter().filter_map(|&i| keys.get(i).cloned()).collect();
-        match store.logs_stored(&held_keys).await {
-            Ok(stored) => {
-                write_logs.extend(
-                    held.into_iter()
-                        .zip(stored)
-                        .filter(|(_, s)| !s)
-                        .map(|(i, _)| i),
-                );
-            }
+        let missing = match store.logs_stored(&held_keys).await {
+            Ok(stored) => held
+                .iter()
+                .zip(stored)
+                .filter(|(_, stored)| !stored)
+                .map(|(&i, _)| i)
+                .collect::<Vec<_>>(),
             Err(e) => {
                 tracing::warn!(error = %e, "checking stored logs failed; the outcomes will be redelivered");
-                for i in held {
+                for &i in &held {
+                    settled[i] = false;
+                }
+                Vec::new()
+            }
+        };
+        if !missing.is_empty() {
+            if let Err(e) = store.put_logs_batch(&logs_of(events, &missing)).await {
+                tracing::warn!(error = %e, batch.size = missing.len(), "recording logs failed; the outcomes will be redelivered");
+                for i in missing {
                     settled[i] = false;
                 }
             }
         }
     }
-    let logs: Vec<(InvocationId, InvocationLogs)> = write_logs
+    settled
+}
+
+/// The logs of the `Finished` events at `indices`.
+fn logs_of(events: &[NodeEvent], indices: &[usize]) -> Vec<(InvocationId, InvocationLogs)> {
+    indices
         .iter()
         .filter_map(|&i| match events.get(i) {
             Some(NodeEvent::Finished(outcome)) => Some((outcome.result.id, outcome.logs.clone())),
             _ => None,
         })
-        .collect();
-    if !logs.is_empty() {
-        if let Err(e) = store.put_logs_batch(&logs).await {
-            tracing::warn!(error = %e, batch.size = logs.len(), "recording logs failed; the outcomes will be redelivered");
-            for i in write_logs {
-                settled[i] = false;
-            }
-        }
-    }
-    settled
+        .collect()
 }
 
 /// Whether the store's fencing would apply `update` over `stored` (see
