@@ -31,6 +31,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // reqwest (our client, the OTLP exporter) leaves rustls's crypto to us: ring, as the rest.
+    // An error only means a provider is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let service = match cli.command {
         Command::Up(_) => "fnmesh",
         Command::Gateway(_) => "fnmesh-gateway",

@@ -94,7 +94,7 @@ fn claims() -> Value {
 fn hs256(kid: Option<&str>, claims: &Value, secret: &[u8]) -> String {
     let mut header = Header::new(Algorithm::HS256);
     header.kid = kid.map(str::to_owned);
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret)).unwrap()
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret).unwrap()).unwrap()
 }
 
 fn b64(v: &Value) -> String {

@@ -363,7 +363,10 @@ fn unpack_zip(source: &[u8], tree: &mut Tree<'_>) -> Result<(), ArchiveError> {
         let mut entry = archive
             .by_index(index)
             .map_err(|e| ArchiveError::InvalidArchive(e.to_string()))?;
-        let name = entry.name().to_owned();
+        let name = entry
+            .name()
+            .map_err(|e| ArchiveError::InvalidArchive(e.to_string()))?
+            .into_owned();
         if entry.encrypted() {
             return Err(ArchiveError::InvalidArchive(format!(
                 "entry {:?} is encrypted",

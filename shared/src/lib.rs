@@ -12,6 +12,7 @@ pub mod invocation;
 pub mod metrics;
 pub mod names;
 pub mod nats;
+pub mod random;
 pub mod ratelimit;
 pub mod registry;
 pub mod secrets;

@@ -18,7 +18,6 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -276,9 +275,7 @@ pub fn parse_key(text: &str) -> Result<[u8; KEY_BYTES], SecretsError> {
 
 /// A fresh random key, base64.
 pub fn generate_key() -> String {
-    let mut key = [0u8; KEY_BYTES];
-    rand::rngs::OsRng.fill_bytes(&mut key);
-    STANDARD.encode(key)
+    STANDARD.encode(crate::random::bytes::<KEY_BYTES>())
 }
 
 impl Keyring {
@@ -329,11 +326,10 @@ impl Keyring {
             .keys
             .get(&self.current)
             .ok_or_else(|| SecretsError::UnknownKeyId(self.current.clone()))?;
-        let mut nonce = [0u8; NONCE_BYTES];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let nonce = crate::random::bytes::<NONCE_BYTES>();
         let ciphertext = cipher
             .encrypt(
-                Nonce::from_slice(&nonce),
+                &Nonce::from(nonce),
                 Payload {
                     msg: plaintext,
                     aad,
@@ -353,12 +349,14 @@ impl Keyring {
             .keys
             .get(&sealed.key_id)
             .ok_or_else(|| SecretsError::UnknownKeyId(sealed.key_id.clone()))?;
-        if sealed.nonce.len() != NONCE_BYTES {
-            return Err(SecretsError::Decrypt);
-        }
+        let nonce: [u8; NONCE_BYTES] = sealed
+            .nonce
+            .as_slice()
+            .try_into()
+            .map_err(|_| SecretsError::Decrypt)?;
         cipher
             .decrypt(
-                Nonce::from_slice(&sealed.nonce),
+                &Nonce::from(nonce),
                 Payload {
                     msg: &sealed.ciphertext,
                     aad,

@@ -88,6 +88,16 @@ pub fn require_root() {
 }
 
 /// A running `fnmesh up` with its own data dir and port.
+/// The HTTP client every test uses: a 120 s timeout, and rustls on ring (reqwest leaves the
+/// crypto provider to the application).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("http client")
+}
+
 pub struct TestApp {
     child: Option<Child>,
     /// `http://127.0.0.1:<port>`.
@@ -130,10 +140,7 @@ impl TestApp {
             base_url: format!("http://127.0.0.1:{port}"),
             port,
             data_dir,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .expect("http client"),
+            http: http_client(),
             log_path,
         };
         app.wait_healthy(Duration::from_secs(30)).await;

@@ -157,10 +157,7 @@ impl Mesh {
             log_path: gw_log,
             id: "gateway".into(),
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap();
+        let http = crate::http_client();
         let mut mesh = Self {
             nats,
             dir,

@@ -79,10 +79,7 @@ async fn a_gateway_and_two_nodes_share_the_work_over_jetstream() {
         )));
     }
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
+    let http = fnmesh_tests::http_client();
     let base = format!("http://{listen}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -15,7 +15,6 @@ use chrono::Utc;
 use fnmesh_shared::store::Role;
 use fnmesh_shared::{FunctionName, Namespace};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand::RngCore;
 use ring::signature::{Ed25519KeyPair, KeyPair, RsaKeyPair};
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +54,9 @@ pub enum KeyError {
         /// What was wrong.
         detail: String,
     },
+    /// The signing library refused the key material.
+    #[error("key refused: {0}")]
+    Refused(#[source] jsonwebtoken::errors::Error),
 }
 
 /// One key of the set: its `kid`, its pinned algorithm, and both halves.
@@ -104,16 +106,14 @@ impl SigningKey {
         Ok(Self {
             kid: check_kid(kid)?,
             algorithm: Algorithm::HS256,
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            encoding: EncodingKey::from_secret(secret).map_err(KeyError::Refused)?,
+            decoding: DecodingKey::from_secret(secret).map_err(KeyError::Refused)?,
         })
     }
 
     /// A random HS256 secret of 32 bytes (hex, so it can be stored as text).
     pub fn random_hs256_secret() -> String {
-        let mut bytes = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        hex::encode(bytes)
+        hex::encode(fnmesh_shared::random::bytes::<32>())
     }
 
     /// An EdDSA key from a PKCS#8 PEM Ed25519 private key; the public key is derived.
@@ -342,9 +342,7 @@ impl Tokens {
 
 /// 128 random bits, hex.
 fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
+    hex::encode(fnmesh_shared::random::bytes::<16>())
 }
 
 /// Whether a bearer value has the shape of a JWT: three non-empty base64url segments.

@@ -55,14 +55,10 @@ pub struct RefreshBody {
 
 /// A fresh refresh token.
 fn generate_refresh_token() -> String {
-    use rand::distributions::Alphanumeric;
-    use rand::Rng;
-    let random: String = rand::rngs::OsRng
-        .sample_iter(&Alphanumeric)
-        .take(REFRESH_RANDOM_CHARS)
-        .map(char::from)
-        .collect();
-    format!("{REFRESH_PREFIX}{random}")
+    format!(
+        "{REFRESH_PREFIX}{}",
+        fnmesh_shared::random::base62(REFRESH_RANDOM_CHARS)
+    )
 }
 
 /// The stored hash of a presented refresh token, if it has the right shape.

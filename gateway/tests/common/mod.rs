@@ -81,7 +81,11 @@ impl TestAppBuilder {
             registry,
             shutdown,
             task: Some(task),
-            http: reqwest::Client::new(),
+            http: {
+                // reqwest leaves rustls's crypto provider to the application.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                reqwest::Client::new()
+            },
         }
     }
 }

@@ -57,7 +57,7 @@ pub async fn run_all(store: Store) {
 /// `len` random bytes: content no other case or run stores.
 pub fn random_bytes(len: usize) -> Bytes {
     let mut bytes = vec![0u8; len];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
     Bytes::from(bytes)
 }
 

@@ -278,11 +278,11 @@ impl RedisRateLimiter {
             return Ok(c);
         }
         let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.config.timeout)
-            .set_response_timeout(self.config.timeout)
+            .set_connection_timeout(Some(self.config.timeout))
+            .set_response_timeout(Some(self.config.timeout))
             .set_number_of_retries(1)
-            .set_factor(50)
-            .set_max_delay(1000);
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
         let connect = ConnectionManager::new_with_config(self.client.clone(), manager_config);
         let manager = match tokio::time::timeout(self.config.timeout * 2, connect).await {
             Ok(Ok(m)) => m,

@@ -22,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::query::Query;
 use sqlx::{Postgres, QueryBuilder, Row};
@@ -107,7 +108,7 @@ impl PostgresStore {
         {
             let setup = Self::connect_with(options.clone(), 1).await?;
             // The name is a checked identifier: quoting it is enough.
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")))
                 .execute(&setup.pool)
                 .await
                 .map_err(|e| StoreError::Backend(format!("create schema {schema}: {e}")))?;
@@ -130,7 +131,7 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(failed)?;
-            sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")))
                 .execute(&mut *tx)
                 .await
                 .map_err(failed)?;
@@ -578,7 +579,7 @@ impl MetadataStore for PostgresStore {
                  AS present",
             fence = fencing_sql("i", "u"),
         );
-        let row = sqlx::query(&sql)
+        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(i64::from(record.version))
             .bind(record.status.as_str())
             .bind(i64::from(record.attempt))
@@ -654,7 +655,7 @@ impl MetadataStore for PostgresStore {
                 bodies.push(to_json(record)?);
                 terminals.push(record.status.is_terminal());
             }
-            let updated: Vec<String> = sqlx::query_scalar(&sql)
+            let updated: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
                 .bind(ids)
                 .bind(namespaces)
                 .bind(versions)
@@ -762,7 +763,7 @@ impl MetadataStore for PostgresStore {
             }
             None => None,
         };
-        let mut query: QueryBuilder<'_, Postgres> =
+        let mut query: QueryBuilder<Postgres> =
             QueryBuilder::new("SELECT body::text FROM invocations WHERE namespace = ");
         query.push_bind(namespace.as_str());
         if let Some(function) = &filter.function {
@@ -1023,7 +1024,7 @@ impl MetadataStore for PostgresStore {
     ) -> Result<Page<DeadLetterRecord>, StoreError> {
         let limit = clamp_limit(limit);
         let before = dead_letter_cursor(cursor)?;
-        let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new("SELECT ");
+        let mut query: QueryBuilder<Postgres> = QueryBuilder::new("SELECT ");
         query
             .push(DEAD_LETTER_COLUMNS)
             .push(" FROM dead_letters WHERE true");
@@ -1058,7 +1059,7 @@ impl MetadataStore for PostgresStore {
             "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters \
              WHERE id = $1::uuid AND ($2::text IS NULL OR namespace = $2)"
         );
-        let row = sqlx::query(&sql)
+        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(id.to_string())
             .bind(namespace.map(Namespace::as_str))
             .fetch_optional(&self.pool)

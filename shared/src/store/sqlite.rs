@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
 use sqlx::query::Query;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -130,10 +131,10 @@ const API_KEY_COLUMNS: &str =
 /// Binds an API key's columns in [`API_KEY_COLUMNS`] order; `functions` is the JSON of its
 /// grants (see [`functions_json`]).
 fn bind_api_key<'q>(
-    query: Query<'q, Sqlite, SqliteArguments<'q>>,
+    query: Query<'q, Sqlite, SqliteArguments>,
     key: &'q ApiKeyRecord,
     functions: Option<String>,
-) -> Query<'q, Sqlite, SqliteArguments<'q>> {
+) -> Query<'q, Sqlite, SqliteArguments> {
     query
         .bind(&key.id)
         .bind(&key.key_hash)
@@ -440,7 +441,7 @@ impl MetadataStore for SqliteStore {
     async fn update_invocation(&self, record: &InvocationResult) -> Result<bool, StoreError> {
         let body = to_json(record)?;
         let sql = update_invocation_sql();
-        let done = sqlx::query(&sql)
+        let done = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(i64::from(record.version))
             .bind(record.status.as_str())
             .bind(i64::from(record.attempt))
@@ -488,7 +489,7 @@ impl MetadataStore for SqliteStore {
         let now = ts(&Utc::now());
         let mut tx = self.pool.begin().await?;
         for record in records {
-            let done = sqlx::query(&sql)
+            let done = sqlx::query(AssertSqlSafe(sql.as_str()))
                 .bind(i64::from(record.version))
                 .bind(record.status.as_str())
                 .bind(i64::from(record.attempt))
@@ -555,7 +556,7 @@ impl MetadataStore for SqliteStore {
         let mut found = Vec::with_capacity(keys.len());
         // SQLite allows 32,766 bound parameters: chunks stay far below.
         for chunk in keys.chunks(BATCH_CHUNK) {
-            let mut query: QueryBuilder<'_, Sqlite> =
+            let mut query: QueryBuilder<Sqlite> =
                 QueryBuilder::new("SELECT body FROM invocations WHERE id IN (");
             let mut ids = query.separated(", ");
             for (_, id) in chunk {
@@ -585,7 +586,7 @@ impl MetadataStore for SqliteStore {
             }
             None => None,
         };
-        let mut query: QueryBuilder<'_, Sqlite> =
+        let mut query: QueryBuilder<Sqlite> =
             QueryBuilder::new("SELECT body FROM invocations WHERE namespace = ");
         query.push_bind(namespace.as_str());
         if let Some(function) = &filter.function {
@@ -653,7 +654,7 @@ impl MetadataStore for SqliteStore {
     ) -> Result<Vec<bool>, StoreError> {
         let mut found = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH_CHUNK) {
-            let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "SELECT l.id, i.namespace FROM invocation_logs l \
                  JOIN invocations i ON i.id = l.id WHERE l.id IN (",
             );
@@ -830,7 +831,7 @@ impl MetadataStore for SqliteStore {
     ) -> Result<Page<DeadLetterRecord>, StoreError> {
         let limit = clamp_limit(limit);
         let before = dead_letter_cursor(cursor)?;
-        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("SELECT ");
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
         query
             .push(DEAD_LETTER_COLUMNS)
             .push(" FROM dead_letters WHERE 1 = 1");
@@ -862,7 +863,7 @@ impl MetadataStore for SqliteStore {
             "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters \
              WHERE id = ?1 AND (?2 IS NULL OR namespace = ?2)"
         );
-        let row = sqlx::query(&sql)
+        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(id.to_string())
             .bind(namespace.map(Namespace::as_str))
             .fetch_optional(&self.pool)

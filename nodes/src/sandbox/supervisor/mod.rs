@@ -93,7 +93,7 @@ pub fn run_supervisor_from_env() -> i32 {
     }
     // SAFETY: only checks the descriptor's type; it stays open and unowned here.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let is_socket = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&borrowed))
+    let is_socket = nix::sys::stat::fstat(borrowed)
         .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
         .unwrap_or(false);
     if !is_socket {

@@ -291,7 +291,7 @@ mod tests {
         );
 
         // The received descriptors are the pipe's write end, and close-on-exec.
-        let flags = nix::fcntl::fcntl(fds[0].as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        let flags = nix::fcntl::fcntl(&fds[0], nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
         let mut w = std::fs::File::from(fds.into_iter().next().unwrap());
         w.write_all(b"x").unwrap();

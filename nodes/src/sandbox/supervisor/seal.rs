@@ -22,7 +22,7 @@
 
 use std::ffi::{CString, OsString};
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 
@@ -65,7 +65,7 @@ pub fn ensure_sealed(scratch: &Path) -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     env.push(cstring(OsString::from(format!("{SEALED_ENV}=1")))?);
     let err = nix::unistd::execveat(
-        Some(fd.as_raw_fd()),
+        &fd,
         c"",
         &args,
         &env,
@@ -112,9 +112,7 @@ fn bind_read_only(target: &Path) -> Result<OwnedFd, String> {
     });
     let detached = nix::mount::umount2(target, MntFlags::MNT_DETACH)
         .map_err(|e| format!("detaching the sealed mount: {e}"));
-    let raw = opened?;
-    // SAFETY: `open` just returned this descriptor and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = opened?;
     detached?;
     Ok(fd)
 }

@@ -182,11 +182,8 @@ fn prepare_process(sock: &UnixStream) -> Result<(), String> {
 
 fn set_cloexec(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    let flags = FdFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD)?);
-    fcntl(
-        fd.as_raw_fd(),
-        FcntlArg::F_SETFD(flags | FdFlag::FD_CLOEXEC),
-    )?;
+    let flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD)?);
+    fcntl(fd, FcntlArg::F_SETFD(flags | FdFlag::FD_CLOEXEC))?;
     Ok(())
 }
 
@@ -282,7 +279,8 @@ impl Supervisor {
             Ok(c) => c,
             Err(e) => return fail(format!("create failed: {}", chain(&e))),
         };
-        let Some(init) = container.pid() else {
+        // libcontainer 0.7 is built on nix 0.29: its pid crosses over as a raw number.
+        let Some(init) = container.pid().map(|p| Pid::from_raw(p.as_raw())) else {
             let _ = container.delete(true);
             return fail("created without an init pid".to_owned());
         };
@@ -356,10 +354,16 @@ impl Supervisor {
             ..ExitReport::default()
         };
 
-        if let Err(e) = live.container.kill(Signal::SIGKILL, true) {
-            if !matches!(e, LibcontainerError::IncorrectStatus(_)) {
-                log(format_args!("killing container {id}: {}", chain(&e)));
+        // libcontainer 0.7 is built on nix 0.29: the signal crosses over as a number.
+        match libcontainer::signal::Signal::try_from(Signal::SIGKILL as i32) {
+            Ok(sigkill) => {
+                if let Err(e) = live.container.kill(sigkill, true) {
+                    if !matches!(e, LibcontainerError::IncorrectStatus(_)) {
+                        log(format_args!("killing container {id}: {}", chain(&e)));
+                    }
+                }
             }
+            Err(e) => log(format_args!("killing container {id}: {e}")),
         }
         // The init is our unreaped child, so its pid cannot have been reused.
         let _ = signal::kill(live.init, Signal::SIGKILL);

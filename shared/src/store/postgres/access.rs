@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder, Row};
 
@@ -59,7 +60,7 @@ impl AccessStore for PostgresStore {
     ) -> Result<Page<ApiKeyRecord>, StoreError> {
         let limit = clamp_limit(limit);
         let after = cursor.map(|c| decode_cursor(KEY_CURSOR, c)).transpose()?;
-        let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new("SELECT ");
+        let mut query: QueryBuilder<Postgres> = QueryBuilder::new("SELECT ");
         query
             .push(API_KEY_COLUMNS)
             .push(" FROM api_keys WHERE true");
@@ -90,7 +91,7 @@ impl AccessStore for PostgresStore {
 
     async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = $1");
-        let row = sqlx::query(&sql)
+        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -116,7 +117,7 @@ impl AccessStore for PostgresStore {
         token_hash: &str,
     ) -> Result<Option<RefreshTokenRecord>, StoreError> {
         let sql = format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = $1");
-        let row = sqlx::query(&sql)
+        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await?;

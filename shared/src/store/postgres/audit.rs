@@ -84,7 +84,7 @@ pub(super) async fn list_audit(
             Uuid::parse_str(&id).map_err(|_| StoreError::InvalidCursor)
         })
         .transpose()?;
-    let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(
+    let mut query: QueryBuilder<Postgres> = QueryBuilder::new(
         "SELECT id::text AS id, at, actor, namespace, action, target, outcome, status, source \
          FROM audit_log WHERE 1 = 1",
     );

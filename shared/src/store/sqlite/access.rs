@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -66,7 +67,7 @@ impl AccessStore for SqliteStore {
     ) -> Result<Page<ApiKeyRecord>, StoreError> {
         let limit = clamp_limit(limit);
         let after = cursor.map(|c| decode_cursor(KEY_CURSOR, c)).transpose()?;
-        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("SELECT ");
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
         query
             .push(API_KEY_COLUMNS)
             .push(" FROM api_keys WHERE 1 = 1");
@@ -97,7 +98,7 @@ impl AccessStore for SqliteStore {
 
     async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = ?");
-        let row = sqlx::query(&sql)
+        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -123,7 +124,7 @@ impl AccessStore for SqliteStore {
         token_hash: &str,
     ) -> Result<Option<RefreshTokenRecord>, StoreError> {
         let sql = format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = ?");
-        let row = sqlx::query(&sql)
+        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await?;

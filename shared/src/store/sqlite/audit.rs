@@ -77,7 +77,7 @@ pub(super) async fn list_audit(
 ) -> Result<Page<AuditEntry>, StoreError> {
     let limit = clamp_limit(limit);
     let before = cursor.map(|c| decode_cursor(AUDIT_CURSOR, c)).transpose()?;
-    let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
         "SELECT id, at, actor, namespace, action, target, outcome, status, source \
          FROM audit_log WHERE 1 = 1",
     );
