@@ -28,7 +28,10 @@ use std::time::Duration;
 
 use fnmesh_shared::store::{AuditEntry, MetadataStore};
 use fnmesh_shared::Namespace;
-use hyper::{Body, Method, Request};
+use std::future::Future;
+use std::pin::Pin;
+
+use hyper::{Method, Request};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use warp::reply::Response;
@@ -289,41 +292,50 @@ impl AuditLog {
 
     /// Wraps one connection's service: every request runs with a fresh slot for
     /// [`note_principal`] / [`note_target`], and its response is classified and recorded.
-    pub fn service<S>(
-        &self,
-        inner: S,
-        remote: Option<SocketAddr>,
-    ) -> impl hyper::service::Service<
-        Request<Body>,
-        Response = Response,
-        Error = Infallible,
-        Future = impl std::future::Future<Output = Result<Response, Infallible>> + Send,
-    > + Clone
-           + Send
-    where
-        S: hyper::service::Service<Request<Body>, Response = Response, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        let log = self.clone();
-        let source = remote.map(|a| a.ip().to_string());
-        hyper::service::service_fn(move |req: Request<Body>| {
-            let mut inner = inner.clone();
-            let log = log.clone();
-            let source = source.clone();
-            let method = req.method().clone();
-            let path = req.uri().path().to_owned();
-            let slot: Slot = Arc::default();
-            let call = CALL.sync_scope(slot.clone(), || inner.call(req));
-            async move {
-                let response = CALL.scope(slot.clone(), call).await?;
-                let status = response.status().as_u16();
-                log.record_noted(&slot, &classify(&method, &path), status, source.as_deref())
-                    .await;
-                Ok(response)
-            }
+    pub fn service<S>(&self, inner: S, remote: Option<SocketAddr>) -> Audited<S> {
+        Audited {
+            inner,
+            log: self.clone(),
+            source: remote.map(|a| a.ip().to_string()),
+        }
+    }
+}
+
+/// A connection's service with the audit log around it (see [`AuditLog::service`]).
+#[derive(Clone)]
+pub struct Audited<S> {
+    inner: S,
+    log: AuditLog,
+    source: Option<String>,
+}
+
+impl<S, B> hyper::service::Service<Request<B>> for Audited<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        // warp's service is always ready: no `poll_ready` is needed before `call`.
+        let mut inner = self.inner.clone();
+        let log = self.log.clone();
+        let source = self.source.clone();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let slot: Slot = Arc::default();
+        let call = CALL.sync_scope(slot.clone(), || inner.call(req));
+        Box::pin(async move {
+            let response = CALL.scope(slot.clone(), call).await?;
+            let status = response.status().as_u16();
+            log.record_noted(&slot, &classify(&method, &path), status, source.as_deref())
+                .await;
+            Ok(response)
         })
     }
 }

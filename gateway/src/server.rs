@@ -6,14 +6,14 @@
 //! recorder. [`Gateway::serve_nats_requests`] adds the NATS request API ([`crate::nats_api`]),
 //! run and drained alongside the HTTP API.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fnmesh_shared::metrics::Registry;
-use hyper::server::conn::{AddrIncoming, AddrStream};
 use hyper::service::Service as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +30,8 @@ use crate::state::{AppState, Backends, State};
 
 /// Slowest accepted request head (guards against slow-loris clients).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed accept (out of descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A bound, not yet serving, gateway.
 pub struct Gateway {
@@ -126,45 +128,63 @@ impl Gateway {
             tokio::spawn(requests.serve(state.clone(), audit.clone(), shutdown.clone()))
         });
 
-        let mut incoming = AddrIncoming::from_listener(listener)
-            .map_err(|e| GatewayError::Server(e.to_string()))?;
-        incoming.set_nodelay(true);
         // Log streams never end by themselves: they are ended when the drain begins.
         let followers = state.clone();
         let filter = routes::api(state);
         // Counts requests being handled, so the drain knows when only idle connections remain.
         let in_flight = TaskTracker::new();
-        let tracker = in_flight.clone();
-        let make_service = hyper::service::make_service_fn(move |conn: &AddrStream| {
-            let service = audit.service(warp::service(filter.clone()), Some(conn.remote_addr()));
-            let tracker = tracker.clone();
-            let service = hyper::service::service_fn(move |req| {
-                tracker.track_future(service.clone().call(req))
-            });
-            async move { Ok::<_, Infallible>(service) }
-        });
-        let signal = shutdown.clone();
-        let server = hyper::Server::builder(incoming)
-            .http1_header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve(make_service)
-            .with_graceful_shutdown(async move { signal.cancelled().await });
+        // Connections still open once the drain is over are dropped through this token.
+        let dropped = CancellationToken::new();
+        let graceful = GracefulShutdown::new();
         tracing::info!(http.addr = %local_addr, "gateway listening");
-
-        let mut server = std::pin::pin!(server);
-        let served = tokio::select! {
-            result = &mut server => result,
-            _ = shutdown.cancelled() => {
-                tracing::info!(drain_timeout_ms = drain_timeout.as_millis() as u64, "gateway draining");
-                followers.log_followers.stop();
-                match tokio::time::timeout(drain_timeout, drain(&mut server, &in_flight)).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        tracing::warn!("drain timeout reached; dropping remaining connections");
-                        Ok(())
+        loop {
+            let (stream, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of descriptors, most likely: back off instead of spinning.
+                        tracing::warn!(error = %e, "the listener could not accept");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
                     }
-                }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "setting TCP_NODELAY");
             }
-        };
+            let service = audit.service(warp::service(filter.clone()), Some(remote));
+            let tracker = in_flight.clone();
+            let service =
+                hyper::service::service_fn(move |req| tracker.track_future(service.call(req)));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let connection = graceful.watch(connection);
+            let dropped = dropped.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    result = connection => if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    },
+                    () = dropped.cancelled() => {}
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!(
+            drain_timeout_ms = drain_timeout.as_millis() as u64,
+            "gateway draining"
+        );
+        followers.log_followers.stop();
+        if tokio::time::timeout(drain_timeout, drain(graceful, &in_flight))
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout reached; dropping remaining connections");
+        }
+        dropped.cancel();
         if let Some(task) = nats_task {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, "NATS request task failed");
@@ -181,7 +201,7 @@ impl Gateway {
             }
         }
         tracing::info!("gateway stopped");
-        served.map_err(|e| GatewayError::Server(e.to_string()))
+        Ok(())
     }
 }
 
@@ -189,28 +209,25 @@ impl Gateway {
 /// flush and idle keep-alive connections close in this time.
 const FLUSH_GRACE: Duration = Duration::from_millis(500);
 
-/// Waits for the (gracefully shutting down) `server` to finish, or, once no request is in
-/// flight, for at most [`FLUSH_GRACE`] more. hyper 0.14's graceful shutdown also waits for
-/// connections that were opened but never sent a request (hyperium/hyper#2730; clients' pools
-/// leave such connections behind when they race a new connection against an idle one), until
-/// the header-read timeout; those are dropped instead. A request that arrives meanwhile is
-/// waited for too. The caller bounds the whole by the drain timeout.
-async fn drain<F>(server: &mut std::pin::Pin<&mut F>, in_flight: &TaskTracker) -> hyper::Result<()>
-where
-    F: std::future::Future<Output = hyper::Result<()>>,
-{
+/// Shuts the connections down gracefully and waits for them, or, once no request is in
+/// flight, for at most [`FLUSH_GRACE`] more. hyper 1 closes connections that sent nothing at
+/// once, but waits for a connection whose request head is only partly sent until the
+/// header-read timeout; those are dropped instead (by the caller). A request that arrives
+/// meanwhile is waited for too. The caller bounds the whole by the drain timeout.
+async fn drain(graceful: GracefulShutdown, in_flight: &TaskTracker) {
+    let mut closed = std::pin::pin!(graceful.shutdown());
     // Closed, `wait` resolves whenever no request is in flight.
     in_flight.close();
     loop {
         tokio::select! {
-            result = server.as_mut() => return result,
+            () = closed.as_mut() => return,
             () = in_flight.wait() => {}
         }
-        match tokio::time::timeout(FLUSH_GRACE, server.as_mut()).await {
-            Ok(result) => return result,
+        match tokio::time::timeout(FLUSH_GRACE, closed.as_mut()).await {
+            Ok(()) => return,
             Err(_) if in_flight.is_empty() => {
-                tracing::debug!("drained; closing connections that sent no request");
-                return Ok(());
+                tracing::debug!("drained; closing connections without a request in flight");
+                return;
             }
             Err(_) => {}
         }

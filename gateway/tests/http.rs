@@ -258,9 +258,10 @@ async fn clients_still_sending_an_oversized_body_get_the_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_does_not_wait_for_connections_that_never_sent_a_request() {
-    // hyper 0.14's graceful shutdown waits for such connections (hyperium/hyper#2730); client
-    // pools leave them behind. The drain ends once no request is in flight, well before its
-    // timeout, and an in-flight request still gets its answer.
+    // Client pools leave such connections behind. hyper 1 closes a silent one at once, but
+    // waits for a partly sent request head until the header-read timeout; the drain ends once
+    // no request is in flight, well before its timeout, and an in-flight request still gets
+    // its answer.
     let mut app = TestApp::builder()
         .config(|c| c.drain_timeout = Duration::from_secs(120))
         .start()

@@ -14,9 +14,12 @@ use std::sync::Arc;
 
 use fnmesh_shared::metrics::{self as shared, seconds_of_us, LabelCap, Registry};
 use fnmesh_shared::InvocationResult;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::server::conn::AddrIncoming;
-use hyper::{Body, Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts};
@@ -193,29 +196,8 @@ impl MetricsServer {
         let bind = |source| MetricsError::Bind { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(bind)?;
         let local_addr = listener.local_addr().map_err(bind)?;
-        let incoming = AddrIncoming::from_listener(listener).map_err(|e| MetricsError::Bind {
-            addr,
-            source: std::io::Error::other(e),
-        })?;
-        let make_service = hyper::service::make_service_fn(move |_conn| {
-            let registry = registry.clone();
-            async move {
-                Ok::<_, Infallible>(hyper::service::service_fn(move |req| {
-                    let response = answer(&registry, &req);
-                    async move { Ok::<_, Infallible>(response) }
-                }))
-            }
-        });
-        let server = hyper::Server::builder(incoming)
-            .http1_header_read_timeout(std::time::Duration::from_secs(10))
-            .serve(make_service)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await });
         tracing::info!(metrics.addr = %local_addr, "node metrics listening");
-        let task = tokio::spawn(async move {
-            if let Err(e) = server.await {
-                tracing::warn!(error = %e, "the metrics listener failed");
-            }
-        });
+        let task = tokio::spawn(serve(listener, registry, shutdown));
         Ok(Self { local_addr, task })
     }
 
@@ -225,14 +207,50 @@ impl MetricsServer {
     }
 }
 
-fn answer(registry: &Registry, req: &Request<Body>) -> Response<Body> {
-    let mut response = Response::new(Body::empty());
+/// Accepts until `shutdown`, then lets the open connections finish (idle ones close at once).
+async fn serve(listener: TcpListener, registry: Registry, shutdown: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(error = %e, "the metrics listener could not accept");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let registry = registry.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let response = answer(&registry, &req);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(10))
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "metrics connection ended");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+fn answer<B>(registry: &Registry, req: &Request<B>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::default());
     if req.uri().path() != "/metrics" {
         *response.status_mut() = StatusCode::NOT_FOUND;
     } else if req.method() != Method::GET && req.method() != Method::HEAD {
         *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     } else {
-        *response.body_mut() = Body::from(shared::encode(registry));
+        *response.body_mut() = Full::from(shared::encode(registry));
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static(shared::CONTENT_TYPE));

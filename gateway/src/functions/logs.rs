@@ -126,6 +126,8 @@ pub async fn handle(
                 let _held = &permit;
                 Ok::<_, Infallible>(event_of(&logs))
             });
+    // warp 0.4 needs a Sync body stream; the stream is only ever polled by one task.
+    let events = sync_wrapper::SyncStream::new(events);
     Ok(
         warp::sse::reply(warp::sse::keep_alive().interval(KEEP_ALIVE).stream(events))
             .into_response(),

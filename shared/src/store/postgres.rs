@@ -22,9 +22,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::query::Query;
+use sqlx::AssertSqlSafe;
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::common::{
@@ -108,10 +108,12 @@ impl PostgresStore {
         {
             let setup = Self::connect_with(options.clone(), 1).await?;
             // The name is a checked identifier: quoting it is enough.
-            sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")))
-                .execute(&setup.pool)
-                .await
-                .map_err(|e| StoreError::Backend(format!("create schema {schema}: {e}")))?;
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+            )))
+            .execute(&setup.pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("create schema {schema}: {e}")))?;
             setup.close().await;
         }
         let options = options.options([("search_path", schema)]);
@@ -131,10 +133,12 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(failed)?;
-            sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")))
-                .execute(&mut *tx)
-                .await
-                .map_err(failed)?;
+            sqlx::query(AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+            )))
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
             tx.commit().await.map_err(failed)?;
         }
         self.close().await;

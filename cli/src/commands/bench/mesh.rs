@@ -297,17 +297,19 @@ async fn raw_http(http: &reqwest::Client, n: usize) -> Result<Latency> {
     let route = warp::post()
         .and(warp::path("echo"))
         .and(warp::body::bytes())
-        .map(|body: warp::hyper::body::Bytes| {
+        .map(|body: bytes::Bytes| {
             warp::reply::with_header(body.to_vec(), "content-type", "application/json")
         });
     let stop = CancellationToken::new();
     let stopped = stop.clone();
-    let (addr, server) = warp::serve(route)
-        .try_bind_with_graceful_shutdown(
-            ([127, 0, 0, 1], 0),
-            async move { stopped.cancelled().await },
-        )
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
         .context("binding the warp echo server")?;
+    let addr = listener.local_addr()?;
+    let server = warp::serve(route)
+        .incoming(listener)
+        .graceful(async move { stopped.cancelled().await })
+        .run();
     let server = tokio::spawn(server);
     let url = format!("http://{addr}/echo");
     let result = sequential(n, || async {

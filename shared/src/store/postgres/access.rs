@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgRow;
+use sqlx::AssertSqlSafe;
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{api_key_from_row, PostgresStore, API_KEY_COLUMNS};

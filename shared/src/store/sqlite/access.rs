@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::AssertSqlSafe;
 use sqlx::sqlite::SqliteRow;
+use sqlx::AssertSqlSafe;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{api_key_from_row, parse_ts, ts, SqliteStore, API_KEY_COLUMNS};
