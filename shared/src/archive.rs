@@ -888,10 +888,12 @@ mod tests {
         w.start_file("main.py", opts).unwrap();
         w.write_all(&[b'a'; 4096]).unwrap();
         let mut zip = w.finish().unwrap().into_inner();
-        // Rewrite the declared uncompressed size (local header @22, central header) to 10.
+        // Rewrite the declared uncompressed size (local header @22, central header) to 2048:
+        // over the cap but under the truth, so our count stops it before zip's own check
+        // (zip 9 refuses an entry once it yields more than it declared).
         let patch = |buf: &mut Vec<u8>, sig: &[u8], off: usize| {
             let pos = buf.windows(4).position(|w| w == sig).unwrap();
-            buf[pos + off..pos + off + 4].copy_from_slice(&10u32.to_le_bytes());
+            buf[pos + off..pos + off + 4].copy_from_slice(&2048u32.to_le_bytes());
         };
         patch(&mut zip, b"PK\x03\x04", 22);
         patch(&mut zip, b"PK\x01\x02", 24);
