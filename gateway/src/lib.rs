@@ -34,6 +34,7 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod tokens;
+pub mod workers;
 
 pub use config::GatewayConfig;
 pub use error::{ApiError, GatewayError};

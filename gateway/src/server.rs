@@ -23,10 +23,9 @@ use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::metrics::GatewayMetrics;
 use crate::nats_api::NatsRequests;
-use crate::reconciler::Reconciler;
-use crate::recorder::Recorder;
 use crate::routes;
 use crate::state::{AppState, Backends, State};
+use crate::workers::{BackgroundWorkers, WorkerParts};
 
 /// Slowest accepted request head (guards against slow-loris clients).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,9 +84,11 @@ impl Gateway {
         self.local_addr
     }
 
-    /// The gateway's metrics (for a recorder run outside [`Gateway::run`]).
-    pub fn metrics(&self) -> Arc<GatewayMetrics> {
-        self.state.metrics.clone()
+    /// Starts the recorder and reconciler outside [`Gateway::run`] (with
+    /// `GatewayConfig::background_workers` off), for a process that must stop them later than
+    /// the HTTP API. `catch_up`: see [`BackgroundWorkers::start`].
+    pub async fn start_background_workers(&self, catch_up: bool) -> BackgroundWorkers {
+        BackgroundWorkers::start(worker_parts(&self.state), catch_up).await
     }
 
     /// Serves until `shutdown` is cancelled, then drains in-flight requests (bounded by
@@ -101,20 +102,11 @@ impl Gateway {
         } = self;
         let drain_timeout = state.config.drain_timeout;
 
-        let background_stop = shutdown.child_token();
-        let mut background = Vec::new();
-        if state.config.background_workers {
-            let recorder = Recorder::new(state.backends.store.clone(), state.backends.bus.clone())
-                .with_metrics(state.metrics.clone());
-            background.push(tokio::spawn(recorder.run(background_stop.clone())));
-            let reconciler = Reconciler::new(
-                state.backends.store.clone(),
-                state.backends.bus.clone(),
-                state.config.reconcile_interval,
-                state.config.reconcile_after,
-            );
-            background.push(tokio::spawn(reconciler.run(background_stop.clone())));
-        }
+        let background = if state.config.background_workers {
+            Some(BackgroundWorkers::start(worker_parts(&state), false).await)
+        } else {
+            None
+        };
 
         // Every response passes the audit log (see `crate::audit`), NATS requests' refusals
         // too; its writer stores entries until the server has drained.
@@ -194,11 +186,8 @@ impl Gateway {
         if let Err(e) = audit_task.await {
             tracing::warn!(error = %e, "audit writer task failed");
         }
-        background_stop.cancel();
-        for task in background {
-            if let Err(e) = task.await {
-                tracing::warn!(error = %e, "background task failed");
-            }
+        if let Some(background) = background {
+            background.stop().await;
         }
         tracing::info!("gateway stopped");
         Ok(())
@@ -231,5 +220,15 @@ async fn drain(graceful: GracefulShutdown, in_flight: &TaskTracker) {
             }
             Err(_) => {}
         }
+    }
+}
+
+fn worker_parts(state: &State) -> WorkerParts {
+    WorkerParts {
+        store: state.backends.store.clone(),
+        bus: state.backends.bus.clone(),
+        metrics: state.metrics.clone(),
+        reconcile_interval: state.config.reconcile_interval,
+        reconcile_after: state.config.reconcile_after,
     }
 }

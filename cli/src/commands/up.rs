@@ -5,9 +5,7 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use fnmesh_gateway::reconciler::Reconciler;
-use fnmesh_gateway::recorder::Recorder;
-use fnmesh_gateway::{Gateway, GatewayConfig};
+use fnmesh_gateway::Gateway;
 use fnmesh_shared::metrics::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -42,9 +40,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
     .await?;
     // The recorder and reconciler run here instead, so they outlive the node's drain.
     parts.config.background_workers = false;
-    let store = parts.backends.store.clone();
     if !durable_bus {
-        fail_interrupted_invocations(store.as_ref()).await?;
+        fail_interrupted_invocations(parts.backends.store.as_ref()).await?;
     }
     // One metrics registry: the gateway's `/metrics` shows the node's metrics too.
     let metrics = Registry::new();
@@ -71,7 +68,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
         None => gateway,
     };
     let addr = gateway.local_addr();
-    let gateway_metrics = gateway.metrics();
 
     println!("fnmesh is up: http://{addr}");
     println!("  data dir:  {}", data_dir.display());
@@ -80,26 +76,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("stop with Ctrl-C");
     let _ = std::io::stdout().flush();
 
-    let defaults = GatewayConfig::default();
-    let reconciler = Reconciler::new(
-        store.clone(),
-        bus.clone(),
-        defaults.reconcile_interval,
-        defaults.reconcile_after,
-    );
-    if !durable_bus {
-        // The in-process bus did not survive the previous run: re-publish what it still owed.
-        reconciler.pass(chrono::Utc::now()).await;
-    }
-    let background_stop = CancellationToken::new();
-    let background = [
-        tokio::spawn(
-            Recorder::new(store.clone(), bus.clone())
-                .with_metrics(gateway_metrics)
-                .run(background_stop.clone()),
-        ),
-        tokio::spawn(reconciler.run(background_stop.clone())),
-    ];
+    // The in-process bus did not survive the previous run: catch up on what it still owed.
+    let background = gateway.start_background_workers(!durable_bus).await;
     let gateway_stop = CancellationToken::new();
     let gateway_task = tokio::spawn(gateway.run(gateway_stop.clone()));
 
@@ -114,10 +92,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Err(e) => tracing::warn!(error = %e, "gateway task failed"),
     }
     node.stop().await;
-    background_stop.cancel();
-    for task in background {
-        let _ = task.await;
-    }
+    background.stop().await;
     tracing::info!("fnmesh stopped");
     Ok(())
 }

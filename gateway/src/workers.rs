@@ -1,0 +1,68 @@
+//! A gateway's background workers, started and stopped together: the [`Recorder`] (node
+//! events and dead letters into the store) and the [`Reconciler`] (re-publishes requests left
+//! queued too long).
+//!
+//! [`crate::Gateway::run`] runs them itself unless `GatewayConfig::background_workers` is off;
+//! `fnmesh up` starts them with [`crate::Gateway::start_background_workers`] instead and stops
+//! them after its node, so the recorder records what the node's drain finished.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fnmesh_shared::bus::Bus;
+use fnmesh_shared::store::MetadataStore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::GatewayMetrics;
+use crate::reconciler::Reconciler;
+use crate::recorder::Recorder;
+
+/// The running recorder and reconciler.
+#[derive(Debug)]
+pub struct BackgroundWorkers {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the workers run on.
+pub(crate) struct WorkerParts {
+    pub(crate) store: Arc<dyn MetadataStore>,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) metrics: Arc<GatewayMetrics>,
+    pub(crate) reconcile_interval: Duration,
+    pub(crate) reconcile_after: Duration,
+}
+
+impl BackgroundWorkers {
+    /// Starts both workers. With `catch_up`, one reconciler pass first re-publishes every
+    /// request still queued: for a bus that did not survive the previous run (in-process).
+    pub(crate) async fn start(parts: WorkerParts, catch_up: bool) -> Self {
+        let reconciler = Reconciler::new(
+            parts.store.clone(),
+            parts.bus.clone(),
+            parts.reconcile_interval,
+            parts.reconcile_after,
+        );
+        if catch_up {
+            reconciler.pass(chrono::Utc::now()).await;
+        }
+        let stop = CancellationToken::new();
+        let recorder = Recorder::new(parts.store, parts.bus).with_metrics(parts.metrics);
+        let tasks = vec![
+            tokio::spawn(recorder.run(stop.clone())),
+            tokio::spawn(reconciler.run(stop.clone())),
+        ];
+        Self { stop, tasks }
+    }
+
+    /// Stops both and waits for them (the recorder finishes the batch it holds).
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "background task failed");
+            }
+        }
+    }
+}
