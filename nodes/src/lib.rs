@@ -5,6 +5,7 @@ pub mod code_cache;
 pub mod executor;
 pub mod instance;
 pub mod metrics;
+pub mod node;
 pub mod pool;
 pub mod registration;
 pub mod runtimes;

@@ -5,10 +5,11 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
+use fnmesh_nodes::node::{Node, NodeBackends};
 
 use super::platform::{
-    data_dir, open_bus, open_nats_code, open_registry, require_root, seal_code, shutdown_signal,
-    NodeHandle,
+    data_dir, node_config, open_bus, open_nats_code, open_registry, require_root, seal_code,
+    shutdown_signal,
 };
 use crate::args::NodeCommand;
 use crate::backends::{open_code_store, CodeStoreLocation};
@@ -31,21 +32,20 @@ pub async fn run(args: NodeCommand) -> Result<()> {
     let keyring = crate::secrets_key::keyring(&args.common.secrets, &data_dir)?;
     let code = seal_code(code, &args.common.secrets, &keyring);
     let registry = open_registry(open.nats.as_ref(), &args.mesh.region).await?;
-    let bus = open.bus;
-    let node = NodeHandle::start(
-        &args.node,
-        &args.common,
-        &data_dir,
-        code,
-        bus,
-        &args.mesh.region,
-        registry,
+    let node = Node::start(
+        node_config(&args.node, &args.common, &data_dir, &args.mesh.region)?,
+        NodeBackends {
+            bus: open.bus,
+            code,
+            registry,
+        },
         &fnmesh_shared::metrics::Registry::new(),
     )
     .await?;
     println!(
         "fnmesh node {} pulling work in region {}",
-        node.node_id, args.mesh.region
+        node.id(),
+        args.mesh.region
     );
     let _ = std::io::stdout().flush();
     shutdown_signal().await;

@@ -10,15 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fnmesh_gateway::{auth, Backends, GatewayConfig};
-use fnmesh_nodes::code_cache::CodeCache;
-use fnmesh_nodes::executor::{Executor, ExecutorConfig};
-use fnmesh_nodes::metrics::{LoadCollector, MetricsServer, NodeMetrics};
-use fnmesh_nodes::registration::{Load, LoadSampler, Registration, RegistrationConfig};
-use fnmesh_nodes::runtimes::RuntimeRegistry;
-use fnmesh_nodes::sandbox::cgroup::{hierarchies, SandboxCgroup, CGROUP_ROOT};
-use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
-use fnmesh_nodes::sandbox::ContainerRuntime;
-use fnmesh_nodes::worker::{Worker, WorkerConfig};
+use fnmesh_nodes::node::{NodeConfig, SupervisorCommand};
 use fnmesh_shared::bus::jetstream::JetStreamBus;
 use fnmesh_shared::bus::memory::MemoryBus;
 use fnmesh_shared::bus::{Bus, BusConfig};
@@ -26,7 +18,6 @@ use fnmesh_shared::code::encrypted::Encrypted;
 use fnmesh_shared::code::mirror::Mirrored;
 use fnmesh_shared::code::nats::NatsCodeStore;
 use fnmesh_shared::code::CodeStore;
-use fnmesh_shared::metrics::Registry;
 use fnmesh_shared::nats::NatsOptions;
 use fnmesh_shared::ratelimit::RateLimit;
 use fnmesh_shared::registry::jetstream::JetStreamRegistry;
@@ -35,8 +26,6 @@ use fnmesh_shared::registry::NodeRegistry;
 use fnmesh_shared::secrets::Keyring;
 use fnmesh_shared::store::MetadataStore;
 use fnmesh_shared::{ErrorKind, InvocationError, InvocationStatus, NodeId};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::args::{CommonArgs, GatewayArgs, NodeArgs, SecretsArgs};
 use crate::backends::{
@@ -225,147 +214,34 @@ pub async fn open_registry(
     Ok(Arc::new(registry))
 }
 
-/// A running node: its work loop, registration, executor and sandbox supervisor.
-pub struct NodeHandle {
-    pub node_id: String,
-    task: JoinHandle<()>,
-    registration: Registration,
-    stop: CancellationToken,
-    executor: Arc<Executor>,
-    supervisor: Arc<SupervisorClient>,
-    cgroup_parent: String,
-    metrics_server: Option<(MetricsServer, CancellationToken)>,
-}
-
-impl NodeHandle {
-    /// Starts the supervisor, the executor, the work loop and the node's registration in
-    /// `registry` (as a node of `region`). The node's metrics go to `metrics` (the process's
-    /// registry), served on `FNMESH_METRICS_LISTEN` when set.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn start(
-        args: &NodeArgs,
-        common: &CommonArgs,
-        data_dir: &Path,
-        code: Arc<dyn CodeStore>,
-        bus: Arc<dyn Bus>,
-        region: &str,
-        registry: Arc<dyn NodeRegistry>,
-        metrics: &Registry,
-    ) -> Result<Self> {
-        let id = match args.node_id.as_deref().filter(|s| !s.is_empty()) {
-            Some(id) => NodeId::parse(id).with_context(|| format!("FNMESH_NODE_ID={id:?}"))?,
-            None => NodeId::generate(),
-        };
-        let node_id = id.to_string();
-        let sandbox_dir = data_dir.join("sandboxes");
-        let exe = std::env::current_exe().context("locating the fnmesh binary")?;
-        let supervisor = Arc::new(
-            SupervisorClient::spawn(&exe, &["__supervisor"], &sandbox_dir.join("state"))
-                .await
-                .context("starting the sandbox supervisor")?,
-        );
-        let runtime: Arc<dyn ContainerRuntime> = supervisor.clone();
-        remove_empty_node_cgroups();
-        let cgroup_parent = format!("/fnmesh/{node_id}");
-        let executor = Executor::new(
-            ExecutorConfig {
-                work_dir: sandbox_dir,
-                node_id: node_id.clone(),
-                max_sandboxes: args.max_sandboxes,
-                keep_alive: Duration::from_secs(args.keep_alive_secs),
-                cgroup_parent: cgroup_parent.clone(),
-                secrets_keyring: Some(crate::secrets_key::keyring(&common.secrets, data_dir)?),
-                ..ExecutorConfig::default()
-            },
-            runtime,
-        )
-        .await
-        .context("preparing the sandbox executor")?;
-        let cache = Arc::new(CodeCache::new(
-            &data_dir.join("node").join("code"),
-            code,
-            Default::default(),
-        )?);
-        let worker = Worker::new(
-            WorkerConfig {
-                node_id: node_id.clone(),
-                slots: args.slots,
-                drain_timeout: Duration::from_secs(common.drain_secs),
-                ..WorkerConfig::default()
-            },
-            bus,
-            cache,
-            executor.clone(),
-        )
-        .with_metrics(NodeMetrics::register(metrics)?);
-        let load = worker.load();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(worker.run(stop.clone()));
-        let sample: LoadSampler = {
-            let executor = executor.clone();
-            Arc::new(move || Load {
-                slots_total: load.slots(),
-                slots_free: load.free_slots(),
-                warm_sandboxes: executor.stats().idle,
-            })
-        };
-        LoadCollector::register(metrics, sample.clone())?;
-        let metrics_server = match args.metrics_listen {
-            Some(addr) => {
-                let stop = CancellationToken::new();
-                let server = MetricsServer::start(addr, metrics.clone(), stop.clone())
-                    .await
-                    .context("FNMESH_METRICS_LISTEN")?;
-                Some((server, stop))
-            }
-            None => None,
-        };
-        let registration = Registration::start(
-            registry,
-            RegistrationConfig {
-                node_id: id,
-                region: region.to_owned(),
-                runtimes: RuntimeRegistry::builtin()
-                    .names()
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect(),
-                interval: Duration::from_secs(args.heartbeat_secs.max(1)),
-            },
-            sample,
-        )
-        .await;
-        Ok(Self {
-            node_id,
-            task,
-            registration,
-            stop,
-            executor,
-            supervisor,
-            cgroup_parent,
-            metrics_server,
-        })
-    }
-
-    /// Stops pulling (announcing `draining` in the registry), drains in-flight invocations
-    /// (bounded), leaves the registry, destroys every sandbox, stops the supervisor and removes
-    /// the node's cgroup parent.
-    pub async fn stop(self) {
-        self.stop.cancel();
-        self.registration.set_draining();
-        let _ = self.task.await;
-        self.registration.leave().await;
-        self.executor.shutdown(Duration::from_secs(5)).await;
-        self.supervisor.shutdown().await;
-        let leftovers = SandboxCgroup::new(&self.cgroup_parent).remove_leftovers();
-        if !leftovers.is_empty() {
-            tracing::warn!(?leftovers, "cgroup directories could not be removed");
-        }
-        if let Some((server, stop)) = self.metrics_server {
-            stop.cancel();
-            server.stopped().await;
-        }
-    }
+/// The node's config from its arguments: the supervisor is this binary's hidden
+/// `__supervisor` command.
+pub fn node_config(
+    args: &NodeArgs,
+    common: &CommonArgs,
+    data_dir: &Path,
+    region: &str,
+) -> Result<NodeConfig> {
+    let node_id = match args.node_id.as_deref().filter(|s| !s.is_empty()) {
+        Some(id) => NodeId::parse(id).with_context(|| format!("FNMESH_NODE_ID={id:?}"))?,
+        None => NodeId::generate(),
+    };
+    Ok(NodeConfig {
+        node_id,
+        region: region.to_owned(),
+        data_dir: data_dir.to_path_buf(),
+        supervisor: SupervisorCommand {
+            program: std::env::current_exe().context("locating the fnmesh binary")?,
+            args: vec!["__supervisor".to_owned()],
+        },
+        slots: args.slots,
+        max_sandboxes: args.max_sandboxes,
+        keep_alive: Duration::from_secs(args.keep_alive_secs),
+        drain_timeout: Duration::from_secs(common.drain_secs),
+        heartbeat_interval: Duration::from_secs(args.heartbeat_secs),
+        metrics_listen: args.metrics_listen,
+        secrets_keyring: Some(crate::secrets_key::keyring(&common.secrets, data_dir)?),
+    })
 }
 
 /// Where the bootstrap admin key came from.
@@ -462,22 +338,6 @@ pub async fn fail_interrupted_invocations(store: &dyn MetadataStore) -> Result<(
         );
     }
     Ok(())
-}
-
-/// Removes the empty per-node parents (`/fnmesh/<node id>`) that nodes which died without
-/// shutting down left behind. `rmdir` only succeeds on a cgroup without tasks or children, so a
-/// live node's sandboxes are never touched.
-fn remove_empty_node_cgroups() {
-    for hierarchy in hierarchies(Path::new(CGROUP_ROOT)) {
-        let Ok(entries) = std::fs::read_dir(hierarchy.join("fnmesh")) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                let _ = std::fs::remove_dir(entry.path());
-            }
-        }
-    }
 }
 
 pub async fn shutdown_signal() {

@@ -6,12 +6,13 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use fnmesh_gateway::Gateway;
+use fnmesh_nodes::node::{Node, NodeBackends};
 use fnmesh_shared::metrics::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::platform::{
-    data_dir, fail_interrupted_invocations, open_bus, open_gateway, open_nats_code, open_registry,
-    require_root, shutdown_signal, NodeHandle,
+    data_dir, fail_interrupted_invocations, node_config, open_bus, open_gateway, open_nats_code,
+    open_registry, require_root, shutdown_signal,
 };
 use crate::args::UpArgs;
 
@@ -45,14 +46,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
     }
     // One metrics registry: the gateway's `/metrics` shows the node's metrics too.
     let metrics = Registry::new();
-    let node = NodeHandle::start(
-        &args.node,
-        &args.common,
-        &data_dir,
-        parts.backends.code.clone(),
-        bus.clone(),
-        &args.region,
-        registry,
+    let node = Node::start(
+        node_config(&args.node, &args.common, &data_dir, &args.region)?,
+        NodeBackends {
+            bus: bus.clone(),
+            code: parts.backends.code.clone(),
+            registry,
+        },
         &metrics,
     )
     .await?;
@@ -72,7 +72,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("fnmesh is up: http://{addr}");
     println!("  data dir:  {}", data_dir.display());
     println!("  admin key: {}", parts.admin.describe());
-    println!("  node:      {}", node.node_id);
+    println!("  node:      {}", node.id());
     println!("stop with Ctrl-C");
     let _ = std::io::stdout().flush();
 

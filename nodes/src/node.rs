@@ -1,0 +1,265 @@
+//! A whole worker node, assembled: the sandbox supervisor, the executor with its warm pool,
+//! the code cache, the work loop, the node's registration and its metrics.
+//!
+//! [`Node::start`] brings one up from a [`NodeConfig`] and the backends it talks to
+//! ([`NodeBackends`]: the bus, the code store and the node registry — a node needs nothing
+//! else); [`Node::stop`] is its one shutdown path. The binary only maps its arguments to the
+//! config (`cli/src/commands/node.rs`, and `up.rs` for a node beside a gateway).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fnmesh_shared::bus::Bus;
+use fnmesh_shared::code::CodeStore;
+use fnmesh_shared::metrics::Registry;
+use fnmesh_shared::registry::NodeRegistry;
+use fnmesh_shared::secrets::Keyring;
+use fnmesh_shared::NodeId;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::code_cache::CodeCache;
+use crate::executor::{ExecError, Executor, ExecutorConfig};
+use crate::metrics::{LoadCollector, MetricsError, MetricsServer, NodeMetrics};
+use crate::registration::{Load, LoadSampler, Registration, RegistrationConfig};
+use crate::runtimes::RuntimeRegistry;
+use crate::sandbox::cgroup::{hierarchies, SandboxCgroup, CGROUP_ROOT};
+use crate::sandbox::supervisor::SupervisorClient;
+use crate::sandbox::{ContainerRuntime, SandboxError};
+use crate::worker::{Worker, WorkerConfig};
+
+/// How long stopping waits for the executor to destroy its sandboxes.
+const SANDBOX_TEARDOWN: Duration = Duration::from_secs(5);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The sandbox supervisor did not start.
+    #[error("starting the sandbox supervisor: {0}")]
+    Supervisor(#[source] SandboxError),
+    /// The executor could not prepare its work dir.
+    #[error("preparing the sandbox executor: {0}")]
+    Executor(#[source] ExecError),
+    /// The code cache directory could not be created.
+    #[error("creating the code cache in {path}: {source}")]
+    CodeCache {
+        /// The cache directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics could not be registered or served.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+}
+
+/// How the supervisor process is started: this binary again, usually, with a hidden command.
+#[derive(Debug, Clone)]
+pub struct SupervisorCommand {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+/// What a node is.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's id (in the registry, on every result, in its cgroup parent's name).
+    pub node_id: NodeId,
+    /// The region it serves.
+    pub region: String,
+    /// Where it keeps sandboxes (`sandboxes/`) and cached code (`node/code/`).
+    pub data_dir: PathBuf,
+    /// How to start the sandbox supervisor.
+    pub supervisor: SupervisorCommand,
+    /// Invocations run at once.
+    pub slots: usize,
+    /// Sandboxes alive at once (warm or busy).
+    pub max_sandboxes: usize,
+    /// How long an idle sandbox is kept warm.
+    pub keep_alive: Duration,
+    /// How long stopping waits for in-flight invocations (then they are redelivered).
+    pub drain_timeout: Duration,
+    /// Interval of the node's registry heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Where to serve `GET /metrics`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Opens the functions' sealed secrets.
+    pub secrets_keyring: Option<Arc<Keyring>>,
+}
+
+/// What a node talks to.
+#[derive(Clone)]
+pub struct NodeBackends {
+    /// Where work comes from and results go.
+    pub bus: Arc<dyn Bus>,
+    /// Where code is read from (by checksum; verified and cached on disk).
+    pub code: Arc<dyn CodeStore>,
+    /// Where the node announces itself.
+    pub registry: Arc<dyn NodeRegistry>,
+}
+
+/// A running node.
+pub struct Node {
+    id: NodeId,
+    task: JoinHandle<()>,
+    registration: Registration,
+    stop: CancellationToken,
+    executor: Arc<Executor>,
+    supervisor: Arc<SupervisorClient>,
+    cgroup_parent: String,
+    metrics_server: Option<(MetricsServer, CancellationToken)>,
+}
+
+impl Node {
+    /// Starts the supervisor, the executor, the work loop and the node's registration. The
+    /// node's metrics go to `metrics` (the process's registry), served on
+    /// `config.metrics_listen` when set.
+    pub async fn start(
+        config: NodeConfig,
+        backends: NodeBackends,
+        metrics: &Registry,
+    ) -> Result<Self, NodeError> {
+        let node_id = config.node_id.to_string();
+        let sandbox_dir = config.data_dir.join("sandboxes");
+        let args: Vec<&str> = config.supervisor.args.iter().map(String::as_str).collect();
+        let supervisor = Arc::new(
+            SupervisorClient::spawn(
+                &config.supervisor.program,
+                &args,
+                &sandbox_dir.join("state"),
+            )
+            .await
+            .map_err(NodeError::Supervisor)?,
+        );
+        let runtime: Arc<dyn ContainerRuntime> = supervisor.clone();
+        remove_empty_node_cgroups();
+        let cgroup_parent = format!("/fnmesh/{node_id}");
+        let executor = Executor::new(
+            ExecutorConfig {
+                work_dir: sandbox_dir,
+                node_id: node_id.clone(),
+                max_sandboxes: config.max_sandboxes,
+                keep_alive: config.keep_alive,
+                cgroup_parent: cgroup_parent.clone(),
+                secrets_keyring: config.secrets_keyring,
+                ..ExecutorConfig::default()
+            },
+            runtime,
+        )
+        .await
+        .map_err(NodeError::Executor)?;
+        let cache_dir = config.data_dir.join("node").join("code");
+        let cache =
+            CodeCache::new(&cache_dir, backends.code, Default::default()).map_err(|source| {
+                NodeError::CodeCache {
+                    path: cache_dir.clone(),
+                    source,
+                }
+            })?;
+        let worker = Worker::new(
+            WorkerConfig {
+                node_id,
+                slots: config.slots,
+                drain_timeout: config.drain_timeout,
+                ..WorkerConfig::default()
+            },
+            backends.bus,
+            Arc::new(cache),
+            executor.clone(),
+        )
+        .with_metrics(NodeMetrics::register(metrics)?);
+        let load = worker.load();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker.run(stop.clone()));
+        let sample: LoadSampler = {
+            let executor = executor.clone();
+            Arc::new(move || Load {
+                slots_total: load.slots(),
+                slots_free: load.free_slots(),
+                warm_sandboxes: executor.stats().idle,
+            })
+        };
+        LoadCollector::register(metrics, sample.clone())?;
+        let metrics_server = match config.metrics_listen {
+            Some(addr) => {
+                let stop = CancellationToken::new();
+                let server = MetricsServer::start(addr, metrics.clone(), stop.clone()).await?;
+                Some((server, stop))
+            }
+            None => None,
+        };
+        let registration = Registration::start(
+            backends.registry,
+            RegistrationConfig {
+                node_id: config.node_id.clone(),
+                region: config.region,
+                runtimes: RuntimeRegistry::builtin()
+                    .names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                interval: config.heartbeat_interval.max(Duration::from_secs(1)),
+            },
+            sample,
+        )
+        .await;
+        Ok(Self {
+            id: config.node_id,
+            task,
+            registration,
+            stop,
+            executor,
+            supervisor,
+            cgroup_parent,
+            metrics_server,
+        })
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    /// Stops pulling (announcing `draining` in the registry), drains in-flight invocations
+    /// (within the config's `drain_timeout`), leaves the registry, destroys every sandbox,
+    /// stops the supervisor and removes the node's cgroup parent.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.registration.set_draining();
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "the work loop failed");
+        }
+        self.registration.leave().await;
+        self.executor.shutdown(SANDBOX_TEARDOWN).await;
+        self.supervisor.shutdown().await;
+        let leftovers = SandboxCgroup::new(&self.cgroup_parent).remove_leftovers();
+        if !leftovers.is_empty() {
+            tracing::warn!(?leftovers, "cgroup directories could not be removed");
+        }
+        if let Some((server, stop)) = self.metrics_server {
+            stop.cancel();
+            server.stopped().await;
+        }
+    }
+}
+
+/// Removes the empty per-node parents (`/fnmesh/<node id>`) that nodes which died without
+/// shutting down left behind. `rmdir` only succeeds on a cgroup without tasks or children, so a
+/// live node's sandboxes are never touched.
+fn remove_empty_node_cgroups() {
+    for hierarchy in hierarchies(Path::new(CGROUP_ROOT)) {
+        let Ok(entries) = std::fs::read_dir(hierarchy.join("fnmesh")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
+}
