@@ -2,28 +2,27 @@
 
 use serde_json::Value;
 
-/// Prints `rows` under `headers` as an aligned table.
+/// Prints `rows` under `headers` as an aligned table: no borders, two spaces between
+/// columns, as `docker ps` or `kubectl get` print.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
+    println!("{}", render_table(headers, rows));
+}
+
+fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(headers.iter().copied())
+        .add_rows(rows.iter().map(|row| row.iter().map(String::as_str)));
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
     }
-    let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<width$}", c, width = widths.get(i).copied().unwrap_or(0)))
-            .collect();
-        println!("{}", parts.join("  ").trim_end());
-    };
-    line(headers.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row.clone());
-    }
+    table
+        .lines()
+        .map(|line| line.trim_end().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A JSON value as a short cell.
@@ -52,5 +51,22 @@ pub fn record(v: &Value, fields: &[&str]) {
             other => cell(other),
         };
         println!("{:<14}{}", format!("{f}:"), text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_two_spaces_apart() {
+        let rows = vec![
+            vec!["hello".to_owned(), "3".to_owned()],
+            vec!["a".to_owned(), "12".to_owned()],
+        ];
+        assert_eq!(
+            render_table(&["NAME", "VERSION"], &rows),
+            "NAME   VERSION\nhello  3\na      12"
+        );
     }
 }
