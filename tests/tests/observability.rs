@@ -311,6 +311,37 @@ async fn following_a_function_streams_prints_of_new_invocations() {
     assert_eq!(entry["invocation_id"], result["id"]);
     assert_eq!(entry["function"], "printer");
 
+    // The CLI follows the same stream: `fnmesh logs printer --follow` prints each line of a
+    // new invocation as `[<id>] <line>`.
+    let mut cli = tokio::process::Command::new(fnmesh_tests::fnmesh_bin())
+        .args(["logs", "printer", "--follow"])
+        .env("FNMESH_URL", &app.base_url)
+        .env("FNMESH_API_KEY", ADMIN_KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(cli.stderr.take().unwrap()).lines();
+    let opened = tokio::time::timeout(Duration::from_secs(30), stderr.next_line())
+        .await
+        .expect("the CLI opened the stream in time")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(opened.starts_with("following printer"), "{opened}");
+    let result = app.invoke_ok("printer", json!({"n": "the cli"})).await;
+    let mut stdout = BufReader::new(cli.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+        .await
+        .expect("the CLI printed the log line in time")
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(
+        line,
+        format!("[{}] hello from the cli", result["id"].as_str().unwrap())
+    );
+    cli.kill().await.unwrap();
+
     // Another function, or an unknown one: nothing / 404.
     let r = app
         .call("GET", "/v1/functions/nope/logs?follow=true", None)
