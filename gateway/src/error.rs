@@ -40,10 +40,25 @@ pub enum GatewayError {
     Server(String),
     /// The NATS request API could not start.
     #[error(transparent)]
-    NatsApi(#[from] crate::nats_api::NatsApiError),
+    NatsApi(#[from] NatsApiError),
     /// The gateway's metrics could not be registered (already registered in this registry?).
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+}
+
+/// Why the request API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsApiError {
+    /// Subscribing to the request subjects failed.
+    #[error("subscribing to {subject} in queue group {group}: {detail}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// The queue group.
+        group: &'static str,
+        /// Why.
+        detail: String,
+    },
 }
 
 /// An error answer of the API.

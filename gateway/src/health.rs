@@ -1,10 +1,13 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (every backend answers its ping).
-//! Neither needs a key.
+//! The operational endpoints, none of which needs a key: `GET /healthz` (the process answers),
+//! `GET /readyz` (every backend answers its ping) and `GET /metrics` (Prometheus text, see
+//! [`crate::metrics`]).
 
 use std::future::Future;
 use std::time::Duration;
 
+use fnmesh_shared::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 use serde_json::json;
+use warp::http::header::{HeaderValue, CONTENT_TYPE};
 use warp::reply::Response;
 use warp::Reply;
 
@@ -58,4 +61,18 @@ async fn ping<E: std::fmt::Display>(
             Some(format!("{what} did not answer in time"))
         }
     }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(state: State) -> Result<Response, ApiError> {
+    let b = &state.backends;
+    let body = state
+        .metrics
+        .render(b.bus.as_ref(), b.limiter.as_ref())
+        .await;
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
+    Ok(response)
 }

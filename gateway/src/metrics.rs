@@ -1,4 +1,4 @@
-//! The gateway's Prometheus metrics, `GET /metrics` (no key, like the health routes), and the
+//! The gateway's Prometheus metrics (served by `GET /metrics` in [`crate::health`]), and the
 //! `Server-Timing` of sync responses.
 //!
 //! What is counted where:
@@ -26,13 +26,9 @@ use fnmesh_shared::{InvocationMetrics, InvocationResult, InvocationStatus};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
 };
-use warp::http::header::{HeaderName, CONTENT_TYPE};
+use warp::http::header::HeaderName;
 use warp::http::{HeaderValue, Method};
 use warp::reply::Response;
-use warp::Reply;
-
-use crate::error::ApiError;
-use crate::state::State;
 
 /// How long queue depths read from the bus are served before being read again.
 pub const QUEUE_STATS_TTL: Duration = Duration::from_secs(1);
@@ -394,20 +390,6 @@ fn is_token(s: &str) -> bool {
         && s.len() <= 128
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
-/// `GET /metrics`.
-pub async fn handle(state: State) -> Result<Response, ApiError> {
-    let b = &state.backends;
-    let body = state
-        .metrics
-        .render(b.bus.as_ref(), b.limiter.as_ref())
-        .await;
-    let mut response = body.into_response();
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(shared::CONTENT_TYPE));
-    Ok(response)
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditLog, Classified};
-use crate::error::ApiError;
+use crate::error::{ApiError, NatsApiError};
 use crate::invocations::invoke::{self, Invoked, Mode};
 use crate::ratelimit;
 use crate::state::State;
@@ -40,21 +40,6 @@ use crate::state::State;
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// The audit log's `source` of a NATS request (a NATS client's address is not known here).
 const AUDIT_SOURCE: &str = "nats";
-
-/// Why the request API could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum NatsApiError {
-    /// Subscribing to the request subjects failed.
-    #[error("subscribing to {subject} in queue group {group}: {detail}")]
-    Subscribe {
-        /// The subject.
-        subject: String,
-        /// The queue group.
-        group: &'static str,
-        /// Why.
-        detail: String,
-    },
-}
 
 /// The request subscription of a gateway, subscribed but not yet serving.
 pub struct NatsRequests {

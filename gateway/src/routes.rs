@@ -37,7 +37,7 @@ pub fn api(state: State) -> BoxedFilter<(Response,)> {
         .or(warp::path!("metrics")
             .and(warp::get())
             .and(with_state(state.clone()))
-            .then(crate::metrics::handle)
+            .then(health::metrics)
             .map(into_reply)
             .and_then(std::future::ready))
         .unify();

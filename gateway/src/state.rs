@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
 use fnmesh_shared::bus::Bus;
 use fnmesh_shared::code::CodeStore;
 use fnmesh_shared::ratelimit::RateLimiter;
@@ -38,7 +41,7 @@ pub struct AppState {
     /// Bounds concurrent code normalisations (each may stage up to the unpacked cap on disk).
     pub normalize_permits: tokio::sync::Semaphore,
     /// Open `logs?follow=true` streams: bounded, ended when the gateway drains.
-    pub log_followers: crate::functions::logs::Followers,
+    pub log_followers: Followers,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<GatewayMetrics>,
 }
@@ -61,5 +64,32 @@ impl AppState {
             log_followers: Default::default(),
             metrics,
         })
+    }
+}
+
+/// Log streams (`GET /v1/functions/{name}/logs?follow=true`) open at once per gateway, at most.
+pub const MAX_FOLLOWERS: usize = 256;
+
+/// The open log streams of a gateway: bounded, and ended together at shutdown.
+#[derive(Debug)]
+pub struct Followers {
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) stop: CancellationToken,
+}
+
+impl Default for Followers {
+    fn default() -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
+            stop: CancellationToken::new(),
+        }
+    }
+}
+
+impl Followers {
+    /// Ends every open stream (and every later one at once): called when the gateway begins
+    /// draining, so followers do not hold the drain up.
+    pub fn stop(&self) {
+        self.stop.cancel();
     }
 }

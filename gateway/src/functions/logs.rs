@@ -11,7 +11,6 @@
 //! end when the gateway shuts down.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use fnmesh_shared::invocation::FunctionLogs;
@@ -19,8 +18,6 @@ use fnmesh_shared::store::InvocationFilter;
 use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use warp::reply::Response;
 use warp::sse::Event;
 use warp::Reply;
@@ -28,10 +25,8 @@ use warp::Reply;
 use super::parse_name;
 use crate::auth::{Action, Principal};
 use crate::error::ApiError;
-use crate::state::State;
+use crate::state::{State, MAX_FOLLOWERS};
 
-/// Log streams open at once per gateway, at most.
-pub const MAX_FOLLOWERS: usize = 256;
 /// Default number of invocations listed without `follow`.
 const DEFAULT_LIMIT: u32 = 20;
 /// Most invocations listed without `follow`.
@@ -47,30 +42,6 @@ pub struct LogsQuery {
     pub follow: Option<bool>,
     /// Without `follow`: how many of the latest invocations.
     pub limit: Option<u32>,
-}
-
-/// The open log streams of a gateway: bounded, and ended together at shutdown.
-#[derive(Debug)]
-pub struct Followers {
-    permits: Arc<Semaphore>,
-    stop: CancellationToken,
-}
-
-impl Default for Followers {
-    fn default() -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
-            stop: CancellationToken::new(),
-        }
-    }
-}
-
-impl Followers {
-    /// Ends every open stream (and every later one at once): called when the gateway begins
-    /// draining, so followers do not hold the drain up.
-    pub fn stop(&self) {
-        self.stop.cancel();
-    }
 }
 
 /// Handles the request.
