@@ -23,8 +23,8 @@ pub mod key_status;
 use std::sync::Arc;
 
 use chrono::Utc;
-use fnmesh_shared::store::{ApiKeyRecord, MetadataStore, Role, StoreError};
-use fnmesh_shared::{FunctionName, Namespace};
+use fnmesh_core::{FunctionName, Namespace};
+use fnmesh_store::{ApiKeyRecord, MetadataStore, Role, StoreError};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -60,12 +60,18 @@ pub enum AuthError {
 
 /// A fresh API key: `fnm_` + 40 random base62 characters (~238 bits).
 pub fn generate_key() -> String {
-    format!("{KEY_PREFIX}{}", fnmesh_shared::random::base62(KEY_RANDOM_CHARS))
+    format!(
+        "{KEY_PREFIX}{}",
+        fnmesh_core::random::base62(KEY_RANDOM_CHARS)
+    )
 }
 
 /// A fresh public key id: `key_` + 20 random base62 characters.
 pub fn generate_key_id() -> String {
-    format!("{KEY_ID_PREFIX}{}", fnmesh_shared::random::base62(KEY_ID_RANDOM_CHARS))
+    format!(
+        "{KEY_ID_PREFIX}{}",
+        fnmesh_core::random::base62(KEY_ID_RANDOM_CHARS)
+    )
 }
 
 /// Hex SHA-256 of a key: what the store keeps.

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fnmesh_shared::metrics::Registry;
+use fnmesh_core::metrics::Registry;
 use hyper::server::conn::{AddrIncoming, AddrStream};
 use hyper::service::Service as _;
 use tokio::net::TcpListener;

@@ -40,7 +40,7 @@ pub async fn run(args: NodeCommand) -> Result<()> {
         bus,
         &args.mesh.region,
         registry,
-        &fnmesh_shared::metrics::Registry::new(),
+        &fnmesh_core::metrics::Registry::new(),
     )
     .await?;
     println!(

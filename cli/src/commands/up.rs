@@ -5,10 +5,10 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
+use fnmesh_core::metrics::Registry;
 use fnmesh_gateway::reconciler::Reconciler;
 use fnmesh_gateway::recorder::Recorder;
 use fnmesh_gateway::{Gateway, GatewayConfig};
-use fnmesh_shared::metrics::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::platform::{

@@ -64,15 +64,9 @@ pub fn ensure_sealed(scratch: &Path) -> Result<(), String> {
         })
         .collect::<Result<_, _>>()?;
     env.push(cstring(OsString::from(format!("{SEALED_ENV}=1")))?);
-    let err = nix::unistd::execveat(
-        &fd,
-        c"",
-        &args,
-        &env,
-        AtFlags::AT_EMPTY_PATH,
-    )
-    .err()
-    .map_or_else(|| "returned".to_owned(), |e| e.to_string());
+    let err = nix::unistd::execveat(&fd, c"", &args, &env, AtFlags::AT_EMPTY_PATH)
+        .err()
+        .map_or_else(|| "returned".to_owned(), |e| e.to_string());
     Err(format!("re-executing from the sealed binary: {err}"))
 }
 
