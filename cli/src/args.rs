@@ -144,12 +144,12 @@ pub struct DeliveryArgs {
 
 impl DeliveryArgs {
     /// The bus settings.
-    pub fn bus_config(&self) -> fnmesh_shared::bus::BusConfig {
-        fnmesh_shared::bus::BusConfig {
+    pub fn bus_config(&self) -> fnmesh_bus::BusConfig {
+        fnmesh_bus::BusConfig {
             ack_wait: std::time::Duration::from_secs(self.ack_wait_secs.max(1)),
             max_deliver: self.max_deliver.clamp(1, 100),
             event_capacity: self.event_capacity.max(1),
-            ..fnmesh_shared::bus::BusConfig::default()
+            ..fnmesh_bus::BusConfig::default()
         }
     }
 }
@@ -176,8 +176,8 @@ pub struct NatsAuthArgs {
 
 impl NatsAuthArgs {
     /// The connection options for `url`.
-    pub fn options(&self, url: &str) -> fnmesh_shared::nats::NatsOptions {
-        fnmesh_shared::nats::NatsOptions {
+    pub fn options(&self, url: &str) -> fnmesh_core::nats::NatsOptions {
+        fnmesh_core::nats::NatsOptions {
             url: url.to_owned(),
             creds_file: self.nats_creds.clone(),
             tls_ca_file: self.nats_tls_ca.clone(),

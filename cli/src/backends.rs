@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use fnmesh_shared::code::local::LocalCodeStore;
-use fnmesh_shared::code::s3::{S3CodeStore, S3Config};
-use fnmesh_shared::code::CodeStore;
-use fnmesh_shared::ratelimit::local::LocalRateLimiter;
-use fnmesh_shared::ratelimit::redis::{FailurePolicy, RedisRateLimiter};
-use fnmesh_shared::ratelimit::RateLimiter;
-use fnmesh_shared::store::postgres::PostgresStore;
-use fnmesh_shared::store::sqlite::SqliteStore;
-use fnmesh_shared::store::MetadataStore;
+use fnmesh_code::local::LocalCodeStore;
+use fnmesh_code::s3::{S3CodeStore, S3Config};
+use fnmesh_code::CodeStore;
+use fnmesh_ratelimit::local::LocalRateLimiter;
+use fnmesh_ratelimit::redis::{FailurePolicy, RedisRateLimiter};
+use fnmesh_ratelimit::RateLimiter;
+use fnmesh_store::postgres::PostgresStore;
+use fnmesh_store::sqlite::SqliteStore;
+use fnmesh_store::MetadataStore;
 
 /// `FNMESH_DATABASE_URL`.
 #[derive(Debug, Clone, PartialEq, Eq)]

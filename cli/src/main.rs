@@ -103,12 +103,12 @@ const DIRECT_ENV_VARS: &[&str] = &[
     telemetry::ENV_LOG,
     telemetry::ENV_LOG_FORMAT,
     "FNMESH_FAILPOINT",
-    fnmesh_shared::code::s3::ENV_ENDPOINT,
-    fnmesh_shared::code::s3::ENV_REGION,
-    fnmesh_shared::code::s3::ENV_PATH_STYLE,
-    fnmesh_shared::code::s3::ENV_ACCESS_KEY_ID,
-    fnmesh_shared::code::s3::ENV_SECRET_ACCESS_KEY,
-    fnmesh_shared::nats::server::ENV_SERVER_BINARY,
+    fnmesh_code::s3::ENV_ENDPOINT,
+    fnmesh_code::s3::ENV_REGION,
+    fnmesh_code::s3::ENV_PATH_STYLE,
+    fnmesh_code::s3::ENV_ACCESS_KEY_ID,
+    fnmesh_code::s3::ENV_SECRET_ACCESS_KEY,
+    fnmesh_core::nats::server::ENV_SERVER_BINARY,
 ];
 
 /// Every environment variable the binary reads: the `env` twins of all flags of all commands,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use fnmesh_shared::secrets::{self, Keyring};
+use fnmesh_core::secrets::{self, Keyring};
 
 use crate::args::SecretsArgs;
 

@@ -9,10 +9,10 @@ use std::fs;
 use std::io::{Cursor, Write};
 use std::path::Path;
 
-use fnmesh_shared::archive::{normalize_in, unpack, ArchiveLimits};
-use fnmesh_shared::ids::NodeId;
-use fnmesh_shared::subjects::{self, BusPrefix, BusRole};
-use fnmesh_shared::{Checksum, FunctionName, InvocationId, Namespace};
+use fnmesh_core::archive::{normalize_in, unpack, ArchiveLimits};
+use fnmesh_core::ids::NodeId;
+use fnmesh_core::subjects::{self, BusPrefix, BusRole};
+use fnmesh_core::{Checksum, FunctionName, InvocationId, Namespace};
 
 /// Small limits so a run stays fast; the checks are the same as with the defaults.
 const LIMITS: ArchiveLimits = ArchiveLimits {

@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fnmesh_shared::store::{AuditEntry, MetadataStore};
-use fnmesh_shared::Namespace;
+use fnmesh_core::Namespace;
+use fnmesh_store::{AuditEntry, MetadataStore};
 use std::future::Future;
 use std::pin::Pin;
 

@@ -23,8 +23,8 @@ pub mod key_status;
 use std::sync::Arc;
 
 use chrono::Utc;
-use fnmesh_shared::store::{ApiKeyRecord, MetadataStore, Role, StoreError};
-use fnmesh_shared::{FunctionName, Namespace};
+use fnmesh_core::{FunctionName, Namespace};
+use fnmesh_store::{ApiKeyRecord, MetadataStore, Role, StoreError};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -62,7 +62,7 @@ pub enum AuthError {
 pub fn generate_key() -> String {
     format!(
         "{KEY_PREFIX}{}",
-        fnmesh_shared::random::base62(KEY_RANDOM_CHARS)
+        fnmesh_core::random::base62(KEY_RANDOM_CHARS)
     )
 }
 
@@ -70,7 +70,7 @@ pub fn generate_key() -> String {
 pub fn generate_key_id() -> String {
     format!(
         "{KEY_ID_PREFIX}{}",
-        fnmesh_shared::random::base62(KEY_ID_RANDOM_CHARS)
+        fnmesh_core::random::base62(KEY_ID_RANDOM_CHARS)
     )
 }
 

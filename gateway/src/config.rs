@@ -3,8 +3,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use fnmesh_shared::archive::ArchiveLimits;
-use fnmesh_shared::ratelimit::RateLimit;
+use fnmesh_core::archive::ArchiveLimits;
+use fnmesh_ratelimit::RateLimit;
 
 /// Default body cap (6 MiB: a 4.5 MiB archive plus base64 overhead).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
@@ -35,7 +35,7 @@ pub struct GatewayConfig {
     pub tokens: crate::auth::jwt::TokenConfig,
     /// Seals function secrets (`None`: the secrets API answers 503; invocations still carry
     /// secrets stored earlier, sealed, to nodes that can open them).
-    pub secrets_keyring: Option<std::sync::Arc<fnmesh_shared::secrets::Keyring>>,
+    pub secrets_keyring: Option<std::sync::Arc<fnmesh_core::secrets::Keyring>>,
 }
 
 impl Default for GatewayConfig {

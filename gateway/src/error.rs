@@ -9,15 +9,15 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use fnmesh_shared::archive::ArchiveError;
-use fnmesh_shared::bus::BusError;
-use fnmesh_shared::code::CodeStoreError;
-use fnmesh_shared::function::ConfigError;
-use fnmesh_shared::ids::IdError;
-use fnmesh_shared::names::NameError;
-use fnmesh_shared::registry::RegistryError;
-use fnmesh_shared::store::StoreError;
-use fnmesh_shared::InvocationId;
+use fnmesh_bus::registry::RegistryError;
+use fnmesh_bus::BusError;
+use fnmesh_code::CodeStoreError;
+use fnmesh_core::archive::ArchiveError;
+use fnmesh_core::function::ConfigError;
+use fnmesh_core::ids::IdError;
+use fnmesh_core::names::NameError;
+use fnmesh_core::InvocationId;
+use fnmesh_store::StoreError;
 use serde_json::json;
 use warp::http::header::{HeaderValue, CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
 use warp::http::StatusCode;

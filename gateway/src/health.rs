@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use fnmesh_shared::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
+use fnmesh_core::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 use serde_json::json;
 use warp::http::header::{HeaderValue, CONTENT_TYPE};
 use warp::reply::Response;

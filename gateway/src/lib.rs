@@ -1,6 +1,6 @@
 //! The fnmesh HTTP gateway: API v1 over warp.
 //!
-//! It validates and stores functions (code normalised by [`fnmesh_shared::archive`] and kept in
+//! It validates and stores functions (code normalised by [`fnmesh_core::archive`] and kept in
 //! the code store), accepts invocations — records them `queued`, publishes them on the bus and,
 //! for sync calls, waits for the outcome on an inbox — and runs the [`recorder`] that persists
 //! node events and dead letters. Every `/v1` route needs an API key or an access token

@@ -15,14 +15,14 @@
 //! The registry is the process's: in `fnmesh up` the node registers its metrics in the same
 //! one, so this endpoint shows both.
 //!
-//! [`MAX_FUNCTION_LABELS`]: fnmesh_shared::metrics::MAX_FUNCTION_LABELS
+//! [`MAX_FUNCTION_LABELS`]: fnmesh_core::metrics::MAX_FUNCTION_LABELS
 
 use std::time::{Duration, Instant};
 
-use fnmesh_shared::bus::Bus;
-use fnmesh_shared::metrics::{self as shared, seconds_of_us, LabelCap, Registry};
-use fnmesh_shared::ratelimit::RateLimiter;
-use fnmesh_shared::{InvocationMetrics, InvocationResult, InvocationStatus};
+use fnmesh_bus::Bus;
+use fnmesh_core::metrics::{self as shared, seconds_of_us, LabelCap, Registry};
+use fnmesh_core::{InvocationMetrics, InvocationResult, InvocationStatus};
+use fnmesh_ratelimit::RateLimiter;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
 };

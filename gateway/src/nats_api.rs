@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use async_nats::{Client, HeaderMap, Message, Subject, Subscriber};
 use bytes::Bytes;
-use fnmesh_shared::subjects::{self, RequestSubjectError};
+use fnmesh_core::subjects::{self, RequestSubjectError};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;

@@ -8,9 +8,9 @@
 //!
 //! [`GatewayConfig::default_rate_limit`]: crate::config::GatewayConfig::default_rate_limit
 
-use fnmesh_shared::function::Function;
-use fnmesh_shared::names::{FunctionName, Namespace};
-use fnmesh_shared::ratelimit::RateLimit;
+use fnmesh_core::function::Function;
+use fnmesh_core::names::{FunctionName, Namespace};
+use fnmesh_ratelimit::RateLimit;
 
 use crate::auth::Principal;
 use crate::error::ApiError;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fnmesh_shared::bus::{Bus, BusError};
-use fnmesh_shared::store::MetadataStore;
+use fnmesh_bus::{Bus, BusError};
+use fnmesh_store::MetadataStore;
 use tokio_util::sync::CancellationToken;
 
 /// Requests re-published per pass at most.

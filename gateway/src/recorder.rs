@@ -18,12 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use fnmesh_shared::bus::{Acker, Bus, DeadLetter, EventDelivery};
-use fnmesh_shared::store::{MetadataStore, StoreError};
-use fnmesh_shared::{
+use fnmesh_bus::{Acker, Bus, DeadLetter, EventDelivery};
+use fnmesh_core::{
     DeadLetterRecord, InvocationId, InvocationLogs, InvocationResult, InvocationStatus, Namespace,
     NodeEvent,
 };
+use fnmesh_store::{MetadataStore, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::GatewayMetrics;

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use fnmesh_shared::bus::Bus;
-use fnmesh_shared::code::CodeStore;
-use fnmesh_shared::ratelimit::RateLimiter;
-use fnmesh_shared::registry::NodeRegistry;
-use fnmesh_shared::store::MetadataStore;
+use fnmesh_bus::registry::NodeRegistry;
+use fnmesh_bus::Bus;
+use fnmesh_code::CodeStore;
+use fnmesh_ratelimit::RateLimiter;
+use fnmesh_store::MetadataStore;
 
 use crate::auth::Authenticator;
 use crate::config::GatewayConfig;

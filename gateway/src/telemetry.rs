@@ -7,7 +7,7 @@
 //! (`invocation.publish`, `invocation.wait`, `invocation.record`), and the `traceparent` it
 //! publishes is built from its own span, never copied from the client.
 
-use fnmesh_shared::trace::{self, TraceParent, TRACEPARENT_HEADER};
+use fnmesh_core::trace::{self, TraceParent, TRACEPARENT_HEADER};
 
 /// The span of one HTTP request (see the module docs).
 pub fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {

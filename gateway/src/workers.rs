@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fnmesh_shared::bus::Bus;
-use fnmesh_shared::store::MetadataStore;
+use fnmesh_bus::Bus;
+use fnmesh_store::MetadataStore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

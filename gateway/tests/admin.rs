@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{eventually, Resp, TestApp};
-use fnmesh_gateway::auth;
-use fnmesh_gateway::recorder::record_dead_letter;
-use fnmesh_shared::bus::DeadLetter;
-use fnmesh_shared::store::{ApiKeyRecord, Role};
-use fnmesh_shared::{
+use fnmesh_bus::DeadLetter;
+use fnmesh_core::{
     FunctionName, InvocationId, InvocationLogs, InvocationOutcome, InvocationRequest,
     InvocationResult, InvocationStatus, Namespace, NodeEvent,
 };
+use fnmesh_gateway::auth;
+use fnmesh_gateway::recorder::record_dead_letter;
+use fnmesh_store::{ApiKeyRecord, Role};
 use serde_json::{json, Value};
 
 /// A key of `role` in the default namespace.

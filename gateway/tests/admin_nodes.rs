@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::TestApp;
+use fnmesh_bus::registry::{NodeInfo, NodeRegistry, NodeState};
+use fnmesh_core::{Namespace, NodeId};
 use fnmesh_gateway::auth;
-use fnmesh_shared::registry::{NodeInfo, NodeRegistry, NodeState};
-use fnmesh_shared::store::{ApiKeyRecord, Role};
-use fnmesh_shared::{Namespace, NodeId};
+use fnmesh_store::{ApiKeyRecord, Role};
 use serde_json::json;
 
 fn node_info(id: &str, interval: Duration) -> NodeInfo {

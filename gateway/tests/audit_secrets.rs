@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{eventually, TestApp};
-use fnmesh_shared::secrets::Keyring;
+use fnmesh_core::secrets::Keyring;
 use serde_json::{json, Value};
 
 const SECRET: &str = "s3cr3t-value-7f3a9c";

@@ -22,7 +22,7 @@ async fn create_get_list_update_versions_delete() {
     let checksum = created["code"]["checksum"].as_str().unwrap().to_owned();
     assert!(app
         .code
-        .exists(&fnmesh_shared::Checksum::parse(&checksum).unwrap())
+        .exists(&fnmesh_core::Checksum::parse(&checksum).unwrap())
         .await
         .unwrap());
 
@@ -237,9 +237,9 @@ async fn single_file_code_is_stored_under_the_handler() {
     let resp = app.post_json("/v1/functions", &body).await;
     assert_eq!(resp.status, 201, "{:?}", resp.body);
     let checksum =
-        fnmesh_shared::Checksum::parse(resp.body["code"]["checksum"].as_str().unwrap()).unwrap();
+        fnmesh_core::Checksum::parse(resp.body["code"]["checksum"].as_str().unwrap()).unwrap();
     let tar = app.code.get(&checksum).await.unwrap().unwrap();
-    assert!(fnmesh_shared::archive::contains_file(&tar, "bin/run").unwrap());
+    assert!(fnmesh_core::archive::contains_file(&tar, "bin/run").unwrap());
 }
 
 fn snapshot(dir: &std::path::Path) -> Vec<String> {

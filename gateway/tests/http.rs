@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestApp;
-use fnmesh_shared::ratelimit::RateLimit;
+use fnmesh_ratelimit::RateLimit;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -24,7 +24,7 @@ async fn health_endpoints_need_no_key() {
 #[tokio::test]
 async fn every_v1_route_needs_a_valid_key() {
     let app = TestApp::start().await;
-    let id = fnmesh_shared::InvocationId::new();
+    let id = fnmesh_core::InvocationId::new();
     let routes = [
         ("GET", "/v1/functions".to_owned()),
         ("POST", "/v1/functions".to_owned()),
@@ -66,12 +66,12 @@ async fn revoked_and_expired_keys_are_refused() {
         let key = fnmesh_gateway::auth::generate_key();
         let past = chrono::Utc::now() - chrono::Duration::seconds(10);
         app.store
-            .create_api_key(&fnmesh_shared::store::ApiKeyRecord {
+            .create_api_key(&fnmesh_store::ApiKeyRecord {
                 id: id.into(),
                 name: id.into(),
                 key_hash: fnmesh_gateway::auth::hash_key(&key),
-                role: fnmesh_shared::store::Role::Admin,
-                namespace: fnmesh_shared::Namespace::default_ns(),
+                role: fnmesh_store::Role::Admin,
+                namespace: fnmesh_core::Namespace::default_ns(),
                 created_at: past,
                 expires_at: expired.then_some(past),
                 revoked_at: revoked.then_some(past),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{eventually, invalid_names, TestApp};
-use fnmesh_shared::{
+use fnmesh_core::{
     InvocationId, InvocationLogs, InvocationMetrics, InvocationOutcome, InvocationStatus,
     Namespace, NodeEvent,
 };
@@ -154,7 +154,7 @@ async fn respond_once(app: &TestApp) {
             .unwrap()
             .unwrap();
         let req = &delivery.request;
-        let mut result = fnmesh_shared::InvocationResult::queued(req);
+        let mut result = fnmesh_core::InvocationResult::queued(req);
         result.status = InvocationStatus::Succeeded;
         result.result = Some(json!({"echo": req.payload}));
         result.attempt = delivery.attempt;
@@ -273,7 +273,7 @@ async fn the_recorder_applies_node_events() {
     assert_eq!(record.body["node_id"], "n1");
     assert_eq!(record.body["attempt"], delivery.attempt);
 
-    let mut result = fnmesh_shared::InvocationResult::queued(&delivery.request);
+    let mut result = fnmesh_core::InvocationResult::queued(&delivery.request);
     result.status = InvocationStatus::Succeeded;
     result.result = Some(json!(42));
     result.attempt = delivery.attempt;
@@ -360,8 +360,8 @@ async fn recording_a_batch_writes_only_what_changes_something() {
         requests.push(delivery.request);
     }
     let ns = Namespace::default_ns();
-    let outcome = |request: &fnmesh_shared::InvocationRequest, attempt: u32, text: &str| {
-        let mut result = fnmesh_shared::InvocationResult::queued(request);
+    let outcome = |request: &fnmesh_core::InvocationRequest, attempt: u32, text: &str| {
+        let mut result = fnmesh_core::InvocationResult::queued(request);
         result.status = InvocationStatus::Succeeded;
         result.result = Some(json!(attempt));
         result.attempt = attempt;
@@ -374,7 +374,7 @@ async fn recording_a_batch_writes_only_what_changes_something() {
             },
         }))
     };
-    let started = |request: &fnmesh_shared::InvocationRequest, attempt: u32| NodeEvent::Started {
+    let started = |request: &fnmesh_core::InvocationRequest, attempt: u32| NodeEvent::Started {
         id: request.id,
         namespace: ns.clone(),
         attempt,
@@ -393,7 +393,7 @@ async fn recording_a_batch_writes_only_what_changes_something() {
         vec![true]
     );
 
-    let unknown = fnmesh_shared::InvocationRequest {
+    let unknown = fnmesh_core::InvocationRequest {
         id: InvocationId::new(),
         ..fresh.clone()
     };

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{eventually, TestApp};
-use fnmesh_shared::metrics::parse_text;
-use fnmesh_shared::{
+use fnmesh_core::metrics::parse_text;
+use fnmesh_core::{
     ErrorKind, InvocationError, InvocationLogs, InvocationMetrics, InvocationOutcome,
     InvocationResult, InvocationStatus, NodeEvent,
 };

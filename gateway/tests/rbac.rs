@@ -6,7 +6,7 @@ mod common;
 
 use chrono::Utc;
 use common::{create_body, Resp, TestApp};
-use fnmesh_shared::{DeadLetterRecord, InvocationId};
+use fnmesh_core::{DeadLetterRecord, InvocationId};
 use serde_json::{json, Value};
 
 /// Makes a key as admin; returns `(id, key)`.

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fnmesh_shared::archive::{self, ArchiveLimits};
-use fnmesh_shared::code::CodeStore;
-use fnmesh_shared::Checksum;
+use fnmesh_code::CodeStore;
+use fnmesh_core::archive::{self, ArchiveLimits};
+use fnmesh_core::Checksum;
 
 /// Why code could not be made available.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +120,7 @@ impl CodeCache {
 mod tests {
     use async_trait::async_trait;
     use bytes::Bytes;
-    use fnmesh_shared::code::CodeStoreError;
+    use fnmesh_code::CodeStoreError;
 
     use super::*;
 

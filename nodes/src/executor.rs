@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fnmesh_shared::invocation::DEFAULT_LOG_CAP_BYTES;
-use fnmesh_shared::secrets::{Keyring, SealedSecrets, SecretEnv};
-use fnmesh_shared::{
+use fnmesh_core::invocation::DEFAULT_LOG_CAP_BYTES;
+use fnmesh_core::secrets::{Keyring, SealedSecrets, SecretEnv};
+use fnmesh_core::{
     ErrorKind, Function, InvocationError, InvocationId, InvocationLogs, InvocationStatus,
 };
 use tokio::time::Instant;

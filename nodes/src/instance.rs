@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fnmesh_shared::{ErrorKind, InvocationError, InvocationLogs, InvocationStatus};
+use fnmesh_core::{ErrorKind, InvocationError, InvocationLogs, InvocationStatus};
 use nix::fcntl::OFlag;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;

@@ -12,8 +12,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fnmesh_shared::metrics::{self as shared, seconds_of_us, LabelCap, Registry};
-use fnmesh_shared::InvocationResult;
+use fnmesh_core::metrics::{self as shared, seconds_of_us, LabelCap, Registry};
+use fnmesh_core::InvocationResult;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fnmesh_shared::bus::Bus;
-use fnmesh_shared::code::CodeStore;
-use fnmesh_shared::metrics::Registry;
-use fnmesh_shared::registry::NodeRegistry;
-use fnmesh_shared::secrets::Keyring;
-use fnmesh_shared::NodeId;
+use fnmesh_bus::registry::NodeRegistry;
+use fnmesh_bus::Bus;
+use fnmesh_code::CodeStore;
+use fnmesh_core::metrics::Registry;
+use fnmesh_core::secrets::Keyring;
+use fnmesh_core::NodeId;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

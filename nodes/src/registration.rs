@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use fnmesh_shared::registry::{NodeInfo, NodeRegistry, NodeState};
-use fnmesh_shared::NodeId;
+use fnmesh_bus::registry::{NodeInfo, NodeRegistry, NodeState};
+use fnmesh_core::NodeId;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -186,7 +186,7 @@ mod tests {
 
     use std::sync::atomic::AtomicUsize;
 
-    use fnmesh_shared::registry::memory::MemoryRegistry;
+    use fnmesh_bus::registry::memory::MemoryRegistry;
 
     use super::*;
 

@@ -4,7 +4,7 @@
 //! `handler` and `invocation.reply` under it. Only ids, names and counters are recorded:
 //! never payloads, results or logs.
 
-use fnmesh_shared::bus::Delivery;
+use fnmesh_bus::Delivery;
 
 /// The span of one delivery on this node.
 pub fn invocation_span(delivery: &Delivery, node_id: &str) -> tracing::Span {
@@ -19,7 +19,7 @@ pub fn invocation_span(delivery: &Delivery, node_id: &str) -> tracing::Span {
         node.id = node_id,
     );
     if let Some(parent) = &request.traceparent {
-        fnmesh_shared::trace::set_remote_parent(&span, parent);
+        fnmesh_core::trace::set_remote_parent(&span, parent);
     }
     span
 }

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use fnmesh_shared::bus::{Bus, Delivery};
-use fnmesh_shared::{
+use fnmesh_bus::{Bus, Delivery};
+use fnmesh_core::{
     ErrorKind, FunctionConfig, InvocationError, InvocationMetrics, InvocationOutcome,
     InvocationResult, InvocationStatus, NodeEvent,
 };
@@ -219,7 +219,7 @@ impl Worker {
         let started_published = self.bus.publish_event(&started);
         tokio::pin!(started_published);
         let mut started_pending = true;
-        let report_started = |r: Result<(), fnmesh_shared::bus::BusError>| {
+        let report_started = |r: Result<(), fnmesh_bus::BusError>| {
             if let Err(e) = r {
                 tracing::warn!(error = %e, invocation.id = %request.id, "could not publish the started event");
             }
@@ -413,15 +413,15 @@ impl Worker {
     /// invocation's path; best effort.
     fn publish_logs(
         &self,
-        request: &fnmesh_shared::InvocationRequest,
+        request: &fnmesh_core::InvocationRequest,
         attempt: u32,
-        logs: &fnmesh_shared::InvocationLogs,
+        logs: &fnmesh_core::InvocationLogs,
         at: chrono::DateTime<Utc>,
     ) {
         if logs.text.is_empty() {
             return;
         }
-        let entry = fnmesh_shared::invocation::FunctionLogs {
+        let entry = fnmesh_core::invocation::FunctionLogs {
             invocation_id: request.id,
             namespace: request.function.namespace.clone(),
             function: request.function.name.clone(),

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use fnmesh_shared::{ErrorKind, InvocationStatus, Runtime};
+use fnmesh_core::{ErrorKind, InvocationStatus, Runtime};
 use serde_json::json;
 use support::{function, Harness, SLEEPY_PY};
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fnmesh_shared::{InvocationStatus, Runtime};
+use fnmesh_core::{InvocationStatus, Runtime};
 use serde_json::json;
 use support::{function, Harness, COUNTER_PY, SLEEPY_PY};
 
@@ -138,6 +138,6 @@ async fn memory_cap_evicts_idle_sandboxes_or_waits_for_busy_ones() {
     // A function larger than the whole cap fails at once.
     let out = h.run(&huge, &code, json!({})).await;
     assert_eq!(out.status, InvocationStatus::Failed);
-    assert_eq!(out.error.unwrap().kind, fnmesh_shared::ErrorKind::Crashed);
+    assert_eq!(out.error.unwrap().kind, fnmesh_core::ErrorKind::Crashed);
     h.executor.shutdown(Duration::from_secs(5)).await;
 }

@@ -5,7 +5,7 @@
 #[path = "pool_support/mod.rs"]
 mod support;
 
-use fnmesh_shared::{InvocationStatus, Runtime};
+use fnmesh_core::{InvocationStatus, Runtime};
 use serde_json::json;
 use support::{function, Harness, COUNTER_PY};
 

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use fnmesh_shared::{InvocationStatus, Runtime};
+use fnmesh_core::{InvocationStatus, Runtime};
 use serde_json::json;
 use support::{function, Harness};
 

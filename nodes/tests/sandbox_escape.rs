@@ -9,16 +9,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fnmesh_core::{
+    Checksum, CodeInfo, Function, FunctionConfig, FunctionId, FunctionName, InvocationId,
+    InvocationStatus, Namespace, Runtime,
+};
 use fnmesh_nodes::executor::{Executor, ExecutorConfig, Job};
 use fnmesh_nodes::sandbox::cgroup::{hierarchies, CGROUP_ROOT};
 use fnmesh_nodes::sandbox::rootfs::ensure_rootfs;
 use fnmesh_nodes::sandbox::spec::{write_bundle, BundleRequest};
 use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
 use fnmesh_nodes::sandbox::{ContainerRuntime, SandboxIo, SandboxSpec};
-use fnmesh_shared::{
-    Checksum, CodeInfo, Function, FunctionConfig, FunctionId, FunctionName, InvocationId,
-    InvocationStatus, Namespace, Runtime,
-};
 use serde_json::{json, Value};
 
 const SUPERVISOR: &str = env!("CARGO_BIN_EXE_fnmesh-sandboxd");

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fnmesh_shared::bus::conformance::{self, request, test_config};
-use fnmesh_shared::bus::jetstream::JetStreamBus;
-use fnmesh_shared::bus::{Bus, BusConfig, BusError};
+use fnmesh_bus::conformance::{self, request, test_config};
+use fnmesh_bus::jetstream::JetStreamBus;
+use fnmesh_bus::{Bus, BusConfig, BusError};
 use fnmesh_tests::servers::nats::TestNats;
 
 /// A prefix no other bus of this process uses.
@@ -50,7 +50,7 @@ macro_rules! cases {
 mod conformance_suite {
     use super::*;
 
-    fnmesh_shared::bus_conformance_cases!(cases);
+    fnmesh_bus::bus_conformance_cases!(cases);
 }
 
 /// `run_all` (every case in sequence) on one server, each bus under its own prefix.

@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
-use fnmesh_shared::checksum::Checksum;
-use fnmesh_shared::code::conformance::{self, random_bytes, Store};
-use fnmesh_shared::code::nats::NatsCodeStore;
-use fnmesh_shared::code::{CodeStore as _, CodeStoreError, MAX_BLOB_BYTES};
-use fnmesh_shared::nats::NatsOptions;
-use fnmesh_shared::subjects;
+use fnmesh_code::conformance::{self, random_bytes, Store};
+use fnmesh_code::nats::NatsCodeStore;
+use fnmesh_code::{CodeStore as _, CodeStoreError, MAX_BLOB_BYTES};
+use fnmesh_core::checksum::Checksum;
+use fnmesh_core::nats::NatsOptions;
+use fnmesh_core::subjects;
 use fnmesh_tests::servers::nats::TestNats;
 use fnmesh_tests::unique;
 
@@ -54,7 +54,7 @@ macro_rules! cases {
     )*};
 }
 
-fnmesh_shared::code_conformance_cases!(cases);
+fnmesh_code::code_conformance_cases!(cases);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_all_on_one_bucket() {

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fnmesh_shared::registry::conformance::{self, node_info};
-use fnmesh_shared::registry::jetstream::JetStreamRegistry;
-use fnmesh_shared::registry::NodeRegistry;
+use fnmesh_bus::registry::conformance::{self, node_info};
+use fnmesh_bus::registry::jetstream::JetStreamRegistry;
+use fnmesh_bus::registry::NodeRegistry;
 use fnmesh_tests::servers::nats::TestNats;
 
 /// A region prefix no other registry of this process uses.
@@ -36,8 +36,8 @@ async fn open(url: &str, prefix: &str) -> JetStreamRegistry {
 async fn bucket(url: &str, prefix: &str) -> async_nats::jetstream::kv::Store {
     let client = async_nats::connect(url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let bucket = fnmesh_shared::subjects::node_registry_bucket(
-        &fnmesh_shared::subjects::BusPrefix::parse(prefix).unwrap(),
+    let bucket = fnmesh_core::subjects::node_registry_bucket(
+        &fnmesh_core::subjects::BusPrefix::parse(prefix).unwrap(),
     );
     js.get_key_value(&bucket).await.unwrap()
 }
@@ -62,7 +62,7 @@ macro_rules! cases {
 mod conformance_suite {
     use super::*;
 
-    fnmesh_shared::registry_conformance_cases!(cases);
+    fnmesh_bus::registry_conformance_cases!(cases);
 }
 
 /// `run_all` (every case in sequence) on one server, each registry under its own prefix.
@@ -92,8 +92,8 @@ async fn an_unrefreshed_entry_leaves_the_bucket_after_its_own_ttl() {
     registry.heartbeat(&short).await.unwrap();
     registry.heartbeat(&long).await.unwrap();
     let store = bucket(&url, &prefix).await;
-    let short_key = fnmesh_shared::subjects::node_registry_key(&short.id);
-    let long_key = fnmesh_shared::subjects::node_registry_key(&long.id);
+    let short_key = fnmesh_core::subjects::node_registry_key(&short.id);
+    let long_key = fnmesh_core::subjects::node_registry_key(&long.id);
     assert!(store.get(short_key.as_str()).await.unwrap().is_some());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while store.get(short_key.as_str()).await.unwrap().is_some() {
@@ -139,8 +139,8 @@ async fn a_bucket_without_per_entry_ttls_is_upgraded() {
     let client = async_nats::connect(&url).await.unwrap();
     let js = async_nats::jetstream::new(client);
     js.create_key_value(async_nats::jetstream::kv::Config {
-        bucket: fnmesh_shared::subjects::node_registry_bucket(
-            &fnmesh_shared::subjects::BusPrefix::parse(&prefix).unwrap(),
+        bucket: fnmesh_core::subjects::node_registry_bucket(
+            &fnmesh_core::subjects::BusPrefix::parse(&prefix).unwrap(),
         ),
         history: 1,
         max_age: Duration::from_secs(60),
@@ -152,7 +152,7 @@ async fn a_bucket_without_per_entry_ttls_is_upgraded() {
     let info = node_info("node-a", Duration::from_millis(300));
     registry.heartbeat(&info).await.unwrap();
     let store = bucket(&url, &prefix).await;
-    let key = fnmesh_shared::subjects::node_registry_key(&info.id);
+    let key = fnmesh_core::subjects::node_registry_key(&info.id);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while store.get(key.as_str()).await.unwrap().is_some() {
         assert!(

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use fnmesh_shared::store::conformance::{self, Store};
-use fnmesh_shared::store::postgres::PostgresStore;
-use fnmesh_shared::store::{InvocationFilter, MetadataStore, StoreError};
-use fnmesh_shared::{InvocationLogs, InvocationResult, InvocationStatus};
+use fnmesh_core::{InvocationLogs, InvocationResult, InvocationStatus};
+use fnmesh_store::conformance::{self, Store};
+use fnmesh_store::postgres::PostgresStore;
+use fnmesh_store::{InvocationFilter, MetadataStore, StoreError};
 use fnmesh_tests::servers::postgres::TestPostgres;
 
 /// A migrated store in a database of its own on the shared server.
@@ -30,7 +30,7 @@ macro_rules! cases {
     )*};
 }
 
-fnmesh_shared::store_conformance_cases!(cases);
+fnmesh_store::store_conformance_cases!(cases);
 
 /// The whole suite twice at once on one database, as several gateways would share it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -341,5 +341,5 @@ fn store_dyn(store: &PostgresStore) -> Store {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn access_store_cases() {
     let store: Store = Arc::new(store().await);
-    fnmesh_shared::store::access::conformance::run_all(store).await;
+    fnmesh_store::access::conformance::run_all(store).await;
 }

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fnmesh_shared::ratelimit::conformance;
-use fnmesh_shared::ratelimit::redis::{
+use fnmesh_ratelimit::conformance;
+use fnmesh_ratelimit::redis::{
     bucket_key, FailurePolicy, RedisRateLimiter, FAIL_CLOSED_RETRY_AFTER,
 };
-use fnmesh_shared::ratelimit::{RateLimit, RateLimiter};
+use fnmesh_ratelimit::{RateLimit, RateLimiter};
 use fnmesh_tests::servers::redis::TestRedis;
 
 async fn limiter(redis: &TestRedis, policy: FailurePolicy) -> Arc<RedisRateLimiter> {
@@ -38,7 +38,7 @@ macro_rules! cases {
 mod conformance_suite {
     use super::*;
 
-    fnmesh_shared::ratelimit_conformance_cases!(cases);
+    fnmesh_ratelimit::ratelimit_conformance_cases!(cases);
 
     #[tokio::test]
     async fn run_all_on_one_limiter() {

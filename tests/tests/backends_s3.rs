@@ -9,14 +9,14 @@
 
 use std::sync::Arc;
 
-use fnmesh_shared::checksum::Checksum;
-use fnmesh_shared::code::conformance::{self, random_bytes, Store};
-use fnmesh_shared::code::s3::{
+use fnmesh_code::conformance::{self, random_bytes, Store};
+use fnmesh_code::s3::{
     S3CodeStore, S3Config, S3ConfigError, DEFAULT_REGION, ENV_ACCESS_KEY_ID, ENV_ENDPOINT,
     ENV_PATH_STYLE, ENV_REGION, ENV_SECRET_ACCESS_KEY,
 };
-use fnmesh_shared::code::{CodeStore as _, CodeStoreError};
-use fnmesh_shared::subjects;
+use fnmesh_code::{CodeStore as _, CodeStoreError};
+use fnmesh_core::checksum::Checksum;
+use fnmesh_core::subjects;
 use fnmesh_tests::servers::garage::TestGarage;
 
 /// The configuration of `bucket` on `garage`, through the same parser as `from_env`.
@@ -55,7 +55,7 @@ macro_rules! cases {
     )*};
 }
 
-fnmesh_shared::code_conformance_cases!(cases);
+fnmesh_code::code_conformance_cases!(cases);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_all_on_one_bucket() {

@@ -5,10 +5,10 @@
 
 use std::collections::BTreeSet;
 
-use fnmesh_shared::bus::conformance::{request, test_config};
-use fnmesh_shared::bus::jetstream::{JetStreamBus, REPLY_HEADER};
-use fnmesh_shared::bus::{Bus, ReplyTo};
-use fnmesh_shared::subjects::{self, BusPrefix, BusRole};
+use fnmesh_bus::conformance::{request, test_config};
+use fnmesh_bus::jetstream::{JetStreamBus, REPLY_HEADER};
+use fnmesh_bus::{Bus, ReplyTo};
+use fnmesh_core::subjects::{self, BusPrefix, BusRole};
 use fnmesh_tests::servers::nats::TestNats;
 use fnmesh_tests::{unique, TestApp, ADMIN_KEY};
 use serde_json::json;

@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use fnmesh_shared::checksum::Checksum;
-use fnmesh_shared::code::nats::NatsCodeStore;
-use fnmesh_shared::code::CodeStore as _;
-use fnmesh_shared::nats::NatsOptions;
-use fnmesh_shared::subjects;
+use fnmesh_code::nats::NatsCodeStore;
+use fnmesh_code::CodeStore as _;
+use fnmesh_core::checksum::Checksum;
+use fnmesh_core::nats::NatsOptions;
+use fnmesh_core::subjects;
 use fnmesh_tests::function_body;
 use fnmesh_tests::mesh::Mesh;
 use fnmesh_tests::unique;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fnmesh_shared::subjects::{self, BusPrefix, BusRole};
+use fnmesh_core::subjects::{self, BusPrefix, BusRole};
 use fnmesh_tests::mesh::Mesh;
 use fnmesh_tests::{function_body, unique};
 use serde_json::{json, Value};

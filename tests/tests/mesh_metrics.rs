@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use fnmesh_shared::metrics::parse_text;
+use fnmesh_core::metrics::parse_text;
 use fnmesh_tests::mesh::Mesh;
 use fnmesh_tests::{free_port, function_body, unique};
 use serde_json::json;

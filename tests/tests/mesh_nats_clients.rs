@@ -9,8 +9,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use fnmesh_shared::subjects::{self, BusPrefix};
-use fnmesh_shared::FunctionName;
+use fnmesh_core::subjects::{self, BusPrefix};
+use fnmesh_core::FunctionName;
 use fnmesh_tests::mesh::Mesh;
 use fnmesh_tests::{function_body, ADMIN_KEY};
 use futures::StreamExt;

@@ -121,7 +121,7 @@ pub async fn invocation(cmd: InvocationCommand, as_json: bool) -> Result<()> {
 }
 
 pub async fn logs(args: LogsArgs, as_json: bool) -> Result<()> {
-    if args.follow || fnmesh_shared::InvocationId::parse(&args.id).is_err() {
+    if args.follow || fnmesh_core::InvocationId::parse(&args.id).is_err() {
         return super::logs::of_function(args, as_json).await;
     }
     let api = ApiClient::new(&args.client)?;

@@ -17,7 +17,7 @@ const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// Runs the command.
 pub async fn of_function(args: LogsArgs, as_json: bool) -> Result<()> {
-    if fnmesh_shared::FunctionName::parse(&args.id).is_err() {
+    if fnmesh_core::FunctionName::parse(&args.id).is_err() {
         bail!(
             "{:?} is neither an invocation id nor a function name",
             args.id

@@ -1,7 +1,7 @@
 //! `fnmesh migrate`: applies the PostgreSQL schema migrations (`migrations/postgres/`).
 
 use anyhow::{bail, Context, Result};
-use fnmesh_shared::store::postgres::PostgresStore;
+use fnmesh_store::postgres::PostgresStore;
 
 use crate::backends::{redact, DatabaseUrl};
 

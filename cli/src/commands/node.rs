@@ -39,7 +39,7 @@ pub async fn run(args: NodeCommand) -> Result<()> {
             code,
             registry,
         },
-        &fnmesh_shared::metrics::Registry::new(),
+        &fnmesh_core::metrics::Registry::new(),
     )
     .await?;
     println!(

@@ -9,23 +9,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use fnmesh_bus::jetstream::JetStreamBus;
+use fnmesh_bus::memory::MemoryBus;
+use fnmesh_bus::registry::jetstream::JetStreamRegistry;
+use fnmesh_bus::registry::memory::MemoryRegistry;
+use fnmesh_bus::registry::NodeRegistry;
+use fnmesh_bus::{Bus, BusConfig};
+use fnmesh_code::encrypted::Encrypted;
+use fnmesh_code::mirror::Mirrored;
+use fnmesh_code::nats::NatsCodeStore;
+use fnmesh_code::CodeStore;
+use fnmesh_core::nats::NatsOptions;
+use fnmesh_core::secrets::Keyring;
+use fnmesh_core::{ErrorKind, InvocationError, InvocationStatus, NodeId};
 use fnmesh_gateway::{auth, Backends, GatewayConfig};
 use fnmesh_nodes::node::{NodeConfig, SupervisorCommand};
-use fnmesh_shared::bus::jetstream::JetStreamBus;
-use fnmesh_shared::bus::memory::MemoryBus;
-use fnmesh_shared::bus::{Bus, BusConfig};
-use fnmesh_shared::code::encrypted::Encrypted;
-use fnmesh_shared::code::mirror::Mirrored;
-use fnmesh_shared::code::nats::NatsCodeStore;
-use fnmesh_shared::code::CodeStore;
-use fnmesh_shared::nats::NatsOptions;
-use fnmesh_shared::ratelimit::RateLimit;
-use fnmesh_shared::registry::jetstream::JetStreamRegistry;
-use fnmesh_shared::registry::memory::MemoryRegistry;
-use fnmesh_shared::registry::NodeRegistry;
-use fnmesh_shared::secrets::Keyring;
-use fnmesh_shared::store::MetadataStore;
-use fnmesh_shared::{ErrorKind, InvocationError, InvocationStatus, NodeId};
+use fnmesh_ratelimit::RateLimit;
+use fnmesh_store::MetadataStore;
 
 use crate::args::{CommonArgs, GatewayArgs, NodeArgs, SecretsArgs};
 use crate::backends::{

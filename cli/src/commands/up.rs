@@ -5,9 +5,9 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
+use fnmesh_core::metrics::Registry;
 use fnmesh_gateway::Gateway;
 use fnmesh_nodes::node::{Node, NodeBackends};
-use fnmesh_shared::metrics::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::platform::{

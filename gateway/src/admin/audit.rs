@@ -2,8 +2,8 @@
 //! log ([`crate::audit`]), newest first, admins only.
 
 use chrono::{DateTime, Utc};
-use fnmesh_shared::store::{AuditFilter, AuditOutcome};
-use fnmesh_shared::Namespace;
+use fnmesh_core::Namespace;
+use fnmesh_store::{AuditFilter, AuditOutcome};
 use serde::Deserialize;
 use serde_json::json;
 use warp::reply::Response;

@@ -17,7 +17,7 @@
 //! a dead letter that was already replayed, never lose one.
 
 use chrono::{DateTime, Utc};
-use fnmesh_shared::{
+use fnmesh_core::{
     DeadLetterRecord, FunctionName, InvocationError, InvocationId, InvocationRequest,
     InvocationStatus, Namespace,
 };

@@ -10,8 +10,8 @@
 
 use bytes::Bytes;
 use chrono::Utc;
-use fnmesh_shared::store::NamespaceQuota;
-use fnmesh_shared::Namespace;
+use fnmesh_core::Namespace;
+use fnmesh_store::NamespaceQuota;
 use serde::Deserialize;
 use serde_json::json;
 use warp::reply::Response;

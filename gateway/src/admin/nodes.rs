@@ -1,5 +1,5 @@
 //! `GET /v1/admin/nodes`: the live worker nodes of the gateway's region, from the node
-//! registry ([`fnmesh_shared::registry`]): `{"items":[NodeInfo…]}`, ordered by id. A node
+//! registry ([`fnmesh_core::registry`]): `{"items":[NodeInfo…]}`, ordered by id. A node
 //! killed without leaving drops out within three of its heartbeats; one that shut down
 //! cleanly is gone as soon as it has drained.
 

@@ -1,4 +1,4 @@
-//! `GET /v1/admin/queues`: the bus's queue depths ([`fnmesh_shared::bus::QueueStats`]):
+//! `GET /v1/admin/queues`: the bus's queue depths ([`fnmesh_bus::QueueStats`]):
 //! invocations and node events waiting, and per function what is pending, in flight and
 //! allowed in flight.
 

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use fnmesh_shared::store::Role;
-use fnmesh_shared::{FunctionName, Namespace};
+use fnmesh_core::{FunctionName, Namespace};
+use fnmesh_store::Role;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::signature::{Ed25519KeyPair, KeyPair, RsaKeyPair};
 use serde::{Deserialize, Serialize};
@@ -113,7 +113,7 @@ impl SigningKey {
 
     /// A random HS256 secret of 32 bytes (hex, so it can be stored as text).
     pub fn random_hs256_secret() -> String {
-        hex::encode(fnmesh_shared::random::bytes::<32>())
+        hex::encode(fnmesh_core::random::bytes::<32>())
     }
 
     /// An EdDSA key from a PKCS#8 PEM Ed25519 private key; the public key is derived.
@@ -342,7 +342,7 @@ impl Tokens {
 
 /// 128 random bits, hex.
 fn random_id() -> String {
-    hex::encode(fnmesh_shared::random::bytes::<16>())
+    hex::encode(fnmesh_core::random::bytes::<16>())
 }
 
 /// Whether a bearer value has the shape of a JWT: three non-empty base64url segments.

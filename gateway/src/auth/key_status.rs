@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use fnmesh_shared::store::{ApiKeyRecord, MetadataStore, StoreError};
+use fnmesh_store::{ApiKeyRecord, MetadataStore, StoreError};
 
 /// Most keys remembered at once.
 pub const MAX_ENTRIES: usize = 10_000;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use chrono::Utc;
-use fnmesh_shared::{Function, FunctionConfig, FunctionId};
+use fnmesh_core::{Function, FunctionConfig, FunctionId};
 use serde::Deserialize;
 use serde_json::Value;
 use warp::http::StatusCode;

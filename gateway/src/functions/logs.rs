@@ -3,7 +3,7 @@
 //! Without `follow`: the captured output of its `limit` (default 20, at most 100) latest
 //! invocations, as JSON. With `follow=true`: server-sent events, one `log` event per invocation
 //! of the function that finishes after the stream opened, on any node of the bus (nodes publish
-//! each invocation's output through [`fnmesh_shared::bus::Bus::publish_logs`]; over NATS that is
+//! each invocation's output through [`fnmesh_bus::Bus::publish_logs`]; over NATS that is
 //! a core-NATS subject every gateway can subscribe to). The event's `id` is the invocation id
 //! and its data a [`FunctionLogs`] object. Output arrives when the invocation finishes, not line
 //! by line while it runs. A follower that falls far behind misses entries (the logs stay
@@ -13,8 +13,8 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use fnmesh_shared::invocation::FunctionLogs;
-use fnmesh_shared::store::InvocationFilter;
+use fnmesh_core::invocation::FunctionLogs;
+use fnmesh_store::InvocationFilter;
 use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
@@ -120,7 +120,7 @@ fn event_of(logs: &FunctionLogs) -> Event {
 async fn recent(
     state: &State,
     principal: &Principal,
-    name: fnmesh_shared::FunctionName,
+    name: fnmesh_core::FunctionName,
     limit: Option<u32>,
 ) -> Result<Response, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_LIMIT);

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use fnmesh_shared::archive;
-use fnmesh_shared::{CodeInfo, FunctionConfig, FunctionName, Runtime};
+use fnmesh_core::archive;
+use fnmesh_core::{CodeInfo, FunctionConfig, FunctionName, Runtime};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;

@@ -4,7 +4,7 @@
 //! bus. Checks read the current usage and are not serialised with concurrent deploys of the
 //! same namespace, so two racing deploys can overshoot by one.
 
-use fnmesh_shared::{FunctionConfig, FunctionName, Namespace};
+use fnmesh_core::{FunctionConfig, FunctionName, Namespace};
 
 use crate::error::ApiError;
 use crate::state::State;

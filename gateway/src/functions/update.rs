@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use chrono::Utc;
-use fnmesh_shared::archive;
-use fnmesh_shared::Function;
+use fnmesh_core::archive;
+use fnmesh_core::Function;
 use serde::Deserialize;
 use serde_json::Value;
 use warp::reply::Response;

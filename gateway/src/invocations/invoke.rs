@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 use chrono::Utc;
-use fnmesh_shared::{
+use fnmesh_core::{
     ErrorKind, FunctionName, InvocationError, InvocationId, InvocationOutcome, InvocationRequest,
     InvocationResult, InvocationStatus,
 };
@@ -131,7 +131,7 @@ pub async fn invoke(
     // a client's header), so the node's spans join the trace; the function sees its trace id.
     let publish_span =
         tracing::info_span!("invocation.publish", invocation.id = %id, function.name = %name);
-    let traceparent = fnmesh_shared::trace::traceparent_of(&publish_span);
+    let traceparent = fnmesh_core::trace::traceparent_of(&publish_span);
     let request = InvocationRequest {
         id,
         function,

@@ -1,7 +1,7 @@
 //! `GET /v1/invocations?function=&status=&limit=&cursor=`: records, newest first.
 
-use fnmesh_shared::store::InvocationFilter;
-use fnmesh_shared::InvocationStatus;
+use fnmesh_core::InvocationStatus;
+use fnmesh_store::InvocationFilter;
 use serde::Deserialize;
 use warp::reply::Response;
 use warp::Reply;

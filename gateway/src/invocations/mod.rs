@@ -1,6 +1,6 @@
 //! Invocations: one module per operation.
 
-use fnmesh_shared::InvocationId;
+use fnmesh_core::InvocationId;
 
 use crate::error::ApiError;
 

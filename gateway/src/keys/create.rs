@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use fnmesh_shared::store::{ApiKeyRecord, Role};
-use fnmesh_shared::FunctionName;
+use fnmesh_core::FunctionName;
+use fnmesh_store::{ApiKeyRecord, Role};
 use serde::Deserialize;
 use serde_json::json;
 use warp::http::StatusCode;

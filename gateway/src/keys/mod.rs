@@ -6,8 +6,8 @@
 //! (and never its hash).
 
 use chrono::{DateTime, Utc};
-use fnmesh_shared::store::{ApiKeyRecord, Role};
-use fnmesh_shared::{FunctionName, Namespace};
+use fnmesh_core::{FunctionName, Namespace};
+use fnmesh_store::{ApiKeyRecord, Role};
 use serde::Serialize;
 
 use crate::auth::Principal;

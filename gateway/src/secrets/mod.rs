@@ -1,15 +1,15 @@
 //! Function secrets: `PUT|DELETE /v1/functions/{name}/secrets/{key}` and
 //! `GET /v1/functions/{name}/secrets`, one module per operation.
 //!
-//! A value is sealed here with the gateway's keyring ([`fnmesh_shared::secrets::Keyring`],
+//! A value is sealed here with the gateway's keyring ([`fnmesh_core::secrets::Keyring`],
 //! AES-256-GCM bound to namespace, function and name) and stored sealed; listings show names
 //! and times only; no API returns a value and nothing logs one. Invocations carry the sealed
 //! values to the node, which opens them into the sandbox's environment
 //! ([`crate::invocations::invoke`]). Managing secrets is a deploy action
 //! ([`crate::auth::Action::Deploy`]), limited by the key's function grants.
 
-use fnmesh_shared::secrets::{Keyring, SecretName};
-use fnmesh_shared::FunctionName;
+use fnmesh_core::secrets::{Keyring, SecretName};
+use fnmesh_core::FunctionName;
 
 use crate::auth::{Action, Principal};
 use crate::error::ApiError;

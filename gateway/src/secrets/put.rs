@@ -5,7 +5,7 @@
 //! New invocations carry it; sandboxes started with the old value are not reused.
 
 use bytes::Bytes;
-use fnmesh_shared::secrets::{MAX_SECRETS_PER_FUNCTION, MAX_SECRET_VALUE_BYTES};
+use fnmesh_core::secrets::{MAX_SECRETS_PER_FUNCTION, MAX_SECRET_VALUE_BYTES};
 use serde::Deserialize;
 use warp::http::StatusCode;
 use warp::reply::Response;

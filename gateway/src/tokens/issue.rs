@@ -1,7 +1,7 @@
 //! `POST /v1/auth/token`: an access token and a new refresh token family for the API key that
 //! authenticated the request.
 
-use fnmesh_shared::store::RefreshTokenRecord;
+use fnmesh_store::RefreshTokenRecord;
 use warp::reply::Response;
 
 use super::{new_refresh, pair_response};

@@ -12,7 +12,7 @@
 //! Every failure is the same 401. Responses carry `Cache-Control: no-store`.
 
 use chrono::Utc;
-use fnmesh_shared::store::{ApiKeyRecord, RefreshTokenRecord};
+use fnmesh_store::{ApiKeyRecord, RefreshTokenRecord};
 use serde::{Deserialize, Serialize};
 use warp::reply::Response;
 use warp::Reply;
@@ -57,7 +57,7 @@ pub struct RefreshBody {
 fn generate_refresh_token() -> String {
     format!(
         "{REFRESH_PREFIX}{}",
-        fnmesh_shared::random::base62(REFRESH_RANDOM_CHARS)
+        fnmesh_core::random::base62(REFRESH_RANDOM_CHARS)
     )
 }
 

@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use fnmesh_bus::memory::MemoryBus;
+use fnmesh_bus::registry::memory::MemoryRegistry;
+use fnmesh_bus::{Bus, BusConfig};
+use fnmesh_code::local::LocalCodeStore;
+use fnmesh_code::CodeStore;
 use fnmesh_gateway::{auth, Backends, Gateway, GatewayConfig};
-use fnmesh_shared::bus::memory::MemoryBus;
-use fnmesh_shared::bus::{Bus, BusConfig};
-use fnmesh_shared::code::local::LocalCodeStore;
-use fnmesh_shared::code::CodeStore;
-use fnmesh_shared::ratelimit::local::LocalRateLimiter;
-use fnmesh_shared::registry::memory::MemoryRegistry;
-use fnmesh_shared::store::sqlite::SqliteStore;
-use fnmesh_shared::store::MetadataStore;
+use fnmesh_ratelimit::local::LocalRateLimiter;
+use fnmesh_store::sqlite::SqliteStore;
+use fnmesh_store::MetadataStore;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 

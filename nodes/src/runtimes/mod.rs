@@ -18,9 +18,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use fnmesh_shared::function::ConfigError;
-use fnmesh_shared::secrets::SecretEnv;
-use fnmesh_shared::Function;
+use fnmesh_core::function::ConfigError;
+use fnmesh_core::secrets::SecretEnv;
+use fnmesh_core::Function;
 
 /// Where the function's code is inside a sandbox.
 pub const TASK_DIR: &str = "/var/task";
@@ -297,7 +297,7 @@ pub fn install_bootstraps(dir: &Path) -> io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use fnmesh_shared::{
+    use fnmesh_core::{
         Checksum, CodeInfo, FunctionConfig, FunctionId, FunctionName, Namespace, Runtime,
     };
 
@@ -350,7 +350,7 @@ mod tests {
 
     #[test]
     fn secrets_join_the_env_and_replace_same_named_variables() {
-        let name = |s: &str| fnmesh_shared::secrets::SecretName::parse(s).unwrap();
+        let name = |s: &str| fnmesh_core::secrets::SecretName::parse(s).unwrap();
         let secrets = SecretEnv::from_pairs(
             [
                 (name("GREETING"), "secret hi".to_owned()),

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fnmesh_nodes::executor::{ExecOutcome, Executor, ExecutorConfig, Job};
-use fnmesh_nodes::sandbox::fake::FakeRuntime;
-use fnmesh_shared::{
+use fnmesh_core::{
     Checksum, CodeInfo, Function, FunctionConfig, FunctionId, FunctionName, InvocationId,
     Namespace, Runtime,
 };
+use fnmesh_nodes::executor::{ExecOutcome, Executor, ExecutorConfig, Job};
+use fnmesh_nodes::sandbox::fake::FakeRuntime;
 use tempfile::TempDir;
 
 /// An executor over a [`FakeRuntime`] working in its own temp dir.

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use fnmesh_shared::code::conformance::random_bytes;
+use fnmesh_code::conformance::random_bytes;
 
 use super::{find_binary, kill};
 use crate::free_port;

@@ -25,13 +25,13 @@ pub struct TestNats {
 }
 
 /// `$FNMESH_TEST_NATS` if set, else a `nats-server` of at least the supported minimum
-/// (`fnmesh_shared::nats::server::find_binary`); a missing or too old server fails the test
+/// (`fnmesh_core::nats::server::find_binary`); a missing or too old server fails the test
 /// with how to install a current one.
 fn binary() -> PathBuf {
     if let Some(given) = std::env::var_os("FNMESH_TEST_NATS") {
         return PathBuf::from(given);
     }
-    fnmesh_shared::nats::server::find_binary().unwrap_or_else(|e| panic!("{e}"))
+    fnmesh_core::nats::server::find_binary().unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl TestNats {

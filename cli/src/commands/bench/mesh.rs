@@ -29,13 +29,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine;
 use chrono::Utc;
-use fnmesh_nodes::executor::{Executor, ExecutorConfig, Job};
-use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
-use fnmesh_nodes::sandbox::ContainerRuntime;
-use fnmesh_shared::{
+use fnmesh_core::{
     Checksum, CodeInfo, Function, FunctionConfig, FunctionId, FunctionName, InvocationId,
     InvocationStatus, Namespace, Runtime,
 };
+use fnmesh_nodes::executor::{Executor, ExecutorConfig, Job};
+use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
+use fnmesh_nodes::sandbox::ContainerRuntime;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -768,7 +768,7 @@ struct NatsServer {
 
 /// Starts `nats-server -js` on a free loopback port with its store in `dir`.
 fn start_nats(dir: &Path) -> Result<NatsServer> {
-    let binary = fnmesh_shared::nats::server::find_binary()
+    let binary = fnmesh_core::nats::server::find_binary()
         .map_err(|e| anyhow::anyhow!("{e}; or point the benchmark at a server with --nats-url"))?;
     std::fs::create_dir_all(dir)?;
     let port = free_port()?;

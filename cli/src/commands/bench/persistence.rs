@@ -13,13 +13,13 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use chrono::Utc;
-use fnmesh_shared::store::postgres::PostgresStore;
-use fnmesh_shared::store::MetadataStore;
-use fnmesh_shared::{
+use fnmesh_core::{
     Checksum, CodeInfo, Function, FunctionConfig, FunctionId, FunctionName, InvocationId,
     InvocationLogs, InvocationMetrics, InvocationRequest, InvocationResult, InvocationStatus,
     Namespace, Runtime,
 };
+use fnmesh_store::postgres::PostgresStore;
+use fnmesh_store::MetadataStore;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::args::PersistenceBenchArgs;

@@ -14,16 +14,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
+use fnmesh_core::{
+    Checksum, CodeInfo, Function, FunctionConfig, FunctionId, FunctionName, InvocationId,
+    InvocationStatus, Namespace, Runtime,
+};
 use fnmesh_nodes::executor::{Executor, ExecutorConfig, Job};
 use fnmesh_nodes::sandbox::rootfs::ensure_rootfs;
 use fnmesh_nodes::sandbox::seccomp::MaskedEqOrder;
 use fnmesh_nodes::sandbox::spec::{write_bundle_for, BundleRequest};
 use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
 use fnmesh_nodes::sandbox::ContainerRuntime;
-use fnmesh_shared::{
-    Checksum, CodeInfo, Function, FunctionConfig, FunctionId, FunctionName, InvocationId,
-    InvocationStatus, Namespace, Runtime,
-};
 
 use serde::{Deserialize, Serialize};
 

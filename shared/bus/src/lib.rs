@@ -1,0 +1,228 @@
+//! The bus: the work queue between gateways and nodes, the reply path of sync calls, and the
+//! stream of node events that recorders persist; and, in [`registry`], the node registry
+//! (the other NATS/in-process engine).
+//!
+//! [`Bus`] is implemented by [`memory::MemoryBus`] (in-process, for `fnmesh up`) and by
+//! [`jetstream::JetStreamBus`]; both must pass [`conformance`].
+//!
+//! Delivery semantics (shared by every implementation):
+//! - `publish_invocation` is idempotent on the invocation id within the dedupe window: a
+//!   retried publish never makes a second execution.
+//! - A delivery not acked within the ack wait (unless `in_progress` extends it) or `nak`ed is
+//!   delivered again, with `attempt` + 1, up to `max_deliver` attempts; then it is dropped from
+//!   the queue and reported by [`Bus::pull_dead_letter`] (never silently lost).
+//! - A full queue refuses the publish with [`BusError::Full`]; nothing accepted is dropped.
+//! - Acks are not fenced by attempt: a stale delivery's ack (of an attempt that has since been
+//!   redelivered) may settle a later delivery of the same invocation (JetStream,
+//!   nats-server#4786). Records are fenced by attempt in the store. [`memory::MemoryBus`]
+//!   happens to fence its ackers, but callers must not rely on it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use fnmesh_core::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
+use fnmesh_core::names::{FunctionName, Namespace};
+
+pub mod jetstream;
+pub mod memory;
+mod nats_inbox;
+pub mod registry;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+/// Errors of a bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The queue is at capacity; retry later.
+    #[error("the invocation queue is full")]
+    Full,
+    /// The bus is shutting down or disconnected.
+    #[error("the bus is closed")]
+    Closed,
+    /// A reply address this bus did not issue.
+    #[error("invalid reply address")]
+    InvalidReply,
+    /// The backend failed.
+    #[error("bus: {0}")]
+    Backend(String),
+}
+
+/// Tunables every implementation honours.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// How long a delivery may go without ack or progress before it is redelivered.
+    pub ack_wait: Duration,
+    /// Attempts before an invocation is dead-lettered.
+    pub max_deliver: u32,
+    /// Invocations queued (not yet acked) at most.
+    pub capacity: usize,
+    /// How long a published id is remembered for dedupe.
+    pub dedupe_window: Duration,
+    /// Node events kept (not yet recorded) at most; past it publishing an event is
+    /// [`BusError::Full`] until the recorders catch up.
+    pub event_capacity: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 3,
+            capacity: 10_000,
+            dedupe_window: Duration::from_secs(600),
+            event_capacity: 100_000,
+        }
+    }
+}
+
+/// An opaque reply address issued by [`Bus::open_inbox`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReplyTo(pub String);
+
+/// A one-shot inbox for the outcome of a sync invocation.
+pub struct Inbox {
+    /// The address to publish with.
+    pub reply_to: ReplyTo,
+    /// Receives the outcome.
+    pub receiver: mpsc::Receiver<InvocationOutcome>,
+    /// Unsubscribes when dropped.
+    pub guard: Option<Box<dyn Send + Sync>>,
+}
+
+/// Acknowledgement of one delivery.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    /// Done: never deliver again.
+    async fn ack(&self) -> Result<(), BusError>;
+    /// Failed: deliver again (after `delay`, if given), counting an attempt.
+    async fn nak(&self, delay: Option<Duration>) -> Result<(), BusError>;
+    /// Still working: restart the ack wait.
+    async fn in_progress(&self) -> Result<(), BusError>;
+    /// Never deliver again, without success (e.g. after writing a dead letter).
+    async fn term(&self) -> Result<(), BusError>;
+}
+
+/// One delivery of an invocation to a node.
+pub struct Delivery {
+    /// The work.
+    pub request: InvocationRequest,
+    /// Where to send the outcome, for sync calls.
+    pub reply_to: Option<ReplyTo>,
+    /// 1 on first delivery.
+    pub attempt: u32,
+    /// Settles the delivery.
+    pub acker: Box<dyn Acker>,
+}
+
+/// One delivery of a node event to a recorder.
+pub struct EventDelivery {
+    /// The event.
+    pub event: NodeEvent,
+    /// Settles the delivery.
+    pub acker: Box<dyn Acker>,
+}
+
+/// An invocation whose attempts ran out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The work, with its payload.
+    pub request: InvocationRequest,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// Depth of one function's work queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionQueue {
+    /// The tenant.
+    pub namespace: String,
+    /// The function.
+    pub function: String,
+    /// Waiting to be delivered (including nak'ed work waiting out its delay).
+    pub pending: u64,
+    /// Delivered and not yet settled (running somewhere).
+    pub in_flight: u64,
+    /// Deliveries allowed in flight at once across all nodes (the function's `max_concurrency`).
+    pub max_in_flight: u64,
+}
+
+/// Depths of the whole bus, for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Invocations accepted and not yet settled.
+    pub invocations: u64,
+    /// Node events not yet recorded.
+    pub events: u64,
+    /// Per function with work queued or in flight.
+    pub functions: Vec<FunctionQueue>,
+}
+
+/// A live feed of one function's output, from [`Bus::follow_logs`]. Ends when the bus closes.
+pub type LogFeed = futures::stream::BoxStream<'static, FunctionLogs>;
+
+/// Entries a live log follower may fall behind by before it misses some.
+pub const LOG_FEED_CAPACITY: usize = 1024;
+
+/// The message bus.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Checks the bus is usable.
+    async fn ping(&self) -> Result<(), BusError>;
+
+    /// How long a delivery may go without ack or progress before it is redelivered (pullers
+    /// send `in_progress` well within it).
+    fn ack_wait(&self) -> Duration;
+
+    /// Enqueues an invocation; `reply` is where the node sends the outcome of a sync call.
+    async fn publish_invocation(
+        &self,
+        request: &InvocationRequest,
+        reply: Option<&ReplyTo>,
+    ) -> Result<(), BusError>;
+
+    /// Waits up to `wait` for one delivery. Nodes call it only when they have a free slot.
+    async fn pull_invocation(&self, wait: Duration) -> Result<Option<Delivery>, BusError>;
+
+    /// Opens an inbox for one sync reply.
+    async fn open_inbox(&self) -> Result<Inbox, BusError>;
+
+    /// Sends an outcome to an inbox. At most once: a reply can be lost (the outcome is also
+    /// recorded through the event stream).
+    async fn reply(&self, to: &ReplyTo, outcome: &InvocationOutcome) -> Result<(), BusError>;
+
+    /// Publishes a node event for the recorders (durable until acked).
+    async fn publish_event(&self, event: &NodeEvent) -> Result<(), BusError>;
+
+    /// Waits up to `wait` for node events, returning as soon as there is one: every event
+    /// ready then, up to `max` (at least one). Empty when none came in time.
+    async fn pull_events(&self, max: usize, wait: Duration)
+        -> Result<Vec<EventDelivery>, BusError>;
+
+    /// Waits up to `wait` for one node event.
+    async fn pull_event(&self, wait: Duration) -> Result<Option<EventDelivery>, BusError> {
+        Ok(self.pull_events(1, wait).await?.into_iter().next())
+    }
+
+    /// Waits up to `wait` for one invocation whose attempts ran out.
+    async fn pull_dead_letter(&self, wait: Duration) -> Result<Option<DeadLetter>, BusError>;
+
+    /// Queue depths, per function.
+    async fn queue_stats(&self) -> Result<QueueStats, BusError>;
+
+    /// Publishes one invocation's captured output for live followers, on every gateway of
+    /// the bus. Best effort and at most once: nothing is kept for followers not listening (the
+    /// logs are recorded with the result anyway).
+    async fn publish_logs(&self, logs: &FunctionLogs) -> Result<(), BusError>;
+
+    /// Follows the output of `function` in `namespace` published from now on. A follower more
+    /// than [`LOG_FEED_CAPACITY`] entries behind misses entries.
+    async fn follow_logs(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<LogFeed, BusError>;
+}

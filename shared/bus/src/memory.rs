@@ -1,0 +1,889 @@
+//! The in-process bus used by `fnmesh up`: the same delivery semantics as JetStream, kept in
+//! memory (nothing survives a restart).
+//!
+//! One mutex guards all queue state; nothing awaits while holding it. Two queues share one
+//! implementation ([`Queue`]): invocations (bounded by [`BusConfig::capacity`], dead-lettered
+//! after [`BusConfig::max_deliver`] attempts) and node events (bounded by
+//! [`BusConfig::event_capacity`], redelivered until acked or termed). Ack-wait and nak-delay deadlines sit
+//! in a timer heap that is processed lazily by every operation; pullers sleep until the earliest
+//! deadline or a [`Notify`], so a waiting puller sees a redelivery on time without a background
+//! task or a busy loop.
+//!
+//! Invocations queue in one lane per function and are delivered round-robin over the lanes
+//! with ready work, each lane holding at most its function's `max_concurrency` deliveries in
+//! flight: a flooded or slow function never holds up another (the same policy the JetStream
+//! bus gets from one consumer per function).
+//!
+//! Every delivery carries its attempt number and its acker is fenced on it: a stale acker (of a
+//! delivery that has since been redelivered) settles nothing.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use super::{
+    Acker, Bus, BusConfig, BusError, DeadLetter, Delivery, EventDelivery, FunctionQueue, Inbox,
+    LogFeed, QueueStats, ReplyTo, LOG_FEED_CAPACITY,
+};
+use fnmesh_core::ids::InvocationId;
+use fnmesh_core::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
+use fnmesh_core::names::{FunctionName, Namespace};
+
+/// Published invocation ids remembered for dedupe at most (the oldest are forgotten first).
+pub const MAX_DEDUPE_IDS: usize = 1_000_000;
+
+/// Prefix of reply addresses this bus issues.
+const REPLY_PREFIX: &str = "mem-inbox";
+
+/// The in-process [`Bus`].
+#[derive(Debug, Clone)]
+pub struct MemoryBus {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: BusConfig,
+    state: Mutex<State>,
+    invocations_ready: Notify,
+    events_ready: Notify,
+    dead_ready: Notify,
+    closed: AtomicBool,
+    /// Distinguishes this bus's reply addresses from another instance's.
+    instance: u64,
+    next_inbox: AtomicU64,
+    inboxes: Mutex<HashMap<u64, mpsc::Sender<InvocationOutcome>>>,
+    /// Live function output for followers (`follow_logs`); nothing is kept.
+    logs: tokio::sync::broadcast::Sender<Arc<FunctionLogs>>,
+}
+
+#[derive(Debug)]
+struct State {
+    invocations: Queue<Work>,
+    events: Queue<NodeEvent>,
+    dead: VecDeque<DeadLetter>,
+    dedupe: HashMap<InvocationId, Instant>,
+    dedupe_order: VecDeque<(Instant, InvocationId)>,
+}
+
+#[derive(Debug, Clone)]
+struct Work {
+    request: InvocationRequest,
+    reply: Option<ReplyTo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Invocations,
+    Events,
+}
+
+impl MemoryBus {
+    /// A new, empty bus.
+    pub fn new(config: BusConfig) -> Self {
+        let capacity = config.capacity.max(1);
+        let max_deliver = config.max_deliver.max(1);
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    invocations: Queue::new(capacity, Some(max_deliver)),
+                    events: Queue::new(config.event_capacity.max(1), None),
+                    dead: VecDeque::new(),
+                    dedupe: HashMap::new(),
+                    dedupe_order: VecDeque::new(),
+                }),
+                config,
+                invocations_ready: Notify::new(),
+                events_ready: Notify::new(),
+                dead_ready: Notify::new(),
+                closed: AtomicBool::new(false),
+                instance: rand::random(),
+                next_inbox: AtomicU64::new(1),
+                inboxes: Mutex::new(HashMap::new()),
+                logs: tokio::sync::broadcast::channel(LOG_FEED_CAPACITY).0,
+            }),
+        }
+    }
+
+    /// Closes the bus: waiting pullers return and every later call fails with
+    /// [`BusError::Closed`]. Undelivered work is dropped (this bus is not durable).
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.invocations_ready.notify_waiters();
+        self.shared.events_ready.notify_waiters();
+        self.shared.dead_ready.notify_waiters();
+        tracing::debug!("memory bus closed");
+    }
+
+    /// Invocations accepted and not yet settled (queued, in flight or waiting to be retried).
+    pub fn queued_invocations(&self) -> usize {
+        self.shared.lock().invocations.items.len()
+    }
+
+    fn stats(&self) -> QueueStats {
+        let state = self.shared.lock();
+        let mut functions: BTreeMap<&str, FunctionQueue> = BTreeMap::new();
+        for item in state.invocations.items.values() {
+            let entry = functions.entry(item.lane.as_str()).or_insert_with(|| {
+                let f = &item.payload.request.function;
+                FunctionQueue {
+                    namespace: f.namespace.to_string(),
+                    function: f.name.to_string(),
+                    pending: 0,
+                    in_flight: 0,
+                    max_in_flight: state
+                        .invocations
+                        .lanes
+                        .get(&item.lane)
+                        .map_or(u64::from(f.config.max_concurrency), |l| u64::from(l.cap)),
+                }
+            });
+            if item.state == ItemState::InFlight {
+                entry.in_flight += 1;
+            } else {
+                entry.pending += 1;
+            }
+        }
+        QueueStats {
+            invocations: state.invocations.items.len() as u64,
+            events: state.events.items.len() as u64,
+            functions: functions.into_values().collect(),
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No invariant spans a panic point, so a poisoned lock's state is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn check_open(&self) -> Result<(), BusError> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(BusError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn notify(&self, which: Which, ready: usize) {
+        let notify = match which {
+            Which::Invocations => &self.invocations_ready,
+            Which::Events => &self.events_ready,
+        };
+        for _ in 0..ready {
+            notify.notify_one();
+        }
+    }
+
+    /// Fires due timers of both queues: nak delays end, ack waits expire (redelivery or dead
+    /// letter). Wakes whoever can use the result.
+    fn process_timers(&self, state: &mut State, now: Instant) {
+        let mut dead = Vec::new();
+        let ready = state.invocations.fire_timers(now, &mut dead);
+        self.notify(Which::Invocations, ready);
+        self.dead_letter(state, dead);
+        let mut never = Vec::new();
+        let ready = state.events.fire_timers(now, &mut never);
+        self.notify(Which::Events, ready);
+    }
+
+    fn dead_letter(&self, state: &mut State, dead: Vec<(Work, u32)>) {
+        for (work, attempts) in dead {
+            tracing::warn!(
+                invocation.id = %work.request.id,
+                invocation.attempts = attempts,
+                "invocation attempts ran out; dead-lettered"
+            );
+            if state.dead.len() >= self.config.capacity.max(1) {
+                if let Some(lost) = state.dead.pop_front() {
+                    tracing::error!(
+                        invocation.id = %lost.request.id,
+                        "dead-letter queue full; oldest dead letter dropped"
+                    );
+                }
+            }
+            state.dead.push_back(DeadLetter {
+                request: work.request,
+                attempts,
+            });
+            self.dead_ready.notify_one();
+        }
+    }
+
+    /// Waits up to `wait` for `take` to produce something, waking on `notify` and at the
+    /// earliest timer of `which`.
+    async fn wait_for<R>(
+        &self,
+        wait: Duration,
+        notify: &Notify,
+        which: Which,
+        mut take: impl FnMut(&mut State, Instant) -> Option<R>,
+    ) -> Result<Option<R>, BusError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            self.check_open()?;
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next_due = {
+                let mut state = self.lock();
+                let now = Instant::now();
+                self.process_timers(&mut state, now);
+                if let Some(found) = take(&mut state, now) {
+                    return Ok(Some(found));
+                }
+                match which {
+                    Which::Invocations => state.invocations.next_due(),
+                    Which::Events => state.events.next_due(),
+                }
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wake = next_due.map_or(deadline, |due| due.min(deadline));
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn settle(&self, which: Which, seq: u64, attempt: u32, how: Settle) -> Result<(), BusError> {
+        self.check_open()?;
+        let mut state = self.lock();
+        let now = Instant::now();
+        self.process_timers(&mut state, now);
+        let ack_wait = self.config.ack_wait;
+        match which {
+            Which::Invocations => {
+                let mut dead = Vec::new();
+                let ready = state
+                    .invocations
+                    .settle(seq, attempt, how, now, ack_wait, &mut dead);
+                self.notify(Which::Invocations, ready);
+                self.dead_letter(&mut state, dead);
+            }
+            Which::Events => {
+                let mut never = Vec::new();
+                let ready = state
+                    .events
+                    .settle(seq, attempt, how, now, ack_wait, &mut never);
+                self.notify(Which::Events, ready);
+            }
+        }
+        Ok(())
+    }
+
+    fn forget_expired_ids(&self, state: &mut State, now: Instant) {
+        let window = self.config.dedupe_window;
+        while let Some((at, id)) = state.dedupe_order.front().copied() {
+            let expired = now.duration_since(at) >= window;
+            if !expired && state.dedupe_order.len() <= MAX_DEDUPE_IDS {
+                break;
+            }
+            state.dedupe_order.pop_front();
+            if state.dedupe.get(&id) == Some(&at) {
+                state.dedupe.remove(&id);
+            }
+        }
+    }
+}
+
+// ---- the queue ----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Nak(Option<Duration>),
+    InProgress,
+    Term,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ItemState {
+    /// In the ready deque.
+    Ready,
+    /// Nak'ed with a delay; ready again at the timer.
+    Delayed,
+    /// Delivered; redelivered at the timer unless settled.
+    InFlight,
+}
+
+#[derive(Debug)]
+struct Item<T> {
+    payload: T,
+    /// The lane it queues in.
+    lane: String,
+    /// Deliveries made so far (the attempt number of the latest delivery).
+    attempt: u32,
+    state: ItemState,
+    /// Bumped on every state change; timers of an older generation are stale.
+    generation: u64,
+}
+
+/// What a queue needs to know of a payload: the lane it queues in (one per function, so a
+/// flooded function cannot hold up another) and how many of the lane's items may be in flight
+/// at once (the function's `max_concurrency`, across every puller).
+trait Laned {
+    fn lane(&self) -> (String, u32);
+}
+
+impl Laned for Work {
+    fn lane(&self) -> (String, u32) {
+        let f = &self.request.function;
+        (
+            format!("{}/{}", f.namespace, f.name),
+            f.config.max_concurrency.max(1),
+        )
+    }
+}
+
+impl Laned for NodeEvent {
+    fn lane(&self) -> (String, u32) {
+        (String::new(), u32::MAX)
+    }
+}
+
+/// One lane of a queue.
+#[derive(Debug, Default)]
+struct Lane {
+    /// Ready items in order (entries of items settled meanwhile are skipped).
+    ready: VecDeque<u64>,
+    /// Items delivered and not yet settled, expired or nak'ed.
+    in_flight: u32,
+    /// At most this many in flight.
+    cap: u32,
+    /// Whether the lane is in the round-robin ring.
+    in_ring: bool,
+}
+
+/// A work queue with per-delivery ack deadlines, fair across lanes: deliveries go round-robin
+/// over the lanes with ready items and room under their in-flight cap.
+#[derive(Debug)]
+struct Queue<T> {
+    items: HashMap<u64, Item<T>>,
+    lanes: HashMap<String, Lane>,
+    /// Lanes that may have ready items, in round-robin order.
+    ring: VecDeque<String>,
+    /// (due, seq, generation), earliest first. Stale entries are skipped when they fire.
+    timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
+    next_seq: u64,
+    capacity: usize,
+    max_deliver: Option<u32>,
+}
+
+impl<T: Clone + Laned> Queue<T> {
+    fn new(capacity: usize, max_deliver: Option<u32>) -> Self {
+        Self {
+            items: HashMap::new(),
+            lanes: HashMap::new(),
+            ring: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            next_seq: 0,
+            capacity,
+            max_deliver,
+        }
+    }
+
+    fn push(&mut self, payload: T) -> Result<(), BusError> {
+        if self.items.len() >= self.capacity {
+            return Err(BusError::Full);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let (lane, cap) = payload.lane();
+        // The latest published config of a function sets its cap.
+        self.lanes.entry(lane.clone()).or_default().cap = cap;
+        self.items.insert(
+            seq,
+            Item {
+                payload,
+                lane: lane.clone(),
+                attempt: 0,
+                state: ItemState::Ready,
+                generation: 0,
+            },
+        );
+        self.enqueue(&lane, seq);
+        Ok(())
+    }
+
+    /// Puts `seq` at the back of its lane's ready items.
+    fn enqueue(&mut self, lane: &str, seq: u64) {
+        if !self.lanes.contains_key(lane) {
+            let cap = self
+                .items
+                .get(&seq)
+                .map_or(u32::MAX, |item| item.payload.lane().1);
+            self.lanes.insert(
+                lane.to_owned(),
+                Lane {
+                    cap,
+                    ..Lane::default()
+                },
+            );
+        }
+        let Some(entry) = self.lanes.get_mut(lane) else {
+            return;
+        };
+        entry.ready.push_back(seq);
+        if !entry.in_ring {
+            entry.in_ring = true;
+            self.ring.push_back(lane.to_owned());
+        }
+    }
+
+    /// An item of `lane` stopped being in flight. Returns 1 if that lets a ready item of the
+    /// lane be delivered (a puller should be woken), else 0.
+    fn leave_flight(&mut self, lane: &str) -> usize {
+        let Some(entry) = self.lanes.get_mut(lane) else {
+            return 0;
+        };
+        let was_full = entry.in_flight >= entry.cap;
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+        if entry.in_flight == 0 && entry.ready.is_empty() && !entry.in_ring {
+            self.lanes.remove(lane);
+            return 0;
+        }
+        usize::from(was_full && !entry.ready.is_empty())
+    }
+
+    /// Delivers the next ready item, round-robin over lanes with room: (seq, attempt, payload).
+    fn take(&mut self, now: Instant, ack_wait: Duration) -> Option<(u64, u32, T)> {
+        for _ in 0..self.ring.len() {
+            let lane_key = self.ring.pop_front()?;
+            let Some(lane) = self.lanes.get_mut(&lane_key) else {
+                continue;
+            };
+            // Skip entries of items settled (or re-queued) since they were made ready.
+            while let Some(seq) = lane.ready.front() {
+                match self.items.get(seq) {
+                    Some(item) if item.state == ItemState::Ready => break,
+                    _ => {
+                        lane.ready.pop_front();
+                    }
+                }
+            }
+            if lane.ready.is_empty() {
+                lane.in_ring = false;
+                if lane.in_flight == 0 {
+                    self.lanes.remove(&lane_key);
+                }
+                continue;
+            }
+            if lane.in_flight >= lane.cap {
+                self.ring.push_back(lane_key);
+                continue;
+            }
+            let seq = lane.ready.pop_front()?;
+            lane.in_flight += 1;
+            if lane.ready.is_empty() {
+                lane.in_ring = false;
+            } else {
+                self.ring.push_back(lane_key);
+            }
+            let item = self.items.get_mut(&seq)?;
+            item.attempt += 1;
+            item.state = ItemState::InFlight;
+            item.generation += 1;
+            self.timers
+                .push(Reverse((now + ack_wait, seq, item.generation)));
+            return Some((seq, item.attempt, item.payload.clone()));
+        }
+        None
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((due, _, _))| *due)
+    }
+
+    /// Makes an item ready again, or dead-letters it when its attempts ran out.
+    /// Returns whether it became ready.
+    fn retry(&mut self, seq: u64, dead: &mut Vec<(T, u32)>) -> bool {
+        let Some(item) = self.items.get_mut(&seq) else {
+            return false;
+        };
+        if self.max_deliver.is_some_and(|max| item.attempt >= max) {
+            if let Some(item) = self.items.remove(&seq) {
+                dead.push((item.payload, item.attempt));
+            }
+            return false;
+        }
+        item.state = ItemState::Ready;
+        item.generation += 1;
+        let lane = item.lane.clone();
+        self.enqueue(&lane, seq);
+        true
+    }
+
+    /// Fires due timers; returns how many items became ready.
+    fn fire_timers(&mut self, now: Instant, dead: &mut Vec<(T, u32)>) -> usize {
+        let mut ready = 0;
+        while let Some(Reverse((due, seq, generation))) = self.timers.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(item) = self.items.get_mut(&seq) else {
+                continue;
+            };
+            if item.generation != generation {
+                continue;
+            }
+            match item.state {
+                ItemState::Delayed => {
+                    item.state = ItemState::Ready;
+                    item.generation += 1;
+                    let lane = item.lane.clone();
+                    self.enqueue(&lane, seq);
+                    ready += 1;
+                }
+                ItemState::InFlight => {
+                    tracing::debug!(
+                        bus.seq = seq,
+                        bus.attempt = item.attempt,
+                        "ack wait expired"
+                    );
+                    let lane = item.lane.clone();
+                    ready += self.leave_flight(&lane);
+                    if self.retry(seq, dead) {
+                        ready += 1;
+                    }
+                }
+                ItemState::Ready => {}
+            }
+        }
+        ready
+    }
+
+    /// Applies an acker's decision, fenced on the attempt. Returns how many items became ready.
+    fn settle(
+        &mut self,
+        seq: u64,
+        attempt: u32,
+        how: Settle,
+        now: Instant,
+        ack_wait: Duration,
+        dead: &mut Vec<(T, u32)>,
+    ) -> usize {
+        let Some(item) = self.items.get_mut(&seq) else {
+            return 0; // already settled
+        };
+        if item.attempt != attempt {
+            return 0; // a stale acker: the item was redelivered since
+        }
+        match how {
+            // The work of this attempt is done, even if its ack wait just expired.
+            Settle::Ack | Settle::Term => {
+                let was_in_flight = item.state == ItemState::InFlight;
+                let lane = item.lane.clone();
+                self.items.remove(&seq);
+                if was_in_flight {
+                    self.leave_flight(&lane)
+                } else {
+                    0
+                }
+            }
+            Settle::Nak(delay) if item.state == ItemState::InFlight => {
+                let lane = item.lane.clone();
+                match delay {
+                    Some(delay)
+                        if !delay.is_zero()
+                            && self.max_deliver.is_none_or(|m| item.attempt < m) =>
+                    {
+                        item.state = ItemState::Delayed;
+                        item.generation += 1;
+                        self.timers
+                            .push(Reverse((now + delay, seq, item.generation)));
+                        self.leave_flight(&lane)
+                    }
+                    _ => {
+                        let freed = self.leave_flight(&lane);
+                        freed + usize::from(self.retry(seq, dead))
+                    }
+                }
+            }
+            Settle::InProgress if item.state == ItemState::InFlight => {
+                item.generation += 1;
+                self.timers
+                    .push(Reverse((now + ack_wait, seq, item.generation)));
+                0
+            }
+            Settle::Nak(_) | Settle::InProgress => 0,
+        }
+    }
+}
+
+// ---- ackers and inboxes ----
+
+struct MemoryAcker {
+    shared: Arc<Shared>,
+    which: Which,
+    seq: u64,
+    attempt: u32,
+}
+
+#[async_trait]
+impl Acker for MemoryAcker {
+    async fn ack(&self) -> Result<(), BusError> {
+        self.shared
+            .settle(self.which, self.seq, self.attempt, Settle::Ack)
+    }
+
+    async fn nak(&self, delay: Option<Duration>) -> Result<(), BusError> {
+        self.shared
+            .settle(self.which, self.seq, self.attempt, Settle::Nak(delay))
+    }
+
+    async fn in_progress(&self) -> Result<(), BusError> {
+        self.shared
+            .settle(self.which, self.seq, self.attempt, Settle::InProgress)
+    }
+
+    async fn term(&self) -> Result<(), BusError> {
+        self.shared
+            .settle(self.which, self.seq, self.attempt, Settle::Term)
+    }
+}
+
+/// Removes its inbox from the bus when dropped.
+struct InboxGuard {
+    shared: Weak<Shared>,
+    id: u64,
+}
+
+impl Drop for InboxGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared
+                .inboxes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.id);
+        }
+    }
+}
+
+fn parse_reply(instance: u64, to: &ReplyTo) -> Result<(bool, u64), BusError> {
+    let mut parts = to.0.split('.');
+    let (Some(REPLY_PREFIX), Some(inst), Some(id), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(BusError::InvalidReply);
+    };
+    let inst = u64::from_str_radix(inst, 16).map_err(|_| BusError::InvalidReply)?;
+    let id: u64 = id.parse().map_err(|_| BusError::InvalidReply)?;
+    Ok((inst == instance, id))
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn ping(&self) -> Result<(), BusError> {
+        self.shared.check_open()
+    }
+
+    fn ack_wait(&self) -> Duration {
+        self.shared.config.ack_wait
+    }
+
+    async fn publish_invocation(
+        &self,
+        request: &InvocationRequest,
+        reply: Option<&ReplyTo>,
+    ) -> Result<(), BusError> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        if let Some(reply) = reply {
+            if !parse_reply(shared.instance, reply)?.0 {
+                return Err(BusError::InvalidReply);
+            }
+        }
+        let mut state = shared.lock();
+        let now = Instant::now();
+        shared.process_timers(&mut state, now);
+        shared.forget_expired_ids(&mut state, now);
+        if state.dedupe.contains_key(&request.id) {
+            tracing::debug!(invocation.id = %request.id, "duplicate publish ignored");
+            return Ok(());
+        }
+        state.invocations.push(Work {
+            request: request.clone(),
+            reply: reply.cloned(),
+        })?;
+        state.dedupe.insert(request.id, now);
+        state.dedupe_order.push_back((now, request.id));
+        shared.invocations_ready.notify_one();
+        Ok(())
+    }
+
+    async fn pull_invocation(&self, wait: Duration) -> Result<Option<Delivery>, BusError> {
+        let shared = &self.shared;
+        let ack_wait = shared.config.ack_wait;
+        let found = shared
+            .wait_for(
+                wait,
+                &shared.invocations_ready,
+                Which::Invocations,
+                |state, now| state.invocations.take(now, ack_wait),
+            )
+            .await?;
+        Ok(found.map(|(seq, attempt, work)| Delivery {
+            request: work.request,
+            reply_to: work.reply,
+            attempt,
+            acker: Box::new(MemoryAcker {
+                shared: shared.clone(),
+                which: Which::Invocations,
+                seq,
+                attempt,
+            }),
+        }))
+    }
+
+    async fn open_inbox(&self) -> Result<Inbox, BusError> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        let id = shared.next_inbox.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = mpsc::channel(1);
+        shared
+            .inboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, sender);
+        Ok(Inbox {
+            reply_to: ReplyTo(format!("{REPLY_PREFIX}.{:016x}.{id}", shared.instance)),
+            receiver,
+            guard: Some(Box::new(InboxGuard {
+                shared: Arc::downgrade(shared),
+                id,
+            })),
+        })
+    }
+
+    async fn reply(&self, to: &ReplyTo, outcome: &InvocationOutcome) -> Result<(), BusError> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        let (ours, id) = parse_reply(shared.instance, to)?;
+        if !ours {
+            return Err(BusError::InvalidReply);
+        }
+        let sender = shared
+            .inboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        match sender {
+            // At most once: a full or closed inbox loses the reply (the event stream has it).
+            Some(sender) => {
+                if sender.try_send(outcome.clone()).is_err() {
+                    tracing::debug!(reply.to = %to.0, "reply dropped: inbox full or closed");
+                }
+            }
+            None => tracing::debug!(reply.to = %to.0, "reply dropped: no such inbox"),
+        }
+        Ok(())
+    }
+
+    async fn publish_event(&self, event: &NodeEvent) -> Result<(), BusError> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        let mut state = shared.lock();
+        shared.process_timers(&mut state, Instant::now());
+        state.events.push(event.clone())?;
+        shared.events_ready.notify_one();
+        Ok(())
+    }
+
+    async fn pull_events(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<EventDelivery>, BusError> {
+        let shared = &self.shared;
+        let ack_wait = shared.config.ack_wait;
+        let max = max.max(1);
+        let found = shared
+            .wait_for(wait, &shared.events_ready, Which::Events, |state, now| {
+                let mut taken = Vec::new();
+                while taken.len() < max {
+                    match state.events.take(now, ack_wait) {
+                        Some(item) => taken.push(item),
+                        None => break,
+                    }
+                }
+                (!taken.is_empty()).then_some(taken)
+            })
+            .await?;
+        Ok(found
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(seq, attempt, event)| EventDelivery {
+                event,
+                acker: Box::new(MemoryAcker {
+                    shared: shared.clone(),
+                    which: Which::Events,
+                    seq,
+                    attempt,
+                }),
+            })
+            .collect())
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, BusError> {
+        self.shared.check_open()?;
+        Ok(self.stats())
+    }
+
+    async fn pull_dead_letter(&self, wait: Duration) -> Result<Option<DeadLetter>, BusError> {
+        let shared = &self.shared;
+        shared
+            .wait_for(wait, &shared.dead_ready, Which::Invocations, |state, _| {
+                state.dead.pop_front()
+            })
+            .await
+    }
+
+    async fn publish_logs(&self, logs: &FunctionLogs) -> Result<(), BusError> {
+        self.shared.check_open()?;
+        // No receiver is not an error: nobody is following.
+        let _ = self.shared.logs.send(Arc::new(logs.clone()));
+        Ok(())
+    }
+
+    async fn follow_logs(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<LogFeed, BusError> {
+        self.shared.check_open()?;
+        let receiver = self.shared.logs.subscribe();
+        let (namespace, function) = (namespace.clone(), function.clone());
+        let feed = futures::stream::unfold(receiver, move |mut receiver| {
+            let (namespace, function) = (namespace.clone(), function.clone());
+            async move {
+                loop {
+                    match receiver.recv().await {
+                        Ok(logs) if logs.namespace == namespace && logs.function == function => {
+                            return Some((FunctionLogs::clone(&logs), receiver));
+                        }
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::debug!(missed, "a log follower fell behind");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(feed))
+    }
+}

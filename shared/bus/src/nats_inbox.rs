@@ -1,0 +1,125 @@
+//! Reply inboxes of the JetStream bus, multiplexed on one core-NATS subscription.
+//!
+//! A bus subscribes once to `_INBOX.<nuid>.*` (made on the first [`Inboxes::open`]) and hands out
+//! `_INBOX.<nuid>.<n>` per sync invocation, routing each reply by its last token to the
+//! invocation's channel. So a sync invocation costs no subscribe, flush and unsubscribe of its
+//! own (each a message to the server, the flush a round trip), as async-nats' own `request`
+//! does. A route is removed when its [`Inbox`] guard drops; a reply for a route that is gone
+//! (its caller stopped waiting) is dropped, as a reply to a closed subscription would be.
+//!
+//! If the subscription ends (the client closed for good), the next [`Inboxes::open`] makes a new
+//! one under a new `nuid`; the inboxes of the old one see their channel close.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{BusError, Inbox, ReplyTo};
+use fnmesh_core::InvocationOutcome;
+
+/// Routes of one inbox subscription.
+struct Mux {
+    /// `_INBOX.<nuid>`: every inbox subject is this plus `.<n>`.
+    prefix: String,
+    next: AtomicU64,
+    routes: Mutex<HashMap<u64, mpsc::Sender<InvocationOutcome>>>,
+    /// False once the subscription has ended.
+    alive: std::sync::atomic::AtomicBool,
+}
+
+impl Mux {
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<InvocationOutcome>>> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The multiplexed inboxes of one bus.
+#[derive(Default)]
+pub(crate) struct Inboxes {
+    current: tokio::sync::Mutex<Option<Arc<Mux>>>,
+}
+
+/// Removes its route when the [`Inbox`] drops.
+struct Route {
+    mux: Arc<Mux>,
+    token: u64,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        self.mux.routes().remove(&self.token);
+    }
+}
+
+impl Inboxes {
+    /// A fresh inbox on `client`.
+    pub(crate) async fn open(&self, client: &async_nats::Client) -> Result<Inbox, BusError> {
+        let mux = self.mux(client).await?;
+        let token = mux.next.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = mpsc::channel(1);
+        mux.routes().insert(token, sender);
+        Ok(Inbox {
+            reply_to: ReplyTo(format!("{}.{token}", mux.prefix)),
+            receiver,
+            guard: Some(Box::new(Route { mux, token })),
+        })
+    }
+
+    /// The live subscription, made (and confirmed by a flush, so no reply can precede it) when
+    /// there is none.
+    async fn mux(&self, client: &async_nats::Client) -> Result<Arc<Mux>, BusError> {
+        let mut current = self.current.lock().await;
+        if let Some(mux) = current.as_ref() {
+            if mux.alive.load(Ordering::Acquire) {
+                return Ok(mux.clone());
+            }
+        }
+        let prefix = client.new_inbox();
+        let mut subscriber = client
+            .subscribe(format!("{prefix}.*"))
+            .await
+            .map_err(|e| BusError::Backend(format!("subscribing the reply inboxes: {e}")))?;
+        client
+            .flush()
+            .await
+            .map_err(|e| BusError::Backend(format!("subscribing the reply inboxes: {e}")))?;
+        let mux = Arc::new(Mux {
+            prefix,
+            next: AtomicU64::new(0),
+            routes: Mutex::default(),
+            alive: true.into(),
+        });
+        let routed = mux.clone();
+        tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let token = message
+                    .subject
+                    .as_str()
+                    .rsplit('.')
+                    .next()
+                    .and_then(|t| t.parse::<u64>().ok());
+                let Some(sender) = token.and_then(|t| routed.routes().get(&t).cloned()) else {
+                    tracing::debug!(nats.subject = %message.subject, "reply for an inbox nobody waits on; dropped");
+                    continue;
+                };
+                match serde_json::from_slice::<InvocationOutcome>(&message.payload) {
+                    Ok(outcome) => {
+                        if sender.try_send(outcome).is_err() {
+                            tracing::debug!("reply dropped: inbox full");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable reply ignored"),
+                }
+            }
+            routed.alive.store(false, Ordering::Release);
+            // Waiters see their channel close.
+            routed.routes().clear();
+            tracing::warn!("the reply inbox subscription ended");
+        });
+        *current = Some(mux.clone());
+        Ok(mux)
+    }
+}

@@ -1,0 +1,27 @@
+//! fnmesh's core library: the domain types every crate speaks (names, ids, checksums,
+//! functions, invocations, secrets), subject and key builders, safe code archives, metrics,
+//! tracing and the NATS connection helpers. The backends live in their own crates:
+//! `fnmesh-store` (metadata store), `fnmesh-code` (code store), `fnmesh-bus` (bus and node
+//! registry) and `fnmesh-ratelimit` (rate limiter).
+
+pub mod archive;
+pub mod checksum;
+pub mod function;
+pub mod ids;
+pub mod invocation;
+pub mod metrics;
+pub mod names;
+pub mod nats;
+pub mod random;
+pub mod secrets;
+pub mod subjects;
+pub mod trace;
+
+pub use checksum::Checksum;
+pub use function::{CodeInfo, Function, FunctionConfig, Runtime};
+pub use ids::{FunctionId, InvocationId, NodeId};
+pub use invocation::{
+    DeadLetterRecord, ErrorKind, InvocationError, InvocationLogs, InvocationMetrics,
+    InvocationOutcome, InvocationRequest, InvocationResult, InvocationStatus, NodeEvent,
+};
+pub use names::{FunctionName, Namespace};

@@ -1,0 +1,275 @@
+//! Conformance cases of [`AccessStore`](super::AccessStore), run by
+//! [`crate::conformance::run_all`] against every metadata store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::{DateTime, Duration as ChronoDuration, SubsecRound, Utc};
+
+use super::{NamespaceQuota, NamespaceUsage, RefreshTokenRecord};
+use crate::conformance::{fresh_namespace, Store};
+use crate::{ApiKeyRecord, Role, StoreError};
+use fnmesh_core::checksum::Checksum;
+use fnmesh_core::names::{FunctionName, Namespace};
+
+/// Runs every access case.
+pub async fn run_all(store: Store) {
+    api_keys_list_get_and_revoke(store.clone()).await;
+    api_key_grants_roundtrip(store.clone()).await;
+    refresh_tokens_rotate_once(store.clone()).await;
+    refresh_family_revocation(store.clone()).await;
+    namespace_quotas_roundtrip(store.clone()).await;
+    namespace_usage_counts_latest_versions(store).await;
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
+}
+
+fn key(namespace: &Namespace, id: &str) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: id.to_owned(),
+        name: format!("access {id}"),
+        key_hash: Checksum::of(format!("{id}-{}", rand::random::<u64>()).as_bytes()).to_string(),
+        role: Role::Invoker,
+        namespace: namespace.clone(),
+        created_at: now(),
+        expires_at: None,
+        revoked_at: None,
+        functions: None,
+    }
+}
+
+fn refresh(family: &str, key_id: &str) -> RefreshTokenRecord {
+    RefreshTokenRecord {
+        token_hash: Checksum::of(&rand::random::<u128>().to_le_bytes()).to_string(),
+        family_id: family.to_owned(),
+        key_id: key_id.to_owned(),
+        created_at: now(),
+        expires_at: now() + ChronoDuration::hours(1),
+        used_at: None,
+        revoked_at: None,
+    }
+}
+
+/// Keys are listed by namespace and id with cursors, found by id, and revoked once.
+pub async fn api_keys_list_get_and_revoke(store: Store) {
+    let a = fresh_namespace();
+    let b = fresh_namespace();
+    let suffix = format!("{:016x}", rand::random::<u64>());
+    let ids: Vec<String> = (0..5).map(|i| format!("key_{suffix}{i}")).collect();
+    for id in &ids {
+        store.create_api_key(&key(&a, id)).await.unwrap();
+    }
+    let other = key(&b, &format!("key_{suffix}b"));
+    store.create_api_key(&other).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_api_keys(Some(&a), 2, cursor.as_deref())
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.into_iter().map(|k| k.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "keys of a namespace are listed by id, each once");
+
+    let all = store.list_api_keys(None, 1000, None).await.unwrap();
+    assert!(all.items.iter().any(|k| k.id == other.id));
+    assert!(matches!(
+        store.list_api_keys(None, 10, Some("bogus")).await,
+        Err(StoreError::InvalidCursor)
+    ));
+
+    assert_eq!(
+        store.get_api_key(&other.id).await.unwrap(),
+        Some(other.clone())
+    );
+    assert_eq!(store.get_api_key("key_absent").await.unwrap(), None);
+
+    let at = now();
+    assert!(store.revoke_api_key(&other.id, at).await.unwrap());
+    assert!(
+        !store.revoke_api_key(&other.id, now()).await.unwrap(),
+        "a second revocation reports false"
+    );
+    assert!(!store.revoke_api_key("key_absent", now()).await.unwrap());
+    let revoked = store.get_api_key(&other.id).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(at));
+}
+
+/// A key's per-function grants are stored and read back.
+pub async fn api_key_grants_roundtrip(store: Store) {
+    let ns = fresh_namespace();
+    let mut granted = key(&ns, &format!("key_{:016x}", rand::random::<u64>()));
+    granted.functions = Some(vec![
+        FunctionName::parse("resize").unwrap(),
+        FunctionName::parse("thumb").unwrap(),
+    ]);
+    store.create_api_key(&granted).await.unwrap();
+    assert_eq!(
+        store.find_api_key(&granted.key_hash).await.unwrap(),
+        Some(granted.clone())
+    );
+    assert_eq!(store.get_api_key(&granted.id).await.unwrap(), Some(granted));
+}
+
+/// A token rotates once; a second rotation of it (or a concurrent one) fails.
+pub async fn refresh_tokens_rotate_once(store: Store) {
+    let family = format!("fam-{:016x}", rand::random::<u64>());
+    let first = refresh(&family, "key_x");
+    store.insert_refresh_token(&first).await.unwrap();
+    assert!(matches!(
+        store.insert_refresh_token(&first).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.find_refresh_token(&first.token_hash).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(store.find_refresh_token("absent").await.unwrap(), None);
+
+    let second = refresh(&family, "key_x");
+    let at = now();
+    assert!(store
+        .rotate_refresh_token(&first.token_hash, &second, at)
+        .await
+        .unwrap());
+    let used = store
+        .find_refresh_token(&first.token_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(used.used_at, Some(at));
+    assert_eq!(
+        store.find_refresh_token(&second.token_hash).await.unwrap(),
+        Some(second.clone())
+    );
+
+    let third = refresh(&family, "key_x");
+    assert!(
+        !store
+            .rotate_refresh_token(&first.token_hash, &third, now())
+            .await
+            .unwrap(),
+        "a used token does not rotate again"
+    );
+    assert_eq!(
+        store.find_refresh_token(&third.token_hash).await.unwrap(),
+        None,
+        "a refused rotation stores nothing"
+    );
+}
+
+/// Revoking a family revokes all its tokens and no other family's; revoked tokens do not
+/// rotate.
+pub async fn refresh_family_revocation(store: Store) {
+    let family = format!("fam-{:016x}", rand::random::<u64>());
+    let other_family = format!("fam-{:016x}", rand::random::<u64>());
+    let a = refresh(&family, "key_y");
+    let b = refresh(&family, "key_y");
+    let c = refresh(&other_family, "key_y");
+    for t in [&a, &b, &c] {
+        store.insert_refresh_token(t).await.unwrap();
+    }
+    assert_eq!(
+        store.revoke_refresh_family(&family, now()).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store.revoke_refresh_family(&family, now()).await.unwrap(),
+        0
+    );
+    for t in [&a, &b] {
+        let stored = store
+            .find_refresh_token(&t.token_hash)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(stored.revoked_at.is_some());
+    }
+    let untouched = store
+        .find_refresh_token(&c.token_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(untouched.revoked_at, None);
+    let next = refresh(&family, "key_y");
+    assert!(!store
+        .rotate_refresh_token(&b.token_hash, &next, now())
+        .await
+        .unwrap());
+}
+
+/// Quotas are stored, replaced and listed.
+pub async fn namespace_quotas_roundtrip(store: Store) {
+    let ns = fresh_namespace();
+    assert_eq!(store.get_namespace_quota(&ns).await.unwrap(), None);
+    let quota = NamespaceQuota {
+        namespace: ns.clone(),
+        max_functions: Some(3),
+        max_memory_mb: None,
+        max_concurrency: Some(10),
+        updated_at: now(),
+    };
+    store.put_namespace_quota(&quota).await.unwrap();
+    assert_eq!(
+        store.get_namespace_quota(&ns).await.unwrap(),
+        Some(quota.clone())
+    );
+    let replaced = NamespaceQuota {
+        max_functions: None,
+        max_memory_mb: Some(256),
+        updated_at: now(),
+        ..quota
+    };
+    store.put_namespace_quota(&replaced).await.unwrap();
+    assert_eq!(
+        store.get_namespace_quota(&ns).await.unwrap(),
+        Some(replaced.clone())
+    );
+    let all = store.list_namespace_quotas().await.unwrap();
+    assert!(all.contains(&replaced));
+}
+
+/// Usage counts functions and sums the latest versions' `max_concurrency`, optionally
+/// leaving one function out.
+pub async fn namespace_usage_counts_latest_versions(store: Store) {
+    let ns = fresh_namespace();
+    assert_eq!(
+        store.namespace_usage(&ns, None).await.unwrap(),
+        NamespaceUsage::default()
+    );
+    let mut f = crate::conformance::function(&ns, "one");
+    f.config.max_concurrency = 4;
+    store.create_function(&f).await.unwrap();
+    let mut v2 = f.clone();
+    v2.version = 2;
+    v2.config.max_concurrency = 6;
+    store.add_version(&v2).await.unwrap();
+    let mut g = crate::conformance::function(&ns, "two");
+    g.config.max_concurrency = 3;
+    store.create_function(&g).await.unwrap();
+    assert_eq!(
+        store.namespace_usage(&ns, None).await.unwrap(),
+        NamespaceUsage {
+            functions: 2,
+            max_concurrency: 9
+        }
+    );
+    assert_eq!(
+        store
+            .namespace_usage(&ns, Some(&FunctionName::parse("one").unwrap()))
+            .await
+            .unwrap(),
+        NamespaceUsage {
+            functions: 1,
+            max_concurrency: 3
+        }
+    );
+}
