@@ -39,13 +39,13 @@ use warp::reply::Response;
 use crate::auth::Principal;
 
 /// Entries waiting for the writer, at most.
-pub const QUEUE_CAPACITY: usize = 4096;
+pub(crate) const QUEUE_CAPACITY: usize = 4096;
 /// How long a request waits for room in a full queue before its entry is dropped (counted).
-pub const ENQUEUE_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const ENQUEUE_WAIT: Duration = Duration::from_secs(2);
 /// Attempts of the writer to store one entry.
 const WRITE_ATTEMPTS: u32 = 3;
 /// Who an unauthenticated caller is.
-pub const ANONYMOUS: &str = "anonymous";
+pub(crate) const ANONYMOUS: &str = "anonymous";
 
 /// What handling a request noted for its audit entry.
 #[derive(Debug, Default)]
@@ -69,7 +69,7 @@ fn with_slot(f: impl FnOnce(&mut Noted)) {
 }
 
 /// Notes who is calling (its key id or token subject, and the namespace it acts in).
-pub fn note_principal(principal: &Principal) {
+pub(crate) fn note_principal(principal: &Principal) {
     with_slot(|n| {
         n.actor = Some(principal.key_id.clone());
         n.namespace = Some(principal.namespace.clone());
@@ -77,14 +77,14 @@ pub fn note_principal(principal: &Principal) {
 }
 
 /// Notes what the call acts on, when the path does not say (e.g. `function/<name>` on create).
-pub fn note_target(target: impl Into<String>) {
+pub(crate) fn note_target(target: impl Into<String>) {
     let target = target.into();
     with_slot(|n| n.target = Some(target));
 }
 
 /// How a request is recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Classified {
+pub(crate) struct Classified {
     /// `<resource>.<verb>`, e.g. `function.delete`.
     pub action: String,
     /// The thing acted on, from the path.
@@ -103,7 +103,7 @@ fn verb(method: &Method) -> &'static str {
 }
 
 /// Classifies a request by its method and path (query strings are never looked at).
-pub fn classify(method: &Method, path: &str) -> Classified {
+pub(crate) fn classify(method: &Method, path: &str) -> Classified {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let c = |action: &str, target: Option<String>, management: bool| Classified {
         action: action.to_owned(),
@@ -175,7 +175,7 @@ fn recorded(classified: &Classified, status: u16) -> bool {
 
 /// The sending side of the audit log: cheap to clone, shared by every connection.
 #[derive(Clone)]
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     tx: mpsc::Sender<AuditEntry>,
     dropped: Arc<AtomicU64>,
 }
@@ -189,14 +189,14 @@ impl std::fmt::Debug for AuditLog {
 }
 
 /// The task that stores queued entries.
-pub struct AuditWriter {
+pub(crate) struct AuditWriter {
     rx: mpsc::Receiver<AuditEntry>,
     store: Arc<dyn MetadataStore>,
     dropped: Arc<AtomicU64>,
 }
 
 /// A log and its writer, connected by a channel of `capacity`.
-pub fn channel(store: Arc<dyn MetadataStore>, capacity: usize) -> (AuditLog, AuditWriter) {
+pub(crate) fn channel(store: Arc<dyn MetadataStore>, capacity: usize) -> (AuditLog, AuditWriter) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let dropped = Arc::new(AtomicU64::new(0));
     (
@@ -210,12 +210,12 @@ pub fn channel(store: Arc<dyn MetadataStore>, capacity: usize) -> (AuditLog, Aud
 
 impl AuditLog {
     /// Entries lost so far (queue full past [`ENQUEUE_WAIT`], or the store failing).
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
     /// Queues an entry (waits up to [`ENQUEUE_WAIT`] when the queue is full).
-    pub async fn record(&self, entry: AuditEntry) {
+    pub(crate) async fn record(&self, entry: AuditEntry) {
         let entry = match self.tx.try_send(entry) {
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Full(entry)) => entry,
@@ -272,7 +272,7 @@ impl AuditLog {
     /// Runs `call`, a request that did not arrive over HTTP (a NATS request), with a fresh slot
     /// for [`note_principal`] / [`note_target`], and records it like an HTTP call of the same
     /// `classified` action when `status_of` its outcome says so (e.g. an auth failure).
-    pub async fn record_call<F>(
+    pub(crate) async fn record_call<F>(
         &self,
         classified: &Classified,
         source: &str,
@@ -292,7 +292,7 @@ impl AuditLog {
 
     /// Wraps one connection's service: every request runs with a fresh slot for
     /// [`note_principal`] / [`note_target`], and its response is classified and recorded.
-    pub fn service<S>(&self, inner: S, remote: Option<SocketAddr>) -> Audited<S> {
+    pub(crate) fn service<S>(&self, inner: S, remote: Option<SocketAddr>) -> Audited<S> {
         Audited {
             inner,
             log: self.clone(),
@@ -303,7 +303,7 @@ impl AuditLog {
 
 /// A connection's service with the audit log around it (see [`AuditLog::service`]).
 #[derive(Clone)]
-pub struct Audited<S> {
+pub(crate) struct Audited<S> {
     inner: S,
     log: AuditLog,
     source: Option<String>,
@@ -343,7 +343,7 @@ where
 impl AuditWriter {
     /// Stores entries until every [`AuditLog`] is dropped, or until `stop` is cancelled: then
     /// the queue is closed (later entries are counted as lost) and what it holds is stored.
-    pub async fn run(mut self, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
         loop {
             tokio::select! {
                 entry = self.rx.recv() => match entry {

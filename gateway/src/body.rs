@@ -21,13 +21,13 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Most bytes of an oversized body read and thrown away before answering 413.
-pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// Longest time spent doing so.
-pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);
 
 /// Reads `body` into memory, refusing more than `cap` bytes. `drain` allows discarding the
 /// rest of an oversized body (bounded) before the refusal.
-pub async fn read_capped<S, B>(
+pub(crate) async fn read_capped<S, B>(
     content_length: Option<u64>,
     drain: bool,
     body: S,
@@ -93,7 +93,7 @@ where
 }
 
 /// A filter extracting the whole body, capped at `config.max_body_bytes`.
-pub fn capped(
+pub(crate) fn capped(
     state: State,
 ) -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     warp::header::optional::<u64>("content-length")

@@ -7,7 +7,7 @@ use fnmesh_core::archive::ArchiveLimits;
 use fnmesh_ratelimit::RateLimit;
 
 /// Default body cap (6 MiB: a 4.5 MiB archive plus base64 overhead).
-pub const DEFAULT_MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
 /// How the gateway serves.
 #[derive(Debug, Clone)]

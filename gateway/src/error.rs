@@ -352,7 +352,7 @@ impl From<ConfigError> for ApiError {
 }
 
 /// The single `recover` of the filter tree: renders every rejection as the JSON error shape.
-pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+pub(crate) async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     // `find` searches every rejection of a combination, so the more specific ones are looked
     // for first: a custom error, then a bad query or header of the route that matched, then a
     // wrong method, and only then "no such route".
@@ -373,6 +373,6 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
 }
 
 /// Turns a handler's result into what warp's `and_then` expects.
-pub fn into_reply<T: Reply>(result: Result<T, ApiError>) -> Result<Response, Rejection> {
+pub(crate) fn into_reply<T: Reply>(result: Result<T, ApiError>) -> Result<Response, Rejection> {
     result.map(Reply::into_response).map_err(ApiError::reject)
 }

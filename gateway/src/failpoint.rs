@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 /// Abort after an invocation's `queued` record is committed and before it is published.
-pub const AFTER_COMMIT_BEFORE_PUBLISH: &str = "after_commit_before_publish";
+pub(crate) const AFTER_COMMIT_BEFORE_PUBLISH: &str = "after_commit_before_publish";
 
 fn configured() -> Option<&'static str> {
     static NAME: OnceLock<Option<String>> = OnceLock::new();
@@ -17,7 +17,7 @@ fn configured() -> Option<&'static str> {
 }
 
 /// Aborts the process if the failpoint `name` is configured.
-pub fn hit(name: &str) {
+pub(crate) fn hit(name: &str) {
     if configured() == Some(name) {
         eprintln!("failpoint {name} hit: aborting");
         std::process::abort();

@@ -18,12 +18,12 @@ use crate::state::State;
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /healthz`.
-pub async fn healthz() -> Result<Response, ApiError> {
+pub(crate) async fn healthz() -> Result<Response, ApiError> {
     Ok(warp::reply::json(&json!({ "status": "ok" })).into_response())
 }
 
 /// `GET /readyz`.
-pub async fn readyz(state: State) -> Result<Response, ApiError> {
+pub(crate) async fn readyz(state: State) -> Result<Response, ApiError> {
     let b = &state.backends;
     let (store, code, bus) = tokio::join!(
         ping("metadata store", b.store.ping()),
@@ -64,7 +64,7 @@ async fn ping<E: std::fmt::Display>(
 }
 
 /// `GET /metrics`.
-pub async fn metrics(state: State) -> Result<Response, ApiError> {
+pub(crate) async fn metrics(state: State) -> Result<Response, ApiError> {
     let b = &state.backends;
     let body = state
         .metrics

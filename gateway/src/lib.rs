@@ -12,31 +12,34 @@
 //! drains; [`nats_api`] serves the same invocations to NATS request/reply clients; [`metrics`]
 //! counts for `GET /metrics`.
 
-pub mod admin;
-pub mod audit;
+#![warn(unreachable_pub)]
+
+pub(crate) mod admin;
+pub(crate) mod audit;
 pub mod auth;
-pub mod body;
-pub mod config;
-pub mod error;
-pub mod failpoint;
-pub mod functions;
-pub mod health;
-pub mod invocations;
-pub mod keys;
-pub mod metrics;
-pub mod nats_api;
-pub mod ratelimit;
-pub mod reconciler;
+pub(crate) mod body;
+pub(crate) mod config;
+pub(crate) mod error;
+pub(crate) mod failpoint;
+pub(crate) mod functions;
+pub(crate) mod health;
+pub(crate) mod invocations;
+pub(crate) mod keys;
+pub(crate) mod metrics;
+pub(crate) mod nats_api;
+pub(crate) mod ratelimit;
+pub(crate) mod reconciler;
 pub mod recorder;
-pub mod routes;
-pub mod secrets;
-pub mod server;
-pub mod state;
-pub mod telemetry;
-pub mod tokens;
-pub mod workers;
+pub(crate) mod routes;
+pub(crate) mod secrets;
+pub(crate) mod server;
+pub(crate) mod state;
+pub(crate) mod telemetry;
+pub(crate) mod tokens;
+pub(crate) mod workers;
 
 pub use config::GatewayConfig;
 pub use error::{ApiError, GatewayError};
 pub use server::Gateway;
 pub use state::Backends;
+pub use workers::BackgroundWorkers;

@@ -31,12 +31,12 @@ use warp::http::{HeaderValue, Method};
 use warp::reply::Response;
 
 /// How long queue depths read from the bus are served before being read again.
-pub const QUEUE_STATS_TTL: Duration = Duration::from_secs(1);
+pub(crate) const QUEUE_STATS_TTL: Duration = Duration::from_secs(1);
 /// How long reading queue depths may take before the scrape goes on without them.
 const QUEUE_STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The route label of a path that matches no route.
-pub const UNMATCHED_ROUTE: &str = "unmatched";
+pub(crate) const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Route templates of the API, as `route` labels (a route missing here counts as
 /// [`UNMATCHED_ROUTE`]). `{…}` matches one non-empty path segment.
@@ -298,7 +298,7 @@ impl GatewayMetrics {
 }
 
 /// The template of the route `path` matches, or [`UNMATCHED_ROUTE`].
-pub fn route_of(path: &str) -> &'static str {
+pub(crate) fn route_of(path: &str) -> &'static str {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     ROUTES
         .iter()
@@ -320,7 +320,7 @@ pub fn route_of(path: &str) -> &'static str {
 /// One invocation's phases in microseconds (from the `*_ms` fields for records written by
 /// nodes that predate the `*_us` ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Phases {
+pub(crate) struct Phases {
     /// Waiting for a node.
     pub queue_us: u64,
     /// Making a sandbox.
@@ -333,7 +333,7 @@ pub struct Phases {
 
 impl Phases {
     /// The phases of `m`.
-    pub fn of(m: &InvocationMetrics) -> Self {
+    pub(crate) fn of(m: &InvocationMetrics) -> Self {
         let us = |us: u64, ms: u64| if us > 0 { us } else { ms.saturating_mul(1000) };
         Self {
             queue_us: us(m.queue_us, m.queue_ms),
@@ -347,7 +347,7 @@ impl Phases {
 /// The `Server-Timing` value of a finished invocation: `queue`, `init`, `exec` and `total`
 /// durations in milliseconds with microsecond precision (the record's `*_us` fields), then
 /// `cold` and `node` as descriptions. `None` before it ran.
-pub fn server_timing(result: &InvocationResult) -> Option<String> {
+pub(crate) fn server_timing(result: &InvocationResult) -> Option<String> {
     let m = result.metrics.as_ref()?;
     let p = Phases::of(m);
     let mut value = format!(
@@ -366,7 +366,7 @@ pub fn server_timing(result: &InvocationResult) -> Option<String> {
 
 /// Adds `Server-Timing`, `X-Fnmesh-Node-Id` and `X-Fnmesh-Cold-Start` for `result` to a sync
 /// response.
-pub fn add_timing_headers(response: &mut Response, result: &InvocationResult) {
+pub(crate) fn add_timing_headers(response: &mut Response, result: &InvocationResult) {
     let headers = response.headers_mut();
     if let Some(value) = server_timing(result).and_then(|v| HeaderValue::from_str(&v).ok()) {
         headers.insert(HeaderName::from_static("server-timing"), value);

@@ -37,12 +37,12 @@ use crate::ratelimit;
 use crate::state::State;
 
 /// Requests served at once, at most, by one gateway.
-pub const MAX_IN_FLIGHT: usize = 1024;
+pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 /// The audit log's `source` of a NATS request (a NATS client's address is not known here).
 const AUDIT_SOURCE: &str = "nats";
 
 /// The request subscription of a gateway, subscribed but not yet serving.
-pub struct NatsRequests {
+pub(crate) struct NatsRequests {
     client: Client,
     subscriber: Subscriber,
 }
@@ -50,7 +50,7 @@ pub struct NatsRequests {
 impl NatsRequests {
     /// Subscribes to every request subject in the gateways' queue group and waits until the
     /// server has the subscription, so requests are taken from the moment this returns.
-    pub async fn subscribe(client: Client) -> Result<Self, NatsApiError> {
+    pub(crate) async fn subscribe(client: Client) -> Result<Self, NatsApiError> {
         let subject = subjects::requests_all();
         let group = subjects::REQUEST_QUEUE_GROUP;
         let error = |detail: String| NatsApiError::Subscribe {
@@ -69,7 +69,7 @@ impl NatsRequests {
 
     /// Serves requests until `shutdown` is cancelled (or the connection closes for good), then
     /// drains: see the module doc.
-    pub async fn serve(self, state: State, audit: AuditLog, shutdown: CancellationToken) {
+    pub(crate) async fn serve(self, state: State, audit: AuditLog, shutdown: CancellationToken) {
         let Self {
             client,
             mut subscriber,

@@ -17,17 +17,17 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// The subject of an API key's limit.
-pub fn key_subject(key_id: &str) -> String {
+pub(crate) fn key_subject(key_id: &str) -> String {
     format!("key:{key_id}")
 }
 
 /// The subject of a function's limit.
-pub fn function_subject(namespace: &Namespace, name: &FunctionName) -> String {
+pub(crate) fn function_subject(namespace: &Namespace, name: &FunctionName) -> String {
     format!("fn:{}:{}", namespace.as_str(), name.as_str())
 }
 
 /// Counts the request against the key's limit (the gateway-wide default).
-pub async fn check_key(state: &State, principal: &Principal) -> Result<(), ApiError> {
+pub(crate) async fn check_key(state: &State, principal: &Principal) -> Result<(), ApiError> {
     let Some(limit) = state.config.default_rate_limit else {
         return Ok(());
     };
@@ -35,7 +35,7 @@ pub async fn check_key(state: &State, principal: &Principal) -> Result<(), ApiEr
 }
 
 /// Counts an invocation against the function's own limit, if it has one.
-pub async fn check_function(state: &State, function: &Function) -> Result<(), ApiError> {
+pub(crate) async fn check_function(state: &State, function: &Function) -> Result<(), ApiError> {
     let Some(limit) = function.config.rate_limit else {
         return Ok(());
     };

@@ -19,7 +19,7 @@ const BATCH: u32 = 500;
 
 /// Re-publishes stale `queued` invocations.
 #[derive(Clone)]
-pub struct Reconciler {
+pub(crate) struct Reconciler {
     store: Arc<dyn MetadataStore>,
     bus: Arc<dyn Bus>,
     interval: Duration,
@@ -28,7 +28,7 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// A reconciler that checks every `interval` for records queued longer than `stale_after`.
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn MetadataStore>,
         bus: Arc<dyn Bus>,
         interval: Duration,
@@ -43,7 +43,7 @@ impl Reconciler {
     }
 
     /// Runs passes until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -58,7 +58,7 @@ impl Reconciler {
     }
 
     /// Re-publishes requests queued before `older_than`; returns how many were published.
-    pub async fn pass(&self, older_than: DateTime<Utc>) -> usize {
+    pub(crate) async fn pass(&self, older_than: DateTime<Utc>) -> usize {
         let stale = match self.store.stale_queued(older_than, BATCH).await {
             Ok(s) => s,
             Err(e) => {

@@ -20,7 +20,7 @@ use crate::state::State;
 use crate::{admin, body, functions, health, invocations, keys, ratelimit, secrets, tokens};
 
 /// The whole API, with errors rendered.
-pub fn api(state: State) -> BoxedFilter<(Response,)> {
+pub(crate) fn api(state: State) -> BoxedFilter<(Response,)> {
     let metrics = state.metrics.clone();
     let health = warp::path!("healthz")
         .and(warp::get())

@@ -31,7 +31,7 @@ pub struct Backends {
 }
 
 /// Shared by every request.
-pub struct AppState {
+pub(crate) struct AppState {
     /// Settings.
     pub config: GatewayConfig,
     /// Backends.
@@ -47,14 +47,18 @@ pub struct AppState {
 }
 
 /// Code normalisations run at once, at most.
-pub const MAX_CONCURRENT_NORMALIZE: usize = 4;
+pub(crate) const MAX_CONCURRENT_NORMALIZE: usize = 4;
 
 /// The handle handlers receive.
-pub type State = Arc<AppState>;
+pub(crate) type State = Arc<AppState>;
 
 impl AppState {
     /// Builds the shared state.
-    pub fn new(config: GatewayConfig, backends: Backends, metrics: Arc<GatewayMetrics>) -> State {
+    pub(crate) fn new(
+        config: GatewayConfig,
+        backends: Backends,
+        metrics: Arc<GatewayMetrics>,
+    ) -> State {
         let authenticator = Authenticator::new(backends.store.clone(), config.tokens.clone());
         Arc::new(Self {
             config,
@@ -68,11 +72,11 @@ impl AppState {
 }
 
 /// Log streams (`GET /v1/functions/{name}/logs?follow=true`) open at once per gateway, at most.
-pub const MAX_FOLLOWERS: usize = 256;
+pub(crate) const MAX_FOLLOWERS: usize = 256;
 
 /// The open log streams of a gateway: bounded, and ended together at shutdown.
 #[derive(Debug)]
-pub struct Followers {
+pub(crate) struct Followers {
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) stop: CancellationToken,
 }
@@ -89,7 +93,7 @@ impl Default for Followers {
 impl Followers {
     /// Ends every open stream (and every later one at once): called when the gateway begins
     /// draining, so followers do not hold the drain up.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.cancel();
     }
 }

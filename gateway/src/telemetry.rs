@@ -10,7 +10,7 @@
 use fnmesh_core::trace::{self, TraceParent, TRACEPARENT_HEADER};
 
 /// The span of one HTTP request (see the module docs).
-pub fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
+pub(crate) fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
     let span = tracing::info_span!(
         "http.request",
         otel.name = %format_args!("{} {}", info.method(), route_of(info.path())),
@@ -25,7 +25,7 @@ pub fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
 }
 
 /// The caller's `traceparent`, when it has exactly one valid one.
-pub fn incoming_traceparent(headers: &warp::http::HeaderMap) -> Option<TraceParent> {
+pub(crate) fn incoming_traceparent(headers: &warp::http::HeaderMap) -> Option<TraceParent> {
     let mut values = headers.get_all(TRACEPARENT_HEADER).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return None;

@@ -16,7 +16,7 @@ use crate::state::State;
 
 /// The query.
 #[derive(Debug, Default, Deserialize)]
-pub struct AuditQuery {
+pub(crate) struct AuditQuery {
     /// Only this actor (key id, token subject or `anonymous`).
     pub actor: Option<String>,
     /// Only this namespace.
@@ -34,7 +34,7 @@ pub struct AuditQuery {
 }
 
 /// Handles the request.
-pub async fn list(
+pub(crate) async fn list(
     state: State,
     principal: Principal,
     query: AuditQuery,

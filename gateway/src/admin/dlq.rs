@@ -36,7 +36,7 @@ use crate::state::State;
 
 /// `?limit=&cursor=&namespace=`.
 #[derive(Debug, Default, Deserialize)]
-pub struct DlqQuery {
+pub(crate) struct DlqQuery {
     /// Page size (1..=1000, default 50).
     pub limit: Option<u32>,
     /// Cursor from the previous page.
@@ -47,7 +47,7 @@ pub struct DlqQuery {
 
 /// A dead letter as the API shows it: the request's payload, not its whole function snapshot.
 #[derive(Debug, Serialize)]
-pub struct DeadLetterView<'a> {
+pub(crate) struct DeadLetterView<'a> {
     /// The dead-lettered invocation.
     pub id: InvocationId,
     /// Its namespace.
@@ -108,7 +108,7 @@ async fn administered(
 }
 
 /// `GET /v1/admin/dlq`.
-pub async fn list(
+pub(crate) async fn list(
     state: State,
     principal: Principal,
     query: DlqQuery,
@@ -137,14 +137,18 @@ pub async fn list(
 }
 
 /// `GET /v1/admin/dlq/{id}`.
-pub async fn get(state: State, principal: Principal, raw_id: String) -> Result<Response, ApiError> {
+pub(crate) async fn get(
+    state: State,
+    principal: Principal,
+    raw_id: String,
+) -> Result<Response, ApiError> {
     let id = parse_id(&raw_id)?;
     let dead = administered(&state, &principal, &id).await?;
     Ok(warp::reply::json(&DeadLetterView::from(&dead)).into_response())
 }
 
 /// `POST /v1/admin/dlq/{id}/replay`: 202 `{"id", "replay_of", "status": "queued"}`.
-pub async fn replay(
+pub(crate) async fn replay(
     state: State,
     principal: Principal,
     raw_id: String,
@@ -205,7 +209,7 @@ pub async fn replay(
 }
 
 /// `DELETE /v1/admin/dlq/{id}`: 204.
-pub async fn delete(
+pub(crate) async fn delete(
     state: State,
     principal: Principal,
     raw_id: String,

@@ -25,7 +25,7 @@ use crate::state::State;
 /// The PUT body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PutQuota {
+pub(crate) struct PutQuota {
     /// Most functions.
     #[serde(default)]
     pub max_functions: Option<u32>,
@@ -38,7 +38,7 @@ pub struct PutQuota {
 }
 
 /// `PUT /v1/admin/namespaces/{ns}`.
-pub async fn put(
+pub(crate) async fn put(
     state: State,
     principal: Principal,
     raw_ns: String,
@@ -67,7 +67,11 @@ pub async fn put(
 }
 
 /// `GET /v1/admin/namespaces/{ns}`.
-pub async fn get(state: State, principal: Principal, raw_ns: String) -> Result<Response, ApiError> {
+pub(crate) async fn get(
+    state: State,
+    principal: Principal,
+    raw_ns: String,
+) -> Result<Response, ApiError> {
     principal.authorize(Action::Administer)?;
     let namespace = Namespace::parse(&raw_ns)?;
     let store = &state.backends.store;
@@ -85,7 +89,7 @@ pub async fn get(state: State, principal: Principal, raw_ns: String) -> Result<R
 }
 
 /// `GET /v1/admin/namespaces`.
-pub async fn list(state: State, principal: Principal) -> Result<Response, ApiError> {
+pub(crate) async fn list(state: State, principal: Principal) -> Result<Response, ApiError> {
     principal.authorize(Action::Administer)?;
     let quotas = state.backends.store.list_namespace_quotas().await?;
     Ok(warp::reply::json(&json!({ "items": quotas })).into_response())

@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
-pub async fn list(state: State, principal: Principal) -> Result<Response, ApiError> {
+pub(crate) async fn list(state: State, principal: Principal) -> Result<Response, ApiError> {
     principal.authorize(Action::Administer)?;
     let nodes = state.backends.registry.list().await?;
     Ok(warp::reply::json(&json!({ "items": nodes })).into_response())

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
-pub async fn handle(state: State, principal: Principal) -> Result<Response, ApiError> {
+pub(crate) async fn handle(state: State, principal: Principal) -> Result<Response, ApiError> {
     principal.authorize(Action::Administer)?;
     let stats = state.backends.bus.queue_stats().await?;
     Ok(warp::reply::json(&stats).into_response())

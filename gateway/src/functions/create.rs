@@ -21,7 +21,7 @@ use crate::state::State;
 /// The create body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateFunction {
+pub(crate) struct CreateFunction {
     /// Unique within the namespace.
     pub name: String,
     /// `python3`, `nodejs` or `exec`.
@@ -39,7 +39,11 @@ pub struct CreateFunction {
 }
 
 /// Handles the request.
-pub async fn handle(state: State, principal: Principal, body: Bytes) -> Result<Response, ApiError> {
+pub(crate) async fn handle(
+    state: State,
+    principal: Principal,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     principal.authorize(Action::Deploy)?;
     let req: CreateFunction = parse_json(&body)?;
     let name = parse_name(&req.name)?;

@@ -11,13 +11,13 @@ use crate::state::State;
 
 /// `?version=N`.
 #[derive(Debug, Default, Deserialize)]
-pub struct VersionQuery {
+pub(crate) struct VersionQuery {
     /// A specific version.
     pub version: Option<u32>,
 }
 
 /// Handles the request.
-pub async fn handle(
+pub(crate) async fn handle(
     state: State,
     principal: Principal,
     raw_name: String,

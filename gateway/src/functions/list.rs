@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
-pub async fn handle(
+pub(crate) async fn handle(
     state: State,
     principal: Principal,
     query: PageQuery,

@@ -37,7 +37,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// `?follow=true&limit=N`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LogsQuery {
+pub(crate) struct LogsQuery {
     /// Stream output of invocations finishing from now on.
     pub follow: Option<bool>,
     /// Without `follow`: how many of the latest invocations.
@@ -45,7 +45,7 @@ pub struct LogsQuery {
 }
 
 /// Handles the request.
-pub async fn handle(
+pub(crate) async fn handle(
     state: State,
     principal: Principal,
     raw_name: String,

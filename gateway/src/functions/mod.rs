@@ -13,30 +13,30 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::state::State;
 
-pub mod create;
-pub mod delete;
-pub mod get;
-pub mod list;
-pub mod logs;
-pub mod quota;
-pub mod update;
-pub mod versions;
+pub(crate) mod create;
+pub(crate) mod delete;
+pub(crate) mod get;
+pub(crate) mod list;
+pub(crate) mod logs;
+pub(crate) mod quota;
+pub(crate) mod update;
+pub(crate) mod versions;
 
 /// The only `code.source_type` accepted today.
-pub const SOURCE_TYPE_INLINE: &str = "inline";
+pub(crate) const SOURCE_TYPE_INLINE: &str = "inline";
 /// Most metadata labels per function.
 const MAX_METADATA_ENTRIES: usize = 64;
 /// Most metadata bytes (keys + values) per function.
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// Default page size of listings.
-pub const DEFAULT_PAGE_LIMIT: u32 = 50;
+pub(crate) const DEFAULT_PAGE_LIMIT: u32 = 50;
 /// Largest page size of listings.
-pub const MAX_PAGE_LIMIT: u32 = 1000;
+pub(crate) const MAX_PAGE_LIMIT: u32 = 1000;
 
 /// `code` of a create or update body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CodeBody {
+pub(crate) struct CodeBody {
     /// Base64 of a zip, tar.gz, tar or single file.
     pub source: String,
     /// How the code is supplied; only `inline`.
@@ -46,7 +46,7 @@ pub struct CodeBody {
 
 /// `?limit=&cursor=` of listings.
 #[derive(Debug, Default, Deserialize)]
-pub struct PageQuery {
+pub(crate) struct PageQuery {
     /// Page size (1..=1000, default 50).
     pub limit: Option<u32>,
     /// Cursor from the previous page.
@@ -55,7 +55,7 @@ pub struct PageQuery {
 
 impl PageQuery {
     /// The validated page size.
-    pub fn limit(&self) -> Result<u32, ApiError> {
+    pub(crate) fn limit(&self) -> Result<u32, ApiError> {
         match self.limit {
             None => Ok(DEFAULT_PAGE_LIMIT),
             Some(n) if (1..=MAX_PAGE_LIMIT).contains(&n) => Ok(n),
@@ -67,17 +67,17 @@ impl PageQuery {
 }
 
 /// Parses a JSON body: malformed JSON or a wrong shape is `invalid_json`.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(format!("invalid body: {e}")))
 }
 
 /// Validates a function name from a body, path or query.
-pub fn parse_name(raw: &str) -> Result<FunctionName, ApiError> {
+pub(crate) fn parse_name(raw: &str) -> Result<FunctionName, ApiError> {
     Ok(FunctionName::parse(raw)?)
 }
 
 /// Parses a runtime's wire name.
-pub fn parse_runtime(raw: &str) -> Result<Runtime, ApiError> {
+pub(crate) fn parse_runtime(raw: &str) -> Result<Runtime, ApiError> {
     Runtime::parse(raw).ok_or_else(|| {
         ApiError::InvalidRuntime(format!(
             "unknown runtime {:?}: expected python3, nodejs or exec",
@@ -88,7 +88,7 @@ pub fn parse_runtime(raw: &str) -> Result<Runtime, ApiError> {
 
 /// Builds a config from `base` overlaid with the fields of `patch`, then validates it.
 /// Unknown fields and out-of-range values are `invalid_config`.
-pub fn merge_config(
+pub(crate) fn merge_config(
     base: &FunctionConfig,
     patch: Option<Value>,
 ) -> Result<FunctionConfig, ApiError> {
@@ -118,7 +118,7 @@ pub fn merge_config(
 }
 
 /// Checks metadata stays within its limits.
-pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
+pub(crate) fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
     let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
     if metadata.len() > MAX_METADATA_ENTRIES || bytes > MAX_METADATA_BYTES {
         return Err(ApiError::InvalidMetadata(format!(
@@ -134,7 +134,7 @@ pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiErro
 }
 
 /// Decodes, normalises and stores uploaded code; `handler_file` must be in it.
-pub async fn store_code(
+pub(crate) async fn store_code(
     state: &State,
     code: &CodeBody,
     handler_file: String,

@@ -11,7 +11,7 @@ use crate::state::State;
 
 /// Whether a function `name` with `config` fits the namespace's quota. `creating`: a new
 /// function (counts against `max_functions`); otherwise an update of `name`.
-pub async fn check(
+pub(crate) async fn check(
     state: &State,
     namespace: &Namespace,
     name: &FunctionName,

@@ -25,7 +25,7 @@ use crate::state::State;
 /// The update body: the create body with every field optional.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpdateFunction {
+pub(crate) struct UpdateFunction {
     /// Must equal the path's name if given.
     #[serde(default)]
     pub name: Option<String>,
@@ -47,7 +47,7 @@ pub struct UpdateFunction {
 }
 
 /// Handles the request.
-pub async fn handle(
+pub(crate) async fn handle(
     state: State,
     principal: Principal,
     raw_name: String,

@@ -31,7 +31,7 @@ use crate::state::State;
 
 /// `?version=N&async=true`.
 #[derive(Debug, Default, Deserialize)]
-pub struct InvokeQuery {
+pub(crate) struct InvokeQuery {
     /// Run this version instead of the latest.
     pub version: Option<u32>,
     /// Answer 202 at once instead of waiting.
@@ -41,7 +41,7 @@ pub struct InvokeQuery {
 
 /// Whether the caller waits for the outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Wait for the outcome, up to the function's timeout plus the sync grace.
     Sync,
     /// Answer as soon as the invocation is queued.
@@ -50,7 +50,7 @@ pub enum Mode {
 
 /// What an accepted invocation turned into.
 #[derive(Debug)]
-pub enum Invoked {
+pub(crate) enum Invoked {
     /// Queued ([`Mode::Async`]); fetch it later by id.
     Queued(InvocationId),
     /// Finished ([`Mode::Sync`]), whatever the function did.
@@ -58,7 +58,7 @@ pub enum Invoked {
 }
 
 /// Handles the request.
-pub async fn handle(
+pub(crate) async fn handle(
     state: State,
     principal: Principal,
     raw_name: String,
@@ -92,7 +92,7 @@ pub async fn handle(
 /// `payload`: the one path every front end (HTTP, NATS requests) goes through. Checks the
 /// principal may invoke and the function's own rate limit; the caller has authenticated the
 /// principal and counted the request against its key's limit.
-pub async fn invoke(
+pub(crate) async fn invoke(
     state: &State,
     principal: &Principal,
     name: &FunctionName,

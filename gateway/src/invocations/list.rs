@@ -13,7 +13,7 @@ use crate::state::State;
 
 /// The listing's query.
 #[derive(Debug, Default, Deserialize)]
-pub struct ListInvocationsQuery {
+pub(crate) struct ListInvocationsQuery {
     /// Only this function.
     pub function: Option<String>,
     /// Only this status.
@@ -25,7 +25,7 @@ pub struct ListInvocationsQuery {
 }
 
 /// Handles the request.
-pub async fn handle(
+pub(crate) async fn handle(
     state: State,
     principal: Principal,
     query: ListInvocationsQuery,

@@ -4,12 +4,12 @@ use fnmesh_core::InvocationId;
 
 use crate::error::ApiError;
 
-pub mod get;
-pub mod invoke;
-pub mod list;
-pub mod logs;
+pub(crate) mod get;
+pub(crate) mod invoke;
+pub(crate) mod list;
+pub(crate) mod logs;
 
 /// Validates an invocation id from a path.
-pub fn parse_id(raw: &str) -> Result<InvocationId, ApiError> {
+pub(crate) fn parse_id(raw: &str) -> Result<InvocationId, ApiError> {
     Ok(InvocationId::parse(raw)?)
 }

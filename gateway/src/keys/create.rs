@@ -25,7 +25,7 @@ const MAX_GRANTS: usize = 100;
 /// The create body. Ids, hashes and timestamps are not for the caller to set.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateKey {
+pub(crate) struct CreateKey {
     /// Human label.
     pub name: String,
     /// `admin`, `developer` or `invoker`.
@@ -42,7 +42,11 @@ pub struct CreateKey {
 }
 
 /// Handles the request.
-pub async fn handle(state: State, principal: Principal, body: Bytes) -> Result<Response, ApiError> {
+pub(crate) async fn handle(
+    state: State,
+    principal: Principal,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     principal.authorize(Action::ManageKeys)?;
     let req: CreateKey = parse_json(&body)?;
     let name = req.name.trim();

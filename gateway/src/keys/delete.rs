@@ -15,7 +15,11 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
-pub async fn handle(state: State, principal: Principal, id: String) -> Result<Response, ApiError> {
+pub(crate) async fn handle(
+    state: State,
+    principal: Principal,
+    id: String,
+) -> Result<Response, ApiError> {
     principal.authorize(Action::ManageKeys)?;
     let not_found = || ApiError::NotFound(format!("key {:?} not found", truncate(&id)));
     let store = &state.backends.store;

@@ -14,7 +14,7 @@ use crate::state::State;
 
 /// `?namespace=&limit=&cursor=`.
 #[derive(Debug, Default, Deserialize)]
-pub struct KeysQuery {
+pub(crate) struct KeysQuery {
     /// Only this namespace (admins; others may only name their own).
     pub namespace: Option<String>,
     /// Page size (1..=1000, default 50).
@@ -24,7 +24,7 @@ pub struct KeysQuery {
 }
 
 /// Handles the request.
-pub async fn handle(
+pub(crate) async fn handle(
     state: State,
     principal: Principal,
     query: KeysQuery,

@@ -13,13 +13,13 @@ use serde::Serialize;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
-pub mod create;
-pub mod delete;
-pub mod list;
+pub(crate) mod create;
+pub(crate) mod delete;
+pub(crate) mod list;
 
 /// A key as the API shows it: no key, no hash.
 #[derive(Debug, Serialize)]
-pub struct KeyView<'a> {
+pub(crate) struct KeyView<'a> {
     /// Public id (`key_…`).
     pub id: &'a str,
     /// Label.
@@ -55,7 +55,11 @@ impl<'a> From<&'a ApiKeyRecord> for KeyView<'a> {
 
 /// Whether `principal` may hold power over `key`: its role covers the key's, and its grants
 /// (if any) include all of the key's functions.
-pub fn covers(principal: &Principal, role: Role, functions: Option<&[FunctionName]>) -> bool {
+pub(crate) fn covers(
+    principal: &Principal,
+    role: Role,
+    functions: Option<&[FunctionName]>,
+) -> bool {
     if !principal.role.covers(role) {
         return false;
     }
@@ -67,7 +71,7 @@ pub fn covers(principal: &Principal, role: Role, functions: Option<&[FunctionNam
 }
 
 /// The namespace a key request addresses: a non-admin may only name its own (403 otherwise).
-pub fn requested_namespace(
+pub(crate) fn requested_namespace(
     principal: &Principal,
     raw: Option<&str>,
 ) -> Result<Option<Namespace>, ApiError> {

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
-pub async fn handle(
+pub(crate) async fn handle(
     state: State,
     principal: Principal,
     raw_name: String,

@@ -16,9 +16,9 @@ use crate::error::ApiError;
 use crate::functions::parse_name;
 use crate::state::State;
 
-pub mod delete;
-pub mod list;
-pub mod put;
+pub(crate) mod delete;
+pub(crate) mod list;
+pub(crate) mod put;
 
 /// Validates the function name of the path and checks the principal may manage its secrets.
 fn authorize(principal: &Principal, raw_name: &str) -> Result<FunctionName, ApiError> {

@@ -25,7 +25,7 @@ struct PutSecret {
 }
 
 /// Handles the request.
-pub async fn handle(
+pub(crate) async fn handle(
     state: State,
     principal: Principal,
     raw_name: String,

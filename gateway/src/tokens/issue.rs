@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
-pub async fn handle(state: State, principal: Principal) -> Result<Response, ApiError> {
+pub(crate) async fn handle(state: State, principal: Principal) -> Result<Response, ApiError> {
     if principal.credential != CredentialKind::ApiKey {
         return Err(ApiError::Forbidden(
             "tokens are minted with an API key, not with an access token".into(),

@@ -21,18 +21,18 @@ use crate::auth::hash_key;
 use crate::error::ApiError;
 use crate::state::State;
 
-pub mod issue;
-pub mod refresh;
-pub mod revoke;
+pub(crate) mod issue;
+pub(crate) mod refresh;
+pub(crate) mod revoke;
 
 /// Prefix of refresh tokens.
-pub const REFRESH_PREFIX: &str = "fnr_";
+pub(crate) const REFRESH_PREFIX: &str = "fnr_";
 /// Random characters after the prefix (~256 bits).
 const REFRESH_RANDOM_CHARS: usize = 43;
 
 /// What a token request answers.
 #[derive(Debug, Serialize)]
-pub struct TokenPair {
+pub(crate) struct TokenPair {
     /// The JWT.
     pub access_token: String,
     /// Opaque; rotates on every refresh.
@@ -48,7 +48,7 @@ pub struct TokenPair {
 /// `{"refresh_token"}` of refresh and revoke.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RefreshBody {
+pub(crate) struct RefreshBody {
     /// The refresh token.
     pub refresh_token: String,
 }

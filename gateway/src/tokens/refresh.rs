@@ -12,7 +12,7 @@ use crate::functions::parse_json;
 use crate::state::State;
 
 /// Handles the request.
-pub async fn handle(state: State, body: Bytes) -> Result<Response, ApiError> {
+pub(crate) async fn handle(state: State, body: Bytes) -> Result<Response, ApiError> {
     let req: RefreshBody = parse_json(&body)?;
     let hash = presented_hash(&req.refresh_token).ok_or(ApiError::Unauthorized)?;
     let store = &state.backends.store;
