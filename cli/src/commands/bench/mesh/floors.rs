@@ -1,0 +1,217 @@
+//! The floors `fnmesh bench mesh` compares the mesh with, each measured in this process:
+//! raw HTTP, core NATS request/reply, a JetStream publish and a warm sandbox round trip.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use chrono::Utc;
+use fnmesh_core::{
+    Checksum, CodeInfo, Function, FunctionConfig, FunctionId, FunctionName, InvocationId,
+    InvocationStatus, Namespace, Runtime,
+};
+use fnmesh_nodes::executor::{Executor, ExecutorConfig, Job};
+use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
+use fnmesh_nodes::sandbox::ContainerRuntime;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{Latency, FUNCTION, HANDLER, PAYLOAD, WARMUP_CALLS};
+
+/// Runs `call` [`WARMUP_CALLS`] times, then `n` measured times, one after the other.
+pub(super) async fn sequential<F, Fut>(n: usize, mut call: F) -> Result<Latency>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    for _ in 0..WARMUP_CALLS {
+        call().await?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        call().await?;
+        samples.push(started.elapsed());
+    }
+    Ok(Latency::of(samples))
+}
+
+/// (1) A warp server on 127.0.0.1:0 echoing the body.
+pub(super) async fn raw_http(http: &reqwest::Client, n: usize) -> Result<Latency> {
+    use warp::Filter;
+    let route = warp::post()
+        .and(warp::path("echo"))
+        .and(warp::body::bytes())
+        .map(|body: bytes::Bytes| {
+            warp::reply::with_header(body.to_vec(), "content-type", "application/json")
+        });
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .context("binding the warp echo server")?;
+    let addr = listener.local_addr()?;
+    let server = warp::serve(route)
+        .incoming(listener)
+        .graceful(async move { stopped.cancelled().await })
+        .run();
+    let server = tokio::spawn(server);
+    let url = format!("http://{addr}/echo");
+    let result = sequential(n, || async {
+        let resp = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(PAYLOAD)
+            .send()
+            .await?;
+        ensure!(
+            resp.status().is_success(),
+            "echo answered {}",
+            resp.status()
+        );
+        let body = resp.bytes().await?;
+        ensure!(
+            body.as_ref() == PAYLOAD.as_bytes(),
+            "echo answered another body"
+        );
+        Ok(())
+    })
+    .await;
+    stop.cancel();
+    let _ = server.await;
+    result
+}
+
+/// (2) A responder subscription and a requester on one connection.
+pub(super) async fn raw_nats(nats: &async_nats::Client, n: usize) -> Result<Latency> {
+    let subject = format!("bench.rr.{:016x}", rand::random::<u64>());
+    let mut sub = nats.subscribe(subject.clone()).await?;
+    let responder_client = nats.clone();
+    let responder = tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            if let Some(reply) = msg.reply {
+                let _ = responder_client.publish(reply, msg.payload).await;
+            }
+        }
+    });
+    nats.flush().await?;
+    let result = sequential(n, || async {
+        let answer = nats
+            .request(subject.clone(), PAYLOAD.as_bytes().to_vec().into())
+            .await?;
+        ensure!(
+            answer.payload.as_ref() == PAYLOAD.as_bytes(),
+            "the responder answered another body"
+        );
+        Ok(())
+    })
+    .await;
+    responder.abort();
+    result
+}
+
+/// (3) Publish + PubAck on a file-storage stream, deleted afterwards.
+pub(super) async fn raw_jetstream(nats: &async_nats::Client, n: usize) -> Result<Latency> {
+    use async_nats::jetstream;
+    let js = jetstream::new(nats.clone());
+    let tag = format!("{:016x}", rand::random::<u64>());
+    let name = format!("BENCH_{tag}");
+    let subject = format!("bench.js.{tag}");
+    js.create_stream(jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![subject.clone()],
+        storage: jetstream::stream::StorageType::File,
+        max_messages: 100_000,
+        ..Default::default()
+    })
+    .await
+    .context("creating the benchmark stream (is JetStream enabled: nats-server -js?)")?;
+    let result = sequential(n, || async {
+        js.publish(subject.clone(), PAYLOAD.as_bytes().to_vec().into())
+            .await?
+            .await?;
+        Ok(())
+    })
+    .await;
+    if let Err(e) = js.delete_stream(&name).await {
+        eprintln!("warning: deleting stream {name}: {e}");
+    }
+    result
+}
+
+/// (4) Sequential warm invocations through a pooled sandbox, driven in this process.
+pub(super) async fn sandbox_warm(work: &Path, n: usize) -> Result<Latency> {
+    let code_dir = work.join("code");
+    std::fs::create_dir_all(&code_dir)?;
+    std::fs::write(code_dir.join("main.py"), HANDLER)?;
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(
+        SupervisorClient::spawn(
+            &std::env::current_exe()?,
+            &["__supervisor"],
+            &work.join("state"),
+        )
+        .await
+        .context("starting the sandbox supervisor")?,
+    );
+    let executor = Executor::new(
+        ExecutorConfig {
+            work_dir: work.join("node"),
+            node_id: format!("bench-mesh-{tag}"),
+            max_sandboxes: 4,
+            cgroup_parent: format!("/fnmesh-bench/{tag}"),
+            ..ExecutorConfig::default()
+        },
+        runtime,
+    )
+    .await?;
+    let function = sandbox_function()?;
+    let payload: Value = serde_json::from_str(PAYLOAD)?;
+    let result = sequential(n, || async {
+        let out = executor
+            .execute(Job {
+                invocation_id: InvocationId::new(),
+                function: function.clone(),
+                code_dir: code_dir.clone(),
+                payload: payload.clone(),
+                trace_id: None,
+                secrets: None,
+            })
+            .await;
+        ensure!(
+            out.status == InvocationStatus::Succeeded,
+            "sandbox invocation failed: {:?} {:?}",
+            out.status,
+            out.error
+        );
+        Ok(())
+    })
+    .await;
+    executor.shutdown(Duration::from_secs(5)).await;
+    result
+}
+
+fn sandbox_function() -> Result<Function> {
+    let now = Utc::now();
+    Ok(Function {
+        id: FunctionId::new(),
+        namespace: Namespace::default_ns(),
+        name: FunctionName::parse(FUNCTION).context("function name")?,
+        version: 1,
+        runtime: Runtime::Python3,
+        handler: "main.handle".into(),
+        code: CodeInfo {
+            checksum: Checksum::of(HANDLER.as_bytes()),
+            size: HANDLER.len() as u64,
+            source_type: "inline".into(),
+        },
+        config: FunctionConfig::default(),
+        metadata: BTreeMap::new(),
+        created_at: now,
+        updated_at: now,
+    })
+}
