@@ -13,6 +13,7 @@
 //! Bus errors back off exponentially (100 ms to 5 s). Recorded results and dead letters are
 //! counted in the gateway's metrics ([`crate::metrics`]) when it has them.
 
+use backon::{BackoffBuilder as _, ExponentialBuilder, Retryable as _};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +38,13 @@ pub const BATCH_MAX: usize = 256;
 /// Delay before a nak'ed event comes back.
 const NAK_DELAY: Duration = Duration::from_secs(1);
 /// Tries to record one dead letter (they cannot be redelivered).
-const DEAD_LETTER_TRIES: u32 = 5;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const DEAD_LETTER_TRIES: usize = 5;
+/// Pauses after a failed pull or write: 100 ms, doubled per failure, at most 5 s.
+const BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_secs(5))
+    .without_max_times();
+/// When the backoff has run out (it does not, without a maximum of tries).
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Persists node events and dead letters.
@@ -75,7 +81,7 @@ impl Recorder {
     }
 
     async fn run_events(self, shutdown: CancellationToken) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = BACKOFF.build();
         loop {
             let pulled = tokio::select! {
                 _ = shutdown.cancelled() => return self.drain_events().await,
@@ -83,17 +89,17 @@ impl Recorder {
             };
             match pulled {
                 Ok(batch) => {
-                    backoff = BACKOFF_MIN;
+                    backoff = BACKOFF.build();
                     if !batch.is_empty() {
                         self.handle_events(batch).await;
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "pulling node events failed");
-                    if !sleep(&shutdown, backoff).await {
+                    let pause = backoff.next().unwrap_or(BACKOFF_MAX);
+                    tracing::warn!(error = %e, backoff_ms = pause.as_millis() as u64, "pulling node events failed");
+                    if !sleep(&shutdown, pause).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
@@ -140,7 +146,7 @@ impl Recorder {
     }
 
     async fn run_dead_letters(self, shutdown: CancellationToken) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = BACKOFF.build();
         loop {
             let pulled = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -148,16 +154,16 @@ impl Recorder {
             };
             match pulled {
                 Ok(Some(dead)) => {
-                    backoff = BACKOFF_MIN;
+                    backoff = BACKOFF.build();
                     self.handle_dead_letter(&dead, &shutdown).await;
                 }
-                Ok(None) => backoff = BACKOFF_MIN,
+                Ok(None) => backoff = BACKOFF.build(),
                 Err(e) => {
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "pulling dead letters failed");
-                    if !sleep(&shutdown, backoff).await {
+                    let pause = backoff.next().unwrap_or(BACKOFF_MAX);
+                    tracing::warn!(error = %e, backoff_ms = pause.as_millis() as u64, "pulling dead letters failed");
+                    if !sleep(&shutdown, pause).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
@@ -165,26 +171,34 @@ impl Recorder {
 
     async fn handle_dead_letter(&self, dead: &DeadLetter, shutdown: &CancellationToken) {
         let id = dead.request.id;
-        let mut backoff = BACKOFF_MIN;
-        for attempt in 1..=DEAD_LETTER_TRIES {
-            match record_dead_letter(self.store.as_ref(), dead).await {
-                Ok(()) => {
-                    tracing::warn!(invocation.id = %id, attempts = dead.attempts, "invocation dead-lettered");
-                    if let Some(metrics) = &self.metrics {
-                        metrics.observe_dead_letter(dead.request.function.name.as_str());
+        // A pause cut short by shutdown ends the retries (`when`), not a write in progress.
+        let recorded = (|| record_dead_letter(self.store.as_ref(), dead))
+            .retry(BACKOFF.with_max_times(DEAD_LETTER_TRIES - 1))
+            .sleep({
+                let shutdown = shutdown.clone();
+                move |pause| {
+                    let shutdown = shutdown.clone();
+                    async move {
+                        sleep(&shutdown, pause).await;
                     }
-                    return;
                 }
-                Err(e) => {
-                    tracing::warn!(invocation.id = %id, error = %e, try_number = attempt, "recording a dead letter failed");
-                    if !sleep(shutdown, backoff).await {
-                        break;
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+            })
+            .when(|_| !shutdown.is_cancelled())
+            .notify(|e, pause| {
+                tracing::warn!(invocation.id = %id, error = %e, backoff_ms = pause.as_millis() as u64, "recording a dead letter failed");
+            })
+            .await;
+        match recorded {
+            Ok(()) => {
+                tracing::warn!(invocation.id = %id, attempts = dead.attempts, "invocation dead-lettered");
+                if let Some(metrics) = &self.metrics {
+                    metrics.observe_dead_letter(dead.request.function.name.as_str());
                 }
             }
+            Err(e) => {
+                tracing::error!(invocation.id = %id, error = %e, "giving up on recording a dead letter; its record is stale");
+            }
         }
-        tracing::error!(invocation.id = %id, "giving up on recording a dead letter; its record is stale");
     }
 }
 

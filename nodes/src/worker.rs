@@ -8,6 +8,7 @@
 //! down (then the delivery is redelivered after its ack wait): a result is never dropped, and
 //! work that ran is not run again just because its result could not be reported yet.
 
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -142,7 +143,7 @@ impl Worker {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.config.slots.max(1)));
         let tracker = TaskTracker::new();
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = PULL_RETRY.build();
         tracing::info!(node.id = %this.config.node_id, node.slots = this.config.slots, "node pulling work");
         loop {
             let permit = tokio::select! {
@@ -158,7 +159,7 @@ impl Worker {
             };
             match pulled {
                 Ok(Some(delivery)) => {
-                    backoff = Duration::from_millis(50);
+                    backoff = PULL_RETRY.build();
                     let worker = this.clone();
                     let busy = BusyGuard::enter(&this.busy);
                     let span = crate::telemetry::invocation_span(&delivery, &worker.config.node_id);
@@ -170,12 +171,12 @@ impl Worker {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "pulling work failed");
+                    let pause = backoff.next().unwrap_or(PULL_RETRY_MAX);
+                    tracing::warn!(error = %e, backoff_ms = pause.as_millis() as u64, "pulling work failed");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {},
+                        _ = tokio::time::sleep(pause) => {},
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -363,7 +364,7 @@ impl Worker {
         // work that already ran is worse than a late result. The delivery is kept alive
         // meanwhile, and the slot stays taken, so a node that cannot report stops taking work.
         // Shutdown's drain timeout bounds the wait; an unsettled delivery is then redelivered.
-        let mut delay = PUBLISH_RETRY_MIN;
+        let mut delays = PUBLISH_RETRY.build();
         let mut last_progress = Instant::now();
         let mut try_no: u32 = 1;
         loop {
@@ -380,8 +381,8 @@ impl Worker {
                     }
                     // Never longer than the progress interval, so the delivery stays alive.
                     let interval = self.progress_interval();
+                    let delay = delays.next().unwrap_or(PUBLISH_RETRY_MAX);
                     tokio::time::sleep(delay.min(interval)).await;
-                    delay = (delay * 2).min(PUBLISH_RETRY_MAX);
                     try_no = try_no.saturating_add(1);
                     if last_progress.elapsed() >= interval {
                         if let Err(e) = acker.in_progress().await {
@@ -395,9 +396,18 @@ impl Worker {
     }
 }
 
-/// First and longest pause between tries to publish a result.
-const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(50);
+/// Pauses between tries to publish a result: 50 ms, doubled per failure, at most 2 s.
+const PUBLISH_RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(50))
+    .with_max_delay(PUBLISH_RETRY_MAX)
+    .without_max_times();
 const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Pauses after a failed pull: 50 ms, doubled per failure, at most 5 s.
+const PULL_RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(50))
+    .with_max_delay(PULL_RETRY_MAX)
+    .without_max_times();
+const PULL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Worker {
     /// How often a delivery being worked on is kept alive: well within the bus's ack wait, so
