@@ -18,6 +18,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{BusError, Inbox, ReplyTo};
+use fnmesh_core::subjects;
 use fnmesh_core::InvocationOutcome;
 
 /// Routes of one inbox subscription.
@@ -62,7 +63,7 @@ impl Inboxes {
         let (sender, receiver) = mpsc::channel(1);
         mux.routes().insert(token, sender);
         Ok(Inbox {
-            reply_to: ReplyTo(format!("{}.{token}", mux.prefix)),
+            reply_to: ReplyTo(subjects::reply_inbox(&mux.prefix, token)),
             receiver,
             guard: Some(Box::new(Route { mux, token })),
         })
@@ -79,7 +80,7 @@ impl Inboxes {
         }
         let prefix = client.new_inbox();
         let mut subscriber = client
-            .subscribe(format!("{prefix}.*"))
+            .subscribe(subjects::reply_inboxes_all(&prefix))
             .await
             .map_err(|e| BusError::Backend(format!("subscribing the reply inboxes: {e}")))?;
         client

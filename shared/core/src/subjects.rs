@@ -423,3 +423,100 @@ mod logs_tests {
         );
     }
 }
+
+// --- Message ids and reply inboxes of the buses ----------------------------------------------
+
+/// `Nats-Msg-Id` of an invocation on the work stream: the invocation id, so JetStream drops a
+/// duplicate publish of one invocation within the dedupe window.
+pub fn invocation_msg_id(id: &InvocationId) -> String {
+    id.to_string()
+}
+
+/// `Nats-Msg-Id` of the dead-letter record a bus writes itself for the message at `stream_seq`
+/// of the work stream (`fnmesh-dead-<seq>`), so two records of one message are one.
+pub fn dead_letter_msg_id(stream_seq: u64) -> String {
+    format!("fnmesh-dead-{stream_seq}")
+}
+
+/// One reply inbox of a multiplexed inbox subscription: `<inbox prefix>.<token>`, where the
+/// prefix is a `_INBOX.<nuid>` the NATS client made.
+pub fn reply_inbox(inbox_prefix: &str, token: u64) -> String {
+    format!("{inbox_prefix}.{token}")
+}
+
+/// Every reply inbox under `inbox_prefix` (what the multiplexed subscription listens on):
+/// `<inbox prefix>.*`.
+pub fn reply_inboxes_all(inbox_prefix: &str) -> String {
+    format!("{inbox_prefix}.*")
+}
+
+/// First token of every reply address of the in-process bus.
+pub const MEMORY_REPLY_PREFIX: &str = "mem-inbox";
+
+/// Reply address of inbox `id` of in-process bus `instance`:
+/// `mem-inbox.<instance, 16 hex digits>.<id>`.
+pub fn memory_reply_inbox(instance: u64, id: u64) -> String {
+    format!("{MEMORY_REPLY_PREFIX}.{instance:016x}.{id}")
+}
+
+/// The (instance, id) of a [`memory_reply_inbox`] address; `None` for anything else.
+pub fn parse_memory_reply_inbox(address: &str) -> Option<(u64, u64)> {
+    let mut parts = address.split('.');
+    let (Some(MEMORY_REPLY_PREFIX), Some(instance), Some(id), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let instance = u64::from_str_radix(instance, 16).ok()?;
+    let id: u64 = id.parse().ok()?;
+    Some((instance, id))
+}
+
+#[cfg(test)]
+mod inbox_and_msg_id_tests {
+    use super::*;
+
+    #[test]
+    fn invocation_msg_id_is_the_invocation_id() {
+        let id = InvocationId::new();
+        assert_eq!(invocation_msg_id(&id), id.to_string());
+    }
+
+    #[test]
+    fn dead_letter_msg_id_carries_the_stream_sequence() {
+        assert_eq!(dead_letter_msg_id(42), "fnmesh-dead-42");
+    }
+
+    #[test]
+    fn reply_inbox_appends_the_token() {
+        assert_eq!(reply_inbox("_INBOX.abc", 7), "_INBOX.abc.7");
+    }
+
+    #[test]
+    fn reply_inboxes_all_is_one_wildcard_token() {
+        assert_eq!(reply_inboxes_all("_INBOX.abc"), "_INBOX.abc.*");
+    }
+
+    #[test]
+    fn memory_reply_inbox_roundtrips() {
+        let address = memory_reply_inbox(0xab, 3);
+        assert_eq!(address, "mem-inbox.00000000000000ab.3");
+        assert_eq!(parse_memory_reply_inbox(&address), Some((0xab, 3)));
+    }
+
+    #[test]
+    fn parse_memory_reply_inbox_refuses_other_shapes() {
+        for bad in [
+            "",
+            "mem-inbox",
+            "mem-inbox.ab",
+            "mem-inbox.ab.1.2",
+            "other.ab.1",
+            "mem-inbox.xyz.1",
+            "mem-inbox.ab.-1",
+            "_INBOX.abc.1",
+        ] {
+            assert_eq!(parse_memory_reply_inbox(bad), None, "{bad}");
+        }
+    }
+}

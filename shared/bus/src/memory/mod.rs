@@ -16,17 +16,24 @@
 //!
 //! Every delivery carries its attempt number and its acker is fenced on it: a stale acker (of a
 //! delivery that has since been redelivered) settles nothing.
+//!
+//! **Layout.** This module holds [`MemoryBus`], its shared state and its [`Bus`] impl; `queue`
+//! is the laned queue with its timers, `inbox` the reply inboxes.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+mod inbox;
+mod queue;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use self::inbox::parse_reply;
+use self::queue::{ItemState, Queue, Settle};
 use super::{
     Acker, Bus, BusConfig, BusError, DeadLetter, Delivery, EventDelivery, FunctionQueue, Inbox,
     LogFeed, QueueStats, ReplyTo, LOG_FEED_CAPACITY,
@@ -37,9 +44,6 @@ use fnmesh_core::names::{FunctionName, Namespace};
 
 /// Published invocation ids remembered for dedupe at most (the oldest are forgotten first).
 pub const MAX_DEDUPE_IDS: usize = 1_000_000;
-
-/// Prefix of reply addresses this bus issues.
-const REPLY_PREFIX: &str = "mem-inbox";
 
 /// The in-process [`Bus`].
 #[derive(Debug, Clone)]
@@ -297,332 +301,7 @@ impl Shared {
     }
 }
 
-// ---- the queue ----
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Settle {
-    Ack,
-    Nak(Option<Duration>),
-    InProgress,
-    Term,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ItemState {
-    /// In the ready deque.
-    Ready,
-    /// Nak'ed with a delay; ready again at the timer.
-    Delayed,
-    /// Delivered; redelivered at the timer unless settled.
-    InFlight,
-}
-
-#[derive(Debug)]
-struct Item<T> {
-    payload: T,
-    /// The lane it queues in.
-    lane: String,
-    /// Deliveries made so far (the attempt number of the latest delivery).
-    attempt: u32,
-    state: ItemState,
-    /// Bumped on every state change; timers of an older generation are stale.
-    generation: u64,
-}
-
-/// What a queue needs to know of a payload: the lane it queues in (one per function, so a
-/// flooded function cannot hold up another) and how many of the lane's items may be in flight
-/// at once (the function's `max_concurrency`, across every puller).
-trait Laned {
-    fn lane(&self) -> (String, u32);
-}
-
-impl Laned for Work {
-    fn lane(&self) -> (String, u32) {
-        let f = &self.request.function;
-        (
-            format!("{}/{}", f.namespace, f.name),
-            f.config.max_concurrency.max(1),
-        )
-    }
-}
-
-impl Laned for NodeEvent {
-    fn lane(&self) -> (String, u32) {
-        (String::new(), u32::MAX)
-    }
-}
-
-/// One lane of a queue.
-#[derive(Debug, Default)]
-struct Lane {
-    /// Ready items in order (entries of items settled meanwhile are skipped).
-    ready: VecDeque<u64>,
-    /// Items delivered and not yet settled, expired or nak'ed.
-    in_flight: u32,
-    /// At most this many in flight.
-    cap: u32,
-    /// Whether the lane is in the round-robin ring.
-    in_ring: bool,
-}
-
-/// A work queue with per-delivery ack deadlines, fair across lanes: deliveries go round-robin
-/// over the lanes with ready items and room under their in-flight cap.
-#[derive(Debug)]
-struct Queue<T> {
-    items: HashMap<u64, Item<T>>,
-    lanes: HashMap<String, Lane>,
-    /// Lanes that may have ready items, in round-robin order.
-    ring: VecDeque<String>,
-    /// (due, seq, generation), earliest first. Stale entries are skipped when they fire.
-    timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
-    next_seq: u64,
-    capacity: usize,
-    max_deliver: Option<u32>,
-}
-
-impl<T: Clone + Laned> Queue<T> {
-    fn new(capacity: usize, max_deliver: Option<u32>) -> Self {
-        Self {
-            items: HashMap::new(),
-            lanes: HashMap::new(),
-            ring: VecDeque::new(),
-            timers: BinaryHeap::new(),
-            next_seq: 0,
-            capacity,
-            max_deliver,
-        }
-    }
-
-    fn push(&mut self, payload: T) -> Result<(), BusError> {
-        if self.items.len() >= self.capacity {
-            return Err(BusError::Full);
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let (lane, cap) = payload.lane();
-        // The latest published config of a function sets its cap.
-        self.lanes.entry(lane.clone()).or_default().cap = cap;
-        self.items.insert(
-            seq,
-            Item {
-                payload,
-                lane: lane.clone(),
-                attempt: 0,
-                state: ItemState::Ready,
-                generation: 0,
-            },
-        );
-        self.enqueue(&lane, seq);
-        Ok(())
-    }
-
-    /// Puts `seq` at the back of its lane's ready items.
-    fn enqueue(&mut self, lane: &str, seq: u64) {
-        if !self.lanes.contains_key(lane) {
-            let cap = self
-                .items
-                .get(&seq)
-                .map_or(u32::MAX, |item| item.payload.lane().1);
-            self.lanes.insert(
-                lane.to_owned(),
-                Lane {
-                    cap,
-                    ..Lane::default()
-                },
-            );
-        }
-        let Some(entry) = self.lanes.get_mut(lane) else {
-            return;
-        };
-        entry.ready.push_back(seq);
-        if !entry.in_ring {
-            entry.in_ring = true;
-            self.ring.push_back(lane.to_owned());
-        }
-    }
-
-    /// An item of `lane` stopped being in flight. Returns 1 if that lets a ready item of the
-    /// lane be delivered (a puller should be woken), else 0.
-    fn leave_flight(&mut self, lane: &str) -> usize {
-        let Some(entry) = self.lanes.get_mut(lane) else {
-            return 0;
-        };
-        let was_full = entry.in_flight >= entry.cap;
-        entry.in_flight = entry.in_flight.saturating_sub(1);
-        if entry.in_flight == 0 && entry.ready.is_empty() && !entry.in_ring {
-            self.lanes.remove(lane);
-            return 0;
-        }
-        usize::from(was_full && !entry.ready.is_empty())
-    }
-
-    /// Delivers the next ready item, round-robin over lanes with room: (seq, attempt, payload).
-    fn take(&mut self, now: Instant, ack_wait: Duration) -> Option<(u64, u32, T)> {
-        for _ in 0..self.ring.len() {
-            let lane_key = self.ring.pop_front()?;
-            let Some(lane) = self.lanes.get_mut(&lane_key) else {
-                continue;
-            };
-            // Skip entries of items settled (or re-queued) since they were made ready.
-            while let Some(seq) = lane.ready.front() {
-                match self.items.get(seq) {
-                    Some(item) if item.state == ItemState::Ready => break,
-                    _ => {
-                        lane.ready.pop_front();
-                    }
-                }
-            }
-            if lane.ready.is_empty() {
-                lane.in_ring = false;
-                if lane.in_flight == 0 {
-                    self.lanes.remove(&lane_key);
-                }
-                continue;
-            }
-            if lane.in_flight >= lane.cap {
-                self.ring.push_back(lane_key);
-                continue;
-            }
-            let seq = lane.ready.pop_front()?;
-            lane.in_flight += 1;
-            if lane.ready.is_empty() {
-                lane.in_ring = false;
-            } else {
-                self.ring.push_back(lane_key);
-            }
-            let item = self.items.get_mut(&seq)?;
-            item.attempt += 1;
-            item.state = ItemState::InFlight;
-            item.generation += 1;
-            self.timers
-                .push(Reverse((now + ack_wait, seq, item.generation)));
-            return Some((seq, item.attempt, item.payload.clone()));
-        }
-        None
-    }
-
-    fn next_due(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((due, _, _))| *due)
-    }
-
-    /// Makes an item ready again, or dead-letters it when its attempts ran out.
-    /// Returns whether it became ready.
-    fn retry(&mut self, seq: u64, dead: &mut Vec<(T, u32)>) -> bool {
-        let Some(item) = self.items.get_mut(&seq) else {
-            return false;
-        };
-        if self.max_deliver.is_some_and(|max| item.attempt >= max) {
-            if let Some(item) = self.items.remove(&seq) {
-                dead.push((item.payload, item.attempt));
-            }
-            return false;
-        }
-        item.state = ItemState::Ready;
-        item.generation += 1;
-        let lane = item.lane.clone();
-        self.enqueue(&lane, seq);
-        true
-    }
-
-    /// Fires due timers; returns how many items became ready.
-    fn fire_timers(&mut self, now: Instant, dead: &mut Vec<(T, u32)>) -> usize {
-        let mut ready = 0;
-        while let Some(Reverse((due, seq, generation))) = self.timers.peek().copied() {
-            if due > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(item) = self.items.get_mut(&seq) else {
-                continue;
-            };
-            if item.generation != generation {
-                continue;
-            }
-            match item.state {
-                ItemState::Delayed => {
-                    item.state = ItemState::Ready;
-                    item.generation += 1;
-                    let lane = item.lane.clone();
-                    self.enqueue(&lane, seq);
-                    ready += 1;
-                }
-                ItemState::InFlight => {
-                    tracing::debug!(
-                        bus.seq = seq,
-                        bus.attempt = item.attempt,
-                        "ack wait expired"
-                    );
-                    let lane = item.lane.clone();
-                    ready += self.leave_flight(&lane);
-                    if self.retry(seq, dead) {
-                        ready += 1;
-                    }
-                }
-                ItemState::Ready => {}
-            }
-        }
-        ready
-    }
-
-    /// Applies an acker's decision, fenced on the attempt. Returns how many items became ready.
-    fn settle(
-        &mut self,
-        seq: u64,
-        attempt: u32,
-        how: Settle,
-        now: Instant,
-        ack_wait: Duration,
-        dead: &mut Vec<(T, u32)>,
-    ) -> usize {
-        let Some(item) = self.items.get_mut(&seq) else {
-            return 0; // already settled
-        };
-        if item.attempt != attempt {
-            return 0; // a stale acker: the item was redelivered since
-        }
-        match how {
-            // The work of this attempt is done, even if its ack wait just expired.
-            Settle::Ack | Settle::Term => {
-                let was_in_flight = item.state == ItemState::InFlight;
-                let lane = item.lane.clone();
-                self.items.remove(&seq);
-                if was_in_flight {
-                    self.leave_flight(&lane)
-                } else {
-                    0
-                }
-            }
-            Settle::Nak(delay) if item.state == ItemState::InFlight => {
-                let lane = item.lane.clone();
-                match delay {
-                    Some(delay)
-                        if !delay.is_zero()
-                            && self.max_deliver.is_none_or(|m| item.attempt < m) =>
-                    {
-                        item.state = ItemState::Delayed;
-                        item.generation += 1;
-                        self.timers
-                            .push(Reverse((now + delay, seq, item.generation)));
-                        self.leave_flight(&lane)
-                    }
-                    _ => {
-                        let freed = self.leave_flight(&lane);
-                        freed + usize::from(self.retry(seq, dead))
-                    }
-                }
-            }
-            Settle::InProgress if item.state == ItemState::InFlight => {
-                item.generation += 1;
-                self.timers
-                    .push(Reverse((now + ack_wait, seq, item.generation)));
-                0
-            }
-            Settle::Nak(_) | Settle::InProgress => 0,
-        }
-    }
-}
-
-// ---- ackers and inboxes ----
+// ---- ackers ----
 
 struct MemoryAcker {
     shared: Arc<Shared>,
@@ -652,36 +331,6 @@ impl Acker for MemoryAcker {
         self.shared
             .settle(self.which, self.seq, self.attempt, Settle::Term)
     }
-}
-
-/// Removes its inbox from the bus when dropped.
-struct InboxGuard {
-    shared: Weak<Shared>,
-    id: u64,
-}
-
-impl Drop for InboxGuard {
-    fn drop(&mut self) {
-        if let Some(shared) = self.shared.upgrade() {
-            shared
-                .inboxes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&self.id);
-        }
-    }
-}
-
-fn parse_reply(instance: u64, to: &ReplyTo) -> Result<(bool, u64), BusError> {
-    let mut parts = to.0.split('.');
-    let (Some(REPLY_PREFIX), Some(inst), Some(id), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(BusError::InvalidReply);
-    };
-    let inst = u64::from_str_radix(inst, 16).map_err(|_| BusError::InvalidReply)?;
-    let id: u64 = id.parse().map_err(|_| BusError::InvalidReply)?;
-    Ok((inst == instance, id))
 }
 
 #[async_trait]
@@ -749,48 +398,11 @@ impl Bus for MemoryBus {
     }
 
     async fn open_inbox(&self) -> Result<Inbox, BusError> {
-        let shared = &self.shared;
-        shared.check_open()?;
-        let id = shared.next_inbox.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = mpsc::channel(1);
-        shared
-            .inboxes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, sender);
-        Ok(Inbox {
-            reply_to: ReplyTo(format!("{REPLY_PREFIX}.{:016x}.{id}", shared.instance)),
-            receiver,
-            guard: Some(Box::new(InboxGuard {
-                shared: Arc::downgrade(shared),
-                id,
-            })),
-        })
+        self.open_reply_inbox()
     }
 
     async fn reply(&self, to: &ReplyTo, outcome: &InvocationOutcome) -> Result<(), BusError> {
-        let shared = &self.shared;
-        shared.check_open()?;
-        let (ours, id) = parse_reply(shared.instance, to)?;
-        if !ours {
-            return Err(BusError::InvalidReply);
-        }
-        let sender = shared
-            .inboxes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .cloned();
-        match sender {
-            // At most once: a full or closed inbox loses the reply (the event stream has it).
-            Some(sender) => {
-                if sender.try_send(outcome.clone()).is_err() {
-                    tracing::debug!(reply.to = %to.0, "reply dropped: inbox full or closed");
-                }
-            }
-            None => tracing::debug!(reply.to = %to.0, "reply dropped: no such inbox"),
-        }
-        Ok(())
+        self.send_reply(to, outcome)
     }
 
     async fn publish_event(&self, event: &NodeEvent) -> Result<(), BusError> {

@@ -1,0 +1,310 @@
+//! The NATS JetStream [`Bus`]: durable, shared by every gateway and node of a deployment.
+//!
+//! Everything lives under a validated [`BusPrefix`], so buses with different prefixes on one
+//! server never see each other's streams, consumers or subjects (tests use one prefix each;
+//! regions and tenants will later). Names come from [`fnmesh_core::subjects`]:
+//!
+//! | what | name | shape |
+//! |---|---|---|
+//! | work stream | `fnmesh-<prefix>-inv` | work-queue retention, file storage, `max_msgs` = capacity, discard new, `duplicate_window` = dedupe window, subjects `fnmesh.v1.<prefix>.inv.>` |
+//! | work consumer | `fnmesh-<prefix>-inv-c` | durable pull, explicit ack, `ack_wait`, `max_deliver` |
+//! | event stream | `fnmesh-<prefix>-evt` | interest retention, file storage, `event_capacity` messages at most (100 000 by default), discard new, subjects `fnmesh.v1.<prefix>.evt.>` |
+//! | event consumer | `fnmesh-<prefix>-evt-c` | durable pull for recorders, explicit ack, redelivered until acked |
+//! | dead-letter stream | `fnmesh-<prefix>-dlq` | work-queue retention, captures `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<work stream>.<work consumer>` |
+//!
+//! **Invocations** are published to `fnmesh.v1.<prefix>.inv.<namespace>.<function>` with
+//! `Nats-Msg-Id` = the invocation id (JetStream drops duplicates within the window, also when
+//! the stream is full), the JSON of the [`InvocationRequest`] as payload, and for sync calls
+//! the reply inbox in our own `Fnmesh-Reply-To` header. No other header is ever set (the
+//! `Nats-*` namespace drives dedupe, rollups and expectations). Every publish waits for the
+//! PubAck: an unacked publish is an error, never a silent success; a refusal for
+//! `maximum messages` is [`BusError::Full`].
+//!
+//! **Pulls** ask the durable consumer for one message with an expiry of `wait` (at least 1 ms).
+//! `Delivery::attempt` is the server's delivery count. Ackers map to `+ACK` / `-NAK {delay}` /
+//! `+WPI` / `+TERM`, each sent as a request so the server confirms it (double ack); node
+//! events are acked without a confirmation (a lost ack replays an event the recorder already
+//! has, which it takes as a no-op).
+//!
+//! **Acks are not fenced** (nats-server#4786): JetStream ties an ack to the stream sequence,
+//! not to the delivery, so the acker of a stale attempt can settle a later attempt of the same
+//! message. The project fences in the metadata store on the attempt number instead; the shared
+//! [`Bus`] contract says so.
+//!
+//! **Dead letters.** After `max_deliver` attempts JetStream stops delivering but keeps the
+//! message; its only signal is the core-NATS max-deliveries advisory, which the dead-letter
+//! stream persists. [`Bus::pull_dead_letter`] pulls one advisory, fetches the original message by
+//! its stream sequence, builds the [`DeadLetter`], deletes the message from the work stream,
+//! and only then acks the advisory (a crash in between redelivers the advisory; a message
+//! already gone means it was handled, and the advisory is just acked). nats-server (2.9)
+//! emits the advisory only when the consumer next looks for a message for a waiting pull, so
+//! with no node pulling a dead letter would go unreported; the bus that delivered the last
+//! attempt therefore records the same advisory itself when that attempt is nak'ed or its ack
+//! wait runs out unsettled (see `LastAttempt`). Both records of one message resolve to one
+//! dead letter: the second finds the message gone. Two concurrent `pull_dead_letter` callers
+//! could in a narrow race both report one message, so dead-letter handling must be
+//! idempotent on the invocation id.
+//!
+//! **Inboxes** are `_INBOX.<nuid>.<n>` subjects on one core-NATS subscription per bus
+//! (`_INBOX.<nuid>.*`), each routed into a capacity-1 channel until its [`Inbox`] guard drops
+//! (see `nats_inbox`). Replies are core NATS: at most once.
+//!
+//! **Layout.** This module holds the [`JetStreamBus`] type and its [`Bus`] impl, which
+//! delegates to: `setup` (streams and consumers, created or updated), `scheduler` (publishing
+//! work, per-function consumers pulled fairly with ready hints and sweeps), `acker` (settling
+//! deliveries), `dead_letters` (max-deliveries advisories, the bus's own record of a failed
+//! last attempt, the dead-letter stream) and `events` (the node event stream).
+
+mod acker;
+mod dead_letters;
+mod events;
+mod scheduler;
+mod setup;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::header::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use super::{
+    Bus, BusConfig, BusError, DeadLetter, Delivery, EventDelivery, Inbox, LogFeed, QueueStats,
+    ReplyTo,
+};
+use fnmesh_core::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
+use fnmesh_core::names::{FunctionName, Namespace};
+use fnmesh_core::subjects::{self, BusPrefix};
+
+/// Our header carrying the reply inbox of a sync invocation.
+pub const REPLY_HEADER: &str = "Fnmesh-Reply-To";
+
+/// Shortest pull expiry (NATS needs a non-zero one).
+const MIN_EXPIRY: Duration = Duration::from_millis(1);
+
+/// The JetStream [`Bus`].
+#[derive(Clone)]
+pub struct JetStreamBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    /// One context for every publish (each context owns a PubAck task).
+    js: jetstream::Context,
+    prefix: BusPrefix,
+    max_deliver: u32,
+    ack_wait: Duration,
+    work_stream: stream::Stream,
+    events: consumer::PullConsumer,
+    dead: consumer::PullConsumer,
+    /// Function consumers this process made sure of, with the `max_ack_pending` they have.
+    ensured: std::sync::Mutex<HashMap<String, i64>>,
+    /// The pulling side (nodes): which function consumers may have work.
+    pull: scheduler::PullState,
+    /// Sync callers' reply inboxes, on one subscription.
+    inboxes: super::nats_inbox::Inboxes,
+}
+
+impl std::fmt::Debug for JetStreamBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamBus")
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(what: &str, err: impl std::fmt::Display) -> BusError {
+    BusError::Backend(format!("{what}: {err}"))
+}
+
+impl JetStreamBus {
+    /// Connects to `url` and sets up (or reuses) the streams and consumers of `prefix`.
+    pub async fn connect(url: &str, prefix: &str, config: BusConfig) -> Result<Self, BusError> {
+        let client = async_nats::connect(url)
+            .await
+            .map_err(|e| backend("connecting to nats", e))?;
+        Self::connect_with_client(client, prefix, config).await
+    }
+
+    /// Sets up (or reuses) the streams and consumers of `prefix` on an existing connection.
+    pub async fn connect_with_client(
+        client: async_nats::Client,
+        prefix: &str,
+        config: BusConfig,
+    ) -> Result<Self, BusError> {
+        Self::set_up(client, prefix, config).await
+    }
+
+    /// The prefix isolating this bus.
+    pub fn prefix(&self) -> &BusPrefix {
+        &self.inner.prefix
+    }
+
+    /// The underlying connection.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// Publishes to a stream and waits for the PubAck.
+    async fn publish(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Vec<u8>,
+        what: &str,
+    ) -> Result<jetstream::publish::PublishAck, BusError> {
+        let ack = self
+            .inner
+            .js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(|e| backend(what, e))?;
+        ack.await.map_err(|e| {
+            if is_full(&e) {
+                BusError::Full
+            } else {
+                backend(what, e)
+            }
+        })
+    }
+}
+
+/// Whether a publish was refused because the stream is at its limits (discard new).
+fn is_full(err: &jetstream::context::PublishError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(js) = e.downcast_ref::<jetstream::Error>() {
+            let text = js.to_string();
+            return text.contains("maximum messages") || text.contains("maximum bytes");
+        }
+        source = e.source();
+    }
+    let text = err.to_string();
+    text.contains("maximum messages") || text.contains("maximum bytes")
+}
+
+/// Validates a reply address: `_INBOX.` followed by non-empty tokens of ASCII letters, digits,
+/// `-` and `_` (no spaces, wildcards or control characters).
+fn check_reply(to: &ReplyTo) -> Result<&str, BusError> {
+    let s = to.0.as_str();
+    let Some(rest) = s.strip_prefix("_INBOX.") else {
+        return Err(BusError::InvalidReply);
+    };
+    let ok = s.len() <= 256
+        && rest.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(s)
+    } else {
+        Err(BusError::InvalidReply)
+    }
+}
+
+#[async_trait]
+impl Bus for JetStreamBus {
+    fn ack_wait(&self) -> Duration {
+        self.inner.ack_wait
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        self.inner
+            .client
+            .flush()
+            .await
+            .map_err(|e| backend("ping", e))?;
+        let mut stream = self.inner.work_stream.clone();
+        stream
+            .info()
+            .await
+            .map_err(|e| backend("work stream info", e))?;
+        Ok(())
+    }
+
+    async fn publish_invocation(
+        &self,
+        request: &InvocationRequest,
+        reply: Option<&ReplyTo>,
+    ) -> Result<(), BusError> {
+        self.publish_work(request, reply).await
+    }
+
+    async fn pull_invocation(&self, wait: Duration) -> Result<Option<Delivery>, BusError> {
+        self.pull_work(wait).await
+    }
+
+    async fn open_inbox(&self) -> Result<Inbox, BusError> {
+        self.inner.inboxes.open(&self.inner.client).await
+    }
+
+    async fn reply(&self, to: &ReplyTo, outcome: &InvocationOutcome) -> Result<(), BusError> {
+        let subject = check_reply(to)?.to_owned();
+        let payload = serde_json::to_vec(outcome).map_err(|e| backend("encoding a reply", e))?;
+        self.inner
+            .client
+            .publish(subject, payload.into())
+            .await
+            .map_err(|e| backend("sending a reply", e))
+    }
+
+    async fn publish_event(&self, event: &NodeEvent) -> Result<(), BusError> {
+        self.publish_node_event(event).await
+    }
+
+    async fn pull_events(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<EventDelivery>, BusError> {
+        self.pull_event_batch(max, wait).await
+    }
+
+    async fn publish_logs(&self, logs: &FunctionLogs) -> Result<(), BusError> {
+        let subject =
+            subjects::bus_function_logs(&self.inner.prefix, &logs.namespace, &logs.function);
+        let payload = serde_json::to_vec(logs).map_err(|e| backend("encoding logs", e))?;
+        self.inner
+            .client
+            .publish(subject, payload.into())
+            .await
+            .map_err(|e| backend("publishing logs", e))
+    }
+
+    async fn follow_logs(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<LogFeed, BusError> {
+        let subject = subjects::bus_function_logs(&self.inner.prefix, namespace, function);
+        let subscriber = self
+            .inner
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| backend("following logs", e))?;
+        let feed = subscriber.filter_map(|message| async move {
+            match serde_json::from_slice::<FunctionLogs>(&message.payload) {
+                Ok(logs) => Some(logs),
+                Err(e) => {
+                    tracing::debug!(error = %e, "undecodable log entry; skipped");
+                    None
+                }
+            }
+        });
+        Ok(Box::pin(feed))
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, BusError> {
+        self.stats().await
+    }
+
+    async fn pull_dead_letter(&self, wait: Duration) -> Result<Option<DeadLetter>, BusError> {
+        self.next_dead_letter(wait).await
+    }
+}

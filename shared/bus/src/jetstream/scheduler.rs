@@ -1,0 +1,470 @@
+//! The work queue of a JetStream bus: publishing invocations, and pulling them fairly.
+//!
+//! Each function has its own durable consumer (made by `setup`), whose `max_ack_pending` is the
+//! function's `max_concurrency`. A pulling node keeps a round-robin ring of the consumers that
+//! may have work: core-NATS "ready" hints (sent on every publish and every settlement) make a
+//! consumer hot, and a periodic sweep of the consumer list finds work that became ready without
+//! a hint (redeliveries after an ack wait, ends of nak delays, lost hints). Each hot consumer
+//! is fetched from once per round, so a flooded or slow function never holds up another.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::header::HeaderMap;
+use async_nats::jetstream::{self, consumer, AckKind};
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use super::acker::JetStreamAcker;
+use super::dead_letters::LastAttempt;
+use super::{backend, check_reply, JetStreamBus, REPLY_HEADER};
+use crate::{BusError, Delivery, FunctionQueue, QueueStats, ReplyTo};
+use fnmesh_core::invocation::InvocationRequest;
+use fnmesh_core::subjects;
+
+/// How often a pulling node re-reads the function consumers (work that became ready without a
+/// hint: redeliveries after an ack wait, ends of nak delays, hints lost on the wire).
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a server may hold a fetch of a consumer at its max_ack_pending.
+const FETCH_EXPIRY: Duration = Duration::from_millis(20);
+
+/// Hint payload prefixes: new work on a consumer, or a delivery of it settled.
+const HINT_WORK: &str = "w:";
+const HINT_FREED: &str = "f:";
+
+/// Which function consumers a node should look at, round-robin.
+#[derive(Default)]
+pub(super) struct PullState {
+    /// Set up once, by the first pull: the ready-hint listener.
+    listener: tokio::sync::OnceCell<()>,
+    wake: tokio::sync::Notify,
+    inner: std::sync::Mutex<Ring>,
+}
+
+#[derive(Default)]
+struct Ring {
+    /// Consumers that may have work, in round-robin order.
+    order: std::collections::VecDeque<String>,
+    /// Those consumers, with a counter bumped by every hint (a hint that arrives while a
+    /// fetch comes back empty keeps the consumer hot).
+    hot: HashMap<String, u64>,
+    /// Consumers at their `max_ack_pending`: skipped until a delivery of theirs is settled
+    /// (a "freed" hint) or a sweep shows room.
+    capped: std::collections::HashSet<String>,
+    /// Consumer handles by name.
+    known: HashMap<String, consumer::PullConsumer>,
+    /// When the consumer list was last read from the server.
+    last_sweep: Option<Instant>,
+}
+
+impl Ring {
+    fn mark_hot(&mut self, name: &str) {
+        match self.hot.get_mut(name) {
+            Some(generation) => *generation += 1,
+            None => {
+                self.hot.insert(name.to_owned(), 0);
+                self.order.push_back(name.to_owned());
+            }
+        }
+    }
+}
+
+impl JetStreamBus {
+    /// Publishes an invocation to its function's work subject (making sure of the function's
+    /// consumer first) and hints pulling nodes that the consumer has work.
+    pub(super) async fn publish_work(
+        &self,
+        request: &InvocationRequest,
+        reply: Option<&ReplyTo>,
+    ) -> Result<(), BusError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            subjects::invocation_msg_id(&request.id),
+        );
+        if let Some(reply) = reply {
+            headers.insert(REPLY_HEADER, check_reply(reply)?);
+        }
+        // Built by the gateway from its own span (a validated type, never a client's header),
+        // for NATS tooling; nodes read the same value from the request.
+        if let Some(traceparent) = &request.traceparent {
+            headers.insert(
+                fnmesh_core::trace::TRACEPARENT_HEADER,
+                traceparent.to_string().as_str(),
+            );
+        }
+        let payload =
+            serde_json::to_vec(request).map_err(|e| backend("encoding the invocation", e))?;
+        let subject = subjects::bus_invocation(
+            &self.inner.prefix,
+            &request.function.namespace,
+            &request.function.name,
+        );
+        self.ensure_function_consumer(request).await?;
+        let ack = self
+            .publish(subject, headers, payload, "publishing an invocation")
+            .await?;
+        if ack.duplicate {
+            tracing::debug!(invocation.id = %request.id, "duplicate publish ignored");
+        } else {
+            let f = &request.function;
+            let consumer =
+                subjects::bus_function_consumer(&self.inner.prefix, &f.namespace, &f.name);
+            self.hint(&consumer, false).await;
+        }
+        Ok(())
+    }
+
+    /// Pulls the next invocation, round-robin over the function consumers with work, waiting
+    /// up to `wait`.
+    pub(super) async fn pull_work(&self, wait: Duration) -> Result<Option<Delivery>, BusError> {
+        self.start_listener().await?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let sweep_due = self
+                .ring()
+                .last_sweep
+                .is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL);
+            if sweep_due {
+                self.sweep().await?;
+            }
+            // Registered before looking, so a hint that lands meanwhile is not missed.
+            let wake = self.inner.pull.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if let Some(message) = self.fetch_round().await? {
+                if let Some(delivery) = self.delivery(message).await? {
+                    return Ok(Some(delivery));
+                }
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let next_sweep = self.ring().last_sweep.map_or(now, |at| at + SWEEP_INTERVAL);
+            tokio::select! {
+                () = &mut wake => {}
+                () = tokio::time::sleep_until(next_sweep.min(deadline)) => {}
+            }
+        }
+    }
+
+    /// The work stream's and event consumer's counts, per function.
+    pub(super) async fn stats(&self) -> Result<QueueStats, BusError> {
+        let mut work = self.inner.work_stream.clone();
+        let invocations = work
+            .info()
+            .await
+            .map_err(|e| backend("work stream info", e))?
+            .state
+            .messages;
+        let mut functions = Vec::new();
+        let mut consumers = self.inner.work_stream.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.map_err(|e| backend("listing work consumers", e))?;
+            let Some((namespace, function)) =
+                subjects::parse_function_consumer(&self.inner.prefix, &info.name)
+            else {
+                continue;
+            };
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                continue;
+            }
+            functions.push(FunctionQueue {
+                namespace: namespace.to_string(),
+                function: function.to_string(),
+                pending: info.num_pending,
+                in_flight: u64::try_from(info.num_ack_pending).unwrap_or(0),
+                max_in_flight: u64::try_from(info.config.max_ack_pending).unwrap_or(0),
+            });
+        }
+        functions.sort_by(|a, b| (&a.namespace, &a.function).cmp(&(&b.namespace, &b.function)));
+        let mut events = self.inner.events.clone();
+        let events = events
+            .info()
+            .await
+            .map_err(|e| backend("event consumer info", e))?;
+        Ok(QueueStats {
+            invocations,
+            events: events.num_pending + u64::try_from(events.num_ack_pending).unwrap_or(0),
+            functions,
+        })
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.inner
+            .pull
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Tells pulling nodes that `consumer` may have work (`freed`: one of its deliveries was
+    /// settled, so a capped consumer has room again). Core NATS, best effort: a lost hint
+    /// costs at most one sweep interval.
+    pub(super) async fn hint(&self, consumer: &str, freed: bool) {
+        let subject = subjects::bus_work_ready(&self.inner.prefix);
+        let payload = format!("{}{consumer}", if freed { HINT_FREED } else { HINT_WORK });
+        if let Err(e) = self.inner.client.publish(subject, payload.into()).await {
+            tracing::debug!(error = %e, "work hint not sent");
+        }
+    }
+
+    /// Starts (once) the task that turns ready hints into hot consumers.
+    async fn start_listener(&self) -> Result<(), BusError> {
+        self.inner
+            .pull
+            .listener
+            .get_or_try_init(|| async {
+                let mut hints = self
+                    .inner
+                    .client
+                    .subscribe(subjects::bus_work_ready(&self.inner.prefix))
+                    .await
+                    .map_err(|e| backend("subscribing to work hints", e))?;
+                let weak = Arc::downgrade(&self.inner);
+                let own = subjects::bus_function_consumer_prefix(&self.inner.prefix);
+                tokio::spawn(async move {
+                    while let Some(message) = hints.next().await {
+                        let Some(inner) = weak.upgrade() else { break };
+                        // Anyone on NATS can publish here: only well-formed names of our
+                        // own consumers are taken.
+                        let Ok(text) = std::str::from_utf8(&message.payload) else {
+                            continue;
+                        };
+                        let (freed, name) = if let Some(name) = text.strip_prefix(HINT_FREED) {
+                            (true, name)
+                        } else if let Some(name) = text.strip_prefix(HINT_WORK) {
+                            (false, name)
+                        } else {
+                            continue;
+                        };
+                        let valid = name.len() <= 200
+                            && name.starts_with(&own)
+                            && name.bytes().all(|b| {
+                                b.is_ascii_lowercase()
+                                    || b.is_ascii_digit()
+                                    || b == b'-'
+                                    || b == b'_'
+                            });
+                        if !valid {
+                            continue;
+                        }
+                        {
+                            let mut ring = inner
+                                .pull
+                                .inner
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            if freed {
+                                ring.capped.remove(name);
+                            } else if ring.capped.contains(name) {
+                                continue;
+                            }
+                            ring.mark_hot(name);
+                        }
+                        inner.pull.wake.notify_one();
+                    }
+                });
+                Ok::<(), BusError>(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Reads the function consumers from the server: those with work (new, in flight or due
+    /// for redelivery) become hot, and those at their cap are marked capped. This finds work
+    /// that became ready without a hint: redeliveries after an ack wait, ends of nak delays,
+    /// lost hints.
+    async fn sweep(&self) -> Result<(), BusError> {
+        let own = subjects::bus_function_consumer_prefix(&self.inner.prefix);
+        let mut infos = self.inner.work_stream.consumers();
+        let mut found = Vec::new();
+        while let Some(info) = infos.next().await {
+            let info = info.map_err(|e| backend("listing work consumers", e))?;
+            if info.name.starts_with(&own) {
+                let capped = info.config.max_ack_pending > 0
+                    && info.num_ack_pending as i64 >= info.config.max_ack_pending;
+                let work = info.num_pending > 0 || info.num_ack_pending > 0;
+                found.push((info.name, work, capped));
+            }
+        }
+        let mut ring = self.ring();
+        ring.known
+            .retain(|name, _| found.iter().any(|(n, _, _)| n == name));
+        for (name, work, capped) in &found {
+            if *capped {
+                ring.capped.insert(name.clone());
+            } else {
+                ring.capped.remove(name);
+            }
+            // Capped ones too: a redelivery (after a crashed node's ack wait) is delivered even
+            // at the cap, and nothing else would look for it.
+            if *work {
+                ring.mark_hot(name);
+            }
+        }
+        ring.last_sweep = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The handle of consumer `name` (looked up once).
+    async fn consumer(&self, name: &str) -> Result<consumer::PullConsumer, BusError> {
+        if let Some(c) = self.ring().known.get(name) {
+            return Ok(c.clone());
+        }
+        let c: consumer::PullConsumer = self
+            .inner
+            .work_stream
+            .get_consumer(name)
+            .await
+            .map_err(|e| backend("looking up a work consumer", e))?;
+        self.ring().known.insert(name.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// Tries the hot consumers once each, round-robin; the first message found wins.
+    async fn fetch_round(&self) -> Result<Option<jetstream::Message>, BusError> {
+        let rounds = self.ring().order.len();
+        for _ in 0..rounds {
+            let (name, generation) = {
+                let mut ring = self.ring();
+                let Some(name) = ring.order.pop_front() else {
+                    return Ok(None);
+                };
+                let generation = ring.hot.get(&name).copied().unwrap_or(0);
+                (name, generation)
+            };
+            let started = Instant::now();
+            let (got, held) = match self.consumer(&name).await {
+                Ok(mut c) => {
+                    let got = fetch_now(&c).await;
+                    // An empty answer that took the whole expiry: the server may have held the
+                    // request because the consumer is at its max_ack_pending, or this process
+                    // was just slow (a busy node on a small machine). Only the consumer's
+                    // counts tell; a consumer wrongly marked capped would ignore work hints
+                    // until the next sweep.
+                    let held = matches!(got, Ok(None))
+                        && started.elapsed() >= FETCH_EXPIRY
+                        && at_cap(&mut c).await;
+                    (got, held)
+                }
+                Err(e) => (Err(e), false),
+            };
+            let mut ring = self.ring();
+            match got {
+                Ok(Some(message)) => {
+                    // It may have more: keep it hot, at the back.
+                    ring.order.push_back(name);
+                    return Ok(Some(message));
+                }
+                Ok(None) | Err(_) => {
+                    if let Err(e) = &got {
+                        tracing::debug!(consumer = %name, error = %e, "fetch failed; consumer cooled");
+                        ring.known.remove(&name);
+                    }
+                    if held {
+                        ring.capped.insert(name.clone());
+                    }
+                    if ring.hot.get(&name) == Some(&generation) {
+                        ring.hot.remove(&name);
+                    } else {
+                        // A hint arrived meanwhile: try it again.
+                        ring.order.push_back(name);
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Turns a fetched work message into a delivery; `None` (after terminating it) for a
+    /// message nothing can ever run.
+    async fn delivery(&self, message: jetstream::Message) -> Result<Option<Delivery>, BusError> {
+        let info = message.info().map_err(|e| backend("message info", e))?;
+        let attempt = u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX);
+        let consumer = info.consumer.to_owned();
+        let stream_seq = info.stream_sequence;
+        let request: InvocationRequest = match serde_json::from_slice(&message.payload) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::error!(error = %e, subject = %message.subject, "undecodable invocation; terminated");
+                let _ = message.ack_with(AckKind::Term).await;
+                return Ok(None);
+            }
+        };
+        let reply_to = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(REPLY_HEADER))
+            .map(|v| ReplyTo(v.as_str().to_owned()))
+            .filter(|r| {
+                let ok = check_reply(r).is_ok();
+                if !ok {
+                    tracing::warn!(invocation.id = %request.id, "invalid reply header ignored");
+                }
+                ok
+            });
+        let last = if attempt >= self.inner.max_deliver {
+            Some(LastAttempt::watched(
+                self.inner.js.clone(),
+                subjects::max_deliveries_advisory(&self.inner.prefix, &consumer),
+                stream_seq,
+                attempt,
+                self.inner.ack_wait,
+            ))
+        } else {
+            None
+        };
+        Ok(Some(Delivery {
+            request,
+            reply_to,
+            attempt,
+            acker: Box::new(JetStreamAcker {
+                message,
+                confirm: true,
+                last,
+                freed: Some((self.clone(), consumer)),
+            }),
+        }))
+    }
+}
+
+/// Fetches at most one message that is available right now (no waiting on the server).
+async fn fetch_now(
+    consumer: &consumer::PullConsumer,
+) -> Result<Option<jetstream::Message>, BusError> {
+    // `no_wait` answers at once when nothing is pending, but a consumer at its max_ack_pending
+    // holds the request: the expiry bounds that wait (the server answers "request timeout").
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(FETCH_EXPIRY)
+        .messages()
+        .await
+        .map_err(|e| backend("fetching an invocation", e))?;
+    match batch.next().await {
+        None => Ok(None),
+        Some(Ok(message)) => Ok(Some(message)),
+        Some(Err(e)) => Err(backend("fetching an invocation", e)),
+    }
+}
+
+/// Whether `consumer` has as many deliveries pending acknowledgement as its max_ack_pending
+/// allows (true when its info cannot be read: the cautious answer, undone by the next sweep).
+async fn at_cap(consumer: &mut consumer::PullConsumer) -> bool {
+    match consumer.info().await {
+        Ok(info) => {
+            info.config.max_ack_pending > 0
+                && i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX)
+                    >= info.config.max_ack_pending
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "reading a work consumer's counts failed");
+            true
+        }
+    }
+}

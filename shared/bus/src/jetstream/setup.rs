@@ -1,0 +1,214 @@
+//! Setting up a JetStream bus: its streams (created or updated, with retries), the event and
+//! dead-letter consumers, and the durable consumer of each function's work.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+
+use super::scheduler::PullState;
+use super::{backend, Inner, JetStreamBus};
+use crate::{BusConfig, BusError};
+use fnmesh_core::invocation::InvocationRequest;
+use fnmesh_core::subjects::{self, BusPrefix, BusRole};
+
+/// Unacked deliveries the event and dead-letter consumers allow at most.
+const MAX_ACK_PENDING: i64 = 100_000;
+
+/// Creates or updates a stream, retrying a few times: when processes start together, their
+/// creates race, and nats-server (2.9) can refuse the loser with "subjects overlap" or "name
+/// in use" although the winner made the very same stream; the retry then finds and updates it.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+    what: &str,
+) -> Result<(), BusError> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match js.create_or_update_stream(config.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::debug!(stream = %config.name, attempt, error = %e, "{what} failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(backend(what, e)),
+        }
+    }
+}
+
+impl JetStreamBus {
+    /// Sets up (or reuses) the streams and consumers of `prefix` on an existing connection.
+    pub(super) async fn set_up(
+        client: async_nats::Client,
+        prefix: &str,
+        config: BusConfig,
+    ) -> Result<Self, BusError> {
+        let prefix = BusPrefix::parse(prefix).map_err(|e| backend("bus prefix", e))?;
+        let js = jetstream::new(client.clone());
+        let capacity = i64::try_from(config.capacity.max(1)).unwrap_or(i64::MAX);
+
+        let work_name = subjects::bus_stream(&prefix, BusRole::Invocations);
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: work_name.clone(),
+                subjects: vec![subjects::bus_invocations_all(&prefix)],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                max_messages: capacity,
+                discard: stream::DiscardPolicy::New,
+                duplicate_window: config.dedupe_window,
+                allow_direct: true,
+                ..Default::default()
+            },
+            "creating the work stream",
+        )
+        .await?;
+        let work_stream = js
+            .get_stream(&work_name)
+            .await
+            .map_err(|e| backend("getting the work stream", e))?;
+        // Work is consumed per function (see `ensure_function_consumer`); the single consumer
+        // of earlier versions would overlap their filters on a work-queue stream.
+        let legacy = subjects::bus_consumer(&prefix, BusRole::Invocations);
+        if work_stream.consumer_info(&legacy).await.is_ok() {
+            work_stream
+                .delete_consumer(&legacy)
+                .await
+                .map_err(|e| backend("removing the legacy work consumer", e))?;
+        }
+
+        let events_name = subjects::bus_stream(&prefix, BusRole::Events);
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: events_name.clone(),
+                subjects: vec![subjects::bus_node_events_all(&prefix)],
+                retention: stream::RetentionPolicy::Interest,
+                storage: stream::StorageType::File,
+                max_messages: i64::try_from(config.event_capacity.max(1)).unwrap_or(i64::MAX),
+                discard: stream::DiscardPolicy::New,
+                ..Default::default()
+            },
+            "creating the event stream",
+        )
+        .await?;
+        let events_stream = js
+            .get_stream(&events_name)
+            .await
+            .map_err(|e| backend("getting the event stream", e))?;
+        let events = create_consumer(
+            &events_stream,
+            subjects::bus_consumer(&prefix, BusRole::Events),
+            config.ack_wait,
+            -1,
+            MAX_ACK_PENDING,
+        )
+        .await?;
+
+        let dead_name = subjects::bus_stream(&prefix, BusRole::DeadLetters);
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: dead_name.clone(),
+                subjects: vec![subjects::max_deliveries_advisories_all(&prefix)],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+            "creating the dead-letter stream",
+        )
+        .await?;
+        let dead_stream = js
+            .get_stream(&dead_name)
+            .await
+            .map_err(|e| backend("getting the dead-letter stream", e))?;
+        let dead = create_consumer(
+            &dead_stream,
+            subjects::bus_consumer(&prefix, BusRole::DeadLetters),
+            Duration::from_secs(30),
+            -1,
+            MAX_ACK_PENDING,
+        )
+        .await?;
+
+        tracing::debug!(bus.prefix = %prefix, "jetstream bus ready");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                prefix,
+                max_deliver: config.max_deliver.max(1),
+                ack_wait: config.ack_wait,
+                work_stream,
+                events,
+                dead,
+                ensured: std::sync::Mutex::new(HashMap::new()),
+                pull: PullState::default(),
+                inboxes: Default::default(),
+            }),
+        })
+    }
+
+    /// Makes sure the durable consumer of `request`'s function exists with the function's
+    /// `max_concurrency` as `max_ack_pending` (the cap holds across every node together).
+    /// Cached per process; a changed cap updates the consumer.
+    pub(super) async fn ensure_function_consumer(
+        &self,
+        request: &InvocationRequest,
+    ) -> Result<(), BusError> {
+        let f = &request.function;
+        let name = subjects::bus_function_consumer(&self.inner.prefix, &f.namespace, &f.name);
+        let cap = i64::from(f.config.max_concurrency.max(1));
+        if self.ensured().get(&name) == Some(&cap) {
+            return Ok(());
+        }
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: subjects::bus_invocation(&self.inner.prefix, &f.namespace, &f.name),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.inner.ack_wait,
+            max_deliver: i64::from(self.inner.max_deliver),
+            max_ack_pending: cap,
+            ..Default::default()
+        };
+        // Create-or-update: an existing consumer with another cap is updated.
+        self.inner
+            .work_stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| backend(&format!("creating consumer {name}"), e))?;
+        self.ensured().insert(name, cap);
+        Ok(())
+    }
+
+    fn ensured(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.inner
+            .ensured
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn create_consumer(
+    stream: &stream::Stream,
+    name: String,
+    ack_wait: Duration,
+    max_deliver: i64,
+    max_ack_pending: i64,
+) -> Result<consumer::PullConsumer, BusError> {
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_deliver,
+            max_ack_pending,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| backend(&format!("creating consumer {name}"), e))
+}
