@@ -1,90 +1,26 @@
-//! The embedded metadata store: one SQLite file (WAL mode), for `fnmesh up` and single-node
-//! deployments.
-//!
-//! The schema lives in `migrations/sqlite/` and is applied by [`SqliteStore::open`]. Every
-//! record's full JSON is kept in a `body` column; the other columns carry keys, fencing state
-//! and listing order. Listings use keyset pagination with opaque cursors (base64 of the last
-//! key seen), so walking all pages never repeats or skips a row, even while rows are inserted.
+//! [`InvocationStore`] on SQLite: invocation records, fenced and batched updates, logs and
+//! dead letters.
 
-use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::query::Query;
-use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::SqliteRow;
 use sqlx::AssertSqlSafe;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::common::{
+use super::{parse_ts, to_json, ts, SqliteStore};
+use crate::common::{
     clamp_limit, dead_letter_cursor, dead_letter_page, dead_letter_target, decode_cursor,
-    encode_cursor, from_json, function_label, is_unique_violation, present_per_key,
-    records_per_key, DeadLetterColumns, FUNCTION_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
+    encode_cursor, from_json, is_unique_violation, present_per_key, records_per_key,
+    DeadLetterColumns, INVOCATION_CURSOR, TERMINAL_SQL,
 };
-use super::{ApiKeyRecord, InvocationFilter, MetadataStore, Page, Role, StoreError};
-use super::{AuditEntry, AuditFilter, SecretInfo};
-use fnmesh_core::function::Function;
+use crate::{InvocationFilter, InvocationStore, Page, StoreError};
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{
     DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult,
 };
-use fnmesh_core::names::{FunctionName, Namespace};
-use fnmesh_core::secrets::{SealedSecrets, SealedValue, SecretName};
-
-mod audit;
-
-mod access;
-
-/// Embedded migrations (`migrations/sqlite/`).
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
-
-pub use super::common::MAX_PAGE_LIMIT;
-
-/// How long a statement waits for another connection's write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Connections in the pool (SQLite serialises writers; readers run in parallel in WAL mode).
-const MAX_CONNECTIONS: u32 = 8;
-
-/// A [`MetadataStore`] in one SQLite database file.
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
-}
-
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`, in WAL mode with foreign keys on, and
-    /// applies pending migrations.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
-            .await
-            .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Backend(format!("migrate {}: {e}", path.display())))?;
-        tracing::debug!(path = %path.display(), "sqlite metadata store opened");
-        Ok(Self { pool })
-    }
-
-    /// Closes every connection (waits for checked-out ones to return).
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-}
+use fnmesh_core::names::Namespace;
 
 /// Stores (replaces) one invocation's logs. Binds: id, text, truncated.
 const PUT_LOGS_SQL: &str = "INSERT INTO invocation_logs (id, text, truncated) VALUES (?, ?, ?) \
@@ -93,7 +29,7 @@ const PUT_LOGS_SQL: &str = "INSERT INTO invocation_logs (id, text, truncated) VA
 /// Keys or rows one batched statement carries at most.
 const BATCH_CHUNK: usize = 500;
 
-/// The fenced update of one invocation record (see [`MetadataStore::update_invocation`]), in
+/// The fenced update of one invocation record (see [`InvocationStore::update_invocation`]), in
 /// one statement so it is atomic:
 /// - over a terminal record, only a higher attempt applies;
 /// - over a non-terminal record, the same or a higher attempt applies, and a lower attempt
@@ -110,76 +46,6 @@ fn update_invocation_sql() -> String {
            OR (status NOT IN {TERMINAL_SQL} AND (?3 >= attempt OR ?8)) \
          )"
     )
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("encode record: {e}")))
-}
-
-fn ts(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-}
-
-fn parse_ts(column: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| StoreError::Backend(format!("decode {column}: {e}")))
-}
-
-/// The columns of `api_keys`, in the order [`bind_api_key`] binds them.
-const API_KEY_COLUMNS: &str =
-    "id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, functions";
-
-/// Binds an API key's columns in [`API_KEY_COLUMNS`] order; `functions` is the JSON of its
-/// grants (see [`functions_json`]).
-fn bind_api_key<'q>(
-    query: Query<'q, Sqlite, SqliteArguments>,
-    key: &'q ApiKeyRecord,
-    functions: Option<String>,
-) -> Query<'q, Sqlite, SqliteArguments> {
-    query
-        .bind(&key.id)
-        .bind(&key.key_hash)
-        .bind(&key.name)
-        .bind(key.role.as_str())
-        .bind(key.namespace.as_str())
-        .bind(ts(&key.created_at))
-        .bind(key.expires_at.as_ref().map(ts))
-        .bind(key.revoked_at.as_ref().map(ts))
-        .bind(functions)
-}
-
-/// The JSON of a key's grants (`None`: no restriction).
-fn functions_json(functions: &Option<Vec<FunctionName>>) -> Result<Option<String>, StoreError> {
-    functions.as_ref().map(to_json).transpose()
-}
-
-fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
-    let role: String = row.try_get("role")?;
-    let namespace: String = row.try_get("namespace")?;
-    let created_at: String = row.try_get("created_at")?;
-    let expires_at: Option<String> = row.try_get("expires_at")?;
-    let revoked_at: Option<String> = row.try_get("revoked_at")?;
-    let functions: Option<String> = row.try_get("functions")?;
-    Ok(ApiKeyRecord {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        key_hash: row.try_get("key_hash")?,
-        role: Role::parse(&role)
-            .ok_or_else(|| StoreError::Backend(format!("decode role: unknown {role:?}")))?,
-        namespace: Namespace::parse(&namespace)
-            .map_err(|e| StoreError::Backend(format!("decode namespace: {e}")))?,
-        created_at: parse_ts("created_at", &created_at)?,
-        expires_at: expires_at
-            .as_deref()
-            .map(|t| parse_ts("expires_at", t))
-            .transpose()?,
-        revoked_at: revoked_at
-            .as_deref()
-            .map(|t| parse_ts("revoked_at", t))
-            .transpose()?,
-        functions: functions.as_deref().map(from_json).transpose()?,
-    })
 }
 
 /// The columns of `dead_letters`, in the order [`dead_letter_from_row`] reads them.
@@ -202,208 +68,7 @@ fn dead_letter_from_row(row: &SqliteRow) -> Result<DeadLetterRecord, StoreError>
 }
 
 #[async_trait]
-impl MetadataStore for SqliteStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn create_function(&self, function: &Function) -> Result<(), StoreError> {
-        let label = function_label(&function.namespace, &function.name);
-        let body = to_json(function)?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let inserted = sqlx::query(
-            "INSERT INTO functions (namespace, name, id, latest_version, created_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(function.namespace.as_str())
-        .bind(function.name.as_str())
-        .bind(function.id.to_string())
-        .bind(i64::from(function.version))
-        .bind(ts(&function.created_at))
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(label)),
-            Err(e) => return Err(e.into()),
-        }
-        sqlx::query(
-            "INSERT INTO function_versions (namespace, name, version, body, created_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(function.namespace.as_str())
-        .bind(function.name.as_str())
-        .bind(i64::from(function.version))
-        .bind(body)
-        .bind(ts(&function.updated_at))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn add_version(&self, function: &Function) -> Result<(), StoreError> {
-        let label = function_label(&function.namespace, &function.name);
-        let body = to_json(function)?;
-        let version = i64::from(function.version);
-        // BEGIN IMMEDIATE takes the write lock up front: the check-and-bump below cannot
-        // interleave with another writer, so of two concurrent n+1 updates exactly one wins.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let bumped = sqlx::query(
-            "UPDATE functions SET latest_version = ? \
-             WHERE namespace = ? AND name = ? AND latest_version = ?",
-        )
-        .bind(version)
-        .bind(function.namespace.as_str())
-        .bind(function.name.as_str())
-        .bind(version - 1)
-        .execute(&mut *tx)
-        .await?;
-        if bumped.rows_affected() == 0 {
-            let latest: Option<i64> = sqlx::query_scalar(
-                "SELECT latest_version FROM functions WHERE namespace = ? AND name = ?",
-            )
-            .bind(function.namespace.as_str())
-            .bind(function.name.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            return Err(match latest {
-                None => StoreError::NotFound(label),
-                Some(latest) => StoreError::Conflict(format!(
-                    "{label} version {} (latest is {latest})",
-                    function.version
-                )),
-            });
-        }
-        sqlx::query(
-            "INSERT INTO function_versions (namespace, name, version, body, created_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(function.namespace.as_str())
-        .bind(function.name.as_str())
-        .bind(version)
-        .bind(body)
-        .bind(ts(&function.updated_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("{label} version {}", function.version))
-            } else {
-                e.into()
-            }
-        })?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn get_function(
-        &self,
-        namespace: &Namespace,
-        name: &FunctionName,
-        version: Option<u32>,
-    ) -> Result<Option<Function>, StoreError> {
-        let body: Option<String> = match version {
-            Some(version) => {
-                sqlx::query_scalar(
-                    "SELECT body FROM function_versions \
-                     WHERE namespace = ? AND name = ? AND version = ?",
-                )
-                .bind(namespace.as_str())
-                .bind(name.as_str())
-                .bind(i64::from(version))
-                .fetch_optional(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query_scalar(
-                    "SELECT v.body FROM functions f JOIN function_versions v \
-                     ON v.namespace = f.namespace AND v.name = f.name \
-                     AND v.version = f.latest_version \
-                     WHERE f.namespace = ? AND f.name = ?",
-                )
-                .bind(namespace.as_str())
-                .bind(name.as_str())
-                .fetch_optional(&self.pool)
-                .await?
-            }
-        };
-        body.as_deref().map(from_json).transpose()
-    }
-
-    async fn list_functions(
-        &self,
-        namespace: &Namespace,
-        limit: u32,
-        cursor: Option<&str>,
-    ) -> Result<Page<Function>, StoreError> {
-        let limit = clamp_limit(limit);
-        let after = match cursor {
-            Some(c) => {
-                let name = decode_cursor(FUNCTION_CURSOR, c)?;
-                FunctionName::parse(&name).map_err(|_| StoreError::InvalidCursor)?;
-                Some(name)
-            }
-            None => None,
-        };
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT v.body FROM functions f JOIN function_versions v \
-             ON v.namespace = f.namespace AND v.name = f.name AND v.version = f.latest_version \
-             WHERE f.namespace = ? AND (? IS NULL OR f.name > ?) \
-             ORDER BY f.name LIMIT ?",
-        )
-        .bind(namespace.as_str())
-        .bind(after.as_deref())
-        .bind(after.as_deref())
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut items = rows
-            .iter()
-            .map(|b| from_json::<Function>(b))
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items
-                .last()
-                .map(|f| encode_cursor(FUNCTION_CURSOR, f.name.as_str()))
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
-    }
-
-    async fn list_versions(
-        &self,
-        namespace: &Namespace,
-        name: &FunctionName,
-    ) -> Result<Vec<Function>, StoreError> {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT body FROM function_versions WHERE namespace = ? AND name = ? \
-             ORDER BY version",
-        )
-        .bind(namespace.as_str())
-        .bind(name.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|b| from_json(b)).collect()
-    }
-
-    async fn delete_function(
-        &self,
-        namespace: &Namespace,
-        name: &FunctionName,
-    ) -> Result<bool, StoreError> {
-        // Versions go with it (ON DELETE CASCADE).
-        let done = sqlx::query("DELETE FROM functions WHERE namespace = ? AND name = ?")
-            .bind(namespace.as_str())
-            .bind(name.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
+impl InvocationStore for SqliteStore {
     async fn insert_invocation(
         &self,
         request: &InvocationRequest,
@@ -694,61 +359,6 @@ impl MetadataStore for SqliteStore {
         .transpose()
     }
 
-    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let query = sqlx::query(
-            "INSERT INTO api_keys \
-             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
-             functions) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        );
-        let inserted = bind_api_key(query, key, functions_json(&key.functions)?)
-            .execute(&self.pool)
-            .await;
-        match inserted {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Conflict(format!("api key {:?}", key.id)))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn upsert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let query = sqlx::query(
-            "INSERT INTO api_keys \
-             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
-             functions) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, \
-             name = excluded.name, role = excluded.role, namespace = excluded.namespace, \
-             created_at = excluded.created_at, expires_at = excluded.expires_at, \
-             revoked_at = excluded.revoked_at, functions = excluded.functions",
-        );
-        let inserted = bind_api_key(query, key, functions_json(&key.functions)?)
-            .execute(&self.pool)
-            .await;
-        match inserted {
-            Ok(_) => Ok(()),
-            // Another key already has this hash.
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
-                "api key hash of {:?}",
-                key.id
-            ))),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
-             functions FROM api_keys WHERE key_hash = ?",
-        )
-        .bind(key_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(api_key_from_row).transpose()
-    }
-
     async fn put_dead_letter(&self, dead: &DeadLetterRecord) -> Result<bool, StoreError> {
         let id = dead.id.to_string();
         let queued = InvocationResult::queued(&dead.request);
@@ -886,52 +496,5 @@ impl MetadataStore for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
-    }
-    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        audit::append_audit(&self.pool, entry).await
-    }
-
-    async fn list_audit(
-        &self,
-        filter: &AuditFilter,
-        limit: u32,
-        cursor: Option<&str>,
-    ) -> Result<Page<AuditEntry>, StoreError> {
-        audit::list_audit(&self.pool, filter, limit, cursor).await
-    }
-
-    async fn put_secret(
-        &self,
-        namespace: &Namespace,
-        function: &FunctionName,
-        name: &SecretName,
-        value: &SealedValue,
-    ) -> Result<(), StoreError> {
-        audit::put_secret(&self.pool, namespace, function, name, value).await
-    }
-
-    async fn list_secrets(
-        &self,
-        namespace: &Namespace,
-        function: &FunctionName,
-    ) -> Result<Vec<SecretInfo>, StoreError> {
-        audit::list_secrets(&self.pool, namespace, function).await
-    }
-
-    async fn sealed_secrets(
-        &self,
-        namespace: &Namespace,
-        function: &FunctionName,
-    ) -> Result<SealedSecrets, StoreError> {
-        audit::sealed_secrets(&self.pool, namespace, function).await
-    }
-
-    async fn delete_secret(
-        &self,
-        namespace: &Namespace,
-        function: &FunctionName,
-        name: &SecretName,
-    ) -> Result<bool, StoreError> {
-        audit::delete_secret(&self.pool, namespace, function, name).await
     }
 }
