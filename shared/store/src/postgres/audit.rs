@@ -6,36 +6,26 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{replace_nul, PostgresStore};
-use crate::common::{clamp_limit, decode_cursor, encode_cursor, is_unique_violation};
-use crate::{AuditEntry, AuditFilter, AuditOutcome, AuditStore, Page, StoreError};
+use crate::common::{
+    clamp_limit, decode_cursor, is_unique_violation, page_from_extra_row, AuditColumns,
+    AUDIT_CURSOR,
+};
+use crate::{AuditEntry, AuditFilter, AuditStore, Page, StoreError};
 use fnmesh_core::names::Namespace;
 
-/// Cursor prefix of audit listings.
-const AUDIT_CURSOR: &str = "a:";
-
-fn bad(column: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("decode audit {column}: {e}"))
-}
-
 fn audit_from_row(row: &PgRow) -> Result<AuditEntry, StoreError> {
-    let namespace: Option<String> = row.try_get("namespace")?;
-    let outcome: String = row.try_get("outcome")?;
-    let status: i32 = row.try_get("status")?;
-    Ok(AuditEntry {
+    AuditColumns {
         id: row.try_get("id")?,
         at: row.try_get("at")?,
         actor: row.try_get("actor")?,
-        namespace: namespace
-            .as_deref()
-            .map(Namespace::parse)
-            .transpose()
-            .map_err(|e| bad("namespace", e))?,
+        namespace: row.try_get("namespace")?,
         action: row.try_get("action")?,
         target: row.try_get("target")?,
-        outcome: AuditOutcome::parse(&outcome).ok_or_else(|| bad("outcome", &outcome))?,
-        status: u16::try_from(status).map_err(|e| bad("status", e))?,
+        outcome: row.try_get("outcome")?,
+        status: i64::from(row.try_get::<i32, _>("status")?),
         source: row.try_get("source")?,
-    })
+    }
+    .decode()
 }
 
 #[async_trait]
@@ -114,16 +104,12 @@ impl AuditStore for PostgresStore {
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(limit) + 1);
         let rows = query.build().fetch_all(pool).await?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(audit_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|e| encode_cursor(AUDIT_CURSOR, &e.id))
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(page_from_extra_row(items, limit, AUDIT_CURSOR, |e| {
+            e.id.clone()
+        }))
     }
 }

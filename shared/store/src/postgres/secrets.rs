@@ -5,14 +5,12 @@ use chrono::Utc;
 use sqlx::Row;
 
 use super::PostgresStore;
-use crate::common::function_label;
+use crate::common::{
+    function_label, is_foreign_key_violation, sealed_secret_from_row, secret_name,
+};
 use crate::{SecretInfo, SecretStore, StoreError};
 use fnmesh_core::names::{FunctionName, Namespace};
-use fnmesh_core::secrets::{SealedSecret, SealedSecrets, SealedValue, SecretName};
-
-fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
-}
+use fnmesh_core::secrets::{SealedSecrets, SealedValue, SecretName};
 
 #[async_trait]
 impl SecretStore for PostgresStore {
@@ -69,8 +67,7 @@ impl SecretStore for PostgresStore {
                 let name: String = row.try_get("name")?;
 
                 Ok(SecretInfo {
-                    name: SecretName::parse(&name)
-                        .map_err(|e| StoreError::Backend(format!("decode secret name: {e}")))?,
+                    name: secret_name(&name)?,
                     updated_at: row.try_get("updated_at")?,
                 })
             })
@@ -93,18 +90,7 @@ impl SecretStore for PostgresStore {
         .await?;
         let items = rows
             .iter()
-            .map(|row| {
-                let name: String = row.try_get("name")?;
-                Ok(SealedSecret {
-                    name: SecretName::parse(&name)
-                        .map_err(|e| StoreError::Backend(format!("decode secret name: {e}")))?,
-                    value: SealedValue {
-                        key_id: row.try_get("key_id")?,
-                        nonce: row.try_get("nonce")?,
-                        ciphertext: row.try_get("ciphertext")?,
-                    },
-                })
-            })
+            .map(sealed_secret_from_row)
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(SealedSecrets(items))
     }

@@ -11,8 +11,11 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::{parse_ts, to_json, ts, SqliteStore};
 use crate::access::{AccessStore, NamespaceQuota, NamespaceUsage, RefreshTokenRecord};
 use crate::common::from_json;
-use crate::common::{clamp_limit, decode_cursor, encode_cursor, is_unique_violation};
-use crate::{ApiKeyRecord, Page, Role, StoreError};
+use crate::common::{
+    clamp_limit, decode_cursor, is_unique_violation, page_from_extra_row, ApiKeyColumns,
+    API_KEY_COLUMNS,
+};
+use crate::{ApiKeyRecord, Page, StoreError};
 use fnmesh_core::names::{FunctionName, Namespace};
 
 /// Cursor prefix of key listings.
@@ -60,10 +63,6 @@ fn quota_from_row(row: &SqliteRow) -> Result<NamespaceQuota, StoreError> {
     })
 }
 
-/// The columns of `api_keys`, in the order [`bind_api_key`] binds them.
-const API_KEY_COLUMNS: &str =
-    "id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, functions";
-
 /// Binds an API key's columns in [`API_KEY_COLUMNS`] order; `functions` is the JSON of its
 /// grants (see [`functions_json`]).
 fn bind_api_key<'q>(
@@ -89,20 +88,16 @@ fn functions_json(functions: &Option<Vec<FunctionName>>) -> Result<Option<String
 }
 
 fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
-    let role: String = row.try_get("role")?;
-    let namespace: String = row.try_get("namespace")?;
     let created_at: String = row.try_get("created_at")?;
     let expires_at: Option<String> = row.try_get("expires_at")?;
     let revoked_at: Option<String> = row.try_get("revoked_at")?;
     let functions: Option<String> = row.try_get("functions")?;
-    Ok(ApiKeyRecord {
+    ApiKeyColumns {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         key_hash: row.try_get("key_hash")?,
-        role: Role::parse(&role)
-            .ok_or_else(|| StoreError::Backend(format!("decode role: unknown {role:?}")))?,
-        namespace: Namespace::parse(&namespace)
-            .map_err(|e| StoreError::Backend(format!("decode namespace: {e}")))?,
+        role: row.try_get("role")?,
+        namespace: row.try_get("namespace")?,
         created_at: parse_ts("created_at", &created_at)?,
         expires_at: expires_at
             .as_deref()
@@ -113,7 +108,8 @@ fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
             .map(|t| parse_ts("revoked_at", t))
             .transpose()?,
         functions: functions.as_deref().map(from_json).transpose()?,
-    })
+    }
+    .decode()
 }
 
 #[async_trait]
@@ -197,17 +193,13 @@ impl AccessStore for SqliteStore {
             .push(" ORDER BY id LIMIT ")
             .push_bind(i64::from(limit) + 1);
         let rows = query.build().fetch_all(&self.pool).await?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(api_key_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|k| encode_cursor(KEY_CURSOR, &k.id))
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(page_from_extra_row(items, limit, KEY_CURSOR, |k| {
+            k.id.clone()
+        }))
     }
 
     async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {

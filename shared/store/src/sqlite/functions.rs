@@ -4,8 +4,8 @@ use async_trait::async_trait;
 
 use super::{to_json, ts, SqliteStore};
 use crate::common::{
-    clamp_limit, decode_cursor, encode_cursor, from_json, function_label, is_unique_violation,
-    FUNCTION_CURSOR,
+    clamp_limit, decode_cursor, from_json, function_label, is_unique_violation,
+    page_from_extra_row, FUNCTION_CURSOR,
 };
 use crate::{FunctionStore, Page, StoreError};
 use fnmesh_core::function::Function;
@@ -164,19 +164,13 @@ impl FunctionStore for SqliteStore {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(|b| from_json::<Function>(b))
             .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items
-                .last()
-                .map(|f| encode_cursor(FUNCTION_CURSOR, f.name.as_str()))
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(page_from_extra_row(items, limit, FUNCTION_CURSOR, |f| {
+            f.name.to_string()
+        }))
     }
 
     async fn list_versions(

@@ -11,9 +11,9 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{parse_ts, to_json, ts, SqliteStore};
 use crate::common::{
-    clamp_limit, dead_letter_cursor, dead_letter_page, dead_letter_target, decode_cursor,
-    encode_cursor, from_json, is_unique_violation, present_per_key, records_per_key,
-    DeadLetterColumns, INVOCATION_CURSOR, TERMINAL_SQL,
+    clamp_limit, dead_letter_cursor, dead_letter_target, decode_cursor, from_json,
+    is_unique_violation, page_from_extra_row, present_per_key, records_per_key, DeadLetterColumns,
+    DEAD_LETTER_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
 };
 use crate::{InvocationFilter, InvocationStore, Page, StoreError};
 use fnmesh_core::ids::InvocationId;
@@ -269,19 +269,13 @@ impl InvocationStore for SqliteStore {
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(limit) + 1);
         let rows: Vec<String> = query.build_query_scalar().fetch_all(&self.pool).await?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(|b| from_json::<InvocationResult>(b))
             .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items
-                .last()
-                .map(|r| encode_cursor(INVOCATION_CURSOR, &r.id.to_string()))
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(page_from_extra_row(items, limit, INVOCATION_CURSOR, |r| {
+            r.id.to_string()
+        }))
     }
 
     async fn put_logs(&self, id: &InvocationId, logs: &InvocationLogs) -> Result<(), StoreError> {
@@ -463,7 +457,9 @@ impl InvocationStore for SqliteStore {
             .iter()
             .map(dead_letter_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(dead_letter_page(items, limit))
+        Ok(page_from_extra_row(items, limit, DEAD_LETTER_CURSOR, |d| {
+            d.id.to_string()
+        }))
     }
 
     async fn get_dead_letter(
