@@ -5,12 +5,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use chrono::{DateTime, Utc};
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 
-use super::{ApiKeyRecord, AuditEntry, AuditOutcome, Role, StoreError};
+use super::{ApiKeyRecord, AuditEntry, AuditFilter, AuditOutcome, Role, StoreError};
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{
-    DeadLetterRecord, ErrorKind, InvocationError, InvocationResult, InvocationStatus,
+    DeadLetterRecord, ErrorKind, InvocationError, InvocationLogs, InvocationResult,
+    InvocationStatus,
 };
 use fnmesh_core::names::{FunctionName, Namespace};
 use fnmesh_core::secrets::{SealedSecret, SealedValue, SecretName};
@@ -142,13 +143,28 @@ pub(crate) fn dead_letter_target(
     Ok(Some(dead_lettered_record(current, dead)))
 }
 
-/// The id after which a dead-letter listing resumes, from its cursor.
-pub(crate) fn dead_letter_cursor(cursor: Option<&str>) -> Result<Option<InvocationId>, StoreError> {
+/// The invocation id after which a listing keyed by invocation id (`prefix`: invocations,
+/// dead letters) resumes, from its cursor.
+pub(crate) fn invocation_id_cursor(
+    prefix: &str,
+    cursor: Option<&str>,
+) -> Result<Option<InvocationId>, StoreError> {
     cursor
         .map(|c| {
-            let id = decode_cursor(DEAD_LETTER_CURSOR, c)?;
+            let id = decode_cursor(prefix, c)?;
             id.parse::<InvocationId>()
                 .map_err(|_| StoreError::InvalidCursor)
+        })
+        .transpose()
+}
+
+/// The function name after which a function listing resumes, from its cursor.
+pub(crate) fn function_cursor(cursor: Option<&str>) -> Result<Option<String>, StoreError> {
+    cursor
+        .map(|c| {
+            let name = decode_cursor(FUNCTION_CURSOR, c)?;
+            FunctionName::parse(&name).map_err(|_| StoreError::InvalidCursor)?;
+            Ok(name)
         })
         .transpose()
 }
@@ -313,3 +329,40 @@ impl ApiKeyColumns {
 /// The columns of `api_keys`, in the order each engine's `bind_api_key` binds them.
 pub(crate) const API_KEY_COLUMNS: &str =
     "id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, functions";
+
+/// Appends to a `WHERE` clause the narrowing by `filter` that every dialect writes alike
+/// (actor, namespace, action, outcome; `since` is dialect-specific).
+pub(crate) fn push_audit_filter<DB: Database>(query: &mut QueryBuilder<DB>, filter: &AuditFilter)
+where
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> &'static str: Encode<'t, DB> + Type<DB>,
+{
+    if let Some(actor) = &filter.actor {
+        query.push(" AND actor = ").push_bind(actor.clone());
+    }
+    if let Some(namespace) = &filter.namespace {
+        query
+            .push(" AND namespace = ")
+            .push_bind(namespace.as_str().to_owned());
+    }
+    if let Some(action) = &filter.action {
+        query.push(" AND action = ").push_bind(action.clone());
+    }
+    if let Some(outcome) = filter.outcome {
+        query.push(" AND outcome = ").push_bind(outcome.as_str());
+    }
+}
+
+/// An `invocation_logs` row (`text, truncated`), decoded; the same in every dialect.
+pub(crate) fn logs_from_row<R>(row: &R) -> Result<InvocationLogs, StoreError>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(InvocationLogs {
+        text: row.try_get("text")?,
+        truncated: row.try_get("truncated")?,
+    })
+}

@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use super::{replace_nul, PostgresStore};
 use crate::common::{
-    clamp_limit, decode_cursor, is_unique_violation, page_from_extra_row, AuditColumns,
-    AUDIT_CURSOR,
+    clamp_limit, decode_cursor, is_unique_violation, page_from_extra_row, push_audit_filter,
+    AuditColumns, AUDIT_CURSOR,
 };
 use crate::{AuditEntry, AuditFilter, AuditStore, Page, StoreError};
 use fnmesh_core::names::Namespace;
@@ -77,20 +77,7 @@ impl AuditStore for PostgresStore {
             "SELECT id::text AS id, at, actor, namespace, action, target, outcome, status, source \
              FROM audit_log WHERE 1 = 1",
         );
-        if let Some(actor) = &filter.actor {
-            query.push(" AND actor = ").push_bind(actor.clone());
-        }
-        if let Some(namespace) = &filter.namespace {
-            query
-                .push(" AND namespace = ")
-                .push_bind(namespace.as_str().to_owned());
-        }
-        if let Some(action) = &filter.action {
-            query.push(" AND action = ").push_bind(action.clone());
-        }
-        if let Some(outcome) = filter.outcome {
-            query.push(" AND outcome = ").push_bind(outcome.as_str());
-        }
+        push_audit_filter(&mut query, filter);
         if let Some(since) = &filter.since {
             query.push(" AND at >= ").push_bind(*since);
         }

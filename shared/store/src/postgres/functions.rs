@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::{to_json, PostgresStore};
 use crate::common::{
-    clamp_limit, decode_cursor, from_json, function_label, is_unique_violation,
+    clamp_limit, from_json, function_cursor, function_label, is_unique_violation,
     page_from_extra_row, FUNCTION_CURSOR,
 };
 use crate::{FunctionStore, Page, StoreError};
@@ -143,14 +143,7 @@ impl FunctionStore for PostgresStore {
         cursor: Option<&str>,
     ) -> Result<Page<Function>, StoreError> {
         let limit = clamp_limit(limit);
-        let after = match cursor {
-            Some(c) => {
-                let name = decode_cursor(FUNCTION_CURSOR, c)?;
-                FunctionName::parse(&name).map_err(|_| StoreError::InvalidCursor)?;
-                Some(name)
-            }
-            None => None,
-        };
+        let after = function_cursor(cursor)?;
         let rows: Vec<String> = sqlx::query_scalar(
             "SELECT v.body::text FROM functions f JOIN function_versions v \
              ON v.namespace = f.namespace AND v.name = f.name AND v.version = f.latest_version \

@@ -2,7 +2,6 @@
 //! and dead letters.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -12,8 +11,8 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{replace_nul, to_json, PostgresStore};
 use crate::common::{
-    clamp_limit, dead_letter_cursor, dead_letter_target, decode_cursor, from_json,
-    is_unique_violation, page_from_extra_row, present_per_key, records_per_key, DeadLetterColumns,
+    clamp_limit, dead_letter_target, from_json, invocation_id_cursor, is_unique_violation,
+    logs_from_row, page_from_extra_row, present_per_key, records_per_key, DeadLetterColumns,
     DEAD_LETTER_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
 };
 use crate::{InvocationFilter, InvocationStore, Page, StoreError};
@@ -302,13 +301,7 @@ impl InvocationStore for PostgresStore {
         cursor: Option<&str>,
     ) -> Result<Page<InvocationResult>, StoreError> {
         let limit = clamp_limit(limit);
-        let before = match cursor {
-            Some(c) => {
-                let id = decode_cursor(INVOCATION_CURSOR, c)?;
-                Some(InvocationId::from_str(&id).map_err(|_| StoreError::InvalidCursor)?)
-            }
-            None => None,
-        };
+        let before = invocation_id_cursor(INVOCATION_CURSOR, cursor)?;
         let mut query: QueryBuilder<Postgres> =
             QueryBuilder::new("SELECT body::text FROM invocations WHERE namespace = ");
         query.push_bind(namespace.as_str());
@@ -418,13 +411,7 @@ impl InvocationStore for PostgresStore {
         .bind(namespace.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(InvocationLogs {
-                text: row.try_get("text")?,
-                truncated: row.try_get("truncated")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(logs_from_row).transpose()
     }
 
     async fn put_dead_letter(&self, dead: &DeadLetterRecord) -> Result<bool, StoreError> {
@@ -508,7 +495,7 @@ impl InvocationStore for PostgresStore {
         cursor: Option<&str>,
     ) -> Result<Page<DeadLetterRecord>, StoreError> {
         let limit = clamp_limit(limit);
-        let before = dead_letter_cursor(cursor)?;
+        let before = invocation_id_cursor(DEAD_LETTER_CURSOR, cursor)?;
         let mut query: QueryBuilder<Postgres> = QueryBuilder::new("SELECT ");
         query
             .push(DEAD_LETTER_COLUMNS)

@@ -1,8 +1,6 @@
 //! [`InvocationStore`] on SQLite: invocation records, fenced and batched updates, logs and
 //! dead letters.
 
-use std::str::FromStr;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
@@ -11,8 +9,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{parse_ts, to_json, ts, SqliteStore};
 use crate::common::{
-    clamp_limit, dead_letter_cursor, dead_letter_target, decode_cursor, from_json,
-    is_unique_violation, page_from_extra_row, present_per_key, records_per_key, DeadLetterColumns,
+    clamp_limit, dead_letter_target, from_json, invocation_id_cursor, is_unique_violation,
+    logs_from_row, page_from_extra_row, present_per_key, records_per_key, DeadLetterColumns,
     DEAD_LETTER_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
 };
 use crate::{InvocationFilter, InvocationStore, Page, StoreError};
@@ -246,13 +244,7 @@ impl InvocationStore for SqliteStore {
         cursor: Option<&str>,
     ) -> Result<Page<InvocationResult>, StoreError> {
         let limit = clamp_limit(limit);
-        let before = match cursor {
-            Some(c) => {
-                let id = decode_cursor(INVOCATION_CURSOR, c)?;
-                Some(InvocationId::from_str(&id).map_err(|_| StoreError::InvalidCursor)?)
-            }
-            None => None,
-        };
+        let before = invocation_id_cursor(INVOCATION_CURSOR, cursor)?;
         let mut query: QueryBuilder<Sqlite> =
             QueryBuilder::new("SELECT body FROM invocations WHERE namespace = ");
         query.push_bind(namespace.as_str());
@@ -344,13 +336,7 @@ impl InvocationStore for SqliteStore {
         .bind(namespace.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(InvocationLogs {
-                text: row.try_get("text")?,
-                truncated: row.try_get("truncated")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(logs_from_row).transpose()
     }
 
     async fn put_dead_letter(&self, dead: &DeadLetterRecord) -> Result<bool, StoreError> {
@@ -436,7 +422,7 @@ impl InvocationStore for SqliteStore {
         cursor: Option<&str>,
     ) -> Result<Page<DeadLetterRecord>, StoreError> {
         let limit = clamp_limit(limit);
-        let before = dead_letter_cursor(cursor)?;
+        let before = invocation_id_cursor(DEAD_LETTER_CURSOR, cursor)?;
         let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
         query
             .push(DEAD_LETTER_COLUMNS)
