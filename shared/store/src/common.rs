@@ -1,5 +1,6 @@
 //! Helpers every SQL store shares: page limits, opaque cursors, paging from the extra row,
-//! record (de)serialisation, row decoders and error mapping. Dialect-specific SQL stays in each engine's module.
+//! record (de)serialisation, row decoders and error mapping. Dialect-specific SQL stays in
+//! each engine's module.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -112,7 +113,7 @@ fn dead_lettered_record(mut record: InvocationResult, dead: &DeadLetterRecord) -
     record
 }
 
-/// What [`super::MetadataStore::put_dead_letter`] writes over the stored record of its
+/// What [`super::InvocationStore::put_dead_letter`] writes over the stored record of its
 /// invocation (`namespace`, `status`, JSON `body`, and whether a dead letter of it is stored):
 /// the `dead_lettered` record, or `None` when the record is terminal and must be kept (a
 /// result that raced in, or a dead letter already replayed or deleted). A record that is

@@ -142,9 +142,11 @@ pub struct ApiKeyRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub functions: Option<Vec<FunctionName>>,
 }
+
 /// Storage of everything but code: every domain store, plus a health check.
 ///
-/// Each domain lives in its own supertrait ([`FunctionStore`], [`InvocationStore`],
+/// Every method taking a namespace is scoped by it: a row of another namespace is
+/// indistinguishable from an absent one. Each domain lives in its own supertrait ([`FunctionStore`], [`InvocationStore`],
 /// [`AccessStore`], [`AuditStore`], [`SecretStore`]); on `dyn MetadataStore` their methods are
 /// callable without importing them, on a concrete store import them (see [`prelude`]).
 #[async_trait]
