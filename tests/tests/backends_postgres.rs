@@ -9,7 +9,8 @@ use std::sync::Arc;
 use fnmesh_core::{InvocationLogs, InvocationResult, InvocationStatus};
 use fnmesh_store::conformance::{self, Store};
 use fnmesh_store::postgres::PostgresStore;
-use fnmesh_store::{InvocationFilter, MetadataStore, StoreError};
+use fnmesh_store::prelude::*;
+use fnmesh_store::{InvocationFilter, StoreError};
 use fnmesh_tests::servers::postgres::TestPostgres;
 
 /// A migrated store in a database of its own on the shared server.

@@ -1,4 +1,4 @@
-//! Storage of access control: API key management, refresh tokens and namespace quotas.
+//! Storage of access control: API keys, refresh tokens and namespace quotas.
 //!
 //! [`AccessStore`] is a supertrait of [`super::MetadataStore`], so every metadata store is
 //! also an access store and `Arc<dyn MetadataStore>` reaches these methods too. It is split
@@ -67,6 +67,15 @@ pub struct NamespaceUsage {
 /// Access-control storage; see the module doc.
 #[async_trait]
 pub trait AccessStore: Send + Sync + 'static {
+    /// Stores a key. `Conflict` if the id or hash exists.
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+
+    /// Replaces the key with this id (or inserts it).
+    async fn upsert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+
+    /// The key whose hash is `key_hash`, revoked or not.
+    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
     /// Keys of one namespace, or (admins) of all, by id; at most `limit` (clamped to
     /// 1..=1000), continuing after `cursor`. Revoked keys are listed too.
     async fn list_api_keys(

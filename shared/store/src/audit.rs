@@ -1,14 +1,16 @@
-//! Types of the audit log and of the secrets listing, shared by every store.
+//! The audit log: its types and [`AuditStore`]. The SQL lives in `sqlite/audit.rs` and
+//! `postgres/audit.rs`.
 //!
 //! An [`AuditEntry`] says who did what to which thing, from where, and how it ended. It never
 //! holds a request body, a credential or a secret value: only ids and names.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::{Page, StoreError};
 use fnmesh_core::names::Namespace;
-use fnmesh_core::secrets::SecretName;
 
 /// Longest `actor`, `action`, `target` or `source` stored (longer ones are cut).
 pub const MAX_AUDIT_FIELD_CHARS: usize = 256;
@@ -110,7 +112,7 @@ impl AuditEntry {
     }
 }
 
-/// Filter of [`super::MetadataStore::list_audit`]; every field narrows.
+/// Filter of [`AuditStore::list_audit`]; every field narrows.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     /// Only this actor.
@@ -125,11 +127,18 @@ pub struct AuditFilter {
     pub since: Option<DateTime<Utc>>,
 }
 
-/// A secret as listings show it: its name and when it was last set, never its value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretInfo {
-    /// The name.
-    pub name: SecretName,
-    /// Last set at.
-    pub updated_at: DateTime<Utc>,
+/// The append-only audit log, a supertrait of [`super::MetadataStore`].
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Records one audit entry (append-only).
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+
+    /// Audit entries matching `filter`, newest first, at most `limit` (clamped to 1..=1000),
+    /// continuing after `cursor`.
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<AuditEntry>, StoreError>;
 }

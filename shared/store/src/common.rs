@@ -1,17 +1,21 @@
-//! Helpers every SQL store shares: page limits, opaque cursors, record (de)serialisation and
-//! error mapping. Dialect-specific SQL stays in each engine's module.
+//! Helpers every SQL store shares: page limits, opaque cursors, paging from the extra row,
+//! record (de)serialisation, row decoders and error mapping. Dialect-specific SQL stays in
+//! each engine's module.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use chrono::{DateTime, Utc};
+use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 
-use super::StoreError;
+use super::{ApiKeyRecord, AuditEntry, AuditFilter, AuditOutcome, Role, StoreError};
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{
-    DeadLetterRecord, ErrorKind, InvocationError, InvocationResult, InvocationStatus,
+    DeadLetterRecord, ErrorKind, InvocationError, InvocationLogs, InvocationResult,
+    InvocationStatus,
 };
 use fnmesh_core::names::{FunctionName, Namespace};
+use fnmesh_core::secrets::{SealedSecret, SealedValue, SecretName};
 
 /// Largest page a listing returns.
 pub const MAX_PAGE_LIMIT: u32 = 1000;
@@ -109,7 +113,7 @@ fn dead_lettered_record(mut record: InvocationResult, dead: &DeadLetterRecord) -
     record
 }
 
-/// What [`super::MetadataStore::put_dead_letter`] writes over the stored record of its
+/// What [`super::InvocationStore::put_dead_letter`] writes over the stored record of its
 /// invocation (`namespace`, `status`, JSON `body`, and whether a dead letter of it is stored):
 /// the `dead_lettered` record, or `None` when the record is terminal and must be kept (a
 /// result that raced in, or a dead letter already replayed or deleted). A record that is
@@ -140,27 +144,45 @@ pub(crate) fn dead_letter_target(
     Ok(Some(dead_lettered_record(current, dead)))
 }
 
-/// The id after which a dead-letter listing resumes, from its cursor.
-pub(crate) fn dead_letter_cursor(cursor: Option<&str>) -> Result<Option<InvocationId>, StoreError> {
+/// The invocation id after which a listing keyed by invocation id (`prefix`: invocations,
+/// dead letters) resumes, from its cursor.
+pub(crate) fn invocation_id_cursor(
+    prefix: &str,
+    cursor: Option<&str>,
+) -> Result<Option<InvocationId>, StoreError> {
     cursor
         .map(|c| {
-            let id = decode_cursor(DEAD_LETTER_CURSOR, c)?;
+            let id = decode_cursor(prefix, c)?;
             id.parse::<InvocationId>()
                 .map_err(|_| StoreError::InvalidCursor)
         })
         .transpose()
 }
 
-/// A page of at most `limit` dead letters from `rows` (fetched with `limit + 1`).
-pub(crate) fn dead_letter_page(
-    mut items: Vec<DeadLetterRecord>,
+/// The function name after which a function listing resumes, from its cursor.
+pub(crate) fn function_cursor(cursor: Option<&str>) -> Result<Option<String>, StoreError> {
+    cursor
+        .map(|c| {
+            let name = decode_cursor(FUNCTION_CURSOR, c)?;
+            FunctionName::parse(&name).map_err(|_| StoreError::InvalidCursor)?;
+            Ok(name)
+        })
+        .transpose()
+}
+
+/// A page of at most `limit` items from `items`, fetched with `LIMIT limit + 1`: the extra row
+/// only says there is a next page, which resumes after the last item kept (`key` of it).
+pub(crate) fn page_from_extra_row<T>(
+    mut items: Vec<T>,
     limit: u32,
-) -> super::Page<DeadLetterRecord> {
+    cursor_prefix: &str,
+    key: impl Fn(&T) -> String,
+) -> super::Page<T> {
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
         items
             .last()
-            .map(|d| encode_cursor(DEAD_LETTER_CURSOR, &d.id.to_string()))
+            .map(|item| encode_cursor(cursor_prefix, &key(item)))
     } else {
         None
     };
@@ -196,4 +218,152 @@ impl DeadLetterColumns {
             dead_lettered_at: self.dead_lettered_at,
         })
     }
+}
+
+/// Whether a database error is a foreign-key violation.
+pub(crate) fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+/// Cursor prefix of audit listings.
+pub(crate) const AUDIT_CURSOR: &str = "a:";
+
+/// The columns of an `audit_log` row (timestamps and integers already in Rust types),
+/// decoded into an entry.
+pub(crate) struct AuditColumns {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub namespace: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    pub outcome: String,
+    pub status: i64,
+    pub source: Option<String>,
+}
+
+impl AuditColumns {
+    /// The entry these columns hold.
+    pub(crate) fn decode(self) -> Result<AuditEntry, StoreError> {
+        let bad = |column: &str, e: &dyn std::fmt::Display| {
+            StoreError::Backend(format!("decode audit {column}: {e}"))
+        };
+        Ok(AuditEntry {
+            id: self.id,
+            at: self.at,
+            actor: self.actor,
+            namespace: self
+                .namespace
+                .as_deref()
+                .map(Namespace::parse)
+                .transpose()
+                .map_err(|e| bad("namespace", &e))?,
+            action: self.action,
+            target: self.target,
+            outcome: AuditOutcome::parse(&self.outcome)
+                .ok_or_else(|| bad("outcome", &self.outcome))?,
+            status: u16::try_from(self.status).map_err(|e| bad("status", &e))?,
+            source: self.source,
+        })
+    }
+}
+
+/// A stored secret name, decoded.
+pub(crate) fn secret_name(name: &str) -> Result<SecretName, StoreError> {
+    SecretName::parse(name).map_err(|e| StoreError::Backend(format!("decode secret name: {e}")))
+}
+
+/// A `function_secrets` row (`name, key_id, nonce, ciphertext`), decoded; the same in every
+/// dialect.
+pub(crate) fn sealed_secret_from_row<R>(row: &R) -> Result<SealedSecret, StoreError>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let name: String = row.try_get("name")?;
+    Ok(SealedSecret {
+        name: secret_name(&name)?,
+        value: SealedValue {
+            key_id: row.try_get("key_id")?,
+            nonce: row.try_get("nonce")?,
+            ciphertext: row.try_get("ciphertext")?,
+        },
+    })
+}
+
+/// The columns of an `api_keys` row (timestamps and grants already decoded), decoded into a
+/// record.
+pub(crate) struct ApiKeyColumns {
+    pub id: String,
+    pub name: String,
+    pub key_hash: String,
+    pub role: String,
+    pub namespace: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub functions: Option<Vec<FunctionName>>,
+}
+
+impl ApiKeyColumns {
+    /// The record these columns hold.
+    pub(crate) fn decode(self) -> Result<ApiKeyRecord, StoreError> {
+        let role = &self.role;
+        Ok(ApiKeyRecord {
+            id: self.id,
+            name: self.name,
+            key_hash: self.key_hash,
+            role: Role::parse(role)
+                .ok_or_else(|| StoreError::Backend(format!("decode role: unknown {role:?}")))?,
+            namespace: Namespace::parse(&self.namespace)
+                .map_err(|e| StoreError::Backend(format!("decode namespace: {e}")))?,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+            functions: self.functions,
+        })
+    }
+}
+
+/// The columns of `api_keys`, in the order each engine's `bind_api_key` binds them.
+pub(crate) const API_KEY_COLUMNS: &str =
+    "id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, functions";
+
+/// Appends to a `WHERE` clause the narrowing by `filter` that every dialect writes alike
+/// (actor, namespace, action, outcome; `since` is dialect-specific).
+pub(crate) fn push_audit_filter<DB: Database>(query: &mut QueryBuilder<DB>, filter: &AuditFilter)
+where
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> &'static str: Encode<'t, DB> + Type<DB>,
+{
+    if let Some(actor) = &filter.actor {
+        query.push(" AND actor = ").push_bind(actor.clone());
+    }
+    if let Some(namespace) = &filter.namespace {
+        query
+            .push(" AND namespace = ")
+            .push_bind(namespace.as_str().to_owned());
+    }
+    if let Some(action) = &filter.action {
+        query.push(" AND action = ").push_bind(action.clone());
+    }
+    if let Some(outcome) = filter.outcome {
+        query.push(" AND outcome = ").push_bind(outcome.as_str());
+    }
+}
+
+/// An `invocation_logs` row (`text, truncated`), decoded; the same in every dialect.
+pub(crate) fn logs_from_row<R>(row: &R) -> Result<InvocationLogs, StoreError>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(InvocationLogs {
+        text: row.try_get("text")?,
+        truncated: row.try_get("truncated")?,
+    })
 }

@@ -42,7 +42,7 @@ async fn run_all_on_one_shared_database() {
 
 #[tokio::test]
 async fn reopening_keeps_data_and_migrations_are_idempotent() {
-    use fnmesh_store::MetadataStore as _;
+    use fnmesh_store::FunctionStore as _;
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("meta.db");
     let f = conformance::function(&conformance::fresh_namespace(), "durable");

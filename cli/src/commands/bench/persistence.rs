@@ -19,7 +19,7 @@ use fnmesh_core::{
     Namespace, Runtime,
 };
 use fnmesh_store::postgres::PostgresStore;
-use fnmesh_store::MetadataStore;
+use fnmesh_store::InvocationStore;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::args::PersistenceBenchArgs;

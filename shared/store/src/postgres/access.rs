@@ -2,13 +2,18 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
+use serde_json::Value;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
 use sqlx::AssertSqlSafe;
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::{api_key_from_row, PostgresStore, API_KEY_COLUMNS};
+use super::{replace_nul, PostgresStore};
 use crate::access::{AccessStore, NamespaceQuota, NamespaceUsage, RefreshTokenRecord};
-use crate::common::{clamp_limit, decode_cursor, encode_cursor, is_unique_violation};
+use crate::common::{
+    clamp_limit, decode_cursor, is_unique_violation, page_from_extra_row, ApiKeyColumns,
+    API_KEY_COLUMNS,
+};
 use crate::{ApiKeyRecord, Page, StoreError};
 use fnmesh_core::names::{FunctionName, Namespace};
 
@@ -50,8 +55,114 @@ fn quota_from_row(row: &PgRow) -> Result<NamespaceQuota, StoreError> {
     })
 }
 
+/// Binds an API key's columns in [`API_KEY_COLUMNS`] order; `functions` is the JSON of its
+/// grants (see [`functions_json`]).
+fn bind_api_key<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    key: &'q ApiKeyRecord,
+    functions: Option<Value>,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(&key.id)
+        .bind(&key.key_hash)
+        .bind(replace_nul(&key.name))
+        .bind(key.role.as_str())
+        .bind(key.namespace.as_str())
+        .bind(key.created_at)
+        .bind(key.expires_at)
+        .bind(key.revoked_at)
+        .bind(functions)
+}
+
+/// The JSON of a key's grants (`None`: no restriction).
+fn functions_json(functions: &Option<Vec<FunctionName>>) -> Result<Option<Value>, StoreError> {
+    functions
+        .as_ref()
+        .map(|f| {
+            serde_json::to_value(f)
+                .map_err(|e| StoreError::Backend(format!("encode key functions: {e}")))
+        })
+        .transpose()
+}
+
+fn api_key_from_row(row: &PgRow) -> Result<ApiKeyRecord, StoreError> {
+    ApiKeyColumns {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        key_hash: row.try_get("key_hash")?,
+        role: row.try_get("role")?,
+        namespace: row.try_get("namespace")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        functions: row
+            .try_get::<Option<Value>, _>("functions")?
+            .map(|v| {
+                serde_json::from_value(v)
+                    .map_err(|e| StoreError::Backend(format!("decode key functions: {e}")))
+            })
+            .transpose()?,
+    }
+    .decode()
+}
+
 #[async_trait]
 impl AccessStore for PostgresStore {
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "INSERT INTO api_keys \
+             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
+             functions) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        );
+        let inserted = bind_api_key(query, key, functions_json(&key.functions)?)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Conflict(format!("api key {:?}", key.id)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn upsert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "INSERT INTO api_keys \
+             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
+             functions) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, \
+             name = excluded.name, role = excluded.role, namespace = excluded.namespace, \
+             created_at = excluded.created_at, expires_at = excluded.expires_at, \
+             revoked_at = excluded.revoked_at, functions = excluded.functions",
+        );
+        let inserted = bind_api_key(query, key, functions_json(&key.functions)?)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            // Another key already has this hash.
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "api key hash of {:?}",
+                key.id
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
+             functions FROM api_keys WHERE key_hash = $1",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(api_key_from_row).transpose()
+    }
+
     async fn list_api_keys(
         &self,
         namespace: Option<&Namespace>,
@@ -76,17 +187,13 @@ impl AccessStore for PostgresStore {
             .push(" ORDER BY id COLLATE \"C\" LIMIT ")
             .push_bind(i64::from(limit) + 1);
         let rows = query.build().fetch_all(&self.pool).await?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(api_key_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|k| encode_cursor(KEY_CURSOR, &k.id))
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(page_from_extra_row(items, limit, KEY_CURSOR, |k| {
+            k.id.clone()
+        }))
     }
 
     async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {

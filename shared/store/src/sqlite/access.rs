@@ -2,13 +2,19 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::query::Query;
+use sqlx::sqlite::SqliteArguments;
 use sqlx::sqlite::SqliteRow;
 use sqlx::AssertSqlSafe;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{api_key_from_row, parse_ts, ts, SqliteStore, API_KEY_COLUMNS};
+use super::{parse_ts, to_json, ts, SqliteStore};
 use crate::access::{AccessStore, NamespaceQuota, NamespaceUsage, RefreshTokenRecord};
-use crate::common::{clamp_limit, decode_cursor, encode_cursor, is_unique_violation};
+use crate::common::from_json;
+use crate::common::{
+    clamp_limit, decode_cursor, is_unique_violation, page_from_extra_row, ApiKeyColumns,
+    API_KEY_COLUMNS,
+};
 use crate::{ApiKeyRecord, Page, StoreError};
 use fnmesh_core::names::{FunctionName, Namespace};
 
@@ -57,8 +63,112 @@ fn quota_from_row(row: &SqliteRow) -> Result<NamespaceQuota, StoreError> {
     })
 }
 
+/// Binds an API key's columns in [`API_KEY_COLUMNS`] order; `functions` is the JSON of its
+/// grants (see [`functions_json`]).
+fn bind_api_key<'q>(
+    query: Query<'q, Sqlite, SqliteArguments>,
+    key: &'q ApiKeyRecord,
+    functions: Option<String>,
+) -> Query<'q, Sqlite, SqliteArguments> {
+    query
+        .bind(&key.id)
+        .bind(&key.key_hash)
+        .bind(&key.name)
+        .bind(key.role.as_str())
+        .bind(key.namespace.as_str())
+        .bind(ts(&key.created_at))
+        .bind(key.expires_at.as_ref().map(ts))
+        .bind(key.revoked_at.as_ref().map(ts))
+        .bind(functions)
+}
+
+/// The JSON of a key's grants (`None`: no restriction).
+fn functions_json(functions: &Option<Vec<FunctionName>>) -> Result<Option<String>, StoreError> {
+    functions.as_ref().map(to_json).transpose()
+}
+
+fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
+    let created_at: String = row.try_get("created_at")?;
+    let expires_at: Option<String> = row.try_get("expires_at")?;
+    let revoked_at: Option<String> = row.try_get("revoked_at")?;
+    let functions: Option<String> = row.try_get("functions")?;
+    ApiKeyColumns {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        key_hash: row.try_get("key_hash")?,
+        role: row.try_get("role")?,
+        namespace: row.try_get("namespace")?,
+        created_at: parse_ts("created_at", &created_at)?,
+        expires_at: expires_at
+            .as_deref()
+            .map(|t| parse_ts("expires_at", t))
+            .transpose()?,
+        revoked_at: revoked_at
+            .as_deref()
+            .map(|t| parse_ts("revoked_at", t))
+            .transpose()?,
+        functions: functions.as_deref().map(from_json).transpose()?,
+    }
+    .decode()
+}
+
 #[async_trait]
 impl AccessStore for SqliteStore {
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "INSERT INTO api_keys \
+             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
+             functions) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        );
+        let inserted = bind_api_key(query, key, functions_json(&key.functions)?)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Conflict(format!("api key {:?}", key.id)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn upsert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "INSERT INTO api_keys \
+             (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
+             functions) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, \
+             name = excluded.name, role = excluded.role, namespace = excluded.namespace, \
+             created_at = excluded.created_at, expires_at = excluded.expires_at, \
+             revoked_at = excluded.revoked_at, functions = excluded.functions",
+        );
+        let inserted = bind_api_key(query, key, functions_json(&key.functions)?)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            // Another key already has this hash.
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "api key hash of {:?}",
+                key.id
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
+             functions FROM api_keys WHERE key_hash = ?",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(api_key_from_row).transpose()
+    }
+
     async fn list_api_keys(
         &self,
         namespace: Option<&Namespace>,
@@ -83,17 +193,13 @@ impl AccessStore for SqliteStore {
             .push(" ORDER BY id LIMIT ")
             .push_bind(i64::from(limit) + 1);
         let rows = query.build().fetch_all(&self.pool).await?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(api_key_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|k| encode_cursor(KEY_CURSOR, &k.id))
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(page_from_extra_row(items, limit, KEY_CURSOR, |k| {
+            k.id.clone()
+        }))
     }
 
     async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {

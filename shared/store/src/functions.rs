@@ -1,0 +1,53 @@
+//! Storage of functions and their immutable versions.
+//!
+//! The SQL lives in `sqlite/functions.rs` and `postgres/functions.rs`.
+
+use async_trait::async_trait;
+
+use super::{Page, StoreError};
+use fnmesh_core::function::Function;
+use fnmesh_core::names::{FunctionName, Namespace};
+
+/// Functions and their versions, a supertrait of [`super::MetadataStore`].
+///
+/// Every method is scoped by namespace: a row of another namespace is indistinguishable from
+/// an absent one.
+#[async_trait]
+pub trait FunctionStore: Send + Sync + 'static {
+    /// Inserts version 1 of a new function. `Conflict` if the name exists in the namespace.
+    async fn create_function(&self, function: &Function) -> Result<(), StoreError>;
+
+    /// Appends a version. `function.version` must be the latest + 1 (`Conflict` otherwise,
+    /// e.g. a concurrent update won); `NotFound` if the function does not exist.
+    async fn add_version(&self, function: &Function) -> Result<(), StoreError>;
+
+    /// The latest version, or the given one.
+    async fn get_function(
+        &self,
+        namespace: &Namespace,
+        name: &FunctionName,
+        version: Option<u32>,
+    ) -> Result<Option<Function>, StoreError>;
+
+    /// Latest versions of the namespace's functions, by name.
+    async fn list_functions(
+        &self,
+        namespace: &Namespace,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<Function>, StoreError>;
+
+    /// All versions of one function, oldest first (empty if it does not exist).
+    async fn list_versions(
+        &self,
+        namespace: &Namespace,
+        name: &FunctionName,
+    ) -> Result<Vec<Function>, StoreError>;
+
+    /// Deletes a function and all its versions; `false` if it did not exist.
+    async fn delete_function(
+        &self,
+        namespace: &Namespace,
+        name: &FunctionName,
+    ) -> Result<bool, StoreError>;
+}

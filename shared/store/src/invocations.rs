@@ -1,0 +1,174 @@
+//! Storage of invocations: their records (with fenced and batched node updates), the requests
+//! of accepted work until it finishes, captured logs and dead letters.
+//!
+//! The SQL lives in `sqlite/invocations.rs` and `postgres/invocations.rs`.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{Page, StoreError};
+use fnmesh_core::ids::InvocationId;
+use fnmesh_core::invocation::{
+    DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult, InvocationStatus,
+};
+use fnmesh_core::names::{FunctionName, Namespace};
+
+/// Filter of [`InvocationStore::list_invocations`].
+#[derive(Debug, Clone, Default)]
+pub struct InvocationFilter {
+    /// Only this function.
+    pub function: Option<FunctionName>,
+    /// Only this status.
+    pub status: Option<InvocationStatus>,
+}
+
+/// Invocation records, logs and dead letters, a supertrait of [`super::MetadataStore`].
+///
+/// Every method taking a namespace is scoped by it: a row of another namespace is
+/// indistinguishable from an absent one.
+#[async_trait]
+pub trait InvocationStore: Send + Sync + 'static {
+    /// Accepts an invocation: commits its `queued` record (`InvocationResult::queued(request)`)
+    /// together with the full request (function snapshot and payload) in one transaction, so
+    /// accepted work can be re-published by [`InvocationStore::stale_queued`] until it finishes.
+    /// Returns the record. `Conflict` if the id exists.
+    async fn insert_invocation(
+        &self,
+        request: &InvocationRequest,
+    ) -> Result<InvocationResult, StoreError>;
+
+    /// Applies an update from a node. Fenced, in one atomic step:
+    /// - over a terminal record, only a higher attempt applies;
+    /// - over a non-terminal record, the same or a higher attempt applies, and a lower attempt
+    ///   only if it brings a terminal result (a slow attempt that did finish).
+    ///
+    /// Once a terminal record is applied the stored request is dropped. Returns whether the
+    /// update was applied; `NotFound` if the record does not exist.
+    async fn update_invocation(&self, record: &InvocationResult) -> Result<bool, StoreError>;
+
+    /// Applies several updates, as if by [`InvocationStore::update_invocation`] one after the
+    /// other in slice order (same fencing; several updates of one id are fine). Returns, per
+    /// update, whether it was applied; a record that does not exist is `false`, not an error,
+    /// so one unknown id cannot fail a batch. Backends override this with one round trip.
+    async fn update_invocations(
+        &self,
+        records: &[InvocationResult],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut applied = Vec::with_capacity(records.len());
+        for record in records {
+            applied.push(match self.update_invocation(record).await {
+                Ok(done) => done,
+                Err(StoreError::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(applied)
+    }
+
+    /// Requests whose record is still `queued` (in any namespace) and was created before
+    /// `older_than`, oldest first, at most `limit` (clamped to 1..=1000). For re-publishing
+    /// under the same invocation id.
+    async fn stale_queued(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<InvocationRequest>, StoreError>;
+
+    /// Records still `running` in any namespace, oldest first, at most `limit` (clamped to
+    /// 1..=1000). For marking what a dead single-process platform was running when it stopped.
+    async fn running_invocations(&self, limit: u32) -> Result<Vec<InvocationResult>, StoreError>;
+
+    /// One invocation.
+    async fn get_invocation(
+        &self,
+        namespace: &Namespace,
+        id: &InvocationId,
+    ) -> Result<Option<InvocationResult>, StoreError>;
+
+    /// Several invocations by `(namespace, id)`, in slice order (`None` where absent or in
+    /// another namespace). Backends override this with one round trip.
+    async fn get_invocations(
+        &self,
+        keys: &[(Namespace, InvocationId)],
+    ) -> Result<Vec<Option<InvocationResult>>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for (namespace, id) in keys {
+            found.push(self.get_invocation(namespace, id).await?);
+        }
+        Ok(found)
+    }
+
+    /// Invocations, newest first.
+    async fn list_invocations(
+        &self,
+        namespace: &Namespace,
+        filter: &InvocationFilter,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<InvocationResult>, StoreError>;
+
+    /// Stores (replaces) the captured logs of an invocation.
+    async fn put_logs(&self, id: &InvocationId, logs: &InvocationLogs) -> Result<(), StoreError>;
+
+    /// Stores several invocations' logs, as if by [`InvocationStore::put_logs`] in slice order
+    /// (for a repeated id the last one wins). Backends override this with one round trip.
+    async fn put_logs_batch(
+        &self,
+        logs: &[(InvocationId, InvocationLogs)],
+    ) -> Result<(), StoreError> {
+        for (id, entry) in logs {
+            self.put_logs(id, entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Per key, in slice order: whether logs of that invocation (in that namespace) are
+    /// stored. Backends override this with one round trip.
+    async fn logs_stored(
+        &self,
+        keys: &[(Namespace, InvocationId)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut stored = Vec::with_capacity(keys.len());
+        for (namespace, id) in keys {
+            stored.push(self.get_logs(namespace, id).await?.is_some());
+        }
+        Ok(stored)
+    }
+
+    /// The captured logs, if any were stored.
+    async fn get_logs(
+        &self,
+        namespace: &Namespace,
+        id: &InvocationId,
+    ) -> Result<Option<InvocationLogs>, StoreError>;
+
+    /// Dead-letters an invocation in one transaction: stores (or replaces) `dead` and sets the
+    /// invocation's record to `dead_lettered` with `dead.last_error`, `dead.attempts` and
+    /// `completed_at`, unless the record is already terminal (a result that raced in wins:
+    /// then nothing is stored and `false` is returned). An absent record is inserted first
+    /// (from `dead.request`), so a dead letter is never lost. Idempotent on the id.
+    async fn put_dead_letter(&self, dead: &DeadLetterRecord) -> Result<bool, StoreError>;
+
+    /// Dead letters, newest first, of one namespace or (admins) of all; at most `limit`
+    /// (clamped to 1..=1000), continuing after `cursor`.
+    async fn list_dead_letters(
+        &self,
+        namespace: Option<&Namespace>,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<DeadLetterRecord>, StoreError>;
+
+    /// One dead letter (`None` if absent or in another namespace, when one is given).
+    async fn get_dead_letter(
+        &self,
+        namespace: Option<&Namespace>,
+        id: &InvocationId,
+    ) -> Result<Option<DeadLetterRecord>, StoreError>;
+
+    /// Removes a dead letter (its invocation record stays `dead_lettered`); whether it existed.
+    async fn delete_dead_letter(
+        &self,
+        namespace: Option<&Namespace>,
+        id: &InvocationId,
+    ) -> Result<bool, StoreError>;
+}
