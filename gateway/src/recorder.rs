@@ -374,7 +374,7 @@ fn logs_of(events: &[NodeEvent], indices: &[usize]) -> Vec<(InvocationId, Invoca
 }
 
 /// Whether the store's fencing would apply `update` over `stored` (see
-/// [`MetadataStore::update_invocation`]): over a terminal record only a higher attempt; over
+/// [`fnmesh_store::InvocationStore::update_invocation`]): over a terminal record only a higher attempt; over
 /// another, the same or a higher attempt, or a lower one that brings a terminal result. The
 /// store decides; this only spares writes that would change nothing.
 fn would_apply(stored: &InvocationResult, update: &InvocationResult) -> bool {
