@@ -35,9 +35,6 @@ pub enum GatewayError {
         /// Why.
         source: std::io::Error,
     },
-    /// The HTTP server failed.
-    #[error("http server: {0}")]
-    Server(String),
     /// The NATS request API could not start.
     #[error(transparent)]
     NatsApi(#[from] NatsApiError),
