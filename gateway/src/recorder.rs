@@ -42,9 +42,10 @@ const DEAD_LETTER_TRIES: usize = 5;
 /// Pauses after a failed pull or write: 100 ms, doubled per failure, at most 5 s.
 const BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
     .with_min_delay(Duration::from_millis(100))
-    .with_max_delay(Duration::from_secs(5))
+    .with_max_delay(BACKOFF_MAX)
     .without_max_times();
-/// When the backoff has run out (it does not, without a maximum of tries).
+/// The longest pause (also what is used should the schedule ever run out: it has no maximum
+/// of tries, so it does not).
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Persists node events and dead letters.
