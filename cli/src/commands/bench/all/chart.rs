@@ -281,3 +281,69 @@ pub(super) fn render_png(svg: &Path) -> Result<Option<PathBuf>> {
     );
     Ok(Some(png))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(group: &'static str, name: &str, samples_us: Vec<f64>, plot: bool) -> Row {
+        Row {
+            group,
+            name: name.into(),
+            n: samples_us.len(),
+            p50_us: samples_us[samples_us.len() / 2],
+            p99_us: Some(samples_us[samples_us.len() - 1]),
+            ops_per_second: None,
+            samples_us,
+            plot,
+        }
+    }
+
+    #[test]
+    fn the_histogram_counts_every_sample_of_the_plotted_series_on_shared_decade_edges() {
+        let rows = [
+            row("sandbox", "warm", vec![120.0, 130.0, 900.0], true),
+            row("mesh", "fnmesh c=1", vec![2_000.0, 4_000.0, 45_000.0], true),
+            row("mesh", "not drawn", vec![1.0e9], false),
+        ];
+        let hist = histogram(&rows);
+        // 100 µs .. 100 ms: three decades of ten buckets; the unplotted series widens nothing.
+        assert_eq!(hist.bucket_edges_us.len(), 31);
+        assert!((hist.bucket_edges_us[0] - 100.0).abs() < 1e-9);
+        assert!((hist.bucket_edges_us[30] - 100_000.0).abs() < 1e-6);
+        assert_eq!(hist.series.len(), 2);
+        for (series, row) in hist.series.iter().zip(&rows) {
+            assert_eq!(series.name, row.name);
+            assert_eq!(series.counts.iter().sum::<u64>(), 3);
+        }
+        // Buckets are a tenth of a decade: 120 µs falls below 10^2.1 ≈ 125.9 µs, 130 µs above.
+        assert_eq!(&hist.series[0].counts[..2], &[1, 1]);
+    }
+
+    #[test]
+    fn the_svg_has_one_row_per_plotted_series_with_its_markers_and_escaped_names() {
+        let rows = [
+            row("sandbox (warm)", "warm <pool>", vec![120.0, 130.0, 900.0], true),
+            row("mesh", "fnmesh c=1", vec![2_000.0, 4_000.0, 45_000.0], true),
+            row("mesh", "hidden", vec![5.0], false),
+        ];
+        let svg = svg(&rows, &histogram(&rows), "2 cores & more");
+        assert!(svg.starts_with("<svg "));
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("warm &lt;pool&gt;"));
+        assert!(svg.contains("2 cores &amp; more"));
+        assert!(svg.contains("fnmesh c=1"));
+        assert!(!svg.contains("hidden"));
+        // A p50 and a p99 marker per row; a bar (with its tooltip) per non-empty bucket.
+        assert_eq!(svg.matches(">p50</text>").count(), 2);
+        assert_eq!(svg.matches(">p99</text>").count(), 2);
+        assert_eq!(svg.matches("<title>").count(), 6);
+        // Decade ticks of the shared axis.
+        for tick in [">100 µs<", ">1 ms<", ">10 ms<", ">100 ms<"] {
+            assert!(svg.contains(tick), "{tick} missing");
+        }
+        // Every element opened is closed (no stray `<` from a name).
+        assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+        assert_eq!(svg.matches("<title>").count(), svg.matches("</title></rect>").count());
+    }
+}
