@@ -17,6 +17,7 @@ mod functions;
 mod invocations;
 pub mod postgres;
 mod secrets;
+mod sql;
 pub mod sqlite;
 
 pub use access::{AccessStore, NamespaceQuota, NamespaceUsage, RefreshTokenRecord};

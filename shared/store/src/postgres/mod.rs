@@ -20,16 +20,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::AssertSqlSafe;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
-use super::{MetadataStore, StoreError};
+use super::sql::{Arg, Sql, SqlEngine};
+use super::StoreError;
+use fnmesh_core::ids::InvocationId;
+use fnmesh_core::invocation::{InvocationLogs, InvocationResult};
 
-mod access;
-mod audit;
-mod functions;
 mod invocations;
-mod secrets;
 
 /// Embedded migrations (`migrations/postgres/`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -171,7 +171,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// JSON text for a jsonb column: U+0000 (which jsonb refuses) becomes U+FFFD.
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
     let encode = |e: serde_json::Error| StoreError::Backend(format!("encode record: {e}"));
     let text = serde_json::to_string(value).map_err(encode)?;
     // serde_json writes U+0000 only as this escape; a false positive (an escaped backslash
@@ -211,11 +211,78 @@ fn replace_nul(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// The statement PostgreSQL runs for `sql`, with its values bound (text with U+0000 replaced,
+/// see [`replace_nul`]).
+fn query(sql: Sql) -> Query<'static, Postgres, PgArguments> {
+    let (text, args) = sql.into_parts();
+    args.into_iter()
+        .fold(sqlx::query(AssertSqlSafe(text)), |query, arg| match arg {
+            Arg::Text(v) => query.bind(v.map(|t| match replace_nul(&t) {
+                Cow::Borrowed(_) => t,
+                Cow::Owned(clean) => clean,
+            })),
+            Arg::Int(v) => query.bind(v),
+            Arg::Bool(v) => query.bind(v),
+            Arg::Time(v) => query.bind(v),
+            Arg::Bytes(v) => query.bind(v),
+        })
+}
+
 #[async_trait]
-impl MetadataStore for PostgresStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+impl SqlEngine for PostgresStore {
+    type Db = Postgres;
+    type Row = PgRow;
+
+    const UUID_AUDIT_IDS: bool = true;
+    const LOCK_ROW: &'static str = " FOR UPDATE OF i";
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+        to_json(value)
+    }
+
+    async fn execute(conn: &mut PgConnection, sql: Sql) -> Result<u64, sqlx::Error> {
+        Ok(query(sql).execute(conn).await?.rows_affected())
+    }
+
+    async fn fetch_all(conn: &mut PgConnection, sql: Sql) -> Result<Vec<PgRow>, sqlx::Error> {
+        query(sql).fetch_all(conn).await
+    }
+
+    async fn fetch_optional(
+        conn: &mut PgConnection,
+        sql: Sql,
+    ) -> Result<Option<PgRow>, sqlx::Error> {
+        query(sql).fetch_optional(conn).await
+    }
+
+    /// A plain transaction: its writers lock the rows they change, and reads that must not
+    /// change take [`SqlEngine::LOCK_ROW`].
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
+    async fn apply_update(&self, record: &InvocationResult) -> Result<bool, StoreError> {
+        invocations::update(&self.pool, record).await
+    }
+
+    async fn apply_updates(&self, records: &[InvocationResult]) -> Result<Vec<bool>, StoreError> {
+        invocations::update_batch(&self.pool, records).await
+    }
+
+    async fn invocations_by_id(&self, ids: &[InvocationId]) -> Result<Vec<String>, StoreError> {
+        invocations::bodies_by_id(&self.pool, ids).await
+    }
+
+    async fn store_logs(&self, logs: &[(InvocationId, InvocationLogs)]) -> Result<(), StoreError> {
+        invocations::put_logs_batch(&self.pool, logs).await
+    }
+
+    async fn logs_by_id(&self, ids: &[InvocationId]) -> Result<Vec<(String, String)>, StoreError> {
+        invocations::logs_by_id(&self.pool, ids).await
     }
 }
 
