@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 
+use async_trait::async_trait;
 use chrono::Utc;
-use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{replace_nul, to_json};
+use super::{replace_nul, to_json, PostgresStore};
 use crate::common::{fenced_off, TERMINAL_SQL};
+use crate::sql::EngineInvocations;
 use crate::StoreError;
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{InvocationLogs, InvocationResult};
@@ -42,183 +43,174 @@ fn rounds(records: &[InvocationResult]) -> Vec<Vec<usize>> {
     rounds
 }
 
-/// [`crate::InvocationStore::update_invocation`].
-pub(super) async fn update(pool: &PgPool, record: &InvocationResult) -> Result<bool, StoreError> {
-    // Fenced in one atomic UPDATE (re-evaluated on the latest row version if a concurrent
-    // update committed first); the second EXISTS tells "fenced off" from "absent" in the
-    // same round trip. A terminal record drops the stored request.
-    let body = to_json(record)?;
-    let sql = format!(
-        "WITH u AS (SELECT $3::bigint AS attempt, $8::boolean AS terminal), \
-         updated AS ( \
-           UPDATE invocations AS i SET version = $1, status = $2, attempt = u.attempt, \
-             body = $4::jsonb, updated_at = $5, \
-             request = CASE WHEN u.terminal THEN NULL ELSE i.request END \
-           FROM u \
-           WHERE i.id = $6::uuid AND i.namespace = $7 AND {fence} \
-           RETURNING 1) \
-         SELECT EXISTS (SELECT 1 FROM updated) AS applied, \
-           EXISTS (SELECT 1 FROM invocations WHERE id = $6::uuid AND namespace = $7) \
-             AS present",
-        fence = fencing_sql("i", "u"),
-    );
-    let row = sqlx::query(AssertSqlSafe(sql.as_str()))
-        .bind(i64::from(record.version))
-        .bind(record.status.as_str())
-        .bind(i64::from(record.attempt))
-        .bind(body)
-        .bind(Utc::now())
-        .bind(record.id.to_string())
-        .bind(record.namespace.as_str())
-        .bind(record.status.is_terminal())
-        .fetch_one(pool)
-        .await?;
-    if row.try_get("applied")? {
-        return Ok(true);
-    }
-    fenced_off(record, row.try_get("present")?)
-}
-
-/// [`crate::InvocationStore::update_invocations`]: one `UPDATE … FROM UNNEST` per round (see
-/// [`rounds`]).
-pub(super) async fn update_batch(
-    pool: &PgPool,
-    records: &[InvocationResult],
-) -> Result<Vec<bool>, StoreError> {
-    let mut applied = vec![false; records.len()];
-    // Each round is sent in id order: the primary-key probes then lock rows in that order,
-    // the same in every concurrent batch. (An explicit `ORDER BY id FOR UPDATE` pass would
-    // guarantee it whatever the plan, at about 1.5x the cost of the whole statement.)
-    let sql = format!(
-        "UPDATE invocations AS i SET version = u.version, status = u.status, \
-           attempt = u.attempt, body = u.body, updated_at = $8, \
-           request = CASE WHEN u.terminal THEN NULL ELSE i.request END \
-         FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], \
-           $6::jsonb[], $7::boolean[]) \
-           AS u (id, namespace, version, status, attempt, body, terminal) \
-         WHERE i.id = u.id AND i.namespace = u.namespace AND {fence} \
-         RETURNING i.id::text",
-        fence = fencing_sql("i", "u"),
-    );
-    let now = Utc::now();
-    let mut tx = pool.begin().await?;
-    for mut round in rounds(records) {
-        round.sort_unstable_by_key(|&i| records.get(i).map(|r| r.id));
-        let mut ids = Vec::with_capacity(round.len());
-        let mut namespaces = Vec::with_capacity(round.len());
-        let mut versions = Vec::with_capacity(round.len());
-        let mut statuses = Vec::with_capacity(round.len());
-        let mut attempts = Vec::with_capacity(round.len());
-        let mut bodies = Vec::with_capacity(round.len());
-        let mut terminals = Vec::with_capacity(round.len());
-        let mut index_of = HashMap::with_capacity(round.len());
-        for &index in &round {
-            let Some(record) = records.get(index) else {
-                continue;
-            };
-            let id = record.id.to_string();
-            index_of.insert(id.clone(), index);
-            ids.push(id);
-            namespaces.push(record.namespace.as_str().to_owned());
-            versions.push(i64::from(record.version));
-            statuses.push(record.status.as_str().to_owned());
-            attempts.push(i64::from(record.attempt));
-            bodies.push(to_json(record)?);
-            terminals.push(record.status.is_terminal());
-        }
-        let updated: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
-            .bind(ids)
-            .bind(namespaces)
-            .bind(versions)
-            .bind(statuses)
-            .bind(attempts)
-            .bind(bodies)
-            .bind(terminals)
-            .bind(now)
-            .fetch_all(&mut *tx)
+#[async_trait]
+impl EngineInvocations for PostgresStore {
+    /// [`crate::InvocationStore::update_invocation`].
+    async fn apply_update(&self, record: &InvocationResult) -> Result<bool, StoreError> {
+        // Fenced in one atomic UPDATE (re-evaluated on the latest row version if a concurrent
+        // update committed first); the second EXISTS tells "fenced off" from "absent" in the
+        // same round trip. A terminal record drops the stored request.
+        let body = to_json(record)?;
+        let sql = format!(
+            "WITH u AS (SELECT $3::bigint AS attempt, $8::boolean AS terminal), \
+             updated AS ( \
+               UPDATE invocations AS i SET version = $1, status = $2, attempt = u.attempt, \
+                 body = $4::jsonb, updated_at = $5, \
+                 request = CASE WHEN u.terminal THEN NULL ELSE i.request END \
+               FROM u \
+               WHERE i.id = $6::uuid AND i.namespace = $7 AND {fence} \
+               RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM updated) AS applied, \
+               EXISTS (SELECT 1 FROM invocations WHERE id = $6::uuid AND namespace = $7) \
+                 AS present",
+            fence = fencing_sql("i", "u"),
+        );
+        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(i64::from(record.version))
+            .bind(record.status.as_str())
+            .bind(i64::from(record.attempt))
+            .bind(body)
+            .bind(Utc::now())
+            .bind(record.id.to_string())
+            .bind(record.namespace.as_str())
+            .bind(record.status.is_terminal())
+            .fetch_one(&self.pool)
             .await?;
-        for id in updated {
-            if let Some(slot) = index_of.get(&id).and_then(|&i| applied.get_mut(i)) {
-                *slot = true;
+        if row.try_get("applied")? {
+            return Ok(true);
+        }
+        fenced_off(record, row.try_get("present")?)
+    }
+
+    /// [`crate::InvocationStore::update_invocations`]: one `UPDATE … FROM UNNEST` per round (see
+    /// [`rounds`]).
+    async fn apply_updates(&self, records: &[InvocationResult]) -> Result<Vec<bool>, StoreError> {
+        let mut applied = vec![false; records.len()];
+        // Each round is sent in id order: the primary-key probes then lock rows in that order,
+        // the same in every concurrent batch. (An explicit `ORDER BY id FOR UPDATE` pass would
+        // guarantee it whatever the plan, at about 1.5x the cost of the whole statement.)
+        let sql = format!(
+            "UPDATE invocations AS i SET version = u.version, status = u.status, \
+               attempt = u.attempt, body = u.body, updated_at = $8, \
+               request = CASE WHEN u.terminal THEN NULL ELSE i.request END \
+             FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], \
+               $6::jsonb[], $7::boolean[]) \
+               AS u (id, namespace, version, status, attempt, body, terminal) \
+             WHERE i.id = u.id AND i.namespace = u.namespace AND {fence} \
+             RETURNING i.id::text",
+            fence = fencing_sql("i", "u"),
+        );
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        for mut round in rounds(records) {
+            round.sort_unstable_by_key(|&i| records.get(i).map(|r| r.id));
+            let mut ids = Vec::with_capacity(round.len());
+            let mut namespaces = Vec::with_capacity(round.len());
+            let mut versions = Vec::with_capacity(round.len());
+            let mut statuses = Vec::with_capacity(round.len());
+            let mut attempts = Vec::with_capacity(round.len());
+            let mut bodies = Vec::with_capacity(round.len());
+            let mut terminals = Vec::with_capacity(round.len());
+            let mut index_of = HashMap::with_capacity(round.len());
+            for &index in &round {
+                let Some(record) = records.get(index) else {
+                    continue;
+                };
+                let id = record.id.to_string();
+                index_of.insert(id.clone(), index);
+                ids.push(id);
+                namespaces.push(record.namespace.as_str().to_owned());
+                versions.push(i64::from(record.version));
+                statuses.push(record.status.as_str().to_owned());
+                attempts.push(i64::from(record.attempt));
+                bodies.push(to_json(record)?);
+                terminals.push(record.status.is_terminal());
+            }
+            let updated: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+                .bind(ids)
+                .bind(namespaces)
+                .bind(versions)
+                .bind(statuses)
+                .bind(attempts)
+                .bind(bodies)
+                .bind(terminals)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+            for id in updated {
+                if let Some(slot) = index_of.get(&id).and_then(|&i| applied.get_mut(i)) {
+                    *slot = true;
+                }
             }
         }
+        tx.commit().await?;
+        let fenced = applied.iter().filter(|a| !**a).count();
+        if fenced > 0 {
+            tracing::debug!(
+                batch.size = records.len(),
+                batch.not_applied = fenced,
+                "batched invocation updates: some fenced off or absent"
+            );
+        }
+        Ok(applied)
     }
-    tx.commit().await?;
-    let fenced = applied.iter().filter(|a| !**a).count();
-    if fenced > 0 {
-        tracing::debug!(
-            batch.size = records.len(),
-            batch.not_applied = fenced,
-            "batched invocation updates: some fenced off or absent"
-        );
-    }
-    Ok(applied)
-}
 
-/// The bodies of the invocations with these ids.
-pub(super) async fn bodies_by_id(
-    pool: &PgPool,
-    ids: &[InvocationId],
-) -> Result<Vec<String>, StoreError> {
-    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-    Ok(
-        sqlx::query_scalar("SELECT body::text FROM invocations WHERE id = ANY($1::uuid[])")
-            .bind(ids)
-            .fetch_all(pool)
-            .await?,
-    )
-}
+    /// The bodies of the invocations with these ids.
+    async fn invocations_by_id(&self, ids: &[InvocationId]) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        Ok(
+            sqlx::query_scalar("SELECT body::text FROM invocations WHERE id = ANY($1::uuid[])")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
 
-/// [`crate::InvocationStore::put_logs_batch`].
-pub(super) async fn put_logs_batch(
-    pool: &PgPool,
-    logs: &[(InvocationId, InvocationLogs)],
-) -> Result<(), StoreError> {
-    // ON CONFLICT may touch a row once per statement: keep the last logs of each id, and
-    // write them in id order (consistent lock order across concurrent batches).
-    let mut last: HashMap<InvocationId, &InvocationLogs> = HashMap::with_capacity(logs.len());
-    for (id, entry) in logs {
-        last.insert(*id, entry);
+    /// [`crate::InvocationStore::put_logs_batch`].
+    async fn store_logs(&self, logs: &[(InvocationId, InvocationLogs)]) -> Result<(), StoreError> {
+        // ON CONFLICT may touch a row once per statement: keep the last logs of each id, and
+        // write them in id order (consistent lock order across concurrent batches).
+        let mut last: HashMap<InvocationId, &InvocationLogs> = HashMap::with_capacity(logs.len());
+        for (id, entry) in logs {
+            last.insert(*id, entry);
+        }
+        if last.is_empty() {
+            return Ok(());
+        }
+        let mut entries: Vec<_> = last.into_iter().collect();
+        entries.sort_unstable_by_key(|(id, _)| *id);
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut texts = Vec::with_capacity(entries.len());
+        let mut truncated = Vec::with_capacity(entries.len());
+        for (id, entry) in entries {
+            ids.push(id.to_string());
+            texts.push(replace_nul(&entry.text).into_owned());
+            truncated.push(entry.truncated);
+        }
+        sqlx::query(
+            "INSERT INTO invocation_logs (id, text, truncated) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::boolean[]) \
+             ON CONFLICT (id) DO UPDATE SET text = excluded.text, truncated = excluded.truncated",
+        )
+        .bind(ids)
+        .bind(texts)
+        .bind(truncated)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
-    if last.is_empty() {
-        return Ok(());
-    }
-    let mut entries: Vec<_> = last.into_iter().collect();
-    entries.sort_unstable_by_key(|(id, _)| *id);
-    let mut ids = Vec::with_capacity(entries.len());
-    let mut texts = Vec::with_capacity(entries.len());
-    let mut truncated = Vec::with_capacity(entries.len());
-    for (id, entry) in entries {
-        ids.push(id.to_string());
-        texts.push(replace_nul(&entry.text).into_owned());
-        truncated.push(entry.truncated);
-    }
-    sqlx::query(
-        "INSERT INTO invocation_logs (id, text, truncated) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::boolean[]) \
-         ON CONFLICT (id) DO UPDATE SET text = excluded.text, truncated = excluded.truncated",
-    )
-    .bind(ids)
-    .bind(texts)
-    .bind(truncated)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
 
-/// `(id, namespace)` of the invocations among `ids` whose logs are stored.
-pub(super) async fn logs_by_id(
-    pool: &PgPool,
-    ids: &[InvocationId],
-) -> Result<Vec<(String, String)>, StoreError> {
-    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-    Ok(sqlx::query_as(
-        "SELECT l.id::text, i.namespace FROM invocation_logs l \
-         JOIN invocations i ON i.id = l.id WHERE l.id = ANY($1::uuid[])",
-    )
-    .bind(ids)
-    .fetch_all(pool)
-    .await?)
+    /// `(id, namespace)` of the invocations among `ids` whose logs are stored.
+    async fn logs_by_id(&self, ids: &[InvocationId]) -> Result<Vec<(String, String)>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        Ok(sqlx::query_as(
+            "SELECT l.id::text, i.namespace FROM invocation_logs l \
+             JOIN invocations i ON i.id = l.id WHERE l.id = ANY($1::uuid[])",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
 }
 
 #[cfg(test)]

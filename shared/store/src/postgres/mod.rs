@@ -26,8 +26,6 @@ use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
 use super::sql::{Arg, Sql, SqlEngine};
 use super::StoreError;
-use fnmesh_core::ids::InvocationId;
-use fnmesh_core::invocation::{InvocationLogs, InvocationResult};
 
 mod invocations;
 
@@ -263,26 +261,6 @@ impl SqlEngine for PostgresStore {
     /// change take [`SqlEngine::LOCK_ROW`].
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.pool.begin().await
-    }
-
-    async fn apply_update(&self, record: &InvocationResult) -> Result<bool, StoreError> {
-        invocations::update(&self.pool, record).await
-    }
-
-    async fn apply_updates(&self, records: &[InvocationResult]) -> Result<Vec<bool>, StoreError> {
-        invocations::update_batch(&self.pool, records).await
-    }
-
-    async fn invocations_by_id(&self, ids: &[InvocationId]) -> Result<Vec<String>, StoreError> {
-        invocations::bodies_by_id(&self.pool, ids).await
-    }
-
-    async fn store_logs(&self, logs: &[(InvocationId, InvocationLogs)]) -> Result<(), StoreError> {
-        invocations::put_logs_batch(&self.pool, logs).await
-    }
-
-    async fn logs_by_id(&self, ids: &[InvocationId]) -> Result<Vec<(String, String)>, StoreError> {
-        invocations::logs_by_id(&self.pool, ids).await
     }
 }
 

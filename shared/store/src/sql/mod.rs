@@ -252,9 +252,10 @@ pub async fn fetch_page<E: SqlEngine, T: Send>(
 pub type Conn<E> = <<E as SqlEngine>::Db as Database>::Connection;
 
 /// What a SQL engine supplies for the stores of this module to run on it: its pool, how it
-/// runs a [`Sql`] statement, and the few operations it writes its own way.
+/// runs a [`Sql`] statement, and (in [`EngineInvocations`]) the few operations it writes its
+/// own way.
 #[async_trait]
-pub trait SqlEngine: Send + Sync + 'static {
+pub trait SqlEngine: EngineInvocations + Send + Sync + 'static {
     /// The sqlx database.
     type Db: Database;
     /// Its rows.
@@ -289,7 +290,13 @@ pub trait SqlEngine: Send + Sync + 'static {
     /// A transaction that will write: one whose reads no other writer can change before it
     /// commits, together with [`SqlEngine::LOCK_ROW`].
     async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+}
 
+/// The parts of [`crate::InvocationStore`] each engine writes its own way: the fenced update
+/// (in one statement where the engine can) and batches (arrays or chunked `IN` lists).
+/// Empty batches never reach these.
+#[async_trait]
+pub trait EngineInvocations {
     /// [`crate::InvocationStore::update_invocation`]: the fenced update, and whether it was
     /// applied (`NotFound` if the record does not exist).
     async fn apply_update(&self, record: &InvocationResult) -> Result<bool, StoreError>;

@@ -2,11 +2,14 @@
 //! (one transaction of single statements, or `IN` lists in chunks, where PostgreSQL sends
 //! arrays).
 
+use async_trait::async_trait;
 use chrono::Utc;
 
 use super::SqliteStore;
 use crate::common::{fenced_off, TERMINAL_SQL};
-use crate::sql::{execute, fetch_all, fetch_optional, Sql, SqlEngine, SqlRow, PUT_LOGS_SQL};
+use crate::sql::{
+    execute, fetch_all, fetch_optional, EngineInvocations, Sql, SqlEngine, SqlRow, PUT_LOGS_SQL,
+};
 use crate::StoreError;
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{InvocationLogs, InvocationResult};
@@ -41,41 +44,6 @@ fn update_sql(record: &InvocationResult, now: chrono::DateTime<Utc>) -> Result<S
     .bind(record.status.is_terminal()))
 }
 
-/// [`crate::InvocationStore::update_invocation`].
-pub(super) async fn update(
-    store: &SqliteStore,
-    record: &InvocationResult,
-) -> Result<bool, StoreError> {
-    if execute(store, update_sql(record, Utc::now())?).await? > 0 {
-        return Ok(true);
-    }
-    let exists = fetch_optional(
-        store,
-        Sql::new("SELECT 1 FROM invocations WHERE id = $1 AND namespace = $2")
-            .bind(record.id.to_string())
-            .bind(record.namespace.as_str()),
-    )
-    .await?;
-    fenced_off(record, exists.is_some())
-}
-
-/// [`crate::InvocationStore::update_invocations`]: one transaction, so one write lock and
-/// one commit for the whole batch (each statement on its own would be a commit, and a hop to
-/// the connection's thread, apiece).
-pub(super) async fn update_batch(
-    store: &SqliteStore,
-    records: &[InvocationResult],
-) -> Result<Vec<bool>, StoreError> {
-    let mut applied = Vec::with_capacity(records.len());
-    let now = Utc::now();
-    let mut tx = store.pool.begin().await?;
-    for record in records {
-        applied.push(SqliteStore::execute(&mut tx, update_sql(record, now)?).await? > 0);
-    }
-    tx.commit().await?;
-    Ok(applied)
-}
-
 /// `query` (ending in `IN (`) for each chunk of `ids`, the list closed; every row.
 async fn in_chunks(
     store: &SqliteStore,
@@ -95,46 +63,69 @@ async fn in_chunks(
     Ok(rows)
 }
 
-/// The bodies of the invocations with these ids.
-pub(super) async fn bodies_by_id(
-    store: &SqliteStore,
-    ids: &[InvocationId],
-) -> Result<Vec<String>, StoreError> {
-    let rows = in_chunks(store, "SELECT body FROM invocations WHERE id IN (", ids).await?;
-    rows.iter().map(|row| row.text("body")).collect()
-}
-
-/// `(id, namespace)` of the invocations among `ids` whose logs are stored.
-pub(super) async fn logs_by_id(
-    store: &SqliteStore,
-    ids: &[InvocationId],
-) -> Result<Vec<(String, String)>, StoreError> {
-    let rows = in_chunks(
-        store,
-        "SELECT l.id, i.namespace FROM invocation_logs l \
-         JOIN invocations i ON i.id = l.id WHERE l.id IN (",
-        ids,
-    )
-    .await?;
-    rows.iter()
-        .map(|row| Ok((row.text("id")?, row.text("namespace")?)))
-        .collect()
-}
-
-/// [`crate::InvocationStore::put_logs_batch`]: in slice order, so for a repeated id the last
-/// one wins; one transaction.
-pub(super) async fn put_logs_batch(
-    store: &SqliteStore,
-    logs: &[(InvocationId, InvocationLogs)],
-) -> Result<(), StoreError> {
-    let mut tx = store.pool.begin().await?;
-    for (id, entry) in logs {
-        let sql = Sql::new(PUT_LOGS_SQL)
-            .bind(id.to_string())
-            .bind(entry.text.as_str())
-            .bind(entry.truncated);
-        SqliteStore::execute(&mut tx, sql).await?;
+#[async_trait]
+impl EngineInvocations for SqliteStore {
+    /// [`crate::InvocationStore::update_invocation`].
+    async fn apply_update(&self, record: &InvocationResult) -> Result<bool, StoreError> {
+        if execute(self, update_sql(record, Utc::now())?).await? > 0 {
+            return Ok(true);
+        }
+        let exists = fetch_optional(
+            self,
+            Sql::new("SELECT 1 FROM invocations WHERE id = $1 AND namespace = $2")
+                .bind(record.id.to_string())
+                .bind(record.namespace.as_str()),
+        )
+        .await?;
+        fenced_off(record, exists.is_some())
     }
-    tx.commit().await?;
-    Ok(())
+
+    /// [`crate::InvocationStore::update_invocations`]: one transaction, so one write lock and
+    /// one commit for the whole batch (each statement on its own would be a commit, and a hop to
+    /// the connection's thread, apiece).
+    async fn apply_updates(&self, records: &[InvocationResult]) -> Result<Vec<bool>, StoreError> {
+        let mut applied = Vec::with_capacity(records.len());
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        for record in records {
+            applied.push(SqliteStore::execute(&mut tx, update_sql(record, now)?).await? > 0);
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// The bodies of the invocations with these ids.
+    async fn invocations_by_id(&self, ids: &[InvocationId]) -> Result<Vec<String>, StoreError> {
+        let rows = in_chunks(self, "SELECT body FROM invocations WHERE id IN (", ids).await?;
+        rows.iter().map(|row| row.text("body")).collect()
+    }
+
+    /// [`crate::InvocationStore::put_logs_batch`]: in slice order, so for a repeated id the last
+    /// one wins; one transaction.
+    async fn store_logs(&self, logs: &[(InvocationId, InvocationLogs)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, entry) in logs {
+            let sql = Sql::new(PUT_LOGS_SQL)
+                .bind(id.to_string())
+                .bind(entry.text.as_str())
+                .bind(entry.truncated);
+            SqliteStore::execute(&mut tx, sql).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// `(id, namespace)` of the invocations among `ids` whose logs are stored.
+    async fn logs_by_id(&self, ids: &[InvocationId]) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = in_chunks(
+            self,
+            "SELECT l.id, i.namespace FROM invocation_logs l \
+             JOIN invocations i ON i.id = l.id WHERE l.id IN (",
+            ids,
+        )
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.text("id")?, row.text("namespace")?)))
+            .collect()
+    }
 }

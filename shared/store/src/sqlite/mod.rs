@@ -21,8 +21,6 @@ use sqlx::{AssertSqlSafe, Sqlite, Transaction};
 
 use super::sql::{strip_postgres, Arg, Sql, SqlEngine};
 use super::StoreError;
-use fnmesh_core::ids::InvocationId;
-use fnmesh_core::invocation::{InvocationLogs, InvocationResult};
 
 mod invocations;
 
@@ -136,25 +134,5 @@ impl SqlEngine for SqliteStore {
     /// change under it.
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
-    }
-
-    async fn apply_update(&self, record: &InvocationResult) -> Result<bool, StoreError> {
-        invocations::update(self, record).await
-    }
-
-    async fn apply_updates(&self, records: &[InvocationResult]) -> Result<Vec<bool>, StoreError> {
-        invocations::update_batch(self, records).await
-    }
-
-    async fn invocations_by_id(&self, ids: &[InvocationId]) -> Result<Vec<String>, StoreError> {
-        invocations::bodies_by_id(self, ids).await
-    }
-
-    async fn store_logs(&self, logs: &[(InvocationId, InvocationLogs)]) -> Result<(), StoreError> {
-        invocations::put_logs_batch(self, logs).await
-    }
-
-    async fn logs_by_id(&self, ids: &[InvocationId]) -> Result<Vec<(String, String)>, StoreError> {
-        invocations::logs_by_id(self, ids).await
     }
 }
