@@ -13,6 +13,9 @@
 //!
 //! PostgreSQL cannot store U+0000 in `text` or `jsonb`: it is written as U+FFFD, so a handler
 //! printing a NUL byte cannot make its result or logs unwritable.
+//!
+//! The statements are those of `sql/`, shared with SQLite; this module binds values the
+//! PostgreSQL way and `invocations.rs` holds what PostgreSQL does its own way.
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -41,7 +44,7 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// How long a caller waits for a free connection before the store reports an error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A [`MetadataStore`] in a PostgreSQL database (or one schema of it).
+/// A [`crate::MetadataStore`] in a PostgreSQL database (or one schema of it).
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,

@@ -5,11 +5,12 @@
 //! [`crate::postgres::PostgresStore`].
 //!
 //! Statements are written in the PostgreSQL dialect with numbered parameters (`$1`), which
-//! SQLite reads too; see [`SqlEngine::sql`] for how the SQLite engine drops what only
-//! PostgreSQL needs. Values are bound as [`Arg`]s, which each engine converts to its column
-//! types (timestamps are RFC 3339 text in SQLite, `timestamptz` in PostgreSQL), and rows are
-//! read through [`SqlRow`]. What the engines really do differently (batches, the fenced
-//! update, write locks) is a method of [`SqlEngine`] each implements its own way.
+//! SQLite reads too; the SQLite engine drops what only PostgreSQL needs ([`strip_postgres`]).
+//! Values are bound as [`Arg`]s, which each engine converts to its column types (timestamps
+//! are RFC 3339 text in SQLite, `timestamptz` in PostgreSQL), and rows are read through
+//! [`SqlRow`]; listings page through [`fetch_page`]. What the engines really do differently is
+//! theirs: write transactions ([`SqlEngine::begin_write`]), and the fenced update and batches
+//! ([`EngineInvocations`]).
 
 use std::borrow::Cow;
 

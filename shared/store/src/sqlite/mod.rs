@@ -5,6 +5,10 @@
 //! record's full JSON is kept in a `body` column; the other columns carry keys, fencing state
 //! and listing order. Listings use keyset pagination with opaque cursors (base64 of the last
 //! key seen), so walking all pages never repeats or skips a row, even while rows are inserted.
+//!
+//! The statements are those of `sql/`, shared with PostgreSQL (this engine strips the casts
+//! only PostgreSQL reads); this module binds values the SQLite way (timestamps as fixed-width
+//! RFC 3339 text) and `invocations.rs` holds what SQLite does its own way.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -35,7 +39,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections in the pool (SQLite serialises writers; readers run in parallel in WAL mode).
 const MAX_CONNECTIONS: u32 = 8;
 
-/// A [`MetadataStore`] in one SQLite database file.
+/// A [`crate::MetadataStore`] in one SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
