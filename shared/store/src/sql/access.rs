@@ -3,14 +3,22 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{execute, fetch_all, fetch_optional, fetch_page, Conn, Sql, SqlEngine, SqlRow, Walk};
+use super::{
+    execute, fetch_all, fetch_optional, fetch_page, Conn, Listing, Sql, SqlEngine, SqlRow,
+};
 use crate::access::{AccessStore, NamespaceQuota, NamespaceUsage, RefreshTokenRecord};
 use crate::common::{clamp_limit, decode_cursor, from_json, is_unique_violation};
 use crate::{ApiKeyRecord, Page, Role, StoreError};
 use fnmesh_core::names::{FunctionName, Namespace};
 
-/// Cursor prefix of key listings.
-const KEY_CURSOR: &str = "k:";
+/// Keys by id, in byte order (as the cursor compares ids).
+const API_KEYS: Listing<ApiKeyRecord> = Listing {
+    seek: " AND id COLLATE \"C\" > ",
+    cast: "",
+    order: " ORDER BY id COLLATE \"C\" LIMIT ",
+    cursor: "k:",
+    key: |k| k.id.clone(),
+};
 
 /// The columns of `api_keys`, in the order [`insert_api_key`] binds them.
 const API_KEY_COLUMNS: &str =
@@ -162,7 +170,9 @@ impl<E: SqlEngine> AccessStore for E {
         cursor: Option<&str>,
     ) -> Result<Page<ApiKeyRecord>, StoreError> {
         let limit = clamp_limit(limit);
-        let after = cursor.map(|c| decode_cursor(KEY_CURSOR, c)).transpose()?;
+        let after = cursor
+            .map(|c| decode_cursor(API_KEYS.cursor, c))
+            .transpose()?;
         let mut query = Sql::new("SELECT ");
         query
             .push(API_KEY_COLUMNS)
@@ -172,23 +182,7 @@ impl<E: SqlEngine> AccessStore for E {
                 .push(" AND namespace = ")
                 .push_bind(namespace.as_str());
         }
-        // Byte order, as the cursor compares ids.
-        let walk = Walk {
-            seek: " AND id COLLATE \"C\" > ",
-            cast: "",
-            order: " ORDER BY id COLLATE \"C\" LIMIT ",
-        };
-        fetch_page(
-            self,
-            query,
-            &walk,
-            after,
-            limit,
-            KEY_CURSOR,
-            api_key_from_row,
-            |k| k.id.clone(),
-        )
-        .await
+        fetch_page(self, query, &API_KEYS, after, limit, api_key_from_row).await
     }
 
     async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {

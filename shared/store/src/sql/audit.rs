@@ -3,10 +3,13 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{execute, fetch_page, Sql, SqlEngine, SqlRow, NEWEST_FIRST};
+use super::{execute, fetch_page, newest_first, Listing, Sql, SqlEngine, SqlRow};
 use crate::common::{clamp_limit, decode_cursor, is_unique_violation, AUDIT_CURSOR};
 use crate::{AuditEntry, AuditFilter, AuditOutcome, AuditStore, Page, StoreError};
 use fnmesh_core::names::Namespace;
+
+/// Audit entries, newest first.
+const AUDIT: Listing<AuditEntry> = newest_first(AUDIT_CURSOR, |e| e.id.clone());
 
 fn audit_from_row<R: SqlRow>(row: &R) -> Result<AuditEntry, StoreError> {
     let bad = |column: &str, e: &dyn std::fmt::Display| {
@@ -103,16 +106,6 @@ impl<E: SqlEngine> AuditStore for E {
             // SQLite's `at` is fixed-width RFC 3339 text: text order is time order.
             query.push(" AND at >= ").push_bind(since);
         }
-        fetch_page(
-            self,
-            query,
-            &NEWEST_FIRST,
-            before,
-            limit,
-            AUDIT_CURSOR,
-            audit_from_row,
-            |e| e.id.clone(),
-        )
-        .await
+        fetch_page(self, query, &AUDIT, before, limit, audit_from_row).await
     }
 }

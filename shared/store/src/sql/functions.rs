@@ -2,13 +2,22 @@
 
 use async_trait::async_trait;
 
-use super::{execute, fetch_all, fetch_optional, fetch_page, Sql, SqlEngine, SqlRow, Walk};
+use super::{execute, fetch_all, fetch_optional, fetch_page, Listing, Sql, SqlEngine, SqlRow};
 use crate::common::{
     clamp_limit, from_json, function_cursor, function_label, is_unique_violation, FUNCTION_CURSOR,
 };
 use crate::{FunctionStore, Page, StoreError};
 use fnmesh_core::function::Function;
 use fnmesh_core::names::{FunctionName, Namespace};
+
+/// Functions by name.
+const FUNCTIONS: Listing<Function> = Listing {
+    seek: " AND f.name > ",
+    cast: "",
+    order: " ORDER BY f.name LIMIT ",
+    cursor: FUNCTION_CURSOR,
+    key: |f| f.name.to_string(),
+};
 
 /// Inserts a version. Binds: namespace, name, version, body, created_at.
 const INSERT_VERSION_SQL: &str =
@@ -158,22 +167,8 @@ impl<E: SqlEngine> FunctionStore for E {
              AND v.version = f.latest_version WHERE f.namespace = $1",
         )
         .bind(namespace.as_str());
-        let walk = Walk {
-            seek: " AND f.name > ",
-            cast: "",
-            order: " ORDER BY f.name LIMIT ",
-        };
-        fetch_page(
-            self,
-            query,
-            &walk,
-            after,
-            limit,
-            FUNCTION_CURSOR,
-            |row| from_json(&row.text("body")?),
-            |f: &Function| f.name.to_string(),
-        )
-        .await
+        let body = |row: &E::Row| from_json(&row.text("body")?);
+        fetch_page(self, query, &FUNCTIONS, after, limit, body).await
     }
 
     async fn list_versions(

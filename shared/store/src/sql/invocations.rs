@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    execute, fetch_all, fetch_one, fetch_optional, fetch_page, Sql, SqlEngine, SqlRow, NEWEST_FIRST,
+    execute, fetch_all, fetch_one, fetch_optional, fetch_page, newest_first, Listing, Sql,
+    SqlEngine, SqlRow,
 };
 use crate::common::{
     clamp_limit, dead_letter_target, from_json, invocation_id_cursor, is_unique_violation,
@@ -22,6 +23,14 @@ use fnmesh_core::names::{FunctionName, Namespace};
 pub(crate) const PUT_LOGS_SQL: &str =
     "INSERT INTO invocation_logs (id, text, truncated) VALUES ($1::uuid, $2, $3) \
      ON CONFLICT (id) DO UPDATE SET text = excluded.text, truncated = excluded.truncated";
+
+/// Invocations of a namespace, newest first.
+const INVOCATIONS: Listing<InvocationResult> =
+    newest_first(INVOCATION_CURSOR, |r| r.id.to_string());
+
+/// Dead letters, newest first.
+const DEAD_LETTERS: Listing<DeadLetterRecord> =
+    newest_first(DEAD_LETTER_CURSOR, |d| d.id.to_string());
 
 /// The columns of `dead_letters`, as [`dead_letter_from_row`] reads them.
 const DEAD_LETTER_COLUMNS: &str = "id::text AS id, namespace, function, version, attempts, \
@@ -56,6 +65,11 @@ fn bodies<R: SqlRow, T: serde::de::DeserializeOwned>(
     rows.iter()
         .map(|row| from_json(&row.text(column)?))
         .collect()
+}
+
+/// `sql`, whose `$1` is an invocation id and `$2` its namespace, with both bound.
+fn of_invocation(sql: &'static str, namespace: &Namespace, id: &InvocationId) -> Sql {
+    Sql::new(sql).bind(id.to_string()).bind(namespace.as_str())
 }
 
 /// The `queued` record of `request` and the statement inserting it with its request.
@@ -153,16 +167,9 @@ impl<E: SqlEngine> InvocationStore for E {
         namespace: &Namespace,
         id: &InvocationId,
     ) -> Result<Option<InvocationResult>, StoreError> {
-        let row = fetch_optional(
-            self,
-            Sql::new(
-                "SELECT body::text AS body FROM invocations \
-                 WHERE id = $1::uuid AND namespace = $2",
-            )
-            .bind(id.to_string())
-            .bind(namespace.as_str()),
-        )
-        .await?;
+        let sql = "SELECT body::text AS body FROM invocations \
+                   WHERE id = $1::uuid AND namespace = $2";
+        let row = fetch_optional(self, of_invocation(sql, namespace, id)).await?;
         row.map(|row| from_json(&row.text("body")?)).transpose()
     }
 
@@ -200,17 +207,9 @@ impl<E: SqlEngine> InvocationStore for E {
         if let Some(status) = filter.status {
             query.push(" AND status = ").push_bind(status.as_str());
         }
-        fetch_page(
-            self,
-            query,
-            &NEWEST_FIRST,
-            before.map(|id| id.to_string()),
-            limit,
-            INVOCATION_CURSOR,
-            |row| from_json(&row.text("body")?),
-            |r: &InvocationResult| r.id.to_string(),
-        )
-        .await
+        let after = before.map(|id| id.to_string());
+        let body = |row: &E::Row| from_json(&row.text("body")?);
+        fetch_page(self, query, &INVOCATIONS, after, limit, body).await
     }
 
     async fn put_logs(&self, id: &InvocationId, logs: &InvocationLogs) -> Result<(), StoreError> {
@@ -251,17 +250,9 @@ impl<E: SqlEngine> InvocationStore for E {
         namespace: &Namespace,
         id: &InvocationId,
     ) -> Result<Option<InvocationLogs>, StoreError> {
-        let row = fetch_optional(
-            self,
-            Sql::new(
-                "SELECT l.text, l.truncated FROM invocation_logs l \
-                 JOIN invocations i ON i.id = l.id \
-                 WHERE l.id = $1::uuid AND i.namespace = $2",
-            )
-            .bind(id.to_string())
-            .bind(namespace.as_str()),
-        )
-        .await?;
+        let sql = "SELECT l.text, l.truncated FROM invocation_logs l \
+                   JOIN invocations i ON i.id = l.id WHERE l.id = $1::uuid AND i.namespace = $2";
+        let row = fetch_optional(self, of_invocation(sql, namespace, id)).await?;
         row.map(|row| {
             Ok(InvocationLogs {
                 text: row.text("text")?,
@@ -353,15 +344,14 @@ impl<E: SqlEngine> InvocationStore for E {
                 .push(" AND namespace = ")
                 .push_bind(namespace.as_str());
         }
+        let after = before.map(|id| id.to_string());
         fetch_page(
             self,
             query,
-            &NEWEST_FIRST,
-            before.map(|id| id.to_string()),
+            &DEAD_LETTERS,
+            after,
             limit,
-            DEAD_LETTER_CURSOR,
             dead_letter_from_row,
-            |d| d.id.to_string(),
         )
         .await
     }

@@ -208,45 +208,54 @@ where
     }
 }
 
-/// How a listing walks its key (keyset pagination): the condition that resumes after a
-/// cursor's key, and the order.
-pub struct Walk {
+/// A listing walked by its key (keyset pagination): how it resumes after a cursor's key, its
+/// order, the prefix of its cursors and the key of an item.
+pub struct Listing<T> {
     /// Appended, then the key bound, when resuming: e.g. ` AND id < `.
     pub seek: &'static str,
     /// Appended after the bound key (a cast).
     pub cast: &'static str,
     /// The order, up to `LIMIT`: e.g. ` ORDER BY id DESC LIMIT `.
     pub order: &'static str,
+    /// The prefix of its cursors (so one listing's cursor is refused by another).
+    pub cursor: &'static str,
+    /// An item's key, which its cursor resumes after.
+    pub key: fn(&T) -> String,
 }
 
-/// Newest first by a UUIDv7 `id`.
-pub const NEWEST_FIRST: Walk = Walk {
-    seek: " AND id < ",
-    cast: "::uuid",
-    order: " ORDER BY id DESC LIMIT ",
-};
+/// A listing newest first by a UUIDv7 `id`.
+pub const fn newest_first<T>(cursor: &'static str, key: fn(&T) -> String) -> Listing<T> {
+    Listing {
+        seek: " AND id < ",
+        cast: "::uuid",
+        order: " ORDER BY id DESC LIMIT ",
+        cursor,
+        key,
+    }
+}
 
-/// One page of a listing: `query` (a `SELECT … WHERE …`) resumed after `after` and walked by
-/// `walk`, fetched with `LIMIT limit + 1` and cut by [`page_from_extra_row`] (`limit` is
-/// already clamped).
-#[allow(clippy::too_many_arguments)]
+/// One page of `listing`: `query` (a `SELECT … WHERE …`) resumed after `after`, fetched with
+/// `LIMIT limit + 1` and cut by [`page_from_extra_row`] (`limit` is already clamped).
 pub async fn fetch_page<E: SqlEngine, T: Send>(
     engine: &E,
     mut query: Sql,
-    walk: &Walk,
+    listing: &Listing<T>,
     after: Option<String>,
     limit: u32,
-    cursor_prefix: &str,
     decode: impl Fn(&E::Row) -> Result<T, StoreError> + Send,
-    key: impl Fn(&T) -> String + Send,
 ) -> Result<Page<T>, StoreError> {
     if let Some(after) = after {
-        query.push(walk.seek).push_bind(after).push(walk.cast);
+        query.push(listing.seek).push_bind(after).push(listing.cast);
     }
-    query.push(walk.order).push_bind(i64::from(limit) + 1);
+    query.push(listing.order).push_bind(i64::from(limit) + 1);
     let rows = fetch_all(engine, query).await?;
     let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-    Ok(page_from_extra_row(items, limit, cursor_prefix, key))
+    Ok(page_from_extra_row(
+        items,
+        limit,
+        listing.cursor,
+        listing.key,
+    ))
 }
 
 /// A connection of an engine (pooled or inside a transaction).
