@@ -139,11 +139,6 @@ impl Sql {
         self.push(&placeholder)
     }
 
-    /// The statement text.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
     /// The statement text and the parameters' values.
     pub fn into_parts(self) -> (Cow<'static, str>, Vec<Arg>) {
         (self.text, self.args)
