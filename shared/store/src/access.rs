@@ -2,8 +2,8 @@
 //!
 //! [`AccessStore`] is a supertrait of [`super::MetadataStore`], so every metadata store is
 //! also an access store and `Arc<dyn MetadataStore>` reaches these methods too. It is split
-//! out only to keep the trait and its implementations readable by domain; the SQL lives in
-//! `sqlite/access.rs` and `postgres/access.rs`, and [`conformance`] checks both.
+//! out only to keep the trait and its implementation readable by domain; the SQL lives in
+//! `sql/access.rs`, once for both engines, and [`conformance`] checks both.
 //!
 //! Refresh tokens are opaque; only their SHA-256 is stored. Each belongs to a *family* (the
 //! chain of rotations that started with one `POST /v1/auth/token`): rotating marks the

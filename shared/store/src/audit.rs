@@ -1,5 +1,5 @@
-//! The audit log: its types and [`AuditStore`]. The SQL lives in `sqlite/audit.rs` and
-//! `postgres/audit.rs`.
+//! The audit log: its types and [`AuditStore`]. The SQL lives in `sql/audit.rs`, once for
+//! both engines.
 //!
 //! An [`AuditEntry`] says who did what to which thing, from where, and how it ended. It never
 //! holds a request body, a credential or a secret value: only ids and names.

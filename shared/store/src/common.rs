@@ -1,21 +1,16 @@
-//! Helpers every SQL store shares: page limits, opaque cursors, paging from the extra row,
-//! record (de)serialisation, row decoders and error mapping. Dialect-specific SQL stays in
-//! each engine's module.
+//! Helpers the SQL stores share that need no database: page limits, opaque cursors, paging
+//! from the extra row, record deserialisation, dead-lettering rules and error mapping. The
+//! statements and row decoders are in `sql/`.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-use chrono::{DateTime, Utc};
-use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
-
-use super::{ApiKeyRecord, AuditEntry, AuditFilter, AuditOutcome, Role, StoreError};
+use super::StoreError;
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{
-    DeadLetterRecord, ErrorKind, InvocationError, InvocationLogs, InvocationResult,
-    InvocationStatus,
+    DeadLetterRecord, ErrorKind, InvocationError, InvocationResult, InvocationStatus,
 };
 use fnmesh_core::names::{FunctionName, Namespace};
-use fnmesh_core::secrets::{SealedSecret, SealedValue, SecretName};
 
 /// Largest page a listing returns.
 pub const MAX_PAGE_LIMIT: u32 = 1000;
@@ -27,6 +22,21 @@ pub(crate) const INVOCATION_CURSOR: &str = "i:";
 pub(crate) const DEAD_LETTER_CURSOR: &str = "d:";
 /// The terminal statuses, as an SQL list.
 pub(crate) const TERMINAL_SQL: &str = "('succeeded', 'failed', 'timeout', 'dead_lettered')";
+
+/// The answer of a fenced update that changed no row: `false` (fenced off) if the record is
+/// `present`, `NotFound` if not.
+pub(crate) fn fenced_off(record: &InvocationResult, present: bool) -> Result<bool, StoreError> {
+    if !present {
+        return Err(StoreError::NotFound(format!("invocation {}", record.id)));
+    }
+    tracing::debug!(
+        invocation.id = %record.id,
+        invocation.attempt = record.attempt,
+        invocation.status = record.status.as_str(),
+        "stale invocation update fenced off"
+    );
+    Ok(false)
+}
 
 /// The answers of a batched read by `(namespace, id)` keys, in key order: for each key, the
 /// record of `found` with that id, if it is in the key's namespace.
@@ -189,37 +199,6 @@ pub(crate) fn page_from_extra_row<T>(
     super::Page { items, next_cursor }
 }
 
-/// The columns of a `dead_letters` row, decoded into a record.
-pub(crate) struct DeadLetterColumns {
-    pub id: String,
-    pub namespace: String,
-    pub function: String,
-    pub version: i64,
-    pub attempts: i64,
-    pub last_error: Option<String>,
-    pub request: String,
-    pub dead_lettered_at: DateTime<Utc>,
-}
-
-impl DeadLetterColumns {
-    /// The record these columns hold.
-    pub(crate) fn decode(self) -> Result<DeadLetterRecord, StoreError> {
-        let bad = |column: &str, e: &dyn std::fmt::Display| {
-            StoreError::Backend(format!("decode dead letter {column}: {e}"))
-        };
-        Ok(DeadLetterRecord {
-            id: self.id.parse().map_err(|e| bad("id", &e))?,
-            namespace: Namespace::parse(&self.namespace).map_err(|e| bad("namespace", &e))?,
-            function: FunctionName::parse(&self.function).map_err(|e| bad("function", &e))?,
-            version: u32::try_from(self.version).map_err(|e| bad("version", &e))?,
-            attempts: u32::try_from(self.attempts).map_err(|e| bad("attempts", &e))?,
-            last_error: self.last_error.as_deref().map(from_json).transpose()?,
-            request: from_json(&self.request)?,
-            dead_lettered_at: self.dead_lettered_at,
-        })
-    }
-}
-
 /// Whether a database error is a foreign-key violation.
 pub(crate) fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
@@ -227,143 +206,3 @@ pub(crate) fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
 
 /// Cursor prefix of audit listings.
 pub(crate) const AUDIT_CURSOR: &str = "a:";
-
-/// The columns of an `audit_log` row (timestamps and integers already in Rust types),
-/// decoded into an entry.
-pub(crate) struct AuditColumns {
-    pub id: String,
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub namespace: Option<String>,
-    pub action: String,
-    pub target: Option<String>,
-    pub outcome: String,
-    pub status: i64,
-    pub source: Option<String>,
-}
-
-impl AuditColumns {
-    /// The entry these columns hold.
-    pub(crate) fn decode(self) -> Result<AuditEntry, StoreError> {
-        let bad = |column: &str, e: &dyn std::fmt::Display| {
-            StoreError::Backend(format!("decode audit {column}: {e}"))
-        };
-        Ok(AuditEntry {
-            id: self.id,
-            at: self.at,
-            actor: self.actor,
-            namespace: self
-                .namespace
-                .as_deref()
-                .map(Namespace::parse)
-                .transpose()
-                .map_err(|e| bad("namespace", &e))?,
-            action: self.action,
-            target: self.target,
-            outcome: AuditOutcome::parse(&self.outcome)
-                .ok_or_else(|| bad("outcome", &self.outcome))?,
-            status: u16::try_from(self.status).map_err(|e| bad("status", &e))?,
-            source: self.source,
-        })
-    }
-}
-
-/// A stored secret name, decoded.
-pub(crate) fn secret_name(name: &str) -> Result<SecretName, StoreError> {
-    SecretName::parse(name).map_err(|e| StoreError::Backend(format!("decode secret name: {e}")))
-}
-
-/// A `function_secrets` row (`name, key_id, nonce, ciphertext`), decoded; the same in every
-/// dialect.
-pub(crate) fn sealed_secret_from_row<R>(row: &R) -> Result<SealedSecret, StoreError>
-where
-    R: Row,
-    for<'c> &'c str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
-{
-    let name: String = row.try_get("name")?;
-    Ok(SealedSecret {
-        name: secret_name(&name)?,
-        value: SealedValue {
-            key_id: row.try_get("key_id")?,
-            nonce: row.try_get("nonce")?,
-            ciphertext: row.try_get("ciphertext")?,
-        },
-    })
-}
-
-/// The columns of an `api_keys` row (timestamps and grants already decoded), decoded into a
-/// record.
-pub(crate) struct ApiKeyColumns {
-    pub id: String,
-    pub name: String,
-    pub key_hash: String,
-    pub role: String,
-    pub namespace: String,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-    pub functions: Option<Vec<FunctionName>>,
-}
-
-impl ApiKeyColumns {
-    /// The record these columns hold.
-    pub(crate) fn decode(self) -> Result<ApiKeyRecord, StoreError> {
-        let role = &self.role;
-        Ok(ApiKeyRecord {
-            id: self.id,
-            name: self.name,
-            key_hash: self.key_hash,
-            role: Role::parse(role)
-                .ok_or_else(|| StoreError::Backend(format!("decode role: unknown {role:?}")))?,
-            namespace: Namespace::parse(&self.namespace)
-                .map_err(|e| StoreError::Backend(format!("decode namespace: {e}")))?,
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-            revoked_at: self.revoked_at,
-            functions: self.functions,
-        })
-    }
-}
-
-/// The columns of `api_keys`, in the order each engine's `bind_api_key` binds them.
-pub(crate) const API_KEY_COLUMNS: &str =
-    "id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, functions";
-
-/// Appends to a `WHERE` clause the narrowing by `filter` that every dialect writes alike
-/// (actor, namespace, action, outcome; `since` is dialect-specific).
-pub(crate) fn push_audit_filter<DB: Database>(query: &mut QueryBuilder<DB>, filter: &AuditFilter)
-where
-    for<'t> String: Encode<'t, DB> + Type<DB>,
-    for<'t> &'static str: Encode<'t, DB> + Type<DB>,
-{
-    if let Some(actor) = &filter.actor {
-        query.push(" AND actor = ").push_bind(actor.clone());
-    }
-    if let Some(namespace) = &filter.namespace {
-        query
-            .push(" AND namespace = ")
-            .push_bind(namespace.as_str().to_owned());
-    }
-    if let Some(action) = &filter.action {
-        query.push(" AND action = ").push_bind(action.clone());
-    }
-    if let Some(outcome) = filter.outcome {
-        query.push(" AND outcome = ").push_bind(outcome.as_str());
-    }
-}
-
-/// An `invocation_logs` row (`text, truncated`), decoded; the same in every dialect.
-pub(crate) fn logs_from_row<R>(row: &R) -> Result<InvocationLogs, StoreError>
-where
-    R: Row,
-    for<'c> &'c str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
-{
-    Ok(InvocationLogs {
-        text: row.try_get("text")?,
-        truncated: row.try_get("truncated")?,
-    })
-}

@@ -1,6 +1,6 @@
 //! Storage of functions and their immutable versions.
 //!
-//! The SQL lives in `sqlite/functions.rs` and `postgres/functions.rs`.
+//! The SQL lives in `sql/functions.rs`, once for both engines.
 
 use async_trait::async_trait;
 

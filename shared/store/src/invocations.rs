@@ -1,7 +1,9 @@
 //! Storage of invocations: their records (with fenced and batched node updates), the requests
 //! of accepted work until it finishes, captured logs and dead letters.
 //!
-//! The SQL lives in `sqlite/invocations.rs` and `postgres/invocations.rs`.
+//! The SQL lives in `sql/invocations.rs`, once for both engines, but for the fenced update
+//! and the batches, which each engine writes its own way (`sqlite/invocations.rs`,
+//! `postgres/invocations.rs`).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -2,7 +2,8 @@
 //! API keys and tokens, quotas, the audit log and sealed secrets.
 //!
 //! [`MetadataStore`] is implemented by [`sqlite::SqliteStore`] (embedded) and by
-//! [`postgres::PostgresStore`] (production); both must pass [`conformance`].
+//! [`postgres::PostgresStore`] (production); both must pass [`conformance`]. The SQL is written
+//! once, in `sql/`, for both engines.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -17,6 +18,7 @@ mod functions;
 mod invocations;
 pub mod postgres;
 mod secrets;
+mod sql;
 pub mod sqlite;
 
 pub use access::{AccessStore, NamespaceQuota, NamespaceUsage, RefreshTokenRecord};

@@ -1,6 +1,6 @@
 //! Storage of function secrets, sealed (the store never sees a plaintext value).
 //!
-//! The SQL lives in `sqlite/secrets.rs` and `postgres/secrets.rs`.
+//! The SQL lives in `sql/secrets.rs`, once for both engines.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -1,44 +1,18 @@
-//! [`InvocationStore`] on PostgreSQL: invocation records, fenced and batched updates, logs
-//! and dead letters.
+//! What PostgreSQL does its own way in [`crate::InvocationStore`]: the fenced update in one
+//! round trip, and batches as `UNNEST`ed or `ANY` arrays, one statement per batch.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
-use sqlx::AssertSqlSafe;
-use sqlx::{Postgres, QueryBuilder, Row};
+use chrono::Utc;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::{replace_nul, to_json, PostgresStore};
-use crate::common::{
-    clamp_limit, dead_letter_target, from_json, invocation_id_cursor, is_unique_violation,
-    logs_from_row, page_from_extra_row, present_per_key, records_per_key, DeadLetterColumns,
-    DEAD_LETTER_CURSOR, INVOCATION_CURSOR, TERMINAL_SQL,
-};
-use crate::{InvocationFilter, InvocationStore, Page, StoreError};
+use crate::common::{fenced_off, TERMINAL_SQL};
+use crate::sql::EngineInvocations;
+use crate::StoreError;
 use fnmesh_core::ids::InvocationId;
-use fnmesh_core::invocation::{
-    DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult,
-};
-use fnmesh_core::names::Namespace;
-
-/// The columns of `dead_letters` as [`dead_letter_from_row`] reads them.
-const DEAD_LETTER_COLUMNS: &str = "id::text AS id, namespace, function, version, attempts, \
-     last_error::text AS last_error, request::text AS request, dead_lettered_at";
-
-fn dead_letter_from_row(row: &PgRow) -> Result<DeadLetterRecord, StoreError> {
-    DeadLetterColumns {
-        id: row.try_get("id")?,
-        namespace: row.try_get("namespace")?,
-        function: row.try_get("function")?,
-        version: row.try_get("version")?,
-        attempts: row.try_get("attempts")?,
-        last_error: row.try_get("last_error")?,
-        request: row.try_get("request")?,
-        dead_lettered_at: row.try_get("dead_lettered_at")?,
-    }
-    .decode()
-}
+use fnmesh_core::invocation::{InvocationLogs, InvocationResult};
 
 /// The fencing condition of an update, over the stored row `i` and the update `u`
 /// (columns `attempt`, `terminal`).
@@ -70,42 +44,9 @@ fn rounds(records: &[InvocationResult]) -> Vec<Vec<usize>> {
 }
 
 #[async_trait]
-impl InvocationStore for PostgresStore {
-    async fn insert_invocation(
-        &self,
-        request: &InvocationRequest,
-    ) -> Result<InvocationResult, StoreError> {
-        let record = InvocationResult::queued(request);
-        let body = to_json(&record)?;
-        let request_json = to_json(request)?;
-        // One statement: the record and its request are committed together.
-        let inserted = sqlx::query(
-            "INSERT INTO invocations \
-             (id, namespace, function, version, status, attempt, body, request, created_at, \
-             updated_at) \
-             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, now())",
-        )
-        .bind(record.id.to_string())
-        .bind(record.namespace.as_str())
-        .bind(record.function.as_str())
-        .bind(i64::from(record.version))
-        .bind(record.status.as_str())
-        .bind(i64::from(record.attempt))
-        .bind(body)
-        .bind(request_json)
-        .bind(record.created_at)
-        .execute(&self.pool)
-        .await;
-        match inserted {
-            Ok(_) => Ok(record),
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Conflict(format!("invocation {}", record.id)))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn update_invocation(&self, record: &InvocationResult) -> Result<bool, StoreError> {
+impl EngineInvocations for PostgresStore {
+    /// [`crate::InvocationStore::update_invocation`].
+    async fn apply_update(&self, record: &InvocationResult) -> Result<bool, StoreError> {
         // Fenced in one atomic UPDATE (re-evaluated on the latest row version if a concurrent
         // update committed first); the second EXISTS tells "fenced off" from "absent" in the
         // same round trip. A terminal record drops the stored request.
@@ -135,31 +76,16 @@ impl InvocationStore for PostgresStore {
             .bind(record.status.is_terminal())
             .fetch_one(&self.pool)
             .await?;
-        let applied: bool = row.try_get("applied")?;
-        let present: bool = row.try_get("present")?;
-        if applied {
-            Ok(true)
-        } else if present {
-            tracing::debug!(
-                invocation.id = %record.id,
-                invocation.attempt = record.attempt,
-                invocation.status = record.status.as_str(),
-                "stale invocation update fenced off"
-            );
-            Ok(false)
-        } else {
-            Err(StoreError::NotFound(format!("invocation {}", record.id)))
+        if row.try_get("applied")? {
+            return Ok(true);
         }
+        fenced_off(record, row.try_get("present")?)
     }
 
-    async fn update_invocations(
-        &self,
-        records: &[InvocationResult],
-    ) -> Result<Vec<bool>, StoreError> {
+    /// [`crate::InvocationStore::update_invocations`]: one `UPDATE … FROM UNNEST` per round (see
+    /// [`rounds`]).
+    async fn apply_updates(&self, records: &[InvocationResult]) -> Result<Vec<bool>, StoreError> {
         let mut applied = vec![false; records.len()];
-        if records.is_empty() {
-            return Ok(applied);
-        }
         // Each round is sent in id order: the primary-key probes then lock rows in that order,
         // the same in every concurrent batch. (An explicit `ORDER BY id FOR UPDATE` pass would
         // guarantee it whatever the plan, at about 1.5x the cost of the whole statement.)
@@ -229,124 +155,19 @@ impl InvocationStore for PostgresStore {
         Ok(applied)
     }
 
-    async fn stale_queued(
-        &self,
-        older_than: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<InvocationRequest>, StoreError> {
-        // Served by the partial index `invocations_queued`.
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT request::text FROM invocations \
-             WHERE status = 'queued' AND created_at < $1 AND request IS NOT NULL \
-             ORDER BY created_at, id LIMIT $2",
-        )
-        .bind(older_than)
-        .bind(i64::from(clamp_limit(limit)))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| from_json(r)).collect()
-    }
-
-    async fn running_invocations(&self, limit: u32) -> Result<Vec<InvocationResult>, StoreError> {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT body::text FROM invocations WHERE status = 'running' \
-             ORDER BY created_at, id LIMIT $1",
-        )
-        .bind(i64::from(clamp_limit(limit)))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| from_json(r)).collect()
-    }
-
-    async fn get_invocation(
-        &self,
-        namespace: &Namespace,
-        id: &InvocationId,
-    ) -> Result<Option<InvocationResult>, StoreError> {
-        let body: Option<String> = sqlx::query_scalar(
-            "SELECT body::text FROM invocations WHERE id = $1::uuid AND namespace = $2",
-        )
-        .bind(id.to_string())
-        .bind(namespace.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        body.as_deref().map(from_json).transpose()
-    }
-
-    async fn get_invocations(
-        &self,
-        keys: &[(Namespace, InvocationId)],
-    ) -> Result<Vec<Option<InvocationResult>>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<String> = keys.iter().map(|(_, id)| id.to_string()).collect();
-        let rows: Vec<String> =
+    /// The bodies of the invocations with these ids.
+    async fn invocations_by_id(&self, ids: &[InvocationId]) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        Ok(
             sqlx::query_scalar("SELECT body::text FROM invocations WHERE id = ANY($1::uuid[])")
                 .bind(ids)
                 .fetch_all(&self.pool)
-                .await?;
-        let found = rows
-            .iter()
-            .map(|body| from_json(body))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(records_per_key(keys, found))
-    }
-
-    async fn list_invocations(
-        &self,
-        namespace: &Namespace,
-        filter: &InvocationFilter,
-        limit: u32,
-        cursor: Option<&str>,
-    ) -> Result<Page<InvocationResult>, StoreError> {
-        let limit = clamp_limit(limit);
-        let before = invocation_id_cursor(INVOCATION_CURSOR, cursor)?;
-        let mut query: QueryBuilder<Postgres> =
-            QueryBuilder::new("SELECT body::text FROM invocations WHERE namespace = ");
-        query.push_bind(namespace.as_str());
-        if let Some(function) = &filter.function {
-            query.push(" AND function = ").push_bind(function.as_str());
-        }
-        if let Some(status) = filter.status {
-            query.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(before) = before {
-            query
-                .push(" AND id < ")
-                .push_bind(before.to_string())
-                .push("::uuid");
-        }
-        query
-            .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-        let rows: Vec<String> = query.build_query_scalar().fetch_all(&self.pool).await?;
-        let items = rows
-            .iter()
-            .map(|b| from_json::<InvocationResult>(b))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(page_from_extra_row(items, limit, INVOCATION_CURSOR, |r| {
-            r.id.to_string()
-        }))
-    }
-
-    async fn put_logs(&self, id: &InvocationId, logs: &InvocationLogs) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO invocation_logs (id, text, truncated) VALUES ($1::uuid, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET text = excluded.text, truncated = excluded.truncated",
+                .await?,
         )
-        .bind(id.to_string())
-        .bind(replace_nul(&logs.text))
-        .bind(logs.truncated)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
-    async fn put_logs_batch(
-        &self,
-        logs: &[(InvocationId, InvocationLogs)],
-    ) -> Result<(), StoreError> {
+    /// [`crate::InvocationStore::put_logs_batch`].
+    async fn store_logs(&self, logs: &[(InvocationId, InvocationLogs)]) -> Result<(), StoreError> {
         // ON CONFLICT may touch a row once per statement: keep the last logs of each id, and
         // write them in id order (consistent lock order across concurrent batches).
         let mut last: HashMap<InvocationId, &InvocationLogs> = HashMap::with_capacity(logs.len());
@@ -379,189 +200,23 @@ impl InvocationStore for PostgresStore {
         Ok(())
     }
 
-    async fn logs_stored(
-        &self,
-        keys: &[(Namespace, InvocationId)],
-    ) -> Result<Vec<bool>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<String> = keys.iter().map(|(_, id)| id.to_string()).collect();
-        let rows: Vec<(String, String)> = sqlx::query_as(
+    /// `(id, namespace)` of the invocations among `ids` whose logs are stored.
+    async fn logs_by_id(&self, ids: &[InvocationId]) -> Result<Vec<(String, String)>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        Ok(sqlx::query_as(
             "SELECT l.id::text, i.namespace FROM invocation_logs l \
              JOIN invocations i ON i.id = l.id WHERE l.id = ANY($1::uuid[])",
         )
         .bind(ids)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(present_per_key(keys, rows))
-    }
-
-    async fn get_logs(
-        &self,
-        namespace: &Namespace,
-        id: &InvocationId,
-    ) -> Result<Option<InvocationLogs>, StoreError> {
-        let row = sqlx::query(
-            "SELECT l.text, l.truncated FROM invocation_logs l \
-             JOIN invocations i ON i.id = l.id \
-             WHERE l.id = $1::uuid AND i.namespace = $2",
-        )
-        .bind(id.to_string())
-        .bind(namespace.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(logs_from_row).transpose()
-    }
-
-    async fn put_dead_letter(&self, dead: &DeadLetterRecord) -> Result<bool, StoreError> {
-        let id = dead.id.to_string();
-        let queued = InvocationResult::queued(&dead.request);
-        let mut tx = self.pool.begin().await?;
-        // An absent record is inserted first, as `insert_invocation` would have; then the row
-        // is locked, so no node update slips in between reading it and replacing it.
-        sqlx::query(
-            "INSERT INTO invocations \
-             (id, namespace, function, version, status, attempt, body, request, created_at, \
-             updated_at) \
-             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, now()) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(queued.namespace.as_str())
-        .bind(queued.function.as_str())
-        .bind(i64::from(queued.version))
-        .bind(queued.status.as_str())
-        .bind(i64::from(queued.attempt))
-        .bind(to_json(&queued)?)
-        .bind(to_json(&dead.request)?)
-        .bind(queued.created_at)
-        .execute(&mut *tx)
-        .await?;
-        let row = sqlx::query(
-            "SELECT i.namespace, i.status, i.body::text AS body, \
-             EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = i.id) AS dead \
-             FROM invocations i WHERE i.id = $1::uuid FOR UPDATE OF i",
-        )
-        .bind(&id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let namespace: String = row.try_get("namespace")?;
-        let status: String = row.try_get("status")?;
-        let body: String = row.try_get("body")?;
-        let stored: bool = row.try_get("dead")?;
-        let Some(record) = dead_letter_target(dead, &namespace, &status, &body, stored)? else {
-            // Dropping the transaction rolls it back.
-            return Ok(false);
-        };
-        sqlx::query(
-            "UPDATE invocations SET status = $1, attempt = $2, body = $3::jsonb, \
-             updated_at = now(), request = NULL WHERE id = $4::uuid",
-        )
-        .bind(record.status.as_str())
-        .bind(i64::from(record.attempt))
-        .bind(to_json(&record)?)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO dead_letters \
-             (id, namespace, function, version, attempts, last_error, request, \
-             dead_lettered_at) \
-             VALUES ($1::uuid, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8) \
-             ON CONFLICT (id) DO UPDATE SET namespace = excluded.namespace, \
-             function = excluded.function, version = excluded.version, \
-             attempts = excluded.attempts, last_error = excluded.last_error, \
-             request = excluded.request, dead_lettered_at = excluded.dead_lettered_at",
-        )
-        .bind(&id)
-        .bind(dead.namespace.as_str())
-        .bind(dead.function.as_str())
-        .bind(i64::from(dead.version))
-        .bind(i64::from(dead.attempts))
-        .bind(dead.last_error.as_ref().map(to_json).transpose()?)
-        .bind(to_json(&dead.request)?)
-        .bind(dead.dead_lettered_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    async fn list_dead_letters(
-        &self,
-        namespace: Option<&Namespace>,
-        limit: u32,
-        cursor: Option<&str>,
-    ) -> Result<Page<DeadLetterRecord>, StoreError> {
-        let limit = clamp_limit(limit);
-        let before = invocation_id_cursor(DEAD_LETTER_CURSOR, cursor)?;
-        let mut query: QueryBuilder<Postgres> = QueryBuilder::new("SELECT ");
-        query
-            .push(DEAD_LETTER_COLUMNS)
-            .push(" FROM dead_letters WHERE true");
-        if let Some(namespace) = namespace {
-            query
-                .push(" AND namespace = ")
-                .push_bind(namespace.as_str());
-        }
-        if let Some(before) = before {
-            query
-                .push(" AND id < ")
-                .push_bind(before.to_string())
-                .push("::uuid");
-        }
-        query
-            .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-        let rows = query.build().fetch_all(&self.pool).await?;
-        let items = rows
-            .iter()
-            .map(dead_letter_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(page_from_extra_row(items, limit, DEAD_LETTER_CURSOR, |d| {
-            d.id.to_string()
-        }))
-    }
-
-    async fn get_dead_letter(
-        &self,
-        namespace: Option<&Namespace>,
-        id: &InvocationId,
-    ) -> Result<Option<DeadLetterRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters \
-             WHERE id = $1::uuid AND ($2::text IS NULL OR namespace = $2)"
-        );
-        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
-            .bind(id.to_string())
-            .bind(namespace.map(Namespace::as_str))
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(dead_letter_from_row).transpose()
-    }
-
-    async fn delete_dead_letter(
-        &self,
-        namespace: Option<&Namespace>,
-        id: &InvocationId,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM dead_letters \
-             WHERE id = $1::uuid AND ($2::text IS NULL OR namespace = $2)",
-        )
-        .bind(id.to_string())
-        .bind(namespace.map(Namespace::as_str))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .await?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fnmesh_core::names::FunctionName;
+    use fnmesh_core::names::{FunctionName, Namespace};
 
     #[test]
     fn rounds_keep_order_and_unique_ids() {

@@ -13,6 +13,9 @@
 //!
 //! PostgreSQL cannot store U+0000 in `text` or `jsonb`: it is written as U+FFFD, so a handler
 //! printing a NUL byte cannot make its result or logs unwritable.
+//!
+//! The statements are those of `sql/`, shared with SQLite; this module binds values the
+//! PostgreSQL way and `invocations.rs` holds what PostgreSQL does its own way.
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -20,16 +23,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::AssertSqlSafe;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
-use super::{MetadataStore, StoreError};
+use super::sql::{Arg, Sql, SqlEngine};
+use super::StoreError;
 
-mod access;
-mod audit;
-mod functions;
 mod invocations;
-mod secrets;
 
 /// Embedded migrations (`migrations/postgres/`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -43,7 +44,7 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// How long a caller waits for a free connection before the store reports an error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A [`MetadataStore`] in a PostgreSQL database (or one schema of it).
+/// A [`crate::MetadataStore`] in a PostgreSQL database (or one schema of it).
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -171,7 +172,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// JSON text for a jsonb column: U+0000 (which jsonb refuses) becomes U+FFFD.
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
     let encode = |e: serde_json::Error| StoreError::Backend(format!("encode record: {e}"));
     let text = serde_json::to_string(value).map_err(encode)?;
     // serde_json writes U+0000 only as this escape; a false positive (an escaped backslash
@@ -211,11 +212,58 @@ fn replace_nul(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// The statement PostgreSQL runs for `sql`, with its values bound (text with U+0000 replaced,
+/// see [`replace_nul`]).
+fn query(sql: Sql) -> Query<'static, Postgres, PgArguments> {
+    let (text, args) = sql.into_parts();
+    args.into_iter()
+        .fold(sqlx::query(AssertSqlSafe(text)), |query, arg| match arg {
+            Arg::Text(v) => query.bind(v.map(|t| match replace_nul(&t) {
+                Cow::Borrowed(_) => t,
+                Cow::Owned(clean) => clean,
+            })),
+            Arg::Int(v) => query.bind(v),
+            Arg::Bool(v) => query.bind(v),
+            Arg::Time(v) => query.bind(v),
+            Arg::Bytes(v) => query.bind(v),
+        })
+}
+
 #[async_trait]
-impl MetadataStore for PostgresStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+impl SqlEngine for PostgresStore {
+    type Db = Postgres;
+    type Row = PgRow;
+
+    const UUID_AUDIT_IDS: bool = true;
+    const LOCK_ROW: &'static str = " FOR UPDATE OF i";
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+        to_json(value)
+    }
+
+    async fn execute(conn: &mut PgConnection, sql: Sql) -> Result<u64, sqlx::Error> {
+        Ok(query(sql).execute(conn).await?.rows_affected())
+    }
+
+    async fn fetch_all(conn: &mut PgConnection, sql: Sql) -> Result<Vec<PgRow>, sqlx::Error> {
+        query(sql).fetch_all(conn).await
+    }
+
+    async fn fetch_optional(
+        conn: &mut PgConnection,
+        sql: Sql,
+    ) -> Result<Option<PgRow>, sqlx::Error> {
+        query(sql).fetch_optional(conn).await
+    }
+
+    /// A plain transaction: its writers lock the rows they change, and reads that must not
+    /// change take [`SqlEngine::LOCK_ROW`].
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.pool.begin().await
     }
 }
 

@@ -5,23 +5,28 @@
 //! record's full JSON is kept in a `body` column; the other columns carry keys, fencing state
 //! and listing order. Listings use keyset pagination with opaque cursors (base64 of the last
 //! key seen), so walking all pages never repeats or skips a row, even while rows are inserted.
+//!
+//! The statements are those of `sql/`, shared with PostgreSQL (this engine strips the casts
+//! only PostgreSQL reads); this module binds values the SQLite way (timestamps as fixed-width
+//! RFC 3339 text) and `invocations.rs` holds what SQLite does its own way.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::query::Query;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
+use sqlx::{AssertSqlSafe, Sqlite, Transaction};
 
-use super::{MetadataStore, StoreError};
+use super::sql::{strip_postgres, Arg, Sql, SqlEngine};
+use super::StoreError;
 
-mod access;
-mod audit;
-mod functions;
 mod invocations;
-mod secrets;
 
 /// Embedded migrations (`migrations/sqlite/`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -34,7 +39,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections in the pool (SQLite serialises writers; readers run in parallel in WAL mode).
 const MAX_CONNECTIONS: u32 = 8;
 
-/// A [`MetadataStore`] in one SQLite database file.
+/// A [`crate::MetadataStore`] in one SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -70,24 +75,68 @@ impl SqliteStore {
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("encode record: {e}")))
-}
-
+/// Timestamps are stored as fixed-width RFC 3339 text (nanoseconds, `Z`): text order is time
+/// order.
 fn ts(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-fn parse_ts(column: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| StoreError::Backend(format!("decode {column}: {e}")))
+/// The statement SQLite runs for `sql` (see [`strip_postgres`]), with its values bound.
+fn query(sql: Sql) -> Query<'static, Sqlite, SqliteArguments> {
+    let (text, args) = sql.into_parts();
+    let stripped = match strip_postgres(&text) {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(stripped) => Some(stripped),
+    };
+    let text = stripped.map_or(text, Cow::Owned);
+    args.into_iter()
+        .fold(sqlx::query(AssertSqlSafe(text)), |query, arg| match arg {
+            Arg::Text(v) => query.bind(v),
+            Arg::Int(v) => query.bind(v),
+            Arg::Bool(v) => query.bind(v),
+            Arg::Time(v) => query.bind(v.as_ref().map(ts)),
+            Arg::Bytes(v) => query.bind(v),
+        })
 }
 
 #[async_trait]
-impl MetadataStore for SqliteStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+impl SqlEngine for SqliteStore {
+    type Db = Sqlite;
+    type Row = SqliteRow;
+
+    const UUID_AUDIT_IDS: bool = false;
+    // The write transaction holds the database's write lock already.
+    const LOCK_ROW: &'static str = "";
+
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+        serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("encode record: {e}")))
+    }
+
+    async fn execute(conn: &mut SqliteConnection, sql: Sql) -> Result<u64, sqlx::Error> {
+        Ok(query(sql).execute(conn).await?.rows_affected())
+    }
+
+    async fn fetch_all(
+        conn: &mut SqliteConnection,
+        sql: Sql,
+    ) -> Result<Vec<SqliteRow>, sqlx::Error> {
+        query(sql).fetch_all(conn).await
+    }
+
+    async fn fetch_optional(
+        conn: &mut SqliteConnection,
+        sql: Sql,
+    ) -> Result<Option<SqliteRow>, sqlx::Error> {
+        query(sql).fetch_optional(conn).await
+    }
+
+    /// `BEGIN IMMEDIATE` takes the write lock up front, so what the transaction reads cannot
+    /// change under it.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 }

@@ -1,0 +1,394 @@
+//! [`InvocationStore`] on any [`SqlEngine`]: invocation records, logs and dead letters. The
+//! fenced updates and the batches are the engine's own (see [`SqlEngine`]).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{
+    execute, fetch_all, fetch_one, fetch_optional, fetch_page, newest_first, Listing, Sql,
+    SqlEngine, SqlRow,
+};
+use crate::common::{
+    clamp_limit, dead_letter_target, from_json, invocation_id_cursor, is_unique_violation,
+    present_per_key, records_per_key, DEAD_LETTER_CURSOR, INVOCATION_CURSOR,
+};
+use crate::{InvocationFilter, InvocationStore, Page, StoreError};
+use fnmesh_core::ids::InvocationId;
+use fnmesh_core::invocation::{
+    DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult,
+};
+use fnmesh_core::names::{FunctionName, Namespace};
+
+/// Stores (replaces) one invocation's logs. Binds: id, text, truncated.
+pub(crate) const PUT_LOGS_SQL: &str =
+    "INSERT INTO invocation_logs (id, text, truncated) VALUES ($1::uuid, $2, $3) \
+     ON CONFLICT (id) DO UPDATE SET text = excluded.text, truncated = excluded.truncated";
+
+/// Invocations of a namespace, newest first.
+const INVOCATIONS: Listing<InvocationResult> =
+    newest_first(INVOCATION_CURSOR, |r| r.id.to_string());
+
+/// Dead letters, newest first.
+const DEAD_LETTERS: Listing<DeadLetterRecord> =
+    newest_first(DEAD_LETTER_CURSOR, |d| d.id.to_string());
+
+/// The columns of `dead_letters`, as [`dead_letter_from_row`] reads them.
+const DEAD_LETTER_COLUMNS: &str = "id::text AS id, namespace, function, version, attempts, \
+     last_error::text AS last_error, request::text AS request, dead_lettered_at";
+
+/// A `dead_letters` row of [`DEAD_LETTER_COLUMNS`], decoded.
+fn dead_letter_from_row<R: SqlRow>(row: &R) -> Result<DeadLetterRecord, StoreError> {
+    let bad = |column: &str, e: &dyn std::fmt::Display| {
+        StoreError::Backend(format!("decode dead letter {column}: {e}"))
+    };
+    Ok(DeadLetterRecord {
+        id: row.text("id")?.parse().map_err(|e| bad("id", &e))?,
+        namespace: Namespace::parse(&row.text("namespace")?).map_err(|e| bad("namespace", &e))?,
+        function: FunctionName::parse(&row.text("function")?).map_err(|e| bad("function", &e))?,
+        version: u32::try_from(row.int("version")?).map_err(|e| bad("version", &e))?,
+        attempts: u32::try_from(row.int("attempts")?).map_err(|e| bad("attempts", &e))?,
+        last_error: row
+            .opt_text("last_error")?
+            .as_deref()
+            .map(from_json)
+            .transpose()?,
+        request: from_json(&row.text("request")?)?,
+        dead_lettered_at: row.time("dead_lettered_at")?,
+    })
+}
+
+/// Rows of one `body` column, decoded.
+fn bodies<R: SqlRow, T: serde::de::DeserializeOwned>(
+    rows: &[R],
+    column: &str,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter()
+        .map(|row| from_json(&row.text(column)?))
+        .collect()
+}
+
+/// `sql`, whose `$1` is an invocation id and `$2` its namespace, with both bound.
+fn of_invocation(sql: &'static str, namespace: &Namespace, id: &InvocationId) -> Sql {
+    Sql::new(sql).bind(id.to_string()).bind(namespace.as_str())
+}
+
+/// The `queued` record of `request` and the statement inserting it with its request.
+fn insert_queued<E: SqlEngine>(
+    request: &InvocationRequest,
+    now: DateTime<Utc>,
+) -> Result<(InvocationResult, Sql), StoreError> {
+    let record = InvocationResult::queued(request);
+    let sql = Sql::new(
+        "INSERT INTO invocations \
+         (id, namespace, function, version, status, attempt, body, request, created_at, \
+         updated_at) \
+         VALUES ($1::uuid, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10)",
+    )
+    .bind(record.id.to_string())
+    .bind(record.namespace.as_str())
+    .bind(record.function.as_str())
+    .bind(i64::from(record.version))
+    .bind(record.status.as_str())
+    .bind(i64::from(record.attempt))
+    .bind(E::to_json(&record)?)
+    .bind(E::to_json(request)?)
+    .bind(record.created_at)
+    .bind(now);
+    Ok((record, sql))
+}
+
+#[async_trait]
+impl<E: SqlEngine> InvocationStore for E {
+    async fn insert_invocation(
+        &self,
+        request: &InvocationRequest,
+    ) -> Result<InvocationResult, StoreError> {
+        // One statement: the record and its request are committed together.
+        let (record, insert) = insert_queued::<E>(request, Utc::now())?;
+        match execute(self, insert).await {
+            Ok(_) => Ok(record),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Conflict(format!("invocation {}", record.id)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn update_invocation(&self, record: &InvocationResult) -> Result<bool, StoreError> {
+        self.apply_update(record).await
+    }
+
+    async fn update_invocations(
+        &self,
+        records: &[InvocationResult],
+    ) -> Result<Vec<bool>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.apply_updates(records).await
+    }
+
+    async fn stale_queued(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<InvocationRequest>, StoreError> {
+        // Served by the partial index `invocations_queued`. SQLite's `created_at` is
+        // fixed-width RFC 3339 text (nanoseconds, `Z`), so there text order is time order.
+        let rows = fetch_all(
+            self,
+            Sql::new(
+                "SELECT request::text AS request FROM invocations \
+                 WHERE status = 'queued' AND created_at < $1 AND request IS NOT NULL \
+                 ORDER BY created_at, id LIMIT $2",
+            )
+            .bind(older_than)
+            .bind(i64::from(clamp_limit(limit))),
+        )
+        .await?;
+        bodies(&rows, "request")
+    }
+
+    async fn running_invocations(&self, limit: u32) -> Result<Vec<InvocationResult>, StoreError> {
+        let rows = fetch_all(
+            self,
+            Sql::new(
+                "SELECT body::text AS body FROM invocations WHERE status = 'running' \
+                 ORDER BY created_at, id LIMIT $1",
+            )
+            .bind(i64::from(clamp_limit(limit))),
+        )
+        .await?;
+        bodies(&rows, "body")
+    }
+
+    async fn get_invocation(
+        &self,
+        namespace: &Namespace,
+        id: &InvocationId,
+    ) -> Result<Option<InvocationResult>, StoreError> {
+        let sql = "SELECT body::text AS body FROM invocations \
+                   WHERE id = $1::uuid AND namespace = $2";
+        let row = fetch_optional(self, of_invocation(sql, namespace, id)).await?;
+        row.map(|row| from_json(&row.text("body")?)).transpose()
+    }
+
+    async fn get_invocations(
+        &self,
+        keys: &[(Namespace, InvocationId)],
+    ) -> Result<Vec<Option<InvocationResult>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<InvocationId> = keys.iter().map(|(_, id)| *id).collect();
+        let found = self
+            .invocations_by_id(&ids)
+            .await?
+            .iter()
+            .map(|body| from_json(body))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(records_per_key(keys, found))
+    }
+
+    async fn list_invocations(
+        &self,
+        namespace: &Namespace,
+        filter: &InvocationFilter,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<InvocationResult>, StoreError> {
+        let limit = clamp_limit(limit);
+        let before = invocation_id_cursor(INVOCATION_CURSOR, cursor)?;
+        let mut query = Sql::new("SELECT body::text AS body FROM invocations WHERE namespace = $1")
+            .bind(namespace.as_str());
+        if let Some(function) = &filter.function {
+            query.push(" AND function = ").push_bind(function.as_str());
+        }
+        if let Some(status) = filter.status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+        let after = before.map(|id| id.to_string());
+        let body = |row: &E::Row| from_json(&row.text("body")?);
+        fetch_page(self, query, &INVOCATIONS, after, limit, body).await
+    }
+
+    async fn put_logs(&self, id: &InvocationId, logs: &InvocationLogs) -> Result<(), StoreError> {
+        execute(
+            self,
+            Sql::new(PUT_LOGS_SQL)
+                .bind(id.to_string())
+                .bind(logs.text.as_str())
+                .bind(logs.truncated),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn put_logs_batch(
+        &self,
+        logs: &[(InvocationId, InvocationLogs)],
+    ) -> Result<(), StoreError> {
+        if logs.is_empty() {
+            return Ok(());
+        }
+        self.store_logs(logs).await
+    }
+
+    async fn logs_stored(
+        &self,
+        keys: &[(Namespace, InvocationId)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<InvocationId> = keys.iter().map(|(_, id)| *id).collect();
+        Ok(present_per_key(keys, self.logs_by_id(&ids).await?))
+    }
+
+    async fn get_logs(
+        &self,
+        namespace: &Namespace,
+        id: &InvocationId,
+    ) -> Result<Option<InvocationLogs>, StoreError> {
+        let sql = "SELECT l.text, l.truncated FROM invocation_logs l \
+                   JOIN invocations i ON i.id = l.id WHERE l.id = $1::uuid AND i.namespace = $2";
+        let row = fetch_optional(self, of_invocation(sql, namespace, id)).await?;
+        row.map(|row| {
+            Ok(InvocationLogs {
+                text: row.text("text")?,
+                truncated: row.flag("truncated")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_dead_letter(&self, dead: &DeadLetterRecord) -> Result<bool, StoreError> {
+        let id = dead.id.to_string();
+        let now = Utc::now();
+        // A write transaction and the row lock: no node update can slip in between reading
+        // the record and replacing it.
+        let mut tx = self.begin_write().await?;
+        // An absent record is inserted first, as `insert_invocation` would have.
+        let (_, mut insert) = insert_queued::<E>(&dead.request, now)?;
+        insert.push(" ON CONFLICT (id) DO NOTHING");
+        E::execute(&mut tx, insert).await?;
+        let row = fetch_one::<E>(
+            &mut tx,
+            Sql::new(format!(
+                "SELECT i.namespace, i.status, i.body::text AS body, \
+                 EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = i.id) AS dead \
+                 FROM invocations i WHERE i.id = $1::uuid{}",
+                E::LOCK_ROW
+            ))
+            .bind(id.as_str()),
+        )
+        .await?;
+        let (namespace, status) = (row.text("namespace")?, row.text("status")?);
+        let (body, stored) = (row.text("body")?, row.flag("dead")?);
+        let Some(record) = dead_letter_target(dead, &namespace, &status, &body, stored)? else {
+            // Dropping the transaction rolls it back.
+            return Ok(false);
+        };
+        E::execute(
+            &mut tx,
+            Sql::new(
+                "UPDATE invocations SET status = $1, attempt = $2, body = $3::jsonb, \
+                 updated_at = $4, request = NULL WHERE id = $5::uuid",
+            )
+            .bind(record.status.as_str())
+            .bind(i64::from(record.attempt))
+            .bind(E::to_json(&record)?)
+            .bind(now)
+            .bind(id.as_str()),
+        )
+        .await?;
+        E::execute(
+            &mut tx,
+            Sql::new(
+                "INSERT INTO dead_letters \
+                 (id, namespace, function, version, attempts, last_error, request, \
+                 dead_lettered_at) \
+                 VALUES ($1::uuid, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8) \
+                 ON CONFLICT (id) DO UPDATE SET namespace = excluded.namespace, \
+                 function = excluded.function, version = excluded.version, \
+                 attempts = excluded.attempts, last_error = excluded.last_error, \
+                 request = excluded.request, dead_lettered_at = excluded.dead_lettered_at",
+            )
+            .bind(id.as_str())
+            .bind(dead.namespace.as_str())
+            .bind(dead.function.as_str())
+            .bind(i64::from(dead.version))
+            .bind(i64::from(dead.attempts))
+            .bind(dead.last_error.as_ref().map(E::to_json).transpose()?)
+            .bind(E::to_json(&dead.request)?)
+            .bind(dead.dead_lettered_at),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        namespace: Option<&Namespace>,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<DeadLetterRecord>, StoreError> {
+        let limit = clamp_limit(limit);
+        let before = invocation_id_cursor(DEAD_LETTER_CURSOR, cursor)?;
+        let mut query = Sql::new(format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE true"
+        ));
+        if let Some(namespace) = namespace {
+            query
+                .push(" AND namespace = ")
+                .push_bind(namespace.as_str());
+        }
+        let after = before.map(|id| id.to_string());
+        fetch_page(
+            self,
+            query,
+            &DEAD_LETTERS,
+            after,
+            limit,
+            dead_letter_from_row,
+        )
+        .await
+    }
+
+    async fn get_dead_letter(
+        &self,
+        namespace: Option<&Namespace>,
+        id: &InvocationId,
+    ) -> Result<Option<DeadLetterRecord>, StoreError> {
+        let row = fetch_optional(
+            self,
+            Sql::new(format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters \
+                 WHERE id = $1::uuid AND ($2::text IS NULL OR namespace = $2)"
+            ))
+            .bind(id.to_string())
+            .bind(namespace.map(Namespace::as_str)),
+        )
+        .await?;
+        row.as_ref().map(dead_letter_from_row).transpose()
+    }
+
+    async fn delete_dead_letter(
+        &self,
+        namespace: Option<&Namespace>,
+        id: &InvocationId,
+    ) -> Result<bool, StoreError> {
+        let deleted = execute(
+            self,
+            Sql::new(
+                "DELETE FROM dead_letters \
+                 WHERE id = $1::uuid AND ($2::text IS NULL OR namespace = $2)",
+            )
+            .bind(id.to_string())
+            .bind(namespace.map(Namespace::as_str)),
+        )
+        .await?;
+        Ok(deleted > 0)
+    }
+}
