@@ -204,7 +204,6 @@ impl Worker {
             acker,
         } = delivery;
         let started_at = Utc::now();
-        let queue_ms = (started_at - request.created_at).num_milliseconds().max(0) as u64;
         let queue_us = micros_between(request.created_at, started_at);
         let namespace = request.function.namespace.clone();
 
@@ -297,12 +296,8 @@ impl Worker {
             result: outcome.result,
             error: outcome.error,
             metrics: Some(InvocationMetrics {
-                queue_ms,
-                init_ms: outcome.init_ms,
-                duration_ms: outcome.duration_ms,
                 cold_start: outcome.cold_start,
                 memory_peak_bytes: outcome.memory_peak_bytes,
-                total_ms: micros_between(request.created_at, completed_at) / 1000,
                 queue_us,
                 init_us: outcome.init_us,
                 exec_us: outcome.exec_us,
