@@ -239,8 +239,8 @@ impl Instance {
         let booted = tokio::time::timeout_at(deadline, instance.boot()).await;
         let (status, err) = match booted {
             Ok(Ok(())) => {
-                let init_ms = millis(started.elapsed());
-                tracing::debug!(sandbox.id = %instance.id, init_ms, "sandbox ready");
+                let init_us = micros(started.elapsed());
+                tracing::debug!(sandbox.id = %instance.id, init_us, "sandbox ready");
                 return Ok(instance);
             }
             Ok(Err(BootError::Init(message))) => (
@@ -380,7 +380,6 @@ impl Instance {
             read_frame(responses, body).await
         };
         let outcome = tokio::time::timeout_at(deadline, exchange).await;
-        let duration_ms = millis(started.elapsed());
 
         let failure = match outcome {
             Ok(Ok(())) => match protocol::decode_response(&self.body) {
@@ -440,6 +439,7 @@ impl Instance {
 
         let report = self.kill().await;
         let logs = self.logs.drain(DRAIN_WAIT).await;
+        let exec_us = micros(started.elapsed());
         let (status, what) = failure;
         let err = if status == InvocationStatus::Timeout {
             let budget = deadline.saturating_duration_since(started);
@@ -453,13 +453,13 @@ impl Instance {
         tracing::info!(
             sandbox.id = %self.id,
             error.kind = err.kind.as_str(),
-            duration_ms,
+            exec_us,
             "sandbox killed"
         );
         let execution = Execution {
             logs,
             memory_peak_bytes: report.memory_peak_bytes,
-            exec_us: micros(started.elapsed()),
+            exec_us,
             ..Execution::failed(status, err)
         };
         (execution, false)
