@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use fnmesh_bus::Bus;
 use fnmesh_core::metrics::{self as shared, seconds_of_us, LabelCap, Registry};
-use fnmesh_core::{InvocationMetrics, InvocationResult, InvocationStatus};
+use fnmesh_core::{InvocationResult, InvocationStatus};
 use fnmesh_ratelimit::RateLimiter;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
@@ -201,16 +201,13 @@ impl GatewayMetrics {
         let function = self.functions.label(result.function.as_str());
         // Phases first, the result counter last: a scrape that sees the count sees its phases.
         if let Some(m) = &result.metrics {
-            let phases = Phases::of(m);
-            self.queue_seconds.observe(seconds_of_us(phases.queue_us));
+            self.queue_seconds.observe(seconds_of_us(m.queue_us));
             if m.cold_start {
                 self.cold_starts.with_label_values(&[&function]).inc();
-                self.init_seconds.observe(seconds_of_us(phases.init_us));
+                self.init_seconds.observe(seconds_of_us(m.init_us));
             }
-            self.execution_seconds
-                .observe(seconds_of_us(phases.exec_us));
-            self.duration_seconds
-                .observe(seconds_of_us(phases.total_us));
+            self.execution_seconds.observe(seconds_of_us(m.exec_us));
+            self.duration_seconds.observe(seconds_of_us(m.total_us));
         }
         self.invocations
             .with_label_values(&[&function, result.status.as_str()])
@@ -317,45 +314,17 @@ pub(crate) fn route_of(path: &str) -> &'static str {
         .unwrap_or(UNMATCHED_ROUTE)
 }
 
-/// One invocation's phases in microseconds (from the `*_ms` fields for records written by
-/// nodes that predate the `*_us` ones).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Phases {
-    /// Waiting for a node.
-    pub queue_us: u64,
-    /// Making a sandbox.
-    pub init_us: u64,
-    /// The handler.
-    pub exec_us: u64,
-    /// End to end.
-    pub total_us: u64,
-}
-
-impl Phases {
-    /// The phases of `m`.
-    pub(crate) fn of(m: &InvocationMetrics) -> Self {
-        let us = |us: u64, ms: u64| if us > 0 { us } else { ms.saturating_mul(1000) };
-        Self {
-            queue_us: us(m.queue_us, m.queue_ms),
-            init_us: us(m.init_us, m.init_ms),
-            exec_us: us(m.exec_us, m.duration_ms),
-            total_us: us(m.total_us, m.total_ms),
-        }
-    }
-}
-
 /// The `Server-Timing` value of a finished invocation: `queue`, `init`, `exec` and `total`
 /// durations in milliseconds with microsecond precision (the record's `*_us` fields), then
 /// `cold` and `node` as descriptions. `None` before it ran.
 pub(crate) fn server_timing(result: &InvocationResult) -> Option<String> {
     let m = result.metrics.as_ref()?;
-    let p = Phases::of(m);
     let mut value = format!(
         "queue;dur={}, init;dur={}, exec;dur={}, total;dur={}, cold;desc=\"{}\"",
-        shared::ms_of_us(p.queue_us),
-        shared::ms_of_us(p.init_us),
-        shared::ms_of_us(p.exec_us),
-        shared::ms_of_us(p.total_us),
+        shared::ms_of_us(m.queue_us),
+        shared::ms_of_us(m.init_us),
+        shared::ms_of_us(m.exec_us),
+        shared::ms_of_us(m.total_us),
         m.cold_start,
     );
     if let Some(node) = result.node_id.as_deref().filter(|n| is_token(n)) {
@@ -416,16 +385,29 @@ mod tests {
     }
 
     #[test]
-    fn phases_fall_back_to_milliseconds() {
-        let m = InvocationMetrics {
-            queue_ms: 2,
-            duration_ms: 5,
-            exec_us: 4_321,
-            ..InvocationMetrics::default()
-        };
-        let p = Phases::of(&m);
-        assert_eq!(p.queue_us, 2_000);
-        assert_eq!(p.exec_us, 4_321);
-        assert_eq!(p.init_us, 0);
+    fn server_timing_of_a_record_with_only_milliseconds() {
+        // A record written by a node that predates the `*_us` fields.
+        let result: InvocationResult = serde_json::from_value(serde_json::json!({
+            "id": fnmesh_core::InvocationId::new(),
+            "namespace": "acme",
+            "function": "resize",
+            "version": 1,
+            "status": "succeeded",
+            "metrics": {
+                "queue_ms": 2, "init_ms": 0, "duration_ms": 5,
+                "cold_start": false, "memory_peak_bytes": 0
+            },
+            "node_id": "node-1",
+            "attempt": 1,
+            "created_at": "2026-12-04T00:00:00Z"
+        }))
+        .expect("record");
+        assert_eq!(
+            server_timing(&result).as_deref(),
+            Some(
+                "queue;dur=2.000, init;dur=0.000, exec;dur=5.000, total;dur=0.000, \
+                 cold;desc=\"false\", node;desc=\"node-1\""
+            )
+        );
     }
 }

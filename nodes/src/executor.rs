@@ -9,7 +9,11 @@
 //! Every invocation has one deadline, `timeout_ms` after `execute` was called: waiting for a
 //! sandbox, creating it and loading the handler count against it, and it is the `deadline_ms`
 //! the handler sees in its context. `execute` never fails: infrastructure problems become a
-//! `failed` outcome with kind `crashed`.
+//! `failed` [`Execution`] with kind `crashed`.
+//!
+//! The [`Execution`] is made by the [`Instance`] (or by a launch that failed) and completed
+//! here with `cold_start` and `init_us` (measured around the launch); the worker turns it into
+//! the record with `InvocationOutcome::finished`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fnmesh_core::invocation::DEFAULT_LOG_CAP_BYTES;
 use fnmesh_core::secrets::{Keyring, SealedSecrets, SecretEnv};
 use fnmesh_core::{
-    ErrorKind, Function, InvocationError, InvocationId, InvocationLogs, InvocationStatus,
+    ErrorKind, Execution, Function, InvocationError, InvocationId, InvocationStatus,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -136,46 +140,9 @@ pub struct Job {
     pub secrets: Option<SealedSecrets>,
 }
 
-/// How an invocation went.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExecOutcome {
-    /// `Succeeded`, `Failed` or `Timeout`.
-    pub status: InvocationStatus,
-    /// The handler's result, when it succeeded.
-    pub result: Option<serde_json::Value>,
-    /// Why it did not.
-    pub error: Option<InvocationError>,
-    /// Captured output.
-    pub logs: InvocationLogs,
-    /// Whether a new sandbox was made for it.
-    pub cold_start: bool,
-    /// Sandbox create + start + handler load (0 when warm).
-    pub init_ms: u64,
-    /// The handler as seen by the node.
-    pub duration_ms: u64,
-    /// Peak memory of the sandbox.
-    pub memory_peak_bytes: u64,
-    /// `init_ms` in microseconds, measured around the sandbox launch.
-    pub init_us: u64,
-    /// The handler in microseconds, measured around the request to the sandbox.
-    pub exec_us: u64,
-}
-
-impl ExecOutcome {
-    fn failed(status: InvocationStatus, kind: ErrorKind, message: String) -> Self {
-        Self {
-            status,
-            result: None,
-            error: Some(InvocationError { kind, message }),
-            logs: InvocationLogs::default(),
-            cold_start: false,
-            init_ms: 0,
-            duration_ms: 0,
-            memory_peak_bytes: 0,
-            init_us: 0,
-            exec_us: 0,
-        }
-    }
+/// A `Failed`/`crashed` (or `Timeout`) execution that never reached a sandbox.
+fn failed(status: InvocationStatus, kind: ErrorKind, message: String) -> Execution {
+    Execution::failed(status, InvocationError { kind, message })
 }
 
 fn micros(d: Duration) -> u64 {
@@ -334,22 +301,22 @@ impl Executor {
     }
 
     /// Runs one invocation. Never panics; infrastructure failures are `Failed`/`crashed`.
-    pub async fn execute(&self, job: Job) -> ExecOutcome {
+    pub async fn execute(&self, job: Job) -> Execution {
         let started = Instant::now();
         let deadline = started + Duration::from_millis(job.function.config.timeout_ms);
-        let outcome = self.inner.run(&job, deadline).await;
+        let execution = self.inner.run(&job, deadline).await;
         tracing::debug!(
             invocation.id = %job.invocation_id,
             function.name = %job.function.name,
             function.version = job.function.version,
-            status = outcome.status.as_str(),
-            cold_start = outcome.cold_start,
-            init_ms = outcome.init_ms,
-            duration_ms = outcome.duration_ms,
-            total_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            status = execution.status.as_str(),
+            cold_start = execution.cold_start,
+            init_us = execution.init_us,
+            exec_us = execution.exec_us,
+            total_us = micros(started.elapsed()),
             "invocation finished"
         );
-        outcome
+        execution
     }
 
     /// Counters of the pool.
@@ -389,22 +356,27 @@ impl Executor {
             let limits = limits_of(&function);
             while let Some(reservation) = inner.pool.reserve_prewarm(&key, limits) {
                 let budget = Duration::from_millis(function.config.timeout_ms).max(Duration::from_secs(30));
-                let launch = inner.launch(&function, &code_dir, &secrets, Instant::now() + budget);
+                let launching = Instant::now();
+                let launch = inner.launch(&function, &code_dir, &secrets, launching + budget);
                 let launched = tokio::select! {
                     () = inner.cancel.cancelled() => return,
                     launched = launch => launched,
                 };
                 match launched {
-                    Ok((instance, init_ms)) => {
-                        tracing::debug!(function.name = %function.name, function.version = function.version, init_ms, "prewarmed a sandbox");
+                    Ok(instance) => {
+                        tracing::debug!(function.name = %function.name, function.version = function.version, init_us = micros(launching.elapsed()), "prewarmed a sandbox");
                         reservation.fill(instance).release().await;
                     }
                     Err(failure) => {
+                        let error = failure.error.unwrap_or(InvocationError {
+                            kind: ErrorKind::Crashed,
+                            message: String::new(),
+                        });
                         tracing::warn!(
                             function.name = %function.name,
                             function.version = function.version,
-                            error.kind = failure.kind.as_str(),
-                            error.message = %failure.message,
+                            error.kind = error.kind.as_str(),
+                            error.message = %error.message,
                             "prewarming failed"
                         );
                         return;
@@ -459,16 +431,6 @@ async fn reap_loop(inner: Arc<Inner>) {
     }
 }
 
-/// A launch that did not produce a sandbox, as an invocation outcome.
-struct LaunchError {
-    status: InvocationStatus,
-    kind: ErrorKind,
-    message: String,
-    logs: InvocationLogs,
-    init_ms: u64,
-    memory_peak_bytes: u64,
-}
-
 impl Inner {
     fn next_sandbox_id(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -502,15 +464,9 @@ impl Inner {
         code_dir: &Path,
         secrets: &SecretEnv,
         deadline: Instant,
-    ) -> Result<(Instance, u64), LaunchError> {
-        let crashed = |message: String| LaunchError {
-            status: InvocationStatus::Failed,
-            kind: ErrorKind::Crashed,
-            message,
-            logs: InvocationLogs::default(),
-            init_ms: 0,
-            memory_peak_bytes: 0,
-        };
+    ) -> Result<Instance, Execution> {
+        let crashed =
+            |message: String| failed(InvocationStatus::Failed, ErrorKind::Crashed, message);
         let process = self
             .registry
             .process(function)
@@ -544,25 +500,16 @@ impl Inner {
             id,
             log_cap_bytes: self.config.log_cap_bytes,
         };
-        Instance::launch(Arc::clone(&self.runtime), plan, deadline)
-            .await
-            .map_err(|f| LaunchError {
-                status: f.status,
-                kind: f.error.kind,
-                message: f.error.message,
-                logs: f.logs,
-                init_ms: f.init_ms,
-                memory_peak_bytes: f.memory_peak_bytes,
-            })
+        Instance::launch(Arc::clone(&self.runtime), plan, deadline).await
     }
 
-    async fn run(&self, job: &Job, deadline: Instant) -> ExecOutcome {
+    async fn run(&self, job: &Job, deadline: Instant) -> Execution {
         let function = &job.function;
         let secrets = match self.open_secrets(function, job.secrets.as_ref()) {
             Ok(secrets) => secrets,
             Err(message) => {
                 tracing::warn!(invocation.id = %job.invocation_id, error.message = %message, "secrets unavailable");
-                return ExecOutcome::failed(InvocationStatus::Failed, ErrorKind::Crashed, message);
+                return failed(InvocationStatus::Failed, ErrorKind::Crashed, message);
             }
         };
         let key = key_of(function, &secrets);
@@ -571,40 +518,25 @@ impl Inner {
             .checkout(&key, limits_of(function), deadline)
             .await;
         let launched = Instant::now();
-        let (mut lease, cold_start, init_ms, init_us) = match checkout {
-            Ok(Checkout::Warm(lease)) => (*lease, false, 0, 0),
+        let (mut lease, cold_start, init_us) = match checkout {
+            Ok(Checkout::Warm(lease)) => (*lease, false, 0),
             Ok(Checkout::Cold(reservation)) => {
                 let launch = self
                     .launch(function, &job.code_dir, &secrets, deadline)
                     .instrument(tracing::info_span!("sandbox.launch"));
                 match launch.await {
-                    Ok((instance, init_ms)) => (
-                        reservation.fill(instance),
-                        true,
-                        init_ms,
-                        micros(launched.elapsed()),
-                    ),
-                    Err(e) => {
-                        return ExecOutcome {
-                            status: e.status,
-                            result: None,
-                            error: Some(InvocationError {
-                                kind: e.kind,
-                                message: e.message,
-                            }),
-                            logs: e.logs,
+                    Ok(instance) => (reservation.fill(instance), true, micros(launched.elapsed())),
+                    Err(failure) => {
+                        return Execution {
                             cold_start: true,
-                            init_ms: e.init_ms,
-                            duration_ms: 0,
-                            memory_peak_bytes: e.memory_peak_bytes,
                             init_us: micros(launched.elapsed()),
-                            exec_us: 0,
+                            ..failure
                         }
                     }
                 }
             }
             Err(CheckoutError::Timeout) => {
-                return ExecOutcome::failed(
+                return failed(
                     InvocationStatus::Timeout,
                     ErrorKind::Timeout,
                     format!(
@@ -613,13 +545,7 @@ impl Inner {
                     ),
                 )
             }
-            Err(e) => {
-                return ExecOutcome::failed(
-                    InvocationStatus::Failed,
-                    ErrorKind::Crashed,
-                    e.to_string(),
-                )
-            }
+            Err(e) => return failed(InvocationStatus::Failed, ErrorKind::Crashed, e.to_string()),
         };
 
         let invocation_id = job.invocation_id.to_string();
@@ -636,37 +562,28 @@ impl Inner {
             },
         };
         let Some(instance) = lease.instance() else {
-            return ExecOutcome::failed(
+            return failed(
                 InvocationStatus::Failed,
                 ErrorKind::Crashed,
                 "lease without a sandbox".to_owned(),
             );
         };
-        let invoking = Instant::now();
-        let invoked = instance
+        let (execution, reusable) = instance
             .invoke(&request, deadline)
             .instrument(tracing::info_span!(
                 "handler",
                 sandbox.cold_start = cold_start
             ))
             .await;
-        let exec_us = micros(invoking.elapsed());
-        if invoked.reusable {
+        if reusable {
             lease.release().await;
         } else {
             lease.discard().await;
         }
-        ExecOutcome {
-            status: invoked.status,
-            result: invoked.result,
-            error: invoked.error,
-            logs: invoked.logs,
+        Execution {
             cold_start,
-            init_ms,
-            duration_ms: invoked.duration_ms,
-            memory_peak_bytes: invoked.memory_peak_bytes,
             init_us,
-            exec_us,
+            ..execution
         }
     }
 }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fnmesh_core::{ErrorKind, InvocationError, InvocationLogs, InvocationStatus};
+use fnmesh_core::{ErrorKind, Execution, InvocationError, InvocationLogs, InvocationStatus};
 use nix::fcntl::OFlag;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
@@ -57,40 +57,6 @@ pub struct LaunchPlan {
     pub log_cap_bytes: usize,
 }
 
-/// Why a sandbox did not become ready.
-#[derive(Debug)]
-pub struct LaunchFailure {
-    /// `Timeout` or `Failed`.
-    pub status: InvocationStatus,
-    /// Kind and message.
-    pub error: InvocationError,
-    /// What the sandbox printed (e.g. the import traceback).
-    pub logs: InvocationLogs,
-    /// From the exit report, when it got that far.
-    pub memory_peak_bytes: u64,
-    /// Time spent trying.
-    pub init_ms: u64,
-}
-
-/// The result of one invocation on an instance.
-#[derive(Debug)]
-pub struct Invoked {
-    /// `Succeeded`, `Failed` or `Timeout`.
-    pub status: InvocationStatus,
-    /// The handler's result.
-    pub result: Option<serde_json::Value>,
-    /// Why it did not succeed.
-    pub error: Option<InvocationError>,
-    /// Its logs.
-    pub logs: InvocationLogs,
-    /// From sending the request to the response (or the kill).
-    pub duration_ms: u64,
-    /// Peak memory of the sandbox since the previous invocation.
-    pub memory_peak_bytes: u64,
-    /// False when the sandbox was killed: the caller must discard the instance.
-    pub reusable: bool,
-}
-
 fn error(kind: ErrorKind, message: impl Into<String>) -> InvocationError {
     InvocationError {
         kind,
@@ -100,6 +66,10 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> InvocationError {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn truncate_utf8(text: &mut String, max: usize) {
@@ -227,19 +197,21 @@ impl Instance {
     }
 
     /// Creates and starts a sandbox and waits, until `deadline`, for its handler to load.
+    ///
+    /// A sandbox that does not become ready is the invocation's end: the error is its
+    /// [`Execution`] (`Failed` or `Timeout`, with what the sandbox printed, e.g. the import
+    /// traceback); the caller adds the init time and `cold_start`.
     pub async fn launch(
         runtime: Arc<dyn ContainerRuntime>,
         plan: LaunchPlan,
         deadline: Instant,
-    ) -> Result<(Self, u64), LaunchFailure> {
+    ) -> Result<Self, Execution> {
         let started = Instant::now();
         let memory_mb = plan.bundle.memory_mb;
-        let fail = |status, error, logs, peak| LaunchFailure {
-            status,
-            error,
+        let fail = |status, error, logs, peak| Execution {
             logs,
             memory_peak_bytes: peak,
-            init_ms: millis(started.elapsed()),
+            ..Execution::failed(status, error)
         };
         let mut instance =
             match tokio::time::timeout_at(deadline, Self::create(runtime, plan)).await {
@@ -267,9 +239,9 @@ impl Instance {
         let booted = tokio::time::timeout_at(deadline, instance.boot()).await;
         let (status, err) = match booted {
             Ok(Ok(())) => {
-                let init_ms = millis(started.elapsed());
-                tracing::debug!(sandbox.id = %instance.id, init_ms, "sandbox ready");
-                return Ok((instance, init_ms));
+                let init_us = micros(started.elapsed());
+                tracing::debug!(sandbox.id = %instance.id, init_us, "sandbox ready");
+                return Ok(instance);
             }
             Ok(Err(BootError::Init(message))) => (
                 InvocationStatus::Failed,
@@ -374,33 +346,26 @@ impl Instance {
         }
     }
 
-    /// Runs one invocation, killing the sandbox at `deadline`.
-    pub async fn invoke(&mut self, request: &protocol::Request<'_>, deadline: Instant) -> Invoked {
+    /// Runs one invocation, killing the sandbox at `deadline`. Returns how it went (its
+    /// `exec_us` from the call to the result, logs and peak memory settled included) and
+    /// whether the sandbox can serve again (false when it was killed: the caller must then
+    /// discard the instance).
+    pub async fn invoke(
+        &mut self,
+        request: &protocol::Request<'_>,
+        deadline: Instant,
+    ) -> (Execution, bool) {
         let started = Instant::now();
         if let Err(e) = protocol::encode_request(&mut self.frame, request) {
-            return Invoked {
-                status: InvocationStatus::Failed,
-                result: None,
-                error: Some(error(
-                    ErrorKind::Crashed,
-                    format!("encoding the request failed: {e}"),
-                )),
-                logs: InvocationLogs::default(),
-                duration_ms: 0,
-                memory_peak_bytes: 0,
-                reusable: true,
-            };
+            let err = error(
+                ErrorKind::Crashed,
+                format!("encoding the request failed: {e}"),
+            );
+            return (Execution::failed(InvocationStatus::Failed, err), true);
         }
         if self.frame.len() - 4 > MAX_FRAME_BYTES {
-            return Invoked {
-                status: InvocationStatus::Failed,
-                result: None,
-                error: Some(error(ErrorKind::Crashed, "the payload is too large")),
-                logs: InvocationLogs::default(),
-                duration_ms: 0,
-                memory_peak_bytes: 0,
-                reusable: true,
-            };
+            let err = error(ErrorKind::Crashed, "the payload is too large");
+            return (Execution::failed(InvocationStatus::Failed, err), true);
         }
         self.logs.arm(protocol::end_marker(request.id));
 
@@ -415,7 +380,6 @@ impl Instance {
             read_frame(responses, body).await
         };
         let outcome = tokio::time::timeout_at(deadline, exchange).await;
-        let duration_ms = millis(started.elapsed());
 
         let failure = match outcome {
             Ok(Ok(())) => match protocol::decode_response(&self.body) {
@@ -449,15 +413,17 @@ impl Instance {
                             (InvocationStatus::Failed, None, Some(error(kind, text)))
                         }
                     };
-                    return Invoked {
+                    let execution = Execution {
                         status,
                         result,
                         error: err,
                         logs,
-                        duration_ms,
+                        cold_start: false,
                         memory_peak_bytes,
-                        reusable: true,
+                        init_us: 0,
+                        exec_us: micros(started.elapsed()),
                     };
+                    return (execution, true);
                 }
                 Err(e) => (
                     InvocationStatus::Failed,
@@ -473,6 +439,7 @@ impl Instance {
 
         let report = self.kill().await;
         let logs = self.logs.drain(DRAIN_WAIT).await;
+        let exec_us = micros(started.elapsed());
         let (status, what) = failure;
         let err = if status == InvocationStatus::Timeout {
             let budget = deadline.saturating_duration_since(started);
@@ -486,18 +453,16 @@ impl Instance {
         tracing::info!(
             sandbox.id = %self.id,
             error.kind = err.kind.as_str(),
-            duration_ms,
+            exec_us,
             "sandbox killed"
         );
-        Invoked {
-            status,
-            result: None,
-            error: Some(err),
+        let execution = Execution {
             logs,
-            duration_ms,
             memory_peak_bytes: report.memory_peak_bytes,
-            reusable: false,
-        }
+            exec_us,
+            ..Execution::failed(status, err)
+        };
+        (execution, false)
     }
 
     /// Destroys the container once; later calls return the first report.

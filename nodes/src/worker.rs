@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use fnmesh_bus::{Bus, Delivery};
 use fnmesh_core::{
-    ErrorKind, FunctionConfig, InvocationError, InvocationMetrics, InvocationOutcome,
-    InvocationResult, InvocationStatus, NodeEvent,
+    ErrorKind, FunctionConfig, InvocationError, InvocationOutcome, InvocationResult,
+    InvocationStatus, NodeEvent,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -204,13 +204,10 @@ impl Worker {
             acker,
         } = delivery;
         let started_at = Utc::now();
-        let queue_ms = (started_at - request.created_at).num_milliseconds().max(0) as u64;
-        let queue_us = micros_between(request.created_at, started_at);
-        let namespace = request.function.namespace.clone();
 
         let started = NodeEvent::Started {
             id: request.id,
-            namespace: namespace.clone(),
+            namespace: request.function.namespace.clone(),
             attempt,
             node_id: self.config.node_id.clone(),
             started_at,
@@ -256,7 +253,7 @@ impl Worker {
         let interval = self.progress_interval();
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.tick().await;
-        let outcome = loop {
+        let execution = loop {
             tokio::select! {
                 out = &mut exec => break out,
                 r = &mut started_published, if started_pending => {
@@ -274,7 +271,7 @@ impl Worker {
             report_started(started_published.await);
         }
         let completed_at = Utc::now();
-        self.publish_logs(&request, attempt, &outcome.logs, completed_at);
+        self.publish_logs(&request, attempt, &execution.logs, completed_at);
         if request.function.config.min_warm > 0 {
             // Keeps `min_warm` sandboxes of this version ready once the node has seen it (off
             // the invocation's path).
@@ -288,43 +285,26 @@ impl Worker {
                     .await
             });
         }
-        let result = InvocationResult {
-            id: request.id,
-            namespace,
-            function: request.function.name.clone(),
-            version: request.function.version,
-            status: outcome.status,
-            result: outcome.result,
-            error: outcome.error,
-            metrics: Some(InvocationMetrics {
-                queue_ms,
-                init_ms: outcome.init_ms,
-                duration_ms: outcome.duration_ms,
-                cold_start: outcome.cold_start,
-                memory_peak_bytes: outcome.memory_peak_bytes,
-                total_ms: micros_between(request.created_at, completed_at) / 1000,
-                queue_us,
-                init_us: outcome.init_us,
-                exec_us: outcome.exec_us,
-                total_us: micros_between(request.created_at, completed_at),
-            }),
-            node_id: Some(self.config.node_id.clone()),
+        let outcome = InvocationOutcome::finished(
+            &request,
+            execution,
+            &self.config.node_id,
             attempt,
-            created_at: request.created_at,
-            started_at: Some(started_at),
-            completed_at: Some(completed_at),
-        };
+            started_at,
+            completed_at,
+        );
+        let result = &outcome.result;
         tracing::info!(
             invocation.id = %request.id,
             status = result.status.as_str(),
             duration_ms = t0.elapsed().as_millis() as u64,
-            cold_start = outcome.cold_start,
+            cold_start = result.metrics.is_some_and(|m| m.cold_start),
             "invocation finished"
         );
         if let Some(metrics) = &self.metrics {
-            metrics.observe(&result);
+            metrics.observe(result);
         }
-        if let Some(error) = retryable(&result, reply_to.is_some(), &request.function.config) {
+        if let Some(error) = retryable(result, reply_to.is_some(), &request.function.config) {
             // Delivered again after a backoff, or dead-lettered by the bus when the attempts
             // ran out; the record keeps this error as the last one.
             let retrying = NodeEvent::Retrying {
@@ -344,10 +324,6 @@ impl Worker {
             }
             return;
         }
-        let outcome = InvocationOutcome {
-            result,
-            logs: outcome.logs,
-        };
         if let Some(to) = &reply_to {
             let replied = self
                 .bus
@@ -468,14 +444,6 @@ fn retryable(
         _ => result.attempt <= config.retries,
     };
     retry.then_some(error)
-}
-
-/// Microseconds from `from` to `to` (0 if `to` is earlier: clocks of two machines).
-fn micros_between(from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>) -> u64 {
-    (to - from)
-        .num_microseconds()
-        .and_then(|us| u64::try_from(us).ok())
-        .unwrap_or(0)
 }
 
 /// Backoff before attempt `attempt + 1`: `base` doubled per failed attempt, at most 5 min.

@@ -99,7 +99,7 @@ async fn prewarm_tops_up_to_min_warm_idle_sandboxes() {
     let out = h.run(&f, &code, json!(null)).await;
     assert_eq!(out.status, InvocationStatus::Succeeded, "{out:?}");
     assert!(!out.cold_start);
-    assert_eq!(out.init_ms, 0);
+    assert_eq!(out.init_us, 0);
     h.executor.shutdown(Duration::from_secs(5)).await;
     assert!(h.fake.live_ids().is_empty());
 }

@@ -18,13 +18,13 @@ async fn second_invocation_is_warm_and_keeps_module_state() {
     let first = h.run(&f, &code, json!({"n": 1})).await;
     assert_eq!(first.status, InvocationStatus::Succeeded, "{first:?}");
     assert!(first.cold_start);
-    assert!(first.init_ms > 0);
+    assert!(first.init_us > 0);
     assert_eq!(first.result, Some(json!({"count": 1, "event": {"n": 1}})));
 
     let second = h.run(&f, &code, json!({"n": 2})).await;
     assert_eq!(second.status, InvocationStatus::Succeeded, "{second:?}");
     assert!(!second.cold_start);
-    assert_eq!(second.init_ms, 0);
+    assert_eq!(second.init_us, 0);
     assert_eq!(second.result, Some(json!({"count": 2, "event": {"n": 2}})));
 
     assert_eq!(h.fake.created(), 1);

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fnmesh_core::{
-    Checksum, CodeInfo, Function, FunctionConfig, FunctionId, FunctionName, InvocationId,
-    Namespace, Runtime,
+    Checksum, CodeInfo, Execution, Function, FunctionConfig, FunctionId, FunctionName,
+    InvocationId, Namespace, Runtime,
 };
-use fnmesh_nodes::executor::{ExecOutcome, Executor, ExecutorConfig, Job};
+use fnmesh_nodes::executor::{Executor, ExecutorConfig, Job};
 use fnmesh_nodes::sandbox::fake::FakeRuntime;
 use tempfile::TempDir;
 
@@ -59,7 +59,7 @@ impl Harness {
         function: &Function,
         code: &Path,
         payload: serde_json::Value,
-    ) -> ExecOutcome {
+    ) -> Execution {
         self.executor.execute(job(function, code, payload)).await
     }
 

@@ -98,35 +98,143 @@ pub struct InvocationError {
     pub message: String,
 }
 
-/// Per-phase timings of one invocation.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Per-phase timings of one invocation, in microseconds, measured once on the node.
+///
+/// On the wire (API responses, stored rows, node events) each phase also appears in whole
+/// milliseconds (`queue_ms`, `init_ms`, `duration_ms`, `total_ms` = µs / 1000), derived from the
+/// µs value when serialized: the JSON keeps the shape clients and older builds know. Records
+/// written before the `*_us` fields existed (only `*_ms`) read as ms × 1000.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "MetricsWire", into = "MetricsWire")]
 pub struct InvocationMetrics {
-    /// From acceptance to a node starting it.
-    pub queue_ms: u64,
-    /// Sandbox create + start + handler load (0 when warm).
-    pub init_ms: u64,
-    /// Handler execution as seen by the node.
-    pub duration_ms: u64,
+    /// Waiting for a node: from acceptance (the gateway's clock) to a node starting it (its
+    /// own); `queue` in `Server-Timing`.
+    pub queue_us: u64,
+    /// Making a sandbox: create + start + handler load (0 when warm); `init`.
+    pub init_us: u64,
+    /// The handler, as seen by the node around its request to the sandbox; `exec`.
+    pub exec_us: u64,
+    /// End to end: from acceptance to the node finishing, code fetch and the node's own work
+    /// included; `total`.
+    pub total_us: u64,
     /// Whether a new sandbox was made for it.
     pub cold_start: bool,
     /// Peak memory of the sandbox during this invocation.
     pub memory_peak_bytes: u64,
-    /// End to end: from acceptance (the gateway's clock) to the node finishing (its own).
+}
+
+impl InvocationMetrics {
+    /// [`InvocationMetrics::queue_us`] in whole milliseconds (the wire's `queue_ms`).
+    pub fn queue_ms(&self) -> u64 {
+        self.queue_us / 1000
+    }
+
+    /// [`InvocationMetrics::init_us`] in whole milliseconds (the wire's `init_ms`).
+    pub fn init_ms(&self) -> u64 {
+        self.init_us / 1000
+    }
+
+    /// [`InvocationMetrics::exec_us`] in whole milliseconds (the wire's `duration_ms`).
+    pub fn duration_ms(&self) -> u64 {
+        self.exec_us / 1000
+    }
+
+    /// [`InvocationMetrics::total_us`] in whole milliseconds (the wire's `total_ms`).
+    pub fn total_ms(&self) -> u64 {
+        self.total_us / 1000
+    }
+}
+
+/// [`InvocationMetrics`] as JSON: the field set and order of the API, `*_ms` then `*_us`.
+#[derive(Serialize, Deserialize)]
+struct MetricsWire {
+    queue_ms: u64,
+    init_ms: u64,
+    duration_ms: u64,
+    cold_start: bool,
+    memory_peak_bytes: u64,
     #[serde(default)]
-    pub total_ms: u64,
-    /// The same phases in microseconds, as a sync response's `Server-Timing` reports them:
-    /// waiting for a node (`queue`) …
+    total_ms: u64,
     #[serde(default)]
-    pub queue_us: u64,
-    /// … making a sandbox (`init`, 0 when warm) …
+    queue_us: u64,
     #[serde(default)]
+    init_us: u64,
+    #[serde(default)]
+    exec_us: u64,
+    #[serde(default)]
+    total_us: u64,
+}
+
+impl From<MetricsWire> for InvocationMetrics {
+    fn from(w: MetricsWire) -> Self {
+        // A record from a node that predates the `*_us` fields has them 0 (absent).
+        let us = |us: u64, ms: u64| if us > 0 { us } else { ms.saturating_mul(1000) };
+        Self {
+            queue_us: us(w.queue_us, w.queue_ms),
+            init_us: us(w.init_us, w.init_ms),
+            exec_us: us(w.exec_us, w.duration_ms),
+            total_us: us(w.total_us, w.total_ms),
+            cold_start: w.cold_start,
+            memory_peak_bytes: w.memory_peak_bytes,
+        }
+    }
+}
+
+impl From<InvocationMetrics> for MetricsWire {
+    fn from(m: InvocationMetrics) -> Self {
+        Self {
+            queue_ms: m.queue_ms(),
+            init_ms: m.init_ms(),
+            duration_ms: m.duration_ms(),
+            cold_start: m.cold_start,
+            memory_peak_bytes: m.memory_peak_bytes,
+            total_ms: m.total_ms(),
+            queue_us: m.queue_us,
+            init_us: m.init_us,
+            exec_us: m.exec_us,
+            total_us: m.total_us,
+        }
+    }
+}
+
+/// How one attempt of an invocation went on a node: made by the sandbox instance (status,
+/// result or error, logs, peak memory, `exec_us`), completed by the executor (`cold_start`,
+/// `init_us`), and turned into the record once, by [`InvocationOutcome::finished`]. Nodes only;
+/// it never goes on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    /// `Succeeded`, `Failed` or `Timeout`.
+    pub status: InvocationStatus,
+    /// The handler's JSON result, when it succeeded.
+    pub result: Option<serde_json::Value>,
+    /// Why it did not.
+    pub error: Option<InvocationError>,
+    /// Captured output.
+    pub logs: InvocationLogs,
+    /// Whether a new sandbox was made for it.
+    pub cold_start: bool,
+    /// Peak memory of the sandbox during this invocation.
+    pub memory_peak_bytes: u64,
+    /// Making the sandbox, in µs (0 when warm).
     pub init_us: u64,
-    /// … the handler (`exec`) …
-    #[serde(default)]
+    /// The handler, in µs.
     pub exec_us: u64,
-    /// … and all of it (`total`; also code fetch and the node's own work).
-    #[serde(default)]
-    pub total_us: u64,
+}
+
+impl Execution {
+    /// An attempt that ended with `status` and `error` before (or instead of) a result.
+    pub fn failed(status: InvocationStatus, error: InvocationError) -> Self {
+        Self {
+            status,
+            result: None,
+            error: Some(error),
+            logs: InvocationLogs::default(),
+            cold_start: false,
+            memory_peak_bytes: 0,
+            init_us: 0,
+            exec_us: 0,
+        }
+    }
 }
 
 /// The record of one invocation, as the API returns it.
@@ -307,6 +415,61 @@ pub struct InvocationOutcome {
     pub logs: InvocationLogs,
 }
 
+impl InvocationOutcome {
+    /// The final record of attempt `attempt` of `request`, run by `node_id` from `started_at`
+    /// to `completed_at`: what `execution` produced, its timings completed with the queue
+    /// (acceptance to `started_at`) and the total (acceptance to `completed_at`).
+    pub fn finished(
+        request: &InvocationRequest,
+        execution: Execution,
+        node_id: &str,
+        attempt: u32,
+        started_at: DateTime<Utc>,
+        completed_at: DateTime<Utc>,
+    ) -> Self {
+        let Execution {
+            status,
+            result,
+            error,
+            logs,
+            cold_start,
+            memory_peak_bytes,
+            init_us,
+            exec_us,
+        } = execution;
+        let metrics = InvocationMetrics {
+            queue_us: micros_between(request.created_at, started_at),
+            init_us,
+            exec_us,
+            total_us: micros_between(request.created_at, completed_at),
+            cold_start,
+            memory_peak_bytes,
+        };
+        Self {
+            result: InvocationResult {
+                status,
+                result,
+                error,
+                metrics: Some(metrics),
+                node_id: Some(node_id.to_owned()),
+                attempt,
+                started_at: Some(started_at),
+                completed_at: Some(completed_at),
+                ..InvocationResult::queued(request)
+            },
+            logs,
+        }
+    }
+}
+
+/// Microseconds from `from` to `to` (0 if `to` is earlier: the clocks of two machines).
+fn micros_between(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+    (to - from)
+        .num_microseconds()
+        .and_then(|us| u64::try_from(us).ok())
+        .unwrap_or(0)
+}
+
 /// One invocation's captured output, published by the node that ran it for live followers
 /// (`GET /v1/functions/{name}/logs?follow=true`). Best effort: nothing is kept, a follower that
 /// is not listening misses it (the logs are still recorded with the result).
@@ -330,4 +493,168 @@ pub struct FunctionLogs {
     pub truncated: bool,
     /// When the invocation finished.
     pub at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn metrics() -> InvocationMetrics {
+        InvocationMetrics {
+            queue_us: 1_234,
+            init_us: 250_999,
+            exec_us: 3_456,
+            total_us: 260_100,
+            cold_start: true,
+            memory_peak_bytes: 42,
+        }
+    }
+
+    #[test]
+    fn metrics_round_trip() {
+        let m = metrics();
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<InvocationMetrics>(&json).unwrap(), m);
+        let zero = InvocationMetrics::default();
+        let json = serde_json::to_string(&zero).unwrap();
+        assert_eq!(
+            serde_json::from_str::<InvocationMetrics>(&json).unwrap(),
+            zero
+        );
+    }
+
+    #[test]
+    fn metrics_json_keeps_the_api_field_set_and_order() {
+        let json = serde_json::to_string(&metrics()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"queue_ms":1,"init_ms":250,"duration_ms":3,"cold_start":true,"memory_peak_bytes":42,"total_ms":260,"queue_us":1234,"init_us":250999,"exec_us":3456,"total_us":260100}"#
+        );
+    }
+
+    #[test]
+    fn metrics_from_records_with_only_ms_read_as_microseconds() {
+        let old: InvocationMetrics = serde_json::from_str(
+            r#"{"queue_ms":2,"init_ms":0,"duration_ms":5,"cold_start":false,"memory_peak_bytes":7}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            old,
+            InvocationMetrics {
+                queue_us: 2_000,
+                init_us: 0,
+                exec_us: 5_000,
+                total_us: 0,
+                cold_start: false,
+                memory_peak_bytes: 7,
+            }
+        );
+        let with_total: InvocationMetrics = serde_json::from_str(
+            r#"{"queue_ms":2,"init_ms":3,"duration_ms":5,"cold_start":true,"memory_peak_bytes":0,"total_ms":11}"#,
+        )
+        .unwrap();
+        assert_eq!(with_total.init_us, 3_000);
+        assert_eq!(with_total.total_us, 11_000);
+        assert_eq!(with_total.duration_ms(), 5);
+    }
+
+    #[test]
+    fn metrics_prefer_the_microseconds_when_both_are_there() {
+        let m: InvocationMetrics = serde_json::from_str(
+            r#"{"queue_ms":2,"init_ms":0,"duration_ms":5,"cold_start":false,"memory_peak_bytes":0,"total_ms":9,"queue_us":2345,"init_us":0,"exec_us":4321,"total_us":9876}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (m.queue_us, m.init_us, m.exec_us, m.total_us),
+            (2_345, 0, 4_321, 9_876)
+        );
+    }
+
+    #[test]
+    fn finished_builds_the_record_from_the_execution() {
+        let created_at = Utc::now();
+        let function = Function {
+            id: crate::ids::FunctionId::new(),
+            namespace: Namespace::parse("acme").unwrap(),
+            name: FunctionName::parse("resize").unwrap(),
+            version: 3,
+            runtime: crate::function::Runtime::Python3,
+            handler: "main.handle".to_owned(),
+            code: crate::function::CodeInfo {
+                checksum: crate::Checksum::of(b"code"),
+                size: 4,
+                source_type: "inline".to_owned(),
+            },
+            config: crate::function::FunctionConfig::default(),
+            metadata: Default::default(),
+            created_at,
+            updated_at: created_at,
+        };
+        let request = InvocationRequest {
+            id: InvocationId::new(),
+            function,
+            payload: serde_json::json!({}),
+            created_at,
+            trace_id: None,
+            traceparent: None,
+            secrets: None,
+        };
+        let execution = Execution {
+            status: InvocationStatus::Succeeded,
+            result: Some(serde_json::json!({"ok": true})),
+            error: None,
+            logs: InvocationLogs {
+                text: "hi\n".to_owned(),
+                truncated: false,
+            },
+            cold_start: true,
+            memory_peak_bytes: 1 << 20,
+            init_us: 200_000,
+            exec_us: 3_000,
+        };
+        let started_at = created_at + chrono::Duration::microseconds(1_500);
+        let completed_at = started_at + chrono::Duration::microseconds(210_000);
+        let outcome =
+            InvocationOutcome::finished(&request, execution, "node-1", 2, started_at, completed_at);
+        let r = &outcome.result;
+        assert_eq!((r.id, r.version, r.attempt), (request.id, 3, 2));
+        assert_eq!(r.function.as_str(), "resize");
+        assert_eq!(r.status, InvocationStatus::Succeeded);
+        assert_eq!(r.result, Some(serde_json::json!({"ok": true})));
+        assert_eq!(r.node_id.as_deref(), Some("node-1"));
+        assert_eq!(
+            (r.started_at, r.completed_at),
+            (Some(started_at), Some(completed_at))
+        );
+        assert_eq!(
+            r.metrics,
+            Some(InvocationMetrics {
+                queue_us: 1_500,
+                init_us: 200_000,
+                exec_us: 3_000,
+                total_us: 211_500,
+                cold_start: true,
+                memory_peak_bytes: 1 << 20,
+            })
+        );
+        assert_eq!(outcome.logs.text, "hi\n");
+        // The node's clock behind the gateway's: no negative queue.
+        let early = InvocationOutcome::finished(
+            &request,
+            Execution::failed(
+                InvocationStatus::Failed,
+                InvocationError {
+                    kind: ErrorKind::Crashed,
+                    message: "x".to_owned(),
+                },
+            ),
+            "node-1",
+            1,
+            created_at - chrono::Duration::seconds(1),
+            created_at,
+        );
+        let m = early.result.metrics.unwrap();
+        assert_eq!((m.queue_us, m.total_us), (0, 0));
+    }
 }

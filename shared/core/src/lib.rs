@@ -21,7 +21,7 @@ pub use checksum::Checksum;
 pub use function::{CodeInfo, Function, FunctionConfig, Runtime};
 pub use ids::{FunctionId, InvocationId, NodeId};
 pub use invocation::{
-    DeadLetterRecord, ErrorKind, InvocationError, InvocationLogs, InvocationMetrics,
+    DeadLetterRecord, ErrorKind, Execution, InvocationError, InvocationLogs, InvocationMetrics,
     InvocationOutcome, InvocationRequest, InvocationResult, InvocationStatus, NodeEvent,
 };
 pub use names::{FunctionName, Namespace};

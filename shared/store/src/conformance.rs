@@ -183,16 +183,12 @@ fn with_status(r: &InvocationResult, status: InvocationStatus, attempt: u32) -> 
             r.result = Some(serde_json::json!({ "attempt": attempt }));
             r.completed_at = Some(now());
             r.metrics = Some(InvocationMetrics {
-                queue_ms: 1,
-                init_ms: 2,
-                duration_ms: 3,
-                cold_start: true,
-                memory_peak_bytes: 4096,
-                total_ms: 9,
                 queue_us: 1_234,
                 init_us: 2_345,
                 exec_us: 3_456,
                 total_us: 9_876,
+                cold_start: true,
+                memory_peak_bytes: 4096,
             });
         }
         InvocationStatus::Failed | InvocationStatus::Timeout | InvocationStatus::DeadLettered => {

@@ -184,9 +184,9 @@ fn finished(queued: &InvocationResult, attempt: u32) -> InvocationResult {
         "warnings": [],
     }));
     r.metrics = Some(InvocationMetrics {
-        queue_ms: 12,
-        init_ms: 0,
-        duration_ms: 87,
+        queue_us: 12_000,
+        init_us: 0,
+        exec_us: 87_000,
         cold_start: false,
         memory_peak_bytes: 48 * 1024 * 1024,
         ..InvocationMetrics::default()

@@ -205,7 +205,7 @@ pub async fn measure(args: &BenchArgs) -> Result<SandboxFigures> {
             );
         }
         cold_fnmesh.push(ms(elapsed));
-        cold_init.push(out.init_ms as f64);
+        cold_init.push(out.init_us as f64 / 1e3);
 
         if let Some(crun) = &crun {
             let id = format!("bench-{tag}-{round}");
