@@ -323,7 +323,12 @@ mod tests {
     #[test]
     fn the_svg_has_one_row_per_plotted_series_with_its_markers_and_escaped_names() {
         let rows = [
-            row("sandbox (warm)", "warm <pool>", vec![120.0, 130.0, 900.0], true),
+            row(
+                "sandbox (warm)",
+                "warm <pool>",
+                vec![120.0, 130.0, 900.0],
+                true,
+            ),
             row("mesh", "fnmesh c=1", vec![2_000.0, 4_000.0, 45_000.0], true),
             row("mesh", "hidden", vec![5.0], false),
         ];
@@ -344,6 +349,9 @@ mod tests {
         }
         // Every element opened is closed (no stray `<` from a name).
         assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
-        assert_eq!(svg.matches("<title>").count(), svg.matches("</title></rect>").count());
+        assert_eq!(
+            svg.matches("<title>").count(),
+            svg.matches("</title></rect>").count()
+        );
     }
 }
