@@ -14,3 +14,30 @@ pub mod persistence;
 pub mod sandbox;
 
 pub use sandbox::enter_bench_namespace;
+
+use std::collections::BTreeMap;
+
+use fnmesh_core::{Checksum, CodeInfo, Function, FunctionConfig, FunctionId, Namespace, Runtime};
+
+/// Version 1 of a Python function `name` in the default namespace whose `main.py` is `source`
+/// (handler `main.handle`), as the sandbox benchmarks run it.
+fn python_function(name: fnmesh_core::FunctionName, source: &str) -> Function {
+    let now = chrono::Utc::now();
+    Function {
+        id: FunctionId::new(),
+        namespace: Namespace::default_ns(),
+        name,
+        version: 1,
+        runtime: Runtime::Python3,
+        handler: "main.handle".into(),
+        code: CodeInfo {
+            checksum: Checksum::of(source.as_bytes()),
+            size: source.len() as u64,
+            source_type: "inline".into(),
+        },
+        config: FunctionConfig::default(),
+        metadata: BTreeMap::new(),
+        created_at: now,
+        updated_at: now,
+    }
+}

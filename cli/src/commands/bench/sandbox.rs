@@ -6,18 +6,13 @@
 //! before any thread exists) moves the whole benchmark into a private mount namespace with
 //! `/sys/fs/cgroup/unified` unmounted; every contender then runs under the same conditions.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use chrono::Utc;
-use fnmesh_core::{
-    Checksum, CodeInfo, Function, FunctionConfig, FunctionId, FunctionName, InvocationId,
-    InvocationStatus, Namespace, Runtime,
-};
+use fnmesh_core::{Function, FunctionName, InvocationId, InvocationStatus};
 use fnmesh_nodes::executor::{Executor, ExecutorConfig, Job};
 use fnmesh_nodes::sandbox::rootfs::ensure_rootfs;
 use fnmesh_nodes::sandbox::seccomp::MaskedEqOrder;
@@ -193,7 +188,7 @@ pub async fn measure(args: &BenchArgs) -> Result<SandboxFigures> {
     let mut cold_bare = Vec::new();
     for round in 0..args.cold_rounds {
         // fnmesh: a new function id every round, so every invocation is a cold start.
-        let function = bench_function(FunctionId::new());
+        let function = bench_function();
         let started = Instant::now();
         let out = executor.execute(job(&function, &code_dir)).await;
         let elapsed = started.elapsed();
@@ -273,7 +268,7 @@ pub async fn measure(args: &BenchArgs) -> Result<SandboxFigures> {
     }
 
     // Warm: one function, one sandbox, sequential invocations.
-    let function = bench_function(FunctionId::new());
+    let function = bench_function();
     let first = executor.execute(job(&function, &code_dir)).await;
     if first.status != InvocationStatus::Succeeded {
         bail!("warm-up invocation failed: {:?}", first.error);
@@ -368,25 +363,9 @@ fn which(bin: &str) -> Option<PathBuf> {
     })
 }
 
-fn bench_function(id: FunctionId) -> Function {
-    let now = Utc::now();
-    Function {
-        id,
-        namespace: Namespace::default_ns(),
-        name: FunctionName::parse("bench-hello").unwrap_or_else(|_| unreachable!()),
-        version: 1,
-        runtime: Runtime::Python3,
-        handler: "main.handle".into(),
-        code: CodeInfo {
-            checksum: Checksum::of(HANDLER.as_bytes()),
-            size: HANDLER.len() as u64,
-            source_type: "inline".into(),
-        },
-        config: FunctionConfig::default(),
-        metadata: BTreeMap::new(),
-        created_at: now,
-        updated_at: now,
-    }
+fn bench_function() -> Function {
+    let name = FunctionName::parse("bench-hello").unwrap_or_else(|_| unreachable!());
+    super::python_function(name, HANDLER)
 }
 
 fn job(function: &Function, code_dir: &Path) -> Job {

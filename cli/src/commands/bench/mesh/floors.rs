@@ -1,18 +1,13 @@
 //! The floors `fnmesh bench mesh` compares the mesh with, each measured in this process:
 //! raw HTTP, core NATS request/reply, a JetStream publish and a warm sandbox round trip.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use chrono::Utc;
-use fnmesh_core::{
-    Checksum, CodeInfo, Function, FunctionConfig, FunctionId, FunctionName, InvocationId,
-    InvocationStatus, Namespace, Runtime,
-};
+use fnmesh_core::{Function, FunctionName, InvocationId, InvocationStatus};
 use fnmesh_nodes::executor::{Executor, ExecutorConfig, Job};
 use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
 use fnmesh_nodes::sandbox::ContainerRuntime;
@@ -196,22 +191,6 @@ pub(super) async fn sandbox_warm(work: &Path, n: usize) -> Result<Latency> {
 }
 
 fn sandbox_function() -> Result<Function> {
-    let now = Utc::now();
-    Ok(Function {
-        id: FunctionId::new(),
-        namespace: Namespace::default_ns(),
-        name: FunctionName::parse(FUNCTION).context("function name")?,
-        version: 1,
-        runtime: Runtime::Python3,
-        handler: "main.handle".into(),
-        code: CodeInfo {
-            checksum: Checksum::of(HANDLER.as_bytes()),
-            size: HANDLER.len() as u64,
-            source_type: "inline".into(),
-        },
-        config: FunctionConfig::default(),
-        metadata: BTreeMap::new(),
-        created_at: now,
-        updated_at: now,
-    })
+    let name = FunctionName::parse(FUNCTION).context("function name")?;
+    Ok(super::super::python_function(name, HANDLER))
 }
