@@ -403,8 +403,16 @@ fn ratios(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Ratio> {
         target: Some(format!("≥ 1.0x ({TARGET_THROUGHPUT:.0}/s)")),
         met: Some(r >= 1.0),
         detail: format!(
-            "{:.0}/s at c={}, {} errors, {} cold starts",
-            t.per_second, t.concurrency, t.errors, t.cold_starts
+            "{:.0}/s recorded ({:.0}/s answered, then {} events recorded in {:.1} s{}) at c={}, \
+             {} errors, {} cold starts",
+            t.per_second,
+            t.answered_per_second,
+            t.events_pending_at_end,
+            t.record_drain_s,
+            if t.recorded { "" } else { ", NOT all" },
+            t.concurrency,
+            t.errors,
+            t.cold_starts
         ),
     });
     out

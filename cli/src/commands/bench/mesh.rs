@@ -86,7 +86,19 @@ pub struct Throughput {
     /// Calls of the measured run that needed a new sandbox (the warm-up could not foresee
     /// that many at once); each costs a cold start under full load.
     pub cold_starts: u64,
+    /// Invocations per second counting the time the recorders took, after the run, to record
+    /// what it left on the event stream: the rate the mesh sustains. A mesh that answers fast
+    /// but leaves its records behind fills the event stream and slows down later.
     pub per_second: f64,
+    /// Invocations answered per second during the run alone.
+    pub answered_per_second: f64,
+    /// Node events not yet recorded when the run ended.
+    pub events_pending_at_end: u64,
+    /// How long the recorders took after the run to record them (capped at
+    /// [`RECORD_DRAIN_MAX`]; `recorded` says whether they got there).
+    pub record_drain_s: f64,
+    /// Whether the event stream was empty within [`RECORD_DRAIN_MAX`] of the run's end.
+    pub recorded: bool,
     pub latency: Latency,
     pub first_error: Option<String>,
 }
@@ -179,7 +191,7 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
 
     eprintln!("starting fnmesh gateway and node…");
     let mut mesh = MeshProcs::start(&work, &nats_url, args.concurrency)?;
-    let figures = match measure_mesh(&mut mesh, &http, args).await {
+    let figures = match measure_mesh(&mut mesh, &http, &nats, args).await {
         Ok((c1, throughput)) => {
             let floor = http_echo.p50_us + nats_rr.p50_us + sandbox.p50_us;
             Figures {
@@ -230,10 +242,13 @@ pub fn table(f: &Figures) -> String {
         "fnmesh warm sync invoke over the mesh, c=1",
         &f.fnmesh_sync_c1,
     );
-    out += &format!(
+    out +=
+        &format!(
         "\nthroughput at concurrency {} for {:.1} s: {} succeeded ({} cold starts), {} errors\n\
          {:<48} {:>6} {:>9.0} {:>9.0}\n\
-         fnmesh sync invoke                               {:>9.0} invocations/s   \
+         answered during the run                          {:>9.0} invocations/s\n\
+         left to record at its end                        {:>9} events, recorded in {:.1} s{}\n\
+         fnmesh sync invoke, recorded                     {:>9.0} invocations/s   \
          (target ≥ {TARGET_THROUGHPUT:.0}/s: {:.2}x of it)\n",
         t.concurrency,
         t.duration_s,
@@ -244,6 +259,10 @@ pub fn table(f: &Figures) -> String {
         t.latency.n,
         t.latency.p50_us,
         t.latency.p99_us,
+        t.answered_per_second,
+        t.events_pending_at_end,
+        t.record_drain_s,
+        if t.recorded { "" } else { " (NOT all: gave up)" },
         t.per_second,
         t.per_second / TARGET_THROUGHPUT,
     );
@@ -266,6 +285,7 @@ pub fn table(f: &Figures) -> String {
 async fn measure_mesh(
     mesh: &mut MeshProcs,
     http: &reqwest::Client,
+    nats: &async_nats::Client,
     args: &MeshBenchArgs,
 ) -> Result<(Latency, Throughput)> {
     mesh.wait_ready(http, Duration::from_secs(60)).await?;
@@ -297,12 +317,14 @@ async fn measure_mesh(
         "measuring fnmesh at concurrency {} for {} s…",
         args.concurrency, args.duration_secs
     );
-    let throughput = concurrent(
+    let mut throughput = concurrent(
         &api,
         args.concurrency,
         Duration::from_secs(args.duration_secs),
     )
     .await;
+    eprintln!("waiting for the recorders to record what the run left on the event stream…");
+    record_drain(&mesh.events_stream()?, nats, &mut throughput).await?;
     ensure!(
         throughput.succeeded > 0,
         "no invocation succeeded at concurrency {}: {}",
@@ -313,6 +335,41 @@ async fn measure_mesh(
             .unwrap_or("no error recorded")
     );
     Ok((c1, throughput))
+}
+
+/// The longest wait, after the throughput run, for the event stream to empty.
+pub const RECORD_DRAIN_MAX: Duration = Duration::from_secs(120);
+
+/// Waits until the node event stream `stream` is empty (every event of the run recorded), at
+/// most [`RECORD_DRAIN_MAX`], and sets `per_second` to the invocations of the run over the run
+/// plus that wait.
+async fn record_drain(
+    stream: &str,
+    nats: &async_nats::Client,
+    throughput: &mut Throughput,
+) -> Result<()> {
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut events = js
+        .get_stream(stream)
+        .await
+        .with_context(|| format!("looking up the event stream {stream}"))?;
+    let started = Instant::now();
+    let pending = |info: &async_nats::jetstream::stream::Info| info.state.messages;
+    throughput.events_pending_at_end = pending(events.info().await?);
+    let mut left = throughput.events_pending_at_end;
+    while left > 0 && started.elapsed() < RECORD_DRAIN_MAX {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = pending(events.info().await?);
+    }
+    throughput.recorded = left == 0;
+    throughput.record_drain_s = if left == 0 && throughput.events_pending_at_end == 0 {
+        0.0
+    } else {
+        started.elapsed().as_secs_f64()
+    };
+    throughput.per_second =
+        throughput.succeeded as f64 / (throughput.duration_s + throughput.record_drain_s).max(1e-9);
+    Ok(())
 }
 
 /// How long the warm-up must go without a cold start before it ends.
@@ -410,7 +467,12 @@ async fn concurrent(api: &Api, concurrency: usize, duration: Duration) -> Throug
         succeeded,
         errors,
         cold_starts,
+        // Until `record_drain` adds the time to record the run.
         per_second: succeeded as f64 / elapsed.max(1e-9),
+        answered_per_second: succeeded as f64 / elapsed.max(1e-9),
+        events_pending_at_end: 0,
+        record_drain_s: 0.0,
+        recorded: true,
         latency: Latency::of(samples),
         first_error,
     }

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use fnmesh_core::subjects::{self, BusPrefix, BusRole};
 
 /// How long a child gets to drain after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(20);
@@ -112,6 +113,8 @@ pub(super) fn start_nats(dir: &Path) -> Result<NatsServer> {
 pub(super) struct MeshProcs {
     node: ChildProc,
     gateway: ChildProc,
+    /// The region (the bus prefix) both run in.
+    region: String,
     pub(super) base_url: String,
     pub(super) admin_key: String,
 }
@@ -152,9 +155,16 @@ impl MeshProcs {
         Ok(Self {
             node,
             gateway,
+            region,
             base_url: format!("http://127.0.0.1:{port}"),
             admin_key,
         })
+    }
+
+    /// The name of the region's node event stream.
+    pub(super) fn events_stream(&self) -> Result<String> {
+        let prefix = BusPrefix::parse(&self.region)?;
+        Ok(subjects::bus_stream(&prefix, BusRole::Events))
     }
 
     /// Polls the gateway's `/readyz` (every backend answers) until `within` passes.
