@@ -2,7 +2,8 @@
 //! config is valid, anonymous connections are refused, each role's credentials allow what the
 //! role needs (the JetStream bus, node registry and code store run on gateway and node creds
 //! without a single permission violation) and the server refuses the rest (a client reading
-//! fnmesh subjects or the JetStream API, a node forging invocations or managing streams).
+//! fnmesh subjects or the JetStream API, a node forging invocations or managing streams), and
+//! a mesh of real processes on these credentials serves a client's NATS request end to end.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,7 +20,10 @@ use fnmesh_code::nats::NatsCodeStore;
 use fnmesh_code::CodeStore;
 use fnmesh_core::names::{FunctionName, Namespace};
 use fnmesh_core::subjects::{self, BusPrefix, BusRole, InboxOwner};
+use fnmesh_tests::mesh::Mesh;
 use fnmesh_tests::servers::nats::TestNats;
+use fnmesh_tests::{function_body, ADMIN_KEY};
+use serde_json::{json, Value};
 
 /// What the server reported on one connection (permission violations and other errors).
 #[derive(Clone, Default)]
@@ -178,6 +182,12 @@ async fn a_node_cannot_forge_invocations_or_manage_streams() {
     node.publish(work.clone(), "{}".into()).await.unwrap();
     node.flush().await.unwrap();
     errors.expect_violation("publish", &work).await;
+    // The server logs it too (what the end-to-end test checks stays absent).
+    assert!(
+        nats.log().to_lowercase().contains("violation"),
+        "{}",
+        nats.log()
+    );
 
     // Streams: no create, no delete, no purge.
     let js = jetstream::new(node.clone());
@@ -339,5 +349,54 @@ async fn gateway_and_node_creds_run_the_bus_registry_and_code_store() {
         node_errors.all().is_empty(),
         "node: {:?}",
         node_errors.all()
+    );
+}
+
+const ECHO: &str = "def handle(event, context):\n    return {'got': event}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_request_runs_end_to_end_on_role_creds() {
+    let mesh = Mesh::start_with_accounts(&["node-a"], &[]).await;
+    mesh.deploy(function_body(
+        "echo",
+        "python3",
+        "main.handle",
+        &[("main.py", ECHO)],
+        json!({}),
+    ))
+    .await;
+
+    // A NATS request from the client account, answered by the gateway through the service
+    // import, run by the node.
+    let (client, errors) = connect(&mesh.nats, "client", None).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Authorization", format!("Bearer {ADMIN_KEY}").as_str());
+    let subject = subjects::request(&FunctionName::parse("echo").unwrap());
+    let reply = tokio::time::timeout(
+        Duration::from_secs(90),
+        client.request_with_headers(subject, headers, r#"{"x": 1}"#.into()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no reply in time\n{}", mesh.logs()))
+    .unwrap_or_else(|e| panic!("request failed: {e}\n{}", mesh.logs()));
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["status"], "succeeded", "{body}\n{}", mesh.logs());
+    assert_eq!(body["result"], json!({ "got": { "x": 1 } }), "{body}");
+
+    // An async invocation over HTTP: queued, run, recorded.
+    let id = mesh.invoke_async("echo", json!({ "y": 2 })).await;
+    let done = mesh.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", mesh.logs());
+
+    assert!(errors.all().is_empty(), "client: {:?}", errors.all());
+    let server_log = mesh.nats.log();
+    assert!(
+        !server_log.to_lowercase().contains("violation"),
+        "the server refused something a role needs:\n{server_log}"
+    );
+    assert!(
+        !mesh.logs().contains("nats server error"),
+        "a process saw a server error:\n{}",
+        mesh.logs()
     );
 }

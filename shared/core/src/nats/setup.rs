@@ -150,37 +150,35 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
             let mut subscribe = vec![node_inboxes];
             for p in regions {
                 let work = subjects::bus_stream(p, BusRole::Invocations);
-                let events = subjects::bus_stream(p, BusRole::Events);
-                let dead = subjects::bus_stream(p, BusRole::DeadLetters);
                 let code = subjects::object_stream(&subjects::code_bucket(p));
                 let registry = subjects::kv_stream(&subjects::node_registry_bucket(p));
+                // Each line is a subject the node was seen using (nats-server trace of
+                // tests/tests/nats_accounts.rs), unless its comment says otherwise.
                 publish.extend([
-                    // The work queue: look up, list, read and pull its consumers; settle.
+                    // The work queue: look up the stream, list and read its consumers, pull;
+                    // settle deliveries (ack, nak, progress, term).
                     subjects::jetstream_api(&["STREAM", "INFO", &work]),
                     subjects::jetstream_api(&["CONSUMER", "LIST", &work]),
                     subjects::jetstream_api(&["CONSUMER", "INFO", &work, "*"]),
                     subjects::jetstream_api(&["CONSUMER", "MSG", "NEXT", &work, "*"]),
                     subjects::jetstream_acks(&work),
-                    // Its own record of a failed last attempt (captured by the DLQ stream).
+                    // Its own record of a failed last attempt, captured by the dead-letter
+                    // stream (only on a last attempt).
                     subjects::max_deliveries_advisories_all(p),
                     // Events and logs out; work hints both ways.
                     subjects::bus_node_events_all(p),
                     subjects::bus_function_logs_all(p),
                     subjects::bus_work_ready(p),
-                    // Looked up when the bus opens (never created by a node).
-                    subjects::jetstream_api(&["STREAM", "INFO", &events]),
-                    subjects::jetstream_api(&["STREAM", "INFO", &dead]),
-                    // The registry: its bucket looked up, its keys written.
+                    // The registry: its bucket looked up, its entries written (heartbeats,
+                    // leaving). One node.creds for every node: any node's key.
                     subjects::jetstream_api(&["STREAM", "INFO", &registry]),
                     subjects::kv_entries_all(&subjects::node_registry_bucket(p)),
-                    // Code: read objects (metadata by direct get, chunks by an ordered
-                    // consumer it may create and delete).
+                    // Code, read only: the bucket looked up, an object's metadata by direct
+                    // get, its chunks through an ordered (ephemeral) consumer, whose flow
+                    // control it answers (large objects only).
                     subjects::jetstream_api(&["STREAM", "INFO", &code]),
                     subjects::jetstream_api(&["DIRECT", "GET", &code, ">"]),
-                    subjects::jetstream_api(&["STREAM", "MSG", "GET", &code]),
-                    subjects::jetstream_api(&["CONSUMER", "CREATE", &code, ">"]),
                     subjects::jetstream_api(&["CONSUMER", "CREATE", &code]),
-                    subjects::jetstream_api(&["CONSUMER", "DELETE", &code, "*"]),
                     subjects::jetstream_flow_control(&code),
                 ]);
                 subscribe.push(subjects::bus_work_ready(p));
