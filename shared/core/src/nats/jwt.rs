@@ -2,19 +2,21 @@
 //! a `nats-server` in operator mode reads, and the `.creds` file format clients read.
 //!
 //! A NATS JWT is `base64url(header).base64url(claims).base64url(signature)` without padding:
-//! the header is always `{"typ":"JWT","alg":"ed25519-nkey"}`, the claims carry `jti` (base32,
-//! without padding, of the SHA-256 of the claims serialised with an empty `jti`), `iat`, `iss`
-//! (the signer's public nkey), `sub` (the subject's public nkey), `name` and `nats` (the
+//! the header is always `{"typ":"JWT","alg":"ed25519-nkey"}`, the claims carry `jti`, `iat`,
+//! `iss` (the signer's public nkey), `sub` (the subject's public nkey), `name` and `nats` (the
 //! type-specific part with `type` and `version: 2`), and the signature is Ed25519 over
 //! `header.claims` by the issuer's key. This is what `nats-io/jwt` v2 (the Go library behind
-//! `nsc` and the server) produces and checks. No crate in our registries kept up with it
+//! `nsc` and the server) produces and checks. Its `jti` is the base32 (no padding) of the
+//! SHA-512/256 of the common claims alone (`iat`, `iss`, `name`, `sub`: `ClaimsData` in
+//! `v2/claims.go`, with `jti` left out), not of the whole claims; we compute it the same way.
+//! The server does not check it: it only identifies the token. No crate in our registries kept up with it
 //! (`nats-jwt` 0.3 has no operator claims and pins sha2 0.10), hence this small module.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha512_256};
 
 /// The one header every NATS JWT carries.
 const HEADER: &str = r#"{"typ":"JWT","alg":"ed25519-nkey"}"#;
@@ -150,17 +152,15 @@ impl Claims {
         let mut nats = self.nats.clone();
         nats.insert("type".into(), json!(self.kind));
         nats.insert("version".into(), json!(2));
-        let mut claims = json!({
-            "jti": "",
+        let common = json!({
             "iat": iat,
             "iss": issuer.public_key(),
             "name": self.name,
             "sub": self.subject,
-            "nats": nats,
         });
-        let unsigned =
-            serde_json::to_vec(&claims).map_err(|e| JwtError::Malformed(e.to_string()))?;
-        claims["jti"] = json!(data_encoding::BASE32_NOPAD.encode(&Sha256::digest(&unsigned)));
+        let mut claims = common.clone();
+        claims["jti"] = json!(jti(&common)?);
+        claims["nats"] = Value::Object(nats);
         let body = serde_json::to_vec(&claims).map_err(|e| JwtError::Malformed(e.to_string()))?;
         let signing_input = format!(
             "{}.{}",
@@ -175,6 +175,13 @@ impl Claims {
             URL_SAFE_NO_PAD.encode(signature)
         ))
     }
+}
+
+/// The `jti` of claims whose common part is `common` (keys in the order Go marshals
+/// `ClaimsData`, which for these four is their sorted order, as `serde_json` writes them).
+fn jti(common: &Value) -> Result<String, JwtError> {
+    let bytes = serde_json::to_vec(common).map_err(|e| JwtError::Malformed(e.to_string()))?;
+    Ok(data_encoding::BASE32_NOPAD.encode(&Sha512_256::digest(&bytes)))
 }
 
 fn push(nats: &mut Map<String, Value>, key: &str, item: Value) {
@@ -275,18 +282,21 @@ mod tests {
     }
 
     #[test]
-    fn the_jti_is_the_base32_sha256_of_the_claims_without_it() {
+    fn the_jti_is_the_base32_sha512_256_of_the_common_claims() {
         let operator = nkeys::KeyPair::new_operator();
         let sys = nkeys::KeyPair::new_account();
         let token = Claims::operator(&operator.public_key(), "fnmesh", &sys.public_key())
             .sign(&operator, 1)
             .unwrap();
-        let mut claims = decode_verified(&token).unwrap();
-        let jti = claims["jti"].as_str().unwrap().to_owned();
-        claims["jti"] = json!("");
-        let digest = Sha256::digest(serde_json::to_vec(&claims).unwrap());
-        assert_eq!(jti, data_encoding::BASE32_NOPAD.encode(&digest));
-        assert_eq!(jti.len(), 52);
+        let claims = decode_verified(&token).unwrap();
+        // What Go's json.Marshal of ClaimsData writes, jti omitted.
+        let common = format!(
+            r#"{{"iat":1,"iss":"{0}","name":"fnmesh","sub":"{0}"}}"#,
+            operator.public_key()
+        );
+        let digest = Sha512_256::digest(common.as_bytes());
+        assert_eq!(claims["jti"], data_encoding::BASE32_NOPAD.encode(&digest));
+        assert_eq!(claims["jti"].as_str().unwrap().len(), 52);
         assert_eq!(claims["nats"]["system_account"], sys.public_key());
         assert_eq!(claims["nats"]["type"], "operator");
     }
