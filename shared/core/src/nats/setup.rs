@@ -26,6 +26,9 @@ use crate::subjects::{self, BusPrefix, BusRole, InboxOwner};
 /// The config file `nats-server -c` reads.
 pub const CONFIG_FILE: &str = "nats-server.conf";
 
+/// The operator's seed file (the account seeds are `account-<name>.nk` beside it).
+const OPERATOR_SEED: &str = "operator.nk";
+
 /// How long a gateway may take to answer a NATS request (its reply permission lasts this
 /// long): longer than the longest sync invocation.
 const RESPONSE_WINDOW: Duration = Duration::from_secs(30 * 60);
@@ -207,13 +210,13 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
         .mode(0o700)
         .create(dir)
         .map_err(io(dir))?;
-    // An existing directory keeps its mode; ours are 0700 whatever the umask.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
     let dir = std::fs::canonicalize(dir).map_err(io(dir))?;
     let config_path = dir.join(CONFIG_FILE);
-    if config_path.exists() {
+    if config_path.exists() || dir.join(OPERATOR_SEED).exists() {
         return Err(InitError::Exists(dir));
     }
+    // An existing directory keeps its mode; ours are 0700 whatever the umask.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
 
     let key = |kind| nkeys::KeyPair::new_from_raw(kind, crate::random::bytes::<32>());
     let key = |kind| key(kind).map_err(|e| JwtError::Key(e.to_string()));
@@ -235,7 +238,7 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
         .sign(&operator, now)?;
 
     for (name, pair) in [
-        ("operator.nk", &operator),
+        (OPERATOR_SEED, &operator),
         ("account-sys.nk", &system),
         ("account-fnmesh.nk", &internal),
         ("account-clients.nk", &clients),
