@@ -41,6 +41,9 @@ pub enum Command {
     /// Benchmarks that print figures side by side with their baselines.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Set up NATS for a mesh.
+    #[command(subcommand)]
+    Nats(NatsCommand),
     /// Apply the PostgreSQL schema migrations.
     Migrate {
         /// The database to migrate.
@@ -50,6 +53,31 @@ pub enum Command {
     /// Internal: the single-threaded sandbox supervisor (started by nodes).
     #[command(name = "__supervisor", hide = true)]
     Supervisor,
+}
+
+/// `fnmesh nats …`.
+#[derive(Debug, Subcommand)]
+pub enum NatsCommand {
+    /// Write a NATS server config in operator (JWT) mode, its accounts, and one credentials
+    /// file per role (gateway.creds, node.creds, client.creds) into a new directory.
+    Init(NatsInitArgs),
+}
+
+/// `fnmesh nats init`.
+#[derive(Debug, Args)]
+pub struct NatsInitArgs {
+    /// The directory to write (created with mode 0700; must not hold a setup already).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The server's client port.
+    #[arg(long, default_value_t = 4222)]
+    pub port: u16,
+    /// The address the server listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+    /// Regions (FNMESH_REGION) the gateways and nodes work in; repeat for several.
+    #[arg(long = "region", default_value = "local")]
+    pub regions: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -175,8 +203,12 @@ pub struct NatsAuthArgs {
 }
 
 impl NatsAuthArgs {
-    /// The connection options for `url`.
-    pub fn options(&self, url: &str) -> fnmesh_core::nats::NatsOptions {
+    /// The connection options for `url`, for a process whose inboxes are `owner`'s.
+    pub fn options(
+        &self,
+        url: &str,
+        owner: fnmesh_core::subjects::InboxOwner,
+    ) -> fnmesh_core::nats::NatsOptions {
         fnmesh_core::nats::NatsOptions {
             url: url.to_owned(),
             creds_file: self.nats_creds.clone(),
@@ -184,6 +216,7 @@ impl NatsAuthArgs {
             tls_cert_file: self.nats_tls_cert.clone(),
             tls_key_file: self.nats_tls_key.clone(),
             require_tls: self.nats_require_tls,
+            inbox_owner: owner,
         }
     }
 }

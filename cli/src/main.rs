@@ -84,6 +84,7 @@ fn main() -> ExitCode {
                 commands::bench::mesh::run(args, as_json).await
             }
             Command::Bench(args::BenchCommand::All(args)) => commands::bench::all::run(args).await,
+            Command::Nats(args::NatsCommand::Init(args)) => commands::nats::init(&args),
             Command::Migrate { database_url } => commands::migrate::run(&database_url).await,
             Command::Supervisor => Ok(()),
         }

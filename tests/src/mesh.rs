@@ -115,6 +115,8 @@ pub struct Mesh {
     pub http: reqwest::Client,
     /// Extra environment given to every process.
     env: Vec<(String, String)>,
+    /// Extra environment given to nodes only (their NATS credentials).
+    node_env: Vec<(String, String)>,
 }
 
 impl Mesh {
@@ -122,9 +124,29 @@ impl Mesh {
     /// waits until the gateway is ready.
     pub async fn start(node_ids: &[&str], env: &[(&str, &str)]) -> Self {
         require_root();
-        let nats = TestNats::start();
-        let dir = tempfile::tempdir().unwrap();
         let region = unique("mesh");
+        Self::start_on(TestNats::start(), region, node_ids, env, false).await
+    }
+
+    /// [`Self::start`] on a NATS server in operator mode written by `fnmesh nats init` for the
+    /// mesh's region: the gateway connects with `gateway.creds`, nodes with `node.creds`
+    /// (through `FNMESH_NATS_CREDS`), and nodes start once the gateway is ready (it creates
+    /// the streams and buckets, which node credentials may not).
+    pub async fn start_with_accounts(node_ids: &[&str], env: &[(&str, &str)]) -> Self {
+        require_root();
+        let region = unique("mesh");
+        let nats = TestNats::start_with_accounts(&[&region]);
+        Self::start_on(nats, region, node_ids, env, true).await
+    }
+
+    async fn start_on(
+        nats: TestNats,
+        region: String,
+        node_ids: &[&str],
+        env: &[(&str, &str)],
+        accounts: bool,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
         let code_dir = dir.path().join("code");
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
@@ -151,6 +173,12 @@ impl Mesh {
             ),
         ];
         gw_env.extend(mesh_env.iter().cloned());
+        let mut node_env = Vec::new();
+        if accounts {
+            let creds = |role: &str| nats.creds(role).to_str().unwrap().to_owned();
+            gw_env.push(("FNMESH_NATS_CREDS".to_owned(), creds("gateway")));
+            node_env.push(("FNMESH_NATS_CREDS".to_owned(), creds("node")));
+        }
         let gw_log = dir.path().join("gateway.log");
         let gateway = MeshProc {
             child: Some(spawn_fnmesh("gateway", &pairs(&gw_env), &gw_log)),
@@ -168,7 +196,11 @@ impl Mesh {
             nodes: Vec::new(),
             http,
             env: mesh_env,
+            node_env,
         };
+        if accounts {
+            mesh.wait_ready().await;
+        }
         for id in node_ids {
             mesh.add_node(id, &[]);
         }
@@ -188,6 +220,7 @@ impl Mesh {
             ),
         ];
         env.extend(self.env.iter().cloned());
+        env.extend(self.node_env.iter().cloned());
         env.extend(
             extra
                 .iter()

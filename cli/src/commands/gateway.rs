@@ -15,7 +15,10 @@ use crate::args::GatewayCommand;
 pub async fn run(args: GatewayCommand) -> Result<()> {
     let data_dir = data_dir(&args.common)?;
     let open = open_bus(
-        Some(args.mesh.nats.options(&args.mesh.nats_url)),
+        Some(args.mesh.nats.options(
+            &args.mesh.nats_url,
+            fnmesh_core::subjects::InboxOwner::Gateway,
+        )),
         &args.mesh.region,
         args.mesh.delivery.bus_config(),
     )

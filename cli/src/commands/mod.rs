@@ -6,6 +6,7 @@ pub mod gateway;
 pub mod invocations;
 pub mod logs;
 pub mod migrate;
+pub mod nats;
 pub mod node;
 pub mod platform;
 pub mod up;

@@ -18,9 +18,18 @@ pub async fn run(args: NodeCommand) -> Result<()> {
     require_root("node")?;
     let data_dir = data_dir(&args.common)?;
     let open = open_bus(
-        Some(args.mesh.nats.options(&args.mesh.nats_url)),
+        Some(
+            args.mesh
+                .nats
+                .options(&args.mesh.nats_url, fnmesh_core::subjects::InboxOwner::Node),
+        ),
         &args.mesh.region,
-        args.mesh.delivery.bus_config(),
+        // A node only attaches to the streams its region's gateways made: its NATS
+        // credentials (node.creds) may not manage streams.
+        fnmesh_bus::BusConfig {
+            manage_streams: false,
+            ..args.mesh.delivery.bus_config()
+        },
     )
     .await?;
     let code = match args.code_store.as_deref() {

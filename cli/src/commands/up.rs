@@ -21,7 +21,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let data_dir = data_dir(&args.common)?;
     let durable_bus = args.nats_url.is_some();
     let open = open_bus(
-        args.nats_url.as_deref().map(|url| args.nats.options(url)),
+        args.nats_url.as_deref().map(|url| {
+            args.nats
+                .options(url, fnmesh_core::subjects::InboxOwner::Gateway)
+        }),
         &args.region,
         args.delivery.bus_config(),
     )

@@ -52,6 +52,7 @@ pub fn test_config() -> BusConfig {
         capacity: 10_000,
         dedupe_window: Duration::from_secs(60),
         event_capacity: 10_000,
+        manage_streams: true,
     }
 }
 
@@ -149,7 +150,8 @@ fn fresh_namespace() -> Namespace {
     Namespace::parse(&format!("t-{:016x}", rand::random::<u64>())).expect("namespace")
 }
 
-fn outcome(request: &InvocationRequest) -> InvocationOutcome {
+/// A succeeded outcome of `request`'s first attempt.
+pub fn outcome(request: &InvocationRequest) -> InvocationOutcome {
     let mut result = InvocationResult::queued(request);
     result.status = InvocationStatus::Succeeded;
     result.attempt = 1;
@@ -164,7 +166,8 @@ fn outcome(request: &InvocationRequest) -> InvocationOutcome {
     }
 }
 
-fn started(request: &InvocationRequest, attempt: u32) -> NodeEvent {
+/// The `Started` event of `request`'s attempt `attempt`.
+pub fn started(request: &InvocationRequest, attempt: u32) -> NodeEvent {
     NodeEvent::Started {
         id: request.id,
         namespace: request.function.namespace.clone(),

@@ -65,7 +65,15 @@ pub struct BusConfig {
     /// Node events kept (not yet recorded) at most; past it publishing an event is
     /// [`BusError::Full`] until the recorders catch up.
     pub event_capacity: usize,
+    /// Whether this process creates and updates the bus's streams and the recorders'
+    /// consumers (gateways), or only attaches to what a gateway made (nodes: their NATS
+    /// credentials may not manage streams). An attaching JetStream bus waits up to
+    /// [`ATTACH_WAIT`] for the work stream to appear, and cannot pull events or dead letters.
+    pub manage_streams: bool,
 }
+
+/// How long a bus that does not manage its streams waits for a gateway to create them.
+pub const ATTACH_WAIT: Duration = Duration::from_secs(60);
 
 impl Default for BusConfig {
     fn default() -> Self {
@@ -75,6 +83,7 @@ impl Default for BusConfig {
             capacity: 10_000,
             dedupe_window: Duration::from_secs(600),
             event_capacity: 100_000,
+            manage_streams: true,
         }
     }
 }

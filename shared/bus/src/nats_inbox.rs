@@ -1,7 +1,8 @@
 //! Reply inboxes of the JetStream bus, multiplexed on one core-NATS subscription.
 //!
-//! A bus subscribes once to `_INBOX.<nuid>.*` (made on the first [`Inboxes::open`]) and hands out
-//! `_INBOX.<nuid>.<n>` per sync invocation, routing each reply by its last token to the
+//! A bus subscribes once to `<inbox>.*` (an inbox the connection makes, `_FNMESH.gw.<nuid>` on
+//! gateways: see `subjects::inbox_prefix`; made on the first [`Inboxes::open`]) and hands out
+//! `<inbox>.<n>` per sync invocation, routing each reply by its last token to the
 //! invocation's channel. So a sync invocation costs no subscribe, flush and unsubscribe of its
 //! own (each a message to the server, the flush a round trip), as async-nats' own `request`
 //! does. A route is removed when its [`Inbox`] guard drops; a reply for a route that is gone
@@ -23,7 +24,7 @@ use fnmesh_core::InvocationOutcome;
 
 /// Routes of one inbox subscription.
 struct Mux {
-    /// `_INBOX.<nuid>`: every inbox subject is this plus `.<n>`.
+    /// The inbox (`<connection prefix>.<nuid>`): every inbox subject is this plus `.<n>`.
     prefix: String,
     next: AtomicU64,
     routes: Mutex<HashMap<u64, mpsc::Sender<InvocationOutcome>>>,

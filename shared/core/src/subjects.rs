@@ -438,8 +438,52 @@ pub fn dead_letter_msg_id(stream_seq: u64) -> String {
     format!("fnmesh-dead-{stream_seq}")
 }
 
+/// First token of every inbox subject of an fnmesh connection (replies to JetStream API calls,
+/// PubAcks, sync-invocation replies): fnmesh never uses NATS's default `_INBOX`, so the NATS
+/// permissions of each role can allow subscribing to its own inboxes only.
+pub const INBOX_ROOT: &str = "_FNMESH";
+
+/// Whose inboxes a connection makes, for [`inbox_prefix`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InboxOwner {
+    /// Gateways (and `fnmesh up`): sync callers' reply inboxes live here, so nodes may
+    /// publish to them but never subscribe.
+    #[default]
+    Gateway,
+    /// Worker nodes.
+    Node,
+}
+
+/// The inbox prefix of a connection of `owner` (async-nats' `custom_inbox_prefix`):
+/// `_FNMESH.gw` or `_FNMESH.node`. Its inboxes are `<prefix>.<nuid>`.
+pub fn inbox_prefix(owner: InboxOwner) -> &'static str {
+    match owner {
+        InboxOwner::Gateway => "_FNMESH.gw",
+        InboxOwner::Node => "_FNMESH.node",
+    }
+}
+
+/// Every inbox subject of connections of `owner`: `<prefix>.>` (what a role may subscribe to).
+pub fn inboxes_of(owner: InboxOwner) -> String {
+    format!("{}.>", inbox_prefix(owner))
+}
+
+/// Whether `subject` is a sync-invocation reply inbox a node may answer on: under the
+/// gateways' inbox prefix, or under NATS's default `_INBOX` (connections not made through
+/// `fnmesh_core::nats::NatsOptions`, such as tests' plain clients). Where NATS permissions
+/// are on, the server still refuses a node's reply to anything but the gateways' inboxes.
+pub fn is_reply_inbox(subject: &str) -> bool {
+    [inbox_prefix(InboxOwner::Gateway), "_INBOX"]
+        .iter()
+        .any(|prefix| {
+            subject
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+}
+
 /// One reply inbox of a multiplexed inbox subscription: `<inbox prefix>.<token>`, where the
-/// prefix is a `_INBOX.<nuid>` the NATS client made.
+/// prefix is an inbox (`<connection's inbox prefix>.<nuid>`) the NATS client made.
 pub fn reply_inbox(inbox_prefix: &str, token: u64) -> String {
     format!("{inbox_prefix}.{token}")
 }
@@ -488,6 +532,24 @@ mod inbox_and_msg_id_tests {
     }
 
     #[test]
+    fn inbox_prefixes_are_ours_and_distinct_per_owner() {
+        assert_eq!(inbox_prefix(InboxOwner::Gateway), "_FNMESH.gw");
+        assert_eq!(inbox_prefix(InboxOwner::Node), "_FNMESH.node");
+        assert_eq!(inboxes_of(InboxOwner::Node), "_FNMESH.node.>");
+        assert!(is_reply_inbox("_FNMESH.gw.abc.1"));
+        assert!(is_reply_inbox("_INBOX.abc.1"));
+        for bad in [
+            "_FNMESH.node.abc.1",
+            "_FNMESH.gwx.1",
+            "_INBOXES.1",
+            "fnmesh.v1.x",
+            "",
+        ] {
+            assert!(!is_reply_inbox(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn reply_inbox_appends_the_token() {
         assert_eq!(reply_inbox("_INBOX.abc", 7), "_INBOX.abc.7");
     }
@@ -518,5 +580,87 @@ mod inbox_and_msg_id_tests {
         ] {
             assert_eq!(parse_memory_reply_inbox(bad), None, "{bad}");
         }
+    }
+}
+
+// --- NATS permissions (`fnmesh_core::nats::setup`) -------------------------------------------
+
+/// Every request subject, as exported by the internal account and allowed to clients:
+/// `fnmesh.v1.req.>`.
+pub fn requests_every() -> String {
+    format!("{PREFIX}.req.>")
+}
+
+/// Every log subject of a prefixed bus: `fnmesh.v1.<prefix>.logs.>`.
+pub fn bus_function_logs_all(prefix: &BusPrefix) -> String {
+    format!("{PREFIX}.{prefix}.logs.>")
+}
+
+/// Every JetStream API subject: `$JS.API.>`.
+pub fn jetstream_api_all() -> String {
+    "$JS.API.>".to_owned()
+}
+
+/// A JetStream API subject: `$JS.API.<tokens joined by dots>` (tokens are fixed API words,
+/// stream and consumer names built here, or wildcards).
+pub fn jetstream_api(tokens: &[&str]) -> String {
+    let mut subject = "$JS.API".to_owned();
+    for token in tokens {
+        subject.push('.');
+        subject.push_str(token);
+    }
+    subject
+}
+
+/// Every ack subject of the deliveries of `stream`: `$JS.ACK.<stream>.>`.
+pub fn jetstream_acks(stream: &str) -> String {
+    format!("$JS.ACK.{stream}.>")
+}
+
+/// Every flow-control reply subject of push consumers of `stream`: `$JS.FC.<stream>.>`.
+pub fn jetstream_flow_control(stream: &str) -> String {
+    format!("$JS.FC.{stream}.>")
+}
+
+/// The stream behind object store bucket `bucket`: `OBJ_<bucket>`.
+pub fn object_stream(bucket: &str) -> String {
+    format!("OBJ_{bucket}")
+}
+
+/// Every subject of object store bucket `bucket` (chunks and metadata): `$O.<bucket>.>`.
+pub fn object_store_all(bucket: &str) -> String {
+    format!("$O.{bucket}.>")
+}
+
+/// The stream behind KV bucket `bucket`: `KV_<bucket>`.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// Every entry subject of KV bucket `bucket`: `$KV.<bucket>.>`.
+pub fn kv_entries_all(bucket: &str) -> String {
+    format!("$KV.{bucket}.>")
+}
+
+#[cfg(test)]
+mod permission_subject_tests {
+    use super::*;
+
+    #[test]
+    fn permission_subjects_name_the_region_streams() {
+        let p = BusPrefix::parse("eu-1").unwrap();
+        assert_eq!(requests_every(), "fnmesh.v1.req.>");
+        assert_eq!(bus_function_logs_all(&p), "fnmesh.v1.eu-1.logs.>");
+        let work = bus_stream(&p, BusRole::Invocations);
+        assert_eq!(
+            jetstream_api(&["CONSUMER", "MSG", "NEXT", &work, "*"]),
+            "$JS.API.CONSUMER.MSG.NEXT.fnmesh-eu-1-inv.*"
+        );
+        assert_eq!(jetstream_acks(&work), "$JS.ACK.fnmesh-eu-1-inv.>");
+        assert_eq!(object_stream(&code_bucket(&p)), "OBJ_fnmesh-eu-1-code");
+        assert_eq!(
+            kv_entries_all(&node_registry_bucket(&p)),
+            "$KV.fnmesh-eu-1-nodes.>"
+        );
     }
 }

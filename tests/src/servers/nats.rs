@@ -22,6 +22,8 @@ pub struct TestNats {
     binary: PathBuf,
     port: u16,
     dir: tempfile::TempDir,
+    /// The `fnmesh nats init` directory the server runs from (operator mode), if any.
+    setup: Option<PathBuf>,
 }
 
 /// `$FNMESH_TEST_NATS` if set, else a `nats-server` of at least the supported minimum
@@ -46,9 +48,67 @@ impl TestNats {
             binary: binary(),
             port: crate::free_port(),
             dir,
+            setup: None,
         };
         nats.spawn();
         nats
+    }
+
+    /// Writes a NATS setup with `fnmesh nats init` (operator mode, accounts, one creds file
+    /// per role; a free loopback port; `regions` as `--region`s) and starts `nats-server -c`
+    /// on it. Ready means the server sent its `INFO` (anonymous clients are refused).
+    pub fn start_with_accounts(regions: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fnmesh-nats-")
+            .tempdir()
+            .expect("temp dir for nats");
+        let port = crate::free_port();
+        let setup = dir.path().join("setup");
+        let mut init = Command::new(crate::fnmesh_bin());
+        init.args(["nats", "init", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .arg("--dir")
+            .arg(&setup);
+        for region in regions {
+            init.args(["--region", region]);
+        }
+        let out = init.output().expect("running fnmesh nats init");
+        assert!(
+            out.status.success(),
+            "fnmesh nats init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut nats = Self {
+            child: None,
+            binary: binary(),
+            port,
+            dir,
+            setup: Some(setup),
+        };
+        nats.spawn();
+        nats
+    }
+
+    /// The `fnmesh nats init` directory of a server started by [`Self::start_with_accounts`].
+    pub fn setup_dir(&self) -> &std::path::Path {
+        self.setup
+            .as_deref()
+            .expect("a server started with start_with_accounts")
+    }
+
+    /// The creds file of `role` (`gateway`, `node`, `client`) of [`Self::setup_dir`].
+    pub fn creds(&self, role: &str) -> PathBuf {
+        self.setup_dir().join(format!("{role}.creds"))
+    }
+
+    /// The `nats-server` binary this server runs.
+    pub fn binary(&self) -> &std::path::Path {
+        &self.binary
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -84,16 +144,27 @@ impl TestNats {
             .append(true)
             .open(self.log_path())
             .expect("nats log");
-        let mut child = Command::new(&self.binary)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.dir.path().join("store"))
+        let mut command = Command::new(&self.binary);
+        match &self.setup {
+            Some(setup) => {
+                command
+                    .arg("-c")
+                    .arg(setup.join(fnmesh_core::nats::setup::CONFIG_FILE));
+            }
+            None => {
+                command
+                    .args([
+                        "-js",
+                        "-a",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-sd",
+                    ])
+                    .arg(self.dir.path().join("store"));
+            }
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("nats log fd"))
             .stderr(log)
@@ -128,6 +199,10 @@ impl TestNats {
             reader.read_line(&mut line)?;
             if !line.starts_with("INFO") {
                 return Ok(false);
+            }
+            if self.setup.is_some() {
+                // Operator mode: an anonymous CONNECT is refused, so INFO is as far as it goes.
+                return Ok(true);
             }
             (&stream).write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n")?;
             line.clear();

@@ -137,7 +137,7 @@ impl JetStreamBus {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(advisory) =
-                pull_one(&self.inner.dead, left, "pulling a dead-letter advisory").await?
+                pull_one(self.dead()?, left, "pulling a dead-letter advisory").await?
             else {
                 return Ok(None);
             };

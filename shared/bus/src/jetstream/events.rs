@@ -31,7 +31,7 @@ impl JetStreamBus {
     ) -> Result<Vec<EventDelivery>, BusError> {
         // One pull request: with `no_wait` and an expiry the server waits up to the expiry for
         // a first message, then answers at once with every message ready, up to the batch.
-        let mut request = self.inner.events.fetch().max_messages(max.max(1));
+        let mut request = self.events()?.fetch().max_messages(max.max(1));
         if !wait.is_zero() {
             request = request.expires(wait.max(MIN_EXPIRY));
         }

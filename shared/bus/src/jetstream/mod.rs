@@ -45,8 +45,9 @@
 //! could in a narrow race both report one message, so dead-letter handling must be
 //! idempotent on the invocation id.
 //!
-//! **Inboxes** are `_INBOX.<nuid>.<n>` subjects on one core-NATS subscription per bus
-//! (`_INBOX.<nuid>.*`), each routed into a capacity-1 channel until its [`Inbox`] guard drops
+//! **Inboxes** are `<inbox prefix>.<nuid>.<n>` subjects on one core-NATS subscription per bus
+//! (`<inbox prefix>.<nuid>.*`; the prefix is the connection's, `_FNMESH.gw` for connections made
+//! by `fnmesh_core::nats::NatsOptions` for gateways, see `subjects::inbox_prefix`), each routed into a capacity-1 channel until its [`Inbox`] guard drops
 //! (see `nats_inbox`). Replies are core NATS: at most once.
 //!
 //! **Layout.** This module holds the [`JetStreamBus`] type and its [`Bus`] impl, which
@@ -98,8 +99,9 @@ struct Inner {
     max_deliver: u32,
     ack_wait: Duration,
     work_stream: stream::Stream,
-    events: consumer::PullConsumer,
-    dead: consumer::PullConsumer,
+    /// The recorders' consumers; `None` on a bus that does not manage its streams (a node's).
+    events: Option<consumer::PullConsumer>,
+    dead: Option<consumer::PullConsumer>,
     /// Function consumers this process made sure of, with the `max_ack_pending` they have.
     ensured: std::sync::Mutex<HashMap<String, i64>>,
     /// The pulling side (nodes): which function consumers may have work.
@@ -148,6 +150,16 @@ impl JetStreamBus {
         &self.inner.client
     }
 
+    /// The event consumer (recorders); an error on a bus that only attaches.
+    fn events(&self) -> Result<&consumer::PullConsumer, BusError> {
+        self.inner.events.as_ref().ok_or_else(attached_only)
+    }
+
+    /// The dead-letter consumer (recorders); an error on a bus that only attaches.
+    fn dead(&self) -> Result<&consumer::PullConsumer, BusError> {
+        self.inner.dead.as_ref().ok_or_else(attached_only)
+    }
+
     /// Publishes to a stream and waits for the PubAck.
     async fn publish(
         &self,
@@ -172,6 +184,14 @@ impl JetStreamBus {
     }
 }
 
+fn attached_only() -> BusError {
+    BusError::Backend(
+        "this bus attaches to a gateway's streams (BusConfig::manage_streams is off): it has no \
+         event or dead-letter consumer"
+            .to_owned(),
+    )
+}
+
 /// Whether a publish was refused because the stream is at its limits (discard new).
 fn is_full(err: &jetstream::context::PublishError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
@@ -186,15 +206,13 @@ fn is_full(err: &jetstream::context::PublishError) -> bool {
     text.contains("maximum messages") || text.contains("maximum bytes")
 }
 
-/// Validates a reply address: `_INBOX.` followed by non-empty tokens of ASCII letters, digits,
-/// `-` and `_` (no spaces, wildcards or control characters).
+/// Validates a reply address: a sync-reply inbox ([`subjects::is_reply_inbox`]) of non-empty
+/// tokens of ASCII letters, digits, `-` and `_` (no spaces, wildcards or control characters).
 fn check_reply(to: &ReplyTo) -> Result<&str, BusError> {
     let s = to.0.as_str();
-    let Some(rest) = s.strip_prefix("_INBOX.") else {
-        return Err(BusError::InvalidReply);
-    };
     let ok = s.len() <= 256
-        && rest.split('.').all(|token| {
+        && subjects::is_reply_inbox(s)
+        && s.split('.').all(|token| {
             !token.is_empty()
                 && token
                     .bytes()

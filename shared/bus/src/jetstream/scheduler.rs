@@ -182,7 +182,7 @@ impl JetStreamBus {
             });
         }
         functions.sort_by(|a, b| (&a.namespace, &a.function).cmp(&(&b.namespace, &b.function)));
-        let mut events = self.inner.events.clone();
+        let mut events = self.events()?.clone();
         let events = events
             .info()
             .await

@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, consumer, stream};
 
 use super::scheduler::PullState;
 use super::{backend, Inner, JetStreamBus};
-use crate::{BusConfig, BusError};
+use crate::{BusConfig, BusError, ATTACH_WAIT};
 use fnmesh_core::invocation::InvocationRequest;
 use fnmesh_core::subjects::{self, BusPrefix, BusRole};
 
@@ -48,93 +48,13 @@ impl JetStreamBus {
     ) -> Result<Self, BusError> {
         let prefix = BusPrefix::parse(prefix).map_err(|e| backend("bus prefix", e))?;
         let js = jetstream::new(client.clone());
-        let capacity = i64::try_from(config.capacity.max(1)).unwrap_or(i64::MAX);
 
-        let work_name = subjects::bus_stream(&prefix, BusRole::Invocations);
-        ensure_stream(
-            &js,
-            stream::Config {
-                name: work_name.clone(),
-                subjects: vec![subjects::bus_invocations_all(&prefix)],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                max_messages: capacity,
-                discard: stream::DiscardPolicy::New,
-                duplicate_window: config.dedupe_window,
-                allow_direct: true,
-                ..Default::default()
-            },
-            "creating the work stream",
-        )
-        .await?;
-        let work_stream = js
-            .get_stream(&work_name)
-            .await
-            .map_err(|e| backend("getting the work stream", e))?;
-        // Work is consumed per function (see `ensure_function_consumer`); the single consumer
-        // of earlier versions would overlap their filters on a work-queue stream.
-        let legacy = subjects::bus_consumer(&prefix, BusRole::Invocations);
-        if work_stream.consumer_info(&legacy).await.is_ok() {
-            work_stream
-                .delete_consumer(&legacy)
-                .await
-                .map_err(|e| backend("removing the legacy work consumer", e))?;
-        }
-
-        let events_name = subjects::bus_stream(&prefix, BusRole::Events);
-        ensure_stream(
-            &js,
-            stream::Config {
-                name: events_name.clone(),
-                subjects: vec![subjects::bus_node_events_all(&prefix)],
-                retention: stream::RetentionPolicy::Interest,
-                storage: stream::StorageType::File,
-                max_messages: i64::try_from(config.event_capacity.max(1)).unwrap_or(i64::MAX),
-                discard: stream::DiscardPolicy::New,
-                ..Default::default()
-            },
-            "creating the event stream",
-        )
-        .await?;
-        let events_stream = js
-            .get_stream(&events_name)
-            .await
-            .map_err(|e| backend("getting the event stream", e))?;
-        let events = create_consumer(
-            &events_stream,
-            subjects::bus_consumer(&prefix, BusRole::Events),
-            config.ack_wait,
-            -1,
-            MAX_ACK_PENDING,
-        )
-        .await?;
-
-        let dead_name = subjects::bus_stream(&prefix, BusRole::DeadLetters);
-        ensure_stream(
-            &js,
-            stream::Config {
-                name: dead_name.clone(),
-                subjects: vec![subjects::max_deliveries_advisories_all(&prefix)],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            },
-            "creating the dead-letter stream",
-        )
-        .await?;
-        let dead_stream = js
-            .get_stream(&dead_name)
-            .await
-            .map_err(|e| backend("getting the dead-letter stream", e))?;
-        let dead = create_consumer(
-            &dead_stream,
-            subjects::bus_consumer(&prefix, BusRole::DeadLetters),
-            Duration::from_secs(30),
-            -1,
-            MAX_ACK_PENDING,
-        )
-        .await?;
-
+        let (work_stream, events, dead) = if config.manage_streams {
+            let (work, events, dead) = manage(&js, &prefix, &config).await?;
+            (work, Some(events), Some(dead))
+        } else {
+            (attach(&js, &prefix).await?, None, None)
+        };
         tracing::debug!(bus.prefix = %prefix, "jetstream bus ready");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -190,6 +110,138 @@ impl JetStreamBus {
             .ensured
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Creates or updates the streams of `prefix` and the recorders' consumers: the work stream,
+/// the event consumer and the dead-letter consumer.
+async fn manage(
+    js: &jetstream::Context,
+    prefix: &BusPrefix,
+    config: &BusConfig,
+) -> Result<
+    (
+        stream::Stream,
+        consumer::PullConsumer,
+        consumer::PullConsumer,
+    ),
+    BusError,
+> {
+    let capacity = i64::try_from(config.capacity.max(1)).unwrap_or(i64::MAX);
+    let work_name = subjects::bus_stream(prefix, BusRole::Invocations);
+    ensure_stream(
+        js,
+        stream::Config {
+            name: work_name.clone(),
+            subjects: vec![subjects::bus_invocations_all(prefix)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_messages: capacity,
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: config.dedupe_window,
+            allow_direct: true,
+            ..Default::default()
+        },
+        "creating the work stream",
+    )
+    .await?;
+    let work_stream = js
+        .get_stream(&work_name)
+        .await
+        .map_err(|e| backend("getting the work stream", e))?;
+    // Work is consumed per function (see `ensure_function_consumer`); the single consumer
+    // of earlier versions would overlap their filters on a work-queue stream.
+    let legacy = subjects::bus_consumer(prefix, BusRole::Invocations);
+    if work_stream.consumer_info(&legacy).await.is_ok() {
+        work_stream
+            .delete_consumer(&legacy)
+            .await
+            .map_err(|e| backend("removing the legacy work consumer", e))?;
+    }
+
+    let events_name = subjects::bus_stream(prefix, BusRole::Events);
+    ensure_stream(
+        js,
+        stream::Config {
+            name: events_name.clone(),
+            subjects: vec![subjects::bus_node_events_all(prefix)],
+            retention: stream::RetentionPolicy::Interest,
+            storage: stream::StorageType::File,
+            max_messages: i64::try_from(config.event_capacity.max(1)).unwrap_or(i64::MAX),
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        },
+        "creating the event stream",
+    )
+    .await?;
+    let events_stream = js
+        .get_stream(&events_name)
+        .await
+        .map_err(|e| backend("getting the event stream", e))?;
+    let events = create_consumer(
+        &events_stream,
+        subjects::bus_consumer(prefix, BusRole::Events),
+        config.ack_wait,
+        -1,
+        MAX_ACK_PENDING,
+    )
+    .await?;
+
+    let dead_name = subjects::bus_stream(prefix, BusRole::DeadLetters);
+    ensure_stream(
+        js,
+        stream::Config {
+            name: dead_name.clone(),
+            subjects: vec![subjects::max_deliveries_advisories_all(prefix)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+        "creating the dead-letter stream",
+    )
+    .await?;
+    let dead_stream = js
+        .get_stream(&dead_name)
+        .await
+        .map_err(|e| backend("getting the dead-letter stream", e))?;
+    let dead = create_consumer(
+        &dead_stream,
+        subjects::bus_consumer(prefix, BusRole::DeadLetters),
+        Duration::from_secs(30),
+        -1,
+        MAX_ACK_PENDING,
+    )
+    .await?;
+
+    Ok((work_stream, events, dead))
+}
+
+/// Looks up the work stream of `prefix` that a gateway made, waiting up to [`ATTACH_WAIT`]
+/// for it to appear (a node may start before any gateway of its region).
+async fn attach(js: &jetstream::Context, prefix: &BusPrefix) -> Result<stream::Stream, BusError> {
+    let name = subjects::bus_stream(prefix, BusRole::Invocations);
+    let deadline = tokio::time::Instant::now() + ATTACH_WAIT;
+    let mut logged = false;
+    loop {
+        match js.get_stream(&name).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                if !logged {
+                    tracing::info!(bus.stream = %name, error = %e, "waiting for a gateway of this region to create the work stream");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(backend(
+                    &format!(
+                        "the work stream {name} (made by a gateway of this region) was not found within {}s",
+                        ATTACH_WAIT.as_secs()
+                    ),
+                    e,
+                ))
+            }
+        }
     }
 }
 

@@ -3,9 +3,13 @@
 //! A server older than [`server::MIN_SERVER_VERSION`] is refused with an error naming both
 //! versions.
 
+pub mod jwt;
 pub mod server;
+pub mod setup;
 
 use std::path::PathBuf;
+
+use crate::subjects::{self, InboxOwner};
 
 /// How to reach the NATS servers.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +26,9 @@ pub struct NatsOptions {
     pub tls_key_file: Option<PathBuf>,
     /// Refuse a connection without TLS.
     pub require_tls: bool,
+    /// Whose inboxes the connection makes: its inbox prefix (never NATS's default `_INBOX`,
+    /// see [`subjects::inbox_prefix`]).
+    pub inbox_owner: InboxOwner,
 }
 
 /// Why a connection could not be made.
@@ -49,7 +56,22 @@ impl NatsOptions {
 
     /// Connects, naming the connection `name` (it shows in the server's monitoring).
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, NatsConnectError> {
-        let mut options = async_nats::ConnectOptions::new().name(name);
+        let mut options = async_nats::ConnectOptions::new()
+            .name(name)
+            .custom_inbox_prefix(subjects::inbox_prefix(self.inbox_owner))
+            .event_callback(|event| async move {
+                match event {
+                    // Permission violations (a role's NATS permissions lack a subject) and
+                    // other errors the server reports on the connection.
+                    async_nats::Event::ServerError(e) => {
+                        tracing::warn!(error = %e, "nats server error");
+                    }
+                    async_nats::Event::Disconnected | async_nats::Event::LameDuckMode => {
+                        tracing::warn!(nats.event = %event, "nats connection");
+                    }
+                    other => tracing::debug!(nats.event = %other, "nats connection"),
+                }
+            });
         if let Some(creds) = &self.creds_file {
             options = options.credentials_file(creds).await.map_err(|e| {
                 NatsConnectError::Settings(format!(

@@ -1,0 +1,34 @@
+//! `fnmesh nats init`: maps its arguments to `fnmesh_core::nats::setup::init` and says what
+//! was written (paths only: seeds are never printed).
+
+use anyhow::{Context, Result};
+use fnmesh_core::nats::setup::{self, InitOptions};
+use fnmesh_core::subjects::BusPrefix;
+
+use crate::args::NatsInitArgs;
+
+pub fn init(args: &NatsInitArgs) -> Result<()> {
+    let regions = args
+        .regions
+        .iter()
+        .map(|r| BusPrefix::parse(r).with_context(|| format!("--region {r:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    let options = InitOptions {
+        dir: args.dir.clone(),
+        port: args.port,
+        host: args.host.clone(),
+        regions,
+    };
+    let written = setup::init(&options, chrono::Utc::now().timestamp())
+        .with_context(|| format!("writing a NATS setup into {}", args.dir.display()))?;
+    println!("wrote {}", written.config.display());
+    for (role, path) in &written.creds {
+        println!("  {:<8} {}", role.name(), path.display());
+    }
+    println!(
+        "start the server with: nats-server -c {}\n\
+         gateways and nodes connect with FNMESH_NATS_CREDS=<dir>/gateway.creds or node.creds",
+        written.config.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! `fnmesh nats init` against a real `nats-server` started from the generated config: the
+//! config is valid, anonymous connections are refused, each role's credentials allow what the
+//! role needs (the JetStream bus, node registry and code store run on gateway and node creds
+//! without a single permission violation) and the server refuses the rest (a client reading
+//! fnmesh subjects or the JetStream API, a node forging invocations or managing streams), and
+//! a mesh of real processes on these credentials serves a client's NATS request end to end.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use fnmesh_bus::conformance::{outcome, request, started, test_config};
+use fnmesh_bus::jetstream::JetStreamBus;
+use fnmesh_bus::registry::jetstream::JetStreamRegistry;
+use fnmesh_bus::registry::NodeRegistry;
+use fnmesh_bus::{Bus, BusConfig};
+use fnmesh_code::nats::NatsCodeStore;
+use fnmesh_code::CodeStore;
+use fnmesh_core::names::{FunctionName, Namespace};
+use fnmesh_core::subjects::{self, BusPrefix, BusRole, InboxOwner};
+use fnmesh_tests::mesh::Mesh;
+use fnmesh_tests::servers::nats::TestNats;
+use fnmesh_tests::{function_body, ADMIN_KEY};
+use serde_json::{json, Value};
+
+/// What the server reported on one connection (permission violations and other errors).
+#[derive(Clone, Default)]
+struct ServerErrors(Arc<Mutex<Vec<String>>>);
+
+impl ServerErrors {
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 5 s) until the server reported a permission violation for `action`
+    /// (`publish` or `subscription`) on `subject`.
+    async fn expect_violation(&self, action: &str, subject: &str) {
+        let wanted = format!("permissions violation for {action} to \"{subject}\"");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self
+                .all()
+                .iter()
+                .any(|e| e.to_lowercase().contains(&wanted.to_lowercase()))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no violation {wanted:?}; the server reported {:?}",
+                self.all()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Connects with `role`'s creds file, making inboxes under `owner`'s prefix (or NATS's
+/// default `_INBOX` for `None`, as a plain client library does).
+async fn connect(
+    nats: &TestNats,
+    role: &str,
+    owner: Option<InboxOwner>,
+) -> (async_nats::Client, ServerErrors) {
+    let errors = ServerErrors::default();
+    let seen = errors.clone();
+    let mut options = async_nats::ConnectOptions::new()
+        .credentials_file(nats.creds(role))
+        .await
+        .expect("reading the creds file")
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    seen.0.lock().unwrap().push(e.to_string());
+                }
+            }
+        });
+    if let Some(owner) = owner {
+        options = options.custom_inbox_prefix(subjects::inbox_prefix(owner));
+    }
+    let client = options
+        .connect(nats.url())
+        .await
+        .unwrap_or_else(|e| panic!("connecting with {role}.creds: {e}"));
+    (client, errors)
+}
+
+fn unique_region() -> String {
+    fnmesh_tests::unique("acc")
+}
+
+fn work_subject(region: &str) -> String {
+    subjects::bus_invocation(
+        &BusPrefix::parse(region).unwrap(),
+        &Namespace::default_ns(),
+        &FunctionName::parse("victim").unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_config_is_valid_and_refuses_anonymous_connections() {
+    let nats = TestNats::start_with_accounts(&["local"]);
+    let config = nats.setup_dir().join(fnmesh_core::nats::setup::CONFIG_FILE);
+    let check = std::process::Command::new(nats.binary())
+        .arg("-t")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "nats-server -t refused the config: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let anonymous = async_nats::ConnectOptions::new().connect(nats.url()).await;
+    let err = anonymous.expect_err("an anonymous connection must be refused");
+    assert!(
+        err.to_string().to_lowercase().contains("authorization"),
+        "refused for another reason: {err}"
+    );
+    // Each role's creds are accepted.
+    for role in ["gateway", "node", "client"] {
+        let (client, _) = connect(&nats, role, None).await;
+        client.flush().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_may_only_send_requests() {
+    let region = unique_region();
+    let nats = TestNats::start_with_accounts(&[&region]);
+    let (client, errors) = connect(&nats, "client", None).await;
+
+    for subject in [
+        "fnmesh.>".to_owned(),
+        subjects::inboxes_of(InboxOwner::Gateway),
+        "_FNMESH.>".to_owned(),
+        "$JS.API.>".to_owned(),
+    ] {
+        let _sub = client.subscribe(subject.clone()).await.unwrap();
+        client.flush().await.unwrap();
+        errors.expect_violation("subscription", &subject).await;
+    }
+    let work = work_subject(&region);
+    client.publish(work.clone(), "{}".into()).await.unwrap();
+    client.flush().await.unwrap();
+    errors.expect_violation("publish", &work).await;
+    let api = "$JS.API.STREAM.LIST";
+    client.publish(api, "".into()).await.unwrap();
+    client.flush().await.unwrap();
+    errors.expect_violation("publish", api).await;
+
+    // What it may do draws no violation: its own inboxes, a request subject.
+    let before = errors.all().len();
+    let _inbox = client.subscribe("_INBOX.mine.*").await.unwrap();
+    client
+        .publish("fnmesh.v1.req.hello", "{}".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(errors.all().len(), before, "{:?}", errors.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_forge_invocations_or_manage_streams() {
+    let region = unique_region();
+    let nats = TestNats::start_with_accounts(&[&region]);
+    let (gateway, gateway_errors) = connect(&nats, "gateway", Some(InboxOwner::Gateway)).await;
+    let _bus = JetStreamBus::connect_with_client(gateway.clone(), &region, test_config())
+        .await
+        .expect("a gateway sets the bus up");
+    let (node, errors) = connect(&nats, "node", Some(InboxOwner::Node)).await;
+
+    // A forged invocation.
+    let work = work_subject(&region);
+    node.publish(work.clone(), "{}".into()).await.unwrap();
+    node.flush().await.unwrap();
+    errors.expect_violation("publish", &work).await;
+    // The server logs it too (what the end-to-end test checks stays absent).
+    assert!(
+        nats.log().to_lowercase().contains("violation"),
+        "{}",
+        nats.log()
+    );
+
+    // Streams: no create, no delete, no purge.
+    let js = jetstream::new(node.clone());
+    let created = tokio::time::timeout(
+        Duration::from_secs(10),
+        js.create_stream(jetstream::stream::Config {
+            name: "forged".to_owned(),
+            subjects: vec!["forged.>".to_owned()],
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert!(!matches!(created, Ok(Ok(_))), "a node created a stream");
+    errors
+        .expect_violation("publish", "$JS.API.STREAM.CREATE.forged")
+        .await;
+    let prefix = BusPrefix::parse(&region).unwrap();
+    let work_stream = subjects::bus_stream(&prefix, BusRole::Invocations);
+    let deleted =
+        tokio::time::timeout(Duration::from_secs(10), js.delete_stream(&work_stream)).await;
+    assert!(
+        !matches!(deleted, Ok(Ok(_))),
+        "a node deleted the work stream"
+    );
+    errors
+        .expect_violation("publish", &format!("$JS.API.STREAM.DELETE.{work_stream}"))
+        .await;
+    // Nor read sync results: the gateways' inboxes.
+    let gw_inboxes = subjects::inboxes_of(InboxOwner::Gateway);
+    let _sub = node.subscribe(gw_inboxes.clone()).await.unwrap();
+    node.flush().await.unwrap();
+    errors.expect_violation("subscription", &gw_inboxes).await;
+
+    // The work stream is still there, and empty.
+    let gw_js = jetstream::new(gateway);
+    let mut stream = gw_js.get_stream(&work_stream).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+    assert!(
+        gateway_errors.all().is_empty(),
+        "{:?}",
+        gateway_errors.all()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_and_node_creds_run_the_bus_registry_and_code_store() {
+    let region = unique_region();
+    let nats = TestNats::start_with_accounts(&[&region]);
+    let (gateway, gateway_errors) = connect(&nats, "gateway", Some(InboxOwner::Gateway)).await;
+    let (node, node_errors) = connect(&nats, "node", Some(InboxOwner::Node)).await;
+
+    // The gateway manages the streams; the node only attaches.
+    let gw_bus = JetStreamBus::connect_with_client(gateway.clone(), &region, test_config())
+        .await
+        .expect("the gateway's bus");
+    let node_bus = JetStreamBus::connect_with_client(
+        node.clone(),
+        &region,
+        BusConfig {
+            manage_streams: false,
+            ..test_config()
+        },
+    )
+    .await
+    .expect("the node's bus");
+
+    // A sync invocation: published by the gateway, pulled, answered and settled by the node.
+    let req = request();
+    let mut inbox = gw_bus.open_inbox().await.unwrap();
+    assert!(
+        inbox.reply_to.0.starts_with("_FNMESH.gw."),
+        "{:?}",
+        inbox.reply_to
+    );
+    gw_bus
+        .publish_invocation(&req, Some(&inbox.reply_to))
+        .await
+        .unwrap();
+    let delivery = node_bus
+        .pull_invocation(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the node pulls the invocation");
+    assert_eq!(delivery.request.id, req.id);
+    delivery.acker.in_progress().await.unwrap();
+    node_bus.publish_event(&started(&req, 1)).await.unwrap();
+    let sent = outcome(&req);
+    node_bus
+        .reply(delivery.reply_to.as_ref().unwrap(), &sent)
+        .await
+        .unwrap();
+    delivery.acker.ack().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), inbox.receiver.recv())
+        .await
+        .expect("the reply arrives")
+        .expect("the inbox is open");
+    assert_eq!(got, sent);
+    let events = gw_bus
+        .pull_events(10, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    events[0].acker.ack().await.unwrap();
+    gw_bus.queue_stats().await.unwrap();
+
+    // Live logs: published by the node, followed by the gateway.
+    use futures::StreamExt as _;
+    let logs = fnmesh_core::invocation::FunctionLogs {
+        invocation_id: req.id,
+        namespace: req.function.namespace.clone(),
+        function: req.function.name.clone(),
+        version: 1,
+        attempt: 1,
+        node_id: "node-a".to_owned(),
+        text: "hi\n".to_owned(),
+        truncated: false,
+        at: serde_json::from_value(serde_json::json!("2026-12-04T00:00:00Z")).unwrap(),
+    };
+    let mut feed = gw_bus
+        .follow_logs(&logs.namespace, &logs.function)
+        .await
+        .unwrap();
+    gateway.flush().await.unwrap();
+    node_bus.publish_logs(&logs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), feed.next())
+        .await
+        .expect("the log entry arrives")
+        .unwrap();
+
+    // The registry: made by the gateway, heartbeated by the node, listed by the gateway.
+    let gw_registry = JetStreamRegistry::open(gateway.clone(), &region)
+        .await
+        .unwrap();
+    let node_registry = JetStreamRegistry::open(node.clone(), &region)
+        .await
+        .unwrap();
+    let info = fnmesh_bus::registry::conformance::node_info("node-a", Duration::from_secs(2));
+    node_registry.heartbeat(&info).await.unwrap();
+    let listed = gw_registry.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    node_registry.leave(&info.id).await.unwrap();
+
+    // Code: stored by the gateway, read by the node.
+    let gw_code = NatsCodeStore::open(gateway.clone(), &region).await.unwrap();
+    let checksum = gw_code.put(b"code".to_vec().into()).await.unwrap();
+    let node_code = NatsCodeStore::open(node.clone(), &region).await.unwrap();
+    let read = node_code.get(&checksum).await.unwrap().expect("the code");
+    assert_eq!(&read[..], b"code");
+
+    gateway.flush().await.unwrap();
+    node.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        gateway_errors.all().is_empty(),
+        "gateway: {:?}",
+        gateway_errors.all()
+    );
+    assert!(
+        node_errors.all().is_empty(),
+        "node: {:?}",
+        node_errors.all()
+    );
+}
+
+const ECHO: &str = "def handle(event, context):\n    return {'got': event}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_request_runs_end_to_end_on_role_creds() {
+    let mesh = Mesh::start_with_accounts(&["node-a"], &[]).await;
+    mesh.deploy(function_body(
+        "echo",
+        "python3",
+        "main.handle",
+        &[("main.py", ECHO)],
+        json!({}),
+    ))
+    .await;
+
+    // A NATS request from the client account, answered by the gateway through the service
+    // import, run by the node.
+    let (client, errors) = connect(&mesh.nats, "client", None).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Authorization", format!("Bearer {ADMIN_KEY}").as_str());
+    let subject = subjects::request(&FunctionName::parse("echo").unwrap());
+    let reply = tokio::time::timeout(
+        Duration::from_secs(90),
+        client.request_with_headers(subject, headers, r#"{"x": 1}"#.into()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no reply in time\n{}", mesh.logs()))
+    .unwrap_or_else(|e| panic!("request failed: {e}\n{}", mesh.logs()));
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["status"], "succeeded", "{body}\n{}", mesh.logs());
+    assert_eq!(body["result"], json!({ "got": { "x": 1 } }), "{body}");
+
+    // An async invocation over HTTP: queued, run, recorded.
+    let id = mesh.invoke_async("echo", json!({ "y": 2 })).await;
+    let done = mesh.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", mesh.logs());
+
+    assert!(errors.all().is_empty(), "client: {:?}", errors.all());
+    let server_log = mesh.nats.log();
+    assert!(
+        !server_log.to_lowercase().contains("violation"),
+        "the server refused something a role needs:\n{server_log}"
+    );
+    assert!(
+        !mesh.logs().contains("nats server error"),
+        "a process saw a server error:\n{}",
+        mesh.logs()
+    );
+}
