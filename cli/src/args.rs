@@ -567,6 +567,10 @@ pub struct TokenArgs {
     /// Lifetime of refresh tokens, in seconds.
     #[arg(long, env = "FNMESH_JWT_REFRESH_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub jwt_refresh_ttl_secs: u64,
+    /// Absolute lifetime of a refresh token family (from `POST /v1/auth/token`), in seconds:
+    /// rotating never extends it.
+    #[arg(long, env = "FNMESH_JWT_REFRESH_FAMILY_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    pub jwt_refresh_family_ttl_secs: u64,
 }
 
 /// The keyring that seals function secrets (gateways) and opens them (nodes): every gateway

@@ -68,12 +68,16 @@ pub fn token_config(args: &TokenArgs, data_dir: &Path) -> Result<TokenConfig> {
     if args.jwt_refresh_ttl_secs == 0 {
         bail!("FNMESH_JWT_REFRESH_TTL_SECS must be at least 1");
     }
+    if args.jwt_refresh_family_ttl_secs == 0 {
+        bail!("FNMESH_JWT_REFRESH_FAMILY_TTL_SECS must be at least 1");
+    }
     Ok(TokenConfig {
         keys: vec![key],
         issuer: args.jwt_issuer.clone(),
         audience: args.jwt_audience.clone(),
         access_ttl: Duration::from_secs(args.jwt_access_ttl_secs),
         refresh_ttl: Duration::from_secs(args.jwt_refresh_ttl_secs),
+        refresh_family_ttl: Duration::from_secs(args.jwt_refresh_family_ttl_secs),
         ..TokenConfig::default()
     })
 }
@@ -123,6 +127,7 @@ mod tests {
             jwt_audience: "fnmesh-api".into(),
             jwt_access_ttl_secs: 900,
             jwt_refresh_ttl_secs: 3600,
+            jwt_refresh_family_ttl_secs: 7200,
             ..TokenArgs::default()
         }
     }

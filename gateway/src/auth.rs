@@ -53,6 +53,14 @@ pub enum AuthError {
     /// A key that cannot be used (empty, too long, whitespace).
     #[error("invalid API key: must be 1..=512 printable characters without spaces")]
     InvalidKey,
+    /// The configured admin key was revoked; a restart does not bring it back.
+    #[error(
+        "the configured admin key (FNMESH_ADMIN_KEY) was revoked as {0:?}: configure a new one"
+    )]
+    AdminKeyRevoked(String),
+    /// The configured admin key is the value of another (non-bootstrap) key.
+    #[error("the configured admin key (FNMESH_ADMIN_KEY) is already another API key's: configure a new one")]
+    AdminKeyInUse,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -83,25 +91,76 @@ fn usable_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= MAX_CREDENTIAL_LEN && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Upserts the bootstrap admin key (id `bootstrap-admin`, role admin, namespace `default`).
+/// Makes `key` the bootstrap admin key (role admin, namespace `default`), on every start of a
+/// process configured with one (`FNMESH_ADMIN_KEY`):
+/// - a key already stored as a bootstrap key is left as it is; if it was revoked, this fails
+///   ([`AuthError::AdminKeyRevoked`]): a revoked key never comes back by a restart;
+/// - a new key value retires the bootstrap keys before it (revoked, so their access and
+///   refresh tokens stop too) and is stored under a fresh id: `bootstrap-admin` the first
+///   time, `bootstrap-admin-<first 12 hex of its hash>` after that, so no id that was ever
+///   revoked is live again;
+/// - a key value that is some other key's is refused ([`AuthError::AdminKeyInUse`]).
 pub async fn ensure_admin_key(store: &dyn MetadataStore, key: &str) -> Result<(), AuthError> {
     if !usable_key(key) {
         return Err(AuthError::InvalidKey);
     }
+    let hash = hash_key(key);
+    if let Some(existing) = store.find_api_key(&hash).await? {
+        if !is_bootstrap_id(&existing.id) {
+            return Err(AuthError::AdminKeyInUse);
+        }
+        if existing.revoked_at.is_some() {
+            return Err(AuthError::AdminKeyRevoked(existing.id));
+        }
+        return Ok(());
+    }
+    let now = Utc::now();
+    let namespace = Namespace::default_ns();
+    let mut cursor = None;
+    let mut fixed_id_taken = false;
+    loop {
+        let page = store
+            .list_api_keys(Some(&namespace), 1000, cursor.as_deref())
+            .await?;
+        for old in page.items.iter().filter(|k| is_bootstrap_id(&k.id)) {
+            fixed_id_taken |= old.id == BOOTSTRAP_ADMIN_ID;
+            if old.revoked_at.is_none() && store.revoke_api_key(&old.id, now).await? {
+                tracing::warn!(key.id = %old.id, "bootstrap admin key replaced by a new FNMESH_ADMIN_KEY: revoked");
+            }
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let id = if fixed_id_taken {
+        format!("{BOOTSTRAP_ADMIN_ID}-{}", &hash[..12])
+    } else {
+        BOOTSTRAP_ADMIN_ID.to_owned()
+    };
     let record = ApiKeyRecord {
-        id: BOOTSTRAP_ADMIN_ID.to_owned(),
+        id: id.clone(),
         name: "bootstrap admin".to_owned(),
-        key_hash: hash_key(key),
+        key_hash: hash,
         role: Role::Admin,
-        namespace: Namespace::default_ns(),
-        created_at: Utc::now(),
+        namespace,
+        created_at: now,
         expires_at: None,
         revoked_at: None,
         functions: None,
     };
-    store.upsert_api_key(&record).await?;
-    tracing::info!(key.id = BOOTSTRAP_ADMIN_ID, "bootstrap admin key stored");
+    store.create_api_key(&record).await?;
+    tracing::info!(key.id = %id, "bootstrap admin key stored");
     Ok(())
+}
+
+/// Whether `id` is one [`ensure_admin_key`] gives.
+fn is_bootstrap_id(id: &str) -> bool {
+    id == BOOTSTRAP_ADMIN_ID
+        || id
+            .strip_prefix(BOOTSTRAP_ADMIN_ID)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|hex| hex.len() == 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// How a principal authenticated.

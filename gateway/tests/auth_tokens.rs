@@ -443,3 +443,99 @@ async fn rs256_tokens_work_and_hs256_with_the_public_key_is_refused() {
     let tampered = format!("{}.{}.{}", parts[0], b64(&payload), parts[2]);
     assert_refused(&app, &tampered, "tampered RS256 payload").await;
 }
+
+/// H3 of the zero-trust issue: a revoked bootstrap admin key never comes back by a restart,
+/// and a new `FNMESH_ADMIN_KEY` retires the one before it, tokens and all.
+#[tokio::test]
+async fn the_bootstrap_key_is_never_unrevoked_and_a_new_one_retires_the_old() {
+    use fnmesh_gateway::auth::{self, AuthError, BOOTSTRAP_ADMIN_ID};
+    let app = TestApp::builder()
+        .config(|c| {
+            c.tokens = TokenConfig {
+                key_check_ttl: Duration::from_millis(100),
+                ..config_with(SigningKey::hs256("k1", SECRET).unwrap())
+            }
+        })
+        .start()
+        .await;
+    let store = app.store.as_ref();
+    let (_, developer) = make_key(&app, json!({"name": "dev", "role": "developer"})).await;
+    // A restart with the same key changes nothing.
+    auth::ensure_admin_key(store, &app.key).await.unwrap();
+    assert_eq!(status_with(&app, &app.key).await.status, 200);
+    let (_, first_refresh) = token_pair(&app, &app.key).await;
+
+    // Revoked (leaked): a restart with the same key refuses to start and the key stays dead.
+    assert!(store
+        .revoke_api_key(BOOTSTRAP_ADMIN_ID, Utc::now())
+        .await
+        .unwrap());
+    let err = auth::ensure_admin_key(store, &app.key).await.unwrap_err();
+    assert!(matches!(err, AuthError::AdminKeyRevoked(_)), "{err}");
+    assert!(err.to_string().contains("FNMESH_ADMIN_KEY"), "{err}");
+    assert_refused(&app, &app.key, "a revoked bootstrap key after a restart").await;
+    assert_eq!(refresh(&app, &first_refresh).await.status, 401);
+    let old = store
+        .get_api_key(BOOTSTRAP_ADMIN_ID)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(old.revoked_at.is_some(), "the revoked record stays revoked");
+
+    // A new key gets an id never used before; a restart with it changes nothing.
+    let second = auth::generate_key();
+    auth::ensure_admin_key(store, &second).await.unwrap();
+    auth::ensure_admin_key(store, &second).await.unwrap();
+    assert_eq!(status_with(&app, &second).await.status, 200);
+    let second_id = store
+        .find_api_key(&auth::hash_key(&second))
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    assert_ne!(second_id, BOOTSTRAP_ADMIN_ID);
+    assert!(second_id.starts_with("bootstrap-admin-"), "{second_id}");
+    let (second_access, second_refresh) = token_pair(&app, &second).await;
+
+    // Changing the key (not revoked) retires the previous one with its tokens.
+    let third = auth::generate_key();
+    auth::ensure_admin_key(store, &third).await.unwrap();
+    assert_eq!(status_with(&app, &third).await.status, 200);
+    assert_refused(&app, &second, "the replaced bootstrap key").await;
+    eventually(|| {
+        let app = &app;
+        let access = second_access.clone();
+        async move { (status_with(app, &access).await.status == 401).then_some(()) }
+    })
+    .await;
+    assert_eq!(refresh(&app, &second_refresh).await.status, 401);
+
+    // Another key's value is not taken over as the admin key.
+    let err = auth::ensure_admin_key(store, &developer).await.unwrap_err();
+    assert!(matches!(err, AuthError::AdminKeyInUse), "{err}");
+}
+
+/// H3: rotating a refresh token never extends its family past the family's absolute lifetime.
+#[tokio::test]
+async fn a_refresh_family_ends_at_its_absolute_lifetime() {
+    let app = TestApp::builder()
+        .config(|c| {
+            c.tokens = TokenConfig {
+                refresh_family_ttl: Duration::from_secs(2),
+                ..config_with(SigningKey::hs256("k1", SECRET).unwrap())
+            }
+        })
+        .start()
+        .await;
+    let resp = post(&app, "/v1/auth/token", Some(&app.key), None).await;
+    assert_eq!(resp.status, 200, "{:?}", resp.body);
+    assert!(resp.body["refresh_expires_in"].as_u64().unwrap() <= 2);
+    let mut token = resp.body["refresh_token"].as_str().unwrap().to_owned();
+    // Rotating within the lifetime works, and never promises more than what is left.
+    let rotated = refresh(&app, &token).await;
+    assert_eq!(rotated.status, 200, "{:?}", rotated.body);
+    assert!(rotated.body["refresh_expires_in"].as_u64().unwrap() <= 2);
+    token = rotated.body["refresh_token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(refresh(&app, &token).await.status, 401);
+}

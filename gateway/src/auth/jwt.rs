@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
 /// Default lifetime of a refresh token (each rotation starts a new one).
 pub const DEFAULT_REFRESH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default absolute lifetime of a refresh token family: rotation never extends it past this,
+/// counted from the family's first token.
+pub const DEFAULT_REFRESH_FAMILY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Largest clock leeway accepted on `exp` and `nbf`.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(30);
 /// Largest time a revoked key's access tokens may keep working on a gateway.
@@ -188,6 +191,9 @@ pub struct TokenConfig {
     pub access_ttl: Duration,
     /// Lifetime of refresh tokens.
     pub refresh_ttl: Duration,
+    /// Absolute lifetime of a refresh token family, from its first token: past it the
+    /// family's tokens are refused however recently they were rotated.
+    pub refresh_family_ttl: Duration,
     /// Clock leeway on `exp` and `nbf` (capped at [`MAX_LEEWAY`]).
     pub leeway: Duration,
     /// How long a key's "still live" answer is cached for its access tokens (capped at
@@ -209,6 +215,7 @@ impl Default for TokenConfig {
             audience: DEFAULT_AUDIENCE.to_owned(),
             access_ttl: DEFAULT_ACCESS_TTL,
             refresh_ttl: DEFAULT_REFRESH_TTL,
+            refresh_family_ttl: DEFAULT_REFRESH_FAMILY_TTL,
             leeway: Duration::from_secs(5),
             key_check_ttl: Duration::from_secs(30),
         }

@@ -26,8 +26,9 @@ pub(crate) async fn handle(state: State, principal: Principal) -> Result<Respons
         .filter(is_live)
         .ok_or(ApiError::Unauthorized)?;
     let family = crate::auth::generate_key_id().replacen("key_", "fam_", 1);
-    let (token, record): (String, RefreshTokenRecord) = new_refresh(&state, &key, &family);
+    let (token, record): (String, RefreshTokenRecord) =
+        new_refresh(&state, &key, &family, chrono::Utc::now());
     state.backends.store.insert_refresh_token(&record).await?;
     tracing::info!(key.id = %key.id, token.family = %family, "access token issued");
-    pair_response(&state, &key, token)
+    pair_response(&state, &key, &record, token)
 }

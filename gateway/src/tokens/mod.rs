@@ -11,7 +11,7 @@
 //! Refresh tokens are `fnr_` + 43 random base62 characters; only their SHA-256 is stored.
 //! Every failure is the same 401. Responses carry `Cache-Control: no-store`.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use fnmesh_store::{ApiKeyRecord, RefreshTokenRecord};
 use serde::{Deserialize, Serialize};
 use warp::reply::Response;
@@ -71,29 +71,48 @@ fn presented_hash(token: &str) -> Option<String> {
     ok.then(|| hash_key(token))
 }
 
-/// A new refresh token of `family` for `key`: the token and its record.
-fn new_refresh(state: &State, key: &ApiKeyRecord, family: &str) -> (String, RefreshTokenRecord) {
+/// A new refresh token of `family` (started at `family_started`) for `key`: the token and its
+/// record. It expires after the refresh lifetime, and never after the family's absolute end.
+fn new_refresh(
+    state: &State,
+    key: &ApiKeyRecord,
+    family: &str,
+    family_started: DateTime<Utc>,
+) -> (String, RefreshTokenRecord) {
     let token = generate_refresh_token();
     let now = Utc::now();
-    let ttl = chrono::Duration::from_std(state.config.tokens.refresh_ttl)
-        .unwrap_or_else(|_| chrono::Duration::days(7));
     let record = RefreshTokenRecord {
         token_hash: hash_key(&token),
         family_id: family.to_owned(),
         key_id: key.id.clone(),
         created_at: now,
-        expires_at: now + ttl,
+        expires_at: (now + refresh_ttl(state)).min(family_end(state, family_started)),
         used_at: None,
         revoked_at: None,
     };
     (token, record)
 }
 
+fn refresh_ttl(state: &State) -> chrono::Duration {
+    chrono::Duration::from_std(state.config.tokens.refresh_ttl)
+        .unwrap_or_else(|_| chrono::Duration::days(7))
+}
+
+/// When a family started at `started` ends, whatever its rotations.
+fn family_end(state: &State, started: DateTime<Utc>) -> DateTime<Utc> {
+    let ttl = chrono::Duration::from_std(state.config.tokens.refresh_family_ttl)
+        .unwrap_or_else(|_| chrono::Duration::days(30));
+    started
+        .checked_add_signed(ttl)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// The pair for `key` with refresh token `refresh_token`, as a no-store JSON response.
 fn pair_response(
     state: &State,
     key: &ApiKeyRecord,
-    refresh_token: String,
+    refresh_token: &RefreshTokenRecord,
+    token: String,
 ) -> Result<Response, ApiError> {
     let (access_token, _) = state
         .authenticator
@@ -103,10 +122,13 @@ fn pair_response(
     let config = &state.config.tokens;
     let pair = TokenPair {
         access_token,
-        refresh_token,
+        refresh_token: token,
         expires_in: config.access_ttl.as_secs(),
         token_type: "Bearer",
-        refresh_expires_in: config.refresh_ttl.as_secs(),
+        refresh_expires_in: u64::try_from(
+            (refresh_token.expires_at - refresh_token.created_at).num_seconds(),
+        )
+        .unwrap_or(0),
     };
     Ok(no_store(warp::reply::json(&pair).into_response()))
 }

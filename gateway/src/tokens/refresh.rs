@@ -40,7 +40,21 @@ pub(crate) async fn handle(state: State, body: Bytes) -> Result<Response, ApiErr
         revoke_family(&state, &current.family_id, "its API key is no longer live").await?;
         return Err(ApiError::Unauthorized);
     };
-    let (token, next) = new_refresh(&state, &key, &current.family_id);
+    // A family lives a fixed time from its first token, however often it rotates.
+    let started = store
+        .refresh_family_started(&current.family_id)
+        .await?
+        .unwrap_or(current.created_at);
+    if super::family_end(&state, started) <= now {
+        revoke_family(
+            &state,
+            &current.family_id,
+            "the family reached its absolute lifetime",
+        )
+        .await?;
+        return Err(ApiError::Unauthorized);
+    }
+    let (token, next) = new_refresh(&state, &key, &current.family_id, started);
     if !store.rotate_refresh_token(&hash, &next, now).await? {
         // Another request rotated it first: two holders of one token.
         revoke_family(
@@ -52,7 +66,7 @@ pub(crate) async fn handle(state: State, body: Bytes) -> Result<Response, ApiErr
         return Err(ApiError::Unauthorized);
     }
     tracing::debug!(key.id = %key.id, token.family = %current.family_id, "refresh token rotated");
-    pair_response(&state, &key, token)
+    pair_response(&state, &key, &next, token)
 }
 
 async fn revoke_family(state: &State, family: &str, why: &str) -> Result<(), ApiError> {

@@ -110,6 +110,13 @@ pub trait AccessStore: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// When the family's first token was made (`None` for an unknown family): a family lives
+    /// at most a fixed time from then, however often it rotates.
+    async fn refresh_family_started(
+        &self,
+        family_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+
     /// Revokes every token of a family not revoked yet; how many it revoked.
     async fn revoke_refresh_family(
         &self,

@@ -29,7 +29,8 @@ use fnmesh_core::names::{FunctionName, Namespace};
 
 pub use super::access::conformance::{
     api_key_grants_roundtrip, api_keys_list_get_and_revoke, namespace_quotas_roundtrip,
-    namespace_usage_counts_latest_versions, refresh_family_revocation, refresh_tokens_rotate_once,
+    namespace_usage_counts_latest_versions, refresh_family_revocation, refresh_family_start,
+    refresh_tokens_rotate_once,
 };
 pub use super::conformance_audit::{
     audit_pages_newest_first, audit_roundtrip_and_filters,
@@ -80,6 +81,7 @@ macro_rules! store_conformance_cases {
             api_key_grants_roundtrip,
             refresh_tokens_rotate_once,
             refresh_family_revocation,
+            refresh_family_start,
             namespace_quotas_roundtrip,
             namespace_usage_counts_latest_versions,
             api_keys,

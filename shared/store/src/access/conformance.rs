@@ -206,6 +206,36 @@ pub async fn refresh_family_revocation(store: Store) {
         .unwrap());
 }
 
+/// A family started when its first token was made, however often it rotated since.
+pub async fn refresh_family_start(store: Store) {
+    let family = format!("fam-{:016x}", rand::random::<u64>());
+    assert_eq!(store.refresh_family_started(&family).await.unwrap(), None);
+    let mut first = refresh(&family, "key_s");
+    first.created_at = now() - ChronoDuration::days(3);
+    store.insert_refresh_token(&first).await.unwrap();
+    let next = refresh(&family, "key_s");
+    assert!(store
+        .rotate_refresh_token(&first.token_hash, &next, now())
+        .await
+        .unwrap());
+    let started = store
+        .refresh_family_started(&family)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        (started - first.created_at).num_milliseconds().abs() < 1,
+        "{started} vs {}",
+        first.created_at
+    );
+    let other = format!("fam-{:016x}", rand::random::<u64>());
+    store
+        .insert_refresh_token(&refresh(&other, "key_s"))
+        .await
+        .unwrap();
+    assert!(store.refresh_family_started(&other).await.unwrap().unwrap() > started);
+}
+
 /// Quotas are stored, replaced and listed.
 pub async fn namespace_quotas_roundtrip(store: Store) {
     let ns = fresh_namespace();

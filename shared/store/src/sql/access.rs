@@ -244,6 +244,22 @@ impl<E: SqlEngine> AccessStore for E {
         Ok(true)
     }
 
+    async fn refresh_family_started(
+        &self,
+        family_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let row = fetch_optional(
+            self,
+            Sql::new(
+                "SELECT created_at FROM refresh_tokens WHERE family_id = $1 \
+                 ORDER BY created_at LIMIT 1",
+            )
+            .bind(family_id),
+        )
+        .await?;
+        row.as_ref().map(|r| r.time("created_at")).transpose()
+    }
+
     async fn revoke_refresh_family(
         &self,
         family_id: &str,
