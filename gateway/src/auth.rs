@@ -124,7 +124,9 @@ pub async fn ensure_admin_key(store: &dyn MetadataStore, key: &str) -> Result<()
             .await?;
         for old in page.items.iter().filter(|k| is_bootstrap_id(&k.id)) {
             fixed_id_taken |= old.id == BOOTSTRAP_ADMIN_ID;
-            if old.revoked_at.is_none() && store.revoke_api_key(&old.id, now).await? {
+            // (Another gateway starting with this same key may have stored it meanwhile.)
+            let retire = old.revoked_at.is_none() && old.key_hash != hash;
+            if retire && store.revoke_api_key(&old.id, now).await? {
                 tracing::warn!(key.id = %old.id, "bootstrap admin key replaced by a new FNMESH_ADMIN_KEY: revoked");
             }
         }
@@ -149,7 +151,19 @@ pub async fn ensure_admin_key(store: &dyn MetadataStore, key: &str) -> Result<()
         revoked_at: None,
         functions: None,
     };
-    store.create_api_key(&record).await?;
+    match store.create_api_key(&record).await {
+        Ok(()) => {}
+        // Another gateway starting with the same key stored it first.
+        Err(StoreError::Conflict(_))
+            if store
+                .find_api_key(&record.key_hash)
+                .await?
+                .is_some_and(|k| is_bootstrap_id(&k.id) && k.revoked_at.is_none()) =>
+        {
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
     tracing::info!(key.id = %id, "bootstrap admin key stored");
     Ok(())
 }

@@ -510,6 +510,14 @@ async fn the_bootstrap_key_is_never_unrevoked_and_a_new_one_retires_the_old() {
     .await;
     assert_eq!(refresh(&app, &second_refresh).await.status, 401);
 
+    // Gateways starting at once with one new key: every one starts, one key is stored.
+    let fourth = auth::generate_key();
+    let starts = (0..4).map(|_| auth::ensure_admin_key(store, &fourth));
+    for started in futures::future::join_all(starts).await {
+        started.unwrap();
+    }
+    assert_eq!(status_with(&app, &fourth).await.status, 200);
+
     // Another key's value is not taken over as the admin key.
     let err = auth::ensure_admin_key(store, &developer).await.unwrap_err();
     assert!(matches!(err, AuthError::AdminKeyInUse), "{err}");
