@@ -107,11 +107,12 @@ fn family_end(state: &State, started: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// The pair for `key` with refresh token `refresh_token`, as a no-store JSON response.
+/// The pair for `key` with the refresh token `token` (stored as `record`), as a no-store JSON
+/// response.
 fn pair_response(
     state: &State,
     key: &ApiKeyRecord,
-    refresh_token: &RefreshTokenRecord,
+    record: &RefreshTokenRecord,
     token: String,
 ) -> Result<Response, ApiError> {
     let (access_token, _) = state
@@ -125,10 +126,8 @@ fn pair_response(
         refresh_token: token,
         expires_in: config.access_ttl.as_secs(),
         token_type: "Bearer",
-        refresh_expires_in: u64::try_from(
-            (refresh_token.expires_at - refresh_token.created_at).num_seconds(),
-        )
-        .unwrap_or(0),
+        refresh_expires_in: u64::try_from((record.expires_at - record.created_at).num_seconds())
+            .unwrap_or(0),
     };
     Ok(no_store(warp::reply::json(&pair).into_response()))
 }
