@@ -312,7 +312,10 @@ async fn gateway_and_node_creds_run_the_bus_registry_and_code_store() {
         .unwrap();
     gateway.flush().await.unwrap();
     node_bus.publish_logs(&logs).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), feed.next())
+    node.flush().await.unwrap();
+    // Generous: under a loaded suite (five of these servers at once on two cores) 5 s was
+    // seen to pass before the entry arrived.
+    tokio::time::timeout(Duration::from_secs(30), feed.next())
         .await
         .expect("the log entry arrives")
         .unwrap();
