@@ -98,6 +98,8 @@ pub struct UpArgs {
     pub nats: NatsAuthArgs,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
 }
 
 /// `fnmesh gateway`: the HTTP API only; nodes run elsewhere, connected over NATS.
@@ -152,6 +154,26 @@ pub struct MeshArgs {
     pub nats: NatsAuthArgs,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+}
+
+/// How work on NATS is signed (gateways) and which signers are trusted (nodes).
+#[derive(Debug, Args, Clone, Default)]
+pub struct SigningArgs {
+    /// A gateway's work signing key: an nkey seed (`SN…`; default: `<data dir>/signing.nk`,
+    /// generated on first start).
+    #[arg(long, env = "FNMESH_SIGNING_KEY", hide_env_values = true)]
+    pub signing_key: Option<String>,
+    /// A file holding the signing key (`fnmesh nats init` writes `DIR/signing.nk`).
+    #[arg(long, env = "FNMESH_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// Public keys (`N…`, separated by commas) of the gateways whose signed work is run here.
+    #[arg(long, env = "FNMESH_TRUSTED_KEYS")]
+    pub trusted_keys: Option<String>,
+    /// A file of trusted public keys, one per line (`fnmesh nats init` writes `DIR/trusted.keys`).
+    #[arg(long, env = "FNMESH_TRUSTED_KEYS_FILE")]
+    pub trusted_keys_file: Option<PathBuf>,
 }
 
 /// Delivery guarantees of the bus (set the same on every gateway and node of a region).

@@ -12,6 +12,7 @@ mod jwt_keys;
 mod output;
 mod pack;
 mod secrets_key;
+mod signing;
 mod telemetry;
 
 use std::process::ExitCode;

@@ -68,6 +68,7 @@ job "fnmesh-gateway" {
           FNMESH_ADMIN_KEY={{ with nomadVar "nomad/jobs/fnmesh-gateway" }}{{ .admin_key }}{{ end }}
           AWS_ACCESS_KEY_ID={{ with nomadVar "nomad/jobs/fnmesh-gateway" }}{{ .s3_key_id }}{{ end }}
           AWS_SECRET_ACCESS_KEY={{ with nomadVar "nomad/jobs/fnmesh-gateway" }}{{ .s3_secret }}{{ end }}
+          FNMESH_SIGNING_KEY={{ with nomadVar "nomad/jobs/fnmesh-gateway" }}{{ .signing_key }}{{ end }}
         EOT
       }
 

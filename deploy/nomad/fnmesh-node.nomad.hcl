@@ -50,6 +50,14 @@ job "fnmesh-node" {
         data        = "{{ with nomadVar \"nomad/jobs/fnmesh-node\" }}{{ .nats_creds }}{{ end }}"
       }
 
+      # The gateways' public work signing keys (`trusted.keys` of `fnmesh nats init`): a node
+      # runs only work they signed.
+      template {
+        destination = "secrets/fnmesh-trusted.env"
+        env         = true
+        data        = "FNMESH_TRUSTED_KEYS={{ with nomadVar \"nomad/jobs/fnmesh-node\" }}{{ .trusted_keys }}{{ end }}"
+      }
+
       # SIGTERM starts the drain: stop pulling, finish in-flight work, leave the registry.
       kill_signal  = "SIGTERM"
       kill_timeout = "45s"

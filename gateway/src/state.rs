@@ -44,6 +44,8 @@ pub(crate) struct AppState {
     pub log_followers: Followers,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<GatewayMetrics>,
+    /// Secrets re-sealed for the versions invoked.
+    pub invocation_secrets: crate::secrets::invocation::InvocationSecrets,
 }
 
 /// Code normalisations run at once, at most.
@@ -67,6 +69,7 @@ impl AppState {
             normalize_permits: tokio::sync::Semaphore::new(MAX_CONCURRENT_NORMALIZE),
             log_followers: Default::default(),
             metrics,
+            invocation_secrets: Default::default(),
         })
     }
 }

@@ -208,13 +208,14 @@ fn unix_ms_at(deadline: Instant) -> u64 {
     u64::try_from((now_unix + remaining).as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Sandboxes of one function version and one set of secrets: a sandbox started with other
-/// secrets (or none) is never reused.
+/// Sandboxes of one function version, its code and one set of secrets: a sandbox started with
+/// other code or other secrets (or none) is never reused.
 fn key_of(function: &Function, secrets: &SecretEnv) -> PoolKey {
     PoolKey {
         namespace: function.namespace.clone(),
         function_id: function.id,
         version: function.version,
+        checksum: function.code.checksum.clone(),
         secrets_digest: secrets.digest().map(str::to_owned),
     }
 }
@@ -303,7 +304,14 @@ impl Executor {
     /// Runs one invocation. Never panics; infrastructure failures are `Failed`/`crashed`.
     pub async fn execute(&self, job: Job) -> Execution {
         let started = Instant::now();
-        let deadline = started + Duration::from_millis(job.function.config.timeout_ms);
+        // Bounded even for a config that skipped validation: a huge `timeout_ms` cannot
+        // overflow the clock.
+        let timeout_ms = job
+            .function
+            .config
+            .timeout_ms
+            .min(fnmesh_core::function::MAX_TIMEOUT_MS);
+        let deadline = started + Duration::from_millis(timeout_ms);
         let execution = self.inner.run(&job, deadline).await;
         tracing::debug!(
             invocation.id = %job.invocation_id,
@@ -355,7 +363,7 @@ impl Executor {
             let key = key_of(&function, &secrets);
             let limits = limits_of(&function);
             while let Some(reservation) = inner.pool.reserve_prewarm(&key, limits) {
-                let budget = Duration::from_millis(function.config.timeout_ms).max(Duration::from_secs(30));
+                let budget = Duration::from_millis(function.config.timeout_ms.min(fnmesh_core::function::MAX_TIMEOUT_MS)).max(Duration::from_secs(30));
                 let launching = Instant::now();
                 let launch = inner.launch(&function, &code_dir, &secrets, launching + budget);
                 let launched = tokio::select! {
@@ -454,7 +462,7 @@ impl Inner {
             );
         };
         keyring
-            .open_secrets(&function.namespace, &function.name, sealed)
+            .open_invocation_secrets(function, sealed)
             .map_err(|e| format!("opening the function's secrets: {e}"))
     }
 

@@ -1,6 +1,6 @@
 //! The warm pool: which sandboxes exist, which are idle, and who may create one.
 //!
-//! Sandboxes are keyed by [`PoolKey`] (namespace, function id, version): a version never reuses
+//! Sandboxes are keyed by [`PoolKey`] (namespace, function id, version, code checksum, secrets): a version never reuses
 //! another version's sandbox and a function never another function's, so module-level state
 //! cannot leak between them. Each sandbox serves one invocation at a time.
 //!
@@ -37,6 +37,9 @@ pub struct PoolKey {
     pub function_id: FunctionId,
     /// Its version.
     pub version: u32,
+    /// Its code (a version's code never changes, but a forged or altered request could claim
+    /// other code for the same version: its sandbox must not serve the real one).
+    pub checksum: fnmesh_core::Checksum,
     /// Digest of the sealed secrets its sandboxes were started with (`None`: no secrets).
     pub secrets_digest: Option<String>,
 }
@@ -275,7 +278,8 @@ impl Pool {
         let mut superseded = false;
         for (k, ks) in state.keys.iter_mut().filter(|(k, _)| same_function(k)) {
             if k.version < key.version
-                || (k.version == key.version && k.secrets_digest != key.secrets_digest)
+                || (k.version == key.version
+                    && (k.secrets_digest != key.secrets_digest || k.checksum != key.checksum))
             {
                 ks.superseded = true;
             } else {

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use fnmesh_bus::{Bus, Delivery};
+use fnmesh_bus::{Acker, Bus, Delivery, ReplyTo};
 use fnmesh_core::{
-    ErrorKind, FunctionConfig, InvocationError, InvocationOutcome, InvocationResult,
-    InvocationStatus, NodeEvent,
+    ErrorKind, Execution, FunctionConfig, InvocationError, InvocationOutcome, InvocationRequest,
+    InvocationResult, InvocationStatus, NodeEvent,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -201,9 +201,35 @@ impl Worker {
             request,
             reply_to,
             attempt,
+            expires_at,
             acker,
         } = delivery;
         let started_at = Utc::now();
+        // Past its signed expiry (it waited longer than the bus's max age): reported, not run.
+        if let Some(expired_at) = expires_at.filter(|at| started_at > *at) {
+            let execution = Execution::failed(
+                InvocationStatus::Timeout,
+                InvocationError {
+                    kind: ErrorKind::Timeout,
+                    message: format!(
+                        "expired: not started before {}, the end of its maximum age in the queue",
+                        expired_at.to_rfc3339()
+                    ),
+                },
+            );
+            let outcome = InvocationOutcome::finished(
+                &request,
+                execution,
+                &self.config.node_id,
+                attempt,
+                started_at,
+                Utc::now(),
+            );
+            tracing::warn!(invocation.id = %request.id, "invocation expired in the queue; not run");
+            self.settle(&request, reply_to.as_ref(), outcome, acker.as_ref())
+                .await;
+            return;
+        }
 
         let started = NodeEvent::Started {
             id: request.id,
@@ -324,7 +350,20 @@ impl Worker {
             }
             return;
         }
-        if let Some(to) = &reply_to {
+        self.settle(&request, reply_to.as_ref(), outcome, acker.as_ref())
+            .await;
+    }
+
+    /// Sends a finished attempt's outcome to the sync caller (if any), publishes it as the
+    /// durable `Finished` event (retrying until the event stream takes it) and acks.
+    async fn settle(
+        &self,
+        request: &InvocationRequest,
+        reply_to: Option<&ReplyTo>,
+        outcome: InvocationOutcome,
+        acker: &dyn Acker,
+    ) {
+        if let Some(to) = reply_to {
             let replied = self
                 .bus
                 .reply(to, &outcome)

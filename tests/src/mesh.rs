@@ -115,8 +115,11 @@ pub struct Mesh {
     pub http: reqwest::Client,
     /// Extra environment given to every process.
     env: Vec<(String, String)>,
-    /// Extra environment given to nodes only (their NATS credentials).
+    /// Extra environment given to nodes only (their NATS credentials, the trusted key).
     node_env: Vec<(String, String)>,
+    /// The key the gateway signs work with (nodes trust its public key): tests forge and
+    /// alter signed messages with it.
+    pub signing_key: fnmesh_core::signing::SigningKey,
 }
 
 impl Mesh {
@@ -173,7 +176,15 @@ impl Mesh {
             ),
         ];
         gw_env.extend(mesh_env.iter().cloned());
-        let mut node_env = Vec::new();
+        let signing_key = fnmesh_core::signing::SigningKey::generate();
+        gw_env.push((
+            "FNMESH_SIGNING_KEY".to_owned(),
+            signing_key.seed().to_owned(),
+        ));
+        let mut node_env = vec![(
+            "FNMESH_TRUSTED_KEYS".to_owned(),
+            signing_key.public_key().to_owned(),
+        )];
         if accounts {
             let creds = |role: &str| nats.creds(role).to_str().unwrap().to_owned();
             gw_env.push(("FNMESH_NATS_CREDS".to_owned(), creds("gateway")));
@@ -197,6 +208,7 @@ impl Mesh {
             http,
             env: mesh_env,
             node_env,
+            signing_key,
         };
         if accounts {
             mesh.wait_ready().await;

@@ -49,9 +49,11 @@ async fn a_gateway_and_two_nodes_share_the_work_over_jetstream() {
     let gw_data = dir.path().join("gateway");
     let gw_log = dir.path().join("gateway.log");
     let nats_url = nats.url();
+    let signing = fnmesh_core::signing::SigningKey::generate();
     let _gateway = Proc(spawn_fnmesh(
         "gateway",
         &[
+            ("FNMESH_SIGNING_KEY", signing.seed()),
             ("FNMESH_LISTEN", &listen),
             ("FNMESH_DATA_DIR", gw_data.to_str().unwrap()),
             ("FNMESH_ADMIN_KEY", ADMIN_KEY),
@@ -69,6 +71,7 @@ async fn a_gateway_and_two_nodes_share_the_work_over_jetstream() {
             "node",
             &[
                 ("FNMESH_NODE_ID", id),
+                ("FNMESH_TRUSTED_KEYS", signing.public_key()),
                 ("FNMESH_DATA_DIR", data.to_str().unwrap()),
                 ("FNMESH_NATS_URL", &nats_url),
                 ("FNMESH_REGION", &region),

@@ -14,13 +14,23 @@ use crate::args::GatewayCommand;
 
 pub async fn run(args: GatewayCommand) -> Result<()> {
     let data_dir = data_dir(&args.common)?;
+    let metrics = fnmesh_core::metrics::Registry::new();
+    let signatures = crate::signing::signatures(
+        &args.mesh.signing,
+        &data_dir,
+        crate::signing::Role::Gateway,
+        &metrics,
+    )?;
     let open = open_bus(
         Some(args.mesh.nats.options(
             &args.mesh.nats_url,
             fnmesh_core::subjects::InboxOwner::Gateway,
         )),
         &args.mesh.region,
-        args.mesh.delivery.bus_config(),
+        fnmesh_bus::BusConfig {
+            signatures,
+            ..args.mesh.delivery.bus_config()
+        },
     )
     .await?;
     let replica = open_nats_code(open.nats.as_ref(), &args.mesh.region).await?;
@@ -37,7 +47,7 @@ pub async fn run(args: GatewayCommand) -> Result<()> {
     )
     .await?;
     let listen = parts.config.listen;
-    let gateway = Gateway::bind(parts.config, parts.backends)
+    let gateway = Gateway::bind_with_registry(parts.config, parts.backends, &metrics)
         .await
         .with_context(|| format!("starting the HTTP API on {listen}"))?;
     let gateway = match open.nats.clone() {

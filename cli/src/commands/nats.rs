@@ -25,10 +25,16 @@ pub fn init(args: &NatsInitArgs) -> Result<()> {
     for (role, path) in &written.creds {
         println!("  {:<8} {}", role.name(), path.display());
     }
+    println!("  signing  {}", written.signing_key.display());
+    println!("  trusted  {}", written.trusted_keys.display());
     println!(
         "start the server with: nats-server -c {}\n\
-         gateways and nodes connect with FNMESH_NATS_CREDS=<dir>/gateway.creds or node.creds",
-        written.config.display()
+         gateways and nodes connect with FNMESH_NATS_CREDS=<dir>/gateway.creds or node.creds;\n\
+         gateways sign work with FNMESH_SIGNING_KEY_FILE={}, nodes run it with\n\
+         FNMESH_TRUSTED_KEYS_FILE={}",
+        written.config.display(),
+        written.signing_key.display(),
+        written.trusted_keys.display()
     );
     Ok(())
 }

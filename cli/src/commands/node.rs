@@ -17,6 +17,13 @@ use crate::backends::{open_code_store, CodeStoreLocation};
 pub async fn run(args: NodeCommand) -> Result<()> {
     require_root("node")?;
     let data_dir = data_dir(&args.common)?;
+    let metrics = fnmesh_core::metrics::Registry::new();
+    let signatures = crate::signing::signatures(
+        &args.mesh.signing,
+        &data_dir,
+        crate::signing::Role::Node,
+        &metrics,
+    )?;
     let open = open_bus(
         Some(
             args.mesh
@@ -28,6 +35,7 @@ pub async fn run(args: NodeCommand) -> Result<()> {
         // credentials (node.creds) may not manage streams.
         fnmesh_bus::BusConfig {
             manage_streams: false,
+            signatures,
             ..args.mesh.delivery.bus_config()
         },
     )
@@ -48,7 +56,7 @@ pub async fn run(args: NodeCommand) -> Result<()> {
             code,
             registry,
         },
-        &fnmesh_core::metrics::Registry::new(),
+        &metrics,
     )
     .await?;
     println!(

@@ -20,13 +20,25 @@ pub async fn run(args: UpArgs) -> Result<()> {
     require_root("up")?;
     let data_dir = data_dir(&args.common)?;
     let durable_bus = args.nats_url.is_some();
+    // One metrics registry: the gateway's `/metrics` shows the node's metrics too.
+    let metrics = Registry::new();
+    let mut config = args.delivery.bus_config();
+    if durable_bus {
+        // Over NATS other nodes may run this gateway's work, and this node others' work.
+        config.signatures = crate::signing::signatures(
+            &args.signing,
+            &data_dir,
+            crate::signing::Role::Gateway,
+            &metrics,
+        )?;
+    }
     let open = open_bus(
         args.nats_url.as_deref().map(|url| {
             args.nats
                 .options(url, fnmesh_core::subjects::InboxOwner::Gateway)
         }),
         &args.region,
-        args.delivery.bus_config(),
+        config,
     )
     .await?;
     let replica = open_nats_code(open.nats.as_ref(), &args.region).await?;
@@ -47,8 +59,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
     if !durable_bus {
         fail_interrupted_invocations(parts.backends.store.as_ref()).await?;
     }
-    // One metrics registry: the gateway's `/metrics` shows the node's metrics too.
-    let metrics = Registry::new();
     let node = Node::start(
         node_config(&args.node, &args.common, &data_dir, &args.region)?,
         NodeBackends {

@@ -156,10 +156,9 @@ pub(crate) async fn replay(
     let id = parse_id(&raw_id)?;
     let store = &state.backends.store;
     let dead = administered(&state, &principal, &id).await?;
-    // The function's secrets as they are now (sealed), not as they were when it first ran.
-    let secrets = store
-        .sealed_secrets(&dead.namespace, &dead.function)
-        .await?;
+    // The version that was tried, with the secrets it was invoked with (sealed for that very
+    // version and code): a replay runs what was accepted, never an old snapshot with the
+    // function's current secrets.
     let request = InvocationRequest {
         id: InvocationId::new(),
         function: dead.request.function,
@@ -167,7 +166,7 @@ pub(crate) async fn replay(
         created_at: Utc::now(),
         trace_id: None,
         traceparent: None,
-        secrets: (!secrets.is_empty()).then_some(secrets),
+        secrets: dead.request.secrets,
     };
     // Nodes read code from the NATS replica: put it back if it went missing (cached, cheap).
     if let Err(e) = state

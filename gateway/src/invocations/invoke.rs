@@ -123,8 +123,13 @@ pub(crate) async fn invoke(
     {
         tracing::warn!(code.checksum = %function.code.checksum, error = %e, "code could not be replicated for nodes");
     }
-    // Sealed as stored: only the node that runs the invocation opens them.
-    let secrets = store.sealed_secrets(&principal.namespace, name).await?;
+    // Sealed for this version and code: only the node that runs the invocation opens them.
+    let stored = store.sealed_secrets(&principal.namespace, name).await?;
+    let secrets = state.invocation_secrets.for_invocation(
+        state.config.secrets_keyring.as_deref(),
+        &function,
+        &stored,
+    )?;
     let timeout = std::time::Duration::from_millis(function.config.timeout_ms);
     let id = InvocationId::new();
     // Commit + publish. The request carries this span's context (built here, never copied from
@@ -139,7 +144,7 @@ pub(crate) async fn invoke(
         created_at: Utc::now(),
         trace_id: traceparent.map(|tp| tp.trace_id_hex()),
         traceparent,
-        secrets: (!secrets.is_empty()).then_some(secrets),
+        secrets,
     };
     store
         .insert_invocation(&request)

@@ -3,9 +3,9 @@
 //!
 //! A value is sealed here with the gateway's keyring ([`fnmesh_core::secrets::Keyring`],
 //! AES-256-GCM bound to namespace, function and name) and stored sealed; listings show names
-//! and times only; no API returns a value and nothing logs one. Invocations carry the sealed
-//! values to the node, which opens them into the sandbox's environment
-//! ([`crate::invocations::invoke`]). Managing secrets is a deploy action
+//! and times only; no API returns a value and nothing logs one. Invocations carry the values
+//! re-sealed for the version and code they run ([`invocation`]) to the node, which opens them
+//! into the sandbox's environment ([`crate::invocations::invoke`]). Managing secrets is a deploy action
 //! ([`crate::auth::Action::Deploy`]), limited by the key's function grants.
 
 use fnmesh_core::secrets::{Keyring, SecretName};
@@ -17,6 +17,7 @@ use crate::functions::parse_name;
 use crate::state::State;
 
 pub(crate) mod delete;
+pub(crate) mod invocation;
 pub(crate) mod list;
 pub(crate) mod put;
 

@@ -53,6 +53,7 @@ pub fn test_config() -> BusConfig {
         dedupe_window: Duration::from_secs(60),
         event_capacity: 10_000,
         manage_streams: true,
+        signatures: crate::Signatures::process_local(),
     }
 }
 

@@ -17,14 +17,17 @@
 //!   nats-server#4786). Records are fenced by attempt in the store. [`memory::MemoryBus`]
 //!   happens to fence its ackers, but callers must not rely on it.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use fnmesh_core::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
 use fnmesh_core::names::{FunctionName, Namespace};
+use fnmesh_core::signing::{Rejections, SigningKey, TrustedKeys};
 
 pub mod jetstream;
 pub mod memory;
@@ -70,6 +73,65 @@ pub struct BusConfig {
     /// credentials may not manage streams). An attaching JetStream bus waits up to
     /// [`ATTACH_WAIT`] for the work stream to appear, and cannot pull events or dead letters.
     pub manage_streams: bool,
+    /// How work crossing processes is signed and checked (the JetStream bus; the in-process
+    /// bus has no one to distrust).
+    pub signatures: Signatures,
+}
+
+/// Signing of the work a bus publishes and checking of the work it pulls
+/// ([`fnmesh_core::signing`]).
+#[derive(Debug, Clone)]
+pub struct Signatures {
+    /// Signs every invocation this process publishes (a gateway's key).
+    pub signer: Arc<SigningKey>,
+    /// The keys whose signatures this process accepts on the work it pulls (a node's list of
+    /// gateway keys); anything else is refused and counted.
+    pub trusted: Arc<TrustedKeys>,
+    /// Counts refused messages.
+    pub rejections: Rejections,
+    /// How long a published invocation may wait to start: signed as its expiry, after which a
+    /// node reports it `timeout` ("expired") instead of running it (Lambda's maximum event age).
+    pub max_age: Duration,
+}
+
+/// Default [`Signatures::max_age`]: 6 hours.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
+
+impl Signatures {
+    /// One key of this process, trusting only itself, shared by every bus of the process made
+    /// with it (tests, `fnmesh up`): buses in other processes do not trust it.
+    pub fn process_local() -> Self {
+        static LOCAL: OnceLock<(Arc<SigningKey>, Arc<TrustedKeys>)> = OnceLock::new();
+        let (signer, trusted) = LOCAL.get_or_init(|| {
+            let key = SigningKey::generate();
+            let mut trusted = TrustedKeys::default();
+            #[allow(clippy::expect_used)] // a key just generated is a valid public key
+            trusted
+                .insert(key.public_key())
+                .expect("the public key of a generated key");
+            (Arc::new(key), Arc::new(trusted))
+        });
+        Self {
+            signer: Arc::clone(signer),
+            trusted: Arc::clone(trusted),
+            rejections: Rejections::unregistered("node"),
+            max_age: DEFAULT_MAX_AGE,
+        }
+    }
+
+    /// Signing with `signer`, trusting `trusted` (plus `signer`'s own key).
+    pub fn new(signer: SigningKey, mut trusted: TrustedKeys, rejections: Rejections) -> Self {
+        #[allow(clippy::expect_used)] // the public key of a parsed key is valid
+        trusted
+            .insert(signer.public_key())
+            .expect("the public key of a signing key");
+        Self {
+            signer: Arc::new(signer),
+            trusted: Arc::new(trusted),
+            rejections,
+            max_age: DEFAULT_MAX_AGE,
+        }
+    }
 }
 
 /// How long a bus that does not manage its streams waits for a gateway to create them.
@@ -84,6 +146,7 @@ impl Default for BusConfig {
             dedupe_window: Duration::from_secs(600),
             event_capacity: 100_000,
             manage_streams: true,
+            signatures: Signatures::process_local(),
         }
     }
 }
@@ -123,6 +186,8 @@ pub struct Delivery {
     pub reply_to: Option<ReplyTo>,
     /// 1 on first delivery.
     pub attempt: u32,
+    /// Not to be started after this: the signed expiry (`None` on the in-process bus).
+    pub expires_at: Option<DateTime<Utc>>,
     /// Settles the delivery.
     pub acker: Box<dyn Acker>,
 }

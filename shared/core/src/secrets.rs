@@ -21,6 +21,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::function::Function;
 use crate::names::{FunctionName, Namespace};
 
 /// Largest secret value, in bytes.
@@ -107,6 +108,24 @@ pub fn secret_aad(namespace: &Namespace, function: &FunctionName, name: &SecretN
         "fnmesh.secret.v1\0{}\0{}\0{}",
         namespace.as_str(),
         function.as_str(),
+        name.as_str()
+    )
+    .into_bytes()
+}
+
+/// The associated data a secret is sealed with for one invocation: it binds the ciphertext to
+/// the function's namespace, name and id, the version and its code checksum, and the secret's
+/// name. A gateway re-seals the stored secrets with it for each version it invokes
+/// ([`Keyring::seal_for_invocation`]), so sealed secrets copied from one request into another
+/// that names other code, another version or another function do not open on a node.
+pub fn invocation_secret_aad(function: &Function, name: &SecretName) -> Vec<u8> {
+    format!(
+        "fnmesh.secret.invocation.v1\0{}\0{}\0{}\0{}\0{}\0{}",
+        function.namespace.as_str(),
+        function.name.as_str(),
+        function.id,
+        function.version,
+        function.code.checksum,
         name.as_str()
     )
     .into_bytes()
@@ -392,6 +411,58 @@ impl Keyring {
         let digest = (!sealed.is_empty()).then(|| sealed.digest());
         Ok(SecretEnv { vars, digest })
     }
+
+    /// Re-seals a function's stored secrets (bound to its namespace, name and each secret's
+    /// name) for invocations of one version of it ([`invocation_secret_aad`]), under the
+    /// current key.
+    pub fn seal_for_invocation(
+        &self,
+        function: &Function,
+        stored: &SealedSecrets,
+    ) -> Result<SealedSecrets, SecretsError> {
+        let mut out = Vec::with_capacity(stored.0.len());
+        for s in &stored.0 {
+            let plain = self.open(
+                &secret_aad(&function.namespace, &function.name, &s.name),
+                &s.value,
+            )?;
+            let value = self.seal(&invocation_secret_aad(function, &s.name), &plain)?;
+            out.push(SealedSecret {
+                name: s.name.clone(),
+                value,
+            });
+        }
+        Ok(SealedSecrets(out))
+    }
+
+    /// Opens the secrets an invocation of `function` carries (sealed by
+    /// [`Keyring::seal_for_invocation`] for that very version and code) into environment
+    /// variables. Their digest is a SHA-256 of the opened names and values: it differs
+    /// whenever a value does, and is the same whichever gateway sealed them (each sealing has
+    /// its own nonce). It never leaves the node's memory.
+    pub fn open_invocation_secrets(
+        &self,
+        function: &Function,
+        sealed: &SealedSecrets,
+    ) -> Result<SecretEnv, SecretsError> {
+        let mut vars = BTreeMap::new();
+        for s in &sealed.0 {
+            let plain = self.open(&invocation_secret_aad(function, &s.name), &s.value)?;
+            let value = String::from_utf8(plain).map_err(|_| SecretsError::Decrypt)?;
+            vars.insert(s.name.0.clone(), value);
+        }
+        let digest = (!vars.is_empty()).then(|| {
+            let mut hash = Sha256::new();
+            for (name, value) in &vars {
+                for part in [name.as_bytes(), value.as_bytes()] {
+                    hash.update((part.len() as u64).to_be_bytes());
+                    hash.update(part);
+                }
+            }
+            hex::encode(hash.finalize())
+        });
+        Ok(SecretEnv { vars, digest })
+    }
 }
 
 mod b64 {
@@ -428,6 +499,61 @@ mod tests {
 
     fn sname(s: &str) -> SecretName {
         SecretName::parse(s).unwrap()
+    }
+
+    fn function(version: u32, checksum: char) -> Function {
+        let c = crate::Checksum::parse(&checksum.to_string().repeat(64)).unwrap();
+        serde_json::from_value(serde_json::json!({
+            "id": "0190a0b0-0000-7000-8000-000000000001",
+            "namespace": "team-a",
+            "name": "f",
+            "version": version,
+            "runtime": "python3",
+            "handler": "main.handle",
+            "code": {"checksum": c, "size": 1, "source_type": "inline"},
+            "config": {},
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn invocation_secrets_open_only_for_the_version_and_code_they_were_sealed_for() {
+        let ring = Keyring::new("k1", &key(1)).unwrap();
+        let f = function(2, 'a');
+        let stored = SealedSecrets(vec![SealedSecret {
+            name: sname("TOKEN"),
+            value: ring
+                .seal_secret(&f.namespace, &f.name, &sname("TOKEN"), "s3cret")
+                .unwrap(),
+        }]);
+        let sealed = ring.seal_for_invocation(&f, &stored).unwrap();
+        let env = ring.open_invocation_secrets(&f, &sealed).unwrap();
+        assert_eq!(env.iter().collect::<Vec<_>>(), vec![("TOKEN", "s3cret")]);
+        // Another gateway's sealing (other nonces) opens to the same digest.
+        let again = ring.seal_for_invocation(&f, &stored).unwrap();
+        assert_ne!(again, sealed);
+        assert_eq!(
+            ring.open_invocation_secrets(&f, &again).unwrap().digest(),
+            env.digest()
+        );
+        // Other code, another version, another function id: refused.
+        for other in [function(2, 'b'), function(3, 'a'), {
+            let mut g = function(2, 'a');
+            g.id = crate::FunctionId::new();
+            g
+        }] {
+            assert_eq!(
+                ring.open_invocation_secrets(&other, &sealed),
+                Err(SecretsError::Decrypt)
+            );
+        }
+        // The stored form itself is not an invocation's.
+        assert_eq!(
+            ring.open_invocation_secrets(&f, &stored),
+            Err(SecretsError::Decrypt)
+        );
     }
 
     #[test]

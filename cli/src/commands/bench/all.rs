@@ -15,7 +15,9 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
-use super::mesh::{self as bench_mesh, Latency, TARGET_RATIO, TARGET_THROUGHPUT};
+use super::mesh::{
+    self as bench_mesh, Latency, TARGET_RATIO, TARGET_SIGNING_US, TARGET_THROUGHPUT,
+};
 use super::sandbox::{SandboxFigures, Series};
 use crate::args::{AllBenchArgs, MeshBenchArgs};
 
@@ -290,6 +292,14 @@ fn rows(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Row> {
         "warm sandbox (pooled, in-process)",
         &mesh.sandbox_warm,
     ));
+    for (name, l) in [
+        ("work signing: gateway signs (1 KiB)", &mesh.signing_sign),
+        ("work signing: node verifies", &mesh.signing_verify),
+    ] {
+        let mut row = latency_row(WARM, name, l);
+        row.plot = false;
+        rows.push(row);
+    }
     rows.push(series_row(
         WARM,
         "warm sandbox (sandbox bench)",
@@ -392,6 +402,19 @@ fn ratios(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Ratio> {
             fmt_us(mesh.http_echo.p50_us),
             fmt_us(mesh.nats_request_reply.p50_us),
             fmt_us(mesh.sandbox_warm.p50_us)
+        ),
+    });
+    let signing = mesh.signing_sign.p50_us + mesh.signing_verify.p50_us;
+    out.push(Ratio {
+        name: "work signing per invocation (sign + verify, p50)",
+        value: signing,
+        unit: "µs",
+        target: Some(format!("< {TARGET_SIGNING_US:.0} µs")),
+        met: Some(signing < TARGET_SIGNING_US),
+        detail: format!(
+            "{} + {}",
+            fmt_us(mesh.signing_sign.p50_us),
+            fmt_us(mesh.signing_verify.p50_us)
         ),
     });
     let t = &mesh.fnmesh_throughput;

@@ -31,7 +31,7 @@ use crate::args::MeshBenchArgs;
 mod floors;
 mod procs;
 
-use floors::{raw_http, raw_jetstream, raw_nats, sandbox_warm, sequential};
+use floors::{raw_http, raw_jetstream, raw_nats, sandbox_warm, sequential, signing};
 use procs::{start_nats, MeshProcs};
 
 /// The function every contender echoes through.
@@ -45,6 +45,11 @@ const WARMUP_CALLS: usize = 200;
 /// Targets of the mesh issue.
 pub const TARGET_RATIO: f64 = 2.0;
 pub const TARGET_THROUGHPUT: f64 = 5_000.0;
+/// Target of the zero-trust issue: signing plus verifying one invocation, p50, in µs.
+pub const TARGET_SIGNING_US: f64 = 20.0;
+/// Size of the work message body the signing figures are measured on (a request of the bench
+/// function with its snapshot is ~0.7 KiB).
+const SIGNED_BODY_BYTES: usize = 1024;
 
 /// p50/p99 of a series, in µs.
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +115,10 @@ pub struct Figures {
     pub nats_request_reply: Latency,
     pub jetstream_publish: Latency,
     pub sandbox_warm: Latency,
+    /// A gateway signing one work message (1 KiB body).
+    pub signing_sign: Latency,
+    /// A node verifying it.
+    pub signing_verify: Latency,
     pub fnmesh_sync_c1: Latency,
     pub fnmesh_throughput: Throughput,
     /// fnmesh p50 / (HTTP p50 + NATS p50 + sandbox p50).
@@ -186,6 +195,8 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
     let nats_rr = raw_nats(&nats, args.requests).await?;
     eprintln!("measuring raw JetStream publish…");
     let js_pub = raw_jetstream(&nats, args.requests).await?;
+    eprintln!("measuring work signing and verification…");
+    let (signing_sign, signing_verify) = signing(args.requests.max(1000), SIGNED_BODY_BYTES)?;
     eprintln!("measuring the warm sandbox round trip…");
     let sandbox = sandbox_warm(&work.join("sandbox"), args.requests).await?;
 
@@ -200,6 +211,8 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
                 nats_request_reply: nats_rr,
                 jetstream_publish: js_pub,
                 sandbox_warm: sandbox,
+                signing_sign,
+                signing_verify,
                 fnmesh_sync_c1: c1,
                 fnmesh_throughput: throughput,
                 target_ratio: TARGET_RATIO,
@@ -241,6 +254,18 @@ pub fn table(f: &Figures) -> String {
     out += &row(
         "fnmesh warm sync invoke over the mesh, c=1",
         &f.fnmesh_sync_c1,
+    );
+    out += &row("work signing: gateway signs (1 KiB body)", &f.signing_sign);
+    out += &row("work signing: node verifies", &f.signing_verify);
+    let signing = f.signing_sign.p50_us + f.signing_verify.p50_us;
+    out += &format!(
+        "signing per invocation, p50 sign + verify: {signing:.1} µs   (target < \
+         {TARGET_SIGNING_US:.0} µs: {})\n",
+        if signing < TARGET_SIGNING_US {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
     out +=
         &format!(

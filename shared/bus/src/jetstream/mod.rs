@@ -15,7 +15,9 @@
 //! **Invocations** are published to `fnmesh.v1.<prefix>.inv.<namespace>.<function>` with
 //! `Nats-Msg-Id` = the invocation id (JetStream drops duplicates within the window, also when
 //! the stream is full), the JSON of the [`InvocationRequest`] as payload, and for sync calls
-//! the reply inbox in our own `Fnmesh-Reply-To` header. No other header is ever set (the
+//! the reply inbox in our own `Fnmesh-Reply-To` header, and the gateway's signature over all
+//! of it in `Fnmesh-Signature` (see `signed`: a pulling bus runs nothing unsigned, altered,
+//! replayed or signed by a key it does not trust). No other header is ever set (the
 //! `Nats-*` namespace drives dedupe, rollups and expectations). Every publish waits for the
 //! PubAck: an unacked publish is an error, never a silent success; a refusal for
 //! `maximum messages` is [`BusError::Full`].
@@ -61,6 +63,7 @@ mod dead_letters;
 mod events;
 mod scheduler;
 mod setup;
+mod signed;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -108,6 +111,10 @@ struct Inner {
     pull: scheduler::PullState,
     /// Sync callers' reply inboxes, on one subscription.
     inboxes: super::nats_inbox::Inboxes,
+    /// Signs published work and checks pulled work.
+    signatures: super::Signatures,
+    /// Invocation ids delivered here, to refuse replays.
+    replays: signed::ReplayGuard,
 }
 
 impl std::fmt::Debug for JetStreamBus {

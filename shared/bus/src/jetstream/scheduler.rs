@@ -102,6 +102,9 @@ impl JetStreamBus {
             &request.function.namespace,
             &request.function.name,
         );
+        let reply = reply.map(check_reply).transpose()?;
+        let msg_id = subjects::invocation_msg_id(&request.id);
+        self.sign_work(&mut headers, &subject, reply, &msg_id, &payload);
         self.ensure_function_consumer(request).await?;
         let ack = self
             .publish(subject, headers, payload, "publishing an invocation")
@@ -388,14 +391,21 @@ impl JetStreamBus {
         let attempt = u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX);
         let consumer = info.consumer.to_owned();
         let stream_seq = info.stream_sequence;
-        let request: InvocationRequest = match serde_json::from_slice(&message.payload) {
-            Ok(request) => request,
-            Err(e) => {
-                tracing::error!(error = %e, subject = %message.subject, "undecodable invocation; terminated");
+        let (request, limits) = match self.check_work(&message, attempt, stream_seq) {
+            Ok(checked) => checked,
+            Err(reason) => {
+                self.inner.signatures.rejections.count(reason);
+                tracing::warn!(
+                    subject = %message.subject,
+                    stream.seq = stream_seq,
+                    reason = %reason,
+                    "work message refused: not run, terminated"
+                );
                 let _ = message.ack_with(AckKind::Term).await;
                 return Ok(None);
             }
         };
+        // Signed (see `signed`), so a reply header that is there is the gateway's own.
         let reply_to = message
             .headers
             .as_ref()
@@ -423,6 +433,7 @@ impl JetStreamBus {
             request,
             reply_to,
             attempt,
+            expires_at: limits.expires_at(),
             acker: Box::new(JetStreamAcker {
                 message,
                 confirm: true,

@@ -69,6 +69,8 @@ impl JetStreamBus {
                 ensured: std::sync::Mutex::new(HashMap::new()),
                 pull: PullState::default(),
                 inboxes: Default::default(),
+                signatures: config.signatures,
+                replays: Default::default(),
             }),
         })
     }

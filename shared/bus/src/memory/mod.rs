@@ -388,6 +388,7 @@ impl Bus for MemoryBus {
             request: work.request,
             reply_to: work.reply,
             attempt,
+            expires_at: None,
             acker: Box::new(MemoryAcker {
                 shared: shared.clone(),
                 which: Which::Invocations,

@@ -26,6 +26,12 @@ use crate::subjects::{self, BusPrefix, BusRole, InboxOwner};
 /// The config file `nats-server -c` reads.
 pub const CONFIG_FILE: &str = "nats-server.conf";
 
+/// The gateways' work signing key (an nkey seed; `FNMESH_SIGNING_KEY_FILE`).
+pub const SIGNING_KEY_FILE: &str = "signing.nk";
+
+/// The public keys nodes trust (`FNMESH_TRUSTED_KEYS_FILE`).
+pub const TRUSTED_KEYS_FILE: &str = "trusted.keys";
+
 /// The operator's seed file (the account seeds are `account-<name>.nk` beside it).
 const OPERATOR_SEED: &str = "operator.nk";
 
@@ -105,6 +111,10 @@ pub struct Written {
     pub config: PathBuf,
     /// The creds file of each role.
     pub creds: Vec<(Role, PathBuf)>,
+    /// The gateways' work signing key ([`SIGNING_KEY_FILE`], 0600).
+    pub signing_key: PathBuf,
+    /// The public keys nodes trust ([`TRUSTED_KEYS_FILE`]).
+    pub trusted_keys: PathBuf,
     /// The internal account's public key (gateways and nodes).
     pub internal_account: String,
     /// The client account's public key.
@@ -267,6 +277,20 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
         creds.push((role, path));
     }
 
+    // The gateways' work signing key, and the list of public keys nodes trust.
+    let signing = crate::signing::SigningKey::generate();
+    let signing_key = dir.join(SIGNING_KEY_FILE);
+    write_secret(&signing_key, format!("{}\n", signing.seed()).as_bytes())?;
+    let trusted_keys = dir.join(TRUSTED_KEYS_FILE);
+    write_secret(
+        &trusted_keys,
+        format!(
+            "# Public keys of the gateways whose signed work nodes run (FNMESH_TRUSTED_KEYS_FILE).\n{}\n",
+            signing.public_key()
+        )
+        .as_bytes(),
+    )?;
+
     // The server keeps its streams in `<store_dir>/jetstream`.
     let store = dir.clone();
     let config = format!(
@@ -292,6 +316,8 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
     Ok(Written {
         config: config_path,
         creds,
+        signing_key,
+        trusted_keys,
         internal_account: internal.public_key(),
         client_account: clients.public_key(),
     })
@@ -352,6 +378,12 @@ mod tests {
         let config = std::fs::read_to_string(&written.config).unwrap();
         assert!(config.contains("resolver: MEMORY"));
         assert!(config.contains("port: 4222"));
+        // The signing key's public half is the one trusted key.
+        let seed = std::fs::read_to_string(&written.signing_key).unwrap();
+        let key = crate::signing::SigningKey::from_seed(&seed).unwrap();
+        let listed = std::fs::read_to_string(&written.trusted_keys).unwrap();
+        let keys: Vec<&str> = listed.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(keys, vec![key.public_key()]);
         assert!(matches!(
             init(&options(tmp.path()), 1),
             Err(InitError::Exists(_))

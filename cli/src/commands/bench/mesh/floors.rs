@@ -194,3 +194,42 @@ fn sandbox_function() -> Result<Function> {
     let name = FunctionName::parse(FUNCTION).context("function name")?;
     Ok(super::super::python_function(name, HANDLER))
 }
+
+/// What signing adds to each invocation, measured in this process: a gateway signing a work
+/// message of `body_bytes` (SHA-256 of subject, reply, id, limits and body, then Ed25519) and a
+/// node verifying it, `n` times each after a warm-up.
+pub(super) fn signing(n: usize, body_bytes: usize) -> Result<(Latency, Latency)> {
+    use fnmesh_core::signing::{Envelope, Limits, SigningKey, TrustedKeys};
+    let key = SigningKey::generate();
+    let trusted = TrustedKeys::parse(key.public_key())?;
+    let body = vec![b'x'; body_bytes];
+    let msg_id = InvocationId::new().to_string();
+    let envelope = Envelope {
+        subject: "fnmesh.v1.bench.inv.default.bench-echo",
+        reply: Some("_FNMESH.gw.bench0000000000000000.1"),
+        msg_id: &msg_id,
+        body: &body,
+    };
+    let limits = Limits {
+        expires_at: chrono::Utc::now().timestamp() + 3600,
+        max_attempts: 3,
+    };
+    for _ in 0..WARMUP_CALLS {
+        let header = key.sign(&envelope, limits);
+        trusted
+            .verify(Some(&header), &envelope, 1)
+            .map_err(|e| anyhow::anyhow!("verifying: {e}"))?;
+    }
+    let mut signs = Vec::with_capacity(n);
+    let mut verifies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let header = std::hint::black_box(key.sign(&envelope, limits));
+        signs.push(started.elapsed());
+        let started = Instant::now();
+        let ok = trusted.verify(Some(&header), &envelope, 1).is_ok();
+        verifies.push(started.elapsed());
+        ensure!(ok, "a signature made here did not verify");
+    }
+    Ok((Latency::of(signs), Latency::of(verifies)))
+}

@@ -141,14 +141,18 @@ impl MeshProcs {
                 .env("FNMESH_DRAIN_SECS", "10");
             cmd
         };
+        // The gateway signs its work with this key; the node trusts it.
+        let signing = fnmesh_core::signing::SigningKey::generate();
         let mut gw = base("gateway", "gateway");
-        gw.env("FNMESH_LISTEN", format!("127.0.0.1:{port}"))
+        gw.env("FNMESH_SIGNING_KEY", signing.seed())
+            .env("FNMESH_LISTEN", format!("127.0.0.1:{port}"))
             .env("FNMESH_ADMIN_KEY", &admin_key)
             // The per-key limit (1,000/s by default) would cap the throughput measured.
             .env("FNMESH_KEY_RATE_LIMIT", "0");
         let gateway = ChildProc::spawn("fnmesh gateway", gw, work.join("gateway.log"))?;
         let mut nd = base("node", "node");
-        nd.env("FNMESH_NODE_ID", format!("{region}-node"))
+        nd.env("FNMESH_TRUSTED_KEYS", signing.public_key())
+            .env("FNMESH_NODE_ID", format!("{region}-node"))
             .env("FNMESH_NODE_SLOTS", concurrency.to_string())
             .env("FNMESH_MAX_SANDBOXES", (concurrency + 8).to_string());
         let node = ChildProc::spawn("fnmesh node", nd, work.join("node.log"))?;

@@ -1,0 +1,161 @@
+//! Signed work ([`fnmesh_core::signing`]): the header a publishing bus adds to each invocation,
+//! and the checks a pulling bus makes before it hands a delivery to its node.
+//!
+//! A pulled message is run only when, in this order: its signature header verifies with a
+//! trusted key over its subject, reply header, `Nats-Msg-Id` and body (so nothing of it was
+//! altered and it was not re-sent under another subject, inbox or id); its delivery attempt is
+//! within the signed limit; its body parses, names the invocation of its `Nats-Msg-Id` and the
+//! namespace and function of its subject, and has a valid config (a forged `timeout_ms` of
+//! `u64::MAX` never reaches the executor); and no other stream message with the same invocation
+//! id was delivered to this bus before (a replay after JetStream's dedupe window). Anything else
+//! is terminated unrun, logged and counted (`fnmesh_rejected_messages_total{component="node"}`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use async_nats::header::HeaderMap;
+use async_nats::jetstream;
+use chrono::Utc;
+
+use super::{JetStreamBus, REPLY_HEADER};
+use fnmesh_core::invocation::InvocationRequest;
+use fnmesh_core::signing::{Envelope, Limits, Rejection, SIGNATURE_HEADER};
+use fnmesh_core::subjects;
+use fnmesh_core::InvocationId;
+
+/// Invocation ids a bus remembers to refuse replays: about 100 bytes each.
+const REPLAY_MEMORY: usize = 100_000;
+
+/// The stream messages this bus delivered, by invocation id (bounded, oldest forgotten first).
+#[derive(Default)]
+pub(super) struct ReplayGuard {
+    inner: Mutex<ReplayState>,
+}
+
+#[derive(Default)]
+struct ReplayState {
+    seen: HashMap<InvocationId, u64>,
+    order: VecDeque<InvocationId>,
+}
+
+impl ReplayGuard {
+    /// Remembers that `id` came in stream message `seq`; false when another message already
+    /// brought the same id (redeliveries of one message are the same `seq`).
+    fn admit(&self, id: InvocationId, seq: u64) -> bool {
+        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match state.seen.get(&id) {
+            Some(&first) => first == seq,
+            None => {
+                if state.order.len() >= REPLAY_MEMORY {
+                    if let Some(old) = state.order.pop_front() {
+                        state.seen.remove(&old);
+                    }
+                }
+                state.seen.insert(id, seq);
+                state.order.push_back(id);
+                true
+            }
+        }
+    }
+}
+
+impl JetStreamBus {
+    /// Adds the signature header of a work message (its other headers already set).
+    pub(super) fn sign_work(
+        &self,
+        headers: &mut HeaderMap,
+        subject: &str,
+        reply: Option<&str>,
+        msg_id: &str,
+        body: &[u8],
+    ) {
+        let signatures = &self.inner.signatures;
+        let now = Utc::now().timestamp();
+        let max_age = i64::try_from(signatures.max_age.as_secs()).unwrap_or(i64::MAX);
+        let limits = Limits {
+            expires_at: now.saturating_add(max_age),
+            max_attempts: self.inner.max_deliver,
+        };
+        let envelope = Envelope {
+            subject,
+            reply,
+            msg_id,
+            body,
+        };
+        headers.insert(
+            SIGNATURE_HEADER,
+            signatures.signer.sign(&envelope, limits).as_str(),
+        );
+    }
+
+    /// The request of a pulled work message and its signed limits, or why it must not run.
+    pub(super) fn check_work(
+        &self,
+        message: &jetstream::Message,
+        attempt: u32,
+        stream_seq: u64,
+    ) -> Result<(InvocationRequest, Limits), Rejection> {
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str())
+        };
+        let msg_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref()).unwrap_or("");
+        let envelope = Envelope {
+            subject: message.subject.as_str(),
+            reply: header(REPLY_HEADER),
+            msg_id,
+            body: &message.payload,
+        };
+        let limits =
+            self.inner
+                .signatures
+                .trusted
+                .verify(header(SIGNATURE_HEADER), &envelope, attempt)?;
+        let request: InvocationRequest =
+            serde_json::from_slice(&message.payload).map_err(|_| Rejection::Invalid)?;
+        let f = &request.function;
+        let expected = subjects::bus_invocation(&self.inner.prefix, &f.namespace, &f.name);
+        let valid = msg_id == subjects::invocation_msg_id(&request.id)
+            && message.subject.as_str() == expected
+            && f.config.validate().is_ok()
+            && f.runtime.handler_file(&f.handler).is_ok();
+        if !valid {
+            return Err(Rejection::Invalid);
+        }
+        if !self.inner.replays.admit(request.id, stream_seq) {
+            return Err(Rejection::Replayed);
+        }
+        Ok((request, limits))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_message_with_one_id_is_a_replay_and_redeliveries_are_not() {
+        let guard = ReplayGuard::default();
+        let id = InvocationId::new();
+        assert!(guard.admit(id, 7));
+        assert!(guard.admit(id, 7), "a redelivery of the same message");
+        assert!(!guard.admit(id, 9), "another message with the same id");
+        assert!(guard.admit(InvocationId::new(), 9));
+    }
+
+    #[test]
+    fn the_memory_is_bounded() {
+        let guard = ReplayGuard::default();
+        let first = InvocationId::new();
+        assert!(guard.admit(first, 0));
+        for seq in 1..=REPLAY_MEMORY as u64 {
+            assert!(guard.admit(InvocationId::new(), seq));
+        }
+        let state = guard.inner.lock().unwrap();
+        assert_eq!(state.seen.len(), REPLAY_MEMORY);
+        assert!(!state.seen.contains_key(&first));
+    }
+}
