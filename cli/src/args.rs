@@ -137,6 +137,14 @@ pub struct CommonArgs {
     pub drain_secs: u64,
     #[command(flatten)]
     pub secrets: SecretsArgs,
+    /// Bearer token a Prometheus scrape presents: the gateway's `GET /metrics` takes it besides
+    /// admin credentials; a node's FNMESH_METRICS_LISTEN listener takes only it (16 to 512
+    /// visible ASCII characters).
+    #[arg(long, env = "FNMESH_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// A file holding the metrics scrape token.
+    #[arg(long, env = "FNMESH_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// The NATS connection of `gateway` and `node`.
@@ -258,8 +266,9 @@ pub struct NodeArgs {
     /// missed ones).
     #[arg(long, env = "FNMESH_HEARTBEAT_SECS", default_value_t = 2)]
     pub heartbeat_secs: u64,
-    /// Serve the node's Prometheus metrics on `GET /metrics` at this address (default: off;
-    /// in `fnmesh up` the gateway's `/metrics` includes them anyway).
+    /// Serve the node's Prometheus metrics on `GET /metrics` at this address, to scrapes that
+    /// present FNMESH_METRICS_TOKEN (default: off; in `fnmesh up` the gateway's `/metrics`
+    /// includes them anyway).
     #[arg(long, env = "FNMESH_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use fnmesh_bus::registry::NodeRegistry;
 use fnmesh_bus::Bus;
 use fnmesh_code::CodeStore;
-use fnmesh_core::metrics::Registry;
+use fnmesh_core::metrics::{Registry, ScrapeToken};
 use fnmesh_core::secrets::Keyring;
 use fnmesh_core::NodeId;
 use tokio::task::JoinHandle;
@@ -86,8 +86,10 @@ pub struct NodeConfig {
     pub drain_timeout: Duration,
     /// Interval of the node's registry heartbeats.
     pub heartbeat_interval: Duration,
-    /// Where to serve `GET /metrics`, if anywhere.
+    /// Where to serve `GET /metrics`, if anywhere (needs `metrics_token`).
     pub metrics_listen: Option<SocketAddr>,
+    /// The Bearer token a scrape of `metrics_listen` must present.
+    pub metrics_token: Option<ScrapeToken>,
     /// Opens the functions' sealed secrets.
     pub secrets_keyring: Option<Arc<Keyring>>,
 }
@@ -125,6 +127,11 @@ impl Node {
         metrics: &Registry,
     ) -> Result<Self, NodeError> {
         let node_id = config.node_id.to_string();
+        let metrics_listen = match (config.metrics_listen, config.metrics_token.clone()) {
+            (Some(addr), Some(token)) => Some((addr, token)),
+            (Some(_), None) => return Err(MetricsError::NoToken.into()),
+            (None, _) => None,
+        };
         let sandbox_dir = config.data_dir.join("sandboxes");
         let args: Vec<&str> = config.supervisor.args.iter().map(String::as_str).collect();
         let supervisor = Arc::new(
@@ -185,10 +192,11 @@ impl Node {
             })
         };
         LoadCollector::register(metrics, sample.clone())?;
-        let metrics_server = match config.metrics_listen {
-            Some(addr) => {
+        let metrics_server = match metrics_listen {
+            Some((addr, token)) => {
                 let stop = CancellationToken::new();
-                let server = MetricsServer::start(addr, metrics.clone(), stop.clone()).await?;
+                let server =
+                    MetricsServer::start(addr, metrics.clone(), token, stop.clone()).await?;
                 Some((server, stop))
             }
             None => None,

@@ -19,6 +19,7 @@ use fnmesh_code::encrypted::Encrypted;
 use fnmesh_code::mirror::Mirrored;
 use fnmesh_code::nats::NatsCodeStore;
 use fnmesh_code::CodeStore;
+use fnmesh_core::metrics::ScrapeToken;
 use fnmesh_core::nats::NatsOptions;
 use fnmesh_core::secrets::Keyring;
 use fnmesh_core::{ErrorKind, InvocationError, InvocationStatus, NodeId};
@@ -182,6 +183,7 @@ pub async fn open_gateway(
         }),
         tokens: crate::jwt_keys::token_config(&args.tokens, data_dir)?,
         secrets_keyring: Some(keyring),
+        metrics_token: metrics_token(common)?,
         ..GatewayConfig::default()
     };
     Ok(GatewayParts {
@@ -240,8 +242,24 @@ pub fn node_config(
         drain_timeout: Duration::from_secs(common.drain_secs),
         heartbeat_interval: Duration::from_secs(args.heartbeat_secs),
         metrics_listen: args.metrics_listen,
+        metrics_token: metrics_token(common)?,
         secrets_keyring: Some(crate::secrets_key::keyring(&common.secrets, data_dir)?),
     })
+}
+
+/// The metrics scrape token, from `FNMESH_METRICS_TOKEN` or `FNMESH_METRICS_TOKEN_FILE`.
+fn metrics_token(common: &CommonArgs) -> Result<Option<ScrapeToken>> {
+    let text = match (&common.metrics_token, &common.metrics_token_file) {
+        (Some(_), Some(_)) => {
+            bail!("set FNMESH_METRICS_TOKEN or FNMESH_METRICS_TOKEN_FILE, not both")
+        }
+        (Some(token), None) => token.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("FNMESH_METRICS_TOKEN_FILE: reading {}", file.display()))?,
+        (None, None) => return Ok(None),
+    };
+    let token = ScrapeToken::parse(&text).context("FNMESH_METRICS_TOKEN")?;
+    Ok(Some(token))
 }
 
 /// Where the bootstrap admin key came from.
