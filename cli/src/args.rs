@@ -271,6 +271,10 @@ pub struct NodeArgs {
     /// includes them anyway).
     #[arg(long, env = "FNMESH_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Longest result (its JSON, in bytes) a function may return; longer is `invalid_result`.
+    /// Over NATS it is lowered to what the server's max_payload leaves beside 448 KiB for logs.
+    #[arg(long, env = "FNMESH_MAX_RESULT_BYTES", default_value_t = 512 * 1024)]
+    pub max_result_bytes: usize,
 }
 
 /// Which backends a gateway uses (defaults: the embedded ones inside the data dir).

@@ -60,6 +60,10 @@ pub struct ExecutorConfig {
     pub tmp_mb: u32,
     /// Cap on captured logs per invocation.
     pub log_cap_bytes: usize,
+    /// Cap on a result's JSON: a longer one is `invalid_result`, and a response frame longer
+    /// than this plus [`protocol::RESPONSE_OVERHEAD_BYTES`] is never read (see
+    /// [`protocol::result_cap`] for fitting it under NATS's `max_payload`).
+    pub max_result_bytes: usize,
     /// User the sandboxes run as.
     pub uid: u32,
     /// Group the sandboxes run as.
@@ -96,6 +100,7 @@ impl Default for ExecutorConfig {
             cpu_millis: 1000,
             tmp_mb: 64,
             log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
+            max_result_bytes: protocol::DEFAULT_MAX_RESULT_BYTES,
             uid: 65534,
             gid: 65534,
             secrets_keyring: None,
@@ -240,6 +245,12 @@ impl Executor {
         }
         if config.keep_alive.is_zero() {
             return Err(ExecError::Config("keep_alive must be positive".to_owned()));
+        }
+        if config.max_result_bytes == 0 || config.max_result_bytes > protocol::MAX_FRAME_BYTES {
+            return Err(ExecError::Config(format!(
+                "max_result_bytes must be between 1 and {}",
+                protocol::MAX_FRAME_BYTES
+            )));
         }
         let work_dir = if config.work_dir.is_absolute() {
             config.work_dir.clone()
@@ -552,6 +563,7 @@ impl Inner {
         let request = protocol::Request {
             id: &invocation_id,
             payload: &job.payload,
+            max_result_bytes: self.config.max_result_bytes,
             context: protocol::RequestContext {
                 invocation_id: &invocation_id,
                 function_name: function.name.as_str(),

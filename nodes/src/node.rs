@@ -90,6 +90,9 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// The Bearer token a scrape of `metrics_listen` must present.
     pub metrics_token: Option<ScrapeToken>,
+    /// Longest result (JSON bytes) a function may return (see
+    /// [`crate::runtimes::protocol::result_cap`] to fit it under NATS's `max_payload`).
+    pub max_result_bytes: usize,
     /// Opens the functions' sealed secrets.
     pub secrets_keyring: Option<Arc<Keyring>>,
 }
@@ -154,6 +157,7 @@ impl Node {
                 keep_alive: config.keep_alive,
                 cgroup_parent: cgroup_parent.clone(),
                 secrets_keyring: config.secrets_keyring,
+                max_result_bytes: config.max_result_bytes,
                 ..ExecutorConfig::default()
             },
             runtime,

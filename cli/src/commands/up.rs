@@ -50,7 +50,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
     // One metrics registry: the gateway's `/metrics` shows the node's metrics too.
     let metrics = Registry::new();
     let node = Node::start(
-        node_config(&args.node, &args.common, &data_dir, &args.region)?,
+        node_config(
+            &args.node,
+            &args.common,
+            &data_dir,
+            &args.region,
+            open.nats.as_ref(),
+        )?,
         NodeBackends {
             bus: bus.clone(),
             code: parts.backends.code.clone(),
