@@ -275,6 +275,10 @@ pub struct NodeArgs {
     /// Over NATS it is lowered to what the server's max_payload leaves beside 448 KiB for logs.
     #[arg(long, env = "FNMESH_MAX_RESULT_BYTES", default_value_t = 512 * 1024)]
     pub max_result_bytes: usize,
+    /// Disk space the node's cache of unpacked code may take, in bytes; beyond it, the least
+    /// recently used code no sandbox or invocation holds is deleted (fetched again if needed).
+    #[arg(long, env = "FNMESH_CODE_CACHE_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub code_cache_bytes: u64,
 }
 
 /// Which backends a gateway uses (defaults: the embedded ones inside the data dir).

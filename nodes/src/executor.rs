@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::code_cache::CodePins;
 use crate::instance::{Instance, LaunchPlan};
 use crate::pool::{Checkout, CheckoutError, KeyLimits, Pool, PoolKey, PoolLimits};
 use crate::runtimes::{self, protocol, RuntimeRegistry};
@@ -72,6 +73,9 @@ pub struct ExecutorConfig {
     pub cgroup_parent: String,
     /// Opens the secrets invocations carry (`None`: an invocation with secrets fails).
     pub secrets_keyring: Option<Arc<Keyring>>,
+    /// Holds the code each sandbox mounts in the node's code cache while the sandbox lives
+    /// (`None`: code dirs are not the cache's).
+    pub code_pins: Option<CodePins>,
 }
 
 /// 75% of the host's RAM in MiB (4 GiB when unknown).
@@ -104,6 +108,7 @@ impl Default for ExecutorConfig {
             uid: 65534,
             gid: 65534,
             secrets_keyring: None,
+            code_pins: None,
         }
     }
 }
@@ -362,7 +367,14 @@ impl Executor {
         let inner = Arc::clone(&self.inner);
         let function = function.clone();
         let code_dir = code_dir.to_path_buf();
+        // Held from here, before the caller lets its own hold go, until prewarming ends.
+        let code_pin = inner
+            .config
+            .code_pins
+            .as_ref()
+            .map(|pins| pins.pin(&code_dir));
         self.inner.tasks.spawn(async move {
+            let _code_pin = code_pin;
             let key = key_of(&function, &secrets);
             let limits = limits_of(&function);
             while let Some(reservation) = inner.pool.reserve_prewarm(&key, limits) {
@@ -489,6 +501,11 @@ impl Inner {
                 .map_err(|e| crashed(format!("resolving the code dir: {e}")))?
                 .join(code_dir)
         };
+        let code_pin = self
+            .config
+            .code_pins
+            .as_ref()
+            .map(|pins| pins.pin(&code_dir));
         let id = self.next_sandbox_id();
         let plan = LaunchPlan {
             bundle_dir: self.bundles_dir.join(&id),
@@ -510,6 +527,7 @@ impl Inner {
             },
             id,
             log_cap_bytes: self.config.log_cap_bytes,
+            code_pin,
         };
         Instance::launch(Arc::clone(&self.runtime), plan, deadline).await
     }

@@ -34,6 +34,7 @@ mod logs;
 use logs::pump_logs;
 pub use logs::LogSink;
 
+use crate::code_cache::CodePin;
 use crate::runtimes::protocol::{self, Hello, Response, MAX_FRAME_BYTES};
 
 /// Longest first frame (`ready`, or `init_error` with a message of at most 4 KiB).
@@ -63,6 +64,8 @@ pub struct LaunchPlan {
     pub bundle: BundleRequest,
     /// Cap on captured logs per invocation.
     pub log_cap_bytes: usize,
+    /// Holds the code tree the sandbox mounts in the node's code cache for its whole life.
+    pub code_pin: Option<CodePin>,
 }
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> InvocationError {
@@ -172,6 +175,8 @@ pub struct Instance {
     body: Vec<u8>,
     /// Set once the container was destroyed.
     dead: Option<ExitReport>,
+    /// Keeps the mounted code in the cache while the sandbox lives.
+    _code_pin: Option<CodePin>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -332,6 +337,7 @@ impl Instance {
             frame: Vec::with_capacity(4096),
             body: Vec::with_capacity(4096),
             dead: None,
+            _code_pin: plan.code_pin,
         })
     }
 

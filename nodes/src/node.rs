@@ -90,6 +90,9 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// The Bearer token a scrape of `metrics_listen` must present.
     pub metrics_token: Option<ScrapeToken>,
+    /// Disk space the unpacked code cache may take (least recently used code nothing holds
+    /// is evicted beyond it; see [`crate::code_cache`]).
+    pub code_cache_bytes: u64,
     /// Longest result (JSON bytes) a function may return (see
     /// [`crate::runtimes::protocol::result_cap`] to fit it under NATS's `max_payload`).
     pub max_result_bytes: usize,
@@ -149,6 +152,17 @@ impl Node {
         let runtime: Arc<dyn ContainerRuntime> = supervisor.clone();
         remove_empty_node_cgroups();
         let cgroup_parent = format!("/fnmesh/{node_id}");
+        let cache_dir = config.data_dir.join("node").join("code");
+        let cache = CodeCache::new(
+            &cache_dir,
+            backends.code,
+            Default::default(),
+            config.code_cache_bytes,
+        )
+        .map_err(|source| NodeError::CodeCache {
+            path: cache_dir.clone(),
+            source,
+        })?;
         let executor = Executor::new(
             ExecutorConfig {
                 work_dir: sandbox_dir,
@@ -158,20 +172,13 @@ impl Node {
                 cgroup_parent: cgroup_parent.clone(),
                 secrets_keyring: config.secrets_keyring,
                 max_result_bytes: config.max_result_bytes,
+                code_pins: Some(cache.pins()),
                 ..ExecutorConfig::default()
             },
             runtime,
         )
         .await
         .map_err(NodeError::Executor)?;
-        let cache_dir = config.data_dir.join("node").join("code");
-        let cache =
-            CodeCache::new(&cache_dir, backends.code, Default::default()).map_err(|source| {
-                NodeError::CodeCache {
-                    path: cache_dir.clone(),
-                    source,
-                }
-            })?;
         let worker = Worker::new(
             WorkerConfig {
                 node_id,

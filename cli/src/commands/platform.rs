@@ -260,6 +260,7 @@ pub fn node_config(
         metrics_listen: args.metrics_listen,
         metrics_token: metrics_token(common)?,
         max_result_bytes,
+        code_cache_bytes: args.code_cache_bytes,
         secrets_keyring: Some(crate::secrets_key::keyring(&common.secrets, data_dir)?),
     })
 }
