@@ -139,6 +139,14 @@ pub struct CommonArgs {
     pub drain_secs: u64,
     #[command(flatten)]
     pub secrets: SecretsArgs,
+    /// Bearer token a Prometheus scrape presents: the gateway's `GET /metrics` takes it besides
+    /// admin credentials; a node's FNMESH_METRICS_LISTEN listener takes only it (16 to 512
+    /// visible ASCII characters).
+    #[arg(long, env = "FNMESH_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// A file holding the metrics scrape token.
+    #[arg(long, env = "FNMESH_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// The NATS connection of `gateway` and `node`.
@@ -280,10 +288,19 @@ pub struct NodeArgs {
     /// missed ones).
     #[arg(long, env = "FNMESH_HEARTBEAT_SECS", default_value_t = 2)]
     pub heartbeat_secs: u64,
-    /// Serve the node's Prometheus metrics on `GET /metrics` at this address (default: off;
-    /// in `fnmesh up` the gateway's `/metrics` includes them anyway).
+    /// Serve the node's Prometheus metrics on `GET /metrics` at this address, to scrapes that
+    /// present FNMESH_METRICS_TOKEN (default: off; in `fnmesh up` the gateway's `/metrics`
+    /// includes them anyway).
     #[arg(long, env = "FNMESH_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Longest result (its JSON, in bytes) a function may return; longer is `invalid_result`.
+    /// Over NATS it is lowered to what the server's max_payload leaves beside 448 KiB for logs.
+    #[arg(long, env = "FNMESH_MAX_RESULT_BYTES", default_value_t = 512 * 1024)]
+    pub max_result_bytes: usize,
+    /// Disk space the node's cache of unpacked code may take, in bytes; beyond it, the least
+    /// recently used code no sandbox or invocation holds is deleted (fetched again if needed).
+    #[arg(long, env = "FNMESH_CODE_CACHE_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub code_cache_bytes: u64,
 }
 
 /// Which backends a gateway uses (defaults: the embedded ones inside the data dir).

@@ -156,7 +156,7 @@ pub fn names_subjects(data: &[u8]) {
             assert_eq!(subjects::request(&name), request);
         }
         if subjects::reply_allowed(s) {
-            assert!(!s.starts_with('$') && !s.starts_with("fnmesh."), "{s:?}");
+            assert!(s.starts_with("_INBOX.") || s.starts_with("_R_."), "{s:?}");
             assert!(
                 s.split('.').all(|t| !t.is_empty()
                     && t != "*"

@@ -36,6 +36,8 @@ pub struct GatewayConfig {
     /// Seals function secrets (`None`: the secrets API answers 503; invocations still carry
     /// secrets stored earlier, sealed, to nodes that can open them).
     pub secrets_keyring: Option<std::sync::Arc<fnmesh_core::secrets::Keyring>>,
+    /// A token that may scrape `GET /metrics` besides admin credentials (`None`: admins only).
+    pub metrics_token: Option<fnmesh_core::metrics::ScrapeToken>,
 }
 
 impl Default for GatewayConfig {
@@ -55,6 +57,7 @@ impl Default for GatewayConfig {
             reconcile_after: Duration::from_secs(30),
             tokens: crate::auth::jwt::TokenConfig::default(),
             secrets_keyring: None,
+            metrics_token: None,
         }
     }
 }

@@ -1,6 +1,8 @@
-//! The operational endpoints, none of which needs a key: `GET /healthz` (the process answers),
-//! `GET /readyz` (every backend answers its ping) and `GET /metrics` (Prometheus text, see
-//! [`crate::metrics`]).
+//! The operational endpoints: `GET /healthz` (the process answers) and `GET /readyz` (every
+//! backend answers its ping) need no key, for load balancers and orchestrators; `GET /metrics`
+//! (Prometheus text, see [`crate::metrics`]) names every tenant's functions, so it needs an
+//! admin's API key or access token, or the scrape token (`FNMESH_METRICS_TOKEN`) when one is
+//! configured.
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use warp::http::header::{HeaderValue, CONTENT_TYPE};
 use warp::reply::Response;
 use warp::Reply;
 
+use crate::auth::Action;
 use crate::error::ApiError;
 use crate::state::State;
 
@@ -63,8 +66,12 @@ async fn ping<E: std::fmt::Display>(
     }
 }
 
-/// `GET /metrics`.
-pub(crate) async fn metrics(state: State) -> Result<Response, ApiError> {
+/// `GET /metrics`: for the scrape token, or an admin (see the module doc).
+pub(crate) async fn metrics(
+    state: State,
+    authorization: Option<String>,
+) -> Result<Response, ApiError> {
+    authorize_scrape(&state, authorization.as_deref()).await?;
     let b = &state.backends;
     let body = state
         .metrics
@@ -75,4 +82,20 @@ pub(crate) async fn metrics(state: State) -> Result<Response, ApiError> {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
     Ok(response)
+}
+
+/// Lets the configured scrape token through; anything else must authenticate as an admin
+/// (401 without valid credentials, 403 for another role), counted against the key's limit.
+async fn authorize_scrape(state: &State, authorization: Option<&str>) -> Result<(), ApiError> {
+    let token = state.config.metrics_token.as_ref();
+    if token.is_some_and(|t| t.matches_authorization(authorization)) {
+        return Ok(());
+    }
+    let principal = state
+        .authenticator
+        .authenticate_header(authorization)
+        .await?;
+    crate::audit::note_principal(&principal);
+    crate::ratelimit::check_key(state, &principal).await?;
+    principal.authorize(Action::Administer)
 }

@@ -6,6 +6,7 @@
 //!   `fnmesh_cold_starts_total`) and dead letters by the [`crate::recorder`], which sees every
 //!   result of the mesh once (a redelivered event after a store error may count twice);
 //! - rate-limit refusals by [`crate::ratelimit`], by scope (`key`, `function`);
+//! - NATS requests dropped unanswered by [`crate::nats_api`], by reason;
 //! - HTTP requests by the filter tree ([`crate::routes`]), labelled with the route template
 //!   (`/v1/functions/{name}/invoke`), never the raw path;
 //! - queue depths per function from [`Bus::queue_stats`], read when scraped (at most once per
@@ -86,6 +87,7 @@ pub struct GatewayMetrics {
     queue_in_flight: IntGaugeVec,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    nats_requests_dropped: IntCounterVec,
     queue_read_at: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -178,6 +180,14 @@ impl GatewayMetrics {
                 ),
                 &["route"],
             )?,
+            nats_requests_dropped: IntCounterVec::new(
+                Opts::new(
+                    "fnmesh_nats_requests_dropped_total",
+                    "NATS requests not answered, by reason (no_reply: without a reply \
+                     subject; reply_not_inbox: a reply subject that is not a reply inbox).",
+                ),
+                &["reason"],
+            )?,
             queue_read_at: tokio::sync::Mutex::new(None),
         };
         registry.register(Box::new(this.invocations.clone()))?;
@@ -193,6 +203,7 @@ impl GatewayMetrics {
         registry.register(Box::new(this.queue_in_flight.clone()))?;
         registry.register(Box::new(this.http_requests.clone()))?;
         registry.register(Box::new(this.http_duration.clone()))?;
+        registry.register(Box::new(this.nats_requests_dropped.clone()))?;
         Ok(this)
     }
 
@@ -226,6 +237,13 @@ impl GatewayMetrics {
     /// Counts one request refused by a rate limit of `scope` (`key` or `function`).
     pub fn observe_rate_limited(&self, scope: &'static str) {
         self.rate_limit_rejections.with_label_values(&[scope]).inc();
+    }
+
+    /// Counts one NATS request left unanswered for `reason` (`no_reply`, `reply_not_inbox`).
+    pub(crate) fn observe_nats_request_dropped(&self, reason: &'static str) {
+        self.nats_requests_dropped
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Counts one answered HTTP request.

@@ -11,8 +11,10 @@
 //! `nats`.
 //!
 //! Nothing a client sends is copied into what we publish: its headers are read for the key
-//! and dropped, and a reply subject under fnmesh's own or a `$` system subject is never
-//! answered ([`subjects::reply_allowed`]).
+//! and dropped, and only a reply inbox (`_INBOX.…`, or `_R_.…` across accounts) is ever
+//! answered ([`subjects::reply_allowed`]): a request with any other reply subject is dropped,
+//! logged and counted (`fnmesh_nats_requests_dropped_total{reason="reply_not_inbox"}`), so a
+//! key holder cannot make a gateway publish to a subject of its choice.
 //!
 //! At most [`MAX_IN_FLIGHT`] requests are served at once; past that a request is answered
 //! `unavailable` at once (another gateway of the group may take the retry). On shutdown the
@@ -88,7 +90,7 @@ impl NatsRequests {
                     }
                 },
             };
-            let Some(reply) = usable_reply(&message) else {
+            let Some(reply) = usable_reply(&state, &message) else {
                 continue;
             };
             match permits.clone().try_acquire_owned() {
@@ -130,7 +132,7 @@ impl NatsRequests {
             ));
             while let Ok(Some(message)) = tokio::time::timeout_at(deadline, subscriber.next()).await
             {
-                if let Some(reply) = usable_reply(&message) {
+                if let Some(reply) = usable_reply(&state, &message) {
                     send(&client, reply, refusal.clone()).await;
                 }
             }
@@ -155,15 +157,25 @@ impl NatsRequests {
     }
 }
 
-/// The reply subject of a request, when it has one we may publish to.
-fn usable_reply(message: &Message) -> Option<Subject> {
+/// The reply subject of a request, when it has one we may publish to; a request without one
+/// is dropped and counted.
+fn usable_reply(state: &State, message: &Message) -> Option<Subject> {
     match &message.reply {
         None => {
             tracing::debug!(nats.subject = %message.subject, "NATS message without a reply subject; ignored");
+            state.metrics.observe_nats_request_dropped("no_reply");
             None
         }
         Some(reply) if !subjects::reply_allowed(reply.as_str()) => {
-            tracing::warn!(nats.subject = %message.subject, "NATS request with a reply subject we never publish to; ignored");
+            let shown: String = reply.as_str().chars().take(80).collect();
+            tracing::warn!(
+                nats.subject = %message.subject,
+                nats.reply = %shown.escape_debug(),
+                "NATS request whose reply subject is not a reply inbox (_INBOX.*, _R_.*); dropped"
+            );
+            state
+                .metrics
+                .observe_nats_request_dropped("reply_not_inbox");
             None
         }
         Some(reply) => Some(reply.clone()),

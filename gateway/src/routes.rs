@@ -37,6 +37,7 @@ pub(crate) fn api(state: State) -> BoxedFilter<(Response,)> {
         .or(warp::path!("metrics")
             .and(warp::get())
             .and(with_state(state.clone()))
+            .and(warp::header::optional::<String>("authorization"))
             .then(health::metrics)
             .map(into_reply)
             .and_then(std::future::ready))

@@ -35,9 +35,15 @@ fn key(name: &str, labels: &[(&str, &str)]) -> String {
     format!("{name}{{{}}}", labels.join(","))
 }
 
-/// Scrapes `/metrics` without a key, checks the content type, and parses it strictly.
+/// Scrapes `/metrics` with the admin key, checks the content type, and parses it strictly.
 async fn scrape(app: &TestApp) -> Metrics {
-    let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let resp = app
+        .http
+        .get(app.url("/metrics"))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()["content-type"],
@@ -356,7 +362,7 @@ async fn rate_limits_queues_and_dead_letters_are_counted() {
 }
 
 #[tokio::test]
-async fn metrics_need_no_key_and_unknown_paths_share_one_label() {
+async fn unknown_paths_share_one_label() {
     let app = TestApp::start().await;
     for path in ["/nope/1", "/nope/2", "/v1/functions/a/b/c"] {
         let resp = app.http.get(app.url(path)).send().await.unwrap();
@@ -371,4 +377,92 @@ async fn metrics_need_no_key_and_unknown_paths_share_one_label() {
         3.0
     );
     assert!(!m.0.keys().any(|k| k.contains("/nope")));
+}
+
+/// Scrapes `/metrics` with this `Authorization` value (none when `None`).
+async fn scrape_as(app: &TestApp, authorization: Option<&str>) -> (u16, String, String) {
+    let mut req = app.http.get(app.url("/metrics"));
+    if let Some(value) = authorization {
+        req = req.header("authorization", value);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, content_type, resp.text().await.unwrap())
+}
+
+fn assert_refused(status: u16, body: &str, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    let body: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not a JSON error ({e}): {body}"));
+    assert_eq!(body["error"]["code"], want_code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some(), "{body}");
+    assert!(
+        !body.to_string().contains("fnmesh_"),
+        "no metrics leak: {body}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_need_an_admin_or_the_scrape_token_and_health_stays_open() {
+    let token = "prometheus-scrape-token-0123";
+    let app = TestApp::builder()
+        .config(|c| {
+            c.metrics_token = Some(fnmesh_core::metrics::ScrapeToken::parse(token).unwrap())
+        })
+        .start()
+        .await;
+    app.create_function("tenant-secret-name").await;
+
+    for anonymous in [None, Some("Bearer "), Some("Basic YWRtaW46YWRtaW4=")] {
+        let (status, _, body) = scrape_as(&app, anonymous).await;
+        assert_refused(status, &body, 401, "unauthorized");
+        assert!(!body.contains("tenant-secret-name"));
+    }
+    let (status, _, body) = scrape_as(&app, Some("Bearer fnm_not-a-key-of-ours-at-all")).await;
+    assert_refused(status, &body, 401, "unauthorized");
+    let (status, _, body) = scrape_as(&app, Some(&format!("Bearer {token}x"))).await;
+    assert_refused(status, &body, 401, "unauthorized");
+
+    // A valid key of another role is known but not allowed.
+    let resp = app
+        .post_json(
+            "/v1/keys",
+            &json!({"name": "dev", "role": "developer", "namespace": "default"}),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{:?}", resp.body);
+    let developer = resp.body["key"].as_str().unwrap().to_owned();
+    let (status, _, body) = scrape_as(&app, Some(&format!("Bearer {developer}"))).await;
+    assert_refused(status, &body, 403, "forbidden");
+
+    // The admin key and the scrape token both scrape.
+    for allowed in [format!("Bearer {}", app.key), format!("Bearer {token}")] {
+        let (status, content_type, body) = scrape_as(&app, Some(&allowed)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(body.contains("fnmesh_http_requests_total"), "{body}");
+    }
+
+    // Health and readiness need no key.
+    for path in ["/healthz", "/readyz"] {
+        let resp = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_scrape_token_only_admins_scrape() {
+    let app = TestApp::start().await;
+    let (status, _, body) = scrape_as(&app, None).await;
+    assert_refused(status, &body, 401, "unauthorized");
+    // No token configured: nothing that looks like one gets in.
+    let (status, _, body) = scrape_as(&app, Some("Bearer prometheus-scrape-token-0123")).await;
+    assert_refused(status, &body, 401, "unauthorized");
+    let (status, _, _) = scrape_as(&app, Some(&format!("Bearer {}", app.key))).await;
+    assert_eq!(status, 200);
 }

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::code_cache::CodePins;
 use crate::instance::{Instance, LaunchPlan};
 use crate::pool::{Checkout, CheckoutError, KeyLimits, Pool, PoolKey, PoolLimits};
 use crate::runtimes::{self, protocol, RuntimeRegistry};
@@ -60,6 +61,10 @@ pub struct ExecutorConfig {
     pub tmp_mb: u32,
     /// Cap on captured logs per invocation.
     pub log_cap_bytes: usize,
+    /// Cap on a result's JSON: a longer one is `invalid_result`, and a response frame longer
+    /// than this plus [`protocol::RESPONSE_OVERHEAD_BYTES`] is never read (see
+    /// [`protocol::result_cap`] for fitting it under NATS's `max_payload`).
+    pub max_result_bytes: usize,
     /// User the sandboxes run as.
     pub uid: u32,
     /// Group the sandboxes run as.
@@ -68,6 +73,9 @@ pub struct ExecutorConfig {
     pub cgroup_parent: String,
     /// Opens the secrets invocations carry (`None`: an invocation with secrets fails).
     pub secrets_keyring: Option<Arc<Keyring>>,
+    /// Holds the code each sandbox mounts in the node's code cache while the sandbox lives
+    /// (`None`: code dirs are not the cache's).
+    pub code_pins: Option<CodePins>,
 }
 
 /// 75% of the host's RAM in MiB (4 GiB when unknown).
@@ -96,9 +104,11 @@ impl Default for ExecutorConfig {
             cpu_millis: 1000,
             tmp_mb: 64,
             log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
+            max_result_bytes: protocol::DEFAULT_MAX_RESULT_BYTES,
             uid: 65534,
             gid: 65534,
             secrets_keyring: None,
+            code_pins: None,
         }
     }
 }
@@ -242,6 +252,12 @@ impl Executor {
         if config.keep_alive.is_zero() {
             return Err(ExecError::Config("keep_alive must be positive".to_owned()));
         }
+        if config.max_result_bytes == 0 || config.max_result_bytes > protocol::MAX_FRAME_BYTES {
+            return Err(ExecError::Config(format!(
+                "max_result_bytes must be between 1 and {}",
+                protocol::MAX_FRAME_BYTES
+            )));
+        }
         let work_dir = if config.work_dir.is_absolute() {
             config.work_dir.clone()
         } else {
@@ -359,7 +375,14 @@ impl Executor {
         let inner = Arc::clone(&self.inner);
         let function = function.clone();
         let code_dir = code_dir.to_path_buf();
+        // Held from here, before the caller lets its own hold go, until prewarming ends.
+        let code_pin = inner
+            .config
+            .code_pins
+            .as_ref()
+            .map(|pins| pins.pin(&code_dir));
         self.inner.tasks.spawn(async move {
+            let _code_pin = code_pin;
             let key = key_of(&function, &secrets);
             let limits = limits_of(&function);
             while let Some(reservation) = inner.pool.reserve_prewarm(&key, limits) {
@@ -486,6 +509,11 @@ impl Inner {
                 .map_err(|e| crashed(format!("resolving the code dir: {e}")))?
                 .join(code_dir)
         };
+        let code_pin = self
+            .config
+            .code_pins
+            .as_ref()
+            .map(|pins| pins.pin(&code_dir));
         let id = self.next_sandbox_id();
         let plan = LaunchPlan {
             bundle_dir: self.bundles_dir.join(&id),
@@ -507,6 +535,7 @@ impl Inner {
             },
             id,
             log_cap_bytes: self.config.log_cap_bytes,
+            code_pin,
         };
         Instance::launch(Arc::clone(&self.runtime), plan, deadline).await
     }
@@ -560,6 +589,7 @@ impl Inner {
         let request = protocol::Request {
             id: &invocation_id,
             payload: &job.payload,
+            max_result_bytes: self.config.max_result_bytes,
             context: protocol::RequestContext {
                 invocation_id: &invocation_id,
                 function_name: function.name.as_str(),

@@ -8,7 +8,10 @@
 //!
 //! [`Instance::invoke`] sends one request frame and awaits the response until the invocation's
 //! deadline. Past it, or on EOF or garbage, the sandbox is destroyed and reported as `Timeout`,
-//! `oom` or `crashed`; the caller must then discard the instance. The warm path is a pipe write,
+//! `oom` or `crashed`; the caller must then discard the instance. A response frame longer than
+//! the request's result cap allows is refused from its length prefix, never read into memory:
+//! the sandbox is destroyed (the rest of the frame is still in the pipe) and the invocation is
+//! `invalid_result`, as is an `ok` frame whose result is over the cap. The warm path is a pipe write,
 //! a pipe read and one `memory_peak` call (read-and-reset, run while the logs settle).
 //!
 //! Dropping an instance without [`Instance::destroy`] (e.g. a cancelled invocation) still
@@ -31,7 +34,13 @@ mod logs;
 use logs::pump_logs;
 pub use logs::LogSink;
 
+use crate::code_cache::CodePin;
 use crate::runtimes::protocol::{self, Hello, Response, MAX_FRAME_BYTES};
+
+/// Longest first frame (`ready`, or `init_error` with a message of at most 4 KiB).
+const MAX_HELLO_FRAME_BYTES: usize = protocol::RESPONSE_OVERHEAD_BYTES;
+/// Response buffers that grew past this are given back after the invocation.
+const RETAINED_BODY_BYTES: usize = 64 * 1024;
 use crate::sandbox::spec::{self, BundleRequest};
 use crate::sandbox::{ContainerRuntime, ExitReport, SandboxError, SandboxIo, SandboxSpec};
 
@@ -55,6 +64,8 @@ pub struct LaunchPlan {
     pub bundle: BundleRequest,
     /// Cap on captured logs per invocation.
     pub log_cap_bytes: usize,
+    /// Holds the code tree the sandbox mounts in the node's code cache for its whole life.
+    pub code_pin: Option<CodePin>,
 }
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> InvocationError {
@@ -164,6 +175,8 @@ pub struct Instance {
     body: Vec<u8>,
     /// Set once the container was destroyed.
     dead: Option<ExitReport>,
+    /// Keeps the mounted code in the cache while the sandbox lives.
+    _code_pin: Option<CodePin>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -324,6 +337,7 @@ impl Instance {
             frame: Vec::with_capacity(4096),
             body: Vec::with_capacity(4096),
             dead: None,
+            _code_pin: plan.code_pin,
         })
     }
 
@@ -332,7 +346,8 @@ impl Instance {
             .start(&self.id)
             .await
             .map_err(|e| BootError::Protocol(format!("starting the sandbox failed: {e}")))?;
-        if let Err(e) = read_frame(&mut self.responses, &mut self.body).await {
+        if let Err(e) = read_frame(&mut self.responses, &mut self.body, MAX_HELLO_FRAME_BYTES).await
+        {
             return Err(BootError::Protocol(format!(
                 "sandbox exited before its handler loaded: {e}"
             )));
@@ -369,6 +384,7 @@ impl Instance {
         }
         self.logs.arm(protocol::end_marker(request.id));
 
+        let max_result = request.max_result_bytes;
         let (requests, responses, body, frame) = (
             &mut self.requests,
             &mut self.responses,
@@ -376,79 +392,58 @@ impl Instance {
             &self.frame,
         );
         let exchange = async move {
-            requests.write_all(frame).await?;
-            read_frame(responses, body).await
+            requests.write_all(frame).await.map_err(FrameError::Io)?;
+            read_frame(responses, body, protocol::max_response_frame(max_result)).await
         };
         let outcome = tokio::time::timeout_at(deadline, exchange).await;
 
-        let failure = match outcome {
-            Ok(Ok(())) => match protocol::decode_response(&self.body) {
-                Ok(response) => {
-                    let (logs, peak) = tokio::join!(
-                        self.logs.finish(MARKER_WAIT),
-                        tokio::time::timeout(PEAK_WAIT, self.runtime.memory_peak(&self.id, true)),
-                    );
-                    let memory_peak_bytes = match peak {
-                        Ok(Ok(bytes)) => bytes,
-                        _ => 0,
-                    };
-                    let (status, result, err) = match response {
-                        Response::Ok(value) => (InvocationStatus::Succeeded, Some(value), None),
-                        Response::Error {
-                            type_name,
-                            message,
-                            invalid_result,
-                        } => {
-                            let kind = if invalid_result {
-                                ErrorKind::InvalidResult
-                            } else {
-                                ErrorKind::HandlerError
-                            };
-                            let mut text = if type_name.is_empty() {
-                                message
-                            } else {
-                                format!("{type_name}: {message}")
-                            };
-                            truncate_utf8(&mut text, MAX_MESSAGE_BYTES);
-                            (InvocationStatus::Failed, None, Some(error(kind, text)))
-                        }
-                    };
-                    let execution = Execution {
-                        status,
-                        result,
-                        error: err,
-                        logs,
-                        cold_start: false,
-                        memory_peak_bytes,
-                        init_us: 0,
-                        exec_us: micros(started.elapsed()),
-                    };
-                    return (execution, true);
+        let ending = match outcome {
+            Ok(Ok(())) => {
+                let decoded = protocol::decode_response(&self.body);
+                let frame_len = self.body.len();
+                if self.body.capacity() > RETAINED_BODY_BYTES {
+                    self.body = Vec::with_capacity(4096);
                 }
-                Err(e) => (
-                    InvocationStatus::Failed,
-                    format!("bootstrap protocol error: {e}"),
-                ),
-            },
-            Ok(Err(e)) => (
-                InvocationStatus::Failed,
-                format!("sandbox died during the invocation: {e}"),
-            ),
-            Err(_) => (InvocationStatus::Timeout, String::new()),
+                match decoded {
+                    Ok(response) => {
+                        let execution = self
+                            .answered(response, frame_len, max_result, started)
+                            .await;
+                        return (execution, true);
+                    }
+                    Err(e) => Ending::Died(format!("bootstrap protocol error: {e}")),
+                }
+            }
+            Ok(Err(FrameError::TooLarge { len, max })) => Ending::TooLarge(format!(
+                "the result frame of {len} bytes exceeds the limit of {max} bytes \
+                 (results are capped at {max_result} bytes of JSON)"
+            )),
+            Ok(Err(FrameError::Io(e))) => {
+                Ending::Died(format!("sandbox died during the invocation: {e}"))
+            }
+            Err(_) => Ending::Timeout,
         };
 
         let report = self.kill().await;
         let logs = self.logs.drain(DRAIN_WAIT).await;
         let exec_us = micros(started.elapsed());
-        let (status, what) = failure;
-        let err = if status == InvocationStatus::Timeout {
-            let budget = deadline.saturating_duration_since(started);
-            error(
-                ErrorKind::Timeout,
-                format!("the invocation timed out after {} ms", millis(budget)),
-            )
-        } else {
-            death_error(&report, self.memory_mb, &what)
+        let (status, err) = match ending {
+            Ending::Timeout => {
+                let budget = deadline.saturating_duration_since(started);
+                let err = error(
+                    ErrorKind::Timeout,
+                    format!("the invocation timed out after {} ms", millis(budget)),
+                );
+                (InvocationStatus::Timeout, err)
+            }
+            Ending::TooLarge(message) => (
+                InvocationStatus::Failed,
+                error(ErrorKind::InvalidResult, message),
+            ),
+            Ending::Died(what) => (
+                InvocationStatus::Failed,
+                death_error(&report, self.memory_mb, &what),
+            ),
         };
         tracing::info!(
             sandbox.id = %self.id,
@@ -463,6 +458,63 @@ impl Instance {
             ..Execution::failed(status, err)
         };
         (execution, false)
+    }
+
+    /// The execution of an invocation the sandbox answered (with a frame of `frame_len`
+    /// bytes): its logs and peak memory settled, and a result over `max_result` bytes turned
+    /// into `invalid_result`.
+    async fn answered(
+        &mut self,
+        response: Response,
+        frame_len: usize,
+        max_result: usize,
+        started: Instant,
+    ) -> Execution {
+        let (logs, peak) = tokio::join!(
+            self.logs.finish(MARKER_WAIT),
+            tokio::time::timeout(PEAK_WAIT, self.runtime.memory_peak(&self.id, true)),
+        );
+        let memory_peak_bytes = match peak {
+            Ok(Ok(bytes)) => bytes,
+            _ => 0,
+        };
+        let (status, result, err) = match response {
+            Response::Ok(_) if protocol::result_too_large(frame_len, max_result) => {
+                let message =
+                    format!("the result is larger than the limit of {max_result} bytes of JSON");
+                let err = error(ErrorKind::InvalidResult, message);
+                (InvocationStatus::Failed, None, Some(err))
+            }
+            Response::Ok(value) => (InvocationStatus::Succeeded, Some(value), None),
+            Response::Error {
+                type_name,
+                message,
+                invalid_result,
+            } => {
+                let kind = if invalid_result {
+                    ErrorKind::InvalidResult
+                } else {
+                    ErrorKind::HandlerError
+                };
+                let mut text = if type_name.is_empty() {
+                    message
+                } else {
+                    format!("{type_name}: {message}")
+                };
+                truncate_utf8(&mut text, MAX_MESSAGE_BYTES);
+                (InvocationStatus::Failed, None, Some(error(kind, text)))
+            }
+        };
+        Execution {
+            status,
+            result,
+            error: err,
+            logs,
+            cold_start: false,
+            memory_peak_bytes,
+            init_us: 0,
+            exec_us: micros(started.elapsed()),
+        }
     }
 
     /// Destroys the container once; later calls return the first report.
@@ -492,15 +544,38 @@ impl Instance {
     }
 }
 
-async fn read_frame(reader: &mut BufReader<pipe::Receiver>, body: &mut Vec<u8>) -> io::Result<()> {
+/// How the end of an invocation that killed its sandbox is reported.
+enum Ending {
+    Timeout,
+    /// A response frame over the cap.
+    TooLarge(String),
+    /// EOF, garbage or a failed write: the sandbox died or broke the protocol.
+    Died(String),
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+enum FrameError {
+    /// The pipe failed or ended.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The length prefix announced more than the reader takes.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+}
+
+/// Reads one frame into `body`, refusing (from its length prefix, before reading or
+/// allocating anything for it) a frame longer than `max` bytes; the pipe is then mid-frame.
+async fn read_frame(
+    reader: &mut BufReader<pipe::Receiver>,
+    body: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), FrameError> {
     let mut header = [0u8; 4];
     reader.read_exact(&mut header).await?;
     let len = u32::from_be_bytes(header) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit"),
-        ));
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
     }
     body.clear();
     body.resize(len, 0);
@@ -512,6 +587,29 @@ async fn read_frame(reader: &mut BufReader<pipe::Receiver>, body: &mut Vec<u8>) 
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn a_frame_over_the_limit_is_refused_from_its_length_prefix() {
+        let (rx, tx) = host_pipe().unwrap();
+        let mut reader = BufReader::new(pipe::Receiver::from_owned_fd(rx).unwrap());
+        let mut writer = pipe::Sender::from_owned_fd(tx).unwrap();
+        // A 4 GiB frame announced: refused at once, nothing allocated for it.
+        writer.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let mut body = Vec::new();
+        match read_frame(&mut reader, &mut body, 1024).await {
+            Err(FrameError::TooLarge { len, max }) => {
+                assert_eq!(len, u32::MAX as usize);
+                assert_eq!(max, 1024);
+            }
+            other => panic!("the frame must be refused, got {other:?}"),
+        }
+        assert_eq!(body.capacity(), 0, "nothing was allocated for the frame");
+        // A frame at the limit is read whole.
+        writer.write_all(&1024u32.to_be_bytes()).await.unwrap();
+        writer.write_all(&[b'x'; 1024]).await.unwrap();
+        read_frame(&mut reader, &mut body, 1024).await.unwrap();
+        assert_eq!(body, vec![b'x'; 1024]);
+    }
 
     #[test]
     fn exit_reports_map_to_error_kinds() {

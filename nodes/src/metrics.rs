@@ -1,5 +1,9 @@
 //! The node's Prometheus metrics, and the small listener that serves them
-//! (`FNMESH_METRICS_LISTEN`; off by default for `fnmesh node`).
+//! (`FNMESH_METRICS_LISTEN`; off by default for `fnmesh node`). Like the gateway's
+//! `/metrics`, it names every tenant's functions, so it answers only a scrape that presents
+//! the scrape token (`FNMESH_METRICS_TOKEN`, as `Authorization: Bearer <token>`); anything
+//! else is a 401 with the API's error body. A node holds no API keys to check an admin's
+//! against, so the token is its only credential, and a listener without one is refused.
 //!
 //! The worker counts what it ran ([`NodeMetrics::observe`]): `fnmesh_node_invocations_total`
 //! by function and status, `fnmesh_node_cold_starts_total`, and the init and execution
@@ -12,11 +16,11 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fnmesh_core::metrics::{self as shared, seconds_of_us, LabelCap, Registry};
+use fnmesh_core::metrics::{self as shared, seconds_of_us, LabelCap, Registry, ScrapeToken};
 use fnmesh_core::InvocationResult;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -43,6 +47,11 @@ pub enum MetricsError {
         /// Why.
         source: std::io::Error,
     },
+    /// A listen address without a scrape token.
+    #[error(
+        "serving node metrics (FNMESH_METRICS_LISTEN) needs a scrape token (FNMESH_METRICS_TOKEN)"
+    )]
+    NoToken,
 }
 
 /// What the worker counts.
@@ -186,18 +195,19 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds `addr` and serves `GET /metrics` from `registry` (anything else: 404) until
-    /// `shutdown` is cancelled.
+    /// Binds `addr` and serves `GET /metrics` from `registry` to scrapes bearing `token`
+    /// (without it: 401; any other path: 404) until `shutdown` is cancelled.
     pub async fn start(
         addr: SocketAddr,
         registry: Registry,
+        token: ScrapeToken,
         shutdown: CancellationToken,
     ) -> Result<Self, MetricsError> {
         let bind = |source| MetricsError::Bind { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(bind)?;
         let local_addr = listener.local_addr().map_err(bind)?;
         tracing::info!(metrics.addr = %local_addr, "node metrics listening");
-        let task = tokio::spawn(serve(listener, registry, shutdown));
+        let task = tokio::spawn(serve(listener, registry, token, shutdown));
         Ok(Self { local_addr, task })
     }
 
@@ -208,7 +218,12 @@ impl MetricsServer {
 }
 
 /// Accepts until `shutdown`, then lets the open connections finish (idle ones close at once).
-async fn serve(listener: TcpListener, registry: Registry, shutdown: CancellationToken) {
+async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    token: ScrapeToken,
+    shutdown: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
@@ -224,8 +239,9 @@ async fn serve(listener: TcpListener, registry: Registry, shutdown: Cancellation
             () = shutdown.cancelled() => break,
         };
         let registry = registry.clone();
+        let token = token.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let response = answer(&registry, &req);
+            let response = answer(&registry, &token, &req);
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = hyper::server::conn::http1::Builder::new()
@@ -243,12 +259,27 @@ async fn serve(listener: TcpListener, registry: Registry, shutdown: Cancellation
     graceful.shutdown().await;
 }
 
-fn answer<B>(registry: &Registry, req: &Request<B>) -> Response<Full<Bytes>> {
+fn answer<B>(registry: &Registry, token: &ScrapeToken, req: &Request<B>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::default());
+    let authorization = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     if req.uri().path() != "/metrics" {
         *response.status_mut() = StatusCode::NOT_FOUND;
     } else if req.method() != Method::GET && req.method() != Method::HEAD {
         *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    } else if !token.matches_authorization(authorization) {
+        // The body of the gateway's `ApiError::Unauthorized`.
+        let body = serde_json::json!({"error": {
+            "code": "unauthorized",
+            "message": "this endpoint needs the metrics scrape token as a Bearer credential",
+        }});
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        *response.body_mut() = Full::from(body.to_string());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     } else {
         *response.body_mut() = Full::from(shared::encode(registry));
         response
@@ -262,6 +293,54 @@ fn answer<B>(registry: &Registry, req: &Request<B>) -> Response<Full<Bytes>> {
 mod tests {
     use super::*;
     use crate::registration::Load;
+
+    #[test]
+    fn the_listener_answers_the_scrape_token_only() {
+        let registry = Registry::new();
+        let counter =
+            IntCounterVec::new(Opts::new("fnmesh_test_total", "A test."), &["function"]).unwrap();
+        registry.register(Box::new(counter.clone())).unwrap();
+        counter.with_label_values(&["secret-fn"]).inc();
+        let token = ScrapeToken::parse("node-scrape-token-0123").unwrap();
+        let request = |authorization: Option<&str>, path: &str| {
+            let mut req = Request::builder().method(Method::GET).uri(path);
+            if let Some(value) = authorization {
+                req = req.header(AUTHORIZATION, value);
+            }
+            req.body(()).unwrap()
+        };
+        let body_of = |response: Response<Full<Bytes>>| {
+            use http_body_util::BodyExt as _;
+            let collected = futures::executor::block_on(response.into_body().collect()).unwrap();
+            String::from_utf8(collected.to_bytes().to_vec()).unwrap()
+        };
+        for refused in [
+            None,
+            Some("Bearer wrong-token-0123456"),
+            Some("node-scrape-token-0123"),
+        ] {
+            let response = answer(&registry, &token, &request(refused, "/metrics"));
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{refused:?}");
+            assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+            let body: serde_json::Value = serde_json::from_str(&body_of(response)).unwrap();
+            assert_eq!(body["error"]["code"], "unauthorized");
+            assert!(body["error"]["message"].is_string());
+            assert!(!body.to_string().contains("secret-fn"));
+        }
+        let response = answer(
+            &registry,
+            &token,
+            &request(Some("Bearer node-scrape-token-0123"), "/metrics"),
+        );
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(body_of(response).contains("secret-fn"));
+        let response = answer(
+            &registry,
+            &token,
+            &request(Some("Bearer node-scrape-token-0123"), "/other"),
+        );
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
 
     #[test]
     fn load_gauges_are_sampled_when_scraped() {

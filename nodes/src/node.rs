@@ -14,7 +14,7 @@ use std::time::Duration;
 use fnmesh_bus::registry::NodeRegistry;
 use fnmesh_bus::Bus;
 use fnmesh_code::CodeStore;
-use fnmesh_core::metrics::Registry;
+use fnmesh_core::metrics::{Registry, ScrapeToken};
 use fnmesh_core::secrets::Keyring;
 use fnmesh_core::NodeId;
 use tokio::task::JoinHandle;
@@ -86,8 +86,16 @@ pub struct NodeConfig {
     pub drain_timeout: Duration,
     /// Interval of the node's registry heartbeats.
     pub heartbeat_interval: Duration,
-    /// Where to serve `GET /metrics`, if anywhere.
+    /// Where to serve `GET /metrics`, if anywhere (needs `metrics_token`).
     pub metrics_listen: Option<SocketAddr>,
+    /// The Bearer token a scrape of `metrics_listen` must present.
+    pub metrics_token: Option<ScrapeToken>,
+    /// Disk space the unpacked code cache may take (least recently used code nothing holds
+    /// is evicted beyond it; see [`crate::code_cache`]).
+    pub code_cache_bytes: u64,
+    /// Longest result (JSON bytes) a function may return (see
+    /// [`crate::runtimes::protocol::result_cap`] to fit it under NATS's `max_payload`).
+    pub max_result_bytes: usize,
     /// Opens the functions' sealed secrets.
     pub secrets_keyring: Option<Arc<Keyring>>,
 }
@@ -125,6 +133,11 @@ impl Node {
         metrics: &Registry,
     ) -> Result<Self, NodeError> {
         let node_id = config.node_id.to_string();
+        let metrics_listen = match (config.metrics_listen, config.metrics_token.clone()) {
+            (Some(addr), Some(token)) => Some((addr, token)),
+            (Some(_), None) => return Err(MetricsError::NoToken.into()),
+            (None, _) => None,
+        };
         let sandbox_dir = config.data_dir.join("sandboxes");
         let args: Vec<&str> = config.supervisor.args.iter().map(String::as_str).collect();
         let supervisor = Arc::new(
@@ -139,6 +152,17 @@ impl Node {
         let runtime: Arc<dyn ContainerRuntime> = supervisor.clone();
         remove_empty_node_cgroups();
         let cgroup_parent = format!("/fnmesh/{node_id}");
+        let cache_dir = config.data_dir.join("node").join("code");
+        let cache = CodeCache::new(
+            &cache_dir,
+            backends.code,
+            Default::default(),
+            config.code_cache_bytes,
+        )
+        .map_err(|source| NodeError::CodeCache {
+            path: cache_dir.clone(),
+            source,
+        })?;
         let executor = Executor::new(
             ExecutorConfig {
                 work_dir: sandbox_dir,
@@ -147,20 +171,14 @@ impl Node {
                 keep_alive: config.keep_alive,
                 cgroup_parent: cgroup_parent.clone(),
                 secrets_keyring: config.secrets_keyring,
+                max_result_bytes: config.max_result_bytes,
+                code_pins: Some(cache.pins()),
                 ..ExecutorConfig::default()
             },
             runtime,
         )
         .await
         .map_err(NodeError::Executor)?;
-        let cache_dir = config.data_dir.join("node").join("code");
-        let cache =
-            CodeCache::new(&cache_dir, backends.code, Default::default()).map_err(|source| {
-                NodeError::CodeCache {
-                    path: cache_dir.clone(),
-                    source,
-                }
-            })?;
         let worker = Worker::new(
             WorkerConfig {
                 node_id,
@@ -185,10 +203,11 @@ impl Node {
             })
         };
         LoadCollector::register(metrics, sample.clone())?;
-        let metrics_server = match config.metrics_listen {
-            Some(addr) => {
+        let metrics_server = match metrics_listen {
+            Some((addr, token)) => {
                 let stop = CancellationToken::new();
-                let server = MetricsServer::start(addr, metrics.clone(), stop.clone()).await?;
+                let server =
+                    MetricsServer::start(addr, metrics.clone(), token, stop.clone()).await?;
                 Some((server, stop))
             }
             None => None,

@@ -249,13 +249,14 @@ impl Worker {
             }
         };
 
-        let code_dir = match self
+        // Held until this delivery is handled, so the cache never evicts it meanwhile.
+        let code = match self
             .code
             .get(&request.function.code.checksum)
             .instrument(tracing::info_span!("code.fetch"))
             .await
         {
-            Ok(dir) => dir,
+            Ok(lease) => lease,
             Err(e) => {
                 tracing::warn!(error = %e, invocation.id = %request.id, "code unavailable; will retry");
                 report_started(started_published.await);
@@ -264,6 +265,7 @@ impl Worker {
             }
         };
 
+        let code_dir = code.path().to_path_buf();
         let job = Job {
             invocation_id: request.id,
             function: request.function.clone(),
@@ -305,10 +307,12 @@ impl Worker {
             let function = request.function.clone();
             let code_dir = code_dir.clone();
             let secrets = request.secrets.clone();
+            let code_pin = code.pin();
             tokio::spawn(async move {
                 executor
                     .prewarm_with_secrets(&function, &code_dir, secrets.as_ref())
-                    .await
+                    .await;
+                drop(code_pin);
             });
         }
         let outcome = InvocationOutcome::finished(

@@ -114,3 +114,25 @@ async fn a_hanging_process_times_out_and_the_sandbox_is_destroyed() {
     );
     h.executor.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_cap_is_invalid_result() {
+    let h = Harness::with(|c| c.max_result_bytes = 4096).await;
+    let code = h.code(
+        "big",
+        &[(
+            "bin/handler",
+            "#!/bin/sh\nn=$(cat)\nprintf '\"'\nhead -c \"$n\" /dev/zero | tr '\\0' x\nprintf '\"'\n",
+        )],
+    );
+    let f = function("big", Runtime::Exec, "bin/handler");
+    let out = h.run(&f, &code, json!(100000)).await;
+    assert_eq!(out.status, InvocationStatus::Failed, "{:?}", out.error);
+    let error = out.error.unwrap();
+    assert_eq!(error.kind, ErrorKind::InvalidResult, "{error:?}");
+    assert!(error.message.contains("4096"), "{}", error.message);
+    let out = h.run(&f, &code, json!(3)).await;
+    assert_eq!(out.status, InvocationStatus::Succeeded, "{:?}", out.error);
+    assert_eq!(out.result.unwrap(), json!("xxx"));
+    h.executor.shutdown(Duration::from_secs(5)).await;
+}

@@ -127,3 +127,26 @@ async fn a_hanging_async_handler_times_out() {
     assert!(h.fake.live_ids().is_empty());
     h.executor.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_cap_is_invalid_result_and_the_sandbox_serves_on() {
+    let h = Harness::with(|c| c.max_result_bytes = 4096).await;
+    let code = h.code(
+        "big",
+        &[(
+            "index.js",
+            "let runs = 0;\nexports.handle = (event) => { runs += 1; return { runs, blob: 'x'.repeat(event.size) }; };\n",
+        )],
+    );
+    let f = function("big", Runtime::Nodejs, "index.handle");
+    let out = h.run(&f, &code, json!({"size": 100_000})).await;
+    assert_eq!(out.status, InvocationStatus::Failed, "{:?}", out.error);
+    let error = out.error.unwrap();
+    assert_eq!(error.kind, ErrorKind::InvalidResult, "{error:?}");
+    assert!(error.message.contains("4096"), "{}", error.message);
+    let out = h.run(&f, &code, json!({"size": 2})).await;
+    assert_eq!(out.status, InvocationStatus::Succeeded, "{:?}", out.error);
+    assert!(!out.cold_start);
+    assert_eq!(out.result.unwrap(), json!({"runs": 2, "blob": "xx"}));
+    h.executor.shutdown(Duration::from_secs(5)).await;
+}

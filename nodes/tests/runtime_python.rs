@@ -153,3 +153,103 @@ async fn the_environment_holds_only_allowed_variables() {
     assert_eq!(env["FUNCTION_NAME"], "env");
     h.executor.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Returns `{"runs": <calls so far>, "blob": "x" * size}`; with `forge`, first writes a frame
+/// header announcing 1 GiB straight to the protocol pipe, as a hostile handler could.
+const BIG_RESULT_PY: &str = "\
+import fcntl, os, stat, struct
+
+runs = 0
+
+def handle(event, context):
+    global runs
+    runs += 1
+    if event.get('forge'):
+        log_pipe = os.fstat(2).st_ino
+        for name in os.listdir('/proc/self/fd'):
+            try:
+                fd = int(name)
+                st = os.fstat(fd)
+                mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+            except OSError:
+                continue
+            if stat.S_ISFIFO(st.st_mode) and st.st_ino != log_pipe and mode == os.O_WRONLY:
+                os.write(fd, struct.pack('>I', 1 << 30))
+    return {'runs': runs, 'blob': 'x' * event['size']}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_cap_is_invalid_result_and_the_sandbox_serves_on() {
+    let h = Harness::new().await;
+    let code = h.code("big", &[("main.py", BIG_RESULT_PY)]);
+    let f = function("big", Runtime::Python3, "main.handle");
+
+    // ~2 MiB: over the default cap of 512 KiB (and over NATS's default max_payload).
+    let started = std::time::Instant::now();
+    let out = h.run(&f, &code, json!({"size": 2 * 1024 * 1024})).await;
+    assert_eq!(out.status, InvocationStatus::Failed, "{:?}", out.error);
+    assert!(out.result.is_none());
+    let error = out.error.unwrap();
+    assert_eq!(
+        error.kind,
+        fnmesh_core::ErrorKind::InvalidResult,
+        "{error:?}"
+    );
+    assert!(error.message.contains("524288"), "{}", error.message);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "not prompt: {:?}",
+        started.elapsed()
+    );
+
+    // The sandbox is healthy and was not restarted: the module counter says it ran once.
+    let out = h.run(&f, &code, json!({"size": 10})).await;
+    assert_eq!(out.status, InvocationStatus::Succeeded, "{:?}", out.error);
+    assert!(!out.cold_start, "the same sandbox serves on");
+    assert_eq!(
+        out.result.unwrap(),
+        json!({"runs": 2, "blob": "x".repeat(10)})
+    );
+    assert_eq!(h.fake.created(), 1, "one sandbox for both");
+    h.executor.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_announcing_more_than_the_cap_is_refused_unread_and_its_sandbox_replaced() {
+    let h = Harness::with(|c| c.max_result_bytes = 4096).await;
+    let code = h.code("forger", &[("main.py", BIG_RESULT_PY)]);
+    let f = function("forger", Runtime::Python3, "main.handle");
+
+    let out = h.run(&f, &code, json!({"size": 1, "forge": true})).await;
+    assert_eq!(out.status, InvocationStatus::Failed, "{:?}", out.error);
+    let error = out.error.unwrap();
+    assert_eq!(
+        error.kind,
+        fnmesh_core::ErrorKind::InvalidResult,
+        "{error:?}"
+    );
+    assert!(
+        error.message.contains(&(1u64 << 30).to_string()),
+        "{}",
+        error.message
+    );
+    // The pipe was left mid-frame, so that sandbox is gone; the next call gets a new one.
+    let out = h.run(&f, &code, json!({"size": 3})).await;
+    assert_eq!(out.status, InvocationStatus::Succeeded, "{:?}", out.error);
+    assert!(out.cold_start);
+    assert_eq!(out.result.unwrap(), json!({"runs": 1, "blob": "xxx"}));
+
+    // Under the cap passes; one byte over is refused by the bootstrap, sandbox kept.
+    let wrapper = r#"{"runs":2,"blob":""}"#.len();
+    let out = h.run(&f, &code, json!({"size": 4096 - wrapper})).await;
+    assert_eq!(out.status, InvocationStatus::Succeeded, "{:?}", out.error);
+    let out = h.run(&f, &code, json!({"size": 4096 - wrapper + 1})).await;
+    let error = out.error.unwrap();
+    assert_eq!(
+        error.kind,
+        fnmesh_core::ErrorKind::InvalidResult,
+        "{error:?}"
+    );
+    assert!(!out.cold_start);
+    h.executor.shutdown(Duration::from_secs(5)).await;
+}

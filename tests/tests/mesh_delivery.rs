@@ -1,8 +1,9 @@
 //! Delivery guarantees of the mesh, with a gateway and two nodes as real processes over a
 //! harness `nats-server -js`: a node killed with `kill -9` loses no work, a function that
 //! always crashes ends in the dead-letter queue after `max_deliver` attempts (and can be
-//! replayed or deleted), a flooded slow function does not hold up a fast one, and
-//! `max_concurrency` holds across the cluster.
+//! replayed or deleted), a flooded slow function does not hold up a fast one,
+//! `max_concurrency` holds across the cluster, and a result larger than NATS's `max_payload`
+//! is an `invalid_result` settled once, not a delivery run again and again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -305,4 +306,68 @@ async fn max_concurrency_holds_across_the_cluster() {
         "{most} ran at once with max_concurrency 2: {spans:?}"
     );
     assert_eq!(most, 2, "two did run at once: {spans:?}");
+}
+
+/// A python function returning ~2 MiB (over the node's 512 KiB result cap and over NATS's
+/// 1 MiB `max_payload`): a sync call gets `invalid_result` promptly, an async one is recorded
+/// `invalid_result` after one attempt (acked, not retried), the function ran once per call,
+/// and the node serves the next invocation from the same warm sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_result_over_the_cap_is_invalid_result_once_and_the_node_serves_on() {
+    let mesh = Mesh::start(&["node-a"], &[("FNMESH_ACK_WAIT_SECS", "5")]).await;
+    let name = unique("huge");
+    mesh.deploy(function_body(
+        &name,
+        "python3",
+        "main.handle",
+        &[(
+            "main.py",
+            "runs = 0\n\ndef handle(event, context):\n    global runs\n    runs += 1\n    return {'runs': runs, 'blob': 'x' * event['size']}\n",
+        )],
+        json!({"timeout_ms": 10000, "min_warm": 0}),
+    ))
+    .await;
+    let path = format!("/v1/functions/{name}/invoke");
+    let big = json!({"size": 2 * 1024 * 1024});
+
+    let started = Instant::now();
+    let r = mesh.call("POST", &path, Some(big.clone())).await;
+    assert_eq!(r.status, 200, "{:?}\n{}", r.body, mesh.logs());
+    assert_eq!(r.body["status"], "failed", "{:?}", r.body);
+    assert_eq!(r.body["error"]["kind"], "invalid_result", "{:?}", r.body);
+    assert_eq!(r.body["attempt"], 1, "{:?}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "not prompt: {:?}",
+        started.elapsed()
+    );
+
+    let id = mesh.invoke_async(&name, big).await;
+    let record = mesh.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(record["status"], "failed", "{record:?}");
+    assert_eq!(record["error"]["kind"], "invalid_result", "{record:?}");
+    assert_eq!(record["attempt"], 1, "not retried: {record:?}");
+
+    // Each call ran once, and the sandbox is still warm and healthy.
+    let r = mesh.call("POST", &path, Some(json!({"size": 3}))).await;
+    assert_eq!(r.status, 200, "{:?}\n{}", r.body, mesh.logs());
+    assert_eq!(r.body["status"], "succeeded", "{:?}", r.body);
+    assert_eq!(
+        r.body["result"],
+        json!({"runs": 3, "blob": "xxx"}),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.body["metrics"]["cold_start"], false, "{:?}", r.body);
+    // Nothing is left to deliver again.
+    let queues = mesh.call("GET", "/v1/admin/queues", None).await;
+    let lane = queues.body["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["function"] == name.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(lane["pending"].as_u64().unwrap_or(0), 0, "{queues:?}");
+    assert_eq!(lane["in_flight"].as_u64().unwrap_or(0), 0, "{queues:?}");
 }

@@ -1,5 +1,5 @@
 //! Metrics of a real `fnmesh node` process over NATS: its `FNMESH_METRICS_LISTEN` listener
-//! serves what it ran (invocations by status, cold starts, init and execution histograms,
+//! serves scrapes bearing `FNMESH_METRICS_TOKEN` (and refuses others) what it ran (invocations by status, cold starts, init and execution histograms,
 //! slots, warm sandboxes), the gateway's `/metrics` counts the same results, and each sync
 //! response's `Server-Timing` carries the numbers of the stored record.
 
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fnmesh_core::metrics::parse_text;
 use fnmesh_tests::mesh::Mesh;
-use fnmesh_tests::{free_port, function_body, unique};
+use fnmesh_tests::{free_port, function_body, unique, ADMIN_KEY};
 use serde_json::json;
 
 /// Sample values by `name{k=v,…}` (labels sorted).
@@ -26,8 +26,12 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape.get(&series(name, labels)).copied().unwrap_or(0.0)
 }
 
-async fn scrape(http: &reqwest::Client, url: &str) -> Option<Scrape> {
-    let resp = http.get(url).send().await.ok()?;
+/// The node's scrape token in these tests.
+const SCRAPE_TOKEN: &str = "node-scrape-token-for-tests";
+
+/// Scrapes `url` with `Bearer <credential>` (an admin key or the scrape token).
+async fn scrape(http: &reqwest::Client, url: &str, credential: &str) -> Option<Scrape> {
+    let resp = http.get(url).bearer_auth(credential).send().await.ok()?;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     let samples = parse_text(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -54,6 +58,7 @@ async fn a_nodes_metrics_listener_counts_what_it_ran() {
         "node-m",
         &[
             ("FNMESH_METRICS_LISTEN", listen.as_str()),
+            ("FNMESH_METRICS_TOKEN", SCRAPE_TOKEN),
             ("FNMESH_NODE_SLOTS", "4"),
         ],
     );
@@ -75,7 +80,7 @@ async fn a_nodes_metrics_listener_counts_what_it_ran() {
     // The listener comes up with the node.
     let deadline = Instant::now() + Duration::from_secs(60);
     let before = loop {
-        if let Some(s) = scrape(&mesh.http, &node_url).await {
+        if let Some(s) = scrape(&mesh.http, &node_url, SCRAPE_TOKEN).await {
             break s;
         }
         assert!(
@@ -89,11 +94,22 @@ async fn a_nodes_metrics_listener_counts_what_it_ran() {
         value(&before, "fnmesh_node_slots", &[("state", "free")]),
         4.0
     );
+    // Without the token (or with the admin key, which a node cannot check): 401.
+    for credential in [None, Some(ADMIN_KEY)] {
+        let mut req = mesh.http.get(&node_url);
+        if let Some(key) = credential {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{credential:?}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    }
     assert_eq!(
         value(&before, "fnmesh_node_slots", &[("state", "busy")]),
         0.0
     );
-    let gateway_before = scrape(&mesh.http, &gateway_url).await.unwrap();
+    let gateway_before = scrape(&mesh.http, &gateway_url, ADMIN_KEY).await.unwrap();
 
     // Two successes then one failure, one after the other: one cold start, then warm.
     let path = format!("/v1/functions/{name}/invoke");
@@ -131,7 +147,7 @@ async fn a_nodes_metrics_listener_counts_what_it_ran() {
         assert!(m["total_us"].as_u64().unwrap() >= m["exec_us"].as_u64().unwrap());
     }
 
-    let after = scrape(&mesh.http, &node_url).await.unwrap();
+    let after = scrape(&mesh.http, &node_url, SCRAPE_TOKEN).await.unwrap();
     let moved = |name: &str, labels: &[(&str, &str)]| {
         value(&after, name, labels) - value(&before, name, labels)
     };
@@ -174,7 +190,7 @@ async fn a_nodes_metrics_listener_counts_what_it_ran() {
     // The gateway's recorder counts the same results from the event stream.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let g = scrape(&mesh.http, &gateway_url).await.unwrap();
+        let g = scrape(&mesh.http, &gateway_url, ADMIN_KEY).await.unwrap();
         let moved = |name: &str, labels: &[(&str, &str)]| {
             value(&g, name, labels) - value(&gateway_before, name, labels)
         };
@@ -217,7 +233,7 @@ async fn fnmesh_up_serves_gateway_and_node_metrics_on_one_endpoint() {
     let url = format!("{}/metrics", app.base_url);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let s = scrape(&app.http, &url).await.unwrap();
+        let s = scrape(&app.http, &url, ADMIN_KEY).await.unwrap();
         let labels = [("function", "hello"), ("status", "succeeded")];
         let gateway = value(&s, "fnmesh_invocations_total", &labels);
         let node = value(&s, "fnmesh_node_invocations_total", &labels);

@@ -263,3 +263,87 @@ async fn nats_requests_refuse_malformed_payloads_and_never_forward_client_header
         "the work message is deduplicated by the invocation id"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_requests_are_answered_on_reply_inboxes_only() {
+    let mesh = Mesh::start(&["node-a"], &[]).await;
+    mesh.deploy(function_body(
+        "echo",
+        "python3",
+        "main.handle",
+        &[("main.py", ECHO)],
+        json!({}),
+    ))
+    .await;
+    let client = async_nats::connect(mesh.nats.url()).await.unwrap();
+    // An application subject a key holder would like the gateway to publish to.
+    let target = "orders.created";
+    let mut watched = client.subscribe(target).await.unwrap();
+    client.flush().await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Authorization", format!("Bearer {ADMIN_KEY}").as_str());
+    client
+        .publish_with_reply_and_headers(
+            subject("echo"),
+            target,
+            headers.clone(),
+            "{\"x\": 1}".into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    // The gateway drops it before running anything, and counts that.
+    let dropped = "fnmesh_nats_requests_dropped_total{reason=\"reply_not_inbox\"} 1";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = mesh
+            .http
+            .get(format!("{}/metrics", mesh.base_url))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        if resp.text().await.unwrap().contains(dropped) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request was not counted as dropped\n{}",
+            mesh.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        mesh.logs().contains("not a reply inbox"),
+        "the drop is logged\n{}",
+        mesh.logs()
+    );
+
+    // A request on an ordinary inbox is answered, and it is the only invocation that ran.
+    let reply = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.request_with_headers(subject("echo"), headers, "{\"x\": 2}".into()),
+    )
+    .await
+    .expect("no reply within 60 s")
+    .unwrap();
+    let r: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(r["status"], "succeeded", "{r:?}\n{}", mesh.logs());
+    let listed = mesh
+        .call("GET", "/v1/invocations?function=echo&limit=100", None)
+        .await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    let ids: Vec<&Value> = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["id"])
+        .collect();
+    assert_eq!(ids, vec![&r["id"]], "only the answered request ran");
+    assert!(
+        futures::FutureExt::now_or_never(watched.next()).is_none(),
+        "nothing was published to {target}"
+    );
+}

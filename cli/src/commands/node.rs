@@ -50,7 +50,13 @@ pub async fn run(args: NodeCommand) -> Result<()> {
     let code = seal_code(code, &args.common.secrets, &keyring);
     let registry = open_registry(open.nats.as_ref(), &args.mesh.region).await?;
     let node = Node::start(
-        node_config(&args.node, &args.common, &data_dir, &args.mesh.region)?,
+        node_config(
+            &args.node,
+            &args.common,
+            &data_dir,
+            &args.mesh.region,
+            open.nats.as_ref(),
+        )?,
         NodeBackends {
             bus: open.bus,
             code,

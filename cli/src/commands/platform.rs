@@ -19,11 +19,13 @@ use fnmesh_code::encrypted::Encrypted;
 use fnmesh_code::mirror::Mirrored;
 use fnmesh_code::nats::NatsCodeStore;
 use fnmesh_code::CodeStore;
+use fnmesh_core::metrics::ScrapeToken;
 use fnmesh_core::nats::NatsOptions;
 use fnmesh_core::secrets::Keyring;
 use fnmesh_core::{ErrorKind, InvocationError, InvocationStatus, NodeId};
 use fnmesh_gateway::{auth, Backends, GatewayConfig};
 use fnmesh_nodes::node::{NodeConfig, SupervisorCommand};
+use fnmesh_nodes::runtimes::protocol::result_cap;
 use fnmesh_ratelimit::RateLimit;
 use fnmesh_store::MetadataStore;
 
@@ -182,6 +184,7 @@ pub async fn open_gateway(
         }),
         tokens: crate::jwt_keys::token_config(&args.tokens, data_dir)?,
         secrets_keyring: Some(keyring),
+        metrics_token: metrics_token(common)?,
         ..GatewayConfig::default()
     };
     Ok(GatewayParts {
@@ -215,13 +218,28 @@ pub async fn open_registry(
 }
 
 /// The node's config from its arguments: the supervisor is this binary's hidden
-/// `__supervisor` command.
+/// `__supervisor` command; results are capped to fit the NATS server's `max_payload` when
+/// the node runs over NATS (`nats`).
 pub fn node_config(
     args: &NodeArgs,
     common: &CommonArgs,
     data_dir: &Path,
     region: &str,
+    nats: Option<&async_nats::Client>,
 ) -> Result<NodeConfig> {
+    if args.max_result_bytes == 0 {
+        bail!("FNMESH_MAX_RESULT_BYTES must be positive");
+    }
+    let max_payload = nats.map(|client| client.server_info().max_payload);
+    let max_result_bytes = result_cap(args.max_result_bytes, max_payload);
+    if max_result_bytes < args.max_result_bytes {
+        tracing::warn!(
+            configured_bytes = args.max_result_bytes,
+            max_result_bytes,
+            nats.max_payload_bytes = max_payload,
+            "FNMESH_MAX_RESULT_BYTES lowered to fit the NATS server's max_payload"
+        );
+    }
     let node_id = match args.node_id.as_deref().filter(|s| !s.is_empty()) {
         Some(id) => NodeId::parse(id).with_context(|| format!("FNMESH_NODE_ID={id:?}"))?,
         None => NodeId::generate(),
@@ -240,8 +258,26 @@ pub fn node_config(
         drain_timeout: Duration::from_secs(common.drain_secs),
         heartbeat_interval: Duration::from_secs(args.heartbeat_secs),
         metrics_listen: args.metrics_listen,
+        metrics_token: metrics_token(common)?,
+        max_result_bytes,
+        code_cache_bytes: args.code_cache_bytes,
         secrets_keyring: Some(crate::secrets_key::keyring(&common.secrets, data_dir)?),
     })
+}
+
+/// The metrics scrape token, from `FNMESH_METRICS_TOKEN` or `FNMESH_METRICS_TOKEN_FILE`.
+fn metrics_token(common: &CommonArgs) -> Result<Option<ScrapeToken>> {
+    let text = match (&common.metrics_token, &common.metrics_token_file) {
+        (Some(_), Some(_)) => {
+            bail!("set FNMESH_METRICS_TOKEN or FNMESH_METRICS_TOKEN_FILE, not both")
+        }
+        (Some(token), None) => token.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("FNMESH_METRICS_TOKEN_FILE: reading {}", file.display()))?,
+        (None, None) => return Ok(None),
+    };
+    let token = ScrapeToken::parse(&text).context("FNMESH_METRICS_TOKEN")?;
+    Ok(Some(token))
 }
 
 /// Where the bootstrap admin key came from.

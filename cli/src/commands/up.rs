@@ -60,7 +60,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
         fail_interrupted_invocations(parts.backends.store.as_ref()).await?;
     }
     let node = Node::start(
-        node_config(&args.node, &args.common, &data_dir, &args.region)?,
+        node_config(
+            &args.node,
+            &args.common,
+            &data_dir,
+            &args.region,
+            open.nats.as_ref(),
+        )?,
         NodeBackends {
             bus: bus.clone(),
             code: parts.backends.code.clone(),

@@ -4,7 +4,8 @@ Run as: python3 -I -u exec_bootstrap.py <task_root> <relative executable>
 
 Same framed protocol and fd layout as python_bootstrap.py. For each request the executable is
 started with the payload JSON on its stdin; its stdout (parsed as JSON) is the result, its stderr
-is copied to the logs and its last ~2 KiB go into the error message of a non-zero exit.
+is copied to the logs and its last ~2 KiB go into the error message of a non-zero exit. A
+result whose JSON is longer than the request's `max_result_bytes` is `invalid_result`.
 """
 
 import json
@@ -56,6 +57,16 @@ def _recv(inp):
 
 def _error(kind, type_, message):
     return {"error": {"type": type_, "message": message, "kind": kind}}
+
+
+def _capped(response, limit):
+    """The response frame's body, or an invalid_result one when its result is over `limit`."""
+    body = json.dumps(response, allow_nan=False, separators=(",", ":")).encode()
+    size = len(body) - len(b'{"ok":}')
+    if "ok" in response and isinstance(limit, int) and size > limit:
+        message = "the result is %d bytes of JSON, over the limit of %d bytes" % (size, limit)
+        body = json.dumps(_error("invalid_result", "InvalidResult", message)).encode()
+    return body
 
 
 def _run(path, cwd, payload):
@@ -162,13 +173,13 @@ def main():
             return 0
         marker = b"\n\x00fnmesh-end:" + req["id"].encode() + b"\x00\n"
         payload = json.dumps(req["payload"], separators=(",", ":")).encode()
-        response = _run(path, task_root, payload)
+        body = _capped(_run(path, task_root, payload), req.get("max_result_bytes"))
         try:
             sys.stderr.flush()
             _write_all(2, marker)
         except OSError:
             pass
-        _send(out, response)
+        _write_all(out, struct.pack(">I", len(body)) + body)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 //           node_bootstrap.js <task_root> <file.export>
 // The wrapper moves the protocol to fds 3 (requests in) and 4 (responses out) and points fd 0 at
 // /dev/null and fd 1 at the log pipe (fd 2), so console output never corrupts a frame.
-// Frames: 4-byte big-endian length + UTF-8 JSON (see nodes/src/runtimes/protocol.rs).
+// Frames: 4-byte big-endian length + UTF-8 JSON (see nodes/src/runtimes/protocol.rs). A result
+// whose JSON is longer than the request's max_result_bytes is answered invalid_result instead.
 'use strict';
 
 const fs = require('fs');
@@ -14,6 +15,7 @@ const path = require('path');
 const PROTO_IN = 3;
 const PROTO_OUT = 4;
 const MAX_FRAME = 64 * 1024 * 1024;
+const OK_WRAPPER = '{"ok":}'.length;
 
 function writeAll(fd, buf) {
   let off = 0;
@@ -93,6 +95,20 @@ async function serve(fn, req) {
       error: {
         type: 'InvalidResult',
         message: 'result is not JSON-serialisable: ' + describe(err).message,
+        kind: 'invalid_result',
+      },
+    });
+    return;
+  }
+  const limit = req.max_result_bytes;
+  const size = Buffer.byteLength(body) - OK_WRAPPER;
+  if (Number.isInteger(limit) && size > limit) {
+    body = null;
+    flushLogs(marker);
+    send({
+      error: {
+        type: 'InvalidResult',
+        message: 'the result is ' + size + ' bytes of JSON, over the limit of ' + limit + ' bytes',
         kind: 'invalid_result',
       },
     });

@@ -7,10 +7,21 @@
 //!
 //! 1. First frame from the bootstrap: `{"ready":true}` or `{"init_error":"<type>: <message>"}`
 //!    (the traceback went to the logs; the bootstrap then exits).
-//! 2. Request: `{"id":"<invocation id>","payload":<json>,"context":{"invocation_id",
-//!    "function_name","function_version","memory_limit_mb","deadline_ms","trace_id"}}`.
+//! 2. Request: `{"id":"<invocation id>","payload":<json>,"max_result_bytes":<n>,
+//!    "context":{"invocation_id","function_name","function_version","memory_limit_mb",
+//!    "deadline_ms","trace_id"}}`.
 //! 3. Response: `{"ok":<json>}` or `{"error":{"type","message","kind"?}}` where `kind` is
-//!    `invalid_result` for a result that is not JSON, else absent (a handler error).
+//!    `invalid_result` for a result that is not JSON or whose JSON is longer than
+//!    `max_result_bytes`, else absent (a handler error).
+//!
+//! Results are capped well below NATS's `max_payload` (1 MiB by default), because a result
+//! travels in the sync reply and the `Finished` event beside up to 64 KiB of logs: see
+//! [`DEFAULT_MAX_RESULT_BYTES`] and [`result_cap`]. The bootstraps check the cap themselves and
+//! answer `invalid_result` instead of sending a larger result, so their sandbox stays usable.
+//! The node never trusts that: it refuses a response frame longer than the cap plus
+//! [`RESPONSE_OVERHEAD_BYTES`] from its length prefix alone, before allocating anything for it
+//! (the sandbox is then destroyed: the rest of that frame is still in the pipe), and an `ok`
+//! frame whose result is over the cap is `invalid_result` too.
 //!
 //! Before each response the bootstrap flushes its output and writes [`end_marker`] to the log
 //! pipe, so the node knows where one invocation's logs end.
@@ -18,8 +29,44 @@
 use serde::Serialize;
 use serde_json::Value;
 
-/// Largest frame either side accepts.
+/// Largest request frame (node to bootstrap; the payload is capped by the gateway's body cap).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// Default cap on the JSON encoding of a result: 512 KiB.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 512 * 1024;
+
+/// What a result's reply and `Finished` event carry besides the result, at most: the logs
+/// (64 KiB, `DEFAULT_LOG_CAP_BYTES`, up to six times that once control characters are
+/// JSON-escaped), an error message (4 KiB) and the record's other fields.
+pub const RESULT_HEADROOM_BYTES: usize = 448 * 1024;
+
+/// Smallest result cap [`result_cap`] gives.
+pub const MIN_RESULT_CAP_BYTES: usize = 1024;
+
+/// How much longer than the result cap a response frame may be: the `{"ok":…}` wrapper, or an
+/// error frame (its message is cut at 4 KiB by the bootstraps, but may be JSON-escaped).
+pub const RESPONSE_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Bytes an `{"ok":<result>}` frame has besides the result's JSON.
+const OK_WRAPPER_BYTES: usize = r#"{"ok":}"#.len();
+
+/// The result cap of a node: `configured`, lowered where the NATS server's `max_payload` (when
+/// the node runs over NATS) leaves less than that beside [`RESULT_HEADROOM_BYTES`], so that a
+/// result under the cap always fits in the reply and the event that carry it.
+pub fn result_cap(configured: usize, max_payload: Option<usize>) -> usize {
+    let fits = max_payload.map_or(usize::MAX, |max| max.saturating_sub(RESULT_HEADROOM_BYTES));
+    configured.min(fits).max(MIN_RESULT_CAP_BYTES)
+}
+
+/// The longest response frame a node reads when results are capped at `max_result_bytes`.
+pub fn max_response_frame(max_result_bytes: usize) -> usize {
+    max_result_bytes.saturating_add(RESPONSE_OVERHEAD_BYTES)
+}
+
+/// Whether an `ok` response frame of `frame_len` bytes carries a result over `max_result_bytes`.
+pub fn result_too_large(frame_len: usize, max_result_bytes: usize) -> bool {
+    frame_len.saturating_sub(OK_WRAPPER_BYTES) > max_result_bytes
+}
 
 /// The line a bootstrap writes to its log pipe after an invocation's output.
 pub fn end_marker(id: &str) -> Vec<u8> {
@@ -54,6 +101,9 @@ pub struct Request<'a> {
     pub id: &'a str,
     /// The event.
     pub payload: &'a Value,
+    /// The longest result (its JSON) the node accepts; the bootstrap answers `invalid_result`
+    /// for a longer one.
+    pub max_result_bytes: usize,
     /// What the handler's `context` holds.
     pub context: RequestContext<'a>,
 }
@@ -165,6 +215,7 @@ mod tests {
         let req = Request {
             id: "abc",
             payload: &payload,
+            max_result_bytes: 1000,
             context: RequestContext {
                 invocation_id: "abc",
                 function_name: "f",
@@ -181,6 +232,39 @@ mod tests {
         assert_eq!(back["payload"], payload);
         assert_eq!(back["context"]["function_version"], 3);
         assert_eq!(back["context"]["trace_id"], Value::Null);
+        assert_eq!(back["max_result_bytes"], 1000);
+    }
+
+    #[test]
+    fn the_result_cap_leaves_room_for_logs_under_max_payload() {
+        // NATS's default max_payload (1 MiB) keeps the default cap.
+        assert_eq!(
+            result_cap(DEFAULT_MAX_RESULT_BYTES, Some(1024 * 1024)),
+            DEFAULT_MAX_RESULT_BYTES
+        );
+        assert_eq!(
+            result_cap(DEFAULT_MAX_RESULT_BYTES, None),
+            DEFAULT_MAX_RESULT_BYTES
+        );
+        // A smaller server limit lowers it; a larger one never raises it.
+        assert_eq!(
+            result_cap(DEFAULT_MAX_RESULT_BYTES, Some(512 * 1024)),
+            512 * 1024 - RESULT_HEADROOM_BYTES
+        );
+        assert_eq!(
+            result_cap(DEFAULT_MAX_RESULT_BYTES, Some(8 * 1024 * 1024)),
+            DEFAULT_MAX_RESULT_BYTES
+        );
+        assert_eq!(result_cap(10, None), MIN_RESULT_CAP_BYTES);
+        assert_eq!(
+            result_cap(DEFAULT_MAX_RESULT_BYTES, Some(1000)),
+            MIN_RESULT_CAP_BYTES
+        );
+        // What a node reads of a response frame, and when an ok frame is over the cap.
+        assert_eq!(max_response_frame(100), 100 + RESPONSE_OVERHEAD_BYTES);
+        let frame = |result: &str| format!("{{\"ok\":{result}}}").len();
+        assert!(!result_too_large(frame("\"abc\""), 5));
+        assert!(result_too_large(frame("\"abcd\""), 5));
     }
 
     #[test]

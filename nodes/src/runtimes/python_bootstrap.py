@@ -5,7 +5,8 @@ Run as: python3 -I -u python_bootstrap.py <task_root> <module.function>
 Protocol (see nodes/src/runtimes/protocol.rs): frames are a 4-byte big-endian length followed
 by UTF-8 JSON. The node writes requests on our fd 0 and reads responses on our fd 1; the logs
 are fd 2. At start we move the protocol to private fds, point fd 0 at /dev/null and fd 1 at the
-log pipe, so nothing the handler (or its children) prints can corrupt a frame.
+log pipe, so nothing the handler (or its children) prints can corrupt a frame. A result whose
+JSON is longer than the request's `max_result_bytes` is answered `invalid_result` instead.
 """
 
 import importlib
@@ -15,6 +16,7 @@ import sys
 import time
 
 MAX_FRAME = 64 * 1024 * 1024
+OK_WRAPPER = len(b'{"ok":}')
 
 
 def _codec():
@@ -198,6 +200,23 @@ def main():
                     "error": {
                         "type": "InvalidResult",
                         "message": "result is not JSON-serialisable: %s" % exc,
+                        "kind": "invalid_result",
+                    }
+                },
+            )
+            continue
+        limit = req.get("max_result_bytes")
+        if isinstance(limit, int) and len(body) - OK_WRAPPER > limit:
+            size = len(body) - OK_WRAPPER
+            body = None
+            _flush_logs(marker)
+            _send(
+                out,
+                {
+                    "error": {
+                        "type": "InvalidResult",
+                        "message": "the result is %d bytes of JSON, over the limit of %d bytes"
+                        % (size, limit),
                         "kind": "invalid_result",
                     }
                 },

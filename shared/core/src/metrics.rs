@@ -3,7 +3,8 @@
 //!
 //! Each crate registers its own metrics in it (`gateway::metrics`, `nodes::metrics`); this
 //! module holds what they share: the text encoding, the histogram buckets, and [`LabelCap`],
-//! which keeps label values that come from users (function names) bounded.
+//! which keeps label values that come from users (function names) bounded, and
+//! [`ScrapeToken`], the credential a Prometheus scrape may present instead of an admin key.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -35,6 +36,61 @@ pub fn encode(registry: &Registry) -> String {
         tracing::warn!(error = %e, "encoding metrics failed; the scrape is partial");
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Shortest scrape token accepted.
+pub const MIN_SCRAPE_TOKEN_LEN: usize = 16;
+/// Longest scrape token accepted.
+pub const MAX_SCRAPE_TOKEN_LEN: usize = 512;
+
+/// Why a scrape token is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScrapeTokenError {
+    /// Too short or too long.
+    #[error(
+        "a metrics scrape token must be {MIN_SCRAPE_TOKEN_LEN} to {MAX_SCRAPE_TOKEN_LEN} \
+         characters long, not {0}"
+    )]
+    Length(usize),
+    /// Holds whitespace or a character that cannot travel in an HTTP header.
+    #[error("a metrics scrape token may hold only visible ASCII characters")]
+    Characters,
+}
+
+/// The shared secret a Prometheus scrape presents as `Authorization: Bearer <token>`
+/// (`FNMESH_METRICS_TOKEN`; Prometheus' `authorization: { credentials: … }`). Compared in
+/// constant time; never printed.
+#[derive(Clone)]
+pub struct ScrapeToken(String);
+
+impl ScrapeToken {
+    /// A token from configuration (surrounding whitespace, e.g. a file's newline, is dropped).
+    pub fn parse(text: &str) -> Result<Self, ScrapeTokenError> {
+        let token = text.trim();
+        if !(MIN_SCRAPE_TOKEN_LEN..=MAX_SCRAPE_TOKEN_LEN).contains(&token.len()) {
+            return Err(ScrapeTokenError::Length(token.chars().count()));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ScrapeTokenError::Characters);
+        }
+        Ok(Self(token.to_owned()))
+    }
+
+    /// Whether an `Authorization` header value is `Bearer <this token>`.
+    pub fn matches_authorization(&self, header: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let Some((scheme, value)) = header.and_then(|h| h.trim().split_once(' ')) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case("bearer")
+            && bool::from(value.trim().as_bytes().ct_eq(self.0.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for ScrapeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScrapeToken(<redacted>)")
+    }
 }
 
 /// Bounds the values of one label: the first `max` distinct values are kept, every later one
@@ -218,6 +274,34 @@ fn parse_labels(mut s: &str) -> Result<(BTreeMap<String, String>, &str), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scrape_token_matches_its_bearer_header_only() {
+        let token = ScrapeToken::parse(" prometheus-scrape-0123 \n").unwrap();
+        assert!(token.matches_authorization(Some("Bearer prometheus-scrape-0123")));
+        assert!(token.matches_authorization(Some("bearer  prometheus-scrape-0123 ")));
+        for other in [
+            None,
+            Some(""),
+            Some("prometheus-scrape-0123"),
+            Some("Basic prometheus-scrape-0123"),
+            Some("Bearer prometheus-scrape-012"),
+            Some("Bearer prometheus-scrape-01234"),
+            Some("Bearer "),
+        ] {
+            assert!(!token.matches_authorization(other), "{other:?}");
+        }
+        assert_eq!(format!("{token:?}"), "ScrapeToken(<redacted>)");
+        assert_eq!(
+            ScrapeToken::parse("short").unwrap_err(),
+            ScrapeTokenError::Length(5)
+        );
+        assert_eq!(
+            ScrapeToken::parse("has a space in it!").unwrap_err(),
+            ScrapeTokenError::Characters
+        );
+        assert!(ScrapeToken::parse(&"x".repeat(MAX_SCRAPE_TOKEN_LEN + 1)).is_err());
+    }
 
     #[test]
     fn a_label_cap_keeps_the_first_values_then_says_other() {

@@ -266,15 +266,21 @@ pub fn parse_request(subject: &str) -> Result<FunctionName, RequestSubjectError>
     Ok(FunctionName::parse(rest)?)
 }
 
-/// Whether a gateway may publish a request's reply to `reply`, a subject the client chose:
-/// never onto fnmesh's own subjects nor a `$`-prefixed system or JetStream API subject (a
-/// reply there would act with the gateway's permissions), nor anything that is not one plain
-/// publish subject.
+/// Reply subjects a gateway answers NATS requests on, by prefix: `_INBOX.`, the request inbox
+/// of every NATS client library (`client.creds` may subscribe to `_INBOX.>` only), and `_R_.`,
+/// the reply subject a server substitutes when a request crosses accounts through a service
+/// import (the `CLIENTS` account's requests reach the gateways that way).
+pub const CLIENT_REPLY_PREFIXES: [&str; 2] = ["_INBOX.", "_R_."];
+
+/// Whether a gateway may publish a request's reply to `reply`, a subject the client chose: only
+/// a reply inbox ([`CLIENT_REPLY_PREFIXES`]) that is one plain publish subject. Anything else
+/// (fnmesh's own subjects, `$` system or JetStream API subjects, a gateway's sync inboxes, any
+/// application subject) would make the gateway publish there with its own permissions.
 pub fn reply_allowed(reply: &str) -> bool {
-    !reply.is_empty()
-        && reply.len() <= 1024
-        && !reply.starts_with('$')
-        && !reply.starts_with("fnmesh.")
+    reply.len() <= 1024
+        && CLIENT_REPLY_PREFIXES
+            .iter()
+            .any(|prefix| reply.starts_with(prefix))
         && reply
             .split('.')
             .all(|t| !t.is_empty() && t != "*" && t != ">")
@@ -325,21 +331,36 @@ mod request_subject_tests {
     }
 
     #[test]
-    fn replies_never_go_to_our_own_or_system_subjects() {
-        assert!(reply_allowed("_INBOX.abc.123"));
-        assert!(reply_allowed("my.app.replies.1"));
+    fn replies_go_to_reply_inboxes_only() {
+        for good in ["_INBOX.abc.123", "_INBOX.x", "_R_.AbC123.xyz", "_R_.a.b.c"] {
+            assert!(reply_allowed(good), "{good:?}");
+        }
         for bad in [
             "",
             "$JS.API.STREAM.PURGE.fnmesh-x-inv",
             "$SYS.REQ.SERVER.PING",
             "fnmesh.v1.x.inv.default.f",
+            "fnmesh.v1.req.f",
+            "_FNMESH.gw.abc.1",
+            "_FNMESH.node.abc.1",
+            "my.app.replies.1",
+            "orders.created",
+            "_INBOX",
+            "_INBOX.",
+            "_INBOXES.1",
+            "_R_",
+            "_R_.",
+            "x._INBOX.1",
             "_INBOX.*",
             "_INBOX.>",
-            "a..b",
-            "a b",
+            "_INBOX.a..b",
+            "_INBOX.a b",
+            "_INBOX.a\tb",
         ] {
             assert!(!reply_allowed(bad), "{bad:?}");
         }
+        let long = format!("_INBOX.{}", "a".repeat(1024));
+        assert!(!reply_allowed(&long));
     }
 }
 
