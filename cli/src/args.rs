@@ -198,6 +198,21 @@ pub struct DeliveryArgs {
     /// hold their results and retry until the recorders catch up.
     #[arg(long, env = "FNMESH_EVENT_CAPACITY", default_value_t = 100_000)]
     pub event_capacity: usize,
+    /// Invocations queued or running at most, in all; past it an invoke is 503 `queue_full`.
+    #[arg(long, env = "FNMESH_QUEUE_CAPACITY", default_value_t = 100_000)]
+    pub queue_capacity: usize,
+    /// Invocations of one function queued or running at most; past it an invoke of that
+    /// function is 429 `function_queue_full` (others go on).
+    #[arg(long, env = "FNMESH_FUNCTION_QUEUE_CAPACITY", default_value_t = 5_000)]
+    pub function_queue_capacity: usize,
+    /// Invocations of one namespace queued or running at most; past it an invoke in that
+    /// namespace is 429 `namespace_queue_full` (other namespaces go on).
+    #[arg(
+        long,
+        env = "FNMESH_NAMESPACE_QUEUE_CAPACITY",
+        default_value_t = 10_000
+    )]
+    pub namespace_queue_capacity: usize,
 }
 
 impl DeliveryArgs {
@@ -207,6 +222,9 @@ impl DeliveryArgs {
             ack_wait: std::time::Duration::from_secs(self.ack_wait_secs.max(1)),
             max_deliver: self.max_deliver.clamp(1, 100),
             event_capacity: self.event_capacity.max(1),
+            capacity: self.queue_capacity.max(1),
+            function_capacity: self.function_queue_capacity.max(1),
+            namespace_capacity: self.namespace_queue_capacity.max(1),
             ..fnmesh_bus::BusConfig::default()
         }
     }

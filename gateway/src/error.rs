@@ -140,6 +140,10 @@ pub enum ApiError {
     /// The invocation queue is full.
     #[error("the invocation queue is full; retry later")]
     QueueFull,
+    /// One function's or one namespace's share of the invocation queue is full (others go
+    /// on).
+    #[error("this {0} has as much work queued as it may; retry later")]
+    LaneFull(fnmesh_bus::Lane),
     /// A backend is shutting down or unreachable.
     #[error("{0}")]
     Unavailable(String),
@@ -165,7 +169,7 @@ impl ApiError {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::QuotaExceeded(_) => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::LaneFull(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidName(_)
@@ -216,6 +220,8 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::QueueFull => "queue_full",
+            Self::LaneFull(fnmesh_bus::Lane::Function) => "function_queue_full",
+            Self::LaneFull(fnmesh_bus::Lane::Namespace) => "namespace_queue_full",
             Self::Unavailable(_) => "unavailable",
             Self::NotReady(_) => "not_ready",
             Self::GatewayTimeout { .. } => "gateway_timeout",
@@ -266,7 +272,7 @@ impl ApiError {
                 headers.insert("ratelimit-remaining", HeaderValue::from(*remaining));
                 headers.insert("ratelimit-reset", secs_header(*reset_after));
             }
-            Self::QueueFull => {
+            Self::QueueFull | Self::LaneFull(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::PayloadTooLarge { .. } => {
@@ -306,6 +312,7 @@ impl From<BusError> for ApiError {
     fn from(e: BusError) -> Self {
         match e {
             BusError::Full => Self::QueueFull,
+            BusError::LaneFull(lane) => Self::LaneFull(lane),
             BusError::Closed => Self::Unavailable("the invocation bus is shutting down".into()),
             other => Self::Internal(other.to_string()),
         }

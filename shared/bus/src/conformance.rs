@@ -28,7 +28,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 
-use super::{Bus, BusConfig, BusError, Delivery, ReplyTo};
+use super::{Bus, BusConfig, BusError, Delivery, Lane, ReplyTo};
 use fnmesh_core::checksum::Checksum;
 use fnmesh_core::function::{CodeInfo, Function, FunctionConfig, Runtime};
 use fnmesh_core::ids::{FunctionId, InvocationId};
@@ -50,6 +50,8 @@ pub fn test_config() -> BusConfig {
         ack_wait: ACK_WAIT,
         max_deliver: 5,
         capacity: 10_000,
+        function_capacity: 10_000,
+        namespace_capacity: 10_000,
         dedupe_window: Duration::from_secs(60),
         event_capacity: 10_000,
         manage_streams: true,
@@ -75,6 +77,7 @@ macro_rules! bus_conformance_cases {
             max_deliver_dead_letters,
             term_drops_without_dead_letter,
             full_queue_refuses_publish,
+            full_lanes_refuse_only_their_function_or_namespace,
             inbox_reply_roundtrip,
             reply_to_a_dropped_inbox_is_ok,
             many_inboxes_each_get_their_own_reply,
@@ -704,6 +707,77 @@ where
             .is_empty(),
         "a pull without waiting answers at once"
     );
+}
+
+/// A function with `function_capacity` invocations queued refuses one more of itself only
+/// (`LaneFull(Function)`), a namespace with `namespace_capacity` refuses more of its own
+/// functions only (`LaneFull(Namespace)`); other functions and namespaces go on; settling work
+/// makes room again (a JetStream bus may count a namespace up to a second late).
+pub async fn full_lanes_refuse_only_their_function_or_namespace<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(BusConfig {
+        ack_wait: Duration::from_secs(30),
+        function_capacity: 2,
+        namespace_capacity: 3,
+        ..test_config()
+    })
+    .await;
+    let flooded = fresh_namespace();
+    let other = fresh_namespace();
+    for _ in 0..2 {
+        bus.publish_invocation(&request_of(&flooded, "slow", 10), None)
+            .await
+            .expect("within the function's share");
+    }
+    let err = bus
+        .publish_invocation(&request_of(&flooded, "slow", 10), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BusError::LaneFull(Lane::Function)),
+        "a third of one function is LaneFull(Function), got {err:?}"
+    );
+    bus.publish_invocation(&request_of(&flooded, "fast", 10), None)
+        .await
+        .expect("another function of the namespace still has room");
+    let err = bus
+        .publish_invocation(&request_of(&flooded, "third", 10), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BusError::LaneFull(Lane::Namespace)),
+        "a fourth of one namespace is LaneFull(Namespace), got {err:?}"
+    );
+    for name in ["slow", "fast", "third"] {
+        bus.publish_invocation(&request_of(&other, name, 10), None)
+            .await
+            .expect("another namespace is not affected");
+    }
+    // Settling one of the flooded namespace's work makes room for it again.
+    let delivery = loop {
+        let d = expect_delivery(bus.as_ref(), "queued work").await;
+        if d.request.function.namespace == flooded {
+            break d;
+        }
+        d.acker.nak(None).await.unwrap();
+    };
+    delivery.acker.ack().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match bus
+            .publish_invocation(&request_of(&flooded, "third", 10), None)
+            .await
+        {
+            Ok(()) => break,
+            Err(BusError::LaneFull(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("settled work makes room in its namespace, got {e:?}"),
+        }
+    }
 }
 
 /// At `event_capacity` unrecorded events, publishing another is `Full` (nothing is dropped

@@ -11,7 +11,9 @@
 //! - A delivery not acked within the ack wait (unless `in_progress` extends it) or `nak`ed is
 //!   delivered again, with `attempt` + 1, up to `max_deliver` attempts; then it is dropped from
 //!   the queue and reported by [`Bus::pull_dead_letter`] (never silently lost).
-//! - A full queue refuses the publish with [`BusError::Full`]; nothing accepted is dropped.
+//! - A full queue refuses the publish with [`BusError::Full`]; a function or namespace with as
+//!   much work pending as its share allows, with [`BusError::LaneFull`] (other functions and
+//!   namespaces go on); nothing accepted is dropped.
 //! - Acks are not fenced by attempt: a stale delivery's ack (of an attempt that has since been
 //!   redelivered) may settle a later delivery of the same invocation (JetStream,
 //!   nats-server#4786). Records are fenced by attempt in the store. [`memory::MemoryBus`]
@@ -43,6 +45,10 @@ pub enum BusError {
     /// The queue is at capacity; retry later.
     #[error("the invocation queue is full")]
     Full,
+    /// One function's or one namespace's share of the queue is full; retry later (other
+    /// functions and namespaces are not affected).
+    #[error("the {0} has as much work pending as it may")]
+    LaneFull(Lane),
     /// The bus is shutting down or disconnected.
     #[error("the bus is closed")]
     Closed,
@@ -54,6 +60,24 @@ pub enum BusError {
     Backend(String),
 }
 
+/// Which share of the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// One function's pending work ([`BusConfig::function_capacity`]).
+    Function,
+    /// One namespace's pending work ([`BusConfig::namespace_capacity`]).
+    Namespace,
+}
+
+impl std::fmt::Display for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Function => "function",
+            Self::Namespace => "namespace",
+        })
+    }
+}
+
 /// Tunables every implementation honours.
 #[derive(Debug, Clone)]
 pub struct BusConfig {
@@ -61,8 +85,15 @@ pub struct BusConfig {
     pub ack_wait: Duration,
     /// Attempts before an invocation is dead-lettered.
     pub max_deliver: u32,
-    /// Invocations queued (not yet acked) at most.
+    /// Invocations queued (not yet acked) at most, in all.
     pub capacity: usize,
+    /// Invocations of one function queued (not yet acked) at most: past it, publishing one
+    /// more of that function is [`BusError::LaneFull`] while other functions go on.
+    pub function_capacity: usize,
+    /// Invocations of one namespace queued (not yet acked) at most, likewise. The JetStream
+    /// bus counts a namespace's work from the stream at most once a second and adds what it
+    /// published since, so several gateways may overshoot it by what they publish in a second.
+    pub namespace_capacity: usize,
     /// How long a published id is remembered for dedupe.
     pub dedupe_window: Duration,
     /// Node events kept (not yet recorded) at most; past it publishing an event is
@@ -142,7 +173,9 @@ impl Default for BusConfig {
         Self {
             ack_wait: Duration::from_secs(30),
             max_deliver: 3,
-            capacity: 10_000,
+            capacity: 100_000,
+            function_capacity: 5_000,
+            namespace_capacity: 10_000,
             dedupe_window: Duration::from_secs(600),
             event_capacity: 100_000,
             manage_streams: true,

@@ -74,6 +74,12 @@ pub fn bus_invocations_all(prefix: &BusPrefix) -> String {
     format!("{PREFIX}.{prefix}.inv.>")
 }
 
+/// Every invocation subject of one namespace on a prefixed bus:
+/// `fnmesh.v1.<prefix>.inv.<namespace>.*`.
+pub fn bus_invocations_of_namespace(prefix: &BusPrefix, namespace: &Namespace) -> String {
+    format!("{PREFIX}.{prefix}.inv.{namespace}.*")
+}
+
 /// Node-event subject of one invocation on a prefixed bus: `fnmesh.v1.<prefix>.evt.<id>`.
 pub fn bus_node_event(prefix: &BusPrefix, id: &InvocationId) -> String {
     format!("{PREFIX}.{prefix}.evt.{id}")

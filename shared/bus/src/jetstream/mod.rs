@@ -115,6 +115,9 @@ struct Inner {
     signatures: super::Signatures,
     /// Invocation ids delivered here, to refuse replays.
     replays: signed::ReplayGuard,
+    /// One namespace's share of the work stream, and what this bus last counted of each.
+    namespace_capacity: u64,
+    namespace_held: scheduler::NamespaceHeld,
 }
 
 impl std::fmt::Debug for JetStreamBus {
@@ -181,13 +184,8 @@ impl JetStreamBus {
             .publish_with_headers(subject, headers, payload.into())
             .await
             .map_err(|e| backend(what, e))?;
-        ack.await.map_err(|e| {
-            if is_full(&e) {
-                BusError::Full
-            } else {
-                backend(what, e)
-            }
-        })
+        ack.await
+            .map_err(|e| is_full(&e).unwrap_or_else(|| backend(what, e)))
     }
 }
 
@@ -199,18 +197,28 @@ fn attached_only() -> BusError {
     )
 }
 
-/// Whether a publish was refused because the stream is at its limits (discard new).
-fn is_full(err: &jetstream::context::PublishError) -> bool {
+/// The error of a publish refused because the stream (or the subject: one function) is at its
+/// limits (discard new), if it was.
+fn is_full(err: &jetstream::context::PublishError) -> Option<BusError> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     while let Some(e) = source {
         if let Some(js) = e.downcast_ref::<jetstream::Error>() {
-            let text = js.to_string();
-            return text.contains("maximum messages") || text.contains("maximum bytes");
+            return full_in(&js.to_string());
         }
         source = e.source();
     }
-    let text = err.to_string();
-    text.contains("maximum messages") || text.contains("maximum bytes")
+    full_in(&err.to_string())
+}
+
+/// What a refusal's text says is full, if anything.
+fn full_in(text: &str) -> Option<BusError> {
+    if text.contains("maximum messages per subject") {
+        Some(BusError::LaneFull(crate::Lane::Function))
+    } else if text.contains("maximum messages") || text.contains("maximum bytes") {
+        Some(BusError::Full)
+    } else {
+        None
+    }
 }
 
 /// Validates a reply address: a sync-reply inbox ([`subjects::is_reply_inbox`]) of non-empty

@@ -34,6 +34,22 @@ const FETCH_EXPIRY: Duration = Duration::from_millis(20);
 const HINT_WORK: &str = "w:";
 const HINT_FREED: &str = "f:";
 
+/// How long a namespace's count of work in the stream is used before it is read again.
+const NAMESPACE_RECOUNT: Duration = Duration::from_secs(1);
+
+/// Namespaces' work in the stream as this bus last counted it (plus what it published since),
+/// for [`crate::BusConfig::namespace_capacity`].
+#[derive(Default)]
+pub(super) struct NamespaceHeld {
+    counts: std::sync::Mutex<HashMap<fnmesh_core::Namespace, (u64, Instant)>>,
+}
+
+impl NamespaceHeld {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<fnmesh_core::Namespace, (u64, Instant)>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Which function consumers a node should look at, round-robin.
 #[derive(Default)]
 pub(super) struct PullState {
@@ -103,6 +119,8 @@ impl JetStreamBus {
             &request.function.name,
         );
         let reply = reply.map(check_reply).transpose()?;
+        self.check_namespace_room(&request.function.namespace)
+            .await?;
         let msg_id = subjects::invocation_msg_id(&request.id);
         self.sign_work(&mut headers, &subject, reply, &msg_id, &payload);
         self.ensure_function_consumer(request).await?;
@@ -112,6 +130,14 @@ impl JetStreamBus {
         if ack.duplicate {
             tracing::debug!(invocation.id = %request.id, "duplicate publish ignored");
         } else {
+            if let Some((held, _)) = self
+                .inner
+                .namespace_held
+                .lock()
+                .get_mut(&request.function.namespace)
+            {
+                *held += 1;
+            }
             let f = &request.function;
             let consumer =
                 subjects::bus_function_consumer(&self.inner.prefix, &f.namespace, &f.name);
@@ -382,6 +408,64 @@ impl JetStreamBus {
             }
         }
         Ok(None)
+    }
+
+    /// [`crate::BusError::LaneFull`] when `namespace` has as much work in the stream as its
+    /// share allows. The count is read from the stream (one request for the namespace's
+    /// subjects) at most once per [`NAMESPACE_RECOUNT`] and grows with each publish meanwhile;
+    /// a count that cannot be read lets the publish through (the stream's own limits still hold).
+    async fn check_namespace_room(
+        &self,
+        namespace: &fnmesh_core::Namespace,
+    ) -> Result<(), BusError> {
+        let cap = self.inner.namespace_capacity;
+        let fresh = {
+            let counts = self.inner.namespace_held.lock();
+            counts
+                .get(namespace)
+                .filter(|(_, at)| at.elapsed() < NAMESPACE_RECOUNT)
+                .map(|(n, _)| *n)
+        };
+        let held = match fresh {
+            Some(n) => n,
+            None => {
+                let filter = subjects::bus_invocations_of_namespace(&self.inner.prefix, namespace);
+                let counted = async {
+                    let mut subjects = self
+                        .inner
+                        .work_stream
+                        .info_with_subjects(filter)
+                        .await
+                        .map_err(|e| backend("counting a namespace's work", e))?;
+                    let mut total = 0u64;
+                    while let Some(entry) = subjects.next().await {
+                        let (_, n) =
+                            entry.map_err(|e| backend("counting a namespace's work", e))?;
+                        total = total.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+                    }
+                    Ok::<u64, BusError>(total)
+                }
+                .await;
+                match counted {
+                    Ok(n) => {
+                        let mut counts = self.inner.namespace_held.lock();
+                        if counts.len() >= 10_000 {
+                            counts.retain(|_, (_, at)| at.elapsed() < NAMESPACE_RECOUNT);
+                        }
+                        counts.insert(namespace.clone(), (n, Instant::now()));
+                        n
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, namespace = %namespace, "namespace work not counted");
+                        0
+                    }
+                }
+            }
+        };
+        if held >= cap {
+            return Err(BusError::LaneFull(crate::Lane::Namespace));
+        }
+        Ok(())
     }
 
     /// Turns a fetched work message into a delivery; `None` (after terminating it) for a

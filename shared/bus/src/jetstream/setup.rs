@@ -70,6 +70,9 @@ impl JetStreamBus {
                 pull: PullState::default(),
                 inboxes: Default::default(),
                 signatures: config.signatures,
+                namespace_capacity: u64::try_from(config.namespace_capacity.max(1))
+                    .unwrap_or(u64::MAX),
+                namespace_held: Default::default(),
                 replays: Default::default(),
             }),
         })
@@ -139,7 +142,11 @@ async fn manage(
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             max_messages: capacity,
+            // Subjects are per function: one function's share of the queue.
+            max_messages_per_subject: i64::try_from(config.function_capacity.max(1))
+                .unwrap_or(i64::MAX),
             discard: stream::DiscardPolicy::New,
+            discard_new_per_subject: true,
             duplicate_window: config.dedupe_window,
             allow_direct: true,
             ..Default::default()

@@ -96,8 +96,13 @@ impl MemoryBus {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    invocations: Queue::new(capacity, Some(max_deliver)),
-                    events: Queue::new(config.event_capacity.max(1), None),
+                    invocations: Queue::new(
+                        capacity,
+                        Some(max_deliver),
+                        config.function_capacity.max(1),
+                        config.namespace_capacity.max(1),
+                    ),
+                    events: Queue::new(config.event_capacity.max(1), None, usize::MAX, usize::MAX),
                     dead: VecDeque::new(),
                     dedupe: HashMap::new(),
                     dedupe_order: VecDeque::new(),

@@ -91,10 +91,28 @@ pub(super) struct Queue<T> {
     next_seq: u64,
     capacity: usize,
     max_deliver: Option<u32>,
+    /// Items held (queued or in flight) per lane and per group of lanes (a lane's group is
+    /// what precedes its `/`: the namespace of a function lane), with their caps.
+    held: HashMap<String, usize>,
+    held_groups: HashMap<String, usize>,
+    lane_capacity: usize,
+    group_capacity: usize,
+}
+
+/// The group of a lane: the part before its `/` (the namespace of `namespace/function`).
+fn group_of(lane: &str) -> &str {
+    lane.split_once('/').map_or(lane, |(group, _)| group)
 }
 
 impl<T: Clone + Laned> Queue<T> {
-    pub(super) fn new(capacity: usize, max_deliver: Option<u32>) -> Self {
+    /// A queue of `capacity` items at most, `lane_capacity` per lane and `group_capacity` per
+    /// group of lanes.
+    pub(super) fn new(
+        capacity: usize,
+        max_deliver: Option<u32>,
+        lane_capacity: usize,
+        group_capacity: usize,
+    ) -> Self {
         Self {
             items: HashMap::new(),
             lanes: HashMap::new(),
@@ -103,16 +121,29 @@ impl<T: Clone + Laned> Queue<T> {
             next_seq: 0,
             capacity,
             max_deliver,
+            held: HashMap::new(),
+            held_groups: HashMap::new(),
+            lane_capacity,
+            group_capacity,
         }
     }
 
     pub(super) fn push(&mut self, payload: T) -> Result<(), BusError> {
+        let (lane, cap) = payload.lane();
+        let group = group_of(&lane).to_owned();
+        if self.held.get(&lane).copied().unwrap_or(0) >= self.lane_capacity {
+            return Err(BusError::LaneFull(crate::Lane::Function));
+        }
+        if self.held_groups.get(&group).copied().unwrap_or(0) >= self.group_capacity {
+            return Err(BusError::LaneFull(crate::Lane::Namespace));
+        }
         if self.items.len() >= self.capacity {
             return Err(BusError::Full);
         }
+        *self.held.entry(lane.clone()).or_default() += 1;
+        *self.held_groups.entry(group).or_default() += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
-        let (lane, cap) = payload.lane();
         // The latest published config of a function sets its cap.
         self.lanes.entry(lane.clone()).or_default().cap = cap;
         self.items.insert(
@@ -127,6 +158,21 @@ impl<T: Clone + Laned> Queue<T> {
         );
         self.enqueue(&lane, seq);
         Ok(())
+    }
+
+    /// An item of `lane` left the queue (settled or dead-lettered).
+    fn forget(&mut self, lane: &str) {
+        for (counts, key) in [
+            (&mut self.held, lane),
+            (&mut self.held_groups, group_of(lane)),
+        ] {
+            if let Some(n) = counts.get_mut(key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(key);
+                }
+            }
+        }
     }
 
     /// Puts `seq` at the back of its lane's ready items.
@@ -226,6 +272,7 @@ impl<T: Clone + Laned> Queue<T> {
         };
         if self.max_deliver.is_some_and(|max| item.attempt >= max) {
             if let Some(item) = self.items.remove(&seq) {
+                self.forget(&item.lane);
                 dead.push((item.payload, item.attempt));
             }
             return false;
@@ -299,6 +346,7 @@ impl<T: Clone + Laned> Queue<T> {
                 let was_in_flight = item.state == ItemState::InFlight;
                 let lane = item.lane.clone();
                 self.items.remove(&seq);
+                self.forget(&lane);
                 if was_in_flight {
                     self.leave_flight(&lane)
                 } else {
