@@ -373,9 +373,12 @@ async fn signed_work_with_an_invalid_config_or_past_its_expiry_does_not_run() {
     d.acker.ack().await.unwrap();
 }
 
+/// The node's metrics scrape token.
+const SCRAPE_TOKEN: &str = "signed-work-scrape-token-0123456789";
+
 /// Node metrics `fnmesh_rejected_messages_total{component="node",reason}` from its listener.
 async fn node_rejections(http: &reqwest::Client, url: &str, reason: Rejection) -> f64 {
-    let Ok(resp) = http.get(url).send().await else {
+    let Ok(resp) = http.get(url).bearer_auth(SCRAPE_TOKEN).send().await else {
         return -1.0;
     };
     let text = resp.text().await.unwrap_or_default();
@@ -405,7 +408,13 @@ async fn a_forged_invocation_with_a_victims_secrets_never_runs() {
     let mut mesh =
         fnmesh_tests::mesh::Mesh::start(&[], &[("FNMESH_SECRETS_KEY", &secrets_key)]).await;
     let listen = format!("127.0.0.1:{}", fnmesh_tests::free_port());
-    mesh.add_node("node-s", &[("FNMESH_METRICS_LISTEN", listen.as_str())]);
+    mesh.add_node(
+        "node-s",
+        &[
+            ("FNMESH_METRICS_LISTEN", listen.as_str()),
+            ("FNMESH_METRICS_TOKEN", SCRAPE_TOKEN),
+        ],
+    );
     let metrics_url = format!("http://{listen}/metrics");
     let handler = "import os\ndef handle(event, context):\n    return os.environ.get('TOKEN')\n";
     let victim = fnmesh_tests::unique("victim");
