@@ -4,8 +4,6 @@
 //! `<data dir>/jwt-hs256.secret` (mode 0600) and reused, so `fnmesh up` works out of the box;
 //! gateways that share a database must share a configured key instead.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -103,14 +101,7 @@ fn generated_secret(data_dir: &Path) -> Result<String> {
         return Ok(secret);
     }
     let secret = SigningKey::random_hs256_secret();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(f, "{secret}")?;
-    f.sync_all()?;
+    crate::private_file::create(&path, &secret)?;
     tracing::info!(path = %path.display(), "generated a token signing secret");
     Ok(secret)
 }

@@ -11,6 +11,7 @@ mod commands;
 mod jwt_keys;
 mod output;
 mod pack;
+mod private_file;
 mod secrets_key;
 mod signing;
 mod telemetry;

@@ -3,8 +3,6 @@
 //! key setting, from `<data dir>/secrets.key` (generated, mode 0600, on first start). Keys are
 //! never printed.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -43,14 +41,7 @@ fn local_key(data_dir: &Path) -> Result<String> {
     let key = secrets::generate_key();
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(f, "{key}")?;
-    f.sync_all()?;
+    crate::private_file::create(&path, &key)?;
     tracing::warn!(
         path = %path.display(),
         "generated a secrets key in the data dir (reused by later starts on this data dir); \

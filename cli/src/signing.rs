@@ -5,8 +5,6 @@
 //! `FNMESH_TRUSTED_KEYS_FILE`. A node over NATS refuses to start without trusted keys: it would
 //! run nothing. Seeds are never printed.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -97,14 +95,7 @@ fn local_key(data_dir: &Path) -> Result<SigningKey> {
         return SigningKey::from_seed(&seed).with_context(|| format!("{}", path.display()));
     }
     let key = SigningKey::generate();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(f, "{}", key.seed())?;
-    f.sync_all()?;
+    crate::private_file::create(&path, key.seed())?;
     tracing::warn!(
         path = %path.display(),
         signing.public_key = key.public_key(),

@@ -175,10 +175,18 @@ async fn invocations_carry_secrets_sealed_to_the_node() {
     assert!(!wire.contains(SECRET), "the bus message holds the value");
     assert!(!format!("{:?}", delivery.request).contains(SECRET));
     let f = &delivery.request.function;
-    let env = keyring()
-        .open_secrets(&f.namespace, &f.name, &sealed)
-        .unwrap();
+    // Sealed for this version and code: they open as an invocation of it, not as the stored
+    // form, and not for other code.
+    let env = keyring().open_invocation_secrets(f, &sealed).unwrap();
     assert_eq!(env.iter().collect::<Vec<_>>(), vec![("MY_SECRET", SECRET)]);
+    assert!(keyring()
+        .open_secrets(&f.namespace, &f.name, &sealed)
+        .is_err());
+    let mut other_code = f.clone();
+    other_code.code.checksum = fnmesh_core::Checksum::of(b"other code");
+    assert!(keyring()
+        .open_invocation_secrets(&other_code, &sealed)
+        .is_err());
 
     // The stored request (for re-publishing) holds it sealed too.
     assert!(!contains(&database_bytes(&app), SECRET));

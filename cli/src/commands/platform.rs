@@ -2,8 +2,6 @@
 //! key, starting a node (supervisor, executor, work loop) and stopping it, and the signal that
 //! starts the one shutdown path.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -327,14 +325,7 @@ fn admin_key(configured: Option<&str>, data_dir: &Path) -> Result<AdminKey> {
         });
     }
     let key = auth::generate_key();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(f, "{key}")?;
-    f.sync_all()?;
+    crate::private_file::create(&path, &key)?;
     Ok(AdminKey {
         key,
         file: Some(path),
