@@ -31,7 +31,12 @@ pub fn signatures(
     metrics: &Registry,
 ) -> Result<Signatures> {
     let trusted = trusted_keys(args)?;
-    let rejections = Rejections::register(metrics, "node")
+    // Nodes refuse work; gateways refuse node reports (events, replies, dead-letter records).
+    let component = match role {
+        Role::Gateway => "gateway",
+        Role::Node => "node",
+    };
+    let rejections = Rejections::register(metrics, component)
         .context("registering the rejected-messages metric")?;
     let signer = match role {
         Role::Gateway => signing_key(args, data_dir)?,

@@ -247,6 +247,14 @@ pub async fn record_events(store: &dyn MetadataStore, events: &[NodeEvent]) -> V
             tracing::warn!(invocation.id = %event.invocation_id(), "event for an unknown invocation; dropped");
             continue;
         };
+        if let NodeEvent::Retrying {
+            node_id, attempt, ..
+        } = event
+        {
+            if held_by_another(record, node_id, *attempt) {
+                continue;
+            }
+        }
         let update = started_record(record.clone(), event);
         if would_apply(record, &update) {
             starts.push(update);
@@ -285,6 +293,13 @@ pub async fn record_events(store: &dyn MetadataStore, events: &[NodeEvent]) -> V
             None => {
                 tracing::warn!(invocation.id = %result.id, "outcome of an unknown invocation; dropped");
             }
+            // An outcome that names no node is a gateway's own (only gateway keys may sign
+            // such reports: see `fnmesh_bus::jetstream`).
+            Some(record)
+                if result
+                    .node_id
+                    .as_deref()
+                    .is_some_and(|node| held_by_another(record, node, result.attempt)) => {}
             Some(record) if would_apply(record, result) => {
                 finals.push(result.clone());
                 final_of.push(i);
@@ -384,6 +399,25 @@ fn would_apply(stored: &InvocationResult, update: &InvocationResult) -> bool {
     } else {
         update.attempt >= stored.attempt || update.status.is_terminal()
     }
+}
+
+/// Whether `record` is running attempt `attempt` on a node other than `node_id`: then only
+/// that node reports how the attempt ended (the bus checked that the reporter holds or held the
+/// invocation; this keeps a node that held an earlier attempt from ending a later one).
+fn held_by_another(record: &InvocationResult, node_id: &str, attempt: u32) -> bool {
+    let other = record.status == InvocationStatus::Running
+        && record.attempt == attempt
+        && record.node_id.as_deref().is_some_and(|n| n != node_id);
+    if other {
+        tracing::warn!(
+            invocation.id = %record.id,
+            attempt,
+            node.id = node_id,
+            running_on = record.node_id.as_deref().unwrap_or(""),
+            "report on an attempt another node runs; dropped"
+        );
+    }
+    other
 }
 
 /// Whether `stored` is the record `result` left (same attempt, same status).

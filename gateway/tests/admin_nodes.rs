@@ -31,6 +31,7 @@ fn node_info(id: &str, interval: Duration) -> NodeInfo {
         last_heartbeat_at: now,
         uptime_secs: 5,
         heartbeat_interval_ms: interval.as_millis() as u64,
+        signing_key: None,
     }
 }
 

@@ -454,3 +454,88 @@ async fn recording_a_batch_writes_only_what_changes_something() {
         "an outcome of an unknown invocation is dropped"
     );
 }
+
+/// Only the node running an attempt reports how it ended: an outcome or a retry of the same
+/// attempt named by another node (one that held an earlier attempt of the invocation, say)
+/// changes nothing, while the running node's own outcome is applied.
+#[tokio::test]
+async fn only_the_node_running_an_attempt_ends_it() {
+    use fnmesh_core::invocation::{ErrorKind, InvocationError};
+    use fnmesh_gateway::recorder::record_events;
+
+    let app = TestApp::start().await;
+    app.create_function("hello").await;
+    let r = app
+        .post_json("/v1/functions/hello/invoke?async=true", &json!({}))
+        .await;
+    assert_eq!(r.status, 202);
+    let request = app
+        .bus
+        .pull_invocation(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap()
+        .request;
+    let ns = Namespace::default_ns();
+    let outcome = |node: &str, text: &str| {
+        let mut result = fnmesh_core::InvocationResult::queued(&request);
+        result.status = InvocationStatus::Succeeded;
+        result.result = Some(json!(text));
+        result.attempt = 1;
+        result.node_id = Some(node.to_owned());
+        result.completed_at = Some(Utc::now());
+        NodeEvent::Finished(Box::new(InvocationOutcome {
+            result,
+            logs: InvocationLogs {
+                text: text.into(),
+                truncated: false,
+            },
+        }))
+    };
+    let started = NodeEvent::Started {
+        id: request.id,
+        namespace: ns.clone(),
+        attempt: 1,
+        node_id: "n1".into(),
+        started_at: Utc::now(),
+    };
+    let retrying = NodeEvent::Retrying {
+        id: request.id,
+        namespace: ns.clone(),
+        attempt: 1,
+        node_id: "n2".into(),
+        error: InvocationError {
+            kind: ErrorKind::Crashed,
+            message: "forged".into(),
+        },
+    };
+    assert_eq!(record_events(app.store.as_ref(), &[started]).await, [true]);
+    let batch = [outcome("n2", "forged"), retrying];
+    assert_eq!(
+        record_events(app.store.as_ref(), &batch).await,
+        [true, true],
+        "settled (dropped), not redelivered"
+    );
+    let record = app
+        .store
+        .get_invocation(&ns, &request.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (record.status, record.node_id.as_deref()),
+        (InvocationStatus::Running, Some("n1")),
+        "another node's report on attempt 1 changes nothing"
+    );
+    assert_eq!(app.store.get_logs(&ns, &request.id).await.unwrap(), None);
+
+    record_events(app.store.as_ref(), &[outcome("n1", "real")]).await;
+    let record = app
+        .store
+        .get_invocation(&ns, &request.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.status, InvocationStatus::Succeeded);
+    assert_eq!(record.result, Some(json!("real")));
+}

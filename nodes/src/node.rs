@@ -133,6 +133,7 @@ impl Node {
         metrics: &Registry,
     ) -> Result<Self, NodeError> {
         let node_id = config.node_id.to_string();
+        let report_key = backends.bus.report_key();
         let metrics_listen = match (config.metrics_listen, config.metrics_token.clone()) {
             (Some(addr), Some(token)) => Some((addr, token)),
             (Some(_), None) => return Err(MetricsError::NoToken.into()),
@@ -223,6 +224,7 @@ impl Node {
                     .map(str::to_owned)
                     .collect(),
                 interval: config.heartbeat_interval.max(Duration::from_secs(1)),
+                signing_key: report_key,
             },
             sample,
         )

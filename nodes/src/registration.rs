@@ -35,6 +35,8 @@ pub struct RegistrationConfig {
     pub runtimes: Vec<String>,
     /// Interval between heartbeats (at least 100 ms).
     pub interval: Duration,
+    /// The public key the node's bus signs its reports with ([`fnmesh_bus::Bus::report_key`]).
+    pub signing_key: Option<String>,
 }
 
 /// The node's load at one heartbeat.
@@ -97,6 +99,7 @@ impl Shared {
             last_heartbeat_at: now,
             uptime_secs: u64::try_from((now - self.started_at).num_seconds()).unwrap_or(0),
             heartbeat_interval_ms: u64::try_from(self.interval().as_millis()).unwrap_or(u64::MAX),
+            signing_key: self.config.signing_key.clone(),
         }
     }
 
@@ -225,6 +228,7 @@ mod tests {
                 region: "r1".into(),
                 runtimes: vec!["python3".into()],
                 interval: Duration::from_millis(100),
+                signing_key: Some("NKEY".into()),
             },
             sample,
         )

@@ -7,8 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use fnmesh_bus::conformance::{outcome, request, started, test_config};
@@ -21,71 +20,18 @@ use fnmesh_code::CodeStore;
 use fnmesh_core::names::{FunctionName, Namespace};
 use fnmesh_core::subjects::{self, BusPrefix, BusRole, InboxOwner};
 use fnmesh_tests::mesh::Mesh;
+use fnmesh_tests::nats_roles::ServerErrors;
 use fnmesh_tests::servers::nats::TestNats;
 use fnmesh_tests::{function_body, ADMIN_KEY};
 use serde_json::{json, Value};
 
-/// What the server reported on one connection (permission violations and other errors).
-#[derive(Clone, Default)]
-struct ServerErrors(Arc<Mutex<Vec<String>>>);
-
-impl ServerErrors {
-    fn all(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-
-    /// Waits (up to 5 s) until the server reported a permission violation for `action`
-    /// (`publish` or `subscription`) on `subject`.
-    async fn expect_violation(&self, action: &str, subject: &str) {
-        let wanted = format!("permissions violation for {action} to \"{subject}\"");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if self
-                .all()
-                .iter()
-                .any(|e| e.to_lowercase().contains(&wanted.to_lowercase()))
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no violation {wanted:?}; the server reported {:?}",
-                self.all()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// Connects with `role`'s creds file, making inboxes under `owner`'s prefix (or NATS's
-/// default `_INBOX` for `None`, as a plain client library does).
+/// Connects with `role`'s creds file (see [`fnmesh_tests::nats_roles::connect`]).
 async fn connect(
     nats: &TestNats,
     role: &str,
     owner: Option<InboxOwner>,
 ) -> (async_nats::Client, ServerErrors) {
-    let errors = ServerErrors::default();
-    let seen = errors.clone();
-    let mut options = async_nats::ConnectOptions::new()
-        .credentials_file(nats.creds(role))
-        .await
-        .expect("reading the creds file")
-        .event_callback(move |event| {
-            let seen = seen.clone();
-            async move {
-                if let async_nats::Event::ServerError(e) = event {
-                    seen.0.lock().unwrap().push(e.to_string());
-                }
-            }
-        });
-    if let Some(owner) = owner {
-        options = options.custom_inbox_prefix(subjects::inbox_prefix(owner));
-    }
-    let client = options
-        .connect(nats.url())
-        .await
-        .unwrap_or_else(|e| panic!("connecting with {role}.creds: {e}"));
-    (client, errors)
+    fnmesh_tests::nats_roles::connect(nats, role, owner).await
 }
 
 fn unique_region() -> String {

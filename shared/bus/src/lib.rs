@@ -301,6 +301,13 @@ pub trait Bus: Send + Sync + 'static {
     /// recorded through the event stream).
     async fn reply(&self, to: &ReplyTo, outcome: &InvocationOutcome) -> Result<(), BusError>;
 
+    /// The public key this bus signs node reports (events, replies) with, for the node's
+    /// registry entry: gateways accept a node's reports only under the key it registered.
+    /// `None` for buses that sign nothing (in-process).
+    fn report_key(&self) -> Option<String> {
+        None
+    }
+
     /// Publishes a node event for the recorders (durable until acked).
     async fn publish_event(&self, event: &NodeEvent) -> Result<(), BusError>;
 

@@ -8,6 +8,10 @@
 //! does. A route is removed when its [`Inbox`] guard drops; a reply for a route that is gone
 //! (its caller stopped waiting) is dropped, as a reply to a closed subscription would be.
 //!
+//! A reply is routed only when it is signed by the node that holds the delivery
+//! (`jetstream::reports`); any other is dropped and counted, so a party that learnt an inbox
+//! cannot answer a sync call in a node's place.
+//!
 //! If the subscription ends (the client closed for good), the next [`Inboxes::open`] makes a new
 //! one under a new `nuid`; the inboxes of the old one see their channel close.
 
@@ -19,6 +23,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{BusError, Inbox, ReplyTo};
+use crate::jetstream::reports::NodeCheck;
 use fnmesh_core::subjects;
 use fnmesh_core::InvocationOutcome;
 
@@ -58,8 +63,12 @@ impl Drop for Route {
 
 impl Inboxes {
     /// A fresh inbox on `client`.
-    pub(crate) async fn open(&self, client: &async_nats::Client) -> Result<Inbox, BusError> {
-        let mux = self.mux(client).await?;
+    pub(crate) async fn open(
+        &self,
+        client: &async_nats::Client,
+        check: &Arc<NodeCheck>,
+    ) -> Result<Inbox, BusError> {
+        let mux = self.mux(client, check).await?;
         let token = mux.next.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = mpsc::channel(1);
         mux.routes().insert(token, sender);
@@ -72,7 +81,11 @@ impl Inboxes {
 
     /// The live subscription, made (and confirmed by a flush, so no reply can precede it) when
     /// there is none.
-    async fn mux(&self, client: &async_nats::Client) -> Result<Arc<Mux>, BusError> {
+    async fn mux(
+        &self,
+        client: &async_nats::Client,
+        check: &Arc<NodeCheck>,
+    ) -> Result<Arc<Mux>, BusError> {
         let mut current = self.current.lock().await;
         if let Some(mux) = current.as_ref() {
             if mux.alive.load(Ordering::Acquire) {
@@ -95,6 +108,7 @@ impl Inboxes {
             alive: true.into(),
         });
         let routed = mux.clone();
+        let check = check.clone();
         tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
                 let token = message
@@ -109,6 +123,27 @@ impl Inboxes {
                 };
                 match serde_json::from_slice::<InvocationOutcome>(&message.payload) {
                     Ok(outcome) => {
+                        let result = &outcome.result;
+                        let node_id = result.node_id.as_deref().unwrap_or("");
+                        if let Err(reason) = check
+                            .check(
+                                message.headers.as_ref(),
+                                message.subject.as_str(),
+                                &message.payload,
+                                result.id,
+                                node_id,
+                                result.attempt,
+                            )
+                            .await
+                        {
+                            tracing::warn!(
+                                invocation.id = %result.id,
+                                node.id = node_id,
+                                reason = %reason,
+                                "sync reply refused: dropped"
+                            );
+                            continue;
+                        }
                         if sender.try_send(outcome).is_err() {
                             tracing::debug!("reply dropped: inbox full");
                         }

@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod checksum;
+pub mod claims;
 pub mod function;
 pub mod ids;
 pub mod invocation;

@@ -65,6 +65,12 @@ pub enum Rejection {
     /// A message with this invocation id was already delivered from another stream message.
     #[error("replayed")]
     Replayed,
+    /// A node message signed by a key that is not the registered key of the node it names.
+    #[error("not signed by its node's registered key")]
+    UnknownNode,
+    /// A node message about a delivery its node never held (no valid proof of holding).
+    #[error("not from a holder of the delivery")]
+    NotHolder,
 }
 
 impl Rejection {
@@ -78,6 +84,8 @@ impl Rejection {
             Self::AttemptLimit => "attempt_limit",
             Self::Invalid => "invalid",
             Self::Replayed => "replayed",
+            Self::UnknownNode => "unknown_node",
+            Self::NotHolder => "not_holder",
         }
     }
 }
@@ -195,6 +203,11 @@ impl SigningKey {
         &self.seed
     }
 
+    /// The Ed25519 signature of `digest`.
+    pub(crate) fn sign_digest(&self, digest: &[u8; 32]) -> [u8; 64] {
+        self.pair.sign(digest).to_bytes()
+    }
+
     /// The header value for `envelope` with `limits`:
     /// `v1;key=<public key>;exp=<unix s>;max=<attempts>;sig=<base64url>`.
     pub fn sign(&self, envelope: &Envelope<'_>, limits: Limits) -> String {
@@ -244,6 +257,21 @@ fn parse_header(value: &str) -> Option<Header<'_>> {
     })
 }
 
+/// The Ed25519 key of a server nkey public key (`N…`).
+pub(crate) fn verifying_key(public: &str) -> Result<VerifyingKey, SigningError> {
+    let (prefix, raw) = nkeys::from_public_key(public)
+        .map_err(|e| SigningError::InvalidKey(format!("not an nkey public key: {e}")))?;
+    let pair = nkeys::KeyPair::from_public_key(public)
+        .map_err(|e| SigningError::InvalidKey(format!("not an nkey public key: {e}")))?;
+    if pair.key_pair_type() != nkeys::KeyPairType::Server {
+        return Err(SigningError::InvalidKey(format!(
+            "a signing key is a server nkey (N…), not this kind ({prefix})"
+        )));
+    }
+    VerifyingKey::from_bytes(&raw)
+        .map_err(|e| SigningError::InvalidKey(format!("not an Ed25519 public key: {e}")))
+}
+
 /// The public keys a node trusts, by their nkey form.
 #[derive(Clone, Default)]
 pub struct TrustedKeys {
@@ -273,19 +301,14 @@ impl TrustedKeys {
 
     /// Trusts one more key (`N…`).
     pub fn insert(&mut self, public: &str) -> Result<(), SigningError> {
-        let (prefix, raw) = nkeys::from_public_key(public)
-            .map_err(|e| SigningError::InvalidKey(format!("not an nkey public key: {e}")))?;
-        let pair = nkeys::KeyPair::from_public_key(public)
-            .map_err(|e| SigningError::InvalidKey(format!("not an nkey public key: {e}")))?;
-        if pair.key_pair_type() != nkeys::KeyPairType::Server {
-            return Err(SigningError::InvalidKey(format!(
-                "a trusted signing key is a server nkey (N…), not this kind ({prefix})"
-            )));
-        }
-        let key = VerifyingKey::from_bytes(&raw)
-            .map_err(|e| SigningError::InvalidKey(format!("not an Ed25519 public key: {e}")))?;
+        let key = verifying_key(public)?;
         self.keys.insert(public.to_owned(), key);
         Ok(())
+    }
+
+    /// Whether `public` is trusted.
+    pub fn contains(&self, public: &str) -> bool {
+        self.keys.contains_key(public)
     }
 
     /// Whether no key is trusted.

@@ -170,6 +170,13 @@ pub fn max_deliveries_advisory(prefix: &BusPrefix, consumer: &str) -> String {
     )
 }
 
+/// Where a node's bus records the failed last attempt of a delivery it held (signed; the
+/// dead-letter stream captures it next to the server's advisories):
+/// `fnmesh.v1.<prefix>.dlq`. Nodes may not publish the server's advisory subjects.
+pub fn bus_dead_letter_records(prefix: &BusPrefix) -> String {
+    format!("{PREFIX}.{prefix}.dlq")
+}
+
 /// Every max-deliveries advisory of the work stream of `prefix` (the dead-letter stream's
 /// filter).
 pub fn max_deliveries_advisories_all(prefix: &BusPrefix) -> String {

@@ -5,16 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::header::HeaderMap;
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{backend, JetStreamBus, MIN_EXPIRY};
 use crate::{BusError, DeadLetter};
 use fnmesh_core::invocation::InvocationRequest;
+use fnmesh_core::signing::{Envelope, Rejection, SIGNATURE_HEADER};
 use fnmesh_core::subjects;
+use fnmesh_core::InvocationId;
 
 /// The last allowed attempt of an invocation, watched by the bus that handed it out.
 ///
@@ -26,8 +27,8 @@ use fnmesh_core::subjects;
 /// after all is skipped by [`Bus::pull_dead_letter`](crate::Bus::pull_dead_letter) (the
 /// message is gone from the work stream).
 pub(super) struct LastAttempt {
-    js: jetstream::Context,
-    advisory_subject: String,
+    bus: JetStreamBus,
+    id: InvocationId,
     stream_seq: u64,
     deliveries: u32,
     ack_wait: Duration,
@@ -37,19 +38,19 @@ pub(super) struct LastAttempt {
 }
 
 impl LastAttempt {
-    /// The last attempt of the message at `stream_seq`, watched from now on: its dead letter is
-    /// recorded to `advisory_subject` if it is not settled within `ack_wait` (restarted by
-    /// progress).
+    /// The last attempt of the message at `stream_seq` (invocation `id`), watched from now on:
+    /// its dead letter is recorded (signed, to [`subjects::bus_dead_letter_records`]) if it is
+    /// not settled within `ack_wait` (restarted by progress).
     pub(super) fn watched(
-        js: jetstream::Context,
-        advisory_subject: String,
+        bus: JetStreamBus,
+        id: InvocationId,
         stream_seq: u64,
         deliveries: u32,
         ack_wait: Duration,
     ) -> Arc<Self> {
         let last = Arc::new(Self {
-            js,
-            advisory_subject,
+            bus,
+            id,
             stream_seq,
             deliveries,
             ack_wait,
@@ -75,19 +76,29 @@ impl LastAttempt {
             return Ok(());
         }
         self.extended.notify_one();
-        let payload = serde_json::to_vec(&serde_json::json!({
-            "type": "io.fnmesh.bus.v1.max_deliver",
-            "stream_seq": self.stream_seq,
-            "deliveries": self.deliveries,
-        }))
+        // Signed as the node that reported on the delivery (its first event): gateways take a
+        // record only from a holder of that delivery's last attempt.
+        let node_id = self.bus.inner.held.node_of(self.id).unwrap_or_default();
+        let payload = serde_json::to_vec(&MaxDeliveries {
+            kind: Some(NODE_RECORD.to_owned()),
+            stream_seq: self.stream_seq,
+            deliveries: u64::from(self.deliveries),
+            invocation_id: Some(self.id),
+            node_id: Some(node_id.clone()),
+        })
         .map_err(|e| backend("encoding a dead-letter record", e))?;
-        let mut headers = HeaderMap::new();
+        let subject = subjects::bus_dead_letter_records(&self.bus.inner.prefix);
+        let mut headers =
+            self.bus
+                .report_headers(&subject, &payload, self.id, &node_id, self.deliveries);
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
             subjects::dead_letter_msg_id(self.stream_seq),
         );
-        self.js
-            .publish_with_headers(self.advisory_subject.clone(), headers, payload.into())
+        self.bus
+            .inner
+            .js
+            .publish_with_headers(subject, headers, payload.into())
             .await
             .map_err(|e| backend("recording a dead letter", e))?
             .await
@@ -120,11 +131,22 @@ impl LastAttempt {
     }
 }
 
-/// The max-deliveries advisory, as far as we read it.
-#[derive(Deserialize)]
+/// `type` of a node's own dead-letter record.
+const NODE_RECORD: &str = "io.fnmesh.bus.v1.max_deliver";
+
+/// The max-deliveries advisory (the server's), or a node's record of the same, as far as we
+/// read it.
+#[derive(Serialize, Deserialize)]
 struct MaxDeliveries {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
     stream_seq: u64,
     deliveries: u64,
+    /// Node records: the invocation and the node that held its last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    invocation_id: Option<InvocationId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node_id: Option<String>,
 }
 
 impl JetStreamBus {
@@ -150,6 +172,12 @@ impl JetStreamBus {
                 }
             };
             let seq = parsed.stream_seq;
+            let from_node =
+                advisory.subject.as_str() == subjects::bus_dead_letter_records(&self.inner.prefix);
+            if from_node && !self.node_record_checks(&advisory, &parsed).await {
+                let _ = advisory.ack_with(AckKind::Term).await;
+                continue;
+            }
             let message = match self.inner.work_stream.get_raw_message(seq).await {
                 Ok(message) => Some(message),
                 Err(e)
@@ -162,6 +190,18 @@ impl JetStreamBus {
                 }
                 Err(e) => return Err(backend("fetching a dead-lettered invocation", e)),
             };
+            if let Some(message) = &message {
+                if let Err(reason) = self.exhausted(message, &parsed) {
+                    self.inner.signatures.rejections.count(reason);
+                    tracing::warn!(
+                        bus.seq = seq,
+                        reason = %reason,
+                        "dead-letter advisory does not match the work stream; nothing deleted"
+                    );
+                    let _ = advisory.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            }
             let dead = match message {
                 Some(message) => {
                     match serde_json::from_slice::<InvocationRequest>(&message.payload) {
@@ -210,6 +250,83 @@ impl JetStreamBus {
                 return Ok(None);
             }
         }
+    }
+}
+
+impl JetStreamBus {
+    /// Whether a node's dead-letter record is signed by a node that held the last attempt of
+    /// the invocation it names; a refusal is logged and counted.
+    async fn node_record_checks(
+        &self,
+        record: &jetstream::Message,
+        parsed: &MaxDeliveries,
+    ) -> bool {
+        let (Some(id), Some(node_id)) = (parsed.invocation_id, parsed.node_id.as_deref()) else {
+            self.inner.signatures.rejections.count(Rejection::Invalid);
+            tracing::warn!(
+                bus.seq = parsed.stream_seq,
+                "dead-letter record without invocation or node refused"
+            );
+            return false;
+        };
+        let attempt = u32::try_from(parsed.deliveries).unwrap_or(u32::MAX);
+        let checked = self
+            .inner
+            .node_check
+            .check(
+                record.headers.as_ref(),
+                record.subject.as_str(),
+                &record.payload,
+                id,
+                node_id,
+                attempt,
+            )
+            .await;
+        match checked {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(
+                    invocation.id = %id,
+                    node.id = node_id,
+                    reason = %reason,
+                    "dead-letter record refused: nothing deleted"
+                );
+                false
+            }
+        }
+    }
+
+    /// Checks an advisory against the work message it names: a message this bus's gateways
+    /// signed (so it is work, not something else at that sequence), of the invocation a node
+    /// record names, whose signed attempt limit the reported deliveries reached.
+    fn exhausted(
+        &self,
+        message: &jetstream::message::StreamMessage,
+        parsed: &MaxDeliveries,
+    ) -> Result<(), Rejection> {
+        let header = |name: &str| message.headers.get(name).map(|v| v.as_str());
+        let envelope = Envelope {
+            subject: message.subject.as_str(),
+            reply: header(super::REPLY_HEADER),
+            msg_id: header(async_nats::header::NATS_MESSAGE_ID.as_ref()).unwrap_or(""),
+            body: &message.payload,
+        };
+        let deliveries = u32::try_from(parsed.deliveries).unwrap_or(u32::MAX);
+        // Attempt 1 is always within the limit: only the signature is checked here.
+        let limits =
+            self.inner
+                .signatures
+                .trusted
+                .verify(header(SIGNATURE_HEADER), &envelope, 1)?;
+        if deliveries < limits.max_attempts {
+            return Err(Rejection::Invalid);
+        }
+        if let Some(id) = parsed.invocation_id {
+            if envelope.msg_id != subjects::invocation_msg_id(&id) {
+                return Err(Rejection::Invalid);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -61,6 +61,7 @@
 mod acker;
 mod dead_letters;
 mod events;
+pub(crate) mod reports;
 mod scheduler;
 mod setup;
 mod signed;
@@ -115,6 +116,10 @@ struct Inner {
     signatures: super::Signatures,
     /// Invocation ids delivered here, to refuse replays.
     replays: signed::ReplayGuard,
+    /// The claims of the deliveries this bus handed out (nodes sign their reports with them).
+    held: reports::HeldClaims,
+    /// Checks nodes' reports (gateways).
+    node_check: Arc<reports::NodeCheck>,
     /// One namespace's share of the work stream, and what this bus last counted of each.
     namespace_capacity: u64,
     namespace_held: scheduler::NamespaceHeld,
@@ -186,6 +191,35 @@ impl JetStreamBus {
             .map_err(|e| backend(what, e))?;
         ack.await
             .map_err(|e| is_full(&e).unwrap_or_else(|| backend(what, e)))
+    }
+}
+
+impl JetStreamBus {
+    /// The headers of a node's report on attempt `attempt` of invocation `id` by `node_id`:
+    /// its signature ([`reports`]; with the proof of holding when this bus handed out that
+    /// delivery).
+    fn report_headers(
+        &self,
+        subject: &str,
+        body: &[u8],
+        id: fnmesh_core::InvocationId,
+        node_id: &str,
+        attempt: u32,
+    ) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let message = fnmesh_core::claims::NodeMessage { subject, body };
+        let signature = self.inner.held.sign(
+            &self.inner.signatures.signer,
+            &message,
+            id,
+            node_id,
+            attempt,
+        );
+        headers.insert(
+            fnmesh_core::claims::NODE_SIGNATURE_HEADER,
+            signature.as_str(),
+        );
+        headers
     }
 }
 
@@ -273,17 +307,32 @@ impl Bus for JetStreamBus {
     }
 
     async fn open_inbox(&self) -> Result<Inbox, BusError> {
-        self.inner.inboxes.open(&self.inner.client).await
+        self.inner
+            .inboxes
+            .open(&self.inner.client, &self.inner.node_check)
+            .await
     }
 
     async fn reply(&self, to: &ReplyTo, outcome: &InvocationOutcome) -> Result<(), BusError> {
         let subject = check_reply(to)?.to_owned();
         let payload = serde_json::to_vec(outcome).map_err(|e| backend("encoding a reply", e))?;
+        let result = &outcome.result;
+        let headers = self.report_headers(
+            &subject,
+            &payload,
+            result.id,
+            result.node_id.as_deref().unwrap_or(""),
+            result.attempt,
+        );
         self.inner
             .client
-            .publish(subject, payload.into())
+            .publish_with_headers(subject, headers, payload.into())
             .await
             .map_err(|e| backend("sending a reply", e))
+    }
+
+    fn report_key(&self) -> Option<String> {
+        Some(self.inner.signatures.signer.public_key().to_owned())
     }
 
     async fn publish_event(&self, event: &NodeEvent) -> Result<(), BusError> {

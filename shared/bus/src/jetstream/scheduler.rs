@@ -122,7 +122,7 @@ impl JetStreamBus {
         self.check_namespace_room(&request.function.namespace)
             .await?;
         let msg_id = subjects::invocation_msg_id(&request.id);
-        self.sign_work(&mut headers, &subject, reply, &msg_id, &payload);
+        self.sign_work(&mut headers, &subject, reply, &msg_id, request.id, &payload);
         self.ensure_function_consumer(request).await?;
         let ack = self
             .publish(subject, headers, payload, "publishing an invocation")
@@ -476,7 +476,10 @@ impl JetStreamBus {
         let consumer = info.consumer.to_owned();
         let stream_seq = info.stream_sequence;
         let (request, limits) = match self.check_work(&message, attempt, stream_seq) {
-            Ok(checked) => checked,
+            Ok((request, limits, claim)) => {
+                self.inner.held.hold(request.id, claim, limits.max_attempts);
+                (request, limits)
+            }
             Err(reason) => {
                 self.inner.signatures.rejections.count(reason);
                 tracing::warn!(
@@ -504,8 +507,8 @@ impl JetStreamBus {
             });
         let last = if attempt >= self.inner.max_deliver {
             Some(LastAttempt::watched(
-                self.inner.js.clone(),
-                subjects::max_deliveries_advisory(&self.inner.prefix, &consumer),
+                self.clone(),
+                request.id,
                 stream_seq,
                 attempt,
                 self.inner.ack_wait,

@@ -56,6 +56,13 @@ impl JetStreamBus {
             (attach(&js, &prefix).await?, None, None)
         };
         tracing::debug!(bus.prefix = %prefix, "jetstream bus ready");
+        let node_check = Arc::new(super::reports::NodeCheck::new(
+            &config.signatures.signer,
+            config.signatures.trusted.clone(),
+            config.signatures.rejections.clone(),
+            js.clone(),
+            &prefix,
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -74,6 +81,8 @@ impl JetStreamBus {
                     .unwrap_or(u64::MAX),
                 namespace_held: Default::default(),
                 replays: Default::default(),
+                held: Default::default(),
+                node_check,
             }),
         })
     }
@@ -201,7 +210,10 @@ async fn manage(
         js,
         stream::Config {
             name: dead_name.clone(),
-            subjects: vec![subjects::max_deliveries_advisories_all(prefix)],
+            subjects: vec![
+                subjects::max_deliveries_advisories_all(prefix),
+                subjects::bus_dead_letter_records(prefix),
+            ],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             ..Default::default()

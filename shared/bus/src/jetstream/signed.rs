@@ -9,6 +9,9 @@
 //! `u64::MAX` never reaches the executor); and no other stream message with the same invocation
 //! id was delivered to this bus before (a replay after JetStream's dedupe window). Anything else
 //! is terminated unrun, logged and counted (`fnmesh_rejected_messages_total{component="node"}`).
+//!
+//! Each work message also carries the gateway's [`Claim`] of the invocation
+//! ([`fnmesh_core::claims`]): the pulling bus keeps it to sign the node's reports on it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -18,6 +21,7 @@ use async_nats::jetstream;
 use chrono::Utc;
 
 use super::{JetStreamBus, REPLY_HEADER};
+use fnmesh_core::claims::{Claim, CLAIM_HEADER};
 use fnmesh_core::invocation::InvocationRequest;
 use fnmesh_core::signing::{Envelope, Limits, Rejection, SIGNATURE_HEADER};
 use fnmesh_core::subjects;
@@ -67,6 +71,7 @@ impl JetStreamBus {
         subject: &str,
         reply: Option<&str>,
         msg_id: &str,
+        id: InvocationId,
         body: &[u8],
     ) {
         let signatures = &self.inner.signatures;
@@ -86,6 +91,14 @@ impl JetStreamBus {
             SIGNATURE_HEADER,
             signatures.signer.sign(&envelope, limits).as_str(),
         );
+        headers.insert(
+            CLAIM_HEADER,
+            self.inner
+                .node_check
+                .claim(id, limits.max_attempts)
+                .encode()
+                .as_str(),
+        );
     }
 
     /// The request of a pulled work message and its signed limits, or why it must not run.
@@ -94,7 +107,7 @@ impl JetStreamBus {
         message: &jetstream::Message,
         attempt: u32,
         stream_seq: u64,
-    ) -> Result<(InvocationRequest, Limits), Rejection> {
+    ) -> Result<(InvocationRequest, Limits, Claim), Rejection> {
         let header = |name: &str| {
             message
                 .headers
@@ -125,10 +138,14 @@ impl JetStreamBus {
         if !valid {
             return Err(Rejection::Invalid);
         }
+        // Not signed: a node that altered it would only fail its own reports.
+        let claim = header(CLAIM_HEADER)
+            .and_then(Claim::parse)
+            .ok_or(Rejection::Invalid)?;
         if !self.inner.replays.admit(request.id, stream_seq) {
             return Err(Rejection::Replayed);
         }
-        Ok((request, limits))
+        Ok((request, limits, claim))
     }
 }
 

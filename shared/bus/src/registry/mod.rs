@@ -86,6 +86,10 @@ pub struct NodeInfo {
     pub uptime_secs: u64,
     /// How often the node heartbeats, in milliseconds.
     pub heartbeat_interval_ms: u64,
+    /// The public key (`N…`) the node signs its events and replies with
+    /// ([`fnmesh_core::claims`]); none on buses that sign nothing (in-process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<String>,
 }
 
 impl NodeInfo {

@@ -175,9 +175,10 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
                     subjects::jetstream_api(&["CONSUMER", "INFO", &work, "*"]),
                     subjects::jetstream_api(&["CONSUMER", "MSG", "NEXT", &work, "*"]),
                     subjects::jetstream_acks(&work),
-                    // Its own record of a failed last attempt, captured by the dead-letter
-                    // stream (only on a last attempt).
-                    subjects::max_deliveries_advisories_all(p),
+                    // Its own signed record of a failed last attempt, captured by the
+                    // dead-letter stream (only on a last attempt); never the server's
+                    // advisory subjects, which gateways take unsigned.
+                    subjects::bus_dead_letter_records(p),
                     // Events and logs out; work hints both ways.
                     subjects::bus_node_events_all(p),
                     subjects::bus_function_logs_all(p),
