@@ -69,9 +69,8 @@ impl World {
     async fn start(mode: IdMode, reachable: bool) -> Self {
         require_root();
         let dir = tempfile::tempdir().unwrap();
-        if reachable {
-            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
-        }
+        let dir_mode = if reachable { 0o711 } else { 0o700 };
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(dir_mode)).unwrap();
         let client = Arc::new(
             SupervisorClient::spawn(Path::new(SUPERVISOR), &[], &dir.path().join("state"))
                 .await
@@ -207,8 +206,13 @@ async fn two_live_sandboxes(w: &World) -> (Vec<Value>, Vec<(String, u32, u32)>) 
     (vec![ra, rb], live)
 }
 
-/// Each sandbox's host uid is its slot's, and another sandbox's uid cannot read its environ.
-fn check_distinct_and_private(live: &[(String, u32, u32)]) {
+/// Each sandbox's host uid is its block's, and another sandbox's uid cannot read its environ.
+///
+/// Without a user namespace the same read as the sandbox's own uid works (the control: the
+/// refusal is the uid's). In a user namespace even that is refused: the kernel's capability
+/// check on `/proc/<pid>/environ` (`cap_ptrace_access_check`) wants the reader in the target's
+/// user namespace or holding `CAP_SYS_PTRACE` over it, so only host root reads it.
+fn check_distinct_and_private(live: &[(String, u32, u32)], userns: bool) {
     let (uid_a, uid_b) = (live[0].2, live[1].2);
     assert_ne!(
         uid_a, uid_b,
@@ -229,13 +233,16 @@ fn check_distinct_and_private(live: &[(String, u32, u32)]) {
         String::from_utf8_lossy(&denied.stderr).contains("Permission denied"),
         "{denied:?}"
     );
-    // The control: the same read as b's own uid works, so the refusal above is the uid's.
-    let allowed = read_environ_as(uid_b, pid_b);
-    assert!(allowed.status.success(), "{allowed:?}");
-    assert!(
-        contains(&allowed.stdout, "FUNCTION_NAME=who-"),
-        "{allowed:?}"
-    );
+    let own = read_environ_as(uid_b, pid_b);
+    if userns {
+        assert!(!own.status.success(), "{own:?}");
+    } else {
+        assert!(own.status.success(), "{own:?}");
+        assert!(contains(&own.stdout, "FUNCTION_NAME=who-"), "{own:?}");
+    }
+    // Host root reads it (and finds no secret there: see the secrets test).
+    let root = fs::read(format!("/proc/{pid_b}/environ")).unwrap();
+    assert!(contains(&root, "FUNCTION_NAME=who-"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +260,7 @@ async fn live_sandboxes_run_as_distinct_host_uids_in_their_own_user_namespaces()
             [0, u64::from(uid - SANDBOX_UID), u64::from(BLOCK)]
         );
     }
-    check_distinct_and_private(&live);
+    check_distinct_and_private(&live, true);
     w.finish().await;
 }
 
@@ -271,7 +278,7 @@ async fn without_reachable_paths_auto_mode_runs_each_sandbox_as_its_host_uid_dir
     inside.sort_unstable();
     inside.dedup();
     assert_eq!(inside.len(), 2, "{seen:?}");
-    check_distinct_and_private(&live);
+    check_distinct_and_private(&live, false);
     w.finish().await;
 }
 
