@@ -148,6 +148,27 @@ pub enum IdMode {
     HostIds,
 }
 
+impl IdMode {
+    /// The names [`IdMode`] parses from.
+    pub const NAMES: &'static str = "auto, userns, host";
+}
+
+impl std::str::FromStr for IdMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "userns" => Ok(Self::UserNamespace),
+            "host" => Ok(Self::HostIds),
+            other => Err(format!(
+                "unknown sandbox user mode {other:?} (expected one of: {})",
+                Self::NAMES
+            )),
+        }
+    }
+}
+
 /// The user a sandbox's process runs as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SandboxUser {
@@ -523,6 +544,15 @@ mod tests {
         let third = IdAllocator::claim(&shared).unwrap();
         assert_eq!(third.span().0, u64::from(DEFAULT_BASE));
         drop(second);
+    }
+
+    #[test]
+    fn modes_parse_from_their_names_and_errors_list_them() {
+        assert_eq!("auto".parse::<IdMode>(), Ok(IdMode::Auto));
+        assert_eq!(" UserNS ".parse::<IdMode>(), Ok(IdMode::UserNamespace));
+        assert_eq!("host".parse::<IdMode>(), Ok(IdMode::HostIds));
+        let err = "root".parse::<IdMode>().unwrap_err();
+        assert!(err.contains("auto, userns, host"), "{err}");
     }
 
     #[test]
