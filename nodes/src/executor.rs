@@ -1,12 +1,12 @@
 //! The executor: runs one invocation on a warm or new sandbox and reports how it went.
 //!
-//! [`Executor::new`] writes the runtime bootstraps to `<work_dir>/runtime`, ensures the shared
-//! rootfs skeleton at `<work_dir>/rootfs`, clears stale bundles under `<work_dir>/bundles`
-//! (a `0700` directory), checks that the sandboxes' host id range is free on this host and
-//! starts the reaper. Every sandbox it launches holds a slot of that range (its own host uid,
-//! see `sandbox::users`) until it is destroyed. [`Executor::execute`] checks a sandbox out of the [`Pool`] (a warm one, or
-//! capacity for a new one which it launches), sends the invocation and gives the sandbox back
-//! (or destroys it when it was killed).
+//! [`Executor::new`] claims blocks of host ids for its sandboxes (see `sandbox::users`), writes
+//! the runtime bootstraps to `<work_dir>/runtime`, ensures the shared rootfs skeleton at
+//! `<work_dir>/rootfs`, clears stale bundles under `<work_dir>/bundles` (a `0700` directory)
+//! and starts the reaper. [`Executor::execute`] checks a sandbox out of the [`Pool`] (a warm
+//! one, or capacity for a new one which it launches with a block of ids of its own, held until
+//! it is destroyed), sends the invocation and gives the sandbox back (or destroys it when it
+//! was killed).
 //!
 //! Every invocation has one deadline, `timeout_ms` after `execute` was called: waiting for a
 //! sandbox, creating it and loading the handler count against it, and it is the `deadline_ms`
@@ -141,7 +141,7 @@ pub enum ExecError {
     /// A setting is unusable.
     #[error("invalid executor config: {0}")]
     Config(String),
-    /// The sandboxes' host id range is malformed or taken.
+    /// No blocks of host ids could be claimed for the sandboxes.
     #[error("sandbox ids: {0}")]
     Ids(#[from] UsersError),
 }
