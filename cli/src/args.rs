@@ -296,6 +296,15 @@ pub struct NodeArgs {
     /// Invocations run at once.
     #[arg(long, env = "FNMESH_NODE_SLOTS", default_value_t = 16)]
     pub slots: usize,
+    /// How each sandbox gets its own host uid: `userns` (its own user namespace mapping
+    /// container ids onto a block of host ids), `host` (that host uid directly) or `auto`
+    /// (userns where the kernel and the data dir's permissions allow it).
+    #[arg(long, env = "FNMESH_SANDBOX_USERS", default_value = "auto")]
+    pub sandbox_users: fnmesh_nodes::sandbox::users::IdMode,
+    /// First host id of the blocks of 65536 ids claimed for sandboxes (blocks used by host
+    /// accounts, /etc/sub[ug]id or other nodes on the host are skipped).
+    #[arg(long, env = "FNMESH_SANDBOX_ID_BASE", default_value_t = fnmesh_nodes::sandbox::users::DEFAULT_BASE)]
+    pub sandbox_id_base: u32,
     /// Live sandboxes kept at most.
     #[arg(long, env = "FNMESH_MAX_SANDBOXES", default_value_t = 64)]
     pub max_sandboxes: usize,

@@ -1,10 +1,12 @@
 //! The executor: runs one invocation on a warm or new sandbox and reports how it went.
 //!
-//! [`Executor::new`] writes the runtime bootstraps to `<work_dir>/runtime`, ensures the shared
-//! rootfs skeleton at `<work_dir>/rootfs`, clears stale bundles under `<work_dir>/bundles` and
-//! starts the reaper. [`Executor::execute`] checks a sandbox out of the [`Pool`] (a warm one, or
-//! capacity for a new one which it launches), sends the invocation and gives the sandbox back
-//! (or destroys it when it was killed).
+//! [`Executor::new`] claims blocks of host ids for its sandboxes (see `sandbox::users`), writes
+//! the runtime bootstraps to `<work_dir>/runtime`, ensures the shared rootfs skeleton at
+//! `<work_dir>/rootfs`, clears stale bundles under `<work_dir>/bundles` (a `0700` directory)
+//! and starts the reaper. [`Executor::execute`] checks a sandbox out of the [`Pool`] (a warm
+//! one, or capacity for a new one which it launches with a block of ids of its own, held until
+//! it is destroyed), sends the invocation and gives the sandbox back (or destroys it when it
+//! was killed).
 //!
 //! Every invocation has one deadline, `timeout_ms` after `execute` was called: waiting for a
 //! sandbox, creating it and loading the handler count against it, and it is the `deadline_ms`
@@ -36,6 +38,7 @@ use crate::pool::{Checkout, CheckoutError, KeyLimits, Pool, PoolKey, PoolLimits}
 use crate::runtimes::{self, protocol, RuntimeRegistry};
 use crate::sandbox::rootfs;
 use crate::sandbox::spec::BundleRequest;
+use crate::sandbox::users::{self, IdAllocator, IdClaim, IdMode, UsersError};
 use crate::sandbox::{ContainerRuntime, SandboxError};
 
 pub use crate::pool::PoolStats;
@@ -65,10 +68,15 @@ pub struct ExecutorConfig {
     /// than this plus [`protocol::RESPONSE_OVERHEAD_BYTES`] is never read (see
     /// [`protocol::result_cap`] for fitting it under NATS's `max_payload`).
     pub max_result_bytes: usize,
-    /// User the sandboxes run as.
-    pub uid: u32,
-    /// Group the sandboxes run as.
-    pub gid: u32,
+    /// First host id the sandboxes' ids are claimed from: `2 * max_sandboxes` blocks of 65536
+    /// ids (sandboxes being destroyed still hold theirs), skipping blocks of host accounts,
+    /// `/etc/sub[ug]id` ranges and other executors (see `sandbox::users`).
+    pub id_base: u32,
+    /// Host-wide lock directory of id claims (`None`: this executor does not coordinate with
+    /// others on the host). Defaults to `/run/fnmesh/sandbox-ids` when running as root.
+    pub id_lock_dir: Option<PathBuf>,
+    /// Whether sandboxes get a user namespace over their ids or run as a host uid directly.
+    pub id_mode: IdMode,
     /// Parent cgroup of the sandboxes, e.g. `/fnmesh/<node id>`.
     pub cgroup_parent: String,
     /// Opens the secrets invocations carry (`None`: an invocation with secrets fails).
@@ -105,8 +113,11 @@ impl Default for ExecutorConfig {
             tmp_mb: 64,
             log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
             max_result_bytes: protocol::DEFAULT_MAX_RESULT_BYTES,
-            uid: 65534,
-            gid: 65534,
+            id_base: users::DEFAULT_BASE,
+            id_lock_dir: nix::unistd::geteuid()
+                .is_root()
+                .then(|| PathBuf::from(users::DEFAULT_LOCK_DIR)),
+            id_mode: IdMode::Auto,
             secrets_keyring: None,
             code_pins: None,
         }
@@ -130,6 +141,9 @@ pub enum ExecError {
     /// A setting is unusable.
     #[error("invalid executor config: {0}")]
     Config(String),
+    /// No blocks of host ids could be claimed for the sandboxes.
+    #[error("sandbox ids: {0}")]
+    Ids(#[from] UsersError),
 }
 
 /// One invocation to run.
@@ -182,6 +196,11 @@ struct Inner {
     rootfs: PathBuf,
     runtime_dir: PathBuf,
     bundles_dir: PathBuf,
+    /// The sandboxes' host ids.
+    ids: Arc<IdAllocator>,
+    /// Whether the kernel allows user namespaces and the rootfs and bootstraps are reachable
+    /// from one (`IdMode::Auto` then also needs the code dir to be).
+    userns_possible: bool,
     id_prefix: String,
     counter: AtomicU64,
     cancel: CancellationToken,
@@ -258,6 +277,20 @@ impl Executor {
                 protocol::MAX_FRAME_BYTES
             )));
         }
+        let slots = u32::try_from(config.max_sandboxes)
+            .ok()
+            .and_then(|n| n.checked_mul(2))
+            .ok_or_else(|| ExecError::Config("max_sandboxes is too large".to_owned()))?;
+        let claim = IdClaim {
+            base: config.id_base,
+            slots,
+            lock_dir: config.id_lock_dir.clone(),
+            etc_dir: PathBuf::from("/etc"),
+        };
+        let ids = tokio::task::spawn_blocking(move || IdAllocator::claim(&claim))
+            .await
+            .map_err(|e| ExecError::Config(format!("claiming sandbox ids panicked: {e}")))??;
+        let (ids_from, ids_to) = ids.span();
         let work_dir = if config.work_dir.is_absolute() {
             config.work_dir.clone()
         } else {
@@ -278,13 +311,43 @@ impl Executor {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(work_dir_error(&bundles_dir)(e)),
                 }
-                std::fs::create_dir_all(&bundles_dir).map_err(work_dir_error(&bundles_dir))?;
+                {
+                    use std::os::unix::fs::DirBuilderExt as _;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(crate::sandbox::spec::BUNDLE_DIR_MODE)
+                        .create(&bundles_dir)
+                        .map_err(work_dir_error(&bundles_dir))?;
+                }
                 Ok(rootfs::ensure_rootfs(&rootfs_dir)?)
             })
             .await
             .map_err(|e| ExecError::Config(format!("preparing the work dir panicked: {e}")))??
         };
 
+        let userns_possible = {
+            let (rootfs, runtime_dir) = (prepared.clone(), runtime_dir.clone());
+            tokio::task::spawn_blocking(move || {
+                users::kernel_allows_userns()
+                    && users::reachable_by_others(&rootfs)
+                    && users::reachable_by_others(&runtime_dir)
+            })
+            .await
+            .unwrap_or(false)
+        };
+        match (config.id_mode, userns_possible) {
+            (IdMode::UserNamespace, false) => tracing::warn!(
+                work_dir = %work_dir.display(),
+                "user namespaces are required but the kernel refuses them or the work dir is \
+                 not searchable by others: sandboxes will fail to start"
+            ),
+            (IdMode::Auto, false) => tracing::info!(
+                work_dir = %work_dir.display(),
+                "no user namespaces for sandboxes (kernel or work dir permissions): each runs \
+                 as its own host uid directly"
+            ),
+            _ => {}
+        }
         let pool = Pool::new(PoolLimits {
             max_sandboxes: config.max_sandboxes,
             max_memory_mb: config.max_memory_mb,
@@ -299,6 +362,8 @@ impl Executor {
             rootfs: prepared,
             runtime_dir,
             bundles_dir,
+            ids,
+            userns_possible,
             counter: AtomicU64::new(0),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -307,6 +372,9 @@ impl Executor {
         tracing::info!(
             node.id = %inner.config.node_id,
             max_sandboxes = inner.config.max_sandboxes,
+            sandbox.ids_from = ids_from,
+            sandbox.ids_to = ids_to,
+            sandbox.userns = inner.userns_possible,
             max_memory_mb = inner.config.max_memory_mb,
             keep_alive_ms = u64::try_from(inner.config.keep_alive.as_millis()).unwrap_or(u64::MAX),
             "executor started"
@@ -514,7 +582,24 @@ impl Inner {
             .code_pins
             .as_ref()
             .map(|pins| pins.pin(&code_dir));
+        let Some(ids) = self.ids.allocate() else {
+            return Err(crashed(format!(
+                "every one of the {} sandbox id blocks is in use",
+                self.ids.slots()
+            )));
+        };
+        let userns = match self.config.id_mode {
+            IdMode::UserNamespace => true,
+            IdMode::HostIds => false,
+            IdMode::Auto => self.userns_possible && users::reachable_by_others(&code_dir),
+        };
         let id = self.next_sandbox_id();
+        tracing::debug!(
+            sandbox.id = %id,
+            sandbox.host_uid = ids.user(userns).host_uid(),
+            sandbox.userns = userns,
+            "launching a sandbox"
+        );
         let plan = LaunchPlan {
             bundle_dir: self.bundles_dir.join(&id),
             bundle: BundleRequest {
@@ -523,17 +608,18 @@ impl Inner {
                 code_dir,
                 runtime_dir: self.runtime_dir.clone(),
                 args: process.args,
-                env: runtimes::with_secrets(process.env, secrets),
+                env: runtimes::without_secret_names(process.env, secrets),
                 cwd: process.cwd,
                 memory_mb: function.config.memory_mb,
                 pids_limit: self.config.pids_limit,
                 cpu_millis: self.config.cpu_millis,
                 tmp_mb: self.config.tmp_mb,
                 cgroup_path: format!("{}/{id}", self.config.cgroup_parent.trim_end_matches('/')),
-                uid: self.config.uid,
-                gid: self.config.gid,
+                user: ids.user(userns),
             },
             id,
+            secrets: secrets.clone(),
+            ids: Some(ids),
             log_cap_bytes: self.config.log_cap_bytes,
             code_pin,
         };

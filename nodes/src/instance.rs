@@ -2,7 +2,8 @@
 //!
 //! [`Instance::launch`] creates three pipes (the host ends close-on-exec and non-blocking,
 //! driven by tokio), writes the bundle to `<work_dir>/bundles/<id>`, creates and starts the
-//! container and waits for the bootstrap's first frame. A log task reads the sandbox's stderr
+//! container, sends the bootstrap its init frame (the function's secrets, which are never in
+//! the bundle) and waits for the bootstrap's first frame. A log task reads the sandbox's stderr
 //! continuously (a chatty handler never blocks on a full pipe) into a [`LogSink`] that splits
 //! the stream at each invocation's end marker and caps what it keeps.
 //!
@@ -15,13 +16,16 @@
 //! a pipe read and one `memory_peak` call (read-and-reset, run while the logs settle).
 //!
 //! Dropping an instance without [`Instance::destroy`] (e.g. a cancelled invocation) still
-//! destroys the container and removes the bundle directory, from a spawned task.
+//! destroys the container and removes the bundle directory, from a spawned task. The sandbox's
+//! host id slot ([`IdLease`]) is given back only after the container was destroyed, and never
+//! when destroying it failed.
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fnmesh_core::secrets::SecretEnv;
 use fnmesh_core::{ErrorKind, Execution, InvocationError, InvocationLogs, InvocationStatus};
 use nix::fcntl::OFlag;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -42,6 +46,7 @@ const MAX_HELLO_FRAME_BYTES: usize = protocol::RESPONSE_OVERHEAD_BYTES;
 /// Response buffers that grew past this are given back after the invocation.
 const RETAINED_BODY_BYTES: usize = 64 * 1024;
 use crate::sandbox::spec::{self, BundleRequest};
+use crate::sandbox::users::IdLease;
 use crate::sandbox::{ContainerRuntime, ExitReport, SandboxError, SandboxIo, SandboxSpec};
 
 /// How long to wait for an invocation's log end marker once its response arrived.
@@ -54,7 +59,7 @@ const PEAK_WAIT: Duration = Duration::from_millis(500);
 const MAX_MESSAGE_BYTES: usize = 4096;
 
 /// Everything needed to start one sandbox.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LaunchPlan {
     /// Unique sandbox id, `[a-z0-9-]+`.
     pub id: String,
@@ -62,6 +67,11 @@ pub struct LaunchPlan {
     pub bundle_dir: PathBuf,
     /// What goes into `config.json`.
     pub bundle: BundleRequest,
+    /// The function's opened secrets: sent in the init frame, never written to the bundle.
+    pub secrets: SecretEnv,
+    /// The host id slot of `bundle.user`, held until the container is destroyed (`None`: the
+    /// caller manages ids itself).
+    pub ids: Option<IdLease>,
     /// Cap on captured logs per invocation.
     pub log_cap_bytes: usize,
     /// Holds the code tree the sandbox mounts in the node's code cache for its whole life.
@@ -112,13 +122,15 @@ fn death_error(report: &ExitReport, memory_mb: u32, what: &str) -> InvocationErr
 // ---------------------------------------------------------------------------------------------
 // Cleanup
 
-/// Destroys the container (unless already destroyed) and removes the bundle when dropped armed.
+/// Destroys the container (unless already destroyed) and removes the bundle when dropped armed;
+/// gives the id slot back once the container is gone.
 struct CleanupGuard {
     runtime: Arc<dyn ContainerRuntime>,
     id: String,
     bundle_dir: PathBuf,
     destroy_container: bool,
     armed: bool,
+    ids: Option<IdLease>,
 }
 
 impl Drop for CleanupGuard {
@@ -127,6 +139,7 @@ impl Drop for CleanupGuard {
             return;
         }
         let bundle_dir = std::mem::take(&mut self.bundle_dir);
+        let mut ids = self.ids.take();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let runtime = Arc::clone(&self.runtime);
@@ -136,12 +149,20 @@ impl Drop for CleanupGuard {
                     if destroy {
                         if let Err(e) = runtime.destroy(&id).await {
                             tracing::warn!(sandbox.id = %id, error = %e, "destroying dropped sandbox failed");
+                            if let Some(ids) = ids.as_mut() {
+                                ids.quarantine();
+                            }
                         }
                     }
                     let _ = tokio::fs::remove_dir_all(&bundle_dir).await;
+                    drop(ids);
                 });
             }
             Err(_) => {
+                // The container cannot be destroyed from here: its ids stay taken.
+                if let (true, Some(ids)) = (self.destroy_container, ids.as_mut()) {
+                    ids.quarantine();
+                }
                 let _ = std::fs::remove_dir_all(&bundle_dir);
             }
         }
@@ -216,10 +237,11 @@ impl Instance {
     /// traceback); the caller adds the init time and `cold_start`.
     pub async fn launch(
         runtime: Arc<dyn ContainerRuntime>,
-        plan: LaunchPlan,
+        mut plan: LaunchPlan,
         deadline: Instant,
     ) -> Result<Self, Execution> {
         let started = Instant::now();
+        let secrets = std::mem::take(&mut plan.secrets);
         let memory_mb = plan.bundle.memory_mb;
         let fail = |status, error, logs, peak| Execution {
             logs,
@@ -249,7 +271,8 @@ impl Instance {
                     ))
                 }
             };
-        let booted = tokio::time::timeout_at(deadline, instance.boot()).await;
+        let booted = tokio::time::timeout_at(deadline, instance.boot(&secrets)).await;
+        drop(secrets);
         let (status, err) = match booted {
             Ok(Ok(())) => {
                 let init_us = micros(started.elapsed());
@@ -290,7 +313,7 @@ impl Instance {
 
     async fn create(
         runtime: Arc<dyn ContainerRuntime>,
-        plan: LaunchPlan,
+        mut plan: LaunchPlan,
     ) -> Result<Self, SandboxError> {
         let (stdin_rx, stdin_tx) = host_pipe()?;
         let (stdout_rx, stdout_tx) = host_pipe()?;
@@ -301,6 +324,7 @@ impl Instance {
             bundle_dir: plan.bundle_dir.clone(),
             destroy_container: false,
             armed: true,
+            ids: plan.ids.take(),
         };
         let bundle_dir = plan.bundle_dir.clone();
         let bundle = plan.bundle.clone();
@@ -341,11 +365,23 @@ impl Instance {
         })
     }
 
-    async fn boot(&mut self) -> Result<(), BootError> {
+    async fn boot(&mut self, secrets: &SecretEnv) -> Result<(), BootError> {
+        let mut init = Vec::new();
+        protocol::encode_init(&mut init, &protocol::Init::secrets(secrets))
+            .map_err(|e| BootError::Protocol(format!("encoding the init frame failed: {e}")))?;
         self.runtime
             .start(&self.id)
             .await
             .map_err(|e| BootError::Protocol(format!("starting the sandbox failed: {e}")))?;
+        // A bootstrap reads this frame before anything else, so the write cannot block on a
+        // full pipe for long; if the sandbox died, the read below reports it.
+        let sent = self.requests.write_all(&init).await;
+        init.fill(0);
+        if let Err(e) = sent {
+            return Err(BootError::Protocol(format!(
+                "sandbox exited before its handler loaded: {e}"
+            )));
+        }
         if let Err(e) = read_frame(&mut self.responses, &mut self.body, MAX_HELLO_FRAME_BYTES).await
         {
             return Err(BootError::Protocol(format!(
@@ -526,6 +562,9 @@ impl Instance {
             Ok(report) => report,
             Err(e) => {
                 tracing::warn!(sandbox.id = %self.id, error = %e, "destroying the sandbox failed");
+                if let Some(ids) = self.guard.ids.as_mut() {
+                    ids.quarantine();
+                }
                 ExitReport::default()
             }
         };

@@ -27,6 +27,7 @@ use crate::registration::{Load, LoadSampler, Registration, RegistrationConfig};
 use crate::runtimes::RuntimeRegistry;
 use crate::sandbox::cgroup::{hierarchies, SandboxCgroup, CGROUP_ROOT};
 use crate::sandbox::supervisor::SupervisorClient;
+use crate::sandbox::users::IdMode;
 use crate::sandbox::{ContainerRuntime, SandboxError};
 use crate::worker::{Worker, WorkerConfig};
 
@@ -98,6 +99,11 @@ pub struct NodeConfig {
     pub max_result_bytes: usize,
     /// Opens the functions' sealed secrets.
     pub secrets_keyring: Option<Arc<Keyring>>,
+    /// Whether sandboxes get a user namespace over their host ids (see
+    /// [`crate::sandbox::users`]).
+    pub sandbox_id_mode: IdMode,
+    /// First host id the sandboxes' id blocks are claimed from.
+    pub sandbox_id_base: u32,
 }
 
 /// What a node talks to.
@@ -174,6 +180,8 @@ impl Node {
                 secrets_keyring: config.secrets_keyring,
                 max_result_bytes: config.max_result_bytes,
                 code_pins: Some(cache.pins()),
+                id_mode: config.sandbox_id_mode,
+                id_base: config.sandbox_id_base,
                 ..ExecutorConfig::default()
             },
             runtime,

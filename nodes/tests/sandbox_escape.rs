@@ -18,6 +18,7 @@ use fnmesh_nodes::sandbox::cgroup::{hierarchies, CGROUP_ROOT};
 use fnmesh_nodes::sandbox::rootfs::ensure_rootfs;
 use fnmesh_nodes::sandbox::spec::{write_bundle, BundleRequest};
 use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
+use fnmesh_nodes::sandbox::users::SandboxUser;
 use fnmesh_nodes::sandbox::{ContainerRuntime, SandboxIo, SandboxSpec};
 use serde_json::{json, Value};
 
@@ -144,8 +145,10 @@ async fn the_supervisor_and_every_init_it_forks_run_from_a_sealed_binary() {
         cpu_millis: 500,
         tmp_mb: 4,
         cgroup_path: format!("{prefix}/{id}"),
-        uid: 65534,
-        gid: 65534,
+        user: SandboxUser::Host {
+            uid: 65534,
+            gid: 65534,
+        },
     };
     let bundle = dir.path().join("bundles").join(&id);
     write_bundle(&bundle, &req).unwrap();

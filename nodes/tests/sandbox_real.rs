@@ -15,6 +15,7 @@ use fnmesh_nodes::sandbox::cgroup::{hierarchies, SandboxCgroup, CGROUP_ROOT};
 use fnmesh_nodes::sandbox::rootfs::ensure_rootfs;
 use fnmesh_nodes::sandbox::spec::{write_bundle, BundleRequest};
 use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
+use fnmesh_nodes::sandbox::users::SandboxUser;
 use fnmesh_nodes::sandbox::{ContainerRuntime, ExitReport, SandboxError, SandboxIo, SandboxSpec};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -113,6 +114,13 @@ impl Harness {
         }
     }
 
+    /// Lets the root of a user namespace (an unprivileged host uid) reach the rootfs, code
+    /// and runtime dirs, as a node's work dir must be for user namespaces.
+    fn open_to_userns(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(self.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    }
+
     fn client(&self) -> &SupervisorClient {
         self.client.as_ref().expect("supervisor already stopped")
     }
@@ -138,8 +146,10 @@ impl Harness {
             cpu_millis: 1000,
             tmp_mb: 16,
             cgroup_path: format!("{}/{id}", self.cgroup_prefix),
-            uid: NOBODY,
-            gid: NOBODY,
+            user: SandboxUser::Host {
+                uid: NOBODY,
+                gid: NOBODY,
+            },
         }
     }
 
@@ -247,6 +257,8 @@ import ctypes, errno, json, os, socket
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 out = {"pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups()}
+out["uid_map"] = open("/proc/self/uid_map").read()
+out["gid_map"] = open("/proc/self/gid_map").read()
 status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
 for key in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"):
     out[key] = status[key].strip()
@@ -340,7 +352,38 @@ async fn echo_reaches_stdout_and_the_exit_code_is_reported() {
 async fn process_is_unprivileged_and_confined() {
     let h = Harness::start().await;
     let req = h.request("probe", &["/usr/bin/python3", "/var/task/probe.py"]);
-    let run = h.run(&req).await;
+    check_confined(&h, &req).await;
+    h.finish().await;
+}
+
+/// A first host id for the user-namespace tests: above the executor's default range, so it
+/// never meets a node's sandboxes running beside the tests.
+const TEST_HOST_BASE: u32 = 0x7400_0000;
+
+#[tokio::test]
+async fn a_sandbox_in_its_own_user_namespace_is_as_confined() {
+    let h = Harness::start().await;
+    h.open_to_userns();
+    let host_base = TEST_HOST_BASE + (rand::random::<u32>() % 64) * 65_536;
+    let mut req = h.request("probe-userns", &["/usr/bin/python3", "/var/task/probe.py"]);
+    req.user = SandboxUser::Mapped { host_base };
+    let p = check_confined(&h, &req).await;
+    // Container ids 0..65536 are the host ids from `host_base`: the process, nobody inside,
+    // is host uid `host_base + 65534`, and host root is nobody's root here.
+    let map: Vec<u64> = p["uid_map"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(map, [0, u64::from(host_base), 65_536], "{p}");
+    assert_eq!(p["gid_map"], p["uid_map"]);
+    h.finish().await;
+}
+
+/// Runs the probe as `req` and checks what every sandbox must hold; returns its report.
+async fn check_confined(h: &Harness, req: &BundleRequest) -> Value {
+    let run = h.run(req).await;
     assert_eq!(run.report.exit_code, Some(0), "{run:?}");
     assert_eq!(run.stderr, "", "{run:?}");
     let p: Value =
@@ -395,7 +438,7 @@ async fn process_is_unprivileged_and_confined() {
         p["fork"], 7,
         "plain fork (clone without namespace flags) works"
     );
-    h.finish().await;
+    p
 }
 
 #[tokio::test]

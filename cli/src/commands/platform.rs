@@ -260,6 +260,8 @@ pub fn node_config(
         max_result_bytes,
         code_cache_bytes: args.code_cache_bytes,
         secrets_keyring: Some(crate::secrets_key::keyring(&common.secrets, data_dir)?),
+        sandbox_id_mode: args.sandbox_users,
+        sandbox_id_base: args.sandbox_id_base,
     })
 }
 

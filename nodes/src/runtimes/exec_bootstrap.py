@@ -2,7 +2,8 @@
 
 Run as: python3 -I -u exec_bootstrap.py <task_root> <relative executable>
 
-Same framed protocol and fd layout as python_bootstrap.py. For each request the executable is
+Same framed protocol and fd layout as python_bootstrap.py; the secrets of the node's init frame
+go into os.environ, which every handler process inherits. For each request the executable is
 started with the payload JSON on its stdin; its stdout (parsed as JSON) is the result, its stderr
 is copied to the logs and its last ~2 KiB go into the error message of a non-zero exit. A
 result whose JSON is longer than the request's `max_result_bytes` is `invalid_result`.
@@ -53,6 +54,16 @@ def _recv(inp):
     if len(body) < length:
         return None
     return json.loads(body)
+
+
+def _take_env(inp):
+    """Reads the node's init frame and adds its variables to os.environ; False on EOF."""
+    init = _recv(inp)
+    if init is None:
+        return False
+    for name, value in (init.get("env") or {}).items():
+        os.environ[name] = value
+    return True
 
 
 def _error(kind, type_, message):
@@ -156,6 +167,8 @@ def _run(path, cwd, payload):
 def main():
     task_root, handler = sys.argv[1], sys.argv[2]
     inp, out = _setup_fds()
+    if not _take_env(inp):
+        return 1
     path = os.path.join(task_root, handler)
     if not os.path.isfile(path):
         print("fnmesh: handler %s not found in the function code" % handler, file=sys.stderr)

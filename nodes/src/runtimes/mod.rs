@@ -6,8 +6,9 @@
 //!
 //! Every built-in runtime is a small bootstrap, embedded in the binary and written to
 //! `<work_dir>/runtime` at startup ([`install_bootstraps`]), mounted read-only at
-//! [`RUNTIME_DIR`]. It loads the handler once and serves invocations one at a time over the
-//! framed protocol of [`protocol`]. The function's code is mounted read-only at [`TASK_DIR`].
+//! [`RUNTIME_DIR`]. It takes the function's secrets from the node's first frame, loads the
+//! handler once and serves invocations one at a time over the framed protocol of [`protocol`].
+//! The function's code is mounted read-only at [`TASK_DIR`].
 
 pub mod protocol;
 
@@ -163,27 +164,23 @@ pub fn sandbox_env(function: &Function) -> Vec<String> {
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// `env` with the function's secrets added (a secret replaces a variable of the same name).
-/// Secret names are validated (`[A-Z_][A-Z0-9_]*`, never `FNMESH_*` or `FUNCTION_*`), so they
-/// cannot shadow the runtime's own variables.
-pub fn with_secrets(env: Vec<String>, secrets: &SecretEnv) -> Vec<String> {
+/// `env` without the variables the function's secrets replace: what goes into `config.json`.
+///
+/// The secrets themselves never do: the node sends them to the bootstrap in the protocol's
+/// first frame ([`protocol::Init`]), and the bootstrap sets them in the function's environment
+/// before loading its code, so a secret still wins over a variable of the same name. Secret
+/// names are validated (`[A-Z_][A-Z0-9_]*`, never `FNMESH_*` or `FUNCTION_*`), so they cannot
+/// shadow the runtime's own variables.
+pub fn without_secret_names(env: Vec<String>, secrets: &SecretEnv) -> Vec<String> {
     if secrets.is_empty() {
         return env;
     }
-    let mut env: Vec<String> = env
-        .into_iter()
+    env.into_iter()
         .filter(|entry| {
             let name = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
             !secrets.iter().any(|(k, _)| k == name)
         })
-        .collect();
-    env.extend(
-        secrets
-            .iter()
-            .filter(|(_, v)| !v.contains('\0'))
-            .map(|(k, v)| format!("{k}={v}")),
-    );
-    env
+        .collect()
 }
 
 fn runtime_file(name: &str) -> String {
@@ -349,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn secrets_join_the_env_and_replace_same_named_variables() {
+    fn secrets_leave_the_bundle_env_and_drop_the_variables_they_replace() {
         let name = |s: &str| fnmesh_core::secrets::SecretName::parse(s).unwrap();
         let secrets = SecretEnv::from_pairs(
             [
@@ -358,16 +355,25 @@ mod tests {
             ],
             Some("digest".to_owned()),
         );
-        let env = with_secrets(
+        let env = without_secret_names(
             sandbox_env(&function(Runtime::Python3, "main.handle")),
             &secrets,
         );
-        assert!(env.contains(&"GREETING=secret hi".to_owned()), "{env:?}");
-        assert!(!env.contains(&"GREETING=hi".to_owned()), "{env:?}");
-        assert!(env.contains(&"DB_PASSWORD=pw".to_owned()), "{env:?}");
+        assert!(
+            !env.iter()
+                .any(|e| e.starts_with("GREETING=") || e.starts_with("DB_PASSWORD=")),
+            "{env:?}"
+        );
+        assert!(!env
+            .iter()
+            .any(|e| e.contains("pw") || e.contains("secret hi")));
         assert!(env.contains(&"FUNCTION_NAME=hello".to_owned()), "{env:?}");
+        assert!(env.contains(&"LANG=C.UTF-8".to_owned()), "{env:?}");
         let plain = sandbox_env(&function(Runtime::Python3, "main.handle"));
-        assert_eq!(with_secrets(plain.clone(), &SecretEnv::default()), plain);
+        assert_eq!(
+            without_secret_names(plain.clone(), &SecretEnv::default()),
+            plain
+        );
     }
 
     #[test]

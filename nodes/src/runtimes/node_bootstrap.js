@@ -6,6 +6,8 @@
 // /dev/null and fd 1 at the log pipe (fd 2), so console output never corrupts a frame.
 // Frames: 4-byte big-endian length + UTF-8 JSON (see nodes/src/runtimes/protocol.rs). A result
 // whose JSON is longer than the request's max_result_bytes is answered invalid_result instead.
+// The node's first frame, {"env": {...}}, holds the function's secrets: it is read synchronously
+// and put into process.env before the handler's module is loaded.
 'use strict';
 
 const fs = require('fs');
@@ -45,6 +47,34 @@ function flushLogs(marker) {
   } catch (_) {
     // the handler may have closed fd 2; the node bounds its wait for the marker
   }
+}
+
+// Reads exactly n bytes from the (blocking) fd; null at EOF.
+function readExact(fd, n) {
+  const buf = Buffer.alloc(n);
+  let off = 0;
+  while (off < n) {
+    let got;
+    try {
+      got = fs.readSync(fd, buf, off, n - off, null);
+    } catch (e) {
+      if (e.code === 'EAGAIN') continue;
+      throw e;
+    }
+    if (got === 0) return null;
+    off += got;
+  }
+  return buf;
+}
+
+// The node's init frame, or null at EOF.
+function readInit() {
+  const header = readExact(PROTO_IN, 4);
+  if (header === null) return null;
+  const len = header.readUInt32BE(0);
+  if (len > MAX_FRAME) throw new Error('init frame too large');
+  const body = readExact(PROTO_IN, len);
+  return body === null ? null : JSON.parse(body.toString('utf8'));
 }
 
 function describe(err) {
@@ -120,6 +150,14 @@ async function serve(fn, req) {
 
 function main() {
   const [taskRoot, handler] = process.argv.slice(2);
+  const init = readInit();
+  if (init === null) {
+    process.exitCode = 1;
+    return;
+  }
+  for (const [name, value] of Object.entries(init.env || {})) {
+    process.env[name] = value;
+  }
   let fn;
   try {
     const dot = handler.lastIndexOf('.');

@@ -5,6 +5,13 @@
 //! both to private descriptors at start and point fd 0 at `/dev/null` and fd 1 at fd 2, so
 //! whatever the handler prints ends up in the log pipe (fd 2), never in a frame.
 //!
+//! 0. First frame from the node, before anything else: [`Init`],
+//!    `{"env":{"<NAME>":"<value>",…}}`, the function's opened secrets. The bootstrap adds them
+//!    to the function's environment (`os.environ`, `process.env`, the environment of the `exec`
+//!    runtime's handler processes) before it loads any user code. Secrets travel here, not in
+//!    `config.json`'s `process.env`: the bundle is a file on the host, and the process's initial
+//!    environment block is what `/proc/<pid>/environ` shows (a variable set later lives only in
+//!    the process's memory). The frame is sent even when there are no secrets.
 //! 1. First frame from the bootstrap: `{"ready":true}` or `{"init_error":"<type>: <message>"}`
 //!    (the traceback went to the logs; the bootstrap then exits).
 //! 2. Request: `{"id":"<invocation id>","payload":<json>,"max_result_bytes":<n>,
@@ -26,6 +33,9 @@
 //! Before each response the bootstrap flushes its output and writes [`end_marker`] to the log
 //! pipe, so the node knows where one invocation's logs end.
 
+use std::collections::BTreeMap;
+
+use fnmesh_core::secrets::SecretEnv;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -77,6 +87,36 @@ pub fn end_marker(id: &str) -> Vec<u8> {
     marker
 }
 
+/// The node's first frame: the environment the bootstrap adds before loading user code.
+#[derive(Serialize)]
+pub struct Init<'a> {
+    /// Variable name → value.
+    pub env: BTreeMap<&'a str, &'a str>,
+}
+
+impl std::fmt::Debug for Init<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Init")
+            .field("names", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<'a> Init<'a> {
+    /// The init frame carrying `secrets` (values with a NUL byte, which no environment can
+    /// hold, are left out; names are validated `[A-Z_][A-Z0-9_]*` already).
+    pub fn secrets(secrets: &'a SecretEnv) -> Self {
+        Self {
+            env: secrets.iter().filter(|(_, v)| !v.contains('\0')).collect(),
+        }
+    }
+}
+
+/// Appends the frame of `init` to `buf` (cleared first).
+pub fn encode_init(buf: &mut Vec<u8>, init: &Init<'_>) -> Result<(), serde_json::Error> {
+    encode(buf, init)
+}
+
 /// The `context` object of a request.
 #[derive(Debug, Serialize)]
 pub struct RequestContext<'a> {
@@ -110,9 +150,13 @@ pub struct Request<'a> {
 
 /// Appends the frame of `request` to `buf` (cleared first).
 pub fn encode_request(buf: &mut Vec<u8>, request: &Request<'_>) -> Result<(), serde_json::Error> {
+    encode(buf, request)
+}
+
+fn encode(buf: &mut Vec<u8>, body: &impl Serialize) -> Result<(), serde_json::Error> {
     buf.clear();
     buf.extend_from_slice(&[0; 4]);
-    serde_json::to_writer(&mut *buf, request)?;
+    serde_json::to_writer(&mut *buf, body)?;
     let len = u32::try_from(buf.len() - 4).unwrap_or(u32::MAX);
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Ok(())
@@ -233,6 +277,35 @@ mod tests {
         assert_eq!(back["context"]["function_version"], 3);
         assert_eq!(back["context"]["trace_id"], Value::Null);
         assert_eq!(back["max_result_bytes"], 1000);
+    }
+
+    #[test]
+    fn init_frames_carry_the_secrets_as_an_env_object() {
+        let name = |s: &str| fnmesh_core::secrets::SecretName::parse(s).unwrap();
+        let secrets = SecretEnv::from_pairs(
+            [
+                (name("DB_PASSWORD"), "pw \"quoted\" \u{e9}".to_owned()),
+                (name("API_KEY"), "k".to_owned()),
+                (name("BROKEN"), "a\0b".to_owned()),
+            ],
+            Some("digest".to_owned()),
+        );
+        let init = Init::secrets(&secrets);
+        assert!(
+            !format!("{init:?}").contains("pw"),
+            "Debug shows names only"
+        );
+        let mut buf = Vec::new();
+        encode_init(&mut buf, &init).unwrap();
+        let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, buf.len() - 4);
+        let back: Value = serde_json::from_slice(&buf[4..]).unwrap();
+        assert_eq!(
+            back,
+            json!({"env": {"API_KEY": "k", "DB_PASSWORD": "pw \"quoted\" \u{e9}"}})
+        );
+        encode_init(&mut buf, &Init::secrets(&SecretEnv::default())).unwrap();
+        assert_eq!(&buf[4..], br#"{"env":{}}"#);
     }
 
     #[test]

@@ -4,7 +4,9 @@ Run as: python3 -I -u python_bootstrap.py <task_root> <module.function>
 
 Protocol (see nodes/src/runtimes/protocol.rs): frames are a 4-byte big-endian length followed
 by UTF-8 JSON. The node writes requests on our fd 0 and reads responses on our fd 1; the logs
-are fd 2. At start we move the protocol to private fds, point fd 0 at /dev/null and fd 1 at the
+are fd 2. The node's first frame, {"env": {...}}, holds the function's secrets: they go into
+os.environ before the handler's module is imported (and so into the environment of any process
+it starts), never into our initial environment block (/proc/<pid>/environ). At start we move the protocol to private fds, point fd 0 at /dev/null and fd 1 at the
 log pipe, so nothing the handler (or its children) prints can corrupt a frame. A result whose
 JSON is longer than the request's `max_result_bytes` is answered `invalid_result` instead.
 """
@@ -111,6 +113,16 @@ def _recv(inp):
     return _loads(body)
 
 
+def _take_env(inp):
+    """Reads the node's init frame and adds its variables to os.environ; False on EOF."""
+    init = _recv(inp)
+    if init is None:
+        return False
+    for name, value in (init.get("env") or {}).items():
+        os.environ[name] = value
+    return True
+
+
 def _flush_logs(marker):
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -161,6 +173,8 @@ def _describe(exc):
 def main():
     task_root, handler = sys.argv[1], sys.argv[2]
     inp, out = _setup_fds()
+    if not _take_env(inp):
+        return 1
     sys.dont_write_bytecode = True
     sys.path.insert(0, task_root)
 

@@ -5,7 +5,8 @@
 //!   (libcontainer must never fork from our multi-threaded tokio process); tests of pool and
 //!   scheduling logic use a fake.
 //! - [`BundleRequest`] + `spec::write_bundle` turn a function's limits into a hardened
-//!   `config.json`.
+//!   `config.json` (a private file: it holds no secrets, but is no one else's business).
+//! - `users` gives every live sandbox its own host uid/gid, through a user namespace or directly.
 
 pub mod cgroup;
 pub mod fake;
@@ -13,6 +14,7 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
 pub mod supervisor;
+pub mod users;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;

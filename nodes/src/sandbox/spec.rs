@@ -7,17 +7,27 @@
 //! a non-root user, rlimits, cgroup limits (memory without swap, pids, cpu, devices) and the
 //! seccomp allowlist of `seccomp`. `/sys` is not mounted.
 //!
+//! The user is the sandbox's own (see `users`): a new user namespace mapping container ids
+//! `0..65536` onto the sandbox's block of host ids, the process running as 65534 inside, or
+//! (without one) the block's host uid directly.
+//!
+//! The bundle holds no secrets (they reach the bootstrap over its protocol pipe), and is still
+//! private: the directory is created `0700` and `config.json` `0600`, both by the `mkdir` and
+//! `open` that make them, so there is no moment when either is readable by others.
+//!
 //! `process.oomScoreAdj` is deliberately absent: libcontainer would also apply it to the process
 //! that creates the container (the supervisor).
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
 use super::rootfs::ETC_FILES;
 use super::seccomp::{self, MaskedEqOrder};
+use super::users::{SandboxUser, BLOCK, SANDBOX_UID};
 use super::SandboxError;
 
 /// Everything that varies between sandboxes. Paths are absolute host paths.
@@ -47,10 +57,8 @@ pub struct BundleRequest {
     pub tmp_mb: u32,
     /// Absolute cgroup path, e.g. `/fnmesh/<node>/<sandbox id>`.
     pub cgroup_path: String,
-    /// Non-root user the process runs as.
-    pub uid: u32,
-    /// Its group.
-    pub gid: u32,
+    /// The user the process runs as: in a user namespace of its own, or a host uid.
+    pub user: SandboxUser,
 }
 
 /// Hostname inside every sandbox.
@@ -68,7 +76,13 @@ const SHM_SIZE: &str = "size=65536k";
 /// CFS period the CPU quota is expressed in, in microseconds.
 const CPU_PERIOD_US: u64 = 100_000;
 
-/// Writes `<bundle_dir>/config.json` for `req`, creating `bundle_dir`.
+/// Mode of a bundle directory.
+pub const BUNDLE_DIR_MODE: u32 = 0o700;
+/// Mode of the files in it.
+pub const BUNDLE_FILE_MODE: u32 = 0o600;
+
+/// Writes `<bundle_dir>/config.json` for `req`, creating `bundle_dir` (and missing parents)
+/// with mode `0700` and the file with mode `0600`.
 ///
 /// The file is written to a temporary name and renamed, so a reader never sees half of it.
 /// The seccomp profile is laid out for libcontainer; see [`write_bundle_for`] for runc/crun.
@@ -85,11 +99,27 @@ pub fn write_bundle_for(
     order: MaskedEqOrder,
 ) -> Result<(), SandboxError> {
     let config = config_json_for(req, order)?;
-    fs::create_dir_all(bundle_dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(BUNDLE_DIR_MODE)
+        .create(bundle_dir)?;
+    // An existing directory keeps its mode through `create`: tighten it before writing.
+    if fs::metadata(bundle_dir)?.permissions().mode() & 0o7777 != BUNDLE_DIR_MODE {
+        fs::set_permissions(bundle_dir, fs::Permissions::from_mode(BUNDLE_DIR_MODE))?;
+    }
     let text = serde_json::to_vec_pretty(&config).map_err(io::Error::other)?;
     let tmp = bundle_dir.join(".config.json.tmp");
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
     {
-        let mut file = fs::File::create(&tmp)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(BUNDLE_FILE_MODE)
+            .open(&tmp)?;
         file.write_all(&text)?;
     }
     fs::rename(&tmp, bundle_dir.join("config.json"))?;
@@ -125,8 +155,18 @@ fn check(req: &BundleRequest) -> Result<(), SandboxError> {
             req.args
         )));
     }
-    if req.uid == 0 || req.gid == 0 {
-        return Err(invalid("bundle user must not be root".to_owned()));
+    match req.user {
+        SandboxUser::Host { uid, gid } if uid == 0 || gid == 0 => {
+            return Err(invalid("bundle user must not be root".to_owned()));
+        }
+        SandboxUser::Mapped { host_base }
+            if host_base == 0 || host_base.checked_add(BLOCK - 1).is_none() =>
+        {
+            return Err(invalid(format!(
+                "bundle user namespace must map onto host ids above 0 (base {host_base})"
+            )));
+        }
+        _ => {}
     }
     if req.memory_mb == 0 || req.pids_limit == 0 || req.tmp_mb == 0 {
         return Err(invalid(
@@ -157,13 +197,34 @@ pub fn config_json_for(req: &BundleRequest, order: MaskedEqOrder) -> Result<Valu
         });
     }
 
-    Ok(json!({
+    let (uid, gid) = match req.user {
+        SandboxUser::Mapped { .. } => (SANDBOX_UID, SANDBOX_UID),
+        SandboxUser::Host { uid, gid } => (uid, gid),
+    };
+    let mut namespaces = vec![
+        json!({ "type": "pid" }),
+        json!({ "type": "network" }),
+        json!({ "type": "ipc" }),
+        json!({ "type": "uts" }),
+        json!({ "type": "mount" }),
+    ];
+    let mut linux = json!({});
+    if let SandboxUser::Mapped { host_base } = req.user {
+        // First, so every other namespace is owned by it.
+        namespaces.insert(0, json!({ "type": "user" }));
+        let mapping = json!([{ "containerID": 0, "hostID": host_base, "size": BLOCK }]);
+        linux["uidMappings"] = mapping.clone();
+        linux["gidMappings"] = mapping;
+    }
+    linux["namespaces"] = Value::Array(namespaces);
+
+    let mut config = json!({
         "ociVersion": "1.0.2",
         "root": { "path": req.rootfs, "readonly": true },
         "hostname": HOSTNAME,
         "process": {
             "terminal": false,
-            "user": { "uid": req.uid, "gid": req.gid, "additionalGids": [req.gid] },
+            "user": { "uid": uid, "gid": gid, "additionalGids": [gid] },
             "args": req.args,
             "env": req.env,
             "cwd": req.cwd,
@@ -179,13 +240,6 @@ pub fn config_json_for(req: &BundleRequest, order: MaskedEqOrder) -> Result<Valu
         },
         "mounts": mounts(req),
         "linux": {
-            "namespaces": [
-                { "type": "pid" },
-                { "type": "network" },
-                { "type": "ipc" },
-                { "type": "uts" },
-                { "type": "mount" },
-            ],
             "cgroupsPath": req.cgroup_path,
             "resources": resources,
             "devices": devices(),
@@ -211,7 +265,11 @@ pub fn config_json_for(req: &BundleRequest, order: MaskedEqOrder) -> Result<Valu
             ],
             "seccomp": seccomp::profile_for(order),
         },
-    }))
+    });
+    if let (Value::Object(target), Value::Object(extra)) = (&mut config["linux"], linux) {
+        target.extend(extra);
+    }
+    Ok(config)
 }
 
 fn mount(destination: &str, kind: &str, source: &str, options: &[&str]) -> Value {
@@ -343,18 +401,47 @@ mod tests {
             cpu_millis: 500,
             tmp_mb: 32,
             cgroup_path: "/fnmesh/node-a/sb-1".into(),
-            uid: 65534,
-            gid: 65534,
+            user: SandboxUser::Host {
+                uid: 300_000,
+                gid: 300_000,
+            },
         }
     }
 
-    fn written() -> (Value, Spec) {
+    const HOST_BASE: u32 = 0x7001_0000;
+
+    fn mapped() -> BundleRequest {
+        BundleRequest {
+            user: SandboxUser::Mapped {
+                host_base: HOST_BASE,
+            },
+            ..request()
+        }
+    }
+
+    fn written_for(req: &BundleRequest) -> (Value, Spec) {
         let dir = tempfile::tempdir().unwrap();
-        write_bundle(&dir.path().join("b"), &request()).unwrap();
+        write_bundle(&dir.path().join("b"), req).unwrap();
         let text = fs::read_to_string(dir.path().join("b/config.json")).unwrap();
         let value: Value = serde_json::from_str(&text).unwrap();
         let spec: Spec = serde_json::from_str(&text).unwrap();
         (value, spec)
+    }
+
+    fn written() -> (Value, Spec) {
+        written_for(&request())
+    }
+
+    fn namespace_kinds(spec: &Spec) -> Vec<LinuxNamespaceType> {
+        spec.linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect()
     }
 
     fn mount_of<'a>(v: &'a Value, dest: &str) -> Option<&'a Value> {
@@ -367,17 +454,8 @@ mod tests {
 
     #[test]
     fn namespaces_are_new_except_user_and_cgroup() {
-        let (_, spec) = written();
-        let kinds: Vec<LinuxNamespaceType> = spec
-            .linux()
-            .as_ref()
-            .unwrap()
-            .namespaces()
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|n| n.typ())
-            .collect();
+        let (v, spec) = written();
+        let kinds = namespace_kinds(&spec);
         for k in [
             LinuxNamespaceType::Pid,
             LinuxNamespaceType::Network,
@@ -388,7 +466,65 @@ mod tests {
             assert!(kinds.contains(&k), "{k:?} missing");
         }
         assert!(!kinds.contains(&LinuxNamespaceType::User));
+        assert!(v["linux"].get("uidMappings").is_none());
+        assert_eq!(v["process"]["user"]["uid"], 300_000);
+        assert_eq!(v["process"]["user"]["gid"], 300_000);
         assert_eq!(spec.hostname().as_deref(), Some(HOSTNAME));
+    }
+
+    #[test]
+    fn a_mapped_user_gets_its_own_user_namespace_over_its_block() {
+        let (v, spec) = written_for(&mapped());
+        let kinds = namespace_kinds(&spec);
+        assert_eq!(kinds[0], LinuxNamespaceType::User, "{kinds:?}");
+        assert_eq!(kinds.len(), 6);
+        let mapping = json!([{ "containerID": 0, "hostID": HOST_BASE, "size": 65_536 }]);
+        assert_eq!(v["linux"]["uidMappings"], mapping);
+        assert_eq!(v["linux"]["gidMappings"], mapping);
+        // The process is `nobody` inside, i.e. host id HOST_BASE + 65534.
+        assert_eq!(v["process"]["user"]["uid"], 65_534);
+        assert_eq!(v["process"]["user"]["additionalGids"], json!([65_534]));
+        // The rest of the spec is untouched.
+        assert_eq!(v["linux"]["cgroupsPath"], "/fnmesh/node-a/sb-1");
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        let mappings = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .uid_mappings()
+            .clone()
+            .unwrap();
+        assert_eq!(mappings[0].host_id(), HOST_BASE);
+    }
+
+    #[test]
+    fn bundles_are_private_from_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundles/sb-1");
+        write_bundle(&bundle, &request()).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&bundle), 0o700);
+        assert_eq!(mode(&dir.path().join("bundles")), 0o700);
+        assert_eq!(mode(&bundle.join("config.json")), 0o600);
+        let names: Vec<_> = fs::read_dir(&bundle)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["config.json"], "no temporary file left");
+
+        // Rewriting a bundle whose directory was loosened tightens it, and a stale temporary
+        // file (e.g. of a crash) is replaced rather than written through.
+        fs::set_permissions(&bundle, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(bundle.join(".config.json.tmp"), "stale").unwrap();
+        fs::set_permissions(
+            bundle.join(".config.json.tmp"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        write_bundle(&bundle, &request()).unwrap();
+        assert_eq!(mode(&bundle), 0o700);
+        assert_eq!(mode(&bundle.join("config.json")), 0o600);
+        assert!(!bundle.join(".config.json.tmp").exists());
     }
 
     #[test]
@@ -406,8 +542,8 @@ mod tests {
         }
         assert_eq!(p["noNewPrivileges"], true);
         assert_eq!(p["terminal"], false);
-        assert_eq!(p["user"]["uid"], 65534);
-        assert_eq!(p["user"]["additionalGids"], json!([65534]));
+        assert_eq!(p["user"]["uid"], 300_000);
+        assert_eq!(p["user"]["additionalGids"], json!([300_000]));
         assert!(p.get("oomScoreAdj").is_none());
         assert!(!v.to_string().contains("oomScoreAdj"));
         let proc = spec.process().as_ref().unwrap();
@@ -488,7 +624,18 @@ mod tests {
     #[test]
     fn rejects_unsafe_requests() {
         let mut root = request();
-        root.uid = 0;
+        root.user = SandboxUser::Host { uid: 0, gid: 1 };
+        assert!(config_json(&root).is_err());
+        root.user = SandboxUser::Host { uid: 1, gid: 0 };
+        assert!(config_json(&root).is_err());
+        root.user = SandboxUser::Mapped { host_base: 0 };
+        assert!(
+            config_json(&root).is_err(),
+            "container root would be host root"
+        );
+        root.user = SandboxUser::Mapped {
+            host_base: u32::MAX - 10,
+        };
         assert!(config_json(&root).is_err());
         let mut rel = request();
         rel.code_dir = "code".into();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fnmesh_core::secrets::{Keyring, SealedSecret, SealedSecrets, SecretName};
 use fnmesh_core::{
     Checksum, CodeInfo, Execution, Function, FunctionConfig, FunctionId, FunctionName,
     InvocationId, Namespace, Runtime,
@@ -122,6 +123,53 @@ pub fn job(function: &Function, code: &Path, payload: serde_json::Value) -> Job 
         trace_id: None,
         secrets: None,
     }
+}
+
+/// A keyring as gateways and nodes share it.
+pub fn keyring() -> Arc<Keyring> {
+    Arc::new(Keyring::new("test-key", &[7; 32]).unwrap())
+}
+
+/// `pairs` sealed as a gateway seals them for invocations of `function`.
+pub fn sealed_secrets(
+    keyring: &Keyring,
+    function: &Function,
+    pairs: &[(&str, &str)],
+) -> SealedSecrets {
+    let stored = pairs
+        .iter()
+        .map(|(name, value)| {
+            let name = SecretName::parse(name).unwrap();
+            let value = keyring
+                .seal_secret(&function.namespace, &function.name, &name, value)
+                .unwrap();
+            SealedSecret { name, value }
+        })
+        .collect();
+    keyring
+        .seal_for_invocation(function, &SealedSecrets(stored))
+        .unwrap()
+}
+
+/// Every file under `dir`, recursively (symlinks are not followed).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => out.extend(files_under(&path)),
+            Ok(meta) if meta.is_file() => out.push(path),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 /// A python handler with a module-level counter: returns `{"count": n, "event": event}`.

@@ -18,6 +18,7 @@ use fnmesh_nodes::sandbox::rootfs::ensure_rootfs;
 use fnmesh_nodes::sandbox::seccomp::MaskedEqOrder;
 use fnmesh_nodes::sandbox::spec::{write_bundle_for, BundleRequest};
 use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
+use fnmesh_nodes::sandbox::users::SandboxUser;
 use fnmesh_nodes::sandbox::ContainerRuntime;
 
 use serde::{Deserialize, Serialize};
@@ -225,8 +226,10 @@ pub async fn measure(args: &BenchArgs) -> Result<SandboxFigures> {
                     cpu_millis: 1000,
                     tmp_mb: 64,
                     cgroup_path: format!("/fnmesh-bench/{tag}/{id}"),
-                    uid: 65534,
-                    gid: 65534,
+                    user: SandboxUser::Host {
+                        uid: 65534,
+                        gid: 65534,
+                    },
                 },
                 // crun reads SCMP_CMP_MASKED_EQ in the OCI order (libcontainer 0.7 swaps it).
                 MaskedEqOrder::Oci,
