@@ -180,6 +180,11 @@ pub async fn open_gateway(
             per_second: backends.key_rate_per_second,
             burst: backends.key_rate_burst.max(1),
         }),
+        namespace_rate_limit: fnmesh_gateway::namespace_rate_limit(
+            backends.namespace_rate_per_second,
+            backends.namespace_rate_burst,
+        )?,
+        audit_failure_window: Duration::from_secs(args.audit_failure_window_secs),
         tokens: crate::jwt_keys::token_config(&args.tokens, data_dir)?,
         secrets_keyring: Some(keyring),
         metrics_token: metrics_token(common)?,

@@ -222,7 +222,8 @@ fn api_key(namespace: &Namespace) -> ApiKeyRecord {
         created_at: now(),
         expires_at: Some(now() + ChronoDuration::days(30)),
         revoked_at: None,
-        functions: None,    parent_id: None,
+        functions: None,
+        parent_id: None,
         root_id: None,
     }
 }
