@@ -126,7 +126,11 @@ pub(crate) async fn handle(
 /// Resolves once key `key_id` is no longer live (revoked, expired, deleted), checking every
 /// `key_recheck_interval`. A failing store keeps the stream open (the check is retried).
 async fn key_no_longer_live(state: State, key_id: String) {
-    let mut every = tokio::time::interval(state.config.key_recheck_interval);
+    let period = state
+        .config
+        .key_recheck_interval
+        .max(Duration::from_millis(10));
+    let mut every = tokio::time::interval(period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate: the key was live when the stream opened.
     every.tick().await;
