@@ -281,6 +281,11 @@ pub struct GatewayArgs {
     /// Request bodies larger than this are refused with 413.
     #[arg(long, env = "FNMESH_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Seconds over which authentication failures (401) of one source and action are summed
+    /// into one audit entry (at least 1).
+    #[arg(long, env = "FNMESH_AUDIT_FAILURE_WINDOW_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub audit_failure_window_secs: u64,
     #[command(flatten)]
     pub backends: BackendArgs,
     #[command(flatten)]
@@ -357,6 +362,13 @@ pub struct BackendArgs {
     /// Per-API-key burst.
     #[arg(long, env = "FNMESH_KEY_RATE_BURST", default_value_t = 2000)]
     pub key_rate_burst: u32,
+    /// Per-namespace limit on invocations (HTTP and NATS), per second, counted besides the
+    /// per-key limit (0 disables it).
+    #[arg(long, env = "FNMESH_NAMESPACE_RATE_LIMIT", default_value_t = fnmesh_gateway::DEFAULT_NAMESPACE_RATE)]
+    pub namespace_rate_per_second: u32,
+    /// Per-namespace burst (at least 1 unless the limit is 0).
+    #[arg(long, env = "FNMESH_NAMESPACE_RATE_BURST", default_value_t = fnmesh_gateway::DEFAULT_NAMESPACE_BURST)]
+    pub namespace_rate_burst: u32,
 }
 
 /// Where client commands connect.

@@ -12,17 +12,25 @@
 //! nothing has to be threaded through the filters. An unauthenticated caller is `anonymous`.
 //!
 //! Entries go through a bounded channel to one writer task ([`AuditWriter`]), so a request
-//! never waits for the database. When the channel is full the request waits up to
-//! [`ENQUEUE_WAIT`] for room; beyond that the entry is dropped, counted in
-//! [`AuditLog::dropped`] and logged as an error — never silently. On shutdown the writer
-//! stores everything queued before it exits.
+//! rarely waits for the database. When the channel is full the request waits for room as long
+//! as it takes (backpressure): a management entry (keys, functions, secrets, tokens, admin) or
+//! a 403 is never dropped while the writer runs.
+//!
+//! Authentication failures (401) do not take that path: anyone can send them by the thousand,
+//! and they must not crowd out management entries. They are summed per (source, action,
+//! target) over a window (`GatewayConfig::audit_failure_window`) into one entry whose `count`
+//! says how many calls it stands for; the writer stores the window's groups when it ends. At
+//! most [`MAX_FAILURE_GROUPS`] groups are open per window; failures that would open another
+//! are dropped, counted in `fnmesh_audit_entries_dropped_total{kind="auth_failure"}` — the
+//! only entries ever dropped under load. On shutdown the writer stores everything queued and
+//! summed before it exits.
 //!
 //! An entry holds ids, names, a status and an IP address: never a body, a header, a query
 //! string or a secret value.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,16 +40,18 @@ use std::future::Future;
 use std::pin::Pin;
 
 use hyper::{Method, Request};
+use prometheus::IntCounter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use warp::reply::Response;
 
 use crate::auth::Principal;
+use crate::metrics::GatewayMetrics;
 
-/// Entries waiting for the writer, at most.
+/// Entries waiting for the writer, at most (a request whose entry finds it full waits).
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
-/// How long a request waits for room in a full queue before its entry is dropped (counted).
-pub(crate) const ENQUEUE_WAIT: Duration = Duration::from_secs(2);
+/// Groups of authentication failures summed in one window, at most.
+pub(crate) const MAX_FAILURE_GROUPS: usize = 1024;
 /// Attempts of the writer to store one entry.
 const WRITE_ATTEMPTS: u32 = 3;
 /// Who an unauthenticated caller is.
@@ -177,73 +187,149 @@ fn recorded(classified: &Classified, status: u16) -> bool {
 #[derive(Clone)]
 pub(crate) struct AuditLog {
     tx: mpsc::Sender<AuditEntry>,
-    dropped: Arc<AtomicU64>,
+    failures: Arc<Failures>,
+    counters: Counters,
 }
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
-            .field("dropped", &self.dropped())
+            .field("failures_dropped", &self.counters.failures_dropped.get())
+            .field("lost", &self.counters.lost.get())
             .finish_non_exhaustive()
     }
 }
 
-/// The task that stores queued entries.
+/// What the audit log counts of the entries it could not store.
+#[derive(Clone, Debug)]
+pub(crate) struct Counters {
+    /// Authentication failures dropped under overload (too many groups in one window), or
+    /// whose aggregate could not be stored.
+    pub failures_dropped: IntCounter,
+    /// Other entries lost: the writer had stopped, or the store kept failing.
+    pub lost: IntCounter,
+}
+
+impl Counters {
+    /// The gateway's `fnmesh_audit_entries_dropped_total` counters.
+    pub(crate) fn of(metrics: &GatewayMetrics) -> Self {
+        Self {
+            failures_dropped: metrics.audit_dropped("auth_failure"),
+            lost: metrics.audit_dropped("management"),
+        }
+    }
+
+    /// Counters registered nowhere (tests).
+    #[cfg(test)]
+    fn detached() -> Self {
+        let counter = |name: &str| IntCounter::new(name, "test").expect("a valid counter");
+        Self {
+            failures_dropped: counter("failures_dropped"),
+            lost: counter("lost"),
+        }
+    }
+}
+
+/// What groups authentication failures: where from, what was tried, on what.
+type FailureKey = (Option<String>, String, Option<String>);
+
+/// Authentication failures (401) of the current window, one entry per [`FailureKey`] whose
+/// `count` sums them; at most [`MAX_FAILURE_GROUPS`] groups.
+#[derive(Debug, Default)]
+struct Failures {
+    groups: Mutex<HashMap<FailureKey, AuditEntry>>,
+}
+
+impl Failures {
+    /// Adds a failure to its group; `false` (the failure is dropped) when it would open a group
+    /// past [`MAX_FAILURE_GROUPS`].
+    fn add(&self, entry: AuditEntry) -> bool {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (
+            entry.source.clone(),
+            entry.action.clone(),
+            entry.target.clone(),
+        );
+        if let Some(group) = groups.get_mut(&key) {
+            group.count = group.count.saturating_add(entry.count);
+            return true;
+        }
+        if groups.len() >= MAX_FAILURE_GROUPS {
+            return false;
+        }
+        groups.insert(key, entry);
+        true
+    }
+
+    /// The window's groups, oldest first, leaving none.
+    fn take(&self) -> Vec<AuditEntry> {
+        let groups = std::mem::take(&mut *self.groups.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut entries: Vec<AuditEntry> = groups.into_values().collect();
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        entries
+    }
+}
+
+/// The task that stores queued entries and the aggregated authentication failures.
 pub(crate) struct AuditWriter {
     rx: mpsc::Receiver<AuditEntry>,
     store: Arc<dyn MetadataStore>,
-    dropped: Arc<AtomicU64>,
+    failures: Arc<Failures>,
+    window: Duration,
+    counters: Counters,
 }
 
-/// A log and its writer, connected by a channel of `capacity`.
-pub(crate) fn channel(store: Arc<dyn MetadataStore>, capacity: usize) -> (AuditLog, AuditWriter) {
+/// A log and its writer, connected by a channel of `capacity`; authentication failures are
+/// summed over `window`.
+pub(crate) fn channel(
+    store: Arc<dyn MetadataStore>,
+    capacity: usize,
+    window: Duration,
+    counters: Counters,
+) -> (AuditLog, AuditWriter) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    let dropped = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Failures::default());
     (
         AuditLog {
             tx,
-            dropped: dropped.clone(),
+            failures: failures.clone(),
+            counters: counters.clone(),
         },
-        AuditWriter { rx, store, dropped },
+        AuditWriter {
+            rx,
+            store,
+            failures,
+            window: window.max(Duration::from_millis(1)),
+            counters,
+        },
     )
 }
 
 impl AuditLog {
-    /// Entries lost so far (queue full past [`ENQUEUE_WAIT`], or the store failing).
-    pub(crate) fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Queues an entry (waits up to [`ENQUEUE_WAIT`] when the queue is full).
+    /// Records an entry. An authentication failure (401) is added to its group of the current
+    /// window (dropped and counted if too many groups are open); any other entry is queued,
+    /// waiting for room as long as it takes: it is never dropped while the writer runs.
     pub(crate) async fn record(&self, entry: AuditEntry) {
-        let entry = match self.tx.try_send(entry) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(entry)) => entry,
-            Err(mpsc::error::TrySendError::Closed(entry)) => {
-                self.lost(&entry, "the audit writer has stopped");
-                return;
+        if entry.status == 401 {
+            if !self.failures.add(entry) {
+                self.counters.failures_dropped.inc();
+                tracing::debug!(
+                    audit.failures_dropped_total = self.counters.failures_dropped.get(),
+                    "authentication failure not audited: too many sources and actions this window"
+                );
             }
-        };
-        if let Err(e) = self.tx.send_timeout(entry, ENQUEUE_WAIT).await {
-            let (entry, why) = match e {
-                mpsc::error::SendTimeoutError::Timeout(entry) => (entry, "the audit queue is full"),
-                mpsc::error::SendTimeoutError::Closed(entry) => {
-                    (entry, "the audit writer has stopped")
-                }
-            };
-            self.lost(&entry, why);
+            return;
         }
-    }
-
-    fn lost(&self, entry: &AuditEntry, why: &str) {
-        let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::error!(
-            audit.action = %entry.action,
-            audit.actor = %entry.actor,
-            audit.dropped_total = total,
-            reason = why,
-            "audit entry lost"
-        );
+        if let Err(mpsc::error::SendError(entry)) = self.tx.send(entry).await {
+            self.counters.lost.inc();
+            tracing::error!(
+                audit.action = %entry.action,
+                audit.actor = %entry.actor,
+                audit.lost_total = self.counters.lost.get(),
+                reason = "the audit writer has stopped",
+                "audit entry lost"
+            );
+        }
     }
 
     /// Records the call `slot` noted, when its classification and status say so.
@@ -343,36 +429,49 @@ where
 impl AuditWriter {
     /// Stores entries until every [`AuditLog`] is dropped, or until `stop` is cancelled: then
     /// the queue is closed (later entries are counted as lost) and what it holds is stored.
+    /// Every `window` (and at the end) the aggregated authentication failures are stored.
     pub(crate) async fn run(mut self, stop: CancellationToken) {
+        let mut flush = tokio::time::interval(self.window);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        flush.tick().await;
         loop {
             tokio::select! {
-                entry = self.rx.recv() => match entry {
-                    Some(entry) => self.write(&entry).await,
-                    None => break,
-                },
+                biased;
                 () = stop.cancelled() => {
                     self.rx.close();
                     while let Some(entry) = self.rx.recv().await {
-                        self.write(&entry).await;
+                        self.write(&entry, &self.counters.lost).await;
                     }
                     break;
                 }
+                entry = self.rx.recv() => match entry {
+                    Some(entry) => self.write(&entry, &self.counters.lost).await,
+                    None => break,
+                },
+                _ = flush.tick() => self.flush_failures().await,
             }
         }
+        self.flush_failures().await;
         tracing::debug!("audit writer stopped");
     }
 
-    async fn write(&self, entry: &AuditEntry) {
+    async fn flush_failures(&self) {
+        for entry in self.failures.take() {
+            self.write(&entry, &self.counters.failures_dropped).await;
+        }
+    }
+
+    async fn write(&self, entry: &AuditEntry, lost: &IntCounter) {
         let mut backoff = Duration::from_millis(50);
         for attempt in 1..=WRITE_ATTEMPTS {
             match self.store.append_audit(entry).await {
                 Ok(()) => return,
                 Err(e) if attempt == WRITE_ATTEMPTS => {
-                    let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    lost.inc_by(u64::from(entry.count));
                     tracing::error!(
                         audit.action = %entry.action,
                         audit.actor = %entry.actor,
-                        audit.dropped_total = total,
+                        audit.count = entry.count,
                         error = %e,
                         "storing an audit entry failed; it is lost"
                     );
@@ -470,5 +569,177 @@ mod tests {
                 "{unknown}"
             );
         }
+    }
+
+    fn failure(source: &str, action: &str) -> AuditEntry {
+        AuditEntry::new(ANONYMOUS, None, action, None, 401, Some(source))
+    }
+
+    fn management(n: usize) -> AuditEntry {
+        AuditEntry::new(
+            "key_admin",
+            None,
+            "key.create",
+            Some(&format!("key/{n}")),
+            201,
+            Some("10.0.0.1"),
+        )
+    }
+
+    async fn sqlite() -> (tempfile::TempDir, Arc<dyn MetadataStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = fnmesh_store::sqlite::SqliteStore::open(&dir.path().join("audit.db"))
+            .await
+            .unwrap();
+        (dir, Arc::new(store))
+    }
+
+    async fn stored(store: &Arc<dyn MetadataStore>) -> Vec<AuditEntry> {
+        let mut entries = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .list_audit(
+                    &fnmesh_store::AuditFilter::default(),
+                    1000,
+                    cursor.as_deref(),
+                )
+                .await
+                .unwrap();
+            entries.extend(page.items);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return entries,
+            }
+        }
+    }
+
+    #[test]
+    fn auth_failures_are_summed_per_source_and_action() {
+        let failures = Failures::default();
+        for _ in 0..1000 {
+            assert!(failures.add(failure("10.0.0.9", "function.list")));
+        }
+        assert!(failures.add(failure("10.0.0.9", "key.create")));
+        assert!(failures.add(failure("10.0.0.7", "function.list")));
+        let groups = failures.take();
+        let mut counts: Vec<(Option<&str>, &str, u32)> = groups
+            .iter()
+            .map(|e| (e.source.as_deref(), e.action.as_str(), e.count))
+            .collect();
+        counts.sort();
+        assert_eq!(
+            counts,
+            vec![
+                (Some("10.0.0.7"), "function.list", 1),
+                (Some("10.0.0.9"), "function.list", 1000),
+                (Some("10.0.0.9"), "key.create", 1),
+            ]
+        );
+        assert!(
+            failures.take().is_empty(),
+            "a window's groups are taken once"
+        );
+    }
+
+    #[test]
+    fn past_the_group_cap_new_failures_are_dropped_but_known_groups_still_count() {
+        let failures = Failures::default();
+        for i in 0..MAX_FAILURE_GROUPS {
+            assert!(failures.add(failure(&format!("10.1.{}.{}", i / 256, i % 256), "x")));
+        }
+        assert!(
+            !failures.add(failure("192.0.2.1", "x")),
+            "a new group is refused"
+        );
+        assert!(
+            failures.add(failure("10.1.0.0", "x")),
+            "a known group still counts"
+        );
+        let groups = failures.take();
+        assert_eq!(groups.len(), MAX_FAILURE_GROUPS);
+        assert_eq!(groups.iter().map(|e| u64::from(e.count)).sum::<u64>(), 1025);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_401s_does_not_crowd_out_management_entries() {
+        let (_dir, store) = sqlite().await;
+        let counters = Counters::detached();
+        // A queue of 2, and the writer not running yet: the old log dropped entries past it.
+        let (log, writer) = channel(
+            store.clone(),
+            2,
+            Duration::from_secs(3600),
+            counters.clone(),
+        );
+        let flood = (0..MAX_FAILURE_GROUPS + 500)
+            .map(|i| failure(&format!("10.2.{}.{}", i / 256, i % 256), "function.list"));
+        for entry in flood {
+            log.record(entry).await;
+        }
+        assert_eq!(
+            counters.failures_dropped.get(),
+            500,
+            "only failures past the group cap are dropped, and counted"
+        );
+        // Management entries past the queue's room wait for it instead of being dropped.
+        let recorder = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for n in 0..10 {
+                    log.record(management(n)).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!recorder.is_finished(), "the third entry waits for room");
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(writer.run(stop.clone()));
+        recorder.await.unwrap();
+        stop.cancel();
+        writer.await.unwrap();
+
+        let entries = stored(&store).await;
+        let managed = entries.iter().filter(|e| e.action == "key.create").count();
+        assert_eq!(managed, 10, "every management entry is stored");
+        let failures: Vec<&AuditEntry> = entries.iter().filter(|e| e.status == 401).collect();
+        assert_eq!(failures.len(), MAX_FAILURE_GROUPS);
+        assert!(failures.iter().all(|e| e.count == 1));
+        assert_eq!(counters.lost.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn failures_are_stored_once_per_window_with_their_count() {
+        let (_dir, store) = sqlite().await;
+        let (log, writer) = channel(
+            store.clone(),
+            16,
+            Duration::from_millis(50),
+            Counters::detached(),
+        );
+        for _ in 0..300 {
+            log.record(failure("198.51.100.4", "function.invoke")).await;
+        }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(writer.run(stop.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let entries = loop {
+            let entries = stored(&store).await;
+            if !entries.is_empty() || tokio::time::Instant::now() > deadline {
+                break entries;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].count, 300);
+        assert_eq!(entries[0].source.as_deref(), Some("198.51.100.4"));
+        assert_eq!(entries[0].actor, ANONYMOUS);
+        // The next window starts afresh.
+        log.record(failure("198.51.100.4", "function.invoke")).await;
+        stop.cancel();
+        task.await.unwrap();
+        let entries = stored(&store).await;
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.iter().map(|e| e.count).sum::<u32>(), 301);
     }
 }

@@ -22,7 +22,7 @@ pub mod key_status;
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use fnmesh_core::{FunctionName, Namespace};
 use fnmesh_store::{ApiKeyRecord, MetadataStore, Role, StoreError};
 use sha2::{Digest, Sha256};
@@ -150,6 +150,8 @@ pub async fn ensure_admin_key(store: &dyn MetadataStore, key: &str) -> Result<()
         expires_at: None,
         revoked_at: None,
         functions: None,
+        parent_id: None,
+        root_id: None,
     };
     match store.create_api_key(&record).await {
         Ok(()) => {}
@@ -200,6 +202,11 @@ pub struct Principal {
     pub functions: Option<Vec<FunctionName>>,
     /// How it authenticated.
     pub credential: CredentialKind,
+    /// The root of the key's lineage ([`ApiKeyRecord::lineage_root`]): what rate limits and
+    /// per-key caps count under, so keys it mints share them.
+    pub root_id: String,
+    /// When the key expires (for an access token: its key's expiry), if ever.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// What a request wants to do, for [`Principal::authorize`].
@@ -227,6 +234,8 @@ impl Principal {
             namespace: record.namespace.clone(),
             functions: record.functions.clone(),
             credential,
+            root_id: record.lineage_root().to_owned(),
+            expires_at: record.expires_at,
         }
     }
 
@@ -366,6 +375,16 @@ impl Authenticator {
         self.key_status.forget(id);
     }
 
+    /// Whether key `id` is still live (not revoked, expired or deleted), read from the store:
+    /// what open log streams check periodically.
+    pub async fn recheck_key(&self, id: &str) -> Result<bool, ApiError> {
+        Ok(self
+            .key_status
+            .recheck(self.store.as_ref(), id)
+            .await?
+            .is_some())
+    }
+
     /// Authenticates an `Authorization` header.
     pub async fn authenticate_header(&self, header: Option<&str>) -> Result<Principal, ApiError> {
         match Credential::from_authorization(header) {
@@ -392,20 +411,22 @@ impl Authenticator {
                 return Err(ApiError::Unauthorized);
             }
         };
-        if !self
+        let Some(facts) = self
             .key_status
-            .is_live(self.store.as_ref(), &claims.sub)
+            .live_facts(self.store.as_ref(), &claims.sub)
             .await?
-        {
+        else {
             tracing::debug!(key.id = %claims.sub, "access token of a key that is no longer live");
             return Err(ApiError::Unauthorized);
-        }
+        };
         Ok(Principal {
             key_id: claims.sub,
             role: claims.role,
             namespace: claims.ns,
             functions: claims.fns,
             credential: CredentialKind::AccessToken,
+            root_id: facts.root_id,
+            expires_at: facts.expires_at,
         })
     }
 
@@ -476,6 +497,8 @@ mod tests {
             namespace: Namespace::default_ns(),
             functions: None,
             credential: CredentialKind::ApiKey,
+            root_id: "k".into(),
+            expires_at: None,
         }
     }
 

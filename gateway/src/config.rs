@@ -38,6 +38,18 @@ pub struct GatewayConfig {
     pub secrets_keyring: Option<std::sync::Arc<fnmesh_core::secrets::Keyring>>,
     /// A token that may scrape `GET /metrics` besides admin credentials (`None`: admins only).
     pub metrics_token: Option<fnmesh_core::metrics::ScrapeToken>,
+    /// The limit on invocations of each namespace (HTTP and NATS), counted besides the per-key
+    /// one; `None` disables it (`FNMESH_NAMESPACE_RATE_LIMIT`, `FNMESH_NAMESPACE_RATE_BURST`).
+    pub namespace_rate_limit: Option<RateLimit>,
+    /// Open `logs?follow=true` streams per lineage of API keys, at most.
+    pub max_log_streams_per_key: usize,
+    /// NATS requests in flight per lineage of API keys, at most.
+    pub max_nats_requests_per_key: usize,
+    /// How often an open log stream checks that its key is still live (not revoked or expired).
+    pub key_recheck_interval: Duration,
+    /// How long authentication failures (401) of one source and action are summed before
+    /// their audit entry is written.
+    pub audit_failure_window: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -58,6 +70,97 @@ impl Default for GatewayConfig {
             tokens: crate::auth::jwt::TokenConfig::default(),
             secrets_keyring: None,
             metrics_token: None,
+            namespace_rate_limit: Some(RateLimit {
+                per_second: DEFAULT_NAMESPACE_RATE,
+                burst: DEFAULT_NAMESPACE_BURST,
+            }),
+            max_log_streams_per_key: 16,
+            max_nats_requests_per_key: 64,
+            key_recheck_interval: Duration::from_secs(15),
+            audit_failure_window: Duration::from_secs(10),
         }
+    }
+}
+
+/// Default of `FNMESH_NAMESPACE_RATE_LIMIT`: invocations per second of one namespace.
+pub const DEFAULT_NAMESPACE_RATE: u32 = 5000;
+/// Default of `FNMESH_NAMESPACE_RATE_BURST`.
+pub const DEFAULT_NAMESPACE_BURST: u32 = 10_000;
+
+/// An invalid gateway setting, named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A burst of 0 with a rate that is not 0.
+    #[error("{burst_setting} must be at least 1 while {rate_setting} is {per_second} (set {rate_setting}=0 to disable the limit)")]
+    ZeroBurst {
+        /// The rate's setting, e.g. `FNMESH_NAMESPACE_RATE_LIMIT`.
+        rate_setting: &'static str,
+        /// The burst's setting.
+        burst_setting: &'static str,
+        /// The rate given.
+        per_second: u32,
+    },
+}
+
+/// A rate limit from its two settings: a rate of 0 disables it (`None`); otherwise the burst
+/// must be at least 1.
+pub fn rate_limit_setting(
+    rate_setting: &'static str,
+    per_second: u32,
+    burst_setting: &'static str,
+    burst: u32,
+) -> Result<Option<RateLimit>, ConfigError> {
+    if per_second == 0 {
+        return Ok(None);
+    }
+    if burst == 0 {
+        return Err(ConfigError::ZeroBurst {
+            rate_setting,
+            burst_setting,
+            per_second,
+        });
+    }
+    Ok(Some(RateLimit { per_second, burst }))
+}
+
+/// [`rate_limit_setting`] of `FNMESH_NAMESPACE_RATE_LIMIT` and `FNMESH_NAMESPACE_RATE_BURST`.
+pub fn namespace_rate_limit(per_second: u32, burst: u32) -> Result<Option<RateLimit>, ConfigError> {
+    rate_limit_setting(
+        "FNMESH_NAMESPACE_RATE_LIMIT",
+        per_second,
+        "FNMESH_NAMESPACE_RATE_BURST",
+        burst,
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_limits_are_validated_and_zero_disables() {
+        assert_eq!(
+            namespace_rate_limit(5000, 10_000).unwrap(),
+            Some(RateLimit {
+                per_second: 5000,
+                burst: 10_000
+            })
+        );
+        assert_eq!(namespace_rate_limit(0, 0).unwrap(), None);
+        assert_eq!(namespace_rate_limit(0, 7).unwrap(), None);
+        let err = namespace_rate_limit(10, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("FNMESH_NAMESPACE_RATE_BURST")
+                && err.contains("FNMESH_NAMESPACE_RATE_LIMIT"),
+            "{err}"
+        );
+        assert_eq!(
+            GatewayConfig::default().namespace_rate_limit,
+            Some(RateLimit {
+                per_second: DEFAULT_NAMESPACE_RATE,
+                burst: DEFAULT_NAMESPACE_BURST
+            })
+        );
     }
 }

@@ -83,6 +83,12 @@ pub enum ApiError {
         /// `Retry-After`.
         retry_after: Duration,
     },
+    /// Too many streams or requests of one API key lineage are open at once.
+    #[error("{0}")]
+    ConcurrencyLimited(String),
+    /// A key asked to live longer than the key minting it.
+    #[error("{0}")]
+    ExpiresAfterMinter(String),
     /// No such route, function, version or invocation.
     #[error("{0}")]
     NotFound(String),
@@ -169,7 +175,10 @@ impl ApiError {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::QuotaExceeded(_) => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } | Self::LaneFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::LaneFull(_) | Self::ConcurrencyLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::ExpiresAfterMinter(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidName(_)
@@ -202,6 +211,8 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::QuotaExceeded(_) => "quota_exceeded",
             Self::RateLimited { .. } => "rate_limited",
+            Self::ConcurrencyLimited(_) => "concurrency_limited",
+            Self::ExpiresAfterMinter(_) => "expires_after_minter",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InvalidName(_) => "invalid_name",
@@ -272,7 +283,7 @@ impl ApiError {
                 headers.insert("ratelimit-remaining", HeaderValue::from(*remaining));
                 headers.insert("ratelimit-reset", secs_header(*reset_after));
             }
-            Self::QueueFull | Self::LaneFull(_) => {
+            Self::QueueFull | Self::LaneFull(_) | Self::ConcurrencyLimited(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::PayloadTooLarge { .. } => {

@@ -27,6 +27,7 @@ pub(crate) mod invocations;
 pub(crate) mod keys;
 pub(crate) mod metrics;
 pub(crate) mod nats_api;
+pub(crate) mod permits;
 pub(crate) mod ratelimit;
 pub(crate) mod reconciler;
 pub mod recorder;
@@ -38,7 +39,10 @@ pub(crate) mod telemetry;
 pub(crate) mod tokens;
 pub(crate) mod workers;
 
-pub use config::GatewayConfig;
+pub use config::{
+    namespace_rate_limit, rate_limit_setting, ConfigError, GatewayConfig, DEFAULT_NAMESPACE_BURST,
+    DEFAULT_NAMESPACE_RATE,
+};
 pub use error::{ApiError, GatewayError};
 pub use server::Gateway;
 pub use state::Backends;

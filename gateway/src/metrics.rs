@@ -88,6 +88,8 @@ pub struct GatewayMetrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     nats_requests_dropped: IntCounterVec,
+    audit_dropped: IntCounterVec,
+    concurrency_limited: IntCounterVec,
     queue_read_at: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -144,7 +146,7 @@ impl GatewayMetrics {
             rate_limit_rejections: IntCounterVec::new(
                 Opts::new(
                     "fnmesh_rate_limit_rejections_total",
-                    "Requests refused by a rate limit, by scope (key, function).",
+                    "Requests refused by a rate limit, by scope (key, namespace, function).",
                 ),
                 &["scope"],
             )?,
@@ -188,6 +190,23 @@ impl GatewayMetrics {
                 ),
                 &["reason"],
             )?,
+            audit_dropped: IntCounterVec::new(
+                Opts::new(
+                    "fnmesh_audit_entries_dropped_total",
+                    "Audit entries not stored, by kind (auth_failure: aggregated 401s dropped \
+                     under overload; management: lost because the writer stopped or the store \
+                     kept failing).",
+                ),
+                &["kind"],
+            )?,
+            concurrency_limited: IntCounterVec::new(
+                Opts::new(
+                    "fnmesh_concurrency_limited_total",
+                    "Requests refused by a per-key concurrency cap, by what (log_stream, \
+                     nats_request).",
+                ),
+                &["what"],
+            )?,
             queue_read_at: tokio::sync::Mutex::new(None),
         };
         registry.register(Box::new(this.invocations.clone()))?;
@@ -204,6 +223,8 @@ impl GatewayMetrics {
         registry.register(Box::new(this.http_requests.clone()))?;
         registry.register(Box::new(this.http_duration.clone()))?;
         registry.register(Box::new(this.nats_requests_dropped.clone()))?;
+        registry.register(Box::new(this.audit_dropped.clone()))?;
+        registry.register(Box::new(this.concurrency_limited.clone()))?;
         Ok(this)
     }
 
@@ -237,6 +258,17 @@ impl GatewayMetrics {
     /// Counts one request refused by a rate limit of `scope` (`key` or `function`).
     pub fn observe_rate_limited(&self, scope: &'static str) {
         self.rate_limit_rejections.with_label_values(&[scope]).inc();
+    }
+
+    /// The counter of audit entries of `kind` (`auth_failure`, `management`) not stored.
+    pub(crate) fn audit_dropped(&self, kind: &'static str) -> prometheus::IntCounter {
+        self.audit_dropped.with_label_values(&[kind])
+    }
+
+    /// Counts one request refused by a per-key concurrency cap on `what` (`log_stream`,
+    /// `nats_request`).
+    pub(crate) fn observe_concurrency_limited(&self, what: &'static str) {
+        self.concurrency_limited.with_label_values(&[what]).inc();
     }
 
     /// Counts one NATS request left unanswered for `reason` (`no_reply`, `reply_not_inbox`).

@@ -17,7 +17,11 @@
 //! key holder cannot make a gateway publish to a subject of its choice.
 //!
 //! At most [`MAX_IN_FLIGHT`] requests are served at once; past that a request is answered
-//! `unavailable` at once (another gateway of the group may take the retry). On shutdown the
+//! `unavailable` at once (another gateway of the group may take the retry). One key lineage
+//! may have at most [`GatewayConfig::max_nats_requests_per_key`] of them in flight; past that
+//! its requests are answered `concurrency_limited`, so one key cannot take every slot.
+//!
+//! [`GatewayConfig::max_nats_requests_per_key`]: crate::GatewayConfig::max_nats_requests_per_key On shutdown the
 //! subscription is drained — requests already delivered to us are answered `unavailable` —
 //! and in-flight requests get up to the drain timeout to reply; then the replies are flushed.
 
@@ -230,6 +234,15 @@ async fn handle(state: &State, message: &Message) -> Result<Invoked, ApiError> {
         .await?;
     crate::audit::note_principal(&principal);
     ratelimit::check_key(state, &principal).await?;
+    // Held until the invocation is answered.
+    let permits = &state.nats_request_permits;
+    let Some(_in_flight) = permits.try_acquire(&principal.root_id) else {
+        state.metrics.observe_concurrency_limited("nats_request");
+        return Err(ApiError::ConcurrencyLimited(format!(
+            "this key (with the keys minted from it) has {} NATS requests in flight already",
+            permits.limit()
+        )));
+    };
     let name = subjects::parse_request(message.subject.as_str()).map_err(|e| match e {
         RequestSubjectError::Name(e) => ApiError::from(e),
         shape @ RequestSubjectError::Shape(_) => ApiError::BadRequest(shape.to_string()),

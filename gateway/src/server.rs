@@ -110,8 +110,12 @@ impl Gateway {
 
         // Every response passes the audit log (see `crate::audit`), NATS requests' refusals
         // too; its writer stores entries until the server has drained.
-        let (audit, audit_writer) =
-            audit::channel(state.backends.store.clone(), audit::QUEUE_CAPACITY);
+        let (audit, audit_writer) = audit::channel(
+            state.backends.store.clone(),
+            audit::QUEUE_CAPACITY,
+            state.config.audit_failure_window,
+            audit::Counters::of(&state.metrics),
+        );
         let audit_stop = CancellationToken::new();
         let audit_task = tokio::spawn(audit_writer.run(audit_stop.clone()));
 

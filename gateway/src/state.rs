@@ -14,6 +14,7 @@ use fnmesh_store::MetadataStore;
 use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
 use crate::metrics::GatewayMetrics;
+use crate::permits::KeyPermits;
 
 /// The backends the gateway programs against.
 #[derive(Clone)]
@@ -46,6 +47,10 @@ pub(crate) struct AppState {
     pub metrics: Arc<GatewayMetrics>,
     /// Secrets re-sealed for the versions invoked.
     pub invocation_secrets: crate::secrets::invocation::InvocationSecrets,
+    /// Open log streams per key lineage ([`GatewayConfig::max_log_streams_per_key`]).
+    pub log_stream_permits: Arc<KeyPermits>,
+    /// NATS requests in flight per key lineage ([`GatewayConfig::max_nats_requests_per_key`]).
+    pub nats_request_permits: Arc<KeyPermits>,
 }
 
 /// Code normalisations run at once, at most.
@@ -62,6 +67,8 @@ impl AppState {
         metrics: Arc<GatewayMetrics>,
     ) -> State {
         let authenticator = Authenticator::new(backends.store.clone(), config.tokens.clone());
+        let log_stream_permits = KeyPermits::new(config.max_log_streams_per_key);
+        let nats_request_permits = KeyPermits::new(config.max_nats_requests_per_key);
         Arc::new(Self {
             config,
             backends,
@@ -70,6 +77,8 @@ impl AppState {
             log_followers: Default::default(),
             metrics,
             invocation_secrets: Default::default(),
+            log_stream_permits,
+            nats_request_permits,
         })
     }
 }

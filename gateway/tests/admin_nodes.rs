@@ -48,6 +48,8 @@ async fn key_with_role(app: &TestApp, role: Role) -> String {
             expires_at: None,
             revoked_at: None,
             functions: None,
+            parent_id: None,
+            root_id: None,
         })
         .await
         .unwrap();

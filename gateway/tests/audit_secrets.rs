@@ -20,7 +20,11 @@ fn keyring() -> Arc<Keyring> {
 
 async fn start() -> TestApp {
     TestApp::builder()
-        .config(|c| c.secrets_keyring = Some(keyring()))
+        .config(|c| {
+            c.secrets_keyring = Some(keyring());
+            // Authentication failures are summed over this window before they are stored.
+            c.audit_failure_window = std::time::Duration::from_millis(50);
+        })
         .start()
         .await
 }

@@ -76,6 +76,8 @@ async fn revoked_and_expired_keys_are_refused() {
                 expires_at: expired.then_some(past),
                 revoked_at: revoked.then_some(past),
                 functions: None,
+                parent_id: None,
+                root_id: None,
             })
             .await
             .unwrap();

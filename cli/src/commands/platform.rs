@@ -159,6 +159,10 @@ pub async fn open_gateway(
         None => default_database(data_dir),
     };
     let policy = parse_failure_policy(&backends.rate_limit_failure)?;
+    let namespace_rate_limit = fnmesh_gateway::namespace_rate_limit(
+        backends.namespace_rate_per_second,
+        backends.namespace_rate_burst,
+    )?;
     let store = open_store(&database, backends.migrate).await?;
     let keyring = crate::secrets_key::keyring(&common.secrets, data_dir)?;
     let sealed = |store| seal_code(store, &common.secrets, &keyring);
@@ -180,6 +184,8 @@ pub async fn open_gateway(
             per_second: backends.key_rate_per_second,
             burst: backends.key_rate_burst.max(1),
         }),
+        namespace_rate_limit,
+        audit_failure_window: Duration::from_secs(args.audit_failure_window_secs),
         tokens: crate::jwt_keys::token_config(&args.tokens, data_dir)?,
         secrets_keyring: Some(keyring),
         metrics_token: metrics_token(common)?,

@@ -7,8 +7,13 @@
 //! a core-NATS subject every gateway can subscribe to). The event's `id` is the invocation id
 //! and its data a [`FunctionLogs`] object. Output arrives when the invocation finishes, not line
 //! by line while it runs. A follower that falls far behind misses entries (the logs stay
-//! readable by invocation id). At most [`MAX_FOLLOWERS`] streams are open per gateway, and all
-//! end when the gateway shuts down.
+//! readable by invocation id). At most [`MAX_FOLLOWERS`] streams are open per gateway, and at
+//! most [`GatewayConfig::max_log_streams_per_key`] per key lineage (429 `concurrency_limited`
+//! past that). A stream checks every [`GatewayConfig::key_recheck_interval`] that its key is
+//! still live, and ends when it was revoked or expired; all end when the gateway shuts down.
+//!
+//! [`GatewayConfig::max_log_streams_per_key`]: crate::GatewayConfig::max_log_streams_per_key
+//! [`GatewayConfig::key_recheck_interval`]: crate::GatewayConfig::key_recheck_interval
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -78,6 +83,14 @@ pub(crate) async fn handle(
             "the gateway is shutting down".to_owned(),
         ));
     }
+    let key_permits = &state.log_stream_permits;
+    let Some(key_permit) = key_permits.try_acquire(&principal.root_id) else {
+        state.metrics.observe_concurrency_limited("log_stream");
+        return Err(ApiError::ConcurrencyLimited(format!(
+            "this key (with the keys minted from it) has {} log streams open already",
+            key_permits.limit()
+        )));
+    };
     let permit = followers.permits.clone().try_acquire_owned().map_err(|_| {
         ApiError::Unavailable(format!(
             "too many log streams are open on this gateway (at most {MAX_FOLLOWERS})"
@@ -90,19 +103,50 @@ pub(crate) async fn handle(
         .await?;
     tracing::debug!(function.name = %name, "log stream opened");
     let stop = followers.stop.clone();
-    let events =
-        feed.take_until(async move { stop.cancelled().await })
-            .map(move |logs: FunctionLogs| {
-                // Held as long as the stream is.
-                let _held = &permit;
-                Ok::<_, Infallible>(event_of(&logs))
-            });
+    let key_gone = key_no_longer_live(state.clone(), principal.key_id.clone());
+    let ended = async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = key_gone => {}
+        }
+    };
+    let events = feed.take_until(ended).map(move |logs: FunctionLogs| {
+        // Held as long as the stream is.
+        let _held = (&permit, &key_permit);
+        Ok::<_, Infallible>(event_of(&logs))
+    });
     // warp 0.4 needs a Sync body stream; the stream is only ever polled by one task.
     let events = sync_wrapper::SyncStream::new(events);
     Ok(
         warp::sse::reply(warp::sse::keep_alive().interval(KEEP_ALIVE).stream(events))
             .into_response(),
     )
+}
+
+/// Resolves once key `key_id` is no longer live (revoked, expired, deleted), checking every
+/// `key_recheck_interval`. A failing store keeps the stream open (the check is retried).
+async fn key_no_longer_live(state: State, key_id: String) {
+    let period = state
+        .config
+        .key_recheck_interval
+        .max(Duration::from_millis(10));
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate: the key was live when the stream opened.
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match state.authenticator.recheck_key(&key_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(key.id = %key_id, "log stream ended: its key is no longer live");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(key.id = %key_id, error = %e, "re-checking a log stream's key failed; keeping it open");
+            }
+        }
+    }
 }
 
 /// One `log` event.

@@ -90,8 +90,8 @@ pub(crate) async fn handle(
 
 /// Invokes `name` (its `version`, or the latest) in the principal's namespace with the JSON
 /// `payload`: the one path every front end (HTTP, NATS requests) goes through. Checks the
-/// principal may invoke and the function's own rate limit; the caller has authenticated the
-/// principal and counted the request against its key's limit.
+/// principal may invoke, the namespace's and the function's own rate limits; the caller has
+/// authenticated the principal and counted the request against its key's limit.
 pub(crate) async fn invoke(
     state: &State,
     principal: &Principal,
@@ -101,6 +101,7 @@ pub(crate) async fn invoke(
     payload: &[u8],
 ) -> Result<Invoked, ApiError> {
     principal.authorize_function(Action::Invoke, name)?;
+    crate::ratelimit::check_namespace(state, &principal.namespace).await?;
     let payload = parse_payload(payload)?;
     let store = &state.backends.store;
     let function = store

@@ -1,5 +1,9 @@
 //! `POST /v1/keys` `{"name","role","namespace"?,"functions"?,"expires_at"?}` → 201 with the
 //! key, shown this once.
+//!
+//! The new key is no stronger than its minter ([`covers`]) and ends no later: when the minter's
+//! key expires, an `expires_at` after that, or none, is 422 `expires_after_minter`. The new key
+//! records its minter as its parent and inherits its lineage root (see [`super`]).
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -11,7 +15,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
-use super::{covers, requested_namespace, KeyView};
+use super::{covers, outlived_by, requested_namespace, KeyView, Powers};
 use crate::auth::{generate_key, generate_key_id, hash_key, Action, Principal};
 use crate::error::ApiError;
 use crate::functions::{parse_json, parse_name};
@@ -67,7 +71,27 @@ pub(crate) async fn handle(
     let namespace = requested_namespace(&principal, req.namespace.as_deref())?
         .unwrap_or_else(|| principal.namespace.clone());
     let functions = req.functions.as_deref().map(parse_grants).transpose()?;
-    if !covers(&principal, role, functions.as_deref()) {
+    let now = Utc::now();
+    if req.expires_at.is_some_and(|t| t <= now) {
+        return Err(ApiError::BadRequest(
+            "expires_at must be in the future".into(),
+        ));
+    }
+    if !outlived_by(&principal, req.expires_at) {
+        return Err(ApiError::ExpiresAfterMinter(format!(
+            "a key may not outlive the key minting it: give an expires_at no later than {}",
+            principal
+                .expires_at
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_default()
+        )));
+    }
+    let powers = Powers {
+        role,
+        functions: functions.as_deref(),
+        expires_at: req.expires_at,
+    };
+    if !covers(&principal, powers) {
         return Err(ApiError::Forbidden(format!(
             "a {} key{} may not mint this key: a key can only mint keys no stronger than itself",
             principal.role.as_str(),
@@ -77,12 +101,6 @@ pub(crate) async fn handle(
                 ""
             }
         )));
-    }
-    let now = Utc::now();
-    if req.expires_at.is_some_and(|t| t <= now) {
-        return Err(ApiError::BadRequest(
-            "expires_at must be in the future".into(),
-        ));
     }
     let key = generate_key();
     let record = ApiKeyRecord {
@@ -95,12 +113,16 @@ pub(crate) async fn handle(
         expires_at: req.expires_at,
         revoked_at: None,
         functions,
+        parent_id: Some(principal.key_id.clone()),
+        // Rate limits and caps of a non-admin's keys are its root's; an admin's start anew.
+        root_id: (!principal.is_admin()).then(|| principal.root_id.clone()),
     };
     state.backends.store.create_api_key(&record).await?;
     tracing::info!(
         key.id = %record.id,
         key.role = record.role.as_str(),
         key.namespace = %record.namespace,
+        key.root_id = record.lineage_root(),
         by.key_id = %principal.key_id,
         "api key created"
     );

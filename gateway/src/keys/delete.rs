@@ -1,4 +1,5 @@
-//! `DELETE /v1/keys/{id}`: revokes a key (204). Its API key stops working at once everywhere
+//! `DELETE /v1/keys/{id}`: revokes a key and every key minted below it, in one step (204).
+//! Each revoked API key stops working at once everywhere
 //! (keys are checked against the store on every request); access tokens minted from it stop
 //! at once on this gateway and within the key-check TTL (≤ 60 s) on the others; its refresh
 //! tokens stop at once. A key of another namespace is 404 for non-admins; a stronger key is
@@ -9,7 +10,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
-use super::covers;
+use super::{covers, Powers};
 use crate::auth::{Action, Principal};
 use crate::error::ApiError;
 use crate::state::State;
@@ -28,15 +29,23 @@ pub(crate) async fn handle(
         .await?
         .filter(|k| principal.is_admin() || k.namespace == principal.namespace)
         .ok_or_else(not_found)?;
-    if !covers(&principal, key.role, key.functions.as_deref()) {
+    if !covers(&principal, Powers::from(&key)) {
         return Err(ApiError::Forbidden(
             "a key can only revoke keys no stronger than itself".into(),
         ));
     }
-    let revoked = store.revoke_api_key(&key.id, Utc::now()).await?;
+    let revoked = store.revoke_api_key_tree(&key.id, Utc::now()).await?;
     state.authenticator.forget_key(&key.id);
-    if revoked {
-        tracing::info!(key.id = %key.id, by.key_id = %principal.key_id, "api key revoked");
+    for id in &revoked {
+        state.authenticator.forget_key(id);
+    }
+    if !revoked.is_empty() {
+        tracing::info!(
+            key.id = %key.id,
+            keys.revoked = revoked.len(),
+            by.key_id = %principal.key_id,
+            "api key revoked with the keys minted below it"
+        );
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub struct TestAppBuilder {
     config: GatewayConfig,
     bus: BusConfig,
+    nats: Option<async_nats::Client>,
 }
 
 impl TestAppBuilder {
@@ -34,6 +35,12 @@ impl TestAppBuilder {
 
     pub fn bus(mut self, f: impl FnOnce(&mut BusConfig)) -> Self {
         f(&mut self.bus);
+        self
+    }
+
+    /// Also serves NATS request/reply clients over `client`.
+    pub fn nats(mut self, client: async_nats::Client) -> Self {
+        self.nats = Some(client);
         self
     }
 
@@ -68,6 +75,10 @@ impl TestAppBuilder {
         )
         .await
         .unwrap();
+        let gateway = match self.nats {
+            Some(client) => gateway.serve_nats_requests(client).await.unwrap(),
+            None => gateway,
+        };
         let addr = gateway.local_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(gateway.run(shutdown.clone()));
@@ -131,6 +142,7 @@ impl TestApp {
         TestAppBuilder {
             config: GatewayConfig::default(),
             bus: BusConfig::default(),
+            nats: None,
         }
     }
 

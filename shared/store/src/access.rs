@@ -5,6 +5,10 @@
 //! out only to keep the trait and its implementation readable by domain; the SQL lives in
 //! `sql/access.rs`, once for both engines, and [`conformance`] checks both.
 //!
+//! A key minted by another key remembers its parent and the root of its lineage
+//! ([`ApiKeyRecord::lineage_root`]); [`AccessStore::revoke_api_key_tree`] revokes a key with all
+//! its descendants.
+//!
 //! Refresh tokens are opaque; only their SHA-256 is stored. Each belongs to a *family* (the
 //! chain of rotations that started with one `POST /v1/auth/token`): rotating marks the
 //! presented token used and inserts its successor in one step, and presenting a used token
@@ -90,6 +94,16 @@ pub trait AccessStore: Send + Sync + 'static {
 
     /// Marks a key revoked at `at`; `false` if it does not exist or was already revoked.
     async fn revoke_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Revokes key `id` and every key minted below it (children, their children, … by
+    /// `parent_id`, in any namespace) at `at`, in one statement: the ids it revoked (those
+    /// already revoked are left as they were, and their descendants are still revoked).
+    /// Empty if `id` does not exist or its whole tree was revoked already.
+    async fn revoke_api_key_tree(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Stores a new refresh token. `Conflict` if the hash exists.
     async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> Result<(), StoreError>;

@@ -78,6 +78,14 @@ pub struct AuditEntry {
     pub status: u16,
     /// The remote address the call came from (IP only).
     pub source: Option<String>,
+    /// How many calls the entry stands for: 1, or the number of authentication failures of one
+    /// source and action aggregated into it (then `id` and `at` are the first one's).
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Cuts `s` to [`MAX_AUDIT_FIELD_CHARS`] and replaces control characters.
@@ -108,6 +116,7 @@ impl AuditEntry {
             outcome: AuditOutcome::of_status(status),
             status,
             source: source.map(clean_field),
+            count: 1,
         }
     }
 }

@@ -28,7 +28,8 @@ use fnmesh_core::invocation::{
 use fnmesh_core::names::{FunctionName, Namespace};
 
 pub use super::access::conformance::{
-    api_key_grants_roundtrip, api_keys_list_get_and_revoke, namespace_quotas_roundtrip,
+    api_key_grants_roundtrip, api_key_lineage_roundtrip, api_key_tree_revocation,
+    api_keys_list_get_and_revoke, namespace_quotas_roundtrip,
     namespace_usage_counts_latest_versions, refresh_family_revocation, refresh_family_start,
     refresh_tokens_rotate_once,
 };
@@ -79,6 +80,8 @@ macro_rules! store_conformance_cases {
             put_dead_letter_inserts_absent_records,
             api_keys_list_get_and_revoke,
             api_key_grants_roundtrip,
+            api_key_lineage_roundtrip,
+            api_key_tree_revocation,
             refresh_tokens_rotate_once,
             refresh_family_revocation,
             refresh_family_start,
@@ -220,6 +223,8 @@ fn api_key(namespace: &Namespace) -> ApiKeyRecord {
         expires_at: Some(now() + ChronoDuration::days(30)),
         revoked_at: None,
         functions: None,
+        parent_id: None,
+        root_id: None,
     }
 }
 

@@ -39,7 +39,7 @@ pub async fn audit_roundtrip_and_filters(store: Store) {
         403,
         None,
     );
-    let anonymous = AuditEntry::new(
+    let mut anonymous = AuditEntry::new(
         &format!("anon-{}", rand::random::<u32>()),
         None,
         "auth.failure",
@@ -47,6 +47,8 @@ pub async fn audit_roundtrip_and_filters(store: Store) {
         401,
         Some("::1"),
     );
+    // Aggregated authentication failures carry how many calls they stand for.
+    anonymous.count = 7;
     for e in [&ok, &denied, &anonymous] {
         store.append_audit(e).await.expect("append_audit");
     }
@@ -69,6 +71,18 @@ pub async fn audit_roundtrip_and_filters(store: Store) {
         vec![round(denied.clone()), round(ok.clone())],
         "entries of an actor, newest first, round-trip"
     );
+
+    let by_anonymous = AuditFilter {
+        actor: Some(anonymous.actor.clone()),
+        ..AuditFilter::default()
+    };
+    let page = store.list_audit(&by_anonymous, 10, None).await.unwrap();
+    assert_eq!(
+        page.items.into_iter().map(round).collect::<Vec<_>>(),
+        vec![round(anonymous.clone())],
+        "an aggregated entry round-trips with its count"
+    );
+    assert_eq!(ok.count, 1, "a new entry stands for one call");
 
     let denied_only = AuditFilter {
         namespace: Some(ns.clone()),

@@ -143,6 +143,21 @@ pub struct ApiKeyRecord {
     /// The only functions it may touch (`None`: every function of its namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub functions: Option<Vec<FunctionName>>,
+    /// The key that minted this one (`None`: made by an operator or the bootstrap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    /// The root of its lineage, which rate limits and caps are counted under (`None`: the key
+    /// is its own root; see [`ApiKeyRecord::lineage_root`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_id: Option<String>,
+}
+
+impl ApiKeyRecord {
+    /// The id rate limits and per-key caps of this key are counted under: its lineage's root,
+    /// or its own id.
+    pub fn lineage_root(&self) -> &str {
+        self.root_id.as_deref().unwrap_or(&self.id)
+    }
 }
 
 /// Storage of everything but code: every domain store, plus a health check.

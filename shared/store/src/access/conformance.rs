@@ -15,6 +15,8 @@ use fnmesh_core::names::{FunctionName, Namespace};
 pub async fn run_all(store: Store) {
     api_keys_list_get_and_revoke(store.clone()).await;
     api_key_grants_roundtrip(store.clone()).await;
+    api_key_lineage_roundtrip(store.clone()).await;
+    api_key_tree_revocation(store.clone()).await;
     refresh_tokens_rotate_once(store.clone()).await;
     refresh_family_revocation(store.clone()).await;
     namespace_quotas_roundtrip(store.clone()).await;
@@ -36,6 +38,8 @@ fn key(namespace: &Namespace, id: &str) -> ApiKeyRecord {
         expires_at: None,
         revoked_at: None,
         functions: None,
+        parent_id: None,
+        root_id: None,
     }
 }
 
@@ -117,6 +121,112 @@ pub async fn api_key_grants_roundtrip(store: Store) {
         Some(granted.clone())
     );
     assert_eq!(store.get_api_key(&granted.id).await.unwrap(), Some(granted));
+}
+
+/// A minted key's parent and lineage root are stored, read back and replaced by an upsert; a
+/// key without a root is its own.
+pub async fn api_key_lineage_roundtrip(store: Store) {
+    let ns = fresh_namespace();
+    let suffix = format!("{:016x}", rand::random::<u64>());
+    let root = key(&ns, &format!("key_{suffix}r"));
+    assert_eq!(root.lineage_root(), root.id);
+    let mut child = key(&ns, &format!("key_{suffix}c"));
+    child.parent_id = Some(root.id.clone());
+    child.root_id = Some(root.id.clone());
+    for k in [&root, &child] {
+        store.create_api_key(k).await.unwrap();
+    }
+    let got = store.get_api_key(&child.id).await.unwrap().unwrap();
+    assert_eq!(got, child);
+    assert_eq!(got.lineage_root(), root.id);
+    assert_eq!(
+        store.find_api_key(&child.key_hash).await.unwrap(),
+        Some(child.clone())
+    );
+    let mut moved = child.clone();
+    moved.parent_id = None;
+    moved.root_id = None;
+    store.upsert_api_key(&moved).await.unwrap();
+    assert_eq!(store.get_api_key(&child.id).await.unwrap(), Some(moved));
+}
+
+/// Revoking a key's tree revokes it and every descendant (across namespaces, through
+/// already revoked keys) in one step, and nothing outside the tree.
+pub async fn api_key_tree_revocation(store: Store) {
+    let ns = fresh_namespace();
+    let other_ns = fresh_namespace();
+    let suffix = format!("{:016x}", rand::random::<u64>());
+    let id = |s: &str| format!("key_{suffix}{s}");
+    let minted = |namespace: &Namespace, name: &str, parent: &ApiKeyRecord| {
+        let mut k = key(namespace, &id(name));
+        k.parent_id = Some(parent.id.clone());
+        k.root_id = Some(parent.lineage_root().to_owned());
+        k
+    };
+    let root = key(&ns, &id("root"));
+    let a = minted(&ns, "a", &root);
+    let mut b = minted(&ns, "b", &root);
+    b.revoked_at = Some(now() - ChronoDuration::minutes(1));
+    let a1 = minted(&ns, "a1", &a);
+    let b1 = minted(&other_ns, "b1", &b);
+    let a1x = minted(&ns, "a1x", &a1);
+    let sibling = key(&ns, &id("sibling"));
+    let cousin = minted(&ns, "cousin", &sibling);
+    for k in [&root, &a, &b, &a1, &b1, &a1x, &sibling, &cousin] {
+        store.create_api_key(k).await.unwrap();
+    }
+
+    // A subtree first: the parent and the rest stay live.
+    let at = now();
+    assert_eq!(
+        store.revoke_api_key_tree(&a1.id, at).await.unwrap(),
+        vec![a1.id.clone(), a1x.id.clone()]
+    );
+    for k in [&a1, &a1x] {
+        let got = store.get_api_key(&k.id).await.unwrap().unwrap();
+        assert_eq!(got.revoked_at, Some(at), "{} is revoked", k.id);
+    }
+    assert_eq!(
+        store.get_api_key(&a.id).await.unwrap().unwrap().revoked_at,
+        None,
+        "the parent of a revoked subtree stays live"
+    );
+
+    let at2 = now() + ChronoDuration::milliseconds(1);
+    let mut expected = vec![root.id.clone(), a.id.clone(), b1.id.clone()];
+    expected.sort();
+    assert_eq!(
+        store.revoke_api_key_tree(&root.id, at2).await.unwrap(),
+        expected,
+        "the whole tree below the root, through a revoked key and into another namespace; \
+         keys revoked before keep their time"
+    );
+    assert_eq!(
+        store.get_api_key(&b.id).await.unwrap().unwrap().revoked_at,
+        b.revoked_at
+    );
+    assert_eq!(
+        store.get_api_key(&a1.id).await.unwrap().unwrap().revoked_at,
+        Some(at)
+    );
+    for k in [&sibling, &cousin] {
+        assert_eq!(
+            store.get_api_key(&k.id).await.unwrap().unwrap().revoked_at,
+            None,
+            "{} is outside the tree",
+            k.id
+        );
+    }
+    assert!(store
+        .revoke_api_key_tree(&root.id, now())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .revoke_api_key_tree("key_absent", now())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// A token rotates once; a second rotation of it (or a concurrent one) fails.

@@ -23,7 +23,7 @@ const API_KEYS: Listing<ApiKeyRecord> = Listing {
 /// The columns of `api_keys`, in the order [`insert_api_key`] binds them.
 const API_KEY_COLUMNS: &str =
     "id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, \
-     functions::text AS functions";
+     functions::text AS functions, parent_id, root_id";
 
 const REFRESH_COLUMNS: &str =
     "token_hash, family_id, key_id, created_at, expires_at, used_at, revoked_at";
@@ -76,6 +76,8 @@ fn api_key_from_row<R: SqlRow>(row: &R) -> Result<ApiKeyRecord, StoreError> {
             .as_deref()
             .map(from_json)
             .transpose()?,
+        parent_id: row.opt_text("parent_id")?,
+        root_id: row.opt_text("root_id")?,
     })
 }
 
@@ -83,8 +85,9 @@ fn api_key_from_row<R: SqlRow>(row: &R) -> Result<ApiKeyRecord, StoreError> {
 fn insert_api_key<E: SqlEngine>(key: &ApiKeyRecord, on_conflict: &str) -> Result<Sql, StoreError> {
     let mut sql = Sql::new(
         "INSERT INTO api_keys \
-         (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, functions) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)",
+         (id, key_hash, name, role, namespace, created_at, expires_at, revoked_at, functions, \
+         parent_id, root_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11)",
     );
     sql.push(on_conflict);
     Ok(sql
@@ -96,7 +99,9 @@ fn insert_api_key<E: SqlEngine>(key: &ApiKeyRecord, on_conflict: &str) -> Result
         .bind(key.created_at)
         .bind(key.expires_at)
         .bind(key.revoked_at)
-        .bind(key.functions.as_ref().map(E::to_json).transpose()?))
+        .bind(key.functions.as_ref().map(E::to_json).transpose()?)
+        .bind(key.parent_id.as_deref())
+        .bind(key.root_id.as_deref()))
 }
 
 async fn insert_refresh<E: SqlEngine>(
@@ -144,7 +149,8 @@ impl<E: SqlEngine> AccessStore for E {
             " ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, \
              name = excluded.name, role = excluded.role, namespace = excluded.namespace, \
              created_at = excluded.created_at, expires_at = excluded.expires_at, \
-             revoked_at = excluded.revoked_at, functions = excluded.functions",
+             revoked_at = excluded.revoked_at, functions = excluded.functions, \
+             parent_id = excluded.parent_id, root_id = excluded.root_id",
         )?;
         match execute(self, upsert).await {
             Ok(_) => Ok(()),
@@ -200,6 +206,35 @@ impl<E: SqlEngine> AccessStore for E {
         )
         .await?;
         Ok(revoked > 0)
+    }
+
+    async fn revoke_api_key_tree(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        // One statement: the tree is walked and revoked atomically, so a key minted from a
+        // descendant concurrently either is in the walk or was minted by a revoked key.
+        let rows = fetch_all(
+            self,
+            Sql::new(
+                "WITH RECURSIVE tree(id) AS ( \
+                 SELECT id FROM api_keys WHERE id = $1 \
+                 UNION SELECT k.id FROM api_keys k JOIN tree t ON k.parent_id = t.id) \
+                 UPDATE api_keys SET revoked_at = $2 \
+                 WHERE id IN (SELECT id FROM tree) AND revoked_at IS NULL \
+                 RETURNING id",
+            )
+            .bind(id)
+            .bind(at),
+        )
+        .await?;
+        let mut ids = rows
+            .iter()
+            .map(|row| row.text("id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.sort();
+        Ok(ids)
     }
 
     async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> Result<(), StoreError> {

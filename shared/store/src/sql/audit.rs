@@ -31,6 +31,7 @@ fn audit_from_row<R: SqlRow>(row: &R) -> Result<AuditEntry, StoreError> {
         outcome: AuditOutcome::parse(&outcome).ok_or_else(|| bad("outcome", &outcome))?,
         status: u16::try_from(row.int("status")?).map_err(|e| bad("status", &e))?,
         source: row.opt_text("source")?,
+        count: u32::try_from(row.int("count")?).map_err(|e| bad("count", &e))?,
     })
 }
 
@@ -45,8 +46,8 @@ impl<E: SqlEngine> AuditStore for E {
             self,
             Sql::new(
                 "INSERT INTO audit_log \
-                 (id, at, actor, namespace, action, target, outcome, status, source) \
-                 VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8::integer, $9)",
+                 (id, at, actor, namespace, action, target, outcome, status, source, count) \
+                 VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8::integer, $9, $10::integer)",
             )
             .bind(e.id.as_str())
             .bind(e.at)
@@ -56,7 +57,8 @@ impl<E: SqlEngine> AuditStore for E {
             .bind(e.target.as_deref())
             .bind(e.outcome.as_str())
             .bind(i64::from(e.status))
-            .bind(e.source.as_deref()),
+            .bind(e.source.as_deref())
+            .bind(i64::from(e.count)),
         )
         .await;
         match inserted {
@@ -86,7 +88,7 @@ impl<E: SqlEngine> AuditStore for E {
             .transpose()?;
         let mut query = Sql::new(
             "SELECT id::text AS id, at, actor, namespace, action, target, outcome, \
-             status::bigint AS status, source FROM audit_log WHERE true",
+             status::bigint AS status, source, count::bigint AS count FROM audit_log WHERE true",
         );
         if let Some(actor) = &filter.actor {
             query.push(" AND actor = ").push_bind(actor);
