@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use fnmesh_bus::conformance::{request, test_config};
 use fnmesh_bus::jetstream::{JetStreamBus, REPLY_HEADER};
 use fnmesh_bus::{Bus, ReplyTo};
+use fnmesh_core::claims::CLAIM_HEADER;
 use fnmesh_core::signing::SIGNATURE_HEADER;
 use fnmesh_core::subjects::{self, BusPrefix, BusRole};
 use fnmesh_tests::servers::nats::TestNats;
@@ -142,8 +143,8 @@ async fn keys_in_urls_are_ignored_and_the_request_is_401() {
 async fn published_work_carries_only_our_own_nats_headers() {
     // Client headers never reach `publish_invocation` (its signature takes none; the HTTP and
     // NATS front ends both call `invocations::invoke::invoke`); this checks the bus layer sets
-    // exactly `Nats-Msg-Id`, `Fnmesh-Reply-To` and `Fnmesh-Signature` on what lands in the work
-    // stream.
+    // exactly `Nats-Msg-Id`, `Fnmesh-Reply-To`, `Fnmesh-Signature` and `Fnmesh-Claim` on what
+    // lands in the work stream.
     let nats = TestNats::start();
     let prefix = format!("sec{}", rand_suffix());
     let bus = JetStreamBus::connect(&nats.url(), &prefix, test_config())
@@ -173,10 +174,11 @@ async fn published_work_carries_only_our_own_nats_headers() {
             .unwrap()
             .to_string();
         if id == sync.id.to_string() {
-            let expected: BTreeSet<String> = ["Nats-Msg-Id", REPLY_HEADER, SIGNATURE_HEADER]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect();
+            let expected: BTreeSet<String> =
+                ["Nats-Msg-Id", REPLY_HEADER, SIGNATURE_HEADER, CLAIM_HEADER]
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect();
             assert_eq!(names, expected);
             assert_eq!(
                 headers.get(REPLY_HEADER).unwrap().to_string(),
@@ -186,7 +188,11 @@ async fn published_work_carries_only_our_own_nats_headers() {
             assert_eq!(id, asynchronous.id.to_string());
             assert_eq!(
                 names,
-                BTreeSet::from(["Nats-Msg-Id".to_owned(), SIGNATURE_HEADER.to_owned()])
+                BTreeSet::from([
+                    "Nats-Msg-Id".to_owned(),
+                    SIGNATURE_HEADER.to_owned(),
+                    CLAIM_HEADER.to_owned()
+                ])
             );
         }
         seen += 1;

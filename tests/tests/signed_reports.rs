@@ -166,7 +166,7 @@ impl Plane {
         max: u32,
     ) -> HeaderMap {
         let header =
-            NodeMessage { subject, body }.sign(&self.attacker_key, &claim, node_id, attempt, max);
+            NodeMessage { subject, body }.sign(&self.attacker_key, claim, node_id, attempt, max);
         let mut headers = HeaderMap::new();
         headers.insert(NODE_SIGNATURE_HEADER, header.as_str());
         headers

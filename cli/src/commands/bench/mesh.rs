@@ -31,7 +31,9 @@ use crate::args::MeshBenchArgs;
 mod floors;
 mod procs;
 
-use floors::{raw_http, raw_jetstream, raw_nats, sandbox_warm, sequential, signing};
+use floors::{
+    raw_http, raw_jetstream, raw_nats, report_signing, sandbox_warm, sequential, signing,
+};
 use procs::{start_nats, MeshProcs};
 
 /// The function every contender echoes through.
@@ -119,6 +121,10 @@ pub struct Figures {
     pub signing_sign: Latency,
     /// A node verifying it.
     pub signing_verify: Latency,
+    /// A node signing one report (event or reply, 1 KiB body) with its proof of holding.
+    pub report_sign: Latency,
+    /// A gateway checking it.
+    pub report_verify: Latency,
     pub fnmesh_sync_c1: Latency,
     pub fnmesh_throughput: Throughput,
     /// fnmesh p50 / (HTTP p50 + NATS p50 + sandbox p50).
@@ -197,6 +203,7 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
     let js_pub = raw_jetstream(&nats, args.requests).await?;
     eprintln!("measuring work signing and verification…");
     let (signing_sign, signing_verify) = signing(args.requests.max(1000), SIGNED_BODY_BYTES)?;
+    let (report_sign, report_verify) = report_signing(args.requests.max(1000), SIGNED_BODY_BYTES)?;
     eprintln!("measuring the warm sandbox round trip…");
     let sandbox = sandbox_warm(&work.join("sandbox"), args.requests).await?;
 
@@ -213,6 +220,8 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
                 sandbox_warm: sandbox,
                 signing_sign,
                 signing_verify,
+                report_sign,
+                report_verify,
                 fnmesh_sync_c1: c1,
                 fnmesh_throughput: throughput,
                 target_ratio: TARGET_RATIO,
@@ -257,6 +266,8 @@ pub fn table(f: &Figures) -> String {
     );
     out += &row("work signing: gateway signs (1 KiB body)", &f.signing_sign);
     out += &row("work signing: node verifies", &f.signing_verify);
+    out += &row("report signing: node signs (1 KiB body)", &f.report_sign);
+    out += &row("report signing: gateway checks", &f.report_verify);
     let signing = f.signing_sign.p50_us + f.signing_verify.p50_us;
     out += &format!(
         "signing per invocation, p50 sign + verify: {signing:.1} µs   (target < \
@@ -267,6 +278,9 @@ pub fn table(f: &Figures) -> String {
             "NOT met"
         }
     );
+    let reports = 3.0 * (f.report_sign.p50_us + f.report_verify.p50_us);
+    out +=
+        &format!("signed reports per sync invocation (3 × sign + check), p50: {reports:.1} µs\n");
     out +=
         &format!(
         "\nthroughput at concurrency {} for {:.1} s: {} succeeded ({} cold starts), {} errors\n\

@@ -21,9 +21,10 @@ use fnmesh_core::InvocationId;
 ///
 /// nats-server (2.9) publishes the max-deliveries advisory only when the consumer next looks
 /// for a message for a waiting pull, so with no node pulling a dead letter would go unreported.
-/// The bus that delivered the last attempt therefore records the same advisory itself (to the
-/// same subject, captured by the dead-letter stream, deduplicated by `Nats-Msg-Id`) when that
-/// attempt is nak'ed or its ack wait runs out unsettled. A record for a message that was acked
+/// The bus that delivered the last attempt therefore records the same itself (on
+/// [`subjects::bus_dead_letter_records`], signed as a node report, captured by the dead-letter
+/// stream, deduplicated by `Nats-Msg-Id`) when that attempt is nak'ed or its ack wait runs out
+/// unsettled. A record for a message that was acked
 /// after all is skipped by [`Bus::pull_dead_letter`](crate::Bus::pull_dead_letter) (the
 /// message is gone from the work stream).
 pub(super) struct LastAttempt {

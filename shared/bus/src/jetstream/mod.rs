@@ -10,14 +10,16 @@
 //! | work consumer | `fnmesh-<prefix>-inv-c` | durable pull, explicit ack, `ack_wait`, `max_deliver` |
 //! | event stream | `fnmesh-<prefix>-evt` | interest retention, file storage, `event_capacity` messages at most (100 000 by default), discard new, subjects `fnmesh.v1.<prefix>.evt.>` |
 //! | event consumer | `fnmesh-<prefix>-evt-c` | durable pull for recorders, explicit ack, redelivered until acked |
-//! | dead-letter stream | `fnmesh-<prefix>-dlq` | work-queue retention, captures `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<work stream>.<work consumer>` |
+//! | dead-letter stream | `fnmesh-<prefix>-dlq` | work-queue retention, captures `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<work stream>.<work consumer>` and the nodes' signed records on `fnmesh.v1.<prefix>.dlq` |
 //!
 //! **Invocations** are published to `fnmesh.v1.<prefix>.inv.<namespace>.<function>` with
 //! `Nats-Msg-Id` = the invocation id (JetStream drops duplicates within the window, also when
 //! the stream is full), the JSON of the [`InvocationRequest`] as payload, and for sync calls
 //! the reply inbox in our own `Fnmesh-Reply-To` header, and the gateway's signature over all
 //! of it in `Fnmesh-Signature` (see `signed`: a pulling bus runs nothing unsigned, altered,
-//! replayed or signed by a key it does not trust). No other header is ever set (the
+//! replayed or signed by a key it does not trust), and the invocation's claim in
+//! `Fnmesh-Claim` (see `reports`: the pulling node proves with it that it holds the delivery
+//! when it reports on it). No other header is ever set (the
 //! `Nats-*` namespace drives dedupe, rollups and expectations). Every publish waits for the
 //! PubAck: an unacked publish is an error, never a silent success; a refusal for
 //! `maximum messages` is [`BusError::Full`].
@@ -42,7 +44,9 @@
 //! emits the advisory only when the consumer next looks for a message for a waiting pull, so
 //! with no node pulling a dead letter would go unreported; the bus that delivered the last
 //! attempt therefore records the same advisory itself when that attempt is nak'ed or its ack
-//! wait runs out unsettled (see `LastAttempt`). Both records of one message resolve to one
+//! wait runs out unsettled (see `LastAttempt`), on its own subject and signed as a report;
+//! every advisory is checked against the work stream before anything is deleted (the message
+//! at that sequence is signed work whose attempt limit was reached). Both records of one message resolve to one
 //! dead letter: the second finds the message gone. Two concurrent `pull_dead_letter` callers
 //! could in a narrow race both report one message, so dead-letter handling must be
 //! idempotent on the invocation id.
