@@ -154,6 +154,28 @@ fn compose_has_the_full_stack_wired_together() {
         assert!(svc["depends_on"].get("minio-init").is_none(), "{node}");
     }
     assert_eq!(node_ids.len(), 2, "node ids must differ");
+    // No credential is shipped in the file: the admin key and the secrets key (one for the
+    // whole stack: gateways seal, nodes open) come from the operator's environment, and the
+    // API is published on loopback only.
+    for (svc, key) in [
+        ("gateway", "FNMESH_ADMIN_KEY"),
+        ("gateway", "FNMESH_SECRETS_KEY"),
+        ("node-1", "FNMESH_SECRETS_KEY"),
+        ("node-2", "FNMESH_SECRETS_KEY"),
+    ] {
+        let env: std::collections::BTreeMap<_, _> =
+            env_of(&doc["services"][svc]).into_iter().collect();
+        let value = env.get(key).map(String::as_str).unwrap_or("");
+        assert!(
+            value.starts_with(&format!("${{{key}:?")),
+            "{svc}: {key} must be required from the environment, not {value:?}"
+        );
+    }
+    let published = doc["services"]["gateway"]["ports"][0].as_str().unwrap();
+    assert!(
+        published.starts_with("127.0.0.1:"),
+        "the API is published on loopback only, not {published}"
+    );
     // The gateway's listen port, published port and healthcheck agree.
     let listen_port = gateway_env["FNMESH_LISTEN"]
         .rsplit(':')
