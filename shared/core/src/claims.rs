@@ -27,10 +27,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ed25519_dalek::{Signature, VerifyingKey};
 use hmac::{Hmac, KeyInit as _, Mac as _};
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 
-use crate::signing::{Rejection, SigningError, SigningKey};
+use crate::signing::{framed_digest, Rejection, SigningError, SigningKey};
 
 /// The NATS header with which a gateway hands a node the [`Claim`] of a work message.
 pub const CLAIM_HEADER: &str = "Fnmesh-Claim";
@@ -133,19 +133,14 @@ pub struct NodeMessage<'a> {
 
 impl NodeMessage<'_> {
     fn digest(&self, max_attempts: u32, proof: &[u8; 32]) -> [u8; 32] {
-        let mut hash = Sha256::new();
         let max = max_attempts.to_string();
-        for part in [
-            b"fnmesh.node-message.v1".as_slice(),
+        framed_digest(&[
+            b"fnmesh.node-message.v1",
             self.subject.as_bytes(),
             max.as_bytes(),
-            proof.as_slice(),
+            proof,
             self.body,
-        ] {
-            hash.update((part.len() as u64).to_be_bytes());
-            hash.update(part);
-        }
-        hash.finalize().into()
+        ])
     }
 
     /// The header value a node signs this message with (`key`: its own key) for attempt

@@ -127,23 +127,29 @@ impl Limits {
 impl Envelope<'_> {
     /// The 32 bytes that are signed: SHA-256 over a domain tag and each field, length-prefixed.
     pub fn digest(&self, limits: Limits) -> [u8; 32] {
-        let mut hash = Sha256::new();
         let expires = limits.expires_at.to_string();
         let max = limits.max_attempts.to_string();
-        for part in [
-            b"fnmesh.invocation.v1".as_slice(),
+        framed_digest(&[
+            b"fnmesh.invocation.v1",
             self.subject.as_bytes(),
             self.reply.unwrap_or("").as_bytes(),
             self.msg_id.as_bytes(),
             expires.as_bytes(),
             max.as_bytes(),
             self.body,
-        ] {
-            hash.update((part.len() as u64).to_be_bytes());
-            hash.update(part);
-        }
-        hash.finalize().into()
+        ])
     }
+}
+
+/// SHA-256 over `parts`, each prefixed by its length (u64, big-endian), so no two different
+/// lists of parts hash alike. The first part is the domain tag of what is signed.
+pub(crate) fn framed_digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
 }
 
 /// A gateway's signing key. `Debug` shows the public key only.
