@@ -59,8 +59,23 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum NatsCommand {
     /// Write a NATS server config in operator (JWT) mode, its accounts, and one credentials
-    /// file per role (gateway.creds, node.creds, client.creds) into a new directory.
+    /// file per role (gateway.creds, client.creds, node-<id>.creds per node) into a new
+    /// directory.
     Init(NatsInitArgs),
+    /// Mint the credentials of one more node (DIR/node-<id>.creds) in a directory written by
+    /// `fnmesh nats init`.
+    AddNode(NatsAddNodeArgs),
+}
+
+/// `fnmesh nats add-node`.
+#[derive(Debug, Args)]
+pub struct NatsAddNodeArgs {
+    /// The directory `fnmesh nats init` wrote.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The node's id (its FNMESH_NODE_ID; `fnmesh node` takes it from the credentials).
+    #[arg(long)]
+    pub id: String,
 }
 
 /// `fnmesh nats init`.
@@ -78,6 +93,13 @@ pub struct NatsInitArgs {
     /// Regions (FNMESH_REGION) the gateways and nodes work in; repeat for several.
     #[arg(long = "region", default_value = "local")]
     pub regions: Vec<String>,
+    /// Nodes to write credentials for (node-<id>.creds each; a node may write only its own
+    /// registry entry); repeat for several, or add them later with `fnmesh nats add-node`.
+    #[arg(long = "node", default_value = "node-1")]
+    pub nodes: Vec<String>,
+    /// Where the server keeps its JetStream data (default: DIR).
+    #[arg(long)]
+    pub store_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -265,6 +287,7 @@ impl NatsAuthArgs {
             tls_key_file: self.nats_tls_key.clone(),
             require_tls: self.nats_require_tls,
             inbox_owner: owner,
+            node_id: None,
         }
     }
 }

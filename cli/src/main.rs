@@ -87,6 +87,7 @@ fn main() -> ExitCode {
             }
             Command::Bench(args::BenchCommand::All(args)) => commands::bench::all::run(args).await,
             Command::Nats(args::NatsCommand::Init(args)) => commands::nats::init(&args),
+            Command::Nats(args::NatsCommand::AddNode(args)) => commands::nats::add_node(&args),
             Command::Migrate { database_url } => commands::migrate::run(&database_url).await,
             Command::Supervisor => Ok(()),
         }

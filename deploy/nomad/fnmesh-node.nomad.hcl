@@ -33,8 +33,8 @@ job "fnmesh-node" {
         privileged = true
       }
 
+      # No FNMESH_NODE_ID: a node takes its id from its own NATS credentials.
       env {
-        FNMESH_NODE_ID         = "${node.unique.name}"
         FNMESH_REGION          = var.region
         FNMESH_NATS_URL        = var.nats_url
         FNMESH_NATS_CREDS      = "/secrets/fnmesh.creds"
@@ -45,9 +45,14 @@ job "fnmesh-node" {
         FNMESH_LOG_FORMAT      = "json"
       }
 
+      # This machine's own NATS credentials (`fnmesh nats add-node --id <client name>`), kept
+      # in the variable nomad/jobs/fnmesh-node/<client name>: a node may write only its own
+      # registry entry and read only its own inboxes.
       template {
         destination = "secrets/fnmesh.creds"
-        data        = "{{ with nomadVar \"nomad/jobs/fnmesh-node\" }}{{ .nats_creds }}{{ end }}"
+        data        = <<-EOT
+          {{ with nomadVar (printf "nomad/jobs/fnmesh-node/%s" (env "node.unique.name")) }}{{ .nats_creds }}{{ end }}
+        EOT
       }
 
       # The gateways' public work signing keys (`trusted.keys` of `fnmesh nats init`): a node

@@ -132,7 +132,8 @@ impl Mesh {
     }
 
     /// [`Self::start`] on a NATS server in operator mode written by `fnmesh nats init` for the
-    /// mesh's region: the gateway connects with `gateway.creds`, nodes with `node.creds`
+    /// mesh's region: the gateway connects with `gateway.creds`, each node with its own
+    /// `node-<id>.creds`
     /// (through `FNMESH_NATS_CREDS`), and nodes start once the gateway is ready (it creates
     /// the streams and buckets, which node credentials may not).
     pub async fn start_with_accounts(node_ids: &[&str], env: &[(&str, &str)]) -> Self {
@@ -181,14 +182,17 @@ impl Mesh {
             "FNMESH_SIGNING_KEY".to_owned(),
             signing_key.seed().to_owned(),
         ));
-        let mut node_env = vec![(
+        let node_env = vec![(
             "FNMESH_TRUSTED_KEYS".to_owned(),
             signing_key.public_key().to_owned(),
         )];
         if accounts {
-            let creds = |role: &str| nats.creds(role).to_str().unwrap().to_owned();
-            gw_env.push(("FNMESH_NATS_CREDS".to_owned(), creds("gateway")));
-            node_env.push(("FNMESH_NATS_CREDS".to_owned(), creds("node")));
+            // Nodes get their own credentials in `add_node`.
+            let creds = nats.creds("gateway");
+            gw_env.push((
+                "FNMESH_NATS_CREDS".to_owned(),
+                creds.to_str().unwrap().to_owned(),
+            ));
         }
         let gw_log = dir.path().join("gateway.log");
         let gateway = MeshProc {
@@ -233,6 +237,13 @@ impl Mesh {
         ];
         env.extend(self.env.iter().cloned());
         env.extend(self.node_env.iter().cloned());
+        if self.nats.has_accounts() {
+            let creds = self.nats.node_creds(id);
+            env.push((
+                "FNMESH_NATS_CREDS".to_owned(),
+                creds.to_str().unwrap().to_owned(),
+            ));
+        }
         env.extend(
             extra
                 .iter()

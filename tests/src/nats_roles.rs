@@ -41,17 +41,35 @@ impl ServerErrors {
     }
 }
 
-/// Connects with `role`'s creds file, making inboxes under `owner`'s prefix (or NATS's
-/// default `_INBOX` for `None`, as a plain client library does).
+/// Connects with `role`'s creds file (`gateway`, `client`), making inboxes under `owner`'s
+/// prefix (or NATS's default `_INBOX` for `None`, as a plain client library does).
 pub async fn connect(
     nats: &TestNats,
     role: &str,
     owner: Option<InboxOwner>,
 ) -> (async_nats::Client, ServerErrors) {
+    let prefix = owner.map(|o| subjects::inbox_prefix(o).to_owned());
+    connect_with(nats, &nats.creds(role), prefix, role).await
+}
+
+/// Connects as node `id` with its own creds file (minted on first use), making inboxes under
+/// its own prefix `_FNMESH.node.<id>`, as `fnmesh node` does.
+pub async fn connect_node(nats: &TestNats, id: &str) -> (async_nats::Client, ServerErrors) {
+    let node = fnmesh_core::ids::NodeId::parse(id).expect("a valid node id");
+    let prefix = subjects::node_inbox_prefix(&node);
+    connect_with(nats, &nats.node_creds(id), Some(prefix), id).await
+}
+
+async fn connect_with(
+    nats: &TestNats,
+    creds: &std::path::Path,
+    inbox_prefix: Option<String>,
+    who: &str,
+) -> (async_nats::Client, ServerErrors) {
     let errors = ServerErrors::default();
     let seen = errors.clone();
     let mut options = async_nats::ConnectOptions::new()
-        .credentials_file(nats.creds(role))
+        .credentials_file(creds)
         .await
         .expect("reading the creds file")
         .event_callback(move |event| {
@@ -65,12 +83,12 @@ pub async fn connect(
                 }
             }
         });
-    if let Some(owner) = owner {
-        options = options.custom_inbox_prefix(subjects::inbox_prefix(owner));
+    if let Some(prefix) = inbox_prefix {
+        options = options.custom_inbox_prefix(prefix);
     }
     let client = options
         .connect(nats.url())
         .await
-        .unwrap_or_else(|e| panic!("connecting with {role}.creds: {e}"));
+        .unwrap_or_else(|e| panic!("connecting as {who}: {e}"));
     (client, errors)
 }

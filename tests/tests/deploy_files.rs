@@ -270,3 +270,174 @@ fn nomad_jobs_set_only_variables_the_binary_reads() {
         "nodes fetch code over NATS"
     );
 }
+
+/// Kills the server it holds on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The compose stack's NATS runs `fnmesh nats init`'s setup: the `nats-init` command (run here
+/// with the `nats-setup` volume as a temp dir, twice, as a restarted stack would) writes it, the
+/// `nats` service's own command line starts a real server on it, anonymous connections are
+/// refused, and the gateway and each node find the credentials their environment names, each
+/// node its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_nats_runs_the_generated_setup_and_refuses_anonymous_connections() {
+    let doc = compose();
+    let tmp = tempfile::tempdir().unwrap();
+    let setup = tmp.path().join("nats-setup");
+    let data = tmp.path().join("nats-data");
+    let in_volume = |path: &str| {
+        let rest = path
+            .strip_prefix("/nats/")
+            .unwrap_or_else(|| panic!("{path} is not in the nats-setup volume"));
+        setup.join(rest)
+    };
+    for svc in ["nats", "gateway", "node-1", "node-2"] {
+        let volumes = serde_yaml::to_string(&doc["services"][svc]["volumes"]).unwrap();
+        assert!(volumes.contains("nats-setup:/nats:ro"), "{svc}: {volumes}");
+    }
+
+    // The init command, with the volume's mount point moved to the temp dir.
+    let init = &doc["services"]["nats-init"];
+    assert_eq!(
+        serde_yaml::to_string(&init["entrypoint"]).unwrap().trim(),
+        "- /bin/sh\n- -c"
+    );
+    let script = init["command"][0]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .map(|word| match word {
+            "/nats" => setup.to_str().unwrap().to_owned(),
+            "/data" => data.to_str().unwrap().to_owned(),
+            path if path.starts_with("/nats/") => in_volume(path).to_str().unwrap().to_owned(),
+            other => other.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let bin_dir = fnmesh_bin().parent().unwrap().to_owned();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for run in 0..2 {
+        let out = Command::new("/bin/sh")
+            .args(["-c", &script])
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nats-init (run {run}) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The nats service's command line, on free loopback ports.
+    let port = fnmesh_tests::free_port();
+    let monitor = fnmesh_tests::free_port();
+    let mut args: Vec<String> = doc["services"]["nats"]["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    for i in 0..args.len() {
+        match args[i].as_str() {
+            "-c" => args[i + 1] = in_volume(&args[i + 1]).to_str().unwrap().to_owned(),
+            "-m" => args[i + 1] = monitor.to_string(),
+            _ => {}
+        }
+    }
+    args.extend([
+        "-a".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+    ]);
+    let binary = fnmesh_core::nats::server::find_binary().unwrap_or_else(|e| panic!("{e}"));
+    // The config must be valid as written (`nats-server -t`), then the server runs on it.
+    let check = Command::new(&binary)
+        .args(["-t", "-c"])
+        .arg(&args[1])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "nats-server -t: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let log = tmp.path().join("nats.log");
+    let server = Killed(
+        Command::new(&binary)
+            .args(&args)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::from(
+                std::fs::File::options().append(true).open(&log).unwrap(),
+            ))
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("nats://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::fs::read_to_string(&log).map_or(true, |l| !l.contains("nats-server:")),
+            "nats refused the compose command line {args:?}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats did not start on the compose command line {args:?}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let anonymous = async_nats::ConnectOptions::new().connect(&url).await;
+    assert!(anonymous.is_err(), "an anonymous connection was accepted");
+    let connect = |creds: std::path::PathBuf| {
+        let url = url.clone();
+        async move {
+            let client = async_nats::ConnectOptions::with_credentials_file(&creds)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", creds.display()))
+                .connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("connecting with {}: {e}", creds.display()));
+            client.flush().await.unwrap();
+        }
+    };
+    let gateway: std::collections::BTreeMap<_, _> =
+        env_of(&doc["services"]["gateway"]).into_iter().collect();
+    connect(in_volume(&gateway["FNMESH_NATS_CREDS"])).await;
+    let seed = std::fs::read_to_string(in_volume(&gateway["FNMESH_SIGNING_KEY_FILE"])).unwrap();
+    let signing = fnmesh_core::signing::SigningKey::from_seed(&seed).unwrap();
+    for node in ["node-1", "node-2"] {
+        let env: std::collections::BTreeMap<_, _> =
+            env_of(&doc["services"][node]).into_iter().collect();
+        let creds = in_volume(&env["FNMESH_NATS_CREDS"]);
+        let minted_for =
+            fnmesh_core::nats::setup::node_of_creds(&std::fs::read_to_string(&creds).unwrap())
+                .unwrap()
+                .expect("a node's own credentials");
+        assert_eq!(minted_for.as_str(), env["FNMESH_NODE_ID"], "{node}");
+        connect(creds).await;
+        let trusted = std::fs::read_to_string(in_volume(&env["FNMESH_TRUSTED_KEYS_FILE"])).unwrap();
+        assert!(trusted.contains(signing.public_key()), "{node}");
+    }
+    // JetStream keeps its data in the data volume, not in the read-only setup.
+    assert!(
+        data.join("jetstream").is_dir(),
+        "no JetStream data in the data volume"
+    );
+    drop(server);
+}

@@ -69,11 +69,14 @@ async fn the_generated_config_is_valid_and_refuses_anonymous_connections() {
         err.to_string().to_lowercase().contains("authorization"),
         "refused for another reason: {err}"
     );
-    // Each role's creds are accepted.
-    for role in ["gateway", "node", "client"] {
+    // Each role's creds are accepted (node-1's were written by init).
+    for role in ["gateway", "client"] {
         let (client, _) = connect(&nats, role, None).await;
         client.flush().await.unwrap();
     }
+    assert!(nats.setup_dir().join("node-node-1.creds").exists());
+    let (node, _) = fnmesh_tests::nats_roles::connect_node(&nats, "node-1").await;
+    node.flush().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,7 +124,7 @@ async fn a_node_cannot_forge_invocations_or_manage_streams() {
     let _bus = JetStreamBus::connect_with_client(gateway.clone(), &region, test_config())
         .await
         .expect("a gateway sets the bus up");
-    let (node, errors) = connect(&nats, "node", Some(InboxOwner::Node)).await;
+    let (node, errors) = fnmesh_tests::nats_roles::connect_node(&nats, "node-a").await;
 
     // A forged invocation.
     let work = work_subject(&region);
@@ -183,7 +186,7 @@ async fn gateway_and_node_creds_run_the_bus_registry_and_code_store() {
     let region = unique_region();
     let nats = TestNats::start_with_accounts(&[&region]);
     let (gateway, gateway_errors) = connect(&nats, "gateway", Some(InboxOwner::Gateway)).await;
-    let (node, node_errors) = connect(&nats, "node", Some(InboxOwner::Node)).await;
+    let (node, node_errors) = fnmesh_tests::nats_roles::connect_node(&nats, "node-a").await;
 
     // The gateway manages the streams; the node only attaches.
     let gw_bus = JetStreamBus::connect_with_client(gateway.clone(), &region, test_config())
@@ -347,5 +350,39 @@ async fn a_client_request_runs_end_to_end_on_role_creds() {
         !mesh.logs().contains("nats server error"),
         "a process saw a server error:\n{}",
         mesh.logs()
+    );
+}
+
+/// A node's credentials name its id: `fnmesh node` refuses to start as another node (its
+/// heartbeats would be refused anyway), before it connects.
+#[test]
+fn a_node_refuses_an_id_other_than_its_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = dir.path().join("nats");
+    let init = std::process::Command::new(fnmesh_tests::fnmesh_bin())
+        .args(["nats", "init", "--node", "node-1", "--dir"])
+        .arg(&setup)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let out = std::process::Command::new(fnmesh_tests::fnmesh_bin())
+        .arg("node")
+        .env("FNMESH_NODE_ID", "node-2")
+        .env("FNMESH_NATS_CREDS", setup.join("node-node-1.creds"))
+        .env("FNMESH_NATS_URL", "nats://127.0.0.1:1")
+        .env("FNMESH_TRUSTED_KEYS_FILE", setup.join("trusted.keys"))
+        .env("FNMESH_DATA_DIR", dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("holds node node-1's credentials")
+            && stderr.contains("fnmesh nats add-node --dir <dir> --id node-2"),
+        "{stderr}"
     );
 }

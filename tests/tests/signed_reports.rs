@@ -1,5 +1,5 @@
 //! Signed results and events on a real `nats-server` started from `fnmesh nats init`'s setup
-//! (issue #12, item 3). A compromised node (one with `node.creds` and a key of its own, even
+//! (issue #12, item 3). A compromised node (one with node credentials of its own and a key of its own, even
 //! registered) cannot report on work it was never handed: its forged events, sync replies and
 //! dead-letter records are refused by the gateway's bus and counted
 //! (`fnmesh_rejected_messages_total{component="gateway"}`), whatever node it names and
@@ -23,7 +23,7 @@ use fnmesh_core::claims::{ClaimKey, NodeMessage, NODE_SIGNATURE_HEADER};
 use fnmesh_core::signing::{Rejection, Rejections, SigningKey, TrustedKeys};
 use fnmesh_core::subjects::{self, BusPrefix, BusRole, InboxOwner};
 use fnmesh_core::{InvocationOutcome, InvocationRequest, NodeEvent};
-use fnmesh_tests::nats_roles::connect;
+use fnmesh_tests::nats_roles::{connect, connect_node};
 use fnmesh_tests::servers::nats::TestNats;
 
 /// A gateway, an honest node and a compromised one on one region.
@@ -33,7 +33,9 @@ struct Plane {
     gateway_key: SigningKey,
     gateway: JetStreamBus,
     rejections: Rejections,
+    gw_registry: JetStreamRegistry,
     honest: JetStreamBus,
+    honest_rejections: Rejections,
     attacker: async_nats::Client,
     attacker_errors: fnmesh_tests::nats_roles::ServerErrors,
     attacker_key: SigningKey,
@@ -62,23 +64,24 @@ async fn plane() -> Plane {
     .await
     .unwrap();
     // The gateway makes the registry bucket.
-    JetStreamRegistry::open(gw_client, &region).await.unwrap();
+    let gw_registry = JetStreamRegistry::open(gw_client, &region).await.unwrap();
 
     // Each node registers the public key its bus signs reports with.
-    let node = |key: SigningKey| BusConfig {
+    let node = |key: SigningKey, rejections: Rejections| BusConfig {
         manage_streams: false,
         signatures: Signatures::new(
             key,
             TrustedKeys::parse(gateway_key.public_key()).unwrap(),
-            Rejections::unregistered("node"),
+            rejections,
         ),
         ..test_config()
     };
-    let (honest_client, _) = connect(&nats, "node", Some(InboxOwner::Node)).await;
+    let honest_rejections = Rejections::unregistered("node");
+    let (honest_client, _) = connect_node(&nats, "node-1").await;
     let honest = JetStreamBus::connect_with_client(
         honest_client.clone(),
         &region,
-        node(SigningKey::generate()),
+        node(SigningKey::generate(), honest_rejections.clone()),
     )
     .await
     .unwrap();
@@ -89,8 +92,8 @@ async fn plane() -> Plane {
         .unwrap();
     registry.heartbeat(&info).await.unwrap();
 
-    // The attacker registers itself too: node.creds allow it.
-    let (attacker, attacker_errors) = connect(&nats, "node", Some(InboxOwner::Node)).await;
+    // The attacker registers itself too: its own node creds allow that, and only that entry.
+    let (attacker, attacker_errors) = connect_node(&nats, "evil").await;
     let attacker_key = SigningKey::generate();
     let mut evil = node_info("evil", Duration::from_secs(30));
     evil.signing_key = Some(attacker_key.public_key().to_owned());
@@ -107,7 +110,9 @@ async fn plane() -> Plane {
         gateway_key,
         gateway,
         rejections,
+        gw_registry,
         honest,
+        honest_rejections,
         attacker,
         attacker_errors,
         attacker_key,
@@ -172,7 +177,7 @@ impl Plane {
         headers
     }
 
-    /// Publishes a forged event to the event stream (node.creds may publish there).
+    /// Publishes a forged event to the event stream (node credentials may publish there).
     async fn publish_event(&self, event: &NodeEvent, sign: impl Fn(&str, &[u8]) -> HeaderMap) {
         let subject = subjects::bus_node_event(&self.prefix, &event.invocation_id());
         let body = serde_json::to_vec(event).unwrap();
@@ -205,6 +210,94 @@ fn finished(req: &InvocationRequest, node_id: &str, attempt: u32) -> InvocationO
     sent.result.attempt = attempt;
     sent.result.result = Some(serde_json::json!({ "forged": true }));
     sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cannot_replace_another_nodes_registry_entry_or_read_its_inboxes() {
+    let p = plane().await;
+    let honest_key = p.honest.report_key();
+    // Its own credentials let the attacker write its own entry only: an entry in node-1's name
+    // (with the attacker's key, to sign reports as node-1) or node-1's removal is refused.
+    let entry =
+        subjects::node_registry_entry(&p.prefix, &node_info("node-1", Duration::from_secs(30)).id);
+    let mut forged = node_info("node-1", Duration::from_secs(30));
+    forged.signing_key = Some(p.attacker_key.public_key().to_owned());
+    p.attacker
+        .publish(entry.clone(), serde_json::to_vec(&forged).unwrap().into())
+        .await
+        .unwrap();
+    p.attacker.flush().await.unwrap();
+    p.attacker_errors.expect_violation("publish", &entry).await;
+    let attacker_registry = JetStreamRegistry::open(p.attacker.clone(), p.prefix.as_str())
+        .await
+        .unwrap();
+    let removed =
+        tokio::time::timeout(Duration::from_secs(10), attacker_registry.leave(&forged.id)).await;
+    assert!(
+        !matches!(removed, Ok(Ok(()))),
+        "the attacker removed node-1"
+    );
+    // Nor may it read node-1's inboxes (its pull deliveries, with their claims).
+    let inboxes = subjects::node_inboxes(&forged.id);
+    let _sub = p.attacker.subscribe(inboxes.clone()).await.unwrap();
+    p.attacker.flush().await.unwrap();
+    p.attacker_errors
+        .expect_violation("subscription", &inboxes)
+        .await;
+
+    let listed = p.gw_registry.list().await.unwrap();
+    let node_1 = listed
+        .iter()
+        .find(|n| n.id.as_str() == "node-1")
+        .expect("node-1 is still registered");
+    assert_eq!(node_1.signing_key, honest_key);
+    assert!(listed.iter().any(|n| n.id.as_str() == "evil"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_made_up_consumer_hints_is_dropped_and_work_still_runs() {
+    let p = plane().await;
+    // The first pull starts the node's hint listener and sweeps the consumers.
+    assert!(p
+        .honest
+        .pull_invocation(Duration::from_millis(100))
+        .await
+        .unwrap()
+        .is_none());
+    // Well-formed names of our own consumers' shape, none of which exists: each taken would
+    // cost the node a failed consumer lookup.
+    let hints = subjects::bus_work_ready(&p.prefix);
+    let own = subjects::bus_function_consumer_prefix(&p.prefix);
+    const FLOOD: u64 = 2_000;
+    for i in 0..FLOOD {
+        p.attacker
+            .publish(hints.clone(), format!("w:{own}default_made-up-{i}").into())
+            .await
+            .unwrap();
+    }
+    p.attacker.flush().await.unwrap();
+    let req = request();
+    let delivery = p.handed_to_honest(&req, None).await;
+    delivery.acker.ack().await.unwrap();
+    // All but a budget per sweep were dropped and counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let dropped = p.honest_rejections.get(Rejection::UnknownConsumer);
+        if dropped >= FLOOD - 32 * 10 {
+            assert!(dropped <= FLOOD, "{dropped}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {dropped} of {FLOOD} made-up hints were dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        p.attacker_errors.all().is_empty(),
+        "{:?}",
+        p.attacker_errors.all()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -282,7 +375,7 @@ async fn a_forged_sync_reply_is_dropped_and_the_holders_reply_arrives() {
     let delivery = p.handed_to_honest(&req, Some(&inbox.reply_to)).await;
     let reply_to = delivery.reply_to.clone().expect("a sync delivery");
 
-    // The attacker learnt the inbox; node.creds may publish to gateway inboxes.
+    // The attacker learnt the inbox; node credentials may publish to gateway inboxes.
     let forged = finished(&req, "evil", 1);
     let body = serde_json::to_vec(&forged).unwrap();
     let headers = p.forge(
@@ -329,7 +422,7 @@ async fn fake_dead_letter_advisories_delete_nothing() {
         .unwrap();
     let seq = stream.info().await.unwrap().state.last_sequence;
 
-    // The server's advisory subject: node.creds may not publish it.
+    // The server's advisory subject: node credentials may not publish it.
     let consumer =
         subjects::bus_function_consumer(&p.prefix, &req.function.namespace, &req.function.name);
     let advisory = subjects::max_deliveries_advisory(&p.prefix, &consumer);

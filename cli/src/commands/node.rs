@@ -4,7 +4,8 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use fnmesh_core::ids::NodeId;
 use fnmesh_nodes::node::{Node, NodeBackends};
 
 use super::platform::{
@@ -14,8 +15,10 @@ use super::platform::{
 use crate::args::NodeCommand;
 use crate::backends::{open_code_store, CodeStoreLocation};
 
-pub async fn run(args: NodeCommand) -> Result<()> {
+pub async fn run(mut args: NodeCommand) -> Result<()> {
     require_root("node")?;
+    let node_id = node_id(&args)?;
+    args.node.node_id = node_id.as_ref().map(ToString::to_string);
     let data_dir = data_dir(&args.common)?;
     let metrics = fnmesh_core::metrics::Registry::new();
     let signatures = crate::signing::signatures(
@@ -25,14 +28,16 @@ pub async fn run(args: NodeCommand) -> Result<()> {
         &metrics,
     )?;
     let open = open_bus(
-        Some(
-            args.mesh
+        Some(fnmesh_core::nats::NatsOptions {
+            node_id,
+            ..args
+                .mesh
                 .nats
-                .options(&args.mesh.nats_url, fnmesh_core::subjects::InboxOwner::Node),
-        ),
+                .options(&args.mesh.nats_url, fnmesh_core::subjects::InboxOwner::Node)
+        }),
         &args.mesh.region,
         // A node only attaches to the streams its region's gateways made: its NATS
-        // credentials (node.creds) may not manage streams.
+        // credentials (node-<id>.creds) may not manage streams.
         fnmesh_bus::BusConfig {
             manage_streams: false,
             signatures,
@@ -76,4 +81,30 @@ pub async fn run(args: NodeCommand) -> Result<()> {
     node.stop().await;
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// The node's id: `FNMESH_NODE_ID`, or the id its NATS credentials were minted for (`fnmesh
+/// nats init --node` / `add-node`), which may only write that node's registry entry and read
+/// that node's inboxes; when both are set they must agree. `None`: generated at start.
+fn node_id(args: &NodeCommand) -> Result<Option<NodeId>> {
+    let configured = match args.node.node_id.as_deref().filter(|s| !s.is_empty()) {
+        Some(id) => Some(NodeId::parse(id).with_context(|| format!("FNMESH_NODE_ID={id:?}"))?),
+        None => None,
+    };
+    let Some(path) = &args.mesh.nats.nats_creds else {
+        return Ok(configured);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("FNMESH_NATS_CREDS: reading {}", path.display()))?;
+    let minted_for = fnmesh_core::nats::setup::node_of_creds(&text)
+        .with_context(|| format!("FNMESH_NATS_CREDS: reading {}", path.display()))?;
+    match (configured, minted_for) {
+        (Some(configured), Some(minted)) if configured != minted => bail!(
+            "FNMESH_NODE_ID is {configured} but FNMESH_NATS_CREDS ({}) holds node {minted}'s \
+             credentials, which may only write that node's registry entry: mint this node's \
+             own with `fnmesh nats add-node --dir <dir> --id {configured}`",
+            path.display()
+        ),
+        (configured, minted) => Ok(minted.or(configured)),
+    }
 }

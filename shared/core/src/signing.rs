@@ -71,6 +71,10 @@ pub enum Rejection {
     /// A node message about a delivery its node never held (no valid proof of holding).
     #[error("not from a holder of the delivery")]
     NotHolder,
+    /// A work hint naming a consumer the node's last sweep did not list, past the budget of
+    /// such hints between sweeps (made-up names would each cost a failed lookup).
+    #[error("hint for an unknown consumer, over budget")]
+    UnknownConsumer,
 }
 
 impl Rejection {
@@ -86,6 +90,7 @@ impl Rejection {
             Self::Replayed => "replayed",
             Self::UnknownNode => "unknown_node",
             Self::NotHolder => "not_holder",
+            Self::UnknownConsumer => "unknown_consumer",
         }
     }
 }

@@ -502,6 +502,17 @@ pub fn inboxes_of(owner: InboxOwner) -> String {
     format!("{}.>", inbox_prefix(owner))
 }
 
+/// The inbox prefix of node `id`'s connections: `_FNMESH.node.<id>` (its credentials let it
+/// read only these inboxes, so no node sees another's pull deliveries).
+pub fn node_inbox_prefix(id: &crate::ids::NodeId) -> String {
+    format!("{}.{id}", inbox_prefix(InboxOwner::Node))
+}
+
+/// Every inbox of node `id`: `_FNMESH.node.<id>.>`.
+pub fn node_inboxes(id: &crate::ids::NodeId) -> String {
+    format!("{}.>", node_inbox_prefix(id))
+}
+
 /// Whether `subject` is a sync-invocation reply inbox a node may answer on: under the
 /// gateways' inbox prefix, or under NATS's default `_INBOX` (connections not made through
 /// `fnmesh_core::nats::NatsOptions`, such as tests' plain clients). Where NATS permissions
@@ -570,6 +581,12 @@ mod inbox_and_msg_id_tests {
         assert_eq!(inbox_prefix(InboxOwner::Gateway), "_FNMESH.gw");
         assert_eq!(inbox_prefix(InboxOwner::Node), "_FNMESH.node");
         assert_eq!(inboxes_of(InboxOwner::Node), "_FNMESH.node.>");
+        let id = crate::ids::NodeId::parse("edge-1").unwrap();
+        assert_eq!(node_inboxes(&id), "_FNMESH.node.edge-1.>");
+        assert!(!is_reply_inbox(&format!(
+            "{}.abc.1",
+            node_inbox_prefix(&id)
+        )));
         assert!(is_reply_inbox("_FNMESH.gw.abc.1"));
         assert!(is_reply_inbox("_INBOX.abc.1"));
         for bad in [

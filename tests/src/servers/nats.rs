@@ -89,6 +89,11 @@ impl TestNats {
         nats
     }
 
+    /// Whether the server was started by [`Self::start_with_accounts`].
+    pub fn has_accounts(&self) -> bool {
+        self.setup.is_some()
+    }
+
     /// The `fnmesh nats init` directory of a server started by [`Self::start_with_accounts`].
     pub fn setup_dir(&self) -> &std::path::Path {
         self.setup
@@ -96,9 +101,28 @@ impl TestNats {
             .expect("a server started with start_with_accounts")
     }
 
-    /// The creds file of `role` (`gateway`, `node`, `client`) of [`Self::setup_dir`].
+    /// The creds file of `role` (`gateway`, `client`) of [`Self::setup_dir`].
     pub fn creds(&self, role: &str) -> PathBuf {
         self.setup_dir().join(format!("{role}.creds"))
+    }
+
+    /// The creds file of node `id` in [`Self::setup_dir`], minted with `fnmesh nats add-node`
+    /// on first use (`nats init` wrote `node-1`'s).
+    pub fn node_creds(&self, id: &str) -> PathBuf {
+        let path = self.setup_dir().join(format!("node-{id}.creds"));
+        if !path.exists() {
+            let out = Command::new(crate::fnmesh_bin())
+                .args(["nats", "add-node", "--id", id, "--dir"])
+                .arg(self.setup_dir())
+                .output()
+                .expect("running fnmesh nats add-node");
+            assert!(
+                out.status.success(),
+                "fnmesh nats add-node failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        path
     }
 
     /// The `nats-server` binary this server runs.

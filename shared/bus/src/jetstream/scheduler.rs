@@ -34,6 +34,12 @@ const FETCH_EXPIRY: Duration = Duration::from_millis(20);
 const HINT_WORK: &str = "w:";
 const HINT_FREED: &str = "f:";
 
+/// Hints naming consumers the last sweep did not list (new functions, or names made up by
+/// anyone who may publish hints) taken between two sweeps; past it such hints are dropped and
+/// counted, and the next sweep finds the real ones. Bounds the failed lookups a flood costs a
+/// node to this many per [`SWEEP_INTERVAL`].
+const UNKNOWN_HINT_BUDGET: usize = 32;
+
 /// How long a namespace's count of work in the stream is used before it is read again.
 const NAMESPACE_RECOUNT: Duration = Duration::from_secs(1);
 
@@ -71,6 +77,10 @@ struct Ring {
     capped: std::collections::HashSet<String>,
     /// Consumer handles by name.
     known: HashMap<String, consumer::PullConsumer>,
+    /// The function consumers the last sweep listed.
+    listed: std::collections::HashSet<String>,
+    /// Hints for names not in `listed` taken since the last sweep ([`UNKNOWN_HINT_BUDGET`]).
+    unknown_taken: usize,
     /// When the consumer list was last read from the server.
     last_sweep: Option<Instant>,
 }
@@ -288,6 +298,17 @@ impl JetStreamBus {
                                 .inner
                                 .lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            if !ring.listed.contains(name) && !ring.known.contains_key(name) {
+                                if ring.unknown_taken >= UNKNOWN_HINT_BUDGET {
+                                    drop(ring);
+                                    inner
+                                        .signatures
+                                        .rejections
+                                        .count(fnmesh_core::signing::Rejection::UnknownConsumer);
+                                    continue;
+                                }
+                                ring.unknown_taken += 1;
+                            }
                             if freed {
                                 ring.capped.remove(name);
                             } else if ring.capped.contains(name) {
@@ -322,8 +343,11 @@ impl JetStreamBus {
             }
         }
         let mut ring = self.ring();
-        ring.known
-            .retain(|name, _| found.iter().any(|(n, _, _)| n == name));
+        ring.listed = found.iter().map(|(n, _, _)| n.clone()).collect();
+        ring.unknown_taken = 0;
+        let listed = std::mem::take(&mut ring.listed);
+        ring.known.retain(|name, _| listed.contains(name));
+        ring.listed = listed;
         for (name, work, capped) in &found {
             if *capped {
                 ring.capped.insert(name.clone());

@@ -137,6 +137,13 @@ impl Claims {
         Self::new(subject, name, "user", nats)
     }
 
+    /// Adds a tag (`tags` in the claims; nats-server shows them and permission templates can
+    /// read them).
+    pub fn tag(mut self, tag: &str) -> Self {
+        push(&mut self.nats, "tags", json!(tag));
+        self
+    }
+
     fn new(subject: &str, name: &str, kind: &'static str, nats: Map<String, Value>) -> Self {
         Self {
             subject: subject.to_owned(),
@@ -221,6 +228,13 @@ pub fn decode_verified(token: &str) -> Result<Value, JwtError> {
     key.verify(&token.as_bytes()[..signed], &decode(signature)?)
         .map_err(|e| JwtError::Key(e.to_string()))?;
     Ok(claims)
+}
+
+/// The user JWT of a `.creds` file (the line after its `BEGIN NATS USER JWT` armour line).
+pub fn creds_user_jwt(creds: &str) -> Option<&str> {
+    let mut lines = creds.lines().map(str::trim);
+    lines.find(|l| l.starts_with("-----BEGIN NATS USER JWT"))?;
+    lines.next().filter(|l| !l.is_empty())
 }
 
 /// The standard `.creds` file of a user: its JWT and its nkey seed, in the armour every NATS
@@ -360,6 +374,8 @@ mod tests {
     #[test]
     fn creds_files_have_the_standard_armour() {
         let text = creds_file("eyJ.a.b", "SUABC");
+        assert_eq!(creds_user_jwt(&text), Some("eyJ.a.b"));
+        assert_eq!(creds_user_jwt("no armour"), None);
         assert!(text.starts_with(
             "-----BEGIN NATS USER JWT-----\neyJ.a.b\n------END NATS USER JWT------\n"
         ));

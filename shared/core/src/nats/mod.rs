@@ -29,6 +29,9 @@ pub struct NatsOptions {
     /// Whose inboxes the connection makes: its inbox prefix (never NATS's default `_INBOX`,
     /// see [`subjects::inbox_prefix`]).
     pub inbox_owner: InboxOwner,
+    /// A node's id, when it is known before connecting: its inboxes are then its own
+    /// ([`subjects::node_inbox_prefix`]), as per-node credentials require.
+    pub node_id: Option<crate::ids::NodeId>,
 }
 
 /// Why a connection could not be made.
@@ -54,11 +57,19 @@ impl NatsOptions {
         }
     }
 
+    /// The inbox prefix of this connection.
+    pub fn inbox_prefix(&self) -> String {
+        match (self.inbox_owner, &self.node_id) {
+            (InboxOwner::Node, Some(id)) => subjects::node_inbox_prefix(id),
+            (owner, _) => subjects::inbox_prefix(owner).to_owned(),
+        }
+    }
+
     /// Connects, naming the connection `name` (it shows in the server's monitoring).
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, NatsConnectError> {
         let mut options = async_nats::ConnectOptions::new()
             .name(name)
-            .custom_inbox_prefix(subjects::inbox_prefix(self.inbox_owner))
+            .custom_inbox_prefix(self.inbox_prefix())
             .event_callback(|event| async move {
                 match event {
                     // Permission violations (a role's NATS permissions lack a subject) and

@@ -7,13 +7,19 @@
 //! | `FNMESH` | gateways and nodes | JetStream (unlimited in its JWT), every fnmesh stream and subject; exports the request/reply service `fnmesh.v1.req.>` |
 //! | `CLIENTS` | NATS request/reply clients | no JetStream; imports only that service |
 //!
-//! One `.creds` file per role (gateway, node, client) holds a user of these accounts whose
-//! permissions are the least the role needs ([`permissions`], built from
-//! [`crate::subjects`] for each region). Anonymous connections are refused: in operator mode
-//! the server admits only users signed by a preloaded account.
+//! One `.creds` file per role holds a user of these accounts whose permissions are the least
+//! the role needs ([`permissions`], built from [`crate::subjects`] for each region):
+//! `gateway.creds`, `client.creds`, and one `node-<id>.creds` **per node** ([`node_permissions`]):
+//! a node may write only its own registry entry and read only its own inboxes
+//! (`_FNMESH.node.<id>.>`), so one node cannot replace another's signing key, take it out of
+//! the registry or read the deliveries (and claims) of its pulls. Its id is in the user's
+//! tags (`fnmesh-node:<id>`), from which `fnmesh node` takes its `FNMESH_NODE_ID`.
+//! Anonymous connections are refused: in operator mode the server admits only users signed by
+//! a preloaded account.
 //!
-//! The operator and account seeds stay in the directory (files 0600, directory 0700), so
-//! later commands can mint more credentials; they are never logged.
+//! The operator and account seeds stay in the directory (files 0600, directory 0700), with the
+//! list of regions (`regions`), so [`add_node`] (`fnmesh nats add-node`) can mint a node's
+//! credentials later; seeds are never logged.
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
@@ -21,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::jwt::{self, Claims, JwtError, UserPermissions};
+use crate::ids::NodeId;
 use crate::subjects::{self, BusPrefix, BusRole, InboxOwner};
 
 /// The config file `nats-server -c` reads.
@@ -35,30 +42,36 @@ pub const TRUSTED_KEYS_FILE: &str = "trusted.keys";
 /// The operator's seed file (the account seeds are `account-<name>.nk` beside it).
 const OPERATOR_SEED: &str = "operator.nk";
 
+/// The internal account's seed file: [`add_node`] signs node users with it.
+const INTERNAL_ACCOUNT_SEED: &str = "account-fnmesh.nk";
+
+/// The regions the setup was written for, one per line ([`add_node`] reads them).
+const REGIONS_FILE: &str = "regions";
+
+/// The tag of a node user's JWT that names its node id: `fnmesh-node:<id>`.
+const NODE_TAG: &str = "fnmesh-node:";
+
 /// How long a gateway may take to answer a NATS request (its reply permission lasts this
 /// long): longer than the longest sync invocation.
 const RESPONSE_WINDOW: Duration = Duration::from_secs(30 * 60);
 
-/// A role that gets a `.creds` file.
+/// A role that gets one shared `.creds` file (nodes get one each: [`node_creds_file`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// `fnmesh gateway`: the HTTP and NATS request APIs, streams, recorder.
     Gateway,
-    /// `fnmesh node`: pulls work, runs it, reports.
-    Node,
     /// A NATS request/reply client.
     Client,
 }
 
 impl Role {
     /// Every role, in the order their files are written.
-    pub const ALL: [Role; 3] = [Role::Gateway, Role::Node, Role::Client];
+    pub const ALL: [Role; 2] = [Role::Gateway, Role::Client];
 
-    /// `gateway`, `node` or `client`: the user's name and the creds file's stem.
+    /// `gateway` or `client`: the user's name and the creds file's stem.
     pub fn name(self) -> &'static str {
         match self {
             Role::Gateway => "gateway",
-            Role::Node => "node",
             Role::Client => "client",
         }
     }
@@ -67,6 +80,11 @@ impl Role {
     pub fn creds_file(self) -> String {
         format!("{}.creds", self.name())
     }
+}
+
+/// The creds file of node `id`: `node-<id>.creds`.
+pub fn node_creds_file(id: &NodeId) -> String {
+    format!("node-{id}.creds")
 }
 
 /// What to generate.
@@ -80,6 +98,10 @@ pub struct InitOptions {
     pub host: String,
     /// The regions (bus prefixes) gateways and nodes work in.
     pub regions: Vec<BusPrefix>,
+    /// The nodes to write credentials for now ([`add_node`] adds more later).
+    pub nodes: Vec<NodeId>,
+    /// Where the server keeps its JetStream data (default: `dir` itself).
+    pub store_dir: Option<PathBuf>,
 }
 
 /// Why the setup could not be written.
@@ -102,6 +124,17 @@ pub enum InitError {
     /// No region was given.
     #[error("at least one region is needed")]
     NoRegion,
+    /// The directory holds no setup written by `fnmesh nats init` (or a damaged one).
+    #[error("{path} is not a directory written by `fnmesh nats init`: {why}")]
+    NotASetup {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing or unreadable.
+        why: String,
+    },
+    /// The node already has credentials in the directory.
+    #[error("{0} already exists: node ids are unique (remove it to mint new credentials)")]
+    NodeExists(PathBuf),
 }
 
 /// What was written.
@@ -111,6 +144,8 @@ pub struct Written {
     pub config: PathBuf,
     /// The creds file of each role.
     pub creds: Vec<(Role, PathBuf)>,
+    /// The creds file of each node.
+    pub nodes: Vec<(NodeId, PathBuf)>,
     /// The gateways' work signing key ([`SIGNING_KEY_FILE`], 0600).
     pub signing_key: PathBuf,
     /// The public keys nodes trust ([`TRUSTED_KEYS_FILE`]).
@@ -125,7 +160,6 @@ pub struct Written {
 /// else is denied by the server), and whether it answers requests.
 pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
     let gw_inboxes = subjects::inboxes_of(InboxOwner::Gateway);
-    let node_inboxes = subjects::inboxes_of(InboxOwner::Node);
     match role {
         Role::Client => UserPermissions {
             publish: vec![subjects::requests_every()],
@@ -158,51 +192,57 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
                 responses: Some(RESPONSE_WINDOW),
             }
         }
-        Role::Node => {
-            let mut publish = vec![gw_inboxes];
-            let mut subscribe = vec![node_inboxes];
-            for p in regions {
-                let work = subjects::bus_stream(p, BusRole::Invocations);
-                let code = subjects::object_stream(&subjects::code_bucket(p));
-                let registry = subjects::kv_stream(&subjects::node_registry_bucket(p));
-                // Each line is a subject the node was seen using (nats-server trace of
-                // tests/tests/nats_accounts.rs), unless its comment says otherwise.
-                publish.extend([
-                    // The work queue: look up the stream, list and read its consumers, pull;
-                    // settle deliveries (ack, nak, progress, term).
-                    subjects::jetstream_api(&["STREAM", "INFO", &work]),
-                    subjects::jetstream_api(&["CONSUMER", "LIST", &work]),
-                    subjects::jetstream_api(&["CONSUMER", "INFO", &work, "*"]),
-                    subjects::jetstream_api(&["CONSUMER", "MSG", "NEXT", &work, "*"]),
-                    subjects::jetstream_acks(&work),
-                    // Its own signed record of a failed last attempt, captured by the
-                    // dead-letter stream (only on a last attempt); never the server's
-                    // advisory subjects, which gateways take unsigned.
-                    subjects::bus_dead_letter_records(p),
-                    // Events and logs out; work hints both ways.
-                    subjects::bus_node_events_all(p),
-                    subjects::bus_function_logs_all(p),
-                    subjects::bus_work_ready(p),
-                    // The registry: its bucket looked up, its entries written (heartbeats,
-                    // leaving). One node.creds for every node: any node's key.
-                    subjects::jetstream_api(&["STREAM", "INFO", &registry]),
-                    subjects::kv_entries_all(&subjects::node_registry_bucket(p)),
-                    // Code, read only: the bucket looked up, an object's metadata by direct
-                    // get, its chunks through an ordered (ephemeral) consumer, whose flow
-                    // control it answers (large objects only).
-                    subjects::jetstream_api(&["STREAM", "INFO", &code]),
-                    subjects::jetstream_api(&["DIRECT", "GET", &code, ">"]),
-                    subjects::jetstream_api(&["CONSUMER", "CREATE", &code]),
-                    subjects::jetstream_flow_control(&code),
-                ]);
-                subscribe.push(subjects::bus_work_ready(p));
-            }
-            UserPermissions {
-                publish,
-                subscribe,
-                responses: None,
-            }
-        }
+    }
+}
+
+/// The permissions of node `id` in `regions`: pull and settle work, publish its events,
+/// logs, replies and dead-letter records, write its own registry entry, read code; subscribe
+/// to its own inboxes and the work hints.
+pub fn node_permissions(id: &NodeId, regions: &[BusPrefix]) -> UserPermissions {
+    // Sync replies go to gateways' inboxes.
+    let mut publish = vec![subjects::inboxes_of(InboxOwner::Gateway)];
+    // Its own inboxes only: pull deliveries (with their claims) come back on them.
+    let mut subscribe = vec![subjects::node_inboxes(id)];
+    for p in regions {
+        let work = subjects::bus_stream(p, BusRole::Invocations);
+        let code = subjects::object_stream(&subjects::code_bucket(p));
+        let registry = subjects::kv_stream(&subjects::node_registry_bucket(p));
+        // Each line is a subject the node was seen using (nats-server trace of
+        // tests/tests/nats_accounts.rs), unless its comment says otherwise.
+        publish.extend([
+            // The work queue: look up the stream, list and read its consumers, pull;
+            // settle deliveries (ack, nak, progress, term).
+            subjects::jetstream_api(&["STREAM", "INFO", &work]),
+            subjects::jetstream_api(&["CONSUMER", "LIST", &work]),
+            subjects::jetstream_api(&["CONSUMER", "INFO", &work, "*"]),
+            subjects::jetstream_api(&["CONSUMER", "MSG", "NEXT", &work, "*"]),
+            subjects::jetstream_acks(&work),
+            // Its own signed record of a failed last attempt, captured by the
+            // dead-letter stream (only on a last attempt); never the server's
+            // advisory subjects, which gateways take unsigned.
+            subjects::bus_dead_letter_records(p),
+            // Events and logs out; work hints both ways.
+            subjects::bus_node_events_all(p),
+            subjects::bus_function_logs_all(p),
+            subjects::bus_work_ready(p),
+            // The registry: its bucket looked up, its own entry written (heartbeats,
+            // leaving); no other node's.
+            subjects::jetstream_api(&["STREAM", "INFO", &registry]),
+            subjects::node_registry_entry(p, id),
+            // Code, read only: the bucket looked up, an object's metadata by direct
+            // get, its chunks through an ordered (ephemeral) consumer, whose flow
+            // control it answers (large objects only).
+            subjects::jetstream_api(&["STREAM", "INFO", &code]),
+            subjects::jetstream_api(&["DIRECT", "GET", &code, ">"]),
+            subjects::jetstream_api(&["CONSUMER", "CREATE", &code]),
+            subjects::jetstream_flow_control(&code),
+        ]);
+        subscribe.push(subjects::bus_work_ready(p));
+    }
+    UserPermissions {
+        publish,
+        subscribe,
+        responses: None,
     }
 }
 
@@ -251,7 +291,7 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
     for (name, pair) in [
         (OPERATOR_SEED, &operator),
         ("account-sys.nk", &system),
-        ("account-fnmesh.nk", &internal),
+        (INTERNAL_ACCOUNT_SEED, &internal),
         ("account-clients.nk", &clients),
     ] {
         let seed = pair.seed().map_err(|e| JwtError::Key(e.to_string()))?;
@@ -277,6 +317,13 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
         write_secret(&path, jwt::creds_file(&token, &seed).as_bytes())?;
         creds.push((role, path));
     }
+    let regions: String = options.regions.iter().map(|r| format!("{r}\n")).collect();
+    write_secret(&dir.join(REGIONS_FILE), regions.as_bytes())?;
+    let mut nodes = Vec::new();
+    for id in &options.nodes {
+        let path = write_node_creds(&dir, &internal, id, &options.regions, now)?;
+        nodes.push((id.clone(), path));
+    }
 
     // The gateways' work signing key, and the list of public keys nodes trust.
     let signing = crate::signing::SigningKey::generate();
@@ -293,12 +340,12 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
     )?;
 
     // The server keeps its streams in `<store_dir>/jetstream`.
-    let store = dir.clone();
+    let store = options.store_dir.clone().unwrap_or_else(|| dir.clone());
     let config = format!(
         "# Written by `fnmesh nats init`: operator mode, accounts preloaded.\n\
          # Accounts: SYS (system), FNMESH (gateways and nodes, JetStream), CLIENTS (imports\n\
-         # the request service fnmesh.v1.req.> only). Credentials: gateway.creds, node.creds,\n\
-         # client.creds. Anonymous connections are refused.\n\
+         # the request service fnmesh.v1.req.> only). Credentials: gateway.creds,\n\
+         # client.creds, node-<id>.creds (one per node). Anonymous connections are refused.\n\
          host: {host:?}\n\
          port: {port}\n\
          operator: {operator_jwt}\n\
@@ -317,11 +364,84 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
     Ok(Written {
         config: config_path,
         creds,
+        nodes,
         signing_key,
         trusted_keys,
         internal_account: internal.public_key(),
         client_account: clients.public_key(),
     })
+}
+
+/// Mints the credentials of node `id` in the setup at `dir` (written by [`init`]), issued at
+/// `now`: `DIR/node-<id>.creds`, for the regions the setup was written for.
+pub fn add_node(dir: &Path, id: &NodeId, now: i64) -> Result<PathBuf, InitError> {
+    let not_a_setup = |why: String| InitError::NotASetup {
+        path: dir.to_owned(),
+        why,
+    };
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).map_err(|e| not_a_setup(format!("{name}: {e}")))
+    };
+    let seed = read(INTERNAL_ACCOUNT_SEED)?;
+    let account = nkeys::KeyPair::from_seed(seed.trim())
+        .map_err(|e| not_a_setup(format!("{INTERNAL_ACCOUNT_SEED}: {e}")))?;
+    let regions = read(REGIONS_FILE)?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            BusPrefix::parse(l.trim()).map_err(|e| not_a_setup(format!("{REGIONS_FILE}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if regions.is_empty() {
+        return Err(not_a_setup(format!("{REGIONS_FILE} lists no region")));
+    }
+    write_node_creds(dir, &account, id, &regions, now)
+}
+
+/// The node id a node's credentials were minted for (the `fnmesh-node:<id>` tag of its user
+/// JWT), or `None` for other credentials (a gateway's, or a user made by other tools).
+pub fn node_of_creds(creds: &str) -> Result<Option<NodeId>, JwtError> {
+    let Some(token) = jwt::creds_user_jwt(creds) else {
+        return Err(JwtError::Malformed("no user JWT in the creds file".into()));
+    };
+    let claims = jwt::decode_verified(token)?;
+    let tags = claims["nats"]["tags"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for tag in tags {
+        if let Some(id) = tag.as_str().and_then(|t| t.strip_prefix(NODE_TAG)) {
+            return NodeId::parse(id)
+                .map(Some)
+                .map_err(|e| JwtError::Malformed(e.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+fn write_node_creds(
+    dir: &Path,
+    account: &nkeys::KeyPair,
+    id: &NodeId,
+    regions: &[BusPrefix],
+    now: i64,
+) -> Result<PathBuf, InitError> {
+    let path = dir.join(node_creds_file(id));
+    if path.exists() {
+        return Err(InitError::NodeExists(path));
+    }
+    let user = nkeys::KeyPair::new_from_raw(nkeys::KeyPairType::User, crate::random::bytes::<32>())
+        .map_err(|e| JwtError::Key(e.to_string()))?;
+    let token = Claims::user(
+        &user.public_key(),
+        &format!("node {id}"),
+        &node_permissions(id, regions),
+    )
+    .tag(&format!("{NODE_TAG}{id}"))
+    .sign(account, now)?;
+    let seed = user.seed().map_err(|e| JwtError::Key(e.to_string()))?;
+    write_secret(&path, jwt::creds_file(&token, &seed).as_bytes())?;
+    Ok(path)
 }
 
 /// Writes a new file with mode 0600.
@@ -350,6 +470,8 @@ mod tests {
             port: 4222,
             host: "127.0.0.1".into(),
             regions: vec![BusPrefix::parse("local").unwrap()],
+            nodes: vec![NodeId::parse("node-1").unwrap()],
+            store_dir: None,
         }
     }
 
@@ -392,11 +514,80 @@ mod tests {
     }
 
     #[test]
+    fn each_node_gets_credentials_of_its_own_and_more_can_be_added() {
+        let tmp = tempfile::tempdir().unwrap();
+        let written = init(&options(tmp.path()), 1).unwrap();
+        let dir = written.config.parent().unwrap();
+        let first = NodeId::parse("node-1").unwrap();
+        assert_eq!(
+            written.nodes,
+            vec![(first.clone(), dir.join("node-node-1.creds"))]
+        );
+        let text = std::fs::read_to_string(&written.nodes[0].1).unwrap();
+        assert_eq!(node_of_creds(&text).unwrap(), Some(first.clone()));
+        let claims = jwt::decode_verified(jwt::creds_user_jwt(&text).unwrap()).unwrap();
+        assert_eq!(&claims["iss"], written.internal_account.as_str());
+        // A gateway's credentials name no node.
+        let gateway = std::fs::read_to_string(dir.join("gateway.creds")).unwrap();
+        assert_eq!(node_of_creds(&gateway).unwrap(), None);
+
+        let second = NodeId::parse("edge-7").unwrap();
+        let path = add_node(dir, &second, 2).unwrap();
+        assert_eq!(path, dir.join("node-edge-7.creds"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(node_of_creds(&text).unwrap(), Some(second.clone()));
+        let claims = jwt::decode_verified(jwt::creds_user_jwt(&text).unwrap()).unwrap();
+        assert_eq!(&claims["iss"], written.internal_account.as_str());
+        let publish = claims["nats"]["pub"]["allow"].as_array().unwrap();
+        assert!(publish.contains(&serde_json::json!("$KV.fnmesh-local-nodes.edge-7")));
+        assert!(matches!(
+            add_node(dir, &second, 3),
+            Err(InitError::NodeExists(_))
+        ));
+        assert!(matches!(
+            add_node(tmp.path(), &second, 3),
+            Err(InitError::NotASetup { .. })
+        ));
+    }
+
+    #[test]
+    fn a_node_may_touch_only_its_own_registry_entry_and_inboxes() {
+        let regions = [
+            BusPrefix::parse("eu-1").unwrap(),
+            BusPrefix::parse("eu-2").unwrap(),
+        ];
+        let id = NodeId::parse("edge-1").unwrap();
+        let node = node_permissions(&id, &regions);
+        let registry: Vec<&String> = node
+            .publish
+            .iter()
+            .filter(|p| p.starts_with("$KV."))
+            .collect();
+        assert_eq!(
+            registry,
+            vec![
+                "$KV.fnmesh-eu-1-nodes.edge-1",
+                "$KV.fnmesh-eu-2-nodes.edge-1"
+            ]
+        );
+        let inboxes: Vec<&String> = node
+            .subscribe
+            .iter()
+            .filter(|s| s.starts_with("_FNMESH"))
+            .collect();
+        assert_eq!(inboxes, vec!["_FNMESH.node.edge-1.>"]);
+        assert!(!node
+            .publish
+            .iter()
+            .any(|p| p.ends_with('>') && p.starts_with("$KV")));
+    }
+
+    #[test]
     fn clients_and_nodes_cannot_publish_invocations_or_manage_streams() {
         let regions = [BusPrefix::parse("eu-1").unwrap()];
         let client = permissions(Role::Client, &regions);
         assert_eq!(client.publish, vec!["fnmesh.v1.req.>".to_owned()]);
-        let node = permissions(Role::Node, &regions);
+        let node = node_permissions(&NodeId::parse("n1").unwrap(), &regions);
         for p in &node.publish {
             assert!(!p.contains(".inv."), "{p}");
             assert!(
