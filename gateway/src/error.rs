@@ -286,6 +286,9 @@ impl ApiError {
             Self::QueueFull | Self::LaneFull(_) | Self::ConcurrencyLimited(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            Self::Unavailable(_) | Self::NotReady(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
+            }
             Self::PayloadTooLarge { .. } => {
                 // The rest of the body is not read: the connection cannot be reused.
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
@@ -309,6 +312,10 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
             StoreError::InvalidCursor => Self::InvalidCursor,
             StoreError::Backend(detail) => Self::Internal(format!("metadata store: {detail}")),
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error.detail = %detail, "metadata store unavailable");
+                Self::Unavailable("the metadata store is unavailable; retry later".into())
+            }
         }
     }
 }
@@ -325,6 +332,10 @@ impl From<BusError> for ApiError {
             BusError::Full => Self::QueueFull,
             BusError::LaneFull(lane) => Self::LaneFull(lane),
             BusError::Closed => Self::Unavailable("the invocation bus is shutting down".into()),
+            BusError::Unavailable(detail) => {
+                tracing::warn!(error.detail = %detail, "message broker unavailable");
+                Self::Unavailable("the message broker is unavailable; retry later".into())
+            }
             other => Self::Internal(other.to_string()),
         }
     }

@@ -24,6 +24,8 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
+use fnmesh_bus::BusError;
+
 use crate::auth::{Action, Principal};
 use crate::error::ApiError;
 use crate::functions::parse_name;
@@ -159,8 +161,14 @@ pub(crate) async fn invoke(
             .publish_invocation(&request, None)
             .instrument(publish_span)
             .await;
-        if let Err(e) = published {
-            return Err(refused(state, &request, e.into()).await);
+        match published {
+            Ok(()) => {}
+            // Committed as `queued` already: accepted. The reconciler publishes it (same id,
+            // so a copy that did land is deduplicated) once the broker is back.
+            Err(BusError::Unavailable(detail)) => {
+                tracing::warn!(invocation.id = %id, error = %detail, "broker unavailable: invocation stored, published when it returns");
+            }
+            Err(e) => return Err(refused(state, &request, e.into()).await),
         }
         tracing::info!(invocation.id = %id, function.name = %name, mode = "async", "invocation queued");
         return Ok(Invoked::Queued(id));

@@ -52,6 +52,10 @@ pub enum BusError {
     /// The bus is shutting down or disconnected.
     #[error("the bus is closed")]
     Closed,
+    /// The broker cannot be reached (not connected, or it did not answer in time): nothing
+    /// was published, or it is not known whether it was; retry later.
+    #[error("the broker is unavailable: {0}")]
+    Unavailable(String),
     /// A reply address this bus did not issue.
     #[error("invalid reply address")]
     InvalidReply,

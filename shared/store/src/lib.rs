@@ -56,11 +56,22 @@ pub enum StoreError {
     /// The backend failed.
     #[error("metadata store: {0}")]
     Backend(String),
+    /// The database cannot be reached (no connection within the acquire timeout, the
+    /// connection broke): nothing was written, or it is not known whether it was; retry later.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+            other => StoreError::Backend(other.to_string()),
+        }
     }
 }
 

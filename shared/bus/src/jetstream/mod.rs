@@ -187,14 +187,20 @@ impl JetStreamBus {
         payload: Vec<u8>,
         what: &str,
     ) -> Result<jetstream::publish::PublishAck, BusError> {
+        // Disconnected: the client would buffer the message and the ack would time out; say
+        // so at once instead (the caller answers 503, or keeps a stored request for later).
+        if self.inner.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(BusError::Unavailable(format!(
+                "{what}: not connected to NATS"
+            )));
+        }
         let ack = self
             .inner
             .js
             .publish_with_headers(subject, headers, payload.into())
             .await
-            .map_err(|e| backend(what, e))?;
-        ack.await
-            .map_err(|e| is_full(&e).unwrap_or_else(|| backend(what, e)))
+            .map_err(|e| publish_error(what, &e))?;
+        ack.await.map_err(|e| publish_error(what, &e))
     }
 }
 
@@ -246,6 +252,21 @@ fn is_full(err: &jetstream::context::PublishError) -> Option<BusError> {
         source = e.source();
     }
     full_in(&err.to_string())
+}
+
+/// A failed publish as a [`BusError`]: a full queue or lane, an unreachable broker (no
+/// answer in time, connection lost, no JetStream to answer), or a backend error.
+fn publish_error(what: &str, err: &jetstream::context::PublishError) -> BusError {
+    use jetstream::context::PublishErrorKind as Kind;
+    if let Some(full) = is_full(err) {
+        return full;
+    }
+    match err.kind() {
+        Kind::TimedOut | Kind::BrokenPipe | Kind::StreamNotFound => {
+            BusError::Unavailable(format!("{what}: {err}"))
+        }
+        _ => backend(what, err),
+    }
 }
 
 /// What a refusal's text says is full, if anything.

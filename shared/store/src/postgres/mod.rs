@@ -41,8 +41,11 @@ pub use super::common::MAX_PAGE_LIMIT;
 /// reconciler, well under PostgreSQL's default `max_connections` of 100.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 
-/// How long a caller waits for a free connection before the store reports an error.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller waits for a free connection before the store reports itself
+/// unavailable ([`StoreError::Unavailable`]: the API answers 503 with `Retry-After`). While the
+/// server is down every acquire waits this long, so it bounds how long a request hangs in an
+/// outage (the API promises an answer within 2 s); under overload it sheds load the same way.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1_500);
 
 /// A [`crate::MetadataStore`] in a PostgreSQL database (or one schema of it).
 #[derive(Debug, Clone)]
