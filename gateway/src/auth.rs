@@ -352,6 +352,8 @@ pub struct Authenticator {
     store: Arc<dyn MetadataStore>,
     tokens: Tokens,
     key_status: KeyStatusCache,
+    /// API keys by hash, cached for [`crate::lookups::LOOKUP_TTL`].
+    keys: crate::lookups::Lookups,
 }
 
 impl Authenticator {
@@ -362,6 +364,7 @@ impl Authenticator {
             store,
             tokens: Tokens::new(tokens),
             key_status: KeyStatusCache::new(ttl),
+            keys: crate::lookups::Lookups::default(),
         }
     }
 
@@ -370,9 +373,11 @@ impl Authenticator {
         &self.tokens
     }
 
-    /// Forgets the cached liveness of key `id` (after revoking it on this gateway).
+    /// Forgets the cached liveness of key `id` (after revoking it on this gateway), and every
+    /// cached key record (a revocation may cover a whole tree of keys).
     pub fn forget_key(&self, id: &str) {
         self.key_status.forget(id);
+        self.keys.forget_keys();
     }
 
     /// Whether key `id` is still live (not revoked, expired or deleted), read from the store:
@@ -433,7 +438,7 @@ impl Authenticator {
     /// Looks a key up by its hash and checks it is live.
     async fn api_key(&self, key: &str) -> Result<Principal, ApiError> {
         let hash = hash_key(key);
-        let Some(record) = self.store.find_api_key(&hash).await? else {
+        let Some(record) = self.keys.api_key(self.store.as_ref(), &hash).await? else {
             tracing::debug!("api key not found");
             return Err(ApiError::Unauthorized);
         };

@@ -25,6 +25,7 @@ pub(crate) mod functions;
 pub(crate) mod health;
 pub(crate) mod invocations;
 pub(crate) mod keys;
+pub(crate) mod lookups;
 pub(crate) mod metrics;
 pub(crate) mod nats_api;
 pub(crate) mod permits;

@@ -45,6 +45,8 @@ pub(crate) struct AppState {
     pub log_followers: Followers,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<GatewayMetrics>,
+    /// Function versions and sealed secrets, cached for a second ([`crate::lookups`]).
+    pub lookups: crate::lookups::Lookups,
     /// Secrets re-sealed for the versions invoked.
     pub invocation_secrets: crate::secrets::invocation::InvocationSecrets,
     /// Open log streams per key lineage ([`GatewayConfig::max_log_streams_per_key`]).
@@ -76,6 +78,7 @@ impl AppState {
             normalize_permits: tokio::sync::Semaphore::new(MAX_CONCURRENT_NORMALIZE),
             log_followers: Default::default(),
             metrics,
+            lookups: Default::default(),
             invocation_secrets: Default::default(),
             log_stream_permits,
             nats_request_permits,

@@ -92,6 +92,10 @@ pub(crate) async fn handle(
             )),
             other => other,
         })?;
+    // A function of this name deleted through another gateway may still be cached here.
+    state
+        .lookups
+        .forget_function(&principal.namespace, &function.name);
     tracing::info!(
         function.name = %function.name,
         function.version = 1,

@@ -26,6 +26,7 @@ pub(crate) async fn handle(
         .store
         .delete_function(&principal.namespace, &name)
         .await?;
+    state.lookups.forget_function(&principal.namespace, &name);
     if !deleted {
         return Err(ApiError::NotFound(format!(
             "function {:?} not found",

@@ -136,6 +136,9 @@ pub(crate) async fn handle(
             }
             other => other,
         })?;
+    state
+        .lookups
+        .forget_function(&principal.namespace, &function.name);
     tracing::info!(
         function.name = %function.name,
         function.version = function.version,

@@ -106,8 +106,9 @@ pub(crate) async fn invoke(
     crate::ratelimit::check_namespace(state, &principal.namespace).await?;
     let payload = parse_payload(payload)?;
     let store = &state.backends.store;
-    let function = store
-        .get_function(&principal.namespace, name, version)
+    let function = state
+        .lookups
+        .function(store.as_ref(), &principal.namespace, name, version)
         .await?
         .ok_or_else(|| match version {
             Some(v) => ApiError::NotFound(format!(
@@ -127,7 +128,10 @@ pub(crate) async fn invoke(
         tracing::warn!(code.checksum = %function.code.checksum, error = %e, "code could not be replicated for nodes");
     }
     // Sealed for this version and code: only the node that runs the invocation opens them.
-    let stored = store.sealed_secrets(&principal.namespace, name).await?;
+    let stored = state
+        .lookups
+        .sealed_secrets(store.as_ref(), &principal.namespace, name)
+        .await?;
     let secrets = state.invocation_secrets.for_invocation(
         state.config.secrets_keyring.as_deref(),
         &function,

@@ -23,6 +23,7 @@ pub(crate) async fn handle(
         .store
         .delete_secret(&principal.namespace, &name, &key)
         .await?;
+    state.lookups.forget_function(&principal.namespace, &name);
     if !deleted {
         return Err(ApiError::NotFound(format!(
             "secret {:?} of function {:?} not found",

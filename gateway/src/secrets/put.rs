@@ -60,6 +60,7 @@ pub(crate) async fn handle(
     store
         .put_secret(&principal.namespace, &name, &key, &sealed)
         .await?;
+    state.lookups.forget_function(&principal.namespace, &name);
     tracing::info!(
         function.name = %name,
         secret.name = %key,
