@@ -2,6 +2,8 @@
 //! (`gateway::lookups`): a change made through this gateway is seen at once, one made through
 //! another gateway (written to the shared store directly here) within that second.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
