@@ -43,7 +43,11 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, key: &K) -> Option<V> {
+    fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.lock()
             .get(key)
             .filter(|(at, _)| at.elapsed() < self.ttl)
@@ -80,27 +84,22 @@ pub(crate) struct Lookups {
 
 impl Default for Lookups {
     fn default() -> Self {
-        Self::with_ttl(LOOKUP_TTL)
+        Self {
+            keys: TtlCache::new(LOOKUP_TTL),
+            functions: TtlCache::new(LOOKUP_TTL),
+            secrets: TtlCache::new(LOOKUP_TTL),
+        }
     }
 }
 
 impl Lookups {
-    /// Caches whose entries live `ttl` (zero: nothing is cached).
-    pub(crate) fn with_ttl(ttl: Duration) -> Self {
-        Self {
-            keys: TtlCache::new(ttl),
-            functions: TtlCache::new(ttl),
-            secrets: TtlCache::new(ttl),
-        }
-    }
-
     /// The key whose hash is `key_hash` ([`MetadataStore::find_api_key`]).
     pub(crate) async fn api_key(
         &self,
         store: &dyn MetadataStore,
         key_hash: &str,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
-        if let Some(record) = self.keys.get(&key_hash.to_owned()) {
+        if let Some(record) = self.keys.get(key_hash) {
             return Ok(Some(record));
         }
         let found = store.find_api_key(key_hash).await?;
