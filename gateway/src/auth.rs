@@ -353,7 +353,7 @@ pub struct Authenticator {
     tokens: Tokens,
     key_status: KeyStatusCache,
     /// API keys by hash, cached for [`crate::lookups::LOOKUP_TTL`].
-    keys: crate::lookups::Lookups,
+    keys: crate::lookups::ApiKeys,
 }
 
 impl Authenticator {
@@ -364,7 +364,7 @@ impl Authenticator {
             store,
             tokens: Tokens::new(tokens),
             key_status: KeyStatusCache::new(ttl),
-            keys: crate::lookups::Lookups::default(),
+            keys: crate::lookups::ApiKeys::default(),
         }
     }
 
@@ -377,7 +377,7 @@ impl Authenticator {
     /// cached key record (a revocation may cover a whole tree of keys).
     pub fn forget_key(&self, id: &str) {
         self.key_status.forget(id);
-        self.keys.forget_keys();
+        self.keys.forget_all();
     }
 
     /// Whether key `id` is still live (not revoked, expired or deleted), read from the store:
@@ -438,7 +438,7 @@ impl Authenticator {
     /// Looks a key up by its hash and checks it is live.
     async fn api_key(&self, key: &str) -> Result<Principal, ApiError> {
         let hash = hash_key(key);
-        let Some(record) = self.keys.api_key(self.store.as_ref(), &hash).await? else {
+        let Some(record) = self.keys.get(self.store.as_ref(), &hash).await? else {
             tracing::debug!("api key not found");
             return Err(ApiError::Unauthorized);
         };

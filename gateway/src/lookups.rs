@@ -75,26 +75,22 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
     }
 }
 
-/// The caches (one per gateway, in its shared state).
-pub(crate) struct Lookups {
+/// API keys by hash (one per gateway, in its authenticator).
+pub(crate) struct ApiKeys {
     keys: TtlCache<String, ApiKeyRecord>,
-    functions: TtlCache<(Namespace, FunctionName, Option<u32>), Function>,
-    secrets: TtlCache<(Namespace, FunctionName), SealedSecrets>,
 }
 
-impl Default for Lookups {
+impl Default for ApiKeys {
     fn default() -> Self {
         Self {
             keys: TtlCache::new(LOOKUP_TTL),
-            functions: TtlCache::new(LOOKUP_TTL),
-            secrets: TtlCache::new(LOOKUP_TTL),
         }
     }
 }
 
-impl Lookups {
+impl ApiKeys {
     /// The key whose hash is `key_hash` ([`MetadataStore::find_api_key`]).
-    pub(crate) async fn api_key(
+    pub(crate) async fn get(
         &self,
         store: &dyn MetadataStore,
         key_hash: &str,
@@ -109,6 +105,28 @@ impl Lookups {
         Ok(found)
     }
 
+    /// Forgets every cached key (after a key, or a tree of keys, was revoked here).
+    pub(crate) fn forget_all(&self) {
+        self.keys.clear();
+    }
+}
+
+/// Function versions and sealed secrets (one per gateway, in its shared state).
+pub(crate) struct Functions {
+    functions: TtlCache<(Namespace, FunctionName, Option<u32>), Function>,
+    secrets: TtlCache<(Namespace, FunctionName), SealedSecrets>,
+}
+
+impl Default for Functions {
+    fn default() -> Self {
+        Self {
+            functions: TtlCache::new(LOOKUP_TTL),
+            secrets: TtlCache::new(LOOKUP_TTL),
+        }
+    }
+}
+
+impl Functions {
     /// A function version, or the latest ([`MetadataStore::get_function`]).
     pub(crate) async fn function(
         &self,
@@ -142,11 +160,6 @@ impl Lookups {
         let secrets = store.sealed_secrets(namespace, name).await?;
         self.secrets.insert(key, secrets.clone());
         Ok(secrets)
-    }
-
-    /// Forgets every cached key (after a key, or a tree of keys, was revoked here).
-    pub(crate) fn forget_keys(&self) {
-        self.keys.clear();
     }
 
     /// Forgets what is cached of function `name` (its versions and its secrets), after it was

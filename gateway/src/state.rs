@@ -46,7 +46,7 @@ pub(crate) struct AppState {
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<GatewayMetrics>,
     /// Function versions and sealed secrets, cached for a second ([`crate::lookups`]).
-    pub lookups: crate::lookups::Lookups,
+    pub lookups: crate::lookups::Functions,
     /// Secrets re-sealed for the versions invoked.
     pub invocation_secrets: crate::secrets::invocation::InvocationSecrets,
     /// Open log streams per key lineage ([`GatewayConfig::max_log_streams_per_key`]).
