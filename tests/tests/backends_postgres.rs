@@ -32,6 +32,7 @@ macro_rules! cases {
 }
 
 fnmesh_store::store_conformance_cases!(cases);
+fnmesh_store::store_exclusive_conformance_cases!(cases);
 
 /// The whole suite twice at once on one database, as several gateways would share it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -70,6 +70,7 @@ macro_rules! store_conformance_cases {
             stale_queued_skips_records_that_moved_on,
             running_invocations_span_namespaces,
             logs_roundtrip,
+            write_invocations_commits_inserts_and_outcomes_together,
             put_logs_batch_stores_each_last_wins,
             logs_stored_answers_per_key_within_the_namespace,
             nul_characters_do_not_fail_writes,
@@ -93,6 +94,16 @@ macro_rules! store_conformance_cases {
             secrets_roundtrip_sealed,
             secrets_need_their_function_and_go_with_it
         );
+    };
+}
+
+/// The cases that need the database to themselves (retention removes old records of every
+/// namespace): each engine's test file runs each on a database of its own, with the same
+/// callback as [`store_conformance_cases`]; [`run_all`] does not run them.
+#[macro_export]
+macro_rules! store_exclusive_conformance_cases {
+    ($callback:ident) => {
+        $callback!(prune_removes_only_old_finished_invocations);
     };
 }
 
@@ -1143,6 +1154,104 @@ pub async fn logs_roundtrip(store: Store) {
     );
 }
 
+/// `write_invocations` (the group commit of the invocation path): new records are inserted
+/// with their requests, a taken id is reported and left alone (also when repeated in the
+/// batch); updates apply in order, fenced like `update_invocation`, and carry their logs (if
+/// any) only when they apply; a terminal outcome drops the request; an absent record is not
+/// applied.
+pub async fn write_invocations_commits_inserts_and_outcomes_together(store: Store) {
+    let ns = fresh_namespace();
+    // Accepted long ago, so `stale_queued` lists them first.
+    let base = distant_past();
+    let old = || {
+        let mut req = request(&ns, "batched");
+        req.created_at = base;
+        req
+    };
+    let done = store.insert_invocation(&old()).await.unwrap();
+    // Started, then finished, in one batch: applied in order.
+    let running = with_status(&done, InvocationStatus::Running, 1);
+    let finished = with_status(&done, InvocationStatus::Succeeded, 1);
+    let stale = accept(&store, &ns, "batched").await;
+    store
+        .update_invocation(&with_status(&stale, InvocationStatus::Failed, 2))
+        .await
+        .unwrap();
+    let stale_outcome = with_status(&stale, InvocationStatus::Succeeded, 1);
+    let absent = with_status(
+        &InvocationResult::queued(&request(&ns, "batched")),
+        InvocationStatus::Succeeded,
+        1,
+    );
+    let taken = old();
+    store.insert_invocation(&taken).await.unwrap();
+    let (a, b) = (old(), old());
+    let logs = |text: &str| InvocationLogs {
+        text: text.to_owned(),
+        truncated: false,
+    };
+    let (finished_logs, stale_logs, absent_logs) =
+        (logs("done\n"), logs("stale\n"), logs("nobody\n"));
+
+    let written = store
+        .write_invocations(
+            &[&a, &taken, &b, &a],
+            &[
+                (&running, None),
+                (&finished, Some(&finished_logs)),
+                (&stale_outcome, Some(&stale_logs)),
+                (&absent, Some(&absent_logs)),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.inserted, vec![true, false, true, false]);
+    assert_eq!(written.applied, vec![true, true, false, false]);
+
+    for new in [&a, &b] {
+        let record = store.get_invocation(&ns, &new.id).await.unwrap().unwrap();
+        assert_eq!(record, InvocationResult::queued(new), "inserted as queued");
+    }
+    let requeued: Vec<InvocationId> = store
+        .stale_queued(base + ChronoDuration::seconds(1), 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    for new in [&a, &b, &taken] {
+        assert!(
+            requeued.contains(&new.id),
+            "the request is stored with the record"
+        );
+    }
+    assert!(
+        !requeued.contains(&done.id),
+        "a terminal outcome drops the request"
+    );
+    assert_eq!(
+        store.get_invocation(&ns, &done.id).await.unwrap(),
+        Some(finished.clone())
+    );
+    assert_eq!(
+        store.get_logs(&ns, &done.id).await.unwrap(),
+        Some(finished_logs)
+    );
+    let kept = store.get_invocation(&ns, &stale.id).await.unwrap().unwrap();
+    assert_eq!((kept.status, kept.attempt), (InvocationStatus::Failed, 2));
+    assert_eq!(
+        store.get_logs(&ns, &stale.id).await.unwrap(),
+        None,
+        "a fenced-off outcome stores no logs"
+    );
+    assert_eq!(store.get_invocation(&ns, &absent.id).await.unwrap(), None);
+    assert_eq!(store.get_logs(&ns, &absent.id).await.unwrap(), None);
+    assert_eq!(
+        store.write_invocations(&[], &[]).await.unwrap(),
+        crate::Written::default()
+    );
+}
+
 /// `logs_stored` answers per key, in order: logs of an invocation of another namespace, or
 /// of an invocation with no logs, are not stored as far as the key is concerned.
 pub async fn logs_stored_answers_per_key_within_the_namespace(store: Store) {
@@ -1655,4 +1764,90 @@ pub async fn put_dead_letter_inserts_absent_records(store: Store) {
     );
     let err = store.insert_invocation(&req).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "the id is taken");
+}
+
+// ---- retention ----
+
+/// `prune_invocations` removes finished records (and their logs) last updated before the
+/// cut-off, oldest first, up to the limit, in every namespace; queued and running records,
+/// records finished after the cut-off, and dead letters stay. `store_size` counts records.
+/// Needs the database to itself.
+pub async fn prune_removes_only_old_finished_invocations(store: Store) {
+    let (ns, other) = (fresh_namespace(), fresh_namespace());
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(5));
+    let logs = InvocationLogs {
+        text: "old\n".to_owned(),
+        truncated: false,
+    };
+    let first = accept(&store, &ns, "old").await;
+    assert!(store
+        .update_invocation(&with_status(&first, InvocationStatus::Succeeded, 1))
+        .await
+        .unwrap());
+    store.put_logs(&first.id, &logs).await.unwrap();
+    pause().await;
+    let second = accept(&store, &other, "old").await;
+    assert!(store
+        .update_invocation(&with_status(&second, InvocationStatus::Failed, 1))
+        .await
+        .unwrap());
+    store.put_logs(&second.id, &logs).await.unwrap();
+    let dead = accepted_request(&store, &ns, "old").await;
+    assert!(store
+        .put_dead_letter(&dead_letter(&dead, 3, None))
+        .await
+        .unwrap());
+    let queued = accept(&store, &ns, "live").await;
+    let running = accept(&store, &ns, "live").await;
+    assert!(store
+        .update_invocation(&with_status(&running, InvocationStatus::Running, 1))
+        .await
+        .unwrap());
+    pause().await;
+    let cutoff = Utc::now();
+    pause().await;
+    let recent = accept(&store, &ns, "recent").await;
+    assert!(store
+        .update_invocation(&with_status(&recent, InvocationStatus::Succeeded, 1))
+        .await
+        .unwrap());
+    store.put_logs(&recent.id, &logs).await.unwrap();
+    let size = store.store_size().await.unwrap();
+    assert!(size.bytes > 0, "{size:?}");
+
+    assert_eq!(store.prune_invocations(cutoff, 1).await.unwrap(), 1);
+    assert_eq!(
+        store.get_invocation(&ns, &first.id).await.unwrap(),
+        None,
+        "the oldest goes first"
+    );
+    assert_eq!(store.get_logs(&ns, &first.id).await.unwrap(), None);
+    assert!(store
+        .get_invocation(&other, &second.id)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(store.prune_invocations(cutoff, 1000).await.unwrap(), 2);
+    assert_eq!(store.prune_invocations(cutoff, 1000).await.unwrap(), 0);
+    assert_eq!(
+        store.get_invocation(&other, &second.id).await.unwrap(),
+        None
+    );
+    assert_eq!(store.get_logs(&other, &second.id).await.unwrap(), None);
+    assert_eq!(store.get_invocation(&ns, &dead.id).await.unwrap(), None);
+    assert!(
+        store
+            .get_dead_letter(None, &dead.id)
+            .await
+            .unwrap()
+            .is_some(),
+        "dead letters are kept"
+    );
+    for live in [&queued, &running, &recent] {
+        assert!(
+            store.get_invocation(&ns, &live.id).await.unwrap().is_some(),
+            "queued, running and recent records stay"
+        );
+    }
+    assert_eq!(store.get_logs(&ns, &recent.id).await.unwrap(), Some(logs));
 }

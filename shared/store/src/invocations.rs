@@ -24,6 +24,25 @@ pub struct InvocationFilter {
     pub status: Option<InvocationStatus>,
 }
 
+/// What [`InvocationStore::write_invocations`] did, per item in slice order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Per insert: whether its record was inserted (`false`: the id existed, or came earlier in
+    /// the same batch; nothing was changed).
+    pub inserted: Vec<bool>,
+    /// Per update: whether it applied (and its logs, if any, were stored with it).
+    pub applied: Vec<bool>,
+}
+
+/// How much a store holds ([`InvocationStore::store_size`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreSize {
+    /// Bytes on disk (SQLite: the database file's pages; PostgreSQL: the database).
+    pub bytes: u64,
+    /// Invocation records (PostgreSQL: the planner's estimate, refreshed by `ANALYZE`).
+    pub invocations: u64,
+}
+
 /// Invocation records, logs and dead letters, a supertrait of [`super::MetadataStore`].
 ///
 /// Every method taking a namespace is scoped by it: a row of another namespace is
@@ -38,6 +57,42 @@ pub trait InvocationStore: Send + Sync + 'static {
         &self,
         request: &InvocationRequest,
     ) -> Result<InvocationResult, StoreError>;
+
+    /// The writes of the invocation path that concurrent requests make, committed together
+    /// (group commit): the `queued` records of accepted invocations with their requests (each as
+    /// by [`InvocationStore::insert_invocation`], a taken id reported rather than an error), then
+    /// updates in slice order, each fenced (as by [`InvocationStore::update_invocation`]; an
+    /// absent record is not applied) and stored with its logs, if it has any, when it applies:
+    /// a finished record is never read without its logs. Both backends do it in one transaction; a backend that
+    /// does not override it writes one item after the other.
+    async fn write_invocations(
+        &self,
+        inserts: &[&InvocationRequest],
+        outcomes: &[(&InvocationResult, Option<&InvocationLogs>)],
+    ) -> Result<Written, StoreError> {
+        let mut written = Written::default();
+        for request in inserts {
+            written
+                .inserted
+                .push(match self.insert_invocation(request).await {
+                    Ok(_) => true,
+                    Err(StoreError::Conflict(_)) => false,
+                    Err(e) => return Err(e),
+                });
+        }
+        for (record, logs) in outcomes {
+            let applied = match self.update_invocation(record).await {
+                Ok(applied) => applied,
+                Err(StoreError::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            };
+            if let (true, Some(logs)) = (applied, logs) {
+                self.put_logs(&record.id, logs).await?;
+            }
+            written.applied.push(applied);
+        }
+        Ok(written)
+    }
 
     /// Applies an update from a node. Fenced, in one atomic step:
     /// - over a terminal record, only a higher attempt applies;
@@ -75,6 +130,16 @@ pub trait InvocationStore: Send + Sync + 'static {
         older_than: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<InvocationRequest>, StoreError>;
+
+    /// Retention: removes finished invocations (terminal records, with their logs) of any
+    /// namespace last updated before `before`, oldest first, at most `limit` (clamped to
+    /// 1..=1000), in one transaction; how many were removed. Queued and running records are never
+    /// removed; dead letters are kept (an operator replays or deletes them).
+    async fn prune_invocations(&self, before: DateTime<Utc>, limit: u32)
+        -> Result<u64, StoreError>;
+
+    /// How much the store holds, for metrics ([`StoreSize`]).
+    async fn store_size(&self) -> Result<StoreSize, StoreError>;
 
     /// Records still `running` in any namespace, oldest first, at most `limit` (clamped to
     /// 1..=1000). For marking what a dead single-process platform was running when it stopped.

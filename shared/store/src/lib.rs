@@ -24,7 +24,7 @@ pub mod sqlite;
 pub use access::{AccessStore, NamespaceQuota, NamespaceUsage, RefreshTokenRecord};
 pub use audit::{AuditEntry, AuditFilter, AuditOutcome, AuditStore};
 pub use functions::FunctionStore;
-pub use invocations::{InvocationFilter, InvocationStore};
+pub use invocations::{InvocationFilter, InvocationStore, StoreSize, Written};
 pub use secrets::{SecretInfo, SecretStore};
 
 /// Every store trait, for calling store methods on a concrete store (`SqliteStore`,
@@ -42,7 +42,7 @@ pub mod conformance;
 pub mod conformance_audit;
 
 /// Errors of a metadata store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A unique key already exists (a function name, a version, an invocation id).
     #[error("{0} already exists")]

@@ -28,6 +28,7 @@ macro_rules! cases {
 }
 
 fnmesh_store::store_conformance_cases!(cases);
+fnmesh_store::store_exclusive_conformance_cases!(cases);
 
 /// The whole suite on one shared database, as a shared server would run it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,18 +1,22 @@
 //! What PostgreSQL does its own way in [`crate::InvocationStore`]: the fenced update in one
 //! round trip, and batches as `UNNEST`ed or `ANY` arrays, one statement per batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::Utc;
+use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{replace_nul, to_json, PostgresStore};
 use crate::common::{fenced_off, TERMINAL_SQL};
-use crate::sql::EngineInvocations;
-use crate::StoreError;
+use crate::sql::{
+    insert_queued_rows, inserted_flags, put_logs_rows, EngineInvocations, SqlEngine as _,
+    SqlRow as _,
+};
+use crate::{StoreError, StoreSize, Written};
 use fnmesh_core::ids::InvocationId;
-use fnmesh_core::invocation::{InvocationLogs, InvocationResult};
+use fnmesh_core::invocation::{InvocationLogs, InvocationRequest, InvocationResult};
 
 /// The fencing condition of an update, over the stored row `i` and the update `u`
 /// (columns `attempt`, `terminal`).
@@ -27,7 +31,7 @@ fn fencing_sql(stored: &str, update: &str) -> String {
 /// Splits a batch into rounds in which every id occurs at most once, keeping order: round `k`
 /// holds the `k`-th update of each id. Applying the rounds one after the other is applying
 /// the batch in order. Each round is a list of indexes into `records`.
-fn rounds(records: &[InvocationResult]) -> Vec<Vec<usize>> {
+fn rounds(records: &[&InvocationResult]) -> Vec<Vec<usize>> {
     let mut seen: HashMap<InvocationId, usize> = HashMap::with_capacity(records.len());
     let mut rounds: Vec<Vec<usize>> = Vec::new();
     for (index, record) in records.iter().enumerate() {
@@ -41,6 +45,81 @@ fn rounds(records: &[InvocationResult]) -> Vec<Vec<usize>> {
         *count += 1;
     }
     rounds
+}
+
+/// The fenced updates of `records` (see [`crate::InvocationStore::update_invocations`]) on
+/// `conn`, inside the caller's transaction: one `UPDATE … FROM UNNEST` per round (see
+/// [`rounds`]). Whether each applied.
+async fn updates_in(
+    conn: &mut PgConnection,
+    records: &[&InvocationResult],
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<bool>, StoreError> {
+    let mut applied = vec![false; records.len()];
+    // Each round is sent in id order: the primary-key probes then lock rows in that order,
+    // the same in every concurrent batch. (An explicit `ORDER BY id FOR UPDATE` pass would
+    // guarantee it whatever the plan, at about 1.5x the cost of the whole statement.)
+    let sql = format!(
+        "UPDATE invocations AS i SET version = u.version, status = u.status, \
+           attempt = u.attempt, body = u.body, updated_at = $8, \
+           request = CASE WHEN u.terminal THEN NULL ELSE i.request END \
+         FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], \
+           $6::jsonb[], $7::boolean[]) \
+           AS u (id, namespace, version, status, attempt, body, terminal) \
+         WHERE i.id = u.id AND i.namespace = u.namespace AND {fence} \
+         RETURNING i.id::text",
+        fence = fencing_sql("i", "u"),
+    );
+    for mut round in rounds(records) {
+        round.sort_unstable_by_key(|&i| records.get(i).map(|r| r.id));
+        let mut ids = Vec::with_capacity(round.len());
+        let mut namespaces = Vec::with_capacity(round.len());
+        let mut versions = Vec::with_capacity(round.len());
+        let mut statuses = Vec::with_capacity(round.len());
+        let mut attempts = Vec::with_capacity(round.len());
+        let mut bodies = Vec::with_capacity(round.len());
+        let mut terminals = Vec::with_capacity(round.len());
+        let mut index_of = HashMap::with_capacity(round.len());
+        for &index in &round {
+            let Some(record) = records.get(index) else {
+                continue;
+            };
+            let id = record.id.to_string();
+            index_of.insert(id.clone(), index);
+            ids.push(id);
+            namespaces.push(record.namespace.as_str().to_owned());
+            versions.push(i64::from(record.version));
+            statuses.push(record.status.as_str().to_owned());
+            attempts.push(i64::from(record.attempt));
+            bodies.push(to_json(record)?);
+            terminals.push(record.status.is_terminal());
+        }
+        let updated: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+            .bind(ids)
+            .bind(namespaces)
+            .bind(versions)
+            .bind(statuses)
+            .bind(attempts)
+            .bind(bodies)
+            .bind(terminals)
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+        for id in updated {
+            if let Some(slot) = index_of.get(&id).and_then(|&i| applied.get_mut(i)) {
+                *slot = true;
+            }
+        }
+    }
+    let fenced = applied.iter().filter(|a| !**a).count();
+    if fenced > 0 {
+        tracing::debug!(
+            batch.size = records.len(),
+            batch.not_applied = fenced,
+            "batched invocation updates: some fenced off or absent"
+        );
+    }
+    Ok(applied)
 }
 
 #[async_trait]
@@ -82,77 +161,63 @@ impl EngineInvocations for PostgresStore {
         fenced_off(record, row.try_get("present")?)
     }
 
-    /// [`crate::InvocationStore::update_invocations`]: one `UPDATE … FROM UNNEST` per round (see
-    /// [`rounds`]).
+    /// [`crate::InvocationStore::update_invocations`]: one transaction of [`updates_in`].
     async fn apply_updates(&self, records: &[InvocationResult]) -> Result<Vec<bool>, StoreError> {
-        let mut applied = vec![false; records.len()];
-        // Each round is sent in id order: the primary-key probes then lock rows in that order,
-        // the same in every concurrent batch. (An explicit `ORDER BY id FOR UPDATE` pass would
-        // guarantee it whatever the plan, at about 1.5x the cost of the whole statement.)
-        let sql = format!(
-            "UPDATE invocations AS i SET version = u.version, status = u.status, \
-               attempt = u.attempt, body = u.body, updated_at = $8, \
-               request = CASE WHEN u.terminal THEN NULL ELSE i.request END \
-             FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], \
-               $6::jsonb[], $7::boolean[]) \
-               AS u (id, namespace, version, status, attempt, body, terminal) \
-             WHERE i.id = u.id AND i.namespace = u.namespace AND {fence} \
-             RETURNING i.id::text",
-            fence = fencing_sql("i", "u"),
-        );
-        let now = Utc::now();
+        let records: Vec<&InvocationResult> = records.iter().collect();
         let mut tx = self.pool.begin().await?;
-        for mut round in rounds(records) {
-            round.sort_unstable_by_key(|&i| records.get(i).map(|r| r.id));
-            let mut ids = Vec::with_capacity(round.len());
-            let mut namespaces = Vec::with_capacity(round.len());
-            let mut versions = Vec::with_capacity(round.len());
-            let mut statuses = Vec::with_capacity(round.len());
-            let mut attempts = Vec::with_capacity(round.len());
-            let mut bodies = Vec::with_capacity(round.len());
-            let mut terminals = Vec::with_capacity(round.len());
-            let mut index_of = HashMap::with_capacity(round.len());
-            for &index in &round {
-                let Some(record) = records.get(index) else {
-                    continue;
-                };
-                let id = record.id.to_string();
-                index_of.insert(id.clone(), index);
-                ids.push(id);
-                namespaces.push(record.namespace.as_str().to_owned());
-                versions.push(i64::from(record.version));
-                statuses.push(record.status.as_str().to_owned());
-                attempts.push(i64::from(record.attempt));
-                bodies.push(to_json(record)?);
-                terminals.push(record.status.is_terminal());
+        let applied = updates_in(&mut tx, &records, Utc::now()).await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// [`crate::InvocationStore::write_invocations`]: one transaction of a multi-row insert,
+    /// [`updates_in`] and one `INSERT` of the applied outcomes' logs.
+    async fn apply_writes(
+        &self,
+        inserts: &[&InvocationRequest],
+        outcomes: &[(&InvocationResult, Option<&InvocationLogs>)],
+    ) -> Result<Written, StoreError> {
+        let now = Utc::now();
+        let insert_statements = insert_queued_rows::<Self>(inserts, now)?;
+        let records: Vec<&InvocationResult> = outcomes.iter().map(|(record, _)| *record).collect();
+        let mut tx = self.pool.begin().await?;
+        let mut returned = HashSet::with_capacity(inserts.len());
+        for sql in insert_statements {
+            for row in PostgresStore::fetch_all(&mut tx, sql).await? {
+                returned.insert(row.text("id")?);
             }
-            let updated: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
-                .bind(ids)
-                .bind(namespaces)
-                .bind(versions)
-                .bind(statuses)
-                .bind(attempts)
-                .bind(bodies)
-                .bind(terminals)
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await?;
-            for id in updated {
-                if let Some(slot) = index_of.get(&id).and_then(|&i| applied.get_mut(i)) {
-                    *slot = true;
-                }
-            }
+        }
+        let applied = updates_in(&mut tx, &records, now).await?;
+        let logs: Vec<(InvocationId, &InvocationLogs)> = outcomes
+            .iter()
+            .zip(&applied)
+            .filter(|(_, &applied)| applied)
+            .filter_map(|((record, logs), _)| Some((record.id, (*logs)?)))
+            .collect();
+        for sql in put_logs_rows(&logs) {
+            PostgresStore::execute(&mut tx, sql).await?;
         }
         tx.commit().await?;
-        let fenced = applied.iter().filter(|a| !**a).count();
-        if fenced > 0 {
-            tracing::debug!(
-                batch.size = records.len(),
-                batch.not_applied = fenced,
-                "batched invocation updates: some fenced off or absent"
-            );
-        }
-        Ok(applied)
+        Ok(Written {
+            inserted: inserted_flags(inserts, returned),
+            applied,
+        })
+    }
+
+    /// [`crate::InvocationStore::store_size`]: the database's size and the planner's estimate
+    /// of records (a count would scan the table on every scrape).
+    async fn size(&self) -> Result<StoreSize, StoreError> {
+        let (bytes, invocations): (i64, i64) = sqlx::query_as(
+            "SELECT pg_database_size(current_database()), \
+             GREATEST(reltuples, 0)::bigint FROM pg_class \
+             WHERE oid = 'invocations'::regclass",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(StoreSize {
+            bytes: u64::try_from(bytes).unwrap_or(0),
+            invocations: u64::try_from(invocations).unwrap_or(0),
+        })
     }
 
     /// The bodies of the invocations with these ids.
@@ -223,7 +288,8 @@ mod tests {
         let ns = Namespace::parse("default").unwrap();
         let req = |id| InvocationResult { id, ..record(&ns) };
         let (a, b) = (InvocationId::new(), InvocationId::new());
-        let batch = vec![req(a), req(b), req(a), req(a), req(b)];
+        let batch = [req(a), req(b), req(a), req(a), req(b)];
+        let batch: Vec<&InvocationResult> = batch.iter().collect();
         assert_eq!(rounds(&batch), vec![vec![0, 1], vec![2, 4], vec![3]]);
         assert!(rounds(&[]).is_empty());
     }

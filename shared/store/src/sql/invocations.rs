@@ -8,11 +8,12 @@ use super::{
     execute, fetch_all, fetch_one, fetch_optional, fetch_page, newest_first, Listing, Sql,
     SqlEngine, SqlRow,
 };
+use crate::common::TERMINAL_SQL;
 use crate::common::{
     clamp_limit, dead_letter_target, from_json, invocation_id_cursor, is_unique_violation,
     present_per_key, records_per_key, DEAD_LETTER_CURSOR, INVOCATION_CURSOR,
 };
-use crate::{InvocationFilter, InvocationStore, Page, StoreError};
+use crate::{InvocationFilter, InvocationStore, Page, StoreError, StoreSize, Written};
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{
     DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult,
@@ -97,8 +98,111 @@ fn insert_queued<E: SqlEngine>(
     Ok((record, sql))
 }
 
+/// Rows one multi-row statement of [`insert_queued_rows`] or [`put_logs_rows`] carries at most
+/// (10 parameters a row: far below SQLite's 32,766 and PostgreSQL's 65,535).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// The statements inserting the `queued` records of `requests` with their requests, one per
+/// chunk of [`ROWS_PER_STATEMENT`], each skipping ids that exist and returning (column `id`)
+/// the ids it inserted. See [`inserted_flags`].
+pub(crate) fn insert_queued_rows<E: SqlEngine>(
+    requests: &[&InvocationRequest],
+    now: DateTime<Utc>,
+) -> Result<Vec<Sql>, StoreError> {
+    let mut statements = Vec::new();
+    for chunk in requests.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = Sql::new(
+            "INSERT INTO invocations \
+             (id, namespace, function, version, status, attempt, body, request, created_at, \
+             updated_at) VALUES ",
+        );
+        for (i, request) in chunk.iter().enumerate() {
+            let record = InvocationResult::queued(request);
+            sql.push(if i == 0 { "(" } else { ", (" })
+                .push_bind(record.id.to_string())
+                .push("::uuid, ")
+                .push_bind(record.namespace.as_str())
+                .push(", ")
+                .push_bind(record.function.as_str())
+                .push(", ")
+                .push_bind(i64::from(record.version))
+                .push(", ")
+                .push_bind(record.status.as_str())
+                .push(", ")
+                .push_bind(i64::from(record.attempt))
+                .push(", ")
+                .push_bind(E::to_json(&record)?)
+                .push("::jsonb, ")
+                .push_bind(E::to_json(*request)?)
+                .push("::jsonb, ")
+                .push_bind(record.created_at)
+                .push(", ")
+                .push_bind(now)
+                .push(")");
+        }
+        sql.push(" ON CONFLICT (id) DO NOTHING RETURNING id::text AS id");
+        statements.push(sql);
+    }
+    Ok(statements)
+}
+
+/// Per request, in order: whether its id is among those `returned` by
+/// [`insert_queued_rows`] (a repeated id counts once, for its first request).
+pub(crate) fn inserted_flags(
+    requests: &[&InvocationRequest],
+    mut returned: std::collections::HashSet<String>,
+) -> Vec<bool> {
+    requests
+        .iter()
+        .map(|request| returned.remove(&request.id.to_string()))
+        .collect()
+}
+
+/// The statements storing (replacing) these logs, one per chunk of [`ROWS_PER_STATEMENT`];
+/// for a repeated id only its last logs (PostgreSQL lets one statement touch a row once).
+pub(crate) fn put_logs_rows(logs: &[(InvocationId, &InvocationLogs)]) -> Vec<Sql> {
+    let mut last: Vec<(InvocationId, &InvocationLogs)> = Vec::with_capacity(logs.len());
+    for (id, entry) in logs.iter().rev() {
+        if !last.iter().any(|(seen, _)| seen == id) {
+            last.push((*id, entry));
+        }
+    }
+    // In id order: concurrent batches take row locks in the same order.
+    last.sort_unstable_by_key(|(id, _)| *id);
+    last.chunks(ROWS_PER_STATEMENT)
+        .map(|chunk| {
+            let mut sql = Sql::new("INSERT INTO invocation_logs (id, text, truncated) VALUES ");
+            for (i, (id, entry)) in chunk.iter().enumerate() {
+                sql.push(if i == 0 { "(" } else { ", (" })
+                    .push_bind(id.to_string())
+                    .push("::uuid, ")
+                    .push_bind(entry.text.as_str())
+                    .push(", ")
+                    .push_bind(entry.truncated)
+                    .push(")");
+            }
+            sql.push(
+                " ON CONFLICT (id) DO UPDATE SET text = excluded.text, \
+                 truncated = excluded.truncated",
+            );
+            sql
+        })
+        .collect()
+}
+
 #[async_trait]
 impl<E: SqlEngine> InvocationStore for E {
+    async fn write_invocations(
+        &self,
+        inserts: &[&InvocationRequest],
+        outcomes: &[(&InvocationResult, Option<&InvocationLogs>)],
+    ) -> Result<Written, StoreError> {
+        if inserts.is_empty() && outcomes.is_empty() {
+            return Ok(Written::default());
+        }
+        self.apply_writes(inserts, outcomes).await
+    }
+
     async fn insert_invocation(
         &self,
         request: &InvocationRequest,
@@ -147,6 +251,51 @@ impl<E: SqlEngine> InvocationStore for E {
         )
         .await?;
         bodies(&rows, "request")
+    }
+
+    async fn prune_invocations(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        // Served by the partial index `invocations_finished`; the ids are read and deleted in
+        // one write transaction, so the logs and the records removed are the same invocations.
+        let mut tx = self.begin_write().await?;
+        let rows = E::fetch_all(
+            &mut tx,
+            Sql::new(format!(
+                "SELECT id::text AS id FROM invocations \
+                 WHERE status IN {TERMINAL_SQL} AND updated_at < $1 \
+                 ORDER BY updated_at, id LIMIT $2"
+            ))
+            .bind(before)
+            .bind(i64::from(clamp_limit(limit))),
+        )
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ids = rows
+            .iter()
+            .map(|row| row.text("id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut removed = 0;
+        for table in ["invocation_logs", "invocations"] {
+            let mut sql = Sql::new(format!("DELETE FROM {table} WHERE id IN ("));
+            for (i, id) in ids.iter().enumerate() {
+                sql.push(if i == 0 { "" } else { ", " })
+                    .push_bind(id.as_str())
+                    .push("::uuid");
+            }
+            sql.push(")");
+            removed = E::execute(&mut tx, sql).await?;
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn store_size(&self) -> Result<StoreSize, StoreError> {
+        self.size().await
     }
 
     async fn running_invocations(&self, limit: u32) -> Result<Vec<InvocationResult>, StoreError> {

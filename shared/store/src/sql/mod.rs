@@ -21,7 +21,7 @@ use sqlx::{ColumnIndex, Database, Decode, Pool, Row, Transaction, Type};
 use crate::common::page_from_extra_row;
 use crate::{MetadataStore, Page, StoreError};
 use fnmesh_core::ids::InvocationId;
-use fnmesh_core::invocation::{InvocationLogs, InvocationResult};
+use fnmesh_core::invocation::{InvocationLogs, InvocationRequest, InvocationResult};
 
 mod access;
 mod audit;
@@ -29,7 +29,7 @@ mod functions;
 mod invocations;
 mod secrets;
 
-pub(crate) use invocations::PUT_LOGS_SQL;
+pub(crate) use invocations::{insert_queued_rows, inserted_flags, put_logs_rows, PUT_LOGS_SQL};
 
 /// A value bound to a statement parameter.
 #[derive(Debug, Clone)]
@@ -308,6 +308,17 @@ pub trait EngineInvocations {
 
     /// [`crate::InvocationStore::update_invocations`].
     async fn apply_updates(&self, records: &[InvocationResult]) -> Result<Vec<bool>, StoreError>;
+
+    /// [`crate::InvocationStore::write_invocations`] (with at least one item), in one
+    /// transaction.
+    async fn apply_writes(
+        &self,
+        inserts: &[&InvocationRequest],
+        outcomes: &[(&InvocationResult, Option<&InvocationLogs>)],
+    ) -> Result<crate::Written, StoreError>;
+
+    /// [`crate::InvocationStore::store_size`].
+    async fn size(&self) -> Result<crate::StoreSize, StoreError>;
 
     /// The bodies of the invocations with these ids, in any order (of any namespace).
     async fn invocations_by_id(&self, ids: &[InvocationId]) -> Result<Vec<String>, StoreError>;

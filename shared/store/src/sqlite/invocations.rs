@@ -2,17 +2,20 @@
 //! (one transaction of single statements, or `IN` lists in chunks, where PostgreSQL sends
 //! arrays).
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use chrono::Utc;
 
 use super::SqliteStore;
 use crate::common::{fenced_off, TERMINAL_SQL};
 use crate::sql::{
-    execute, fetch_all, fetch_optional, EngineInvocations, Sql, SqlEngine, SqlRow, PUT_LOGS_SQL,
+    execute, fetch_all, fetch_optional, insert_queued_rows, inserted_flags, put_logs_rows,
+    EngineInvocations, Sql, SqlEngine, SqlRow, PUT_LOGS_SQL,
 };
-use crate::StoreError;
+use crate::{StoreError, StoreSize, Written};
 use fnmesh_core::ids::InvocationId;
-use fnmesh_core::invocation::{InvocationLogs, InvocationResult};
+use fnmesh_core::invocation::{InvocationLogs, InvocationRequest, InvocationResult};
 
 /// Keys or rows one batched statement carries at most (SQLite allows 32,766 bound
 /// parameters: chunks stay far below).
@@ -92,6 +95,66 @@ impl EngineInvocations for SqliteStore {
         }
         tx.commit().await?;
         Ok(applied)
+    }
+
+    /// [`crate::InvocationStore::write_invocations`]: one write transaction (one commit, and a
+    /// hop to the connection's thread per statement: the inserts and the logs are one
+    /// multi-row statement each).
+    async fn apply_writes(
+        &self,
+        inserts: &[&InvocationRequest],
+        outcomes: &[(&InvocationResult, Option<&InvocationLogs>)],
+    ) -> Result<Written, StoreError> {
+        let now = Utc::now();
+        let insert_statements = insert_queued_rows::<Self>(inserts, now)?;
+        let update_statements = outcomes
+            .iter()
+            .map(|(record, _)| update_sql(record, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tx = self.begin_write().await?;
+        let mut returned = HashSet::with_capacity(inserts.len());
+        for sql in insert_statements {
+            for row in SqliteStore::fetch_all(&mut tx, sql).await? {
+                returned.insert(row.text("id")?);
+            }
+        }
+        let mut applied = Vec::with_capacity(outcomes.len());
+        for sql in update_statements {
+            applied.push(SqliteStore::execute(&mut tx, sql).await? > 0);
+        }
+        let logs: Vec<(InvocationId, &InvocationLogs)> = outcomes
+            .iter()
+            .zip(&applied)
+            .filter(|(_, &applied)| applied)
+            .filter_map(|((record, logs), _)| Some((record.id, (*logs)?)))
+            .collect();
+        for sql in put_logs_rows(&logs) {
+            SqliteStore::execute(&mut tx, sql).await?;
+        }
+        tx.commit().await?;
+        Ok(Written {
+            inserted: inserted_flags(inserts, returned),
+            applied,
+        })
+    }
+
+    /// [`crate::InvocationStore::store_size`]: the main file's pages (the WAL is not counted)
+    /// and an exact count of records.
+    async fn size(&self) -> Result<StoreSize, StoreError> {
+        let row = fetch_optional(
+            self,
+            Sql::new(
+                "SELECT (SELECT page_count FROM pragma_page_count()) \
+                 * (SELECT page_size FROM pragma_page_size()) AS bytes, \
+                 (SELECT count(*) FROM invocations) AS invocations",
+            ),
+        )
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
+        Ok(StoreSize {
+            bytes: u64::try_from(row.int("bytes")?).unwrap_or(0),
+            invocations: u64::try_from(row.int("invocations")?).unwrap_or(0),
+        })
     }
 
     /// The bodies of the invocations with these ids.
