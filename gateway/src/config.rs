@@ -31,6 +31,11 @@ pub struct GatewayConfig {
     pub reconcile_interval: Duration,
     /// How long an invocation may stay `queued` before the reconciler re-publishes it.
     pub reconcile_after: Duration,
+    /// How long finished invocations (records and logs) are kept before the pruner removes
+    /// them; `None` keeps them forever.
+    pub retention: Option<Duration>,
+    /// How often the pruner looks for finished invocations past the retention.
+    pub prune_interval: Duration,
     /// Access and refresh tokens: signing keys, issuer, audience, lifetimes.
     pub tokens: crate::auth::jwt::TokenConfig,
     /// Seals function secrets (`None`: the secrets API answers 503; invocations still carry
@@ -52,6 +57,9 @@ pub struct GatewayConfig {
     pub audit_failure_window: Duration,
 }
 
+/// Default [`GatewayConfig::retention`]: 7 days.
+pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
@@ -67,6 +75,8 @@ impl Default for GatewayConfig {
             background_workers: true,
             reconcile_interval: Duration::from_secs(10),
             reconcile_after: Duration::from_secs(30),
+            retention: Some(DEFAULT_RETENTION),
+            prune_interval: Duration::from_secs(60),
             tokens: crate::auth::jwt::TokenConfig::default(),
             secrets_keyring: None,
             metrics_token: None,

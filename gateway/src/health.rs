@@ -75,7 +75,7 @@ pub(crate) async fn metrics(
     let b = &state.backends;
     let body = state
         .metrics
-        .render(b.bus.as_ref(), b.limiter.as_ref())
+        .render(b.bus.as_ref(), b.store.as_ref(), b.limiter.as_ref())
         .await;
     let mut response = body.into_response();
     response

@@ -29,6 +29,7 @@ pub(crate) mod lookups;
 pub(crate) mod metrics;
 pub(crate) mod nats_api;
 pub(crate) mod permits;
+pub(crate) mod pruner;
 pub(crate) mod ratelimit;
 pub(crate) mod reconciler;
 pub mod recorder;
@@ -39,6 +40,7 @@ pub(crate) mod state;
 pub(crate) mod telemetry;
 pub(crate) mod tokens;
 pub(crate) mod workers;
+pub(crate) mod writes;
 
 pub use config::{
     namespace_rate_limit, rate_limit_setting, ConfigError, GatewayConfig, DEFAULT_NAMESPACE_BURST,

@@ -9,8 +9,12 @@
 //! - NATS requests dropped unanswered by [`crate::nats_api`], by reason;
 //! - HTTP requests by the filter tree ([`crate::routes`]), labelled with the route template
 //!   (`/v1/functions/{name}/invoke`), never the raw path;
-//! - queue depths per function from [`Bus::queue_stats`], read when scraped (at most once per
-//!   [`QUEUE_STATS_TTL`]), and the limiter's backend errors.
+//! - queue depths per function and messages per stream from [`Bus::queue_stats`], and the
+//!   store's size, read when scraped (at most once per [`QUEUE_STATS_TTL`]), and the limiter's
+//!   backend errors;
+//! - write transactions of the invocation path and the rows they carry, by
+//!   [`crate::writes`] (group commit) and the [`crate::recorder`]: divided by the invocations,
+//!   the store transactions per invocation.
 //!
 //! Function labels are capped by [`LabelCap`] (beyond [`MAX_FUNCTION_LABELS`] names: `other`).
 //! The registry is the process's: in `fnmesh up` the node registers its metrics in the same
@@ -24,6 +28,7 @@ use fnmesh_bus::Bus;
 use fnmesh_core::metrics::{self as shared, seconds_of_us, LabelCap, Registry};
 use fnmesh_core::{InvocationResult, InvocationStatus};
 use fnmesh_ratelimit::RateLimiter;
+use fnmesh_store::MetadataStore;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
 };
@@ -90,6 +95,11 @@ pub struct GatewayMetrics {
     nats_requests_dropped: IntCounterVec,
     audit_dropped: IntCounterVec,
     concurrency_limited: IntCounterVec,
+    store_transactions: IntCounterVec,
+    store_writes: IntCounterVec,
+    stream_messages: IntGaugeVec,
+    store_bytes: prometheus::IntGauge,
+    store_invocations: prometheus::IntGauge,
     queue_read_at: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -207,6 +217,41 @@ impl GatewayMetrics {
                 ),
                 &["what"],
             )?,
+            store_transactions: IntCounterVec::new(
+                Opts::new(
+                    "fnmesh_store_write_transactions_total",
+                    "Metadata store write transactions of the invocation path, by who wrote \
+                     (invoke: the group commit of accepted records and sync outcomes; \
+                     recorder: node events).",
+                ),
+                &["path"],
+            )?,
+            store_writes: IntCounterVec::new(
+                Opts::new(
+                    "fnmesh_store_writes_total",
+                    "Rows written by those transactions, by kind (insert: accepted records; \
+                     outcome: sync outcomes written through; event: node events applied).",
+                ),
+                &["kind"],
+            )?,
+            stream_messages: IntGaugeVec::new(
+                Opts::new(
+                    "fnmesh_stream_messages",
+                    "Messages held by the bus, by stream (work: invocations accepted and not \
+                     yet settled; events: node events not yet recorded).",
+                ),
+                &["stream"],
+            )?,
+            store_bytes: prometheus::IntGauge::new(
+                "fnmesh_store_bytes",
+                "Size of the metadata store on disk (SQLite: the database file; PostgreSQL: \
+                 the database).",
+            )?,
+            store_invocations: prometheus::IntGauge::new(
+                "fnmesh_store_invocations",
+                "Invocation records held by the metadata store (PostgreSQL: an estimate); \
+                 bounded by the retention.",
+            )?,
             queue_read_at: tokio::sync::Mutex::new(None),
         };
         registry.register(Box::new(this.invocations.clone()))?;
@@ -225,6 +270,11 @@ impl GatewayMetrics {
         registry.register(Box::new(this.nats_requests_dropped.clone()))?;
         registry.register(Box::new(this.audit_dropped.clone()))?;
         registry.register(Box::new(this.concurrency_limited.clone()))?;
+        registry.register(Box::new(this.store_transactions.clone()))?;
+        registry.register(Box::new(this.store_writes.clone()))?;
+        registry.register(Box::new(this.stream_messages.clone()))?;
+        registry.register(Box::new(this.store_bytes.clone()))?;
+        registry.register(Box::new(this.store_invocations.clone()))?;
         Ok(this)
     }
 
@@ -244,6 +294,33 @@ impl GatewayMetrics {
         self.invocations
             .with_label_values(&[&function, result.status.as_str()])
             .inc();
+    }
+
+    /// Counts one write transaction of `path` (`invoke`, `recorder`) carrying `inserts`
+    /// accepted records and `outcomes` outcomes.
+    pub(crate) fn observe_store_writes(&self, path: &'static str, inserts: usize, outcomes: usize) {
+        self.store_transactions.with_label_values(&[path]).inc();
+        for (kind, rows) in [("insert", inserts), ("outcome", outcomes)] {
+            if rows > 0 {
+                self.store_writes
+                    .with_label_values(&[kind])
+                    .inc_by(rows as u64);
+            }
+        }
+    }
+
+    /// Counts `transactions` write transactions of the recorder applying `events` node events.
+    pub(crate) fn observe_recorder_writes(&self, transactions: usize, events: usize) {
+        if transactions > 0 {
+            self.store_transactions
+                .with_label_values(&["recorder"])
+                .inc_by(transactions as u64);
+        }
+        if events > 0 {
+            self.store_writes
+                .with_label_values(&["event"])
+                .inc_by(events as u64);
+        }
     }
 
     /// Counts one recorded dead letter of `function`.
@@ -300,22 +377,37 @@ impl GatewayMetrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Everything, in the text format: refreshes the queue depths (if older than
+    /// Everything, in the text format: refreshes the queue depths and sizes (if older than
     /// [`QUEUE_STATS_TTL`]) and the limiter's error count first.
-    pub async fn render(&self, bus: &dyn Bus, limiter: &dyn RateLimiter) -> String {
+    pub async fn render(
+        &self,
+        bus: &dyn Bus,
+        store: &dyn MetadataStore,
+        limiter: &dyn RateLimiter,
+    ) -> String {
         let errors = limiter.backend_errors();
         let seen = self.rate_limiter_errors.get();
         if errors > seen {
             self.rate_limiter_errors.inc_by(errors - seen);
         }
-        self.refresh_queues(bus).await;
+        self.refresh_queues(bus, store).await;
         shared::encode(&self.registry)
     }
 
-    async fn refresh_queues(&self, bus: &dyn Bus) {
+    async fn refresh_queues(&self, bus: &dyn Bus, store: &dyn MetadataStore) {
         let mut read_at = self.queue_read_at.lock().await;
         if read_at.is_some_and(|at| at.elapsed() < QUEUE_STATS_TTL) {
             return;
+        }
+        match tokio::time::timeout(QUEUE_STATS_TIMEOUT, store.store_size()).await {
+            Ok(Ok(size)) => {
+                self.store_bytes
+                    .set(i64::try_from(size.bytes).unwrap_or(i64::MAX));
+                self.store_invocations
+                    .set(i64::try_from(size.invocations).unwrap_or(i64::MAX));
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "reading the store's size for metrics failed"),
+            Err(_) => tracing::warn!("reading the store's size for metrics timed out"),
         }
         let stats = match tokio::time::timeout(QUEUE_STATS_TIMEOUT, bus.queue_stats()).await {
             Ok(Ok(stats)) => stats,
@@ -328,6 +420,11 @@ impl GatewayMetrics {
                 return;
             }
         };
+        for (stream, messages) in [("work", stats.invocations), ("events", stats.events)] {
+            self.stream_messages
+                .with_label_values(&[stream])
+                .set(i64::try_from(messages).unwrap_or(i64::MAX));
+        }
         // Functions whose queues emptied drop out; namespaces sharing a name add up.
         self.queue_pending.reset();
         self.queue_in_flight.reset();

@@ -4,7 +4,7 @@
 //! - node events, in batches (one pull: the first event, and every other one ready by then,
 //!   up to [`BATCH_MAX`]; so batches grow with the backlog, and a lone event is not held
 //!   back), recorded by [`record_events`] with a fixed number of store calls per batch (reads
-//!   first, then only the writes that change something). Then each event is acked, or nak'ed
+//!   first, then one write transaction of what changes something). Then each event is acked, or nak'ed
 //!   on a store error so it comes back. The store fences stale updates, so replays are
 //!   harmless.
 //! - dead letters: an invocation whose attempts ran out is stored as a dead letter (payload,
@@ -123,8 +123,9 @@ impl Recorder {
     async fn handle_events(&self, batch: Vec<EventDelivery>) {
         let (events, ackers): (Vec<NodeEvent>, Vec<Box<dyn Acker>>) =
             batch.into_iter().map(|d| (d.event, d.acker)).unzip();
-        let settled = record_events(self.store.as_ref(), &events).await;
+        let (settled, transactions) = record_counted(self.store.as_ref(), &events).await;
         if let Some(metrics) = &self.metrics {
+            metrics.observe_recorder_writes(transactions, events.len());
             for (event, &done) in events.iter().zip(&settled) {
                 if let (NodeEvent::Finished(outcome), true) = (event, done) {
                     metrics.observe_result(&outcome.result);
@@ -208,18 +209,24 @@ impl Recorder {
 /// warning.
 ///
 /// The store's fencing decides, but the recorder reads every record the batch touches first
-/// (one `get_invocations`) and writes only what would change something:
+/// (one `get_invocations`) and writes only what would change something, all in one
+/// transaction ([`fnmesh_store::InvocationStore::write_invocations`], in event order):
 /// - `Started` marks a record `running` (attempt, node, start time), `Retrying` marks it
-///   `queued` again with the failed attempt's error: one batched update of those the fence
-///   would take;
-/// - `Finished` writes the logs, then the final record (one batched write each) of those the
-///   fence would take, so a finished record is never read without its logs; an outcome whose
-///   record already holds it (a replay, or one the sync handler wrote itself) gets only its
-///   logs, if they are missing: it costs two reads and no write.
+///   `queued` again with the failed attempt's error;
+/// - `Finished` writes the final record with its logs (stored only if the record applies), so
+///   a finished record is never read without its logs;
+/// - an outcome whose record already holds it (a replay, or one the sync handler wrote itself)
+///   gets only its logs, if they are missing: a read, and no write when they are there.
 pub async fn record_events(store: &dyn MetadataStore, events: &[NodeEvent]) -> Vec<bool> {
+    record_counted(store, events).await.0
+}
+
+/// [`record_events`], and how many write transactions it took.
+async fn record_counted(store: &dyn MetadataStore, events: &[NodeEvent]) -> (Vec<bool>, usize) {
     let mut settled = vec![true; events.len()];
+    let mut transactions = 0;
     if events.is_empty() {
-        return settled;
+        return (settled, transactions);
     }
     let keys: Vec<(Namespace, InvocationId)> = events
         .iter()
@@ -232,117 +239,84 @@ pub async fn record_events(store: &dyn MetadataStore, events: &[NodeEvent]) -> V
         Ok(records) => records.into_iter().flatten().map(|r| (r.id, r)).collect(),
         Err(e) => {
             tracing::warn!(error = %e, batch.size = events.len(), "reading the records of node events failed; they will be redelivered");
-            return vec![false; events.len()];
+            return (vec![false; events.len()], transactions);
         }
     };
 
-    // Starts and retries.
-    let mut starts = Vec::new();
-    let mut start_of = Vec::new();
+    // What to write, in event order; `current` follows as if each write applies (the store's
+    // fence has the last word).
+    let mut updates: Vec<(InvocationResult, Option<&InvocationLogs>)> = Vec::new();
+    let mut update_of = Vec::new();
+    // Outcomes whose record holds this very result: their logs are written if missing.
+    let mut held = Vec::new();
     for (i, event) in events.iter().enumerate() {
-        if matches!(event, NodeEvent::Finished(_)) {
-            continue;
-        }
         let Some(record) = current.get(&event.invocation_id()) else {
             tracing::warn!(invocation.id = %event.invocation_id(), "event for an unknown invocation; dropped");
             continue;
         };
-        if let NodeEvent::Retrying {
-            node_id, attempt, ..
-        } = event
-        {
-            if held_by_another(record, node_id, *attempt) {
-                continue;
-            }
-        }
-        let update = started_record(record.clone(), event);
-        if would_apply(record, &update) {
-            starts.push(update);
-            start_of.push(i);
-        }
-    }
-    if !starts.is_empty() {
-        match store.update_invocations(&starts).await {
-            Ok(applied) => {
-                for (update, applied) in starts.into_iter().zip(applied) {
-                    if applied {
-                        current.insert(update.id, update);
-                    }
+        let update = match event {
+            NodeEvent::Started { .. } => started_record(record.clone(), event),
+            NodeEvent::Retrying {
+                node_id, attempt, ..
+            } => {
+                if held_by_another(record, node_id, *attempt) {
+                    continue;
                 }
+                started_record(record.clone(), event)
             }
-            Err(e) => {
-                tracing::warn!(error = %e, batch.size = start_of.len(), "recording started invocations failed; they will be redelivered");
-                for i in start_of {
-                    settled[i] = false;
-                }
-            }
-        }
-    }
-
-    // Outcomes.
-    let mut finals = Vec::new();
-    let mut final_of = Vec::new();
-    // Outcomes whose record holds this very result: their logs are written if missing.
-    let mut held = Vec::new();
-    for (i, event) in events.iter().enumerate() {
-        let NodeEvent::Finished(outcome) = event else {
-            continue;
-        };
-        let result = &outcome.result;
-        match current.get(&result.id) {
-            None => {
-                tracing::warn!(invocation.id = %result.id, "outcome of an unknown invocation; dropped");
-            }
-            // An outcome that names no node is a gateway's own (only gateway keys may sign
-            // such reports: see `fnmesh_bus::jetstream`).
-            Some(record)
+            NodeEvent::Finished(outcome) => {
+                let result = &outcome.result;
+                // An outcome that names no node is a gateway's own (only gateway keys may sign
+                // such reports: see `fnmesh_bus::jetstream`).
                 if result
                     .node_id
                     .as_deref()
-                    .is_some_and(|node| held_by_another(record, node, result.attempt)) => {}
-            Some(record) if would_apply(record, result) => {
-                finals.push(result.clone());
-                final_of.push(i);
+                    .is_some_and(|node| held_by_another(record, node, result.attempt))
+                {
+                    continue;
+                }
+                if !would_apply(record, result) {
+                    if holds(record, result) {
+                        held.push(i);
+                    }
+                    // Otherwise a stale attempt: neither its record nor its logs.
+                    continue;
+                }
+                result.clone()
             }
-            Some(record) if holds(record, result) => held.push(i),
-            // A stale attempt: neither its record nor its logs.
-            Some(_) => {}
+        };
+        if !would_apply(record, &update) {
+            continue;
         }
+        let logs = match event {
+            NodeEvent::Finished(outcome) => Some(&outcome.logs),
+            _ => None,
+        };
+        current.insert(update.id, update.clone());
+        updates.push((update, logs));
+        update_of.push(i);
     }
-    // The logs of the outcomes about to be applied go first, so a record is never seen
-    // finished without its logs.
-    if !finals.is_empty() {
-        if let Err(e) = store.put_logs_batch(&logs_of(events, &final_of)).await {
-            tracing::warn!(error = %e, batch.size = final_of.len(), "recording logs failed; the outcomes will be redelivered");
-            for &i in &final_of {
-                settled[i] = false;
-            }
-            finals.clear();
-            final_of.clear();
-        }
-    }
-    if !finals.is_empty() {
-        match store.update_invocations(&finals).await {
-            Ok(applied) => {
-                let raced: Vec<usize> = final_of
-                    .iter()
-                    .zip(applied)
-                    .filter(|(_, applied)| !applied)
-                    .map(|(&i, _)| i)
-                    .collect();
-                if !raced.is_empty() {
-                    // Fenced off by a write since the read: a replay of the same attempt (its
-                    // logs are these very logs), or rarely a later attempt's result, whose
-                    // writer writes its own logs too.
+    if !updates.is_empty() {
+        let writes: Vec<(&InvocationResult, Option<&InvocationLogs>)> = updates
+            .iter()
+            .map(|(record, logs)| (record, *logs))
+            .collect();
+        transactions += 1;
+        match store.write_invocations(&[], &writes).await {
+            Ok(written) => {
+                let fenced = written.applied.iter().filter(|applied| !**applied).count();
+                if fenced > 0 {
+                    // Fenced off by a write since the read: a replay of the same attempt, or
+                    // rarely a later attempt's result, whose writer writes its own logs too.
                     tracing::debug!(
-                        batch.fenced = raced.len(),
-                        "outcomes fenced off by a concurrent write"
+                        batch.fenced = fenced,
+                        "node events fenced off by a concurrent write"
                     );
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, batch.size = final_of.len(), "recording finished invocations failed; they will be redelivered");
-                for i in final_of {
+                tracing::warn!(error = %e, batch.size = update_of.len(), "recording node events failed; they will be redelivered");
+                for &i in &update_of {
                     settled[i] = false;
                 }
             }
@@ -367,6 +341,7 @@ pub async fn record_events(store: &dyn MetadataStore, events: &[NodeEvent]) -> V
             }
         };
         if !missing.is_empty() {
+            transactions += 1;
             if let Err(e) = store.put_logs_batch(&logs_of(events, &missing)).await {
                 tracing::warn!(error = %e, batch.size = missing.len(), "recording logs failed; the outcomes will be redelivered");
                 for i in missing {
@@ -375,7 +350,7 @@ pub async fn record_events(store: &dyn MetadataStore, events: &[NodeEvent]) -> V
             }
         }
     }
-    settled
+    (settled, transactions)
 }
 
 /// The logs of the `Finished` events at `indices`.

@@ -234,5 +234,7 @@ fn worker_parts(state: &State) -> WorkerParts {
         metrics: state.metrics.clone(),
         reconcile_interval: state.config.reconcile_interval,
         reconcile_after: state.config.reconcile_after,
+        retention: state.config.retention,
+        prune_interval: state.config.prune_interval,
     }
 }

@@ -47,6 +47,8 @@ pub(crate) struct AppState {
     pub metrics: Arc<GatewayMetrics>,
     /// Function versions and sealed secrets, cached for a second ([`crate::lookups`]).
     pub lookups: crate::lookups::Functions,
+    /// The invocation path's writes, committed in shared batches ([`crate::writes`]).
+    pub writes: crate::writes::Writes,
     /// Secrets re-sealed for the versions invoked.
     pub invocation_secrets: crate::secrets::invocation::InvocationSecrets,
     /// Open log streams per key lineage ([`GatewayConfig::max_log_streams_per_key`]).
@@ -62,7 +64,7 @@ pub(crate) const MAX_CONCURRENT_NORMALIZE: usize = 4;
 pub(crate) type State = Arc<AppState>;
 
 impl AppState {
-    /// Builds the shared state.
+    /// Builds the shared state and starts its store writer (within a Tokio runtime).
     pub(crate) fn new(
         config: GatewayConfig,
         backends: Backends,
@@ -71,6 +73,7 @@ impl AppState {
         let authenticator = Authenticator::new(backends.store.clone(), config.tokens.clone());
         let log_stream_permits = KeyPermits::new(config.max_log_streams_per_key);
         let nats_request_permits = KeyPermits::new(config.max_nats_requests_per_key);
+        let writes = crate::writes::Writes::start(backends.store.clone(), metrics.clone());
         Arc::new(Self {
             config,
             backends,
@@ -79,6 +82,7 @@ impl AppState {
             log_followers: Default::default(),
             metrics,
             lookups: Default::default(),
+            writes,
             invocation_secrets: Default::default(),
             log_stream_permits,
             nats_request_permits,

@@ -1,6 +1,6 @@
 //! A gateway's background workers, started and stopped together: the [`Recorder`] (node
-//! events and dead letters into the store) and the [`Reconciler`] (re-publishes requests left
-//! queued too long).
+//! events and dead letters into the store), the [`Reconciler`] (re-publishes requests left
+//! queued too long) and the [`Pruner`] (removes finished invocations past the retention).
 //!
 //! [`crate::Gateway::run`] runs them itself unless `GatewayConfig::background_workers` is off;
 //! `fnmesh up` starts them with [`crate::Gateway::start_background_workers`] instead and stops
@@ -15,10 +15,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::GatewayMetrics;
+use crate::pruner::Pruner;
 use crate::reconciler::Reconciler;
 use crate::recorder::Recorder;
 
-/// The running recorder and reconciler.
+/// The running recorder, reconciler and pruner.
 #[derive(Debug)]
 pub struct BackgroundWorkers {
     stop: CancellationToken,
@@ -32,10 +33,12 @@ pub(crate) struct WorkerParts {
     pub(crate) metrics: Arc<GatewayMetrics>,
     pub(crate) reconcile_interval: Duration,
     pub(crate) reconcile_after: Duration,
+    pub(crate) retention: Option<Duration>,
+    pub(crate) prune_interval: Duration,
 }
 
 impl BackgroundWorkers {
-    /// Starts both workers. With `catch_up`, one reconciler pass first re-publishes every
+    /// Starts the workers (the pruner unless the retention is `None`). With `catch_up`, one reconciler pass first re-publishes every
     /// request still queued: for a bus that did not survive the previous run (in-process).
     pub(crate) async fn start(parts: WorkerParts, catch_up: bool) -> Self {
         let reconciler = Reconciler::new(
@@ -48,15 +51,18 @@ impl BackgroundWorkers {
             reconciler.pass(chrono::Utc::now()).await;
         }
         let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        if let Some(retention) = parts.retention {
+            let pruner = Pruner::new(parts.store.clone(), retention, parts.prune_interval);
+            tasks.push(tokio::spawn(pruner.run(stop.clone())));
+        }
         let recorder = Recorder::new(parts.store, parts.bus).with_metrics(parts.metrics);
-        let tasks = vec![
-            tokio::spawn(recorder.run(stop.clone())),
-            tokio::spawn(reconciler.run(stop.clone())),
-        ];
+        tasks.push(tokio::spawn(recorder.run(stop.clone())));
+        tasks.push(tokio::spawn(reconciler.run(stop.clone())));
         Self { stop, tasks }
     }
 
-    /// Stops both and waits for them (the recorder finishes the batch it holds).
+    /// Stops them and waits for them (the recorder finishes the batch it holds).
     pub async fn stop(self) {
         self.stop.cancel();
         for task in self.tasks {

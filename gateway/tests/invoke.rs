@@ -539,3 +539,63 @@ async fn only_the_node_running_an_attempt_ends_it() {
     assert_eq!(record.status, InvocationStatus::Succeeded);
     assert_eq!(record.result, Some(json!("real")));
 }
+
+/// Retention: with a retention of zero the pruner removes a finished invocation (record and
+/// logs) on its next pass, and never one still queued.
+#[tokio::test]
+async fn finished_invocations_past_the_retention_are_pruned() {
+    use fnmesh_gateway::recorder::record_events;
+
+    let app = TestApp::builder()
+        .config(|c| {
+            c.retention = Some(Duration::ZERO);
+            c.prune_interval = Duration::from_millis(50);
+        })
+        .start()
+        .await;
+    app.create_function("hello").await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let r = app
+            .post_json("/v1/functions/hello/invoke?async=true", &json!({ "i": i }))
+            .await;
+        assert_eq!(r.status, 202);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let delivery = app
+        .bus
+        .pull_invocation(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let finished_id = delivery.request.id.to_string();
+    let mut result = fnmesh_core::InvocationResult::queued(&delivery.request);
+    result.status = InvocationStatus::Succeeded;
+    result.attempt = delivery.attempt;
+    result.completed_at = Some(Utc::now());
+    let outcome = NodeEvent::Finished(Box::new(InvocationOutcome {
+        result,
+        logs: InvocationLogs {
+            text: "done\n".into(),
+            truncated: false,
+        },
+    }));
+    assert_eq!(record_events(app.store.as_ref(), &[outcome]).await, [true]);
+
+    eventually(|| async {
+        let r = app.get(&format!("/v1/invocations/{finished_id}")).await;
+        (r.status == 404).then_some(())
+    })
+    .await;
+    let logs = app
+        .get(&format!("/v1/invocations/{finished_id}/logs"))
+        .await;
+    assert_eq!(logs.status, 404);
+    let queued = ids.iter().find(|id| **id != finished_id).unwrap();
+    let r = app.get(&format!("/v1/invocations/{queued}")).await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("queued")),
+        "a queued invocation is never pruned"
+    );
+}

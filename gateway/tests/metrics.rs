@@ -466,3 +466,52 @@ async fn without_a_scrape_token_only_admins_scrape() {
     let (status, _, _) = scrape_as(&app, Some(&format!("Bearer {}", app.key))).await;
     assert_eq!(status, 200);
 }
+
+/// Concurrent invocations share the store's write transactions (group commit): 64 async
+/// invocations at once are 64 inserted rows in fewer than 64 transactions, every one of them
+/// stored; the sizes of the bus's streams and of the store are shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_invocations_share_write_transactions() {
+    const N: usize = 64;
+    let app = std::sync::Arc::new(TestApp::start().await);
+    app.create_function("hello").await;
+    let before = scrape(&app).await;
+    let invocations = futures::future::join_all((0..N).map(|i| {
+        let app = app.clone();
+        async move {
+            let r = app
+                .post_json("/v1/functions/hello/invoke?async=true", &json!({ "i": i }))
+                .await;
+            assert_eq!(r.status, 202, "{:?}", r.body);
+            r.body["id"].as_str().unwrap().to_owned()
+        }
+    }))
+    .await;
+    for id in &invocations {
+        let r = app.get(&format!("/v1/invocations/{id}")).await;
+        assert_eq!(r.body["status"], "queued", "{id} is stored");
+    }
+    let after = scrape(&app).await;
+    let moved =
+        |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
+    assert_eq!(
+        moved("fnmesh_store_writes_total", &[("kind", "insert")]),
+        N as f64
+    );
+    let transactions = moved(
+        "fnmesh_store_write_transactions_total",
+        &[("path", "invoke")],
+    );
+    assert!(
+        (1.0..N as f64).contains(&transactions),
+        "{N} concurrent inserts took {transactions} transactions"
+    );
+    // Sizes are read at most once a second.
+    let sizes = eventually(|| async {
+        let m = scrape(&app).await;
+        (m.get("fnmesh_stream_messages", &[("stream", "work")]) == N as f64).then_some(m)
+    })
+    .await;
+    assert!(sizes.get("fnmesh_store_bytes", &[]) > 0.0);
+    assert!(sizes.get("fnmesh_store_invocations", &[]) >= N as f64);
+}

@@ -2,13 +2,17 @@
 //!
 //! The record is committed `queued` before the request is published, so an accepted invocation
 //! is always retrievable. Async calls answer 202 at once; sync calls wait on an inbox for the
-//! outcome up to the function's timeout plus a grace, write it through (the recorder also
-//! does, fenced and idempotent) and answer 200 whatever the function did, or 504 with the id.
+//! outcome up to the function's timeout plus a grace, write it through with its logs (the
+//! recorder also would, fenced and idempotent; it finds it written and writes nothing) and
+//! answer 200 whatever the function did, or 504 with the id. Both writes go through the group
+//! commit of [`crate::writes`]: concurrent requests share their transactions.
 //! When the bus refuses the publish, the record is marked failed: nothing accepted is dropped
 //! silently.
 //!
 //! [`invoke`] is that whole path behind the HTTP handler; NATS requests
 //! ([`crate::nats_api`]) go through it too, so both front ends decide the same way.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -144,7 +148,7 @@ pub(crate) async fn invoke(
     let publish_span =
         tracing::info_span!("invocation.publish", invocation.id = %id, function.name = %name);
     let traceparent = fnmesh_core::trace::traceparent_of(&publish_span);
-    let request = InvocationRequest {
+    let request = Arc::new(InvocationRequest {
         id,
         function,
         payload,
@@ -152,9 +156,11 @@ pub(crate) async fn invoke(
         trace_id: traceparent.map(|tp| tp.trace_id_hex()),
         traceparent,
         secrets,
-    };
-    store
-        .insert_invocation(&request)
+    });
+    // Committed with the requests arriving meanwhile (group commit, `crate::writes`).
+    state
+        .writes
+        .insert(request.clone())
         .instrument(publish_span.clone())
         .await?;
     crate::failpoint::hit(crate::failpoint::AFTER_COMMIT_BEFORE_PUBLISH);
@@ -200,10 +206,13 @@ pub(crate) async fn invoke(
         match received {
             Ok(Some(outcome)) if outcome.result.id == id => {
                 drop(wait_span);
-                record(state, &outcome)
+                let outcome = Arc::new(outcome);
+                record(state, outcome.clone())
                     .instrument(tracing::info_span!("invocation.record", invocation.id = %id))
                     .await;
-                return Ok(Invoked::Finished(Box::new(outcome.result)));
+                let result = Arc::try_unwrap(outcome)
+                    .map_or_else(|shared| shared.result.clone(), |outcome| outcome.result);
+                return Ok(Invoked::Finished(Box::new(result)));
             }
             Ok(Some(other)) => {
                 tracing::warn!(
@@ -238,17 +247,13 @@ fn parse_payload(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::InvalidPayload(format!("the payload is not JSON: {e}")))
 }
 
-/// Writes a sync outcome through, so a GET right after the answer sees it. Failures are
-/// logged: the recorder applies the same outcome from the event stream.
-async fn record(state: &State, outcome: &InvocationOutcome) {
-    let store = &state.backends.store;
+/// Writes a sync outcome through with its logs (in a shared batch, one transaction), so a GET
+/// right after the answer sees it. Failures are logged: the recorder applies the same outcome
+/// from the event stream.
+async fn record(state: &State, outcome: Arc<InvocationOutcome>) {
     let id = outcome.result.id;
-    if let Err(e) = store.update_invocation(&outcome.result).await {
+    if let Err(e) = state.writes.outcome(outcome).await {
         tracing::warn!(invocation.id = %id, error = %e, "writing a sync outcome failed; the recorder will");
-        return;
-    }
-    if let Err(e) = store.put_logs(&id, &outcome.logs).await {
-        tracing::warn!(invocation.id = %id, error = %e, "writing sync logs failed; the recorder will");
     }
 }
 
