@@ -69,6 +69,20 @@ pub fn bus_invocation(
     format!("{PREFIX}.{prefix}.inv.{namespace}.{function}")
 }
 
+/// The namespace and function of a work subject built by [`bus_invocation`] on `prefix`
+/// (`None` for anything else).
+pub fn parse_bus_invocation(
+    prefix: &BusPrefix,
+    subject: &str,
+) -> Option<(Namespace, FunctionName)> {
+    let rest = subject.strip_prefix(&format!("{PREFIX}.{prefix}.inv."))?;
+    let (namespace, function) = rest.split_once('.')?;
+    Some((
+        Namespace::parse(namespace).ok()?,
+        FunctionName::parse(function).ok()?,
+    ))
+}
+
 /// Every work subject of a prefixed bus (the work stream's filter): `fnmesh.v1.<prefix>.inv.>`.
 pub fn bus_invocations_all(prefix: &BusPrefix) -> String {
     format!("{PREFIX}.{prefix}.inv.>")
@@ -227,6 +241,19 @@ mod tests {
             Some((ns.clone(), f.clone()))
         );
         assert_eq!(parse_function_consumer(&p, "fnmesh-t-1-inv-c"), None);
+        assert_eq!(
+            parse_bus_invocation(&p, &bus_invocation(&p, &ns, &f)),
+            Some((ns.clone(), f.clone()))
+        );
+        for other in [
+            "fnmesh.v1.t-2.inv.default.hello",
+            "fnmesh.v1.t-1.inv.default.hello.x",
+            "fnmesh.v1.t-1.inv.default",
+            "fnmesh.v1.t-1.evt.default.hello",
+            "fnmesh.v1.t-1.inv.Default.hello",
+        ] {
+            assert_eq!(parse_bus_invocation(&p, other), None, "{other}");
+        }
         assert_eq!(
             max_deliveries_advisory(&p, &c),
             "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.fnmesh-t-1-inv.fnmesh-t-1-fn_default_hello"

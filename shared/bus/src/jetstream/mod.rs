@@ -10,7 +10,7 @@
 //! | work consumer | `fnmesh-<prefix>-inv-c` | durable pull, explicit ack, `ack_wait`, `max_deliver` |
 //! | event stream | `fnmesh-<prefix>-evt` | interest retention, file storage, `event_capacity` messages at most (100 000 by default), discard new, subjects `fnmesh.v1.<prefix>.evt.>` |
 //! | event consumer | `fnmesh-<prefix>-evt-c` | durable pull for recorders, explicit ack, redelivered until acked |
-//! | dead-letter stream | `fnmesh-<prefix>-dlq` | work-queue retention, captures `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<work stream>.<work consumer>` and the nodes' signed records on `fnmesh.v1.<prefix>.dlq` |
+//! | dead-letter stream | `fnmesh-<prefix>-dlq` | work-queue retention, file storage, `max_msgs` = 2 × capacity, discard new, captures `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<work stream>.<work consumer>` and the nodes' signed records on `fnmesh.v1.<prefix>.dlq` |
 //!
 //! **Invocations** are published to `fnmesh.v1.<prefix>.inv.<namespace>.<function>` with
 //! `Nats-Msg-Id` = the invocation id (JetStream drops duplicates within the window, also when

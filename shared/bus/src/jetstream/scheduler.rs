@@ -3,8 +3,9 @@
 //! Each function has its own durable consumer (made by `setup`), whose `max_ack_pending` is the
 //! function's `max_concurrency`. A pulling node keeps a round-robin ring of the consumers that
 //! may have work: core-NATS "ready" hints (sent on every publish and every settlement) make a
-//! consumer hot, and a periodic sweep of the consumer list finds work that became ready without
-//! a hint (redeliveries after an ack wait, ends of nak delays, lost hints). Each hot consumer
+//! consumer hot, and a periodic sweep of the work stream's subjects that hold messages finds work
+//! that became ready without a hint (redeliveries after an ack wait, ends of nak delays, lost
+//! hints): its cost follows the functions with work, never the functions deployed. Each hot consumer
 //! is fetched from once per round, so a flooded or slow function never holds up another.
 
 use std::collections::HashMap;
@@ -39,6 +40,9 @@ const HINT_FREED: &str = "f:";
 /// counted, and the next sweep finds the real ones. Bounds the failed lookups a flood costs a
 /// node to this many per [`SWEEP_INTERVAL`].
 const UNKNOWN_HINT_BUDGET: usize = 32;
+
+/// Consumer handles a node keeps at most; past it, a sweep keeps only those with work.
+const MAX_KNOWN_CONSUMERS: usize = 10_000;
 
 /// How long a namespace's count of work in the stream is used before it is read again.
 const NAMESPACE_RECOUNT: Duration = Duration::from_secs(1);
@@ -77,9 +81,10 @@ struct Ring {
     capped: std::collections::HashSet<String>,
     /// Consumer handles by name.
     known: HashMap<String, consumer::PullConsumer>,
-    /// The function consumers the last sweep listed.
+    /// The function consumers with messages in the stream at the last sweep.
     listed: std::collections::HashSet<String>,
-    /// Hints for names not in `listed` taken since the last sweep ([`UNKNOWN_HINT_BUDGET`]).
+    /// Hints for names neither in `listed` nor `known` taken since the last sweep
+    /// ([`UNKNOWN_HINT_BUDGET`]).
     unknown_taken: usize,
     /// When the consumer list was last read from the server.
     last_sweep: Option<Instant>,
@@ -200,13 +205,26 @@ impl JetStreamBus {
             .map_err(|e| backend("work stream info", e))?
             .state
             .messages;
+        // Only functions with messages in the stream have work queued or in flight: their
+        // subjects are listed by one request, then each one's consumer is read.
+        let mut subjects = self
+            .inner
+            .work_stream
+            .info_with_subjects(subjects::bus_invocations_all(&self.inner.prefix))
+            .await
+            .map_err(|e| backend("reading the work stream's subjects", e))?;
+        let mut active = Vec::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, _) =
+                entry.map_err(|e| backend("reading the work stream's subjects", e))?;
+            if let Some(names) = subjects::parse_bus_invocation(&self.inner.prefix, &subject) {
+                active.push(names);
+            }
+        }
         let mut functions = Vec::new();
-        let mut consumers = self.inner.work_stream.consumers();
-        while let Some(info) = consumers.next().await {
-            let info = info.map_err(|e| backend("listing work consumers", e))?;
-            let Some((namespace, function)) =
-                subjects::parse_function_consumer(&self.inner.prefix, &info.name)
-            else {
+        for (namespace, function) in active {
+            let name = subjects::bus_function_consumer(&self.inner.prefix, &namespace, &function);
+            let Ok(info) = self.inner.work_stream.consumer_info(&name).await else {
                 continue;
             };
             if info.num_pending == 0 && info.num_ack_pending == 0 {
@@ -325,41 +343,44 @@ impl JetStreamBus {
         Ok(())
     }
 
-    /// Reads the function consumers from the server: those with work (new, in flight or due
-    /// for redelivery) become hot, and those at their cap are marked capped. This finds work
-    /// that became ready without a hint: redeliveries after an ack wait, ends of nak delays,
-    /// lost hints.
+    /// Reads which functions have messages in the work stream (one stream-info request that
+    /// lists only subjects holding messages: work pending, in flight or due for redelivery)
+    /// and makes their consumers hot. This finds work that became ready without a hint:
+    /// redeliveries after an ack wait, ends of nak delays, lost hints. Its cost grows with the
+    /// functions that have work, not with the functions deployed (listing every consumer, as
+    /// it did, made 10,000 idle functions cost most of a core across the mesh).
     async fn sweep(&self) -> Result<(), BusError> {
-        let own = subjects::bus_function_consumer_prefix(&self.inner.prefix);
-        let mut infos = self.inner.work_stream.consumers();
-        let mut found = Vec::new();
-        while let Some(info) = infos.next().await {
-            let info = info.map_err(|e| backend("listing work consumers", e))?;
-            if info.name.starts_with(&own) {
-                let capped = info.config.max_ack_pending > 0
-                    && info.num_ack_pending as i64 >= info.config.max_ack_pending;
-                let work = info.num_pending > 0 || info.num_ack_pending > 0;
-                found.push((info.name, work, capped));
+        let prefix = &self.inner.prefix;
+        let mut subjects = self
+            .inner
+            .work_stream
+            .info_with_subjects(subjects::bus_invocations_all(prefix))
+            .await
+            .map_err(|e| backend("reading the work stream's subjects", e))?;
+        let mut found = std::collections::HashSet::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, _) =
+                entry.map_err(|e| backend("reading the work stream's subjects", e))?;
+            if let Some((namespace, function)) = subjects::parse_bus_invocation(prefix, &subject) {
+                found.insert(subjects::bus_function_consumer(
+                    prefix, &namespace, &function,
+                ));
             }
         }
         let mut ring = self.ring();
-        ring.listed = found.iter().map(|(n, _, _)| n.clone()).collect();
-        ring.unknown_taken = 0;
-        let listed = std::mem::take(&mut ring.listed);
-        ring.known.retain(|name, _| listed.contains(name));
-        ring.listed = listed;
-        for (name, work, capped) in &found {
-            if *capped {
-                ring.capped.insert(name.clone());
-            } else {
-                ring.capped.remove(name);
-            }
-            // Capped ones too: a redelivery (after a crashed node's ack wait) is delivered even
-            // at the cap, and nothing else would look for it.
-            if *work {
-                ring.mark_hot(name);
-            }
+        // A consumer without a message in the stream has nothing in flight: not capped.
+        ring.capped.retain(|name| found.contains(name));
+        // Capped ones too: a redelivery (after a crashed node's ack wait) is delivered even at
+        // the cap, and nothing else would look for it; a fetch tells capped from not.
+        for name in &found {
+            ring.mark_hot(name);
         }
+        // Handles are kept (one lookup per consumer and process); a failed fetch drops one.
+        if ring.known.len() > MAX_KNOWN_CONSUMERS {
+            ring.known.retain(|name, _| found.contains(name));
+        }
+        ring.listed = found;
+        ring.unknown_taken = 0;
         ring.last_sweep = Some(Instant::now());
         Ok(())
     }
@@ -408,6 +429,10 @@ impl JetStreamBus {
                 Err(e) => (Err(e), false),
             };
             let mut ring = self.ring();
+            if matches!(got, Ok(_)) && !held {
+                // Delivered, or answered at once: not at its cap.
+                ring.capped.remove(&name);
+            }
             match got {
                 Ok(Some(message)) => {
                     // It may have more: keep it hot, at the back.

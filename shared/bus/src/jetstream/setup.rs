@@ -216,6 +216,11 @@ async fn manage(
             ],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
+            // Bounded like every stream: a dead letter is an advisory and at most one node
+            // record about a message still held by the work stream (until it is recorded), so
+            // twice the work stream's capacity is never reached by honest traffic.
+            max_messages: capacity.saturating_mul(2),
+            discard: stream::DiscardPolicy::New,
             ..Default::default()
         },
         "creating the dead-letter stream",
