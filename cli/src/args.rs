@@ -309,6 +309,10 @@ pub struct GatewayArgs {
     #[arg(long, env = "FNMESH_AUDIT_FAILURE_WINDOW_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub audit_failure_window_secs: u64,
+    /// Hours finished invocations (records and logs) are kept before they are removed; 0
+    /// keeps them forever.
+    #[arg(long, env = "FNMESH_RETENTION_HOURS", default_value_t = 7 * 24)]
+    pub retention_hours: u64,
     #[command(flatten)]
     pub backends: BackendArgs,
     #[command(flatten)]
@@ -537,6 +541,28 @@ pub enum BenchCommand {
     /// The sandbox and mesh benchmarks in one run: one table of figures and ratios, the same as
     /// JSON, and a latency histogram (SVG).
     All(AllBenchArgs),
+    /// A steady load on the mesh for minutes: throughput, p99, errors, event backlog and
+    /// storage size per interval, and whether the last interval keeps up with the first.
+    Soak(SoakBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SoakBenchArgs {
+    /// Length of the load.
+    #[arg(long, default_value_t = 300)]
+    pub secs: u64,
+    /// Sync invocations in flight.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Seconds per reported interval.
+    #[arg(long, default_value_t = 30)]
+    pub interval_secs: u64,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
+    /// Scratch directory (default: a temp dir).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -86,6 +86,9 @@ fn main() -> ExitCode {
                 commands::bench::mesh::run(args, as_json).await
             }
             Command::Bench(args::BenchCommand::All(args)) => commands::bench::all::run(args).await,
+            Command::Bench(args::BenchCommand::Soak(args)) => {
+                commands::bench::mesh::soak::run(args).await
+            }
             Command::Nats(args::NatsCommand::Init(args)) => commands::nats::init(&args),
             Command::Nats(args::NatsCommand::AddNode(args)) => commands::nats::add_node(&args),
             Command::Migrate { database_url } => commands::migrate::run(&database_url).await,

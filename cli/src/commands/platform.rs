@@ -186,6 +186,8 @@ pub async fn open_gateway(
         }),
         namespace_rate_limit,
         audit_failure_window: Duration::from_secs(args.audit_failure_window_secs),
+        retention: (args.retention_hours > 0)
+            .then(|| Duration::from_secs(args.retention_hours.saturating_mul(3600))),
         tokens: crate::jwt_keys::token_config(&args.tokens, data_dir)?,
         secrets_keyring: Some(keyring),
         metrics_token: metrics_token(common)?,

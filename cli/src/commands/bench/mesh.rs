@@ -28,9 +28,14 @@ use serde_json::{json, Value};
 
 use crate::args::MeshBenchArgs;
 
+mod counts;
 mod floors;
 mod procs;
+pub mod soak;
 
+pub use counts::PerInvocation;
+
+use counts::Counts;
 use floors::{
     raw_http, raw_jetstream, raw_nats, report_signing, sandbox_warm, sequential, signing,
 };
@@ -127,6 +132,16 @@ pub struct Figures {
     pub report_verify: Latency,
     pub fnmesh_sync_c1: Latency,
     pub fnmesh_throughput: Throughput,
+    /// Raw HTTP echo calls per second at the run's concurrency.
+    pub http_echo_per_second: f64,
+    /// Raw NATS requests per second at the run's concurrency.
+    pub nats_request_reply_per_second: f64,
+    /// The ceiling C = 1 / (1/R_http + 1/R_nats): one HTTP and one NATS round trip each.
+    pub ceiling_per_second: f64,
+    /// fnmesh's recorded throughput / the ceiling.
+    pub fraction_of_ceiling: f64,
+    /// Store writes and NATS messages per invocation of the throughput run.
+    pub per_invocation: PerInvocation,
     /// fnmesh p50 / (HTTP p50 + NATS p50 + sandbox p50).
     pub ratio_p50: f64,
     pub target_ratio: f64,
@@ -174,11 +189,13 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
 
     // Declared first, so dropped last: the children stop before their NATS server.
     let mut _nats_server = None;
+    let mut monitor = None;
     let nats_url = match &args.nats_url {
         Some(url) => url.clone(),
         None => {
             let server = start_nats(&work.join("nats"))?;
             let url = server.url.clone();
+            monitor = Some(server.monitor);
             _nats_server = Some(server.proc);
             url
         }
@@ -195,10 +212,10 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
         args.requests, args.concurrency, args.duration_secs
     );
 
-    eprintln!("measuring raw HTTP echo (warp)…");
-    let http_echo = raw_http(&http, args.requests).await?;
-    eprintln!("measuring raw NATS request/reply…");
-    let nats_rr = raw_nats(&nats, args.requests).await?;
+    eprintln!("measuring raw HTTP echo (warp), then its throughput…");
+    let (http_echo, http_rate) = raw_http(&http, args.requests, args.concurrency).await?;
+    eprintln!("measuring raw NATS request/reply, then its throughput…");
+    let (nats_rr, nats_rate) = raw_nats(&nats, args.requests, args.concurrency).await?;
     eprintln!("measuring raw JetStream publish…");
     let js_pub = raw_jetstream(&nats, args.requests).await?;
     eprintln!("measuring work signing and verification…");
@@ -209,10 +226,16 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
 
     eprintln!("starting fnmesh gateway and node…");
     let mut mesh = MeshProcs::start(&work, &nats_url, args.concurrency)?;
-    let figures = match measure_mesh(&mut mesh, &http, &nats, args).await {
-        Ok((c1, throughput)) => {
+    let figures = match measure_mesh(&mut mesh, &http, &nats, monitor.as_deref(), args).await {
+        Ok((c1, throughput, per_invocation)) => {
             let floor = http_echo.p50_us + nats_rr.p50_us + sandbox.p50_us;
+            let ceiling = 1.0 / (1.0 / http_rate.max(1e-9) + 1.0 / nats_rate.max(1e-9));
             Figures {
+                http_echo_per_second: http_rate,
+                nats_request_reply_per_second: nats_rate,
+                ceiling_per_second: ceiling,
+                fraction_of_ceiling: throughput.per_second / ceiling,
+                per_invocation,
                 ratio_p50: c1.p50_us / floor,
                 http_echo,
                 nats_request_reply: nats_rr,
@@ -309,6 +332,26 @@ pub fn table(f: &Figures) -> String {
         out += &format!("first error: {e}\n");
     }
     out += &format!(
+        "ceiling at c={}: raw HTTP {:.0}/s, raw NATS request/reply {:.0}/s, \
+         C = 1/(1/R_http + 1/R_nats) = {:.0}/s; fnmesh = {:.2} C\n",
+        t.concurrency,
+        f.http_echo_per_second,
+        f.nats_request_reply_per_second,
+        f.ceiling_per_second,
+        f.fraction_of_ceiling,
+    );
+    let p = &f.per_invocation;
+    out += &format!(
+        "per invocation of the run: {:.3} store write transactions ({:.2} rows); NATS messages \
+         {} in, {} out\n",
+        p.store_transactions,
+        p.store_rows,
+        p.nats_messages_in
+            .map_or_else(|| "?".to_owned(), |m| format!("{m:.2}")),
+        p.nats_messages_out
+            .map_or_else(|| "?".to_owned(), |m| format!("{m:.2}")),
+    );
+    out += &format!(
         "\nratio fnmesh p50 / (HTTP + NATS + sandbox p50) = {:.0} / ({:.0} + {:.0} + {:.0}) µs: \
          {:.2}x   (target ≤ {TARGET_RATIO:.1}x)\n",
         f.fnmesh_sync_c1.p50_us,
@@ -325,8 +368,9 @@ async fn measure_mesh(
     mesh: &mut MeshProcs,
     http: &reqwest::Client,
     nats: &async_nats::Client,
+    monitor: Option<&str>,
     args: &MeshBenchArgs,
-) -> Result<(Latency, Throughput)> {
+) -> Result<(Latency, Throughput, PerInvocation)> {
     mesh.wait_ready(http, Duration::from_secs(60)).await?;
     let api = Api {
         http: http.clone(),
@@ -356,6 +400,7 @@ async fn measure_mesh(
         "measuring fnmesh at concurrency {} for {} s…",
         args.concurrency, args.duration_secs
     );
+    let before = Counts::read(http, &api.base, &api.key, monitor).await?;
     let mut throughput = concurrent(
         &api,
         args.concurrency,
@@ -364,6 +409,8 @@ async fn measure_mesh(
     .await;
     eprintln!("waiting for the recorders to record what the run left on the event stream…");
     record_drain(&mesh.events_stream()?, nats, &mut throughput).await?;
+    let after = Counts::read(http, &api.base, &api.key, monitor).await?;
+    let per_invocation = after.per_invocation(&before, throughput.succeeded);
     ensure!(
         throughput.succeeded > 0,
         "no invocation succeeded at concurrency {}: {}",
@@ -373,7 +420,7 @@ async fn measure_mesh(
             .as_deref()
             .unwrap_or("no error recorded")
     );
-    Ok((c1, throughput))
+    Ok((c1, throughput, per_invocation))
 }
 
 /// The longest wait, after the throughput run, for the event stream to empty.

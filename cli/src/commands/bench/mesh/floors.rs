@@ -1,5 +1,6 @@
 //! The floors `fnmesh bench mesh` compares the mesh with, each measured in this process:
-//! raw HTTP, core NATS request/reply, a JetStream publish and a warm sandbox round trip.
+//! raw HTTP, core NATS request/reply, a JetStream publish and a warm sandbox round trip; and
+//! the ceilings: raw HTTP and NATS request/reply throughput at the run's concurrency.
 
 use std::future::Future;
 use std::path::Path;
@@ -35,8 +36,66 @@ where
     Ok(Latency::of(samples))
 }
 
-/// (1) A warp server on 127.0.0.1:0 echoing the body.
-pub(super) async fn raw_http(http: &reqwest::Client, n: usize) -> Result<Latency> {
+/// How long each ceiling (raw HTTP, raw NATS throughput) is measured.
+pub(super) const CEILING_RUN: Duration = Duration::from_secs(3);
+
+/// `concurrency` callers calling `call` back to back for `duration`: calls per second. An
+/// error ends the measurement with it.
+pub(super) async fn rate<F, Fut>(concurrency: usize, duration: Duration, call: F) -> Result<f64>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let call = call.clone();
+        tasks.spawn(async move {
+            let mut calls = 0u64;
+            while Instant::now() < deadline {
+                call().await?;
+                calls += 1;
+            }
+            anyhow::Ok(calls)
+        });
+    }
+    let mut calls = 0;
+    while let Some(joined) = tasks.join_next().await {
+        calls += joined??;
+    }
+    Ok(calls as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// One echo call of the raw HTTP floor.
+async fn echo(http: &reqwest::Client, url: &str) -> Result<()> {
+    let resp = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(PAYLOAD)
+        .send()
+        .await?;
+    ensure!(
+        resp.status().is_success(),
+        "echo answered {}",
+        resp.status()
+    );
+    let body = resp.bytes().await?;
+    ensure!(
+        body.as_ref() == PAYLOAD.as_bytes(),
+        "echo answered another body"
+    );
+    Ok(())
+}
+
+/// (1) A warp server on 127.0.0.1:0 echoing the body: the round trip, and calls per second
+/// at `concurrency` (the HTTP ceiling).
+pub(super) async fn raw_http(
+    http: &reqwest::Client,
+    n: usize,
+    concurrency: usize,
+) -> Result<(Latency, f64)> {
     use warp::Filter;
     let route = warp::post()
         .and(warp::path("echo"))
@@ -56,33 +115,42 @@ pub(super) async fn raw_http(http: &reqwest::Client, n: usize) -> Result<Latency
         .run();
     let server = tokio::spawn(server);
     let url = format!("http://{addr}/echo");
-    let result = sequential(n, || async {
-        let resp = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(PAYLOAD)
-            .send()
-            .await?;
-        ensure!(
-            resp.status().is_success(),
-            "echo answered {}",
-            resp.status()
-        );
-        let body = resp.bytes().await?;
-        ensure!(
-            body.as_ref() == PAYLOAD.as_bytes(),
-            "echo answered another body"
-        );
-        Ok(())
-    })
-    .await;
+    let latency = sequential(n, || echo(http, &url)).await;
+    let per_second = match latency {
+        Ok(_) => {
+            let (http, url) = (http.clone(), url.clone());
+            rate(concurrency, CEILING_RUN, move || {
+                let (http, url) = (http.clone(), url.clone());
+                async move { echo(&http, &url).await }
+            })
+            .await
+        }
+        Err(_) => Ok(0.0),
+    };
     stop.cancel();
     let _ = server.await;
-    result
+    Ok((latency?, per_second?))
 }
 
-/// (2) A responder subscription and a requester on one connection.
-pub(super) async fn raw_nats(nats: &async_nats::Client, n: usize) -> Result<Latency> {
+/// One request of the raw NATS floor.
+async fn nats_request(nats: &async_nats::Client, subject: &str) -> Result<()> {
+    let answer = nats
+        .request(subject.to_owned(), PAYLOAD.as_bytes().to_vec().into())
+        .await?;
+    ensure!(
+        answer.payload.as_ref() == PAYLOAD.as_bytes(),
+        "the responder answered another body"
+    );
+    Ok(())
+}
+
+/// (2) A responder subscription and a requester on one connection: the round trip, and
+/// requests per second at `concurrency` (the NATS ceiling).
+pub(super) async fn raw_nats(
+    nats: &async_nats::Client,
+    n: usize,
+    concurrency: usize,
+) -> Result<(Latency, f64)> {
     let subject = format!("bench.rr.{:016x}", rand::random::<u64>());
     let mut sub = nats.subscribe(subject.clone()).await?;
     let responder_client = nats.clone();
@@ -94,19 +162,20 @@ pub(super) async fn raw_nats(nats: &async_nats::Client, n: usize) -> Result<Late
         }
     });
     nats.flush().await?;
-    let result = sequential(n, || async {
-        let answer = nats
-            .request(subject.clone(), PAYLOAD.as_bytes().to_vec().into())
-            .await?;
-        ensure!(
-            answer.payload.as_ref() == PAYLOAD.as_bytes(),
-            "the responder answered another body"
-        );
-        Ok(())
-    })
-    .await;
+    let latency = sequential(n, || nats_request(nats, &subject)).await;
+    let per_second = match latency {
+        Ok(_) => {
+            let (nats, subject) = (nats.clone(), subject.clone());
+            rate(concurrency, CEILING_RUN, move || {
+                let (nats, subject) = (nats.clone(), subject.clone());
+                async move { nats_request(&nats, &subject).await }
+            })
+            .await
+        }
+        Err(_) => Ok(0.0),
+    };
     responder.abort();
-    result
+    Ok((latency?, per_second?))
 }
 
 /// (3) Publish + PubAck on a file-storage stream, deleted afterwards.

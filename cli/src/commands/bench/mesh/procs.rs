@@ -81,6 +81,8 @@ impl Drop for ChildProc {
 pub(super) struct NatsServer {
     pub(super) proc: ChildProc,
     pub(super) url: String,
+    /// Its HTTP monitoring endpoint (`/varz` counts the messages it carried).
+    pub(super) monitor: String,
 }
 
 /// Starts `nats-server -js` on a free loopback port with its store in `dir`.
@@ -89,8 +91,10 @@ pub(super) fn start_nats(dir: &Path) -> Result<NatsServer> {
         .map_err(|e| anyhow::anyhow!("{e}; or point the benchmark at a server with --nats-url"))?;
     std::fs::create_dir_all(dir)?;
     let port = free_port()?;
+    let monitor_port = free_port()?;
     let mut cmd = Command::new(&binary);
-    cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+    cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-m", &monitor_port.to_string(), "-sd"])
         .arg(dir.join("store"));
     let mut proc = ChildProc::spawn("nats-server", cmd, dir.join("nats.log"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -106,6 +110,7 @@ pub(super) fn start_nats(dir: &Path) -> Result<NatsServer> {
     Ok(NatsServer {
         proc,
         url: format!("nats://127.0.0.1:{port}"),
+        monitor: format!("http://127.0.0.1:{monitor_port}"),
     })
 }
 
@@ -169,6 +174,12 @@ impl MeshProcs {
     pub(super) fn events_stream(&self) -> Result<String> {
         let prefix = BusPrefix::parse(&self.region)?;
         Ok(subjects::bus_stream(&prefix, BusRole::Events))
+    }
+
+    /// The name of the region's work stream.
+    pub(super) fn work_stream(&self) -> Result<String> {
+        let prefix = BusPrefix::parse(&self.region)?;
+        Ok(subjects::bus_stream(&prefix, BusRole::Invocations))
     }
 
     /// Polls the gateway's `/readyz` (every backend answers) until `within` passes.
