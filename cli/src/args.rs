@@ -544,6 +544,28 @@ pub enum BenchCommand {
     /// A steady load on the mesh for minutes: throughput, p99, errors, event backlog and
     /// storage size per interval, and whether the last interval keeps up with the first.
     Soak(SoakBenchArgs),
+    /// Many functions deployed: cold invocations of distinct functions per second, idle CPU
+    /// per process, and one function's sync latency, beside the same with one function.
+    Scale(ScaleBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleBenchArgs {
+    /// Functions deployed (each invoked once, cold).
+    #[arg(long, default_value_t = 1000)]
+    pub functions: usize,
+    /// Sequential sync requests of each latency series.
+    #[arg(long, default_value_t = 500)]
+    pub requests: usize,
+    /// Seconds each idle CPU sample lasts.
+    #[arg(long, default_value_t = 20)]
+    pub idle_secs: u64,
+    /// The node's slots.
+    #[arg(long, default_value_t = 16)]
+    pub slots: usize,
+    /// Scratch directory (default: a temp dir).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

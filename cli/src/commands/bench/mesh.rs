@@ -31,6 +31,7 @@ use crate::args::MeshBenchArgs;
 mod counts;
 mod floors;
 mod procs;
+pub mod scale;
 pub mod soak;
 
 pub use counts::PerInvocation;

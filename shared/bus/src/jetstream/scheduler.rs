@@ -429,7 +429,7 @@ impl JetStreamBus {
                 Err(e) => (Err(e), false),
             };
             let mut ring = self.ring();
-            if matches!(got, Ok(_)) && !held {
+            if got.is_ok() && !held {
                 // Delivered, or answered at once: not at its cap.
                 ring.capped.remove(&name);
             }

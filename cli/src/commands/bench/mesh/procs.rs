@@ -51,6 +51,11 @@ impl ChildProc {
         Ok(())
     }
 
+    /// Its process id, while it runs.
+    pub(super) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
@@ -208,6 +213,11 @@ impl MeshProcs {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The process ids of the gateway and the node.
+    pub(super) fn pids(&self) -> (Option<u32>, Option<u32>) {
+        (self.gateway.pid(), self.node.pid())
     }
 
     pub(super) fn log_tails(&self) -> String {

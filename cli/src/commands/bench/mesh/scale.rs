@@ -1,0 +1,364 @@
+//! `fnmesh bench scale`: what many deployed functions cost. On a fresh mesh (as `bench mesh`
+//! starts it) it measures, with one function deployed: the sync p50/p99 of that function at
+//! c=1 and the idle CPU of nats-server, gateway and node; then it deploys `--functions` in all,
+//! invokes each once asynchronously (cold: distinct functions) and measures how many of those
+//! cold invocations finish per second, then the idle CPU again, then the first function's
+//! sync p50/p99 again. Printed side by side, with the issue's targets.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::procs::{start_nats, MeshProcs};
+use super::{Latency, HANDLER, PAYLOAD};
+use crate::args::ScaleBenchArgs;
+
+/// Requests in flight while deploying and invoking the many functions.
+const SETUP_CONCURRENCY: usize = 16;
+/// The longest wait for every cold invocation to finish.
+const COLD_MAX: Duration = Duration::from_secs(600);
+/// Targets of the hot-path issue.
+const TARGET_COLD_PER_SECOND: f64 = 100.0;
+const TARGET_P50_RATIO: f64 = 1.2;
+const TARGET_IDLE_CPU: f64 = 0.02;
+
+/// The gateway's API for named functions.
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Client {
+    async fn deploy(&self, name: &str) -> Result<()> {
+        let body = json!({
+            "name": name,
+            "runtime": "python3",
+            "handler": "main.handle",
+            "code": {
+                "source": base64::engine::general_purpose::STANDARD.encode(HANDLER),
+                "source_type": "inline",
+            },
+            "config": { "max_concurrency": 4, "timeout_ms": 30_000 },
+        });
+        let resp = self
+            .http
+            .post(format!("{}/v1/functions", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await?;
+        ensure!(
+            resp.status().as_u16() == 201,
+            "deploying {name} answered {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    async fn invoke(&self, name: &str, asynchronous: bool) -> Result<Value> {
+        let query = if asynchronous { "?async=true" } else { "" };
+        let resp = self
+            .http
+            .post(format!("{}/v1/functions/{name}/invoke{query}", self.base))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .body(PAYLOAD)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await?;
+        ensure!(
+            status == if asynchronous { 202 } else { 200 },
+            "invoking {name} answered {status}: {body}"
+        );
+        Ok(body)
+    }
+
+    async fn record(&self, id: &str) -> Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/v1/invocations/{id}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+}
+
+/// CPU seconds a process has used (user + system), from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("parsing /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("a short /proc/<pid>/stat")?
+            .parse::<f64>()?)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
+/// Fraction of one core each of `pids` used over `secs`.
+async fn idle_cpu(pids: &[(&'static str, u32)], secs: u64) -> Result<Vec<(&'static str, f64)>> {
+    let before: Vec<f64> = pids
+        .iter()
+        .map(|(_, pid)| cpu_seconds(*pid))
+        .collect::<Result<_>>()?;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    pids.iter()
+        .zip(before)
+        .map(|((name, pid), before)| Ok((*name, (cpu_seconds(*pid)? - before) / elapsed)))
+        .collect()
+}
+
+/// Runs the benchmark and prints its table.
+pub async fn run(args: ScaleBenchArgs) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the scale benchmark starts a node that creates sandboxes and must run as root");
+    }
+    ensure!(args.functions >= 1, "--functions must be at least 1");
+    ensure!(args.requests >= 1, "--requests must be at least 1");
+    let scratch = match &args.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            tempfile::Builder::new()
+                .prefix("fnmesh-bench-scale-")
+                .tempdir_in(d)?
+        }
+        None => tempfile::Builder::new()
+            .prefix("fnmesh-bench-scale-")
+            .tempdir()?,
+    };
+    let work = scratch.path().to_path_buf();
+    let nats_server = start_nats(&work.join("nats"))?;
+    let nats_pid = nats_server
+        .proc
+        .pid()
+        .context("nats-server is not running")?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    eprintln!("starting fnmesh gateway and node…");
+    let mut mesh = MeshProcs::start(&work, &nats_server.url, args.slots)?;
+    let result = scale(&mut mesh, &http, nats_pid, &args).await;
+    if result.is_err() {
+        eprintln!("{}", mesh.log_tails());
+    }
+    let table = result?;
+    drop(mesh);
+    print!("{table}");
+    Ok(())
+}
+
+async fn scale(
+    mesh: &mut MeshProcs,
+    http: &reqwest::Client,
+    nats_pid: u32,
+    args: &ScaleBenchArgs,
+) -> Result<String> {
+    mesh.wait_ready(http, Duration::from_secs(60)).await?;
+    let (Some(gateway_pid), Some(node_pid)) = mesh.pids() else {
+        bail!("the gateway or the node is not running");
+    };
+    let pids = [
+        ("nats-server", nats_pid),
+        ("gateway", gateway_pid),
+        ("node", node_pid),
+    ];
+    let client = Client {
+        http: http.clone(),
+        base: mesh.base_url.clone(),
+        key: mesh.admin_key.clone(),
+    };
+    let names: Vec<String> = (0..args.functions)
+        .map(|i| format!("scale-{i:05}"))
+        .collect();
+    let first = names.first().context("no function")?.clone();
+
+    eprintln!(
+        "one function: sync latency at c=1, then idle CPU for {} s…",
+        args.idle_secs
+    );
+    client.deploy(&first).await?;
+    let one_latency = sync_series(&client, &first, args.requests).await?;
+    let one_idle = idle_cpu(&pids, args.idle_secs).await?;
+
+    eprintln!("deploying {} functions…", args.functions);
+    let rest: Vec<String> = names.iter().skip(1).cloned().collect();
+    for_each(
+        &client,
+        rest,
+        |c, name| async move { c.deploy(&name).await },
+    )
+    .await?;
+
+    eprintln!("invoking each once, asynchronously (cold)…");
+    let started = Instant::now();
+    let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let ids = ids.clone();
+        for_each(&client, names.clone(), move |c, name| {
+            let ids = ids.clone();
+            async move {
+                let body = c.invoke(&name, true).await?;
+                let id = body["id"].as_str().context("an async answer without id")?;
+                ids.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(id.to_owned());
+                Ok(())
+            }
+        })
+        .await?;
+    }
+    let mut pending: Vec<String> =
+        std::mem::take(&mut *ids.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut failed = 0usize;
+    while !pending.is_empty() {
+        ensure!(
+            started.elapsed() < COLD_MAX,
+            "{} cold invocations unfinished after {COLD_MAX:?}",
+            pending.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut still = Vec::new();
+        for id in pending {
+            let record = client.record(&id).await?;
+            match record["status"].as_str() {
+                Some("succeeded") => {}
+                Some("queued" | "running") => still.push(id),
+                _ => failed += 1,
+            }
+        }
+        pending = still;
+    }
+    let cold_secs = started.elapsed().as_secs_f64();
+    let cold_rate = args.functions as f64 / cold_secs;
+
+    eprintln!(
+        "{} functions: idle CPU for {} s…",
+        args.functions, args.idle_secs
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let many_idle = idle_cpu(&pids, args.idle_secs).await?;
+    eprintln!("{} functions: sync latency of one at c=1…", args.functions);
+    let many_latency = sync_series(&client, &first, args.requests).await?;
+
+    let mut out = format!(
+        "\n{} functions deployed ({} slots); figures with 1 function beside\n\n",
+        args.functions, args.slots
+    );
+    out += &format!(
+        "cold invocations of distinct functions: {} in {cold_secs:.1} s = {cold_rate:.1}/s, \
+         {failed} not succeeded   (target ≥ {TARGET_COLD_PER_SECOND:.0}/s: {})\n",
+        args.functions,
+        verdict(cold_rate >= TARGET_COLD_PER_SECOND)
+    );
+    out += &format!(
+        "\n{:<28} {:>12} {:>12}\n",
+        "",
+        "1 function",
+        format!("{} functions", args.functions)
+    );
+    out += &format!(
+        "{:<28} {:>12.0} {:>12.0}\n{:<28} {:>12.0} {:>12.0}\n",
+        "sync p50 of one, c=1 (µs)",
+        one_latency.p50_us,
+        many_latency.p50_us,
+        "sync p99 of one, c=1 (µs)",
+        one_latency.p99_us,
+        many_latency.p99_us
+    );
+    let mut one_total = 0.0;
+    let mut many_total = 0.0;
+    for ((name, one), (_, many)) in one_idle.iter().zip(&many_idle) {
+        out += &format!(
+            "{:<28} {:>11.2}% {:>11.2}%\n",
+            format!("idle CPU, {name}"),
+            one * 100.0,
+            many * 100.0
+        );
+        one_total += one;
+        many_total += many;
+    }
+    out += &format!(
+        "{:<28} {:>11.2}% {:>11.2}%   (target ≤ {:.0}% of a core: {})\n",
+        "idle CPU, together",
+        one_total * 100.0,
+        many_total * 100.0,
+        TARGET_IDLE_CPU * 100.0,
+        verdict(many_total <= TARGET_IDLE_CPU)
+    );
+    let ratio = many_latency.p50_us / one_latency.p50_us;
+    out += &format!(
+        "sync p50 with {} functions / with 1: {ratio:.2}x   (target ≤ {TARGET_P50_RATIO}x: {})\n",
+        args.functions,
+        verdict(ratio <= TARGET_P50_RATIO)
+    );
+    Ok(out)
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+/// Warms `name` up, then `n` sequential sync invocations.
+async fn sync_series(client: &Client, name: &str, n: usize) -> Result<Latency> {
+    for _ in 0..20 {
+        client.invoke(name, false).await?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let body = client.invoke(name, false).await?;
+        ensure!(body["status"] == "succeeded", "invocation failed: {body}");
+        samples.push(t.elapsed());
+    }
+    Ok(Latency::of(samples))
+}
+
+/// Runs `f` for every name, [`SETUP_CONCURRENCY`] at once; the first error fails it.
+async fn for_each<F, Fut>(client: &Client, names: Vec<String>, f: F) -> Result<()>
+where
+    F: Fn(Client, String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let queue = Arc::new(std::sync::Mutex::new(names));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..SETUP_CONCURRENCY {
+        let (queue, client, f) = (queue.clone(), client.clone(), f.clone());
+        tasks.spawn(async move {
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let Some(name) = next else {
+                    return anyhow::Ok(());
+                };
+                f(client.clone(), name).await?;
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    Ok(())
+}
