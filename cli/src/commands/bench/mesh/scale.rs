@@ -18,6 +18,8 @@ use crate::args::ScaleBenchArgs;
 
 /// Requests in flight while deploying and invoking the many functions.
 const SETUP_CONCURRENCY: usize = 16;
+/// The pause between the cold invocations and the idle CPU sample.
+const SETTLE: Duration = Duration::from_secs(10);
 /// The longest wait for every cold invocation to finish.
 const COLD_MAX: Duration = Duration::from_secs(600);
 /// Targets of the hot-path issue.
