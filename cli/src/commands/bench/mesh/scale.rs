@@ -253,11 +253,15 @@ async fn scale(
     let cold_secs = started.elapsed().as_secs_f64();
     let cold_rate = args.functions as f64 / cold_secs;
 
+    // The burst leaves housekeeping behind (the server's consumer state, evicted sandboxes):
+    // idle is measured once it settled.
     eprintln!(
-        "{} functions: idle CPU for {} s…",
-        args.functions, args.idle_secs
+        "{} functions: settling {} s, then idle CPU for {} s…",
+        args.functions,
+        SETTLE.as_secs(),
+        args.idle_secs
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(SETTLE).await;
     let many_idle = idle_cpu(&pids, args.idle_secs).await?;
     eprintln!("{} functions: sync latency of one at c=1…", args.functions);
     let many_latency = sync_series(&client, &first, args.requests).await?;
