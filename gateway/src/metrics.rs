@@ -230,7 +230,7 @@ impl GatewayMetrics {
                 Opts::new(
                     "fnmesh_store_writes_total",
                     "Rows written by those transactions, by kind (insert: accepted records; \
-                     outcome: sync outcomes written through; event: node events applied).",
+                     outcome: sync outcomes written through; event: node events the recorder wrote).",
                 ),
                 &["kind"],
             )?,
@@ -309,7 +309,7 @@ impl GatewayMetrics {
         }
     }
 
-    /// Counts `transactions` write transactions of the recorder applying `events` node events.
+    /// Counts `transactions` write transactions of the recorder writing `events` node events.
     pub(crate) fn observe_recorder_writes(&self, transactions: usize, events: usize) {
         if transactions > 0 {
             self.store_transactions

@@ -123,9 +123,9 @@ impl Recorder {
     async fn handle_events(&self, batch: Vec<EventDelivery>) {
         let (events, ackers): (Vec<NodeEvent>, Vec<Box<dyn Acker>>) =
             batch.into_iter().map(|d| (d.event, d.acker)).unzip();
-        let (settled, transactions) = record_counted(self.store.as_ref(), &events).await;
+        let (settled, writes) = record_counted(self.store.as_ref(), &events).await;
         if let Some(metrics) = &self.metrics {
-            metrics.observe_recorder_writes(transactions, events.len());
+            metrics.observe_recorder_writes(writes.transactions, writes.rows);
             for (event, &done) in events.iter().zip(&settled) {
                 if let (NodeEvent::Finished(outcome), true) = (event, done) {
                     metrics.observe_result(&outcome.result);
@@ -221,12 +221,21 @@ pub async fn record_events(store: &dyn MetadataStore, events: &[NodeEvent]) -> V
     record_counted(store, events).await.0
 }
 
-/// [`record_events`], and how many write transactions it took.
-async fn record_counted(store: &dyn MetadataStore, events: &[NodeEvent]) -> (Vec<bool>, usize) {
+/// The store writes one batch of events took.
+#[derive(Debug, Default, Clone, Copy)]
+struct Writes {
+    /// Write transactions.
+    transactions: usize,
+    /// Records and logs rows sent.
+    rows: usize,
+}
+
+/// [`record_events`], and the writes it took.
+async fn record_counted(store: &dyn MetadataStore, events: &[NodeEvent]) -> (Vec<bool>, Writes) {
     let mut settled = vec![true; events.len()];
-    let mut transactions = 0;
+    let mut writes = Writes::default();
     if events.is_empty() {
-        return (settled, transactions);
+        return (settled, writes);
     }
     let keys: Vec<(Namespace, InvocationId)> = events
         .iter()
@@ -239,7 +248,7 @@ async fn record_counted(store: &dyn MetadataStore, events: &[NodeEvent]) -> (Vec
         Ok(records) => records.into_iter().flatten().map(|r| (r.id, r)).collect(),
         Err(e) => {
             tracing::warn!(error = %e, batch.size = events.len(), "reading the records of node events failed; they will be redelivered");
-            return (vec![false; events.len()], transactions);
+            return (vec![false; events.len()], writes);
         }
     };
 
@@ -297,12 +306,13 @@ async fn record_counted(store: &dyn MetadataStore, events: &[NodeEvent]) -> (Vec
         update_of.push(i);
     }
     if !updates.is_empty() {
-        let writes: Vec<(&InvocationResult, Option<&InvocationLogs>)> = updates
+        let batch: Vec<(&InvocationResult, Option<&InvocationLogs>)> = updates
             .iter()
             .map(|(record, logs)| (record, *logs))
             .collect();
-        transactions += 1;
-        match store.write_invocations(&[], &writes).await {
+        writes.transactions += 1;
+        writes.rows += batch.len();
+        match store.write_invocations(&[], &batch).await {
             Ok(written) => {
                 let fenced = written.applied.iter().filter(|applied| !**applied).count();
                 if fenced > 0 {
@@ -341,7 +351,8 @@ async fn record_counted(store: &dyn MetadataStore, events: &[NodeEvent]) -> (Vec
             }
         };
         if !missing.is_empty() {
-            transactions += 1;
+            writes.transactions += 1;
+            writes.rows += missing.len();
             if let Err(e) = store.put_logs_batch(&logs_of(events, &missing)).await {
                 tracing::warn!(error = %e, batch.size = missing.len(), "recording logs failed; the outcomes will be redelivered");
                 for i in missing {
@@ -350,7 +361,7 @@ async fn record_counted(store: &dyn MetadataStore, events: &[NodeEvent]) -> (Vec
             }
         }
     }
-    (settled, transactions)
+    (settled, writes)
 }
 
 /// The logs of the `Finished` events at `indices`.
