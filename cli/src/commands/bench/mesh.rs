@@ -175,17 +175,7 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
         "--concurrency must be between 1 and 1000"
     );
     ensure!(args.duration_secs > 0, "--duration-secs must be at least 1");
-    let scratch = match &args.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            tempfile::Builder::new()
-                .prefix("fnmesh-bench-mesh-")
-                .tempdir_in(d)?
-        }
-        None => tempfile::Builder::new()
-            .prefix("fnmesh-bench-mesh-")
-            .tempdir()?,
-    };
+    let scratch = scratch_dir(args.work_dir.as_deref(), "fnmesh-bench-mesh-")?;
     let work = scratch.path().to_path_buf();
 
     // Declared first, so dropped last: the children stop before their NATS server.
@@ -260,6 +250,20 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
     eprintln!("stopping fnmesh…");
     drop(mesh);
     Ok(figures)
+}
+
+/// A fresh temp dir named `prefix…`, in `work_dir` (created if needed) or the system's temp
+/// dir; removed when dropped.
+fn scratch_dir(work_dir: Option<&std::path::Path>, prefix: &str) -> Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    match work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            Ok(builder.tempdir_in(d)?)
+        }
+        None => Ok(builder.tempdir()?),
+    }
 }
 
 /// The human-readable table of `fnmesh bench mesh`.

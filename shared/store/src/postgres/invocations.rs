@@ -1,7 +1,7 @@
 //! What PostgreSQL does its own way in [`crate::InvocationStore`]: the fenced update in one
 //! round trip, and batches as `UNNEST`ed or `ANY` arrays, one statement per batch.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -10,10 +10,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{replace_nul, to_json, PostgresStore};
 use crate::common::{fenced_off, TERMINAL_SQL};
-use crate::sql::{
-    insert_queued_rows, inserted_flags, put_logs_rows, EngineInvocations, SqlEngine as _,
-    SqlRow as _,
-};
+use crate::sql::{insert_queued_in, put_applied_logs_in, EngineInvocations};
 use crate::{StoreError, StoreSize, Written};
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{InvocationLogs, InvocationRequest, InvocationResult};
@@ -178,30 +175,13 @@ impl EngineInvocations for PostgresStore {
         outcomes: &[(&InvocationResult, Option<&InvocationLogs>)],
     ) -> Result<Written, StoreError> {
         let now = Utc::now();
-        let insert_statements = insert_queued_rows::<Self>(inserts, now)?;
         let records: Vec<&InvocationResult> = outcomes.iter().map(|(record, _)| *record).collect();
         let mut tx = self.pool.begin().await?;
-        let mut returned = HashSet::with_capacity(inserts.len());
-        for sql in insert_statements {
-            for row in PostgresStore::fetch_all(&mut tx, sql).await? {
-                returned.insert(row.text("id")?);
-            }
-        }
+        let inserted = insert_queued_in::<Self>(&mut tx, inserts, now).await?;
         let applied = updates_in(&mut tx, &records, now).await?;
-        let logs: Vec<(InvocationId, &InvocationLogs)> = outcomes
-            .iter()
-            .zip(&applied)
-            .filter(|(_, &applied)| applied)
-            .filter_map(|((record, logs), _)| Some((record.id, (*logs)?)))
-            .collect();
-        for sql in put_logs_rows(&logs) {
-            PostgresStore::execute(&mut tx, sql).await?;
-        }
+        put_applied_logs_in::<Self>(&mut tx, outcomes, &applied).await?;
         tx.commit().await?;
-        Ok(Written {
-            inserted: inserted_flags(inserts, returned),
-            applied,
-        })
+        Ok(Written { inserted, applied })
     }
 
     /// [`crate::InvocationStore::store_size`]: the database's size and the planner's estimate

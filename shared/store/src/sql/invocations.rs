@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    execute, fetch_all, fetch_one, fetch_optional, fetch_page, newest_first, Listing, Sql,
+    execute, fetch_all, fetch_one, fetch_optional, fetch_page, newest_first, Conn, Listing, Sql,
     SqlEngine, SqlRow,
 };
 use crate::common::TERMINAL_SQL;
@@ -105,7 +105,7 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// The statements inserting the `queued` records of `requests` with their requests, one per
 /// chunk of [`ROWS_PER_STATEMENT`], each skipping ids that exist and returning (column `id`)
 /// the ids it inserted. See [`inserted_flags`].
-pub(crate) fn insert_queued_rows<E: SqlEngine>(
+fn insert_queued_rows<E: SqlEngine>(
     requests: &[&InvocationRequest],
     now: DateTime<Utc>,
 ) -> Result<Vec<Sql>, StoreError> {
@@ -148,7 +148,7 @@ pub(crate) fn insert_queued_rows<E: SqlEngine>(
 
 /// Per request, in order: whether its id is among those `returned` by
 /// [`insert_queued_rows`] (a repeated id counts once, for its first request).
-pub(crate) fn inserted_flags(
+fn inserted_flags(
     requests: &[&InvocationRequest],
     mut returned: std::collections::HashSet<String>,
 ) -> Vec<bool> {
@@ -160,7 +160,7 @@ pub(crate) fn inserted_flags(
 
 /// The statements storing (replacing) these logs, one per chunk of [`ROWS_PER_STATEMENT`];
 /// for a repeated id only its last logs (PostgreSQL lets one statement touch a row once).
-pub(crate) fn put_logs_rows(logs: &[(InvocationId, &InvocationLogs)]) -> Vec<Sql> {
+fn put_logs_rows(logs: &[(InvocationId, &InvocationLogs)]) -> Vec<Sql> {
     let mut last: Vec<(InvocationId, &InvocationLogs)> = Vec::with_capacity(logs.len());
     for (id, entry) in logs.iter().rev() {
         if !last.iter().any(|(seen, _)| seen == id) {
@@ -188,6 +188,42 @@ pub(crate) fn put_logs_rows(logs: &[(InvocationId, &InvocationLogs)]) -> Vec<Sql
             sql
         })
         .collect()
+}
+
+/// Inserts the `queued` records of `requests` with their requests on `conn` (inside the
+/// caller's transaction), skipping ids that exist: per request, whether it was inserted (a
+/// repeated id counts once, for its first request).
+pub(crate) async fn insert_queued_in<E: SqlEngine>(
+    conn: &mut Conn<E>,
+    requests: &[&InvocationRequest],
+    now: DateTime<Utc>,
+) -> Result<Vec<bool>, StoreError> {
+    let mut returned = std::collections::HashSet::with_capacity(requests.len());
+    for sql in insert_queued_rows::<E>(requests, now)? {
+        for row in E::fetch_all(conn, sql).await? {
+            returned.insert(row.text("id")?);
+        }
+    }
+    Ok(inserted_flags(requests, returned))
+}
+
+/// Stores on `conn` (inside the caller's transaction) the logs of the `updates` that
+/// `applied`.
+pub(crate) async fn put_applied_logs_in<E: SqlEngine>(
+    conn: &mut Conn<E>,
+    updates: &[(&InvocationResult, Option<&InvocationLogs>)],
+    applied: &[bool],
+) -> Result<(), StoreError> {
+    let logs: Vec<(InvocationId, &InvocationLogs)> = updates
+        .iter()
+        .zip(applied)
+        .filter(|(_, &applied)| applied)
+        .filter_map(|((record, logs), _)| Some((record.id, (*logs)?)))
+        .collect();
+    for sql in put_logs_rows(&logs) {
+        E::execute(conn, sql).await?;
+    }
+    Ok(())
 }
 
 #[async_trait]

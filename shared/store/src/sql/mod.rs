@@ -29,7 +29,7 @@ mod functions;
 mod invocations;
 mod secrets;
 
-pub(crate) use invocations::{insert_queued_rows, inserted_flags, put_logs_rows, PUT_LOGS_SQL};
+pub(crate) use invocations::{insert_queued_in, put_applied_logs_in, PUT_LOGS_SQL};
 
 /// A value bound to a statement parameter.
 #[derive(Debug, Clone)]

@@ -2,16 +2,14 @@
 //! (one transaction of single statements, or `IN` lists in chunks, where PostgreSQL sends
 //! arrays).
 
-use std::collections::HashSet;
-
 use async_trait::async_trait;
 use chrono::Utc;
 
 use super::SqliteStore;
 use crate::common::{fenced_off, TERMINAL_SQL};
 use crate::sql::{
-    execute, fetch_all, fetch_optional, insert_queued_rows, inserted_flags, put_logs_rows,
-    EngineInvocations, Sql, SqlEngine, SqlRow, PUT_LOGS_SQL,
+    execute, fetch_all, fetch_optional, insert_queued_in, put_applied_logs_in, EngineInvocations,
+    Sql, SqlEngine, SqlRow, PUT_LOGS_SQL,
 };
 use crate::{StoreError, StoreSize, Written};
 use fnmesh_core::ids::InvocationId;
@@ -106,36 +104,19 @@ impl EngineInvocations for SqliteStore {
         outcomes: &[(&InvocationResult, Option<&InvocationLogs>)],
     ) -> Result<Written, StoreError> {
         let now = Utc::now();
-        let insert_statements = insert_queued_rows::<Self>(inserts, now)?;
         let update_statements = outcomes
             .iter()
             .map(|(record, _)| update_sql(record, now))
             .collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.begin_write().await?;
-        let mut returned = HashSet::with_capacity(inserts.len());
-        for sql in insert_statements {
-            for row in SqliteStore::fetch_all(&mut tx, sql).await? {
-                returned.insert(row.text("id")?);
-            }
-        }
+        let inserted = insert_queued_in::<Self>(&mut tx, inserts, now).await?;
         let mut applied = Vec::with_capacity(outcomes.len());
         for sql in update_statements {
             applied.push(SqliteStore::execute(&mut tx, sql).await? > 0);
         }
-        let logs: Vec<(InvocationId, &InvocationLogs)> = outcomes
-            .iter()
-            .zip(&applied)
-            .filter(|(_, &applied)| applied)
-            .filter_map(|((record, logs), _)| Some((record.id, (*logs)?)))
-            .collect();
-        for sql in put_logs_rows(&logs) {
-            SqliteStore::execute(&mut tx, sql).await?;
-        }
+        put_applied_logs_in::<Self>(&mut tx, outcomes, &applied).await?;
         tx.commit().await?;
-        Ok(Written {
-            inserted: inserted_flags(inserts, returned),
-            applied,
-        })
+        Ok(Written { inserted, applied })
     }
 
     /// [`crate::InvocationStore::store_size`]: the main file's pages (the WAL is not counted)

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::procs::{start_nats, MeshProcs};
-use super::{Latency, HANDLER, PAYLOAD};
+use super::{scratch_dir, Latency, HANDLER, PAYLOAD};
 use crate::args::ScaleBenchArgs;
 
 /// Requests in flight while deploying and invoking the many functions.
@@ -137,17 +137,7 @@ pub async fn run(args: ScaleBenchArgs) -> Result<()> {
     }
     ensure!(args.functions >= 1, "--functions must be at least 1");
     ensure!(args.requests >= 1, "--requests must be at least 1");
-    let scratch = match &args.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            tempfile::Builder::new()
-                .prefix("fnmesh-bench-scale-")
-                .tempdir_in(d)?
-        }
-        None => tempfile::Builder::new()
-            .prefix("fnmesh-bench-scale-")
-            .tempdir()?,
-    };
+    let scratch = scratch_dir(args.work_dir.as_deref(), "fnmesh-bench-scale-")?;
     let work = scratch.path().to_path_buf();
     let nats_server = start_nats(&work.join("nats"))?;
     let nats_pid = nats_server

@@ -12,7 +12,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
 use super::procs::{start_nats, MeshProcs};
-use super::{warm_up, Api, Latency};
+use super::{scratch_dir, warm_up, Api, Latency};
 use crate::args::SoakBenchArgs;
 
 /// Targets of the hot-path issue for a 5-minute soak.
@@ -74,17 +74,7 @@ pub async fn run(args: SoakBenchArgs) -> Result<()> {
         (1..=1000).contains(&args.concurrency),
         "--concurrency must be between 1 and 1000"
     );
-    let scratch = match &args.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            tempfile::Builder::new()
-                .prefix("fnmesh-bench-soak-")
-                .tempdir_in(d)?
-        }
-        None => tempfile::Builder::new()
-            .prefix("fnmesh-bench-soak-")
-            .tempdir()?,
-    };
+    let scratch = scratch_dir(args.work_dir.as_deref(), "fnmesh-bench-soak-")?;
     let work = scratch.path().to_path_buf();
     // Declared first, so dropped last: the children stop before their NATS server.
     let nats_server = start_nats(&work.join("nats"))?;
