@@ -129,7 +129,9 @@ async fn commit(store: &dyn MetadataStore, metrics: &GatewayMetrics, batch: Vec<
             for (i, (_, done)) in inserts.into_iter().enumerate() {
                 let _ = done.send(inserted(&written, i));
             }
-            for (i, (_, done)) in outcomes.into_iter().enumerate() {
+            for (i, (outcome, done)) in outcomes.into_iter().enumerate() {
+                // Released first: the caller then takes its outcome back without a copy.
+                drop(outcome);
                 let _ = done.send(Ok(written.applied.get(i).copied().unwrap_or(false)));
             }
         }
