@@ -205,24 +205,10 @@ impl JetStreamBus {
             .map_err(|e| backend("work stream info", e))?
             .state
             .messages;
-        // Only functions with messages in the stream have work queued or in flight: their
-        // subjects are listed by one request, then each one's consumer is read.
-        let mut subjects = self
-            .inner
-            .work_stream
-            .info_with_subjects(subjects::bus_invocations_all(&self.inner.prefix))
-            .await
-            .map_err(|e| backend("reading the work stream's subjects", e))?;
-        let mut active = Vec::new();
-        while let Some(entry) = subjects.next().await {
-            let (subject, _) =
-                entry.map_err(|e| backend("reading the work stream's subjects", e))?;
-            if let Some(names) = subjects::parse_bus_invocation(&self.inner.prefix, &subject) {
-                active.push(names);
-            }
-        }
+        // Only functions with messages in the stream have work queued or in flight: each one's
+        // consumer is read.
         let mut functions = Vec::new();
-        for (namespace, function) in active {
+        for (namespace, function) in self.functions_with_messages().await? {
             let name = subjects::bus_function_consumer(&self.inner.prefix, &namespace, &function);
             let Ok(info) = self.inner.work_stream.consumer_info(&name).await else {
                 continue;
@@ -343,6 +329,28 @@ impl JetStreamBus {
         Ok(())
     }
 
+    /// The functions with messages in the work stream (pending, in flight or due for
+    /// redelivery: a work-queue stream keeps a message until it is acked), from one stream-info
+    /// request with a subjects filter, which lists only subjects holding messages.
+    async fn functions_with_messages(
+        &self,
+    ) -> Result<Vec<(fnmesh_core::Namespace, fnmesh_core::FunctionName)>, BusError> {
+        let prefix = &self.inner.prefix;
+        let mut subjects = self
+            .inner
+            .work_stream
+            .info_with_subjects(subjects::bus_invocations_all(prefix))
+            .await
+            .map_err(|e| backend("reading the work stream's subjects", e))?;
+        let mut functions = Vec::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, _) =
+                entry.map_err(|e| backend("reading the work stream's subjects", e))?;
+            functions.extend(subjects::parse_bus_invocation(prefix, &subject));
+        }
+        Ok(functions)
+    }
+
     /// Reads which functions have messages in the work stream (one stream-info request that
     /// lists only subjects holding messages: work pending, in flight or due for redelivery)
     /// and makes their consumers hot. This finds work that became ready without a hint:
@@ -351,22 +359,14 @@ impl JetStreamBus {
     /// it did, made 10,000 idle functions cost most of a core across the mesh).
     async fn sweep(&self) -> Result<(), BusError> {
         let prefix = &self.inner.prefix;
-        let mut subjects = self
-            .inner
-            .work_stream
-            .info_with_subjects(subjects::bus_invocations_all(prefix))
-            .await
-            .map_err(|e| backend("reading the work stream's subjects", e))?;
-        let mut found = std::collections::HashSet::new();
-        while let Some(entry) = subjects.next().await {
-            let (subject, _) =
-                entry.map_err(|e| backend("reading the work stream's subjects", e))?;
-            if let Some((namespace, function)) = subjects::parse_bus_invocation(prefix, &subject) {
-                found.insert(subjects::bus_function_consumer(
-                    prefix, &namespace, &function,
-                ));
-            }
-        }
+        let found: std::collections::HashSet<String> = self
+            .functions_with_messages()
+            .await?
+            .iter()
+            .map(|(namespace, function)| {
+                subjects::bus_function_consumer(prefix, namespace, function)
+            })
+            .collect();
         let mut ring = self.ring();
         // A consumer without a message in the stream has nothing in flight: not capped.
         ring.capped.retain(|name| found.contains(name));
