@@ -289,7 +289,10 @@ impl CodeCache {
         let pin = CodePin::new(&self.index, Some(name.clone()));
         let lease = |path: PathBuf| CodeLease { path, pin };
         let indexed = lock(&self.index).touch(&name);
-        if indexed && tokio::fs::try_exists(&target).await.unwrap_or(false) {
+        // A plain stat on the calling thread: a few µs, where `tokio::fs` would hand it to the
+        // blocking pool and back (a thread hop per invocation, and a new thread when the pool's
+        // idle ones have timed out).
+        if indexed && target.is_dir() {
             return Ok(lease(target));
         }
         let bytes = self

@@ -279,8 +279,11 @@ impl Worker {
         tokio::pin!(exec);
         // Well within the bus's ack wait, so a long invocation is never redelivered.
         let interval = self.progress_interval();
-        let mut heartbeat = tokio::time::interval(interval);
-        heartbeat.tick().await;
+        // First tick one interval from now. (`interval` would tick at once, and awaiting that
+        // first tick costs up to a millisecond on the timer wheel's resolution, on every
+        // invocation.)
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let execution = loop {
             tokio::select! {
                 out = &mut exec => break out,

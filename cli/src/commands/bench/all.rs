@@ -16,7 +16,8 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
 use super::mesh::{
-    self as bench_mesh, Latency, TARGET_RATIO, TARGET_SIGNING_US, TARGET_THROUGHPUT,
+    self as bench_mesh, Latency, TARGET_EMBEDDED_P50_US, TARGET_EMBEDDED_THROUGHPUT, TARGET_RATIO,
+    TARGET_SIGNING_US, TARGET_THROUGHPUT,
 };
 use super::sandbox::{SandboxFigures, Series};
 use crate::args::{AllBenchArgs, MeshBenchArgs};
@@ -267,11 +268,18 @@ fn rows(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Row> {
     const COLD: &str = "cold start (a new sandbox or process per call)";
     const WARM: &str = "warm round trip, sequential (c=1)";
     const LOAD: &str = "under load";
-    let mut rows = vec![latency_row(
-        WARM,
-        "fnmesh sync invoke over the mesh",
-        &mesh.fnmesh_sync_c1,
-    )];
+    let mut rows = vec![
+        latency_row(
+            WARM,
+            "fnmesh sync invoke over the mesh",
+            &mesh.fnmesh_sync_c1,
+        ),
+        latency_row(
+            WARM,
+            "fnmesh up (embedded) sync invoke",
+            &mesh.embedded_sync_c1,
+        ),
+    ];
     rows.push(latency_row(
         WARM,
         "raw HTTP echo (warp, keep-alive)",
@@ -322,6 +330,14 @@ fn rows(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Row> {
     let mut load = latency_row(
         LOAD,
         &format!("fnmesh sync invoke, c={}", t.concurrency),
+        &t.latency,
+    );
+    load.ops_per_second = Some(t.per_second);
+    rows.push(load);
+    let t = &mesh.embedded_throughput;
+    let mut load = latency_row(
+        LOAD,
+        &format!("fnmesh up (embedded), c={}", t.concurrency),
         &t.latency,
     );
     load.ops_per_second = Some(t.per_second);
@@ -438,6 +454,33 @@ fn ratios(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Ratio> {
             t.concurrency,
             t.errors,
             t.cold_starts
+        ),
+    });
+    let e = &mesh.embedded_sync_c1;
+    out.push(Ratio {
+        name: "fnmesh up (embedded) sync p50, c=1",
+        value: e.p50_us,
+        unit: "µs",
+        target: Some(format!("≤ {TARGET_EMBEDDED_P50_US:.0} µs")),
+        met: Some(e.p50_us <= TARGET_EMBEDDED_P50_US),
+        detail: format!(
+            "{:.2}x (HTTP {} + sandbox {})",
+            mesh.embedded_ratio_p50,
+            fmt_us(mesh.http_echo.p50_us),
+            fmt_us(mesh.sandbox_warm.p50_us)
+        ),
+    });
+    let t = &mesh.embedded_throughput;
+    let r = t.per_second / TARGET_EMBEDDED_THROUGHPUT;
+    out.push(Ratio {
+        name: "fnmesh up (embedded) throughput / target",
+        value: r,
+        unit: "x",
+        target: Some(format!("≥ 1.0x ({TARGET_EMBEDDED_THROUGHPUT:.0}/s)")),
+        met: Some(r >= 1.0),
+        detail: format!(
+            "{:.0}/s recorded at c={}, {} errors, {} cold starts",
+            t.per_second, t.concurrency, t.errors, t.cold_starts
         ),
     });
     out

@@ -13,10 +13,12 @@
 //! 4. a warm round trip through a pooled sandbox driven in this process (the executor the
 //!    node uses, without NATS or HTTP);
 //! 5. fnmesh's sync invoke of a Python echo: p50/p99 at concurrency 1 after a warm-up, then
-//!    invocations/s at `--concurrency` for `--duration-secs`.
+//!    invocations/s at `--concurrency` for `--duration-secs`;
+//! 6. the same through `fnmesh up` (the embedded mode: one process, SQLite, the in-process
+//!    bus), started after the mesh has stopped, so the two never share the cores.
 //!
-//! and prints the ratio of (5) to the sum of (1), (2) and (4), and the throughput against the
-//! targets of the mesh issue (≤ 2× and ≥ 5,000/s).
+//! and prints the ratio of (5) to the sum of (1), (2) and (4), of (6) to the sum of (1) and (4),
+//! and the throughputs against the targets of the hot-path issue.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +55,9 @@ const WARMUP_CALLS: usize = 200;
 /// Targets of the mesh issue.
 pub const TARGET_RATIO: f64 = 2.0;
 pub const TARGET_THROUGHPUT: f64 = 5_000.0;
+/// Targets of the hot-path issue for the embedded mode: c=1 p50 in µs, and c=64 throughput.
+pub const TARGET_EMBEDDED_P50_US: f64 = 600.0;
+pub const TARGET_EMBEDDED_THROUGHPUT: f64 = 6_000.0;
 /// Target of the zero-trust issue: signing plus verifying one invocation, p50, in µs.
 pub const TARGET_SIGNING_US: f64 = 20.0;
 /// Size of the work message body the signing figures are measured on (a request of the bench
@@ -145,6 +150,11 @@ pub struct Figures {
     pub per_invocation: PerInvocation,
     /// fnmesh p50 / (HTTP p50 + NATS p50 + sandbox p50).
     pub ratio_p50: f64,
+    /// `fnmesh up` (gateway and node in one process, the in-process bus): c=1 and throughput.
+    pub embedded_sync_c1: Latency,
+    pub embedded_throughput: Throughput,
+    /// Embedded p50 / (HTTP p50 + sandbox p50).
+    pub embedded_ratio_p50: f64,
     pub target_ratio: f64,
     pub target_throughput_per_second: f64,
 }
@@ -217,39 +227,49 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
 
     eprintln!("starting fnmesh gateway and node…");
     let mut mesh = MeshProcs::start(&work, &nats_url, args.concurrency)?;
-    let figures = match measure_mesh(&mut mesh, &http, &nats, monitor.as_deref(), args).await {
-        Ok((c1, throughput, per_invocation)) => {
-            let floor = http_echo.p50_us + nats_rr.p50_us + sandbox.p50_us;
-            let ceiling = 1.0 / (1.0 / http_rate.max(1e-9) + 1.0 / nats_rate.max(1e-9));
-            Figures {
-                http_echo_per_second: http_rate,
-                nats_request_reply_per_second: nats_rate,
-                ceiling_per_second: ceiling,
-                fraction_of_ceiling: throughput.per_second / ceiling,
-                per_invocation,
-                ratio_p50: c1.p50_us / floor,
-                http_echo,
-                nats_request_reply: nats_rr,
-                jetstream_publish: js_pub,
-                sandbox_warm: sandbox,
-                signing_sign,
-                signing_verify,
-                report_sign,
-                report_verify,
-                fnmesh_sync_c1: c1,
-                fnmesh_throughput: throughput,
-                target_ratio: TARGET_RATIO,
-                target_throughput_per_second: TARGET_THROUGHPUT,
-            }
-        }
-        Err(e) => {
-            eprintln!("{}", mesh.log_tails());
-            return Err(e);
-        }
-    };
+    let measured = measure_mesh(&mut mesh, &http, Some(&nats), monitor.as_deref(), args).await;
+    if measured.is_err() {
+        eprintln!("{}", mesh.log_tails());
+    }
     eprintln!("stopping fnmesh…");
     drop(mesh);
-    Ok(figures)
+    let (c1, throughput, per_invocation) = measured?;
+
+    eprintln!("starting fnmesh up (the embedded mode)…");
+    let mut embedded = MeshProcs::start_embedded(&work, args.concurrency)?;
+    let measured = measure_mesh(&mut embedded, &http, None, None, args).await;
+    if measured.is_err() {
+        eprintln!("{}", embedded.log_tails());
+    }
+    eprintln!("stopping fnmesh up…");
+    drop(embedded);
+    let (embedded_c1, embedded_throughput, _) = measured?;
+
+    let floor = http_echo.p50_us + nats_rr.p50_us + sandbox.p50_us;
+    let ceiling = 1.0 / (1.0 / http_rate.max(1e-9) + 1.0 / nats_rate.max(1e-9));
+    Ok(Figures {
+        http_echo_per_second: http_rate,
+        nats_request_reply_per_second: nats_rate,
+        ceiling_per_second: ceiling,
+        fraction_of_ceiling: throughput.per_second / ceiling,
+        per_invocation,
+        ratio_p50: c1.p50_us / floor,
+        embedded_ratio_p50: embedded_c1.p50_us / (http_echo.p50_us + sandbox.p50_us),
+        embedded_sync_c1: embedded_c1,
+        embedded_throughput,
+        http_echo,
+        nats_request_reply: nats_rr,
+        jetstream_publish: js_pub,
+        sandbox_warm: sandbox,
+        signing_sign,
+        signing_verify,
+        report_sign,
+        report_verify,
+        fnmesh_sync_c1: c1,
+        fnmesh_throughput: throughput,
+        target_ratio: TARGET_RATIO,
+        target_throughput_per_second: TARGET_THROUGHPUT,
+    })
 }
 
 /// A fresh temp dir named `prefix…`, in `work_dir` (created if needed) or the system's temp
@@ -365,6 +385,45 @@ pub fn table(f: &Figures) -> String {
         f.sandbox_warm.p50_us,
         f.ratio_p50,
     );
+    out += &embedded_table(f);
+    out
+}
+
+/// The embedded mode's part of the table.
+fn embedded_table(f: &Figures) -> String {
+    let t = &f.embedded_throughput;
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    let mut out = format!(
+        "\nembedded (fnmesh up: one process, SQLite, in-process bus)\n\
+         {:<48} {:>6} {:>9.0} {:>9.0}   (target p50 ≤ {TARGET_EMBEDDED_P50_US:.0} µs: {})\n\
+         {:<48} {:>6} {:>9.0} {:>9.0}\n\
+         at concurrency {} for {:.1} s: {} succeeded ({} cold starts), {} errors; \
+         {:.0} invocations/s recorded   (target ≥ {TARGET_EMBEDDED_THROUGHPUT:.0}/s: {:.2}x of it)\n\
+         ratio embedded p50 / (HTTP + sandbox p50) = {:.0} / ({:.0} + {:.0}) µs: {:.2}x\n",
+        "fnmesh up warm sync invoke, c=1",
+        f.embedded_sync_c1.n,
+        f.embedded_sync_c1.p50_us,
+        f.embedded_sync_c1.p99_us,
+        verdict(f.embedded_sync_c1.p50_us <= TARGET_EMBEDDED_P50_US),
+        format!("fnmesh up latency at c={} (µs)", t.concurrency),
+        t.latency.n,
+        t.latency.p50_us,
+        t.latency.p99_us,
+        t.concurrency,
+        t.duration_s,
+        t.succeeded,
+        t.cold_starts,
+        t.errors,
+        t.per_second,
+        t.per_second / TARGET_EMBEDDED_THROUGHPUT,
+        f.embedded_sync_c1.p50_us,
+        f.http_echo.p50_us,
+        f.sandbox_warm.p50_us,
+        f.embedded_ratio_p50,
+    );
+    if let Some(e) = &t.first_error {
+        out += &format!("first error: {e}\n");
+    }
     out
 }
 
@@ -372,7 +431,7 @@ pub fn table(f: &Figures) -> String {
 async fn measure_mesh(
     mesh: &mut MeshProcs,
     http: &reqwest::Client,
-    nats: &async_nats::Client,
+    nats: Option<&async_nats::Client>,
     monitor: Option<&str>,
     args: &MeshBenchArgs,
 ) -> Result<(Latency, Throughput, PerInvocation)> {
@@ -413,7 +472,16 @@ async fn measure_mesh(
     )
     .await;
     eprintln!("waiting for the recorders to record what the run left on the event stream…");
-    record_drain(&mesh.events_stream()?, nats, &mut throughput).await?;
+    let backlog = match (mesh.events_stream()?, nats) {
+        (Some(stream), Some(nats)) => Backlog::Stream(
+            async_nats::jetstream::new(nats.clone())
+                .get_stream(&stream)
+                .await
+                .with_context(|| format!("looking up the event stream {stream}"))?,
+        ),
+        _ => Backlog::Metrics(api.clone()),
+    };
+    record_drain(&backlog, &mut throughput).await?;
     let after = Counts::read(http, &api.base, &api.key, monitor).await?;
     let per_invocation = after.per_invocation(&before, throughput.succeeded);
     ensure!(
@@ -431,26 +499,57 @@ async fn measure_mesh(
 /// The longest wait, after the throughput run, for the event stream to empty.
 pub const RECORD_DRAIN_MAX: Duration = Duration::from_secs(120);
 
-/// Waits until the node event stream `stream` is empty (every event of the run recorded), at
-/// most [`RECORD_DRAIN_MAX`], and sets `per_second` to the invocations of the run over the run
+/// Where the node events of a run wait to be recorded.
+enum Backlog {
+    /// The region's event stream (over NATS).
+    Stream(async_nats::jetstream::stream::Stream),
+    /// The gateway's `fnmesh_stream_messages{stream="events"}` (any bus; refreshed at most
+    /// once a second).
+    Metrics(Api),
+}
+
+impl Backlog {
+    /// Events not yet recorded.
+    async fn pending(&self) -> Result<u64> {
+        match self {
+            Backlog::Stream(stream) => Ok(stream.get_info().await?.state.messages),
+            Backlog::Metrics(api) => {
+                let text = api
+                    .http
+                    .get(format!("{}/metrics", api.base))
+                    .bearer_auth(&api.key)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .text()
+                    .await?;
+                let samples = fnmesh_core::metrics::parse_text(&text)
+                    .map_err(|e| anyhow::anyhow!("parsing the gateway's metrics: {e}"))?;
+                let events = samples
+                    .iter()
+                    .find(|s| {
+                        s.name == "fnmesh_stream_messages"
+                            && s.labels.get("stream").map(String::as_str) == Some("events")
+                    })
+                    .context(
+                        "the gateway's metrics have no fnmesh_stream_messages{stream=\"events\"}",
+                    )?;
+                Ok(events.value as u64)
+            }
+        }
+    }
+}
+
+/// Waits until `backlog` is empty (every event of the run recorded), at most
+/// [`RECORD_DRAIN_MAX`], and sets `per_second` to the invocations of the run over the run
 /// plus that wait.
-async fn record_drain(
-    stream: &str,
-    nats: &async_nats::Client,
-    throughput: &mut Throughput,
-) -> Result<()> {
-    let js = async_nats::jetstream::new(nats.clone());
-    let mut events = js
-        .get_stream(stream)
-        .await
-        .with_context(|| format!("looking up the event stream {stream}"))?;
+async fn record_drain(backlog: &Backlog, throughput: &mut Throughput) -> Result<()> {
     let started = Instant::now();
-    let pending = |info: &async_nats::jetstream::stream::Info| info.state.messages;
-    throughput.events_pending_at_end = pending(events.info().await?);
+    throughput.events_pending_at_end = backlog.pending().await?;
     let mut left = throughput.events_pending_at_end;
     while left > 0 && started.elapsed() < RECORD_DRAIN_MAX {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        left = pending(events.info().await?);
+        left = backlog.pending().await?;
     }
     throughput.recorded = left == 0;
     throughput.record_drain_s = if left == 0 && throughput.events_pending_at_end == 0 {

@@ -1,5 +1,6 @@
 //! The processes `fnmesh bench mesh` starts and always stops (drop guards): a
-//! `nats-server -js`, and `fnmesh gateway` and `fnmesh node` as children of this binary.
+//! `nats-server -js`, and `fnmesh gateway` and `fnmesh node` as children of this binary, or
+//! one `fnmesh up` (the embedded mode: gateway and node in one process on the in-process bus).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -119,12 +120,13 @@ pub(super) fn start_nats(dir: &Path) -> Result<NatsServer> {
     })
 }
 
-/// The gateway and node child processes (the node stops first).
+/// The gateway and node child processes (the node stops first), or one `fnmesh up`.
 pub(super) struct MeshProcs {
-    node: ChildProc,
+    /// `None` in the embedded mode (the node runs in the gateway's process).
+    node: Option<ChildProc>,
     gateway: ChildProc,
-    /// The region (the bus prefix) both run in.
-    region: String,
+    /// The region (the bus prefix) both run in; `None` in the embedded mode (no NATS).
+    region: Option<String>,
     pub(super) base_url: String,
     pub(super) admin_key: String,
 }
@@ -167,23 +169,64 @@ impl MeshProcs {
             .env("FNMESH_MAX_SANDBOXES", (concurrency + 8).to_string());
         let node = ChildProc::spawn("fnmesh node", nd, work.join("node.log"))?;
         Ok(Self {
-            node,
+            node: Some(node),
             gateway,
-            region,
+            region: Some(region),
             base_url: format!("http://127.0.0.1:{port}"),
             admin_key,
         })
     }
 
-    /// The name of the region's node event stream.
-    pub(super) fn events_stream(&self) -> Result<String> {
-        let prefix = BusPrefix::parse(&self.region)?;
-        Ok(subjects::bus_stream(&prefix, BusRole::Events))
+    /// Starts `fnmesh up` on its embedded defaults (SQLite, a local code directory, the
+    /// in-process bus) in `work/embedded`, with the same slots, sandbox cap and per-key limit
+    /// as [`Self::start`] gives the mesh.
+    pub(super) fn start_embedded(work: &Path, concurrency: usize) -> Result<Self> {
+        let exe = std::env::current_exe().context("locating the fnmesh binary")?;
+        let dir = work.join("embedded");
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        let admin_key = format!("bench-{:032x}", rand::random::<u128>());
+        let mut cmd = Command::new(&exe);
+        cmd.arg("up")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env(
+                "FNMESH_LOG",
+                std::env::var("FNMESH_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .env("FNMESH_DATA_DIR", dir.join("data"))
+            .env("FNMESH_DRAIN_SECS", "10")
+            .env("FNMESH_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FNMESH_ADMIN_KEY", &admin_key)
+            .env("FNMESH_KEY_RATE_LIMIT", "0")
+            .env("FNMESH_NODE_SLOTS", concurrency.to_string())
+            .env("FNMESH_MAX_SANDBOXES", (concurrency + 8).to_string());
+        let gateway = ChildProc::spawn("fnmesh up", cmd, dir.join("up.log"))?;
+        Ok(Self {
+            node: None,
+            gateway,
+            region: None,
+            base_url: format!("http://127.0.0.1:{port}"),
+            admin_key,
+        })
+    }
+
+    /// The name of the region's node event stream (`None` in the embedded mode).
+    pub(super) fn events_stream(&self) -> Result<Option<String>> {
+        let Some(region) = &self.region else {
+            return Ok(None);
+        };
+        let prefix = BusPrefix::parse(region)?;
+        Ok(Some(subjects::bus_stream(&prefix, BusRole::Events)))
     }
 
     /// The name of the region's work stream.
     pub(super) fn work_stream(&self) -> Result<String> {
-        let prefix = BusPrefix::parse(&self.region)?;
+        let region = self
+            .region
+            .as_deref()
+            .context("the embedded mode has no work stream")?;
+        let prefix = BusPrefix::parse(region)?;
         Ok(subjects::bus_stream(&prefix, BusRole::Invocations))
     }
 
@@ -197,7 +240,9 @@ impl MeshProcs {
         let url = format!("{}/readyz", self.base_url);
         loop {
             self.gateway.check_running()?;
-            self.node.check_running()?;
+            if let Some(node) = &mut self.node {
+                node.check_running()?;
+            }
             let ready = http
                 .get(&url)
                 .send()
@@ -217,15 +262,26 @@ impl MeshProcs {
 
     /// The process ids of the gateway and the node.
     pub(super) fn pids(&self) -> (Option<u32>, Option<u32>) {
-        (self.gateway.pid(), self.node.pid())
+        (
+            self.gateway.pid(),
+            self.node.as_ref().and_then(ChildProc::pid),
+        )
     }
 
     pub(super) fn log_tails(&self) -> String {
-        format!(
-            "--- fnmesh gateway log (last lines) ---\n{}\n--- fnmesh node log (last lines) ---\n{}",
-            self.gateway.tail(30),
-            self.node.tail(30)
-        )
+        let mut out = format!(
+            "--- {} log (last lines) ---\n{}",
+            self.gateway.name,
+            self.gateway.tail(30)
+        );
+        if let Some(node) = &self.node {
+            out += &format!(
+                "\n--- {} log (last lines) ---\n{}",
+                node.name,
+                node.tail(30)
+            );
+        }
+        out
     }
 }
 

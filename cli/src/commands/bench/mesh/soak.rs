@@ -120,7 +120,9 @@ async fn soak(
     warm_up(&api, args.concurrency, Duration::from_secs(3)).await;
 
     let js = async_nats::jetstream::new(nats.clone());
-    let mut events = js.get_stream(mesh.events_stream()?).await?;
+    let mut events = js
+        .get_stream(mesh.events_stream()?.context("the soak runs on the mesh")?)
+        .await?;
     let mut work = js.get_stream(mesh.work_stream()?).await?;
 
     let tally = Arc::new(Mutex::new(Tally::default()));
