@@ -100,7 +100,7 @@ fn insert_queued<E: SqlEngine>(
 
 /// Rows one multi-row statement of [`insert_queued_rows`] or [`put_logs_rows`] carries at most
 /// (10 parameters a row: far below SQLite's 32,766 and PostgreSQL's 65,535).
-const ROWS_PER_STATEMENT: usize = 500;
+pub(crate) const ROWS_PER_STATEMENT: usize = 500;
 
 /// The statements inserting the `queued` records of `requests` with their requests, one per
 /// chunk of [`ROWS_PER_STATEMENT`], each skipping ids that exist and returning (column `id`)

@@ -29,7 +29,9 @@ mod functions;
 mod invocations;
 mod secrets;
 
-pub(crate) use invocations::{insert_queued_in, put_applied_logs_in, PUT_LOGS_SQL};
+pub(crate) use invocations::{
+    insert_queued_in, put_applied_logs_in, PUT_LOGS_SQL, ROWS_PER_STATEMENT,
+};
 
 /// A value bound to a statement parameter.
 #[derive(Debug, Clone)]
