@@ -473,12 +473,12 @@ async fn measure_mesh(
     .await;
     eprintln!("waiting for the recorders to record what the run left on the event stream…");
     let backlog = match (mesh.events_stream()?, nats) {
-        (Some(stream), Some(nats)) => Backlog::Stream(
+        (Some(stream), Some(nats)) => Backlog::Stream(Box::new(
             async_nats::jetstream::new(nats.clone())
                 .get_stream(&stream)
                 .await
                 .with_context(|| format!("looking up the event stream {stream}"))?,
-        ),
+        )),
         _ => Backlog::Metrics(api.clone()),
     };
     record_drain(&backlog, &mut throughput).await?;
@@ -502,7 +502,7 @@ pub const RECORD_DRAIN_MAX: Duration = Duration::from_secs(120);
 /// Where the node events of a run wait to be recorded.
 enum Backlog {
     /// The region's event stream (over NATS).
-    Stream(async_nats::jetstream::stream::Stream),
+    Stream(Box<async_nats::jetstream::stream::Stream>),
     /// The gateway's `fnmesh_stream_messages{stream="events"}` (any bus; refreshed at most
     /// once a second).
     Metrics(Api),
