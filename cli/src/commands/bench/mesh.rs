@@ -514,17 +514,7 @@ impl Backlog {
         match self {
             Backlog::Stream(stream) => Ok(stream.get_info().await?.state.messages),
             Backlog::Metrics(api) => {
-                let text = api
-                    .http
-                    .get(format!("{}/metrics", api.base))
-                    .bearer_auth(&api.key)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .text()
-                    .await?;
-                let samples = fnmesh_core::metrics::parse_text(&text)
-                    .map_err(|e| anyhow::anyhow!("parsing the gateway's metrics: {e}"))?;
+                let samples = api.metrics().await?;
                 let events = samples
                     .iter()
                     .find(|s| {
@@ -677,6 +667,21 @@ struct Api {
 }
 
 impl Api {
+    /// The gateway's `/metrics`, parsed.
+    async fn metrics(&self) -> Result<Vec<fnmesh_core::metrics::Sample>> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        fnmesh_core::metrics::parse_text(&text)
+            .map_err(|e| anyhow::anyhow!("parsing the gateway's metrics: {e}"))
+    }
+
     async fn deploy(&self, concurrency: usize) -> Result<()> {
         // A single file is stored under the handler's file name (`main.py`).
         let body = json!({

@@ -201,16 +201,7 @@ async fn soak(
 
 /// `fnmesh_store_bytes` and `fnmesh_store_invocations` from the gateway's metrics.
 async fn store_sizes(api: &Api) -> Result<(f64, f64)> {
-    let text = api
-        .http
-        .get(format!("{}/metrics", api.base))
-        .bearer_auth(&api.key)
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    let samples = fnmesh_core::metrics::parse_text(&text).map_err(|e| anyhow::anyhow!(e))?;
+    let samples = api.metrics().await?;
     let value = |name: &str| {
         samples
             .iter()
