@@ -19,7 +19,7 @@ use fnmesh_bus::registry::conformance::node_info;
 use fnmesh_bus::registry::jetstream::JetStreamRegistry;
 use fnmesh_bus::registry::NodeRegistry;
 use fnmesh_bus::{Bus, BusConfig, Signatures};
-use fnmesh_core::claims::{ClaimKey, NodeMessage, NODE_SIGNATURE_HEADER};
+use fnmesh_core::claims::{ClaimKey, NodeMessage, ReportKey, NODE_SIGNATURE_HEADER};
 use fnmesh_core::signing::{Rejection, Rejections, SigningKey, TrustedKeys};
 use fnmesh_core::subjects::{self, BusPrefix, BusRole, InboxOwner};
 use fnmesh_core::{InvocationOutcome, InvocationRequest, NodeEvent};
@@ -172,6 +172,28 @@ impl Plane {
     ) -> HeaderMap {
         let header =
             NodeMessage { subject, body }.sign(&self.attacker_key, claim, node_id, attempt, max);
+        let mut headers = HeaderMap::new();
+        headers.insert(NODE_SIGNATURE_HEADER, header.as_str());
+        headers
+    }
+
+    /// The attacker's `v2` header (a MAC under the report key its own key agrees with the
+    /// gateway key) presented as made by `key`, for `node_id` and `attempt` with `claim`.
+    #[allow(clippy::too_many_arguments)]
+    fn forge_mac(
+        &self,
+        subject: &str,
+        body: &[u8],
+        key: &str,
+        claim: &fnmesh_core::claims::Claim,
+        node_id: &str,
+        attempt: u32,
+        max: u32,
+    ) -> HeaderMap {
+        let report =
+            ReportKey::for_node(&self.attacker_key, self.gateway_key.public_key()).unwrap();
+        let header =
+            NodeMessage { subject, body }.authenticate(key, &report, claim, node_id, attempt, max);
         let mut headers = HeaderMap::new();
         headers.insert(NODE_SIGNATURE_HEADER, header.as_str());
         headers
@@ -334,6 +356,28 @@ async fn forged_events_are_refused_and_counted_and_honest_ones_recorded() {
         p.forge_with(s, b, &held, "evil", 1_000_000, 1_000_000)
     })
     .await;
+    // Authenticated with a MAC (`v2`, what honest nodes send): under the honest node's key
+    // but the attacker's report key, even with the real claim; and in its own name for a
+    // delivery it never held.
+    let honest_key = p.honest.report_key().unwrap();
+    p.publish_event(&forged("node-1", 1), |s, b| {
+        p.forge_mac(
+            s,
+            b,
+            &honest_key,
+            &held,
+            "node-1",
+            1,
+            test_config().max_deliver,
+        )
+    })
+    .await;
+    let guessed = guessed_claims.claim(&req.id.to_string(), 3);
+    let attacker_public = p.attacker_key.public_key().to_owned();
+    p.publish_event(&forged("evil", 1), |s, b| {
+        p.forge_mac(s, b, &attacker_public, &guessed, "evil", 1, 3)
+    })
+    .await;
     // The honest node's own report.
     p.honest.publish_event(&started(&req, 1)).await.unwrap();
 
@@ -362,7 +406,8 @@ async fn forged_events_are_refused_and_counted_and_honest_ones_recorded() {
     );
     p.counted(Rejection::Unsigned, 1).await;
     p.counted(Rejection::UnknownNode, 1).await;
-    p.counted(Rejection::NotHolder, 2).await;
+    p.counted(Rejection::BadSignature, 1).await;
+    p.counted(Rejection::NotHolder, 3).await;
     p.counted(Rejection::AttemptLimit, 1).await;
     delivery.acker.ack().await.unwrap();
 }

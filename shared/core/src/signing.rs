@@ -219,6 +219,17 @@ impl SigningKey {
         self.pair.sign(digest).to_bytes()
     }
 
+    /// The X25519 agreement of this key with `peer`, both Ed25519 keys taken in their
+    /// Montgomery form (as libsodium's `crypto_sign_ed25519_{sk,pk}_to_curve25519` do; that one
+    /// key pair may serve both is shown in <https://eprint.iacr.org/2021/509>). `None` for a
+    /// peer of small order, whose agreement anyone could compute.
+    pub(crate) fn agree(&self, peer: &VerifyingKey) -> Option<[u8; 32]> {
+        let shared = peer
+            .to_montgomery()
+            .mul_clamped(self.pair.to_scalar_bytes());
+        (shared.0 != [0; 32]).then_some(shared.0)
+    }
+
     /// The header value for `envelope` with `limits`:
     /// `v1;key=<public key>;exp=<unix s>;max=<attempts>;sig=<base64url>`.
     pub fn sign(&self, envelope: &Envelope<'_>, limits: Limits) -> String {
@@ -266,6 +277,12 @@ fn parse_header(value: &str) -> Option<Header<'_>> {
         },
         signature,
     })
+}
+
+/// The key a work signature header names as its signer (not verified: read it after
+/// [`TrustedKeys::verify`] accepted the header).
+pub fn signer_of(header: &str) -> Option<&str> {
+    parse_header(header).map(|h| h.key)
 }
 
 /// The Ed25519 key of a server nkey public key (`N…`).

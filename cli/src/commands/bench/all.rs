@@ -303,8 +303,8 @@ fn rows(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Row> {
     for (name, l) in [
         ("work signing: gateway signs (1 KiB)", &mesh.signing_sign),
         ("work signing: node verifies", &mesh.signing_verify),
-        ("report signing: node signs (1 KiB)", &mesh.report_sign),
-        ("report signing: gateway checks", &mesh.report_verify),
+        ("report MAC: node makes (1 KiB)", &mesh.report_sign),
+        ("report MAC: gateway checks", &mesh.report_verify),
     ] {
         let mut row = latency_row(WARM, name, l);
         row.plot = false;

@@ -314,8 +314,8 @@ pub fn table(f: &Figures) -> String {
     );
     out += &row("work signing: gateway signs (1 KiB body)", &f.signing_sign);
     out += &row("work signing: node verifies", &f.signing_verify);
-    out += &row("report signing: node signs (1 KiB body)", &f.report_sign);
-    out += &row("report signing: gateway checks", &f.report_verify);
+    out += &row("report MAC: node makes (1 KiB body)", &f.report_sign);
+    out += &row("report MAC: gateway checks", &f.report_verify);
     let signing = f.signing_sign.p50_us + f.signing_verify.p50_us;
     out += &format!(
         "signing per invocation, p50 sign + verify: {signing:.1} µs   (target < \

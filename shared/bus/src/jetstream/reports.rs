@@ -2,13 +2,15 @@
 //! replies and dead-letter records it publishes, and how a gateway's bus checks them.
 //!
 //! - A node's bus keeps the [`Claim`] of every delivery it handed out ([`HeldClaims`], bounded)
-//!   and signs each report with its own key (the bus's signer; a node makes a fresh one at
-//!   start and registers its public half) and the proof derived from that claim.
+//!   and authenticates each report with the proof derived from that claim and an HMAC under
+//!   the [`ReportKey`] its own key (the bus's signer; a node makes a fresh one at start and
+//!   registers its public half) agrees with the gateway key that signed the work (computed
+//!   once per gateway key). What it did not hand out it signs with its key (Ed25519).
 //! - A gateway's bus ([`NodeCheck`]) accepts a report only when its signer is the key the node
-//!   it names registered (looked up in the registry bucket, cached; or a key it trusts itself,
-//!   as `fnmesh up`'s own node signs with the gateway's key), the signature covers subject
-//!   and body, and the proof is valid for that invocation, node and attempt within the signed
-//!   limit. Anything else is terminated (events) or dropped (replies), logged and counted
+//!   it names registered (looked up in the registry bucket, cached with its report key; or a
+//!   key it trusts itself, as `fnmesh up`'s own node signs with the gateway's key), the MAC or
+//!   signature covers subject and body, and the proof is valid for that invocation, node and
+//!   attempt within the signed limit. Anything else is terminated (events) or dropped (replies), logged and counted
 //!   (`fnmesh_rejected_messages_total{component="gateway"}`).
 
 use std::collections::{HashMap, VecDeque};
@@ -17,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use fnmesh_core::claims::{
-    Claim, ClaimKey, NodeMessage, NodeSignature, VerifiedKey, NODE_SIGNATURE_HEADER,
+    Claim, ClaimKey, NodeMessage, NodeSignature, ReportKey, Signer, VerifiedKey,
+    NODE_SIGNATURE_HEADER,
 };
 use fnmesh_core::ids::NodeId;
 use fnmesh_core::signing::{Rejection, Rejections, SigningKey, TrustedKeys};
@@ -32,12 +35,17 @@ const HELD_MEMORY: usize = 100_000;
 const KEY_REFRESH: Duration = Duration::from_secs(1);
 /// Node ids remembered as unknown at most (then forgotten at once).
 const UNKNOWN_MEMORY: usize = 10_000;
+/// Report keys a node's bus keeps, by gateway key (a region has one; more only while keys
+/// rotate).
+const GATEWAY_KEYS_MEMORY: usize = 64;
 
 /// What a node holds of one delivery.
 #[derive(Debug, Clone)]
 struct Held {
     claim: Claim,
     max_attempts: u32,
+    /// The report key agreed with the gateway key that signed the delivery.
+    report: Option<Arc<ReportKey>>,
     /// The node that reported on it first (from its first event), for dead-letter records.
     node_id: Option<String>,
 }
@@ -53,15 +61,44 @@ pub(crate) struct HeldClaims {
 struct HeldState {
     held: HashMap<InvocationId, Held>,
     order: VecDeque<InvocationId>,
+    /// Report keys by gateway key.
+    reports: HashMap<String, Option<Arc<ReportKey>>>,
+}
+
+impl HeldState {
+    fn report_key(&mut self, node: &SigningKey, gateway: &str) -> Option<Arc<ReportKey>> {
+        if let Some(report) = self.reports.get(gateway) {
+            return report.clone();
+        }
+        if self.reports.len() >= GATEWAY_KEYS_MEMORY {
+            self.reports.clear();
+        }
+        let report = ReportKey::for_node(node, gateway)
+            .map_err(|e| tracing::warn!(error = %e, gateway, "no report key with this gateway key"))
+            .ok()
+            .map(Arc::new);
+        self.reports.insert(gateway.to_owned(), report.clone());
+        report
+    }
 }
 
 impl HeldClaims {
-    /// Remembers the claim of a delivery of `id`.
-    pub(crate) fn hold(&self, id: InvocationId, claim: Claim, max_attempts: u32) {
+    /// Remembers the claim of a delivery of `id` whose work `gateway` signed (`node`: this
+    /// node's key).
+    pub(crate) fn hold(
+        &self,
+        id: InvocationId,
+        claim: Claim,
+        max_attempts: u32,
+        node: &SigningKey,
+        gateway: &str,
+    ) {
         let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let report = state.report_key(node, gateway);
         if let Some(held) = state.held.get_mut(&id) {
             held.claim = claim;
             held.max_attempts = max_attempts;
+            held.report = report;
             return;
         }
         if state.order.len() >= HELD_MEMORY {
@@ -74,15 +111,17 @@ impl HeldClaims {
             Held {
                 claim,
                 max_attempts,
+                report,
                 node_id: None,
             },
         );
         state.order.push_back(id);
     }
 
-    /// The header signing a report on `id` by `node_id` for `attempt`: with the proof of the
-    /// delivery's claim when this bus handed it out, else with none (accepted only from a
-    /// signer the gateway trusts like itself).
+    /// The header of a report on `id` by `node_id` for `attempt`: with the proof of the
+    /// delivery's claim and a MAC under its report key when this bus handed it out, else
+    /// signed with no claim (accepted only from a signer the gateway trusts like itself). The
+    /// MAC or signature is made outside the lock.
     pub(crate) fn sign(
         &self,
         key: &SigningKey,
@@ -91,14 +130,20 @@ impl HeldClaims {
         node_id: &str,
         attempt: u32,
     ) -> String {
-        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match state.held.get_mut(&id) {
-            Some(held) => {
+        let held = {
+            let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            state.held.get_mut(&id).map(|held| {
                 if held.node_id.is_none() {
                     held.node_id = Some(node_id.to_owned());
                 }
-                message.sign(key, &held.claim, node_id, attempt, held.max_attempts)
+                (held.claim.clone(), held.max_attempts, held.report.clone())
+            })
+        };
+        match held {
+            Some((claim, max, Some(report))) => {
+                message.authenticate(key.public_key(), &report, &claim, node_id, attempt, max)
             }
+            Some((claim, max, None)) => message.sign(key, &claim, node_id, attempt, max),
             None => message.sign(key, &Claim::none(), node_id, attempt, 0),
         }
     }
@@ -126,16 +171,39 @@ pub(crate) fn reporter(event: &NodeEvent) -> (&str, u32) {
     }
 }
 
-/// A node's key as read from the registry.
+/// A node's key as read from the registry, with its report key.
 struct Known {
-    key: VerifiedKey,
+    key: Arc<KeyPair>,
     fetched: Instant,
+}
+
+/// A signer's key and its report key with this gateway's key.
+struct KeyPair {
+    key: VerifiedKey,
+    report: Option<ReportKey>,
+}
+
+impl KeyPair {
+    fn of(gateway: &SigningKey, key: VerifiedKey) -> Self {
+        let report = ReportKey::for_gateway(gateway, &key).ok();
+        Self { key, report }
+    }
+
+    fn signer(&self) -> Signer<'_> {
+        Signer {
+            key: &self.key,
+            report: self.report.as_ref(),
+        }
+    }
 }
 
 /// Checks the reports of nodes on a gateway's bus.
 pub(crate) struct NodeCheck {
+    signer: Arc<SigningKey>,
     claims: ClaimKey,
     trusted: Arc<TrustedKeys>,
+    /// Trusted keys seen on reports, with their report keys.
+    trusted_seen: Mutex<HashMap<String, Arc<KeyPair>>>,
     rejections: Rejections,
     js: jetstream::Context,
     bucket: String,
@@ -146,15 +214,17 @@ pub(crate) struct NodeCheck {
 
 impl NodeCheck {
     pub(crate) fn new(
-        signer: &SigningKey,
+        signer: Arc<SigningKey>,
         trusted: Arc<TrustedKeys>,
         rejections: Rejections,
         js: jetstream::Context,
         prefix: &BusPrefix,
     ) -> Self {
         Self {
-            claims: ClaimKey::of(signer),
+            claims: ClaimKey::of(&signer),
+            signer,
             trusted,
+            trusted_seen: Mutex::default(),
             rejections,
             js,
             bucket: subjects::node_registry_bucket(prefix),
@@ -203,15 +273,15 @@ impl NodeCheck {
             .map(|v| v.as_str());
         let signature = NodeSignature::parse(header)?;
         if self.trusted.contains(signature.key()) {
-            let key = VerifiedKey::parse(signature.key()).map_err(|_| Rejection::Malformed)?;
-            return signature.verify_trusted(&key, &NodeMessage { subject, body });
+            let key = self.trusted_key(signature.key())?;
+            return signature.verify_trusted(key.signer(), &NodeMessage { subject, body });
         }
         let key = self
             .registered(node_id, signature.key())
             .await
             .ok_or(Rejection::UnknownNode)?;
         signature.verify(
-            &key,
+            key.signer(),
             &NodeMessage { subject, body },
             &self.claims,
             &id.to_string(),
@@ -220,14 +290,27 @@ impl NodeCheck {
         )
     }
 
+    /// A trusted key named by a report, parsed once.
+    fn trusted_key(&self, public: &str) -> Result<Arc<KeyPair>, Rejection> {
+        let mut seen = self.trusted_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pair) = seen.get(public) {
+            return Ok(pair.clone());
+        }
+        let key = VerifiedKey::parse(public).map_err(|_| Rejection::Malformed)?;
+        let pair = Arc::new(KeyPair::of(&self.signer, key));
+        // Only trusted keys get here: the map is as bounded as the trust list.
+        seen.insert(public.to_owned(), pair.clone());
+        Ok(pair)
+    }
+
     /// The key `node_id` registered (read again, at most once a second per node, when it is
     /// not `claimed`: a node that restarted under its id with a new key). A node that left
     /// keeps its last key here, so its late reports still count.
-    async fn registered(&self, node_id: &str, claimed: &str) -> Option<VerifiedKey> {
+    async fn registered(&self, node_id: &str, claimed: &str) -> Option<Arc<KeyPair>> {
         {
             let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(known) = keys.get(node_id) {
-                if known.key.public() == claimed || known.fetched.elapsed() < KEY_REFRESH {
+                if known.key.key.public() == claimed || known.fetched.elapsed() < KEY_REFRESH {
                     return Some(known.key.clone());
                 }
             }
@@ -243,6 +326,10 @@ impl NodeCheck {
         }
         match self.read_registry(node_id).await {
             Some(key) => {
+                let key = match self.known(node_id, &key) {
+                    Some(same) => same,
+                    None => Arc::new(KeyPair::of(&self.signer, key)),
+                };
                 let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
                 keys.insert(
                     node_id.to_owned(),
@@ -264,6 +351,14 @@ impl NodeCheck {
                 keys.get(node_id).map(|k| k.key.clone())
             }
         }
+    }
+
+    /// The pair already known for `node_id` when it is still `key` (no new agreement).
+    fn known(&self, node_id: &str, key: &VerifiedKey) -> Option<Arc<KeyPair>> {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.get(node_id)
+            .filter(|k| k.key.key.public() == key.public())
+            .map(|k| k.key.clone())
     }
 
     async fn read_registry(&self, node_id: &str) -> Option<VerifiedKey> {
@@ -289,9 +384,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn held_claims_sign_only_what_was_handed_out_and_are_bounded() {
+    fn held_claims_authenticate_only_what_was_handed_out_and_are_bounded() {
         let held = HeldClaims::default();
         let key = SigningKey::generate();
+        let gateway = SigningKey::generate();
         let message = NodeMessage {
             subject: "s",
             body: b"b",
@@ -299,16 +395,40 @@ mod tests {
         let id = InvocationId::new();
         let claim = Claim::parse(&"A".repeat(43)).unwrap();
         let unheld = held.sign(&key, &message, id, "n", 1);
-        assert!(unheld.contains(";max=0;"), "{unheld}");
+        assert!(
+            unheld.starts_with("v1;") && unheld.contains(";max=0;"),
+            "{unheld}"
+        );
         assert_eq!(held.node_of(id), None);
-        held.hold(id, claim.clone(), 3);
+        held.hold(id, claim.clone(), 3, &key, gateway.public_key());
         let signed = held.sign(&key, &message, id, "n", 1);
-        assert_eq!(signed, message.sign(&key, &claim, "n", 1, 3));
+        let report = ReportKey::for_node(&key, gateway.public_key()).unwrap();
+        assert_eq!(
+            signed,
+            message.authenticate(key.public_key(), &report, &claim, "n", 1, 3)
+        );
+        // What the gateway checks it with.
+        let registered = VerifiedKey::parse(key.public_key()).unwrap();
+        let pair = KeyPair::of(&gateway, registered);
+        let parsed = NodeSignature::parse(Some(&signed)).unwrap();
+        assert_eq!(
+            parsed.verify_trusted(pair.signer(), &message),
+            Ok(()),
+            "{signed}"
+        );
         assert_eq!(held.node_of(id).as_deref(), Some("n"));
         for _ in 0..HELD_MEMORY {
-            held.hold(InvocationId::new(), claim.clone(), 3);
+            held.hold(
+                InvocationId::new(),
+                claim.clone(),
+                3,
+                &key,
+                gateway.public_key(),
+            );
         }
         assert_eq!(held.node_of(id), None, "forgotten");
         assert!(held.sign(&key, &message, id, "n", 1).contains(";max=0;"));
+        let state = held.inner.lock().unwrap();
+        assert_eq!(state.reports.len(), 1, "one agreement per gateway key");
     }
 }

@@ -525,10 +525,7 @@ impl JetStreamBus {
         let consumer = info.consumer.to_owned();
         let stream_seq = info.stream_sequence;
         let (request, limits) = match self.check_work(&message, attempt, stream_seq) {
-            Ok((request, limits, claim)) => {
-                self.inner.held.hold(request.id, claim, limits.max_attempts);
-                (request, limits)
-            }
+            Ok(checked) => checked,
             Err(reason) => {
                 self.inner.signatures.rejections.count(reason);
                 tracing::warn!(

@@ -57,7 +57,7 @@ impl JetStreamBus {
         };
         tracing::debug!(bus.prefix = %prefix, "jetstream bus ready");
         let node_check = Arc::new(super::reports::NodeCheck::new(
-            &config.signatures.signer,
+            config.signatures.signer.clone(),
             config.signatures.trusted.clone(),
             config.signatures.rejections.clone(),
             js.clone(),

@@ -102,12 +102,13 @@ impl JetStreamBus {
     }
 
     /// The request of a pulled work message and its signed limits, or why it must not run.
+    /// Its claim is held for the reports on it (with the key of the gateway that signed it).
     pub(super) fn check_work(
         &self,
         message: &jetstream::Message,
         attempt: u32,
         stream_seq: u64,
-    ) -> Result<(InvocationRequest, Limits, Claim), Rejection> {
+    ) -> Result<(InvocationRequest, Limits), Rejection> {
         let header = |name: &str| {
             message
                 .headers
@@ -145,7 +146,17 @@ impl JetStreamBus {
         if !self.inner.replays.admit(request.id, stream_seq) {
             return Err(Rejection::Replayed);
         }
-        Ok((request, limits, claim))
+        let gateway = header(SIGNATURE_HEADER)
+            .and_then(fnmesh_core::signing::signer_of)
+            .ok_or(Rejection::Malformed)?;
+        self.inner.held.hold(
+            request.id,
+            claim,
+            limits.max_attempts,
+            &self.inner.signatures.signer,
+            gateway,
+        );
+        Ok((request, limits))
     }
 }
 
