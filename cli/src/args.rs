@@ -84,15 +84,28 @@ pub struct NatsInitArgs {
     /// The directory to write (created with mode 0700; must not hold a setup already).
     #[arg(long)]
     pub dir: PathBuf,
-    /// The server's client port.
-    #[arg(long, default_value_t = 4222)]
+    /// The server's client port (the hub's, with --edge).
+    #[arg(long, alias = "hub-port", default_value_t = 4222)]
     pub port: u16,
     /// The address the server listens on.
     #[arg(long, default_value = "0.0.0.0")]
     pub host: String,
-    /// Regions (FNMESH_REGION) the gateways and nodes work in; repeat for several.
-    #[arg(long = "region", default_value = "local")]
+    /// Regions (FNMESH_REGION) the gateways and nodes work in; repeat for several (default:
+    /// local; with --edge the regions are `hub` and the edges).
+    #[arg(long = "region")]
     pub regions: Vec<String>,
+    /// An edge region served by a server of its own on PORT (`NAME=PORT`), linked to the hub
+    /// as a leaf node with its own JetStream domain: writes hub.conf and edge-NAME.conf
+    /// instead of nats-server.conf. Repeat for several.
+    #[arg(long = "edge", value_name = "NAME=PORT")]
+    pub edges: Vec<String>,
+    /// The hub's leafnode port, which edge servers dial (with --edge).
+    #[arg(long, default_value_t = 7422)]
+    pub leafnode_port: u16,
+    /// The URL edge servers dial the hub at (default: nats-leaf://HOST:LEAFNODE_PORT, with
+    /// 127.0.0.1 for a wildcard host).
+    #[arg(long)]
+    pub hub_leaf_url: Option<String>,
     /// Nodes to write credentials for (node-<id>.creds each; a node may write only its own
     /// registry entry); repeat for several, or add them later with `fnmesh nats add-node`.
     #[arg(long = "node", default_value = "node-1")]

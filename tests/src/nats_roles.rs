@@ -60,7 +60,9 @@ pub async fn connect_node(nats: &TestNats, id: &str) -> (async_nats::Client, Ser
     connect_with(nats, &nats.node_creds(id), Some(prefix), id).await
 }
 
-async fn connect_with(
+/// Connects to `nats` with the creds file `creds`, making inboxes under `inbox_prefix` (or
+/// NATS's default); `who` names the connection in the server's log.
+pub async fn connect_with(
     nats: &TestNats,
     creds: &std::path::Path,
     inbox_prefix: Option<String>,

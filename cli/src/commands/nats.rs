@@ -1,19 +1,41 @@
 //! `fnmesh nats init` and `fnmesh nats add-node`: map their arguments to
 //! `fnmesh_core::nats::setup` and say what was written (paths only: seeds are never printed).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use fnmesh_core::ids::NodeId;
-use fnmesh_core::nats::setup::{self, InitOptions};
+use fnmesh_core::nats::setup::{self, EdgeServer, InitOptions, Topology, HUB_REGION};
 use fnmesh_core::subjects::BusPrefix;
 
 use crate::args::{NatsAddNodeArgs, NatsInitArgs};
 
 pub fn init(args: &NatsInitArgs) -> Result<()> {
-    let regions = args
+    let edges = args
+        .edges
+        .iter()
+        .map(|e| edge(e).with_context(|| format!("--edge {e:?} (NAME=PORT)")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut regions = args
         .regions
         .iter()
         .map(|r| BusPrefix::parse(r).with_context(|| format!("--region {r:?}")))
         .collect::<Result<Vec<_>>>()?;
+    let topology = if edges.is_empty() {
+        if regions.is_empty() {
+            regions.push(BusPrefix::parse("local")?);
+        }
+        None
+    } else {
+        if !regions.is_empty() {
+            bail!("with --edge the regions are `{HUB_REGION}` and the edges: leave out --region");
+        }
+        regions.push(BusPrefix::parse(HUB_REGION)?);
+        regions.extend(edges.iter().map(|e| e.name.clone()));
+        Some(Topology {
+            leafnode_port: args.leafnode_port,
+            hub_leaf_url: args.hub_leaf_url.clone(),
+            edges,
+        })
+    };
     let nodes = args
         .nodes
         .iter()
@@ -26,6 +48,7 @@ pub fn init(args: &NatsInitArgs) -> Result<()> {
         regions,
         nodes,
         store_dir: args.store_dir.clone(),
+        topology,
     };
     let written = setup::init(&options, chrono::Utc::now().timestamp())
         .with_context(|| format!("writing a NATS setup into {}", args.dir.display()))?;
@@ -38,6 +61,26 @@ pub fn init(args: &NatsInitArgs) -> Result<()> {
     }
     println!("  signing  {}", written.signing_key.display());
     println!("  trusted  {}", written.trusted_keys.display());
+    if !written.edges.is_empty() {
+        println!(
+            "start the hub with: nats-server -c {} (region and JetStream domain {HUB_REGION})",
+            written.config.display()
+        );
+        for (name, config, leaf) in &written.edges {
+            println!(
+                "start edge {name} with: nats-server -c {} (region and JetStream domain {name}; \
+                 it dials the hub with {})",
+                config.display(),
+                leaf.display()
+            );
+        }
+        println!(
+            "hub gateways and nodes run with FNMESH_REGION={HUB_REGION}, an edge's with \
+             FNMESH_REGION=<edge> and FNMESH_NATS_URL at that edge's server; every server takes\n\
+             the same creds (gateway.creds, node-<id>.creds), signing and trusted keys"
+        );
+        return Ok(());
+    }
     println!(
         "start the server with: nats-server -c {}\n\
          gateways connect with FNMESH_NATS_CREDS=<dir>/gateway.creds, each node with its own\n\
@@ -49,6 +92,15 @@ pub fn init(args: &NatsInitArgs) -> Result<()> {
         written.trusted_keys.display()
     );
     Ok(())
+}
+
+/// An `--edge NAME=PORT`.
+fn edge(value: &str) -> Result<EdgeServer> {
+    let (name, port) = value.split_once('=').context("no `=`")?;
+    Ok(EdgeServer {
+        name: BusPrefix::parse(name)?,
+        port: port.parse().context("the port")?,
+    })
 }
 
 pub fn add_node(args: &NatsAddNodeArgs) -> Result<()> {

@@ -24,6 +24,8 @@ pub struct TestNats {
     dir: tempfile::TempDir,
     /// The `fnmesh nats init` directory the server runs from (operator mode), if any.
     setup: Option<PathBuf>,
+    /// Its config file in that directory.
+    config: Option<PathBuf>,
 }
 
 /// `$FNMESH_TEST_NATS` if set, else a `nats-server` of at least the supported minimum
@@ -49,6 +51,7 @@ impl TestNats {
             port: crate::free_port(),
             dir,
             setup: None,
+            config: None,
         };
         nats.spawn();
         nats
@@ -78,12 +81,33 @@ impl TestNats {
             "fnmesh nats init failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let config = setup.join(fnmesh_core::nats::setup::CONFIG_FILE);
         let mut nats = Self {
             child: None,
             binary: binary(),
             port,
             dir,
             setup: Some(setup),
+            config: Some(config),
+        };
+        nats.spawn();
+        nats
+    }
+
+    /// A server of a setup written by `fnmesh nats init` in `setup`, run from `config` there,
+    /// listening on `port`.
+    fn start_from(setup: &std::path::Path, config: PathBuf, port: u16) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fnmesh-nats-")
+            .tempdir()
+            .expect("temp dir for nats");
+        let mut nats = Self {
+            child: None,
+            binary: binary(),
+            port,
+            dir,
+            setup: Some(setup.to_owned()),
+            config: Some(config),
         };
         nats.spawn();
         nats
@@ -169,11 +193,9 @@ impl TestNats {
             .open(self.log_path())
             .expect("nats log");
         let mut command = Command::new(&self.binary);
-        match &self.setup {
-            Some(setup) => {
-                command
-                    .arg("-c")
-                    .arg(setup.join(fnmesh_core::nats::setup::CONFIG_FILE));
+        match &self.config {
+            Some(config) => {
+                command.arg("-c").arg(config);
             }
             None => {
                 command
@@ -240,5 +262,85 @@ impl TestNats {
 impl Drop for TestNats {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A hub and its edge servers written by `fnmesh nats init --edge` (each region its own server
+/// and JetStream domain, edges linked to the hub as leaf nodes), all running on free loopback
+/// ports. The servers share one setup directory (creds, keys), removed on drop.
+pub struct TestTopology {
+    /// The hub (region and domain `hub`).
+    pub hub: TestNats,
+    /// The edges, by name, in the order given.
+    pub edges: Vec<(String, TestNats)>,
+    setup: tempfile::TempDir,
+}
+
+impl TestTopology {
+    /// Writes the setup for `edges` and starts the hub, then each edge.
+    pub fn start(edges: &[&str]) -> Self {
+        let setup = tempfile::Builder::new()
+            .prefix("fnmesh-topology-")
+            .tempdir()
+            .expect("temp dir for the topology");
+        let dir = setup.path().join("setup");
+        let hub_port = crate::free_port();
+        let ports: Vec<u16> = edges.iter().map(|_| crate::free_port()).collect();
+        let mut init = Command::new(crate::fnmesh_bin());
+        init.args(["nats", "init", "--host", "127.0.0.1", "--hub-port"])
+            .arg(hub_port.to_string())
+            .arg("--leafnode-port")
+            .arg(crate::free_port().to_string())
+            .arg("--dir")
+            .arg(&dir);
+        for (edge, port) in edges.iter().zip(&ports) {
+            init.arg("--edge").arg(format!("{edge}={port}"));
+        }
+        let out = init.output().expect("running fnmesh nats init --edge");
+        assert!(
+            out.status.success(),
+            "fnmesh nats init --edge failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hub = TestNats::start_from(
+            &dir,
+            dir.join(fnmesh_core::nats::setup::HUB_CONFIG_FILE),
+            hub_port,
+        );
+        let edges = edges
+            .iter()
+            .zip(ports)
+            .map(|(edge, port)| {
+                let name = fnmesh_core::subjects::BusPrefix::parse(edge).expect("an edge name");
+                let config = dir.join(fnmesh_core::nats::setup::edge_config_file(&name));
+                ((*edge).to_owned(), TestNats::start_from(&dir, config, port))
+            })
+            .collect();
+        Self { hub, edges, setup }
+    }
+
+    /// The directory `fnmesh nats init` wrote (creds, keys, configs).
+    pub fn setup_dir(&self) -> PathBuf {
+        self.setup.path().join("setup")
+    }
+
+    /// Edge `name`'s server.
+    pub fn edge(&self, name: &str) -> &TestNats {
+        &self
+            .edges
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no edge {name}"))
+            .1
+    }
+
+    /// Edge `name`'s server, to stop or restart.
+    pub fn edge_mut(&mut self, name: &str) -> &mut TestNats {
+        &mut self
+            .edges
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no edge {name}"))
+            .1
     }
 }

@@ -20,6 +20,14 @@
 //! The operator and account seeds stay in the directory (files 0600, directory 0700), with the
 //! list of regions (`regions`), so [`add_node`] (`fnmesh nats add-node`) can mint a node's
 //! credentials later; seeds are never logged.
+//!
+//! **Edge topology** ([`Topology`], `--edge NAME=PORT`): instead of one `nats-server.conf`, a
+//! hub server (`hub.conf`: region and JetStream domain `hub`, a leafnode listener) and one
+//! server per edge (`edge-NAME.conf`: region and JetStream domain `NAME`, a leafnode remote
+//! that dials the hub with credentials of its own, `leaf-NAME.creds`). Every server preloads
+//! the same operator and accounts, so one set of creds works at any of them; the leaf
+//! connection binds the edge's `FNMESH` account to the hub's, and only that account crosses
+//! it (request/reply clients at an edge stay at that edge).
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
@@ -32,6 +40,22 @@ use crate::subjects::{self, BusPrefix, BusRole, InboxOwner};
 
 /// The config file `nats-server -c` reads.
 pub const CONFIG_FILE: &str = "nats-server.conf";
+
+/// The hub server's config file in an edge topology.
+pub const HUB_CONFIG_FILE: &str = "hub.conf";
+
+/// The region, server name and JetStream domain of the hub in an edge topology.
+pub const HUB_REGION: &str = "hub";
+
+/// The config file of edge `name`'s server: `edge-<name>.conf`.
+pub fn edge_config_file(name: &BusPrefix) -> String {
+    format!("edge-{name}.conf")
+}
+
+/// The credentials edge `name`'s server dials the hub with: `leaf-<name>.creds`.
+pub fn leaf_creds_file(name: &BusPrefix) -> String {
+    format!("leaf-{name}.creds")
+}
 
 /// The gateways' work signing key (an nkey seed; `FNMESH_SIGNING_KEY_FILE`).
 pub const SIGNING_KEY_FILE: &str = "signing.nk";
@@ -100,8 +124,32 @@ pub struct InitOptions {
     pub regions: Vec<BusPrefix>,
     /// The nodes to write credentials for now ([`add_node`] adds more later).
     pub nodes: Vec<NodeId>,
-    /// Where the server keeps its JetStream data (default: `dir` itself).
+    /// Where the server keeps its JetStream data (default: `dir` itself; in an edge topology
+    /// each server in its own `<name>/` below it).
     pub store_dir: Option<PathBuf>,
+    /// A hub and its edges instead of one server ([`Topology`]); the hub listens on `port`.
+    pub topology: Option<Topology>,
+}
+
+/// A hub and its edge servers, each region its own server and JetStream domain.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The hub's leafnode port, which edge servers dial.
+    pub leafnode_port: u16,
+    /// The URL edge servers dial the hub at (default: `nats-leaf://<host>:<leafnode_port>`,
+    /// with 127.0.0.1 for a wildcard host).
+    pub hub_leaf_url: Option<String>,
+    /// The edges.
+    pub edges: Vec<EdgeServer>,
+}
+
+/// One edge of a [`Topology`].
+#[derive(Debug, Clone)]
+pub struct EdgeServer {
+    /// Its region and JetStream domain (not `hub`; unique).
+    pub name: BusPrefix,
+    /// Its client port.
+    pub port: u16,
 }
 
 /// Why the setup could not be written.
@@ -135,13 +183,18 @@ pub enum InitError {
     /// The node already has credentials in the directory.
     #[error("{0} already exists: node ids are unique (remove it to mint new credentials)")]
     NodeExists(PathBuf),
+    /// An edge topology that cannot work.
+    #[error("edge topology: {0}")]
+    Topology(String),
 }
 
 /// What was written.
 #[derive(Debug, Clone)]
 pub struct Written {
-    /// The config file.
+    /// The config file (the hub's in an edge topology).
     pub config: PathBuf,
+    /// Each edge's config file and leaf credentials, in an edge topology.
+    pub edges: Vec<(BusPrefix, PathBuf, PathBuf)>,
     /// The creds file of each role.
     pub creds: Vec<(Role, PathBuf)>,
     /// The creds file of each node.
@@ -246,10 +299,24 @@ pub fn node_permissions(id: &NodeId, regions: &[BusPrefix]) -> UserPermissions {
     }
 }
 
+/// The permissions of an edge server's leaf connection at the hub: the whole `FNMESH`
+/// account, which is what an edge's gateways and nodes work in. (Narrowing it to the subjects
+/// the edge's regions and the replication need is left for when those are built.)
+pub fn leaf_permissions() -> UserPermissions {
+    UserPermissions {
+        publish: vec![">".to_owned()],
+        subscribe: vec![">".to_owned()],
+        responses: None,
+    }
+}
+
 /// Writes the setup (see the module docs) into `options.dir`, issued at `now` (Unix seconds).
 pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
     if options.regions.is_empty() {
         return Err(InitError::NoRegion);
+    }
+    if let Some(topology) = &options.topology {
+        check_topology(topology, &options.regions)?;
     }
     let dir = &options.dir;
     let io = |path: &Path| {
@@ -262,7 +329,10 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
         .create(dir)
         .map_err(io(dir))?;
     let dir = std::fs::canonicalize(dir).map_err(io(dir))?;
-    let config_path = dir.join(CONFIG_FILE);
+    let config_path = dir.join(match options.topology {
+        Some(_) => HUB_CONFIG_FILE,
+        None => CONFIG_FILE,
+    });
     if config_path.exists() || dir.join(OPERATOR_SEED).exists() {
         return Err(InitError::Exists(dir));
     }
@@ -339,30 +409,98 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
         .as_bytes(),
     )?;
 
-    // The server keeps its streams in `<store_dir>/jetstream`.
+    // A server keeps its streams in `<store_dir>/jetstream` (`<store_dir>/<name>/jetstream`
+    // for each server of a topology).
     let store = options.store_dir.clone().unwrap_or_else(|| dir.clone());
-    let config = format!(
-        "# Written by `fnmesh nats init`: operator mode, accounts preloaded.\n\
-         # Accounts: SYS (system), FNMESH (gateways and nodes, JetStream), CLIENTS (imports\n\
-         # the request service fnmesh.v1.req.> only). Credentials: gateway.creds,\n\
-         # client.creds, node-<id>.creds (one per node). Anonymous connections are refused.\n\
-         host: {host:?}\n\
-         port: {port}\n\
-         operator: {operator_jwt}\n\
+    let accounts = format!(
+        "operator: {operator_jwt}\n\
          system_account: {sys}\n\
          resolver: MEMORY\n\
-         resolver_preload: {{\n  {sys}: {system_jwt}\n  {int}: {internal_jwt}\n  {cli}: {clients_jwt}\n}}\n\
-         jetstream {{\n  store_dir: {store:?}\n}}\n",
-        host = options.host,
-        port = options.port,
+         resolver_preload: {{\n  {sys}: {system_jwt}\n  {int}: {internal_jwt}\n  {cli}: {clients_jwt}\n}}\n",
         sys = system.public_key(),
         int = internal.public_key(),
         cli = clients.public_key(),
-        store = store.display().to_string(),
     );
+    let server = |name: Option<&str>, host: &str, port: u16, domain: &str, extra: &str| {
+        let store = match name {
+            Some(name) => store.join(name),
+            None => store.clone(),
+        };
+        let mut config = String::from(
+            "# Written by `fnmesh nats init`: operator mode, accounts preloaded.\n\
+             # Accounts: SYS (system), FNMESH (gateways and nodes, JetStream), CLIENTS (imports\n\
+             # the request service fnmesh.v1.req.> only). Credentials: gateway.creds,\n\
+             # client.creds, node-<id>.creds (one per node). Anonymous connections are refused.\n",
+        );
+        if let Some(name) = name {
+            config += &format!("server_name: {name:?}\n");
+        }
+        config += &format!("host: {host:?}\nport: {port}\n{accounts}");
+        config += &format!(
+            "jetstream {{\n  store_dir: {:?}\n",
+            store.display().to_string()
+        );
+        if !domain.is_empty() {
+            config += &format!("  domain: {domain:?}\n");
+        }
+        config += "}\n";
+        config + extra
+    };
+    let mut edges = Vec::new();
+    let config = match &options.topology {
+        None => server(None, &options.host, options.port, "", ""),
+        Some(topology) => {
+            let leafnodes = format!(
+                "# Edge servers dial in here (leaf-<edge>.creds, account FNMESH).\n\
+                 leafnodes {{\n  host: {:?}\n  port: {}\n}}\n",
+                options.host, topology.leafnode_port
+            );
+            let hub_url = topology.hub_leaf_url.clone().unwrap_or_else(|| {
+                let host = match options.host.as_str() {
+                    "0.0.0.0" | "::" | "" => "127.0.0.1",
+                    host => host,
+                };
+                format!("nats-leaf://{host}:{}", topology.leafnode_port)
+            });
+            for edge in &topology.edges {
+                let creds = dir.join(leaf_creds_file(&edge.name));
+                let user = key(nkeys::KeyPairType::User)?;
+                let token = Claims::user(
+                    &user.public_key(),
+                    &format!("leaf {}", edge.name),
+                    &leaf_permissions(),
+                )
+                .sign(&internal, now)?;
+                let seed = user.seed().map_err(|e| JwtError::Key(e.to_string()))?;
+                write_secret(&creds, jwt::creds_file(&token, &seed).as_bytes())?;
+                let remote = format!(
+                    "# The link to the hub: only the FNMESH account crosses it.\n\
+                     leafnodes {{\n  remotes: [\n    {{\n      urls: [{hub_url:?}]\n      \
+                     account: {int}\n      credentials: {creds:?}\n    }}\n  ]\n}}\n",
+                    int = internal.public_key(),
+                    creds = creds.display().to_string(),
+                );
+                let name = edge.name.as_str();
+                let path = dir.join(edge_config_file(&edge.name));
+                write_secret(
+                    &path,
+                    server(Some(name), &options.host, edge.port, name, &remote).as_bytes(),
+                )?;
+                edges.push((edge.name.clone(), path, creds));
+            }
+            server(
+                Some(HUB_REGION),
+                &options.host,
+                options.port,
+                HUB_REGION,
+                &leafnodes,
+            )
+        }
+    };
     write_secret(&config_path, config.as_bytes())?;
     Ok(Written {
         config: config_path,
+        edges,
         creds,
         nodes,
         signing_key,
@@ -370,6 +508,34 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
         internal_account: internal.public_key(),
         client_account: clients.public_key(),
     })
+}
+
+/// Checks that a topology can run: the hub and every edge among the regions, edge names
+/// unique and not the hub's, ports distinct.
+fn check_topology(topology: &Topology, regions: &[BusPrefix]) -> Result<(), InitError> {
+    let bad = |why: String| Err(InitError::Topology(why));
+    if topology.edges.is_empty() {
+        return bad("at least one edge is needed".into());
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut ports = std::collections::HashSet::from([topology.leafnode_port]);
+    for edge in &topology.edges {
+        if edge.name.as_str() == HUB_REGION {
+            return bad(format!("an edge may not be named {HUB_REGION:?}"));
+        }
+        if !names.insert(edge.name.as_str()) {
+            return bad(format!("edge {} is listed twice", edge.name));
+        }
+        if !ports.insert(edge.port) {
+            return bad(format!("port {} is used twice", edge.port));
+        }
+    }
+    for needed in std::iter::once(HUB_REGION).chain(names) {
+        if !regions.iter().any(|r| r.as_str() == needed) {
+            return bad(format!("region {needed} is not among the regions"));
+        }
+    }
+    Ok(())
 }
 
 /// Mints the credentials of node `id` in the setup at `dir` (written by [`init`]), issued at
@@ -472,7 +638,104 @@ mod tests {
             regions: vec![BusPrefix::parse("local").unwrap()],
             nodes: vec![NodeId::parse("node-1").unwrap()],
             store_dir: None,
+            topology: None,
         }
+    }
+
+    fn topology(dir: &Path, edges: &[(&str, u16)]) -> InitOptions {
+        let edges: Vec<EdgeServer> = edges
+            .iter()
+            .map(|(name, port)| EdgeServer {
+                name: BusPrefix::parse(name).unwrap(),
+                port: *port,
+            })
+            .collect();
+        let mut regions = vec![BusPrefix::parse(HUB_REGION).unwrap()];
+        regions.extend(edges.iter().map(|e| e.name.clone()));
+        InitOptions {
+            regions,
+            topology: Some(Topology {
+                leafnode_port: 7422,
+                hub_leaf_url: None,
+                edges,
+            }),
+            ..options(dir)
+        }
+    }
+
+    #[test]
+    fn a_topology_writes_a_hub_and_one_server_per_edge_each_its_own_domain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let written = init(&topology(tmp.path(), &[("eu", 4223), ("us", 4224)]), 1).unwrap();
+        let dir = written.config.parent().unwrap();
+        assert_eq!(written.config, dir.join(HUB_CONFIG_FILE));
+        assert!(!dir.join(CONFIG_FILE).exists());
+        let hub = std::fs::read_to_string(&written.config).unwrap();
+        assert!(hub.contains("domain: \"hub\""), "{hub}");
+        assert!(
+            hub.contains("leafnodes {\n  host: \"127.0.0.1\"\n  port: 7422"),
+            "{hub}"
+        );
+        assert!(hub.contains(&format!(
+            "store_dir: {:?}",
+            dir.join("hub").display().to_string()
+        )));
+        let names: Vec<&str> = written.edges.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names, ["eu", "us"]);
+        for (name, config, creds) in &written.edges {
+            assert_eq!(config, &dir.join(format!("edge-{name}.conf")));
+            let text = std::fs::read_to_string(config).unwrap();
+            assert!(text.contains(&format!("domain: \"{name}\"")), "{text}");
+            assert!(
+                text.contains("urls: [\"nats-leaf://127.0.0.1:7422\"]"),
+                "{text}"
+            );
+            assert!(text.contains(&format!("account: {}", written.internal_account)));
+            assert!(text.contains(&format!("credentials: {:?}", creds.display().to_string())));
+            // The same operator and accounts as the hub.
+            let operator = |t: &str| {
+                t.lines()
+                    .find(|l| l.starts_with("operator:"))
+                    .map(str::to_owned)
+            };
+            assert_eq!(operator(&text), operator(&hub));
+            let leaf = std::fs::read_to_string(creds).unwrap();
+            let claims = jwt::decode_verified(jwt::creds_user_jwt(&leaf).unwrap()).unwrap();
+            assert_eq!(&claims["iss"], written.internal_account.as_str());
+        }
+        // Node credentials cover every region.
+        let node = std::fs::read_to_string(&written.nodes[0].1).unwrap();
+        let claims = jwt::decode_verified(jwt::creds_user_jwt(&node).unwrap()).unwrap();
+        let publish = claims["nats"]["pub"]["allow"].to_string();
+        for region in ["hub", "eu", "us"] {
+            assert!(
+                publish.contains(&format!("fnmesh-{region}-inv")),
+                "{publish}"
+            );
+        }
+    }
+
+    #[test]
+    fn topologies_that_cannot_run_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (edges, why) in [
+            (vec![("hub", 4223)], "named"),
+            (vec![("eu", 4223), ("eu", 4224)], "twice"),
+            (vec![("eu", 4223), ("us", 4223)], "port 4223"),
+            (vec![("eu", 7422)], "port 7422"),
+            (vec![], "at least one edge"),
+        ] {
+            let options = topology(tmp.path(), &edges);
+            let err = init(&options, 1).unwrap_err();
+            assert!(
+                matches!(&err, InitError::Topology(m) if m.contains(why)),
+                "{edges:?}: {err}"
+            );
+        }
+        let mut options = topology(tmp.path(), &[("eu", 4223)]);
+        options.regions.truncate(1);
+        assert!(matches!(init(&options, 1), Err(InitError::Topology(_))));
+        assert!(!tmp.path().join("nats").exists(), "nothing written");
     }
 
     #[test]

@@ -1,0 +1,140 @@
+//! `fnmesh nats init --edge` (issue #14, item 1) on real `nats-server`s: a hub and two edges,
+//! each region its own server and JetStream domain, the edges linked to the hub as leaf
+//! nodes. Every config passes `nats-server -t`; the same credentials work at every server;
+//! an edge's clients use the edge's own JetStream with the plain API and reach the hub's
+//! through the leaf link (`$JS.hub.API`), and a hub stream sourcing an edge stream copies it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use fnmesh_core::nats::setup::{leaf_creds_file, HUB_CONFIG_FILE, HUB_REGION};
+use fnmesh_core::subjects::{BusPrefix, InboxOwner};
+use fnmesh_tests::nats_roles::{connect, connect_with};
+use fnmesh_tests::servers::nats::TestTopology;
+
+/// Waits until `js` answers an account info request (the leaf link is up for a remote
+/// domain), returning the domain it names.
+async fn domain_of(js: &jetstream::Context) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match js.query_account().await {
+            Ok(account) => return account.domain,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "JetStream never answered: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[test]
+fn every_config_of_a_topology_passes_nats_server_t() {
+    let topology = TestTopology::start(&["eu", "us"]);
+    let dir = topology.setup_dir();
+    let mut configs = vec![dir.join(HUB_CONFIG_FILE)];
+    for (name, _) in &topology.edges {
+        configs.push(dir.join(format!("edge-{name}.conf")));
+    }
+    for config in configs {
+        let out = Command::new(topology.hub.binary())
+            .arg("-t")
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nats-server -t -c {}: {}{}",
+            config.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_have_their_own_domain_and_reach_the_hubs_over_the_leaf_link() {
+    let topology = TestTopology::start(&["eu", "us"]);
+    let dir = topology.setup_dir();
+
+    // The same gateway credentials work at the hub and at each edge, each with its own
+    // JetStream domain on the plain API.
+    for (nats, domain) in [
+        (&topology.hub, HUB_REGION),
+        (topology.edge("eu"), "eu"),
+        (topology.edge("us"), "us"),
+    ] {
+        let (client, errors) = connect(nats, "gateway", Some(InboxOwner::Gateway)).await;
+        let js = jetstream::new(client);
+        assert_eq!(
+            domain_of(&js).await.as_deref(),
+            Some(domain),
+            "{}",
+            nats.log()
+        );
+        assert!(errors.all().is_empty(), "{:?}", errors.all());
+    }
+
+    // An edge's client reaches the hub's JetStream through the leaf link, and the hub reaches
+    // the edge's (with the leaf connection's own credentials, which hold the whole account).
+    let eu_leaf = dir.join(leaf_creds_file(&BusPrefix::parse("eu").unwrap()));
+    let (at_eu, _) = connect_with(topology.edge("eu"), &eu_leaf, None, "probe").await;
+    let (at_hub, _) = connect_with(&topology.hub, &eu_leaf, None, "probe").await;
+    let hub_from_eu = jetstream::with_domain(at_eu.clone(), HUB_REGION);
+    assert_eq!(domain_of(&hub_from_eu).await.as_deref(), Some(HUB_REGION));
+    let eu_from_hub = jetstream::with_domain(at_hub.clone(), "eu");
+    assert_eq!(domain_of(&eu_from_hub).await.as_deref(), Some("eu"));
+    let us_from_hub = jetstream::with_domain(at_hub.clone(), "us");
+    assert_eq!(domain_of(&us_from_hub).await.as_deref(), Some("us"));
+
+    // A stream at the edge, sourced by a stream at the hub across the link.
+    let eu = jetstream::new(at_eu.clone());
+    eu.create_stream(stream::Config {
+        name: "PROBE".into(),
+        subjects: vec!["probe.eu.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..5 {
+        eu.publish(format!("probe.eu.{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let hub = jetstream::new(at_hub.clone());
+    let mut copy = hub
+        .create_stream(stream::Config {
+            name: "PROBE-EU".into(),
+            sources: Some(vec![stream::Source {
+                name: "PROBE".into(),
+                external: Some(stream::External {
+                    api_prefix: "$JS.eu.API".into(),
+                    delivery_prefix: None,
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while copy.info().await.unwrap().state.messages < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hub's sourced stream has {} of 5 messages",
+            copy.info().await.unwrap().state.messages
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The edge's stream lives only in the edge's domain.
+    assert!(hub.get_stream("PROBE").await.is_err());
+    assert!(eu_from_hub.get_stream("PROBE").await.is_ok());
+}
