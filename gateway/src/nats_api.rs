@@ -1,7 +1,10 @@
 //! NATS request/reply clients: any NATS client invokes a function with a plain request.
 //!
-//! Gateways subscribe to `fnmesh.v1.req.*` ([`subjects::requests_all`]) in the queue group
-//! [`subjects::REQUEST_QUEUE_GROUP`], so each request is answered by one gateway. A request's
+//! Gateways subscribe to `fnmesh.v1.req.*` ([`subjects::requests_all`]) and to their region's
+//! `fnmesh.v1.req.<region>.*` ([`subjects::requests_in`]) in the queue group
+//! [`subjects::REQUEST_QUEUE_GROUP`], so each request is answered by one gateway: with a NATS
+//! server per region, one of the region whose server the client is on, unless it names
+//! another region. A request's
 //! payload is the JSON body of an HTTP invoke; its `Authorization: Bearer <key>` header is
 //! authenticated by the same [`Authenticator`](crate::auth::Authenticator) (the namespace comes
 //! from the key) and counted against the same per-key rate limit. It then goes through
@@ -50,27 +53,38 @@ const AUDIT_SOURCE: &str = "nats";
 /// The request subscription of a gateway, subscribed but not yet serving.
 pub(crate) struct NatsRequests {
     client: Client,
-    subscriber: Subscriber,
+    subscriber: futures::stream::SelectAll<Subscriber>,
 }
 
 impl NatsRequests {
-    /// Subscribes to every request subject in the gateways' queue group and waits until the
-    /// server has the subscription, so requests are taken from the moment this returns.
-    pub(crate) async fn subscribe(client: Client) -> Result<Self, NatsApiError> {
-        let subject = subjects::requests_all();
+    /// Subscribes to every request subject and to those of `region` in the gateways' queue
+    /// group and waits until the server has the subscriptions, so requests are taken from the
+    /// moment this returns.
+    pub(crate) async fn subscribe(
+        client: Client,
+        region: &subjects::BusPrefix,
+    ) -> Result<Self, NatsApiError> {
         let group = subjects::REQUEST_QUEUE_GROUP;
-        let error = |detail: String| NatsApiError::Subscribe {
-            subject: subject.clone(),
-            group,
-            detail,
-        };
-        let subscriber = client
-            .queue_subscribe(subject.clone(), group.to_owned())
-            .await
-            .map_err(|e| error(e.to_string()))?;
-        client.flush().await.map_err(|e| error(e.to_string()))?;
-        tracing::info!(nats.subject = %subject, nats.queue_group = group, "serving NATS requests");
-        Ok(Self { client, subscriber })
+        let mut subscribers = Vec::new();
+        for subject in [subjects::requests_all(), subjects::requests_in(region)] {
+            let error = |detail: String| NatsApiError::Subscribe {
+                subject: subject.clone(),
+                group,
+                detail,
+            };
+            subscribers.push(
+                client
+                    .queue_subscribe(subject.clone(), group.to_owned())
+                    .await
+                    .map_err(|e| error(e.to_string()))?,
+            );
+            client.flush().await.map_err(|e| error(e.to_string()))?;
+            tracing::info!(nats.subject = %subject, nats.queue_group = group, "serving NATS requests");
+        }
+        Ok(Self {
+            client,
+            subscriber: futures::stream::select_all(subscribers),
+        })
     }
 
     /// Serves requests until `shutdown` is cancelled (or the connection closes for good), then
@@ -126,8 +140,14 @@ impl NatsRequests {
             "NATS requests draining"
         );
         in_flight.close();
-        if let Err(e) = subscriber.drain().await {
-            tracing::warn!(error = %e, "draining the NATS request subscription failed");
+        let mut drained = Ok(());
+        for subscription in subscriber.iter_mut() {
+            if let Err(e) = subscription.drain().await {
+                drained = Err(e);
+            }
+        }
+        if let Err(e) = drained {
+            tracing::warn!(error = %e, "draining the NATS request subscriptions failed");
         } else {
             // Requests the server delivered before it saw the unsubscribe: refused, so the
             // client can retry on another gateway rather than wait for its timeout.
@@ -194,7 +214,7 @@ async fn answer(state: &State, audit: &AuditLog, message: &Message) -> Bytes {
         action: "function.invoke".to_owned(),
         target: subjects::parse_request(message.subject.as_str())
             .ok()
-            .map(|name| format!("function/{name}")),
+            .map(|target| format!("function/{}", target.function)),
         management: false,
     };
     let result = audit
@@ -243,10 +263,12 @@ async fn handle(state: &State, message: &Message) -> Result<Invoked, ApiError> {
             permits.limit()
         )));
     };
-    let name = subjects::parse_request(message.subject.as_str()).map_err(|e| match e {
-        RequestSubjectError::Name(e) => ApiError::from(e),
-        shape @ RequestSubjectError::Shape(_) => ApiError::BadRequest(shape.to_string()),
-    })?;
+    let name = subjects::parse_request(message.subject.as_str())
+        .map_err(|e| match e {
+            RequestSubjectError::Name(e) => ApiError::from(e),
+            shape @ RequestSubjectError::Shape(_) => ApiError::BadRequest(shape.to_string()),
+        })?
+        .function;
     let limit = state.config.max_body_bytes;
     if message.payload.len() > limit {
         return Err(ApiError::PayloadTooLarge { limit });

@@ -69,13 +69,16 @@ impl Gateway {
         })
     }
 
-    /// Also serves NATS request/reply clients over `client` (see [`crate::nats_api`]): the
-    /// subscription is made now, so requests are taken once this returns.
+    /// Also serves NATS request/reply clients over `client` (see [`crate::nats_api`]) for
+    /// `region` (the requests of any region's clients on this server, and those sent to
+    /// `region` explicitly): the subscriptions are made now, so requests are taken once this
+    /// returns.
     pub async fn serve_nats_requests(
         mut self,
         client: async_nats::Client,
+        region: &fnmesh_core::subjects::BusPrefix,
     ) -> Result<Gateway, GatewayError> {
-        self.nats_requests = Some(NatsRequests::subscribe(client).await?);
+        self.nats_requests = Some(NatsRequests::subscribe(client, region).await?);
         Ok(self)
     }
 

@@ -143,6 +143,19 @@ impl Mesh {
         Self::start_on(nats, region, node_ids, env, true).await
     }
 
+    /// [`Self::start_with_accounts`] in region `region` on `nats`, a server of a setup written
+    /// by `fnmesh nats init` for it (an edge of a
+    /// [`TestTopology`](crate::servers::nats::TestTopology)).
+    pub async fn start_in_region(
+        nats: TestNats,
+        region: &str,
+        node_ids: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        require_root();
+        Self::start_on(nats, region.to_owned(), node_ids, env, true).await
+    }
+
     async fn start_on(
         nats: TestNats,
         region: String,

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
+use fnmesh_core::subjects::BusPrefix;
 use fnmesh_gateway::Gateway;
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +53,7 @@ pub async fn run(args: GatewayCommand) -> Result<()> {
         .with_context(|| format!("starting the HTTP API on {listen}"))?;
     let gateway = match open.nats.clone() {
         Some(client) => gateway
-            .serve_nats_requests(client)
+            .serve_nats_requests(client, &BusPrefix::parse(&args.mesh.region)?)
             .await
             .context("serving NATS request/reply clients")?,
         None => gateway,

@@ -6,6 +6,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use fnmesh_core::metrics::Registry;
+use fnmesh_core::subjects::BusPrefix;
 use fnmesh_gateway::Gateway;
 use fnmesh_nodes::node::{Node, NodeBackends};
 use tokio_util::sync::CancellationToken;
@@ -81,7 +82,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .with_context(|| format!("starting the HTTP API on {listen}"))?;
     let gateway = match open.nats.clone() {
         Some(client) => gateway
-            .serve_nats_requests(client)
+            .serve_nats_requests(client, &BusPrefix::parse(&args.region)?)
             .await
             .context("serving NATS request/reply clients")?,
         None => gateway,

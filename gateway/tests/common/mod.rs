@@ -76,7 +76,13 @@ impl TestAppBuilder {
         .await
         .unwrap();
         let gateway = match self.nats {
-            Some(client) => gateway.serve_nats_requests(client).await.unwrap(),
+            Some(client) => gateway
+                .serve_nats_requests(
+                    client,
+                    &fnmesh_core::subjects::BusPrefix::parse("local").unwrap(),
+                )
+                .await
+                .unwrap(),
             None => gateway,
         };
         let addr = gateway.local_addr();

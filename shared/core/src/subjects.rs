@@ -277,33 +277,78 @@ pub fn request(function: &FunctionName) -> String {
     format!("{PREFIX}.req.{function}")
 }
 
-/// Every request subject, what gateways subscribe to: `fnmesh.v1.req.*`.
+/// Every request subject, what gateways subscribe to: `fnmesh.v1.req.*`. With one NATS server
+/// per region linked by leaf nodes, a request is answered by a gateway of the region whose
+/// server the client is connected to (NATS hands a queue group's message to a member on the
+/// same server first).
 pub fn requests_all() -> String {
     format!("{PREFIX}.req.*")
+}
+
+/// Subject a NATS client sends a request to, to invoke a function in region `region`
+/// explicitly, wherever it is connected: `fnmesh.v1.req.<region>.<function>`.
+pub fn request_in(region: &BusPrefix, function: &FunctionName) -> String {
+    format!("{PREFIX}.req.{region}.{function}")
+}
+
+/// The request subjects of one region, what its gateways subscribe to besides
+/// [`requests_all`]: `fnmesh.v1.req.<region>.*`.
+pub fn requests_in(region: &BusPrefix) -> String {
+    format!("{PREFIX}.req.{region}.*")
+}
+
+/// What a request subject names: a function, and the region it was sent to explicitly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestTarget {
+    /// The region of a [`request_in`] subject; `None` for a [`request`] subject.
+    pub region: Option<BusPrefix>,
+    /// The function.
+    pub function: FunctionName,
+}
+
+impl RequestTarget {
+    /// The subject naming this target.
+    pub fn subject(&self) -> String {
+        match &self.region {
+            Some(region) => request_in(region, &self.function),
+            None => request(&self.function),
+        }
+    }
 }
 
 /// Why a subject is not a usable request subject.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestSubjectError {
-    /// Not `fnmesh.v1.req.<one token>`.
-    #[error("subject {0:?} is not fnmesh.v1.req.<function>")]
+    /// Not `fnmesh.v1.req.<function>` or `fnmesh.v1.req.<region>.<function>`.
+    #[error("subject {0:?} is not fnmesh.v1.req.<function> or fnmesh.v1.req.<region>.<function>")]
     Shape(String),
     /// The function token is not a valid function name.
     #[error(transparent)]
     Name(#[from] crate::names::NameError),
 }
 
-/// The function a [`request`] subject names, validated as a [`FunctionName`].
-pub fn parse_request(subject: &str) -> Result<FunctionName, RequestSubjectError> {
+/// The target a [`request`] or [`request_in`] subject names, validated (a [`BusPrefix`] and
+/// a [`FunctionName`]).
+pub fn parse_request(subject: &str) -> Result<RequestTarget, RequestSubjectError> {
     let shape = || RequestSubjectError::Shape(subject.chars().take(80).collect());
     let rest = subject
         .strip_prefix(PREFIX)
         .and_then(|s| s.strip_prefix(".req."))
         .ok_or_else(shape)?;
-    if rest.is_empty() || rest.contains('.') {
+    let (region, function) = match rest.split_once('.') {
+        None => (None, rest),
+        Some((region, function)) => (
+            Some(BusPrefix::parse(region).map_err(|_| shape())?),
+            function,
+        ),
+    };
+    if function.is_empty() || function.contains('.') {
         return Err(shape());
     }
-    Ok(FunctionName::parse(rest)?)
+    Ok(RequestTarget {
+        region,
+        function: FunctionName::parse(function)?,
+    })
 }
 
 /// Reply subjects a gateway answers NATS requests on, by prefix: `_INBOX.`, the request inbox
@@ -338,7 +383,16 @@ mod request_subject_tests {
         let f = FunctionName::parse("hello-1").unwrap();
         assert_eq!(request(&f), "fnmesh.v1.req.hello-1");
         assert_eq!(requests_all(), "fnmesh.v1.req.*");
-        assert_eq!(parse_request(&request(&f)), Ok(f));
+        let plain = parse_request(&request(&f)).unwrap();
+        assert_eq!((plain.region.as_ref(), &plain.function), (None, &f));
+        let eu = BusPrefix::parse("eu").unwrap();
+        assert_eq!(request_in(&eu, &f), "fnmesh.v1.req.eu.hello-1");
+        assert_eq!(requests_in(&eu), "fnmesh.v1.req.eu.*");
+        let targeted = parse_request(&request_in(&eu, &f)).unwrap();
+        assert_eq!(targeted.region.as_ref(), Some(&eu));
+        assert_eq!(targeted.function, f);
+        assert_eq!(targeted.subject(), request_in(&eu, &f));
+        assert_eq!(plain.subject(), request(&f));
     }
 
     #[test]
@@ -347,7 +401,10 @@ mod request_subject_tests {
             "",
             "fnmesh.v1.req",
             "fnmesh.v1.req.",
-            "fnmesh.v1.req.a.b",
+            "fnmesh.v1.req.a.b.c",
+            "fnmesh.v1.req.a.",
+            "fnmesh.v1.req.A.b",
+            "fnmesh.v1.req..b",
             "fnmesh.v1.inv.default.a",
             "fnmesh.v2.req.a",
             "x.fnmesh.v1.req.a",

@@ -48,7 +48,12 @@ fn check_all_builders(ns: &Namespace, f: &FunctionName, p: &BusPrefix) {
     assert_tokens(&subjects::bus_node_event(p, &id), 5);
     assert_tokens(&subjects::bus_work_ready(p), 4);
     assert_tokens(&subjects::request(f), 4);
-    assert_eq!(subjects::parse_request(&subjects::request(f)).unwrap(), *f);
+    assert_eq!(
+        subjects::parse_request(&subjects::request(f))
+            .unwrap()
+            .function,
+        *f
+    );
     let all = subjects::bus_invocations_all(p);
     assert!(all.ends_with(".inv.>"));
     assert_tokens(all.trim_end_matches(".>"), 4);
@@ -126,9 +131,9 @@ proptest! {
     #[test]
     fn request_subjects_from_clients_never_yield_an_unsafe_name(s in hostile()) {
         let subject = format!("fnmesh.v1.req.{s}");
-        if let Ok(name) = subjects::parse_request(&subject) {
-            prop_assert!(name_ok(name.as_str()));
-            prop_assert_eq!(subjects::request(&name), subject);
+        if let Ok(target) = subjects::parse_request(&subject) {
+            prop_assert!(name_ok(target.function.as_str()));
+            prop_assert_eq!(target.subject(), subject);
         }
         if subjects::reply_allowed(&s) {
             // NATS splits its protocol lines on ASCII whitespace only.

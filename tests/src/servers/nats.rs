@@ -334,6 +334,18 @@ impl TestTopology {
             .1
     }
 
+    /// Takes edge `name`'s server out of the topology (to hand it to a
+    /// [`Mesh`](crate::mesh::Mesh)); the setup directory stays with the topology, which must
+    /// outlive it.
+    pub fn take_edge(&mut self, name: &str) -> TestNats {
+        let i = self
+            .edges
+            .iter()
+            .position(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no edge {name}"));
+        self.edges.remove(i).1
+    }
+
     /// Edge `name`'s server, to stop or restart.
     pub fn edge_mut(&mut self, name: &str) -> &mut TestNats {
         &mut self

@@ -238,6 +238,7 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
                     )),
                 ]);
                 subscribe.push(subjects::bus_function_logs_all(p));
+                subscribe.push(subjects::requests_in(p));
             }
             UserPermissions {
                 publish,
