@@ -38,20 +38,34 @@ fn binary() -> PathBuf {
     fnmesh_core::nats::server::find_binary().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A server's own temp dir (its log, and its store when it runs without a setup).
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("fnmesh-nats-")
+        .tempdir()
+        .expect("temp dir for nats")
+}
+
 impl TestNats {
     /// Starts `nats-server -js` on a free port and waits until it answers `PING`.
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("fnmesh-nats-")
-            .tempdir()
-            .expect("temp dir for nats");
+        Self::launch(temp_dir(), crate::free_port(), None, None)
+    }
+
+    /// Spawns a server on `port` logging into `dir`, from `config` of `setup` if given.
+    fn launch(
+        dir: tempfile::TempDir,
+        port: u16,
+        setup: Option<PathBuf>,
+        config: Option<PathBuf>,
+    ) -> Self {
         let mut nats = Self {
             child: None,
             binary: binary(),
-            port: crate::free_port(),
+            port,
             dir,
-            setup: None,
-            config: None,
+            setup,
+            config,
         };
         nats.spawn();
         nats
@@ -61,10 +75,7 @@ impl TestNats {
     /// per role; a free loopback port; `regions` as `--region`s) and starts `nats-server -c`
     /// on it. Ready means the server sent its `INFO` (anonymous clients are refused).
     pub fn start_with_accounts(regions: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("fnmesh-nats-")
-            .tempdir()
-            .expect("temp dir for nats");
+        let dir = temp_dir();
         let port = crate::free_port();
         let setup = dir.path().join("setup");
         let mut init = Command::new(crate::fnmesh_bin());
@@ -82,35 +93,13 @@ impl TestNats {
             String::from_utf8_lossy(&out.stderr)
         );
         let config = setup.join(fnmesh_core::nats::setup::CONFIG_FILE);
-        let mut nats = Self {
-            child: None,
-            binary: binary(),
-            port,
-            dir,
-            setup: Some(setup),
-            config: Some(config),
-        };
-        nats.spawn();
-        nats
+        Self::launch(dir, port, Some(setup), Some(config))
     }
 
     /// A server of a setup written by `fnmesh nats init` in `setup`, run from `config` there,
     /// listening on `port`.
     fn start_from(setup: &std::path::Path, config: PathBuf, port: u16) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("fnmesh-nats-")
-            .tempdir()
-            .expect("temp dir for nats");
-        let mut nats = Self {
-            child: None,
-            binary: binary(),
-            port,
-            dir,
-            setup: Some(setup.to_owned()),
-            config: Some(config),
-        };
-        nats.spawn();
-        nats
+        Self::launch(temp_dir(), port, Some(setup.to_owned()), Some(config))
     }
 
     /// Whether the server was started by [`Self::start_with_accounts`].
