@@ -6,11 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use fnmesh_core::nats::setup::{leaf_creds_file, HUB_CONFIG_FILE, HUB_REGION};
+use fnmesh_core::nats::setup::{edge_config_file, leaf_creds_file, HUB_CONFIG_FILE, HUB_REGION};
 use fnmesh_core::subjects::{BusPrefix, InboxOwner};
 use fnmesh_tests::nats_roles::{connect, connect_with};
 use fnmesh_tests::servers::nats::TestTopology;
@@ -37,24 +36,12 @@ async fn domain_of(js: &jetstream::Context) -> Option<String> {
 fn every_config_of_a_topology_passes_nats_server_t() {
     let topology = TestTopology::start(&["eu", "us"]);
     let dir = topology.setup_dir();
-    let mut configs = vec![dir.join(HUB_CONFIG_FILE)];
+    topology.hub.assert_config_valid(&dir.join(HUB_CONFIG_FILE));
     for (name, _) in &topology.edges {
-        configs.push(dir.join(format!("edge-{name}.conf")));
-    }
-    for config in configs {
-        let out = Command::new(topology.hub.binary())
-            .arg("-t")
-            .arg("-c")
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "nats-server -t -c {}: {}{}",
-            config.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let name = BusPrefix::parse(name).unwrap();
+        topology
+            .hub
+            .assert_config_valid(&dir.join(edge_config_file(&name)));
     }
 }
 

@@ -49,19 +49,7 @@ fn work_subject(region: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generated_config_is_valid_and_refuses_anonymous_connections() {
     let nats = TestNats::start_with_accounts(&["local"]);
-    let config = nats.setup_dir().join(fnmesh_core::nats::setup::CONFIG_FILE);
-    let check = std::process::Command::new(nats.binary())
-        .arg("-t")
-        .arg("-c")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "nats-server -t refused the config: {}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    nats.assert_config_valid(&nats.setup_dir().join(fnmesh_core::nats::setup::CONFIG_FILE));
 
     let anonymous = async_nats::ConnectOptions::new().connect(nats.url()).await;
     let err = anonymous.expect_err("an anonymous connection must be refused");

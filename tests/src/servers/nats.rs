@@ -143,6 +143,24 @@ impl TestNats {
         &self.binary
     }
 
+    /// Asserts that this server's binary accepts `config` (`nats-server -t -c`), with its
+    /// output in the failure message.
+    pub fn assert_config_valid(&self, config: &std::path::Path) {
+        let out = Command::new(&self.binary)
+            .arg("-t")
+            .arg("-c")
+            .arg(config)
+            .output()
+            .unwrap_or_else(|e| panic!("running {} -t: {e}", self.binary.display()));
+        assert!(
+            out.status.success(),
+            "nats-server -t refused {}: {}{}",
+            config.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
