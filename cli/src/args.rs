@@ -146,6 +146,11 @@ pub struct GatewayCommand {
     pub gateway: GatewayArgs,
     #[command(flatten)]
     pub mesh: MeshArgs,
+    /// The hub region this gateway's region follows, when it is an edge: functions, secrets,
+    /// keys and quotas deployed at the hub are replicated here over the leaf link (and
+    /// refused here). Unset: the gateway publishes its region's catalog for edges to follow.
+    #[arg(long, env = "FNMESH_HUB_REGION")]
+    pub hub_region: Option<String>,
 }
 
 /// `fnmesh node`: a worker node only, pulling work from NATS.

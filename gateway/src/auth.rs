@@ -171,7 +171,7 @@ pub async fn ensure_admin_key(store: &dyn MetadataStore, key: &str) -> Result<()
 }
 
 /// Whether `id` is one [`ensure_admin_key`] gives.
-fn is_bootstrap_id(id: &str) -> bool {
+pub(crate) fn is_bootstrap_id(id: &str) -> bool {
     id == BOOTSTRAP_ADMIN_ID
         || id
             .strip_prefix(BOOTSTRAP_ADMIN_ID)

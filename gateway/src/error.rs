@@ -38,6 +38,9 @@ pub enum GatewayError {
     /// The NATS request API could not start.
     #[error(transparent)]
     NatsApi(#[from] NatsApiError),
+    /// Catalog replication could not start.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
     /// The gateway's metrics could not be registered (already registered in this registry?).
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -137,6 +140,9 @@ pub enum ApiError {
     /// The thing already exists, or a concurrent change won.
     #[error("{0}")]
     Conflict(String),
+    /// A write to what this gateway's region replicates from its hub (an edge gateway).
+    #[error("{0}")]
+    ReadOnlyRegion(String),
     /// The body is over the cap.
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge {
@@ -194,7 +200,7 @@ impl ApiError {
             | Self::InvalidQuery(_)
             | Self::BadRequest(_)
             | Self::InvalidCursor => StatusCode::BAD_REQUEST,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::ReadOnlyRegion(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QueueFull | Self::Unavailable(_) | Self::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -229,6 +235,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::InvalidCursor => "invalid_cursor",
             Self::Conflict(_) => "conflict",
+            Self::ReadOnlyRegion(_) => "read_only_region",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::QueueFull => "queue_full",
             Self::LaneFull(fnmesh_bus::Lane::Function) => "function_queue_full",

@@ -18,6 +18,7 @@ pub(crate) mod admin;
 pub(crate) mod audit;
 pub mod auth;
 pub(crate) mod body;
+pub(crate) mod catalog;
 pub(crate) mod config;
 pub(crate) mod error;
 pub(crate) mod failpoint;
@@ -42,6 +43,7 @@ pub(crate) mod tokens;
 pub(crate) mod workers;
 pub(crate) mod writes;
 
+pub use catalog::{CatalogError, CatalogLink, HubCodeOpener};
 pub use config::{
     namespace_rate_limit, rate_limit_setting, ConfigError, GatewayConfig, DEFAULT_NAMESPACE_BURST,
     DEFAULT_NAMESPACE_RATE,

@@ -38,6 +38,7 @@ pub struct Gateway {
     local_addr: SocketAddr,
     state: State,
     nats_requests: Option<NatsRequests>,
+    catalog: Option<crate::catalog::Running>,
 }
 
 impl Gateway {
@@ -66,6 +67,7 @@ impl Gateway {
             local_addr,
             state: AppState::new(config, backends, metrics),
             nats_requests: None,
+            catalog: None,
         })
     }
 
@@ -79,6 +81,16 @@ impl Gateway {
         region: &fnmesh_core::subjects::BusPrefix,
     ) -> Result<Gateway, GatewayError> {
         self.nats_requests = Some(NatsRequests::subscribe(client, region).await?);
+        Ok(self)
+    }
+
+    /// Also replicates the catalog (see [`crate::catalog`]): publishes this region's, or
+    /// follows a hub's and refuses catalog writes. Stopped after the drain.
+    pub async fn replicate_catalog(
+        mut self,
+        link: crate::catalog::CatalogLink,
+    ) -> Result<Gateway, GatewayError> {
+        self.catalog = Some(crate::catalog::start(&self.state, link).await?);
         Ok(self)
     }
 
@@ -102,6 +114,7 @@ impl Gateway {
             local_addr,
             state,
             nats_requests,
+            catalog,
         } = self;
         let drain_timeout = state.config.drain_timeout;
 
@@ -195,6 +208,9 @@ impl Gateway {
         }
         if let Some(background) = background {
             background.stop().await;
+        }
+        if let Some(catalog) = catalog {
+            catalog.stop().await;
         }
         tracing::info!("gateway stopped");
         Ok(())

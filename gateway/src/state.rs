@@ -55,6 +55,8 @@ pub(crate) struct AppState {
     pub log_stream_permits: Arc<KeyPermits>,
     /// NATS requests in flight per key lineage ([`GatewayConfig::max_nats_requests_per_key`]).
     pub nats_request_permits: Arc<KeyPermits>,
+    /// Whether this gateway publishes its region's catalog or follows a hub's ([`crate::catalog`]).
+    pub catalog: crate::catalog::Catalog,
 }
 
 /// Code normalisations run at once, at most.
@@ -86,6 +88,7 @@ impl AppState {
             invocation_secrets: Default::default(),
             log_stream_permits,
             nats_request_permits,
+            catalog: Default::default(),
         })
     }
 }

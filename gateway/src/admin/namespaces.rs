@@ -45,6 +45,7 @@ pub(crate) async fn put(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Administer)?;
+    state.catalog.check_writable()?;
     let namespace = Namespace::parse(&raw_ns)?;
     let req: PutQuota = parse_json(&body)?;
     let quota = NamespaceQuota {
@@ -55,6 +56,11 @@ pub(crate) async fn put(
         updated_at: Utc::now(),
     };
     state.backends.store.put_namespace_quota(&quota).await?;
+    state
+        .catalog
+        .changed(fnmesh_core::subjects::CatalogKey::Quota(
+            quota.namespace.clone(),
+        ));
     tracing::info!(
         namespace = %quota.namespace,
         quota.max_functions = ?quota.max_functions,

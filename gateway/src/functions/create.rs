@@ -45,6 +45,7 @@ pub(crate) async fn handle(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Deploy)?;
+    state.catalog.check_writable()?;
     let req: CreateFunction = parse_json(&body)?;
     let name = parse_name(&req.name)?;
     crate::audit::note_target(format!("function/{name}"));
@@ -96,6 +97,12 @@ pub(crate) async fn handle(
     state
         .lookups
         .forget_function(&principal.namespace, &function.name);
+    state
+        .catalog
+        .changed(fnmesh_core::subjects::CatalogKey::Function(
+            principal.namespace.clone(),
+            function.name.clone(),
+        ));
     tracing::info!(
         function.name = %function.name,
         function.version = 1,

@@ -21,12 +21,19 @@ pub(crate) async fn handle(
     principal.authorize(Action::Deploy)?;
     let name = parse_name(&raw_name)?;
     principal.authorize_function(Action::Deploy, &name)?;
+    state.catalog.check_writable()?;
     let deleted = state
         .backends
         .store
         .delete_function(&principal.namespace, &name)
         .await?;
     state.lookups.forget_function(&principal.namespace, &name);
+    for key in [
+        fnmesh_core::subjects::CatalogKey::Function(principal.namespace.clone(), name.clone()),
+        fnmesh_core::subjects::CatalogKey::Secrets(principal.namespace.clone(), name.clone()),
+    ] {
+        state.catalog.changed(key);
+    }
     if !deleted {
         return Err(ApiError::NotFound(format!(
             "function {:?} not found",

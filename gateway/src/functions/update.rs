@@ -54,6 +54,7 @@ pub(crate) async fn handle(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Deploy)?;
+    state.catalog.check_writable()?;
     let name = parse_name(&raw_name)?;
     principal.authorize_function(Action::Deploy, &name)?;
     let req: UpdateFunction = parse_json(&body)?;
@@ -139,6 +140,12 @@ pub(crate) async fn handle(
     state
         .lookups
         .forget_function(&principal.namespace, &function.name);
+    state
+        .catalog
+        .changed(fnmesh_core::subjects::CatalogKey::Function(
+            principal.namespace.clone(),
+            function.name.clone(),
+        ));
     tracing::info!(
         function.name = %function.name,
         function.version = function.version,

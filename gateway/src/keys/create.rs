@@ -52,6 +52,7 @@ pub(crate) async fn handle(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::ManageKeys)?;
+    state.catalog.check_writable()?;
     let req: CreateKey = parse_json(&body)?;
     let name = req.name.trim();
     if name.is_empty()
@@ -118,6 +119,9 @@ pub(crate) async fn handle(
         root_id: (!principal.is_admin()).then(|| principal.root_id.clone()),
     };
     state.backends.store.create_api_key(&record).await?;
+    if let Some(key) = fnmesh_core::subjects::CatalogKey::api_key(&record.id) {
+        state.catalog.changed(key);
+    }
     tracing::info!(
         key.id = %record.id,
         key.role = record.role.as_str(),

@@ -22,6 +22,7 @@ pub(crate) async fn handle(
     id: String,
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::ManageKeys)?;
+    state.catalog.check_writable()?;
     let not_found = || ApiError::NotFound(format!("key {:?} not found", truncate(&id)));
     let store = &state.backends.store;
     let key = store
@@ -36,8 +37,14 @@ pub(crate) async fn handle(
     }
     let revoked = store.revoke_api_key_tree(&key.id, Utc::now()).await?;
     state.authenticator.forget_key(&key.id);
+    if let Some(catalog_key) = fnmesh_core::subjects::CatalogKey::api_key(&key.id) {
+        state.catalog.changed(catalog_key);
+    }
     for id in &revoked {
         state.authenticator.forget_key(id);
+        if let Some(key) = fnmesh_core::subjects::CatalogKey::api_key(id) {
+            state.catalog.changed(key);
+        }
     }
     if !revoked.is_empty() {
         tracing::info!(

@@ -17,6 +17,7 @@ pub(crate) async fn handle(
     raw_key: String,
 ) -> Result<Response, ApiError> {
     let name = authorize(&principal, &raw_name)?;
+    state.catalog.check_writable()?;
     let key = parse_secret_name(&raw_key)?;
     let deleted = state
         .backends
@@ -24,6 +25,12 @@ pub(crate) async fn handle(
         .delete_secret(&principal.namespace, &name, &key)
         .await?;
     state.lookups.forget_function(&principal.namespace, &name);
+    state
+        .catalog
+        .changed(fnmesh_core::subjects::CatalogKey::Secrets(
+            principal.namespace.clone(),
+            name.clone(),
+        ));
     if !deleted {
         return Err(ApiError::NotFound(format!(
             "secret {:?} of function {:?} not found",

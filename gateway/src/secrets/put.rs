@@ -33,6 +33,7 @@ pub(crate) async fn handle(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let name = authorize(&principal, &raw_name)?;
+    state.catalog.check_writable()?;
     let key = parse_secret_name(&raw_key)?;
     let ring = keyring(&state)?;
     let body: PutSecret = parse_json(&body)?;
@@ -61,6 +62,12 @@ pub(crate) async fn handle(
         .put_secret(&principal.namespace, &name, &key, &sealed)
         .await?;
     state.lookups.forget_function(&principal.namespace, &name);
+    state
+        .catalog
+        .changed(fnmesh_core::subjects::CatalogKey::Secrets(
+            principal.namespace.clone(),
+            name.clone(),
+        ));
     tracing::info!(
         function.name = %name,
         secret.name = %key,

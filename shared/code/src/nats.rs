@@ -87,6 +87,29 @@ impl NatsCodeStore {
         })
     }
 
+    /// Attaches to the code bucket of region `prefix` in JetStream domain `domain` (another
+    /// region's own server, reached over the leaf link), without creating it: an edge gateway
+    /// copies code deployed at its hub from there.
+    pub async fn attach_in_domain(
+        client: async_nats::Client,
+        prefix: &BusPrefix,
+        domain: &BusPrefix,
+    ) -> Result<Self, CodeStoreError> {
+        let name = subjects::code_bucket(prefix);
+        let js = jetstream::with_domain(client, domain.as_str());
+        let bucket = js.get_object_store(&name).await.map_err(|e| {
+            CodeStoreError::Backend(format!(
+                "nats object store {name} in domain {domain}: attaching: {e}"
+            ))
+        })?;
+        Ok(Self {
+            js,
+            bucket,
+            name,
+            put_lock: Default::default(),
+        })
+    }
+
     /// The bucket's name.
     pub fn bucket_name(&self) -> &str {
         &self.name

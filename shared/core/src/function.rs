@@ -166,7 +166,14 @@ pub struct FunctionConfig {
     /// Invocations of this function admitted across all gateways (`None`: no function limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// The edge regions the function is placed in: an edge gateway that follows the hub
+    /// serves it only if its region is listed (`None`: every region). The hub always has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<Vec<String>>,
 }
+
+/// Regions a function may name in `config.regions`, at most.
+pub const MAX_REGIONS: usize = 64;
 
 fn default_timeout() -> u64 {
     DEFAULT_TIMEOUT_MS
@@ -188,6 +195,7 @@ impl Default for FunctionConfig {
             min_warm: 0,
             environment: BTreeMap::new(),
             rate_limit: None,
+            regions: None,
         }
     }
 }
@@ -213,6 +221,9 @@ pub enum ConfigError {
     /// The environment is too large.
     #[error("config.environment is too large (max 64 entries, 32 KiB in total)")]
     EnvTooLarge,
+    /// A region list with an invalid or repeated name, or too many names.
+    #[error("config.regions is invalid: {0}")]
+    Regions(String),
     /// A handler that does not fit its runtime.
     #[error("handler {handler:?} is invalid for runtime {runtime}")]
     Handler {
@@ -224,6 +235,13 @@ pub enum ConfigError {
 }
 
 impl FunctionConfig {
+    /// Whether the function is placed in `region` (see [`Self::regions`]).
+    pub fn placed_in(&self, region: &str) -> bool {
+        self.regions
+            .as_ref()
+            .is_none_or(|regions| regions.iter().any(|r| r == region))
+    }
+
     /// Checks every limit.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
@@ -272,6 +290,25 @@ impl FunctionConfig {
                         value: value.into(),
                         range: "1..=1000000",
                     });
+                }
+            }
+        }
+        if let Some(regions) = &self.regions {
+            if regions.len() > MAX_REGIONS {
+                return Err(ConfigError::Regions(format!(
+                    "at most {MAX_REGIONS} regions"
+                )));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for region in regions {
+                crate::subjects::BusPrefix::parse(region).map_err(|_| {
+                    ConfigError::Regions(format!(
+                        "{:?} is not a region name ([a-z0-9-], 1..=32, not starting with '-')",
+                        region.chars().take(40).collect::<String>()
+                    ))
+                })?;
+                if !seen.insert(region) {
+                    return Err(ConfigError::Regions(format!("{region:?} is named twice")));
                 }
             }
         }
@@ -357,6 +394,23 @@ mod tests {
     }
 
     #[test]
+    fn placement_defaults_to_every_region() {
+        let every: FunctionConfig = serde_json::from_str("{}").unwrap();
+        assert!(every.placed_in("eu") && every.placed_in("hub"));
+        assert!(!serde_json::to_string(&every).unwrap().contains("regions"));
+        let some: FunctionConfig = serde_json::from_str(r#"{"regions":["eu","us-2"]}"#).unwrap();
+        assert!(some.validate().is_ok());
+        assert!(some.placed_in("eu") && some.placed_in("us-2") && !some.placed_in("ap"));
+        let none: FunctionConfig = serde_json::from_str(r#"{"regions":[]}"#).unwrap();
+        assert!(none.validate().is_ok() && !none.placed_in("eu"));
+        let many = FunctionConfig {
+            regions: Some((0..=MAX_REGIONS).map(|i| format!("r{i}")).collect()),
+            ..FunctionConfig::default()
+        };
+        assert!(many.validate().is_err());
+    }
+
+    #[test]
     fn config_defaults_and_ranges() {
         let c: FunctionConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(c.timeout_ms, 30_000);
@@ -375,6 +429,10 @@ mod tests {
             r#"{"rate_limit":{"per_second":1,"burst":0}}"#,
             r#"{"rate_limit":{"per_second":1000001,"burst":1}}"#,
             r#"{"rate_limit":{"per_second":1,"burst":1000001}}"#,
+            r#"{"regions":["eu","Eu"]}"#,
+            r#"{"regions":["eu","eu"]}"#,
+            r#"{"regions":["-eu"]}"#,
+            r#"{"regions":["eu.x"]}"#,
         ] {
             let c: FunctionConfig = serde_json::from_str(bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");

@@ -482,6 +482,153 @@ pub fn node_registry_entry(prefix: &BusPrefix, id: &crate::ids::NodeId) -> Strin
     )
 }
 
+// --- The function catalog a hub replicates to its edges -----------------------------------
+
+/// JetStream KV bucket holding the catalog of hub region `hub` (functions with their versions,
+/// sealed secrets, API keys, quotas), which edges mirror: `fnmesh-<hub>-catalog`.
+pub fn catalog_bucket(hub: &BusPrefix) -> String {
+    format!("fnmesh-{hub}-catalog")
+}
+
+/// The stream of edge region `edge`, in the edge's own JetStream domain, that mirrors its
+/// hub's catalog bucket: `fnmesh-<edge>-catalog`.
+pub fn catalog_mirror_stream(edge: &BusPrefix) -> String {
+    format!("fnmesh-{edge}-catalog")
+}
+
+/// The JetStream API prefix of another JetStream domain (a region's own): `$JS.<domain>.API`.
+pub fn jetstream_domain_api(domain: &BusPrefix) -> String {
+    format!("$JS.{domain}.API")
+}
+
+/// Every JetStream API subject of every other domain: `$JS.*.API.>`.
+pub fn jetstream_domain_api_all() -> String {
+    "$JS.*.API.>".to_owned()
+}
+
+/// One entry of a catalog: what it is about, which names its key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CatalogKey {
+    /// A function with all its versions: `fn.<namespace>.<name>`.
+    Function(Namespace, FunctionName),
+    /// The sealed secrets of a function: `sec.<namespace>.<name>`.
+    Secrets(Namespace, FunctionName),
+    /// One API key (hashed) by its public id: `key.<id>`.
+    ApiKey(String),
+    /// The quotas of a namespace: `quota.<namespace>`.
+    Quota(Namespace),
+}
+
+/// Longest API key id a catalog key names.
+const CATALOG_KEY_ID_MAX: usize = 64;
+
+impl CatalogKey {
+    /// The entry for API key `id`; `None` unless `id` is 1..=64 of `[A-Za-z0-9_-]` (every
+    /// id the gateway makes is).
+    pub fn api_key(id: &str) -> Option<Self> {
+        let ok = !id.is_empty()
+            && id.len() <= CATALOG_KEY_ID_MAX
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        ok.then(|| Self::ApiKey(id.to_owned()))
+    }
+
+    /// The KV key.
+    pub fn key(&self) -> String {
+        match self {
+            Self::Function(ns, name) => format!("fn.{ns}.{name}"),
+            Self::Secrets(ns, name) => format!("sec.{ns}.{name}"),
+            Self::ApiKey(id) => format!("key.{id}"),
+            Self::Quota(ns) => format!("quota.{ns}"),
+        }
+    }
+
+    /// The subject of this entry in catalog bucket `bucket` (`$KV.<bucket>.<key>`).
+    pub fn subject(&self, bucket: &str) -> String {
+        format!("$KV.{bucket}.{}", self.key())
+    }
+
+    /// The entry a KV key names; `None` for anything [`Self::key`] does not make.
+    pub fn parse(key: &str) -> Option<Self> {
+        let mut parts = key.split('.');
+        let kind = parts.next()?;
+        let a = parts.next()?;
+        let b = parts.next();
+        if parts.next().is_some() {
+            return None;
+        }
+        let ns = || Namespace::parse(a).ok();
+        match (kind, b) {
+            ("fn", Some(b)) => Some(Self::Function(ns()?, FunctionName::parse(b).ok()?)),
+            ("sec", Some(b)) => Some(Self::Secrets(ns()?, FunctionName::parse(b).ok()?)),
+            ("key", None) => Self::api_key(a),
+            ("quota", None) => Some(Self::Quota(ns()?)),
+            _ => None,
+        }
+    }
+
+    /// The entry a subject of catalog bucket `bucket` names (see [`Self::subject`]).
+    pub fn parse_subject(bucket: &str, subject: &str) -> Option<Self> {
+        let key = subject
+            .strip_prefix("$KV.")?
+            .strip_prefix(bucket)?
+            .strip_prefix('.')?;
+        Self::parse(key)
+    }
+}
+
+#[cfg(test)]
+mod catalog_tests {
+    use super::*;
+
+    #[test]
+    fn catalog_keys_round_trip_and_refuse_anything_else() {
+        let ns = Namespace::parse("team-a").unwrap();
+        let f = FunctionName::parse("hello").unwrap();
+        let keys = [
+            CatalogKey::Function(ns.clone(), f.clone()),
+            CatalogKey::Secrets(ns.clone(), f.clone()),
+            CatalogKey::api_key("key_AbC09-x").unwrap(),
+            CatalogKey::Quota(ns.clone()),
+        ];
+        for key in keys {
+            assert_eq!(CatalogKey::parse(&key.key()), Some(key.clone()));
+            let bucket = catalog_bucket(&BusPrefix::parse("hub").unwrap());
+            assert_eq!(
+                CatalogKey::parse_subject(&bucket, &key.subject(&bucket)),
+                Some(key)
+            );
+        }
+        assert_eq!(
+            CatalogKey::Function(ns, f).subject("fnmesh-hub-catalog"),
+            "$KV.fnmesh-hub-catalog.fn.team-a.hello"
+        );
+        for bad in [
+            "",
+            "fn",
+            "fn.team-a",
+            "fn.team-a.hello.x",
+            "fn.Team.hello",
+            "key.a.b",
+            "key.",
+            "key.a*",
+            "quota.x.y",
+            "other.a.b",
+        ] {
+            assert_eq!(CatalogKey::parse(bad), None, "{bad}");
+        }
+        assert_eq!(CatalogKey::api_key(&"a".repeat(65)), None);
+        assert_eq!(
+            CatalogKey::parse_subject("fnmesh-hub-catalog", "$KV.fnmesh-eu-catalog.quota.a"),
+            None
+        );
+        let edge = BusPrefix::parse("eu").unwrap();
+        assert_eq!(catalog_mirror_stream(&edge), "fnmesh-eu-catalog");
+        assert_eq!(jetstream_domain_api(&edge), "$JS.eu.API");
+    }
+}
+
 #[cfg(test)]
 mod registry_tests {
     use super::*;

@@ -529,6 +529,11 @@ pub async fn namespaces_are_isolated(store: Store) {
         .items
         .is_empty());
     assert!(store.list_versions(&b, &f.name).await.unwrap().is_empty());
+    let namespaces = store.function_namespaces().await.unwrap();
+    assert!(
+        namespaces.contains(&a) && !namespaces.contains(&b),
+        "function_namespaces names the namespaces holding a function: {namespaces:?}"
+    );
     assert!(
         !store.delete_function(&b, &f.name).await.unwrap(),
         "deleting from another namespace finds nothing"

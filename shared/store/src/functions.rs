@@ -44,6 +44,9 @@ pub trait FunctionStore: Send + Sync + 'static {
         name: &FunctionName,
     ) -> Result<Vec<Function>, StoreError>;
 
+    /// The namespaces that hold at least one function, by name.
+    async fn function_namespaces(&self) -> Result<Vec<Namespace>, StoreError>;
+
     /// Deletes a function and all its versions; `false` if it did not exist.
     async fn delete_function(
         &self,

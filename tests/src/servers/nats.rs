@@ -353,6 +353,12 @@ impl TestTopology {
         self.edges.remove(i).1
     }
 
+    /// The servers, to hand each to a [`Mesh`](crate::mesh::Mesh): the hub, the edges by
+    /// name, and the setup directory, which must outlive them.
+    pub fn into_parts(self) -> (TestNats, Vec<(String, TestNats)>, tempfile::TempDir) {
+        (self.hub, self.edges, self.setup)
+    }
+
     /// Edge `name`'s server, to stop or restart.
     pub fn edge_mut(&mut self, name: &str) -> &mut TestNats {
         &mut self

@@ -221,10 +221,18 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
             responses: None,
         },
         Role::Gateway => {
-            let mut publish = vec![subjects::jetstream_api_all()];
+            // Other domains' JetStream too: an edge gateway reads its hub's code bucket and
+            // a hub gateway reaches its edges' streams.
+            let mut publish = vec![
+                subjects::jetstream_api_all(),
+                subjects::jetstream_domain_api_all(),
+            ];
             let mut subscribe = vec![gw_inboxes, subjects::requests_all()];
             for p in regions {
                 publish.extend([
+                    // The catalog a hub writes and the mirror of it an edge reads.
+                    subjects::kv_entries_all(&subjects::catalog_bucket(p)),
+                    subjects::jetstream_flow_control(&subjects::catalog_mirror_stream(p)),
                     subjects::bus_invocations_all(p),
                     subjects::bus_work_ready(p),
                     subjects::jetstream_acks(&subjects::bus_stream(p, BusRole::Events)),

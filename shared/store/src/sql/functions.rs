@@ -189,6 +189,20 @@ impl<E: SqlEngine> FunctionStore for E {
         bodies(&rows)
     }
 
+    async fn function_namespaces(&self) -> Result<Vec<Namespace>, StoreError> {
+        let rows = fetch_all(
+            self,
+            Sql::new("SELECT DISTINCT namespace FROM functions ORDER BY namespace"),
+        )
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Namespace::parse(&row.text("namespace")?)
+                    .map_err(|e| StoreError::Backend(format!("decode namespace: {e}")))
+            })
+            .collect()
+    }
+
     async fn delete_function(
         &self,
         namespace: &Namespace,

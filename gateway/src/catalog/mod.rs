@@ -1,0 +1,223 @@
+//! The catalog a hub replicates to its edges (issue #14: functions everywhere they are
+//! placed).
+//!
+//! What an edge gateway needs to serve a function with the hub unreachable is what a hub
+//! gateway reads on the invocation path: the function's versions (and their code), its sealed
+//! secrets, the API keys (hashed) that may call it and its namespace's quotas. A gateway over
+//! NATS **publishes** that catalog of its region into the JetStream KV bucket
+//! `fnmesh-<region>-catalog` ([`publisher`]): one entry per [`CatalogKey`], always derived
+//! from its store after the store committed (so an entry is the latest state, never a
+//! change to replay, and a lost publish is made good by the next one or by the full export
+//! every [`publisher::EXPORT_INTERVAL`]). An edge gateway (`FNMESH_HUB_REGION`) **follows**
+//! its hub's catalog ([`follower`]): its JetStream domain holds a mirror of the hub's bucket
+//! (`fnmesh-<edge>-catalog`, kept by the servers across the leaf link, "delayed, not lost"
+//! after a cut), which the follower reads from the start on every start and applies to its
+//! own store, copying each version's code from the hub's code bucket into its own code store
+//! (and so into the edge's code bucket its nodes read). Functions whose latest version is
+//! not placed in the edge's region (`config.regions`) are removed there instead.
+//!
+//! An edge gateway refuses writes to what it follows (functions, secrets, keys, quotas;
+//! `read_only_region`): they would be overwritten, and the hub would never see them.
+//! Invocations, records and logs stay regional.
+
+pub(crate) mod follower;
+pub(crate) mod publisher;
+
+use std::sync::{Arc, OnceLock};
+
+use fnmesh_code::CodeStore;
+use fnmesh_core::function::Function;
+use fnmesh_core::secrets::SealedSecrets;
+use fnmesh_core::subjects::{BusPrefix, CatalogKey};
+use fnmesh_store::{ApiKeyRecord, MetadataStore, NamespaceQuota, StoreError};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+
+/// The value of one catalog entry (JSON in the KV bucket).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum Entry {
+    /// Every version of a function, oldest first.
+    Function {
+        /// The versions.
+        versions: Vec<Function>,
+    },
+    /// A function's secrets, sealed (the catalog never holds a plaintext value).
+    Secrets {
+        /// The secrets.
+        sealed: SealedSecrets,
+    },
+    /// An API key, hashed.
+    ApiKey {
+        /// The record.
+        key: ApiKeyRecord,
+    },
+    /// A namespace's quotas.
+    Quota {
+        /// The quotas.
+        quota: NamespaceQuota,
+    },
+}
+
+/// The current entry of `key` in `store` (`None`: there is nothing to replicate, which
+/// removes the entry).
+pub(crate) async fn read_entry(
+    store: &dyn MetadataStore,
+    key: &CatalogKey,
+) -> Result<Option<Entry>, StoreError> {
+    Ok(match key {
+        CatalogKey::Function(ns, name) => {
+            let versions = store.list_versions(ns, name).await?;
+            (!versions.is_empty()).then_some(Entry::Function { versions })
+        }
+        CatalogKey::Secrets(ns, name) => {
+            let sealed = store.sealed_secrets(ns, name).await?;
+            (!sealed.is_empty()).then_some(Entry::Secrets { sealed })
+        }
+        CatalogKey::ApiKey(id) => store
+            .get_api_key(id)
+            .await?
+            .filter(|k| !crate::auth::is_bootstrap_id(&k.id))
+            .map(|key| Entry::ApiKey { key }),
+        CatalogKey::Quota(ns) => store
+            .get_namespace_quota(ns)
+            .await?
+            .map(|quota| Entry::Quota { quota }),
+    })
+}
+
+/// Opens the hub's code bucket when the follower first needs it (the link may be down when
+/// the gateway starts); the CLI wraps it like its own code store (sealed code).
+pub type HubCodeOpener = Arc<
+    dyn Fn() -> BoxFuture<'static, Result<Arc<dyn CodeStore>, fnmesh_code::CodeStoreError>>
+        + Send
+        + Sync,
+>;
+
+/// How a gateway takes part in catalog replication ([`crate::Gateway::replicate_catalog`]).
+pub enum CatalogLink {
+    /// Publishes the catalog of `region` (a hub's, or any region's over NATS).
+    Publish {
+        /// The gateway's NATS connection.
+        client: async_nats::Client,
+        /// Its region.
+        region: BusPrefix,
+    },
+    /// Follows the catalog of hub region `hub` (whose JetStream domain is named like it) and
+    /// refuses catalog writes.
+    Follow {
+        /// The gateway's NATS connection (to its own region's server).
+        client: async_nats::Client,
+        /// Its region (an edge).
+        region: BusPrefix,
+        /// The hub region.
+        hub: BusPrefix,
+        /// The hub's code bucket, opened on first use.
+        hub_code: HubCodeOpener,
+    },
+}
+
+/// Why replication could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// A JetStream call failed.
+    #[error("catalog {what}: {detail}")]
+    JetStream {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        detail: String,
+    },
+}
+
+/// What a gateway does with the catalog, set once before it serves.
+#[derive(Default)]
+pub(crate) struct Catalog {
+    active: OnceLock<Active>,
+}
+
+enum Active {
+    Publish(publisher::Publisher),
+    Follow { region: BusPrefix, hub: BusPrefix },
+}
+
+/// The replication task and how to stop it.
+pub(crate) struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the task and waits for it.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "catalog task failed");
+        }
+    }
+}
+
+impl Catalog {
+    /// Records that a catalog entry may have changed (after the store committed); a no-op
+    /// unless this gateway publishes.
+    pub(crate) fn changed(&self, key: CatalogKey) {
+        if let Some(Active::Publish(publisher)) = self.active.get() {
+            publisher.changed(key);
+        }
+    }
+
+    /// Refuses a write to what this gateway follows.
+    pub(crate) fn check_writable(&self) -> Result<(), ApiError> {
+        match self.active.get() {
+            Some(Active::Follow { region, hub }) => Err(ApiError::ReadOnlyRegion(format!(
+                "region {region} follows hub region {hub}: deploy functions and manage secrets, \
+                 keys and quotas through a gateway of {hub}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Starts replication for the gateway whose shared state is `state`.
+pub(crate) async fn start(
+    state: &crate::state::State,
+    link: CatalogLink,
+) -> Result<Running, CatalogError> {
+    let stop = CancellationToken::new();
+    let (active, task) = match link {
+        CatalogLink::Publish { client, region } => {
+            let (publisher, task) = publisher::Publisher::start(
+                client,
+                &region,
+                state.backends.store.clone(),
+                stop.clone(),
+            )
+            .await?;
+            (Active::Publish(publisher), task)
+        }
+        CatalogLink::Follow {
+            client,
+            region,
+            hub,
+            hub_code,
+        } => {
+            let task =
+                follower::start(client, &region, &hub, hub_code, state.clone(), stop.clone())
+                    .await?;
+            (Active::Follow { region, hub }, task)
+        }
+    };
+    if state.catalog.active.set(active).is_err() {
+        stop.cancel();
+        let _ = task.await;
+        return Err(CatalogError::JetStream {
+            what: "starting".into(),
+            detail: "replication was already started".into(),
+        });
+    }
+    Ok(Running { stop, task })
+}
