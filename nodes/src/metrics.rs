@@ -4,6 +4,9 @@
 //! the scrape token (`FNMESH_METRICS_TOKEN`, as `Authorization: Bearer <token>`); anything
 //! else is a 401 with the API's error body. A node holds no API keys to check an admin's
 //! against, so the token is its only credential, and a listener without one is refused.
+//! `GET /healthz` on the same listener answers `ok` without the token (it names nothing): the
+//! liveness probe of deployments (Nomad's check, the compose healthcheck); the listener starts
+//! once the node's work loop runs.
 //!
 //! The worker counts what it ran ([`NodeMetrics::observe`]): `fnmesh_node_invocations_total`
 //! by function and status, `fnmesh_node_cold_starts_total`, and the init and execution
@@ -265,7 +268,13 @@ fn answer<B>(registry: &Registry, token: &ScrapeToken, req: &Request<B>) -> Resp
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if req.uri().path() != "/metrics" {
+    if req.uri().path() == "/healthz" {
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            *response.body_mut() = Full::from("ok\n");
+        } else {
+            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        }
+    } else if req.uri().path() != "/metrics" {
         *response.status_mut() = StatusCode::NOT_FOUND;
     } else if req.method() != Method::GET && req.method() != Method::HEAD {
         *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
@@ -340,6 +349,10 @@ mod tests {
             &request(Some("Bearer node-scrape-token-0123"), "/other"),
         );
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        // The liveness probe needs no token and names nothing.
+        let response = answer(&registry, &token, &request(None, "/healthz"));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body_of(response), "ok\n");
     }
 
     #[test]
