@@ -20,6 +20,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 pub mod archive;
+pub mod deploy;
 pub mod mesh;
 pub mod nats_roles;
 pub mod servers;

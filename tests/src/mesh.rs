@@ -27,6 +27,22 @@ pub struct MeshProc {
 }
 
 impl MeshProc {
+    /// Takes over `child` (any process), whose output goes to `log_path`.
+    pub fn adopt(child: Child, log_path: PathBuf, id: &str) -> Self {
+        Self {
+            child: Some(child),
+            log_path,
+            id: id.to_owned(),
+        }
+    }
+
+    /// Whether it has exited (and how), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

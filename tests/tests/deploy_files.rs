@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
+use fnmesh_tests::deploy::nomad::{attrs, block, blocks, duration_secs, text, Jobspec};
 use fnmesh_tests::fnmesh_bin;
+use hcl::eval::Evaluate as _;
 use serde_yaml::Value;
 
 fn repo_file(name: &str) -> String {
@@ -225,50 +227,213 @@ fn compose_has_the_full_stack_wired_together() {
     );
 }
 
-/// `KEY = "value"` and `KEY=value` assignments of `FNMESH_*`/`AWS_*` variables in a Nomad file
-/// (env blocks and templates).
-fn nomad_vars(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            let name: String = line
-                .chars()
-                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
-                .collect();
-            let rest = line[name.len()..].trim_start();
-            ((name.starts_with("FNMESH_") || name.starts_with("AWS_")) && rest.starts_with('='))
-                .then_some(name)
+/// Every jobspec of `deploy/nomad/`, read with the HCL parser, with the variables that have no
+/// default given as `nomad job run -var` would.
+fn jobspecs() -> Vec<(String, Jobspec)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nomad");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".nomad.hcl"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|name| {
+            let overrides: &[(&str, hcl::Value)] = if name == "fnmesh-edge.nomad.hcl" {
+                &[
+                    ("edge", hcl::Value::from("eu")),
+                    ("hub_leaf_url", hcl::Value::from("nats-leaf://hub:7422")),
+                ]
+            } else {
+                &[]
+            };
+            let spec = Jobspec::load(&dir.join(&name), overrides).unwrap_or_else(|e| panic!("{e}"));
+            (name, spec)
         })
         .collect()
 }
 
+/// The `KEY=` lines of an env template (`env = true`).
+fn template_env_keys(data: &str) -> Vec<String> {
+    data.lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .map(|(k, _)| k.trim().to_owned())
+        .filter(|k| !k.is_empty() && !k.contains("{{"))
+        .collect()
+}
+
 #[test]
-fn nomad_jobs_set_only_variables_the_binary_reads() {
+fn nomad_jobs_parse_and_set_only_variables_the_binary_reads() {
     let known = env_vars_the_binary_reads();
-    for file in [
-        "deploy/nomad/fnmesh-gateway.nomad.hcl",
-        "deploy/nomad/fnmesh-node.nomad.hcl",
+    let specs = jobspecs();
+    let names: BTreeSet<&str> = specs.iter().map(|(n, _)| n.as_str()).collect();
+    for needed in [
+        "fnmesh-nats-hub.nomad.hcl",
+        "fnmesh-gateway.nomad.hcl",
+        "fnmesh-node.nomad.hcl",
+        "fnmesh-edge.nomad.hcl",
     ] {
-        let text = repo_file(file);
-        let vars = nomad_vars(&text);
-        assert!(vars.len() >= 5, "{file}: found only {vars:?}");
-        for var in &vars {
+        assert!(names.contains(needed), "deploy/nomad lacks {needed}");
+    }
+    let mut tasks = 0;
+    for (file, spec) in &specs {
+        let ctx = spec.context(&nomad_runtime());
+        let job = attrs(spec.job().unwrap().body(), &ctx).unwrap();
+        assert_eq!(text(&job["namespace"]), "fnmesh", "{file}");
+        assert!(job.contains_key("region"), "{file}: no region");
+        assert!(job.contains_key("datacenters"), "{file}: no datacenters");
+        let job_type = text(&job["type"]);
+        for group_name in spec.group_names().unwrap() {
+            let group = spec.group(&group_name).unwrap();
+            let what = format!("{file}, group {group_name}");
+            let update = attrs(
+                block(group.body(), "update")
+                    .unwrap_or_else(|| panic!("{what}: no update block"))
+                    .body(),
+                &ctx,
+            )
+            .unwrap();
+            if job_type == "service" {
+                assert_eq!(
+                    update.get("auto_revert"),
+                    Some(&hcl::Value::Bool(true)),
+                    "{what}"
+                );
+            }
+            let network = attrs(block(group.body(), "network").unwrap().body(), &ctx).unwrap();
+            assert_eq!(text(&network["mode"]), "host", "{what}");
+            let services = blocks(group.body(), "service");
+            assert!(!services.is_empty(), "{what}: no service");
             assert!(
-                known.contains(var),
-                "{file} sets {var}, which fnmesh does not read"
+                services.iter().any(|s| block(s.body(), "check").is_some()),
+                "{what}: no health check"
             );
+            for task in blocks(group.body(), "task") {
+                tasks += 1;
+                let body = task.body();
+                let task_attrs = body
+                    .attributes()
+                    .map(|a| (a.key().to_owned(), a.expr().clone()))
+                    .collect::<std::collections::BTreeMap<_, _>>();
+                let kill = task_attrs
+                    .get("kill_timeout")
+                    .unwrap_or_else(|| panic!("{what}: no kill_timeout"));
+                let secs = duration_secs(&text(&hcl::Value::from(kill.clone()))).unwrap();
+                assert!(
+                    secs <= 30,
+                    "{what}: kill_timeout {secs}s is above Nomad's default maximum"
+                );
+                let mut vars: Vec<String> = block(body, "env")
+                    .map(|e| e.body().attributes().map(|a| a.key().to_owned()).collect())
+                    .unwrap_or_default();
+                for template in blocks(body, "template") {
+                    let t = template.body();
+                    let is_env = t
+                        .attributes()
+                        .any(|a| a.key() == "env" && a.expr() == &hcl::Expression::Bool(true));
+                    if is_env {
+                        let data = t.attributes().find(|a| a.key() == "data").unwrap();
+                        let data = text(&data.expr().evaluate(&ctx).unwrap());
+                        vars.extend(template_env_keys(&data));
+                    }
+                }
+                for var in &vars {
+                    assert!(
+                        known.contains(var),
+                        "{what} sets {var}, which fnmesh does not read"
+                    );
+                }
+                let config = block(body, "config").unwrap().body();
+                let image = config
+                    .attributes()
+                    .find(|a| a.key() == "image")
+                    .map(|a| text(&a.expr().evaluate(&ctx).unwrap()))
+                    .unwrap();
+                let args: Vec<String> = config
+                    .attributes()
+                    .find(|a| a.key() == "args")
+                    .map(|a| match a.expr().evaluate(&ctx) {
+                        Ok(hcl::Value::Array(v)) => v.iter().map(text).collect(),
+                        other => panic!("{what}: args {other:?}"),
+                    })
+                    .unwrap_or_default();
+                if image.starts_with("fnmesh") {
+                    assert!(vars.len() >= 5, "{what}: only {vars:?}");
+                    // A real subcommand.
+                    let help = Command::new(fnmesh_bin())
+                        .args([args[0].as_str(), "--help"])
+                        .output()
+                        .unwrap();
+                    assert!(help.status.success(), "{what}: fnmesh {} --help", args[0]);
+                } else {
+                    // NATS >= 2.11 in an image with a shell and wget.
+                    assert!(
+                        image.starts_with("nats:2.1") && image.ends_with("-alpine"),
+                        "{image}"
+                    );
+                }
+                if args.first().map(String::as_str) == Some("node") {
+                    let config = attrs(config, &ctx).unwrap();
+                    assert_eq!(
+                        config.get("privileged"),
+                        Some(&hcl::Value::Bool(true)),
+                        "{what}"
+                    );
+                    assert_eq!(
+                        config.get("cgroupns").map(text).as_deref(),
+                        Some("host"),
+                        "{what}"
+                    );
+                    assert!(
+                        !vars.iter().any(|v| v == "FNMESH_CODE_STORE"),
+                        "{what}: nodes fetch code over NATS"
+                    );
+                    assert_eq!(job_type, "system", "{what}");
+                }
+                if args.first().map(String::as_str) == Some("gateway") {
+                    for v in [
+                        "FNMESH_SECRETS_KEY_FILE",
+                        "FNMESH_JWT_HS256_SECRET_FILE",
+                        "FNMESH_SIGNING_KEY_FILE",
+                        "FNMESH_ADMIN_KEY",
+                    ] {
+                        assert!(
+                            vars.iter().any(|x| x == v),
+                            "{what}: a shared key is missing: {v}"
+                        );
+                    }
+                }
+            }
         }
     }
-    let gateway = repo_file("deploy/nomad/fnmesh-gateway.nomad.hcl");
-    assert!(gateway.contains("args    = [\"gateway\"]"));
-    assert!(gateway.contains("path     = \"/readyz\""));
-    let node = repo_file("deploy/nomad/fnmesh-node.nomad.hcl");
-    assert!(node.contains("args       = [\"node\"]"));
-    assert!(node.contains("privileged = true"));
+    assert!(tasks >= 5, "only {tasks} tasks");
+    let gateway = &specs
+        .iter()
+        .find(|(n, _)| n == "fnmesh-gateway.nomad.hcl")
+        .unwrap()
+        .1;
+    let update = block(gateway.group("gateway").unwrap().body(), "update").unwrap();
+    let update = attrs(update.body(), &gateway.context(&Default::default())).unwrap();
     assert!(
-        !nomad_vars(&node).contains("FNMESH_CODE_STORE"),
-        "nodes fetch code over NATS"
+        text(&update["canary"]).parse::<u32>().unwrap() >= 1,
+        "gateways deploy a canary first"
     );
+}
+
+/// Runtime variables with placeholder values, to evaluate blocks that interpolate them.
+fn nomad_runtime() -> std::collections::BTreeMap<String, String> {
+    [
+        "NOMAD_ALLOC_DIR",
+        "NOMAD_SECRETS_DIR",
+        "NOMAD_TASK_DIR",
+        "NOMAD_ADDR_metrics",
+        "NOMAD_ADDR_http",
+    ]
+    .into_iter()
+    .map(|k| (k.to_owned(), format!("/{k}")))
+    .collect()
 }
 
 /// Kills the server it holds on drop.
