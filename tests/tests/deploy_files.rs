@@ -111,11 +111,13 @@ fn compose_has_the_full_stack_wired_together() {
         "nats",
         "postgres",
         "redis",
-        "minio",
-        "minio-init",
+        "garage",
         "gateway",
         "node-1",
         "node-2",
+        "edge-nats",
+        "edge-gateway",
+        "edge-node-1",
     ] {
         assert!(names.contains(required), "missing service {required}");
     }
@@ -124,6 +126,8 @@ fn compose_has_the_full_stack_wired_together() {
         ("gateway", "gateway"),
         ("node-1", "node"),
         ("node-2", "node"),
+        ("edge-gateway", "gateway"),
+        ("edge-node-1", "node"),
     ] {
         let command = doc["services"][name]["command"][0].as_str().unwrap();
         assert_eq!(command, sub, "{name}");
@@ -137,33 +141,70 @@ fn compose_has_the_full_stack_wired_together() {
     let gateway_env: std::collections::BTreeMap<_, _> =
         env_of(&doc["services"]["gateway"]).into_iter().collect();
     let mut node_ids = BTreeSet::new();
-    for node in ["node-1", "node-2"] {
+    let edge_gateway_env: std::collections::BTreeMap<_, _> =
+        env_of(&doc["services"]["edge-gateway"])
+            .into_iter()
+            .collect();
+    for node in ["node-1", "node-2", "edge-node-1"] {
         let svc = &doc["services"][node];
         assert_eq!(
             svc["privileged"],
             Value::Bool(true),
             "{node} must be privileged"
         );
+        assert_eq!(
+            svc["cgroup"].as_str(),
+            Some("host"),
+            "{node}: libcontainer needs the host's cgroups"
+        );
+        let health = serde_yaml::to_string(&svc["healthcheck"]["test"]).unwrap();
         let env: std::collections::BTreeMap<_, _> = env_of(svc).into_iter().collect();
+        let metrics = env["FNMESH_METRICS_LISTEN"]
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert!(
+            health.contains(&format!("127.0.0.1:{metrics}/healthz")),
+            "{node}: {health}"
+        );
         node_ids.insert(env["FNMESH_NODE_ID"].clone());
-        assert_eq!(env["FNMESH_REGION"], gateway_env["FNMESH_REGION"]);
-        assert_eq!(env["FNMESH_NATS_URL"], gateway_env["FNMESH_NATS_URL"]);
+        let region_gateway = if node.starts_with("edge") {
+            &edge_gateway_env
+        } else {
+            &gateway_env
+        };
+        assert_eq!(env["FNMESH_REGION"], region_gateway["FNMESH_REGION"]);
+        assert_eq!(env["FNMESH_NATS_URL"], region_gateway["FNMESH_NATS_URL"]);
         assert!(
             !env.contains_key("FNMESH_CODE_STORE"),
             "{node} needs nothing but NATS: it reads code from the region's NATS bucket"
         );
-        assert!(svc["depends_on"].get("nats").is_some());
-        assert!(svc["depends_on"].get("minio-init").is_none(), "{node}");
+        assert!(svc["depends_on"].get("garage").is_none(), "{node}");
     }
-    assert_eq!(node_ids.len(), 2, "node ids must differ");
+    assert_eq!(node_ids.len(), 3, "node ids must differ");
+    // The edge profile: its own NATS server, gateway and node, started only with the profile.
+    for svc in ["edge-nats", "edge-gateway", "edge-node-1"] {
+        let profiles = serde_yaml::to_string(&doc["services"][svc]["profiles"]).unwrap();
+        assert_eq!(profiles.trim(), "- edge", "{svc}");
+    }
+    assert_ne!(
+        edge_gateway_env["FNMESH_REGION"],
+        gateway_env["FNMESH_REGION"]
+    );
     // No credential is shipped in the file: the admin key and the secrets key (one for the
     // whole stack: gateways seal, nodes open) come from the operator's environment, and the
     // API is published on loopback only.
     for (svc, key) in [
         ("gateway", "FNMESH_ADMIN_KEY"),
         ("gateway", "FNMESH_SECRETS_KEY"),
+        ("gateway", "FNMESH_JWT_HS256_SECRET"),
         ("node-1", "FNMESH_SECRETS_KEY"),
         ("node-2", "FNMESH_SECRETS_KEY"),
+        ("edge-gateway", "FNMESH_ADMIN_KEY"),
+        ("edge-gateway", "FNMESH_SECRETS_KEY"),
+        ("edge-gateway", "FNMESH_JWT_HS256_SECRET"),
+        ("edge-node-1", "FNMESH_SECRETS_KEY"),
     ] {
         let env: std::collections::BTreeMap<_, _> =
             env_of(&doc["services"][svc]).into_iter().collect();
@@ -204,26 +245,42 @@ fn compose_has_the_full_stack_wired_together() {
             "{key} points at {host}, not a service"
         );
     }
-    for dep in ["nats", "postgres", "redis", "minio-init"] {
+    for dep in ["nats", "postgres", "redis", "garage"] {
         assert!(
             doc["services"]["gateway"]["depends_on"].get(dep).is_some(),
             "gateway must wait for {dep}"
         );
     }
-    for svc in ["nats", "postgres", "redis", "minio", "gateway"] {
+    for svc in [
+        "nats",
+        "postgres",
+        "redis",
+        "garage",
+        "gateway",
+        "edge-nats",
+        "edge-gateway",
+    ] {
         assert!(
             doc["services"][svc].get("healthcheck").is_some(),
             "{svc} needs a healthcheck"
         );
     }
-    // The bucket the init container creates is the code store's.
-    let init = serde_yaml::to_string(&doc["services"]["minio-init"]["command"]).unwrap();
-    let bucket = gateway_env["FNMESH_CODE_STORE"]
-        .trim_start_matches("s3://")
-        .to_owned();
-    assert!(
-        init.contains(&format!("mb --ignore-existing local/{bucket}")),
-        "{init}"
+    // Garage makes the code store's bucket at start, with the key the gateway uses.
+    let garage: std::collections::BTreeMap<_, _> =
+        env_of(&doc["services"]["garage"]).into_iter().collect();
+    assert_eq!(
+        format!("s3://{}", garage["GARAGE_DEFAULT_BUCKET"]),
+        gateway_env["FNMESH_CODE_STORE"]
+    );
+    // The same variable of the operator's environment.
+    let variable = |value: &str| value.split([':', '}']).next().unwrap().to_owned();
+    assert_eq!(
+        variable(&garage["GARAGE_DEFAULT_ACCESS_KEY"]),
+        variable(&gateway_env["AWS_ACCESS_KEY_ID"])
+    );
+    assert_eq!(
+        variable(&garage["GARAGE_DEFAULT_SECRET_KEY"]),
+        variable(&gateway_env["AWS_SECRET_ACCESS_KEY"])
     );
 }
 
@@ -601,8 +658,32 @@ async fn compose_nats_runs_the_generated_setup_and_refuses_anonymous_connections
     }
     // JetStream keeps its data in the data volume, not in the read-only setup.
     assert!(
-        data.join("jetstream").is_dir(),
+        data.join("hub").join("jetstream").is_dir(),
         "no JetStream data in the data volume"
     );
     drop(server);
+}
+
+#[test]
+fn the_build_context_leaves_out_build_output_and_keys() {
+    let ignored = repo_file(".dockerignore");
+    let patterns: BTreeSet<&str> = ignored
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for needed in ["target/", ".fnmesh/", "**/*.creds", "**/*.nk", ".git/"] {
+        assert!(patterns.contains(needed), ".dockerignore lacks {needed}");
+    }
+    // NATS images with a shell for their healthcheck, pinned.
+    let doc = compose();
+    for svc in ["nats", "edge-nats"] {
+        let image = doc["services"][svc]["image"].as_str().unwrap();
+        assert!(
+            image.starts_with("nats:2.")
+                && image.ends_with("-alpine")
+                && image.matches('.').count() == 2,
+            "{svc}: {image}"
+        );
+    }
 }
