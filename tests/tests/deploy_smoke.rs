@@ -1,4 +1,4 @@
-//! The Nomad jobs of `deploy/nomad/` run (issue #14, item 6): every jobspec is read with an HCL
+//! The deployment files run (issue #14, item 6). The Nomad jobs of `deploy/nomad/`: every jobspec is read with an HCL
 //! parser and its tasks run as local processes by [`FakeNomad`] — the variables come from
 //! `put-variables.sh` (through a recording `nomad`), service discovery and ports are loopback,
 //! host volumes are temp dirs, and each NATS config passes `nats-server -t` before it runs. The
@@ -10,6 +10,9 @@
 //! the node registers at the edge gateway, a function deployed there answers a NATS request
 //! `fnmesh.v1.req.<edge>.<function>` sent by a client of the hub. Deploying at the hub and
 //! invoking at the edge waits for catalog replication: [`deploy_at_hub_invoke_at_edge`].
+//!
+//! `docker-compose.yml` runs the same way ([`FakeCompose`]): its services' commands, healthchecks
+//! and environments as local processes, the hub's services and then the `edge` profile's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use fnmesh_tests::deploy::compose::FakeCompose;
 use fnmesh_tests::deploy::nomad::Jobspec;
 use fnmesh_tests::deploy::{wait_healthy, Alloc, FakeNomad, Task};
 use fnmesh_tests::servers::garage::TestGarage;
@@ -489,4 +493,154 @@ async fn deploy_at_hub_invoke_at_edge(
     assert_eq!(reply["status"], "succeeded", "{reply}");
     assert_eq!(reply["result"]["at"], "hub", "{reply}");
     assert_eq!(reply["node_id"], "eu-node-1", "{reply}");
+}
+
+/// `docker-compose.yml` runs ([`FakeCompose`]): the hub's services (NATS, Garage, PostgreSQL
+/// and Redis, the gateway, two nodes) deploy a function with a secret and invoke it (sync, and
+/// async read back by id), then the `edge` profile's (leaf NATS, edge gateway, edge node): the
+/// edge node registers, and a function deployed at the edge gateway answers a NATS request the
+/// hub's client sends to `fnmesh.v1.req.edge.<function>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_compose_stack_runs_a_hub_and_an_edge_that_deploy_and_invoke() {
+    require_root();
+    let random_hex = |bytes: usize| -> String {
+        fnmesh_code::conformance::random_bytes(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    // The operator's environment, as the comment at the top of the file makes it.
+    let admin_key = random_hex(32);
+    let operator = [
+        ("FNMESH_ADMIN_KEY", admin_key.clone()),
+        (
+            "FNMESH_SECRETS_KEY",
+            fnmesh_tests::b64(&fnmesh_code::conformance::random_bytes(32)),
+        ),
+        ("FNMESH_JWT_HS256_SECRET", random_hex(32)),
+        ("FNMESH_METRICS_TOKEN", random_hex(24)),
+        ("GARAGE_RPC_SECRET", random_hex(32)),
+        ("S3_ACCESS_KEY_ID", format!("GK{}", random_hex(12))),
+        ("S3_SECRET_ACCESS_KEY", random_hex(32)),
+    ];
+    let operator: Vec<(&str, &str)> = operator.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml");
+    let mut compose = FakeCompose::load(&file, &operator);
+    // PostgreSQL and Redis are the harness's, with the database and user the file names.
+    let pg = TestPostgres::shared();
+    pg.psql("postgres", "CREATE DATABASE fnmesh").unwrap();
+    let redis = TestRedis::start();
+    compose.stand_in("postgres", 5432, pg.port());
+    compose.stand_in("redis", 6379, redis.port());
+
+    for service in compose.service_names(None) {
+        compose.up(&service);
+    }
+    let logs = |compose: &FakeCompose| {
+        compose
+            .running
+            .iter()
+            .map(|(name, p)| format!("--- {name} ---\n{}\n", p.log()))
+            .collect::<String>()
+    };
+    let hub = format!("http://127.0.0.1:{}", compose.port("gateway", 8080));
+    for node in ["node-1", "node-2"] {
+        wait_node_listed(&hub, &admin_key, node, || logs(&compose)).await;
+    }
+    let name = unique("compose");
+    let r = call(
+        &hub,
+        "POST",
+        "/v1/functions",
+        &admin_key,
+        Some(function(&name, "hub")),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = call(
+        &hub,
+        "PUT",
+        &format!("/v1/functions/{name}/secrets/MY_SECRET"),
+        &admin_key,
+        Some(json!({ "value": "compose-secret" })),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let r = call(
+        &hub,
+        "POST",
+        &format!("/v1/functions/{name}/invoke"),
+        &admin_key,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}\n{}", r.body, logs(&compose));
+    assert_eq!(
+        r.body["result"],
+        json!({"at": "hub", "secret": "compose-secret"})
+    );
+    let r = call(
+        &hub,
+        "POST",
+        &format!("/v1/functions/{name}/invoke?async=true"),
+        &admin_key,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = call(
+            &hub,
+            "GET",
+            &format!("/v1/invocations/{id}"),
+            &admin_key,
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if r.body["status"] == "succeeded" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline
+                && matches!(r.body["status"].as_str(), Some("queued" | "running")),
+            "async invocation {id}: {:?}\n{}",
+            r.body,
+            logs(&compose)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The edge profile.
+    for service in compose.service_names(Some("edge")) {
+        compose.up(&service);
+    }
+    let edge = format!("http://127.0.0.1:{}", compose.port("edge-gateway", 8080));
+    wait_node_listed(&edge, &admin_key, "edge-node-1", || logs(&compose)).await;
+    let region = compose.envs["edge-gateway"]["FNMESH_REGION"].clone();
+    let at_edge = unique("edge");
+    let r = call(
+        &edge,
+        "POST",
+        "/v1/functions",
+        &admin_key,
+        Some(function(&at_edge, &region)),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let setup = PathBuf::from(
+        compose.envs["gateway"]["FNMESH_NATS_CREDS"].trim_end_matches("gateway.creds"),
+    );
+    let reply = nats_request(
+        &compose.envs["gateway"]["FNMESH_NATS_URL"],
+        &setup.join("client.creds"),
+        &admin_key,
+        format!("fnmesh.v1.req.{region}.{at_edge}"),
+    )
+    .await;
+    assert_eq!(reply["status"], "succeeded", "{reply}\n{}", logs(&compose));
+    assert_eq!(reply["result"]["at"], region.as_str(), "{reply}");
+    assert_eq!(reply["node_id"], "edge-node-1", "{reply}");
 }

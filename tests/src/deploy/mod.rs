@@ -12,6 +12,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod compose;
 pub mod gotmpl;
 pub mod nomad;
 
