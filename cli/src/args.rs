@@ -253,6 +253,10 @@ pub struct DeliveryArgs {
         default_value_t = 10_000
     )]
     pub namespace_queue_capacity: usize,
+    /// JetStream replicas of the streams and buckets a gateway creates (1 to 5; 3 on a
+    /// 3-server cluster). Existing streams are updated to it; existing buckets keep theirs.
+    #[arg(long, env = "FNMESH_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
 }
 
 impl DeliveryArgs {
@@ -265,6 +269,7 @@ impl DeliveryArgs {
             capacity: self.queue_capacity.max(1),
             function_capacity: self.function_queue_capacity.max(1),
             namespace_capacity: self.namespace_queue_capacity.max(1),
+            replicas: usize::from(self.stream_replicas),
             ..fnmesh_bus::BusConfig::default()
         }
     }

@@ -74,9 +74,19 @@ pub async fn run(args: GatewayCommand) -> Result<()> {
         },
     )
     .await?;
-    let replica = open_nats_code(open.nats.as_ref(), &args.mesh.region).await?;
+    let replica = open_nats_code(
+        open.nats.as_ref(),
+        &args.mesh.region,
+        args.mesh.delivery.stream_replicas,
+    )
+    .await?;
     // Nodes' entries carry their own time to live; the bucket's max_age is only a backstop.
-    let registry = open_registry(open.nats.as_ref(), &args.mesh.region).await?;
+    let registry = open_registry(
+        open.nats.as_ref(),
+        &args.mesh.region,
+        args.mesh.delivery.stream_replicas,
+    )
+    .await?;
     let bus = open.bus;
     let parts = open_gateway(
         &args.gateway,

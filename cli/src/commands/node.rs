@@ -47,13 +47,22 @@ pub async fn run(mut args: NodeCommand) -> Result<()> {
     .await?;
     let code = match args.code_store.as_deref() {
         Some(setting) => open_code_store(&CodeStoreLocation::parse(setting)?).await?,
-        None => open_nats_code(open.nats.as_ref(), &args.mesh.region)
-            .await?
-            .context("a node needs NATS to read code when FNMESH_CODE_STORE is not set")?,
+        None => open_nats_code(
+            open.nats.as_ref(),
+            &args.mesh.region,
+            args.mesh.delivery.stream_replicas,
+        )
+        .await?
+        .context("a node needs NATS to read code when FNMESH_CODE_STORE is not set")?,
     };
     let keyring = crate::secrets_key::keyring(&args.common.secrets, &data_dir)?;
     let code = seal_code(code, &args.common.secrets, &keyring);
-    let registry = open_registry(open.nats.as_ref(), &args.mesh.region).await?;
+    let registry = open_registry(
+        open.nats.as_ref(),
+        &args.mesh.region,
+        args.mesh.delivery.stream_replicas,
+    )
+    .await?;
     let node = Node::start(
         node_config(
             &args.node,

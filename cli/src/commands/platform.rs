@@ -103,11 +103,12 @@ pub fn code_location(setting: Option<&str>, data_dir: &Path) -> Result<CodeStore
 pub async fn open_nats_code(
     nats: Option<&async_nats::Client>,
     region: &str,
+    replicas: u8,
 ) -> Result<Option<Arc<dyn CodeStore>>> {
     let Some(client) = nats else {
         return Ok(None);
     };
-    let store = NatsCodeStore::open(client.clone(), region)
+    let store = NatsCodeStore::open_replicated(client.clone(), region, usize::from(replicas))
         .await
         .with_context(|| format!("opening the NATS code bucket of region {region:?}"))?;
     tracing::info!(
@@ -211,14 +212,16 @@ pub async fn open_gateway(
 pub async fn open_registry(
     nats: Option<&async_nats::Client>,
     region: &str,
+    replicas: u8,
 ) -> Result<Arc<dyn NodeRegistry>> {
     let Some(client) = nats else {
         tracing::info!(backend = "in-process", "node registry");
         return Ok(Arc::new(MemoryRegistry::new()));
     };
-    let registry = JetStreamRegistry::open(client.clone(), region)
-        .await
-        .with_context(|| format!("opening the node registry of region {region:?}"))?;
+    let registry =
+        JetStreamRegistry::open_replicated(client.clone(), region, usize::from(replicas))
+            .await
+            .with_context(|| format!("opening the node registry of region {region:?}"))?;
     tracing::info!(backend = "nats kv", ?registry, "node registry");
     Ok(Arc::new(registry))
 }

@@ -42,9 +42,19 @@ pub async fn run(args: UpArgs) -> Result<()> {
         config,
     )
     .await?;
-    let replica = open_nats_code(open.nats.as_ref(), &args.region).await?;
+    let replica = open_nats_code(
+        open.nats.as_ref(),
+        &args.region,
+        args.delivery.stream_replicas,
+    )
+    .await?;
     // One registry for the gateway and the node (in-process without NATS).
-    let registry = open_registry(open.nats.as_ref(), &args.region).await?;
+    let registry = open_registry(
+        open.nats.as_ref(),
+        &args.region,
+        args.delivery.stream_replicas,
+    )
+    .await?;
     let bus = open.bus;
     let mut parts = open_gateway(
         &args.gateway,

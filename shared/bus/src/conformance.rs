@@ -55,6 +55,7 @@ pub fn test_config() -> BusConfig {
         dedupe_window: Duration::from_secs(60),
         event_capacity: 10_000,
         manage_streams: true,
+        replicas: 1,
         signatures: crate::Signatures::process_local(),
     }
 }

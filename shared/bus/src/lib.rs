@@ -108,6 +108,8 @@ pub struct BusConfig {
     /// credentials may not manage streams). An attaching JetStream bus waits up to
     /// [`ATTACH_WAIT`] for the work stream to appear, and cannot pull events or dead letters.
     pub manage_streams: bool,
+    /// JetStream replicas of the streams a managing bus creates (1; 3 on a 3-server cluster).
+    pub replicas: usize,
     /// How work crossing processes is signed and checked (the JetStream bus; the in-process
     /// bus has no one to distrust).
     pub signatures: Signatures,
@@ -183,6 +185,7 @@ impl Default for BusConfig {
             dedupe_window: Duration::from_secs(600),
             event_capacity: 100_000,
             manage_streams: true,
+            replicas: 1,
             signatures: Signatures::process_local(),
         }
     }

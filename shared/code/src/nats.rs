@@ -49,6 +49,15 @@ impl NatsCodeStore {
     /// Opens (creating if needed) the code bucket of region `prefix` on an existing
     /// connection.
     pub async fn open(client: async_nats::Client, prefix: &str) -> Result<Self, CodeStoreError> {
+        Self::open_replicated(client, prefix, 1).await
+    }
+
+    /// [`Self::open`], creating a missing bucket with `replicas` JetStream replicas.
+    pub async fn open_replicated(
+        client: async_nats::Client,
+        prefix: &str,
+        replicas: usize,
+    ) -> Result<Self, CodeStoreError> {
         let prefix = BusPrefix::parse(prefix)
             .map_err(|e| CodeStoreError::Backend(format!("nats code store: {e}")))?;
         let name = subjects::code_bucket(&prefix);
@@ -64,7 +73,7 @@ impl NatsCodeStore {
                         bucket: name.clone(),
                         description: Some("fnmesh function code, by sha256".to_owned()),
                         storage: jetstream::stream::StorageType::File,
-                        num_replicas: 1,
+                        num_replicas: replicas.max(1),
                         ..Default::default()
                     })
                     .await;

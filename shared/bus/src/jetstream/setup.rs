@@ -150,6 +150,7 @@ async fn manage(
             subjects: vec![subjects::bus_invocations_all(prefix)],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
+            num_replicas: config.replicas.max(1),
             max_messages: capacity,
             // Subjects are per function: one function's share of the queue.
             max_messages_per_subject: i64::try_from(config.function_capacity.max(1))
@@ -185,6 +186,7 @@ async fn manage(
             subjects: vec![subjects::bus_node_events_all(prefix)],
             retention: stream::RetentionPolicy::Interest,
             storage: stream::StorageType::File,
+            num_replicas: config.replicas.max(1),
             max_messages: i64::try_from(config.event_capacity.max(1)).unwrap_or(i64::MAX),
             discard: stream::DiscardPolicy::New,
             ..Default::default()
@@ -216,6 +218,7 @@ async fn manage(
             ],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
+            num_replicas: config.replicas.max(1),
             // Bounded like every stream: a dead letter is an advisory and at most one node
             // record about a message still held by the work stream (until it is recorded), so
             // twice the work stream's capacity is never reached by honest traffic.

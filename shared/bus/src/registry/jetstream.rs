@@ -60,6 +60,15 @@ impl JetStreamRegistry {
     /// Opens (creating it if needed) the registry bucket of region `prefix` on `client`. A
     /// bucket made by an earlier fnmesh (without per-entry TTLs) is updated to allow them.
     pub async fn open(client: async_nats::Client, prefix: &str) -> Result<Self, RegistryError> {
+        Self::open_replicated(client, prefix, 1).await
+    }
+
+    /// [`Self::open`], creating a missing bucket with `replicas` JetStream replicas.
+    pub async fn open_replicated(
+        client: async_nats::Client,
+        prefix: &str,
+        replicas: usize,
+    ) -> Result<Self, RegistryError> {
         let prefix = BusPrefix::parse(prefix).map_err(|e| backend("registry prefix", e))?;
         let js = jetstream::new(client);
         let bucket = subjects::node_registry_bucket(&prefix);
@@ -83,7 +92,7 @@ impl JetStreamRegistry {
                     history: 1,
                     max_value_size: MAX_VALUE_BYTES,
                     storage: jetstream::stream::StorageType::File,
-                    num_replicas: 1,
+                    num_replicas: replicas.max(1),
                     limit_markers: Some(MARKER_TTL),
                     ..Default::default()
                 })
