@@ -20,6 +20,12 @@ variable "image" {
   default = "fnmesh:latest"
 }
 
+variable "stream_replicas" {
+  type        = number
+  default     = 3
+  description = "JetStream replicas of the streams and buckets the gateways create: the hub cluster's 3 servers"
+}
+
 job "fnmesh-gateway" {
   namespace   = "fnmesh"
   region      = var.nomad_region
@@ -81,6 +87,7 @@ job "fnmesh-gateway" {
         FNMESH_SECRETS_KEY_FILE      = "${NOMAD_SECRETS_DIR}/secrets.key"
         FNMESH_JWT_HS256_SECRET_FILE = "${NOMAD_SECRETS_DIR}/jwt.secret"
         FNMESH_METRICS_TOKEN_FILE    = "${NOMAD_SECRETS_DIR}/metrics.token"
+        FNMESH_STREAM_REPLICAS       = var.stream_replicas
         FNMESH_MIGRATE               = "true"
         FNMESH_RATE_LIMIT_FAILURE    = "fail_open"
         FNMESH_S3_PATH_STYLE         = "true"

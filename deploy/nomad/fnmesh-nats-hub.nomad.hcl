@@ -1,5 +1,5 @@
-# The hub's NATS: a 3-server cluster (JetStream domain `hub`) that edge servers dial as leaf
-# nodes. The config is
+# The hub's NATS: a 3-server cluster (JetStream domain `hub`; the gateways create their streams
+# and buckets R3, FNMESH_STREAM_REPLICAS=3) that edge servers dial as leaf nodes. The config is
 # the hub.conf of `fnmesh nats init --edge` with a `cluster {}` block: the operator and account
 # JWTs come from the Nomad variable nomad/jobs (put-variables.sh), the routes from Nomad's
 # service discovery (the template re-renders, and NATS reloads, as servers come and go).

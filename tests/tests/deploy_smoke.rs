@@ -394,6 +394,13 @@ async fn the_nomad_jobs_run_a_hub_and_an_edge_that_deploy_and_invoke() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The hub's streams and buckets are replicated on the three servers (R3).
+    assert_hub_replicas(
+        &format!("nats://127.0.0.1:{}", hub_nats[2].alloc.ports["client"]),
+        &setup.join("gateway.creds"),
+        3,
+    )
+    .await;
     // A token one gateway issued is good at the other.
     let pair = call(&a, "POST", "/v1/auth/token", &admin_key, None).await;
     assert_eq!(pair.status, 200, "{:?}", pair.body);
@@ -472,6 +479,41 @@ async fn the_nomad_jobs_run_a_hub_and_an_edge_that_deploy_and_invoke() {
     assert_eq!(reply["node_id"], "eu-node-1", "{reply}");
 
     drop((edge_node, edge_gw, edge_nats, hub_node, gw1, gw0, hub_nats));
+}
+
+/// The hub's work, event and dead-letter streams, its node registry bucket and code bucket each
+/// have `replicas` replicas, all current.
+async fn assert_hub_replicas(url: &str, creds: &Path, replicas: usize) {
+    use fnmesh_core::subjects::{self, BusPrefix, BusRole};
+    let client = async_nats::ConnectOptions::with_credentials_file(creds)
+        .await
+        .unwrap()
+        .custom_inbox_prefix(subjects::inbox_prefix(subjects::InboxOwner::Gateway))
+        .connect(url)
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let hub = BusPrefix::parse("hub").unwrap();
+    let mut names: Vec<String> = [BusRole::Invocations, BusRole::Events, BusRole::DeadLetters]
+        .into_iter()
+        .map(|role| subjects::bus_stream(&hub, role))
+        .collect();
+    names.push(format!("KV_{}", subjects::node_registry_bucket(&hub)));
+    names.push(format!("OBJ_{}", subjects::code_bucket(&hub)));
+    for name in names {
+        let mut stream = js
+            .get_stream(&name)
+            .await
+            .unwrap_or_else(|e| panic!("stream {name}: {e}"));
+        let info = stream.info().await.unwrap();
+        assert_eq!(info.config.num_replicas, replicas, "stream {name}");
+        let cluster = info.cluster.as_ref().expect("a clustered stream");
+        assert_eq!(
+            cluster.replicas.len() + 1,
+            replicas,
+            "stream {name}: {cluster:?}"
+        );
+    }
 }
 
 /// Deploy at the hub, invoke at the edge: a function deployed at a hub gateway answers a NATS
