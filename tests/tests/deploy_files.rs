@@ -1,8 +1,10 @@
 //! The deployment files are checked against the real binary: every `FNMESH_*` variable that
 //! `docker-compose.yml` or the `Dockerfile` sets is one `fnmesh` reads (from
 //! `fnmesh env-vars`), the commands are real subcommands, the gateway's port, listen address and
-//! healthcheck agree, and every URL points at a service of the stack. No Docker engine runs
-//! here, so the stack itself is not started by this test.
+//! healthcheck agree, and every URL points at a service of the stack. The Nomad jobspecs are
+//! read with an HCL parser and held to the same rules plus Nomad's (`kill_timeout` ≤ 30 s,
+//! health checks, auto-revert, canaries for gateways). No Docker engine or Nomad runs here:
+//! `deploy_smoke.rs` runs both files' processes locally.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

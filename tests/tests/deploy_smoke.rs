@@ -1,12 +1,13 @@
-//! The deployment files run (issue #14, item 6). The Nomad jobs of `deploy/nomad/`: every jobspec is read with an HCL
-//! parser and its tasks run as local processes by [`FakeNomad`] — the variables come from
-//! `put-variables.sh` (through a recording `nomad`), service discovery and ports are loopback,
-//! host volumes are temp dirs, and each NATS config passes `nats-server -t` before it runs. The
-//! backends the jobs name as external services are the harness's PostgreSQL, Redis and Garage.
+//! The deployment files run (issue #14, item 6). The Nomad jobs of `deploy/nomad/`: every
+//! jobspec is read with an HCL parser and its tasks run as local processes by [`FakeNomad`] —
+//! the variables come from `put-variables.sh` (through a recording `nomad`), service discovery
+//! and ports are loopback, host volumes are temp dirs, and each NATS config passes
+//! `nats-server -t` before it runs. The backends the jobs name as external services are the
+//! harness's PostgreSQL, Redis and Garage.
 //!
-//! The hub: the 3-server NATS cluster, two gateways and a node; a function with a secret is
-//! deployed at one gateway and invoked (sync, and async read back by id) through the other, and
-//! a token one gateway issued is good at the other. The edge: its leaf NATS, gateway and node;
+//! The hub: the 3-server NATS cluster (streams and buckets R3), two gateways and a node; a
+//! function with a secret is deployed at one gateway and invoked (sync, and async read back by
+//! id) through the other, and a token one gateway issued is good at the other. The edge: its leaf NATS, gateway and node;
 //! the node registers at the edge gateway, a function deployed there answers a NATS request
 //! `fnmesh.v1.req.<edge>.<function>` sent by a client of the hub. Deploying at the hub and
 //! invoking at the edge waits for catalog replication: [`deploy_at_hub_invoke_at_edge`].
