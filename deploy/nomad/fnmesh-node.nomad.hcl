@@ -3,8 +3,10 @@
 # from the region's NATS object store and reports results back over NATS. It finds its region's
 # NATS server(s) through Nomad's service discovery (`fnmesh-nats`, registered by
 # fnmesh-nats-hub.nomad.hcl in the hub's Nomad region and by fnmesh-edge.nomad.hcl in an
-# edge's). Nodes create sandboxes (cgroups, namespaces): the task is privileged, in the host's
-# cgroup namespace.
+# edge's). Nodes create sandboxes (cgroups, namespaces): the task is privileged, and needs the
+# host's cgroup namespace, which Nomad's docker driver cannot ask for per task: on cgroup v2
+# machines set `"default-cgroupns-mode": "host"` in the Docker daemon's daemon.json (compose's
+# `cgroup: host`).
 #   nomad job run fnmesh-node.nomad.hcl                                  # the hub
 #   nomad job run -var region=eu -var nomad_region=eu fnmesh-node.nomad.hcl   # edge eu
 # Every FNMESH_* variable here is checked against the binary by tests/tests/deploy_files.rs,
@@ -80,7 +82,6 @@ job "fnmesh-node" {
         command      = "fnmesh"
         args         = ["node"]
         privileged   = true
-        cgroupns     = "host"
       }
 
       volume_mount {

@@ -440,11 +440,9 @@ fn nomad_jobs_parse_and_set_only_variables_the_binary_reads() {
                         Some(&hcl::Value::Bool(true)),
                         "{what}"
                     );
-                    assert_eq!(
-                        config.get("cgroupns").map(text).as_deref(),
-                        Some("host"),
-                        "{what}"
-                    );
+                    // Nomad's docker driver has no per-task cgroup namespace option: the
+                    // README and the job say how to give nodes the host's.
+                    assert!(!config.contains_key("cgroupns"), "{what}");
                     assert!(
                         !vars.iter().any(|v| v == "FNMESH_CODE_STORE"),
                         "{what}: nodes fetch code over NATS"
