@@ -323,6 +323,14 @@ async fn the_nomad_jobs_run_a_hub_and_an_edge_that_deploy_and_invoke() {
     provision_node(&nomad, &setup, "hub-node-1");
     let node_spec = Jobspec::load(&nomad_file("fnmesh-node.nomad.hcl"), &[]).unwrap();
     let hub_node = run(&mut nomad, &node_spec, "node", 0, "hub-node-1").await;
+    // Gateways and nodes found every server of the cluster through service discovery.
+    for server in &hub_nats {
+        let url = format!("nats://127.0.0.1:{}", server.alloc.ports["client"]);
+        for process in [&gw0, &gw1, &hub_node] {
+            let urls = process.env("FNMESH_NATS_URL");
+            assert!(urls.split(',').any(|u| u == url), "{urls} lacks {url}");
+        }
+    }
     let hub_logs = || format!("{}{}{}", gw0.logs(), gw1.logs(), hub_node.logs());
     let (a, b) = (gw0.base_url(), gw1.base_url());
     wait_node_listed(&a, &admin_key, "hub-node-1", hub_logs).await;
