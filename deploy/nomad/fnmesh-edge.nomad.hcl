@@ -181,6 +181,8 @@ job "fnmesh-edge" {
       env {
         FNMESH_LISTEN                = "${NOMAD_ADDR_http}"
         FNMESH_REGION                = var.edge
+        # Follows the hub's catalog: functions deployed at the hub run here.
+        FNMESH_HUB_REGION            = "hub"
         FNMESH_DATA_DIR              = "/var/lib/fnmesh"
         FNMESH_NATS_CREDS            = "${NOMAD_SECRETS_DIR}/nats.creds"
         FNMESH_SIGNING_KEY_FILE      = "${NOMAD_SECRETS_DIR}/signing.nk"

@@ -8,9 +8,10 @@
 //! The hub: the 3-server NATS cluster (streams and buckets R3), two gateways and a node; a
 //! function with a secret is deployed at one gateway and invoked (sync, and async read back by
 //! id) through the other, and a token one gateway issued is good at the other. The edge: its leaf NATS, gateway and node;
-//! the node registers at the edge gateway, a function deployed there answers a NATS request
-//! `fnmesh.v1.req.<edge>.<function>` sent by a client of the hub. Deploying at the hub and
-//! invoking at the edge waits for catalog replication: [`deploy_at_hub_invoke_at_edge`].
+//! the node registers at the edge gateway, which refuses deploys of its own; the function
+//! deployed at the hub reaches it (catalog replication) and answers a NATS request
+//! `fnmesh.v1.req.<edge>.<function>` sent by a client of the hub, run by the edge's node with
+//! its secret: [`deploy_at_hub_invoke_at_edge`].
 //!
 //! `docker-compose.yml` runs the same way ([`FakeCompose`]): its services' commands, healthchecks
 //! and environments as local processes, the hub's services and then the `edge` profile's.
@@ -30,10 +31,7 @@ use fnmesh_tests::servers::redis::TestRedis;
 use fnmesh_tests::{fnmesh_bin, function_body, http_client, require_root, unique, Resp};
 use serde_json::{json, Value};
 
-/// Switched on once an edge gateway receives the functions deployed at the hub (catalog
-/// replication); until then the edge's own gateway deploys the function it runs.
-const HUB_CATALOG_REACHES_EDGES: bool = false;
-
+/// The edge region of the Nomad test.
 const EDGE: &str = "eu";
 const NAMESPACE: &str = "fnmesh";
 const HUB_NOMAD_REGION: &str = "global";
@@ -460,32 +458,16 @@ async fn the_nomad_jobs_run_a_hub_and_an_edge_that_deploy_and_invoke() {
     assert_eq!(listed.status, 200, "{:?}", listed.body);
 
     let hub_url = format!("nats://127.0.0.1:{}", hub_nats[1].alloc.ports["client"]);
-    if HUB_CATALOG_REACHES_EDGES {
-        deploy_at_hub_invoke_at_edge(&hub_url, &setup, &admin_key, &name).await;
-    } else {
-        eprintln!("deploy at the hub, invoke at the edge: off until the catalog is replicated");
-    }
-    // Until then: deployed at the edge's gateway, invoked from the hub over NATS.
-    let at_edge = unique("edge");
-    let r = call(
+    deploy_at_hub_invoke_at_edge(
         &edge,
-        "POST",
-        "/v1/functions",
-        &admin_key,
-        Some(function(&at_edge, EDGE)),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let reply = nats_request(
         &hub_url,
         &setup.join("client.creds"),
         &admin_key,
-        format!("fnmesh.v1.req.{EDGE}.{at_edge}"),
+        (&name, secret),
+        (EDGE, "eu-node-1"),
+        edge_logs,
     )
     .await;
-    assert_eq!(reply["status"], "succeeded", "{reply}\n{}", edge_logs());
-    assert_eq!(reply["result"]["at"], EDGE, "{reply}");
-    assert_eq!(reply["node_id"], "eu-node-1", "{reply}");
 
     drop((edge_node, edge_gw, edge_nats, hub_node, gw1, gw0, hub_nats));
 }
@@ -525,32 +507,71 @@ async fn assert_hub_replicas(url: &str, creds: &Path, replicas: usize) {
     }
 }
 
-/// Deploy at the hub, invoke at the edge: a function deployed at a hub gateway answers a NATS
-/// request for the edge region, run by the edge's node. Needs the hub's function catalog to
-/// reach edge gateways; switched on with [`HUB_CATALOG_REACHES_EDGES`].
+/// Deploy at the hub, invoke at the edge: the edge gateway (`FNMESH_HUB_REGION`) refuses a
+/// deploy of its own, receives `deployed` (a function with secret `MY_SECRET`) from the hub's
+/// catalog, and a NATS request for the edge region is run by the edge's node with the
+/// function's secret.
 async fn deploy_at_hub_invoke_at_edge(
+    edge_url: &str,
     hub_nats_url: &str,
-    setup: &Path,
+    client_creds: &Path,
     admin_key: &str,
-    deployed_at_hub: &str,
+    (deployed, secret): (&str, &str),
+    (edge, edge_node): (&str, &str),
+    logs: impl Fn() -> String,
 ) {
-    let reply = nats_request(
-        hub_nats_url,
-        &setup.join("client.creds"),
+    let r = call(
+        edge_url,
+        "POST",
+        "/v1/functions",
         admin_key,
-        format!("fnmesh.v1.req.{EDGE}.{deployed_at_hub}"),
+        Some(function(&unique("local"), edge)),
     )
     .await;
-    assert_eq!(reply["status"], "succeeded", "{reply}");
-    assert_eq!(reply["result"]["at"], "hub", "{reply}");
-    assert_eq!(reply["node_id"], "eu-node-1", "{reply}");
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "read_only_region", "{:?}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = call(
+            edge_url,
+            "GET",
+            &format!("/v1/functions/{deployed}"),
+            admin_key,
+            None,
+        )
+        .await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{deployed} did not reach the edge: {:?}\n{}",
+            r.body,
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = nats_request(
+        hub_nats_url,
+        client_creds,
+        admin_key,
+        format!("fnmesh.v1.req.{edge}.{deployed}"),
+    )
+    .await;
+    assert_eq!(reply["status"], "succeeded", "{reply}\n{}", logs());
+    assert_eq!(
+        reply["result"],
+        json!({"at": "hub", "secret": secret}),
+        "{reply}"
+    );
+    assert_eq!(reply["node_id"], edge_node, "{reply}");
 }
 
 /// `docker-compose.yml` runs ([`FakeCompose`]): the hub's services (NATS, Garage, PostgreSQL
 /// and Redis, the gateway, two nodes) deploy a function with a secret and invoke it (sync, and
 /// async read back by id), then the `edge` profile's (leaf NATS, edge gateway, edge node): the
-/// edge node registers, and a function deployed at the edge gateway answers a NATS request the
-/// hub's client sends to `fnmesh.v1.req.edge.<function>`.
+/// edge node registers, and the function deployed at the hub answers a NATS request the hub's
+/// client sends to `fnmesh.v1.req.edge.<function>`, run at the edge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_compose_stack_runs_a_hub_and_an_edge_that_deploy_and_invoke() {
     require_root();
@@ -671,27 +692,17 @@ async fn the_compose_stack_runs_a_hub_and_an_edge_that_deploy_and_invoke() {
     let edge = format!("http://127.0.0.1:{}", compose.port("edge-gateway", 8080));
     wait_node_listed(&edge, &admin_key, "edge-node-1", || logs(&compose)).await;
     let region = compose.envs["edge-gateway"]["FNMESH_REGION"].clone();
-    let at_edge = unique("edge");
-    let r = call(
-        &edge,
-        "POST",
-        "/v1/functions",
-        &admin_key,
-        Some(function(&at_edge, &region)),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
     let setup = PathBuf::from(
         compose.envs["gateway"]["FNMESH_NATS_CREDS"].trim_end_matches("gateway.creds"),
     );
-    let reply = nats_request(
+    deploy_at_hub_invoke_at_edge(
+        &edge,
         &compose.envs["gateway"]["FNMESH_NATS_URL"],
         &setup.join("client.creds"),
         &admin_key,
-        format!("fnmesh.v1.req.{region}.{at_edge}"),
+        (&name, "compose-secret"),
+        (&region, "edge-node-1"),
+        || logs(&compose),
     )
     .await;
-    assert_eq!(reply["status"], "succeeded", "{reply}\n{}", logs(&compose));
-    assert_eq!(reply["result"]["at"], region.as_str(), "{reply}");
-    assert_eq!(reply["node_id"], "edge-node-1", "{reply}");
 }
