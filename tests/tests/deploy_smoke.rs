@@ -367,40 +367,8 @@ async fn the_nomad_jobs_run_a_hub_and_an_edge_that_deploy_and_invoke() {
     assert_eq!(r.body["result"], json!({"at": "hub", "secret": secret}));
     assert_eq!(r.body["node_id"], "hub-node-1");
     // Async at one gateway, read back by id at the other.
-    let r = call(
-        &a,
-        "POST",
-        &format!("/v1/functions/{name}/invoke?async=true"),
-        &admin_key,
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let id = r.body["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = call(
-            &b,
-            "GET",
-            &format!("/v1/invocations/{id}"),
-            &admin_key,
-            None,
-        )
-        .await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        if r.body["status"] == "succeeded" {
-            assert_eq!(r.body["result"]["secret"], secret);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline
-                && matches!(r.body["status"].as_str(), Some("queued" | "running")),
-            "async invocation {id}: {:?}\n{}",
-            r.body,
-            hub_logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = async_invocation_succeeds(&a, &b, &admin_key, &name, hub_logs).await;
+    assert_eq!(done["result"]["secret"], secret);
     // The hub's streams and buckets are replicated on the three servers (R3).
     assert_hub_replicas(
         &format!("nats://127.0.0.1:{}", hub_nats[2].alloc.ports["client"]),
@@ -504,6 +472,44 @@ async fn assert_hub_replicas(url: &str, creds: &Path, replicas: usize) {
             replicas,
             "stream {name}: {cluster:?}"
         );
+    }
+}
+
+/// Invokes `name` asynchronously at gateway `submit`, reads it back by id at gateway `read`
+/// until it `succeeded` (within 60 s; anything but queued/running fails the test), and returns
+/// the record.
+async fn async_invocation_succeeds(
+    submit: &str,
+    read: &str,
+    key: &str,
+    name: &str,
+    logs: impl Fn() -> String,
+) -> Value {
+    let r = call(
+        submit,
+        "POST",
+        &format!("/v1/functions/{name}/invoke?async=true"),
+        key,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = call(read, "GET", &format!("/v1/invocations/{id}"), key, None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if r.body["status"] == "succeeded" {
+            return r.body;
+        }
+        assert!(
+            Instant::now() < deadline
+                && matches!(r.body["status"].as_str(), Some("queued" | "running")),
+            "async invocation {id}: {:?}\n{}",
+            r.body,
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -651,39 +657,7 @@ async fn the_compose_stack_runs_a_hub_and_an_edge_that_deploy_and_invoke() {
         r.body["result"],
         json!({"at": "hub", "secret": "compose-secret"})
     );
-    let r = call(
-        &hub,
-        "POST",
-        &format!("/v1/functions/{name}/invoke?async=true"),
-        &admin_key,
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let id = r.body["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = call(
-            &hub,
-            "GET",
-            &format!("/v1/invocations/{id}"),
-            &admin_key,
-            None,
-        )
-        .await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        if r.body["status"] == "succeeded" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline
-                && matches!(r.body["status"].as_str(), Some("queued" | "running")),
-            "async invocation {id}: {:?}\n{}",
-            r.body,
-            logs(&compose)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    async_invocation_succeeds(&hub, &hub, &admin_key, &name, || logs(&compose)).await;
 
     // The edge profile.
     for service in compose.service_names(Some("edge")) {
