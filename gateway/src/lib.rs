@@ -40,6 +40,7 @@ pub(crate) mod server;
 pub(crate) mod state;
 pub(crate) mod telemetry;
 pub(crate) mod tokens;
+pub(crate) mod uplink;
 pub(crate) mod workers;
 pub(crate) mod writes;
 

@@ -407,6 +407,12 @@ fn admin_routes(state: State) -> BoxedFilter<(Response,)> {
         .and(authed(s.clone()))
         .then(admin::nodes::list)
         .map(into_reply);
+    let regions = warp::path!("v1" / "admin" / "regions")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(admin::regions::list)
+        .map(into_reply);
     let namespaces = warp::path!("v1" / "admin" / "namespaces")
         .and(warp::get())
         .and(with_state(s.clone()))
@@ -440,6 +446,8 @@ fn admin_routes(state: State) -> BoxedFilter<(Response,)> {
         .or(queues)
         .unify()
         .or(nodes)
+        .unify()
+        .or(regions)
         .unify()
         .or(namespaces)
         .unify()

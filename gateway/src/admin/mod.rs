@@ -6,3 +6,4 @@ pub(crate) mod dlq;
 pub(crate) mod namespaces;
 pub(crate) mod nodes;
 pub(crate) mod queues;
+pub(crate) mod regions;

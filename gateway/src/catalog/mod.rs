@@ -18,7 +18,8 @@
 //!
 //! An edge gateway refuses writes to what it follows (functions, secrets, keys, quotas;
 //! `read_only_region`): they would be overwritten, and the hub would never see them.
-//! Invocations, records and logs stay regional.
+//! Invocations are recorded in the region that ran them; `crate::uplink` brings an edge's up to
+//! its hub.
 
 pub(crate) mod follower;
 pub(crate) mod publisher;
@@ -138,6 +139,7 @@ pub enum CatalogError {
 #[derive(Default)]
 pub(crate) struct Catalog {
     active: OnceLock<Active>,
+    regions: OnceLock<crate::uplink::status::Regions>,
 }
 
 enum Active {
@@ -148,15 +150,17 @@ enum Active {
 /// The replication task and how to stop it.
 pub(crate) struct Running {
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops the task and waits for it.
+    /// Stops the tasks and waits for them.
     pub(crate) async fn stop(self) {
         self.stop.cancel();
-        if let Err(e) = self.task.await {
-            tracing::warn!(error = %e, "catalog task failed");
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "catalog task failed");
+            }
         }
     }
 }
@@ -180,6 +184,11 @@ impl Catalog {
             _ => Ok(()),
         }
     }
+
+    /// The other regions, when this gateway works over NATS.
+    pub(crate) fn regions(&self) -> Option<&crate::uplink::status::Regions> {
+        self.regions.get()
+    }
 }
 
 /// Starts replication for the gateway whose shared state is `state`.
@@ -188,16 +197,17 @@ pub(crate) async fn start(
     link: CatalogLink,
 ) -> Result<Running, CatalogError> {
     let stop = CancellationToken::new();
-    let (active, task) = match link {
+    let store = state.backends.store.clone();
+    let (active, regions, tasks) = match link {
         CatalogLink::Publish { client, region } => {
-            let (publisher, task) = publisher::Publisher::start(
-                client,
-                &region,
-                state.backends.store.clone(),
-                stop.clone(),
-            )
-            .await?;
-            (Active::Publish(publisher), task)
+            let (publisher, task) =
+                publisher::Publisher::start(client.clone(), &region, store.clone(), stop.clone())
+                    .await?;
+            // A region that publishes its catalog is a hub to the edges that follow it.
+            let importer =
+                crate::uplink::importer::start(client.clone(), region.clone(), store, stop.clone());
+            let regions = crate::uplink::status::Regions::new(client, region, None);
+            (Active::Publish(publisher), regions, vec![task, importer])
         }
         CatalogLink::Follow {
             client,
@@ -205,19 +215,44 @@ pub(crate) async fn start(
             hub,
             hub_code,
         } => {
-            let task =
-                follower::start(client, &region, &hub, hub_code, state.clone(), stop.clone())
-                    .await?;
-            (Active::Follow { region, hub }, task)
+            let task = follower::start(
+                client.clone(),
+                &region,
+                &hub,
+                hub_code,
+                state.clone(),
+                stop.clone(),
+            )
+            .await?;
+            let exporter =
+                crate::uplink::exporter::start(client.clone(), &region, &hub, store, stop.clone())
+                    .await;
+            let exporter = match exporter {
+                Ok(exporter) => exporter,
+                Err(e) => {
+                    stop.cancel();
+                    let _ = task.await;
+                    return Err(e);
+                }
+            };
+            let regions =
+                crate::uplink::status::Regions::new(client, region.clone(), Some(hub.clone()));
+            (
+                Active::Follow { region, hub },
+                regions,
+                vec![task, exporter],
+            )
         }
     };
-    if state.catalog.active.set(active).is_err() {
+    if state.catalog.active.set(active).is_err() || state.catalog.regions.set(regions).is_err() {
         stop.cancel();
-        let _ = task.await;
+        for task in tasks {
+            let _ = task.await;
+        }
         return Err(CatalogError::JetStream {
             what: "starting".into(),
             detail: "replication was already started".into(),
         });
     }
-    Ok(Running { stop, task })
+    Ok(Running { stop, tasks })
 }

@@ -496,6 +496,34 @@ pub fn catalog_mirror_stream(edge: &BusPrefix) -> String {
     format!("fnmesh-{edge}-catalog")
 }
 
+/// Where an edge gateway exports its finished invocations (records, logs, dead letters) for
+/// its hub: `fnmesh.v1.<edge>.rec`.
+pub fn bus_records(edge: &BusPrefix) -> String {
+    format!("{PREFIX}.{edge}.rec")
+}
+
+/// The stream of them, in the edge's own JetStream domain: `fnmesh-<edge>-rec`.
+pub fn records_stream(edge: &BusPrefix) -> String {
+    format!("fnmesh-{edge}-rec")
+}
+
+/// The stream of hub region `hub`, in the hub's domain, that sources edge `edge`'s records
+/// stream: `fnmesh-<hub>-rec_<edge>` (`_` never appears in a region name, so no region's own
+/// stream can take this name).
+pub fn records_import_stream(hub: &BusPrefix, edge: &BusPrefix) -> String {
+    format!("fnmesh-{hub}-rec_{edge}")
+}
+
+/// The edge whose records stream `name` sources, if `name` is one of hub `hub`'s
+/// [`records_import_stream`]s.
+pub fn parse_records_import_stream(hub: &BusPrefix, name: &str) -> Option<BusPrefix> {
+    let edge = name.strip_prefix(&format!("fnmesh-{hub}-rec_"))?;
+    BusPrefix::parse(edge).ok()
+}
+
+/// The durable consumer through which a hub's gateways store an edge's records.
+pub const RECORDS_IMPORT_CONSUMER: &str = "fnmesh-import";
+
 /// The JetStream API prefix of another JetStream domain (a region's own): `$JS.<domain>.API`.
 pub fn jetstream_domain_api(domain: &BusPrefix) -> String {
     format!("$JS.{domain}.API")
@@ -897,6 +925,13 @@ pub fn jetstream_api(tokens: &[&str]) -> String {
 /// Every ack subject of the deliveries of `stream`: `$JS.ACK.<stream>.>`.
 pub fn jetstream_acks(stream: &str) -> String {
     format!("$JS.ACK.{stream}.>")
+}
+
+/// Every ack subject of every stream's deliveries: `$JS.ACK.>` (a hub's gateways ack the
+/// streams that source their edges' records, named per edge; whoever may use the whole
+/// JetStream API gains nothing by it).
+pub fn jetstream_acks_all() -> String {
+    "$JS.ACK.>".to_owned()
 }
 
 /// Every flow-control reply subject of push consumers of `stream`: `$JS.FC.<stream>.>`.

@@ -79,6 +79,7 @@ macro_rules! store_conformance_cases {
             put_dead_letter_is_idempotent,
             put_dead_letter_keeps_terminal_records,
             put_dead_letter_inserts_absent_records,
+            finished_after_exports_and_import_finished_applies,
             api_keys_list_get_and_revoke,
             api_key_grants_roundtrip,
             api_key_lineage_roundtrip,
@@ -1772,6 +1773,178 @@ pub async fn put_dead_letter_inserts_absent_records(store: Store) {
 }
 
 // ---- retention ----
+
+/// `finished_after` lists finished records with their logs and dead letters in
+/// `(updated_at, id)` order, resuming after a position; `import_finished` inserts what is
+/// absent, applies what is newer (fenced like `update_invocation`), stores logs and dead
+/// letters, is idempotent and refuses unfinished records.
+pub async fn finished_after_exports_and_import_finished_applies(store: Store) {
+    let ns = fresh_namespace();
+    let start = (
+        Utc::now() - ChronoDuration::milliseconds(1),
+        InvocationId::parse("00000000-0000-0000-0000-000000000000").unwrap(),
+    );
+    let logs = InvocationLogs {
+        text: "exported\n".to_owned(),
+        truncated: true,
+    };
+    let done = accept(&store, &ns, "edge").await;
+    let done = with_status(&done, InvocationStatus::Succeeded, 1);
+    assert!(store.update_invocation(&done).await.unwrap());
+    store.put_logs(&done.id, &logs).await.unwrap();
+    let _still_queued = accept(&store, &ns, "edge").await;
+    let dead_req = accepted_request(&store, &ns, "edge").await;
+    let dead = dead_letter(&dead_req, 3, None);
+    assert!(store.put_dead_letter(&dead).await.unwrap());
+    let failed = accept(&store, &ns, "edge").await;
+    let failed = with_status(&failed, InvocationStatus::Failed, 2);
+    assert!(store.update_invocation(&failed).await.unwrap());
+
+    let until = Utc::now() + ChronoDuration::seconds(1);
+    let later = accept(&store, &ns, "edge").await;
+    assert!(store
+        .update_invocation(&with_status(&later, InvocationStatus::Succeeded, 1))
+        .await
+        .unwrap());
+    assert!(
+        store
+            .finished_after(Some(start), Utc::now() - ChronoDuration::seconds(60), 1000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing updated before `before` is listed"
+    );
+
+    // Other cases write concurrently: walk everything after `start`, keep this namespace's.
+    let mut mine = Vec::new();
+    let mut after = Some(start);
+    let mut positions = Vec::new();
+    loop {
+        let page = store.finished_after(after, until, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.updated_at, last.record.id));
+        for item in page {
+            positions.push((item.updated_at, item.record.id.to_string()));
+            if item.record.namespace == ns {
+                mine.push(item);
+            }
+        }
+    }
+    let mut sorted = positions.clone();
+    sorted.sort();
+    assert_eq!(
+        positions, sorted,
+        "finished invocations come in (updated_at, id) order"
+    );
+    sorted.dedup();
+    assert_eq!(positions.len(), sorted.len(), "resuming never repeats one");
+    let ids: Vec<InvocationId> = mine.iter().map(|i| i.record.id).collect();
+    assert_eq!(
+        ids,
+        vec![done.id, dead_req.id, failed.id, later.id],
+        "only finished records, in the order they finished"
+    );
+    assert_eq!(mine[0].record, done);
+    assert_eq!(
+        mine[0].logs,
+        Some(logs.clone()),
+        "logs come with their record"
+    );
+    assert_eq!(mine[0].dead_letter, None);
+    assert_eq!(mine[1].record.status, InvocationStatus::DeadLettered);
+    assert_eq!(mine[1].dead_letter, Some(dead.clone()), "and dead letters");
+    assert_eq!(mine[2].logs, None);
+
+    // Import into another namespace, as a hub that has never seen them.
+    let hub_ns = fresh_namespace();
+    let moved = |item: &super::FinishedInvocation| {
+        let mut item = item.clone();
+        item.record.id = InvocationId::new();
+        item.record.namespace = hub_ns.clone();
+        if let Some(dead) = &mut item.dead_letter {
+            dead.id = item.record.id;
+            dead.namespace = hub_ns.clone();
+            dead.request.id = item.record.id;
+            dead.request.function.namespace = hub_ns.clone();
+        }
+        item
+    };
+    let imported: Vec<_> = mine[..3].iter().map(moved).collect();
+    assert_eq!(
+        store.import_finished(&imported).await.unwrap(),
+        vec![true, true, true],
+        "absent records are inserted"
+    );
+    assert_eq!(
+        store.import_finished(&imported).await.unwrap(),
+        vec![false, false, false],
+        "importing again changes nothing"
+    );
+    let record = store
+        .get_invocation(&hub_ns, &imported[0].record.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        record.as_ref(),
+        Some(&imported[0].record),
+        "stored as exported"
+    );
+    assert_eq!(
+        store
+            .get_logs(&hub_ns, &imported[0].record.id)
+            .await
+            .unwrap(),
+        Some(logs.clone()),
+        "with its logs"
+    );
+    assert_eq!(
+        store
+            .get_dead_letter(Some(&hub_ns), &imported[1].record.id)
+            .await
+            .unwrap()
+            .map(|d| d.attempts),
+        Some(3),
+        "a dead letter is stored with its record"
+    );
+    assert_eq!(
+        store
+            .get_invocation(&hub_ns, &imported[1].record.id)
+            .await
+            .unwrap()
+            .map(|r| r.status),
+        Some(InvocationStatus::DeadLettered)
+    );
+    // A later attempt that finished differently replaces it; an older one does not.
+    let mut newer = imported[2].clone();
+    newer.record = with_status(&newer.record, InvocationStatus::Succeeded, 3);
+    let mut older = imported[2].clone();
+    older.record = with_status(&older.record, InvocationStatus::Timeout, 1);
+    assert_eq!(
+        store
+            .import_finished(&[newer.clone(), older])
+            .await
+            .unwrap(),
+        vec![true, false],
+        "imports are fenced on the attempt"
+    );
+    assert_eq!(
+        store
+            .get_invocation(&hub_ns, &newer.record.id)
+            .await
+            .unwrap(),
+        Some(newer.record.clone())
+    );
+    let mut unfinished = imported[0].clone();
+    unfinished.record.id = InvocationId::new();
+    unfinished.record.status = InvocationStatus::Running;
+    assert!(
+        matches!(
+            store.import_finished(&[unfinished]).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "only finished records are imported"
+    );
+}
 
 /// `prune_invocations` removes finished records (and their logs) last updated before the
 /// cut-off, oldest first, up to the limit, in every namespace; queued and running records,

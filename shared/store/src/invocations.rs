@@ -34,6 +34,22 @@ pub struct Written {
     pub applied: Vec<bool>,
 }
 
+/// A finished invocation with what was stored with it, as an edge gateway exports it to its
+/// hub ([`InvocationStore::finished_after`], [`InvocationStore::import_finished`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FinishedInvocation {
+    /// The record (terminal).
+    pub record: InvocationResult,
+    /// When the exporting store last changed it: with the id, its position in the export.
+    pub updated_at: DateTime<Utc>,
+    /// Its captured logs, if any were stored.
+    #[serde(default)]
+    pub logs: Option<InvocationLogs>,
+    /// Its dead letter, when the record is `dead_lettered` and the dead letter is still held.
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterRecord>,
+}
+
 /// How much a store holds ([`InvocationStore::store_size`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreSize {
@@ -137,6 +153,26 @@ pub trait InvocationStore: Send + Sync + 'static {
     /// removed; dead letters are kept (an operator replays or deletes them).
     async fn prune_invocations(&self, before: DateTime<Utc>, limit: u32)
         -> Result<u64, StoreError>;
+
+    /// Finished invocations (terminal records) of any namespace after position `after`
+    /// (exclusive; `None`: from the first) and last updated before `before`, in
+    /// `(updated_at, id)` order, at most `limit` (clamped to 1..=1000), each with its logs and
+    /// (dead-lettered ones) its dead letter. What an edge gateway exports to its hub, resuming
+    /// after the last one exported.
+    async fn finished_after(
+        &self,
+        after: Option<(DateTime<Utc>, InvocationId)>,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<FinishedInvocation>, StoreError>;
+
+    /// Stores finished invocations made by another store (an edge's, at its hub), in slice
+    /// order: a record that is absent is inserted as it is (without a request: it finished),
+    /// one that exists is updated as by [`InvocationStore::update_invocation`] (fenced: an
+    /// import never overwrites a newer attempt); logs are stored with a record that applied;
+    /// a dead letter is stored as by [`InvocationStore::put_dead_letter`]. Idempotent: per
+    /// item, whether it changed anything.
+    async fn import_finished(&self, items: &[FinishedInvocation]) -> Result<Vec<bool>, StoreError>;
 
     /// How much the store holds, for metrics ([`StoreSize`]).
     async fn store_size(&self) -> Result<StoreSize, StoreError>;

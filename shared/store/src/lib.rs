@@ -24,7 +24,7 @@ pub mod sqlite;
 pub use access::{AccessStore, NamespaceQuota, NamespaceUsage, RefreshTokenRecord};
 pub use audit::{AuditEntry, AuditFilter, AuditOutcome, AuditStore};
 pub use functions::FunctionStore;
-pub use invocations::{InvocationFilter, InvocationStore, StoreSize, Written};
+pub use invocations::{FinishedInvocation, InvocationFilter, InvocationStore, StoreSize, Written};
 pub use secrets::{SecretInfo, SecretStore};
 
 /// Every store trait, for calling store methods on a concrete store (`SqliteStore`,

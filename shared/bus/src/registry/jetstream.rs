@@ -63,6 +63,26 @@ impl JetStreamRegistry {
         Self::open_replicated(client, prefix, 1).await
     }
 
+    /// The registry of region `prefix` in JetStream domain `domain` (another region's own
+    /// server, reached over a leaf link), to list its nodes; it is never created from here.
+    pub async fn attach_in_domain(
+        client: async_nats::Client,
+        prefix: &BusPrefix,
+        domain: &BusPrefix,
+    ) -> Result<Self, RegistryError> {
+        let js = jetstream::with_domain(client, domain.as_str());
+        let bucket = subjects::node_registry_bucket(prefix);
+        let store = tokio::time::timeout(LIST_TIMEOUT, js.get_key_value(&bucket))
+            .await
+            .map_err(|_| backend("opening the node registry", "timed out"))?
+            .map_err(|e| backend("opening the node registry", e))?;
+        Ok(Self {
+            js,
+            store,
+            prefix: prefix.clone(),
+        })
+    }
+
     /// [`Self::open`], creating a missing bucket with `replicas` JetStream replicas.
     pub async fn open_replicated(
         client: async_nats::Client,

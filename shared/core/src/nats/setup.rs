@@ -226,6 +226,8 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
             let mut publish = vec![
                 subjects::jetstream_api_all(),
                 subjects::jetstream_domain_api_all(),
+                // Acks of the streams that source edges' records into a hub.
+                subjects::jetstream_acks_all(),
             ];
             let mut subscribe = vec![gw_inboxes, subjects::requests_all()];
             for p in regions {
@@ -234,6 +236,8 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
                     subjects::kv_entries_all(&subjects::catalog_bucket(p)),
                     subjects::jetstream_flow_control(&subjects::catalog_mirror_stream(p)),
                     subjects::bus_invocations_all(p),
+                    // An edge's finished invocations, for its hub.
+                    subjects::bus_records(p),
                     subjects::bus_work_ready(p),
                     subjects::jetstream_acks(&subjects::bus_stream(p, BusRole::Events)),
                     subjects::jetstream_acks(&subjects::bus_stream(p, BusRole::DeadLetters)),

@@ -13,10 +13,12 @@ use crate::common::{
     clamp_limit, dead_letter_target, from_json, invocation_id_cursor, is_unique_violation,
     present_per_key, records_per_key, DEAD_LETTER_CURSOR, INVOCATION_CURSOR,
 };
-use crate::{InvocationFilter, InvocationStore, Page, StoreError, StoreSize, Written};
+use crate::{
+    FinishedInvocation, InvocationFilter, InvocationStore, Page, StoreError, StoreSize, Written,
+};
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{
-    DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult,
+    DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult, InvocationStatus,
 };
 use fnmesh_core::names::{FunctionName, Namespace};
 
@@ -328,6 +330,108 @@ impl<E: SqlEngine> InvocationStore for E {
         }
         tx.commit().await?;
         Ok(removed)
+    }
+
+    async fn finished_after(
+        &self,
+        after: Option<(DateTime<Utc>, InvocationId)>,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<FinishedInvocation>, StoreError> {
+        // Served by the partial index `invocations_finished` (updated_at, id).
+        let mut query = Sql::new(format!(
+            "SELECT i.body::text AS body, i.updated_at, l.text AS log_text, \
+             l.truncated AS log_truncated \
+             FROM invocations i LEFT JOIN invocation_logs l ON l.id = i.id \
+             WHERE i.status IN {TERMINAL_SQL} AND i.updated_at < $1"
+        ))
+        .bind(before);
+        if let Some((time, id)) = after {
+            query
+                .push(" AND (i.updated_at > ")
+                .push_bind(time)
+                .push(" OR (i.updated_at = ")
+                .push_bind(time)
+                .push(" AND i.id > ")
+                .push_bind(id.to_string())
+                .push("::uuid))");
+        }
+        query
+            .push(" ORDER BY i.updated_at, i.id LIMIT ")
+            .push_bind(i64::from(clamp_limit(limit)));
+        let rows = fetch_all(self, query).await?;
+        let mut finished = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let record: InvocationResult = from_json(&row.text("body")?)?;
+            let logs = match row.opt_text("log_text")? {
+                Some(text) => Some(InvocationLogs {
+                    text,
+                    truncated: row.flag("log_truncated")?,
+                }),
+                None => None,
+            };
+            let dead_letter = if record.status == InvocationStatus::DeadLettered {
+                self.get_dead_letter(None, &record.id).await?
+            } else {
+                None
+            };
+            finished.push(FinishedInvocation {
+                updated_at: row.time("updated_at")?,
+                record,
+                logs,
+                dead_letter,
+            });
+        }
+        Ok(finished)
+    }
+
+    async fn import_finished(&self, items: &[FinishedInvocation]) -> Result<Vec<bool>, StoreError> {
+        let mut changed = Vec::with_capacity(items.len());
+        for item in items {
+            let record = &item.record;
+            if !record.status.is_terminal() {
+                return Err(StoreError::Conflict(format!(
+                    "invocation {} is {}, not finished",
+                    record.id,
+                    record.status.as_str()
+                )));
+            }
+            let applied = match &item.dead_letter {
+                // Inserts the record from the dead letter's request if absent.
+                Some(dead) => {
+                    let held = self.get_dead_letter(None, &dead.id).await?;
+                    held.as_ref() != Some(dead) && self.put_dead_letter(dead).await?
+                }
+                None => {
+                    let inserted = fetch_optional(
+                        self,
+                        Sql::new(
+                            "INSERT INTO invocations (id, namespace, function, version, status, \
+                             attempt, body, request, created_at, updated_at) \
+                             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7::jsonb, NULL, $8, $9) \
+                             ON CONFLICT (id) DO NOTHING RETURNING id::text AS id",
+                        )
+                        .bind(record.id.to_string())
+                        .bind(record.namespace.as_str())
+                        .bind(record.function.as_str())
+                        .bind(i64::from(record.version))
+                        .bind(record.status.as_str())
+                        .bind(i64::from(record.attempt))
+                        .bind(E::to_json(record)?)
+                        .bind(record.created_at)
+                        .bind(item.updated_at),
+                    )
+                    .await?
+                    .is_some();
+                    inserted || self.apply_update(record).await?
+                }
+            };
+            if let (true, Some(logs)) = (applied, &item.logs) {
+                self.put_logs(&record.id, logs).await?;
+            }
+            changed.push(applied);
+        }
+        Ok(changed)
     }
 
     async fn store_size(&self) -> Result<StoreSize, StoreError> {
