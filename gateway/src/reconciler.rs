@@ -5,6 +5,10 @@
 //! record stays `queued`. The reconciler periodically re-publishes requests queued for longer
 //! than `stale_after`, under the same invocation id, so the bus's dedupe drops the copy when
 //! the original is still there: the cost of a loss is delay, never a lost invocation.
+//!
+//! An edge's invocation placed at its hub (`forwarded_to`, see [`crate::overflow`]) is
+//! forwarded to the hub again instead: the hub runs it if it never got it (its store keeps
+//! one record per id) and answers with its record, which is stored here once it finished.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +26,7 @@ const BATCH: u32 = 500;
 pub(crate) struct Reconciler {
     store: Arc<dyn MetadataStore>,
     bus: Arc<dyn Bus>,
+    overflow: Option<Arc<crate::overflow::Overflow>>,
     interval: Duration,
     stale_after: Duration,
 }
@@ -31,12 +36,14 @@ impl Reconciler {
     pub(crate) fn new(
         store: Arc<dyn MetadataStore>,
         bus: Arc<dyn Bus>,
+        overflow: Option<Arc<crate::overflow::Overflow>>,
         interval: Duration,
         stale_after: Duration,
     ) -> Self {
         Self {
             store,
             bus,
+            overflow,
             interval,
             stale_after,
         }
@@ -68,6 +75,16 @@ impl Reconciler {
         };
         let mut published = 0;
         for request in &stale {
+            if let (Some(overflow), Some(_)) = (&self.overflow, &request.forwarded_to) {
+                if overflow
+                    .refresh(self.store.as_ref(), request)
+                    .await
+                    .is_some()
+                {
+                    published += 1;
+                }
+                continue;
+            }
             match self.bus.publish_invocation(request, None).await {
                 Ok(()) => published += 1,
                 Err(BusError::Full) => {

@@ -250,6 +250,7 @@ fn worker_parts(state: &State) -> WorkerParts {
     WorkerParts {
         store: state.backends.store.clone(),
         bus: state.backends.bus.clone(),
+        overflow: state.catalog.overflow().cloned(),
         metrics: state.metrics.clone(),
         reconcile_interval: state.config.reconcile_interval,
         reconcile_after: state.config.reconcile_after,

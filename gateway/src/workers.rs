@@ -30,6 +30,7 @@ pub struct BackgroundWorkers {
 pub(crate) struct WorkerParts {
     pub(crate) store: Arc<dyn MetadataStore>,
     pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) overflow: Option<Arc<crate::overflow::Overflow>>,
     pub(crate) metrics: Arc<GatewayMetrics>,
     pub(crate) reconcile_interval: Duration,
     pub(crate) reconcile_after: Duration,
@@ -44,6 +45,7 @@ impl BackgroundWorkers {
         let reconciler = Reconciler::new(
             parts.store.clone(),
             parts.bus.clone(),
+            parts.overflow.clone(),
             parts.reconcile_interval,
             parts.reconcile_after,
         );

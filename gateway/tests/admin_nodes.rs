@@ -61,7 +61,11 @@ async fn lists_live_nodes_with_their_fields() {
     let app = TestApp::start().await;
     let empty = app.get("/v1/admin/nodes").await;
     assert_eq!(empty.status, 200);
-    assert_eq!(empty.body, json!({"items": []}));
+    assert_eq!(
+        empty.body,
+        json!({"items": [], "regions": []}),
+        "one region, no other regions"
+    );
 
     let mut b = node_info("node-b", Duration::from_secs(2));
     b.slots_free = 3;
@@ -86,6 +90,7 @@ async fn lists_live_nodes_with_their_fields() {
     assert_eq!(b_json["region"], "test");
     assert_eq!(b_json["runtimes"], json!(["python3", "nodejs", "exec"]));
     assert_eq!(b_json["heartbeat_interval_ms"], 2000);
+    assert_eq!(b_json["link"], "local", "its own region's node");
     for field in ["version", "started_at", "last_heartbeat_at", "uptime_secs"] {
         assert!(!b_json[field].is_null(), "{field} missing: {b_json}");
     }

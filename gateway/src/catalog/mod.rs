@@ -140,6 +140,7 @@ pub enum CatalogError {
 pub(crate) struct Catalog {
     active: OnceLock<Active>,
     regions: OnceLock<crate::uplink::status::Regions>,
+    overflow: OnceLock<Arc<crate::overflow::Overflow>>,
 }
 
 enum Active {
@@ -185,6 +186,11 @@ impl Catalog {
         }
     }
 
+    /// Where this gateway overflows what its region cannot run (an edge's hub).
+    pub(crate) fn overflow(&self) -> Option<&Arc<crate::overflow::Overflow>> {
+        self.overflow.get()
+    }
+
     /// The other regions, when this gateway works over NATS.
     pub(crate) fn regions(&self) -> Option<&crate::uplink::status::Regions> {
         self.regions.get()
@@ -198,16 +204,34 @@ pub(crate) async fn start(
 ) -> Result<Running, CatalogError> {
     let stop = CancellationToken::new();
     let store = state.backends.store.clone();
-    let (active, regions, tasks) = match link {
+    let (active, regions, overflow, tasks) = match link {
         CatalogLink::Publish { client, region } => {
             let (publisher, task) =
                 publisher::Publisher::start(client.clone(), &region, store.clone(), stop.clone())
                     .await?;
-            // A region that publishes its catalog is a hub to the edges that follow it.
+            // A region that publishes its catalog is a hub to the edges that follow it: it
+            // stores their records and runs what they overflow.
             let importer =
                 crate::uplink::importer::start(client.clone(), region.clone(), store, stop.clone());
+            let forwards =
+                crate::overflow::serve(client.clone(), region.clone(), state.clone(), stop.clone())
+                    .await;
+            let forwards = match forwards {
+                Ok(forwards) => forwards,
+                Err(e) => {
+                    stop.cancel();
+                    let _ = task.await;
+                    let _ = importer.await;
+                    return Err(e);
+                }
+            };
             let regions = crate::uplink::status::Regions::new(client, region, None);
-            (Active::Publish(publisher), regions, vec![task, importer])
+            (
+                Active::Publish(publisher),
+                regions,
+                None,
+                vec![task, importer, forwards],
+            )
         }
         CatalogLink::Follow {
             client,
@@ -235,16 +259,25 @@ pub(crate) async fn start(
                     return Err(e);
                 }
             };
+            let overflow = Arc::new(crate::overflow::Overflow::new(client.clone(), hub.clone()));
             let regions =
                 crate::uplink::status::Regions::new(client, region.clone(), Some(hub.clone()));
             (
                 Active::Follow { region, hub },
                 regions,
+                Some(overflow),
                 vec![task, exporter],
             )
         }
     };
-    if state.catalog.active.set(active).is_err() || state.catalog.regions.set(regions).is_err() {
+    let overflow_set = match overflow {
+        Some(overflow) => state.catalog.overflow.set(overflow).is_ok(),
+        None => true,
+    };
+    if state.catalog.active.set(active).is_err()
+        || state.catalog.regions.set(regions).is_err()
+        || !overflow_set
+    {
         stop.cancel();
         for task in tasks {
             let _ = task.await;

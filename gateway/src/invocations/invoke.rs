@@ -141,7 +141,15 @@ pub(crate) async fn invoke(
         &function,
         &stored,
     )?;
-    let timeout = std::time::Duration::from_millis(function.config.timeout_ms);
+    // Edge-first: an edge with no live node for the runtime has its hub run it
+    // (`crate::overflow`), decided once, here, and stored with the request.
+    let forwarded_to = match state.catalog.overflow() {
+        Some(overflow) => overflow
+            .target(state.backends.registry.as_ref(), function.runtime.as_str())
+            .await
+            .map(|hub| hub.to_string()),
+        None => None,
+    };
     let id = InvocationId::new();
     // Commit + publish. The request carries this span's context (built here, never copied from
     // a client's header), so the node's spans join the trace; the function sees its trace id.
@@ -156,7 +164,44 @@ pub(crate) async fn invoke(
         trace_id: traceparent.map(|tp| tp.trace_id_hex()),
         traceparent,
         secrets,
+        forwarded_to,
     });
+    let dispatched = dispatch(state, request, mode, publish_span).await?;
+    Ok(match dispatched {
+        Dispatched::Queued(id) => {
+            tracing::info!(invocation.id = %id, function.name = %name, mode = "async", "invocation queued");
+            Invoked::Queued(id)
+        }
+        Dispatched::Finished(outcome) => {
+            let result = Arc::try_unwrap(outcome)
+                .map_or_else(|shared| shared.result.clone(), |outcome| outcome.result);
+            Invoked::Finished(Box::new(result))
+        }
+    })
+}
+
+/// What [`dispatch`] made of an invocation.
+#[derive(Debug)]
+pub(crate) enum Dispatched {
+    /// Queued ([`Mode::Async`]).
+    Queued(InvocationId),
+    /// Finished ([`Mode::Sync`]), with its logs, written through.
+    Finished(Arc<InvocationOutcome>),
+}
+
+/// Commits an accepted invocation (`queued`, with its request) and has it run: published to
+/// this region's nodes, or forwarded to the hub when it was placed there
+/// (`request.forwarded_to`, or a sync invocation whose lane here is full); for
+/// [`Mode::Sync`] waits for the outcome and writes it through. `Conflict` if the id exists.
+/// The commit and the publish run in `publish_span`.
+pub(crate) async fn dispatch(
+    state: &State,
+    request: Arc<InvocationRequest>,
+    mode: Mode,
+    publish_span: tracing::Span,
+) -> Result<Dispatched, ApiError> {
+    let id = request.id;
+    let timeout = std::time::Duration::from_millis(request.function.config.timeout_ms);
     // Committed with the requests arriving meanwhile (group commit, `crate::writes`).
     state
         .writes
@@ -164,14 +209,18 @@ pub(crate) async fn invoke(
         .instrument(publish_span.clone())
         .await?;
     crate::failpoint::hit(crate::failpoint::AFTER_COMMIT_BEFORE_PUBLISH);
+    let overflow = state.catalog.overflow();
+    if let (Some(overflow), Some(_)) = (overflow, &request.forwarded_to) {
+        return overflow.run(state, &request, mode).await;
+    }
     let bus = &state.backends.bus;
 
     if mode == Mode::Async {
-        let published = bus
+        match bus
             .publish_invocation(&request, None)
             .instrument(publish_span)
-            .await;
-        match published {
+            .await
+        {
             Ok(()) => {}
             // Committed as `queued` already: accepted. The reconciler publishes it (same id,
             // so a copy that did land is deduplicated) once the broker is back.
@@ -180,22 +229,27 @@ pub(crate) async fn invoke(
             }
             Err(e) => return Err(refused(state, &request, e.into()).await),
         }
-        tracing::info!(invocation.id = %id, function.name = %name, mode = "async", "invocation queued");
-        return Ok(Invoked::Queued(id));
+        return Ok(Dispatched::Queued(id));
     }
 
     let mut inbox = match bus.open_inbox().await {
         Ok(inbox) => inbox,
         Err(e) => return Err(refused(state, &request, e.into()).await),
     };
-    if let Err(e) = bus
+    match bus
         .publish_invocation(&request, Some(&inbox.reply_to))
         .instrument(publish_span)
         .await
     {
-        return Err(refused(state, &request, e.into()).await);
+        Ok(()) => {}
+        // The lane here is full: the hub runs it instead (the caller waits either way).
+        Err(BusError::LaneFull(lane)) => match overflow {
+            Some(overflow) => return overflow.run(state, &request, mode).await,
+            None => return Err(refused(state, &request, BusError::LaneFull(lane).into()).await),
+        },
+        Err(e) => return Err(refused(state, &request, e.into()).await),
     }
-    tracing::debug!(invocation.id = %id, function.name = %name, mode = "sync", "invocation queued");
+    tracing::debug!(invocation.id = %id, mode = "sync", "invocation queued");
     let wait = timeout + state.config.sync_grace;
     let deadline = tokio::time::Instant::now() + wait;
     let wait_span = tracing::info_span!("invocation.wait", invocation.id = %id);
@@ -210,9 +264,7 @@ pub(crate) async fn invoke(
                 record(state, outcome.clone())
                     .instrument(tracing::info_span!("invocation.record", invocation.id = %id))
                     .await;
-                let result = Arc::try_unwrap(outcome)
-                    .map_or_else(|shared| shared.result.clone(), |outcome| outcome.result);
-                return Ok(Invoked::Finished(Box::new(result)));
+                return Ok(Dispatched::Finished(outcome));
             }
             Ok(Some(other)) => {
                 tracing::warn!(

@@ -139,6 +139,7 @@ pub fn request() -> InvocationRequest {
         trace_id: None,
         traceparent: None,
         secrets: None,
+        forwarded_to: None,
     }
 }
 

@@ -330,6 +330,11 @@ pub struct InvocationRequest {
     /// The function's secrets, sealed: only the node that runs the invocation opens them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<crate::secrets::SealedSecrets>,
+    /// The region whose gateways run it for the region that accepted it (an edge's overflow
+    /// to its hub), decided once when it is accepted so that every later publish of it goes
+    /// there too; `None`: the accepting region's own nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_to: Option<String>,
 }
 
 /// What a node reports for one delivery attempt.
@@ -599,6 +604,7 @@ mod tests {
             trace_id: None,
             traceparent: None,
             secrets: None,
+            forwarded_to: None,
         };
         let execution = Execution {
             status: InvocationStatus::Succeeded,

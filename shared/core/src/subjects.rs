@@ -521,6 +521,12 @@ pub fn parse_records_import_stream(hub: &BusPrefix, name: &str) -> Option<BusPre
     BusPrefix::parse(edge).ok()
 }
 
+/// Where an edge gateway sends its hub the invocations it overflows (core NATS requests to the
+/// hub's gateways): `fnmesh.v1.<hub>.fwd`.
+pub fn forwards(hub: &BusPrefix) -> String {
+    format!("{PREFIX}.{hub}.fwd")
+}
+
 /// The durable consumer through which a hub's gateways store an edge's records.
 pub const RECORDS_IMPORT_CONSUMER: &str = "fnmesh-import";
 

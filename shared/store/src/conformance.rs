@@ -179,6 +179,7 @@ pub fn request(namespace: &Namespace, function_name: &str) -> InvocationRequest 
         trace_id: Some(format!("{:032x}", rand::random::<u128>())),
         traceparent: None,
         secrets: None,
+        forwarded_to: None,
     }
 }
 

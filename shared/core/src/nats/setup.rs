@@ -236,8 +236,9 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
                     subjects::kv_entries_all(&subjects::catalog_bucket(p)),
                     subjects::jetstream_flow_control(&subjects::catalog_mirror_stream(p)),
                     subjects::bus_invocations_all(p),
-                    // An edge's finished invocations, for its hub.
+                    // An edge's finished invocations, for its hub; an edge's overflow to it.
                     subjects::bus_records(p),
+                    subjects::forwards(p),
                     subjects::bus_work_ready(p),
                     subjects::jetstream_acks(&subjects::bus_stream(p, BusRole::Events)),
                     subjects::jetstream_acks(&subjects::bus_stream(p, BusRole::DeadLetters)),
@@ -251,6 +252,7 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
                 ]);
                 subscribe.push(subjects::bus_function_logs_all(p));
                 subscribe.push(subjects::requests_in(p));
+                subscribe.push(subjects::forwards(p));
             }
             UserPermissions {
                 publish,
