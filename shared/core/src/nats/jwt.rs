@@ -33,12 +33,16 @@ pub enum JwtError {
     Malformed(String),
 }
 
-/// Publish or subscribe subjects of a user: `allow` only (what is not allowed is denied).
+/// Publish or subscribe subjects of a user: what is not allowed is denied, and a denied
+/// subject is denied even where an allowed wildcard covers it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allow {
     /// Subjects (wildcards allowed) the user may use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
+    /// Subjects (wildcards allowed) the user may not use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
 }
 
 /// A user's permissions, as the user JWT's `pub`, `sub` and `resp` claims.
@@ -48,6 +52,10 @@ pub struct UserPermissions {
     pub publish: Vec<String>,
     /// What the user may subscribe to.
     pub subscribe: Vec<String>,
+    /// What the user may not publish to, although `publish` covers it.
+    pub publish_deny: Vec<String>,
+    /// What the user may not subscribe to, although `subscribe` covers it.
+    pub subscribe_deny: Vec<String>,
     /// Whether it may answer requests it received (one reply each, within this time), on
     /// reply subjects it could not otherwise publish to: a service.
     pub responses: Option<std::time::Duration>,
@@ -119,13 +127,20 @@ impl Claims {
     /// A user's claims: its permissions, no other limits.
     pub fn user(subject: &str, name: &str, permissions: &UserPermissions) -> Self {
         let mut nats = Map::new();
-        let allow = |subjects: &[String]| {
+        let allow = |subjects: &[String], denied: &[String]| {
             json!(Allow {
-                allow: subjects.to_vec()
+                allow: subjects.to_vec(),
+                deny: denied.to_vec(),
             })
         };
-        nats.insert("pub".into(), allow(&permissions.publish));
-        nats.insert("sub".into(), allow(&permissions.subscribe));
+        nats.insert(
+            "pub".into(),
+            allow(&permissions.publish, &permissions.publish_deny),
+        );
+        nats.insert(
+            "sub".into(),
+            allow(&permissions.subscribe, &permissions.subscribe_deny),
+        );
         if let Some(ttl) = permissions.responses {
             // A Go `time.Duration`: nanoseconds.
             let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
@@ -258,6 +273,8 @@ mod tests {
         UserPermissions {
             publish: vec!["fnmesh.v1.req.>".into()],
             subscribe: vec!["_INBOX.>".into()],
+            publish_deny: vec!["fnmesh.v1.req.secret".into()],
+            subscribe_deny: Vec::new(),
             responses: Some(std::time::Duration::from_secs(60)),
         }
     }
@@ -278,6 +295,15 @@ mod tests {
         assert_eq!(claims["nats"]["version"], 2);
         assert_eq!(claims["nats"]["pub"]["allow"], json!(["fnmesh.v1.req.>"]));
         assert_eq!(claims["nats"]["sub"]["allow"], json!(["_INBOX.>"]));
+        assert_eq!(
+            claims["nats"]["pub"]["deny"],
+            json!(["fnmesh.v1.req.secret"])
+        );
+        assert_eq!(
+            claims["nats"]["sub"]["deny"],
+            Value::Null,
+            "no empty deny list"
+        );
         assert_eq!(claims["nats"]["resp"]["max"], 1);
         assert_eq!(claims["nats"]["resp"]["ttl"], 60_000_000_000u64);
 

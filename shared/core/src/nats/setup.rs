@@ -219,6 +219,7 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
             // The client account holds nothing else: its inboxes are its own.
             subscribe: vec!["_INBOX.>".to_owned()],
             responses: None,
+            ..Default::default()
         },
         Role::Gateway => {
             // Other domains' JetStream too: an edge gateway reads its hub's code bucket and
@@ -258,6 +259,7 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
                 publish,
                 subscribe,
                 responses: Some(RESPONSE_WINDOW),
+                ..Default::default()
             }
         }
     }
@@ -311,16 +313,78 @@ pub fn node_permissions(id: &NodeId, regions: &[BusPrefix]) -> UserPermissions {
         publish,
         subscribe,
         responses: None,
+        ..Default::default()
     }
 }
 
-/// The permissions of an edge server's leaf connection at the hub: the whole `FNMESH`
-/// account, which is what an edge's gateways and nodes work in. (Narrowing it to the subjects
-/// the edge's regions and the replication need is left for when those are built.)
-pub fn leaf_permissions() -> UserPermissions {
+/// The permissions of edge `edge`'s leaf connection at the hub, in the `FNMESH` account
+/// (`publish`: what the edge may send into the hub; `subscribe`: what the hub may send to
+/// the edge). Everything the regions' gateways and nodes exchange across the link is allowed —
+/// JetStream of the other domain (catalog mirror, code reads, records sources, probes),
+/// overflow forwards and their replies, client requests to another region, inboxes, flow
+/// control and acks — and denied is what no edge needs and a compromised edge site could
+/// abuse:
+/// - writing the hub's buckets (`$KV.>`, `$O.>`: the catalog every edge follows, the node
+///   registry, code), forging JetStream advisories (`$JS.EVENT.>`);
+/// - any region's work, events, dead-letter records, finished records, work hints and logs,
+///   in either direction (`fnmesh.v1.<r>.inv.>` …): work carries payloads and sealed
+///   secrets, and an edge's own never needs to cross;
+/// - through the hub's JetStream API: reading its work, event and dead-letter streams
+///   (direct and message gets, pulls, new consumers) and deleting, purging or changing its
+///   streams; any other edge's JetStream API.
+pub fn leaf_permissions(edge: &BusPrefix, regions: &[BusPrefix]) -> UserPermissions {
+    let hub_api = |tokens: &[&str]| {
+        let mut subject = format!("$JS.{HUB_REGION}.API");
+        for token in tokens {
+            subject.push('.');
+            subject.push_str(token);
+        }
+        subject
+    };
+    let mut publish_deny = vec![
+        "$KV.>".to_owned(),
+        "$O.>".to_owned(),
+        "$JS.EVENT.>".to_owned(),
+        hub_api(&["STREAM", "DELETE", ">"]),
+        hub_api(&["STREAM", "PURGE", ">"]),
+        hub_api(&["STREAM", "UPDATE", ">"]),
+        hub_api(&["STREAM", "MSG", "DELETE", ">"]),
+        hub_api(&["ACCOUNT", "PURGE", ">"]),
+    ];
+    let mut subscribe_deny = Vec::new();
+    for r in regions {
+        let region_subjects = [
+            subjects::bus_invocations_all(r),
+            subjects::bus_node_events_all(r),
+            subjects::bus_dead_letter_records(r),
+            subjects::bus_records(r),
+            subjects::bus_work_ready(r),
+            subjects::bus_function_logs_all(r),
+        ];
+        publish_deny.extend(region_subjects.iter().cloned());
+        subscribe_deny.extend(region_subjects);
+        if r.as_str() != HUB_REGION && r != edge {
+            publish_deny.push(format!("$JS.{r}.API.>"));
+        }
+    }
+    let hub = BusPrefix::parse(HUB_REGION).unwrap_or_else(|_| edge.clone());
+    for role in [BusRole::Invocations, BusRole::Events, BusRole::DeadLetters] {
+        let stream = subjects::bus_stream(&hub, role);
+        publish_deny.extend([
+            hub_api(&["DIRECT", "GET", &stream]),
+            hub_api(&["DIRECT", "GET", &stream, ">"]),
+            hub_api(&["STREAM", "MSG", "GET", &stream]),
+            hub_api(&["CONSUMER", "MSG", "NEXT", &stream, ">"]),
+            hub_api(&["CONSUMER", "CREATE", &stream]),
+            hub_api(&["CONSUMER", "CREATE", &stream, ">"]),
+            hub_api(&["CONSUMER", "DURABLE", "CREATE", &stream, ">"]),
+        ]);
+    }
     UserPermissions {
         publish: vec![">".to_owned()],
         subscribe: vec![">".to_owned()],
+        publish_deny,
+        subscribe_deny,
         responses: None,
     }
 }
@@ -483,7 +547,7 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
                 let token = Claims::user(
                     &user.public_key(),
                     &format!("leaf {}", edge.name),
-                    &leaf_permissions(),
+                    &leaf_permissions(&edge.name, &options.regions),
                 )
                 .sign(&internal, now)?;
                 let seed = user.seed().map_err(|e| JwtError::Key(e.to_string()))?;
@@ -881,5 +945,43 @@ mod tests {
         let gateway = permissions(Role::Gateway, &regions);
         assert!(gateway.publish.contains(&"fnmesh.v1.eu-1.inv.>".to_owned()));
         assert!(gateway.responses.is_some());
+    }
+
+    #[test]
+    fn a_leaf_link_denies_buckets_work_and_the_hubs_work_streams() {
+        let regions: Vec<BusPrefix> = ["hub", "eu", "us"]
+            .iter()
+            .map(|r| BusPrefix::parse(r).unwrap())
+            .collect();
+        let leaf = leaf_permissions(&regions[1], &regions);
+        assert_eq!(leaf.publish, vec![">"]);
+        for denied in [
+            "$KV.>",
+            "$O.>",
+            "fnmesh.v1.hub.inv.>",
+            "fnmesh.v1.eu.evt.>",
+            "fnmesh.v1.us.dlq",
+            "$JS.hub.API.STREAM.DELETE.>",
+            "$JS.hub.API.DIRECT.GET.fnmesh-hub-inv.>",
+            "$JS.hub.API.CONSUMER.MSG.NEXT.fnmesh-hub-dlq.>",
+            "$JS.us.API.>",
+        ] {
+            assert!(
+                leaf.publish_deny.contains(&denied.to_owned()),
+                "{denied} not denied"
+            );
+        }
+        assert!(leaf
+            .subscribe_deny
+            .contains(&"fnmesh.v1.hub.inv.>".to_owned()));
+        // What the regions exchange stays open.
+        for open in [
+            "fnmesh.v1.hub.fwd",
+            "$JS.hub.API.>",
+            "$JS.eu.API.>",
+            "fnmesh.v1.req.>",
+        ] {
+            assert!(!leaf.publish_deny.contains(&open.to_owned()), "{open}");
+        }
     }
 }
