@@ -6,9 +6,10 @@
 //! run it: the request is stored with `forwarded_to = <hub>` (so every later publish of it goes
 //! there too: the decision is made once) and sent, whole and under its own id, to the hub's
 //! gateways on `fnmesh.v1.<hub>.fwd` (core NATS request/reply over the leaf link; only
-//! gateways may publish or subscribe there). A **sync** invocation whose function's lane at the
-//! edge is full goes the same way at once (the bound on waiting at the edge is the lane's
-//! capacity; async work waits in that lane, or answers 429 like one region does).
+//! gateways may publish or subscribe there). An invocation, sync or async, that its
+//! function's **full lane** at the edge refuses goes the same way at once (its stored request
+//! is replaced by one naming the hub): the bound on waiting at the edge is the lane's
+//! capacity (`FNMESH_FUNCTION_QUEUE_CAPACITY` queued or running).
 //!
 //! A hub gateway ([`serve`]) checks that the function version exists there with the same id
 //! and code, then dispatches the request like one of its own (commit, publish to its nodes,
@@ -177,6 +178,40 @@ impl Overflow {
         };
         serde_json::from_slice(&message.payload)
             .map_err(|e| ApiError::Internal(format!("the hub's answer to a forward: {e}")))
+    }
+
+    /// Places a committed invocation that its function's full lane here refused at the hub:
+    /// its stored request is replaced by one naming the hub (so the reconciler forwards it,
+    /// never publishes it here), then it runs there. A request that cannot be replaced is
+    /// refused as the lane refused it.
+    pub(crate) async fn take_over(
+        self: &Arc<Self>,
+        state: &State,
+        request: &Arc<InvocationRequest>,
+        mode: Mode,
+        lane: fnmesh_bus::Lane,
+    ) -> Result<Dispatched, ApiError> {
+        let mut placed = InvocationRequest::clone(request);
+        placed.forwarded_to = Some(self.hub.to_string());
+        match state.backends.store.replace_queued_request(&placed).await {
+            Ok(true) => {
+                tracing::debug!(invocation.id = %request.id, hub = %self.hub, "lane full: overflowing to the hub");
+                self.run(state, &Arc::new(placed), mode).await
+            }
+            Ok(false) => {
+                Err(
+                    crate::invocations::invoke::refused(state, request, ApiError::LaneFull(lane))
+                        .await,
+                )
+            }
+            Err(e) => {
+                tracing::warn!(invocation.id = %request.id, error = %e, "placing an invocation at the hub failed");
+                Err(
+                    crate::invocations::invoke::refused(state, request, ApiError::LaneFull(lane))
+                        .await,
+                )
+            }
+        }
     }
 
     /// Runs a committed invocation at the hub; what the edge answers its caller.

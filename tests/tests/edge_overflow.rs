@@ -1,8 +1,9 @@
 //! Edge-first placement with overflow to the hub (issue #14, item 3): a hub and an edge, each
 //! with its own nats-server, JetStream domain, gateway, store and node. With its node the edge
-//! runs what it accepts itself; without a live node it has the hub run it (sync and async,
-//! under the edge's invocation id, once), also for async work accepted while the link was
-//! cut, once the link is back; with a node again it runs its own work again.
+//! runs what it accepts itself, and what its function's full lane refuses runs at the hub;
+//! without a live node it has the hub run everything (sync and async, under the edge's
+//! invocation id, once), also async work accepted while the link was cut, once the link is
+//! back; with a node again it runs its own work again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -59,8 +60,17 @@ async fn an_edge_without_a_node_overflows_to_the_hub() {
     let (hub_nats, mut edges, _setup) = topology.into_parts();
     let eu_nats = edges.remove(0).1;
     let mut hub = Mesh::start_in_region(hub_nats, "hub", &["node-hub"], &[]).await;
-    let mut eu =
-        Mesh::start_in_region(eu_nats, "eu", &["node-eu"], &[("FNMESH_HUB_REGION", "hub")]).await;
+    // A function's lane at the edge holds two invocations (queued or running).
+    let mut eu = Mesh::start_in_region(
+        eu_nats,
+        "eu",
+        &["node-eu"],
+        &[
+            ("FNMESH_HUB_REGION", "hub"),
+            ("FNMESH_FUNCTION_QUEUE_CAPACITY", "2"),
+        ],
+    )
+    .await;
     hub.deploy(function_body(
         "echo",
         "python3",
@@ -86,16 +96,60 @@ async fn an_edge_without_a_node_overflows_to_the_hub() {
     )
     .await;
 
-    // The edge's only node leaves: its region has no live node for python3.
-    eu.node("node-eu").sigterm();
-    assert!(
-        eu.node("node-eu")
-            .wait_exit(Duration::from_secs(30))
-            .is_some(),
-        "node-eu did not stop"
-    );
+    // A full lane at the edge: what it refuses runs at the hub, sync and async, each once.
+    hub.deploy(function_body(
+        "slow",
+        "python3",
+        "main.handle",
+        &[(
+            "main.py",
+            "import time\n\ndef handle(event, context):\n    time.sleep(1.5)\n    return event\n",
+        )],
+        json!({"max_concurrency": 1}),
+    ))
+    .await;
     eventually(
-        "the edge's node is gone",
+        "the slow function reaches the edge",
+        Duration::from_secs(60),
+        || both(&hub, &eu),
+        || async { eu.call("GET", "/v1/functions/slow", None).await.status == 200 },
+    )
+    .await;
+    let mut burst = Vec::new();
+    for i in 0..6 {
+        burst.push(eu.invoke_async("slow", json!({"i": i})).await);
+    }
+    let r = eu
+        .call("POST", "/v1/functions/slow/invoke", Some(json!({"i": 6})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}\n{}", r.body, both(&hub, &eu));
+    assert_eq!(
+        r.body["node_id"], "node-hub",
+        "the lane is full: {:?}",
+        r.body
+    );
+    let mut ran_on = std::collections::BTreeMap::new();
+    for (i, id) in burst.iter().enumerate() {
+        let done = eu.wait_terminal(id, Duration::from_secs(90)).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["result"], json!({"i": i}), "{done}");
+        assert_eq!(done["attempt"], 1, "run once: {done}");
+        *ran_on
+            .entry(done["node_id"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    eprintln!("a burst of 6 at a lane of 2 ran on {ran_on:?}");
+    assert!(ran_on.contains_key("node-eu"), "edge-first: {ran_on:?}");
+    assert!(
+        ran_on.contains_key("node-hub"),
+        "the rest overflowed: {ran_on:?}"
+    );
+
+    // The edge's only node is killed: once its entry expires (three heartbeats), its region
+    // has no node for python3.
+    eu.node("node-eu").kill9();
+    eventually(
+        "the killed node's registry entry expired",
         Duration::from_secs(30),
         || both(&hub, &eu),
         || async {

@@ -191,7 +191,7 @@ pub(crate) enum Dispatched {
 
 /// Commits an accepted invocation (`queued`, with its request) and has it run: published to
 /// this region's nodes, or forwarded to the hub when it was placed there
-/// (`request.forwarded_to`, or a sync invocation whose lane here is full); for
+/// (`request.forwarded_to`, or when its function's lane here is full); for
 /// [`Mode::Sync`] waits for the outcome and writes it through. `Conflict` if the id exists.
 /// The commit and the publish run in `publish_span`.
 pub(crate) async fn dispatch(
@@ -227,6 +227,13 @@ pub(crate) async fn dispatch(
             Err(BusError::Unavailable(detail)) => {
                 tracing::warn!(invocation.id = %id, error = %detail, "broker unavailable: invocation stored, published when it returns");
             }
+            // The lane here is full: the hub runs it instead.
+            Err(BusError::LaneFull(lane)) => {
+                return match overflow {
+                    Some(overflow) => overflow.take_over(state, &request, mode, lane).await,
+                    None => Err(refused(state, &request, BusError::LaneFull(lane).into()).await),
+                }
+            }
             Err(e) => return Err(refused(state, &request, e.into()).await),
         }
         return Ok(Dispatched::Queued(id));
@@ -243,10 +250,12 @@ pub(crate) async fn dispatch(
     {
         Ok(()) => {}
         // The lane here is full: the hub runs it instead (the caller waits either way).
-        Err(BusError::LaneFull(lane)) => match overflow {
-            Some(overflow) => return overflow.run(state, &request, mode).await,
-            None => return Err(refused(state, &request, BusError::LaneFull(lane).into()).await),
-        },
+        Err(BusError::LaneFull(lane)) => {
+            return match overflow {
+                Some(overflow) => overflow.take_over(state, &request, mode, lane).await,
+                None => Err(refused(state, &request, BusError::LaneFull(lane).into()).await),
+            }
+        }
         Err(e) => return Err(refused(state, &request, e.into()).await),
     }
     tracing::debug!(invocation.id = %id, mode = "sync", "invocation queued");

@@ -68,6 +68,7 @@ macro_rules! store_conformance_cases {
             update_invocations_batch_applies_in_order,
             stale_queued_returns_accepted_requests_oldest_first,
             stale_queued_skips_records_that_moved_on,
+            replace_queued_request_only_while_queued,
             running_invocations_span_namespaces,
             logs_roundtrip,
             write_invocations_commits_inserts_and_outcomes_together,
@@ -1068,6 +1069,44 @@ pub async fn running_invocations_span_namespaces(store: Store) {
     assert!(ours.iter().all(|r| r.status == Running));
     assert!(!ids.contains(&queued.id) && !ids.contains(&done.id));
     assert!(!store.running_invocations(1).await.unwrap().is_empty());
+}
+
+/// `replace_queued_request` replaces the stored request of a queued record (what
+/// `stale_queued` then returns) and of nothing else.
+pub async fn replace_queued_request_only_while_queued(store: Store) {
+    let ns = fresh_namespace();
+    let req = accepted_request(&store, &ns, "placed").await;
+    let mut placed = req.clone();
+    placed.forwarded_to = Some("hub".to_owned());
+    assert!(store.replace_queued_request(&placed).await.unwrap());
+    let stale = store
+        .stale_queued(Utc::now() + ChronoDuration::seconds(1), 1000)
+        .await
+        .unwrap();
+    let stored = stale.iter().find(|r| r.id == req.id).expect("still queued");
+    assert_eq!(
+        stored.forwarded_to.as_deref(),
+        Some("hub"),
+        "the new request is stored"
+    );
+    let mut other_ns = placed.clone();
+    other_ns.function.namespace = fresh_namespace();
+    assert!(
+        !store.replace_queued_request(&other_ns).await.unwrap(),
+        "not across namespaces"
+    );
+    let done = with_status(
+        &InvocationResult::queued(&req),
+        InvocationStatus::Succeeded,
+        1,
+    );
+    assert!(store.update_invocation(&done).await.unwrap());
+    assert!(
+        !store.replace_queued_request(&placed).await.unwrap(),
+        "a finished invocation keeps no request"
+    );
+    let absent = request(&ns, "never");
+    assert!(!store.replace_queued_request(&absent).await.unwrap());
 }
 
 pub async fn stale_queued_skips_records_that_moved_on(store: Store) {

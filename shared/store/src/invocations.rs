@@ -138,6 +138,11 @@ pub trait InvocationStore: Send + Sync + 'static {
         Ok(applied)
     }
 
+    /// Replaces the stored request of an invocation whose record is still `queued` (same id;
+    /// an edge placing it at its hub after it was committed); whether it was replaced.
+    async fn replace_queued_request(&self, request: &InvocationRequest)
+        -> Result<bool, StoreError>;
+
     /// Requests whose record is still `queued` (in any namespace) and was created before
     /// `older_than`, oldest first, at most `limit` (clamped to 1..=1000). For re-publishing
     /// under the same invocation id.

@@ -270,6 +270,25 @@ impl<E: SqlEngine> InvocationStore for E {
         self.apply_updates(records).await
     }
 
+    async fn replace_queued_request(
+        &self,
+        request: &InvocationRequest,
+    ) -> Result<bool, StoreError> {
+        let replaced = execute(
+            self,
+            Sql::new(
+                "UPDATE invocations SET request = $1::jsonb \
+                 WHERE id = $2::uuid AND namespace = $3 AND status = 'queued' \
+                 AND request IS NOT NULL",
+            )
+            .bind(E::to_json(request)?)
+            .bind(request.id.to_string())
+            .bind(request.function.namespace.as_str()),
+        )
+        .await?;
+        Ok(replaced > 0)
+    }
+
     async fn stale_queued(
         &self,
         older_than: DateTime<Utc>,
