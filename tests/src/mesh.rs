@@ -398,3 +398,34 @@ impl Mesh {
 fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
+
+/// Two meshes' logs (a hub's and an edge's), for failure messages.
+pub fn both_logs(hub: &Mesh, edge: &Mesh) -> String {
+    format!("=== hub ===\n{}\n=== edge ===\n{}", hub.logs(), edge.logs())
+}
+
+/// Polls `check` every 100 ms until it holds, or fails the test after `within` with `logs()`;
+/// returns (and prints, for `--nocapture`: replication lags and bounds) how long it took.
+pub async fn eventually<F, Fut>(
+    what: &str,
+    within: Duration,
+    logs: impl Fn() -> String,
+    mut check: F,
+) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    let deadline = start + within;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("{what}: after {:?}", start.elapsed());
+    start.elapsed()
+}

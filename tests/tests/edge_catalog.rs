@@ -7,10 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fnmesh_tests::function_body;
-use fnmesh_tests::mesh::Mesh;
+use fnmesh_tests::mesh::{both_logs, eventually, Mesh};
 use fnmesh_tests::servers::nats::TestTopology;
 use serde_json::{json, Value};
 
@@ -56,31 +56,6 @@ async fn call_as(
     )
 }
 
-/// Both meshes' logs, for failure messages.
-fn both(hub: &Mesh, eu: &Mesh) -> String {
-    format!("=== hub ===\n{}\n=== eu ===\n{}", hub.logs(), eu.logs())
-}
-
-/// Polls `check` until it holds (or fails the test after `within`, with both meshes' logs).
-async fn eventually<F, Fut>(what: &str, within: Duration, logs: impl Fn() -> String, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    let deadline = start + within;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {within:?}\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // The replication lags, for the record (`--nocapture`).
-    eprintln!("{what}: after {:?}", start.elapsed());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_edge_serves_what_the_hub_deploys_also_with_the_hub_down() {
     let topology = TestTopology::start(&["eu"]);
@@ -122,7 +97,7 @@ async fn an_edge_serves_what_the_hub_deploys_also_with_the_hub_down() {
     eventually(
         "the secret reaches the edge",
         Duration::from_secs(60),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async {
             let (status, body) = call_as(
                 &eu,
@@ -192,7 +167,7 @@ async fn an_edge_serves_what_the_hub_deploys_also_with_the_hub_down() {
     eventually(
         "an update places a function at the edge",
         Duration::from_secs(30),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async {
             let r = eu.call("GET", "/v1/functions/elsewhere", None).await;
             r.status == 200 && r.body["version"] == 2
@@ -210,7 +185,7 @@ async fn an_edge_serves_what_the_hub_deploys_also_with_the_hub_down() {
     eventually(
         "a function placed nowhere leaves the edge",
         Duration::from_secs(30),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async { eu.call("GET", "/v1/functions/elsewhere", None).await.status == 404 },
     )
     .await;
@@ -229,7 +204,7 @@ async fn an_edge_serves_what_the_hub_deploys_also_with_the_hub_down() {
         status,
         200,
         "sync with the hub down: {body}\n{}",
-        both(&hub, &eu)
+        both_logs(&hub, &eu)
     );
     assert_eq!(body["node_id"], "node-eu");
     let (status, body) = call_as(
@@ -252,7 +227,7 @@ async fn an_edge_serves_what_the_hub_deploys_also_with_the_hub_down() {
     eventually(
         "the hub gateway is back",
         Duration::from_secs(60),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async { hub.call("GET", "/v1/functions/greet", None).await.status == 200 },
     )
     .await;
@@ -266,14 +241,14 @@ async fn an_edge_serves_what_the_hub_deploys_also_with_the_hub_down() {
     eventually(
         "a deletion at the hub reaches the edge",
         Duration::from_secs(120),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async { eu.call("GET", "/v1/functions/greet", None).await.status == 404 },
     )
     .await;
     eventually(
         "the revoked key is refused at the edge",
         Duration::from_secs(10),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async { call_as(&eu, &invoker, "GET", "/v1/functions", None).await.0 == 401 },
     )
     .await;

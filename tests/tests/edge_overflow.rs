@@ -10,40 +10,9 @@
 use std::time::{Duration, Instant};
 
 use fnmesh_tests::function_body;
-use fnmesh_tests::mesh::Mesh;
+use fnmesh_tests::mesh::{both_logs, eventually, Mesh};
 use fnmesh_tests::servers::nats::TestTopology;
 use serde_json::{json, Value};
-
-/// Both meshes' logs, for failure messages.
-fn both(hub: &Mesh, eu: &Mesh) -> String {
-    format!("=== hub ===\n{}\n=== eu ===\n{}", hub.logs(), eu.logs())
-}
-
-/// Polls `check` until it holds (or fails the test after `within`); how long it took.
-async fn eventually<F, Fut>(
-    what: &str,
-    within: Duration,
-    logs: impl Fn() -> String,
-    mut check: F,
-) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    let deadline = start + within;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {within:?}\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // The bounds, for the record (`--nocapture`).
-    eprintln!("{what}: after {:?}", start.elapsed());
-    start.elapsed()
-}
 
 /// The record of `id` at `mesh` once it is terminal (`None` until then).
 async fn finished(mesh: &Mesh, id: &str) -> Option<Value> {
@@ -86,7 +55,7 @@ async fn an_edge_without_a_node_overflows_to_the_hub() {
     eventually(
         "the function runs at the edge",
         Duration::from_secs(60),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async {
             let r = eu
                 .call("POST", "/v1/functions/echo/invoke", Some(json!({"i": 0})))
@@ -111,7 +80,7 @@ async fn an_edge_without_a_node_overflows_to_the_hub() {
     eventually(
         "the slow function reaches the edge",
         Duration::from_secs(60),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async { eu.call("GET", "/v1/functions/slow", None).await.status == 200 },
     )
     .await;
@@ -122,7 +91,7 @@ async fn an_edge_without_a_node_overflows_to_the_hub() {
     let r = eu
         .call("POST", "/v1/functions/slow/invoke", Some(json!({"i": 6})))
         .await;
-    assert_eq!(r.status, 200, "{:?}\n{}", r.body, both(&hub, &eu));
+    assert_eq!(r.status, 200, "{:?}\n{}", r.body, both_logs(&hub, &eu));
     assert_eq!(
         r.body["node_id"], "node-hub",
         "the lane is full: {:?}",
@@ -151,7 +120,7 @@ async fn an_edge_without_a_node_overflows_to_the_hub() {
     eventually(
         "the killed node's registry entry expired",
         Duration::from_secs(30),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async {
             let r = eu.call("GET", "/v1/admin/nodes", None).await;
             r.status == 200 && r.body["items"].as_array().is_some_and(Vec::is_empty)
@@ -168,7 +137,7 @@ async fn an_edge_without_a_node_overflows_to_the_hub() {
         .call("POST", "/v1/functions/echo/invoke", Some(json!({"i": 1})))
         .await;
     eprintln!("a sync overflow answered in {:?}", started.elapsed());
-    assert_eq!(r.status, 200, "{:?}\n{}", r.body, both(&hub, &eu));
+    assert_eq!(r.status, 200, "{:?}\n{}", r.body, both_logs(&hub, &eu));
     assert_eq!(r.body["node_id"], "node-hub", "{:?}", r.body);
     assert_eq!(r.body["result"], json!({"i": 1}));
     let id = r.body["id"].as_str().unwrap().to_owned();
@@ -192,7 +161,7 @@ async fn an_edge_without_a_node_overflows_to_the_hub() {
         eventually(
             "an async overflow's outcome is at the edge",
             Duration::from_secs(60),
-            || both(&hub, &eu),
+            || both_logs(&hub, &eu),
             || async { finished(&eu, id).await.is_some() },
         )
         .await;
@@ -218,7 +187,7 @@ async fn an_edge_without_a_node_overflows_to_the_hub() {
     let lag = eventually(
         "async work accepted during the cut ran at the hub",
         Duration::from_secs(180),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async { finished(&eu, &during_cut).await.is_some() },
     )
     .await;
@@ -234,7 +203,7 @@ async fn an_edge_without_a_node_overflows_to_the_hub() {
     eventually(
         "the edge runs its own work again",
         Duration::from_secs(60),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async {
             let r = eu
                 .call("POST", "/v1/functions/echo/invoke", Some(json!({"i": 200})))

@@ -8,43 +8,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fnmesh_tests::function_body;
-use fnmesh_tests::mesh::Mesh;
+use fnmesh_tests::mesh::{both_logs, eventually, Mesh};
 use fnmesh_tests::servers::nats::TestTopology;
 use serde_json::{json, Value};
-
-/// Both meshes' logs, for failure messages.
-fn both(hub: &Mesh, eu: &Mesh) -> String {
-    format!("=== hub ===\n{}\n=== eu ===\n{}", hub.logs(), eu.logs())
-}
-
-/// Polls `check` until it holds (or fails the test after `within`); how long it took.
-async fn eventually<F, Fut>(
-    what: &str,
-    within: Duration,
-    logs: impl Fn() -> String,
-    mut check: F,
-) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    let deadline = start + within;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {within:?}\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // The bounds, for the record (`--nocapture`).
-    eprintln!("{what}: after {:?}", start.elapsed());
-    start.elapsed()
-}
 
 /// The entry of region `name` in a `/v1/admin/regions` answer.
 fn region<'a>(body: &'a Value, name: &str) -> &'a Value {
@@ -77,7 +46,7 @@ async fn edge_invocations_reach_the_hub_also_after_a_cut() {
     eventually(
         "the function reaches the edge",
         Duration::from_secs(60),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async {
             let r = eu
                 .call("POST", "/v1/functions/echo/invoke", Some(json!({"i": -1})))
@@ -97,7 +66,7 @@ async fn edge_invocations_reach_the_hub_also_after_a_cut() {
     eventually(
         "a finished edge invocation is at the hub (link up)",
         Duration::from_secs(30),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async {
             let r = hub
                 .call("GET", &format!("/v1/invocations/{first}"), None)
@@ -180,7 +149,7 @@ async fn edge_invocations_reach_the_hub_also_after_a_cut() {
     let lag = eventually(
         "the 50 invocations made during the cut are at the hub",
         Duration::from_secs(180),
-        || both(&hub, &eu),
+        || both_logs(&hub, &eu),
         || async {
             for id in &ids {
                 let r = hub
