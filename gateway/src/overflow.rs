@@ -330,16 +330,8 @@ impl Overflow {
             }
             Ok(Answer::Error { code, message }) => {
                 tracing::warn!(invocation.id = %request.id, code, message, "the hub refused a forwarded invocation");
-                let mut record = InvocationResult::queued(request);
-                record.status = fnmesh_core::InvocationStatus::Failed;
-                record.error = Some(fnmesh_core::InvocationError {
-                    kind: fnmesh_core::ErrorKind::Crashed,
-                    message: format!("not run: hub region {} refused it: {message}", self.hub),
-                });
-                record.completed_at = Some(chrono::Utc::now());
-                if let Err(e) = store.update_invocation(&record).await {
-                    tracing::warn!(invocation.id = %request.id, error = %e, "marking a refused forward failed did not work");
-                }
+                let reason = format!("hub region {} refused it: {message}", self.hub);
+                crate::invocations::invoke::mark_refused(store, request, &reason).await;
                 Some(true)
             }
             Err(e) => {

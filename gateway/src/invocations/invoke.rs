@@ -325,20 +325,29 @@ pub(crate) async fn refused(
     request: &InvocationRequest,
     error: ApiError,
 ) -> ApiError {
+    mark_refused(state.backends.store.as_ref(), request, &error).await;
+    error
+}
+
+/// Marks an accepted invocation `failed` ("not run: `reason`") because it will not run.
+pub(crate) async fn mark_refused(
+    store: &dyn fnmesh_store::MetadataStore,
+    request: &InvocationRequest,
+    reason: &(dyn std::fmt::Display + Sync),
+) {
     let mut record = InvocationResult::queued(request);
     record.status = InvocationStatus::Failed;
     record.error = Some(InvocationError {
         kind: ErrorKind::Crashed,
-        message: format!("not run: {error}"),
+        message: format!("not run: {reason}"),
     });
     record.completed_at = Some(Utc::now());
-    if let Err(e) = state.backends.store.update_invocation(&record).await {
+    if let Err(e) = store.update_invocation(&record).await {
         tracing::error!(
             invocation.id = %request.id,
             error = %e,
             "marking a refused invocation failed did not work; its record stays queued"
         );
     }
-    tracing::warn!(invocation.id = %request.id, error = %error, "the bus refused an invocation");
-    error
+    tracing::warn!(invocation.id = %request.id, reason = %reason, "an invocation was refused");
 }
