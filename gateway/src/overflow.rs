@@ -180,38 +180,42 @@ impl Overflow {
             .map_err(|e| ApiError::Internal(format!("the hub's answer to a forward: {e}")))
     }
 
-    /// Places a committed invocation that its function's full lane here refused at the hub:
-    /// its stored request is replaced by one naming the hub (so the reconciler forwards it,
-    /// never publishes it here), then it runs there. A request that cannot be replaced is
-    /// refused as the lane refused it.
+    /// Places an invocation that its function's full lane here refused at the hub: its
+    /// stored request (`stored`; else a new record, as a sync invocation here has none yet) is
+    /// one naming the hub (so the reconciler forwards it, never publishes it here), then it
+    /// runs there. A request that cannot be placed is refused as the lane refused it.
     pub(crate) async fn take_over(
         self: &Arc<Self>,
         state: &State,
         request: &Arc<InvocationRequest>,
         mode: Mode,
         lane: fnmesh_bus::Lane,
+        stored: bool,
     ) -> Result<Dispatched, ApiError> {
         let mut placed = InvocationRequest::clone(request);
         placed.forwarded_to = Some(self.hub.to_string());
-        match state.backends.store.replace_queued_request(&placed).await {
+        let placed = Arc::new(placed);
+        let done = if stored {
+            state.backends.store.replace_queued_request(&placed).await
+        } else {
+            state.writes.insert(placed.clone()).await.map(|()| true)
+        };
+        match done {
             Ok(true) => {
                 tracing::debug!(invocation.id = %request.id, hub = %self.hub, "lane full: overflowing to the hub");
-                self.run(state, &Arc::new(placed), mode).await
+                return self.run(state, &placed, mode).await;
             }
-            Ok(false) => {
-                Err(
-                    crate::invocations::invoke::refused(state, request, ApiError::LaneFull(lane))
-                        .await,
-                )
-            }
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(invocation.id = %request.id, error = %e, "placing an invocation at the hub failed");
-                Err(
-                    crate::invocations::invoke::refused(state, request, ApiError::LaneFull(lane))
-                        .await,
-                )
             }
         }
+        let refusal = ApiError::LaneFull(lane);
+        Err(if stored {
+            crate::invocations::invoke::refused(state, request, refusal).await
+        } else {
+            refusal
+        })
     }
 
     /// Runs a committed invocation at the hub; what the edge answers its caller.

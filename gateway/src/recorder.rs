@@ -54,6 +54,7 @@ pub struct Recorder {
     store: Arc<dyn MetadataStore>,
     bus: Arc<dyn Bus>,
     metrics: Option<Arc<GatewayMetrics>>,
+    writes: Option<crate::writes::Writes>,
 }
 
 impl Recorder {
@@ -63,7 +64,15 @@ impl Recorder {
             store,
             bus,
             metrics: None,
+            writes: None,
         }
+    }
+
+    /// Lets the sync outcomes that this gateway's writer is about to commit commit first, so
+    /// their `Finished` events find them stored instead of writing them a second time.
+    pub(crate) fn with_writes(mut self, writes: crate::writes::Writes) -> Self {
+        self.writes = Some(writes);
+        self
     }
 
     /// Counts what it records in `metrics`.
@@ -123,6 +132,14 @@ impl Recorder {
     async fn handle_events(&self, batch: Vec<EventDelivery>) {
         let (events, ackers): (Vec<NodeEvent>, Vec<Box<dyn Acker>>) =
             batch.into_iter().map(|d| (d.event, d.acker)).unzip();
+        if let Some(writes) = &self.writes {
+            let ids: Vec<_> = events
+                .iter()
+                .filter(|e| matches!(e, NodeEvent::Finished(_)))
+                .map(NodeEvent::invocation_id)
+                .collect();
+            writes.settled(&ids).await;
+        }
         let (settled, writes) = record_counted(self.store.as_ref(), &events).await;
         if let Some(metrics) = &self.metrics {
             metrics.observe_recorder_writes(writes.transactions, writes.rows);
@@ -205,8 +222,9 @@ impl Recorder {
 }
 
 /// Records a batch of node events. Returns, per event, whether it is settled (`false`: a
-/// store error, redeliver it). Events of unknown invocations are dropped (settled) with a
-/// warning.
+/// store error, redeliver it). The outcome of an unknown invocation is stored (a sync one
+/// whose gateway did not); other events of unknown invocations are dropped (settled): a sync
+/// invocation has no record while it runs.
 ///
 /// The store's fencing decides, but the recorder reads every record the batch touches first
 /// (one `get_invocations`) and writes only what would change something, all in one
@@ -260,7 +278,19 @@ async fn record_counted(store: &dyn MetadataStore, events: &[NodeEvent]) -> (Vec
     let mut held = Vec::new();
     for (i, event) in events.iter().enumerate() {
         let Some(record) = current.get(&event.invocation_id()) else {
-            tracing::warn!(invocation.id = %event.invocation_id(), "event for an unknown invocation; dropped");
+            if let NodeEvent::Finished(outcome) = event {
+                // A sync invocation is stored once finished, by the gateway its caller waits
+                // on; if that gateway did not (it stopped meanwhile, or has yet to), its
+                // outcome is stored from here (the store inserts it; a record of this id in
+                // another namespace makes that insert a no-op).
+                let update = outcome.result.clone();
+                current.insert(update.id, update.clone());
+                updates.push((update, Some(&outcome.logs)));
+                update_of.push(i);
+                continue;
+            }
+            // Normal for a running sync invocation (stored once finished).
+            tracing::debug!(invocation.id = %event.invocation_id(), "event for an unknown invocation; dropped");
             continue;
         };
         let update = match event {

@@ -252,6 +252,7 @@ fn worker_parts(state: &State) -> WorkerParts {
         bus: state.backends.bus.clone(),
         overflow: state.catalog.overflow().cloned(),
         metrics: state.metrics.clone(),
+        writes: state.writes.clone(),
         reconcile_interval: state.config.reconcile_interval,
         reconcile_after: state.config.reconcile_after,
         retention: state.config.retention,

@@ -32,6 +32,7 @@ pub(crate) struct WorkerParts {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) overflow: Option<Arc<crate::overflow::Overflow>>,
     pub(crate) metrics: Arc<GatewayMetrics>,
+    pub(crate) writes: crate::writes::Writes,
     pub(crate) reconcile_interval: Duration,
     pub(crate) reconcile_after: Duration,
     pub(crate) retention: Option<Duration>,
@@ -58,7 +59,9 @@ impl BackgroundWorkers {
             let pruner = Pruner::new(parts.store.clone(), retention, parts.prune_interval);
             tasks.push(tokio::spawn(pruner.run(stop.clone())));
         }
-        let recorder = Recorder::new(parts.store, parts.bus).with_metrics(parts.metrics);
+        let recorder = Recorder::new(parts.store, parts.bus)
+            .with_metrics(parts.metrics)
+            .with_writes(parts.writes);
         tasks.push(tokio::spawn(recorder.run(stop.clone())));
         tasks.push(tokio::spawn(reconciler.run(stop.clone())));
         Self { stop, tasks }

@@ -7,13 +7,19 @@
 //! [`fnmesh_store::InvocationStore::write_invocations`], while the next batch gathers. A lone
 //! request is not held back (no timer), so c=1 pays one transaction and c=64 a fraction of one.
 //!
-//! Each caller still waits for its own commit: what is answered (202, 200) is durable exactly
-//! as before. A failed batch of several writes is retried one write at a time, so one bad
-//! write fails alone; an unavailable store fails the batch at once (the callers answer 503).
+//! A caller waits for its own commit where the answer promises durability (a 202's `queued`
+//! record). A sync outcome is written [`Writes::outcome_behind`] its answer instead: it is
+//! durable already (the node's `Finished` event, which the recorder stores if this write does
+//! not happen), and until its batch commits a `GET` of it on this gateway is answered from
+//! [`Writes::recent`], so a read right after the 200 sees it. A failed batch of several writes
+//! is retried one write at a time, so one bad write fails alone; an unavailable store fails the
+//! batch at once (the callers answer 503), and the batches of the next [`FAIL_FAST`] too, so a
+//! write queued behind a failing batch is not made to wait out a second store timeout.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use fnmesh_core::{InvocationOutcome, InvocationRequest};
+use fnmesh_core::{InvocationId, InvocationOutcome, InvocationRequest, Namespace};
 use fnmesh_store::{MetadataStore, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,19 +44,96 @@ enum Pending {
     },
 }
 
+/// Outcomes queued or being committed, by id: what [`Writes::recent`] answers from.
+type Recent = Arc<Mutex<HashMap<InvocationId, Arc<InvocationOutcome>>>>;
+
+/// How long writes fail at once after the store was found unavailable, before it is tried
+/// again.
+const FAIL_FAST: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long [`Writes::settled`] waits for a batch at most.
+const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The handle requests write through; the writer task stops when the last handle is dropped,
 /// after committing what was queued.
 #[derive(Clone)]
 pub(crate) struct Writes {
     queue: mpsc::Sender<Pending>,
+    recent: Recent,
+    /// Woken after every batch.
+    committed: Arc<tokio::sync::Notify>,
 }
 
 impl Writes {
     /// Starts the writer task over `store` (must be called within a Tokio runtime).
     pub(crate) fn start(store: Arc<dyn MetadataStore>, metrics: Arc<GatewayMetrics>) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, metrics, receiver));
-        Self { queue }
+        let recent = Recent::default();
+        let committed = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(run(
+            store,
+            metrics,
+            receiver,
+            recent.clone(),
+            committed.clone(),
+        ));
+        Self {
+            queue,
+            recent,
+            committed,
+        }
+    }
+
+    /// Waits until none of `ids` is an outcome queued by [`Writes::outcome_behind`] (each is
+    /// committed, or failed), at most [`SETTLE_MAX`]. The recorder calls it before reading the
+    /// records of `Finished` events: a sync outcome this gateway is about to write is then
+    /// found stored, not written twice.
+    pub(crate) async fn settled(&self, ids: &[InvocationId]) {
+        let deadline = tokio::time::Instant::now() + SETTLE_MAX;
+        loop {
+            let notified = self.committed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let recent = lock(&self.recent);
+                if !ids.iter().any(|id| recent.contains_key(id)) {
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Queues a finished outcome (applied fenced, with its logs) without waiting for its
+    /// commit, and answers reads of it from memory until then ([`Writes::recent`]). Waits only
+    /// for room in the queue. A write that fails is logged: the recorder stores the same
+    /// outcome from the node's `Finished` event.
+    pub(crate) async fn outcome_behind(&self, outcome: Arc<InvocationOutcome>) {
+        let id = outcome.result.id;
+        lock(&self.recent).insert(id, outcome.clone());
+        let (done, _) = oneshot::channel();
+        if self
+            .queue
+            .send(Pending::Outcome { outcome, done })
+            .await
+            .is_err()
+        {
+            lock(&self.recent).remove(&id);
+            tracing::warn!(invocation.id = %id, "the store writer stopped; the recorder writes this outcome");
+        }
+    }
+
+    /// An outcome of `namespace` queued by [`Writes::outcome_behind`] and not committed yet.
+    pub(crate) fn recent(
+        &self,
+        namespace: &Namespace,
+        id: &InvocationId,
+    ) -> Option<Arc<InvocationOutcome>> {
+        lock(&self.recent)
+            .get(id)
+            .filter(|o| &o.result.namespace == namespace)
+            .cloned()
     }
 
     /// Commits the `queued` record of `request` with the request (see
@@ -82,22 +165,64 @@ impl Writes {
     }
 }
 
+fn lock(
+    recent: &Recent,
+) -> std::sync::MutexGuard<'_, HashMap<InvocationId, Arc<InvocationOutcome>>> {
+    recent
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The writer: batch after batch until every handle is gone.
 async fn run(
     store: Arc<dyn MetadataStore>,
     metrics: Arc<GatewayMetrics>,
     mut receiver: mpsc::Receiver<Pending>,
+    recent: Recent,
+    committed: Arc<tokio::sync::Notify>,
 ) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
+    // Set when the store was found unavailable: until then, batches fail at once instead of
+    // each waiting out the store's timeout behind the one before (a 503 within 2 s).
+    let mut down_until: Option<tokio::time::Instant> = None;
     while receiver.recv_many(&mut batch, BATCH_MAX).await > 0 {
-        commit(store.as_ref(), &metrics, std::mem::take(&mut batch)).await;
+        let written: Vec<Arc<InvocationOutcome>> = batch
+            .iter()
+            .filter_map(|p| match p {
+                Pending::Outcome { outcome, .. } => Some(outcome.clone()),
+                Pending::Insert { .. } => None,
+            })
+            .collect();
+        let batch_now = std::mem::take(&mut batch);
+        if down_until.is_some_and(|until| tokio::time::Instant::now() < until) {
+            fail(
+                batch_now,
+                &StoreError::Unavailable("the metadata store did not answer just now".into()),
+            );
+        } else if commit(store.as_ref(), &metrics, batch_now).await {
+            down_until = Some(tokio::time::Instant::now() + FAIL_FAST);
+        } else {
+            down_until = None;
+        }
+        // Committed (or failed: then the recorder writes them): read from the store now.
+        if !written.is_empty() {
+            let mut recent = lock(&recent);
+            for outcome in written {
+                let id = outcome.result.id;
+                if recent.get(&id).is_some_and(|o| Arc::ptr_eq(o, &outcome)) {
+                    recent.remove(&id);
+                }
+            }
+            drop(recent);
+            committed.notify_waiters();
+        }
         batch.reserve(BATCH_MAX);
     }
     tracing::debug!("store writer stopped");
 }
 
-/// Commits one batch and answers each write.
-async fn commit(store: &dyn MetadataStore, metrics: &GatewayMetrics, batch: Vec<Pending>) {
+/// Commits one batch and answers each write; whether the store was unavailable.
+async fn commit(store: &dyn MetadataStore, metrics: &GatewayMetrics, batch: Vec<Pending>) -> bool {
     let mut inserts = Vec::new();
     let mut outcomes = Vec::new();
     for pending in batch {
@@ -121,7 +246,7 @@ async fn commit(store: &dyn MetadataStore, metrics: &GatewayMetrics, batch: Vec<
                 let one = write::<(), ()>(store, &[], std::slice::from_ref(&(outcome, ()))).await;
                 let _ = done.send(one.map(|w| w.applied.first().copied().unwrap_or(false)));
             }
-            return;
+            return false;
         }
     }
     match written {
@@ -136,11 +261,28 @@ async fn commit(store: &dyn MetadataStore, metrics: &GatewayMetrics, batch: Vec<
             }
         }
         Err(e) => {
+            let unavailable = matches!(e, StoreError::Unavailable(_));
             for (_, done) in inserts {
                 let _ = done.send(Err(e.clone()));
             }
             for (_, done) in outcomes {
                 let _ = done.send(Err(e.clone()));
+            }
+            return unavailable;
+        }
+    }
+    false
+}
+
+/// Answers every write of `batch` with `error`, without trying the store.
+fn fail(batch: Vec<Pending>, error: &StoreError) {
+    for pending in batch {
+        match pending {
+            Pending::Insert { done, .. } => {
+                let _ = done.send(Err(error.clone()));
+            }
+            Pending::Outcome { done, .. } => {
+                let _ = done.send(Err(error.clone()));
             }
         }
     }

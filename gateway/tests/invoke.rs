@@ -337,7 +337,8 @@ async fn the_recorder_dead_letters_invocations_whose_attempts_ran_out() {
 /// the sync handler already wrote: every event is settled; a fresh start and outcome are
 /// applied with their logs; an outcome whose record is already written gets its missing logs
 /// and nothing else; stored logs are not rewritten by a replay; a stale attempt changes
-/// neither record nor logs; an unknown invocation is dropped.
+/// neither record nor logs; the outcome of an unknown invocation (a sync one whose gateway did
+/// not store it) is stored with its logs, a start of one is dropped.
 #[tokio::test]
 async fn recording_a_batch_writes_only_what_changes_something() {
     use fnmesh_gateway::recorder::record_events;
@@ -397,6 +398,10 @@ async fn recording_a_batch_writes_only_what_changes_something() {
         id: InvocationId::new(),
         ..fresh.clone()
     };
+    let running_unknown = fnmesh_core::InvocationRequest {
+        id: InvocationId::new(),
+        ..fresh.clone()
+    };
     let batch = vec![
         started(fresh, 1),
         outcome(fresh, 1, "fresh"),
@@ -406,6 +411,7 @@ async fn recording_a_batch_writes_only_what_changes_something() {
         started(stale, 1),
         outcome(stale, 2, "second, replayed"),
         outcome(&unknown, 1, "nobody"),
+        started(&running_unknown, 1),
     ];
     assert_eq!(
         record_events(app.store.as_ref(), &batch).await,
@@ -448,10 +454,20 @@ async fn recording_a_batch_writes_only_what_changes_something() {
         Some("second"),
         "neither a stale attempt nor a replay rewrites stored logs"
     );
+    let r = record(unknown.id).await;
     assert_eq!(
-        app.store.get_invocation(&ns, &unknown.id).await.unwrap(),
+        (r.status, r.attempt),
+        (InvocationStatus::Succeeded, 1),
+        "the outcome of an unknown invocation is stored"
+    );
+    assert_eq!(logs(unknown.id).await.as_deref(), Some("nobody"));
+    assert_eq!(
+        app.store
+            .get_invocation(&ns, &running_unknown.id)
+            .await
+            .unwrap(),
         None,
-        "an outcome of an unknown invocation is dropped"
+        "a start of an unknown invocation is dropped"
     );
 }
 

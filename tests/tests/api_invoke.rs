@@ -215,17 +215,18 @@ async fn sigterm_drains_and_exits_zero() {
             .await
             .unwrap()
     });
-    // Wait until a node is running it.
+    // Wait until a node is running it (in flight on the bus: a sync invocation has no record
+    // until it finishes).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let running = app
-            .call(
-                "GET",
-                &format!("/v1/invocations?function={name}&status=running"),
-                None,
-            )
-            .await;
-        if !running.body["items"].as_array().unwrap().is_empty() {
+        let queues = app.call("GET", "/v1/admin/queues", None).await;
+        assert_eq!(queues.status, 200, "{:?}", queues.body);
+        let in_flight = queues.body["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["function"] == name.as_str() && f["in_flight"].as_u64() == Some(1));
+        if in_flight {
             break;
         }
         assert!(

@@ -16,11 +16,22 @@ pub(crate) async fn handle(
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Read)?;
     let id = parse_id(&raw_id)?;
-    let record = state
-        .backends
-        .store
-        .get_invocation(&principal.namespace, &id)
-        .await?
+    // A sync outcome this gateway answered with and has yet to commit.
+    let recent = state
+        .writes
+        .recent(&principal.namespace, &id)
+        .map(|o| o.result.clone());
+    let record = match recent {
+        Some(record) => Some(record),
+        None => {
+            state
+                .backends
+                .store
+                .get_invocation(&principal.namespace, &id)
+                .await?
+        }
+    };
+    let record = record
         .filter(|r| principal.can_see_function(&r.function))
         .ok_or_else(|| ApiError::NotFound(format!("invocation {id} not found")))?;
     Ok(warp::reply::json(&record).into_response())

@@ -1,13 +1,19 @@
 //! `POST /v1/functions/{name}/invoke[?version=N][&async=true]`.
 //!
-//! The record is committed `queued` before the request is published, so an accepted invocation
-//! is always retrievable. Async calls answer 202 at once; sync calls wait on an inbox for the
-//! outcome up to the function's timeout plus a grace, write it through with its logs (the
-//! recorder also would, fenced and idempotent; it finds it written and writes nothing) and
-//! answer 200 whatever the function did, or 504 with the id. Both writes go through the group
-//! commit of [`crate::writes`]: concurrent requests share their transactions.
-//! When the bus refuses the publish, the record is marked failed: nothing accepted is dropped
-//! silently.
+//! An async invocation is committed `queued` (with its request) before it is published, so an
+//! accepted invocation is always retrievable and the reconciler publishes it again if the
+//! publish is lost; it answers 202 at once. A sync invocation is written once, when it has
+//! finished: the caller waits on an inbox for the outcome up to the function's timeout plus a
+//! grace, the outcome is queued for writing with its logs (inserted: there is no record
+//! before) and the answer is 200 whatever the function did; a GET right after sees it (from
+//! [`crate::writes::Writes::recent`] until the write commits). Nothing is stored
+//! before: a sync caller is answered with the outcome or an error, and what a node ran also
+//! reaches the recorder as a `Finished` event, which stores it if its gateway did not (it
+//! died meanwhile). A sync invocation still running at the end of the wait answers 504 with
+//! its id, and is stored `queued` then (without a request: it was published already), so
+//! the id can be fetched. Writes go through the group commit of [`crate::writes`]:
+//! concurrent requests share their transactions. When the bus refuses the publish, a stored
+//! record is marked failed: nothing accepted is dropped silently.
 //!
 //! [`invoke`] is that whole path behind the HTTP handler; NATS requests
 //! ([`crate::nats_api`]) go through it too, so both front ends decide the same way.
@@ -202,13 +208,19 @@ pub(crate) async fn dispatch(
 ) -> Result<Dispatched, ApiError> {
     let id = request.id;
     let timeout = std::time::Duration::from_millis(request.function.config.timeout_ms);
-    // Committed with the requests arriving meanwhile (group commit, `crate::writes`).
-    state
-        .writes
-        .insert(request.clone())
-        .instrument(publish_span.clone())
-        .await?;
-    crate::failpoint::hit(crate::failpoint::AFTER_COMMIT_BEFORE_PUBLISH);
+    // Stored before it runs: async work (a 202 promises it is durable) and work placed in
+    // another region (the hub's record is what makes a forward run once). A sync invocation
+    // run here is stored once, finished (see the module doc).
+    let stored = mode == Mode::Async || request.forwarded_to.is_some();
+    if stored {
+        // Committed with the requests arriving meanwhile (group commit, `crate::writes`).
+        state
+            .writes
+            .insert(request.clone())
+            .instrument(publish_span.clone())
+            .await?;
+        crate::failpoint::hit(crate::failpoint::AFTER_COMMIT_BEFORE_PUBLISH);
+    }
     let overflow = state.catalog.overflow();
     if let (Some(overflow), Some(_)) = (overflow, &request.forwarded_to) {
         return overflow.run(state, &request, mode).await;
@@ -230,7 +242,7 @@ pub(crate) async fn dispatch(
             // The lane here is full: the hub runs it instead.
             Err(BusError::LaneFull(lane)) => {
                 return match overflow {
-                    Some(overflow) => overflow.take_over(state, &request, mode, lane).await,
+                    Some(overflow) => overflow.take_over(state, &request, mode, lane, true).await,
                     None => Err(refused(state, &request, BusError::LaneFull(lane).into()).await),
                 }
             }
@@ -239,9 +251,17 @@ pub(crate) async fn dispatch(
         return Ok(Dispatched::Queued(id));
     }
 
+    // Only a stored record is marked failed; otherwise the caller's error is all there is.
+    let refuse = |error: ApiError| async {
+        if stored {
+            refused(state, &request, error).await
+        } else {
+            error
+        }
+    };
     let mut inbox = match bus.open_inbox().await {
         Ok(inbox) => inbox,
-        Err(e) => return Err(refused(state, &request, e.into()).await),
+        Err(e) => return Err(refuse(e.into()).await),
     };
     match bus
         .publish_invocation(&request, Some(&inbox.reply_to))
@@ -252,11 +272,15 @@ pub(crate) async fn dispatch(
         // The lane here is full: the hub runs it instead (the caller waits either way).
         Err(BusError::LaneFull(lane)) => {
             return match overflow {
-                Some(overflow) => overflow.take_over(state, &request, mode, lane).await,
-                None => Err(refused(state, &request, BusError::LaneFull(lane).into()).await),
+                Some(overflow) => {
+                    overflow
+                        .take_over(state, &request, mode, lane, stored)
+                        .await
+                }
+                None => Err(refuse(BusError::LaneFull(lane).into()).await),
             }
         }
-        Err(e) => return Err(refused(state, &request, e.into()).await),
+        Err(e) => return Err(refuse(e.into()).await),
     }
     tracing::debug!(invocation.id = %id, mode = "sync", "invocation queued");
     let wait = timeout + state.config.sync_grace;
@@ -270,7 +294,10 @@ pub(crate) async fn dispatch(
             Ok(Some(outcome)) if outcome.result.id == id => {
                 drop(wait_span);
                 let outcome = Arc::new(outcome);
-                record(state, outcome.clone())
+                // Answered before its write commits: see `crate::writes`.
+                state
+                    .writes
+                    .outcome_behind(outcome.clone())
                     .instrument(tracing::info_span!("invocation.record", invocation.id = %id))
                     .await;
                 return Ok(Dispatched::Finished(outcome));
@@ -283,9 +310,12 @@ pub(crate) async fn dispatch(
                 );
             }
             Ok(None) => {
+                if !stored {
+                    store_unfinished(state, &request).await;
+                }
                 return Err(ApiError::Unavailable(format!(
                     "the reply inbox closed before invocation {id} finished; fetch it later by id"
-                )))
+                )));
             }
             Err(_) => {
                 tracing::info!(
@@ -293,6 +323,9 @@ pub(crate) async fn dispatch(
                     wait_ms = wait.as_millis() as u64,
                     "sync invocation did not finish in time"
                 );
+                if !stored {
+                    store_unfinished(state, &request).await;
+                }
                 return Err(ApiError::GatewayTimeout { invocation_id: id });
             }
         }
@@ -308,14 +341,26 @@ fn parse_payload(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::InvalidPayload(format!("the payload is not JSON: {e}")))
 }
 
-/// Writes a sync outcome through with its logs (in a shared batch, one transaction), so a GET
-/// right after the answer sees it. Failures are logged: the recorder applies the same outcome
-/// from the event stream.
+/// Writes an outcome through with its logs (in a shared batch, one transaction) and waits for
+/// the commit. Failures are logged: the recorder applies the same outcome from the event
+/// stream.
 async fn record(state: &State, outcome: Arc<InvocationOutcome>) {
     let id = outcome.result.id;
     if let Err(e) = state.writes.outcome(outcome).await {
         tracing::warn!(invocation.id = %id, error = %e, "writing a sync outcome failed; the recorder will");
     }
+}
+
+/// Stores a sync invocation that was not stored before and whose caller stops waiting: its
+/// caller is given the id to fetch later. `queued` and without a request (it was published
+/// already; the reconciler must not publish it again); an outcome the recorder stored meanwhile
+/// is kept (the store's fence), and one that comes later applies over it.
+async fn store_unfinished(state: &State, request: &InvocationRequest) {
+    let placeholder = InvocationOutcome {
+        result: InvocationResult::queued(request),
+        logs: Default::default(),
+    };
+    record(state, Arc::new(placeholder)).await;
 }
 
 /// Marks an accepted invocation failed after the bus refused it, and returns the error to

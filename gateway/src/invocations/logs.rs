@@ -17,6 +17,19 @@ pub(crate) async fn handle(
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Read)?;
     let id = parse_id(&raw_id)?;
+    // A sync outcome this gateway answered with and has yet to commit.
+    if let Some(outcome) = state
+        .writes
+        .recent(&principal.namespace, &id)
+        .filter(|o| principal.can_see_function(&o.result.function))
+    {
+        return Ok(warp::reply::json(&json!({
+            "id": id,
+            "logs": outcome.logs.text,
+            "truncated": outcome.logs.truncated,
+        }))
+        .into_response());
+    }
     let store = &state.backends.store;
     if !store
         .get_invocation(&principal.namespace, &id)

@@ -1203,8 +1203,8 @@ pub async fn logs_roundtrip(store: Store) {
 /// `write_invocations` (the group commit of the invocation path): new records are inserted
 /// with their requests, a taken id is reported and left alone (also when repeated in the
 /// batch); updates apply in order, fenced like `update_invocation`, and carry their logs (if
-/// any) only when they apply; a terminal outcome drops the request; an absent record is not
-/// applied.
+/// any) only when they apply; a terminal outcome drops the request; an update whose record is
+/// absent is inserted as it is, without a request (the first of a repeated id).
 pub async fn write_invocations_commits_inserts_and_outcomes_together(store: Store) {
     let ns = fresh_namespace();
     // Accepted long ago, so `stale_queued` lists them first.
@@ -1229,6 +1229,13 @@ pub async fn write_invocations_commits_inserts_and_outcomes_together(store: Stor
         InvocationStatus::Succeeded,
         1,
     );
+    let absent_again = with_status(&absent, InvocationStatus::Failed, 1);
+    // A sync invocation past its caller's wait, stored before its outcome is known.
+    let placeholder = {
+        let mut req = request(&ns, "batched");
+        req.created_at = base;
+        InvocationResult::queued(&req)
+    };
     let taken = old();
     store.insert_invocation(&taken).await.unwrap();
     let (a, b) = (old(), old());
@@ -1247,12 +1254,14 @@ pub async fn write_invocations_commits_inserts_and_outcomes_together(store: Stor
                 (&finished, Some(&finished_logs)),
                 (&stale_outcome, Some(&stale_logs)),
                 (&absent, Some(&absent_logs)),
+                (&absent_again, Some(&stale_logs)),
+                (&placeholder, None),
             ],
         )
         .await
         .unwrap();
     assert_eq!(written.inserted, vec![true, false, true, false]);
-    assert_eq!(written.applied, vec![true, true, false, false]);
+    assert_eq!(written.applied, vec![true, true, false, true, false, true]);
 
     for new in [&a, &b] {
         let record = store.get_invocation(&ns, &new.id).await.unwrap().unwrap();
@@ -1290,8 +1299,23 @@ pub async fn write_invocations_commits_inserts_and_outcomes_together(store: Stor
         None,
         "a fenced-off outcome stores no logs"
     );
-    assert_eq!(store.get_invocation(&ns, &absent.id).await.unwrap(), None);
-    assert_eq!(store.get_logs(&ns, &absent.id).await.unwrap(), None);
+    assert_eq!(
+        store.get_invocation(&ns, &absent.id).await.unwrap(),
+        Some(absent.clone()),
+        "an absent record is inserted as it is, the first of its id"
+    );
+    assert_eq!(
+        store.get_logs(&ns, &absent.id).await.unwrap(),
+        Some(absent_logs)
+    );
+    assert_eq!(
+        store.get_invocation(&ns, &placeholder.id).await.unwrap(),
+        Some(placeholder.clone())
+    );
+    assert!(
+        !requeued.contains(&placeholder.id) && !requeued.contains(&absent.id),
+        "a record inserted from an update has no request to publish again"
+    );
     assert_eq!(
         store.write_invocations(&[], &[]).await.unwrap(),
         crate::Written::default()

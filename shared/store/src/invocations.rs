@@ -77,38 +77,17 @@ pub trait InvocationStore: Send + Sync + 'static {
     /// The writes of the invocation path that concurrent requests make, committed together
     /// (group commit): the `queued` records of accepted invocations with their requests (each as
     /// by [`InvocationStore::insert_invocation`], a taken id reported rather than an error), then
-    /// updates in slice order, each fenced (as by [`InvocationStore::update_invocation`]; an
-    /// absent record is not applied) and stored with its logs, if it has any, when it applies:
-    /// a finished record is never read without its logs. Both backends do it in one transaction; a backend that
-    /// does not override it writes one item after the other.
+    /// updates in slice order, each fenced (as by [`InvocationStore::update_invocation`]) and
+    /// stored with its logs, if it has any, when it applies: a finished record is never read
+    /// without its logs. An update whose record is absent is inserted as it is, without a
+    /// request (so it is never re-published): the one write of a sync invocation, which is
+    /// stored once it has finished, or an outcome whose gateway never wrote it; the first
+    /// update of such an id is inserted, the later ones apply over it. One transaction.
     async fn write_invocations(
         &self,
         inserts: &[&InvocationRequest],
         outcomes: &[(&InvocationResult, Option<&InvocationLogs>)],
-    ) -> Result<Written, StoreError> {
-        let mut written = Written::default();
-        for request in inserts {
-            written
-                .inserted
-                .push(match self.insert_invocation(request).await {
-                    Ok(_) => true,
-                    Err(StoreError::Conflict(_)) => false,
-                    Err(e) => return Err(e),
-                });
-        }
-        for (record, logs) in outcomes {
-            let applied = match self.update_invocation(record).await {
-                Ok(applied) => applied,
-                Err(StoreError::NotFound(_)) => false,
-                Err(e) => return Err(e),
-            };
-            if let (true, Some(logs)) = (applied, logs) {
-                self.put_logs(&record.id, logs).await?;
-            }
-            written.applied.push(applied);
-        }
-        Ok(written)
-    }
+    ) -> Result<Written, StoreError>;
 
     /// Applies an update from a node. Fenced, in one atomic step:
     /// - over a terminal record, only a higher attempt applies;

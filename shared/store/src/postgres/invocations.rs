@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{replace_nul, to_json, PostgresStore};
 use crate::common::{fenced_off, TERMINAL_SQL};
-use crate::sql::{insert_queued_in, put_applied_logs_in, EngineInvocations};
+use crate::sql::{insert_absent_in, insert_queued_in, put_applied_logs_in, EngineInvocations};
 use crate::{StoreError, StoreSize, Written};
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{InvocationLogs, InvocationRequest, InvocationResult};
@@ -175,10 +175,22 @@ impl EngineInvocations for PostgresStore {
         outcomes: &[(&InvocationResult, Option<&InvocationLogs>)],
     ) -> Result<Written, StoreError> {
         let now = Utc::now();
-        let records: Vec<&InvocationResult> = outcomes.iter().map(|(record, _)| *record).collect();
         let mut tx = self.pool.begin().await?;
         let inserted = insert_queued_in::<Self>(&mut tx, inserts, now).await?;
-        let applied = updates_in(&mut tx, &records, now).await?;
+        // Absent records first (one statement); the rest are fenced updates, in order.
+        let mut applied = if outcomes.is_empty() {
+            Vec::new()
+        } else {
+            insert_absent_in::<Self>(&mut tx, outcomes, now).await?
+        };
+        let rest: Vec<usize> = (0..outcomes.len()).filter(|&i| !applied[i]).collect();
+        let records: Vec<&InvocationResult> = rest.iter().map(|&i| outcomes[i].0).collect();
+        for (i, done) in rest
+            .into_iter()
+            .zip(updates_in(&mut tx, &records, now).await?)
+        {
+            applied[i] = done;
+        }
         put_applied_logs_in::<Self>(&mut tx, outcomes, &applied).await?;
         tx.commit().await?;
         Ok(Written { inserted, applied })

@@ -209,6 +209,66 @@ pub(crate) async fn insert_queued_in<E: SqlEngine>(
     Ok(inserted_flags(requests, returned))
 }
 
+/// Inserts on `conn` (inside the caller's transaction) the records of `updates` that no record
+/// has the id of, as they are (without a request, so they are never published again): the
+/// one write of a sync invocation, stored once finished, or an outcome whose gateway never
+/// wrote it. Per update, whether it was inserted (the first of a repeated id); the others are
+/// then applied as fenced updates, in order. Rows go in id order, so concurrent batches take
+/// their locks in the same order.
+pub(crate) async fn insert_absent_in<E: SqlEngine>(
+    conn: &mut Conn<E>,
+    updates: &[(&InvocationResult, Option<&InvocationLogs>)],
+    now: DateTime<Utc>,
+) -> Result<Vec<bool>, StoreError> {
+    let mut inserted = vec![false; updates.len()];
+    let mut first: Vec<usize> = Vec::with_capacity(updates.len());
+    let mut seen = std::collections::HashSet::with_capacity(updates.len());
+    for (i, (record, _)) in updates.iter().enumerate() {
+        if seen.insert(record.id) {
+            first.push(i);
+        }
+    }
+    first.sort_unstable_by_key(|&i| updates[i].0.id);
+    for chunk in first.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = Sql::new(
+            "INSERT INTO invocations \
+             (id, namespace, function, version, status, attempt, body, request, created_at, \
+             updated_at) VALUES ",
+        );
+        for (n, &i) in chunk.iter().enumerate() {
+            let record = updates[i].0;
+            sql.push(if n == 0 { "(" } else { ", (" })
+                .push_bind(record.id.to_string())
+                .push("::uuid, ")
+                .push_bind(record.namespace.as_str())
+                .push(", ")
+                .push_bind(record.function.as_str())
+                .push(", ")
+                .push_bind(i64::from(record.version))
+                .push(", ")
+                .push_bind(record.status.as_str())
+                .push(", ")
+                .push_bind(i64::from(record.attempt))
+                .push(", ")
+                .push_bind(E::to_json(record)?)
+                .push("::jsonb, NULL, ")
+                .push_bind(record.created_at)
+                .push(", ")
+                .push_bind(now)
+                .push(")");
+        }
+        sql.push(" ON CONFLICT (id) DO NOTHING RETURNING id::text AS id");
+        let mut returned = std::collections::HashSet::new();
+        for row in E::fetch_all(conn, sql).await? {
+            returned.insert(row.text("id")?);
+        }
+        for &i in chunk {
+            inserted[i] = returned.contains(&updates[i].0.id.to_string());
+        }
+    }
+    Ok(inserted)
+}
+
 /// Stores on `conn` (inside the caller's transaction) the logs of the `updates` that
 /// `applied`.
 pub(crate) async fn put_applied_logs_in<E: SqlEngine>(

@@ -30,7 +30,7 @@ mod invocations;
 mod secrets;
 
 pub(crate) use invocations::{
-    insert_queued_in, put_applied_logs_in, PUT_LOGS_SQL, ROWS_PER_STATEMENT,
+    insert_absent_in, insert_queued_in, put_applied_logs_in, PUT_LOGS_SQL, ROWS_PER_STATEMENT,
 };
 
 /// A value bound to a statement parameter.

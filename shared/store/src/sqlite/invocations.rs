@@ -8,8 +8,8 @@ use chrono::Utc;
 use super::SqliteStore;
 use crate::common::{fenced_off, TERMINAL_SQL};
 use crate::sql::{
-    execute, fetch_all, fetch_optional, insert_queued_in, put_applied_logs_in, EngineInvocations,
-    Sql, SqlEngine, SqlRow, PUT_LOGS_SQL, ROWS_PER_STATEMENT,
+    execute, fetch_all, fetch_optional, insert_absent_in, insert_queued_in, put_applied_logs_in,
+    EngineInvocations, Sql, SqlEngine, SqlRow, PUT_LOGS_SQL, ROWS_PER_STATEMENT,
 };
 use crate::{StoreError, StoreSize, Written};
 use fnmesh_core::ids::InvocationId;
@@ -114,15 +114,18 @@ impl EngineInvocations for SqliteStore {
                 applied: Vec::new(),
             });
         }
-        let update_statements = outcomes
-            .iter()
-            .map(|(record, _)| update_sql(record, now))
-            .collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.begin_write().await?;
         let inserted = insert_queued_in::<Self>(&mut tx, inserts, now).await?;
-        let mut applied = Vec::with_capacity(outcomes.len());
-        for sql in update_statements {
-            applied.push(SqliteStore::execute(&mut tx, sql).await? > 0);
+        // Absent records first (one statement); the rest are fenced updates, in order.
+        let mut applied = if outcomes.is_empty() {
+            Vec::new()
+        } else {
+            insert_absent_in::<Self>(&mut tx, outcomes, now).await?
+        };
+        for (i, (record, _)) in outcomes.iter().enumerate() {
+            if !applied[i] {
+                applied[i] = SqliteStore::execute(&mut tx, update_sql(record, now)?).await? > 0;
+            }
         }
         put_applied_logs_in::<Self>(&mut tx, outcomes, &applied).await?;
         tx.commit().await?;
