@@ -1,5 +1,6 @@
-//! The node's work loop: pull an invocation only when a slot is free, run it in the executor,
-//! send the outcome to the sync caller's inbox and to the recorders, then ack.
+//! The node's work loop: pull invocations only for free slots (as many as are free, in one
+//! pull), run each in the executor, send the outcome to the sync caller's inbox and to the
+//! recorders, then ack.
 //!
 //! Ordering per delivery: execute (with `in_progress` heartbeats so a long invocation is not
 //! redelivered; a `Started` event once it has run for [`STARTED_AFTER`]) → reply (sync calls)
@@ -164,23 +165,33 @@ impl Worker {
                     Err(_) => break,
                 },
             };
+            // Every other free slot too: one pull can fill them all.
+            let mut permits = vec![permit];
+            while let Ok(more) = slots.clone().try_acquire_owned() {
+                permits.push(more);
+            }
             let pulled = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                d = this.bus.pull_invocation(this.config.pull_wait) => d,
+                d = this.bus.pull_invocations(permits.len(), this.config.pull_wait) => d,
             };
             match pulled {
-                Ok(Some(delivery)) => {
-                    backoff = PULL_RETRY.build();
-                    let worker = this.clone();
-                    let busy = BusyGuard::enter(&this.busy);
-                    let span = crate::telemetry::invocation_span(&delivery, &worker.config.node_id);
-                    tracker.spawn(async move {
-                        worker.handle(delivery).instrument(span).await;
-                        drop(busy);
-                        drop(permit);
-                    });
+                Ok(deliveries) => {
+                    if !deliveries.is_empty() {
+                        backoff = PULL_RETRY.build();
+                    }
+                    // Slots left over are freed when `permits` is dropped.
+                    for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
+                        let worker = this.clone();
+                        let busy = BusyGuard::enter(&this.busy);
+                        let span =
+                            crate::telemetry::invocation_span(&delivery, &worker.config.node_id);
+                        tracker.spawn(async move {
+                            worker.handle(delivery).instrument(span).await;
+                            drop(busy);
+                            drop(permit);
+                        });
+                    }
                 }
-                Ok(None) => {}
                 Err(e) => {
                     let pause = backoff.next().unwrap_or(PULL_RETRY_MAX);
                     tracing::warn!(error = %e, backoff_ms = pause.as_millis() as u64, "pulling work failed");

@@ -301,6 +301,18 @@ pub trait Bus: Send + Sync + 'static {
     /// Waits up to `wait` for one delivery. Nodes call it only when they have a free slot.
     async fn pull_invocation(&self, wait: Duration) -> Result<Option<Delivery>, BusError>;
 
+    /// Waits up to `wait` for deliveries, and takes at most `max` (at least one, unless the
+    /// wait ends first): nodes ask for as many as they have free slots, so one round trip to
+    /// the broker can fill several. A bus without batches hands out one.
+    async fn pull_invocations(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let _ = max;
+        Ok(self.pull_invocation(wait).await?.into_iter().collect())
+    }
+
     /// Opens an inbox for one sync reply.
     async fn open_inbox(&self) -> Result<Inbox, BusError>;
 

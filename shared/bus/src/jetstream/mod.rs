@@ -328,7 +328,15 @@ impl Bus for JetStreamBus {
     }
 
     async fn pull_invocation(&self, wait: Duration) -> Result<Option<Delivery>, BusError> {
-        self.pull_work(wait).await
+        Ok(self.pull_work(1, wait).await?.into_iter().next())
+    }
+
+    async fn pull_invocations(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
+        self.pull_work(max, wait).await
     }
 
     async fn open_inbox(&self) -> Result<Inbox, BusError> {

@@ -161,10 +161,15 @@ impl JetStreamBus {
         Ok(())
     }
 
-    /// Pulls the next invocation, round-robin over the function consumers with work, waiting
-    /// up to `wait`.
-    pub(super) async fn pull_work(&self, wait: Duration) -> Result<Option<Delivery>, BusError> {
+    /// Pulls up to `max` invocations (at least one unless `wait` ends first), round-robin over
+    /// the function consumers with work, waiting up to `wait`.
+    pub(super) async fn pull_work(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
         self.start_listener().await?;
+        let max = max.max(1);
         let deadline = Instant::now() + wait;
         loop {
             let sweep_due = self
@@ -178,15 +183,26 @@ impl JetStreamBus {
             let wake = self.inner.pull.wake.notified();
             tokio::pin!(wake);
             wake.as_mut().enable();
-            if let Some(message) = self.fetch_round().await? {
-                if let Some(delivery) = self.delivery(message).await? {
-                    return Ok(Some(delivery));
+            let messages = self.fetch_round(max).await?;
+            if !messages.is_empty() {
+                let mut deliveries = Vec::with_capacity(messages.len());
+                for message in messages {
+                    match self.delivery(message).await {
+                        Ok(delivery) => deliveries.extend(delivery),
+                        // Not settled: the server delivers it again after its ack wait.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a fetched work message could not be read")
+                        }
+                    }
+                }
+                if !deliveries.is_empty() {
+                    return Ok(deliveries);
                 }
                 continue;
             }
             let now = Instant::now();
             if now >= deadline {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             let next_sweep = self.ring().last_sweep.map_or(now, |at| at + SWEEP_INTERVAL);
             tokio::select! {
@@ -400,28 +416,38 @@ impl JetStreamBus {
         Ok(c)
     }
 
-    /// Tries the hot consumers once each, round-robin; the first message found wins.
-    async fn fetch_round(&self) -> Result<Option<jetstream::Message>, BusError> {
+    /// Tries the hot consumers once each, round-robin, until `max` messages are found: each
+    /// is asked for its share of what is still wanted (so one round trip can fill several
+    /// slots, and a flooded function never takes every slot while others have work). A
+    /// consumer that gave all it was asked for stays hot, at the back; one that gave less has
+    /// nothing more right now and cools, unless a hint came meanwhile.
+    async fn fetch_round(&self, max: usize) -> Result<Vec<jetstream::Message>, BusError> {
         let rounds = self.ring().order.len();
-        for _ in 0..rounds {
+        let mut found = Vec::new();
+        for tried in 0..rounds {
+            let wanted = max.saturating_sub(found.len());
+            if wanted == 0 {
+                break;
+            }
             let (name, generation) = {
                 let mut ring = self.ring();
                 let Some(name) = ring.order.pop_front() else {
-                    return Ok(None);
+                    break;
                 };
                 let generation = ring.hot.get(&name).copied().unwrap_or(0);
                 (name, generation)
             };
+            let share = wanted.div_ceil(rounds - tried);
             let started = Instant::now();
             let (got, held) = match self.consumer(&name).await {
                 Ok(mut c) => {
-                    let got = fetch_now(&c).await;
+                    let got = fetch_now(&c, share).await;
                     // An empty answer that took the whole expiry: the server may have held the
                     // request because the consumer is at its max_ack_pending, or this process
                     // was just slow (a busy node on a small machine). Only the consumer's
                     // counts tell; a consumer wrongly marked capped would ignore work hints
                     // until the next sweep.
-                    let held = matches!(got, Ok(None))
+                    let held = matches!(&got, Ok(m) if m.is_empty())
                         && started.elapsed() >= FETCH_EXPIRY
                         && at_cap(&mut c).await;
                     (got, held)
@@ -434,12 +460,12 @@ impl JetStreamBus {
                 ring.capped.remove(&name);
             }
             match got {
-                Ok(Some(message)) => {
+                Ok(messages) if messages.len() >= share => {
                     // It may have more: keep it hot, at the back.
                     ring.order.push_back(name);
-                    return Ok(Some(message));
+                    found.extend(messages);
                 }
-                Ok(None) | Err(_) => {
+                Ok(_) | Err(_) => {
                     if let Err(e) = &got {
                         tracing::debug!(consumer = %name, error = %e, "fetch failed; consumer cooled");
                         ring.known.remove(&name);
@@ -453,10 +479,13 @@ impl JetStreamBus {
                         // A hint arrived meanwhile: try it again.
                         ring.order.push_back(name);
                     }
+                    if let Ok(messages) = got {
+                        found.extend(messages);
+                    }
                 }
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// [`crate::BusError::LaneFull`] when `namespace` has as much work in the stream as its
@@ -577,24 +606,34 @@ impl JetStreamBus {
     }
 }
 
-/// Fetches at most one message that is available right now (no waiting on the server).
+/// Fetches at most `max` messages that are available right now (no waiting on the server).
 async fn fetch_now(
     consumer: &consumer::PullConsumer,
-) -> Result<Option<jetstream::Message>, BusError> {
-    // `no_wait` answers at once when nothing is pending, but a consumer at its max_ack_pending
+    max: usize,
+) -> Result<Vec<jetstream::Message>, BusError> {
+    // `no_wait` answers at once with what is pending, but a consumer at its max_ack_pending
     // holds the request: the expiry bounds that wait (the server answers "request timeout").
     let mut batch = consumer
         .fetch()
-        .max_messages(1)
+        .max_messages(max)
         .expires(FETCH_EXPIRY)
         .messages()
         .await
         .map_err(|e| backend("fetching an invocation", e))?;
-    match batch.next().await {
-        None => Ok(None),
-        Some(Ok(message)) => Ok(Some(message)),
-        Some(Err(e)) => Err(backend("fetching an invocation", e)),
+    let mut messages = Vec::new();
+    while let Some(message) = batch.next().await {
+        match message {
+            Ok(message) => messages.push(message),
+            // What came before the error was delivered: it is handed out, and its consumer
+            // is tried again in the next round.
+            Err(e) if !messages.is_empty() => {
+                tracing::debug!(error = %e, "a fetch ended early");
+                break;
+            }
+            Err(e) => return Err(backend("fetching an invocation", e)),
+        }
     }
+    Ok(messages)
 }
 
 /// Whether `consumer` has as many deliveries pending acknowledgement as its max_ack_pending
