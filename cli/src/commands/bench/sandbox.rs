@@ -366,6 +366,67 @@ fn which(bin: &str) -> Option<PathBuf> {
     })
 }
 
+/// How many cold starts of distinct functions per second fnmesh's executor makes on its own,
+/// `concurrency` at a time with at most `concurrency + 8` sandboxes (as `bench scale`'s node:
+/// past the cap every cold start also evicts one): the ceiling of cold invocations that work
+/// finding, the bus and the store cannot raise. Python hello, `n` functions.
+pub async fn parallel_cold_starts(work: &Path, n: usize, concurrency: usize) -> Result<f64> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark creates sandboxes and must run as root");
+    }
+    let code_dir = work.join("code");
+    std::fs::create_dir_all(&code_dir)?;
+    std::fs::write(code_dir.join("main.py"), HANDLER)?;
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(
+        SupervisorClient::spawn(
+            &std::env::current_exe()?,
+            &["__supervisor"],
+            &work.join("state"),
+        )
+        .await?,
+    );
+    let executor = Arc::new(
+        Executor::new(
+            ExecutorConfig {
+                work_dir: work.join("node"),
+                node_id: format!("bench-{tag}"),
+                max_sandboxes: concurrency + 8,
+                cgroup_parent: format!("/fnmesh-bench/{tag}"),
+                ..ExecutorConfig::default()
+            },
+            runtime,
+        )
+        .await?,
+    );
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let permit = slots.clone().acquire_owned().await?;
+        let (executor, code_dir) = (executor.clone(), code_dir.clone());
+        tasks.spawn(async move {
+            let out = executor.execute(job(&bench_function(), &code_dir)).await;
+            drop(permit);
+            out
+        });
+    }
+    let mut failed = 0usize;
+    while let Some(out) = tasks.join_next().await {
+        if out.map_or(true, |o| {
+            o.status != InvocationStatus::Succeeded || !o.cold_start
+        }) {
+            failed += 1;
+        }
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    executor.shutdown(Duration::from_secs(5)).await;
+    if failed > 0 {
+        bail!("{failed} of {n} cold starts failed");
+    }
+    Ok(rate)
+}
+
 fn bench_function() -> Function {
     let name = FunctionName::parse("bench-hello").unwrap_or_else(|_| unreachable!());
     super::python_function(name, HANDLER)

@@ -159,8 +159,10 @@ impl MeshProcs {
         gw.env("FNMESH_SIGNING_KEY", signing.seed())
             .env("FNMESH_LISTEN", format!("127.0.0.1:{port}"))
             .env("FNMESH_ADMIN_KEY", &admin_key)
-            // The per-key limit (1,000/s by default) would cap the throughput measured.
-            .env("FNMESH_KEY_RATE_LIMIT", "0");
+            // The per-key and per-namespace limits (1,000/s and 5,000/s by default) would cap
+            // the throughput measured.
+            .env("FNMESH_KEY_RATE_LIMIT", "0")
+            .env("FNMESH_NAMESPACE_RATE_LIMIT", "0");
         let gateway = ChildProc::spawn("fnmesh gateway", gw, work.join("gateway.log"))?;
         let mut nd = base("node", "node");
         nd.env("FNMESH_TRUSTED_KEYS", signing.public_key())
@@ -178,7 +180,7 @@ impl MeshProcs {
     }
 
     /// Starts `fnmesh up` on its embedded defaults (SQLite, a local code directory, the
-    /// in-process bus) in `work/embedded`, with the same slots, sandbox cap and per-key limit
+    /// in-process bus) in `work/embedded`, with the same slots, sandbox cap and rate limits
     /// as [`Self::start`] gives the mesh.
     pub(super) fn start_embedded(work: &Path, concurrency: usize) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the fnmesh binary")?;
@@ -199,6 +201,7 @@ impl MeshProcs {
             .env("FNMESH_LISTEN", format!("127.0.0.1:{port}"))
             .env("FNMESH_ADMIN_KEY", &admin_key)
             .env("FNMESH_KEY_RATE_LIMIT", "0")
+            .env("FNMESH_NAMESPACE_RATE_LIMIT", "0")
             .env("FNMESH_NODE_SLOTS", concurrency.to_string())
             .env("FNMESH_MAX_SANDBOXES", (concurrency + 8).to_string());
         let gateway = ChildProc::spawn("fnmesh up", cmd, dir.join("up.log"))?;

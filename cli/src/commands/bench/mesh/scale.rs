@@ -3,7 +3,8 @@
 //! c=1 and the idle CPU of nats-server, gateway and node; then it deploys `--functions` in all,
 //! invokes each once asynchronously (cold: distinct functions) and measures how many of those
 //! cold invocations finish per second, then the idle CPU again, then the first function's
-//! sync p50/p99 again. Printed side by side, with the issue's targets.
+//! sync p50/p99 again. Printed side by side, with the issue's targets, and with the ceiling of
+//! the cold invocations: the same cold starts made straight through the executor, alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ const COLD_MAX: Duration = Duration::from_secs(600);
 const TARGET_COLD_PER_SECOND: f64 = 100.0;
 const TARGET_P50_RATIO: f64 = 1.2;
 const TARGET_IDLE_CPU: f64 = 0.02;
+/// Cold starts of the ceiling measurement at most (enough for a steady rate).
+const COLD_CEILING_STARTS: usize = 300;
 
 /// The gateway's API for named functions.
 #[derive(Clone)]
@@ -153,18 +156,34 @@ pub async fn run(args: ScaleBenchArgs) -> Result<()> {
     if result.is_err() {
         eprintln!("{}", mesh.log_tails());
     }
-    let table = result?;
+    let (mut table, cold_rate) = result?;
     drop(mesh);
+    drop(nats_server);
+    // The ceiling: the same cold starts straight through the executor, nothing else running.
+    let cold_starts = super::super::sandbox::parallel_cold_starts(
+        &work.join("ceiling"),
+        args.functions.min(COLD_CEILING_STARTS),
+        args.slots,
+    )
+    .await?;
+    table += &format!(
+        "sandbox cold starts alone (executor in-process, {} at a time, {} functions): \
+         {cold_starts:.1}/s; cold invocations through the mesh = {:.2}x of it\n",
+        args.slots,
+        args.functions.min(COLD_CEILING_STARTS),
+        cold_rate / cold_starts
+    );
     print!("{table}");
     Ok(())
 }
 
+/// The table, and the cold invocations per second.
 async fn scale(
     mesh: &mut MeshProcs,
     http: &reqwest::Client,
     nats_pid: u32,
     args: &ScaleBenchArgs,
-) -> Result<String> {
+) -> Result<(String, f64)> {
     mesh.wait_ready(http, Duration::from_secs(60)).await?;
     let (Some(gateway_pid), Some(node_pid)) = mesh.pids() else {
         bail!("the gateway or the node is not running");
@@ -307,7 +326,7 @@ async fn scale(
         args.functions,
         verdict(ratio <= TARGET_P50_RATIO)
     );
-    Ok(out)
+    Ok((out, cold_rate))
 }
 
 fn verdict(met: bool) -> &'static str {
