@@ -473,8 +473,14 @@ async fn answer(state: &State, region: &BusPrefix, payload: &[u8]) -> Answer {
             record: Box::new(InvocationResult::queued(&request)),
             logs: None,
         },
-        // Forwarded before: the hub's record as it is.
+        // Forwarded before: the hub's record as it is (a sync outcome still being written:
+        // that outcome).
         Err(ApiError::Conflict(_)) => {
+            if let Some(outcome) = state.writes.recent(&namespace, &id) {
+                return Answer::Finished {
+                    outcome: Box::new(InvocationOutcome::clone(&outcome)),
+                };
+            }
             let record = store.get_invocation(&namespace, &id).await;
             let logs = store.get_logs(&namespace, &id).await.ok().flatten();
             match record {

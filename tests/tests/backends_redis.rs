@@ -115,7 +115,7 @@ async fn hammer(
     run_for: Duration,
 ) -> (u32, u32, Duration) {
     const TASKS_EACH: usize = 8;
-    const MAX_PER_TASK: u32 = 150_000;
+    const MAX_PER_TASK: u32 = 1_000_000;
     let admitted = Arc::new(AtomicU32::new(0));
     let refused = Arc::new(AtomicU32::new(0));
     let start = Instant::now();
