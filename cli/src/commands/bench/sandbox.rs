@@ -49,6 +49,32 @@ pub fn enter_bench_namespace() -> Result<()> {
     Ok(())
 }
 
+/// An executor for a benchmark run in this process: its own sandbox supervisor, work dir and
+/// cgroup under `work`, with at most `max_sandboxes` sandboxes.
+pub(crate) async fn bench_executor(work: &Path, max_sandboxes: usize) -> Result<Arc<Executor>> {
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(
+        SupervisorClient::spawn(
+            &std::env::current_exe()?,
+            &["__supervisor"],
+            &work.join("state"),
+        )
+        .await
+        .context("starting the sandbox supervisor")?,
+    );
+    Ok(Executor::new(
+        ExecutorConfig {
+            work_dir: work.join("node"),
+            node_id: format!("bench-{tag}"),
+            max_sandboxes,
+            cgroup_parent: format!("/fnmesh-bench/{tag}"),
+            ..ExecutorConfig::default()
+        },
+        runtime,
+    )
+    .await?)
+}
+
 struct Stats {
     samples: Vec<f64>,
 }
@@ -150,26 +176,7 @@ pub async fn measure(args: &BenchArgs) -> Result<SandboxFigures> {
     std::fs::create_dir_all(&code_dir)?;
     std::fs::write(code_dir.join("main.py"), HANDLER)?;
     let tag = format!("{:08x}", rand::random::<u32>());
-
-    let runtime: Arc<dyn ContainerRuntime> = Arc::new(
-        SupervisorClient::spawn(
-            &std::env::current_exe()?,
-            &["__supervisor"],
-            &work.join("state"),
-        )
-        .await?,
-    );
-    let executor = Executor::new(
-        ExecutorConfig {
-            work_dir: work.join("node"),
-            node_id: format!("bench-{tag}"),
-            max_sandboxes: args.cold_rounds + 8,
-            cgroup_parent: format!("/fnmesh-bench/{tag}"),
-            ..ExecutorConfig::default()
-        },
-        runtime,
-    )
-    .await?;
+    let executor = bench_executor(&work, args.cold_rounds + 8).await?;
 
     // An equivalent one-shot bundle for crun: same rootfs, mounts, limits and seccomp profile.
     let rootfs = ensure_rootfs(&work.join("crun-rootfs"))?;
@@ -377,28 +384,7 @@ pub async fn parallel_cold_starts(work: &Path, n: usize, concurrency: usize) -> 
     let code_dir = work.join("code");
     std::fs::create_dir_all(&code_dir)?;
     std::fs::write(code_dir.join("main.py"), HANDLER)?;
-    let tag = format!("{:08x}", rand::random::<u32>());
-    let runtime: Arc<dyn ContainerRuntime> = Arc::new(
-        SupervisorClient::spawn(
-            &std::env::current_exe()?,
-            &["__supervisor"],
-            &work.join("state"),
-        )
-        .await?,
-    );
-    let executor = Arc::new(
-        Executor::new(
-            ExecutorConfig {
-                work_dir: work.join("node"),
-                node_id: format!("bench-{tag}"),
-                max_sandboxes: concurrency + 8,
-                cgroup_parent: format!("/fnmesh-bench/{tag}"),
-                ..ExecutorConfig::default()
-            },
-            runtime,
-        )
-        .await?,
-    );
+    let executor = bench_executor(work, concurrency + 8).await?;
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();

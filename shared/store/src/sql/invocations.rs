@@ -104,46 +104,60 @@ fn insert_queued<E: SqlEngine>(
 /// (10 parameters a row: far below SQLite's 32,766 and PostgreSQL's 65,535).
 pub(crate) const ROWS_PER_STATEMENT: usize = 500;
 
+/// One multi-row statement inserting `rows` (a record and its request's JSON, if it keeps
+/// one) that skips ids that exist and returns (column `id`) the ids it inserted.
+fn insert_records_sql<E: SqlEngine>(
+    rows: &[(&InvocationResult, Option<String>)],
+    now: DateTime<Utc>,
+) -> Result<Sql, StoreError> {
+    let mut sql = Sql::new(
+        "INSERT INTO invocations \
+         (id, namespace, function, version, status, attempt, body, request, created_at, \
+         updated_at) VALUES ",
+    );
+    for (i, (record, request)) in rows.iter().enumerate() {
+        sql.push(if i == 0 { "(" } else { ", (" })
+            .push_bind(record.id.to_string())
+            .push("::uuid, ")
+            .push_bind(record.namespace.as_str())
+            .push(", ")
+            .push_bind(record.function.as_str())
+            .push(", ")
+            .push_bind(i64::from(record.version))
+            .push(", ")
+            .push_bind(record.status.as_str())
+            .push(", ")
+            .push_bind(i64::from(record.attempt))
+            .push(", ")
+            .push_bind(E::to_json(*record)?)
+            .push("::jsonb, ")
+            .push_bind(request.clone())
+            .push("::jsonb, ")
+            .push_bind(record.created_at)
+            .push(", ")
+            .push_bind(now)
+            .push(")");
+    }
+    sql.push(" ON CONFLICT (id) DO NOTHING RETURNING id::text AS id");
+    Ok(sql)
+}
+
 /// The statements inserting the `queued` records of `requests` with their requests, one per
-/// chunk of [`ROWS_PER_STATEMENT`], each skipping ids that exist and returning (column `id`)
-/// the ids it inserted. See [`inserted_flags`].
+/// chunk of [`ROWS_PER_STATEMENT`] ([`insert_records_sql`]). See [`inserted_flags`].
 fn insert_queued_rows<E: SqlEngine>(
     requests: &[&InvocationRequest],
     now: DateTime<Utc>,
 ) -> Result<Vec<Sql>, StoreError> {
     let mut statements = Vec::new();
     for chunk in requests.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = Sql::new(
-            "INSERT INTO invocations \
-             (id, namespace, function, version, status, attempt, body, request, created_at, \
-             updated_at) VALUES ",
-        );
-        for (i, request) in chunk.iter().enumerate() {
-            let record = InvocationResult::queued(request);
-            sql.push(if i == 0 { "(" } else { ", (" })
-                .push_bind(record.id.to_string())
-                .push("::uuid, ")
-                .push_bind(record.namespace.as_str())
-                .push(", ")
-                .push_bind(record.function.as_str())
-                .push(", ")
-                .push_bind(i64::from(record.version))
-                .push(", ")
-                .push_bind(record.status.as_str())
-                .push(", ")
-                .push_bind(i64::from(record.attempt))
-                .push(", ")
-                .push_bind(E::to_json(&record)?)
-                .push("::jsonb, ")
-                .push_bind(E::to_json(*request)?)
-                .push("::jsonb, ")
-                .push_bind(record.created_at)
-                .push(", ")
-                .push_bind(now)
-                .push(")");
-        }
-        sql.push(" ON CONFLICT (id) DO NOTHING RETURNING id::text AS id");
-        statements.push(sql);
+        let records: Vec<InvocationResult> =
+            chunk.iter().map(|r| InvocationResult::queued(r)).collect();
+        let rows = records
+            .iter()
+            .zip(chunk)
+            .map(|(record, request)| Ok((record, Some(E::to_json(*request)?))))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        statements.push(insert_records_sql::<E>(&rows, now)?);
     }
     Ok(statements)
 }
@@ -230,36 +244,10 @@ pub(crate) async fn insert_absent_in<E: SqlEngine>(
     }
     first.sort_unstable_by_key(|&i| updates[i].0.id);
     for chunk in first.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = Sql::new(
-            "INSERT INTO invocations \
-             (id, namespace, function, version, status, attempt, body, request, created_at, \
-             updated_at) VALUES ",
-        );
-        for (n, &i) in chunk.iter().enumerate() {
-            let record = updates[i].0;
-            sql.push(if n == 0 { "(" } else { ", (" })
-                .push_bind(record.id.to_string())
-                .push("::uuid, ")
-                .push_bind(record.namespace.as_str())
-                .push(", ")
-                .push_bind(record.function.as_str())
-                .push(", ")
-                .push_bind(i64::from(record.version))
-                .push(", ")
-                .push_bind(record.status.as_str())
-                .push(", ")
-                .push_bind(i64::from(record.attempt))
-                .push(", ")
-                .push_bind(E::to_json(record)?)
-                .push("::jsonb, NULL, ")
-                .push_bind(record.created_at)
-                .push(", ")
-                .push_bind(now)
-                .push(")");
-        }
-        sql.push(" ON CONFLICT (id) DO NOTHING RETURNING id::text AS id");
+        let rows: Vec<(&InvocationResult, Option<String>)> =
+            chunk.iter().map(|&i| (updates[i].0, None)).collect();
         let mut returned = std::collections::HashSet::new();
-        for row in E::fetch_all(conn, sql).await? {
+        for row in E::fetch_all(conn, insert_records_sql::<E>(&rows, now)?).await? {
             returned.insert(row.text("id")?);
         }
         for &i in chunk {

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use fnmesh_core::{Function, FunctionName, InvocationId, InvocationStatus};
-use fnmesh_nodes::executor::{Executor, ExecutorConfig, Job};
-use fnmesh_nodes::sandbox::supervisor::SupervisorClient;
-use fnmesh_nodes::sandbox::ContainerRuntime;
+use fnmesh_nodes::executor::Job;
 use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -212,27 +210,7 @@ pub(super) async fn sandbox_warm(work: &Path, n: usize) -> Result<Latency> {
     let code_dir = work.join("code");
     std::fs::create_dir_all(&code_dir)?;
     std::fs::write(code_dir.join("main.py"), HANDLER)?;
-    let tag = format!("{:08x}", rand::random::<u32>());
-    let runtime: Arc<dyn ContainerRuntime> = Arc::new(
-        SupervisorClient::spawn(
-            &std::env::current_exe()?,
-            &["__supervisor"],
-            &work.join("state"),
-        )
-        .await
-        .context("starting the sandbox supervisor")?,
-    );
-    let executor = Executor::new(
-        ExecutorConfig {
-            work_dir: work.join("node"),
-            node_id: format!("bench-mesh-{tag}"),
-            max_sandboxes: 4,
-            cgroup_parent: format!("/fnmesh-bench/{tag}"),
-            ..ExecutorConfig::default()
-        },
-        runtime,
-    )
-    .await?;
+    let executor = crate::commands::bench::sandbox::bench_executor(work, 4).await?;
     let function = sandbox_function()?;
     let payload: Value = serde_json::from_str(PAYLOAD)?;
     let result = sequential(n, || async {
