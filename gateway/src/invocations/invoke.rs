@@ -341,16 +341,6 @@ fn parse_payload(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::InvalidPayload(format!("the payload is not JSON: {e}")))
 }
 
-/// Writes an outcome through with its logs (in a shared batch, one transaction) and waits for
-/// the commit. Failures are logged: the recorder applies the same outcome from the event
-/// stream.
-async fn record(state: &State, outcome: Arc<InvocationOutcome>) {
-    let id = outcome.result.id;
-    if let Err(e) = state.writes.outcome(outcome).await {
-        tracing::warn!(invocation.id = %id, error = %e, "writing a sync outcome failed; the recorder will");
-    }
-}
-
 /// Stores a sync invocation that was not stored before and whose caller stops waiting: its
 /// caller is given the id to fetch later. `queued` and without a request (it was published
 /// already; the reconciler must not publish it again); an outcome the recorder stored meanwhile
@@ -360,7 +350,9 @@ async fn store_unfinished(state: &State, request: &InvocationRequest) {
         result: InvocationResult::queued(request),
         logs: Default::default(),
     };
-    record(state, Arc::new(placeholder)).await;
+    if let Err(e) = state.writes.outcome(Arc::new(placeholder)).await {
+        tracing::warn!(invocation.id = %request.id, error = %e, "storing an unfinished sync invocation failed; its outcome is stored when it comes");
+    }
 }
 
 /// Marks an accepted invocation failed after the bus refused it, and returns the error to
