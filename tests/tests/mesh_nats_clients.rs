@@ -333,17 +333,25 @@ async fn nats_requests_are_answered_on_reply_inboxes_only() {
     .unwrap();
     let r: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(r["status"], "succeeded", "{r:?}\n{}", mesh.logs());
-    let listed = mesh
-        .call("GET", "/v1/invocations?function=echo&limit=100", None)
-        .await;
-    assert_eq!(listed.status, 200, "{:?}", listed.body);
-    let ids: Vec<&Value> = listed.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| &i["id"])
-        .collect();
-    assert_eq!(ids, vec![&r["id"]], "only the answered request ran");
+    // Listed once its write commits (a sync outcome is answered before: one batch later).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ids: Vec<Value> = loop {
+        let listed = mesh
+            .call("GET", "/v1/invocations?function=echo&limit=100", None)
+            .await;
+        assert_eq!(listed.status, 200, "{:?}", listed.body);
+        let ids: Vec<Value> = listed.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].clone())
+            .collect();
+        if !ids.is_empty() || std::time::Instant::now() >= deadline {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ids, vec![r["id"].clone()], "only the answered request ran");
     assert!(
         futures::FutureExt::now_or_never(watched.next()).is_none(),
         "nothing was published to {target}"
