@@ -297,6 +297,11 @@ fn rows(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Row> {
     ));
     rows.push(latency_row(
         WARM,
+        "raw JetStream work round trip",
+        &mesh.jetstream_work,
+    ));
+    rows.push(latency_row(
+        WARM,
         "warm sandbox (pooled, in-process)",
         &mesh.sandbox_warm,
     ));

@@ -9,7 +9,9 @@
 //!
 //! 1. a warp echo server in this process, called with the same reqwest client (keep-alive);
 //! 2. core NATS request/reply against a responder subscription in this process;
-//! 3. a JetStream publish waiting for its PubAck, on a file-storage stream;
+//! 3. a JetStream publish waiting for its PubAck, on a file-storage stream; and (3b) a
+//!    JetStream work round trip (publish + PubAck, delivery to a waiting pull consumer, ack, reply): the
+//!    floor of any design that holds sync work in JetStream;
 //! 4. a warm round trip through a pooled sandbox driven in this process (the executor the
 //!    node uses, without NATS or HTTP);
 //! 5. fnmesh's sync invoke of a Python echo: p50/p99 at concurrency 1 after a warm-up, then
@@ -17,7 +19,8 @@
 //! 6. the same through `fnmesh up` (the embedded mode: one process, SQLite, the in-process
 //!    bus), started after the mesh has stopped, so the two never share the cores.
 //!
-//! and prints the ratio of (5) to the sum of (1), (2) and (4), of (6) to the sum of (1) and (4),
+//! and prints the ratio of (5) to the sum of (1), (2) and (4) and to the sum of (1), (3b) and
+//! (4), of (6) to the sum of (1) and (4),
 //! and the throughputs against the targets of the hot-path issue.
 
 use std::sync::Arc;
@@ -40,7 +43,8 @@ pub use counts::PerInvocation;
 
 use counts::Counts;
 use floors::{
-    raw_http, raw_jetstream, raw_nats, report_signing, sandbox_warm, sequential, signing,
+    raw_http, raw_jetstream, raw_jetstream_work, raw_nats, report_signing, sandbox_warm,
+    sequential, signing,
 };
 use procs::{start_nats, MeshProcs};
 
@@ -127,6 +131,8 @@ pub struct Figures {
     pub http_echo: Latency,
     pub nats_request_reply: Latency,
     pub jetstream_publish: Latency,
+    /// The least a durable work queue costs (publish + PubAck, delivery, ack, reply).
+    pub jetstream_work: Latency,
     pub sandbox_warm: Latency,
     /// A gateway signing one work message (1 KiB body).
     pub signing_sign: Latency,
@@ -150,6 +156,9 @@ pub struct Figures {
     pub per_invocation: PerInvocation,
     /// fnmesh p50 / (HTTP p50 + NATS p50 + sandbox p50).
     pub ratio_p50: f64,
+    /// fnmesh p50 / (HTTP p50 + JetStream work round trip p50 + sandbox p50): against the
+    /// floor of a design that holds sync work in JetStream.
+    pub durable_ratio_p50: f64,
     /// `fnmesh up` (gateway and node in one process, the in-process bus): c=1 and throughput.
     pub embedded_sync_c1: Latency,
     pub embedded_throughput: Throughput,
@@ -219,6 +228,8 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
     let (nats_rr, nats_rate) = raw_nats(&nats, args.requests, args.concurrency).await?;
     eprintln!("measuring raw JetStream publish…");
     let js_pub = raw_jetstream(&nats, args.requests).await?;
+    eprintln!("measuring a raw JetStream work round trip…");
+    let js_work = raw_jetstream_work(&nats_url, args.requests).await?;
     eprintln!("measuring work signing and verification…");
     let (signing_sign, signing_verify) = signing(args.requests.max(1000), SIGNED_BODY_BYTES)?;
     let (report_sign, report_verify) = report_signing(args.requests.max(1000), SIGNED_BODY_BYTES)?;
@@ -246,6 +257,7 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
     let (embedded_c1, embedded_throughput, _) = measured?;
 
     let floor = http_echo.p50_us + nats_rr.p50_us + sandbox.p50_us;
+    let durable_floor = http_echo.p50_us + js_work.p50_us + sandbox.p50_us;
     let ceiling = 1.0 / (1.0 / http_rate.max(1e-9) + 1.0 / nats_rate.max(1e-9));
     Ok(Figures {
         http_echo_per_second: http_rate,
@@ -254,12 +266,14 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
         fraction_of_ceiling: throughput.per_second / ceiling,
         per_invocation,
         ratio_p50: c1.p50_us / floor,
+        durable_ratio_p50: c1.p50_us / durable_floor,
         embedded_ratio_p50: embedded_c1.p50_us / (http_echo.p50_us + sandbox.p50_us),
         embedded_sync_c1: embedded_c1,
         embedded_throughput,
         http_echo,
         nats_request_reply: nats_rr,
         jetstream_publish: js_pub,
+        jetstream_work: js_work,
         sandbox_warm: sandbox,
         signing_sign,
         signing_verify,
@@ -303,6 +317,10 @@ pub fn table(f: &Figures) -> String {
     out += &row(
         "raw JetStream publish + PubAck (file stream)",
         &f.jetstream_publish,
+    );
+    out += &row(
+        "raw JetStream work round trip (pub+ack, pull, reply)",
+        &f.jetstream_work,
     );
     out += &row(
         "warm sandbox round trip (pooled, in-process)",
@@ -384,6 +402,15 @@ pub fn table(f: &Figures) -> String {
         f.nats_request_reply.p50_us,
         f.sandbox_warm.p50_us,
         f.ratio_p50,
+    );
+    out += &format!(
+        "ratio fnmesh p50 / (HTTP + JetStream work + sandbox p50) = {:.0} / ({:.0} + {:.0} + \
+         {:.0}) µs: {:.2}x   (the floor of sync work held in JetStream)\n",
+        f.fnmesh_sync_c1.p50_us,
+        f.http_echo.p50_us,
+        f.jetstream_work.p50_us,
+        f.sandbox_warm.p50_us,
+        f.durable_ratio_p50,
     );
     out += &embedded_table(f);
     out

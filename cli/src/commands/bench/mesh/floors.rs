@@ -205,6 +205,89 @@ pub(super) async fn raw_jetstream(nats: &async_nats::Client, n: usize) -> Result
     result
 }
 
+/// (3b) The least a durable work queue costs: a requester publishes a work message on a
+/// work-queue file stream and waits for its PubAck, a worker on its own connection receives it
+/// from a durable pull consumer that always has a pull request waiting (no hint, no fetch
+/// round trip), acks it and answers on the requester's inbox, named in a header. No signing,
+/// no store, no sandbox: what any design that holds sync work in JetStream pays at least.
+pub(super) async fn raw_jetstream_work(nats_url: &str, n: usize) -> Result<Latency> {
+    use async_nats::jetstream;
+    let requester = async_nats::connect(nats_url).await?;
+    let worker = async_nats::connect(nats_url).await?;
+    let js = jetstream::new(requester.clone());
+    let tag = format!("{:016x}", rand::random::<u64>());
+    let name = format!("BENCH_WORK_{tag}");
+    let subject = format!("bench.work.{tag}");
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            storage: jetstream::stream::StorageType::File,
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            max_messages: 100_000,
+            ..Default::default()
+        })
+        .await
+        .context("creating the benchmark work stream (is JetStream enabled: nats-server -js?)")?;
+    let measured = async {
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some("worker".to_owned()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let replier = worker.clone();
+        let serving = tokio::spawn(async move {
+            while let Some(Ok(msg)) = messages.next().await {
+                let reply = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Bench-Reply"))
+                    .map(|v| v.as_str().to_owned());
+                let _ = msg.ack().await;
+                if let Some(reply) = reply {
+                    let _ = replier.publish(reply, msg.payload.clone()).await;
+                }
+            }
+        });
+        let inbox = requester.new_inbox();
+        let answers = requester.subscribe(inbox.clone()).await?;
+        let answers = Arc::new(tokio::sync::Mutex::new(answers));
+        requester.flush().await?;
+        let result = sequential(n, || {
+            let (js, subject, inbox, answers) =
+                (js.clone(), subject.clone(), inbox.clone(), answers.clone());
+            async move {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Bench-Reply", inbox.as_str());
+                js.publish_with_headers(subject, headers, PAYLOAD.as_bytes().to_vec().into())
+                    .await?
+                    .await?;
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(5), answers.lock().await.next())
+                        .await
+                        .context("no answer from the benchmark worker in 5 s")?
+                        .context("the answer subscription ended")?;
+                ensure!(
+                    answer.payload.as_ref() == PAYLOAD.as_bytes(),
+                    "the worker answered another body"
+                );
+                Ok(())
+            }
+        })
+        .await;
+        serving.abort();
+        result
+    }
+    .await;
+    if let Err(e) = js.delete_stream(&name).await {
+        eprintln!("warning: deleting stream {name}: {e}");
+    }
+    measured
+}
+
 /// (4) Sequential warm invocations through a pooled sandbox, driven in this process.
 pub(super) async fn sandbox_warm(work: &Path, n: usize) -> Result<Latency> {
     let code_dir = work.join("code");
