@@ -19,7 +19,8 @@ with_test=0
 [ "${1:-}" = "--test" ] && with_test=1
 
 packages=(gcc pkg-config libseccomp-dev libseccomp2 python3 nodejs procps crun hyperfine ca-certificates curl)
-[ "$with_test" = 1 ] && packages+=(redis-server postgresql)
+# docker-registry and skopeo: the image tests run a real registry and push to it.
+[ "$with_test" = 1 ] && packages+=(redis-server postgresql docker-registry skopeo busybox-static)
 need=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")

@@ -12,11 +12,18 @@
 //!   are capped ([`Limits`]);
 //! - [`layout`]: reads an OCI image layout (a directory, or a tar archive of one) and the
 //!   manifest and configuration of an image in it, each blob checked against its digest;
+//! - [`registry`]: resolves tags to digests and pulls images by digest into a [`blobs::BlobDir`]
+//!   (`oci-client`), plain HTTP only for allowlisted hosts, every blob checked and capped;
+//! - [`cache`]: a node's blobs and trees, pulled once per digest, leased while in use, evicted
+//!   least recently used first past a size cap;
 //! - [`tree`]: builds the read-only rootfs of an image from its layers in a private temporary
 //!   directory, then renames it into a content-addressed place; a refused image leaves nothing.
 
+pub mod blobs;
+pub mod cache;
 pub mod digest;
 pub mod layout;
+pub mod registry;
 pub mod tree;
 pub mod unpack;
 
@@ -49,9 +56,12 @@ pub enum ImageError {
     /// The image's metadata is malformed or inconsistent.
     #[error("invalid image: {0}")]
     Invalid(String),
-    /// No image by that reference in a layout.
-    #[error("no image {0:?} in the layout")]
+    /// No image by that reference (in a layout, or in its registry).
+    #[error("no image {0:?}")]
     NotFound(String),
+    /// The registry could not be reached or refused the request (not the image's fault).
+    #[error("registry {0}")]
+    Registry(String),
     /// Creating, resolving or writing a path inside the image's tree failed.
     #[error("unpacking {path:?}: {source}")]
     Unpack {
@@ -66,6 +76,6 @@ pub enum ImageError {
 impl ImageError {
     /// Whether the image itself is at fault (the caller's input), as opposed to this host.
     pub fn is_image_fault(&self) -> bool {
-        !matches!(self, Self::Unpack { .. } | Self::Io(_))
+        !matches!(self, Self::Unpack { .. } | Self::Io(_) | Self::Registry(_))
     }
 }

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod registry;
+
 use std::io::Write;
 use std::path::Path;
 

@@ -1,0 +1,119 @@
+//! A real registry for tests: Debian's `docker-registry` on a free loopback port, its storage
+//! in a temp dir, killed on drop; images pushed with `skopeo` from OCI layouts.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RegistryServer {
+    child: Child,
+    pub host: String,
+    dir: tempfile::TempDir,
+}
+
+fn need(binary: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{binary}` is not on PATH: install it with `apt-get install {package}` \
+         (or run ./scripts/setup-debian.sh --test)"
+    );
+}
+
+impl RegistryServer {
+    pub fn start() -> RegistryServer {
+        need("docker-registry", "docker-registry");
+        need("skopeo", "skopeo");
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
+                 rootdirectory: {}\nhttp:\n  addr: {host}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = RegistryServer { child, host, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.ready() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn ready(&self) -> bool {
+        let Ok(mut conn) = TcpStream::connect(&self.host) else {
+            return false;
+        };
+        let request = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.host);
+        if conn.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+    }
+
+    /// Pushes the image `tag` of the layout at `layout` as `<repo>:<tag>`.
+    pub fn push(&self, layout: &Path, tag: &str, repo: &str) {
+        let out = Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--insecure-policy",
+                "--dest-tls-verify=false",
+            ])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repo}:{tag}", self.host))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Where the registry keeps the blob `hex` (to corrupt it on purpose).
+    pub fn blob_path(&self, hex: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
