@@ -19,6 +19,7 @@
 //! - [`tree`]: builds the read-only rootfs of an image from its layers in a private temporary
 //!   directory, then renames it into a content-addressed place; a refused image leaves nothing.
 
+pub mod archive;
 pub mod blobs;
 pub mod cache;
 pub mod digest;

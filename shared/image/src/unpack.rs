@@ -138,6 +138,47 @@ pub fn apply_layer(
     Ok(())
 }
 
+/// Extracts an uploaded archive (a tar, gzipped or not) into `root` by the same rules as a
+/// layer (no digests to check): used for image archives uploaded as a function's code.
+pub fn extract_archive(
+    root: &Root,
+    archive: impl Read,
+    limits: &Limits,
+) -> Result<Usage, ImageError> {
+    let mut buffered = std::io::BufReader::new(archive);
+    let gzipped = std::io::BufRead::fill_buf(&mut buffered)
+        .map_err(read_error)?
+        .starts_with(&[0x1f, 0x8b]);
+    let mut counted = Hashing::new(buffered, limits.max_compressed_bytes);
+    let decoded: Box<dyn Read + '_> = if gzipped {
+        Box::new(GzDecoder::new(&mut counted))
+    } else {
+        Box::new(&mut counted)
+    };
+    let mut plain = Hashing::new(decoded, limits.max_unpacked_bytes);
+    let mut applier = Applier {
+        root,
+        created: HashSet::new(),
+        entries_left: limits.max_entries,
+        entries: 0,
+        write_left: limits.max_unpacked_bytes,
+    };
+    {
+        let mut archive = tar::Archive::new(&mut plain);
+        for entry in archive.entries().map_err(read_error)? {
+            let entry = entry.map_err(read_error)?;
+            applier.apply(entry)?;
+        }
+    }
+    let entries = applier.entries;
+    let (_, unpacked_bytes) = plain.finish().map_err(read_error)?;
+    Ok(Usage {
+        compressed_bytes: 0,
+        unpacked_bytes,
+        entries,
+    })
+}
+
 /// The entry's path inside the tree: `None` for the root itself; `..` refuses the image.
 pub fn clean_path(raw: &Path) -> Result<Option<PathBuf>, ImageError> {
     let mut out = PathBuf::new();
