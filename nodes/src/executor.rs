@@ -604,6 +604,7 @@ impl Inner {
             bundle_dir: self.bundles_dir.join(&id),
             bundle: BundleRequest {
                 sandbox_id: id.clone(),
+                root: crate::sandbox::spec::RootKind::Skeleton,
                 rootfs: self.rootfs.clone(),
                 code_dir,
                 runtime_dir: self.runtime_dir.clone(),

@@ -134,6 +134,7 @@ async fn the_supervisor_and_every_init_it_forks_run_from_a_sealed_binary() {
     let id = "sealed-init".to_owned();
     let req = BundleRequest {
         sandbox_id: id.clone(),
+        root: fnmesh_nodes::sandbox::spec::RootKind::Skeleton,
         rootfs,
         code_dir,
         runtime_dir,

@@ -132,6 +132,7 @@ impl Harness {
     fn request(&self, id: &str, args: &[&str]) -> BundleRequest {
         BundleRequest {
             sandbox_id: id.to_owned(),
+            root: fnmesh_nodes::sandbox::spec::RootKind::Skeleton,
             rootfs: self.rootfs.clone(),
             code_dir: self.code_dir.clone(),
             runtime_dir: self.runtime_dir.clone(),
@@ -687,5 +688,169 @@ async fn a_dead_supervisor_fails_calls_and_its_leftovers_are_removed_by_the_next
     assert!(cg.existing_dirs().is_empty(), "{:?}", cg.existing_dirs());
     assert!(!h.state_dir().join("orphan").exists());
     next.shutdown().await;
+    h.finish().await;
+}
+
+const IMAGEBOOT: &str = env!("CARGO_BIN_EXE_fnmesh-imageboot");
+
+/// A busybox-only image tree, as `fnmesh_image::tree` leaves one: the image's files and the
+/// sandbox's mount points, nothing of the host's.
+fn busybox_tree(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let tree = dir.join("image-tree");
+    for d in [
+        "bin",
+        "proc",
+        "dev",
+        "sys",
+        "tmp",
+        "etc",
+        "var/runtime",
+        "srv",
+    ] {
+        fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    fs::set_permissions(tree.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox is missing: install it with `apt-get install busybox-static`"
+    );
+    fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "test", "echo", "id"] {
+        symlink("busybox", tree.join("bin").join(applet)).unwrap();
+    }
+    fs::write(tree.join("etc/image-release"), "busybox image\n").unwrap();
+    tree
+}
+
+fn frame(value: &Value) -> Vec<u8> {
+    let body = serde_json::to_vec(value).unwrap();
+    [(body.len() as u32).to_be_bytes().to_vec(), body].concat()
+}
+
+fn frames(mut bytes: &[u8]) -> Vec<Value> {
+    let mut out = Vec::new();
+    while bytes.len() >= 4 {
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        out.push(serde_json::from_slice(&bytes[4..4 + len]).unwrap());
+        bytes = &bytes[4 + len..];
+    }
+    out
+}
+
+/// Creates and starts `req`, writes `input` to its stdin and closes it, and returns its raw
+/// stdout, its stderr and its exit report.
+async fn run_with_input(
+    h: &Harness,
+    req: &BundleRequest,
+    input: Vec<u8>,
+) -> (Vec<u8>, String, ExitReport) {
+    let spec = h.bundle(req);
+    let (mut ours, io) = pipes();
+    h.client().create(&spec, io).await.unwrap();
+    h.client().start(&spec.id).await.unwrap();
+    let stdin = ours.stdin.take().unwrap();
+    let writer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        fs::File::from(stdin).write_all(&input).unwrap();
+    });
+    let stdout = ours.stdout;
+    let raw = tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        fs::File::from(stdout)
+            .read_to_end(&mut bytes)
+            .map(|_| bytes)
+    });
+    let (raw, stderr) = tokio::join!(
+        async {
+            tokio::time::timeout(RUN_TIMEOUT, raw)
+                .await
+                .expect("container output did not end in time")
+                .unwrap()
+                .unwrap()
+        },
+        read_to_end(ours.stderr)
+    );
+    writer.await.unwrap();
+    let report = h.client().destroy(&spec.id).await.unwrap();
+    (raw, stderr, report)
+}
+
+#[tokio::test]
+async fn an_image_root_runs_the_image_bootstrap_with_nothing_of_the_hosts() {
+    use fnmesh_nodes::runtimes::image::ImageBootstrap;
+    use fnmesh_nodes::runtimes::imageboot::Mode;
+    use fnmesh_nodes::sandbox::spec::RootKind;
+
+    let h = Harness::start().await;
+    h.open_to_userns();
+    let tree = busybox_tree(h.dir.path());
+    let boot =
+        ImageBootstrap::install(&h.dir.path().join("imageboot"), Path::new(IMAGEBOOT)).unwrap();
+    let script = r#"read -r payload
+if test -e /usr/bin/python3; then host=true; else host=false; fi
+echo "from the handler" >&2
+echo "{\"payload\":$payload,\"host_usr\":$host,\"release\":\"$(cat /etc/image-release)\",\"uid\":$(id -u),\"env\":\"$FROM_IMAGE\",\"secret\":\"$SECRET\",\"cwd\":\"$(pwd)\"}""#;
+    for (label, user) in [
+        (
+            "host-uid",
+            SandboxUser::Host {
+                uid: NOBODY,
+                gid: NOBODY,
+            },
+        ),
+        (
+            "userns",
+            SandboxUser::Mapped {
+                host_base: TEST_HOST_BASE + (rand::random::<u32>() % 64) * 65_536,
+            },
+        ),
+    ] {
+        let mut req = h.request(&format!("image-root-{label}"), &["/bin/true"]);
+        req.root = RootKind::Image;
+        req.rootfs = tree.clone();
+        req.runtime_dir = boot.dir().to_path_buf();
+        req.cwd = "/srv".to_owned();
+        req.env = vec!["PATH=/bin".to_owned(), "FROM_IMAGE=yes".to_owned()];
+        req.user = user;
+        req.args = boot.argv(&Mode::Exec {
+            cwd: "/srv".to_owned(),
+            argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()],
+        });
+        let input = [
+            frame(&serde_json::json!({"env": {"SECRET": "s3cr3t"}})),
+            frame(
+                &serde_json::json!({"id": "inv-1", "payload": {"x": 1}, "max_result_bytes": 65536}),
+            ),
+        ]
+        .concat();
+        let (stdout, stderr, report) = run_with_input(&h, &req, input).await;
+        assert_eq!(report.exit_code, Some(0), "{label}: {stderr}");
+        let answers = frames(&stdout);
+        assert_eq!(answers.len(), 2, "{label}: {answers:?} {stderr}");
+        assert_eq!(answers[0], serde_json::json!({"ready": true}));
+        let ok = &answers[1]["ok"];
+        assert_eq!(
+            ok["payload"],
+            serde_json::json!({"x": 1}),
+            "{label}: {answers:?}"
+        );
+        assert_eq!(
+            ok["host_usr"], false,
+            "{label}: the host's /usr is not there"
+        );
+        assert_eq!(
+            ok["release"], "busybox image",
+            "{label}: the image's files are"
+        );
+        assert_eq!(ok["uid"], NOBODY, "{label}");
+        assert_eq!(ok["env"], "yes", "{label}");
+        assert_eq!(ok["secret"], "s3cr3t", "{label}");
+        assert_eq!(ok["cwd"], "/srv", "{label}");
+        assert!(
+            stderr.contains("from the handler\n\n\0fnmesh-end:inv-1\0\n"),
+            "{label}: {stderr:?}"
+        );
+    }
     h.finish().await;
 }

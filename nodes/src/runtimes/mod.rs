@@ -10,6 +10,7 @@
 //! handler once and serves invocations one at a time over the framed protocol of [`protocol`].
 //! The function's code is mounted read-only at [`TASK_DIR`].
 
+pub mod image;
 pub mod imageboot;
 pub mod protocol;
 

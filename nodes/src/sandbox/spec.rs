@@ -59,6 +59,20 @@ pub struct BundleRequest {
     pub cgroup_path: String,
     /// The user the process runs as: in a user namespace of its own, or a host uid.
     pub user: SandboxUser,
+    /// What the root is: the shared skeleton with the host's `/usr`, or an image's own tree.
+    pub root: RootKind,
+}
+
+/// The kind of root a sandbox has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RootKind {
+    /// The shared skeleton (`rootfs::ensure_rootfs`): the host's `/usr` and a few `/etc` files
+    /// bound read-only, the function's code at `/var/task`.
+    #[default]
+    Skeleton,
+    /// An image's unpacked tree (`fnmesh_image::tree`): nothing of the host's but the
+    /// bootstrap at `/var/runtime`; no `/var/task` (the image is the code).
+    Image,
 }
 
 /// Hostname inside every sandbox.
@@ -310,8 +324,16 @@ fn mounts(req: &BundleRequest) -> Vec<Value> {
             "mqueue",
             &["nosuid", "noexec", "nodev"],
         ),
-        mount("/usr", "bind", "/usr", &["rbind", "ro", "nosuid", "nodev"]),
     ];
+    if req.root == RootKind::Image {
+        return image_mounts(req, mounts, &tmp_size);
+    }
+    mounts.push(mount(
+        "/usr",
+        "bind",
+        "/usr",
+        &["rbind", "ro", "nosuid", "nodev"],
+    ));
     for file in ETC_FILES {
         let host = Path::new("/etc").join(file);
         if host.exists() {
@@ -329,6 +351,23 @@ fn mounts(req: &BundleRequest) -> Vec<Value> {
         "source": req.code_dir,
         "options": ["rbind", "ro", "nosuid", "nodev"],
     }));
+    mounts.push(json!({
+        "destination": "/var/runtime",
+        "type": "bind",
+        "source": req.runtime_dir,
+        "options": ["rbind", "ro", "nosuid", "nodev"],
+    }));
+    mounts.push(json!({
+        "destination": "/tmp",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "nodev", "mode=1777", tmp_size],
+    }));
+    mounts
+}
+
+/// The mounts of an image root after the common ones: the bootstrap and `/tmp`.
+fn image_mounts(req: &BundleRequest, mut mounts: Vec<Value>, tmp_size: &str) -> Vec<Value> {
     mounts.push(json!({
         "destination": "/var/runtime",
         "type": "bind",
@@ -390,6 +429,7 @@ mod tests {
     fn request() -> BundleRequest {
         BundleRequest {
             sandbox_id: "sb-1".into(),
+            root: RootKind::Skeleton,
             rootfs: "/var/lib/fnmesh/rootfs".into(),
             code_dir: "/var/lib/fnmesh/code/f1".into(),
             runtime_dir: "/var/lib/fnmesh/runtimes".into(),

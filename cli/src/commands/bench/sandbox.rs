@@ -217,6 +217,7 @@ pub async fn measure(args: &BenchArgs) -> Result<SandboxFigures> {
                 &bundle,
                 &BundleRequest {
                     sandbox_id: id.clone(),
+                    root: fnmesh_nodes::sandbox::spec::RootKind::Skeleton,
                     rootfs: rootfs.clone(),
                     code_dir: code_dir.clone(),
                     runtime_dir: empty_runtime_dir.clone(),
