@@ -716,7 +716,7 @@ fn busybox_tree(dir: &Path) -> PathBuf {
         "/bin/busybox is missing: install it with `apt-get install busybox-static`"
     );
     fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
-    for applet in ["sh", "cat", "test", "echo", "id"] {
+    for applet in ["sh", "cat", "test", "echo", "id", "true", "sleep"] {
         symlink("busybox", tree.join("bin").join(applet)).unwrap();
     }
     fs::write(tree.join("etc/image-release"), "busybox image\n").unwrap();
@@ -787,10 +787,19 @@ async fn an_image_root_runs_the_image_bootstrap_with_nothing_of_the_hosts() {
     let tree = busybox_tree(h.dir.path());
     let boot =
         ImageBootstrap::install(&h.dir.path().join("imageboot"), Path::new(IMAGEBOOT)).unwrap();
+    // Each run also leaves an orphan behind (reparented to pid 1, the bootstrap) and counts
+    // the zombies it finds: the bootstrap reaps them between invocations.
     let script = r#"read -r payload
 if test -e /usr/bin/python3; then host=true; else host=false; fi
+z=0
+for stat in /proc/[0-9]*/stat; do
+  read -r line < "$stat" 2>/dev/null || continue
+  case "$line" in *") Z "*) z=$((z+1)) ;; esac
+done
+(true &)
+sleep 0.1
 echo "from the handler" >&2
-echo "{\"payload\":$payload,\"host_usr\":$host,\"release\":\"$(cat /etc/image-release)\",\"uid\":$(id -u),\"env\":\"$FROM_IMAGE\",\"secret\":\"$SECRET\",\"cwd\":\"$(pwd)\"}""#;
+echo "{\"payload\":$payload,\"host_usr\":$host,\"release\":\"$(cat /etc/image-release)\",\"uid\":$(id -u),\"env\":\"$FROM_IMAGE\",\"secret\":\"$SECRET\",\"cwd\":\"$(pwd)\",\"zombies\":$z}""#;
     for (label, user) in [
         (
             "host-uid",
@@ -822,12 +831,13 @@ echo "{\"payload\":$payload,\"host_usr\":$host,\"release\":\"$(cat /etc/image-re
             frame(
                 &serde_json::json!({"id": "inv-1", "payload": {"x": 1}, "max_result_bytes": 65536}),
             ),
+            frame(&serde_json::json!({"id": "inv-2", "payload": 2, "max_result_bytes": 65536})),
         ]
         .concat();
         let (stdout, stderr, report) = run_with_input(&h, &req, input).await;
         assert_eq!(report.exit_code, Some(0), "{label}: {stderr}");
         let answers = frames(&stdout);
-        assert_eq!(answers.len(), 2, "{label}: {answers:?} {stderr}");
+        assert_eq!(answers.len(), 3, "{label}: {answers:?} {stderr}");
         assert_eq!(answers[0], serde_json::json!({"ready": true}));
         let ok = &answers[1]["ok"];
         assert_eq!(
@@ -847,6 +857,11 @@ echo "{\"payload\":$payload,\"host_usr\":$host,\"release\":\"$(cat /etc/image-re
         assert_eq!(ok["env"], "yes", "{label}");
         assert_eq!(ok["secret"], "s3cr3t", "{label}");
         assert_eq!(ok["cwd"], "/srv", "{label}");
+        assert_eq!(answers[2]["ok"]["payload"], 2, "{label}: {answers:?}");
+        assert_eq!(
+            answers[2]["ok"]["zombies"], 0,
+            "{label}: the first run's orphan was reaped: {answers:?}"
+        );
         assert!(
             stderr.contains("from the handler\n\n\0fnmesh-end:inv-1\0\n"),
             "{label}: {stderr:?}"

@@ -74,7 +74,9 @@ impl ImageBootstrap {
 
 /// Copies `from` (following symlinks) to `to` through a temporary sibling, mode 0755.
 fn copy_into(from: &Path, to: &Path) -> io::Result<()> {
-    let tmp = to.with_extension(format!("tmp-{}", std::process::id()));
+    let mut tmp = to.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
     fs::copy(from, &tmp)?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
     fs::rename(&tmp, to)

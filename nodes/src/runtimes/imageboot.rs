@@ -231,6 +231,7 @@ fn serve(proto: &mut Proto, mode: &Mode) -> io::Result<()> {
         },
     }
     proto.send(&json!({"ready": true}))?;
+    let server_pid = server.as_ref().map(|c| c.id() as i32);
     let mut conn: Option<TcpStream> = None;
     while let Some(request) = proto.recv()? {
         let id = request
@@ -244,24 +245,16 @@ fn serve(proto: &mut Proto, mode: &Mode) -> io::Result<()> {
         let response = match mode {
             Mode::Exec { cwd, argv } => run_exec(argv, cwd, &env, &payload),
             Mode::Http { port, .. } => {
-                if let Some(child) = server.as_mut() {
-                    if let Some(status) = child.try_wait()? {
-                        return Err(io::Error::other(format!(
-                            "the function's server exited: {status}"
-                        )));
-                    }
+                if let Some(exit) = reap(server_pid) {
+                    return Err(io::Error::other(exit));
                 }
                 match post(&mut conn, *port, &payload) {
                     Ok(answer) => answer.into_response(),
                     Err(e) => {
                         // The server may have died while answering.
-                        if let Some(child) = server.as_mut() {
-                            std::thread::sleep(Duration::from_millis(20));
-                            if let Some(status) = child.try_wait()? {
-                                return Err(io::Error::other(format!(
-                                    "the function's server exited: {status}"
-                                )));
-                            }
+                        std::thread::sleep(Duration::from_millis(20));
+                        if let Some(exit) = reap(server_pid) {
+                            return Err(io::Error::other(exit));
                         }
                         error(
                             "handler_error",
@@ -278,12 +271,34 @@ fn serve(proto: &mut Proto, mode: &Mode) -> io::Result<()> {
         let _ = logs.write_all(&end_marker(&id));
         drop(logs);
         proto.send_body(&body)?;
+        if let Some(exit) = reap(server_pid) {
+            return Err(io::Error::other(exit));
+        }
     }
     if let Some(mut child) = server {
         let _ = child.kill();
         let _ = child.wait();
     }
     Ok(())
+}
+
+/// Reaps every child that has exited: the bootstrap is the sandbox's pid 1, so processes a
+/// handler left behind are reparented to it, and unreaped they would use up the sandbox's pids
+/// limit. Returns why the `http` server (`server`) ended, if it is one of them.
+fn reap(server: Option<i32>) -> Option<String> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if Some(pid.as_raw()) == server => {
+                return Some(format!("the function's server exited with status {code}"));
+            }
+            Ok(WaitStatus::Signaled(pid, signal, _)) if Some(pid.as_raw()) == server => {
+                return Some(format!("the function's server was killed by {signal}"));
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Whether `program` can be started (as `Command` would find it, with the function's `PATH`).
