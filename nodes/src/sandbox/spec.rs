@@ -325,9 +325,26 @@ fn mounts(req: &BundleRequest) -> Vec<Value> {
             &["nosuid", "noexec", "nodev"],
         ),
     ];
-    if req.root == RootKind::Image {
-        return image_mounts(req, mounts, &tmp_size);
+    if req.root == RootKind::Skeleton {
+        host_mounts(req, &mut mounts);
     }
+    mounts.push(json!({
+        "destination": "/var/runtime",
+        "type": "bind",
+        "source": req.runtime_dir,
+        "options": ["rbind", "ro", "nosuid", "nodev"],
+    }));
+    mounts.push(json!({
+        "destination": "/tmp",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "nodev", "mode=1777", tmp_size],
+    }));
+    mounts
+}
+
+/// What a skeleton root gets of the host's: `/usr`, a few `/etc` files, and the code.
+fn host_mounts(req: &BundleRequest, mounts: &mut Vec<Value>) {
     mounts.push(mount(
         "/usr",
         "bind",
@@ -351,36 +368,6 @@ fn mounts(req: &BundleRequest) -> Vec<Value> {
         "source": req.code_dir,
         "options": ["rbind", "ro", "nosuid", "nodev"],
     }));
-    mounts.push(json!({
-        "destination": "/var/runtime",
-        "type": "bind",
-        "source": req.runtime_dir,
-        "options": ["rbind", "ro", "nosuid", "nodev"],
-    }));
-    mounts.push(json!({
-        "destination": "/tmp",
-        "type": "tmpfs",
-        "source": "tmpfs",
-        "options": ["nosuid", "nodev", "mode=1777", tmp_size],
-    }));
-    mounts
-}
-
-/// The mounts of an image root after the common ones: the bootstrap and `/tmp`.
-fn image_mounts(req: &BundleRequest, mut mounts: Vec<Value>, tmp_size: &str) -> Vec<Value> {
-    mounts.push(json!({
-        "destination": "/var/runtime",
-        "type": "bind",
-        "source": req.runtime_dir,
-        "options": ["rbind", "ro", "nosuid", "nodev"],
-    }));
-    mounts.push(json!({
-        "destination": "/tmp",
-        "type": "tmpfs",
-        "source": "tmpfs",
-        "options": ["nosuid", "nodev", "mode=1777", tmp_size],
-    }));
-    mounts
 }
 
 /// `(path, major, minor)` of the character devices created in `/dev`.

@@ -106,6 +106,23 @@ pub fn digest_of(descriptor: &Descriptor) -> Result<Digest, ImageError> {
     descriptor.digest().to_string().parse()
 }
 
+/// The linux/amd64 manifest of the index `bytes` (whose digest is `digest`); an entry without
+/// a platform qualifies.
+pub fn platform_manifest(bytes: &[u8], digest: &Digest) -> Result<Descriptor, ImageError> {
+    let index: ImageIndex = serde_json::from_slice(bytes)
+        .map_err(|e| ImageError::Invalid(format!("index {digest}: {e}")))?;
+    index
+        .manifests()
+        .iter()
+        .find(|d| {
+            d.platform().as_ref().is_none_or(|p| {
+                p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
+            })
+        })
+        .cloned()
+        .ok_or_else(|| ImageError::Invalid(format!("index {digest} has no linux/amd64 image")))
+}
+
 /// Reads a whole (small) blob and checks it against `digest` (and `size`).
 pub fn read_blob(
     source: &dyn BlobSource,
@@ -199,20 +216,8 @@ impl Layout {
             _ => return Err(ImageError::UnsupportedMediaType(media_type)),
         }
         let bytes = read_blob(self, &digest, Some(descriptor.size()))?;
-        let index: ImageIndex = serde_json::from_slice(&bytes)
-            .map_err(|e| ImageError::Invalid(format!("index {digest}: {e}")))?;
-        let chosen = index
-            .manifests()
-            .iter()
-            .find(|d| {
-                d.platform().as_ref().is_none_or(|p| {
-                    p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
-                })
-            })
-            .ok_or_else(|| {
-                ImageError::Invalid(format!("index {digest} has no linux/amd64 image"))
-            })?;
-        self.follow(chosen, depth + 1)
+        let chosen = platform_manifest(&bytes, &digest)?;
+        self.follow(&chosen, depth + 1)
     }
 }
 

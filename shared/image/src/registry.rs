@@ -13,12 +13,11 @@ use std::task::{Context, Poll};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use oci_spec::image::ImageIndex;
 
 use crate::blobs::BlobDir;
 use crate::layout::{
-    digest_of, Image, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MAX_METADATA_BYTES, OCI_INDEX,
-    OCI_MANIFEST,
+    digest_of, platform_manifest, Image, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MAX_METADATA_BYTES,
+    OCI_INDEX, OCI_MANIFEST,
 };
 use crate::unpack::Limits;
 use crate::{Digest, ImageError};
@@ -214,20 +213,7 @@ impl Registries {
                 media_type.as_deref(),
                 Some(OCI_INDEX | DOCKER_MANIFEST_LIST)
             ) {
-                let index: ImageIndex = serde_json::from_slice(&bytes)
-                    .map_err(|e| ImageError::Invalid(format!("index {digest}: {e}")))?;
-                let chosen = index
-                    .manifests()
-                    .iter()
-                    .find(|d| {
-                        d.platform().as_ref().is_none_or(|p| {
-                            p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
-                        })
-                    })
-                    .ok_or_else(|| {
-                        ImageError::Invalid(format!("index {digest} has no linux/amd64 image"))
-                    })?;
-                digest = digest_of(chosen)?;
+                digest = digest_of(&platform_manifest(&bytes, &digest)?)?;
                 continue;
             }
             blobs.put(&digest, &bytes)?;
