@@ -86,6 +86,21 @@ pub struct ImageCache {
     pulling: tokio::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// Bytes of the files under `dir` (not following symlinks).
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => tree_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state
         .lock()
@@ -132,10 +147,15 @@ impl ImageCache {
                 let _ = std::fs::remove_file(self.size_file(&digest));
                 continue;
             };
-            let bytes = std::fs::read_to_string(self.size_file(&digest))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
+            // A crash between the tree's rename and its size file: measure it again.
+            let bytes = match self.recorded_size(&digest) {
+                Some(bytes) => bytes,
+                None => {
+                    let bytes = self.blob_bytes(&image) + tree_bytes(&entry.path());
+                    std::fs::write(self.size_file(&digest), bytes.to_string())?;
+                    bytes
+                }
+            };
             let modified = entry
                 .metadata()
                 .and_then(|m| m.modified())
@@ -175,6 +195,26 @@ impl ImageCache {
             last_used: Instant::now(),
             image: None,
         }
+    }
+
+    /// The bytes recorded for the image `digest` when its tree was built.
+    fn recorded_size(&self, digest: &Digest) -> Option<u64> {
+        std::fs::read_to_string(self.size_file(digest))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Bytes the layer blobs of `image` take in the blob directory.
+    fn blob_bytes(&self, image: &Image) -> u64 {
+        image
+            .layers()
+            .map(|layers| {
+                layers
+                    .iter()
+                    .filter_map(|l| self.blobs.size(&l.digest))
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     fn size_file(&self, digest: &Digest) -> PathBuf {
@@ -270,12 +310,7 @@ impl ImageCache {
         })
         .await
         .map_err(|e| ImageError::Io(std::io::Error::other(e.to_string())))??;
-        let blob_bytes: u64 = image
-            .layers()?
-            .iter()
-            .filter_map(|l| self.blobs.size(&l.digest))
-            .sum();
-        let bytes = blob_bytes + built.usage.unpacked_bytes;
+        let bytes = self.blob_bytes(&image) + built.usage.unpacked_bytes;
         if !built.existed {
             std::fs::write(self.size_file(&image.manifest_digest), bytes.to_string())?;
         }
@@ -294,10 +329,7 @@ impl ImageCache {
     /// Records a prepared image and leases it (under `requested` too, if that differs).
     fn admit(&self, requested: &Digest, prepared: &Prepared) -> Lease {
         let digest = prepared.image.manifest_digest.clone();
-        let bytes = std::fs::read_to_string(self.size_file(&digest))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+        let bytes = self.recorded_size(&digest).unwrap_or(0);
         let mut state = lock(&self.state);
         let entry = state.images.entry(digest.clone()).or_insert_with(|| Entry {
             image: Some(prepared.image.clone()),

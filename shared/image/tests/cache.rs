@@ -142,8 +142,10 @@ async fn a_reopened_cache_finds_its_images() {
         let (prepared, _lease) = cache.prepare(&reference, None).await.unwrap();
         assert!(prepared.pull > Duration::ZERO);
     }
-    // A half-built tree left by a crash is swept on open.
+    // A half-built tree left by a crash is swept on open, and a tree whose size was not
+    // recorded (a crash right after its rename) is measured again.
     std::fs::create_dir_all(dir.join("trees/.tmp-crashed/etc")).unwrap();
+    std::fs::remove_file(dir.join(format!("trees/{}.size", digest.hex()))).unwrap();
     let cache = cache_at(&dir, &registry, u64::MAX);
     assert!(!dir.join("trees/.tmp-crashed").exists());
     let images = cache.images();
