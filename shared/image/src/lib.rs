@@ -24,6 +24,7 @@ pub mod blobs;
 pub mod cache;
 pub mod digest;
 pub mod layout;
+pub mod process;
 pub mod registry;
 pub mod tree;
 pub mod unpack;
