@@ -187,6 +187,10 @@ pub struct CommonArgs {
     /// A file holding the metrics scrape token.
     #[arg(long, env = "FNMESH_METRICS_TOKEN_FILE")]
     pub metrics_token_file: Option<PathBuf>,
+    /// Image registries (`host[:port]`, comma-separated) reached over plain HTTP, by gateways
+    /// resolving tags and by nodes pulling; every other registry only over HTTPS.
+    #[arg(long, env = "FNMESH_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
 }
 
 /// The NATS connection of `gateway` and `node`.
@@ -383,6 +387,10 @@ pub struct NodeArgs {
     /// recently used code no sandbox or invocation holds is deleted (fetched again if needed).
     #[arg(long, env = "FNMESH_CODE_CACHE_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     pub code_cache_bytes: u64,
+    /// Disk space the node's image cache (pulled blobs and unpacked trees) may take, in
+    /// bytes; beyond it, the least recently used images no sandbox uses are deleted.
+    #[arg(long, env = "FNMESH_IMAGE_CACHE_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
+    pub image_cache_bytes: u64,
 }
 
 /// Which backends a gateway uses (defaults: the embedded ones inside the data dir).
@@ -474,17 +482,29 @@ pub enum FnCommand {
 pub struct DeployArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// A directory (packed as tar.gz) or a single file.
-    pub path: PathBuf,
+    /// A directory (packed as tar.gz) or a single file; for `--runtime image`, an OCI image
+    /// layout (directory or archive) or a `docker save` archive, or nothing with `--image`.
+    pub path: Option<PathBuf>,
     /// Function name.
     #[arg(long)]
     pub name: String,
-    /// python3 | nodejs | exec.
+    /// python3 | nodejs | exec | image.
     #[arg(long)]
     pub runtime: String,
-    /// e.g. `main.handle`, `index.handler`, `run.sh`.
-    #[arg(long)]
+    /// e.g. `main.handle`, `index.handler`, `run.sh` (none for `image`).
+    #[arg(long, default_value = "")]
     pub handler: String,
+    /// `--runtime image`: `host[:port]/repo:tag` or `…@sha256:…` (the tag is pinned to its
+    /// digest at deploy), or the image's name inside the uploaded archive.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// `--runtime image`: `exec` (the image's command per invocation) or `http` (its server
+    /// on `$PORT`).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// `--runtime image --mode http`: the port its server listens on (default 8080).
+    #[arg(long)]
+    pub port: Option<u16>,
     /// Memory limit.
     #[arg(long)]
     pub memory_mb: Option<u32>,

@@ -22,7 +22,17 @@ use clap::Parser;
 
 use crate::args::{Cli, Command};
 
+/// The hidden first argument that makes this binary the bootstrap of image functions inside
+/// their sandbox (see `fnmesh_nodes::runtimes::imageboot`); its arguments are passed as they
+/// are, `--` included, so it is dispatched before argument parsing.
+const IMAGEBOOT: &str = "__imageboot";
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(IMAGEBOOT) {
+        let status = fnmesh_nodes::runtimes::imageboot::main_with(&args[1..]);
+        return ExitCode::from(u8::try_from(status).unwrap_or(1));
+    }
     let cli = Cli::parse();
     if let Command::Supervisor = cli.command {
         return ExitCode::from(fnmesh_nodes::sandbox::supervisor::main_from_env());

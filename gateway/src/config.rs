@@ -55,6 +55,9 @@ pub struct GatewayConfig {
     /// How long authentication failures (401) of one source and action are summed before
     /// their audit entry is written.
     pub audit_failure_window: Duration,
+    /// Registries (`host[:port]`) reached over plain HTTP to resolve image tags at deploy;
+    /// every other registry over HTTPS (`FNMESH_INSECURE_REGISTRIES`).
+    pub insecure_registries: Vec<String>,
 }
 
 /// Default [`GatewayConfig::retention`]: 7 days.
@@ -88,6 +91,7 @@ impl Default for GatewayConfig {
             max_nats_requests_per_key: 64,
             key_recheck_interval: Duration::from_secs(15),
             audit_failure_window: Duration::from_secs(10),
+            insecure_registries: Vec::new(),
         }
     }
 }

@@ -107,6 +107,12 @@ pub enum ApiError {
     /// A handler that does not fit the runtime.
     #[error("{0}")]
     InvalidHandler(String),
+    /// An image reference that does not parse, names no image, or an image that is refused.
+    #[error("{0}")]
+    InvalidImage(String),
+    /// An image registry that could not be reached or failed (not the caller's fault).
+    #[error("{0}")]
+    RegistryUnavailable(String),
     /// A config with unknown fields or out-of-range values.
     #[error("{0}")]
     InvalidConfig(String),
@@ -190,6 +196,7 @@ impl ApiError {
             Self::InvalidName(_)
             | Self::InvalidRuntime(_)
             | Self::InvalidHandler(_)
+            | Self::InvalidImage(_)
             | Self::InvalidConfig(_)
             | Self::InvalidMetadata(_)
             | Self::InvalidBase64(_)
@@ -206,6 +213,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::RegistryUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -224,6 +232,8 @@ impl ApiError {
             Self::InvalidName(_) => "invalid_name",
             Self::InvalidRuntime(_) => "invalid_runtime",
             Self::InvalidHandler(_) => "invalid_handler",
+            Self::InvalidImage(_) => "invalid_image",
+            Self::RegistryUnavailable(_) => "registry_unavailable",
             Self::InvalidConfig(_) => "invalid_config",
             Self::InvalidMetadata(_) => "invalid_metadata",
             Self::InvalidBase64(_) => "invalid_base64",
@@ -293,7 +303,7 @@ impl ApiError {
             Self::QueueFull | Self::LaneFull(_) | Self::ConcurrencyLimited(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            Self::Unavailable(_) | Self::NotReady(_) => {
+            Self::Unavailable(_) | Self::NotReady(_) | Self::RegistryUnavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
             }
             Self::PayloadTooLarge { .. } => {
@@ -359,6 +369,17 @@ impl From<ArchiveError> for ApiError {
         match e {
             ArchiveError::Io(io) => Self::Internal(format!("normalising code: {io}")),
             other => Self::InvalidArchive(other.to_string()),
+        }
+    }
+}
+
+impl From<fnmesh_image::ImageError> for ApiError {
+    fn from(e: fnmesh_image::ImageError) -> Self {
+        use fnmesh_image::ImageError as E;
+        match e {
+            E::Registry(_) => Self::RegistryUnavailable(e.to_string()),
+            E::Unpack { .. } | E::Io(_) => Self::Internal(format!("reading an image: {e}")),
+            other => Self::InvalidImage(other.to_string()),
         }
     }
 }

@@ -57,6 +57,8 @@ pub(crate) struct AppState {
     pub nats_request_permits: Arc<KeyPermits>,
     /// Whether this gateway publishes its region's catalog or follows a hub's ([`crate::catalog`]).
     pub catalog: crate::catalog::Catalog,
+    /// Resolves the tags of image functions at deploy.
+    pub registries: fnmesh_image::registry::Registries,
 }
 
 /// Code normalisations run at once, at most.
@@ -76,6 +78,8 @@ impl AppState {
         let log_stream_permits = KeyPermits::new(config.max_log_streams_per_key);
         let nats_request_permits = KeyPermits::new(config.max_nats_requests_per_key);
         let writes = crate::writes::Writes::start(backends.store.clone(), metrics.clone());
+        let registries =
+            fnmesh_image::registry::Registries::new(config.insecure_registries.clone());
         Arc::new(Self {
             config,
             backends,
@@ -89,6 +93,7 @@ impl AppState {
             log_stream_permits,
             nats_request_permits,
             catalog: Default::default(),
+            registries,
         })
     }
 }

@@ -35,11 +35,14 @@ use tracing::Instrument as _;
 use crate::code_cache::CodePins;
 use crate::instance::{Instance, LaunchPlan};
 use crate::pool::{Checkout, CheckoutError, KeyLimits, Pool, PoolKey, PoolLimits};
+use crate::runtimes::image::{self, ImageBootstrap};
+use crate::runtimes::ProcessSpec;
 use crate::runtimes::{self, protocol, RuntimeRegistry};
 use crate::sandbox::rootfs;
-use crate::sandbox::spec::BundleRequest;
+use crate::sandbox::spec::{BundleRequest, RootKind};
 use crate::sandbox::users::{self, IdAllocator, IdClaim, IdMode, UsersError};
 use crate::sandbox::{ContainerRuntime, SandboxError};
+use fnmesh_image::cache::Lease as ImageLease;
 
 pub use crate::pool::PoolStats;
 
@@ -84,6 +87,8 @@ pub struct ExecutorConfig {
     /// Holds the code each sandbox mounts in the node's code cache while the sandbox lives
     /// (`None`: code dirs are not the cache's).
     pub code_pins: Option<CodePins>,
+    /// Image functions' cache and bootstrap (`None`: an image function fails to start).
+    pub images: Option<crate::runtimes::image::ImageSupport>,
 }
 
 /// 75% of the host's RAM in MiB (4 GiB when unknown).
@@ -120,6 +125,7 @@ impl Default for ExecutorConfig {
             id_mode: IdMode::Auto,
             secrets_keyring: None,
             code_pins: None,
+            images: None,
         }
     }
 }
@@ -196,6 +202,9 @@ struct Inner {
     rootfs: PathBuf,
     runtime_dir: PathBuf,
     bundles_dir: PathBuf,
+    /// Where the image bootstrap is installed, on the first image function.
+    image_boot_dir: PathBuf,
+    image_boot: tokio::sync::OnceCell<Result<ImageBootstrap, String>>,
     /// The sandboxes' host ids.
     ids: Arc<IdAllocator>,
     /// Whether the kernel allows user namespaces and the rootfs and bootstraps are reachable
@@ -362,6 +371,8 @@ impl Executor {
             rootfs: prepared,
             runtime_dir,
             bundles_dir,
+            image_boot_dir: work_dir.join("image-runtime"),
+            image_boot: tokio::sync::OnceCell::new(),
             ids,
             userns_possible,
             counter: AtomicU64::new(0),
@@ -566,10 +577,6 @@ impl Inner {
     ) -> Result<Instance, Execution> {
         let crashed =
             |message: String| failed(InvocationStatus::Failed, ErrorKind::Crashed, message);
-        let process = self
-            .registry
-            .process(function)
-            .map_err(|e| crashed(e.to_string()))?;
         let code_dir = if code_dir.is_absolute() {
             code_dir.to_path_buf()
         } else {
@@ -577,6 +584,26 @@ impl Inner {
                 .map_err(|e| crashed(format!("resolving the code dir: {e}")))?
                 .join(code_dir)
         };
+        let (process, root, rootfs, runtime_dir, image_lease) =
+            if function.runtime == fnmesh_core::Runtime::Image {
+                let (process, root, tree, boot_dir, lease) = self
+                    .image_root(function, &code_dir)
+                    .await
+                    .map_err(crashed)?;
+                (process, root, tree, boot_dir, Some(lease))
+            } else {
+                let process = self
+                    .registry
+                    .process(function)
+                    .map_err(|e| crashed(e.to_string()))?;
+                (
+                    process,
+                    RootKind::Skeleton,
+                    self.rootfs.clone(),
+                    self.runtime_dir.clone(),
+                    None,
+                )
+            };
         let code_pin = self
             .config
             .code_pins
@@ -591,7 +618,11 @@ impl Inner {
         let userns = match self.config.id_mode {
             IdMode::UserNamespace => true,
             IdMode::HostIds => false,
-            IdMode::Auto => self.userns_possible && users::reachable_by_others(&code_dir),
+            IdMode::Auto => {
+                self.userns_possible
+                    && users::reachable_by_others(&code_dir)
+                    && users::reachable_by_others(&rootfs)
+            }
         };
         let id = self.next_sandbox_id();
         tracing::debug!(
@@ -604,10 +635,10 @@ impl Inner {
             bundle_dir: self.bundles_dir.join(&id),
             bundle: BundleRequest {
                 sandbox_id: id.clone(),
-                root: crate::sandbox::spec::RootKind::Skeleton,
-                rootfs: self.rootfs.clone(),
+                root,
+                rootfs,
                 code_dir,
-                runtime_dir: self.runtime_dir.clone(),
+                runtime_dir,
                 args: process.args,
                 env: runtimes::without_secret_names(process.env, secrets),
                 cwd: process.cwd,
@@ -623,8 +654,73 @@ impl Inner {
             ids: Some(ids),
             log_cap_bytes: self.config.log_cap_bytes,
             code_pin,
+            image_lease,
         };
         Instance::launch(Arc::clone(&self.runtime), plan, deadline).await
+    }
+
+    /// The process, root, rootfs and bootstrap dir of an image function's sandbox, with the
+    /// lease that keeps its tree.
+    async fn image_root(
+        &self,
+        function: &Function,
+        code_dir: &Path,
+    ) -> Result<(ProcessSpec, RootKind, PathBuf, PathBuf, ImageLease), String> {
+        let support = self
+            .config
+            .images
+            .as_ref()
+            .ok_or("this node does not run image functions")?;
+        let boot = self
+            .image_boot
+            .get_or_init(|| {
+                let (dir, program, args) = (
+                    self.image_boot_dir.clone(),
+                    support.program.clone(),
+                    support.args.clone(),
+                );
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        ImageBootstrap::install(&dir, &program, &args).map_err(|e| {
+                            format!(
+                                "installing the image bootstrap from {}: {e}",
+                                program.display()
+                            )
+                        })
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("installing the image bootstrap: {e}")))
+                }
+            })
+            .await
+            .clone()?;
+        let prepared = image::prepare(&support.cache, function, code_dir).await?;
+        if !prepared.pull.is_zero() || !prepared.unpack.is_zero() {
+            tracing::info!(
+                function.name = %function.name,
+                image.pull_ms = u64::try_from(prepared.pull.as_millis()).unwrap_or(u64::MAX),
+                image.unpack_ms = u64::try_from(prepared.unpack.as_millis()).unwrap_or(u64::MAX),
+                "image prepared"
+            );
+        }
+        let mode = image::mode_of(function, &prepared.process);
+        let valid = |id: u32| (1..users::BLOCK).contains(&id);
+        let (uid, gid) = match (prepared.process.uid, prepared.process.gid) {
+            (uid, gid) if valid(uid) && valid(gid) => (uid, gid),
+            _ => (users::SANDBOX_UID, users::SANDBOX_UID),
+        };
+        let process = ProcessSpec {
+            args: boot.argv(&mode),
+            env: image::image_env(function, &prepared.process),
+            cwd: "/".to_owned(),
+        };
+        Ok((
+            process,
+            RootKind::Image { uid, gid },
+            prepared.tree,
+            boot.dir().to_path_buf(),
+            prepared.lease,
+        ))
     }
 
     async fn run(&self, job: &Job, deadline: Instant) -> Execution {

@@ -76,6 +76,8 @@ pub struct LaunchPlan {
     pub log_cap_bytes: usize,
     /// Holds the code tree the sandbox mounts in the node's code cache for its whole life.
     pub code_pin: Option<CodePin>,
+    /// Holds the image tree an image function's sandbox has as its root.
+    pub image_lease: Option<fnmesh_image::cache::Lease>,
 }
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> InvocationError {
@@ -198,6 +200,8 @@ pub struct Instance {
     dead: Option<ExitReport>,
     /// Keeps the mounted code in the cache while the sandbox lives.
     _code_pin: Option<CodePin>,
+    /// Keeps the image tree (the sandbox's root) in the image cache while the sandbox lives.
+    _image_lease: Option<fnmesh_image::cache::Lease>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -362,6 +366,7 @@ impl Instance {
             body: Vec::with_capacity(4096),
             dead: None,
             _code_pin: plan.code_pin,
+            _image_lease: plan.image_lease,
         })
     }
 

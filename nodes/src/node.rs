@@ -24,12 +24,14 @@ use crate::code_cache::CodeCache;
 use crate::executor::{ExecError, Executor, ExecutorConfig};
 use crate::metrics::{LoadCollector, MetricsError, MetricsServer, NodeMetrics};
 use crate::registration::{Load, LoadSampler, Registration, RegistrationConfig};
+use crate::runtimes::image::ImageSupport;
 use crate::runtimes::RuntimeRegistry;
 use crate::sandbox::cgroup::{hierarchies, SandboxCgroup, CGROUP_ROOT};
 use crate::sandbox::supervisor::SupervisorClient;
 use crate::sandbox::users::IdMode;
 use crate::sandbox::{ContainerRuntime, SandboxError};
 use crate::worker::{Worker, WorkerConfig};
+use fnmesh_image::cache::ImageCache;
 
 /// How long stopping waits for the executor to destroy its sandboxes.
 const SANDBOX_TEARDOWN: Duration = Duration::from_secs(5);
@@ -51,6 +53,15 @@ pub enum NodeError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The image cache could not be opened.
+    #[error("opening the image cache in {path}: {source}")]
+    ImageCache {
+        /// The cache directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: fnmesh_image::ImageError,
     },
     /// The metrics could not be registered or served.
     #[error(transparent)]
@@ -94,6 +105,13 @@ pub struct NodeConfig {
     /// Disk space the unpacked code cache may take (least recently used code nothing holds
     /// is evicted beyond it; see [`crate::code_cache`]).
     pub code_cache_bytes: u64,
+    /// Disk space the image cache (`node/images/`) may take: beyond it, the least recently
+    /// used images no sandbox uses are evicted (see [`fnmesh_image::cache`]).
+    pub image_cache_bytes: u64,
+    /// Registries pulled from over plain HTTP; every other one over HTTPS only.
+    pub insecure_registries: Vec<String>,
+    /// How the image bootstrap is started inside sandboxes (`None`: image functions fail).
+    pub image_bootstrap: Option<SupervisorCommand>,
     /// Longest result (JSON bytes) a function may return (see
     /// [`crate::runtimes::protocol::result_cap`] to fit it under NATS's `max_payload`).
     pub max_result_bytes: usize,
@@ -170,6 +188,30 @@ impl Node {
             path: cache_dir.clone(),
             source,
         })?;
+        let runs_images = config.image_bootstrap.is_some();
+        let images = match &config.image_bootstrap {
+            Some(bootstrap) => {
+                let dir = config.data_dir.join("node").join("images");
+                let registries =
+                    fnmesh_image::registry::Registries::new(config.insecure_registries.clone());
+                let cache = ImageCache::open(
+                    &dir,
+                    registries,
+                    fnmesh_image::Limits::default(),
+                    config.image_cache_bytes,
+                )
+                .map_err(|source| NodeError::ImageCache {
+                    path: dir.clone(),
+                    source,
+                })?;
+                Some(ImageSupport {
+                    cache: Arc::new(cache),
+                    program: bootstrap.program.clone(),
+                    args: bootstrap.args.clone(),
+                })
+            }
+            None => None,
+        };
         let executor = Executor::new(
             ExecutorConfig {
                 work_dir: sandbox_dir,
@@ -180,6 +222,7 @@ impl Node {
                 secrets_keyring: config.secrets_keyring,
                 max_result_bytes: config.max_result_bytes,
                 code_pins: Some(cache.pins()),
+                images,
                 id_mode: config.sandbox_id_mode,
                 id_base: config.sandbox_id_base,
                 ..ExecutorConfig::default()
@@ -229,6 +272,7 @@ impl Node {
                 runtimes: RuntimeRegistry::builtin()
                     .names()
                     .into_iter()
+                    .chain(runs_images.then_some("image"))
                     .map(str::to_owned)
                     .collect(),
                 interval: config.heartbeat_interval.max(Duration::from_secs(1)),

@@ -201,6 +201,7 @@ def handle(event, context):
 
 fn function_in(namespace: &str, id: FunctionId) -> Function {
     Function {
+        image: None,
         id,
         namespace: Namespace::parse(namespace).unwrap(),
         name: FunctionName::parse("same-name").unwrap(),

@@ -785,8 +785,8 @@ async fn an_image_root_runs_the_image_bootstrap_with_nothing_of_the_hosts() {
     let h = Harness::start().await;
     h.open_to_userns();
     let tree = busybox_tree(h.dir.path());
-    let boot =
-        ImageBootstrap::install(&h.dir.path().join("imageboot"), Path::new(IMAGEBOOT)).unwrap();
+    let boot = ImageBootstrap::install(&h.dir.path().join("imageboot"), Path::new(IMAGEBOOT), &[])
+        .unwrap();
     // Each run also leaves an orphan behind (reparented to pid 1, the bootstrap) and counts
     // the zombies it finds: the bootstrap reaps them between invocations.
     let script = r#"read -r payload
@@ -816,7 +816,10 @@ echo "{\"payload\":$payload,\"host_usr\":$host,\"release\":\"$(cat /etc/image-re
         ),
     ] {
         let mut req = h.request(&format!("image-root-{label}"), &["/bin/true"]);
-        req.root = RootKind::Image;
+        req.root = RootKind::Image {
+            uid: fnmesh_nodes::sandbox::users::SANDBOX_UID,
+            gid: fnmesh_nodes::sandbox::users::SANDBOX_UID,
+        };
         req.rootfs = tree.clone();
         req.runtime_dir = boot.dir().to_path_buf();
         req.cwd = "/srv".to_owned();

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 pub mod archive;
 pub mod deploy;
+pub mod images;
 pub mod mesh;
 pub mod nats_roles;
 pub mod servers;

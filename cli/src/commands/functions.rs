@@ -125,7 +125,14 @@ fn functions_table(items: &[Value]) {
 
 async fn deploy(args: DeployArgs, as_json: bool) -> Result<()> {
     let api = ApiClient::new(&args.client)?;
-    let source = crate::pack::pack(&args.path)?;
+    let source = match &args.path {
+        Some(path) => Some(crate::pack::pack(path)?),
+        None if args.runtime == "image" => None,
+        None => bail!(
+            "a code directory or file is needed for runtime {:?}",
+            args.runtime
+        ),
+    };
     let mut config = Map::new();
     if let Some(v) = args.memory_mb {
         config.insert("memory_mb".into(), json!(v));
@@ -149,17 +156,31 @@ async fn deploy(args: DeployArgs, as_json: bool) -> Result<()> {
         }
         config.insert("environment".into(), Value::Object(env));
     }
-    let code = json!({
-        "source": base64::engine::general_purpose::STANDARD.encode(&source),
-        "source_type": "inline",
+    let code = source.map(|source| {
+        json!({
+            "source": base64::engine::general_purpose::STANDARD.encode(&source),
+            "source_type": "inline",
+        })
     });
-    let create = json!({
-        "name": args.name,
-        "runtime": args.runtime,
-        "handler": args.handler,
-        "code": code,
-        "config": config,
-    });
+    let mut update = Map::new();
+    update.insert("runtime".into(), json!(args.runtime));
+    update.insert("handler".into(), json!(args.handler));
+    update.insert("config".into(), Value::Object(config));
+    if let Some(code) = code {
+        update.insert("code".into(), code);
+    }
+    for (field, value) in [
+        ("image", args.image.as_ref().map(|v| json!(v))),
+        ("mode", args.mode.as_ref().map(|v| json!(v))),
+        ("port", args.port.map(|v| json!(v))),
+    ] {
+        if let Some(value) = value {
+            update.insert(field.into(), value);
+        }
+    }
+    let mut create = update.clone();
+    create.insert("name".into(), json!(args.name));
+    let (create, update) = (Value::Object(create), Value::Object(update));
     let created = api
         .call(
             Method::POST,
@@ -171,12 +192,6 @@ async fn deploy(args: DeployArgs, as_json: bool) -> Result<()> {
         Ok((_, f)) => f,
         Err(e) => match e.downcast_ref::<ApiFailure>() {
             Some(f) if f.status == StatusCode::CONFLICT => {
-                let update = json!({
-                    "runtime": args.runtime,
-                    "handler": args.handler,
-                    "code": code,
-                    "config": config,
-                });
                 let (_, f) = api
                     .call(
                         Method::PUT,

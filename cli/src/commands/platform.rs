@@ -192,6 +192,7 @@ pub async fn open_gateway(
         tokens: crate::jwt_keys::token_config(&args.tokens, data_dir)?,
         secrets_keyring: Some(keyring),
         metrics_token: metrics_token(common)?,
+        insecure_registries: common.insecure_registries.clone(),
         ..GatewayConfig::default()
     };
     Ok(GatewayParts {
@@ -270,6 +271,12 @@ pub fn node_config(
         metrics_token: metrics_token(common)?,
         max_result_bytes,
         code_cache_bytes: args.code_cache_bytes,
+        image_cache_bytes: args.image_cache_bytes,
+        insecure_registries: common.insecure_registries.clone(),
+        image_bootstrap: Some(SupervisorCommand {
+            program: std::env::current_exe().context("locating the fnmesh binary")?,
+            args: vec!["__imageboot".to_owned()],
+        }),
         secrets_keyring: Some(crate::secrets_key::keyring(&common.secrets, data_dir)?),
         sandbox_id_mode: args.sandbox_users,
         sandbox_id_base: args.sandbox_id_base,

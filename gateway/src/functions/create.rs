@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use chrono::Utc;
-use fnmesh_core::{Function, FunctionConfig, FunctionId};
+use fnmesh_core::{Function, FunctionConfig, FunctionId, Runtime};
 use serde::Deserialize;
 use serde_json::Value;
 use warp::http::StatusCode;
@@ -24,12 +24,23 @@ use crate::state::State;
 pub(crate) struct CreateFunction {
     /// Unique within the namespace.
     pub name: String,
-    /// `python3`, `nodejs` or `exec`.
+    /// `python3`, `nodejs`, `exec` or `image`.
     pub runtime: String,
-    /// What to call.
+    /// What to call (none for `image`).
+    #[serde(default)]
     pub handler: String,
-    /// The code.
-    pub code: CodeBody,
+    /// The code (for `image`: an image archive, or none with `image`).
+    #[serde(default)]
+    pub code: Option<CodeBody>,
+    /// `image`: a registry reference, or the name of the image in an uploaded archive.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// `image`: `exec` or `http`.
+    #[serde(default)]
+    pub mode: Option<fnmesh_core::ImageMode>,
+    /// `image`, mode `http`: the server's port.
+    #[serde(default)]
+    pub port: Option<u16>,
     /// Limits (defaults for omitted fields).
     #[serde(default)]
     pub config: Option<Value>,
@@ -68,7 +79,22 @@ pub(crate) async fn handle(
             name.as_str()
         )));
     }
-    let code = store_code(&state, &req.code, handler_file).await?;
+    let fields = super::image::ImageFields {
+        image: req.image.clone(),
+        mode: req.mode,
+        port: req.port,
+    };
+    let (code, image) = if runtime == Runtime::Image {
+        let (image, code) = super::image::deploy(&state, &fields, req.code.as_ref()).await?;
+        (code, Some(image))
+    } else {
+        super::image::refuse_for_other_runtimes(&fields)?;
+        let code = req
+            .code
+            .as_ref()
+            .ok_or_else(|| ApiError::InvalidJson("invalid body: missing field `code`".into()))?;
+        (store_code(&state, code, handler_file).await?, None)
+    };
     let now = Utc::now();
     let function = Function {
         id: FunctionId::new(),
@@ -78,6 +104,7 @@ pub(crate) async fn handle(
         runtime,
         handler: req.handler,
         code,
+        image,
         config,
         metadata,
         created_at: now,

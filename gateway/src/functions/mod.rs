@@ -16,6 +16,7 @@ use crate::state::State;
 pub(crate) mod create;
 pub(crate) mod delete;
 pub(crate) mod get;
+pub(crate) mod image;
 pub(crate) mod list;
 pub(crate) mod logs;
 pub(crate) mod quota;
@@ -80,7 +81,7 @@ pub(crate) fn parse_name(raw: &str) -> Result<FunctionName, ApiError> {
 pub(crate) fn parse_runtime(raw: &str) -> Result<Runtime, ApiError> {
     Runtime::parse(raw).ok_or_else(|| {
         ApiError::InvalidRuntime(format!(
-            "unknown runtime {:?}: expected python3, nodejs or exec",
+            "unknown runtime {:?}: expected python3, nodejs, exec or image",
             raw.chars().take(40).collect::<String>()
         ))
     })

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use chrono::Utc;
 use fnmesh_core::archive;
-use fnmesh_core::Function;
+use fnmesh_core::{Function, Runtime};
 use serde::Deserialize;
 use serde_json::Value;
 use warp::reply::Response;
@@ -44,6 +44,15 @@ pub(crate) struct UpdateFunction {
     /// New labels.
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// `image`: a new registry reference (resolved again), or the image's name in new code.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// `image`: `exec` or `http`.
+    #[serde(default)]
+    pub mode: Option<fnmesh_core::ImageMode>,
+    /// `image`, mode `http`: the server's port.
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 /// Handles the request.
@@ -75,19 +84,40 @@ pub(crate) async fn handle(
         Some(raw) => parse_runtime(raw)?,
         None => latest.runtime,
     };
-    let handler = req
-        .handler
-        .clone()
-        .unwrap_or_else(|| latest.handler.clone());
+    let handler = match (&req.handler, runtime) {
+        (Some(handler), _) => handler.clone(),
+        (None, Runtime::Image) => String::new(),
+        (None, _) => latest.handler.clone(),
+    };
     let handler_file = runtime.handler_file(&handler)?;
     let config = merge_config(&latest.config, req.config)?;
     let metadata = req.metadata.unwrap_or_else(|| latest.metadata.clone());
     check_metadata(&metadata)?;
     super::quota::check(&state, &principal.namespace, &name, &config, false).await?;
 
+    let fields = super::image::ImageFields {
+        image: req.image.clone(),
+        mode: req.mode,
+        port: req.port,
+    };
+    let mut image = None;
     let code = match &req.code {
-        Some(code) => store_code(&state, code, handler_file).await?,
+        _ if runtime == Runtime::Image => {
+            let (spec, code) = match &latest.image {
+                Some(previous) if req.code.is_none() && fields.image.is_none() => {
+                    super::image::with_mode(&state, previous, &latest.code, &fields).await?
+                }
+                _ => super::image::deploy(&state, &fields, req.code.as_ref()).await?,
+            };
+            image = Some(spec);
+            code
+        }
+        Some(code) => {
+            super::image::refuse_for_other_runtimes(&fields)?;
+            store_code(&state, code, handler_file).await?
+        }
         None => {
+            super::image::refuse_for_other_runtimes(&fields)?;
             let unchanged =
                 latest.runtime.handler_file(&latest.handler).ok() == Some(handler_file.clone());
             if !unchanged {
@@ -119,6 +149,7 @@ pub(crate) async fn handle(
         runtime,
         handler,
         code,
+        image,
         config,
         metadata,
         created_at: latest.created_at,

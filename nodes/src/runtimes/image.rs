@@ -13,9 +13,138 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fnmesh_core::{Function, ImageMode};
+use fnmesh_image::cache::{ImageCache, Lease};
+use fnmesh_image::layout::Layout;
+use fnmesh_image::process::{image_process, ImageProcess};
+use fnmesh_image::registry::ImageRef;
+use fnmesh_image::Digest;
 
 use super::imageboot::Mode;
 use super::RUNTIME_DIR;
+
+/// What a node needs to run image functions: its image cache and the bootstrap program.
+#[derive(Clone)]
+pub struct ImageSupport {
+    /// Blobs and trees of the images this node runs.
+    pub cache: Arc<ImageCache>,
+    /// The bootstrap: `fnmesh-imageboot`, or `fnmesh` itself with `args` `__imageboot`.
+    pub program: PathBuf,
+    /// Arguments before the mode's.
+    pub args: Vec<String>,
+}
+
+impl std::fmt::Debug for ImageSupport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageSupport")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("cache_bytes", &self.cache.bytes())
+            .finish()
+    }
+}
+
+/// An image function's sandbox root, ready: the tree, the process the image describes, the
+/// lease that keeps the tree from eviction while the sandbox lives, and what it took.
+#[derive(Debug)]
+pub struct PreparedImage {
+    pub tree: PathBuf,
+    pub process: ImageProcess,
+    pub lease: Lease,
+    pub pull: Duration,
+    pub unpack: Duration,
+}
+
+/// Pulls (or finds) the image of `function` and reads its process. A registry image is pulled
+/// by its pinned digest; an uploaded one is read from the function's code at `code_dir` (an
+/// OCI image layout).
+pub async fn prepare(
+    cache: &Arc<ImageCache>,
+    function: &Function,
+    code_dir: &Path,
+) -> Result<PreparedImage, String> {
+    let spec = function
+        .image
+        .as_ref()
+        .ok_or("the function is of runtime image but names no image")?;
+    let digest: Digest = spec
+        .digest
+        .parse()
+        .map_err(|e| format!("the function's image digest: {e}"))?;
+    let (prepared, lease) = match &spec.reference {
+        Some(reference) => {
+            let reference: ImageRef = reference
+                .parse()
+                .map_err(|e| format!("the function's image reference: {e}"))?;
+            cache.prepare(&reference, None).await
+        }
+        None => {
+            let layout = Layout::open(code_dir).map_err(|e| format!("the uploaded image: {e}"))?;
+            cache.prepare_from(&layout, &digest).await
+        }
+    }
+    .map_err(|e| format!("preparing image {}: {e}", spec.digest))?;
+    let tree = prepared.tree.clone();
+    let config = prepared.image.config.clone();
+    let environment = function.config.environment.clone();
+    let process = tokio::task::spawn_blocking(move || image_process(&config, &tree, &environment))
+        .await
+        .map_err(|e| format!("reading the image's process: {e}"))?
+        .map_err(|e| format!("the image's process: {e}"))?;
+    Ok(PreparedImage {
+        tree: prepared.tree,
+        process,
+        lease,
+        pull: prepared.pull,
+        unpack: prepared.unpack,
+    })
+}
+
+/// The bootstrap's mode for `function`, running `process`.
+pub fn mode_of(function: &Function, process: &ImageProcess) -> Mode {
+    let (cwd, argv) = (process.cwd.clone(), process.argv.clone());
+    match function.image.as_ref() {
+        Some(spec) if spec.mode == ImageMode::Http => Mode::Http {
+            cwd,
+            port: spec.port(),
+            argv,
+        },
+        _ => Mode::Exec { cwd, argv },
+    }
+}
+
+/// The sandbox environment of an image function: the image's `Env` under the function's
+/// variables (already merged in `process`), then `FUNCTION_NAME`, `FUNCTION_VERSION`,
+/// `FUNCTION_MEMORY_MB` and `HOME=/tmp` when the image sets no `HOME`; never `FNMESH_*`.
+pub fn image_env(function: &Function, process: &ImageProcess) -> Vec<String> {
+    let mut env: std::collections::BTreeMap<String, String> = process
+        .env
+        .iter()
+        .filter_map(|entry| entry.split_once('='))
+        .filter(|(key, value)| {
+            !key.is_empty()
+                && !key.to_ascii_uppercase().starts_with("FNMESH_")
+                && !key.starts_with("FUNCTION_")
+                && !value.contains('\0')
+        })
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+    env.entry("HOME".to_owned())
+        .or_insert_with(|| "/tmp".to_owned());
+    env.insert(
+        "FUNCTION_NAME".to_owned(),
+        function.name.as_str().to_owned(),
+    );
+    env.insert("FUNCTION_VERSION".to_owned(), function.version.to_string());
+    env.insert(
+        "FUNCTION_MEMORY_MB".to_owned(),
+        function.config.memory_mb.to_string(),
+    );
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
 
 /// File name of the bootstrap in its directory.
 const BOOT: &str = "fnmesh-imageboot";
@@ -25,12 +154,15 @@ const BOOT: &str = "fnmesh-imageboot";
 pub struct ImageBootstrap {
     dir: PathBuf,
     loader: String,
+    /// Arguments before the mode's (`__imageboot` when the program is `fnmesh` itself).
+    args: Vec<String>,
 }
 
 impl ImageBootstrap {
-    /// Installs `program` (the `fnmesh-imageboot` binary), the host libraries it links and the
-    /// dynamic loader into `dir` (replacing what an earlier install left).
-    pub fn install(dir: &Path, program: &Path) -> io::Result<Self> {
+    /// Installs `program` (the `fnmesh-imageboot` binary, or `fnmesh` started with `args`
+    /// `__imageboot`), the host libraries it links and the dynamic loader into `dir`
+    /// (replacing what an earlier install left).
+    pub fn install(dir: &Path, program: &Path, args: &[String]) -> io::Result<Self> {
         let output = Command::new("ldd").arg(program).output()?;
         if !output.status.success() {
             return Err(io::Error::other(format!(
@@ -51,6 +183,7 @@ impl ImageBootstrap {
         Ok(Self {
             dir: dir.to_path_buf(),
             loader: loader.0,
+            args: args.to_vec(),
         })
     }
 
@@ -67,6 +200,7 @@ impl ImageBootstrap {
             format!("{RUNTIME_DIR}/lib"),
             format!("{RUNTIME_DIR}/{BOOT}"),
         ];
+        argv.extend(self.args.iter().cloned());
         argv.extend(mode.to_args());
         argv
     }
@@ -77,6 +211,7 @@ fn copy_into(from: &Path, to: &Path) -> io::Result<()> {
     let mut tmp = to.as_os_str().to_owned();
     tmp.push(format!(".tmp-{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
     fs::copy(from, &tmp)?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
     fs::rename(&tmp, to)

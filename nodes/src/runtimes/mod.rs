@@ -311,6 +311,7 @@ mod tests {
             .environment
             .insert("FUNCTION_NAME".into(), "spoof".into());
         Function {
+            image: None,
             id: FunctionId::new(),
             namespace: Namespace::default(),
             name: FunctionName::parse("hello").unwrap(),

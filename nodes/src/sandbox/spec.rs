@@ -71,8 +71,15 @@ pub enum RootKind {
     #[default]
     Skeleton,
     /// An image's unpacked tree (`fnmesh_image::tree`): nothing of the host's but the
-    /// bootstrap at `/var/runtime`; no `/var/task` (the image is the code).
-    Image,
+    /// bootstrap at `/var/runtime`; no `/var/task` (the image is the code). In a user
+    /// namespace the process runs as the image's `uid`/`gid` (never 0: a root image user is
+    /// [`SANDBOX_UID`]); as a host uid it runs as that uid, like every sandbox.
+    Image {
+        /// The image's user inside the sandbox's user namespace.
+        uid: u32,
+        /// Its group.
+        gid: u32,
+    },
 }
 
 /// Hostname inside every sandbox.
@@ -182,6 +189,13 @@ fn check(req: &BundleRequest) -> Result<(), SandboxError> {
         }
         _ => {}
     }
+    if let RootKind::Image { uid, gid } = req.root {
+        if uid == 0 || gid == 0 || uid >= BLOCK || gid >= BLOCK {
+            return Err(invalid(format!(
+                "bundle image user {uid}:{gid} must be neither root nor outside 1..{BLOCK}"
+            )));
+        }
+    }
     if req.memory_mb == 0 || req.pids_limit == 0 || req.tmp_mb == 0 {
         return Err(invalid(
             "bundle memory_mb, pids_limit and tmp_mb must be positive".to_owned(),
@@ -211,9 +225,10 @@ pub fn config_json_for(req: &BundleRequest, order: MaskedEqOrder) -> Result<Valu
         });
     }
 
-    let (uid, gid) = match req.user {
-        SandboxUser::Mapped { .. } => (SANDBOX_UID, SANDBOX_UID),
-        SandboxUser::Host { uid, gid } => (uid, gid),
+    let (uid, gid) = match (req.user, req.root) {
+        (SandboxUser::Mapped { .. }, RootKind::Image { uid, gid }) => (uid, gid),
+        (SandboxUser::Mapped { .. }, RootKind::Skeleton) => (SANDBOX_UID, SANDBOX_UID),
+        (SandboxUser::Host { uid, gid }, _) => (uid, gid),
     };
     let mut namespaces = vec![
         json!({ "type": "pid" }),

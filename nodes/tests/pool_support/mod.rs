@@ -96,6 +96,7 @@ pub fn write_code(dir: &Path, files: &[(&str, &str)]) {
 
 pub fn function(name: &str, runtime: Runtime, handler: &str) -> Function {
     Function {
+        image: None,
         id: FunctionId::new(),
         namespace: Namespace::default(),
         name: FunctionName::parse(name).unwrap(),

@@ -118,6 +118,7 @@ pub fn request() -> InvocationRequest {
     InvocationRequest {
         id: InvocationId::new(),
         function: Function {
+            image: None,
             id: FunctionId::new(),
             namespace,
             name: FunctionName::parse("echo").expect("name"),

@@ -29,6 +29,9 @@ pub enum Runtime {
     Nodejs,
     /// An executable in the bundle: JSON payload on stdin, result on stdout.
     Exec,
+    /// An OCI image ([`Function::image`]): its own command, run per invocation (`exec`) or as
+    /// a long-lived HTTP server (`http`).
+    Image,
 }
 
 impl Runtime {
@@ -38,6 +41,7 @@ impl Runtime {
             Runtime::Python3 => "python3",
             Runtime::Nodejs => "nodejs",
             Runtime::Exec => "exec",
+            Runtime::Image => "image",
         }
     }
 
@@ -47,12 +51,14 @@ impl Runtime {
             "python3" => Some(Runtime::Python3),
             "nodejs" => Some(Runtime::Nodejs),
             "exec" => Some(Runtime::Exec),
+            "image" => Some(Runtime::Image),
             _ => None,
         }
     }
 
     /// The file (relative to the code root) that a handler names, e.g. `main.py` for
-    /// `main.handle`. Checks the handler's shape for this runtime.
+    /// `main.handle`. Checks the handler's shape for this runtime. An image function has no
+    /// handler (its image says what runs) and no file: its code holds [`IMAGE_CODE_FILE`].
     pub fn handler_file(self, handler: &str) -> Result<String, ConfigError> {
         let bad = || ConfigError::Handler {
             runtime: self.as_str(),
@@ -87,6 +93,8 @@ impl Runtime {
                 }
                 Ok(format!("{file}.js"))
             }
+            Runtime::Image if handler.is_empty() => Ok(IMAGE_CODE_FILE.to_owned()),
+            Runtime::Image => Err(bad()),
             Runtime::Exec => {
                 let ok = !handler.is_empty()
                     && handler.len() <= 255
@@ -106,6 +114,63 @@ impl Runtime {
                 }
             }
         }
+    }
+}
+
+/// The one file of the code of an image function pulled from a registry: its [`ImageSpec`]
+/// (so every version has content-addressed code, and the code changes with the image).
+pub const IMAGE_CODE_FILE: &str = "image.json";
+/// The port an `http` image's server listens on when the function names none.
+pub const DEFAULT_IMAGE_PORT: u16 = 8080;
+
+/// How an image function is talked to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageMode {
+    /// The image's command runs per invocation: the payload on stdin, the JSON result on
+    /// stdout, stderr to the logs.
+    #[default]
+    Exec,
+    /// The image's command is a server listening on `$PORT` on the sandbox's loopback; each
+    /// invocation is a `POST /` with the payload, the response body is the result.
+    Http,
+}
+
+impl ImageMode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageMode::Exec => "exec",
+            ImageMode::Http => "http",
+        }
+    }
+}
+
+/// The image of a function of runtime [`Runtime::Image`], as pinned at deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// Where nodes pull it from, pinned: `host[:port]/repo@sha256:<hex>`. `None` when the
+    /// image is the version's uploaded code (an OCI image layout), for sites with no registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// What the deploy named (a tag, say), kept for people; never pulled again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<String>,
+    /// The manifest digest that runs (`sha256:<hex>`).
+    pub digest: String,
+    /// How invocations reach it.
+    #[serde(default)]
+    pub mode: ImageMode,
+    /// `http` mode: the port its server listens on (`PORT`; default 8080).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl ImageSpec {
+    /// The port of an `http` image's server.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(DEFAULT_IMAGE_PORT)
     }
 }
 
@@ -351,6 +416,9 @@ pub struct Function {
     pub handler: String,
     /// Stored code.
     pub code: CodeInfo,
+    /// The image of an `image` function (`None` for every other runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSpec>,
     /// Limits.
     pub config: FunctionConfig,
     /// Free-form labels.

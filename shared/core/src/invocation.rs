@@ -580,6 +580,7 @@ mod tests {
     fn finished_builds_the_record_from_the_execution() {
         let created_at = Utc::now();
         let function = Function {
+            image: None,
             id: crate::ids::FunctionId::new(),
             namespace: Namespace::parse("acme").unwrap(),
             name: FunctionName::parse("resize").unwrap(),

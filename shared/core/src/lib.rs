@@ -20,7 +20,7 @@ pub mod subjects;
 pub mod trace;
 
 pub use checksum::Checksum;
-pub use function::{CodeInfo, Function, FunctionConfig, Runtime};
+pub use function::{CodeInfo, Function, FunctionConfig, ImageMode, ImageSpec, Runtime};
 pub use ids::{FunctionId, InvocationId, NodeId};
 pub use invocation::{
     DeadLetterRecord, ErrorKind, Execution, InvocationError, InvocationLogs, InvocationMetrics,

@@ -127,6 +127,11 @@ pub struct Registries {
 impl Registries {
     /// A client that reaches the hosts in `insecure` over plain HTTP, every other over HTTPS.
     pub fn new(insecure: Vec<String>) -> Self {
+        // reqwest (under oci-client) leaves rustls's crypto provider to the application: ring,
+        // as everywhere in fnmesh, unless the process installed one already.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure.clone()),
             connect_timeout: Some(std::time::Duration::from_secs(10)),

@@ -138,6 +138,7 @@ pub fn function(namespace: &Namespace, fname: &str) -> Function {
     let created = now();
     let code = format!("code of {namespace}/{fname}");
     Function {
+        image: None,
         id: FunctionId::new(),
         namespace: namespace.clone(),
         name: name(fname),

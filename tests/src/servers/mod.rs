@@ -13,6 +13,7 @@ pub mod garage;
 pub mod nats;
 pub mod postgres;
 pub mod redis;
+pub mod registry;
 
 /// Finds `name`: `$<env_override>` if set, else on PATH; panics with `install_hint` otherwise.
 pub fn find_binary(name: &str, env_override: &str, install_hint: &str) -> PathBuf {

@@ -24,6 +24,7 @@ use fnmesh_core::{Checksum, CodeInfo, Function, FunctionConfig, FunctionId, Name
 fn python_function(name: fnmesh_core::FunctionName, source: &str) -> Function {
     let now = chrono::Utc::now();
     Function {
+        image: None,
         id: FunctionId::new(),
         namespace: Namespace::default_ns(),
         name,

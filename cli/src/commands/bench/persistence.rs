@@ -212,6 +212,7 @@ fn function(namespace: &Namespace) -> Result<Function> {
     let now = Utc::now();
     let code = b"def handle(event, context):\n    return {'ok': True}\n";
     Ok(Function {
+        image: None,
         id: FunctionId::new(),
         namespace: namespace.clone(),
         name: FunctionName::parse("checkout").context("function name")?,

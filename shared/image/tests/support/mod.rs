@@ -1,9 +1,9 @@
 //! Test images written by hand: tar layers (hostile ones included, with raw header names) in
 //! an OCI image layout.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unused_imports)]
 
-pub mod registry;
+pub use fnmesh_tests::servers::registry;
 
 use std::io::Write;
 use std::path::Path;

@@ -1,0 +1,273 @@
+//! Image functions through `fnmesh up` (issue #15): busybox images built by the test, pushed
+//! to a real registry (Debian's `docker-registry`, started on a free port) or uploaded as an
+//! OCI layout archive; run in real sandboxes in `exec` and `http` mode.
+
+use fnmesh_tests::images::{busybox_layout, layout_tar};
+use fnmesh_tests::servers::registry::RegistryServer;
+use fnmesh_tests::{b64, TestApp};
+use serde_json::{json, Value};
+
+/// Prints what the image gives it: the payload, one of its own files, its `Env`, whether the
+/// host's `/usr` is there, its user and working directory.
+const EXEC_HANDLER: &[u8] = br#"#!/bin/sh
+payload=$(cat)
+if test -e /usr/bin/python3; then host=true; else host=false; fi
+echo "to the logs from the image" >&2
+printf '{"payload":%s,"release":"%s","greeting":"%s","host_usr":%s,"uid":%s,"cwd":"%s","function":"%s"}' \
+  "$payload" "$(cat /etc/image-release)" "$GREETING" "$host" "$(id -u)" "$(pwd)" "$FUNCTION_NAME"
+"#;
+
+/// A CGI answered by busybox httpd for `POST /` (no index.html: `cgi-bin/index.cgi` runs).
+const HTTP_CGI: &[u8] = br#"#!/bin/sh
+body=$(head -c "$CONTENT_LENGTH")
+if test -e /usr/bin/python3; then host=true; else host=false; fi
+printf 'Content-Type: application/json\r\n\r\n'
+printf '{"method":"%s","payload":%s,"greeting":"%s","release":"%s","host_usr":%s}' \
+  "$REQUEST_METHOD" "$body" "$GREETING" "$(cat /etc/image-release)" "$host"
+"#;
+
+fn exec_image(dir: &std::path::Path, tag: &str, release: &str) -> String {
+    busybox_layout(
+        dir,
+        tag,
+        &[
+            ("srv/handler", 0o755, EXEC_HANDLER),
+            ("etc/image-release", 0o644, release.as_bytes()),
+        ],
+        json!({
+            "Entrypoint": ["/srv/handler"],
+            "Env": ["GREETING=hello from the image", "PATH=/bin"],
+            "WorkingDir": "/srv",
+            "User": "app",
+        }),
+    )
+}
+
+fn http_image(dir: &std::path::Path, tag: &str) -> String {
+    busybox_layout(
+        dir,
+        tag,
+        &[
+            ("www/cgi-bin/index.cgi", 0o755, HTTP_CGI),
+            ("etc/image-release", 0o644, b"http image"),
+        ],
+        json!({
+            "Entrypoint": ["/bin/sh", "-c", "exec httpd -f -p 127.0.0.1:$PORT -h /www"],
+            "Env": ["GREETING=served by the image", "PATH=/bin"],
+        }),
+    )
+}
+
+async fn start(registry: &RegistryServer) -> TestApp {
+    TestApp::start_with(&[("FNMESH_INSECURE_REGISTRIES", registry.host.as_str())]).await
+}
+
+#[tokio::test]
+async fn an_exec_image_from_a_registry_runs_with_its_own_files_env_and_user() {
+    let registry = RegistryServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let first = exec_image(&dir.path().join("v1"), "1", "first image");
+    registry.push(&dir.path().join("v1"), "1", "tools/hello");
+    let app = start(&registry).await;
+
+    let reference = format!("{}/tools/hello:1", registry.host);
+    let created = app
+        .call(
+            "POST",
+            "/v1/functions",
+            Some(json!({"name": "img", "runtime": "image", "image": reference})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}\n{}", created.body, app.log());
+    let image = &created.body["image"];
+    assert_eq!(
+        image["digest"],
+        json!(first),
+        "the tag is pinned to its digest"
+    );
+    assert_eq!(
+        image["reference"],
+        json!(format!("{}/tools/hello@{first}", registry.host))
+    );
+    assert_eq!(image["requested"], json!(reference));
+    assert_eq!(image["mode"], "exec");
+
+    let result = app.invoke_ok("img", json!({"n": 1})).await;
+    assert_eq!(result["status"], "succeeded", "{result}\n{}", app.log());
+    let out = &result["result"];
+    assert_eq!(out["payload"], json!({"n": 1}));
+    assert_eq!(out["release"], "first image", "the image's own files");
+    assert_eq!(out["greeting"], "hello from the image", "the image's Env");
+    assert_eq!(out["host_usr"], false, "nothing of the host's /usr");
+    assert_eq!(out["cwd"], "/srv", "the image's WorkingDir");
+    assert_eq!(out["function"], "img");
+    assert_ne!(out["uid"], json!(0), "never root");
+
+    // A new image under the same tag does not change the deployed version.
+    let second = exec_image(&dir.path().join("v2"), "1", "second image");
+    assert_ne!(first, second);
+    registry.push(&dir.path().join("v2"), "1", "tools/hello");
+    let again = app.invoke_ok("img", json!({"n": 2})).await;
+    assert_eq!(again["result"]["release"], "first image", "{again}");
+    // A new version resolves the tag again.
+    let updated = app
+        .call(
+            "PUT",
+            "/v1/functions/img",
+            Some(json!({"image": reference})),
+        )
+        .await;
+    assert_eq!(updated.status, 200, "{:?}", updated.body);
+    assert_eq!(updated.body["image"]["digest"], json!(second));
+    let newer = app.invoke_ok("img", json!({"n": 3})).await;
+    assert_eq!(newer["result"]["release"], "second image", "{newer}");
+    let old = app
+        .call(
+            "POST",
+            "/v1/functions/img/invoke?version=1",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(old.status, 200, "{:?}", old.body);
+    assert_eq!(old.body["result"]["release"], "first image");
+
+    // The image's stderr is in the invocation's logs.
+    let id = newer["id"].as_str().unwrap();
+    let logs = app
+        .call("GET", &format!("/v1/invocations/{id}/logs"), None)
+        .await;
+    assert!(
+        logs.body.to_string().contains("to the logs from the image"),
+        "{:?}",
+        logs.body
+    );
+}
+
+#[tokio::test]
+async fn an_http_image_serves_invocations_from_one_long_lived_server() {
+    let registry = RegistryServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    http_image(&dir.path().join("web"), "1.0");
+    registry.push(&dir.path().join("web"), "1.0", "web/echo");
+    let app = start(&registry).await;
+    let created = app
+        .call(
+            "POST",
+            "/v1/functions",
+            Some(json!({
+                "name": "web",
+                "runtime": "image",
+                "image": format!("{}/web/echo:1.0", registry.host),
+                "mode": "http",
+                "port": 9000,
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(created.body["image"]["mode"], "http");
+    assert_eq!(created.body["image"]["port"], 9000);
+    for n in 0..3 {
+        let result = app.invoke_ok("web", json!({"n": n})).await;
+        assert_eq!(result["status"], "succeeded", "{result}\n{}", app.log());
+        let out = &result["result"];
+        assert_eq!(out["method"], "POST");
+        assert_eq!(out["payload"], json!({"n": n}));
+        assert_eq!(out["greeting"], "served by the image");
+        assert_eq!(out["release"], "http image");
+        assert_eq!(out["host_usr"], false);
+        let cold = result["metrics"]["cold_start"].as_bool().unwrap();
+        assert_eq!(cold, n == 0, "one server, kept warm: {result}");
+    }
+}
+
+#[tokio::test]
+async fn an_uploaded_image_archive_runs_with_no_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = exec_image(&dir.path().join("layout"), "latest", "uploaded image");
+    let archive = layout_tar(&dir.path().join("layout"));
+    let app = TestApp::start().await;
+    let created = app
+        .call(
+            "POST",
+            "/v1/functions",
+            Some(json!({
+                "name": "offline",
+                "runtime": "image",
+                "code": {"source": b64(&archive)},
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(created.body["image"]["digest"], json!(digest));
+    assert!(created.body["image"].get("reference").is_none());
+    let result = app.invoke_ok("offline", json!("x")).await;
+    assert_eq!(result["status"], "succeeded", "{result}\n{}", app.log());
+    assert_eq!(result["result"]["release"], "uploaded image");
+    assert_eq!(result["result"]["payload"], "x");
+}
+
+#[tokio::test]
+async fn bad_images_are_refused_at_deploy_with_clear_errors() {
+    let registry = RegistryServer::start();
+    let app = start(&registry).await;
+    let deploy = |body: Value| {
+        let app = &app;
+        async move { app.call("POST", "/v1/functions", Some(body)).await }
+    };
+    let cases = [
+        (
+            json!({"name": "a", "runtime": "image"}),
+            400,
+            "invalid_image",
+        ),
+        (
+            json!({"name": "b", "runtime": "image", "image": "no-registry-here:1"}),
+            400,
+            "invalid_image",
+        ),
+        (
+            json!({"name": "c", "runtime": "image", "image": format!("{}/missing/image:1", registry.host)}),
+            400,
+            "invalid_image",
+        ),
+        (
+            json!({"name": "d", "runtime": "python3", "handler": "main.handle", "image": "x/y:1",
+                   "code": {"source": b64(b"def handle(e, c): return e")}}),
+            400,
+            "invalid_image",
+        ),
+        (
+            json!({"name": "e", "runtime": "image", "image": format!("{}/x/y:1", registry.host), "port": 8080}),
+            400,
+            "invalid_image",
+        ),
+        (
+            json!({"name": "f", "runtime": "image", "code": {"source": b64(b"not an archive at all")}}),
+            400,
+            "invalid_image",
+        ),
+        (
+            json!({"name": "g", "runtime": "image", "handler": "main.handle", "image": "x/y:1"}),
+            400,
+            "invalid_handler",
+        ),
+        // A registry that is not on the plain-HTTP allowlist is reached over HTTPS only.
+        (
+            json!({"name": "h", "runtime": "image", "image": "127.0.0.1:1/x/y:1"}),
+            502,
+            "registry_unavailable",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let r = deploy(body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {:?}", r.body);
+        assert_eq!(r.body["error"]["code"], code, "{body}: {:?}", r.body);
+    }
+    let listed = app.call("GET", "/v1/functions", None).await;
+    assert_eq!(
+        listed.body["items"],
+        json!([]),
+        "nothing was created: {:?}",
+        listed.body
+    );
+}
