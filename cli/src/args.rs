@@ -590,6 +590,28 @@ pub enum BenchCommand {
     /// Many functions deployed: cold invocations of distinct functions per second, idle CPU
     /// per process, and one function's sync latency, beside the same with one function.
     Scale(ScaleBenchArgs),
+    /// Image functions: cold start with the image cached vs the python3 runtime's, and the
+    /// first pull of a 20 MiB image from a local registry vs `skopeo copy`.
+    Image(ImageBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBenchArgs {
+    /// Cold starts of each runtime (image, python3), interleaved.
+    #[arg(long, default_value_t = 20)]
+    pub cold_rounds: usize,
+    /// First pulls of the big image (and `skopeo copy` runs), interleaved.
+    #[arg(long, default_value_t = 5)]
+    pub pull_rounds: usize,
+    /// Size of the big image's incompressible file, in MiB.
+    #[arg(long, default_value_t = 20)]
+    pub image_mb: usize,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
+    /// Scratch directory (default: a temp dir).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -102,6 +102,9 @@ fn main() -> ExitCode {
             Command::Bench(args::BenchCommand::Scale(args)) => {
                 commands::bench::mesh::scale::run(args).await
             }
+            Command::Bench(args::BenchCommand::Image(args)) => {
+                commands::bench::image::run(args).await
+            }
             Command::Nats(args::NatsCommand::Init(args)) => commands::nats::init(&args),
             Command::Nats(args::NatsCommand::AddNode(args)) => commands::nats::add_node(&args),
             Command::Migrate { database_url } => commands::migrate::run(&database_url).await,

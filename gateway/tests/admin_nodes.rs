@@ -32,6 +32,7 @@ fn node_info(id: &str, interval: Duration) -> NodeInfo {
         uptime_secs: 5,
         heartbeat_interval_ms: interval.as_millis() as u64,
         signing_key: None,
+        images: Vec::new(),
     }
 }
 

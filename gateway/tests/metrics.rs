@@ -79,6 +79,8 @@ fn metrics_for(plan: Plan, n: u64) -> InvocationMetrics {
         total_us: 1_234 + init_us + 3_456 + 100 + n,
         cold_start: plan.cold,
         memory_peak_bytes: 0,
+        pull_us: 0,
+        unpack_us: 0,
     }
 }
 

@@ -473,7 +473,7 @@ impl Executor {
                     launched = launch => launched,
                 };
                 match launched {
-                    Ok(instance) => {
+                    Ok((instance, _)) => {
                         tracing::debug!(function.name = %function.name, function.version = function.version, init_us = micros(launching.elapsed()), "prewarmed a sandbox");
                         reservation.fill(instance).release().await;
                     }
@@ -574,7 +574,7 @@ impl Inner {
         code_dir: &Path,
         secrets: &SecretEnv,
         deadline: Instant,
-    ) -> Result<Instance, Execution> {
+    ) -> Result<(Instance, ImagePhases), Execution> {
         let crashed =
             |message: String| failed(InvocationStatus::Failed, ErrorKind::Crashed, message);
         let code_dir = if code_dir.is_absolute() {
@@ -584,13 +584,21 @@ impl Inner {
                 .map_err(|e| crashed(format!("resolving the code dir: {e}")))?
                 .join(code_dir)
         };
+        let mut phases = ImagePhases::default();
         let (process, root, rootfs, runtime_dir, image_lease) =
             if function.runtime == fnmesh_core::Runtime::Image {
-                let (process, root, tree, boot_dir, lease) = self
+                let image = self
                     .image_root(function, &code_dir)
                     .await
                     .map_err(crashed)?;
-                (process, root, tree, boot_dir, Some(lease))
+                phases = image.phases;
+                (
+                    image.process,
+                    image.root,
+                    image.tree,
+                    image.boot_dir,
+                    Some(image.lease),
+                )
             } else {
                 let process = self
                     .registry
@@ -656,16 +664,19 @@ impl Inner {
             code_pin,
             image_lease,
         };
-        Instance::launch(Arc::clone(&self.runtime), plan, deadline).await
+        Instance::launch(Arc::clone(&self.runtime), plan, deadline)
+            .await
+            .map(|instance| (instance, phases))
+            .map_err(|failure| Execution {
+                pull_us: phases.pull_us,
+                unpack_us: phases.unpack_us,
+                ..failure
+            })
     }
 
     /// The process, root, rootfs and bootstrap dir of an image function's sandbox, with the
     /// lease that keeps its tree.
-    async fn image_root(
-        &self,
-        function: &Function,
-        code_dir: &Path,
-    ) -> Result<(ProcessSpec, RootKind, PathBuf, PathBuf, ImageLease), String> {
+    async fn image_root(&self, function: &Function, code_dir: &Path) -> Result<ImageRoot, String> {
         let support = self
             .config
             .images
@@ -714,13 +725,17 @@ impl Inner {
             env: image::image_env(function, &prepared.process),
             cwd: "/".to_owned(),
         };
-        Ok((
+        Ok(ImageRoot {
             process,
-            RootKind::Image { uid, gid },
-            prepared.tree,
-            boot.dir().to_path_buf(),
-            prepared.lease,
-        ))
+            root: RootKind::Image { uid, gid },
+            tree: prepared.tree,
+            boot_dir: boot.dir().to_path_buf(),
+            lease: prepared.lease,
+            phases: ImagePhases {
+                pull_us: micros(prepared.pull),
+                unpack_us: micros(prepared.unpack),
+            },
+        })
     }
 
     async fn run(&self, job: &Job, deadline: Instant) -> Execution {
@@ -738,6 +753,7 @@ impl Inner {
             .checkout(&key, limits_of(function), deadline)
             .await;
         let launched = Instant::now();
+        let mut phases = ImagePhases::default();
         let (mut lease, cold_start, init_us) = match checkout {
             Ok(Checkout::Warm(lease)) => (*lease, false, 0),
             Ok(Checkout::Cold(reservation)) => {
@@ -745,7 +761,10 @@ impl Inner {
                     .launch(function, &job.code_dir, &secrets, deadline)
                     .instrument(tracing::info_span!("sandbox.launch"));
                 match launch.await {
-                    Ok(instance) => (reservation.fill(instance), true, micros(launched.elapsed())),
+                    Ok((instance, image)) => {
+                        phases = image;
+                        (reservation.fill(instance), true, micros(launched.elapsed()))
+                    }
                     Err(failure) => {
                         return Execution {
                             cold_start: true,
@@ -804,7 +823,27 @@ impl Inner {
         Execution {
             cold_start,
             init_us,
+            pull_us: phases.pull_us,
+            unpack_us: phases.unpack_us,
             ..execution
         }
     }
+}
+
+/// What an image function's cold start spent on its image, in µs (zeros when cached).
+#[derive(Debug, Clone, Copy, Default)]
+struct ImagePhases {
+    pull_us: u64,
+    unpack_us: u64,
+}
+
+/// An image function's sandbox root and process, ready to launch.
+struct ImageRoot {
+    process: ProcessSpec,
+    root: RootKind,
+    tree: PathBuf,
+    boot_dir: PathBuf,
+    /// Keeps the tree from eviction while the sandbox lives.
+    lease: ImageLease,
+    phases: ImagePhases,
 }

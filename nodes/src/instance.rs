@@ -555,6 +555,8 @@ impl Instance {
             memory_peak_bytes,
             init_us: 0,
             exec_us: micros(started.elapsed()),
+            pull_us: 0,
+            unpack_us: 0,
         }
     }
 

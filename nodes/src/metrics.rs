@@ -362,6 +362,7 @@ mod tests {
             slots_total: 4,
             slots_free: 1,
             warm_sandboxes: 2,
+            images: Vec::new(),
         });
         LoadCollector::register(&registry, sample).unwrap();
         NodeMetrics::register(&registry).unwrap();

@@ -189,6 +189,7 @@ impl Node {
             source,
         })?;
         let runs_images = config.image_bootstrap.is_some();
+        let mut image_cache = None;
         let images = match &config.image_bootstrap {
             Some(bootstrap) => {
                 let dir = config.data_dir.join("node").join("images");
@@ -204,8 +205,10 @@ impl Node {
                     path: dir.clone(),
                     source,
                 })?;
+                let cache = Arc::new(cache);
+                image_cache = Some(cache.clone());
                 Some(ImageSupport {
-                    cache: Arc::new(cache),
+                    cache,
                     program: bootstrap.program.clone(),
                     args: bootstrap.args.clone(),
                 })
@@ -252,6 +255,7 @@ impl Node {
                 slots_total: load.slots(),
                 slots_free: load.free_slots(),
                 warm_sandboxes: executor.stats().idle,
+                images: image_cache.as_ref().map(listed_images).unwrap_or_default(),
             })
         };
         LoadCollector::register(metrics, sample.clone())?;
@@ -335,4 +339,21 @@ fn remove_empty_node_cgroups() {
             }
         }
     }
+}
+
+/// The images of `cache` as the registry entry lists them: largest first, at most
+/// [`fnmesh_bus::registry::MAX_LISTED_IMAGES`].
+fn listed_images(cache: &Arc<ImageCache>) -> Vec<fnmesh_bus::registry::CachedImage> {
+    let mut images: Vec<_> = cache
+        .images()
+        .into_iter()
+        .map(|image| fnmesh_bus::registry::CachedImage {
+            digest: image.digest,
+            bytes: image.bytes,
+            in_use: image.in_use,
+        })
+        .collect();
+    images.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.digest.cmp(&b.digest)));
+    images.truncate(fnmesh_bus::registry::MAX_LISTED_IMAGES);
+    images
 }

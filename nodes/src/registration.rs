@@ -40,7 +40,7 @@ pub struct RegistrationConfig {
 }
 
 /// The node's load at one heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Load {
     /// Invocations the node runs at once.
     pub slots_total: usize,
@@ -48,6 +48,8 @@ pub struct Load {
     pub slots_free: usize,
     /// Idle sandboxes ready to serve.
     pub warm_sandboxes: usize,
+    /// The images in the node's cache.
+    pub images: Vec<fnmesh_bus::registry::CachedImage>,
 }
 
 /// Samples the node's load for each heartbeat.
@@ -100,6 +102,7 @@ impl Shared {
             uptime_secs: u64::try_from((now - self.started_at).num_seconds()).unwrap_or(0),
             heartbeat_interval_ms: u64::try_from(self.interval().as_millis()).unwrap_or(u64::MAX),
             signing_key: self.config.signing_key.clone(),
+            images: load.images,
         }
     }
 
@@ -219,6 +222,7 @@ mod tests {
                 slots_total: 4,
                 slots_free: free.load(Ordering::Relaxed),
                 warm_sandboxes: 1,
+                images: Vec::new(),
             })
         };
         let registration = Registration::start(

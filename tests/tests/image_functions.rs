@@ -102,6 +102,22 @@ async fn an_exec_image_from_a_registry_runs_with_its_own_files_env_and_user() {
     assert_eq!(out["cwd"], "/srv", "the image's WorkingDir");
     assert_eq!(out["function"], "img");
     assert_ne!(out["uid"], json!(0), "never root");
+    // The cold start's record separates pulling and unpacking the image from the rest.
+    let metrics = &result["metrics"];
+    assert_eq!(metrics["cold_start"], true, "{metrics}");
+    let (pull, unpack, init) = (
+        metrics["pull_us"].as_u64().unwrap_or(0),
+        metrics["unpack_us"].as_u64().unwrap_or(0),
+        metrics["init_us"].as_u64().unwrap(),
+    );
+    assert!(pull > 0 && unpack > 0, "pull and unpack timed: {metrics}");
+    assert!(pull + unpack <= init, "both are part of init: {metrics}");
+    let warm = app.invoke_ok("img", json!({"n": 1})).await;
+    assert_eq!(warm["metrics"]["cold_start"], false, "{warm}");
+    assert!(
+        warm["metrics"].get("pull_us").is_none(),
+        "nothing pulled when warm: {warm}"
+    );
 
     // A new image under the same tag does not change the deployed version.
     let second = exec_image(&dir.path().join("v2"), "1", "second image");
@@ -270,4 +286,117 @@ async fn bad_images_are_refused_at_deploy_with_clear_errors() {
         "nothing was created: {:?}",
         listed.body
     );
+}
+
+/// What an image function sees from inside its sandbox, with busybox only (the image has no
+/// Python): the checks of `sandbox_security.rs`'s `INSPECT`, in shell.
+const INSPECT_SH: &[u8] = br#"#!/bin/sh
+payload=$(cat)
+port=$(echo "$payload" | sed 's/[^0-9]//g')
+status() { grep "^$1:" /proc/self/status | cut -f2; }
+attempt() {
+  if ( eval "$1" ) >/tmp/out 2>&1; then echo ok
+  elif grep -q "Read-only file system" /tmp/out; then echo EROFS
+  elif grep -q "Operation not permitted\|permission denied\|Permission denied" /tmp/out; then echo EPERM
+  else echo "failed"; fi
+}
+dd_err=$(dd if=/dev/zero of=/tmp/fill bs=1048576 count=512 2>&1 >/dev/null)
+tmp_bytes=$(wc -c < /tmp/fill)
+case "$dd_err" in *"No space left"*) tmp_err=ENOSPC ;; *) tmp_err=none ;; esac
+rm -f /tmp/fill
+connect() { if nc -w 2 "$1" "$2" </dev/null >/dev/null 2>&1; then echo connected; else echo refused; fi; }
+fds=$(ls -l /proc/self/fd/ | sed -n 's/.* -> //p' | tr '\n' ' ')
+env_text=$(env | sed 's/["\\]/_/g' | tr '\n' ';')
+printf '{"uid":%s,"gid":%s,"cap_eff":"%s","cap_bnd":"%s","no_new_privs":"%s","seccomp":"%s",' \
+  "$(id -u)" "$(id -g)" "$(status CapEff)" "$(status CapBnd)" "$(status NoNewPrivs)" "$(status Seccomp)"
+printf '"write_root":"%s","write_bin":"%s","write_runtime":"%s","write_tmp":"%s",' \
+  "$(attempt ': > /x')" "$(attempt ': > /bin/busybox')" "$(attempt ': > /var/runtime/x')" "$(attempt ': > /tmp/x')"
+printf '"tmp_mb":%s,"tmp_err":"%s","ifaces":"%s","internet":"%s","gateway":"%s",' \
+  "$((tmp_bytes / 1048576))" "$tmp_err" "$(sed -n '3,$p' /proc/net/dev | cut -d: -f1 | tr -d ' \n')" \
+  "$(connect 1.1.1.1 80)" "$(connect 127.0.0.1 "$port")"
+printf '"unshare_user":"%s","mount":"%s","kcore_bytes":%s,"pid":%s,"host_usr":"%s","fds":"%s","env":"%s"}' \
+  "$(attempt 'unshare -U true')" "$(attempt 'mount -t tmpfs none /tmp')" \
+  "$(head -c 16 /proc/kcore 2>/dev/null | wc -c)" "$$" "$(attempt 'test -e /usr/bin/python3')" "$fds" "$env_text"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_denies_by_default_inside_an_image_too() {
+    let dir = tempfile::tempdir().unwrap();
+    busybox_layout(
+        &dir.path().join("layout"),
+        "inspect",
+        &[("srv/inspect", 0o755, INSPECT_SH)],
+        // A root user in the image runs unprivileged all the same.
+        json!({"Entrypoint": ["/srv/inspect"], "User": "root", "Env": ["PATH=/bin"]}),
+    );
+    let archive = layout_tar(&dir.path().join("layout"));
+    let app = TestApp::start_with(&[
+        ("AWS_SECRET_ACCESS_KEY", "host-secret"),
+        ("FNMESH_SECRET_THING", "host-secret"),
+    ])
+    .await;
+    let created = app
+        .call(
+            "POST",
+            "/v1/functions",
+            Some(json!({
+                "name": "inspect",
+                "runtime": "image",
+                "code": {"source": b64(&archive)},
+                "config": {"memory_mb": 256, "environment": {"MY_SETTING": "visible"}},
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let r = app
+        .invoke_ok("inspect", json!({"gateway_port": app.port}))
+        .await;
+    assert_eq!(r["status"], "succeeded", "{r}\n{}", app.log());
+    let v = &r["result"];
+    assert_ne!(v["uid"], 0, "{v}");
+    assert_ne!(v["gid"], 0, "{v}");
+    assert_eq!(v["cap_eff"], "0000000000000000", "{v}");
+    assert_eq!(v["cap_bnd"], "0000000000000000", "{v}");
+    assert_eq!(v["no_new_privs"], "1", "{v}");
+    assert_eq!(v["seccomp"], "2", "{v}");
+    assert_eq!(
+        v["write_root"], "EROFS",
+        "the image's root is read-only: {v}"
+    );
+    assert_eq!(v["write_bin"], "EROFS", "{v}");
+    assert_eq!(
+        v["write_runtime"], "EROFS",
+        "the bootstrap is read-only: {v}"
+    );
+    assert_eq!(v["write_tmp"], "ok", "{v}");
+    assert_eq!(v["tmp_err"], "ENOSPC", "{v}");
+    assert!(v["tmp_mb"].as_u64().unwrap() <= 64, "/tmp is capped: {v}");
+    assert_eq!(v["ifaces"], "lo", "only lo exists: {v}");
+    assert_eq!(v["internet"], "refused", "{v}");
+    assert_eq!(v["gateway"], "refused", "the host's gateway port: {v}");
+    assert_eq!(v["unshare_user"], "EPERM", "{v}");
+    assert_ne!(v["mount"], "ok", "{v}");
+    assert_eq!(v["kcore_bytes"], 0, "{v}");
+    assert!(v["pid"].as_u64().unwrap() < 10, "own pid namespace: {v}");
+    assert_eq!(v["host_usr"], "failed", "no host /usr: {v}");
+    for target in v["fds"].as_str().unwrap().split_whitespace() {
+        assert!(
+            target.starts_with("pipe:") || target == "/dev/null" || target.starts_with("/proc/"),
+            "fd -> {target} is not one of the sandbox's own: {v}"
+        );
+    }
+    let env = v["env"].as_str().unwrap();
+    assert!(env.contains("MY_SETTING=visible"), "{env}");
+    for entry in env.split(';').filter(|e| !e.is_empty()) {
+        assert!(
+            !entry.starts_with("FNMESH"),
+            "{entry} leaked into the sandbox"
+        );
+        assert!(
+            !entry.starts_with("AWS_"),
+            "{entry} leaked into the sandbox"
+        );
+    }
+    assert!(!env.contains("host-secret"));
+    assert!(!env.contains(fnmesh_tests::ADMIN_KEY));
 }

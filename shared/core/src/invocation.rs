@@ -121,6 +121,12 @@ pub struct InvocationMetrics {
     pub cold_start: bool,
     /// Peak memory of the sandbox during this invocation.
     pub memory_peak_bytes: u64,
+    /// An image function's cold start: pulling its image's blobs (part of `init_us`; 0 when
+    /// they were cached, and for every other runtime).
+    pub pull_us: u64,
+    /// An image function's cold start: unpacking its image into a tree (part of `init_us`; 0
+    /// when the tree was cached).
+    pub unpack_us: u64,
 }
 
 impl InvocationMetrics {
@@ -163,6 +169,18 @@ struct MetricsWire {
     exec_us: u64,
     #[serde(default)]
     total_us: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pull_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    unpack_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pull_us: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    unpack_us: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl From<MetricsWire> for InvocationMetrics {
@@ -176,6 +194,8 @@ impl From<MetricsWire> for InvocationMetrics {
             total_us: us(w.total_us, w.total_ms),
             cold_start: w.cold_start,
             memory_peak_bytes: w.memory_peak_bytes,
+            pull_us: us(w.pull_us, w.pull_ms),
+            unpack_us: us(w.unpack_us, w.unpack_ms),
         }
     }
 }
@@ -193,6 +213,10 @@ impl From<InvocationMetrics> for MetricsWire {
             init_us: m.init_us,
             exec_us: m.exec_us,
             total_us: m.total_us,
+            pull_ms: m.pull_us / 1000,
+            unpack_ms: m.unpack_us / 1000,
+            pull_us: m.pull_us,
+            unpack_us: m.unpack_us,
         }
     }
 }
@@ -219,6 +243,10 @@ pub struct Execution {
     pub init_us: u64,
     /// The handler, in µs.
     pub exec_us: u64,
+    /// Pulling an image function's image, in µs (part of `init_us`; 0 when cached).
+    pub pull_us: u64,
+    /// Unpacking it, in µs (part of `init_us`; 0 when cached).
+    pub unpack_us: u64,
 }
 
 impl Execution {
@@ -233,6 +261,8 @@ impl Execution {
             memory_peak_bytes: 0,
             init_us: 0,
             exec_us: 0,
+            pull_us: 0,
+            unpack_us: 0,
         }
     }
 }
@@ -441,6 +471,8 @@ impl InvocationOutcome {
             memory_peak_bytes,
             init_us,
             exec_us,
+            pull_us,
+            unpack_us,
         } = execution;
         let metrics = InvocationMetrics {
             queue_us: micros_between(request.created_at, started_at),
@@ -449,6 +481,8 @@ impl InvocationOutcome {
             total_us: micros_between(request.created_at, completed_at),
             cold_start,
             memory_peak_bytes,
+            pull_us,
+            unpack_us,
         };
         Self {
             result: InvocationResult {
@@ -513,6 +547,8 @@ mod tests {
             total_us: 260_100,
             cold_start: true,
             memory_peak_bytes: 42,
+            pull_us: 0,
+            unpack_us: 0,
         }
     }
 
@@ -553,6 +589,8 @@ mod tests {
                 total_us: 0,
                 cold_start: false,
                 memory_peak_bytes: 7,
+                pull_us: 0,
+                unpack_us: 0,
             }
         );
         let with_total: InvocationMetrics = serde_json::from_str(
@@ -619,6 +657,8 @@ mod tests {
             memory_peak_bytes: 1 << 20,
             init_us: 200_000,
             exec_us: 3_000,
+            pull_us: 0,
+            unpack_us: 0,
         };
         let started_at = created_at + chrono::Duration::microseconds(1_500);
         let completed_at = started_at + chrono::Duration::microseconds(210_000);
@@ -643,6 +683,8 @@ mod tests {
                 total_us: 211_500,
                 cold_start: true,
                 memory_peak_bytes: 1 << 20,
+                pull_us: 0,
+                unpack_us: 0,
             })
         );
         assert_eq!(outcome.logs.text, "hi\n");

@@ -21,6 +21,7 @@
 
 pub mod archive;
 pub mod blobs;
+pub mod build;
 pub mod cache;
 pub mod digest;
 pub mod layout;

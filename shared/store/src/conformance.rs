@@ -209,6 +209,8 @@ fn with_status(r: &InvocationResult, status: InvocationStatus, attempt: u32) -> 
                 total_us: 9_876,
                 cold_start: true,
                 memory_peak_bytes: 4096,
+                pull_us: 0,
+                unpack_us: 0,
             });
         }
         InvocationStatus::Failed | InvocationStatus::Timeout | InvocationStatus::DeadLettered => {

@@ -6,9 +6,11 @@
 //! - [`mesh`] (`bench mesh`): a gateway and a node over a fresh `nats-server`, next to raw
 //!   HTTP, NATS, JetStream and the warm sandbox;
 //! - [`persistence`] (`bench persistence`): the metadata store's invocation writes;
-//! - [`all`] (`bench all`): sandbox and mesh in one run, with ratios against the targets.
+//! - [`all`] (`bench all`): sandbox and mesh in one run, with ratios against the targets;
+//! - [`image`] (`bench image`): image functions' cold start and first pull.
 
 pub mod all;
+pub mod image;
 pub mod mesh;
 pub mod persistence;
 pub mod sandbox;

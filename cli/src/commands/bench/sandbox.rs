@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::args::BenchArgs;
 
-const HANDLER: &str = "def handle(event, context):\n    return {\"hello\": \"world\"}\n";
+pub(crate) const HANDLER: &str = "def handle(event, context):\n    return {\"hello\": \"world\"}\n";
 const ONE_SHOT: &str =
     "import sys; sys.path.insert(0, '/var/task'); import main; print(main.handle({}, None))";
 
@@ -52,6 +52,15 @@ pub fn enter_bench_namespace() -> Result<()> {
 /// An executor for a benchmark run in this process: its own sandbox supervisor, work dir and
 /// cgroup under `work`, with at most `max_sandboxes` sandboxes.
 pub(crate) async fn bench_executor(work: &Path, max_sandboxes: usize) -> Result<Arc<Executor>> {
+    bench_executor_with(work, max_sandboxes, None).await
+}
+
+/// [`bench_executor`] that also runs image functions with `images`.
+pub(crate) async fn bench_executor_with(
+    work: &Path,
+    max_sandboxes: usize,
+    images: Option<fnmesh_nodes::runtimes::image::ImageSupport>,
+) -> Result<Arc<Executor>> {
     let tag = format!("{:08x}", rand::random::<u32>());
     let runtime: Arc<dyn ContainerRuntime> = Arc::new(
         SupervisorClient::spawn(
@@ -68,6 +77,7 @@ pub(crate) async fn bench_executor(work: &Path, max_sandboxes: usize) -> Result<
             node_id: format!("bench-{tag}"),
             max_sandboxes,
             cgroup_parent: format!("/fnmesh-bench/{tag}"),
+            images,
             ..ExecutorConfig::default()
         },
         runtime,
@@ -75,12 +85,12 @@ pub(crate) async fn bench_executor(work: &Path, max_sandboxes: usize) -> Result<
     .await?)
 }
 
-struct Stats {
-    samples: Vec<f64>,
+pub(crate) struct Stats {
+    pub(crate) samples: Vec<f64>,
 }
 
 impl Stats {
-    fn new(mut samples: Vec<f64>) -> Self {
+    pub(crate) fn new(mut samples: Vec<f64>) -> Self {
         samples.sort_by(|a, b| a.total_cmp(b));
         Self { samples }
     }
@@ -91,7 +101,7 @@ impl Stats {
         let idx = ((self.samples.len() - 1) as f64 * p).round() as usize;
         self.samples[idx.min(self.samples.len() - 1)]
     }
-    fn median(&self) -> f64 {
+    pub(crate) fn median(&self) -> f64 {
         self.pct(0.5)
     }
 }
@@ -110,7 +120,7 @@ pub struct Series {
 }
 
 impl Series {
-    fn of(s: &Stats) -> Self {
+    pub(crate) fn of(s: &Stats) -> Self {
         Self {
             n: s.samples.len(),
             min: s.pct(0.0),
@@ -362,7 +372,7 @@ pub fn table(f: &SandboxFigures) -> String {
     out
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -414,12 +424,12 @@ pub async fn parallel_cold_starts(work: &Path, n: usize, concurrency: usize) -> 
     Ok(rate)
 }
 
-fn bench_function() -> Function {
+pub(crate) fn bench_function() -> Function {
     let name = FunctionName::parse("bench-hello").unwrap_or_else(|_| unreachable!());
     super::python_function(name, HANDLER)
 }
 
-fn job(function: &Function, code_dir: &Path) -> Job {
+pub(crate) fn job(function: &Function, code_dir: &Path) -> Job {
     Job {
         invocation_id: InvocationId::new(),
         function: function.clone(),

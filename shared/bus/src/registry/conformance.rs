@@ -82,6 +82,7 @@ pub fn node_info(id: &str, interval: Duration) -> NodeInfo {
         uptime_secs: 5,
         heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
         signing_key: None,
+        images: Vec::new(),
     }
 }
 

@@ -90,6 +90,24 @@ pub struct NodeInfo {
     /// ([`fnmesh_core::claims`]); none on buses that sign nothing (in-process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<String>,
+    /// The images in the node's cache (image functions), largest first, at most
+    /// [`MAX_LISTED_IMAGES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<CachedImage>,
+}
+
+/// Most images a node lists in its registry entry.
+pub const MAX_LISTED_IMAGES: usize = 64;
+
+/// An image in a node's cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedImage {
+    /// Its manifest digest (`sha256:…`).
+    pub digest: String,
+    /// Disk space its blobs and tree take.
+    pub bytes: u64,
+    /// Sandboxes using it now.
+    pub in_use: u32,
 }
 
 impl NodeInfo {
