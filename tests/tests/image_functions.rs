@@ -176,6 +176,7 @@ async fn an_http_image_serves_invocations_from_one_long_lived_server() {
                 "image": format!("{}/web/echo:1.0", registry.host),
                 "mode": "http",
                 "port": 9000,
+                "config": {"min_warm": 2},
             })),
         )
         .await;
@@ -193,6 +194,21 @@ async fn an_http_image_serves_invocations_from_one_long_lived_server() {
         assert_eq!(out["host_usr"], false);
         let cold = result["metrics"]["cold_start"].as_bool().unwrap();
         assert_eq!(cold, n == 0, "one server, kept warm: {result}");
+    }
+    // `min_warm` applies to image functions: a second sandbox is started ahead of need.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let nodes = app.call("GET", "/v1/admin/nodes", None).await;
+        if nodes.body["items"][0]["warm_sandboxes"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "min_warm 2 not reached: {:?}\n{}",
+            nodes.body,
+            app.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

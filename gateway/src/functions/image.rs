@@ -13,7 +13,6 @@
 
 use std::io::Read as _;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use fnmesh_core::archive;
 use fnmesh_core::function::IMAGE_CODE_FILE;
@@ -23,7 +22,7 @@ use fnmesh_image::registry::ImageRef;
 use fnmesh_image::{Digest, ImageError};
 use serde::Deserialize;
 
-use super::{CodeBody, SOURCE_TYPE_INLINE};
+use super::CodeBody;
 use crate::error::ApiError;
 use crate::state::State;
 
@@ -199,16 +198,7 @@ async fn from_archive(
     mode: ImageMode,
     port: Option<u16>,
 ) -> Result<(ImageSpec, CodeInfo), ApiError> {
-    let source_type = code.source_type.as_deref().unwrap_or(SOURCE_TYPE_INLINE);
-    if source_type != SOURCE_TYPE_INLINE {
-        return Err(ApiError::InvalidJson(format!(
-            "code.source_type {:?} is not supported: use \"inline\"",
-            source_type.chars().take(40).collect::<String>()
-        )));
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(code.source.trim())
-        .map_err(|e| ApiError::InvalidBase64(format!("code.source is not valid base64: {e}")))?;
+    let decoded = code.decode()?;
     let _permit = state
         .normalize_permits
         .acquire()

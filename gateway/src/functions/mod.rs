@@ -45,6 +45,22 @@ pub(crate) struct CodeBody {
     pub source_type: Option<String>,
 }
 
+impl CodeBody {
+    /// The uploaded bytes: `source_type` must be `inline` (or absent), `source` base64.
+    pub(crate) fn decode(&self) -> Result<Vec<u8>, ApiError> {
+        let source_type = self.source_type.as_deref().unwrap_or(SOURCE_TYPE_INLINE);
+        if source_type != SOURCE_TYPE_INLINE {
+            return Err(ApiError::InvalidJson(format!(
+                "code.source_type {:?} is not supported: use \"inline\"",
+                source_type.chars().take(40).collect::<String>()
+            )));
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(self.source.trim())
+            .map_err(|e| ApiError::InvalidBase64(format!("code.source is not valid base64: {e}")))
+    }
+}
+
 /// `?limit=&cursor=` of listings.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct PageQuery {
@@ -140,16 +156,7 @@ pub(crate) async fn store_code(
     code: &CodeBody,
     handler_file: String,
 ) -> Result<CodeInfo, ApiError> {
-    let source_type = code.source_type.as_deref().unwrap_or(SOURCE_TYPE_INLINE);
-    if source_type != SOURCE_TYPE_INLINE {
-        return Err(ApiError::InvalidJson(format!(
-            "code.source_type {:?} is not supported: use \"inline\"",
-            source_type.chars().take(40).collect::<String>()
-        )));
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(code.source.trim())
-        .map_err(|e| ApiError::InvalidBase64(format!("code.source is not valid base64: {e}")))?;
+    let decoded = code.decode()?;
     let limits = state.config.archive;
     let _permit = state
         .normalize_permits

@@ -27,7 +27,9 @@ use fnmesh_image::registry::{ImageRef, Registries};
 use fnmesh_nodes::runtimes::image::ImageSupport;
 use serde::{Deserialize, Serialize};
 
-use super::sandbox::{bench_executor_with, bench_function, job, ms, Series, Stats, HANDLER};
+use super::sandbox::{
+    bench_executor_with, bench_function, job, ms, scratch_dir, Series, Stats, HANDLER,
+};
 use crate::args::ImageBenchArgs;
 
 const HELLO: &str = "#!/bin/sh\ncat >/dev/null\necho '{\"hello\":\"world\"}'\n";
@@ -59,17 +61,7 @@ pub async fn run(args: ImageBenchArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark creates sandboxes and must run as root");
     }
-    let scratch = match &args.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            tempfile::Builder::new()
-                .prefix("fnmesh-bench-image-")
-                .tempdir_in(d)?
-        }
-        None => tempfile::Builder::new()
-            .prefix("fnmesh-bench-image-")
-            .tempdir()?,
-    };
+    let scratch = scratch_dir(args.work_dir.as_deref(), "fnmesh-bench-image-")?;
     let work = scratch.path();
     println!(
         "fnmesh bench image: {} cold rounds (image vs python3, interleaved), {} first pulls of a \

@@ -167,20 +167,24 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// A temporary directory named `prefix…` under `work_dir` (created if needed), or under the
+/// system's temp dir; removed on drop.
+pub(crate) fn scratch_dir(work_dir: Option<&Path>, prefix: &str) -> Result<tempfile::TempDir> {
+    Ok(match work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            tempfile::Builder::new().prefix(prefix).tempdir_in(d)?
+        }
+        None => tempfile::Builder::new().prefix(prefix).tempdir()?,
+    })
+}
+
 /// Runs the benchmark (the process must be in [`enter_bench_namespace`]'s namespace).
 pub async fn measure(args: &BenchArgs) -> Result<SandboxFigures> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark creates sandboxes and must run as root");
     }
-    let scratch = match &args.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            tempfile::Builder::new()
-                .prefix("fnmesh-bench-")
-                .tempdir_in(d)?
-        }
-        None => tempfile::Builder::new().prefix("fnmesh-bench-").tempdir()?,
-    };
+    let scratch = scratch_dir(args.work_dir.as_deref(), "fnmesh-bench-")?;
     let work = scratch.path().to_path_buf();
     let code_dir = work.join("code");
     std::fs::create_dir_all(&code_dir)?;
