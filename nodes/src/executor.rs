@@ -626,10 +626,17 @@ impl Inner {
         let userns = match self.config.id_mode {
             IdMode::UserNamespace => true,
             IdMode::HostIds => false,
+            // What the sandbox mounts besides what `userns_possible` checked: the code, or an
+            // image's tree and the image bootstrap (no code is mounted beside an image).
             IdMode::Auto => {
                 self.userns_possible
-                    && users::reachable_by_others(&code_dir)
-                    && users::reachable_by_others(&rootfs)
+                    && match root {
+                        RootKind::Skeleton => users::reachable_by_others(&code_dir),
+                        RootKind::Image { .. } => {
+                            users::reachable_by_others(&rootfs)
+                                && users::reachable_by_others(&runtime_dir)
+                        }
+                    }
             }
         };
         let id = self.next_sandbox_id();
