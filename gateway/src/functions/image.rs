@@ -20,7 +20,6 @@ use fnmesh_core::{CodeInfo, ImageMode, ImageSpec};
 use fnmesh_image::layout::{BlobSource, Image, OCI_MANIFEST};
 use fnmesh_image::registry::ImageRef;
 use fnmesh_image::{Digest, ImageError};
-use serde::Deserialize;
 
 use super::CodeBody;
 use crate::error::ApiError;
@@ -29,17 +28,15 @@ use crate::state::State;
 /// `code.source_type` of an image function's code.
 pub(crate) const SOURCE_TYPE_IMAGE: &str = "image";
 
-/// The image fields of a create or update body.
-#[derive(Debug, Default, Deserialize)]
+/// The image fields of a create or update body (each body declares them itself: its
+/// `deny_unknown_fields` rules out `serde(flatten)`).
+#[derive(Debug, Default)]
 pub(crate) struct ImageFields {
     /// A registry reference, or the name of the image inside an uploaded archive.
-    #[serde(default)]
     pub image: Option<String>,
     /// `exec` (default) or `http`.
-    #[serde(default)]
     pub mode: Option<ImageMode>,
     /// `http` mode: the server's port (default 8080).
-    #[serde(default)]
     pub port: Option<u16>,
 }
 
