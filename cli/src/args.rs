@@ -391,6 +391,14 @@ pub struct NodeArgs {
     /// bytes; beyond it, the least recently used images no sandbox uses are deleted.
     #[arg(long, env = "FNMESH_IMAGE_CACHE_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
     pub image_cache_bytes: u64,
+    /// Images of the functions placed in the node's region pulled at once before their first
+    /// invocation (0: no pre-pulling).
+    #[arg(long, env = "FNMESH_IMAGE_PREPULL_CONCURRENCY", default_value_t = 2)]
+    pub image_prepull_concurrency: usize,
+    /// Bytes per second all pre-pulls of the node take together at most (0: unbounded);
+    /// an invocation waiting for an image being pre-pulled lifts the bound for it.
+    #[arg(long, env = "FNMESH_IMAGE_PREPULL_BYTES_PER_SEC", default_value_t = 32 * 1024 * 1024)]
+    pub image_prepull_bytes_per_sec: u64,
 }
 
 /// Which backends a gateway uses (defaults: the embedded ones inside the data dir).

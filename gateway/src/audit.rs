@@ -146,6 +146,24 @@ pub(crate) fn classify(method: &Method, path: &str) -> Classified {
             Some(format!("secret/{name}/{key}")),
             !reads,
         ),
+        (_, ["v1", "registries"]) => c(
+            if reads {
+                "registry.list"
+            } else {
+                "registry.other"
+            },
+            None,
+            !reads,
+        ),
+        (m, ["v1", "registries", host]) => c(
+            match m {
+                Method::PUT => "registry.put",
+                Method::DELETE => "registry.delete",
+                _ => "registry.other",
+            },
+            Some(format!("registry/{host}")),
+            !reads,
+        ),
         (m, ["v1", "functions", name, ..]) => c(
             &format!("function.{}", verb(&m)),
             Some(format!("function/{name}")),

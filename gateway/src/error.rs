@@ -113,6 +113,10 @@ pub enum ApiError {
     /// An image registry that could not be reached or failed (not the caller's fault).
     #[error("{0}")]
     RegistryUnavailable(String),
+    /// An image registry that wants credentials the namespace does not keep, or refused the
+    /// ones it keeps (`PUT /v1/registries/{host}`).
+    #[error("{0}")]
+    RegistryUnauthorized(String),
     /// A config with unknown fields or out-of-range values.
     #[error("{0}")]
     InvalidConfig(String),
@@ -197,6 +201,7 @@ impl ApiError {
             | Self::InvalidRuntime(_)
             | Self::InvalidHandler(_)
             | Self::InvalidImage(_)
+            | Self::RegistryUnauthorized(_)
             | Self::InvalidConfig(_)
             | Self::InvalidMetadata(_)
             | Self::InvalidBase64(_)
@@ -234,6 +239,7 @@ impl ApiError {
             Self::InvalidHandler(_) => "invalid_handler",
             Self::InvalidImage(_) => "invalid_image",
             Self::RegistryUnavailable(_) => "registry_unavailable",
+            Self::RegistryUnauthorized(_) => "registry_unauthorized",
             Self::InvalidConfig(_) => "invalid_config",
             Self::InvalidMetadata(_) => "invalid_metadata",
             Self::InvalidBase64(_) => "invalid_base64",
@@ -378,6 +384,9 @@ impl From<fnmesh_image::ImageError> for ApiError {
         use fnmesh_image::ImageError as E;
         match e {
             E::Registry(_) => Self::RegistryUnavailable(e.to_string()),
+            E::Unauthorized(ref host) => Self::RegistryUnauthorized(format!(
+                "{e}: set this namespace's credentials for it with PUT /v1/registries/{host}"
+            )),
             E::Unpack { .. } | E::Io(_) => Self::Internal(format!("reading an image: {e}")),
             other => Self::InvalidImage(other.to_string()),
         }

@@ -35,6 +35,7 @@ pub(crate) mod pruner;
 pub(crate) mod ratelimit;
 pub(crate) mod reconciler;
 pub mod recorder;
+pub(crate) mod registries;
 pub(crate) mod routes;
 pub(crate) mod secrets;
 pub(crate) mod server;

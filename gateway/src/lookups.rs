@@ -6,7 +6,8 @@
 //! deleted key, a new version, a changed secret, a deleted function) takes effect here within
 //! that bound; the gateway that makes a change forgets the entries it affects at once. Only
 //! what was found is cached (an unknown key or function is read every time, so a flood of
-//! made-up keys cannot fill the cache nor keep a newly made one unknown). Each cache is bounded
+//! made-up keys cannot fill the cache nor keep a newly made one unknown); a namespace's
+//! registry credential is cached absent too (its hosts are those of deployed image functions). Each cache is bounded
 //! by [`MAX_ENTRIES`]: past it expired entries are dropped, and if all are fresh it starts over.
 
 use std::collections::HashMap;
@@ -14,7 +15,8 @@ use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fnmesh_core::secrets::SealedSecrets;
+use fnmesh_core::registry::RegistryHost;
+use fnmesh_core::secrets::{SealedSecrets, SealedValue};
 use fnmesh_core::{Function, FunctionName, Namespace};
 use fnmesh_store::{ApiKeyRecord, MetadataStore, StoreError};
 
@@ -111,10 +113,12 @@ impl ApiKeys {
     }
 }
 
-/// Function versions and sealed secrets (one per gateway, in its shared state).
+/// Function versions, sealed secrets and registry credentials (one per gateway, in its
+/// shared state).
 pub(crate) struct Functions {
     functions: TtlCache<(Namespace, FunctionName, Option<u32>), Function>,
     secrets: TtlCache<(Namespace, FunctionName), SealedSecrets>,
+    registries: TtlCache<(Namespace, RegistryHost), Option<SealedValue>>,
 }
 
 impl Default for Functions {
@@ -122,6 +126,7 @@ impl Default for Functions {
         Self {
             functions: TtlCache::new(LOOKUP_TTL),
             secrets: TtlCache::new(LOOKUP_TTL),
+            registries: TtlCache::new(LOOKUP_TTL),
         }
     }
 }
@@ -160,6 +165,29 @@ impl Functions {
         let secrets = store.sealed_secrets(namespace, name).await?;
         self.secrets.insert(key, secrets.clone());
         Ok(secrets)
+    }
+
+    /// `namespace`'s sealed credential for registry `host`
+    /// ([`MetadataStore::registry_credential`]); absence is cached too.
+    pub(crate) async fn registry_credential(
+        &self,
+        store: &dyn MetadataStore,
+        namespace: &Namespace,
+        host: &RegistryHost,
+    ) -> Result<Option<SealedValue>, StoreError> {
+        let key = (namespace.clone(), host.clone());
+        if let Some(found) = self.registries.get(&key) {
+            return Ok(found);
+        }
+        let found = store.registry_credential(namespace, host).await?;
+        self.registries.insert(key, found.clone());
+        Ok(found)
+    }
+
+    /// Forgets `namespace`'s cached credential for `host`, after it was set or removed here.
+    pub(crate) fn forget_registry_credential(&self, namespace: &Namespace, host: &RegistryHost) {
+        self.registries
+            .retain(|(ns, h), _| !(ns == namespace && h == host));
     }
 
     /// Forgets what is cached of function `name` (its versions and its secrets), after it was

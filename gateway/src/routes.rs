@@ -17,7 +17,9 @@ use warp::{Filter, Rejection};
 use crate::auth::Principal;
 use crate::error::{into_reply, recover, ApiError};
 use crate::state::State;
-use crate::{admin, body, functions, health, invocations, keys, ratelimit, secrets, tokens};
+use crate::{
+    admin, body, functions, health, invocations, keys, ratelimit, registries, secrets, tokens,
+};
 
 /// The whole API, with errors rendered.
 pub(crate) fn api(state: State) -> BoxedFilter<(Response,)> {
@@ -49,6 +51,8 @@ pub(crate) fn api(state: State) -> BoxedFilter<(Response,)> {
         .or(invocations_routes(state.clone()))
         .unify()
         .or(secrets_routes(state.clone()))
+        .unify()
+        .or(registries_routes(state.clone()))
         .unify()
         .or(auth_routes(state.clone()))
         .unify()
@@ -235,6 +239,38 @@ fn functions_routes(state: State) -> BoxedFilter<(Response,)> {
         .or(invoke)
         .unify()
         .or(logs)
+        .unify()
+        .and_then(std::future::ready)
+        .boxed()
+}
+
+/// `/v1/registries[/{host}]`: hosts taken raw, validated by the handlers.
+fn registries_routes(state: State) -> BoxedFilter<(Response,)> {
+    let s = state;
+    let list = warp::path!("v1" / "registries")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(registries::list::handle)
+        .map(into_reply);
+    let put = warp::path!("v1" / "registries" / String)
+        .and(warp::put())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(body::capped(s.clone()))
+        .then(|host: String, state, principal, body: Bytes| {
+            registries::put::handle(state, principal, host, body)
+        })
+        .map(into_reply);
+    let delete = warp::path!("v1" / "registries" / String)
+        .and(warp::delete())
+        .and(with_state(s.clone()))
+        .and(authed(s))
+        .then(|host: String, state, principal| registries::delete::handle(state, principal, host))
+        .map(into_reply);
+    list.or(put)
+        .unify()
+        .or(delete)
         .unify()
         .and_then(std::future::ready)
         .boxed()

@@ -94,6 +94,17 @@ impl Gateway {
         Ok(self)
     }
 
+    /// Publishes what an in-process node pre-pulls for (functions' latest versions, registry
+    /// credentials) into `feed`: everything now, then each change, until `stop`
+    /// (`fnmesh up`; a gateway over NATS publishes its catalog bucket instead).
+    pub fn feed_placements(
+        &self,
+        feed: fnmesh_bus::placements::memory::MemoryPlacements,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        crate::catalog::local::start(&self.state, feed, stop)
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

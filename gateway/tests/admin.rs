@@ -77,6 +77,7 @@ async fn dead_letter_in(
         trace_id: None,
         traceparent: None,
         secrets: None,
+        registry_auth: None,
         forwarded_to: None,
     };
     app.store.insert_invocation(&request).await.unwrap();

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fnmesh_core::invocation::DEFAULT_LOG_CAP_BYTES;
-use fnmesh_core::secrets::{Keyring, SealedSecrets, SecretEnv};
+use fnmesh_core::secrets::{Keyring, SealedSecrets, SealedValue, SecretEnv};
 use fnmesh_core::{
     ErrorKind, Execution, Function, InvocationError, InvocationId, InvocationStatus,
 };
@@ -168,6 +168,9 @@ pub struct Job {
     /// The function's secrets, sealed as the invocation carried them; opened with
     /// [`ExecutorConfig::secrets_keyring`] into the environment of the sandbox only.
     pub secrets: Option<SealedSecrets>,
+    /// The namespace's credential for the function's image registry, sealed as the invocation
+    /// carried it; opened into the image support's credential book for pulls.
+    pub registry_auth: Option<SealedValue>,
 }
 
 /// A `Failed`/`crashed` (or `Timeout`) execution that never reached a sandbox.
@@ -568,6 +571,41 @@ impl Inner {
             .map_err(|e| format!("opening the function's secrets: {e}"))
     }
 
+    /// Records what an invocation of an image function says of its namespace's credential
+    /// for the image's registry (opened, or none) in the image support's book.
+    fn note_registry_auth(
+        &self,
+        function: &Function,
+        sealed: Option<&SealedValue>,
+    ) -> Result<(), String> {
+        let Some(support) = self.config.images.as_ref() else {
+            return Ok(());
+        };
+        let Some((_, host)) = image::registry_of(function) else {
+            return Ok(());
+        };
+        let credentials = match sealed {
+            None => None,
+            Some(sealed) => {
+                let keyring = self.config.secrets_keyring.as_deref().ok_or(
+                    "the invocation carries a registry credential but this node has no \
+                     secrets keyring (FNMESH_SECRETS_KEY)",
+                )?;
+                let opened = keyring
+                    .open_invocation_registry(function, &host, sealed)
+                    .map_err(|e| format!("opening the registry credential for {host}: {e}"))?;
+                Some(fnmesh_image::registry::Credentials {
+                    username: opened.username,
+                    password: opened.password,
+                })
+            }
+        };
+        support
+            .credentials
+            .set(&function.namespace, &host, credentials);
+        Ok(())
+    }
+
     async fn launch(
         &self,
         function: &Function,
@@ -712,7 +750,7 @@ impl Inner {
             })
             .await
             .clone()?;
-        let prepared = image::prepare(&support.cache, function, code_dir).await?;
+        let prepared = image::prepare(support, function, code_dir).await?;
         if !prepared.pull.is_zero() || !prepared.unpack.is_zero() {
             tracing::info!(
                 function.name = %function.name,
@@ -754,6 +792,10 @@ impl Inner {
                 return failed(InvocationStatus::Failed, ErrorKind::Crashed, message);
             }
         };
+        if let Err(message) = self.note_registry_auth(function, job.registry_auth.as_ref()) {
+            tracing::warn!(invocation.id = %job.invocation_id, error.message = %message, "registry credential unavailable");
+            return failed(InvocationStatus::Failed, ErrorKind::Crashed, message);
+        }
         let key = key_of(function, &secrets);
         let checkout = self
             .pool

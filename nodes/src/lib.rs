@@ -7,6 +7,7 @@ pub mod instance;
 pub mod metrics;
 pub mod node;
 pub mod pool;
+pub mod prepull;
 pub mod registration;
 pub mod runtimes;
 pub mod sandbox;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fnmesh_bus::placements::Placements;
 use fnmesh_bus::registry::NodeRegistry;
 use fnmesh_bus::Bus;
 use fnmesh_code::CodeStore;
@@ -112,6 +113,10 @@ pub struct NodeConfig {
     pub insecure_registries: Vec<String>,
     /// How the image bootstrap is started inside sandboxes (`None`: image functions fail).
     pub image_bootstrap: Option<SupervisorCommand>,
+    /// Images pre-pulled at once (0: no pre-pulling; see [`crate::prepull`]).
+    pub prepull_concurrency: usize,
+    /// Bytes per second all pre-pulls take together at most (0: unbounded).
+    pub prepull_bytes_per_sec: u64,
     /// Longest result (JSON bytes) a function may return (see
     /// [`crate::runtimes::protocol::result_cap`] to fit it under NATS's `max_payload`).
     pub max_result_bytes: usize,
@@ -133,6 +138,8 @@ pub struct NodeBackends {
     pub code: Arc<dyn CodeStore>,
     /// Where the node announces itself.
     pub registry: Arc<dyn NodeRegistry>,
+    /// What is placed in its region (`None`: nothing is pre-pulled).
+    pub placements: Option<Arc<dyn Placements>>,
 }
 
 /// A running node.
@@ -145,6 +152,7 @@ pub struct Node {
     supervisor: Arc<SupervisorClient>,
     cgroup_parent: String,
     metrics_server: Option<(MetricsServer, CancellationToken)>,
+    prepull: Option<JoinHandle<()>>,
 }
 
 impl Node {
@@ -211,9 +219,25 @@ impl Node {
                     cache,
                     program: bootstrap.program.clone(),
                     args: bootstrap.args.clone(),
+                    credentials: Default::default(),
                 })
             }
             None => None,
+        };
+        let stop = CancellationToken::new();
+        let prepull = match (&images, backends.placements.clone()) {
+            (Some(support), Some(feed)) => crate::prepull::start(
+                crate::prepull::PrepullConfig {
+                    region: config.region.clone(),
+                    concurrency: config.prepull_concurrency,
+                    bytes_per_sec: config.prepull_bytes_per_sec,
+                },
+                support.clone(),
+                config.secrets_keyring.clone(),
+                feed,
+                stop.clone(),
+            ),
+            _ => None,
         };
         let executor = Executor::new(
             ExecutorConfig {
@@ -247,7 +271,6 @@ impl Node {
         )
         .with_metrics(NodeMetrics::register(metrics)?);
         let load = worker.load();
-        let stop = CancellationToken::new();
         let task = tokio::spawn(worker.run(stop.clone()));
         let sample: LoadSampler = {
             let executor = executor.clone();
@@ -294,6 +317,7 @@ impl Node {
             supervisor,
             cgroup_parent,
             metrics_server,
+            prepull,
         })
     }
 
@@ -310,6 +334,11 @@ impl Node {
         self.registration.set_draining();
         if let Err(e) = self.task.await {
             tracing::warn!(error = %e, "the work loop failed");
+        }
+        if let Some(prepull) = self.prepull {
+            if let Err(e) = prepull.await {
+                tracing::warn!(error = %e, "pre-pulling failed");
+            }
         }
         self.registration.leave().await;
         self.executor.shutdown(SANDBOX_TEARDOWN).await;

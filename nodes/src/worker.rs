@@ -300,6 +300,7 @@ impl Worker {
             payload: request.payload.clone(),
             trace_id: request.trace_id.clone(),
             secrets: request.secrets.clone(),
+            registry_auth: request.registry_auth.clone(),
         };
         let t0 = Instant::now();
         let exec = self.executor.execute(job);

@@ -80,6 +80,7 @@ async fn check(runtime: Runtime, handler: &str, files: &[(&str, &str)]) {
         payload: json!({ "needle": SECRET }),
         trace_id: None,
         secrets: Some(secrets),
+        registry_auth: None,
     };
     let out: Execution = h.executor.execute(job).await;
     assert_eq!(out.status, InvocationStatus::Succeeded, "{out:?}");

@@ -262,6 +262,7 @@ async fn namespaces_never_share_a_warm_sandbox_or_tmp() {
             payload: json!({"namespace": f.namespace.as_str()}),
             trace_id: None,
             secrets: None,
+            registry_auth: None,
         };
         let executor = executor.clone();
         async move {
@@ -425,6 +426,7 @@ async fn a_function_cannot_reach_the_runtime_binary_host_fds_or_forbidden_syscal
             payload: json!({}),
             trace_id: None,
             secrets: None,
+            registry_auth: None,
         })
         .await;
     assert_eq!(out.status, InvocationStatus::Succeeded, "{out:?}");

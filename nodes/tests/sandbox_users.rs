@@ -118,6 +118,7 @@ impl World {
             payload: json!({}),
             trace_id: None,
             secrets,
+            registry_auth: None,
         };
         let out = self.executor.execute(job).await;
         assert_eq!(out.status, InvocationStatus::Succeeded, "{out:?}");

@@ -3,7 +3,7 @@
 //! OCI layout archive; run in real sandboxes in `exec` and `http` mode.
 
 use fnmesh_tests::images::{busybox_layout, layout_tar};
-use fnmesh_tests::servers::registry::RegistryServer;
+use fnmesh_tests::servers::registry::{RegistryServer, PRIVATE_PASSWORD, PRIVATE_USER};
 use fnmesh_tests::{b64, TestApp};
 use serde_json::{json, Value};
 
@@ -58,8 +58,123 @@ fn http_image(dir: &std::path::Path, tag: &str) -> String {
     )
 }
 
+/// `fnmesh up` reading `registry` over plain HTTP, without pre-pulling: the first invocation
+/// pulls (what these tests check), unless a test pre-pulls ([`start_prepulling`]).
 async fn start(registry: &RegistryServer) -> TestApp {
+    TestApp::start_with(&[
+        ("FNMESH_INSECURE_REGISTRIES", registry.host.as_str()),
+        ("FNMESH_IMAGE_PREPULL_CONCURRENCY", "0"),
+    ])
+    .await
+}
+
+/// `fnmesh up` reading `registry`, pre-pulling as it does by default.
+async fn start_prepulling(registry: &RegistryServer) -> TestApp {
     TestApp::start_with(&[("FNMESH_INSECURE_REGISTRIES", registry.host.as_str())]).await
+}
+
+/// The images the node lists in its cache (`/v1/admin/nodes`), once `ready` holds of them
+/// (within 60 s).
+async fn node_images_once(app: &TestApp, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let nodes = app.call("GET", "/v1/admin/nodes", None).await;
+        let images = nodes.body["items"][0]["images"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if ready(&images) {
+            return images;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node's images: {:?}\n{}",
+            nodes.body,
+            app.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn images_placed_here_are_pulled_before_their_first_invocation() {
+    let registry = RegistryServer::start_private();
+    let dir = tempfile::tempdir().unwrap();
+    let here = exec_image(&dir.path().join("here"), "1", "pre-pulled image");
+    registry.push(&dir.path().join("here"), "1", "team/here");
+    let elsewhere = exec_image(&dir.path().join("elsewhere"), "1", "placed elsewhere");
+    registry.push(&dir.path().join("elsewhere"), "1", "team/elsewhere");
+    let app = start_prepulling(&registry).await;
+    // The credential reaches the node with the function, not with an invocation.
+    let r = app
+        .call(
+            "PUT",
+            &format!("/v1/registries/{}", registry.host),
+            Some(json!({"username": PRIVATE_USER, "password": PRIVATE_PASSWORD})),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    for (name, repo, config) in [
+        ("here", "team/here", json!({})),
+        (
+            "elsewhere",
+            "team/elsewhere",
+            json!({"regions": ["another-region"]}),
+        ),
+    ] {
+        let created = app
+            .call(
+                "POST",
+                "/v1/functions",
+                Some(json!({
+                    "name": name,
+                    "runtime": "image",
+                    "image": format!("{}/{repo}:1", registry.host),
+                    "config": config,
+                })),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{name}: {:?}", created.body);
+    }
+
+    // Pulled and unpacked with no invocation, held by no sandbox.
+    let images = node_images_once(&app, |images| {
+        images.iter().any(|i| i["digest"] == json!(here))
+    })
+    .await;
+    let cached = images.iter().find(|i| i["digest"] == json!(here)).unwrap();
+    assert_eq!(cached["in_use"], 0, "{cached}");
+    assert!(app.log().contains("image pre-pulled"), "{}", app.log());
+    // The first invocation starts a sandbox on it without pulling.
+    let first = app.invoke_ok("here", json!({"n": 1})).await;
+    assert_eq!(first["status"], "succeeded", "{first}\n{}", app.log());
+    assert_eq!(first["result"]["release"], "pre-pulled image");
+    assert_eq!(first["metrics"]["cold_start"], true, "{first}");
+    assert!(
+        first["metrics"].get("pull_us").is_none() && first["metrics"].get("unpack_us").is_none(),
+        "nothing left to pull or unpack: {first}"
+    );
+    // Not placed in this region: not pulled ahead.
+    let images = node_images_once(&app, |_| true).await;
+    assert!(
+        !images.iter().any(|i| i["digest"] == json!(elsewhere)),
+        "a function placed elsewhere was pre-pulled: {images:?}"
+    );
+    // A new version's image is pulled ahead too.
+    let second = exec_image(&dir.path().join("here2"), "2", "second pre-pulled image");
+    registry.push(&dir.path().join("here2"), "2", "team/here");
+    let updated = app
+        .call(
+            "PUT",
+            "/v1/functions/here",
+            Some(json!({"image": format!("{}/team/here:2", registry.host)})),
+        )
+        .await;
+    assert_eq!(updated.status, 200, "{:?}", updated.body);
+    node_images_once(&app, |images| {
+        images.iter().any(|i| i["digest"] == json!(second))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -301,6 +416,183 @@ async fn bad_images_are_refused_at_deploy_with_clear_errors() {
         json!([]),
         "nothing was created: {:?}",
         listed.body
+    );
+}
+
+#[tokio::test]
+async fn a_private_registry_is_read_with_its_namespace_s_credential_only() {
+    let registry = RegistryServer::start_private();
+    let dir = tempfile::tempdir().unwrap();
+    let digest = exec_image(&dir.path().join("p"), "1", "private image");
+    registry.push(&dir.path().join("p"), "1", "team/private");
+    let mut app = start(&registry).await;
+    let host = registry.host.clone();
+    let reference = format!("{host}/team/private:1");
+    let body = json!({"name": "priv", "runtime": "image", "image": reference});
+    let deploy = |key: Option<String>| {
+        let (app, body) = (&app, body.clone());
+        async move {
+            match key {
+                None => app.call("POST", "/v1/functions", Some(body)).await,
+                Some(key) => {
+                    app.call_with(
+                        "POST",
+                        "/v1/functions",
+                        Some(body.to_string().into_bytes()),
+                        Some(&key),
+                    )
+                    .await
+                }
+            }
+        }
+    };
+    let put = |password: &str| {
+        let app = &app;
+        let path = format!("/v1/registries/{host}");
+        let body = json!({"username": PRIVATE_USER, "password": password});
+        async move { app.call("PUT", &path, Some(body)).await }
+    };
+
+    // No credential, then a wrong one: refused with a code that says what to do.
+    for attempt in ["none", "wrong"] {
+        if attempt == "wrong" {
+            assert_eq!(put("not-the-password").await.status, 204);
+        }
+        let r = deploy(None).await;
+        assert_eq!(r.status, 400, "{attempt}: {:?}", r.body);
+        assert_eq!(
+            r.body["error"]["code"], "registry_unauthorized",
+            "{:?}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("PUT /v1/registries/{host}")),
+            "{:?}",
+            r.body
+        );
+    }
+    // Bad hosts and bodies.
+    for (path, body, code) in [
+        (
+            "/v1/registries/a%20b",
+            json!({"username": "u", "password": "p"}),
+            "invalid_name",
+        ),
+        (
+            "/v1/registries/host:0",
+            json!({"username": "u", "password": "p"}),
+            "invalid_name",
+        ),
+        (
+            &format!("/v1/registries/{host}") as &str,
+            json!({"username": "u"}),
+            "invalid_json",
+        ),
+        (
+            &format!("/v1/registries/{host}"),
+            json!({"username": "", "password": "p"}),
+            "bad_request",
+        ),
+    ] {
+        let r = app.call("PUT", path, Some(body.clone())).await;
+        assert_eq!(r.status, 400, "{path} {body}: {:?}", r.body);
+        assert_eq!(r.body["error"]["code"], code, "{path} {body}: {:?}", r.body);
+    }
+
+    // The right credential: the tag resolves, and the node pulls with it.
+    assert_eq!(put(PRIVATE_PASSWORD).await.status, 204);
+    let listed = app.call("GET", "/v1/registries", None).await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(listed.body["items"][0]["host"], json!(host));
+    assert!(!listed.body.to_string().contains(PRIVATE_PASSWORD));
+    let created = deploy(None).await;
+    assert_eq!(created.status, 201, "{:?}\n{}", created.body, app.log());
+    assert_eq!(created.body["image"]["digest"], json!(digest));
+    let result = app.invoke_ok("priv", json!({"n": 1})).await;
+    assert_eq!(result["status"], "succeeded", "{result}\n{}", app.log());
+    assert_eq!(result["result"]["release"], "private image");
+    assert!(
+        result["metrics"]["pull_us"].as_u64().unwrap_or(0) > 0,
+        "pulled from the private registry: {result}"
+    );
+
+    // Another namespace has no credential for it, and cannot see this one's.
+    let key_for = |body: Value| {
+        let app = &app;
+        async move {
+            let created = app.call("POST", "/v1/keys", Some(body)).await;
+            assert_eq!(created.status, 201, "{:?}", created.body);
+            created.body["key"].as_str().unwrap().to_owned()
+        }
+    };
+    let other =
+        key_for(json!({"name": "other team", "role": "developer", "namespace": "other"})).await;
+    let r = deploy(Some(other.clone())).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "registry_unauthorized");
+    let r = app
+        .call_with("GET", "/v1/registries", None, Some(&other))
+        .await;
+    assert_eq!(r.body["items"], json!([]), "{:?}", r.body);
+    // A key limited to some functions cannot manage the namespace's credentials.
+    let limited =
+        key_for(json!({"name": "limited", "role": "developer", "functions": ["priv"]})).await;
+    let r = app
+        .call_with(
+            "PUT",
+            &format!("/v1/registries/{host}"),
+            Some(
+                json!({"username": "u", "password": "p"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            Some(&limited),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+
+    // Removed: new versions cannot resolve the tag; what runs already keeps running.
+    let path = format!("/v1/registries/{host}");
+    assert_eq!(app.call("DELETE", &path, None).await.status, 204);
+    assert_eq!(app.call("DELETE", &path, None).await.status, 404);
+    let r = app
+        .call(
+            "PUT",
+            "/v1/functions/priv",
+            Some(json!({"image": reference})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "registry_unauthorized");
+    let again = app.invoke_ok("priv", json!({"n": 2})).await;
+    assert_eq!(again["status"], "succeeded", "{again}");
+
+    // The password is in neither the database nor the log.
+    app.terminate(std::time::Duration::from_secs(30)).unwrap();
+    let mut db = Vec::new();
+    for file in ["fnmesh.db", "fnmesh.db-wal", "fnmesh.db-shm"] {
+        if let Ok(bytes) = std::fs::read(app.data_dir.path().join(file)) {
+            db.extend(bytes);
+        }
+    }
+    assert!(!db.is_empty(), "no database");
+    let needle = PRIVATE_PASSWORD.as_bytes();
+    assert!(
+        !db.windows(needle.len()).any(|w| w == needle),
+        "the database holds the password"
+    );
+    let log = app.log();
+    assert!(
+        log.contains("registry credential set"),
+        "the log names the host only"
+    );
+    assert!(
+        !log.contains(PRIVATE_PASSWORD),
+        "the log holds the password"
     );
 }
 

@@ -1,6 +1,7 @@
 //! Image functions through the mesh (issue #15): a gateway and a node as separate processes
 //! over NATS in operator mode, the node pulling from a real registry (`docker-registry`) or
-//! reading an uploaded image from the code store over NATS.
+//! reading an uploaded image from the code store over NATS, and pulling the images of the
+//! functions placed in its region ahead of their first invocation.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 use fnmesh_tests::b64;
 use fnmesh_tests::images::{busybox_layout, layout_tar};
 use fnmesh_tests::mesh::Mesh;
-use fnmesh_tests::servers::registry::RegistryServer;
+use fnmesh_tests::servers::registry::{RegistryServer, PRIVATE_PASSWORD, PRIVATE_USER};
 use serde_json::json;
 
 const HANDLER: &[u8] = br#"#!/bin/sh
@@ -152,4 +153,86 @@ async fn exec_http_and_uploaded_images_run_on_a_mesh_node() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A mesh node (operator-mode NATS: node credentials) pulls the image of a function placed in
+/// its region from a private registry before its first invocation, with the namespace's
+/// credential read sealed from the region's catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mesh_node_pulls_images_ahead_with_the_catalog_s_credentials() {
+    let registry = RegistryServer::start_private();
+    let dir = tempfile::tempdir().unwrap();
+    let digest = busybox_layout(
+        &dir.path().join("private"),
+        "1",
+        &[
+            ("srv/handler", 0o755, HANDLER),
+            ("etc/image-release", 0o644, b"private image"),
+        ],
+        json!({"Entrypoint": ["/srv/handler"], "Env": ["GREETING=ahead of time", "PATH=/bin"]}),
+    );
+    registry.push(&dir.path().join("private"), "1", "mesh/private");
+    let secrets_key = fnmesh_core::secrets::generate_key();
+    let mesh = Mesh::start_with_accounts(
+        &["n1"],
+        &[
+            ("FNMESH_INSECURE_REGISTRIES", registry.host.as_str()),
+            ("FNMESH_SECRETS_KEY", secrets_key.as_str()),
+        ],
+    )
+    .await;
+    let r = mesh
+        .call(
+            "PUT",
+            &format!("/v1/registries/{}", registry.host),
+            Some(json!({"username": PRIVATE_USER, "password": PRIVATE_PASSWORD})),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    mesh.deploy(json!({
+        "name": "ahead",
+        "runtime": "image",
+        "image": format!("{}/mesh/private:1", registry.host),
+    }))
+    .await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = mesh.call("GET", "/v1/admin/nodes", None).await;
+        let images = nodes.body["items"][0]["images"].clone();
+        if let Some(image) = images
+            .as_array()
+            .and_then(|all| all.iter().find(|i| i["digest"] == json!(digest)))
+        {
+            assert_eq!(image["in_use"], 0, "no sandbox yet: {image}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not pulled ahead: {:?}\n{}",
+            nodes.body,
+            mesh.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sync = mesh
+        .call("POST", "/v1/functions/ahead/invoke", Some(json!({"n": 1})))
+        .await;
+    assert_eq!(sync.status, 200, "{:?}\n{}", sync.body, mesh.logs());
+    assert_eq!(sync.body["result"]["release"], "private image");
+    assert_eq!(sync.body["result"]["greeting"], "ahead of time");
+    assert_eq!(sync.body["metrics"]["cold_start"], true);
+    assert!(
+        sync.body["metrics"].get("pull_us").is_none(),
+        "pulled ahead, not by the invocation: {:?}",
+        sync.body
+    );
+    let logs = mesh.logs();
+    assert!(
+        !logs.contains(PRIVATE_PASSWORD),
+        "a process logged the password"
+    );
+    // The node read the catalog within its credentials' permissions.
+    let server = mesh.nats.log().to_lowercase();
+    assert!(!server.contains("violation"), "{server}");
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use fnmesh_bus::conformance::{outcome, request, started, test_config};
 use fnmesh_bus::jetstream::JetStreamBus;
+use fnmesh_bus::placements::jetstream::JetStreamPlacements;
+use fnmesh_bus::placements::Placements as _;
 use fnmesh_bus::registry::jetstream::JetStreamRegistry;
 use fnmesh_bus::registry::NodeRegistry;
 use fnmesh_bus::{Bus, BusConfig};
@@ -158,6 +160,32 @@ async fn a_node_cannot_forge_invocations_or_manage_streams() {
     node.flush().await.unwrap();
     errors.expect_violation("subscription", &gw_inboxes).await;
 
+    // The catalog: functions and registry credentials only, never its keys, secrets or
+    // quotas — neither through a consumer filtered on them nor through an unfiltered one.
+    catalog_with_a_function_and_a_key(&gateway, &prefix).await;
+    let catalog_stream = subjects::kv_stream(&subjects::catalog_bucket(&prefix));
+    for (name, filter) in [(Some("spy"), "$KV.*.key.>"), (None, "")] {
+        let config = jetstream::consumer::pull::Config {
+            name: name.map(str::to_owned),
+            filter_subject: filter.to_owned(),
+            ..Default::default()
+        };
+        let created = tokio::time::timeout(
+            Duration::from_secs(10),
+            js.create_consumer_on_stream(config, &catalog_stream),
+        )
+        .await;
+        assert!(
+            !matches!(created, Ok(Ok(_))),
+            "a node read the catalog with filter {filter:?}"
+        );
+        let subject = match name {
+            Some(name) => format!("$JS.API.CONSUMER.CREATE.{catalog_stream}.{name}.{filter}"),
+            None => format!("$JS.API.CONSUMER.CREATE.{catalog_stream}"),
+        };
+        errors.expect_violation("publish", &subject).await;
+    }
+
     // The work stream is still there, and empty.
     let gw_js = jetstream::new(gateway);
     let mut stream = gw_js.get_stream(&work_stream).await.unwrap();
@@ -270,12 +298,33 @@ async fn gateway_and_node_creds_run_the_bus_registry_and_code_store() {
     assert_eq!(listed.len(), 1);
     node_registry.leave(&info.id).await.unwrap();
 
+    let prefix = BusPrefix::parse(&region).unwrap();
+
     // Code: stored by the gateway, read by the node.
     let gw_code = NatsCodeStore::open(gateway.clone(), &region).await.unwrap();
     let checksum = gw_code.put(b"code".to_vec().into()).await.unwrap();
     let node_code = NatsCodeStore::open(node.clone(), &region).await.unwrap();
     let read = node_code.get(&checksum).await.unwrap().expect("the code");
     assert_eq!(&read[..], b"code");
+
+    // Placements: the region's catalog, written by the gateway, read by the node (its
+    // functions and registry credentials; the API key entry is not delivered).
+    let catalog = catalog_with_a_function_and_a_key(&gateway, &prefix).await;
+    let mut watch = JetStreamPlacements::new(node.clone(), prefix.clone())
+        .watch()
+        .await
+        .expect("a node watches its region's placements");
+    let placed = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the function's entry arrives")
+        .unwrap();
+    assert_eq!(placed.key(), catalog);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), watch.next())
+            .await
+            .is_err(),
+        "nothing but functions and registry credentials"
+    );
 
     gateway.flush().await.unwrap();
     node.flush().await.unwrap();
@@ -290,6 +339,33 @@ async fn gateway_and_node_creds_run_the_bus_registry_and_code_store() {
         "node: {:?}",
         node_errors.all()
     );
+}
+
+/// Creates the region's catalog bucket as a gateway does, with a function's entry and an API
+/// key's; the function's catalog key.
+async fn catalog_with_a_function_and_a_key(
+    gateway: &async_nats::Client,
+    prefix: &BusPrefix,
+) -> subjects::CatalogKey {
+    let kv = jetstream::new(gateway.clone())
+        .create_key_value(jetstream::kv::Config {
+            bucket: subjects::catalog_bucket(prefix),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ns = Namespace::parse("team").unwrap();
+    let f = fnmesh_bus::placements::conformance::image_function(&ns, "app", 1);
+    let key = subjects::CatalogKey::Function(ns, f.name.clone());
+    let entry = json!({"kind": "function", "versions": [f]});
+    kv.put(key.key(), entry.to_string().into_bytes().into())
+        .await
+        .unwrap();
+    kv.put("key.k1", b"{\"kind\":\"api_key\"}".to_vec().into())
+        .await
+        .unwrap();
+    key
 }
 
 const ECHO: &str = "def handle(event, context):\n    return {'got': event}\n";

@@ -4,8 +4,13 @@
 
 use std::io::Write;
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
+use fnmesh_bus::placements::jetstream::JetStreamPlacements;
+use fnmesh_bus::placements::Placements;
 use fnmesh_core::ids::NodeId;
+use fnmesh_core::subjects::BusPrefix;
 use fnmesh_nodes::node::{Node, NodeBackends};
 
 use super::platform::{
@@ -17,6 +22,7 @@ use crate::backends::{open_code_store, CodeStoreLocation};
 
 pub async fn run(mut args: NodeCommand) -> Result<()> {
     require_root("node")?;
+    let region = BusPrefix::parse(&args.mesh.region)?;
     let node_id = node_id(&args)?;
     args.node.node_id = node_id.as_ref().map(ToString::to_string);
     let data_dir = data_dir(&args.common)?;
@@ -75,6 +81,11 @@ pub async fn run(mut args: NodeCommand) -> Result<()> {
             bus: open.bus,
             code,
             registry,
+            // The region's catalog, which its gateways publish (or an edge's mirror of its
+            // hub's): the functions placed here, whose images are pulled ahead.
+            placements: open.nats.clone().map(|client| {
+                Arc::new(JetStreamPlacements::new(client, region.clone())) as Arc<dyn Placements>
+            }),
         },
         &metrics,
     )

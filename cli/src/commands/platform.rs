@@ -272,6 +272,8 @@ pub fn node_config(
         max_result_bytes,
         code_cache_bytes: args.code_cache_bytes,
         image_cache_bytes: args.image_cache_bytes,
+        prepull_concurrency: args.image_prepull_concurrency,
+        prepull_bytes_per_sec: args.image_prepull_bytes_per_sec,
         insecure_registries: common.insecure_registries.clone(),
         image_bootstrap: Some(SupervisorCommand {
             program: std::env::current_exe().context("locating the fnmesh binary")?,

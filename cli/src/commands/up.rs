@@ -3,8 +3,10 @@
 //! sandboxes.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use fnmesh_bus::placements::memory::MemoryPlacements;
 use fnmesh_core::metrics::Registry;
 use fnmesh_core::subjects::BusPrefix;
 use fnmesh_gateway::Gateway;
@@ -70,6 +72,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
     if !durable_bus {
         fail_interrupted_invocations(parts.backends.store.as_ref()).await?;
     }
+    // What the node pre-pulls for comes straight from this process's gateway.
+    let placements = MemoryPlacements::new();
     let node = Node::start(
         node_config(
             &args.node,
@@ -82,6 +86,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             bus: bus.clone(),
             code: parts.backends.code.clone(),
             registry,
+            placements: Some(Arc::new(placements.clone())),
         },
         &metrics,
     )
@@ -98,6 +103,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         None => gateway,
     };
     let addr = gateway.local_addr();
+    let placements_stop = CancellationToken::new();
+    let placements_task = gateway.feed_placements(placements, placements_stop.clone());
 
     println!("fnmesh is up: http://{addr}");
     println!("  data dir:  {}", data_dir.display());
@@ -121,6 +128,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Ok(Err(e)) => tracing::warn!(error = %e, "gateway stopped with an error"),
         Err(e) => tracing::warn!(error = %e, "gateway task failed"),
     }
+    placements_stop.cancel();
+    let _ = placements_task.await;
     node.stop().await;
     background.stop().await;
     tracing::info!("fnmesh stopped");

@@ -167,6 +167,7 @@ pub(crate) async fn replay(
         trace_id: None,
         traceparent: None,
         secrets: dead.request.secrets,
+        registry_auth: dead.request.registry_auth,
         forwarded_to: None,
     };
     // Nodes read code from the NATS replica: put it back if it went missing (cached, cheap).

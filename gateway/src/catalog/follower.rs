@@ -154,12 +154,7 @@ impl Follower {
                 tracing::warn!(nats.subject = %message.subject, "catalog: not a catalog entry; ignored");
                 continue;
             };
-            let removed = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-            let entry = if removed {
+            let entry = if fnmesh_bus::placements::jetstream::is_kv_removal(&message) {
                 None
             } else {
                 match serde_json::from_slice::<Entry>(&message.payload) {
@@ -243,6 +238,16 @@ impl Follower {
             }
             // Quotas are never removed at the hub, only changed.
             (CatalogKey::Quota(_), None) => Ok(()),
+            (CatalogKey::Registry(ns, host), Some(Entry::Registry { sealed })) => {
+                store.put_registry_credential(ns, host, sealed).await?;
+                self.state.lookups.forget_registry_credential(ns, host);
+                Ok(())
+            }
+            (CatalogKey::Registry(ns, host), None) => {
+                store.delete_registry_credential(ns, host).await?;
+                self.state.lookups.forget_registry_credential(ns, host);
+                Ok(())
+            }
             (_, Some(_)) => mismatch(key),
         }
     }

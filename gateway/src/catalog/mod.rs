@@ -3,7 +3,8 @@
 //!
 //! What an edge gateway needs to serve a function with the hub unreachable is what a hub
 //! gateway reads on the invocation path: the function's versions (and their code), its sealed
-//! secrets, the API keys (hashed) that may call it and its namespace's quotas. A gateway over
+//! secrets, the API keys (hashed) that may call it, its namespace's quotas and (sealed) registry
+//! credentials. A gateway over
 //! NATS **publishes** that catalog of its region into the JetStream KV bucket
 //! `fnmesh-<region>-catalog` ([`publisher`]): one entry per [`CatalogKey`], always derived
 //! from its store after the store committed (so an entry is the latest state, never a
@@ -22,13 +23,14 @@
 //! its hub.
 
 pub(crate) mod follower;
+pub(crate) mod local;
 pub(crate) mod publisher;
 
 use std::sync::{Arc, OnceLock};
 
 use fnmesh_code::CodeStore;
 use fnmesh_core::function::Function;
-use fnmesh_core::secrets::SealedSecrets;
+use fnmesh_core::secrets::{SealedSecrets, SealedValue};
 use fnmesh_core::subjects::{BusPrefix, CatalogKey};
 use fnmesh_store::{ApiKeyRecord, MetadataStore, NamespaceQuota, StoreError};
 use futures::future::BoxFuture;
@@ -62,6 +64,12 @@ pub(crate) enum Entry {
         /// The quotas.
         quota: NamespaceQuota,
     },
+    /// A namespace's credential for a registry, sealed at rest (bound to namespace and host):
+    /// edge gateways resolve tags with it, and nodes pre-pulling images open it.
+    Registry {
+        /// The credential.
+        sealed: SealedValue,
+    },
 }
 
 /// The current entry of `key` in `store` (`None`: there is nothing to replicate, which
@@ -88,6 +96,10 @@ pub(crate) async fn read_entry(
             .get_namespace_quota(ns)
             .await?
             .map(|quota| Entry::Quota { quota }),
+        CatalogKey::Registry(ns, host) => store
+            .registry_credential(ns, host)
+            .await?
+            .map(|sealed| Entry::Registry { sealed }),
     })
 }
 
@@ -136,11 +148,26 @@ pub enum CatalogError {
 }
 
 /// What a gateway does with the catalog, set once before it serves.
-#[derive(Default)]
 pub(crate) struct Catalog {
     active: OnceLock<Active>,
     regions: OnceLock<crate::uplink::status::Regions>,
     overflow: OnceLock<Arc<crate::overflow::Overflow>>,
+    /// Every changed key, for an in-process node's placements ([`local`]).
+    local: tokio::sync::broadcast::Sender<CatalogKey>,
+}
+
+/// Changes an in-process watcher may fall behind by before it publishes everything again.
+const LOCAL_BACKLOG: usize = 1024;
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self {
+            active: OnceLock::new(),
+            regions: OnceLock::new(),
+            overflow: OnceLock::new(),
+            local: tokio::sync::broadcast::channel(LOCAL_BACKLOG).0,
+        }
+    }
 }
 
 enum Active {
@@ -167,12 +194,21 @@ impl Running {
 }
 
 impl Catalog {
-    /// Records that a catalog entry may have changed (after the store committed); a no-op
-    /// unless this gateway publishes.
+    /// Records that a catalog entry may have changed (after the store committed): for the
+    /// publisher if this gateway publishes, and for an in-process node's placements if one
+    /// watches ([`local`]).
     pub(crate) fn changed(&self, key: CatalogKey) {
+        if self.local.receiver_count() > 0 {
+            let _ = self.local.send(key.clone());
+        }
         if let Some(Active::Publish(publisher)) = self.active.get() {
             publisher.changed(key);
         }
+    }
+
+    /// The keys changed from now on ([`Self::changed`]).
+    pub(crate) fn local_changes(&self) -> tokio::sync::broadcast::Receiver<CatalogKey> {
+        self.local.subscribe()
     }
 
     /// Refuses a write to what this gateway follows.

@@ -203,6 +203,11 @@ async fn export(kv: &kv::Store, store: &dyn MetadataStore) -> Result<(usize, usi
         );
     }
     for ns in &namespaces {
+        for credential in store.list_registry_credentials(ns).await? {
+            let key = CatalogKey::Registry(ns.clone(), credential.host);
+            let entry = read_entry(store, &key).await?;
+            keep(key, entry);
+        }
         let mut cursor = None;
         loop {
             let page = store.list_functions(ns, PAGE, cursor.as_deref()).await?;

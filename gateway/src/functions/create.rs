@@ -85,7 +85,8 @@ pub(crate) async fn handle(
         port: req.port,
     };
     let (code, image) = if runtime == Runtime::Image {
-        let (image, code) = super::image::deploy(&state, &fields, req.code.as_ref()).await?;
+        let (image, code) =
+            super::image::deploy(&state, &principal.namespace, &fields, req.code.as_ref()).await?;
         (code, Some(image))
     } else {
         super::image::refuse_for_other_runtimes(&fields)?;

@@ -5,7 +5,8 @@
 //!
 //! - **a registry reference** (`"image": "host[:port]/repo:tag"`): the tag is resolved to a
 //!   digest now and the version keeps the digest (a tag moving later never changes a version);
-//!   the code is one file, `image.json`, holding the spec;
+//!   the code is one file, `image.json`, holding the spec; a private registry is read with
+//!   the namespace's credential for it ([`crate::registries`]);
 //! - **an uploaded archive** (`code.source`: an OCI image layout or a `docker save` archive, as
 //!   tar or tar.gz): extracted under the layer rules (no path escapes, no links out, capped),
 //!   the image is read and checked, and what is stored is a normalised OCI image layout of
@@ -73,6 +74,7 @@ fn mode_and_port(fields: &ImageFields) -> Result<(ImageMode, Option<u16>), ApiEr
 /// The image and the code of a new version of an image function.
 pub(crate) async fn deploy(
     state: &State,
+    namespace: &fnmesh_core::Namespace,
     fields: &ImageFields,
     code: Option<&CodeBody>,
 ) -> Result<(ImageSpec, CodeInfo), ApiError> {
@@ -87,7 +89,7 @@ pub(crate) async fn deploy(
                         .to_owned(),
                 )
             })?;
-            from_registry(state, raw, mode, port).await
+            from_registry(state, namespace, raw, mode, port).await
         }
     }
 }
@@ -124,6 +126,7 @@ pub(crate) async fn with_mode(
 
 async fn from_registry(
     state: &State,
+    namespace: &fnmesh_core::Namespace,
     raw: &str,
     mode: ImageMode,
     port: Option<u16>,
@@ -134,7 +137,11 @@ async fn from_registry(
             raw.chars().take(200).collect::<String>()
         ))
     })?;
-    let digest = state.registries.resolve(&reference, None).await?;
+    let credentials = crate::registries::credentials_for(state, namespace, &reference).await?;
+    let digest = state
+        .registries
+        .resolve(&reference, credentials.as_ref())
+        .await?;
     let spec = ImageSpec {
         reference: Some(reference.pinned(&digest).to_string()),
         requested: Some(raw.to_owned()),

@@ -107,7 +107,10 @@ pub(crate) async fn handle(
                 Some(previous) if req.code.is_none() && fields.image.is_none() => {
                     super::image::with_mode(&state, previous, &latest.code, &fields).await?
                 }
-                _ => super::image::deploy(&state, &fields, req.code.as_ref()).await?,
+                _ => {
+                    super::image::deploy(&state, &principal.namespace, &fields, req.code.as_ref())
+                        .await?
+                }
             };
             image = Some(spec);
             code

@@ -147,6 +147,8 @@ pub(crate) async fn invoke(
         &function,
         &stored,
     )?;
+    // The namespace's credential for the image's registry, for a node that has to pull it.
+    let registry_auth = crate::registries::for_invocation(state, &function).await?;
     // Edge-first: an edge with no live node for the runtime has its hub run it
     // (`crate::overflow`), decided once, here, and stored with the request.
     let forwarded_to = match state.catalog.overflow() {
@@ -170,6 +172,7 @@ pub(crate) async fn invoke(
         trace_id: traceparent.map(|tp| tp.trace_id_hex()),
         traceparent,
         secrets,
+        registry_auth,
         forwarded_to,
     });
     let dispatched = dispatch(state, request, mode, publish_span).await?;

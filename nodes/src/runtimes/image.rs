@@ -8,19 +8,21 @@
 //! bootstrap through that loader with `--library-path`, so the image's own libraries are never
 //! consulted and the processes the bootstrap starts (the image's) see none of ours.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fnmesh_core::{Function, ImageMode};
+use fnmesh_core::registry::RegistryHost;
+use fnmesh_core::{Function, ImageMode, Namespace};
 use fnmesh_image::cache::{ImageCache, Lease};
 use fnmesh_image::layout::Layout;
 use fnmesh_image::process::{image_process, ImageProcess};
-use fnmesh_image::registry::ImageRef;
+use fnmesh_image::registry::{Credentials, ImageRef};
 use fnmesh_image::Digest;
 
 use super::imageboot::Mode;
@@ -35,6 +37,63 @@ pub struct ImageSupport {
     pub program: PathBuf,
     /// Arguments before the mode's.
     pub args: Vec<String>,
+    /// The registry credentials this node was given, by namespace and host.
+    pub credentials: Arc<CredentialBook>,
+}
+
+/// The registry credentials a node knows, by namespace and registry host: what its pulls for
+/// that namespace's functions use. Kept from the last word on each — an invocation of an image
+/// function (which carries its namespace's credential for the image's registry, or none) or a
+/// catalog entry (pre-pulling) — and never used across namespaces. Memory only.
+#[derive(Default)]
+pub struct CredentialBook {
+    known: Mutex<HashMap<(Namespace, RegistryHost), Credentials>>,
+}
+
+/// Credentials a book keeps at most (emptied when full; the next invocations refill it).
+const MAX_CREDENTIALS: usize = 4096;
+
+impl CredentialBook {
+    /// Records `namespace`'s credential for `host` (`None`: it has none).
+    pub fn set(
+        &self,
+        namespace: &Namespace,
+        host: &RegistryHost,
+        credentials: Option<Credentials>,
+    ) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (namespace.clone(), host.clone());
+        match credentials {
+            Some(c) => {
+                if known.len() >= MAX_CREDENTIALS && !known.contains_key(&key) {
+                    known.clear();
+                }
+                known.insert(key, c);
+            }
+            None => {
+                known.remove(&key);
+            }
+        }
+    }
+
+    /// `namespace`'s credential for `host`, if known.
+    pub fn get(&self, namespace: &Namespace, host: &RegistryHost) -> Option<Credentials> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(&(namespace.clone(), host.clone())).cloned()
+    }
+}
+
+/// The registry host of `function`'s image, when it is pulled from a registry.
+pub fn registry_of(function: &Function) -> Option<(ImageRef, RegistryHost)> {
+    let reference: ImageRef = function
+        .image
+        .as_ref()?
+        .reference
+        .as_deref()?
+        .parse()
+        .ok()?;
+    let host = RegistryHost::parse(reference.registry()).ok()?;
+    Some((reference, host))
 }
 
 impl std::fmt::Debug for ImageSupport {
@@ -59,10 +118,10 @@ pub struct PreparedImage {
 }
 
 /// Pulls (or finds) the image of `function` and reads its process. A registry image is pulled
-/// by its pinned digest; an uploaded one is read from the function's code at `code_dir` (an
-/// OCI image layout).
+/// by its pinned digest, with the namespace's credential for its registry if the book has one;
+/// an uploaded one is read from the function's code at `code_dir` (an OCI image layout).
 pub async fn prepare(
-    cache: &Arc<ImageCache>,
+    support: &ImageSupport,
     function: &Function,
     code_dir: &Path,
 ) -> Result<PreparedImage, String> {
@@ -79,11 +138,17 @@ pub async fn prepare(
             let reference: ImageRef = reference
                 .parse()
                 .map_err(|e| format!("the function's image reference: {e}"))?;
-            cache.prepare(&reference, None).await
+            let credentials = RegistryHost::parse(reference.registry())
+                .ok()
+                .and_then(|host| support.credentials.get(&function.namespace, &host));
+            support
+                .cache
+                .prepare(&reference, credentials.as_ref())
+                .await
         }
         None => {
             let layout = Layout::open(code_dir).map_err(|e| format!("the uploaded image: {e}"))?;
-            cache.prepare_from(&layout, &digest).await
+            support.cache.prepare_from(&layout, &digest).await
         }
     }
     .map_err(|e| format!("preparing image {}: {e}", spec.digest))?;

@@ -123,6 +123,7 @@ pub fn job(function: &Function, code: &Path, payload: serde_json::Value) -> Job 
         payload,
         trace_id: None,
         secrets: None,
+        registry_auth: None,
     }
 }
 

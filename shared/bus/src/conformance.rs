@@ -140,6 +140,7 @@ pub fn request() -> InvocationRequest {
         trace_id: None,
         traceparent: None,
         secrets: None,
+        registry_auth: None,
         forwarded_to: None,
     }
 }

@@ -1,6 +1,6 @@
 //! The bus: the work queue between gateways and nodes, the reply path of sync calls, and the
-//! stream of node events that recorders persist; and, in [`registry`], the node registry
-//! (the other NATS/in-process engine).
+//! stream of node events that recorders persist; in [`registry`], the node registry, and in
+//! [`placements`], the feed of what is placed in a region (the other NATS/in-process engines).
 //!
 //! [`Bus`] is implemented by [`memory::MemoryBus`] (in-process, for `fnmesh up`) and by
 //! [`jetstream::JetStreamBus`]; both must pass [`conformance`].
@@ -34,6 +34,7 @@ use fnmesh_core::signing::{Rejections, SigningKey, TrustedKeys};
 pub mod jetstream;
 pub mod memory;
 mod nats_inbox;
+pub mod placements;
 pub mod registry;
 
 #[cfg(any(test, feature = "conformance"))]

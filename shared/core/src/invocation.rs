@@ -360,6 +360,11 @@ pub struct InvocationRequest {
     /// The function's secrets, sealed: only the node that runs the invocation opens them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<crate::secrets::SealedSecrets>,
+    /// The credential of the function's namespace for its image's registry, sealed for this
+    /// version ([`crate::secrets::Keyring::seal_registry_for_invocation`]): a node that has
+    /// to pull the image opens it. `None` for other runtimes and anonymous registries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<crate::secrets::SealedValue>,
     /// The region whose gateways run it for the region that accepted it (an edge's overflow
     /// to its hub), decided once when it is accepted so that every later publish of it goes
     /// there too; `None`: the accepting region's own nodes.
@@ -643,6 +648,7 @@ mod tests {
             trace_id: None,
             traceparent: None,
             secrets: None,
+            registry_auth: None,
             forwarded_to: None,
         };
         let execution = Execution {

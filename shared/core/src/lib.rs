@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod names;
 pub mod nats;
 pub mod random;
+pub mod registry;
 pub mod secrets;
 pub mod signing;
 pub mod subjects;

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::function::Function;
 use crate::names::{FunctionName, Namespace};
+use crate::registry::{RegistryCredential, RegistryHost};
 
 /// Largest secret value, in bytes.
 pub const MAX_SECRET_VALUE_BYTES: usize = 4096;
@@ -127,6 +128,33 @@ pub fn invocation_secret_aad(function: &Function, name: &SecretName) -> Vec<u8> 
         function.version,
         function.code.checksum,
         name.as_str()
+    )
+    .into_bytes()
+}
+
+/// The associated data a namespace's registry credential is sealed with at rest (and in the
+/// catalog): it binds the ciphertext to the namespace and the registry host.
+pub fn registry_credential_aad(namespace: &Namespace, host: &RegistryHost) -> Vec<u8> {
+    format!(
+        "fnmesh.registry.v1\0{}\0{}",
+        namespace.as_str(),
+        host.as_str()
+    )
+    .into_bytes()
+}
+
+/// The associated data a registry credential is sealed with for one invocation: the
+/// function's namespace, name, id, version and code checksum, and the host. A credential
+/// copied into a request for another function or version does not open on a node.
+pub fn invocation_registry_aad(function: &Function, host: &RegistryHost) -> Vec<u8> {
+    format!(
+        "fnmesh.registry.invocation.v1\0{}\0{}\0{}\0{}\0{}\0{}",
+        function.namespace.as_str(),
+        function.name.as_str(),
+        function.id,
+        function.version,
+        function.code.checksum,
+        host.as_str()
     )
     .into_bytes()
 }
@@ -465,6 +493,53 @@ impl Keyring {
     }
 }
 
+impl Keyring {
+    /// Seals `namespace`'s credential for registry `host` for storing.
+    pub fn seal_registry_credential(
+        &self,
+        namespace: &Namespace,
+        host: &RegistryHost,
+        credential: &RegistryCredential,
+    ) -> Result<SealedValue, SecretsError> {
+        let plain = serde_json::to_vec(credential).map_err(|_| SecretsError::Encrypt)?;
+        self.seal(&registry_credential_aad(namespace, host), &plain)
+    }
+
+    /// Opens a stored credential of `namespace` for registry `host`.
+    pub fn open_registry_credential(
+        &self,
+        namespace: &Namespace,
+        host: &RegistryHost,
+        sealed: &SealedValue,
+    ) -> Result<RegistryCredential, SecretsError> {
+        let plain = self.open(&registry_credential_aad(namespace, host), sealed)?;
+        serde_json::from_slice(&plain).map_err(|_| SecretsError::Decrypt)
+    }
+
+    /// Re-seals a stored credential (of `function`'s namespace for `host`) for invocations of
+    /// that very version and code ([`invocation_registry_aad`]).
+    pub fn seal_registry_for_invocation(
+        &self,
+        function: &Function,
+        host: &RegistryHost,
+        stored: &SealedValue,
+    ) -> Result<SealedValue, SecretsError> {
+        let plain = self.open(&registry_credential_aad(&function.namespace, host), stored)?;
+        self.seal(&invocation_registry_aad(function, host), &plain)
+    }
+
+    /// Opens the registry credential an invocation of `function` carries.
+    pub fn open_invocation_registry(
+        &self,
+        function: &Function,
+        host: &RegistryHost,
+        sealed: &SealedValue,
+    ) -> Result<RegistryCredential, SecretsError> {
+        let plain = self.open(&invocation_registry_aad(function, host), sealed)?;
+        serde_json::from_slice(&plain).map_err(|_| SecretsError::Decrypt)
+    }
+}
+
 mod b64 {
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine as _;
@@ -554,6 +629,60 @@ mod tests {
             ring.open_invocation_secrets(&f, &stored),
             Err(SecretsError::Decrypt)
         );
+    }
+
+    #[test]
+    fn registry_credentials_open_only_where_they_were_sealed_for() {
+        let ring = Keyring::new("k1", &key(1)).unwrap();
+        let f = function(2, 'a');
+        let host = RegistryHost::parse("registry.example.com").unwrap();
+        let other_host = RegistryHost::parse("other.example.com").unwrap();
+        let cred = RegistryCredential {
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
+        let stored = ring
+            .seal_registry_credential(&f.namespace, &host, &cred)
+            .unwrap();
+        assert!(!stored.ciphertext.windows(7).any(|w| w == b"hunter2"));
+        assert_eq!(
+            ring.open_registry_credential(&f.namespace, &host, &stored)
+                .unwrap(),
+            cred
+        );
+        assert_eq!(
+            ring.open_registry_credential(&f.namespace, &other_host, &stored),
+            Err(SecretsError::Decrypt)
+        );
+        assert_eq!(
+            ring.open_registry_credential(&ns_of("other"), &host, &stored),
+            Err(SecretsError::Decrypt)
+        );
+        let carried = ring
+            .seal_registry_for_invocation(&f, &host, &stored)
+            .unwrap();
+        assert_eq!(
+            ring.open_invocation_registry(&f, &host, &carried).unwrap(),
+            cred
+        );
+        for other in [function(2, 'b'), function(3, 'a')] {
+            assert_eq!(
+                ring.open_invocation_registry(&other, &host, &carried),
+                Err(SecretsError::Decrypt)
+            );
+        }
+        assert_eq!(
+            ring.open_invocation_registry(&f, &other_host, &carried),
+            Err(SecretsError::Decrypt)
+        );
+        assert_eq!(
+            ring.open_invocation_registry(&f, &host, &stored),
+            Err(SecretsError::Decrypt)
+        );
+    }
+
+    fn ns_of(raw: &str) -> Namespace {
+        Namespace::parse(raw).unwrap()
     }
 
     #[test]

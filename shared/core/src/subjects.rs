@@ -6,6 +6,7 @@
 use crate::checksum::Checksum;
 use crate::ids::InvocationId;
 use crate::names::{FunctionName, Namespace};
+use crate::registry::RegistryHost;
 
 /// Version prefix of every subject.
 pub const PREFIX: &str = "fnmesh.v1";
@@ -496,6 +497,22 @@ pub fn catalog_mirror_stream(edge: &BusPrefix) -> String {
     format!("fnmesh-{edge}-catalog")
 }
 
+/// The kinds of catalog entries a node reads (pre-pulling the images of its region's
+/// functions): functions (`fn`) and registry credentials (`reg`).
+pub const NODE_CATALOG_KINDS: [&str; 2] = ["fn", "reg"];
+
+/// The entries of kind `kind` (`fn`, `reg`, …) of whichever catalog bucket a stream holds
+/// (a region's own, or the hub's in an edge's mirror): `$KV.*.<kind>.>`.
+pub fn catalog_entries_of_kind(kind: &str) -> String {
+    format!("$KV.*.{kind}.>")
+}
+
+/// The catalog key a catalog entry subject names, whatever its bucket (`$KV.<bucket>.<key>`).
+pub fn catalog_key_of_subject(subject: &str) -> Option<CatalogKey> {
+    let (_bucket, key) = subject.strip_prefix("$KV.")?.split_once('.')?;
+    CatalogKey::parse(key)
+}
+
 /// Where an edge gateway exports its finished invocations (records, logs, dead letters) for
 /// its hub: `fnmesh.v1.<edge>.rec`.
 pub fn bus_records(edge: &BusPrefix) -> String {
@@ -551,6 +568,9 @@ pub enum CatalogKey {
     ApiKey(String),
     /// The quotas of a namespace: `quota.<namespace>`.
     Quota(Namespace),
+    /// A namespace's sealed credential for a registry: `reg.<namespace>.<host as hex>`
+    /// ([`RegistryHost::token`]).
+    Registry(Namespace, RegistryHost),
 }
 
 /// Longest API key id a catalog key names.
@@ -575,6 +595,7 @@ impl CatalogKey {
             Self::Secrets(ns, name) => format!("sec.{ns}.{name}"),
             Self::ApiKey(id) => format!("key.{id}"),
             Self::Quota(ns) => format!("quota.{ns}"),
+            Self::Registry(ns, host) => format!("reg.{ns}.{}", host.token()),
         }
     }
 
@@ -598,6 +619,7 @@ impl CatalogKey {
             ("sec", Some(b)) => Some(Self::Secrets(ns()?, FunctionName::parse(b).ok()?)),
             ("key", None) => Self::api_key(a),
             ("quota", None) => Some(Self::Quota(ns()?)),
+            ("reg", Some(b)) => Some(Self::Registry(ns()?, RegistryHost::from_token(b)?)),
             _ => None,
         }
     }
@@ -625,6 +647,7 @@ mod catalog_tests {
             CatalogKey::Secrets(ns.clone(), f.clone()),
             CatalogKey::api_key("key_AbC09-x").unwrap(),
             CatalogKey::Quota(ns.clone()),
+            CatalogKey::Registry(ns.clone(), RegistryHost::parse("127.0.0.1:5000").unwrap()),
         ];
         for key in keys {
             assert_eq!(CatalogKey::parse(&key.key()), Some(key.clone()));
@@ -648,6 +671,9 @@ mod catalog_tests {
             "key.",
             "key.a*",
             "quota.x.y",
+            "reg.team-a",
+            "reg.team-a.zz",
+            "reg.team-a.3132372e302e302e313a35303030.x",
             "other.a.b",
         ] {
             assert_eq!(CatalogKey::parse(bad), None, "{bad}");
@@ -657,6 +683,12 @@ mod catalog_tests {
             CatalogKey::parse_subject("fnmesh-hub-catalog", "$KV.fnmesh-eu-catalog.quota.a"),
             None
         );
+        assert_eq!(
+            catalog_key_of_subject("$KV.fnmesh-hub-catalog.quota.a"),
+            CatalogKey::parse("quota.a")
+        );
+        assert_eq!(catalog_key_of_subject("$KV.fnmesh-hub-catalog"), None);
+        assert_eq!(catalog_entries_of_kind("fn"), "$KV.*.fn.>");
         let edge = BusPrefix::parse("eu").unwrap();
         assert_eq!(catalog_mirror_stream(&edge), "fnmesh-eu-catalog");
         assert_eq!(jetstream_domain_api(&edge), "$JS.eu.API");

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::blobs::BlobDir;
 use crate::layout::{BlobSource, Image};
 use crate::registry::{Credentials, ImageRef, Registries};
+use crate::throttle::Pace;
 use crate::unpack::Limits;
 use crate::{tree, Digest, ImageError};
 
@@ -83,7 +84,15 @@ pub struct ImageCache {
     max_bytes: u64,
     state: Arc<Mutex<State>>,
     /// One pull at a time per digest.
-    pulling: tokio::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    pulling: tokio::sync::Mutex<HashMap<Digest, InFlight>>,
+}
+
+/// A pull under way: its gate (one at a time per digest) and, for a background pull, its
+/// pace, which a caller that needs the image now lifts.
+#[derive(Default, Clone)]
+struct InFlight {
+    gate: Arc<tokio::sync::Mutex<()>>,
+    pace: Option<Pace>,
 }
 
 /// Bytes of the files under `dir` (not following symlinks).
@@ -225,11 +234,46 @@ impl ImageCache {
         self.trees.join(digest.hex())
     }
 
-    /// The image `reference` pins, pulled and unpacked if needed, with a lease on it.
+    /// The image `reference` pins, pulled and unpacked if needed, with a lease on it. A
+    /// background pull of the same image under way ([`Self::prepull`]) goes on at full speed.
     pub async fn prepare(
         self: &Arc<Self>,
         reference: &ImageRef,
         credentials: Option<&Credentials>,
+    ) -> Result<(Prepared, Lease), ImageError> {
+        self.obtain(reference, credentials, None).await
+    }
+
+    /// Pulls and unpacks the image `reference` pins ahead of its use, at `pace`; `None` when
+    /// it was there already. Nothing keeps it from eviction afterwards.
+    pub async fn prepull(
+        self: &Arc<Self>,
+        reference: &ImageRef,
+        credentials: Option<&Credentials>,
+        pace: Pace,
+    ) -> Result<Option<Prepared>, ImageError> {
+        if reference.digest().is_some_and(|d| self.contains(&d)) {
+            return Ok(None);
+        }
+        let (prepared, _lease) = self.obtain(reference, credentials, Some(pace)).await?;
+        Ok(Some(prepared))
+    }
+
+    /// The byte cap past which unused images are evicted.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Whether the image `digest` names is cached (without marking it used).
+    pub fn contains(&self, digest: &Digest) -> bool {
+        lock(&self.state).images.contains_key(digest)
+    }
+
+    async fn obtain(
+        self: &Arc<Self>,
+        reference: &ImageRef,
+        credentials: Option<&Credentials>,
+        pace: Option<Pace>,
     ) -> Result<(Prepared, Lease), ImageError> {
         let requested = reference
             .digest()
@@ -239,7 +283,18 @@ impl ImageCache {
         }
         let gate = {
             let mut pulling = self.pulling.lock().await;
-            pulling.entry(requested.clone()).or_default().clone()
+            let in_flight = pulling
+                .entry(requested.clone())
+                .or_insert_with(|| InFlight {
+                    gate: Arc::default(),
+                    pace: pace.clone(),
+                });
+            if pace.is_none() {
+                if let Some(background) = &in_flight.pace {
+                    background.hurry();
+                }
+            }
+            in_flight.gate.clone()
         };
         let _one_at_a_time = gate.lock().await;
         if let Some(ready) = self.lease_cached(&requested) {
@@ -249,7 +304,13 @@ impl ImageCache {
         let outcome = async {
             let image = self
                 .registries
-                .pull(reference, credentials, &self.blobs, &self.limits)
+                .pull(
+                    reference,
+                    credentials,
+                    &self.blobs,
+                    &self.limits,
+                    pace.as_ref(),
+                )
                 .await?;
             self.unpack(image, started.elapsed()).await
         }

@@ -15,7 +15,8 @@
 //! - [`registry`]: resolves tags to digests and pulls images by digest into a [`blobs::BlobDir`]
 //!   (`oci-client`), plain HTTP only for allowlisted hosts, every blob checked and capped;
 //! - [`cache`]: a node's blobs and trees, pulled once per digest, leased while in use, evicted
-//!   least recently used first past a size cap;
+//!   least recently used first past a size cap; pulled ahead of use at a bounded rate
+//!   ([`throttle`]);
 //! - [`tree`]: builds the read-only rootfs of an image from its layers in a private temporary
 //!   directory, then renames it into a content-addressed place; a refused image leaves nothing.
 
@@ -27,6 +28,7 @@ pub mod digest;
 pub mod layout;
 pub mod process;
 pub mod registry;
+pub mod throttle;
 pub mod tree;
 pub mod unpack;
 
@@ -62,6 +64,10 @@ pub enum ImageError {
     /// No image by that reference (in a layout, or in its registry).
     #[error("no image {0:?}")]
     NotFound(String),
+    /// The registry wants credentials, or refused the ones given (the namespace's registry
+    /// credential is missing or wrong).
+    #[error("registry {0} refused access: it needs credentials, or refused the ones given")]
+    Unauthorized(String),
     /// The registry could not be reached or refused the request (not the image's fault).
     #[error("registry {0}")]
     Registry(String),

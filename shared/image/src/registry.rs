@@ -6,6 +6,8 @@
 //! against its digest as it arrives (and again when unpacked), and capped in size before it is
 //! written: metadata at [`MAX_METADATA_BYTES`], layers at the image's compressed-bytes limit.
 
+use std::collections::HashMap;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::task::{Context, Poll};
@@ -13,12 +15,15 @@ use std::task::{Context, Poll};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use sha2::{Digest as _, Sha256};
+use tokio::time::Instant;
 
 use crate::blobs::BlobDir;
 use crate::layout::{
     digest_of, platform_manifest, Image, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MAX_METADATA_BYTES,
     OCI_INDEX, OCI_MANIFEST,
 };
+use crate::throttle::{Pace, MAX_WAIT_STEP};
 use crate::unpack::Limits;
 use crate::{Digest, ImageError};
 
@@ -119,10 +124,19 @@ const ACCEPTED: &[&str] = &[
 ];
 
 /// A registry client.
+///
+/// `oci-client` keeps the credentials it is first given for a registry, and the tokens got
+/// with them, in its `Client`: one client for every namespace would let one namespace's pull
+/// ride on another's credentials. So there is one client per credential (keyed by a digest of
+/// host, user name and password) besides the anonymous one; never shared across credentials.
 pub struct Registries {
-    client: Client,
+    anonymous: Client,
+    with_credentials: std::sync::Mutex<HashMap<[u8; 32], Client>>,
     insecure: Vec<String>,
 }
+
+/// Clients with credentials kept at most (emptied when full).
+const CREDENTIAL_CLIENTS: usize = 256;
 
 impl Registries {
     /// A client that reaches the hosts in `insecure` over plain HTTP, every other over HTTPS.
@@ -132,17 +146,35 @@ impl Registries {
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure.clone()),
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(60)),
-            platform_resolver: None,
-            ..ClientConfig::default()
-        };
         Self {
-            client: Client::new(config),
+            anonymous: Client::new(client_config(&insecure)),
+            with_credentials: std::sync::Mutex::default(),
             insecure,
         }
+    }
+
+    /// The client to reach `reference`'s registry with `credentials`.
+    fn client(&self, reference: &ImageRef, credentials: Option<&Credentials>) -> Client {
+        let Some(c) = credentials else {
+            return self.anonymous.clone();
+        };
+        let mut hash = Sha256::new();
+        for part in [reference.registry(), &c.username, &c.password] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+        let key: [u8; 32] = hash.finalize().into();
+        let mut clients = self
+            .with_credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if clients.len() >= CREDENTIAL_CLIENTS && !clients.contains_key(&key) {
+            clients.clear();
+        }
+        clients
+            .entry(key)
+            .or_insert_with(|| Client::new(client_config(&self.insecure)))
+            .clone()
     }
 
     /// The plain-HTTP allowlist.
@@ -158,7 +190,7 @@ impl Registries {
         credentials: Option<&Credentials>,
     ) -> Result<Digest, ImageError> {
         let digest = self
-            .client
+            .client(reference, credentials)
             .fetch_manifest_digest(&reference.inner, &auth(credentials))
             .await
             .map_err(|e| registry_error(reference, e))?;
@@ -175,23 +207,25 @@ impl Registries {
     }
 
     /// Pulls the image `reference` pins (an index is followed to its linux/amd64 manifest)
-    /// into `blobs`: manifest, configuration and the layers not there yet.
+    /// into `blobs`: manifest, configuration and the layers not there yet; layers at `pace`
+    /// when given (a background pull).
     pub async fn pull(
         &self,
         reference: &ImageRef,
         credentials: Option<&Credentials>,
         blobs: &BlobDir,
         limits: &Limits,
+        pace: Option<&Pace>,
     ) -> Result<Image, ImageError> {
         let pinned = reference
             .digest()
             .ok_or_else(|| ImageError::Invalid(format!("{reference} is not pinned to a digest")))?;
         let auth = auth(credentials);
+        let client = self.client(reference, credentials);
         let mut digest = pinned;
         for _ in 0..2 {
             let at = reference.pinned(&digest);
-            let (bytes, _) = self
-                .client
+            let (bytes, _) = client
                 .pull_manifest_raw(&at.inner, &auth, ACCEPTED)
                 .await
                 .map_err(|e| registry_error(reference, e))?;
@@ -226,15 +260,12 @@ impl Registries {
                 serde_json::from_slice::<oci_spec::image::ImageManifest>(&bytes)
                     .map_err(|e| ImageError::Invalid(format!("manifest {digest}: {e}")))?;
             let config = digest_of(config_descriptor.config())?;
-            self.fetch(
-                &at,
-                &auth,
-                blobs,
-                &config,
-                Some(config_descriptor.config().size()),
-                MAX_METADATA_BYTES,
-            )
-            .await?;
+            let metadata = Blob {
+                digest: &config,
+                size: Some(config_descriptor.config().size()),
+                cap: MAX_METADATA_BYTES,
+            };
+            fetch(&client, &at, &auth, blobs, metadata, None).await?;
             let image = Image::from_manifest(blobs, digest, &bytes)?;
             let mut budget = limits.max_compressed_bytes;
             for layer in image.layers()? {
@@ -246,8 +277,12 @@ impl Registries {
                     )));
                 }
                 budget -= size;
-                self.fetch(&at, &auth, blobs, &layer.digest, layer.size, size)
-                    .await?;
+                let blob = Blob {
+                    digest: &layer.digest,
+                    size: layer.size,
+                    cap: size,
+                };
+                fetch(&client, &at, &auth, blobs, blob, pace).await?;
             }
             return Ok(image);
         }
@@ -255,44 +290,58 @@ impl Registries {
             "{reference}: an index that points at another index"
         )))
     }
+}
 
-    /// Downloads one blob into `blobs` unless it is there, at most `cap` bytes.
-    async fn fetch(
-        &self,
-        at: &ImageRef,
-        auth: &RegistryAuth,
-        blobs: &BlobDir,
-        digest: &Digest,
-        size: Option<u64>,
-        cap: u64,
-    ) -> Result<(), ImageError> {
-        if blobs.contains(digest) {
-            return Ok(());
-        }
-        // The client keeps the credentials it was last given for a registry.
-        self.client
-            .store_auth_if_needed(at.inner.resolve_registry(), auth)
-            .await;
-        let temp = blobs.temp()?;
-        let file = tokio::fs::File::from_std(temp.reopen()?);
-        let mut out = Capped {
-            inner: file,
-            left: cap,
-        };
-        self.client
-            .pull_blob(&at.inner, digest.as_str(), &mut out)
-            .await
-            .map_err(|e| match e {
-                oci_client::errors::OciDistributionError::IoError(io)
-                    if io
-                        .get_ref()
-                        .is_some_and(|i| i.is::<crate::digest::OverCap>()) =>
-                {
-                    ImageError::TooLarge(format!("blob {digest} is over {cap} bytes"))
-                }
-                other => registry_error(at, other),
-            })?;
-        blobs.commit(temp, digest, size)
+/// One blob to fetch: its digest, its size if known, and the most bytes it may have.
+struct Blob<'a> {
+    digest: &'a Digest,
+    size: Option<u64>,
+    cap: u64,
+}
+
+/// Downloads one blob into `blobs` unless it is there, at most `cap` bytes, at `pace`.
+async fn fetch(
+    client: &Client,
+    at: &ImageRef,
+    auth: &RegistryAuth,
+    blobs: &BlobDir,
+    blob: Blob<'_>,
+    pace: Option<&Pace>,
+) -> Result<(), ImageError> {
+    let Blob { digest, size, cap } = blob;
+    if blobs.contains(digest) {
+        return Ok(());
+    }
+    // A client keeps the credentials it was first given for a registry: one per credential.
+    client
+        .store_auth_if_needed(at.inner.resolve_registry(), auth)
+        .await;
+    let temp = blobs.temp()?;
+    let file = tokio::fs::File::from_std(temp.reopen()?);
+    let mut out = Capped::new(file, cap, pace.cloned());
+    client
+        .pull_blob(&at.inner, digest.as_str(), &mut out)
+        .await
+        .map_err(|e| match e {
+            oci_client::errors::OciDistributionError::IoError(io)
+                if io
+                    .get_ref()
+                    .is_some_and(|i| i.is::<crate::digest::OverCap>()) =>
+            {
+                ImageError::TooLarge(format!("blob {digest} is over {cap} bytes"))
+            }
+            other => registry_error(at, other),
+        })?;
+    blobs.commit(temp, digest, size)
+}
+
+fn client_config(insecure: &[String]) -> ClientConfig {
+    ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(insecure.to_vec()),
+        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        platform_resolver: None,
+        ..ClientConfig::default()
     }
 }
 
@@ -304,6 +353,20 @@ fn registry_error(reference: &ImageRef, e: oci_client::errors::OciDistributionEr
             detail: d.to_string(),
         },
         E::ImageManifestNotFoundError(_) => ImageError::NotFound(reference.to_string()),
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => {
+            ImageError::Unauthorized(reference.registry().to_owned())
+        }
+        E::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    oci_client::errors::OciErrorCode::Unauthorized
+                        | oci_client::errors::OciErrorCode::Denied
+                )
+            }) =>
+        {
+            ImageError::Unauthorized(reference.registry().to_owned())
+        }
         E::RegistryError { envelope, .. }
             if envelope
                 .errors
@@ -320,6 +383,21 @@ fn registry_error(reference: &ImageRef, e: oci_client::errors::OciDistributionEr
 struct Capped<W> {
     inner: W,
     left: u64,
+    /// The pace of a background pull, if it has one.
+    pace: Option<Pace>,
+    /// Set while the pace holds the next write back.
+    held: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl<W> Capped<W> {
+    fn new(inner: W, left: u64, pace: Option<Pace>) -> Self {
+        Self {
+            inner,
+            left,
+            pace,
+            held: None,
+        }
+    }
 }
 
 impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<W> {
@@ -328,14 +406,32 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<W> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if buf.len() as u64 > self.left {
-            let cap = self.left;
+        let this = &mut *self;
+        // Waits in steps, so that a pull made urgent meanwhile resumes within one.
+        while let Some((resume, sleep)) = this.held.as_mut() {
+            if this.pace.as_ref().is_some_and(Pace::is_urgent) || Instant::now() >= *resume {
+                this.held = None;
+                break;
+            }
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let next = (*resume).min(Instant::now() + MAX_WAIT_STEP);
+                    sleep.as_mut().reset(next);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if buf.len() as u64 > this.left {
+            let cap = this.left;
             return Poll::Ready(Err(std::io::Error::other(crate::digest::OverCap(cap))));
         }
-        let this = &mut *self;
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
                 this.left -= n as u64;
+                if let Some(resume) = this.pace.as_ref().and_then(|p| p.charge(n)) {
+                    let first = resume.min(Instant::now() + MAX_WAIT_STEP);
+                    this.held = Some((resume, Box::pin(tokio::time::sleep_until(first))));
+                }
                 Poll::Ready(Ok(n))
             }
             other => other,

@@ -51,7 +51,7 @@ async fn a_tag_resolves_to_a_digest_that_keeps_its_image_after_the_tag_moves() {
         let pinned = by_tag.pinned(digest);
         assert_eq!(registries.resolve(&pinned, None).await.unwrap(), *digest);
         let image = registries
-            .pull(&pinned, None, &blobs, &limits)
+            .pull(&pinned, None, &blobs, &limits, None)
             .await
             .unwrap();
         assert_eq!(&image.manifest_digest, digest);
@@ -92,7 +92,7 @@ async fn a_blob_the_registry_corrupts_is_refused_and_not_kept() {
         .unwrap();
     let blobs = BlobDir::open(work.path().join("blobs")).unwrap();
     let err = registries
-        .pull(&pinned, None, &blobs, &Limits::default())
+        .pull(&pinned, None, &blobs, &Limits::default(), None)
         .await
         .expect_err("a corrupted layer is refused");
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
@@ -130,7 +130,7 @@ async fn a_layer_over_the_cap_is_not_downloaded_past_it() {
         ..Limits::default()
     };
     let err = registries
-        .pull(&pinned, None, &blobs, &limits)
+        .pull(&pinned, None, &blobs, &limits, None)
         .await
         .expect_err("refused");
     assert!(matches!(err, ImageError::TooLarge(_)), "{err}");

@@ -35,6 +35,7 @@ pub use super::access::conformance::{
 };
 pub use super::conformance_audit::{
     audit_pages_newest_first, audit_roundtrip_and_filters,
+    registry_credentials_roundtrip_sealed_per_namespace,
     secrets_need_their_function_and_go_with_it, secrets_roundtrip_sealed,
 };
 
@@ -94,7 +95,8 @@ macro_rules! store_conformance_cases {
             audit_roundtrip_and_filters,
             audit_pages_newest_first,
             secrets_roundtrip_sealed,
-            secrets_need_their_function_and_go_with_it
+            secrets_need_their_function_and_go_with_it,
+            registry_credentials_roundtrip_sealed_per_namespace
         );
     };
 }
@@ -181,6 +183,7 @@ pub fn request(namespace: &Namespace, function_name: &str) -> InvocationRequest 
         trace_id: Some(format!("{:032x}", rand::random::<u128>())),
         traceparent: None,
         secrets: None,
+        registry_auth: None,
         forwarded_to: None,
     }
 }

@@ -9,6 +9,7 @@ use chrono::{Duration as ChronoDuration, SubsecRound, Utc};
 use super::conformance::{fresh_namespace, function, Store};
 use super::{AuditEntry, AuditFilter, AuditOutcome, StoreError};
 use fnmesh_core::names::FunctionName;
+use fnmesh_core::registry::{RegistryCredential, RegistryHost};
 use fnmesh_core::secrets::{Keyring, SecretName};
 
 /// Runs every case of this module.
@@ -16,7 +17,8 @@ pub async fn run_all(store: Store) {
     audit_roundtrip_and_filters(store.clone()).await;
     audit_pages_newest_first(store.clone()).await;
     secrets_roundtrip_sealed(store.clone()).await;
-    secrets_need_their_function_and_go_with_it(store).await;
+    secrets_need_their_function_and_go_with_it(store.clone()).await;
+    registry_credentials_roundtrip_sealed_per_namespace(store).await;
 }
 
 /// Appended entries come back whole, and every filter narrows.
@@ -277,4 +279,87 @@ pub async fn secrets_need_their_function_and_go_with_it(store: Store) {
         store.sealed_secrets(&ns, &f.name).await.unwrap().is_empty(),
         "secrets go with their function"
     );
+}
+
+/// Registry credentials: stored sealed byte for byte, one per (namespace, host), replaced by
+/// a put, listed by host without values, isolated between namespaces, removed once.
+pub async fn registry_credentials_roundtrip_sealed_per_namespace(store: Store) {
+    let ns = fresh_namespace();
+    let other = fresh_namespace();
+    let ring = Keyring::new("k1", &[9; 32]).unwrap();
+    let host = RegistryHost::parse("registry.example.com").unwrap();
+    let local = RegistryHost::parse("127.0.0.1:5000").unwrap();
+    let cred = |password: &str| RegistryCredential {
+        username: "robot".into(),
+        password: password.into(),
+    };
+    assert!(store
+        .list_registry_credentials(&ns)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.registry_credential(&ns, &host).await.unwrap(), None);
+    let sealed = ring
+        .seal_registry_credential(&ns, &host, &cred("pw1"))
+        .unwrap();
+    store
+        .put_registry_credential(&ns, &host, &sealed)
+        .await
+        .unwrap();
+    let local_sealed = ring
+        .seal_registry_credential(&ns, &local, &cred("pw2"))
+        .unwrap();
+    store
+        .put_registry_credential(&ns, &local, &local_sealed)
+        .await
+        .unwrap();
+    let got = store.registry_credential(&ns, &host).await.unwrap();
+    assert_eq!(
+        got.as_ref(),
+        Some(&sealed),
+        "sealed values round-trip byte for byte"
+    );
+    assert_eq!(
+        ring.open_registry_credential(&ns, &host, &got.unwrap())
+            .unwrap(),
+        cred("pw1")
+    );
+    let listed = store.list_registry_credentials(&ns).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|c| c.host.as_str()).collect::<Vec<_>>(),
+        vec!["127.0.0.1:5000", "registry.example.com"],
+        "listed by host"
+    );
+    // Another namespace sees none of them.
+    assert!(store
+        .list_registry_credentials(&other)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.registry_credential(&other, &host).await.unwrap(),
+        None
+    );
+    // A put replaces.
+    let again = ring
+        .seal_registry_credential(&ns, &host, &cred("pw3"))
+        .unwrap();
+    store
+        .put_registry_credential(&ns, &host, &again)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.registry_credential(&ns, &host).await.unwrap(),
+        Some(again)
+    );
+    assert_eq!(store.list_registry_credentials(&ns).await.unwrap().len(), 2);
+    // Deleted once.
+    assert!(store.delete_registry_credential(&ns, &host).await.unwrap());
+    assert!(!store.delete_registry_credential(&ns, &host).await.unwrap());
+    assert!(!store
+        .delete_registry_credential(&other, &local)
+        .await
+        .unwrap());
+    assert_eq!(store.registry_credential(&ns, &host).await.unwrap(), None);
+    assert_eq!(store.list_registry_credentials(&ns).await.unwrap().len(), 1);
 }

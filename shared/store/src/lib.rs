@@ -25,7 +25,7 @@ pub use access::{AccessStore, NamespaceQuota, NamespaceUsage, RefreshTokenRecord
 pub use audit::{AuditEntry, AuditFilter, AuditOutcome, AuditStore};
 pub use functions::FunctionStore;
 pub use invocations::{FinishedInvocation, InvocationFilter, InvocationStore, StoreSize, Written};
-pub use secrets::{SecretInfo, SecretStore};
+pub use secrets::{RegistryCredentialInfo, SecretInfo, SecretStore};
 
 /// Every store trait, for calling store methods on a concrete store (`SqliteStore`,
 /// `PostgresStore`): `use fnmesh_store::prelude::*;`.

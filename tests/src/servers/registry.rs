@@ -11,7 +11,20 @@ pub struct RegistryServer {
     child: Child,
     pub host: String,
     dir: tempfile::TempDir,
+    /// The user name and password a private registry ([`RegistryServer::start_private`])
+    /// wants for every call.
+    pub credentials: Option<(String, String)>,
 }
+
+/// The user of a private test registry.
+pub const PRIVATE_USER: &str = "fnuser";
+/// Its password.
+pub const PRIVATE_PASSWORD: &str = "fnmesh-registry-pass";
+/// `PRIVATE_PASSWORD` hashed with bcrypt (the only form distribution's htpasswd reads), made
+/// once with Python's `crypt.crypt(PRIVATE_PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH,
+/// rounds=16))`: cost 4, since the registry checks it on every request.
+const PRIVATE_PASSWORD_BCRYPT: &str =
+    "$2b$04$VUYWUPWudbD5pu6eJNksleJsPOOKhylvkWHLbmJKVJw.mAM2N5b.2";
 
 fn need(binary: &str, package: &str) {
     let found = Command::new("sh")
@@ -28,7 +41,18 @@ fn need(binary: &str, package: &str) {
 }
 
 impl RegistryServer {
+    /// A registry anyone may read and push to.
     pub fn start() -> RegistryServer {
+        Self::start_inner(false)
+    }
+
+    /// A registry that wants [`PRIVATE_USER`] / [`PRIVATE_PASSWORD`] (HTTP basic, htpasswd)
+    /// for every call, pulls included.
+    pub fn start_private() -> RegistryServer {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(private: bool) -> RegistryServer {
         need("docker-registry", "docker-registry");
         need("skopeo", "skopeo");
         let dir = tempfile::tempdir().unwrap();
@@ -39,15 +63,24 @@ impl RegistryServer {
             .port();
         let host = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
-                 rootdirectory: {}\nhttp:\n  addr: {host}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
+             rootdirectory: {}\nhttp:\n  addr: {host}\n",
+            dir.path().join("data").display()
+        );
+        if private {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(
+                &htpasswd,
+                format!("{PRIVATE_USER}:{PRIVATE_PASSWORD_BCRYPT}\n"),
+            )
+            .unwrap();
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: fnmesh-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, yaml).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -55,7 +88,12 @@ impl RegistryServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let server = RegistryServer { child, host, dir };
+        let server = RegistryServer {
+            child,
+            host,
+            dir,
+            credentials: private.then(|| (PRIVATE_USER.to_owned(), PRIVATE_PASSWORD.to_owned())),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !server.ready() {
             assert!(
@@ -77,18 +115,28 @@ impl RegistryServer {
         }
         let mut answer = String::new();
         let _ = conn.read_to_string(&mut answer);
-        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+        let status = if self.credentials.is_some() {
+            "401"
+        } else {
+            "200"
+        };
+        answer.starts_with(&format!("HTTP/1.0 {status}"))
+            || answer.starts_with(&format!("HTTP/1.1 {status}"))
     }
 
     /// Pushes the image `tag` of the layout at `layout` as `<repo>:<tag>`.
     pub fn push(&self, layout: &Path, tag: &str, repo: &str) {
-        let out = Command::new("skopeo")
-            .args([
-                "copy",
-                "--quiet",
-                "--insecure-policy",
-                "--dest-tls-verify=false",
-            ])
+        let mut copy = Command::new("skopeo");
+        copy.args([
+            "copy",
+            "--quiet",
+            "--insecure-policy",
+            "--dest-tls-verify=false",
+        ]);
+        if let Some((user, password)) = &self.credentials {
+            copy.arg(format!("--dest-creds={user}:{password}"));
+        }
+        let out = copy
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{repo}:{tag}", self.host))
             .output()

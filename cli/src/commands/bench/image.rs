@@ -99,6 +99,7 @@ fn image_support(cache_dir: &Path, registries: Registries) -> Result<ImageSuppor
         cache: Arc::new(cache),
         program: std::env::current_exe().context("locating the fnmesh binary")?,
         args: vec!["__imageboot".to_owned()],
+        credentials: Default::default(),
     })
 }
 

@@ -158,6 +158,7 @@ async fn accept(
                 trace_id: Some(format!("{:032x}", rand::random::<u128>())),
                 traceparent: None,
                 secrets: None,
+                registry_auth: None,
                 forwarded_to: None,
             };
             async move { store.insert_invocation(&request).await }

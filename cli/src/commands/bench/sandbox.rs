@@ -441,6 +441,7 @@ pub(crate) fn job(function: &Function, code_dir: &Path) -> Job {
         payload: serde_json::json!({}),
         trace_id: None,
         secrets: None,
+        registry_auth: None,
     }
 }
 

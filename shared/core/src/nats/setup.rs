@@ -307,6 +307,27 @@ pub fn node_permissions(id: &NodeId, regions: &[BusPrefix]) -> UserPermissions {
             subjects::jetstream_api(&["CONSUMER", "CREATE", &code]),
             subjects::jetstream_flow_control(&code),
         ]);
+        // The region's catalog (or, at an edge, its mirror of the hub's), read only and only
+        // its functions and registry credentials (what pre-pulling needs; never API keys,
+        // secrets or quotas): ephemeral consumers whose filter, part of the create subject,
+        // names one of those kinds, and their pulls.
+        for stream in [
+            subjects::kv_stream(&subjects::catalog_bucket(p)),
+            subjects::catalog_mirror_stream(p),
+        ] {
+            for kind in subjects::NODE_CATALOG_KINDS {
+                publish.push(subjects::jetstream_api(&[
+                    "CONSUMER",
+                    "CREATE",
+                    &stream,
+                    "*",
+                    &subjects::catalog_entries_of_kind(kind),
+                ]));
+            }
+            publish.push(subjects::jetstream_api(&[
+                "CONSUMER", "MSG", "NEXT", &stream, "*",
+            ]));
+        }
         subscribe.push(subjects::bus_work_ready(p));
     }
     UserPermissions {

@@ -1,12 +1,13 @@
-//! [`SecretStore`] on any [`SqlEngine`]: sealed function secrets.
+//! [`SecretStore`] on any [`SqlEngine`]: sealed function secrets and registry credentials.
 
 use async_trait::async_trait;
 use chrono::Utc;
 
-use super::{execute, fetch_all, Sql, SqlEngine, SqlRow};
+use super::{execute, fetch_all, fetch_optional, Sql, SqlEngine, SqlRow};
 use crate::common::{function_label, is_foreign_key_violation};
-use crate::{SecretInfo, SecretStore, StoreError};
+use crate::{RegistryCredentialInfo, SecretInfo, SecretStore, StoreError};
 use fnmesh_core::names::{FunctionName, Namespace};
+use fnmesh_core::registry::RegistryHost;
 use fnmesh_core::secrets::{SealedSecret, SealedSecrets, SealedValue, SecretName};
 
 /// A stored secret name, decoded.
@@ -116,6 +117,97 @@ impl<E: SqlEngine> SecretStore for E {
             .bind(namespace.as_str())
             .bind(function.as_str())
             .bind(name.as_str()),
+        )
+        .await?;
+        Ok(deleted > 0)
+    }
+
+    async fn put_registry_credential(
+        &self,
+        namespace: &Namespace,
+        host: &RegistryHost,
+        value: &SealedValue,
+    ) -> Result<(), StoreError> {
+        execute(
+            self,
+            Sql::new(
+                "INSERT INTO registry_credentials \
+                 (namespace, host, key_id, nonce, ciphertext, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (namespace, host) DO UPDATE SET \
+                 key_id = excluded.key_id, nonce = excluded.nonce, \
+                 ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+            )
+            .bind(namespace.as_str())
+            .bind(host.as_str())
+            .bind(value.key_id.as_str())
+            .bind(value.nonce.as_slice())
+            .bind(value.ciphertext.as_slice())
+            .bind(Utc::now()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn list_registry_credentials(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<Vec<RegistryCredentialInfo>, StoreError> {
+        let rows = fetch_all(
+            self,
+            Sql::new(
+                "SELECT host, updated_at FROM registry_credentials \
+                 WHERE namespace = $1 ORDER BY host",
+            )
+            .bind(namespace.as_str()),
+        )
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RegistryCredentialInfo {
+                    host: RegistryHost::parse(&row.text("host")?)
+                        .map_err(|e| StoreError::Backend(format!("decode registry host: {e}")))?,
+                    updated_at: row.time("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn registry_credential(
+        &self,
+        namespace: &Namespace,
+        host: &RegistryHost,
+    ) -> Result<Option<SealedValue>, StoreError> {
+        let row = fetch_optional(
+            self,
+            Sql::new(
+                "SELECT key_id, nonce, ciphertext FROM registry_credentials \
+                 WHERE namespace = $1 AND host = $2",
+            )
+            .bind(namespace.as_str())
+            .bind(host.as_str()),
+        )
+        .await?;
+        row.map(|row| {
+            Ok(SealedValue {
+                key_id: row.text("key_id")?,
+                nonce: row.bytes("nonce")?,
+                ciphertext: row.bytes("ciphertext")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_registry_credential(
+        &self,
+        namespace: &Namespace,
+        host: &RegistryHost,
+    ) -> Result<bool, StoreError> {
+        let deleted = execute(
+            self,
+            Sql::new("DELETE FROM registry_credentials WHERE namespace = $1 AND host = $2")
+                .bind(namespace.as_str())
+                .bind(host.as_str()),
         )
         .await?;
         Ok(deleted > 0)

@@ -305,6 +305,7 @@ pub(super) async fn sandbox_warm(work: &Path, n: usize) -> Result<Latency> {
                 payload: payload.clone(),
                 trace_id: None,
                 secrets: None,
+                registry_auth: None,
             })
             .await;
         ensure!(
