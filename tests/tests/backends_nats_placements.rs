@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use fnmesh_bus::placements::conformance::{self, Fresh, Publisher};
 use fnmesh_bus::placements::jetstream::JetStreamPlacements;
 use fnmesh_bus::placements::{Placement, Placements};
+use fnmesh_core::ids::NodeId;
 use fnmesh_core::subjects::{self, BusPrefix};
 use fnmesh_tests::servers::nats::TestNats;
 use futures::StreamExt as _;
@@ -63,6 +64,10 @@ impl Publisher for CatalogWriter {
     }
 }
 
+fn node() -> NodeId {
+    NodeId::parse(&fnmesh_tests::unique("node")).unwrap()
+}
+
 fn fresh_region() -> BusPrefix {
     BusPrefix::parse(&fnmesh_tests::unique("pl")).unwrap()
 }
@@ -72,7 +77,7 @@ async fn fresh(url: String) -> Fresh {
     let region = fresh_region();
     let writer = CatalogWriter::create(client.clone(), &region).await;
     (
-        Arc::new(JetStreamPlacements::new(client, region)),
+        Arc::new(JetStreamPlacements::new(client, region, node())),
         Arc::new(writer),
     )
 }
@@ -97,7 +102,7 @@ async fn an_edge_reads_its_mirror_of_the_hub_catalog() {
     let nats = TestNats::start();
     let client = async_nats::connect(&nats.url()).await.unwrap();
     let (hub, edge) = (fresh_region(), fresh_region());
-    let nowhere = JetStreamPlacements::new(client.clone(), edge.clone());
+    let nowhere = JetStreamPlacements::new(client.clone(), edge.clone(), node());
     assert!(
         nowhere.watch().await.is_err(),
         "no catalog, no watch (the node tries again later)"
@@ -123,7 +128,7 @@ async fn an_edge_reads_its_mirror_of_the_hub_catalog() {
         latest: Some(Box::new(f)),
     };
     writer.publish(placed.clone()).await;
-    let mut watch = JetStreamPlacements::new(client, edge)
+    let mut watch = JetStreamPlacements::new(client, edge, node())
         .watch()
         .await
         .expect("the mirror is read");

@@ -164,7 +164,13 @@ async fn a_node_cannot_forge_invocations_or_manage_streams() {
     // quotas — neither through a consumer filtered on them nor through an unfiltered one.
     catalog_with_a_function_and_a_key(&gateway, &prefix).await;
     let catalog_stream = subjects::kv_stream(&subjects::catalog_bucket(&prefix));
-    for (name, filter) in [(Some("spy"), "$KV.*.key.>"), (None, "")] {
+    let own =
+        subjects::placements_consumer("fn", &fnmesh_core::ids::NodeId::parse("node-a").unwrap());
+    for (name, filter) in [
+        (Some(own.as_str()), "$KV.*.key.>"),
+        (Some("spy"), "$KV.*.fn.>"),
+        (None, ""),
+    ] {
         let config = jetstream::consumer::pull::Config {
             name: name.map(str::to_owned),
             filter_subject: filter.to_owned(),
@@ -310,7 +316,8 @@ async fn gateway_and_node_creds_run_the_bus_registry_and_code_store() {
     // Placements: the region's catalog, written by the gateway, read by the node (its
     // functions and registry credentials; the API key entry is not delivered).
     let catalog = catalog_with_a_function_and_a_key(&gateway, &prefix).await;
-    let mut watch = JetStreamPlacements::new(node.clone(), prefix.clone())
+    let node_id = fnmesh_core::ids::NodeId::parse("node-a").unwrap();
+    let mut watch = JetStreamPlacements::new(node.clone(), prefix.clone(), node_id)
         .watch()
         .await
         .expect("a node watches its region's placements");

@@ -69,14 +69,16 @@ pub async fn run(mut args: NodeCommand) -> Result<()> {
         args.mesh.delivery.stream_replicas,
     )
     .await?;
+    let config = node_config(
+        &args.node,
+        &args.common,
+        &data_dir,
+        &args.mesh.region,
+        open.nats.as_ref(),
+    )?;
+    let node_id = config.node_id.clone();
     let node = Node::start(
-        node_config(
-            &args.node,
-            &args.common,
-            &data_dir,
-            &args.mesh.region,
-            open.nats.as_ref(),
-        )?,
+        config,
         NodeBackends {
             bus: open.bus,
             code,
@@ -84,7 +86,8 @@ pub async fn run(mut args: NodeCommand) -> Result<()> {
             // The region's catalog, which its gateways publish (or an edge's mirror of its
             // hub's): the functions placed here, whose images are pulled ahead.
             placements: open.nats.clone().map(|client| {
-                Arc::new(JetStreamPlacements::new(client, region.clone())) as Arc<dyn Placements>
+                Arc::new(JetStreamPlacements::new(client, region.clone(), node_id))
+                    as Arc<dyn Placements>
             }),
         },
         &metrics,

@@ -507,6 +507,14 @@ pub fn catalog_entries_of_kind(kind: &str) -> String {
     format!("$KV.*.{kind}.>")
 }
 
+/// The consumer through which node `node` reads the catalog entries of kind `kind`
+/// ([`NODE_CATALOG_KINDS`]): `fnmesh-placements-<kind>-<node>`, on whichever stream holds
+/// its region's catalog. Named per node so that its credentials can allow exactly these
+/// consumers, on any stream, with a constant number of permissions whatever the regions.
+pub fn placements_consumer(kind: &str, node: &crate::ids::NodeId) -> String {
+    format!("fnmesh-placements-{kind}-{node}")
+}
+
 /// The catalog key a catalog entry subject names, whatever its bucket (`$KV.<bucket>.<key>`).
 pub fn catalog_key_of_subject(subject: &str) -> Option<CatalogKey> {
     let (_bucket, key) = subject.strip_prefix("$KV.")?.split_once('.')?;

@@ -24,6 +24,7 @@ use futures::stream::{self, BoxStream, StreamExt as _};
 use serde::Deserialize;
 
 use super::{Placement, PlacementError, Placements};
+use fnmesh_core::ids::NodeId;
 use fnmesh_core::secrets::SealedValue;
 use fnmesh_core::subjects::{self, BusPrefix, CatalogKey};
 use fnmesh_core::Function;
@@ -39,6 +40,7 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct JetStreamPlacements {
     js: jetstream::Context,
     region: BusPrefix,
+    node: NodeId,
 }
 
 impl std::fmt::Debug for JetStreamPlacements {
@@ -50,11 +52,13 @@ impl std::fmt::Debug for JetStreamPlacements {
 }
 
 impl JetStreamPlacements {
-    /// The feed of `region`, read on `client` (a connection to the region's own server).
-    pub fn new(client: async_nats::Client, region: BusPrefix) -> Self {
+    /// The feed of `region` for node `node`, read on `client` (a connection to the region's
+    /// own server).
+    pub fn new(client: async_nats::Client, region: BusPrefix, node: NodeId) -> Self {
         Self {
             js: jetstream::new(client),
             region,
+            node,
         }
     }
 
@@ -67,11 +71,16 @@ impl JetStreamPlacements {
     }
 
     async fn consumer(&self, stream: &str, kind: &str) -> Result<consumer::PullConsumer, String> {
+        let name = subjects::placements_consumer(kind, &self.node);
+        // One per node and kind: an earlier one (a previous watch, a restarted node) would
+        // resume where it was instead of delivering every entry again.
+        let _ = tokio::time::timeout(
+            CREATE_TIMEOUT,
+            self.js.delete_consumer_from_stream(&name, stream),
+        )
+        .await;
         let config = consumer::pull::Config {
-            name: Some(format!(
-                "fnmesh-placements-{kind}-{:016x}",
-                rand::random::<u64>()
-            )),
+            name: Some(name),
             filter_subject: subjects::catalog_entries_of_kind(kind),
             deliver_policy: consumer::DeliverPolicy::LastPerSubject,
             ack_policy: consumer::AckPolicy::None,

@@ -265,9 +265,14 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
     }
 }
 
+/// The longest protocol line the servers `init` writes accept (nats-server's default is
+/// 4096), so that a CONNECT with a node's JWT fits however many regions it covers.
+pub const MAX_CONTROL_LINE: usize = 32 * 1024;
+
 /// The permissions of node `id` in `regions`: pull and settle work, publish its events,
 /// logs, replies and dead-letter records, write its own registry entry, read code; subscribe
-/// to its own inboxes and the work hints.
+/// to its own inboxes and the work hints, and read its region's catalog of functions and
+/// registry credentials.
 pub fn node_permissions(id: &NodeId, regions: &[BusPrefix]) -> UserPermissions {
     // Sync replies go to gateways' inboxes.
     let mut publish = vec![subjects::inboxes_of(InboxOwner::Gateway)];
@@ -307,28 +312,27 @@ pub fn node_permissions(id: &NodeId, regions: &[BusPrefix]) -> UserPermissions {
             subjects::jetstream_api(&["CONSUMER", "CREATE", &code]),
             subjects::jetstream_flow_control(&code),
         ]);
-        // The region's catalog (or, at an edge, its mirror of the hub's), read only and only
-        // its functions and registry credentials (what pre-pulling needs; never API keys,
-        // secrets or quotas): ephemeral consumers whose filter, part of the create subject,
-        // names one of those kinds, and their pulls.
-        for stream in [
-            subjects::kv_stream(&subjects::catalog_bucket(p)),
-            subjects::catalog_mirror_stream(p),
-        ] {
-            for kind in subjects::NODE_CATALOG_KINDS {
-                publish.push(subjects::jetstream_api(&[
-                    "CONSUMER",
-                    "CREATE",
-                    &stream,
-                    "*",
-                    &subjects::catalog_entries_of_kind(kind),
-                ]));
-            }
-            publish.push(subjects::jetstream_api(&[
-                "CONSUMER", "MSG", "NEXT", &stream, "*",
-            ]));
-        }
         subscribe.push(subjects::bus_work_ready(p));
+    }
+    // The region's catalog (or, at an edge, its mirror of the hub's), read only and only its
+    // functions and registry credentials (what pre-pulling needs; never API keys, secrets or
+    // quotas): one consumer per kind, named for this node, whose filter is part of the
+    // create subject; its pulls; its deletion (a restarted node starts it afresh). Allowed on
+    // any stream (only catalog streams hold `$KV.*.fn.>` and `$KV.*.reg.>` subjects), so the
+    // number of permissions, and the size of the node's JWT, does not grow with the regions.
+    for kind in subjects::NODE_CATALOG_KINDS {
+        let consumer = subjects::placements_consumer(kind, id);
+        publish.extend([
+            subjects::jetstream_api(&[
+                "CONSUMER",
+                "CREATE",
+                "*",
+                &consumer,
+                &subjects::catalog_entries_of_kind(kind),
+            ]),
+            subjects::jetstream_api(&["CONSUMER", "MSG", "NEXT", "*", &consumer]),
+            subjects::jetstream_api(&["CONSUMER", "DELETE", "*", &consumer]),
+        ]);
     }
     UserPermissions {
         publish,
@@ -535,7 +539,11 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
         if let Some(name) = name {
             config += &format!("server_name: {name:?}\n");
         }
-        config += &format!("host: {host:?}\nport: {port}\n{accounts}");
+        config += &format!("host: {host:?}\nport: {port}\n");
+        // A client's CONNECT carries its user JWT, whose permissions grow with the regions a
+        // node's credentials cover: past nats-server's default 4 KB protocol line a node of a
+        // hub with four edges could not connect.
+        config += &format!("max_control_line: {MAX_CONTROL_LINE}\n{accounts}");
         config += &format!(
             "jetstream {{\n  store_dir: {:?}\n",
             store.display().to_string()
