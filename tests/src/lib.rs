@@ -73,8 +73,19 @@ pub fn fnmesh_bin() -> PathBuf {
     .clone()
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, for a server a test starts. Picked below the kernel's
+/// ephemeral range (32768 and up by default): a port the kernel handed out for `:0` is in
+/// that range, and between this check and the server's bind an outgoing connection of a
+/// concurrent test could take it (seen: a nats-server's monitor port "already in use").
 pub fn free_port() -> u16 {
+    const LOW: u32 = 20_000;
+    const HIGH: u32 = 32_000;
+    for _ in 0..200 {
+        let port = (LOW + rand_u32() % (HIGH - LOW)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -2,7 +2,7 @@
 //! in a temp dir, killed on drop; images pushed with `skopeo` from OCI layouts.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,11 +56,7 @@ impl RegistryServer {
         need("docker-registry", "docker-registry");
         need("skopeo", "skopeo");
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::free_port();
         let host = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
         let mut yaml = format!(
