@@ -38,6 +38,9 @@ pub enum Command {
     Invocation(InvocationCommand),
     /// Show the captured output of an invocation.
     Logs(LogsArgs),
+    /// Manage the namespace's credentials for image registries.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
     /// Benchmarks that print figures side by side with their baselines.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -367,6 +370,10 @@ pub struct NodeArgs {
     /// Live sandboxes kept at most.
     #[arg(long, env = "FNMESH_MAX_SANDBOXES", default_value_t = 64)]
     pub max_sandboxes: usize,
+    /// Sandbox supervisor processes (1..=16): each creates and destroys one sandbox at a time,
+    /// so a burst of cold starts spreads over them.
+    #[arg(long, env = "FNMESH_SANDBOX_SUPERVISORS", default_value_t = 1)]
+    pub sandbox_supervisors: usize,
     /// Idle sandboxes are reaped after this many seconds.
     #[arg(long, env = "FNMESH_KEEP_ALIVE_SECS", default_value_t = 300)]
     pub keep_alive_secs: u64,
@@ -449,6 +456,38 @@ pub struct ClientArgs {
     /// Data dir whose admin.key is the default API key.
     #[arg(long, env = "FNMESH_DATA_DIR", default_value = "./.fnmesh")]
     pub data_dir: PathBuf,
+}
+
+/// `fnmesh registry …`.
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Store the namespace's credential for a registry (sealed; deploys resolve tags and nodes
+    /// pull with it). The password or token is read from stdin, or from
+    /// FNMESH_REGISTRY_PASSWORD.
+    Login {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The registry, `host[:port]`.
+        host: String,
+        /// The user name.
+        #[arg(long, short = 'u')]
+        username: String,
+        /// The password or token (read from stdin when not set).
+        #[arg(long, env = "FNMESH_REGISTRY_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// List the registries the namespace has credentials for.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove the namespace's credential for a registry.
+    Logout {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The registry, `host[:port]`.
+        host: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -86,6 +86,7 @@ fn main() -> ExitCode {
             Command::Invoke(args) => commands::invocations::invoke(args, as_json).await,
             Command::Invocation(cmd) => commands::invocations::invocation(cmd, as_json).await,
             Command::Logs(args) => commands::invocations::logs(args, as_json).await,
+            Command::Registry(cmd) => commands::registries::run(cmd, as_json).await,
             Command::Bench(args::BenchCommand::Sandbox(args)) => {
                 commands::bench::sandbox::run(args).await
             }

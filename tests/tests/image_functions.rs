@@ -502,8 +502,40 @@ async fn a_private_registry_is_read_with_its_namespace_s_credential_only() {
         assert_eq!(r.body["error"]["code"], code, "{path} {body}: {:?}", r.body);
     }
 
-    // The right credential: the tag resolves, and the node pulls with it.
-    assert_eq!(put(PRIVATE_PASSWORD).await.status, 204);
+    // The right credential (with the CLI, the password on stdin, as `docker login`): the tag
+    // resolves, and the node pulls with it.
+    let cli = |args: &[&str], stdin: &str| {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(fnmesh_tests::fnmesh_bin())
+            .args(args)
+            .env("FNMESH_URL", &app.base_url)
+            .env("FNMESH_API_KEY", fnmesh_tests::ADMIN_KEY)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "fnmesh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    cli(
+        &["registry", "login", &host, "--username", PRIVATE_USER],
+        &format!("{PRIVATE_PASSWORD}\n"),
+    );
+    let listed: Value =
+        serde_json::from_str(&cli(&["registry", "list", "--json"], "")).unwrap();
+    assert_eq!(listed[0]["host"], json!(host), "{listed}");
     let listed = app.call("GET", "/v1/registries", None).await;
     assert_eq!(listed.status, 200, "{:?}", listed.body);
     assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);

@@ -9,4 +9,5 @@ pub mod migrate;
 pub mod nats;
 pub mod node;
 pub mod platform;
+pub mod registries;
 pub mod up;
