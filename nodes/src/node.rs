@@ -28,7 +28,7 @@ use crate::registration::{Load, LoadSampler, Registration, RegistrationConfig};
 use crate::runtimes::image::ImageSupport;
 use crate::runtimes::RuntimeRegistry;
 use crate::sandbox::cgroup::{hierarchies, SandboxCgroup, CGROUP_ROOT};
-use crate::sandbox::supervisor::SupervisorClient;
+use crate::sandbox::supervisor::SupervisorPool;
 use crate::sandbox::users::IdMode;
 use crate::sandbox::{ContainerRuntime, SandboxError};
 use crate::worker::{Worker, WorkerConfig};
@@ -89,6 +89,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// How to start the sandbox supervisor.
     pub supervisor: SupervisorCommand,
+    /// Sandbox supervisors (1..=16): creates are spread over them (see
+    /// [`crate::sandbox::supervisor::pool`]).
+    pub supervisors: usize,
     /// Invocations run at once.
     pub slots: usize,
     /// Sandboxes alive at once (warm or busy).
@@ -149,7 +152,7 @@ pub struct Node {
     registration: Registration,
     stop: CancellationToken,
     executor: Arc<Executor>,
-    supervisor: Arc<SupervisorClient>,
+    supervisor: Arc<SupervisorPool>,
     cgroup_parent: String,
     metrics_server: Option<(MetricsServer, CancellationToken)>,
     prepull: Option<JoinHandle<()>>,
@@ -174,10 +177,11 @@ impl Node {
         let sandbox_dir = config.data_dir.join("sandboxes");
         let args: Vec<&str> = config.supervisor.args.iter().map(String::as_str).collect();
         let supervisor = Arc::new(
-            SupervisorClient::spawn(
+            SupervisorPool::spawn(
                 &config.supervisor.program,
                 &args,
-                &sandbox_dir.join("state"),
+                &sandbox_dir,
+                config.supervisors,
             )
             .await
             .map_err(NodeError::Supervisor)?,

@@ -262,6 +262,7 @@ pub fn node_config(
             program: std::env::current_exe().context("locating the fnmesh binary")?,
             args: vec!["__supervisor".to_owned()],
         },
+        supervisors: args.sandbox_supervisors,
         slots: args.slots,
         max_sandboxes: args.max_sandboxes,
         keep_alive: Duration::from_secs(args.keep_alive_secs),

@@ -43,6 +43,7 @@
 //! `fnmesh-sandboxd:`.
 
 pub mod client;
+pub mod pool;
 pub mod protocol;
 pub mod seal;
 pub mod server;
@@ -52,6 +53,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 pub use client::SupervisorClient;
+pub use pool::SupervisorPool;
 pub use server::serve;
 
 /// Environment variable naming the supervisor's socket descriptor (always `3` when spawned by

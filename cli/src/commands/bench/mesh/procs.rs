@@ -169,6 +169,7 @@ impl MeshProcs {
             .env("FNMESH_NODE_ID", format!("{region}-node"))
             .env("FNMESH_NODE_SLOTS", concurrency.to_string())
             .env("FNMESH_MAX_SANDBOXES", (concurrency + 8).to_string());
+        pass_node_settings(&mut nd);
         let node = ChildProc::spawn("fnmesh node", nd, work.join("node.log"))?;
         Ok(Self {
             node: Some(node),
@@ -204,6 +205,7 @@ impl MeshProcs {
             .env("FNMESH_NAMESPACE_RATE_LIMIT", "0")
             .env("FNMESH_NODE_SLOTS", concurrency.to_string())
             .env("FNMESH_MAX_SANDBOXES", (concurrency + 8).to_string());
+        pass_node_settings(&mut cmd);
         let gateway = ChildProc::spawn("fnmesh up", cmd, dir.join("up.log"))?;
         Ok(Self {
             node: None,
@@ -290,4 +292,14 @@ impl MeshProcs {
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Node settings a benchmark run passes on from its own environment (to compare them):
+/// `FNMESH_SANDBOX_SUPERVISORS`.
+fn pass_node_settings(cmd: &mut Command) {
+    for name in ["FNMESH_SANDBOX_SUPERVISORS"] {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
 }
