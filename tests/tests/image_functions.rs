@@ -533,8 +533,7 @@ async fn a_private_registry_is_read_with_its_namespace_s_credential_only() {
         &["registry", "login", &host, "--username", PRIVATE_USER],
         &format!("{PRIVATE_PASSWORD}\n"),
     );
-    let listed: Value =
-        serde_json::from_str(&cli(&["registry", "list", "--json"], "")).unwrap();
+    let listed: Value = serde_json::from_str(&cli(&["registry", "list", "--json"], "")).unwrap();
     assert_eq!(listed[0]["host"], json!(host), "{listed}");
     let listed = app.call("GET", "/v1/registries", None).await;
     assert_eq!(listed.status, 200, "{:?}", listed.body);
