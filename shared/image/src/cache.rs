@@ -245,7 +245,8 @@ impl ImageCache {
     }
 
     /// Pulls and unpacks the image `reference` pins ahead of its use, at `pace`; `None` when
-    /// it was there already. Nothing keeps it from eviction afterwards.
+    /// it was there already (or another caller got it meanwhile). Nothing keeps it from
+    /// eviction afterwards.
     pub async fn prepull(
         self: &Arc<Self>,
         reference: &ImageRef,
@@ -256,7 +257,9 @@ impl ImageCache {
             return Ok(None);
         }
         let (prepared, _lease) = self.obtain(reference, credentials, Some(pace)).await?;
-        Ok(Some(prepared))
+        // An invocation may have pulled it meanwhile: then this pulled nothing.
+        let pulled = !prepared.pull.is_zero() || !prepared.unpack.is_zero();
+        Ok(pulled.then_some(prepared))
     }
 
     /// The byte cap past which unused images are evicted.
