@@ -7,8 +7,9 @@
 //! that bound; the gateway that makes a change forgets the entries it affects at once. Only
 //! what was found is cached (an unknown key or function is read every time, so a flood of
 //! made-up keys cannot fill the cache nor keep a newly made one unknown); a namespace's
-//! registry credential is cached absent too (its hosts are those of deployed image functions). Each cache is bounded
-//! by [`MAX_ENTRIES`]: past it expired entries are dropped, and if all are fresh it starts over.
+//! registry credential is cached absent too (its hosts are those of deployed image
+//! functions). Each cache is bounded by [`MAX_ENTRIES`]: past it expired entries are dropped,
+//! and if all are fresh it starts over.
 
 use std::collections::HashMap;
 use std::hash::Hash;

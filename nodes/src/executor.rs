@@ -792,10 +792,6 @@ impl Inner {
                 return failed(InvocationStatus::Failed, ErrorKind::Crashed, message);
             }
         };
-        if let Err(message) = self.note_registry_auth(function, job.registry_auth.as_ref()) {
-            tracing::warn!(invocation.id = %job.invocation_id, error.message = %message, "registry credential unavailable");
-            return failed(InvocationStatus::Failed, ErrorKind::Crashed, message);
-        }
         let key = key_of(function, &secrets);
         let checkout = self
             .pool
@@ -806,6 +802,12 @@ impl Inner {
         let (mut lease, cold_start, init_us) = match checkout {
             Ok(Checkout::Warm(lease)) => (*lease, false, 0),
             Ok(Checkout::Cold(reservation)) => {
+                // Only a cold start may pull: a warm invocation never opens the credential.
+                if let Err(message) = self.note_registry_auth(function, job.registry_auth.as_ref())
+                {
+                    tracing::warn!(invocation.id = %job.invocation_id, error.message = %message, "registry credential unavailable");
+                    return failed(InvocationStatus::Failed, ErrorKind::Crashed, message);
+                }
                 let launch = self
                     .launch(function, &job.code_dir, &secrets, deadline)
                     .instrument(tracing::info_span!("sandbox.launch"));

@@ -189,3 +189,31 @@ async fn invalid_prefix_is_refused() {
         );
     }
 }
+
+/// A server that allows no more consumers (an account limit, here; a server-wide one under
+/// thousands of functions invoked at once) refuses work for a new function as a full queue —
+/// retry later — not as a failure of the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_at_its_consumer_limit_is_a_full_queue() {
+    let nats = TestNats::start_with_config(
+        "accounts { LIMITED { jetstream { max_consumers: 6 }, users: [{ user: \"u\", password: \"p\" }] } }\n\
+         no_auth_user: \"u\"",
+    );
+    let url = nats.url();
+    let bus = bus(&url, &fresh_prefix(), test_config()).await;
+    let mut published = 0;
+    let mut full = 0;
+    for i in 0..12 {
+        let ns = fnmesh_core::Namespace::parse(&format!("n{i}")).unwrap();
+        match bus
+            .publish_invocation(&conformance::request_of(&ns, "f", 1), None)
+            .await
+        {
+            Ok(_) => published += 1,
+            Err(BusError::Full) => full += 1,
+            Err(other) => panic!("function {i}: {other:?}"),
+        }
+    }
+    assert!(published > 0, "work within the limit is taken");
+    assert!(full > 0, "work past the limit is refused as a full queue");
+}

@@ -52,6 +52,23 @@ impl TestNats {
         Self::launch(temp_dir(), crate::free_port(), None, None)
     }
 
+    /// Starts a JetStream server on a free port from a config of its own with `extra` (for
+    /// accounts with limits, say) appended.
+    pub fn start_with_config(extra: &str) -> Self {
+        let dir = temp_dir();
+        let port = crate::free_port();
+        let config = dir.path().join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\n{extra}\n",
+                dir.path().join("store").display().to_string()
+            ),
+        )
+        .expect("writing the nats config");
+        Self::launch(dir, port, None, Some(config))
+    }
+
     /// Spawns a server on `port` logging into `dir`, from `config` of `setup` if given.
     fn launch(
         dir: tempfile::TempDir,

@@ -114,7 +114,21 @@ impl JetStreamBus {
             .work_stream
             .create_consumer(config)
             .await
-            .map_err(|e| backend(&format!("creating consumer {name}"), e))?;
+            .map_err(|e| {
+                // The server holds as many consumers as it may: a capacity limit of the
+                // broker (retry later), not a failure of this request.
+                let at_limit = matches!(
+                    e.kind(),
+                    stream::ConsumerErrorKind::JetStream(js)
+                        if js.error_code() == jetstream::ErrorCode::MAXIMUM_CONSUMERS_LIMIT
+                );
+                if at_limit {
+                    tracing::warn!(nats.consumer = %name, "the work stream holds as many consumers as the server allows");
+                    BusError::Full
+                } else {
+                    backend(&format!("creating consumer {name}"), e)
+                }
+            })?;
         self.ensured().insert(name, cap);
         Ok(())
     }
