@@ -217,3 +217,17 @@ async fn a_broker_at_its_consumer_limit_is_a_full_queue() {
     assert!(published > 0, "work within the limit is taken");
     assert!(full > 0, "work past the limit is refused as a full queue");
 }
+
+/// The work stream takes work for more functions than nats-server 2.15's default of 1,000
+/// consumers per stream: it sets its own limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_work_stream_takes_more_than_a_thousand_functions() {
+    let nats = TestNats::start();
+    let bus = bus(&nats.url(), &fresh_prefix(), test_config()).await;
+    let ns = fnmesh_core::Namespace::parse("many").unwrap();
+    for i in 0..1010 {
+        bus.publish_invocation(&conformance::request_of(&ns, &format!("f{i}"), 1), None)
+            .await
+            .unwrap_or_else(|e| panic!("function {i}: {e:?}"));
+    }
+}

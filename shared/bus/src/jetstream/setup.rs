@@ -39,6 +39,10 @@ async fn ensure_stream(
     }
 }
 
+/// Consumers the work stream may hold: one per function with work (see
+/// [`JetStreamBus::ensure_function_consumer`]).
+pub const MAX_FUNCTION_CONSUMERS: i32 = 100_000;
+
 impl JetStreamBus {
     /// Sets up (or reuses) the streams and consumers of `prefix` on an existing connection.
     pub(super) async fn set_up(
@@ -157,27 +161,50 @@ async fn manage(
 > {
     let capacity = i64::try_from(config.capacity.max(1)).unwrap_or(i64::MAX);
     let work_name = subjects::bus_stream(prefix, BusRole::Invocations);
-    ensure_stream(
-        js,
-        stream::Config {
-            name: work_name.clone(),
-            subjects: vec![subjects::bus_invocations_all(prefix)],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            num_replicas: config.replicas.max(1),
-            max_messages: capacity,
-            // Subjects are per function: one function's share of the queue.
-            max_messages_per_subject: i64::try_from(config.function_capacity.max(1))
-                .unwrap_or(i64::MAX),
-            discard: stream::DiscardPolicy::New,
-            discard_new_per_subject: true,
-            duplicate_window: config.dedupe_window,
-            allow_direct: true,
-            ..Default::default()
-        },
-        "creating the work stream",
-    )
-    .await?;
+    let mut work_config = stream::Config {
+        name: work_name.clone(),
+        subjects: vec![subjects::bus_invocations_all(prefix)],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas.max(1),
+        max_messages: capacity,
+        // Subjects are per function: one function's share of the queue.
+        max_messages_per_subject: i64::try_from(config.function_capacity.max(1))
+            .unwrap_or(i64::MAX),
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
+        duplicate_window: config.dedupe_window,
+        allow_direct: true,
+        // One consumer per function invoked (`ensure_function_consumer`): nats-server
+        // 2.15 gives every stream a default limit of 1,000 consumers unless it sets its
+        // own, past which work for a 1,001st function is refused.
+        max_consumers: MAX_FUNCTION_CONSUMERS,
+        ..Default::default()
+    };
+    if let Err(e) = ensure_stream(js, work_config.clone(), "creating the work stream").await {
+        // A limit the server refuses: an account allowing fewer consumers, or a server that
+        // cannot change an existing stream's limit (before nats-server 2.12). Keep the limit
+        // the stream has (the server's default for a new one) rather than fail to start.
+        let current = match js.get_stream(&work_name).await {
+            Ok(mut existing) => {
+                existing
+                    .info()
+                    .await
+                    .map_err(|e| backend("reading the work stream", e))?
+                    .config
+                    .max_consumers
+            }
+            Err(_) => 0,
+        };
+        tracing::warn!(
+            nats.stream = %work_name,
+            error = %e,
+            max_consumers = current,
+            "the work stream's consumer limit could not be raised; work for functions past it is refused as a full queue"
+        );
+        work_config.max_consumers = current;
+        ensure_stream(js, work_config, "creating the work stream").await?;
+    }
     let work_stream = js
         .get_stream(&work_name)
         .await
