@@ -260,6 +260,16 @@ pub struct DeliveryArgs {
         default_value_t = 10_000
     )]
     pub namespace_queue_capacity: usize,
+    /// Seconds a function's work consumer lives on the NATS server without pulls or acks
+    /// (its function had no work) before the server deletes it; the next invocation makes it
+    /// again. So the server holds consumers only for functions with recent traffic. 0 keeps
+    /// them for ever. Read by gateways (they make the consumers).
+    #[arg(
+        long,
+        env = "FNMESH_FUNCTION_CONSUMER_IDLE_SECS",
+        default_value_t = 300
+    )]
+    pub function_consumer_idle_secs: u64,
     /// JetStream replicas of the streams and buckets a gateway creates (1 to 5; 3 on a
     /// 3-server cluster). Existing streams are updated to it; existing buckets keep theirs.
     #[arg(long, env = "FNMESH_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
@@ -277,6 +287,9 @@ impl DeliveryArgs {
             function_capacity: self.function_queue_capacity.max(1),
             namespace_capacity: self.namespace_queue_capacity.max(1),
             replicas: usize::from(self.stream_replicas),
+            function_consumer_idle: std::time::Duration::from_secs(
+                self.function_consumer_idle_secs,
+            ),
             ..fnmesh_bus::BusConfig::default()
         }
     }
@@ -372,7 +385,7 @@ pub struct NodeArgs {
     pub max_sandboxes: usize,
     /// Sandbox supervisor processes (1..=16): each creates and destroys one sandbox at a time,
     /// so a burst of cold starts spreads over them.
-    #[arg(long, env = "FNMESH_SANDBOX_SUPERVISORS", default_value_t = 1)]
+    #[arg(long, env = "FNMESH_SANDBOX_SUPERVISORS", default_value_t = 2)]
     pub sandbox_supervisors: usize,
     /// Idle sandboxes are reaped after this many seconds.
     #[arg(long, env = "FNMESH_KEEP_ALIVE_SECS", default_value_t = 300)]
@@ -575,10 +588,10 @@ pub struct InvokeArgs {
     pub client: ClientArgs,
     /// Function name.
     pub name: String,
-    /// JSON payload, or `@file` to read it from a file.
+    /// JSON payload, `@file` to read it from a file, or `@-` from standard input.
     #[arg(long, short = 'd')]
     pub data: Option<String>,
-    /// Queue it and return its id at once.
+    /// Queue it and print its id (nothing else) at once.
     #[arg(long = "async")]
     pub asynchronous: bool,
     /// Run a specific version.
@@ -672,6 +685,10 @@ pub struct ScaleBenchArgs {
     /// Seconds each idle CPU sample lasts.
     #[arg(long, default_value_t = 20)]
     pub idle_secs: u64,
+    /// Seconds between the last cold invocation finishing and the idle CPU sample (the
+    /// burst's housekeeping: the server's consumer state, evicted sandboxes).
+    #[arg(long, default_value_t = 10)]
+    pub settle_secs: u64,
     /// The node's slots.
     #[arg(long, default_value_t = 16)]
     pub slots: usize,

@@ -96,6 +96,70 @@ async fn async_invoke_is_queued_then_succeeds() {
     assert!(ids.contains(&id.as_str()), "{ids:?}");
 }
 
+/// The CLI as README shows it: `invoke --async` prints the bare id, which `invocation get`
+/// takes; `--data @-` reads the payload from standard input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_stdin_and_prints_the_bare_async_id() {
+    let app = TestApp::start().await;
+    let name = unique("cli");
+    app.deploy(
+        &name,
+        "python3",
+        "main.handle",
+        &[(
+            "main.py",
+            "def handle(event, context):\n    return event['x'] * 2\n",
+        )],
+    )
+    .await;
+    let cli = |args: &[&str], stdin: &str| {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(fnmesh_tests::fnmesh_bin())
+            .args(args)
+            .env("FNMESH_URL", &app.base_url)
+            .env("FNMESH_API_KEY", fnmesh_tests::ADMIN_KEY)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["invoke", &name, "--data", "@-", "--async"], "{\"x\": 21}");
+    assert!(ok, "{err}");
+    let id = out.trim();
+    assert!(
+        !id.is_empty() && !id.contains(char::is_whitespace),
+        "only the id is printed: {out:?}"
+    );
+    let done = app.wait_terminal(id, Duration::from_secs(60)).await;
+    assert_eq!(done["result"], 42, "{done}");
+    let (ok, out, err) = cli(&["invocation", "get", id, "--json"], "");
+    assert!(ok, "`invocation get` takes the printed id: {err}");
+    let record: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(record["id"], id);
+    assert_eq!(record["result"], 42);
+    // Sync, from stdin too; and stdin that is not JSON is refused before any request.
+    let (ok, out, err) = cli(&["invoke", &name, "-d", "@-", "--json"], "{\"x\": 4}");
+    assert!(ok, "{err}");
+    let record: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(record["result"], 8, "{out}");
+    let (ok, _, err) = cli(&["invoke", &name, "-d", "@-"], "not json");
+    assert!(!ok);
+    assert!(err.contains("not valid JSON"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_function_is_404_in_both_modes() {
     let app = TestApp::start().await;

@@ -231,3 +231,165 @@ async fn the_work_stream_takes_more_than_a_thousand_functions() {
             .unwrap_or_else(|e| panic!("function {i}: {e:?}"));
     }
 }
+
+/// The consumer of `request`'s function as the server has it, if it does.
+async fn function_consumer(
+    bus: &JetStreamBus,
+    request: &fnmesh_core::invocation::InvocationRequest,
+) -> Option<async_nats::jetstream::consumer::Info> {
+    let js = async_nats::jetstream::new(bus.client().clone());
+    let stream = js
+        .get_stream(fnmesh_core::subjects::bus_stream(
+            bus.prefix(),
+            fnmesh_core::subjects::BusRole::Invocations,
+        ))
+        .await
+        .unwrap();
+    let name = fnmesh_core::subjects::bus_function_consumer(
+        bus.prefix(),
+        &request.function.namespace,
+        &request.function.name,
+    );
+    stream.consumer_info(&name).await.ok()
+}
+
+/// Waits up to 20 s for the server to delete `request`'s function consumer.
+async fn until_deleted(bus: &JetStreamBus, request: &fnmesh_core::invocation::InvocationRequest) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while function_consumer(bus, request).await.is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle function consumer is still there after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A gateway's bus whose function consumers expire after `idle`, and a node's bus attached to
+/// it on its own connection.
+async fn gateway_and_node(url: &str, idle: Duration) -> (JetStreamBus, JetStreamBus) {
+    let prefix = fresh_prefix();
+    let gateway = bus(
+        url,
+        &prefix,
+        BusConfig {
+            function_consumer_idle: idle,
+            ..test_config()
+        },
+    )
+    .await;
+    let node = bus(
+        url,
+        &prefix,
+        BusConfig {
+            manage_streams: false,
+            ..test_config()
+        },
+    )
+    .await;
+    (gateway, node)
+}
+
+/// Function consumers live only while their function has traffic: the server deletes an idle
+/// one after the inactive threshold (its `inactive_threshold` is the bus's setting), and the
+/// next invocation of that function makes it again and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_function_consumer_is_deleted_and_made_again() {
+    let nats = TestNats::start();
+    let (gateway, node) = gateway_and_node(&nats.url(), Duration::from_secs(1)).await;
+    let ns = fnmesh_core::Namespace::parse("idle").unwrap();
+    let first = conformance::request_of(&ns, "f", 2);
+    gateway.publish_invocation(&first, None).await.unwrap();
+    let info = function_consumer(&gateway, &first)
+        .await
+        .expect("the publish made the function's consumer");
+    assert_eq!(info.config.inactive_threshold, Duration::from_secs(1));
+    assert_eq!(info.config.max_ack_pending, 2);
+    let d = node
+        .pull_invocation(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the first invocation is delivered");
+    assert_eq!(d.request.id, first.id);
+    d.acker.ack().await.unwrap();
+
+    until_deleted(&gateway, &first).await;
+
+    let second = conformance::request_of(&ns, "f", 2);
+    gateway.publish_invocation(&second, None).await.unwrap();
+    let d = node
+        .pull_invocation(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("an invocation after the consumer expired is delivered");
+    assert_eq!(d.request.id, second.id);
+    d.acker.ack().await.unwrap();
+}
+
+/// Pulls until `expected` are each delivered once (acking them), for up to 15 s.
+async fn deliver_all(node: &JetStreamBus, expected: &[fnmesh_core::InvocationId]) {
+    let mut delivered = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while delivered.len() < expected.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "work waiting without its consumer was not delivered within 15 s (got {delivered:?})"
+        );
+        if let Some(d) = node.pull_invocation(Duration::from_secs(1)).await.unwrap() {
+            delivered.push(d.request.id);
+            d.acker.ack().await.unwrap();
+        }
+    }
+    delivered.sort();
+    let mut expected = expected.to_vec();
+    expected.sort();
+    assert_eq!(delivered, expected, "each delivered once");
+}
+
+/// Work that waits while its consumer is gone — deleted by the server because no node pulled
+/// for the whole threshold, or between a gateway's check and its publish — is found: a node
+/// that sees the work without a consumer reports it, and a gateway makes the consumer again
+/// with the function's cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn work_whose_consumer_was_deleted_is_delivered() {
+    let nats = TestNats::start();
+    let ns = fnmesh_core::Namespace::parse("stranded").unwrap();
+
+    // Nobody pulls: the server deletes the consumer with the work still in the stream.
+    let (gateway, node) = gateway_and_node(&nats.url(), Duration::from_secs(1)).await;
+    let waiting = conformance::request_of(&ns, "f", 3);
+    gateway.publish_invocation(&waiting, None).await.unwrap();
+    until_deleted(&gateway, &waiting).await;
+    deliver_all(&node, &[waiting.id]).await;
+    let info = function_consumer(&gateway, &waiting)
+        .await
+        .expect("the consumer was made again");
+    assert_eq!(info.config.max_ack_pending, 3, "with the function's cap");
+
+    // Deleted right after the gateway made sure of it: its next publish trusts its check.
+    let (gateway, node) = gateway_and_node(&nats.url(), Duration::from_secs(60)).await;
+    let before = conformance::request_of(&ns, "g", 2);
+    gateway.publish_invocation(&before, None).await.unwrap();
+    let js = async_nats::jetstream::new(gateway.client().clone());
+    js.get_stream(fnmesh_core::subjects::bus_stream(
+        gateway.prefix(),
+        fnmesh_core::subjects::BusRole::Invocations,
+    ))
+    .await
+    .unwrap()
+    .delete_consumer(&fnmesh_core::subjects::bus_function_consumer(
+        gateway.prefix(),
+        &ns,
+        &before.function.name,
+    ))
+    .await
+    .unwrap();
+    let after = conformance::request_of(&ns, "g", 2);
+    gateway.publish_invocation(&after, None).await.unwrap();
+    assert!(function_consumer(&gateway, &after).await.is_none());
+    deliver_all(&node, &[before.id, after.id]).await;
+    let info = function_consumer(&gateway, &after)
+        .await
+        .expect("the consumer was made again");
+    assert_eq!(info.config.max_ack_pending, 2, "with the function's cap");
+}

@@ -24,13 +24,20 @@ const RECORD_FIELDS: &[&str] = &[
 
 pub async fn invoke(args: InvokeArgs, as_json: bool) -> Result<()> {
     let api = ApiClient::new(&args.client)?;
-    let body = match &args.data {
+    let body = match args.data.as_deref() {
         None => Vec::new(),
+        // `@-`: standard input, as curl reads it.
+        Some("@-") => {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)
+                .context("cannot read the payload from standard input")?;
+            body
+        }
         Some(d) if d.starts_with('@') => {
             let path = &d[1..];
             std::fs::read(path).with_context(|| format!("cannot read payload file {path}"))?
         }
-        Some(d) => d.clone().into_bytes(),
+        Some(d) => d.as_bytes().to_vec(),
     };
     if !body.is_empty() {
         serde_json::from_slice::<Value>(&body).context("--data is not valid JSON")?;
@@ -51,7 +58,8 @@ pub async fn invoke(args: InvokeArgs, as_json: bool) -> Result<()> {
     if as_json {
         output::json(&v);
     } else if args.asynchronous {
-        println!("queued {}", output::cell(&v["id"]));
+        // The bare id, so that `fnmesh invocation get $(fnmesh invoke f --async)` works.
+        println!("{}", output::cell(&v["id"]));
     } else {
         output::record(&v, RECORD_FIELDS);
     }

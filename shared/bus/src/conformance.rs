@@ -56,6 +56,7 @@ pub fn test_config() -> BusConfig {
         event_capacity: 10_000,
         manage_streams: true,
         replicas: 1,
+        function_consumer_idle: crate::DEFAULT_FUNCTION_CONSUMER_IDLE,
         signatures: crate::Signatures::process_local(),
     }
 }

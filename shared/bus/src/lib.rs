@@ -111,6 +111,11 @@ pub struct BusConfig {
     pub manage_streams: bool,
     /// JetStream replicas of the streams a managing bus creates (1; 3 on a 3-server cluster).
     pub replicas: usize,
+    /// How long a function's work consumer lives without pulls or acks before the JetStream
+    /// server deletes it (the next publish, or a node finding work without one, makes it
+    /// again): the server keeps consumers only for functions with recent traffic.
+    /// `Duration::ZERO` keeps them for ever.
+    pub function_consumer_idle: Duration,
     /// How work crossing processes is signed and checked (the JetStream bus; the in-process
     /// bus has no one to distrust).
     pub signatures: Signatures,
@@ -187,10 +192,14 @@ impl Default for BusConfig {
             event_capacity: 100_000,
             manage_streams: true,
             replicas: 1,
+            function_consumer_idle: DEFAULT_FUNCTION_CONSUMER_IDLE,
             signatures: Signatures::process_local(),
         }
     }
 }
+
+/// Default [`BusConfig::function_consumer_idle`]: 5 minutes.
+pub const DEFAULT_FUNCTION_CONSUMER_IDLE: Duration = Duration::from_secs(300);
 
 /// An opaque reply address issued by [`Bus::open_inbox`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -175,6 +175,13 @@ pub fn bus_work_ready(prefix: &BusPrefix) -> String {
     format!("{PREFIX}.{prefix}.ready")
 }
 
+/// Core-NATS subject on which nodes tell gateways "work waits for consumer X, which does not
+/// exist" (payload: the consumer name; the server deleted it after its inactive threshold):
+/// `fnmesh.v1.<prefix>.missing`.
+pub fn bus_consumer_missing(prefix: &BusPrefix) -> String {
+    format!("{PREFIX}.{prefix}.missing")
+}
+
 /// The core-NATS advisory JetStream publishes when a message ran out of deliveries on one
 /// consumer of the work stream: `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`.
 /// `consumer` must be a name built by [`bus_function_consumer`].

@@ -47,6 +47,7 @@ fn check_all_builders(ns: &Namespace, f: &FunctionName, p: &BusPrefix) {
     assert_tokens(&subjects::bus_invocation(p, ns, f), 6);
     assert_tokens(&subjects::bus_node_event(p, &id), 5);
     assert_tokens(&subjects::bus_work_ready(p), 4);
+    assert_tokens(&subjects::bus_consumer_missing(p), 4);
     assert_tokens(&subjects::request(f), 4);
     assert_eq!(
         subjects::parse_request(&subjects::request(f))

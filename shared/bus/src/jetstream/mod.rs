@@ -110,8 +110,14 @@ struct Inner {
     /// The recorders' consumers; `None` on a bus that does not manage its streams (a node's).
     events: Option<consumer::PullConsumer>,
     dead: Option<consumer::PullConsumer>,
-    /// Function consumers this process made sure of, with the `max_ack_pending` they have.
-    ensured: std::sync::Mutex<HashMap<String, i64>>,
+    /// Function consumers this process made sure of, with the `max_ack_pending` they have and
+    /// when (trusted for half of `consumer_idle`).
+    ensured: std::sync::Mutex<HashMap<String, (i64, tokio::time::Instant)>>,
+    /// How long a function consumer lives without pulls or acks before the server deletes it
+    /// (`Duration::ZERO`: never).
+    consumer_idle: Duration,
+    /// The gateway side: repairs of function consumers nodes found missing.
+    repairs: scheduler::Repairs,
     /// The pulling side (nodes): which function consumers may have work.
     pull: scheduler::PullState,
     /// Sync callers' reply inboxes, on one subscription.

@@ -44,6 +44,13 @@ const UNKNOWN_HINT_BUDGET: usize = 32;
 /// Consumer handles a node keeps at most; past it, a sweep keeps only those with work.
 const MAX_KNOWN_CONSUMERS: usize = 10_000;
 
+/// Function consumers a gateway makes again for nodes at most per second.
+const REPAIR_BUDGET: usize = 256;
+
+/// How long a node takes a function consumer it found missing for still missing (no lookup,
+/// no report) unless a hint names it.
+const MISSING_RETRY: Duration = Duration::from_secs(5);
+
 /// How long a namespace's count of work in the stream is used before it is read again.
 const NAMESPACE_RECOUNT: Duration = Duration::from_secs(1);
 
@@ -57,6 +64,32 @@ pub(super) struct NamespaceHeld {
 impl NamespaceHeld {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<fnmesh_core::Namespace, (u64, Instant)>> {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The gateway side of function consumers deleted while work waited for them.
+#[derive(Default)]
+pub(super) struct Repairs {
+    /// Set up once: the listener of nodes' reports.
+    listener: tokio::sync::OnceCell<()>,
+    /// Repairs in the current second: when it began, how many, of which names.
+    window: std::sync::Mutex<(Option<Instant>, std::collections::HashSet<String>)>,
+}
+
+impl Repairs {
+    /// Whether a repair of `name` may run now ([`REPAIR_BUDGET`] a second, each name once).
+    fn admit(&self, name: &str) -> bool {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let (began, names) = &mut *window;
+        if began.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *began = Some(Instant::now());
+            names.clear();
+        }
+        if names.len() >= REPAIR_BUDGET || names.contains(name) {
+            return false;
+        }
+        names.insert(name.to_owned());
+        true
     }
 }
 
@@ -83,6 +116,10 @@ struct Ring {
     known: HashMap<String, consumer::PullConsumer>,
     /// The function consumers with messages in the stream at the last sweep.
     listed: std::collections::HashSet<String>,
+    /// Consumers whose lookup found none while the sweep saw work for them (the server
+    /// deleted them), when: not looked up again for [`MISSING_RETRY`] unless a hint names
+    /// them (a gateway hints a consumer it made again), so thousands of them cost no lookups.
+    missing: HashMap<String, Instant>,
     /// Hints for names neither in `listed` nor `known` taken since the last sweep
     /// ([`UNKNOWN_HINT_BUDGET`]).
     unknown_taken: usize,
@@ -329,6 +366,7 @@ impl JetStreamBus {
                                 }
                                 ring.unknown_taken += 1;
                             }
+                            ring.missing.remove(name);
                             if freed {
                                 ring.capped.remove(name);
                             } else if ring.capped.contains(name) {
@@ -396,24 +434,120 @@ impl JetStreamBus {
             ring.known.retain(|name, _| found.contains(name));
         }
         ring.listed = found;
+        ring.missing.retain(|_, at| at.elapsed() < MISSING_RETRY);
         ring.unknown_taken = 0;
         ring.last_sweep = Some(Instant::now());
         Ok(())
     }
 
-    /// The handle of consumer `name` (looked up once).
+    /// The handle of consumer `name` (looked up once). A consumer the server does not have
+    /// while the last sweep saw work for it (deleted after its inactive threshold) is asked
+    /// for: gateways make it again ([`JetStreamBus::serve_consumer_repairs`]).
     async fn consumer(&self, name: &str) -> Result<consumer::PullConsumer, BusError> {
-        if let Some(c) = self.ring().known.get(name) {
-            return Ok(c.clone());
+        {
+            let ring = self.ring();
+            if let Some(c) = ring.known.get(name) {
+                return Ok(c.clone());
+            }
+            if ring
+                .missing
+                .get(name)
+                .is_some_and(|at| at.elapsed() < MISSING_RETRY)
+            {
+                return Err(BusError::Backend(format!(
+                    "work consumer {name} does not exist (reported)"
+                )));
+            }
         }
-        let c: consumer::PullConsumer = self
-            .inner
-            .work_stream
-            .get_consumer(name)
-            .await
-            .map_err(|e| backend("looking up a work consumer", e))?;
+        let c: consumer::PullConsumer = match self.inner.work_stream.get_consumer(name).await {
+            Ok(c) => c,
+            Err(e) => {
+                let missing = e
+                    .downcast_ref::<jetstream::context::ConsumerInfoError>()
+                    .is_some_and(|e| {
+                        matches!(
+                            e.kind(),
+                            jetstream::context::ConsumerInfoErrorKind::NotFound
+                        )
+                    });
+                let listed = {
+                    let mut ring = self.ring();
+                    if missing {
+                        ring.missing.insert(name.to_owned(), Instant::now());
+                    }
+                    ring.listed.contains(name)
+                };
+                if missing && listed {
+                    let subject = subjects::bus_consumer_missing(&self.inner.prefix);
+                    if let Err(e) = self
+                        .inner
+                        .client
+                        .publish(subject, name.to_owned().into())
+                        .await
+                    {
+                        tracing::debug!(error = %e, "missing consumer not reported");
+                    }
+                }
+                return Err(backend("looking up a work consumer", e));
+            }
+        };
         self.ring().known.insert(name.to_owned(), c.clone());
         Ok(c)
+    }
+
+    /// Starts (once; gateways) the task that makes function consumers again when nodes find
+    /// work without one: the server deleted it after its inactive threshold while no node had
+    /// room, or between a publish and the pull that would have kept it. One gateway of the
+    /// region takes each report (a queue group); the report names a consumer, and only a
+    /// well-formed name of this bus whose subject holds work is acted on, at most
+    /// [`REPAIR_BUDGET`] a second and once a second per name (anyone who may publish reports,
+    /// every node, could make names up).
+    pub(super) async fn serve_consumer_repairs(&self) -> Result<(), BusError> {
+        self.inner
+            .repairs
+            .listener
+            .get_or_try_init(|| async {
+                let mut reports = self
+                    .inner
+                    .client
+                    .queue_subscribe(
+                        subjects::bus_consumer_missing(&self.inner.prefix),
+                        "fnmesh-consumer-repairs".to_owned(),
+                    )
+                    .await
+                    .map_err(|e| backend("subscribing to missing-consumer reports", e))?;
+                let weak = Arc::downgrade(&self.inner);
+                tokio::spawn(async move {
+                    while let Some(message) = reports.next().await {
+                        let Some(inner) = weak.upgrade() else { break };
+                        let bus = JetStreamBus { inner };
+                        let Ok(name) = std::str::from_utf8(&message.payload) else {
+                            continue;
+                        };
+                        let Some((namespace, function)) =
+                            subjects::parse_function_consumer(&bus.inner.prefix, name)
+                        else {
+                            continue;
+                        };
+                        if !bus.inner.repairs.admit(name) {
+                            continue;
+                        }
+                        match bus.repair_function_consumer(&namespace, &function).await {
+                            Ok(true) => {
+                                tracing::info!(nats.consumer = %name, "work waited for a function consumer the server had deleted: made again");
+                                bus.hint(name, false).await;
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!(nats.consumer = %name, error = %e, "a missing function consumer was not made again")
+                            }
+                        }
+                    }
+                });
+                Ok::<(), BusError>(())
+            })
+            .await?;
+        Ok(())
     }
 
     /// Tries the hot consumers once each, round-robin, until `max` messages are found: each

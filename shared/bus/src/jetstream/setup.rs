@@ -43,6 +43,10 @@ async fn ensure_stream(
 /// [`JetStreamBus::ensure_function_consumer`]).
 pub const MAX_FUNCTION_CONSUMERS: i32 = 100_000;
 
+/// Function consumers a gateway remembers having made sure of, at most (past it, the expired
+/// entries are dropped).
+const MAX_ENSURED: usize = 100_000;
+
 impl JetStreamBus {
     /// Sets up (or reuses) the streams and consumers of `prefix` on an existing connection.
     pub(super) async fn set_up(
@@ -67,7 +71,7 @@ impl JetStreamBus {
             js.clone(),
             &prefix,
         ));
-        Ok(Self {
+        let bus = Self {
             inner: Arc::new(Inner {
                 client,
                 js,
@@ -78,6 +82,8 @@ impl JetStreamBus {
                 events,
                 dead,
                 ensured: std::sync::Mutex::new(HashMap::new()),
+                consumer_idle: config.function_consumer_idle,
+                repairs: Default::default(),
                 pull: PullState::default(),
                 inboxes: Default::default(),
                 signatures: config.signatures,
@@ -88,12 +94,21 @@ impl JetStreamBus {
                 held: Default::default(),
                 node_check,
             }),
-        })
+        };
+        if config.manage_streams {
+            bus.serve_consumer_repairs().await?;
+        }
+        Ok(bus)
     }
 
     /// Makes sure the durable consumer of `request`'s function exists with the function's
-    /// `max_concurrency` as `max_ack_pending` (the cap holds across every node together).
-    /// Cached per process; a changed cap updates the consumer.
+    /// `max_concurrency` as `max_ack_pending` (the cap holds across every node together) and
+    /// the bus's inactive threshold (the server deletes it after that long without pulls or
+    /// acks). Cached per process for half the threshold: a consumer this process made sure of
+    /// was pulled from after each publish since (when a node had room), so the server cannot
+    /// have deleted it; when no node had room for the whole threshold, nodes find the work
+    /// without a consumer later and ask for it again ([`Self::repair_function_consumer`]).
+    /// A changed cap updates the consumer.
     pub(super) async fn ensure_function_consumer(
         &self,
         request: &InvocationRequest,
@@ -101,7 +116,11 @@ impl JetStreamBus {
         let f = &request.function;
         let name = subjects::bus_function_consumer(&self.inner.prefix, &f.namespace, &f.name);
         let cap = i64::from(f.config.max_concurrency.max(1));
-        if self.ensured().get(&name) == Some(&cap) {
+        let idle = self.inner.consumer_idle;
+        let fresh = self.ensured().get(&name).is_some_and(|(made_cap, at)| {
+            *made_cap == cap && (idle.is_zero() || at.elapsed() < idle / 2)
+        });
+        if fresh {
             return Ok(());
         }
         let config = consumer::pull::Config {
@@ -111,6 +130,7 @@ impl JetStreamBus {
             ack_wait: self.inner.ack_wait,
             max_deliver: i64::from(self.inner.max_deliver),
             max_ack_pending: cap,
+            inactive_threshold: idle,
             ..Default::default()
         };
         // Create-or-update: an existing consumer with another cap is updated.
@@ -133,11 +153,53 @@ impl JetStreamBus {
                     backend(&format!("creating consumer {name}"), e)
                 }
             })?;
-        self.ensured().insert(name, cap);
+        let mut ensured = self.ensured();
+        if ensured.len() >= MAX_ENSURED {
+            ensured.retain(|_, (_, at)| idle.is_zero() || at.elapsed() < idle / 2);
+        }
+        ensured.insert(name, (cap, tokio::time::Instant::now()));
         Ok(())
     }
 
-    fn ensured(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+    /// Makes the consumer of `namespace`'s `function` again if work waits for it in the
+    /// stream (the server deleted it after its inactive threshold while no node had room, or
+    /// between a publish and the pull that would have kept it): with the cap of the newest
+    /// work of that function. Nothing when no work waits.
+    pub(super) async fn repair_function_consumer(
+        &self,
+        namespace: &fnmesh_core::Namespace,
+        function: &fnmesh_core::FunctionName,
+    ) -> Result<bool, BusError> {
+        let subject = subjects::bus_invocation(&self.inner.prefix, namespace, function);
+        let message = match self
+            .inner
+            .work_stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) => message,
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                return Ok(false)
+            }
+            Err(e) => return Err(backend("reading a function's newest work", e)),
+        };
+        // Only gateways may publish work (and every piece is signed by one); the request is
+        // read for its function's cap only, and must be of the function named.
+        let request: InvocationRequest = serde_json::from_slice(&message.payload)
+            .map_err(|e| backend("decoding a function's newest work", e))?;
+        if &request.function.namespace != namespace || &request.function.name != function {
+            return Err(backend(
+                "repairing a consumer",
+                format!("work on {subject} names another function"),
+            ));
+        }
+        let name = subjects::bus_function_consumer(&self.inner.prefix, namespace, function);
+        self.ensured().remove(&name);
+        self.ensure_function_consumer(&request).await?;
+        Ok(true)
+    }
+
+    fn ensured(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, tokio::time::Instant)>> {
         self.inner
             .ensured
             .lock()

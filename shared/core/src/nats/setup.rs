@@ -252,6 +252,8 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
                     )),
                 ]);
                 subscribe.push(subjects::bus_function_logs_all(p));
+                // Nodes asking for a function consumer the server deleted while work waited.
+                subscribe.push(subjects::bus_consumer_missing(p));
                 subscribe.push(subjects::requests_in(p));
                 subscribe.push(subjects::forwards(p));
             }
@@ -300,6 +302,8 @@ pub fn node_permissions(id: &NodeId, regions: &[BusPrefix]) -> UserPermissions {
             subjects::bus_node_events_all(p),
             subjects::bus_function_logs_all(p),
             subjects::bus_work_ready(p),
+            // Work found without its consumer (deleted when inactive): gateways make it.
+            subjects::bus_consumer_missing(p),
             // The registry: its bucket looked up, its own entry written (heartbeats,
             // leaving); no other node's.
             subjects::jetstream_api(&["STREAM", "INFO", &registry]),
@@ -384,6 +388,7 @@ pub fn leaf_permissions(edge: &BusPrefix, regions: &[BusPrefix]) -> UserPermissi
             subjects::bus_dead_letter_records(r),
             subjects::bus_records(r),
             subjects::bus_work_ready(r),
+            subjects::bus_consumer_missing(r),
             subjects::bus_function_logs_all(r),
         ];
         publish_deny.extend(region_subjects.iter().cloned());

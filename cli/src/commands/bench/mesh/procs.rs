@@ -163,6 +163,7 @@ impl MeshProcs {
             // the throughput measured.
             .env("FNMESH_KEY_RATE_LIMIT", "0")
             .env("FNMESH_NAMESPACE_RATE_LIMIT", "0");
+        pass_node_settings(&mut gw);
         let gateway = ChildProc::spawn("fnmesh gateway", gw, work.join("gateway.log"))?;
         let mut nd = base("node", "node");
         nd.env("FNMESH_TRUSTED_KEYS", signing.public_key())
@@ -294,10 +295,14 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Node settings a benchmark run passes on from its own environment (to compare them):
-/// `FNMESH_SANDBOX_SUPERVISORS`.
+/// Settings a benchmark run passes on from its own environment to the processes it starts
+/// (to compare them): `FNMESH_SANDBOX_SUPERVISORS` (nodes), `FNMESH_FUNCTION_CONSUMER_IDLE_SECS`
+/// (gateways).
 fn pass_node_settings(cmd: &mut Command) {
-    for name in ["FNMESH_SANDBOX_SUPERVISORS"] {
+    for name in [
+        "FNMESH_SANDBOX_SUPERVISORS",
+        "FNMESH_FUNCTION_CONSUMER_IDLE_SECS",
+    ] {
         if let Some(value) = std::env::var_os(name) {
             cmd.env(name, value);
         }

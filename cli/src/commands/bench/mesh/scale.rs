@@ -19,10 +19,10 @@ use crate::args::ScaleBenchArgs;
 
 /// Requests in flight while deploying and invoking the many functions.
 const SETUP_CONCURRENCY: usize = 16;
-/// The pause between the cold invocations and the idle CPU sample.
-const SETTLE: Duration = Duration::from_secs(10);
-/// The longest wait for every cold invocation to finish.
-const COLD_MAX: Duration = Duration::from_secs(600);
+/// The longest wait for every cold invocation to finish: 600 s, or 200 ms per function.
+fn cold_max(functions: usize) -> Duration {
+    Duration::from_secs(600).max(Duration::from_millis(200).saturating_mul(functions as u32))
+}
 /// Targets of the hot-path issue.
 const TARGET_COLD_PER_SECOND: f64 = 100.0;
 const TARGET_P50_RATIO: f64 = 1.2;
@@ -238,26 +238,29 @@ async fn scale(
         })
         .await?;
     }
-    let mut pending: Vec<String> =
-        std::mem::take(&mut *ids.lock().unwrap_or_else(|e| e.into_inner()));
+    // In the order they were accepted, which is roughly the order they run in: each round
+    // reads records up to the first one still unfinished, so every record is read about once
+    // (reading all of 10,000 pending records every round would load the gateway it measures).
+    let mut pending: std::collections::VecDeque<String> =
+        std::mem::take(&mut *ids.lock().unwrap_or_else(|e| e.into_inner())).into();
     let mut failed = 0usize;
-    while !pending.is_empty() {
+    while let Some(id) = pending.front() {
         ensure!(
-            started.elapsed() < COLD_MAX,
-            "{} cold invocations unfinished after {COLD_MAX:?}",
-            pending.len()
+            started.elapsed() < cold_max(args.functions),
+            "{} cold invocations unfinished after {:?}",
+            pending.len(),
+            cold_max(args.functions)
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let mut still = Vec::new();
-        for id in pending {
-            let record = client.record(&id).await?;
-            match record["status"].as_str() {
-                Some("succeeded") => {}
-                Some("queued" | "running") => still.push(id),
-                _ => failed += 1,
+        let record = client.record(id).await?;
+        match record["status"].as_str() {
+            Some("succeeded") => {}
+            Some("queued" | "running") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
+            _ => failed += 1,
         }
-        pending = still;
+        pending.pop_front();
     }
     let cold_secs = started.elapsed().as_secs_f64();
     let cold_rate = args.functions as f64 / cold_secs;
@@ -266,11 +269,9 @@ async fn scale(
     // idle is measured once it settled.
     eprintln!(
         "{} functions: settling {} s, then idle CPU for {} s…",
-        args.functions,
-        SETTLE.as_secs(),
-        args.idle_secs
+        args.functions, args.settle_secs, args.idle_secs
     );
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let many_idle = idle_cpu(&pids, args.idle_secs).await?;
     eprintln!("{} functions: sync latency of one at c=1…", args.functions);
     let many_latency = sync_series(&client, &first, args.requests).await?;
