@@ -2,9 +2,12 @@
 //! starts it) it measures, with one function deployed: the sync p50/p99 of that function at
 //! c=1 and the idle CPU of nats-server, gateway and node; then it deploys `--functions` in all,
 //! invokes each once asynchronously (cold: distinct functions) and measures how many of those
-//! cold invocations finish per second, then the idle CPU again, then the first function's
-//! sync p50/p99 again. Printed side by side, with the targets, and with the ceiling of
-//! the cold invocations: the same cold starts made straight through the executor, alone.
+//! cold invocations finish per second, then (after `--settle-secs`) the idle CPU again with the
+//! number of work consumers the server still holds, then the first function's sync p50/p99
+//! again. Printed side by side, with the targets, and with the ceiling of the cold
+//! invocations: the same cold starts made straight through the executor, alone. The gateway
+//! gets `FNMESH_FUNCTION_CONSUMER_IDLE_SECS` from the bench's environment (a settle longer than
+//! it measures idle once the burst's consumers have expired).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -152,7 +155,10 @@ pub async fn run(args: ScaleBenchArgs) -> Result<()> {
         .build()?;
     eprintln!("starting fnmesh gateway and node…");
     let mut mesh = MeshProcs::start(&work, &nats_server.url, args.slots)?;
-    let result = scale(&mut mesh, &http, nats_pid, &args).await;
+    let nats = async_nats::connect(&nats_server.url)
+        .await
+        .context("connecting to the bench's nats-server")?;
+    let result = scale(&mut mesh, &http, &nats, nats_pid, &args).await;
     if result.is_err() {
         eprintln!("{}", mesh.log_tails());
     }
@@ -181,6 +187,7 @@ pub async fn run(args: ScaleBenchArgs) -> Result<()> {
 async fn scale(
     mesh: &mut MeshProcs,
     http: &reqwest::Client,
+    nats: &async_nats::Client,
     nats_pid: u32,
     args: &ScaleBenchArgs,
 ) -> Result<(String, f64)> {
@@ -209,6 +216,19 @@ async fn scale(
     );
     client.deploy(&first).await?;
     let one_latency = sync_series(&client, &first, args.requests).await?;
+    let work_stream = mesh.work_stream()?;
+    let consumers = || async {
+        let js = async_nats::jetstream::new(nats.clone());
+        anyhow::Ok(
+            js.get_stream(&work_stream)
+                .await?
+                .info()
+                .await?
+                .state
+                .consumer_count,
+        )
+    };
+    let one_consumers = consumers().await?;
     let one_idle = idle_cpu(&pids, args.idle_secs).await?;
 
     eprintln!("deploying {} functions…", args.functions);
@@ -272,6 +292,7 @@ async fn scale(
         args.functions, args.settle_secs, args.idle_secs
     );
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    let many_consumers = consumers().await?;
     let many_idle = idle_cpu(&pids, args.idle_secs).await?;
     eprintln!("{} functions: sync latency of one at c=1…", args.functions);
     let many_latency = sync_series(&client, &first, args.requests).await?;
@@ -300,6 +321,14 @@ async fn scale(
         "sync p99 of one, c=1 (µs)",
         one_latency.p99_us,
         many_latency.p99_us
+    );
+    out += &format!(
+        "{:<28} {:>12} {:>12}   (at the idle sample; FNMESH_FUNCTION_CONSUMER_IDLE_SECS={})\n",
+        "work-stream consumers",
+        one_consumers,
+        many_consumers,
+        std::env::var("FNMESH_FUNCTION_CONSUMER_IDLE_SECS")
+            .unwrap_or_else(|_| "300 (default)".into())
     );
     let mut one_total = 0.0;
     let mut many_total = 0.0;
