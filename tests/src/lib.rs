@@ -73,6 +73,40 @@ pub fn fnmesh_bin() -> PathBuf {
     .clone()
 }
 
+/// What a run of the `fnmesh` CLI gave: whether it exited 0, its stdout and its stderr.
+pub struct CliRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `fnmesh` CLI with `args` against the API at `base_url` as the admin, `stdin` on
+/// its standard input.
+pub fn run_cli(base_url: &str, args: &[&str], stdin: &str) -> CliRun {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(fnmesh_bin())
+        .args(args)
+        .env("FNMESH_URL", base_url)
+        .env("FNMESH_API_KEY", ADMIN_KEY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the fnmesh CLI");
+    child
+        .stdin
+        .take()
+        .expect("the CLI's stdin")
+        .write_all(stdin.as_bytes())
+        .expect("writing the CLI's stdin");
+    let out = child.wait_with_output().expect("running the fnmesh CLI");
+    CliRun {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// A free TCP port on 127.0.0.1, for a server a test starts. Picked below the kernel's
 /// ephemeral range (32768 and up by default): a port the kernel handed out for `:0` is in
 /// that range, and between this check and the server's bind an outgoing connection of a

@@ -113,28 +113,8 @@ async fn the_cli_reads_stdin_and_prints_the_bare_async_id() {
     )
     .await;
     let cli = |args: &[&str], stdin: &str| {
-        use std::io::Write as _;
-        let mut child = std::process::Command::new(fnmesh_tests::fnmesh_bin())
-            .args(args)
-            .env("FNMESH_URL", &app.base_url)
-            .env("FNMESH_API_KEY", fnmesh_tests::ADMIN_KEY)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let run = fnmesh_tests::run_cli(&app.base_url, args, stdin);
+        (run.ok, run.stdout, run.stderr)
     };
     let (ok, out, err) = cli(&["invoke", &name, "--data", "@-", "--async"], "{\"x\": 21}");
     assert!(ok, "{err}");

@@ -505,29 +505,9 @@ async fn a_private_registry_is_read_with_its_namespace_s_credential_only() {
     // The right credential (with the CLI, the password on stdin, as `docker login`): the tag
     // resolves, and the node pulls with it.
     let cli = |args: &[&str], stdin: &str| {
-        use std::io::Write as _;
-        let mut child = std::process::Command::new(fnmesh_tests::fnmesh_bin())
-            .args(args)
-            .env("FNMESH_URL", &app.base_url)
-            .env("FNMESH_API_KEY", fnmesh_tests::ADMIN_KEY)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "fnmesh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let run = fnmesh_tests::run_cli(&app.base_url, args, stdin);
+        assert!(run.ok, "fnmesh {args:?}: {}", run.stderr);
+        run.stdout
     };
     cli(
         &["registry", "login", &host, "--username", PRIVATE_USER],
