@@ -270,6 +270,18 @@ pub struct DeliveryArgs {
         default_value_t = 300
     )]
     pub function_consumer_idle_secs: u64,
+    /// Whether a gateway sends sync invocations straight to a node with a free slot (one
+    /// core-NATS request; the node answers at once whether it took it) before queueing them
+    /// in JetStream. Such calls count against a function's `max_concurrency` per gateway and
+    /// per node, not across the cluster as queued work does; `false` (the default) queues
+    /// every invocation. Read by gateways.
+    #[arg(
+        long,
+        env = "FNMESH_DIRECT_SYNC",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub direct_sync: bool,
     /// JetStream replicas of the streams and buckets a gateway creates (1 to 5; 3 on a
     /// 3-server cluster). Existing streams are updated to it; existing buckets keep theirs.
     #[arg(long, env = "FNMESH_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
@@ -290,6 +302,7 @@ impl DeliveryArgs {
             function_consumer_idle: std::time::Duration::from_secs(
                 self.function_consumer_idle_secs,
             ),
+            direct_sync: self.direct_sync,
             ..fnmesh_bus::BusConfig::default()
         }
     }

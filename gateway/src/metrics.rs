@@ -97,6 +97,7 @@ pub struct GatewayMetrics {
     concurrency_limited: IntCounterVec,
     store_transactions: IntCounterVec,
     store_writes: IntCounterVec,
+    sync_sent: IntCounterVec,
     stream_messages: IntGaugeVec,
     store_bytes: prometheus::IntGauge,
     store_invocations: prometheus::IntGauge,
@@ -234,6 +235,14 @@ impl GatewayMetrics {
                 ),
                 &["kind"],
             )?,
+            sync_sent: IntCounterVec::new(
+                Opts::new(
+                    "fnmesh_sync_invocations_sent_total",
+                    "Sync invocations sent to nodes, by path (direct: taken at once by a node \
+                     with a free slot; queued: held in the work queue until a node pulled it).",
+                ),
+                &["path"],
+            )?,
             stream_messages: IntGaugeVec::new(
                 Opts::new(
                     "fnmesh_stream_messages",
@@ -272,6 +281,7 @@ impl GatewayMetrics {
         registry.register(Box::new(this.concurrency_limited.clone()))?;
         registry.register(Box::new(this.store_transactions.clone()))?;
         registry.register(Box::new(this.store_writes.clone()))?;
+        registry.register(Box::new(this.sync_sent.clone()))?;
         registry.register(Box::new(this.stream_messages.clone()))?;
         registry.register(Box::new(this.store_bytes.clone()))?;
         registry.register(Box::new(this.store_invocations.clone()))?;
@@ -340,6 +350,11 @@ impl GatewayMetrics {
     /// The counter of audit entries of `kind` (`auth_failure`, `management`) not stored.
     pub(crate) fn audit_dropped(&self, kind: &'static str) -> prometheus::IntCounter {
         self.audit_dropped.with_label_values(&[kind])
+    }
+
+    /// Counts one sync invocation sent on `path` (`direct`, `queued`).
+    pub(crate) fn observe_sync_sent(&self, path: &'static str) {
+        self.sync_sent.with_label_values(&[path]).inc();
     }
 
     /// Counts one request refused by a per-key concurrency cap on `what` (`log_stream`,

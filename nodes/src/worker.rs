@@ -16,6 +16,8 @@
 //! retried with backoff, the delivery kept alive, until it is published or the node shuts
 //! down (then the delivery is redelivered after its ack wait): a result is never dropped, and
 //! work that ran is not run again just because its result could not be reported yet.
+//! The slot of a sync invocation is freed once its caller has the reply, while its result is
+//! reported, unless `slots` results are being reported already (then it stays taken, as above).
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -80,6 +82,9 @@ pub struct Worker {
     busy: Arc<AtomicUsize>,
     /// Counts what ran, when the node exports metrics.
     metrics: Option<Arc<NodeMetrics>>,
+    /// Results of answered sync invocations being reported after their slot was freed, at
+    /// most `slots` at once.
+    reporting: Arc<Semaphore>,
 }
 
 /// A read-only view of a worker's load, for the node registry's heartbeats.
@@ -99,6 +104,14 @@ impl WorkerLoad {
     pub fn free_slots(&self) -> usize {
         self.slots.saturating_sub(self.busy.load(Ordering::Relaxed))
     }
+}
+
+/// What one handled delivery holds: its slot (and busy count) until it is settled, or, for a
+/// sync invocation whose caller was answered, a place among the results being reported.
+struct Slot {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    busy: Option<BusyGuard>,
+    reporting: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Counts one handled invocation as busy until dropped (also if its task panics).
@@ -125,6 +138,7 @@ impl Worker {
         code: Arc<CodeCache>,
         executor: Arc<Executor>,
     ) -> Self {
+        let reporting = Arc::new(Semaphore::new(config.slots.max(1)));
         Self {
             config,
             bus,
@@ -132,6 +146,7 @@ impl Worker {
             executor,
             busy: Arc::new(AtomicUsize::new(0)),
             metrics: None,
+            reporting,
         }
     }
 
@@ -179,16 +194,33 @@ impl Worker {
                     if !deliveries.is_empty() {
                         backoff = PULL_RETRY.build();
                     }
-                    // Slots left over are freed when `permits` is dropped.
-                    for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
+                    // Slots left over are freed when `permits` is dropped. A bus with a direct
+                    // path may hand out more than were free (see `Bus::pull_invocations`):
+                    // those wait here for a slot, and nothing is pulled meanwhile.
+                    let mut permits = permits.drain(..);
+                    for delivery in deliveries {
+                        let permit = match permits.next() {
+                            Some(permit) => permit,
+                            None => tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                p = slots.clone().acquire_owned() => match p {
+                                    Ok(p) => p,
+                                    Err(_) => break,
+                                },
+                            },
+                        };
                         let worker = this.clone();
                         let busy = BusyGuard::enter(&this.busy);
                         let span =
                             crate::telemetry::invocation_span(&delivery, &worker.config.node_id);
                         tracker.spawn(async move {
-                            worker.handle(delivery).instrument(span).await;
-                            drop(busy);
-                            drop(permit);
+                            let mut slot = Slot {
+                                permit: Some(permit),
+                                busy: Some(busy),
+                                reporting: None,
+                            };
+                            worker.handle(delivery, &mut slot).instrument(span).await;
+                            drop(slot);
                         });
                     }
                 }
@@ -218,7 +250,7 @@ impl Worker {
         }
     }
 
-    async fn handle(&self, delivery: Delivery) {
+    async fn handle(&self, delivery: Delivery, slot: &mut Slot) {
         let Delivery {
             request,
             reply_to,
@@ -248,7 +280,7 @@ impl Worker {
                 Utc::now(),
             );
             tracing::warn!(invocation.id = %request.id, "invocation expired in the queue; not run");
-            self.settle(&request, reply_to.as_ref(), outcome, acker.as_ref())
+            self.settle(&request, reply_to.as_ref(), outcome, acker.as_ref(), slot)
                 .await;
             return;
         }
@@ -285,9 +317,31 @@ impl Worker {
             .await
         {
             Ok(lease) => lease,
-            Err(e) => {
+            Err(e) if acker.redelivers() => {
                 tracing::warn!(error = %e, invocation.id = %request.id, "code unavailable; will retry");
                 let _ = acker.nak(Some(Duration::from_secs(1))).await;
+                return;
+            }
+            // Sent straight here (nothing holds it to deliver again): the caller is told.
+            Err(e) => {
+                tracing::warn!(error = %e, invocation.id = %request.id, "code unavailable for a direct sync invocation; reported failed");
+                let execution = Execution::failed(
+                    InvocationStatus::Failed,
+                    InvocationError {
+                        kind: ErrorKind::Crashed,
+                        message: "the function's code could not be fetched on the node".to_owned(),
+                    },
+                );
+                let outcome = InvocationOutcome::finished(
+                    &request,
+                    execution,
+                    &self.config.node_id,
+                    attempt,
+                    started_at,
+                    Utc::now(),
+                );
+                self.settle(&request, reply_to.as_ref(), outcome, acker.as_ref(), slot)
+                    .await;
                 return;
             }
         };
@@ -385,7 +439,7 @@ impl Worker {
             }
             return;
         }
-        self.settle(&request, reply_to.as_ref(), outcome, acker.as_ref())
+        self.settle(&request, reply_to.as_ref(), outcome, acker.as_ref(), slot)
             .await;
     }
 
@@ -397,6 +451,7 @@ impl Worker {
         reply_to: Option<&ReplyTo>,
         outcome: InvocationOutcome,
         acker: &dyn Acker,
+        slot: &mut Slot,
     ) {
         if let Some(to) = reply_to {
             let replied = self
@@ -406,6 +461,15 @@ impl Worker {
                 .await;
             if let Err(e) = replied {
                 tracing::debug!(error = %e, "sync reply failed; the result is still recorded");
+            }
+            // The caller has its answer, and its next call may come at once: the slot is
+            // free while the result is reported, as long as fewer than `slots` results are
+            // being reported (past that the slot stays taken, so a node that cannot report
+            // stops taking work).
+            if let Ok(reporting) = self.reporting.clone().try_acquire_owned() {
+                slot.reporting = Some(reporting);
+                slot.permit = None;
+                slot.busy = None;
             }
         }
         let event = NodeEvent::Finished(Box::new(outcome));

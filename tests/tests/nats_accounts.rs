@@ -121,6 +121,15 @@ async fn a_node_cannot_forge_invocations_or_manage_streams() {
     node.publish(work.clone(), "{}".into()).await.unwrap();
     node.flush().await.unwrap();
     errors.expect_violation("publish", &work).await;
+    // Nor work sent straight to nodes (the direct path): only gateways publish there.
+    let direct = subjects::bus_direct(
+        &BusPrefix::parse(&region).unwrap(),
+        &Namespace::default_ns(),
+        &FunctionName::parse("victim").unwrap(),
+    );
+    node.publish(direct.clone(), "{}".into()).await.unwrap();
+    node.flush().await.unwrap();
+    errors.expect_violation("publish", &direct).await;
     // The server logs it too (what the end-to-end test checks stays absent).
     assert!(
         nats.log().to_lowercase().contains("violation"),
@@ -263,6 +272,34 @@ async fn gateway_and_node_creds_run_the_bus_registry_and_code_store() {
     assert_eq!(events.len(), 1);
     events[0].acker.ack().await.unwrap();
     gw_bus.queue_stats().await.unwrap();
+
+    // The same straight to the node (the direct path): a request on the region's direct
+    // subject, taken by the node's waiting pull, answered on the gateway's inboxes.
+    let direct = request();
+    let mut inbox = gw_bus.open_inbox().await.unwrap();
+    let pull = {
+        let node_bus = node_bus.clone();
+        tokio::spawn(async move { node_bus.pull_invocations(4, Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        gw_bus.send_sync(&direct, &inbox.reply_to).await.unwrap(),
+        fnmesh_bus::Sent::Direct
+    );
+    let mut taken = pull.await.unwrap().unwrap();
+    assert_eq!(taken.len(), 1);
+    let delivery = taken.remove(0);
+    assert_eq!(delivery.request.id, direct.id);
+    let sent = outcome(&direct);
+    node_bus
+        .reply(delivery.reply_to.as_ref().unwrap(), &sent)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), inbox.receiver.recv())
+        .await
+        .expect("the direct reply arrives")
+        .expect("the inbox is open");
+    assert_eq!(got, sent);
 
     // Live logs: published by the node, followed by the gateway.
     use futures::StreamExt as _;

@@ -34,7 +34,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
-use fnmesh_bus::BusError;
+use fnmesh_bus::{BusError, Sent};
 
 use crate::auth::{Action, Principal};
 use crate::error::ApiError;
@@ -266,12 +266,12 @@ pub(crate) async fn dispatch(
         Ok(inbox) => inbox,
         Err(e) => return Err(refuse(e.into()).await),
     };
-    match bus
-        .publish_invocation(&request, Some(&inbox.reply_to))
+    let sent = match bus
+        .send_sync(&request, &inbox.reply_to)
         .instrument(publish_span)
         .await
     {
-        Ok(()) => {}
+        Ok(sent) => sent,
         // The lane here is full: the hub runs it instead (the caller waits either way).
         Err(BusError::LaneFull(lane)) => {
             return match overflow {
@@ -284,8 +284,12 @@ pub(crate) async fn dispatch(
             }
         }
         Err(e) => return Err(refuse(e.into()).await),
-    }
-    tracing::debug!(invocation.id = %id, mode = "sync", "invocation queued");
+    };
+    tracing::debug!(invocation.id = %id, mode = "sync", sent = ?sent, "invocation sent");
+    state.metrics.observe_sync_sent(match sent {
+        Sent::Direct => "direct",
+        Sent::Queued => "queued",
+    });
     let wait = timeout + state.config.sync_grace;
     let deadline = tokio::time::Instant::now() + wait;
     let wait_span = tracing::info_span!("invocation.wait", invocation.id = %id);
@@ -314,7 +318,7 @@ pub(crate) async fn dispatch(
             }
             Ok(None) => {
                 if !stored {
-                    store_unfinished(state, &request).await;
+                    store_unfinished(state, &request, sent).await;
                 }
                 return Err(ApiError::Unavailable(format!(
                     "the reply inbox closed before invocation {id} finished; fetch it later by id"
@@ -327,7 +331,7 @@ pub(crate) async fn dispatch(
                     "sync invocation did not finish in time"
                 );
                 if !stored {
-                    store_unfinished(state, &request).await;
+                    store_unfinished(state, &request, sent).await;
                 }
                 return Err(ApiError::GatewayTimeout { invocation_id: id });
             }
@@ -345,10 +349,20 @@ fn parse_payload(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// Stores a sync invocation that was not stored before and whose caller stops waiting: its
-/// caller is given the id to fetch later. `queued` and without a request (it was published
-/// already; the reconciler must not publish it again); an outcome the recorder stored meanwhile
-/// is kept (the store's fence), and one that comes later applies over it.
-async fn store_unfinished(state: &State, request: &InvocationRequest) {
+/// caller is given the id to fetch later. `queued`; without a request when it was queued on
+/// the bus (the queue holds it: the reconciler must not publish it again), with it when it was
+/// sent straight to a node ([`Sent::Direct`]: nothing else holds it, and a lost node would
+/// lose it, so the reconciler queues it again if no outcome comes — it may then run twice when
+/// the node was only slow). An outcome the recorder stored meanwhile is kept (the store's
+/// fence), and one that comes later applies over it.
+async fn store_unfinished(state: &State, request: &Arc<InvocationRequest>, sent: Sent) {
+    if sent == Sent::Direct {
+        // A conflict is an outcome stored first: nothing to do.
+        if let Err(e) = state.writes.insert(request.clone()).await {
+            tracing::debug!(invocation.id = %request.id, error = %e, "storing an unfinished direct sync invocation: not stored");
+        }
+        return;
+    }
     let placeholder = InvocationOutcome {
         result: InvocationResult::queued(request),
         logs: Default::default(),

@@ -57,6 +57,7 @@ pub fn test_config() -> BusConfig {
         manage_streams: true,
         replicas: 1,
         function_consumer_idle: crate::DEFAULT_FUNCTION_CONSUMER_IDLE,
+        direct_sync: true,
         signatures: crate::Signatures::process_local(),
     }
 }
@@ -81,6 +82,7 @@ macro_rules! bus_conformance_cases {
             full_queue_refuses_publish,
             full_lanes_refuse_only_their_function_or_namespace,
             inbox_reply_roundtrip,
+            send_sync_reaches_a_waiting_puller,
             reply_to_a_dropped_inbox_is_ok,
             many_inboxes_each_get_their_own_reply,
             malformed_reply_address_is_refused,
@@ -534,6 +536,50 @@ where
         .expect("the reply arrives in time")
         .expect("the inbox is open");
     assert_eq!(got, sent, "the reply arrives unchanged");
+}
+
+/// A sync invocation sent with [`Bus::send_sync`] while a puller waits reaches it with its
+/// reply address, and the reply arrives; a delivery sent direct cannot be redelivered, a
+/// queued one can.
+pub async fn send_sync_reaches_a_waiting_puller<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    let mut inbox = bus.open_inbox().await.expect("open_inbox");
+    let req = request();
+    let puller = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.pull_invocations(4, PATIENCE).await })
+    };
+    // The pull is waiting (an engine with a direct path offers its slots then).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = bus
+        .send_sync(&req, &inbox.reply_to)
+        .await
+        .expect("send_sync");
+    let mut deliveries = puller.await.unwrap().expect("pull");
+    assert_eq!(deliveries.len(), 1, "one delivery");
+    let d = deliveries.remove(0);
+    assert_eq!(d.request.id, req.id);
+    assert_eq!(d.attempt, 1);
+    assert_eq!(d.reply_to.as_ref(), Some(&inbox.reply_to));
+    assert_eq!(
+        d.acker.redelivers(),
+        sent == crate::Sent::Queued,
+        "only queued work is delivered again ({sent:?})"
+    );
+    let reply = outcome(&req);
+    bus.reply(d.reply_to.as_ref().unwrap(), &reply)
+        .await
+        .expect("reply");
+    d.acker.ack().await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, inbox.receiver.recv())
+        .await
+        .expect("the reply arrives in time")
+        .expect("the inbox is open");
+    assert_eq!(got, reply);
 }
 
 /// Many open inboxes, replied to in another order than they were opened (one dropped on the

@@ -116,6 +116,11 @@ pub struct BusConfig {
     /// again): the server keeps consumers only for functions with recent traffic.
     /// `Duration::ZERO` keeps them for ever.
     pub function_consumer_idle: Duration,
+    /// Whether sync invocations go straight to a node with a free slot when one takes them
+    /// ([`Bus::send_sync`]; the JetStream bus), falling back to the work queue. Off by
+    /// default: such calls count against `max_concurrency` per gateway and per node, not
+    /// across the cluster as queued work does.
+    pub direct_sync: bool,
     /// How work crossing processes is signed and checked (the JetStream bus; the in-process
     /// bus has no one to distrust).
     pub signatures: Signatures,
@@ -193,6 +198,7 @@ impl Default for BusConfig {
             manage_streams: true,
             replicas: 1,
             function_consumer_idle: DEFAULT_FUNCTION_CONSUMER_IDLE,
+            direct_sync: false,
             signatures: Signatures::process_local(),
         }
     }
@@ -226,6 +232,22 @@ pub trait Acker: Send + Sync {
     async fn in_progress(&self) -> Result<(), BusError>;
     /// Never deliver again, without success (e.g. after writing a dead letter).
     async fn term(&self) -> Result<(), BusError>;
+    /// Whether [`Acker::nak`] has the work delivered again. False for a sync invocation sent
+    /// straight to a node ([`Sent::Direct`]): nothing holds it but the node, so a node that
+    /// cannot run it must answer the caller instead.
+    fn redelivers(&self) -> bool {
+        true
+    }
+}
+
+/// How [`Bus::send_sync`] sent a sync invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Queued like any work (durable until a node settles it).
+    Queued,
+    /// Handed straight to a node with a free slot: nothing else holds it, so if no outcome
+    /// comes the caller must keep the request to run it again (the node may have been lost).
+    Direct,
 }
 
 /// One delivery of an invocation to a node.
@@ -308,12 +330,27 @@ pub trait Bus: Send + Sync + 'static {
         reply: Option<&ReplyTo>,
     ) -> Result<(), BusError>;
 
+    /// Sends a sync invocation whose outcome goes to `reply`: straight to a node with a free
+    /// slot where the bus can ([`Sent::Direct`]: one core-NATS request instead of a durable
+    /// publish, a pull and an ack), else queued as [`Bus::publish_invocation`] does.
+    async fn send_sync(
+        &self,
+        request: &InvocationRequest,
+        reply: &ReplyTo,
+    ) -> Result<Sent, BusError> {
+        self.publish_invocation(request, Some(reply)).await?;
+        Ok(Sent::Queued)
+    }
+
     /// Waits up to `wait` for one delivery. Nodes call it only when they have a free slot.
     async fn pull_invocation(&self, wait: Duration) -> Result<Option<Delivery>, BusError>;
 
     /// Waits up to `wait` for deliveries, and takes at most `max` (at least one, unless the
     /// wait ends first): nodes ask for as many as they have free slots, so one round trip to
-    /// the broker can fill several. A bus without batches hands out one.
+    /// the broker can fill several. A bus without batches hands out one. A bus that offers
+    /// the free slots to sync work sent straight to the node ([`Bus::send_sync`]) may return
+    /// up to twice `max` (what it fetched and what was taken meanwhile); the caller runs the
+    /// rest as its slots free.
     async fn pull_invocations(
         &self,
         max: usize,

@@ -32,15 +32,22 @@ struct Mux {
     /// The inbox (`<connection prefix>.<nuid>`): every inbox subject is this plus `.<n>`.
     prefix: String,
     next: AtomicU64,
-    routes: Mutex<HashMap<u64, mpsc::Sender<InvocationOutcome>>>,
+    routes: Mutex<HashMap<u64, Waiter>>,
     /// False once the subscription has ended.
     alive: std::sync::atomic::AtomicBool,
 }
 
 impl Mux {
-    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<InvocationOutcome>>> {
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// One inbox's channel, and what is held for as long as it is waited on (a direct call's
+/// place in its function's count: see `jetstream::direct`).
+struct Waiter {
+    sender: mpsc::Sender<InvocationOutcome>,
+    held: Option<Box<dyn Send>>,
 }
 
 /// The multiplexed inboxes of one bus.
@@ -71,12 +78,30 @@ impl Inboxes {
         let mux = self.mux(client, check).await?;
         let token = mux.next.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = mpsc::channel(1);
-        mux.routes().insert(token, sender);
+        mux.routes().insert(token, Waiter { sender, held: None });
         Ok(Inbox {
             reply_to: ReplyTo(subjects::reply_inbox(&mux.prefix, token)),
             receiver,
             guard: Some(Box::new(Route { mux, token })),
         })
+    }
+
+    /// Keeps `held` until the inbox `reply_to` (one of this bus's, still waited on) drops;
+    /// dropped at once if there is no such inbox.
+    pub(crate) async fn hold(&self, reply_to: &ReplyTo, held: Box<dyn Send>) {
+        let Some(mux) = self.current.lock().await.clone() else {
+            return;
+        };
+        let token = reply_to
+            .0
+            .strip_prefix(mux.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|t| t.parse::<u64>().ok());
+        let Some(token) = token else { return };
+        let mut routes = mux.routes();
+        if let Some(waiter) = routes.get_mut(&token) {
+            waiter.held = Some(held);
+        }
     }
 
     /// The live subscription, made (and confirmed by a flush, so no reply can precede it) when
@@ -117,7 +142,9 @@ impl Inboxes {
                     .rsplit('.')
                     .next()
                     .and_then(|t| t.parse::<u64>().ok());
-                let Some(sender) = token.and_then(|t| routed.routes().get(&t).cloned()) else {
+                let Some(sender) =
+                    token.and_then(|t| routed.routes().get(&t).map(|w| w.sender.clone()))
+                else {
                     tracing::debug!(nats.subject = %message.subject, "reply for an inbox nobody waits on; dropped");
                     continue;
                 };

@@ -89,6 +89,21 @@ pub fn bus_invocations_all(prefix: &BusPrefix) -> String {
     format!("{PREFIX}.{prefix}.inv.>")
 }
 
+/// Core-NATS subject of a sync invocation sent straight to a node with a free slot (the
+/// direct path; no stream holds it): `fnmesh.v1.<prefix>.direct.<namespace>.<function>`.
+pub fn bus_direct(prefix: &BusPrefix, namespace: &Namespace, function: &FunctionName) -> String {
+    format!("{PREFIX}.{prefix}.direct.{namespace}.{function}")
+}
+
+/// Every direct subject of a prefixed bus (what nodes subscribe to, in [`DIRECT_QUEUE_GROUP`]):
+/// `fnmesh.v1.<prefix>.direct.>`.
+pub fn bus_direct_all(prefix: &BusPrefix) -> String {
+    format!("{PREFIX}.{prefix}.direct.>")
+}
+
+/// The queue group nodes take direct sync invocations in: each goes to one node.
+pub const DIRECT_QUEUE_GROUP: &str = "fnmesh-direct";
+
 /// Every invocation subject of one namespace on a prefixed bus:
 /// `fnmesh.v1.<prefix>.inv.<namespace>.*`.
 pub fn bus_invocations_of_namespace(prefix: &BusPrefix, namespace: &Namespace) -> String {

@@ -394,6 +394,12 @@ pub fn table(f: &Figures) -> String {
         p.nats_messages_out
             .map_or_else(|| "?".to_owned(), |m| format!("{m:.2}")),
     );
+    if let Some(share) = p.sync_direct_share {
+        out += &format!(
+            "sync invocations sent straight to a node (the direct path): {:.1}%\n",
+            share * 100.0
+        );
+    }
     out += &format!(
         "\nratio fnmesh p50 / (HTTP + NATS + sandbox p50) = {:.0} / ({:.0} + {:.0} + {:.0}) µs: \
          {:.2}x   (target ≤ {TARGET_RATIO:.1}x)\n",

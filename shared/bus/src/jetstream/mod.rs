@@ -64,6 +64,7 @@
 
 mod acker;
 mod dead_letters;
+mod direct;
 mod events;
 pub(crate) mod reports;
 mod scheduler;
@@ -81,7 +82,7 @@ use futures::StreamExt;
 
 use super::{
     Bus, BusConfig, BusError, DeadLetter, Delivery, EventDelivery, Inbox, LogFeed, QueueStats,
-    ReplyTo,
+    ReplyTo, Sent,
 };
 use fnmesh_core::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
 use fnmesh_core::names::{FunctionName, Namespace};
@@ -120,6 +121,12 @@ struct Inner {
     repairs: scheduler::Repairs,
     /// The pulling side (nodes): which function consumers may have work.
     pull: scheduler::PullState,
+    /// Whether sync invocations are sent straight to a node first (`direct`).
+    direct_sync: bool,
+    /// The gateway side of the direct path: its calls in flight per function.
+    direct_in_flight: direct::InFlight,
+    /// The node side of the direct path: slots offered and work taken on them.
+    direct_intake: direct::Intake,
     /// Sync callers' reply inboxes, on one subscription.
     inboxes: super::nats_inbox::Inboxes,
     /// Signs published work and checks pulled work.
@@ -331,6 +338,18 @@ impl Bus for JetStreamBus {
         reply: Option<&ReplyTo>,
     ) -> Result<(), BusError> {
         self.publish_work(request, reply).await
+    }
+
+    async fn send_sync(
+        &self,
+        request: &InvocationRequest,
+        reply: &ReplyTo,
+    ) -> Result<Sent, BusError> {
+        if self.inner.direct_sync && self.send_direct(request, reply).await? {
+            return Ok(Sent::Direct);
+        }
+        self.publish_work(request, Some(reply)).await?;
+        Ok(Sent::Queued)
     }
 
     async fn pull_invocation(&self, wait: Duration) -> Result<Option<Delivery>, BusError> {

@@ -93,12 +93,24 @@ impl Repairs {
     }
 }
 
+/// Withdraws a pull's offer of slots to direct work when the pull ends.
+struct Withdraw<'a>(&'a super::direct::Intake);
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        // Only the offer: direct work taken on it and not returned (the pull was dropped or
+        // failed) is returned by the next pull.
+        self.0.offer(0);
+    }
+}
+
 /// Which function consumers a node should look at, round-robin.
 #[derive(Default)]
 pub(super) struct PullState {
     /// Set up once, by the first pull: the ready-hint listener.
     listener: tokio::sync::OnceCell<()>,
-    wake: tokio::sync::Notify,
+    /// Wakes a waiting pull: a hint came, or direct work was taken on its offer.
+    pub(super) wake: tokio::sync::Notify,
     inner: std::sync::Mutex<Ring>,
 }
 
@@ -199,16 +211,34 @@ impl JetStreamBus {
     }
 
     /// Pulls up to `max` invocations (at least one unless `wait` ends first), round-robin over
-    /// the function consumers with work, waiting up to `wait`.
+    /// the function consumers with work, waiting up to `wait`. For as long as it runs, its
+    /// `max` free slots are offered to direct sync work (see `direct`), which it returns as
+    /// it comes, with what it fetched meanwhile: a pull can return up to twice `max` (a
+    /// fetch asks for the slots still offered when it starts, and direct work may take them
+    /// while it runs); the caller runs the rest as its slots free.
     pub(super) async fn pull_work(
         &self,
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, BusError> {
         self.start_listener().await?;
+        self.start_direct().await?;
         let max = max.max(1);
         let deadline = Instant::now() + wait;
+        let intake = &self.inner.direct_intake;
+        intake.offer(max);
+        // Withdrawn however this pull ends (also when its caller drops it).
+        let _offer = Withdraw(intake);
         loop {
+            // Registered before looking, so a hint (or direct work) that lands meanwhile is
+            // not missed.
+            let wake = self.inner.pull.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            // Direct work taken on the offer: run at once.
+            if intake.has_taken() {
+                return Ok(intake.withdraw());
+            }
             let sweep_due = self
                 .ring()
                 .last_sweep
@@ -216,13 +246,9 @@ impl JetStreamBus {
             if sweep_due {
                 self.sweep().await?;
             }
-            // Registered before looking, so a hint that lands meanwhile is not missed.
-            let wake = self.inner.pull.wake.notified();
-            tokio::pin!(wake);
-            wake.as_mut().enable();
-            let messages = self.fetch_round(max).await?;
+            let messages = self.fetch_round(intake.offered().max(1)).await?;
             if !messages.is_empty() {
-                let mut deliveries = Vec::with_capacity(messages.len());
+                let mut deliveries = intake.withdraw();
                 for message in messages {
                     match self.delivery(message).await {
                         Ok(delivery) => deliveries.extend(delivery),
@@ -235,11 +261,12 @@ impl JetStreamBus {
                 if !deliveries.is_empty() {
                     return Ok(deliveries);
                 }
+                intake.offer(max);
                 continue;
             }
             let now = Instant::now();
             if now >= deadline {
-                return Ok(Vec::new());
+                return Ok(intake.withdraw());
             }
             let next_sweep = self.ring().last_sweep.map_or(now, |at| at + SWEEP_INTERVAL);
             tokio::select! {

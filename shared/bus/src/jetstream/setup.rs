@@ -86,6 +86,9 @@ impl JetStreamBus {
                 repairs: Default::default(),
                 pull: PullState::default(),
                 inboxes: Default::default(),
+                direct_sync: config.direct_sync,
+                direct_in_flight: Default::default(),
+                direct_intake: Default::default(),
                 signatures: config.signatures,
                 namespace_capacity: u64::try_from(config.namespace_capacity.max(1))
                     .unwrap_or(u64::MAX),

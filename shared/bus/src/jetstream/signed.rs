@@ -46,10 +46,23 @@ impl ReplayGuard {
     /// Remembers that `id` came in stream message `seq`; false when another message already
     /// brought the same id (redeliveries of one message are the same `seq`).
     fn admit(&self, id: InvocationId, seq: u64) -> bool {
+        self.admit_in(id, Some(seq))
+    }
+
+    /// Remembers `id`, which came in a message no stream holds (sent direct): false when any
+    /// message brought it before. Such a message is never delivered twice.
+    fn admit_once(&self, id: InvocationId) -> bool {
+        self.admit_in(id, None)
+    }
+
+    fn admit_in(&self, id: InvocationId, seq: Option<u64>) -> bool {
+        // Direct messages are remembered under a sequence no stream message has.
+        const DIRECT: u64 = u64::MAX;
         let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match state.seen.get(&id) {
-            Some(&first) => first == seq,
+            Some(&first) => seq.is_some_and(|seq| seq != DIRECT && first == seq),
             None => {
+                let seq = seq.unwrap_or(DIRECT);
                 if state.order.len() >= REPLAY_MEMORY {
                     if let Some(old) = state.order.pop_front() {
                         state.seen.remove(&old);
@@ -109,19 +122,33 @@ impl JetStreamBus {
         attempt: u32,
         stream_seq: u64,
     ) -> Result<(InvocationRequest, Limits), Rejection> {
-        let header = |name: &str| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str())
-        };
+        self.check_work_parts(
+            message.subject.as_str(),
+            message.headers.as_ref(),
+            &message.payload,
+            attempt,
+            Some(stream_seq),
+        )
+    }
+
+    /// [`Self::check_work`] on a message's parts: a stream message (`stream_seq`, on a work
+    /// subject) or a direct one (`None`, on a direct subject: see `direct`), whose id must
+    /// never have come to this bus before.
+    pub(super) fn check_work_parts(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        attempt: u32,
+        stream_seq: Option<u64>,
+    ) -> Result<(InvocationRequest, Limits), Rejection> {
+        let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
         let msg_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref()).unwrap_or("");
         let envelope = Envelope {
-            subject: message.subject.as_str(),
+            subject,
             reply: header(REPLY_HEADER),
             msg_id,
-            body: &message.payload,
+            body: payload,
         };
         let limits =
             self.inner
@@ -129,11 +156,14 @@ impl JetStreamBus {
                 .trusted
                 .verify(header(SIGNATURE_HEADER), &envelope, attempt)?;
         let request: InvocationRequest =
-            serde_json::from_slice(&message.payload).map_err(|_| Rejection::Invalid)?;
+            serde_json::from_slice(payload).map_err(|_| Rejection::Invalid)?;
         let f = &request.function;
-        let expected = subjects::bus_invocation(&self.inner.prefix, &f.namespace, &f.name);
+        let expected = match stream_seq {
+            Some(_) => subjects::bus_invocation(&self.inner.prefix, &f.namespace, &f.name),
+            None => subjects::bus_direct(&self.inner.prefix, &f.namespace, &f.name),
+        };
         let valid = msg_id == subjects::invocation_msg_id(&request.id)
-            && message.subject.as_str() == expected
+            && subject == expected
             && f.config.validate().is_ok()
             && f.runtime.handler_file(&f.handler).is_ok();
         if !valid {
@@ -143,7 +173,11 @@ impl JetStreamBus {
         let claim = header(CLAIM_HEADER)
             .and_then(Claim::parse)
             .ok_or(Rejection::Invalid)?;
-        if !self.inner.replays.admit(request.id, stream_seq) {
+        let admitted = match stream_seq {
+            Some(seq) => self.inner.replays.admit(request.id, seq),
+            None => self.inner.replays.admit_once(request.id),
+        };
+        if !admitted {
             return Err(Rejection::Replayed);
         }
         let gateway = header(SIGNATURE_HEADER)
@@ -172,6 +206,17 @@ mod tests {
         assert!(guard.admit(id, 7), "a redelivery of the same message");
         assert!(!guard.admit(id, 9), "another message with the same id");
         assert!(guard.admit(InvocationId::new(), 9));
+        let direct = InvocationId::new();
+        assert!(guard.admit_once(direct));
+        assert!(!guard.admit_once(direct), "a direct message comes once");
+        assert!(
+            !guard.admit(direct, 3),
+            "and is not run again from a stream"
+        );
+        assert!(
+            !guard.admit_once(id),
+            "nor is a stream message's id sent direct"
+        );
     }
 
     #[test]

@@ -237,6 +237,8 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
                     subjects::kv_entries_all(&subjects::catalog_bucket(p)),
                     subjects::jetstream_flow_control(&subjects::catalog_mirror_stream(p)),
                     subjects::bus_invocations_all(p),
+                    // Sync work sent straight to a node with a free slot.
+                    subjects::bus_direct_all(p),
                     // An edge's finished invocations, for its hub; an edge's overflow to it.
                     subjects::bus_records(p),
                     subjects::forwards(p),
@@ -317,6 +319,9 @@ pub fn node_permissions(id: &NodeId, regions: &[BusPrefix]) -> UserPermissions {
             subjects::jetstream_flow_control(&code),
         ]);
         subscribe.push(subjects::bus_work_ready(p));
+        // Sync work sent straight to it (queue group: one node takes each), answered on
+        // the gateway's inbox it names.
+        subscribe.push(subjects::bus_direct_all(p));
     }
     // The region's catalog (or, at an edge, its mirror of the hub's), read only and only its
     // functions and registry credentials (what pre-pulling needs; never API keys, secrets or
@@ -384,6 +389,7 @@ pub fn leaf_permissions(edge: &BusPrefix, regions: &[BusPrefix]) -> UserPermissi
     for r in regions {
         let region_subjects = [
             subjects::bus_invocations_all(r),
+            subjects::bus_direct_all(r),
             subjects::bus_node_events_all(r),
             subjects::bus_dead_letter_records(r),
             subjects::bus_records(r),
@@ -993,6 +999,8 @@ mod tests {
             "$KV.>",
             "$O.>",
             "fnmesh.v1.hub.inv.>",
+            "fnmesh.v1.hub.direct.>",
+            "fnmesh.v1.eu.direct.>",
             "fnmesh.v1.eu.evt.>",
             "fnmesh.v1.us.dlq",
             "$JS.hub.API.STREAM.DELETE.>",

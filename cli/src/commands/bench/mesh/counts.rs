@@ -11,6 +11,8 @@ use serde_json::Value;
 pub(super) struct Counts {
     store_transactions: f64,
     store_rows: f64,
+    sync_direct: f64,
+    sync_queued: f64,
     nats_in: Option<f64>,
     nats_out: Option<f64>,
 }
@@ -22,6 +24,9 @@ pub struct PerInvocation {
     pub store_transactions: f64,
     /// Rows those transactions wrote.
     pub store_rows: f64,
+    /// Share of the sync invocations sent straight to a node (the direct path), 0 to 1;
+    /// `None` when none was sent.
+    pub sync_direct_share: Option<f64>,
     /// Messages clients published to the NATS server (when the bench started it).
     pub nats_messages_in: Option<f64>,
     /// Messages the NATS server delivered to clients.
@@ -57,6 +62,22 @@ impl Counts {
         let mut counts = Counts {
             store_transactions: sum("fnmesh_store_write_transactions_total"),
             store_rows: sum("fnmesh_store_writes_total"),
+            sync_direct: samples
+                .iter()
+                .filter(|s| {
+                    s.name == "fnmesh_sync_invocations_sent_total"
+                        && s.labels.get("path").is_some_and(|p| p == "direct")
+                })
+                .map(|s| s.value)
+                .sum(),
+            sync_queued: samples
+                .iter()
+                .filter(|s| {
+                    s.name == "fnmesh_sync_invocations_sent_total"
+                        && s.labels.get("path").is_some_and(|p| p == "queued")
+                })
+                .map(|s| s.value)
+                .sum(),
             ..Counts::default()
         };
         if let Some(monitor) = monitor {
@@ -85,6 +106,11 @@ impl Counts {
         PerInvocation {
             store_transactions: (self.store_transactions - before.store_transactions) / n,
             store_rows: (self.store_rows - before.store_rows) / n,
+            sync_direct_share: {
+                let direct = self.sync_direct - before.sync_direct;
+                let all = direct + self.sync_queued - before.sync_queued;
+                (all > 0.0).then(|| direct / all)
+            },
             nats_messages_in: delta(self.nats_in, before.nats_in),
             nats_messages_out: delta(self.nats_out, before.nats_out),
         }

@@ -302,6 +302,7 @@ fn pass_node_settings(cmd: &mut Command) {
     for name in [
         "FNMESH_SANDBOX_SUPERVISORS",
         "FNMESH_FUNCTION_CONSUMER_IDLE_SECS",
+        "FNMESH_DIRECT_SYNC",
     ] {
         if let Some(value) = std::env::var_os(name) {
             cmd.env(name, value);
