@@ -10,8 +10,10 @@
 //! before: a sync caller is answered with the outcome or an error, and what a node ran also
 //! reaches the recorder as a `Finished` event, which stores it if its gateway did not (it
 //! died meanwhile). A sync invocation still running at the end of the wait answers 504 with
-//! its id, and is stored `queued` then (without a request: it was published already), so
-//! the id can be fetched. Writes go through the group commit of [`crate::writes`]:
+//! its id, and is stored `queued` then, so the id can be fetched: without a request when it
+//! was queued on the bus (the queue holds it), with it when it was sent straight to a node
+//! (`FNMESH_DIRECT_SYNC`: nothing else holds it, so the reconciler queues it again if no
+//! outcome comes). Writes go through the group commit of [`crate::writes`]:
 //! concurrent requests share their transactions. When the bus refuses the publish, a stored
 //! record is marked failed: nothing accepted is dropped silently.
 //!
