@@ -271,16 +271,9 @@ impl Worker {
                     ),
                 },
             );
-            let outcome = InvocationOutcome::finished(
-                &request,
-                execution,
-                &self.config.node_id,
-                attempt,
-                started_at,
-                Utc::now(),
-            );
             tracing::warn!(invocation.id = %request.id, "invocation expired in the queue; not run");
-            self.settle(&request, reply_to.as_ref(), outcome, acker.as_ref(), slot)
+            let run = (&request, attempt, started_at);
+            self.settle_unrun(run, execution, reply_to.as_ref(), acker.as_ref(), slot)
                 .await;
             return;
         }
@@ -332,15 +325,8 @@ impl Worker {
                         message: "the function's code could not be fetched on the node".to_owned(),
                     },
                 );
-                let outcome = InvocationOutcome::finished(
-                    &request,
-                    execution,
-                    &self.config.node_id,
-                    attempt,
-                    started_at,
-                    Utc::now(),
-                );
-                self.settle(&request, reply_to.as_ref(), outcome, acker.as_ref(), slot)
+                let run = (&request, attempt, started_at);
+                self.settle_unrun(run, execution, reply_to.as_ref(), acker.as_ref(), slot)
                     .await;
                 return;
             }
@@ -441,6 +427,27 @@ impl Worker {
         }
         self.settle(&request, reply_to.as_ref(), outcome, acker.as_ref(), slot)
             .await;
+    }
+
+    /// Settles attempt `attempt` of `request`, begun at `started_at`, that ended before its
+    /// function ran (`execution` says why), as [`Self::settle`] does a finished one.
+    async fn settle_unrun(
+        &self,
+        (request, attempt, started_at): (&InvocationRequest, u32, chrono::DateTime<Utc>),
+        execution: Execution,
+        reply_to: Option<&ReplyTo>,
+        acker: &dyn Acker,
+        slot: &mut Slot,
+    ) {
+        let outcome = InvocationOutcome::finished(
+            request,
+            execution,
+            &self.config.node_id,
+            attempt,
+            started_at,
+            Utc::now(),
+        );
+        self.settle(request, reply_to, outcome, acker, slot).await;
     }
 
     /// Sends a finished attempt's outcome to the sync caller (if any), publishes it as the

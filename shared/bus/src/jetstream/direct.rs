@@ -36,7 +36,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::header::HeaderMap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -209,26 +208,7 @@ impl JetStreamBus {
         }
         let reply = check_reply(reply)?;
         let subject = subjects::bus_direct(&self.inner.prefix, &f.namespace, &f.name);
-        let msg_id = subjects::invocation_msg_id(&request.id);
-        let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-        headers.insert(REPLY_HEADER, reply);
-        if let Some(traceparent) = &request.traceparent {
-            headers.insert(
-                fnmesh_core::trace::TRACEPARENT_HEADER,
-                traceparent.to_string().as_str(),
-            );
-        }
-        let payload =
-            serde_json::to_vec(request).map_err(|e| backend("encoding the invocation", e))?;
-        self.sign_work(
-            &mut headers,
-            &subject,
-            Some(reply),
-            &msg_id,
-            request.id,
-            &payload,
-        );
+        let (headers, payload) = self.work_message(request, &subject, Some(reply))?;
         let sent = self
             .inner
             .client

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::header::HeaderMap;
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -159,24 +158,6 @@ impl JetStreamBus {
         request: &InvocationRequest,
         reply: Option<&ReplyTo>,
     ) -> Result<(), BusError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            subjects::invocation_msg_id(&request.id),
-        );
-        if let Some(reply) = reply {
-            headers.insert(REPLY_HEADER, check_reply(reply)?);
-        }
-        // Built by the gateway from its own span (a validated type, never a client's header),
-        // for NATS tooling; nodes read the same value from the request.
-        if let Some(traceparent) = &request.traceparent {
-            headers.insert(
-                fnmesh_core::trace::TRACEPARENT_HEADER,
-                traceparent.to_string().as_str(),
-            );
-        }
-        let payload =
-            serde_json::to_vec(request).map_err(|e| backend("encoding the invocation", e))?;
         let subject = subjects::bus_invocation(
             &self.inner.prefix,
             &request.function.namespace,
@@ -185,8 +166,7 @@ impl JetStreamBus {
         let reply = reply.map(check_reply).transpose()?;
         self.check_namespace_room(&request.function.namespace)
             .await?;
-        let msg_id = subjects::invocation_msg_id(&request.id);
-        self.sign_work(&mut headers, &subject, reply, &msg_id, request.id, &payload);
+        let (headers, payload) = self.work_message(request, &subject, reply)?;
         self.ensure_function_consumer(request).await?;
         let ack = self
             .publish(subject, headers, payload, "publishing an invocation")

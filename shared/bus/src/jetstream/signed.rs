@@ -77,8 +77,37 @@ impl ReplayGuard {
 }
 
 impl JetStreamBus {
+    /// The headers and body of `request` as a work message on `subject` (queued or direct):
+    /// `Nats-Msg-Id`, the reply inbox of a sync call, the traceparent, the gateway's signature
+    /// and the claim. `reply` must have passed `check_reply`.
+    pub(super) fn work_message(
+        &self,
+        request: &InvocationRequest,
+        subject: &str,
+        reply: Option<&str>,
+    ) -> Result<(HeaderMap, Vec<u8>), crate::BusError> {
+        let msg_id = subjects::invocation_msg_id(&request.id);
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+        if let Some(reply) = reply {
+            headers.insert(REPLY_HEADER, reply);
+        }
+        // Built by the gateway from its own span (a validated type, never a client's header),
+        // for NATS tooling; nodes read the same value from the request.
+        if let Some(traceparent) = &request.traceparent {
+            headers.insert(
+                fnmesh_core::trace::TRACEPARENT_HEADER,
+                traceparent.to_string().as_str(),
+            );
+        }
+        let payload = serde_json::to_vec(request)
+            .map_err(|e| super::backend("encoding the invocation", e))?;
+        self.sign_work(&mut headers, subject, reply, &msg_id, request.id, &payload);
+        Ok((headers, payload))
+    }
+
     /// Adds the signature header of a work message (its other headers already set).
-    pub(super) fn sign_work(
+    fn sign_work(
         &self,
         headers: &mut HeaderMap,
         subject: &str,
