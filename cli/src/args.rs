@@ -549,6 +549,55 @@ pub enum FnCommand {
         client: ClientArgs,
         name: String,
     },
+    /// Manage a function's aliases (`prod` → a version, or a weighted split).
+    #[command(subcommand)]
+    Alias(AliasCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AliasCommand {
+    /// Point an alias at a version (`--version 3`) or split it (`--split 3=90,4=10`).
+    Set {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Function name.
+        function: String,
+        /// Alias name.
+        alias: String,
+        /// Every invocation to this version.
+        #[arg(long, conflicts_with = "split", required_unless_present = "split")]
+        version: Option<u32>,
+        /// `VERSION=WEIGHT,…`, weights adding up to 100.
+        #[arg(long, value_name = "VERSION=WEIGHT,...")]
+        split: Option<String>,
+    },
+    /// Show an alias.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        function: String,
+        alias: String,
+    },
+    /// List a function's aliases.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        function: String,
+    },
+    /// Delete an alias.
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        function: String,
+        alias: String,
+    },
+    /// Point an alias back at what it pointed at before its last change.
+    Rollback {
+        #[command(flatten)]
+        client: ClientArgs,
+        function: String,
+        alias: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -608,8 +657,15 @@ pub struct InvokeArgs {
     #[arg(long = "async")]
     pub asynchronous: bool,
     /// Run a specific version.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "alias")]
     pub version: Option<u32>,
+    /// Run the version this alias picks.
+    #[arg(long)]
+    pub alias: Option<String>,
+    /// An idempotency key: a retry with the same key (and payload) within 24 h is the same
+    /// invocation and runs once.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -55,12 +55,26 @@ impl ApiClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Value)> {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    /// [`Self::call`] with more request headers.
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Value)> {
         let url = format!("{}{}", self.base, path);
         let mut req = self
             .http
             .request(method, &url)
             .bearer_auth(&self.key)
             .header("content-type", "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(b) = body {
             req = req.body(b);
         }

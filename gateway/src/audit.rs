@@ -146,6 +146,17 @@ pub(crate) fn classify(method: &Method, path: &str) -> Classified {
             Some(format!("secret/{name}/{key}")),
             !reads,
         ),
+        (m, ["v1", "functions", name, "aliases", alias, ..]) => c(
+            match (m, reads) {
+                (_, true) => "alias.get",
+                (Method::PUT, _) => "alias.put",
+                (Method::DELETE, _) => "alias.delete",
+                (Method::POST, _) => "alias.rollback",
+                _ => "alias.other",
+            },
+            Some(format!("alias/{name}/{alias}")),
+            !reads,
+        ),
         (_, ["v1", "registries"]) => c(
             if reads {
                 "registry.list"

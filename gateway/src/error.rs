@@ -144,6 +144,12 @@ pub enum ApiError {
     /// A malformed request that fits no other code (e.g. a bad header).
     #[error("{0}")]
     BadRequest(String),
+    /// An `Idempotency-Key` that is not 1 to 255 printable ASCII characters, or given twice.
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
+    /// An idempotency key used before with another function or payload.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
     /// A listing cursor this API did not issue.
     #[error("invalid cursor")]
     InvalidCursor,
@@ -194,7 +200,9 @@ impl ApiError {
             Self::RateLimited { .. } | Self::LaneFull(_) | Self::ConcurrencyLimited(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Self::ExpiresAfterMinter(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::ExpiresAfterMinter(_) | Self::IdempotencyKeyReused(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidName(_)
@@ -211,6 +219,7 @@ impl ApiError {
             | Self::InvalidId(_)
             | Self::InvalidQuery(_)
             | Self::BadRequest(_)
+            | Self::InvalidIdempotencyKey(_)
             | Self::InvalidCursor => StatusCode::BAD_REQUEST,
             Self::Conflict(_) | Self::ReadOnlyRegion(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -249,6 +258,8 @@ impl ApiError {
             Self::InvalidId(_) => "invalid_id",
             Self::InvalidQuery(_) => "invalid_query",
             Self::BadRequest(_) => "bad_request",
+            Self::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            Self::IdempotencyKeyReused(_) => "idempotency_key_reused",
             Self::InvalidCursor => "invalid_cursor",
             Self::Conflict(_) => "conflict",
             Self::ReadOnlyRegion(_) => "read_only_region",

@@ -1,10 +1,10 @@
-//! Short-lived caches of what every invocation looks up: API keys by hash, function versions
-//! and a function's sealed secrets, so the hot path reads the store only about once a second
-//! per key and function instead of three times per request.
+//! Short-lived caches of what every invocation looks up: API keys by hash, function versions,
+//! the aliases invoked and a function's sealed secrets, so the hot path reads the store only
+//! about once a second per key and function instead of three times per request.
 //!
 //! Each entry lives at most [`LOOKUP_TTL`]: a change made through another gateway (a revoked or
-//! deleted key, a new version, a changed secret, a deleted function) takes effect here within
-//! that bound; the gateway that makes a change forgets the entries it affects at once. Only
+//! deleted key, a new version, a moved alias, a changed secret, a deleted function) takes
+//! effect here within that bound; the gateway that makes a change forgets the entries it affects at once. Only
 //! what was found is cached (an unknown key or function is read every time, so a flood of
 //! made-up keys cannot fill the cache nor keep a newly made one unknown); a namespace's
 //! registry credential is cached absent too (its hosts are those of deployed image
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use fnmesh_core::registry::RegistryHost;
 use fnmesh_core::secrets::{SealedSecrets, SealedValue};
-use fnmesh_core::{Function, FunctionName, Namespace};
+use fnmesh_core::{Alias, AliasName, Function, FunctionName, Namespace};
 use fnmesh_store::{ApiKeyRecord, MetadataStore, StoreError};
 
 /// The longest a cached lookup is used: the bound on how long a change made through another
@@ -114,10 +114,11 @@ impl ApiKeys {
     }
 }
 
-/// Function versions, sealed secrets and registry credentials (one per gateway, in its
-/// shared state).
+/// Function versions, aliases, sealed secrets and registry credentials (one per gateway, in
+/// its shared state).
 pub(crate) struct Functions {
     functions: TtlCache<(Namespace, FunctionName, Option<u32>), Function>,
+    aliases: TtlCache<(Namespace, FunctionName, AliasName), Alias>,
     secrets: TtlCache<(Namespace, FunctionName), SealedSecrets>,
     registries: TtlCache<(Namespace, RegistryHost), Option<SealedValue>>,
 }
@@ -126,6 +127,7 @@ impl Default for Functions {
     fn default() -> Self {
         Self {
             functions: TtlCache::new(LOOKUP_TTL),
+            aliases: TtlCache::new(LOOKUP_TTL),
             secrets: TtlCache::new(LOOKUP_TTL),
             registries: TtlCache::new(LOOKUP_TTL),
         }
@@ -133,6 +135,36 @@ impl Default for Functions {
 }
 
 impl Functions {
+    /// An alias of a function ([`MetadataStore::get_alias`]).
+    pub(crate) async fn alias(
+        &self,
+        store: &dyn MetadataStore,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &AliasName,
+    ) -> Result<Option<Alias>, StoreError> {
+        let key = (namespace.clone(), function.clone(), name.clone());
+        if let Some(alias) = self.aliases.get(&key) {
+            return Ok(Some(alias));
+        }
+        let found = store.get_alias(namespace, function, name).await?;
+        if let Some(alias) = &found {
+            self.aliases.insert(key, alias.clone());
+        }
+        Ok(found)
+    }
+
+    /// Forgets one cached alias (after it changed here).
+    pub(crate) fn forget_alias(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &AliasName,
+    ) {
+        self.aliases
+            .retain(|(ns, f, a), _| !(ns == namespace && f == function && a == name));
+    }
+
     /// A function version, or the latest ([`MetadataStore::get_function`]).
     pub(crate) async fn function(
         &self,
@@ -191,10 +223,12 @@ impl Functions {
             .retain(|(ns, h), _| !(ns == namespace && h == host));
     }
 
-    /// Forgets what is cached of function `name` (its versions and its secrets), after it was
+    /// Forgets what is cached of function `name` (its versions, aliases and secrets), after it was
     /// changed, deleted or given other secrets here.
     pub(crate) fn forget_function(&self, namespace: &Namespace, name: &FunctionName) {
         self.functions
+            .retain(|(ns, n, _), _| !(ns == namespace && n == name));
+        self.aliases
             .retain(|(ns, n, _), _| !(ns == namespace && n == name));
         self.secrets
             .retain(|(ns, n), _| !(ns == namespace && n == name));

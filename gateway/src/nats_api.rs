@@ -10,11 +10,13 @@
 //! from the key) and counted against the same per-key rate limit. It then goes through
 //! [`invoke::invoke`] like a sync HTTP invoke, and the reply is the same `InvocationResult`
 //! JSON, or the same `{"error":{"code","message"}}` body ([`ApiError::body`]) with the code HTTP
-//! would answer. Refusals (401/403) go to the audit log like the HTTP route's, with the source
+//! would answer. The headers `Fnmesh-Alias: <alias>` and `Fnmesh-Version: <n>` ([`ALIAS_HEADER`],
+//! [`VERSION_HEADER`]) pick the version as `?alias=` and `?version=` do over HTTP, and
+//! `Idempotency-Key` is the HTTP header's. Refusals (401/403) go to the audit log like the HTTP route's, with the source
 //! `nats`.
 //!
 //! Nothing a client sends is copied into what we publish: its headers are read for the key
-//! and dropped, and only a reply inbox (`_INBOX.…`, or `_R_.…` across accounts) is ever
+//! and the version and dropped, and only a reply inbox (`_INBOX.…`, or `_R_.…` across accounts) is ever
 //! answered ([`subjects::reply_allowed`]): a request with any other reply subject is dropped,
 //! logged and counted (`fnmesh_nats_requests_dropped_total{reason="reply_not_inbox"}`), so a
 //! key holder cannot make a gateway publish to a subject of its choice.
@@ -41,7 +43,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditLog, Classified};
 use crate::error::{ApiError, NatsApiError};
-use crate::invocations::invoke::{self, Invoked, Mode};
+use crate::invocations::invoke::{self, Call, Invoked, Mode, Selector};
 use crate::ratelimit;
 use crate::state::State;
 
@@ -273,18 +275,71 @@ async fn handle(state: &State, message: &Message) -> Result<Invoked, ApiError> {
     if message.payload.len() > limit {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    invoke::invoke(state, &principal, &name, None, Mode::Sync, &message.payload).await
+    let headers = message.headers.as_ref();
+    let call = Call {
+        selector: selector(headers)?,
+        mode: Mode::Sync,
+        idempotency_key: invoke::idempotency_key(
+            header_values(headers, invoke::IDEMPOTENCY_KEY_HEADER).map(str::as_bytes),
+        )?,
+    };
+    Ok(
+        invoke::invoke(state, &principal, &name, &call, &message.payload)
+            .await?
+            .invoked,
+    )
 }
 
-/// The one `Authorization` header value (its name matched case-insensitively, as in HTTP);
-/// `None` when absent or given more than once.
+/// The request header naming the alias to invoke (`?alias=` of HTTP).
+pub(crate) const ALIAS_HEADER: &str = "Fnmesh-Alias";
+/// The request header naming the version to invoke (`?version=` of HTTP).
+pub(crate) const VERSION_HEADER: &str = "Fnmesh-Version";
+
+/// The values of header `name`, matched case-insensitively as in HTTP.
+fn header_values<'a>(
+    headers: Option<&'a HeaderMap>,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .into_iter()
+        .flat_map(|headers| headers.iter())
+        .filter(move |(n, _)| AsRef::<str>::as_ref(n).eq_ignore_ascii_case(name))
+        .flat_map(|(_, values)| values.iter())
+        .map(|value| value.as_str())
+}
+
+/// The one `Authorization` header value; `None` when absent or given more than once.
 fn authorization(headers: Option<&HeaderMap>) -> Option<&str> {
-    let mut values = headers?
-        .iter()
-        .filter(|(name, _)| AsRef::<str>::as_ref(name).eq_ignore_ascii_case("authorization"))
-        .flat_map(|(_, values)| values.iter());
+    let mut values = header_values(headers, "authorization");
     let value = values.next()?;
-    values.next().is_none().then_some(value.as_str())
+    values.next().is_none().then_some(value)
+}
+
+/// The value of an optional header that may be given once (`bad_request` if more often).
+fn optional_header<'a>(
+    headers: Option<&'a HeaderMap>,
+    name: &'a str,
+) -> Result<Option<&'a str>, ApiError> {
+    let mut values = header_values(headers, name);
+    let value = values.next();
+    match values.next() {
+        None => Ok(value),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "header {name} is given more than once"
+        ))),
+    }
+}
+
+/// The version a request's `Fnmesh-Version` / `Fnmesh-Alias` headers select.
+fn selector(headers: Option<&HeaderMap>) -> Result<Selector, ApiError> {
+    let version = optional_header(headers, VERSION_HEADER)?
+        .map(|v| {
+            v.trim().parse::<u32>().map_err(|_| {
+                ApiError::BadRequest(format!("header {VERSION_HEADER} is not a version number"))
+            })
+        })
+        .transpose()?;
+    Selector::parse(version, optional_header(headers, ALIAS_HEADER)?)
 }
 
 fn error_body(error: &ApiError) -> Bytes {

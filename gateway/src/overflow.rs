@@ -465,7 +465,7 @@ async fn answer(state: &State, region: &BusPrefix, payload: &[u8]) -> Answer {
     let (namespace, id) = (request.function.namespace.clone(), request.id);
     let request = Arc::new(request);
     let span = tracing::info_span!("invocation.publish", invocation.id = %id, forwarded = true);
-    match dispatch(state, request.clone(), mode, span).await {
+    match dispatch(state, request.clone(), mode, span, false).await {
         Ok(Dispatched::Finished(outcome)) => Answer::Finished {
             outcome: Box::new(Arc::unwrap_or_clone(outcome)),
         },

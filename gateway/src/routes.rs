@@ -210,11 +210,15 @@ fn functions_routes(state: State) -> BoxedFilter<(Response,)> {
         .and(with_state(s.clone()))
         .and(authed(s.clone()))
         .and(warp::query::<invocations::invoke::InvokeQuery>())
+        .and(warp::header::headers_cloned())
         .and(body)
-        .then(|name: String, state, principal, query, body: Bytes| {
-            invocations::invoke::handle(state, principal, name, query, body)
-        })
+        .then(
+            |name: String, state, principal, query, headers, body: Bytes| {
+                invocations::invoke::handle(state, principal, name, query, headers, body)
+            },
+        )
         .map(into_reply);
+    let aliases = aliases_routes(s.clone());
     let logs = function_path(FunctionSub::Logs)
         .and(warp::get())
         .and(with_state(s.clone()))
@@ -239,6 +243,65 @@ fn functions_routes(state: State) -> BoxedFilter<(Response,)> {
         .or(invoke)
         .unify()
         .or(logs)
+        .unify()
+        .and_then(std::future::ready)
+        .or(aliases)
+        .unify()
+        .boxed()
+}
+
+/// `/v1/functions/{name}/aliases[/{alias}[/rollback]]`: names taken raw, validated by the
+/// handlers.
+fn aliases_routes(state: State) -> BoxedFilter<(Response,)> {
+    let s = state;
+    let list = warp::path!("v1" / "functions" / String / "aliases")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(|name: String, state, principal| functions::aliases::list(state, principal, name))
+        .map(into_reply);
+    let get = warp::path!("v1" / "functions" / String / "aliases" / String)
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(|name: String, alias: String, state, principal| {
+            functions::aliases::get(state, principal, name, alias)
+        })
+        .map(into_reply);
+    let put = warp::path!("v1" / "functions" / String / "aliases" / String)
+        .and(warp::put())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .and(body::capped(s.clone()))
+        .then(
+            |name: String, alias: String, state, principal, body: Bytes| {
+                functions::aliases::put(state, principal, name, alias, body)
+            },
+        )
+        .map(into_reply);
+    let delete = warp::path!("v1" / "functions" / String / "aliases" / String)
+        .and(warp::delete())
+        .and(with_state(s.clone()))
+        .and(authed(s.clone()))
+        .then(|name: String, alias: String, state, principal| {
+            functions::aliases::delete(state, principal, name, alias)
+        })
+        .map(into_reply);
+    let rollback = warp::path!("v1" / "functions" / String / "aliases" / String / "rollback")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(authed(s))
+        .then(|name: String, alias: String, state, principal| {
+            functions::aliases::rollback(state, principal, name, alias)
+        })
+        .map(into_reply);
+    list.or(get)
+        .unify()
+        .or(put)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(rollback)
         .unify()
         .and_then(std::future::ready)
         .boxed()

@@ -79,6 +79,7 @@ async fn dead_letter_in(
         secrets: None,
         registry_auth: None,
         forwarded_to: None,
+        alias: None,
     };
     app.store.insert_invocation(&request).await.unwrap();
     record_dead_letter(

@@ -127,6 +127,10 @@ pub struct Mesh {
     pub gateway: MeshProc,
     /// The nodes, in start order.
     pub nodes: Vec<MeshProc>,
+    /// Gateways started by [`Mesh::add_gateway`], with their base URLs.
+    pub more_gateways: Vec<(MeshProc, String)>,
+    /// The first gateway's environment, which [`Mesh::add_gateway`] starts more from.
+    gateway_env: Vec<(String, String)>,
     /// HTTP client (120 s timeout).
     pub http: reqwest::Client,
     /// Extra environment given to every process.
@@ -224,6 +228,7 @@ impl Mesh {
             ));
         }
         let gw_log = dir.path().join("gateway.log");
+        let gateway_env = gw_env.clone();
         let gateway = MeshProc {
             child: Some(spawn_fnmesh("gateway", &pairs(&gw_env), &gw_log)),
             log_path: gw_log,
@@ -238,6 +243,8 @@ impl Mesh {
             base_url: format!("http://{listen}"),
             gateway,
             nodes: Vec::new(),
+            more_gateways: Vec::new(),
+            gateway_env,
             http,
             env: mesh_env,
             node_env,
@@ -251,6 +258,63 @@ impl Mesh {
         }
         mesh.wait_ready().await;
         mesh
+    }
+
+    /// Starts one more gateway of the region, like the first (its NATS, signing key, code
+    /// directory, secrets key and whatever store the environment names: give every gateway
+    /// the same `FNMESH_DATABASE_URL` for one store) on its own port and data directory; waits
+    /// until it is ready and returns its base URL.
+    pub async fn add_gateway(&mut self) -> String {
+        let n = self.more_gateways.len() + 2;
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let data = self.dir.path().join(format!("gateway-{n}"));
+        let mut env: Vec<(String, String)> = self
+            .gateway_env
+            .iter()
+            .filter(|(k, _)| k != "FNMESH_LISTEN" && k != "FNMESH_DATA_DIR")
+            .cloned()
+            .collect();
+        env.push(("FNMESH_LISTEN".to_owned(), listen.clone()));
+        env.push((
+            "FNMESH_DATA_DIR".to_owned(),
+            data.to_str().unwrap().to_owned(),
+        ));
+        // One secrets key for the cluster: the first gateway's (generated in its data dir).
+        if !env.iter().any(|(k, _)| k.starts_with("FNMESH_SECRETS_KEY")) {
+            let first = self.dir.path().join("gateway").join("secrets.key");
+            env.push((
+                "FNMESH_SECRETS_KEY_FILE".to_owned(),
+                first.to_str().unwrap().to_owned(),
+            ));
+        }
+        let log_path = self.dir.path().join(format!("gateway-{n}.log"));
+        let proc = MeshProc {
+            child: Some(spawn_fnmesh("gateway", &pairs(&env), &log_path)),
+            log_path,
+            id: format!("gateway-{n}"),
+        };
+        let base_url = format!("http://{listen}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = self
+                .http
+                .get(format!("{base_url}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway {n} not ready:\n{}",
+                proc.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.more_gateways.push((proc, base_url.clone()));
+        base_url
     }
 
     /// Starts one more node with id `id` (and `extra` environment); returns its index.
@@ -297,6 +361,9 @@ impl Mesh {
     /// Every process's log, for assertion messages.
     pub fn logs(&self) -> String {
         let mut out = format!("--- gateway ---\n{}", self.gateway.log());
+        for (g, _) in &self.more_gateways {
+            out.push_str(&format!("\n--- {} ---\n{}", g.id, g.log()));
+        }
         for n in &self.nodes {
             out.push_str(&format!("\n--- {} ---\n{}", n.id, n.log()));
         }

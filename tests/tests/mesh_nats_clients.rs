@@ -357,3 +357,76 @@ async fn nats_requests_are_answered_on_reply_inboxes_only() {
         "nothing was published to {target}"
     );
 }
+
+/// `Fnmesh-Alias` and `Fnmesh-Version` headers pick the version as `?alias=` and `?version=`
+/// do over HTTP; both at once, or one given twice, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_requests_pick_versions_by_alias_or_number() {
+    let mesh = Mesh::start(&["node-a"], &[]).await;
+    let versioned = "def handle(event, context):\n    return context.function_version\n";
+    mesh.deploy(function_body(
+        "versioned",
+        "python3",
+        "main.handle",
+        &[("main.py", versioned)],
+        json!({}),
+    ))
+    .await;
+    let v2 = mesh
+        .call(
+            "PUT",
+            "/v1/functions/versioned",
+            Some(json!({ "metadata": { "v": "2" } })),
+        )
+        .await;
+    assert_eq!(v2.status, 200, "{:?}", v2.body);
+    let alias = mesh
+        .call(
+            "PUT",
+            "/v1/functions/versioned/aliases/prod",
+            Some(json!({ "version": 1 })),
+        )
+        .await;
+    assert_eq!(alias.status, 200, "{:?}", alias.body);
+    let client = async_nats::connect(mesh.nats.url()).await.unwrap();
+    let request = |extra: &[(&'static str, &'static str)]| {
+        let client = client.clone();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Authorization", format!("Bearer {ADMIN_KEY}").as_str());
+        for (name, value) in extra {
+            headers.append(*name, *value);
+        }
+        async move {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(60),
+                client.request_with_headers(subject("versioned"), headers, "{}".into()),
+            )
+            .await
+            .expect("no reply within 60 s")
+            .expect("the request failed");
+            serde_json::from_slice::<Value>(&reply.payload).unwrap()
+        }
+    };
+    let latest = request(&[]).await;
+    assert_eq!(latest["result"], 2, "{latest:?}\n{}", mesh.logs());
+    let by_alias = request(&[("Fnmesh-Alias", "prod")]).await;
+    assert_eq!(by_alias["result"], 1, "{by_alias:?}");
+    assert_eq!(by_alias["alias"], "prod");
+    let by_number = request(&[("fnmesh-version", "1")]).await;
+    assert_eq!(by_number["version"], 1, "{by_number:?}");
+    for (headers, code) in [
+        (
+            &[("Fnmesh-Alias", "prod"), ("Fnmesh-Version", "1")][..],
+            "invalid_query",
+        ),
+        (
+            &[("Fnmesh-Alias", "prod"), ("Fnmesh-Alias", "prod")][..],
+            "bad_request",
+        ),
+        (&[("Fnmesh-Version", "one")][..], "bad_request"),
+        (&[("Fnmesh-Alias", "nope")][..], "not_found"),
+    ] {
+        let r = request(headers).await;
+        assert_eq!(r["error"]["code"], code, "{headers:?}: {r:?}");
+    }
+}

@@ -1,11 +1,11 @@
-//! `fnmesh fn deploy|list|get|delete|versions`.
+//! `fnmesh fn deploy|list|get|delete|versions|alias`.
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 
-use crate::args::{DeployArgs, FnCommand};
+use crate::args::{AliasCommand, DeployArgs, FnCommand};
 use crate::client::{ApiClient, ApiFailure};
 use crate::output;
 
@@ -78,6 +78,7 @@ pub async fn run(cmd: FnCommand, as_json: bool) -> Result<()> {
             }
             Ok(())
         }
+        FnCommand::Alias(cmd) => alias(cmd, as_json).await,
         FnCommand::Versions { client, name } => {
             let api = ApiClient::new(&client)?;
             let (_, page) = api
@@ -219,4 +220,143 @@ async fn deploy(args: DeployArgs, as_json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `fnmesh fn alias …`.
+async fn alias(cmd: AliasCommand, as_json: bool) -> Result<()> {
+    let (client, method, path, body) = match cmd {
+        AliasCommand::Set {
+            client,
+            function,
+            alias,
+            version,
+            split,
+        } => {
+            let body = match (version, split) {
+                (Some(version), _) => json!({ "version": version }),
+                (None, Some(split)) => json!({ "versions": parse_split(&split)? }),
+                (None, None) => bail!("give --version or --split"),
+            };
+            let path = format!("/v1/functions/{function}/aliases/{alias}");
+            (
+                client,
+                Method::PUT,
+                path,
+                Some(body.to_string().into_bytes()),
+            )
+        }
+        AliasCommand::Get {
+            client,
+            function,
+            alias,
+        } => {
+            let path = format!("/v1/functions/{function}/aliases/{alias}");
+            (client, Method::GET, path, None)
+        }
+        AliasCommand::List { client, function } => {
+            let api = ApiClient::new(&client)?;
+            let path = format!("/v1/functions/{function}/aliases");
+            let (_, page) = api.call(Method::GET, &path, None).await?;
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            if as_json {
+                output::json(&Value::Array(items));
+            } else {
+                let rows: Vec<Vec<String>> = items
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            output::cell(&a["name"]),
+                            output::cell(&a["versions"]),
+                            output::cell(&a["previous"]),
+                            output::cell(&a["revision"]),
+                            output::cell(&a["updated_at"]),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &["ALIAS", "VERSIONS", "PREVIOUS", "REVISION", "UPDATED"],
+                    &rows,
+                );
+            }
+            return Ok(());
+        }
+        AliasCommand::Delete {
+            client,
+            function,
+            alias,
+        } => {
+            let api = ApiClient::new(&client)?;
+            let path = format!("/v1/functions/{function}/aliases/{alias}");
+            api.call(Method::DELETE, &path, None).await?;
+            if as_json {
+                output::json(&json!({ "deleted": alias }));
+            } else {
+                println!("deleted alias {alias} of {function}");
+            }
+            return Ok(());
+        }
+        AliasCommand::Rollback {
+            client,
+            function,
+            alias,
+        } => {
+            let path = format!("/v1/functions/{function}/aliases/{alias}/rollback");
+            (client, Method::POST, path, None)
+        }
+    };
+    let api = ApiClient::new(&client)?;
+    let (_, v) = api.call(method, &path, body).await?;
+    if as_json {
+        output::json(&v);
+    } else {
+        output::record(
+            &v,
+            &[
+                "name",
+                "function",
+                "versions",
+                "previous",
+                "revision",
+                "updated_at",
+            ],
+        );
+    }
+    Ok(())
+}
+
+/// `3=90,4=10` as `{"3": 90, "4": 10}`.
+fn parse_split(split: &str) -> Result<Map<String, Value>> {
+    let mut weights = Map::new();
+    for part in split.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (version, weight) = part
+            .split_once('=')
+            .with_context(|| format!("--split {part:?}: expected VERSION=WEIGHT"))?;
+        let version: u32 = version
+            .trim()
+            .parse()
+            .with_context(|| format!("--split {part:?}: the version is not a number"))?;
+        let weight: u8 = weight
+            .trim()
+            .parse()
+            .with_context(|| format!("--split {part:?}: the weight is not 0..=255"))?;
+        weights.insert(version.to_string(), json!(weight));
+    }
+    if weights.is_empty() {
+        bail!("--split names no version");
+    }
+    Ok(weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_parsed_into_a_map_of_weights() {
+        let map = parse_split("3=90, 4=10").unwrap();
+        assert_eq!(Value::Object(map), json!({"3": 90, "4": 10}));
+        assert!(parse_split("3:90").is_err());
+        assert!(parse_split("x=90").is_err());
+        assert!(parse_split("").is_err());
+    }
 }

@@ -12,6 +12,7 @@ const RECORD_FIELDS: &[&str] = &[
     "id",
     "function",
     "version",
+    "alias",
     "status",
     "result",
     "error",
@@ -49,12 +50,23 @@ pub async fn invoke(args: InvokeArgs, as_json: bool) -> Result<()> {
     if let Some(v) = args.version {
         query.push(format!("version={v}"));
     }
+    if let Some(alias) = &args.alias {
+        query.push(format!("alias={alias}"));
+    }
     let mut path = format!("/v1/functions/{}/invoke", args.name);
     if !query.is_empty() {
         path.push('?');
         path.push_str(&query.join("&"));
     }
-    let (_, v) = api.call(Method::POST, &path, Some(body)).await?;
+    let headers: Vec<(&str, &str)> = args
+        .idempotency_key
+        .as_deref()
+        .map(|key| ("idempotency-key", key))
+        .into_iter()
+        .collect();
+    let (_, v) = api
+        .call_with(Method::POST, &path, Some(body), &headers)
+        .await?;
     if as_json {
         output::json(&v);
     } else if args.asynchronous {

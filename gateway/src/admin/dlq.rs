@@ -169,6 +169,7 @@ pub(crate) async fn replay(
         secrets: dead.request.secrets,
         registry_auth: dead.request.registry_auth,
         forwarded_to: None,
+        alias: dead.request.alias,
     };
     // Nodes read code from the NATS replica: put it back if it went missing (cached, cheap).
     if let Err(e) = state

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use fnmesh_code::CodeStore;
+use fnmesh_core::alias::Alias;
 use fnmesh_core::function::Function;
 use fnmesh_core::subjects::{self, BusPrefix, CatalogKey};
 use fnmesh_core::{FunctionName, Namespace};
@@ -185,8 +186,9 @@ impl Follower {
     async fn apply(&mut self, key: &CatalogKey, entry: Option<&Entry>) -> Result<(), ApplyError> {
         let store = self.state.backends.store.clone();
         match (key, entry) {
-            (CatalogKey::Function(ns, name), Some(Entry::Function { versions })) => {
-                self.apply_function(ns, name, versions).await
+            (CatalogKey::Function(ns, name), Some(Entry::Function { versions, aliases })) => {
+                self.apply_function(ns, name, versions).await?;
+                self.apply_aliases(ns, name, aliases).await
             }
             (CatalogKey::Function(ns, name), None) => self.remove_function(ns, name).await,
             (CatalogKey::Secrets(ns, name), entry) => {
@@ -314,6 +316,49 @@ impl Follower {
         }
         if next <= latest.version {
             tracing::info!(function.namespace = %ns, function.name = %name, function.version = latest.version, "catalog: function replicated");
+        }
+        Ok(())
+    }
+
+    /// Makes the function's aliases here those of the hub: each pointed where the hub points
+    /// it, and those the hub no longer has deleted. (An edge's alias keeps its own revision
+    /// and previous target: aliases are changed, and rolled back, at the hub.)
+    async fn apply_aliases(
+        &mut self,
+        ns: &Namespace,
+        name: &FunctionName,
+        aliases: &[Alias],
+    ) -> Result<(), ApplyError> {
+        let store = self.state.backends.store.clone();
+        if store.get_function(ns, name, None).await?.is_none() {
+            // Not placed here: its aliases went with it.
+            return Ok(());
+        }
+        if aliases
+            .iter()
+            .any(|a| a.namespace != *ns || a.function != *name)
+        {
+            return mismatch(&CatalogKey::Function(ns.clone(), name.clone()));
+        }
+        let here = store.list_aliases(ns, name).await?;
+        for gone in here
+            .iter()
+            .filter(|h| !aliases.iter().any(|a| a.name == h.name))
+        {
+            store.delete_alias(ns, name, &gone.name).await?;
+            self.state.lookups.forget_alias(ns, name, &gone.name);
+        }
+        let now = chrono::Utc::now();
+        for alias in aliases {
+            let same = here
+                .iter()
+                .any(|h| h.name == alias.name && h.routing == alias.routing);
+            if !same {
+                store
+                    .put_alias(ns, name, &alias.name, &alias.routing, now)
+                    .await?;
+                self.state.lookups.forget_alias(ns, name, &alias.name);
+            }
         }
         Ok(())
     }

@@ -2,11 +2,10 @@
 //! placed).
 //!
 //! What an edge gateway needs to serve a function with the hub unreachable is what a hub
-//! gateway reads on the invocation path: the function's versions (and their code), its sealed
-//! secrets, the API keys (hashed) that may call it, its namespace's quotas and (sealed) registry
-//! credentials. A gateway over
-//! NATS **publishes** that catalog of its region into the JetStream KV bucket
-//! `fnmesh-<region>-catalog` ([`publisher`]): one entry per [`CatalogKey`], always derived
+//! gateway reads on the invocation path: the function's versions (and their code) and
+//! aliases, its sealed secrets, the API keys (hashed) that may call it, its namespace's quotas
+//! and (sealed) registry credentials. A gateway over NATS **publishes** that catalog of its
+//! region into the JetStream KV bucket `fnmesh-<region>-catalog` ([`publisher`]): one entry per [`CatalogKey`], always derived
 //! from its store after the store committed (so an entry is the latest state, never a
 //! change to replay, and a lost publish is made good by the next one or by the full export
 //! every [`publisher::EXPORT_INTERVAL`]). An edge gateway (`FNMESH_HUB_REGION`) **follows**
@@ -29,6 +28,7 @@ pub(crate) mod publisher;
 use std::sync::{Arc, OnceLock};
 
 use fnmesh_code::CodeStore;
+use fnmesh_core::alias::Alias;
 use fnmesh_core::function::Function;
 use fnmesh_core::secrets::{SealedSecrets, SealedValue};
 use fnmesh_core::subjects::{BusPrefix, CatalogKey};
@@ -48,6 +48,9 @@ pub(crate) enum Entry {
     Function {
         /// The versions.
         versions: Vec<Function>,
+        /// Its aliases (an edge invokes them as the hub does; each is the hub's routing).
+        #[serde(default)]
+        aliases: Vec<Alias>,
     },
     /// A function's secrets, sealed (the catalog never holds a plaintext value).
     Secrets {
@@ -81,7 +84,12 @@ pub(crate) async fn read_entry(
     Ok(match key {
         CatalogKey::Function(ns, name) => {
             let versions = store.list_versions(ns, name).await?;
-            (!versions.is_empty()).then_some(Entry::Function { versions })
+            if versions.is_empty() {
+                None
+            } else {
+                let aliases = store.list_aliases(ns, name).await?;
+                Some(Entry::Function { versions, aliases })
+            }
         }
         CatalogKey::Secrets(ns, name) => {
             let sealed = store.sealed_secrets(ns, name).await?;

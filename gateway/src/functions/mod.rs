@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::state::State;
 
+pub(crate) mod aliases;
 pub(crate) mod create;
 pub(crate) mod delete;
 pub(crate) mod get;

@@ -1,4 +1,4 @@
-//! `POST /v1/functions/{name}/invoke[?version=N][&async=true]`.
+//! `POST /v1/functions/{name}/invoke[?version=N|?alias=A][&async=true]`.
 //!
 //! An async invocation is committed `queued` (with its request) before it is published, so an
 //! accepted invocation is always retrievable and the reconciler publishes it again if the
@@ -17,6 +17,16 @@
 //! concurrent requests share their transactions. When the bus refuses the publish, a stored
 //! record is marked failed: nothing accepted is dropped silently.
 //!
+//! An invocation with an `Idempotency-Key` (HTTP header, or the NATS request header of that
+//! name) is stored before it runs, sync too: its key is taken in the transaction that commits
+//! its `queued` record ([`fnmesh_store::InvocationStore::insert_keyed_invocation`]), so across
+//! gateways and restarts one key makes one invocation, whose id is also its `Nats-Msg-Id` (the
+//! bus drops a second publish of it). Within 24 hours the same key with the same function and
+//! payload ([`fnmesh_core::idempotency::fingerprint`]) answers with that invocation
+//! (`Idempotent-Replayed: true`): async, its id; sync, its outcome once it has finished (as
+//! long as the first caller would wait). The same key with another function or payload is 422
+//! `idempotency_key_reused`.
+//!
 //! [`invoke`] is that whole path behind the HTTP handler; NATS requests
 //! ([`crate::nats_api`]) go through it too, so both front ends decide the same way.
 
@@ -24,42 +34,85 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
+use fnmesh_core::idempotency::{self, KeyError, IDEMPOTENCY_TTL};
 use fnmesh_core::{
-    ErrorKind, FunctionName, InvocationError, InvocationId, InvocationOutcome, InvocationRequest,
-    InvocationResult, InvocationStatus,
+    AliasName, ErrorKind, FunctionName, IdempotencyKey, InvocationError, InvocationId,
+    InvocationOutcome, InvocationRequest, InvocationResult, InvocationStatus, Namespace,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::Instrument as _;
 use warp::http::header::LOCATION;
 use warp::http::StatusCode;
+use warp::http::{HeaderMap, HeaderValue};
 use warp::reply::Response;
 use warp::Reply;
 
 use fnmesh_bus::{BusError, Sent};
+use fnmesh_store::Keyed;
 
 use crate::auth::{Action, Principal};
 use crate::error::ApiError;
 use crate::functions::parse_name;
 use crate::state::State;
 
-/// `?version=N&async=true`.
+/// `?version=N&async=true`, or `?alias=prod&async=true`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct InvokeQuery {
     /// Run this version instead of the latest.
     pub version: Option<u32>,
+    /// Run the version this alias picks.
+    pub alias: Option<String>,
     /// Answer 202 at once instead of waiting.
     #[serde(rename = "async")]
     pub asynchronous: Option<bool>,
 }
 
+/// Which version of a function an invocation runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum Selector {
+    /// The latest.
+    #[default]
+    Latest,
+    /// This one.
+    Version(u32),
+    /// The one this alias picks (by its weights).
+    Alias(AliasName),
+}
+
+impl Selector {
+    /// From a version and an alias as the caller gave them: at most one of the two.
+    pub(crate) fn parse(version: Option<u32>, alias: Option<&str>) -> Result<Self, ApiError> {
+        match (version, alias) {
+            (None, None) => Ok(Self::Latest),
+            (Some(version), None) => Ok(Self::Version(version)),
+            (None, Some(alias)) => Ok(Self::Alias(crate::functions::aliases::parse_alias(alias)?)),
+            (Some(_), Some(_)) => Err(ApiError::InvalidQuery(
+                "give a version or an alias, not both".into(),
+            )),
+        }
+    }
+}
+
 /// Whether the caller waits for the outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) enum Mode {
     /// Wait for the outcome, up to the function's timeout plus the sync grace.
+    #[default]
     Sync,
     /// Answer as soon as the invocation is queued.
     Async,
+}
+
+/// How a caller asked for an invocation, beside the function and the payload.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Call {
+    /// Which version runs.
+    pub selector: Selector,
+    /// Whether the caller waits.
+    pub mode: Mode,
+    /// The caller's idempotency key: a retry with it is the same invocation.
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 /// What an accepted invocation turned into.
@@ -71,38 +124,90 @@ pub(crate) enum Invoked {
     Finished(Box<InvocationResult>),
 }
 
+/// What [`invoke`] answers.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    /// The invocation.
+    pub invoked: Invoked,
+    /// Whether it is the invocation an earlier call with the same idempotency key made
+    /// (nothing new ran).
+    pub replayed: bool,
+}
+
+/// The HTTP header of a client's idempotency key.
+pub(crate) const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// The HTTP header set on an answer that is an earlier call's invocation.
+const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// The idempotency key of a request, if it has one: given once, printable ASCII, at most 255
+/// bytes (`invalid_idempotency_key` otherwise).
+pub(crate) fn idempotency_key<'a>(
+    mut values: impl Iterator<Item = &'a [u8]>,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidIdempotencyKey(
+            "the Idempotency-Key header is given more than once".into(),
+        ));
+    }
+    let key = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| IdempotencyKey::parse(v).ok())
+        .ok_or_else(|| ApiError::InvalidIdempotencyKey(KeyError.to_string()))?;
+    Ok(Some(key))
+}
+
 /// Handles the request.
 pub(crate) async fn handle(
     state: State,
     principal: Principal,
     raw_name: String,
     query: InvokeQuery,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let name = parse_name(&raw_name)?;
-    let mode = if query.asynchronous.unwrap_or(false) {
-        Mode::Async
-    } else {
-        Mode::Sync
+    let call = Call {
+        selector: Selector::parse(query.version, query.alias.as_deref())?,
+        mode: if query.asynchronous.unwrap_or(false) {
+            Mode::Async
+        } else {
+            Mode::Sync
+        },
+        idempotency_key: idempotency_key(
+            headers
+                .get_all(IDEMPOTENCY_KEY_HEADER)
+                .iter()
+                .map(|v| v.as_bytes()),
+        )?,
     };
-    match invoke(&state, &principal, &name, query.version, mode, &body).await? {
+    let accepted = invoke(&state, &principal, &name, &call, &body).await?;
+    let mut response = match accepted.invoked {
         Invoked::Queued(id) => {
             let location = format!("/v1/invocations/{id}");
             let reply = warp::reply::with_status(
                 warp::reply::json(&json!({ "id": id, "status": InvocationStatus::Queued })),
                 StatusCode::ACCEPTED,
             );
-            Ok(warp::reply::with_header(reply, LOCATION, location).into_response())
+            warp::reply::with_header(reply, LOCATION, location).into_response()
         }
         Invoked::Finished(result) => {
             let mut response = warp::reply::json(&result).into_response();
             crate::metrics::add_timing_headers(&mut response, &result);
-            Ok(response)
+            response
         }
+    };
+    if accepted.replayed {
+        response
+            .headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     }
+    Ok(response)
 }
 
-/// Invokes `name` (its `version`, or the latest) in the principal's namespace with the JSON
+/// Invokes `name` (the version `selector` picks) in the principal's namespace with the JSON
 /// `payload`: the one path every front end (HTTP, NATS requests) goes through. Checks the
 /// principal may invoke, the namespace's and the function's own rate limits; the caller has
 /// authenticated the principal and counted the request against its key's limit.
@@ -110,14 +215,24 @@ pub(crate) async fn invoke(
     state: &State,
     principal: &Principal,
     name: &FunctionName,
-    version: Option<u32>,
-    mode: Mode,
+    call: &Call,
     payload: &[u8],
-) -> Result<Invoked, ApiError> {
+) -> Result<Accepted, ApiError> {
+    let mode = call.mode;
     principal.authorize_function(Action::Invoke, name)?;
     crate::ratelimit::check_namespace(state, &principal.namespace).await?;
     let payload = parse_payload(payload)?;
     let store = &state.backends.store;
+    let (version, alias) = match &call.selector {
+        Selector::Latest => (None, None),
+        Selector::Version(version) => (Some(*version), None),
+        Selector::Alias(alias) => {
+            let version =
+                crate::functions::aliases::resolve(state, &principal.namespace, name, alias)
+                    .await?;
+            (Some(version), Some(alias.clone()))
+        }
+    };
     let function = state
         .lookups
         .function(store.as_ref(), &principal.namespace, name, version)
@@ -176,9 +291,47 @@ pub(crate) async fn invoke(
         secrets,
         registry_auth,
         forwarded_to,
+        alias,
     });
-    let dispatched = dispatch(state, request, mode, publish_span).await?;
-    Ok(match dispatched {
+    // A keyed invocation takes its key with its `queued` record, in one write; a key that is
+    // taken already answers with the invocation it made.
+    let committed = match &call.idempotency_key {
+        None => false,
+        Some(key) => {
+            let fingerprint = idempotency::fingerprint(name, &request.payload);
+            let expired_before = Utc::now() - IDEMPOTENCY_TTL;
+            let keyed = store
+                .insert_keyed_invocation(&request, key, &fingerprint, expired_before)
+                .instrument(publish_span.clone())
+                .await?;
+            match keyed {
+                Keyed::Inserted => true,
+                Keyed::Existing {
+                    invocation_id,
+                    fingerprint: bound,
+                } => {
+                    if bound != fingerprint {
+                        return Err(ApiError::IdempotencyKeyReused(format!(
+                            "idempotency key {:?} was used for invocation {invocation_id} of \
+                             another function or payload",
+                            key.as_str()
+                        )));
+                    }
+                    let wait = std::time::Duration::from_millis(request.function.config.timeout_ms)
+                        + state.config.sync_grace;
+                    let invoked =
+                        replay(state, &principal.namespace, invocation_id, mode, wait).await?;
+                    tracing::info!(invocation.id = %invocation_id, function.name = %name, "idempotency key replayed");
+                    return Ok(Accepted {
+                        invoked,
+                        replayed: true,
+                    });
+                }
+            }
+        }
+    };
+    let dispatched = dispatch(state, request, mode, publish_span, committed).await?;
+    let invoked = match dispatched {
         Dispatched::Queued(id) => {
             tracing::info!(invocation.id = %id, function.name = %name, mode = "async", "invocation queued");
             Invoked::Queued(id)
@@ -188,7 +341,52 @@ pub(crate) async fn invoke(
                 .map_or_else(|shared| shared.result.clone(), |outcome| outcome.result);
             Invoked::Finished(Box::new(result))
         }
+    };
+    Ok(Accepted {
+        invoked,
+        replayed: false,
     })
+}
+
+/// The invocation an idempotency key made, for a call with the same key: async, its id at
+/// once; sync, its record once it has finished (read as a GET would: this gateway's outcome
+/// not yet written, else the store), waiting up to `wait` as its first caller did, then 504
+/// with its id.
+async fn replay(
+    state: &State,
+    namespace: &Namespace,
+    id: InvocationId,
+    mode: Mode,
+    wait: std::time::Duration,
+) -> Result<Invoked, ApiError> {
+    if mode == Mode::Async {
+        return Ok(Invoked::Queued(id));
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        if let Some(outcome) = state.writes.recent(namespace, &id) {
+            return Ok(Invoked::Finished(Box::new(outcome.result.clone())));
+        }
+        match state.backends.store.get_invocation(namespace, &id).await? {
+            Some(record) if record.status.is_terminal() => {
+                return Ok(Invoked::Finished(Box::new(record)))
+            }
+            Some(_) => {}
+            // Removed by retention meanwhile: the key is free again, but this call was made
+            // with it in use.
+            None => {
+                return Err(ApiError::Conflict(format!(
+                    "invocation {id} of this idempotency key is gone; retry"
+                )))
+            }
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(ApiError::GatewayTimeout { invocation_id: id });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(200));
+    }
 }
 
 /// What [`dispatch`] made of an invocation.
@@ -210,14 +408,16 @@ pub(crate) async fn dispatch(
     request: Arc<InvocationRequest>,
     mode: Mode,
     publish_span: tracing::Span,
+    committed: bool,
 ) -> Result<Dispatched, ApiError> {
     let id = request.id;
     let timeout = std::time::Duration::from_millis(request.function.config.timeout_ms);
-    // Stored before it runs: async work (a 202 promises it is durable) and work placed in
-    // another region (the hub's record is what makes a forward run once). A sync invocation
-    // run here is stored once, finished (see the module doc).
-    let stored = mode == Mode::Async || request.forwarded_to.is_some();
-    if stored {
+    // Stored before it runs: async work (a 202 promises it is durable), work placed in
+    // another region (the hub's record is what makes a forward run once) and keyed work
+    // (`committed`: its record was written with its key). A sync invocation run here is
+    // stored once, finished (see the module doc).
+    let stored = committed || mode == Mode::Async || request.forwarded_to.is_some();
+    if stored && !committed {
         // Committed with the requests arriving meanwhile (group commit, `crate::writes`).
         state
             .writes

@@ -145,6 +145,7 @@ pub fn request() -> InvocationRequest {
         secrets: None,
         registry_auth: None,
         forwarded_to: None,
+        alias: None,
     }
 }
 

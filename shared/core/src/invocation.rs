@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::function::Function;
 use crate::ids::InvocationId;
-use crate::names::{FunctionName, Namespace};
+use crate::names::{AliasName, FunctionName, Namespace};
 
 /// Where an invocation is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -278,6 +278,9 @@ pub struct InvocationResult {
     pub function: FunctionName,
     /// The version that ran.
     pub version: u32,
+    /// The alias invoked, when the caller named one (`version` is what it chose).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<AliasName>,
     /// Current status.
     pub status: InvocationStatus,
     /// The handler's JSON result, when it succeeded.
@@ -313,6 +316,7 @@ impl InvocationResult {
             namespace: request.function.namespace.clone(),
             function: request.function.name.clone(),
             version: request.function.version,
+            alias: request.alias.clone(),
             status: InvocationStatus::Queued,
             result: None,
             error: None,
@@ -370,6 +374,9 @@ pub struct InvocationRequest {
     /// there too; `None`: the accepting region's own nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarded_to: Option<String>,
+    /// The alias the caller invoked (`function` is the version it chose), kept on the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<AliasName>,
 }
 
 /// What a node reports for one delivery attempt.
@@ -650,6 +657,7 @@ mod tests {
             secrets: None,
             registry_auth: None,
             forwarded_to: None,
+            alias: None,
         };
         let execution = Execution {
             status: InvocationStatus::Succeeded,

@@ -4,10 +4,12 @@
 //! `fnmesh-store` (metadata store), `fnmesh-code` (code store), `fnmesh-bus` (bus and node
 //! registry) and `fnmesh-ratelimit` (rate limiter).
 
+pub mod alias;
 pub mod archive;
 pub mod checksum;
 pub mod claims;
 pub mod function;
+pub mod idempotency;
 pub mod ids;
 pub mod invocation;
 pub mod metrics;
@@ -20,11 +22,13 @@ pub mod signing;
 pub mod subjects;
 pub mod trace;
 
+pub use alias::{Alias, Routing};
 pub use checksum::Checksum;
 pub use function::{CodeInfo, Function, FunctionConfig, ImageMode, ImageSpec, Runtime};
+pub use idempotency::IdempotencyKey;
 pub use ids::{FunctionId, InvocationId, NodeId};
 pub use invocation::{
     DeadLetterRecord, ErrorKind, Execution, InvocationError, InvocationLogs, InvocationMetrics,
     InvocationOutcome, InvocationRequest, InvocationResult, InvocationStatus, NodeEvent,
 };
-pub use names::{FunctionName, Namespace};
+pub use names::{AliasName, FunctionName, Namespace};

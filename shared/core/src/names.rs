@@ -97,6 +97,12 @@ name_type!(
     "function name"
 );
 name_type!(
+    /// An alias of a function (`prod`, `canary`): a named pointer to one of its versions, or
+    /// a weighted split over several ([`crate::alias::Alias`]).
+    AliasName,
+    "alias name"
+);
+name_type!(
     /// A tenant namespace. Every function, invocation and key lives in exactly one.
     Namespace,
     "namespace"

@@ -17,15 +17,17 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration as ChronoDuration, SubsecRound, Utc};
 
-use super::{ApiKeyRecord, InvocationFilter, MetadataStore, Role, StoreError};
+use super::{ApiKeyRecord, InvocationFilter, Keyed, MetadataStore, Role, StoreError};
+use fnmesh_core::alias::Routing;
 use fnmesh_core::checksum::Checksum;
 use fnmesh_core::function::{CodeInfo, Function, FunctionConfig, Runtime};
+use fnmesh_core::idempotency::IdempotencyKey;
 use fnmesh_core::ids::{FunctionId, InvocationId};
 use fnmesh_core::invocation::{
     DeadLetterRecord, ErrorKind, InvocationError, InvocationLogs, InvocationMetrics,
     InvocationRequest, InvocationResult, InvocationStatus,
 };
-use fnmesh_core::names::{FunctionName, Namespace};
+use fnmesh_core::names::{AliasName, FunctionName, Namespace};
 
 pub use super::access::conformance::{
     api_key_grants_roundtrip, api_key_lineage_roundtrip, api_key_tree_revocation,
@@ -57,8 +59,13 @@ macro_rules! store_conformance_cases {
             list_functions_pages_latest_versions_by_name,
             list_functions_refuses_bad_cursors,
             delete_removes_all_versions,
+            aliases_point_split_and_roll_back,
+            aliases_need_their_versions_and_go_with_their_function,
+            concurrent_alias_changes_each_keep_the_one_before,
             namespaces_are_isolated,
             insert_and_get_invocation,
+            keyed_invocations_take_a_key_once_per_namespace,
+            concurrent_keyed_invocations_have_one_winner,
             get_invocations_in_order_within_the_namespace,
             update_invocation_is_fenced,
             update_of_absent_invocation_is_not_found,
@@ -185,6 +192,7 @@ pub fn request(namespace: &Namespace, function_name: &str) -> InvocationRequest 
         secrets: None,
         registry_auth: None,
         forwarded_to: None,
+        alias: None,
     }
 }
 
@@ -464,6 +472,196 @@ pub async fn list_functions_refuses_bad_cursors(store: Store) {
     }
 }
 
+/// An alias points at a version or splits over several; each change keeps the routing it
+/// replaced, a rollback swaps them, setting the same routing again changes nothing; aliases
+/// are listed by name and deleted one by one.
+pub async fn aliases_point_split_and_roll_back(store: Store) {
+    let ns = fresh_namespace();
+    let v1 = function(&ns, "aliased");
+    store.create_function(&v1).await.unwrap();
+    let v2 = next_version(&v1);
+    store.add_version(&v2).await.unwrap();
+    let v3 = next_version(&v2);
+    store.add_version(&v3).await.unwrap();
+    let prod = AliasName::parse("prod").unwrap();
+    let at = Utc::now();
+    let one = |v| Routing::single(v).unwrap();
+    let split = Routing::split([(2, 90), (3, 10)].into_iter().collect()).unwrap();
+
+    let made = store
+        .put_alias(&ns, &v1.name, &prod, &one(1), at)
+        .await
+        .unwrap();
+    assert_eq!(
+        (made.routing.clone(), made.previous.clone(), made.revision),
+        (one(1), None, 1)
+    );
+    assert_eq!(made.created_at, at);
+    let later = at + chrono::Duration::seconds(1);
+    let moved = store
+        .put_alias(&ns, &v1.name, &prod, &split, later)
+        .await
+        .unwrap();
+    assert_eq!(moved.routing, split);
+    assert_eq!(
+        moved.previous,
+        Some(one(1)),
+        "the change keeps what it replaced"
+    );
+    assert_eq!(
+        (moved.revision, moved.created_at, moved.updated_at),
+        (2, at, later)
+    );
+    let same = store
+        .put_alias(&ns, &v1.name, &prod, &split, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(same, moved, "the same routing again changes nothing");
+    assert_eq!(
+        store.get_alias(&ns, &v1.name, &prod).await.unwrap(),
+        Some(moved.clone())
+    );
+
+    let back = store
+        .rollback_alias(&ns, &v1.name, &prod, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        (back.routing.clone(), back.previous.clone()),
+        (one(1), Some(split.clone()))
+    );
+    assert_eq!(back.revision, 3);
+    let forward = store
+        .rollback_alias(&ns, &v1.name, &prod, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        (forward.routing, forward.previous),
+        (split, Some(one(1))),
+        "a rollback of a rollback steps forward again"
+    );
+
+    let canary = AliasName::parse("canary").unwrap();
+    let fresh = store
+        .put_alias(&ns, &v1.name, &canary, &one(3), Utc::now())
+        .await
+        .unwrap();
+    let err = store
+        .rollback_alias(&ns, &v1.name, &canary, Utc::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(_)),
+        "no previous target: {err:?}"
+    );
+    let names: Vec<String> = store
+        .list_aliases(&ns, &v1.name)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name.to_string())
+        .collect();
+    assert_eq!(names, ["canary", "prod"], "listed by name");
+    assert!(store.delete_alias(&ns, &v1.name, &canary).await.unwrap());
+    assert!(!store.delete_alias(&ns, &v1.name, &canary).await.unwrap());
+    assert_eq!(store.get_alias(&ns, &v1.name, &canary).await.unwrap(), None);
+    assert_ne!(fresh.name, prod);
+    let err = store
+        .rollback_alias(&ns, &v1.name, &canary, Utc::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound(_)),
+        "absent alias: {err:?}"
+    );
+    let other = fresh_namespace();
+    assert_eq!(
+        store.get_alias(&other, &v1.name, &prod).await.unwrap(),
+        None,
+        "another namespace sees no alias"
+    );
+}
+
+/// An alias may name only versions that exist, of a function that exists; it goes when its
+/// function is deleted, and a function made again under the name starts with none.
+pub async fn aliases_need_their_versions_and_go_with_their_function(store: Store) {
+    let ns = fresh_namespace();
+    let v1 = function(&ns, "short-lived");
+    let prod = AliasName::parse("prod").unwrap();
+    let one = |v| Routing::single(v).unwrap();
+    let err = store
+        .put_alias(&ns, &v1.name, &prod, &one(1), Utc::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound(_)),
+        "no function: {err:?}"
+    );
+    store.create_function(&v1).await.unwrap();
+    let err = store
+        .put_alias(&ns, &v1.name, &prod, &one(2), Utc::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound(_)),
+        "no version 2: {err:?}"
+    );
+    assert_eq!(
+        store.get_alias(&ns, &v1.name, &prod).await.unwrap(),
+        None,
+        "nothing stored"
+    );
+    store
+        .put_alias(&ns, &v1.name, &prod, &one(1), Utc::now())
+        .await
+        .unwrap();
+    assert!(store.delete_function(&ns, &v1.name).await.unwrap());
+    store
+        .create_function(&function(&ns, "short-lived"))
+        .await
+        .unwrap();
+    assert_eq!(store.get_alias(&ns, &v1.name, &prod).await.unwrap(), None);
+    assert!(store.list_aliases(&ns, &v1.name).await.unwrap().is_empty());
+}
+
+/// Concurrent changes of one alias apply one at a time: every change's `previous` is the
+/// routing of the change before it, so no rollback target is lost between two writers.
+pub async fn concurrent_alias_changes_each_keep_the_one_before(store: Store) {
+    let ns = fresh_namespace();
+    let mut latest = function(&ns, "busy-alias");
+    store.create_function(&latest).await.unwrap();
+    for _ in 0..7 {
+        latest = next_version(&latest);
+        store.add_version(&latest).await.unwrap();
+    }
+    let prod = AliasName::parse("prod").unwrap();
+    let changes = (1..=8u32).map(|v| {
+        let store = store.clone();
+        let (ns, name, prod) = (ns.clone(), latest.name.clone(), prod.clone());
+        tokio::spawn(async move {
+            let routing = Routing::single(v).unwrap();
+            store
+                .put_alias(&ns, &name, &prod, &routing, Utc::now())
+                .await
+                .unwrap()
+        })
+    });
+    let mut results = Vec::new();
+    for change in changes.collect::<Vec<_>>() {
+        results.push(change.await.unwrap());
+    }
+    results.sort_by_key(|a| a.revision);
+    let revisions: Vec<u64> = results.iter().map(|a| a.revision).collect();
+    assert_eq!(
+        revisions,
+        (1..=8).collect::<Vec<_>>(),
+        "one revision per change"
+    );
+    for pair in results.windows(2) {
+        assert_eq!(pair[1].previous.as_ref(), Some(&pair[0].routing));
+    }
+}
+
 /// Delete removes every version; the name can then be created again.
 pub async fn delete_removes_all_versions(store: Store) {
     let ns = fresh_namespace();
@@ -608,6 +806,150 @@ pub async fn insert_and_get_invocation(store: Store) {
             .unwrap(),
         None
     );
+}
+
+/// An idempotency key is taken with its invocation's `queued` record in one write; the same
+/// key again finds that invocation and writes nothing; another namespace's key of the same
+/// text is another key; an expired key is taken anew.
+pub async fn keyed_invocations_take_a_key_once_per_namespace(store: Store) {
+    let ns = fresh_namespace();
+    let key = IdempotencyKey::parse("order-42").unwrap();
+    let first = request(&ns, "worker");
+    let long_ago = Utc::now() - ChronoDuration::hours(24);
+    let keyed = store
+        .insert_keyed_invocation(&first, &key, "fp-1", long_ago)
+        .await
+        .unwrap();
+    assert_eq!(keyed, Keyed::Inserted);
+    assert_eq!(
+        store.get_invocation(&ns, &first.id).await.unwrap(),
+        Some(InvocationResult::queued(&first)),
+        "the record is committed with the key"
+    );
+
+    let retry = request(&ns, "worker");
+    let again = store
+        .insert_keyed_invocation(&retry, &key, "fp-2", long_ago)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Keyed::Existing {
+            invocation_id: first.id,
+            fingerprint: "fp-1".into()
+        }
+    );
+    assert_eq!(
+        store.get_invocation(&ns, &retry.id).await.unwrap(),
+        None,
+        "nothing is written for the retry"
+    );
+
+    let other_ns = fresh_namespace();
+    let elsewhere = request(&other_ns, "worker");
+    assert_eq!(
+        store
+            .insert_keyed_invocation(&elsewhere, &key, "fp-1", long_ago)
+            .await
+            .unwrap(),
+        Keyed::Inserted,
+        "keys are per namespace"
+    );
+
+    // A key whose invocation was refused unrun (failed at attempt 0) is free again; one whose
+    // invocation ran and failed is not.
+    let refused = request(&ns, "worker");
+    let refused_key = IdempotencyKey::parse("refused").unwrap();
+    store
+        .insert_keyed_invocation(&refused, &refused_key, "fp", long_ago)
+        .await
+        .unwrap();
+    let mut not_run = InvocationResult::queued(&refused);
+    not_run.status = InvocationStatus::Failed;
+    assert!(store.update_invocation(&not_run).await.unwrap());
+    let retried = request(&ns, "worker");
+    assert_eq!(
+        store
+            .insert_keyed_invocation(&retried, &refused_key, "fp", long_ago)
+            .await
+            .unwrap(),
+        Keyed::Inserted,
+        "a refused invocation's key is free again"
+    );
+    let mut ran = InvocationResult::queued(&retried);
+    ran.status = InvocationStatus::Failed;
+    ran.attempt = 1;
+    assert!(store.update_invocation(&ran).await.unwrap());
+    assert!(matches!(
+        store
+            .insert_keyed_invocation(&request(&ns, "worker"), &refused_key, "fp", long_ago)
+            .await
+            .unwrap(),
+        Keyed::Existing { invocation_id, .. } if invocation_id == retried.id
+    ));
+
+    // Past its lifetime the key is free: it now makes another invocation.
+    let later = request(&ns, "worker");
+    let expired_before = Utc::now() + ChronoDuration::seconds(1);
+    assert_eq!(
+        store
+            .insert_keyed_invocation(&later, &key, "fp-3", expired_before)
+            .await
+            .unwrap(),
+        Keyed::Inserted
+    );
+    assert_eq!(
+        store
+            .insert_keyed_invocation(&request(&ns, "worker"), &key, "fp-4", long_ago)
+            .await
+            .unwrap(),
+        Keyed::Existing {
+            invocation_id: later.id,
+            fingerprint: "fp-3".into()
+        }
+    );
+}
+
+/// Concurrent first uses of one key (from several gateways): exactly one invocation is
+/// stored, and every caller is told which.
+pub async fn concurrent_keyed_invocations_have_one_winner(store: Store) {
+    let ns = fresh_namespace();
+    let key = IdempotencyKey::parse("once").unwrap();
+    let long_ago = Utc::now() - ChronoDuration::hours(24);
+    let tries = (0..8).map(|_| {
+        let (store, key) = (store.clone(), key.clone());
+        let req = request(&ns, "worker");
+        tokio::spawn(async move {
+            let keyed = store
+                .insert_keyed_invocation(&req, &key, "fp", long_ago)
+                .await
+                .unwrap();
+            (req.id, keyed)
+        })
+    });
+    let mut winners = Vec::new();
+    let mut told = HashSet::new();
+    let mut ids = Vec::new();
+    for task in tries.collect::<Vec<_>>() {
+        let (id, keyed) = task.await.unwrap();
+        ids.push(id);
+        match keyed {
+            Keyed::Inserted => winners.push(id),
+            Keyed::Existing { invocation_id, .. } => {
+                told.insert(invocation_id);
+            }
+        }
+    }
+    assert_eq!(winners.len(), 1, "one invocation takes the key");
+    assert!(
+        told.iter().all(|id| *id == winners[0]),
+        "the others are told its id"
+    );
+    let stored = store
+        .get_invocations(&ids.iter().map(|id| (ns.clone(), *id)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(stored.iter().filter(|r| r.is_some()).count(), 1);
 }
 
 /// `get_invocations` answers per key, in order: a record of another namespace, or an absent

@@ -5,10 +5,12 @@
 use async_trait::async_trait;
 
 use super::{Page, StoreError};
+use chrono::{DateTime, Utc};
+use fnmesh_core::alias::{Alias, Routing};
 use fnmesh_core::function::Function;
-use fnmesh_core::names::{FunctionName, Namespace};
+use fnmesh_core::names::{AliasName, FunctionName, Namespace};
 
-/// Functions and their versions, a supertrait of [`super::MetadataStore`].
+/// Functions, their versions and their aliases, a supertrait of [`super::MetadataStore`].
 ///
 /// Every method is scoped by namespace: a row of another namespace is indistinguishable from
 /// an absent one.
@@ -52,5 +54,52 @@ pub trait FunctionStore: Send + Sync + 'static {
         &self,
         namespace: &Namespace,
         name: &FunctionName,
+    ) -> Result<bool, StoreError>;
+
+    /// Points the alias `name` of a function at `routing` (making the alias if it is new),
+    /// keeping what it pointed at before as [`Alias::previous`], in one write: a concurrent
+    /// reader sees the old alias or the new one. `NotFound` if the function or one of the
+    /// versions does not exist. Setting the routing it already has changes nothing.
+    async fn put_alias(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &AliasName,
+        routing: &Routing,
+        at: DateTime<Utc>,
+    ) -> Result<Alias, StoreError>;
+
+    /// Points an alias back at its previous routing (which becomes the new previous, so a
+    /// second rollback steps forward again). `NotFound` if the alias does not exist,
+    /// `Conflict` if it has never changed.
+    async fn rollback_alias(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &AliasName,
+        at: DateTime<Utc>,
+    ) -> Result<Alias, StoreError>;
+
+    /// One alias.
+    async fn get_alias(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &AliasName,
+    ) -> Result<Option<Alias>, StoreError>;
+
+    /// A function's aliases, by name (empty if it has none or does not exist).
+    async fn list_aliases(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<Vec<Alias>, StoreError>;
+
+    /// Deletes an alias; `false` if it did not exist.
+    async fn delete_alias(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &AliasName,
     ) -> Result<bool, StoreError>;
 }

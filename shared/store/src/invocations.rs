@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{Page, StoreError};
+use fnmesh_core::idempotency::IdempotencyKey;
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{
     DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult, InvocationStatus,
@@ -50,6 +51,21 @@ pub struct FinishedInvocation {
     pub dead_letter: Option<DeadLetterRecord>,
 }
 
+/// What [`InvocationStore::insert_keyed_invocation`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keyed {
+    /// The key was free (or expired): it is now this invocation's, whose `queued` record was
+    /// committed with it.
+    Inserted,
+    /// The key is another invocation's (nothing was written).
+    Existing {
+        /// The invocation the key made.
+        invocation_id: InvocationId,
+        /// What the key is bound to.
+        fingerprint: String,
+    },
+}
+
 /// How much a store holds ([`InvocationStore::store_size`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreSize {
@@ -73,6 +89,22 @@ pub trait InvocationStore: Send + Sync + 'static {
         &self,
         request: &InvocationRequest,
     ) -> Result<InvocationResult, StoreError>;
+
+    /// Accepts an invocation under an idempotency key of its namespace: in one transaction,
+    /// takes the key (bound to `fingerprint`) and commits the `queued` record with its request
+    /// as [`InvocationStore::insert_invocation`] does. A key made before `expired_before`,
+    /// whose invocation is gone (retention), or whose invocation was refused before any node
+    /// had it (`failed` at attempt 0, as the gateway marks work it will not run) is taken
+    /// anew: a retry after such a refusal runs. If the key is another
+    /// invocation's, nothing is written and that invocation is returned. `Conflict` if the
+    /// request's id exists.
+    async fn insert_keyed_invocation(
+        &self,
+        request: &InvocationRequest,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        expired_before: DateTime<Utc>,
+    ) -> Result<Keyed, StoreError>;
 
     /// The writes of the invocation path that concurrent requests make, committed together
     /// (group commit): the `queued` records of accepted invocations with their requests (each as

@@ -24,7 +24,9 @@ pub mod sqlite;
 pub use access::{AccessStore, NamespaceQuota, NamespaceUsage, RefreshTokenRecord};
 pub use audit::{AuditEntry, AuditFilter, AuditOutcome, AuditStore};
 pub use functions::FunctionStore;
-pub use invocations::{FinishedInvocation, InvocationFilter, InvocationStore, StoreSize, Written};
+pub use invocations::{
+    FinishedInvocation, InvocationFilter, InvocationStore, Keyed, StoreSize, Written,
+};
 pub use secrets::{RegistryCredentialInfo, SecretInfo, SecretStore};
 
 /// Every store trait, for calling store methods on a concrete store (`SqliteStore`,

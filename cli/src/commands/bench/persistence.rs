@@ -160,6 +160,7 @@ async fn accept(
                 secrets: None,
                 registry_auth: None,
                 forwarded_to: None,
+                alias: None,
             };
             async move { store.insert_invocation(&request).await }
         })

@@ -292,6 +292,7 @@ mod tests {
             namespace: ns.clone(),
             function: FunctionName::parse("f").unwrap(),
             version: 1,
+            alias: None,
             status: fnmesh_core::invocation::InvocationStatus::Queued,
             result: None,
             error: None,

@@ -7,8 +7,10 @@ use crate::common::{
     clamp_limit, from_json, function_cursor, function_label, is_unique_violation, FUNCTION_CURSOR,
 };
 use crate::{FunctionStore, Page, StoreError};
+use chrono::{DateTime, Utc};
+use fnmesh_core::alias::{Alias, Routing};
 use fnmesh_core::function::Function;
-use fnmesh_core::names::{FunctionName, Namespace};
+use fnmesh_core::names::{AliasName, FunctionName, Namespace};
 
 /// Functions by name.
 const FUNCTIONS: Listing<Function> = Listing {
@@ -218,4 +220,195 @@ impl<E: SqlEngine> FunctionStore for E {
         .await?;
         Ok(deleted > 0)
     }
+
+    async fn put_alias(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &AliasName,
+        routing: &Routing,
+        at: DateTime<Utc>,
+    ) -> Result<Alias, StoreError> {
+        replace_alias(self, namespace, function, name, at, |current| {
+            let (previous, revision, created_at) = match current {
+                // The same target again: nothing changes (its previous stays the rollback).
+                Some(alias) if &alias.routing == routing => return Ok(None),
+                Some(alias) => (Some(alias.routing), alias.revision + 1, alias.created_at),
+                None => (None, 1, at),
+            };
+            Ok(Some(Alias {
+                namespace: namespace.clone(),
+                function: function.clone(),
+                name: name.clone(),
+                routing: routing.clone(),
+                previous,
+                revision,
+                created_at,
+                updated_at: at,
+            }))
+        })
+        .await
+    }
+
+    async fn rollback_alias(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &AliasName,
+        at: DateTime<Utc>,
+    ) -> Result<Alias, StoreError> {
+        let label = alias_label(namespace, function, name);
+        replace_alias(self, namespace, function, name, at, |current| {
+            let alias = current.ok_or_else(|| StoreError::NotFound(label.clone()))?;
+            let previous = alias.previous.clone().ok_or_else(|| {
+                StoreError::Conflict(format!("{label} has no previous target to roll back to"))
+            })?;
+            Ok(Some(Alias {
+                routing: previous,
+                previous: Some(alias.routing),
+                revision: alias.revision + 1,
+                updated_at: at,
+                ..alias
+            }))
+        })
+        .await
+    }
+
+    async fn get_alias(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &AliasName,
+    ) -> Result<Option<Alias>, StoreError> {
+        let row = fetch_optional(
+            self,
+            Sql::new(
+                "SELECT body::text AS body FROM function_aliases \
+                 WHERE namespace = $1 AND function = $2 AND name = $3",
+            )
+            .bind(namespace.as_str())
+            .bind(function.as_str())
+            .bind(name.as_str()),
+        )
+        .await?;
+        row.map(|row| from_json(&row.text("body")?)).transpose()
+    }
+
+    async fn list_aliases(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+    ) -> Result<Vec<Alias>, StoreError> {
+        let rows = fetch_all(
+            self,
+            Sql::new(
+                "SELECT body::text AS body FROM function_aliases \
+                 WHERE namespace = $1 AND function = $2 ORDER BY name",
+            )
+            .bind(namespace.as_str())
+            .bind(function.as_str()),
+        )
+        .await?;
+        rows.iter()
+            .map(|row| from_json(&row.text("body")?))
+            .collect()
+    }
+
+    async fn delete_alias(
+        &self,
+        namespace: &Namespace,
+        function: &FunctionName,
+        name: &AliasName,
+    ) -> Result<bool, StoreError> {
+        let deleted = execute(
+            self,
+            Sql::new(
+                "DELETE FROM function_aliases \
+                 WHERE namespace = $1 AND function = $2 AND name = $3",
+            )
+            .bind(namespace.as_str())
+            .bind(function.as_str())
+            .bind(name.as_str()),
+        )
+        .await?;
+        Ok(deleted > 0)
+    }
+}
+
+/// `function "f" alias "prod" in namespace "ns"`, for errors.
+fn alias_label(namespace: &Namespace, function: &FunctionName, name: &AliasName) -> String {
+    format!(
+        "{} alias {:?}",
+        function_label(namespace, function),
+        name.as_str()
+    )
+}
+
+/// Replaces an alias in one write transaction: `change` gets the alias as it is (`None` if
+/// absent) and returns what to store (`None`: leave it as it is). The function's row is
+/// locked first, so changes of one function's aliases run one at a time, and every version
+/// the new routing names must be one of the function's (versions are never removed alone,
+/// so 1 ..= latest all exist).
+async fn replace_alias<E: SqlEngine>(
+    engine: &E,
+    namespace: &Namespace,
+    function: &FunctionName,
+    name: &AliasName,
+    at: DateTime<Utc>,
+    change: impl FnOnce(Option<Alias>) -> Result<Option<Alias>, StoreError> + Send,
+) -> Result<Alias, StoreError> {
+    let mut tx = engine.begin_write().await?;
+    let latest = E::fetch_optional(
+        &mut tx,
+        // `LOCK_ROW` locks the row of the table named `i`.
+        Sql::new(format!(
+            "SELECT i.latest_version FROM functions i WHERE i.namespace = $1 AND i.name = $2{}",
+            E::LOCK_ROW
+        ))
+        .bind(namespace.as_str())
+        .bind(function.as_str()),
+    )
+    .await?
+    .ok_or_else(|| StoreError::NotFound(function_label(namespace, function)))?
+    .int("latest_version")?;
+    let current = E::fetch_optional(
+        &mut tx,
+        Sql::new(
+            "SELECT body::text AS body FROM function_aliases \
+             WHERE namespace = $1 AND function = $2 AND name = $3",
+        )
+        .bind(namespace.as_str())
+        .bind(function.as_str())
+        .bind(name.as_str()),
+    )
+    .await?
+    .map(|row| from_json::<Alias>(&row.text("body")?))
+    .transpose()?;
+    let Some(alias) = change(current.clone())? else {
+        // Unchanged: dropping the transaction rolls it back.
+        return current.ok_or_else(|| StoreError::NotFound(alias_label(namespace, function, name)));
+    };
+    if let Some(missing) = alias.routing.versions().find(|v| i64::from(*v) > latest) {
+        return Err(StoreError::NotFound(format!(
+            "version {missing} of {}",
+            function_label(namespace, function)
+        )));
+    }
+    E::execute(
+        &mut tx,
+        Sql::new(
+            "INSERT INTO function_aliases (namespace, function, name, body, updated_at) \
+             VALUES ($1, $2, $3, $4::jsonb, $5) \
+             ON CONFLICT (namespace, function, name) \
+             DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+        )
+        .bind(namespace.as_str())
+        .bind(function.as_str())
+        .bind(name.as_str())
+        .bind(E::to_json(&alias)?)
+        .bind(at),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(alias)
 }

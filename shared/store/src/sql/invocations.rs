@@ -14,8 +14,10 @@ use crate::common::{
     present_per_key, records_per_key, DEAD_LETTER_CURSOR, INVOCATION_CURSOR,
 };
 use crate::{
-    FinishedInvocation, InvocationFilter, InvocationStore, Page, StoreError, StoreSize, Written,
+    FinishedInvocation, InvocationFilter, InvocationStore, Keyed, Page, StoreError, StoreSize,
+    Written,
 };
+use fnmesh_core::idempotency::IdempotencyKey;
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{
     DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult, InvocationStatus,
@@ -304,6 +306,80 @@ impl<E: SqlEngine> InvocationStore for E {
         }
     }
 
+    async fn insert_keyed_invocation(
+        &self,
+        request: &InvocationRequest,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        expired_before: DateTime<Utc>,
+    ) -> Result<Keyed, StoreError> {
+        let now = Utc::now();
+        let namespace = request.function.namespace.as_str();
+        let mut tx = self.begin_write().await?;
+        // An expired key is free again, and so is one whose invocation retention removed or
+        // that was refused before any node had it (failed at attempt 0: "not run").
+        E::execute(
+            &mut tx,
+            Sql::new(
+                "DELETE FROM idempotency_keys WHERE namespace = $1 AND key = $2 \
+                 AND (created_at < $3 \
+                 OR NOT EXISTS (SELECT 1 FROM invocations i \
+                                WHERE i.id = idempotency_keys.invocation_id) \
+                 OR EXISTS (SELECT 1 FROM invocations i \
+                            WHERE i.id = idempotency_keys.invocation_id \
+                            AND i.status = 'failed' AND i.attempt = 0))",
+            )
+            .bind(namespace)
+            .bind(key.as_str())
+            .bind(expired_before),
+        )
+        .await?;
+        let taken = E::execute(
+            &mut tx,
+            Sql::new(
+                "INSERT INTO idempotency_keys \
+                 (namespace, key, fingerprint, invocation_id, created_at) \
+                 VALUES ($1, $2, $3, $4::uuid, $5) ON CONFLICT (namespace, key) DO NOTHING",
+            )
+            .bind(namespace)
+            .bind(key.as_str())
+            .bind(fingerprint)
+            .bind(request.id.to_string())
+            .bind(now),
+        )
+        .await?;
+        if taken == 0 {
+            let row = fetch_one::<E>(
+                &mut tx,
+                Sql::new(
+                    "SELECT invocation_id::text AS invocation_id, fingerprint \
+                     FROM idempotency_keys WHERE namespace = $1 AND key = $2",
+                )
+                .bind(namespace)
+                .bind(key.as_str()),
+            )
+            .await?;
+            let invocation_id = row
+                .text("invocation_id")?
+                .parse()
+                .map_err(|e| StoreError::Backend(format!("decode invocation id: {e}")))?;
+            return Ok(Keyed::Existing {
+                invocation_id,
+                fingerprint: row.text("fingerprint")?,
+            });
+        }
+        let (record, insert) = insert_queued::<E>(request, now)?;
+        match E::execute(&mut tx, insert).await {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!("invocation {}", record.id)))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        Ok(Keyed::Inserted)
+    }
+
     async fn update_invocation(&self, record: &InvocationResult) -> Result<bool, StoreError> {
         self.apply_update(record).await
     }
@@ -385,8 +461,12 @@ impl<E: SqlEngine> InvocationStore for E {
             .map(|row| row.text("id"))
             .collect::<Result<Vec<_>, _>>()?;
         let mut removed = 0;
-        for table in ["invocation_logs", "invocations"] {
-            let mut sql = Sql::new(format!("DELETE FROM {table} WHERE id IN ("));
+        for (table, column) in [
+            ("idempotency_keys", "invocation_id"),
+            ("invocation_logs", "id"),
+            ("invocations", "id"),
+        ] {
+            let mut sql = Sql::new(format!("DELETE FROM {table} WHERE {column} IN ("));
             for (i, id) in ids.iter().enumerate() {
                 sql.push(if i == 0 { "" } else { ", " })
                     .push_bind(id.as_str())

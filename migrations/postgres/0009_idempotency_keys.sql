@@ -1,0 +1,15 @@
+-- Idempotency keys of invocations (`Idempotency-Key` on invoke), per namespace: the
+-- invocation a key made and the fingerprint (function and payload) it is bound to. A key is
+-- written in the transaction that commits its invocation's `queued` record, so a stored key
+-- always has its invocation; it is removed with that invocation (retention) and may be taken
+-- again 24 hours after it was made. Mirrors migrations/sqlite/0010_idempotency_keys.sql.
+CREATE TABLE idempotency_keys (
+    namespace     text COLLATE "C" NOT NULL,
+    key           text COLLATE "C" NOT NULL,
+    fingerprint   text             NOT NULL,
+    invocation_id uuid             NOT NULL,
+    created_at    timestamptz      NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+
+CREATE INDEX idempotency_keys_by_invocation ON idempotency_keys (invocation_id);
