@@ -676,6 +676,12 @@ pub enum InvocationCommand {
         client: ClientArgs,
         id: String,
     },
+    /// Cancel a queued or running invocation (it never runs, or is killed).
+    Cancel {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
     /// List invocations.
     List {
         #[command(flatten)]

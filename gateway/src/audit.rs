@@ -3,8 +3,9 @@
 //! Recording happens in one place, around the whole HTTP service ([`AuditLog::service`], set
 //! up by [`crate::server`]): when a response leaves, the request's method and path are
 //! classified ([`classify`]) and an [`AuditEntry`] is queued if the call was a management
-//! action (functions, secrets, keys, tokens, namespaces, dead letters — never invocations or
-//! reads) or any authentication or authorization failure (401 or 403, on every route).
+//! action (functions, aliases, secrets, keys, tokens, namespaces, dead letters, cancellations —
+//! never invocations or reads) or any authentication or authorization failure (401 or 403, on
+//! every route).
 //!
 //! Who the caller was is noted while the request is handled: the auth filter calls
 //! [`note_principal`], and a handler that learns its target only from the body (creating a
@@ -201,6 +202,9 @@ pub(crate) fn classify(method: &Method, path: &str) -> Classified {
             !reads,
         ),
         (m, ["v1", "admin", what, ..]) => c(&format!("admin.{what}.{}", verb(&m)), None, !reads),
+        (Method::POST, ["v1", "invocations", id, "cancel"]) => {
+            c("invocation.cancel", Some(format!("invocation/{id}")), true)
+        }
         (m, ["v1", "invocations", ..]) => c(&format!("invocation.{}", verb(&m)), None, false),
         (m, ["v1", resource, ..]) => c(&format!("{resource}.{}", verb(&m)), None, false),
         (m, _) => c(&format!("http.{}", verb(&m)), Some(path.to_owned()), false),

@@ -406,11 +406,14 @@ fn logs_of(events: &[NodeEvent], indices: &[usize]) -> Vec<(InvocationId, Invoca
 }
 
 /// Whether the store's fencing would apply `update` over `stored` (see
-/// [`fnmesh_store::InvocationStore::update_invocation`]): over a terminal record only a higher attempt; over
-/// another, the same or a higher attempt, or a lower one that brings a terminal result. The
-/// store decides; this only spares writes that would change nothing.
+/// [`fnmesh_store::InvocationStore::update_invocation`]): over a `cancelled` record only the
+/// node's `cancelled` report of the same or a higher attempt; over another terminal record only
+/// a higher attempt; over the rest, the same or a higher attempt, or a lower one that brings a
+/// terminal result. The store decides; this only spares writes that would change nothing.
 fn would_apply(stored: &InvocationResult, update: &InvocationResult) -> bool {
-    if stored.status.is_terminal() {
+    if stored.status == InvocationStatus::Cancelled {
+        update.status == InvocationStatus::Cancelled && update.attempt >= stored.attempt
+    } else if stored.status.is_terminal() {
         update.attempt > stored.attempt
     } else {
         update.attempt >= stored.attempt || update.status.is_terminal()

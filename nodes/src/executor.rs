@@ -401,6 +401,13 @@ impl Executor {
 
     /// Runs one invocation. Never panics; infrastructure failures are `Failed`/`crashed`.
     pub async fn execute(&self, job: Job) -> Execution {
+        self.execute_cancellable(job, &CancellationToken::new())
+            .await
+    }
+
+    /// [`Executor::execute`], killing the sandbox if `cancel` fires while the handler runs
+    /// (the execution is then `cancelled`).
+    pub async fn execute_cancellable(&self, job: Job, cancel: &CancellationToken) -> Execution {
         let started = Instant::now();
         // Bounded even for a config that skipped validation: a huge `timeout_ms` cannot
         // overflow the clock.
@@ -410,7 +417,7 @@ impl Executor {
             .timeout_ms
             .min(fnmesh_core::function::MAX_TIMEOUT_MS);
         let deadline = started + Duration::from_millis(timeout_ms);
-        let execution = self.inner.run(&job, deadline).await;
+        let execution = self.inner.run(&job, deadline, cancel).await;
         tracing::debug!(
             invocation.id = %job.invocation_id,
             function.name = %job.function.name,
@@ -783,7 +790,7 @@ impl Inner {
         })
     }
 
-    async fn run(&self, job: &Job, deadline: Instant) -> Execution {
+    async fn run(&self, job: &Job, deadline: Instant, cancel: &CancellationToken) -> Execution {
         let function = &job.function;
         let secrets = match self.open_secrets(function, job.secrets.as_ref()) {
             Ok(secrets) => secrets,
@@ -860,7 +867,7 @@ impl Inner {
             );
         };
         let (execution, reusable) = instance
-            .invoke(&request, deadline)
+            .invoke(&request, deadline, cancel)
             .instrument(tracing::info_span!(
                 "handler",
                 sandbox.cold_start = cold_start

@@ -32,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 mod logs;
 
@@ -402,14 +403,15 @@ impl Instance {
         }
     }
 
-    /// Runs one invocation, killing the sandbox at `deadline`. Returns how it went (its
-    /// `exec_us` from the call to the result, logs and peak memory settled included) and
-    /// whether the sandbox can serve again (false when it was killed: the caller must then
-    /// discard the instance).
+    /// Runs one invocation, killing the sandbox at `deadline`, or when `cancel` fires (then
+    /// it is `cancelled`). Returns how it went (its `exec_us` from the call to the result,
+    /// logs and peak memory settled included) and whether the sandbox can serve again (false
+    /// when it was killed: the caller must then discard the instance).
     pub async fn invoke(
         &mut self,
         request: &protocol::Request<'_>,
         deadline: Instant,
+        cancel: &CancellationToken,
     ) -> (Execution, bool) {
         let started = Instant::now();
         if let Err(e) = protocol::encode_request(&mut self.frame, request) {
@@ -436,7 +438,10 @@ impl Instance {
             requests.write_all(frame).await.map_err(FrameError::Io)?;
             read_frame(responses, body, protocol::max_response_frame(max_result)).await
         };
-        let outcome = tokio::time::timeout_at(deadline, exchange).await;
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout_at(deadline, exchange) => outcome.map_err(|_| Ending::Timeout),
+            () = cancel.cancelled() => Err(Ending::Cancelled),
+        };
 
         let ending = match outcome {
             Ok(Ok(())) => {
@@ -462,7 +467,7 @@ impl Instance {
             Ok(Err(FrameError::Io(e))) => {
                 Ending::Died(format!("sandbox died during the invocation: {e}"))
             }
-            Err(_) => Ending::Timeout,
+            Err(ending) => ending,
         };
 
         let report = self.kill().await;
@@ -477,6 +482,10 @@ impl Instance {
                 );
                 (InvocationStatus::Timeout, err)
             }
+            Ending::Cancelled => (
+                InvocationStatus::Cancelled,
+                error(ErrorKind::Cancelled, "cancelled while it ran"),
+            ),
             Ending::TooLarge(message) => (
                 InvocationStatus::Failed,
                 error(ErrorKind::InvalidResult, message),
@@ -593,6 +602,8 @@ impl Instance {
 /// How the end of an invocation that killed its sandbox is reported.
 enum Ending {
     Timeout,
+    /// A caller cancelled the invocation.
+    Cancelled,
     /// A response frame over the cap.
     TooLarge(String),
     /// EOF, garbage or a failed write: the sandbox died or broke the protocol.

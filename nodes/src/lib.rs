@@ -1,6 +1,7 @@
 //! fnmesh worker nodes: pull invocations from the bus, run them in hardened sandboxes kept warm
 //! in a pool, and report results back over the bus.
 
+pub mod cancel;
 pub mod code_cache;
 pub mod executor;
 pub mod instance;

@@ -30,11 +30,13 @@ use fnmesh_core::{
     ErrorKind, Execution, FunctionConfig, InvocationError, InvocationOutcome, InvocationRequest,
     InvocationResult, InvocationStatus, NodeEvent,
 };
+use futures::StreamExt as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::cancel::Cancellations;
 use crate::code_cache::CodeCache;
 use crate::executor::{Executor, Job};
 use crate::metrics::NodeMetrics;
@@ -85,6 +87,8 @@ pub struct Worker {
     /// Results of answered sync invocations being reported after their slot was freed, at
     /// most `slots` at once.
     reporting: Arc<Semaphore>,
+    /// Cancellations heard from the bus: what is running here to stop, what not to start.
+    cancellations: Arc<Cancellations>,
 }
 
 /// A read-only view of a worker's load, for the node registry's heartbeats.
@@ -147,6 +151,7 @@ impl Worker {
             busy: Arc::new(AtomicUsize::new(0)),
             metrics: None,
             reporting,
+            cancellations: Arc::default(),
         }
     }
 
@@ -171,6 +176,7 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(this.config.slots.max(1)));
         let tracker = TaskTracker::new();
         let mut backoff = PULL_RETRY.build();
+        let cancellations = this.follow_cancellations(shutdown.clone()).await;
         tracing::info!(node.id = %this.config.node_id, node.slots = this.config.slots, "node pulling work");
         loop {
             let permit = tokio::select! {
@@ -235,6 +241,11 @@ impl Worker {
             }
         }
         tracker.close();
+        if let Some(task) = cancellations {
+            // Ends with `shutdown`; cancellations keep reaching the invocations draining below
+            // until then.
+            let _ = task.await;
+        }
         let in_flight = tracker.len();
         if in_flight > 0 {
             tracing::info!(in_flight, "node draining in-flight invocations");
@@ -248,6 +259,36 @@ impl Worker {
                 "drain timeout reached; unfinished invocations will be redelivered"
             );
         }
+    }
+
+    /// Follows the bus's cancellations into [`Worker::cancellations`] until `shutdown`; `None`
+    /// (logged) if the bus cannot (the store still keeps cancelled records final).
+    async fn follow_cancellations(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let mut feed = match self.bus.follow_cancellations().await {
+            Ok(feed) => feed,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow cancellations; cancelled invocations may still run here");
+                return None;
+            }
+        };
+        let registry = self.cancellations.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    id = feed.next() => match id {
+                        Some(id) => {
+                            tracing::info!(invocation.id = %id, "invocation cancelled");
+                            registry.cancel(id);
+                        }
+                        None => return,
+                    },
+                }
+            }
+        }))
     }
 
     async fn handle(&self, delivery: Delivery, slot: &mut Slot) {
@@ -277,6 +318,22 @@ impl Worker {
                 .await;
             return;
         }
+
+        // Cancelled before it got here: settled, never run.
+        let Some(running) = self.cancellations.begin(request.id) else {
+            let execution = Execution::failed(
+                InvocationStatus::Cancelled,
+                InvocationError {
+                    kind: ErrorKind::Cancelled,
+                    message: "cancelled before it ran".to_owned(),
+                },
+            );
+            tracing::info!(invocation.id = %request.id, "invocation cancelled before it ran; not run");
+            let run = (&request, attempt, started_at);
+            self.settle_unrun(run, execution, reply_to.as_ref(), acker.as_ref(), slot)
+                .await;
+            return;
+        };
 
         let started = NodeEvent::Started {
             id: request.id,
@@ -343,7 +400,7 @@ impl Worker {
             registry_auth: request.registry_auth.clone(),
         };
         let t0 = Instant::now();
-        let exec = self.executor.execute(job);
+        let exec = self.executor.execute_cancellable(job, running.token());
         tokio::pin!(exec);
         // Well within the bus's ack wait, so a long invocation is never redelivered.
         let interval = self.progress_interval();
@@ -580,7 +637,12 @@ fn retryable(
     sync: bool,
     config: &FunctionConfig,
 ) -> Option<InvocationError> {
-    if sync || result.status == InvocationStatus::Succeeded {
+    if sync
+        || matches!(
+            result.status,
+            InvocationStatus::Succeeded | InvocationStatus::Cancelled
+        )
+    {
         return None;
     }
     let error = result.error.clone()?;

@@ -130,6 +130,11 @@ async fn a_node_cannot_forge_invocations_or_manage_streams() {
     node.publish(direct.clone(), "{}".into()).await.unwrap();
     node.flush().await.unwrap();
     errors.expect_violation("publish", &direct).await;
+    // Nor cancellations: only gateways tell nodes to stop work.
+    let cancel = subjects::bus_cancel(&BusPrefix::parse(&region).unwrap());
+    node.publish(cancel.clone(), "{}".into()).await.unwrap();
+    node.flush().await.unwrap();
+    errors.expect_violation("publish", &cancel).await;
     // The server logs it too (what the end-to-end test checks stays absent).
     assert!(
         nats.log().to_lowercase().contains("violation"),
@@ -447,6 +452,31 @@ async fn a_client_request_runs_end_to_end_on_role_creds() {
     let id = mesh.invoke_async("echo", json!({ "y": 2 })).await;
     let done = mesh.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "succeeded", "{done}\n{}", mesh.logs());
+
+    // A cancellation: the gateway publishes it and the node hears it, on their role creds.
+    mesh.deploy(function_body(
+        "sleepy",
+        "python3",
+        "main.handle",
+        &[(
+            "main.py",
+            "import time\ndef handle(e, c):\n    time.sleep(30)\n",
+        )],
+        json!({}),
+    ))
+    .await;
+    let id = mesh.invoke_async("sleepy", json!({})).await;
+    let cancelled = mesh
+        .call("POST", &format!("/v1/invocations/{id}/cancel"), None)
+        .await;
+    assert_eq!(cancelled.status, 200, "{:?}", cancelled.body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !mesh.logs().contains("invocation cancelled before it ran")
+        && !mesh.logs().contains("sandbox killed")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", mesh.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     assert!(errors.all().is_empty(), "client: {:?}", errors.all());
     let server_log = mesh.nats.log();

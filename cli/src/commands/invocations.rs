@@ -91,6 +91,17 @@ pub async fn invocation(cmd: InvocationCommand, as_json: bool) -> Result<()> {
                 output::record(&v, RECORD_FIELDS);
             }
         }
+        InvocationCommand::Cancel { client, id } => {
+            let api = ApiClient::new(&client)?;
+            let (_, v) = api
+                .call(Method::POST, &format!("/v1/invocations/{id}/cancel"), None)
+                .await?;
+            if as_json {
+                output::json(&v);
+            } else {
+                output::record(&v, RECORD_FIELDS);
+            }
+        }
         InvocationCommand::List {
             client,
             function,

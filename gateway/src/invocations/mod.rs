@@ -4,6 +4,7 @@ use fnmesh_core::InvocationId;
 
 use crate::error::ApiError;
 
+pub(crate) mod cancel;
 pub(crate) mod get;
 pub(crate) mod invoke;
 pub(crate) mod list;

@@ -94,7 +94,8 @@ macro_rules! bus_conformance_cases {
             a_flooded_function_does_not_hold_up_another,
             queue_stats_count_pending_and_in_flight,
             traceparent_travels_with_the_request,
-            log_followers_get_their_function_only
+            log_followers_get_their_function_only,
+            cancellations_reach_every_follower
         );
     };
 }
@@ -1097,4 +1098,35 @@ where
         .expect("the follower gets its entry in time")
         .expect("the feed is open");
     assert_eq!(got, wanted, "only the followed function's entry arrives");
+}
+
+/// A cancellation reaches every follower of the bus (each node hears every one), in order.
+pub async fn cancellations_reach_every_follower<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    use futures::StreamExt as _;
+
+    let bus = make(test_config()).await;
+    let mut a = bus
+        .follow_cancellations()
+        .await
+        .expect("follow_cancellations");
+    let mut b = bus
+        .follow_cancellations()
+        .await
+        .expect("follow_cancellations");
+    let (first, second) = (InvocationId::new(), InvocationId::new());
+    bus.cancel(&first).await.unwrap();
+    bus.cancel(&second).await.unwrap();
+    for feed in [&mut a, &mut b] {
+        for wanted in [first, second] {
+            let got = tokio::time::timeout(PATIENCE, feed.next())
+                .await
+                .expect("the follower hears the cancellation in time")
+                .expect("the feed is open");
+            assert_eq!(got, wanted);
+        }
+    }
 }

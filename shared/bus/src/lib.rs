@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
 use fnmesh_core::names::{FunctionName, Namespace};
 use fnmesh_core::signing::{Rejections, SigningKey, TrustedKeys};
@@ -310,6 +311,10 @@ pub struct QueueStats {
 /// A live feed of one function's output, from [`Bus::follow_logs`]. Ends when the bus closes.
 pub type LogFeed = futures::stream::BoxStream<'static, FunctionLogs>;
 
+/// The ids of invocations cancelled from now on, from [`Bus::follow_cancellations`]. Ends
+/// when the bus closes.
+pub type CancelFeed = futures::stream::BoxStream<'static, InvocationId>;
+
 /// Entries a live log follower may fall behind by before it misses some.
 pub const LOG_FEED_CAPACITY: usize = 1024;
 
@@ -405,4 +410,14 @@ pub trait Bus: Send + Sync + 'static {
         namespace: &Namespace,
         function: &FunctionName,
     ) -> Result<LogFeed, BusError>;
+
+    /// Tells the nodes of the bus that invocation `id` was cancelled: a node running it kills
+    /// it, a node that is handed it later settles it without running it. At most once, to
+    /// the nodes listening then (the store keeps the record `cancelled` whatever a node
+    /// reports afterwards). Over NATS the message is signed like work.
+    async fn cancel(&self, id: &InvocationId) -> Result<(), BusError>;
+
+    /// The cancellations ([`Bus::cancel`]) sent from now on; over NATS, only those signed by
+    /// a trusted gateway key.
+    async fn follow_cancellations(&self) -> Result<CancelFeed, BusError>;
 }

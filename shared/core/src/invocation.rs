@@ -23,6 +23,9 @@ pub enum InvocationStatus {
     Timeout,
     /// Its delivery attempts ran out; it waits in the dead-letter queue (replay or delete).
     DeadLettered,
+    /// Cancelled by a caller (`POST /v1/invocations/{id}/cancel`): never run if it was
+    /// queued, killed if it was running. Final: nothing a node reports later replaces it.
+    Cancelled,
 }
 
 impl InvocationStatus {
@@ -35,6 +38,7 @@ impl InvocationStatus {
             Self::Failed => "failed",
             Self::Timeout => "timeout",
             Self::DeadLettered => "dead_lettered",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -47,6 +51,7 @@ impl InvocationStatus {
             "failed" => Self::Failed,
             "timeout" => Self::Timeout,
             "dead_lettered" => Self::DeadLettered,
+            "cancelled" => Self::Cancelled,
             _ => return None,
         })
     }
@@ -55,7 +60,7 @@ impl InvocationStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Self::Succeeded | Self::Failed | Self::Timeout | Self::DeadLettered
+            Self::Succeeded | Self::Failed | Self::Timeout | Self::DeadLettered | Self::Cancelled
         )
     }
 }
@@ -74,6 +79,8 @@ pub enum ErrorKind {
     Crashed,
     /// The handler's output is not JSON.
     InvalidResult,
+    /// A caller cancelled it.
+    Cancelled,
 }
 
 impl ErrorKind {
@@ -85,6 +92,7 @@ impl ErrorKind {
             Self::Oom => "oom",
             Self::Crashed => "crashed",
             Self::InvalidResult => "invalid_result",
+            Self::Cancelled => "cancelled",
         }
     }
 }

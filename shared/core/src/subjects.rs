@@ -101,6 +101,12 @@ pub fn bus_direct_all(prefix: &BusPrefix) -> String {
     format!("{PREFIX}.{prefix}.direct.>")
 }
 
+/// Core-NATS subject on which gateways tell a region's nodes that an invocation was
+/// cancelled (every node hears it): `fnmesh.v1.<prefix>.cancel`.
+pub fn bus_cancel(prefix: &BusPrefix) -> String {
+    format!("{PREFIX}.{prefix}.cancel")
+}
+
 /// The queue group nodes take direct sync invocations in: each goes to one node.
 pub const DIRECT_QUEUE_GROUP: &str = "fnmesh-direct";
 

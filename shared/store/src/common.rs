@@ -21,7 +21,8 @@ pub(crate) const INVOCATION_CURSOR: &str = "i:";
 /// Cursor prefix of dead-letter listings.
 pub(crate) const DEAD_LETTER_CURSOR: &str = "d:";
 /// The terminal statuses, as an SQL list.
-pub(crate) const TERMINAL_SQL: &str = "('succeeded', 'failed', 'timeout', 'dead_lettered')";
+pub(crate) const TERMINAL_SQL: &str =
+    "('succeeded', 'failed', 'timeout', 'dead_lettered', 'cancelled')";
 
 /// The answer of a fenced update that changed no row: `false` (fenced off) if the record is
 /// `present`, `NotFound` if not.

@@ -68,6 +68,7 @@ macro_rules! store_conformance_cases {
             concurrent_keyed_invocations_have_one_winner,
             get_invocations_in_order_within_the_namespace,
             update_invocation_is_fenced,
+            a_cancelled_record_is_final,
             update_of_absent_invocation_is_not_found,
             list_invocations_newest_first_with_filters,
             list_invocations_pagination_is_stable_under_inserts,
@@ -224,12 +225,15 @@ fn with_status(r: &InvocationResult, status: InvocationStatus, attempt: u32) -> 
                 unpack_us: 0,
             });
         }
-        InvocationStatus::Failed | InvocationStatus::Timeout | InvocationStatus::DeadLettered => {
+        InvocationStatus::Failed
+        | InvocationStatus::Timeout
+        | InvocationStatus::DeadLettered
+        | InvocationStatus::Cancelled => {
             r.error = Some(InvocationError {
-                kind: if status == InvocationStatus::Timeout {
-                    ErrorKind::Timeout
-                } else {
-                    ErrorKind::HandlerError
+                kind: match status {
+                    InvocationStatus::Timeout => ErrorKind::Timeout,
+                    InvocationStatus::Cancelled => ErrorKind::Cancelled,
+                    _ => ErrorKind::HandlerError,
                 },
                 message: format!("attempt {attempt} failed"),
             });
@@ -950,6 +954,100 @@ pub async fn concurrent_keyed_invocations_have_one_winner(store: Store) {
         .await
         .unwrap();
     assert_eq!(stored.iter().filter(|r| r.is_some()).count(), 1);
+}
+
+/// Cancelling a queued or running invocation makes its record `cancelled` and final: no
+/// node update (single, batched or group-committed) applies over it; cancelling again, or
+/// cancelling a finished invocation, changes nothing; another namespace's is absent.
+pub async fn a_cancelled_record_is_final(store: Store) {
+    let ns = fresh_namespace();
+    let queued = accept(&store, &ns, "cancellable").await;
+    let (cancelled, changed) = store
+        .cancel_invocation(&ns, &queued.id, "cancelled by key k1")
+        .await
+        .unwrap()
+        .expect("the invocation exists");
+    assert!(changed);
+    assert_eq!(cancelled.status, InvocationStatus::Cancelled);
+    let error = cancelled.error.clone().expect("an error says why");
+    assert_eq!(
+        (error.kind, error.message.as_str()),
+        (ErrorKind::Cancelled, "cancelled by key k1")
+    );
+    assert!(cancelled.completed_at.is_some());
+    assert_eq!(
+        store.get_invocation(&ns, &queued.id).await.unwrap(),
+        Some(cancelled.clone())
+    );
+    // What a node reports afterwards is fenced off, however it arrives.
+    let late = with_status(&queued, InvocationStatus::Succeeded, 1);
+    assert!(!store.update_invocation(&late).await.unwrap());
+    let late2 = with_status(&queued, InvocationStatus::Failed, 2);
+    assert_eq!(store.update_invocations(&[late2]).await.unwrap(), [false]);
+    let written = store
+        .write_invocations(&[], &[(&late, None)])
+        .await
+        .unwrap();
+    assert_eq!(written.applied, [false]);
+    assert_eq!(
+        store.get_invocation(&ns, &queued.id).await.unwrap(),
+        Some(cancelled.clone())
+    );
+    // Only the node's own report of the cancellation joins it.
+    let reported = with_status(&queued, InvocationStatus::Cancelled, 1);
+    assert!(store.update_invocation(&reported).await.unwrap());
+    assert_eq!(
+        store.get_invocation(&ns, &queued.id).await.unwrap(),
+        Some(reported.clone())
+    );
+    assert!(!store
+        .update_invocation(&with_status(&queued, InvocationStatus::Succeeded, 2))
+        .await
+        .unwrap());
+    let cancelled = reported;
+    // Idempotent, and a finished invocation stays as it is.
+    let (again, changed) = store
+        .cancel_invocation(&ns, &queued.id, "again")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!changed);
+    assert_eq!(again, cancelled);
+    let running = accept(&store, &ns, "cancellable").await;
+    let started = with_status(&running, InvocationStatus::Running, 1);
+    assert!(store.update_invocation(&started).await.unwrap());
+    let (stopped, changed) = store
+        .cancel_invocation(&ns, &running.id, "stop")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(changed, "a running invocation is cancelled too");
+    assert_eq!(stopped.status, InvocationStatus::Cancelled);
+    let finished = accept(&store, &ns, "cancellable").await;
+    let done = with_status(&finished, InvocationStatus::Succeeded, 1);
+    assert!(store.update_invocation(&done).await.unwrap());
+    let (kept, changed) = store
+        .cancel_invocation(&ns, &finished.id, "too late")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!changed);
+    assert_eq!(kept, done);
+    assert_eq!(
+        store
+            .cancel_invocation(&fresh_namespace(), &finished.id, "x")
+            .await
+            .unwrap(),
+        None,
+        "another namespace's invocation is absent"
+    );
+    assert_eq!(
+        store
+            .cancel_invocation(&ns, &InvocationId::new(), "x")
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 /// `get_invocations` answers per key, in order: a record of another namespace, or an absent

@@ -121,8 +121,22 @@ pub trait InvocationStore: Send + Sync + 'static {
         outcomes: &[(&InvocationResult, Option<&InvocationLogs>)],
     ) -> Result<Written, StoreError>;
 
+    /// Cancels an invocation of `namespace` that has not finished: in one write, its record
+    /// becomes `cancelled` (error kind `cancelled`, `message`), which is final — no update
+    /// but a node's `cancelled` report applies over it — and its request is dropped (never published again). Returns the
+    /// record as it is after and whether this call cancelled it (`false`: it had finished, or
+    /// was cancelled before, and is unchanged); `None` if there is no such invocation.
+    async fn cancel_invocation(
+        &self,
+        namespace: &Namespace,
+        id: &InvocationId,
+        message: &str,
+    ) -> Result<Option<(InvocationResult, bool)>, StoreError>;
+
     /// Applies an update from a node. Fenced, in one atomic step:
-    /// - over a terminal record, only a higher attempt applies;
+    /// - over a terminal record, only a higher attempt applies; over `cancelled` (final)
+    ///   only a `cancelled` report of the same or a higher attempt (the node's own, with the
+    ///   logs and timings of what it killed);
     /// - over a non-terminal record, the same or a higher attempt applies, and a lower attempt
     ///   only if it brings a terminal result (a slow attempt that did finish).
     ///

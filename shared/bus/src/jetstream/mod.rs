@@ -63,6 +63,7 @@
 //! last attempt, the dead-letter stream) and `events` (the node event stream).
 
 mod acker;
+mod cancel;
 mod dead_letters;
 mod direct;
 mod events;
@@ -81,12 +82,13 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::{
-    Bus, BusConfig, BusError, DeadLetter, Delivery, EventDelivery, Inbox, LogFeed, QueueStats,
-    ReplyTo, Sent,
+    Bus, BusConfig, BusError, CancelFeed, DeadLetter, Delivery, EventDelivery, Inbox, LogFeed,
+    QueueStats, ReplyTo, Sent,
 };
 use fnmesh_core::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
 use fnmesh_core::names::{FunctionName, Namespace};
 use fnmesh_core::subjects::{self, BusPrefix};
+use fnmesh_core::InvocationId;
 
 /// Our header carrying the reply inbox of a sync invocation.
 pub const REPLY_HEADER: &str = "Fnmesh-Reply-To";
@@ -438,6 +440,14 @@ impl Bus for JetStreamBus {
             }
         });
         Ok(Box::pin(feed))
+    }
+
+    async fn cancel(&self, id: &InvocationId) -> Result<(), BusError> {
+        self.send_cancel(id).await
+    }
+
+    async fn follow_cancellations(&self) -> Result<CancelFeed, BusError> {
+        self.cancellations().await
     }
 
     async fn queue_stats(&self) -> Result<QueueStats, BusError> {

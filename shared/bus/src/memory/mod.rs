@@ -35,8 +35,8 @@ use tokio::time::Instant;
 use self::inbox::parse_reply;
 use self::queue::{ItemState, Queue, Settle};
 use super::{
-    Acker, Bus, BusConfig, BusError, DeadLetter, Delivery, EventDelivery, FunctionQueue, Inbox,
-    LogFeed, QueueStats, ReplyTo, LOG_FEED_CAPACITY,
+    Acker, Bus, BusConfig, BusError, CancelFeed, DeadLetter, Delivery, EventDelivery,
+    FunctionQueue, Inbox, LogFeed, QueueStats, ReplyTo, LOG_FEED_CAPACITY,
 };
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
@@ -65,6 +65,8 @@ struct Shared {
     inboxes: Mutex<HashMap<u64, mpsc::Sender<InvocationOutcome>>>,
     /// Live function output for followers (`follow_logs`); nothing is kept.
     logs: tokio::sync::broadcast::Sender<Arc<FunctionLogs>>,
+    /// Cancelled invocation ids for nodes (`follow_cancellations`); nothing is kept.
+    cancels: tokio::sync::broadcast::Sender<InvocationId>,
 }
 
 #[derive(Debug)]
@@ -116,6 +118,7 @@ impl MemoryBus {
                 next_inbox: AtomicU64::new(1),
                 inboxes: Mutex::new(HashMap::new()),
                 logs: tokio::sync::broadcast::channel(LOG_FEED_CAPACITY).0,
+                cancels: tokio::sync::broadcast::channel(LOG_FEED_CAPACITY).0,
             }),
         }
     }
@@ -468,6 +471,30 @@ impl Bus for MemoryBus {
                 state.dead.pop_front()
             })
             .await
+    }
+
+    async fn cancel(&self, id: &InvocationId) -> Result<(), BusError> {
+        self.shared.check_open()?;
+        // No receiver is not an error: no node is listening.
+        let _ = self.shared.cancels.send(*id);
+        Ok(())
+    }
+
+    async fn follow_cancellations(&self) -> Result<CancelFeed, BusError> {
+        self.shared.check_open()?;
+        let receiver = self.shared.cancels.subscribe();
+        let feed = futures::stream::unfold(receiver, |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(id) => return Some((id, receiver)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "a node fell behind on cancellations");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Box::pin(feed))
     }
 
     async fn publish_logs(&self, logs: &FunctionLogs) -> Result<(), BusError> {

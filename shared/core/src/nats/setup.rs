@@ -239,6 +239,8 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
                     subjects::bus_invocations_all(p),
                     // Sync work sent straight to a node with a free slot.
                     subjects::bus_direct_all(p),
+                    // Cancellations, to the region's nodes.
+                    subjects::bus_cancel(p),
                     // An edge's finished invocations, for its hub; an edge's overflow to it.
                     subjects::bus_records(p),
                     subjects::forwards(p),
@@ -322,6 +324,8 @@ pub fn node_permissions(id: &NodeId, regions: &[BusPrefix]) -> UserPermissions {
         // Sync work sent straight to it (queue group: one node takes each), answered on
         // the gateway's inbox it names.
         subscribe.push(subjects::bus_direct_all(p));
+        // Cancellations (signed by a gateway; never published by a node).
+        subscribe.push(subjects::bus_cancel(p));
     }
     // The region's catalog (or, at an edge, its mirror of the hub's), read only and only its
     // functions and registry credentials (what pre-pulling needs; never API keys, secrets or
@@ -390,6 +394,7 @@ pub fn leaf_permissions(edge: &BusPrefix, regions: &[BusPrefix]) -> UserPermissi
         let region_subjects = [
             subjects::bus_invocations_all(r),
             subjects::bus_direct_all(r),
+            subjects::bus_cancel(r),
             subjects::bus_node_events_all(r),
             subjects::bus_dead_letter_records(r),
             subjects::bus_records(r),

@@ -16,10 +16,14 @@ use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{InvocationLogs, InvocationRequest, InvocationResult};
 
 /// The fencing condition of an update, over the stored row `i` and the update `u`
-/// (columns `attempt`, `terminal`).
+/// (columns `status`, `attempt`, `terminal`); over a `cancelled` record only a node's own
+/// report of the cancellation applies (its logs and timings join the record).
 fn fencing_sql(stored: &str, update: &str) -> String {
     format!(
-        "(({stored}.status IN {TERMINAL_SQL} AND {update}.attempt > {stored}.attempt) \
+        "(({stored}.status IN {TERMINAL_SQL} AND {stored}.status <> 'cancelled' \
+             AND {update}.attempt > {stored}.attempt) \
+         OR ({stored}.status = 'cancelled' AND {update}.status = 'cancelled' \
+             AND {update}.attempt >= {stored}.attempt) \
          OR ({stored}.status NOT IN {TERMINAL_SQL} \
              AND ({update}.attempt >= {stored}.attempt OR {update}.terminal)))"
     )
@@ -128,7 +132,8 @@ impl EngineInvocations for PostgresStore {
         // same round trip. A terminal record drops the stored request.
         let body = to_json(record)?;
         let sql = format!(
-            "WITH u AS (SELECT $3::bigint AS attempt, $8::boolean AS terminal), \
+            "WITH u AS (SELECT $2::text AS status, $3::bigint AS attempt, \
+                             $8::boolean AS terminal), \
              updated AS ( \
                UPDATE invocations AS i SET version = $1, status = $2, attempt = u.attempt, \
                  body = $4::jsonb, updated_at = $5, \

@@ -20,7 +20,8 @@ use crate::{
 use fnmesh_core::idempotency::IdempotencyKey;
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{
-    DeadLetterRecord, InvocationLogs, InvocationRequest, InvocationResult, InvocationStatus,
+    DeadLetterRecord, ErrorKind, InvocationError, InvocationLogs, InvocationRequest,
+    InvocationResult, InvocationStatus,
 };
 use fnmesh_core::names::{FunctionName, Namespace};
 
@@ -378,6 +379,56 @@ impl<E: SqlEngine> InvocationStore for E {
         }
         tx.commit().await?;
         Ok(Keyed::Inserted)
+    }
+
+    async fn cancel_invocation(
+        &self,
+        namespace: &Namespace,
+        id: &InvocationId,
+        message: &str,
+    ) -> Result<Option<(InvocationResult, bool)>, StoreError> {
+        let now = Utc::now();
+        // The row lock: no node update slips in between reading the record and replacing it.
+        let mut tx = self.begin_write().await?;
+        let row = E::fetch_optional(
+            &mut tx,
+            Sql::new(format!(
+                "SELECT i.body::text AS body FROM invocations i \
+                 WHERE i.id = $1::uuid AND i.namespace = $2{}",
+                E::LOCK_ROW
+            ))
+            .bind(id.to_string())
+            .bind(namespace.as_str()),
+        )
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut record: InvocationResult = from_json(&row.text("body")?)?;
+        if record.status.is_terminal() {
+            return Ok(Some((record, false)));
+        }
+        record.status = InvocationStatus::Cancelled;
+        record.error = Some(InvocationError {
+            kind: ErrorKind::Cancelled,
+            message: message.to_owned(),
+        });
+        record.result = None;
+        record.completed_at = Some(now);
+        E::execute(
+            &mut tx,
+            Sql::new(
+                "UPDATE invocations SET status = $1, body = $2::jsonb, updated_at = $3, \
+                 request = NULL WHERE id = $4::uuid",
+            )
+            .bind(record.status.as_str())
+            .bind(E::to_json(&record)?)
+            .bind(now)
+            .bind(id.to_string()),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some((record, true)))
     }
 
     async fn update_invocation(&self, record: &InvocationResult) -> Result<bool, StoreError> {

@@ -21,7 +21,8 @@ const BATCH_CHUNK: usize = 500;
 
 /// The fenced update of one invocation record (see [`crate::InvocationStore::update_invocation`]),
 /// in one statement so it is atomic:
-/// - over a terminal record, only a higher attempt applies;
+/// - over a terminal record, only a higher attempt applies (over `cancelled`, only a node's
+///   own report of the cancellation, whose logs and timings join the record);
 /// - over a non-terminal record, the same or a higher attempt applies, and a lower attempt
 ///   only if it brings a terminal result (a slow attempt that did finish).
 ///
@@ -31,7 +32,8 @@ fn update_sql(record: &InvocationResult, now: chrono::DateTime<Utc>) -> Result<S
         "UPDATE invocations SET version = $1, status = $2, attempt = $3, body = $4, \
          updated_at = $5, request = CASE WHEN $8 THEN NULL ELSE request END \
          WHERE id = $6 AND namespace = $7 AND ( \
-           (status IN {TERMINAL_SQL} AND $3 > attempt) \
+           (status IN {TERMINAL_SQL} AND status <> 'cancelled' AND $3 > attempt) \
+           OR (status = 'cancelled' AND $2 = 'cancelled' AND $3 >= attempt) \
            OR (status NOT IN {TERMINAL_SQL} AND ($3 >= attempt OR $8)) \
          )"
     ))
