@@ -79,6 +79,7 @@ fn metrics_for(plan: Plan, n: u64) -> InvocationMetrics {
         total_us: 1_234 + init_us + 3_456 + 100 + n,
         cold_start: plan.cold,
         memory_peak_bytes: 0,
+        cpu_time_us: 0,
         pull_us: 0,
         unpack_us: 0,
     }

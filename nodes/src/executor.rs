@@ -39,7 +39,7 @@ use crate::runtimes::image::{self, ImageBootstrap};
 use crate::runtimes::ProcessSpec;
 use crate::runtimes::{self, protocol, RuntimeRegistry};
 use crate::sandbox::rootfs;
-use crate::sandbox::spec::{BundleRequest, RootKind};
+use crate::sandbox::spec::{self, BundleRequest, DiskThrottle, RootKind};
 use crate::sandbox::users::{self, IdAllocator, IdClaim, IdMode, UsersError};
 use crate::sandbox::{ContainerRuntime, SandboxError};
 use fnmesh_image::cache::Lease as ImageLease;
@@ -205,6 +205,9 @@ struct Inner {
     rootfs: PathBuf,
     runtime_dir: PathBuf,
     bundles_dir: PathBuf,
+    /// The disk holding the work dir (rootfs, bundles; the code cache sits beside it), for
+    /// `disk_io_bps` throttles; `None` when it is not a block device.
+    disk: Option<(u64, u64)>,
     /// Where the image bootstrap is installed, on the first image function.
     image_boot_dir: PathBuf,
     image_boot: tokio::sync::OnceCell<Result<ImageBootstrap, String>>,
@@ -374,6 +377,7 @@ impl Executor {
             rootfs: prepared,
             runtime_dir,
             bundles_dir,
+            disk: spec::block_device_of(&work_dir),
             image_boot_dir: work_dir.join("image-runtime"),
             image_boot: tokio::sync::OnceCell::new(),
             ids,
@@ -552,6 +556,19 @@ async fn reap_loop(inner: Arc<Inner>) {
 }
 
 impl Inner {
+    /// The block I/O throttle of `function`'s sandboxes, if it sets one; a node whose work
+    /// dir is on no block device cannot throttle it (logged).
+    fn disk_throttle(&self, function: &Function) -> Option<DiskThrottle> {
+        let rate = function.config.disk_io_bps?;
+        match self.disk {
+            Some((major, minor)) => Some(DiskThrottle { major, minor, rate }),
+            None => {
+                tracing::warn!(function.name = %function.name, "disk_io_bps is set but this node's work dir is on no block device: not throttled");
+                None
+            }
+        }
+    }
+
     fn next_sandbox_id(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}-{:04x}", self.id_prefix, rand::random::<u16>())
@@ -705,6 +722,8 @@ impl Inner {
                 memory_mb: function.config.memory_mb,
                 pids_limit: self.config.pids_limit,
                 cpu_millis: self.config.cpu_millis,
+                cpu_shares: function.config.cpu_shares,
+                disk_io: self.disk_throttle(function),
                 tmp_mb: self.config.tmp_mb,
                 cgroup_path: format!("{}/{id}", self.config.cgroup_parent.trim_end_matches('/')),
                 user: ids.user(userns),

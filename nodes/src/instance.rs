@@ -199,6 +199,9 @@ pub struct Instance {
     body: Vec<u8>,
     /// Set once the container was destroyed.
     dead: Option<ExitReport>,
+    /// The sandbox's CPU counter at the end of its last invocation (or of its boot), µs: an
+    /// invocation's CPU time is the counter's growth since.
+    cpu_seen_us: u64,
     /// Keeps the mounted code in the cache while the sandbox lives.
     _code_pin: Option<CodePin>,
     /// Keeps the image tree (the sandbox's root) in the image cache while the sandbox lives.
@@ -282,6 +285,8 @@ impl Instance {
             Ok(Ok(())) => {
                 let init_us = micros(started.elapsed());
                 tracing::debug!(sandbox.id = %instance.id, init_us, "sandbox ready");
+                // The handler's loading is not the first invocation's CPU time.
+                instance.cpu_seen_us = instance.cpu_usage_us().await;
                 return Ok(instance);
             }
             Ok(Err(BootError::Init(message))) => (
@@ -366,6 +371,7 @@ impl Instance {
             frame: Vec::with_capacity(4096),
             body: Vec::with_capacity(4096),
             dead: None,
+            cpu_seen_us: 0,
             _code_pin: plan.code_pin,
             _image_lease: plan.image_lease,
         })
@@ -470,6 +476,9 @@ impl Instance {
             Err(ending) => ending,
         };
 
+        // Read before the kill removes the cgroup.
+        let cpu_now = self.cpu_usage_us().await;
+        let cpu_time_us = self.cpu_used(cpu_now);
         let report = self.kill().await;
         let logs = self.logs.drain(DRAIN_WAIT).await;
         let exec_us = micros(started.elapsed());
@@ -505,6 +514,7 @@ impl Instance {
             logs,
             memory_peak_bytes: report.memory_peak_bytes,
             exec_us,
+            cpu_time_us,
             ..Execution::failed(status, err)
         };
         (execution, false)
@@ -520,10 +530,12 @@ impl Instance {
         max_result: usize,
         started: Instant,
     ) -> Execution {
-        let (logs, peak) = tokio::join!(
+        let (logs, peak, cpu_now) = tokio::join!(
             self.logs.finish(MARKER_WAIT),
             tokio::time::timeout(PEAK_WAIT, self.runtime.memory_peak(&self.id, true)),
+            self.cpu_usage_us(),
         );
+        let cpu_time_us = self.cpu_used(cpu_now);
         let memory_peak_bytes = match peak {
             Ok(Ok(bytes)) => bytes,
             _ => 0,
@@ -566,7 +578,27 @@ impl Instance {
             exec_us: micros(started.elapsed()),
             pull_us: 0,
             unpack_us: 0,
+            cpu_time_us,
         }
+    }
+
+    /// The sandbox's CPU counter, µs (0 when it cannot be read).
+    async fn cpu_usage_us(&self) -> u64 {
+        match tokio::time::timeout(PEAK_WAIT, self.runtime.cpu_usage_us(&self.id)).await {
+            Ok(Ok(us)) => us,
+            _ => 0,
+        }
+    }
+
+    /// The CPU time used between the last reading and `now` (a reading: the invocation's),
+    /// remembering `now` for the next invocation.
+    fn cpu_used(&mut self, now: u64) -> u64 {
+        if now == 0 {
+            return 0;
+        }
+        let used = now.saturating_sub(self.cpu_seen_us);
+        self.cpu_seen_us = now;
+        used
     }
 
     /// Destroys the container once; later calls return the first report.

@@ -144,6 +144,8 @@ async fn the_supervisor_and_every_init_it_forks_run_from_a_sealed_binary() {
         memory_mb: 64,
         pids_limit: 16,
         cpu_millis: 500,
+        cpu_shares: None,
+        disk_io: None,
         tmp_mb: 4,
         cgroup_path: format!("{prefix}/{id}"),
         user: SandboxUser::Host {

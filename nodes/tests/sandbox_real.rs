@@ -145,6 +145,8 @@ impl Harness {
             memory_mb: 256,
             pids_limit: 64,
             cpu_millis: 1000,
+            cpu_shares: None,
+            disk_io: None,
             tmp_mb: 16,
             cgroup_path: format!("{}/{id}", self.cgroup_prefix),
             user: SandboxUser::Host {

@@ -14,9 +14,15 @@ use serde_json::{json, Value};
 /// Prints a line (so a run shows in its logs), then sleeps `event.sleep` seconds.
 const SLOW: &str = "import time\n\ndef handle(event, context):\n    print('started', context.invocation_id, flush=True)\n    time.sleep(event.get('sleep', 30))\n    return 'done'\n";
 
-/// Polls `get` until the record's error message is `message` (60 s at most); `logs` for the
-/// failure message.
-async fn wait_error<F, Fut>(get: F, id: &str, message: &str, logs: &dyn Fn() -> String) -> Value
+/// Polls `get` until the record of `id` has `value` at `field` (`"/status"`, a JSON pointer;
+/// 60 s at most); `logs` for the failure message.
+async fn wait_for<F, Fut>(
+    get: F,
+    id: &str,
+    field: &str,
+    value: &str,
+    logs: &dyn Fn() -> String,
+) -> Value
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = Value>,
@@ -24,33 +30,13 @@ where
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let record = get(format!("/v1/invocations/{id}")).await;
-        if record["error"]["message"] == message {
+        if record.pointer(field).and_then(Value::as_str) == Some(value) {
             return record;
         }
         assert!(
             Instant::now() < deadline,
-            "{id} never reported {message:?}: {record}\n{}",
+            "{id} never had {field} = {value:?}: {record}\n{}",
             logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls `get` until the record's status is `status` (60 s at most).
-async fn wait_status<F, Fut>(get: F, id: &str, status: &str) -> Value
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = Value>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let record = get(format!("/v1/invocations/{id}")).await;
-        if record["status"] == status {
-            return record;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} never became {status}: {record}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -155,9 +141,23 @@ async fn cancelling_kills_a_running_invocation_and_a_queued_one_never_runs() {
 
     // The queued one is handed to the node once the slot frees, and settled unrun: the
     // node's report says so (and joins the record); the killed one's logs are kept.
-    let settled = wait_error(get, &queued_id, "cancelled before it ran", &|| app.log()).await;
+    let settled = wait_for(
+        get,
+        &queued_id,
+        "/error/message",
+        "cancelled before it ran",
+        &|| app.log(),
+    )
+    .await;
     assert_eq!(settled["status"], "cancelled");
-    let killed = wait_error(get, &running_id, "cancelled while it ran", &|| app.log()).await;
+    let killed = wait_for(
+        get,
+        &running_id,
+        "/error/message",
+        "cancelled while it ran",
+        &|| app.log(),
+    )
+    .await;
     assert_eq!(killed["status"], "cancelled");
     let logs = |id: String| get(format!("/v1/invocations/{id}/logs"));
     assert_eq!(
@@ -190,7 +190,7 @@ async fn cancelling_kills_a_running_invocation_and_a_queued_one_never_runs() {
         )
         .await;
     let done_id = done.body["id"].as_str().unwrap().to_owned();
-    wait_status(get, &done_id, "succeeded").await;
+    wait_for(get, &done_id, "/status", "succeeded", &|| app.log()).await;
     let late = app
         .call("POST", &format!("/v1/invocations/{done_id}/cancel"), None)
         .await;
@@ -259,7 +259,7 @@ async fn cancellations_reach_every_node_and_forged_ones_are_refused() {
         async move { mesh.call("GET", &path, None).await.body }
     };
     let running = mesh.invoke_async("slow", json!({"sleep": 30})).await;
-    wait_status(get, &running, "running").await;
+    wait_for(get, &running, "/status", "running", &|| mesh.logs()).await;
     let queued = mesh.invoke_async("slow", json!({"sleep": 1})).await;
 
     // A forged cancellation (any NATS client of this unsecured server can publish it): the
@@ -290,8 +290,22 @@ async fn cancellations_reach_every_node_and_forged_ones_are_refused() {
     }
     // The running one's node kills it and reports `cancelled`; the queued one is settled
     // unrun by the node it reaches; both stay cancelled.
-    let killed = wait_error(get, &running, "cancelled while it ran", &|| mesh.logs()).await;
-    let settled = wait_error(get, &queued, "cancelled before it ran", &|| mesh.logs()).await;
+    let killed = wait_for(
+        get,
+        &running,
+        "/error/message",
+        "cancelled while it ran",
+        &|| mesh.logs(),
+    )
+    .await;
+    let settled = wait_for(
+        get,
+        &queued,
+        "/error/message",
+        "cancelled before it ran",
+        &|| mesh.logs(),
+    )
+    .await;
     assert!(killed["node_id"].is_string() && settled["node_id"].is_string());
     let logs = mesh
         .call("GET", &format!("/v1/invocations/{queued}/logs"), None)

@@ -155,6 +155,80 @@ async fn an_edge_serves_what_the_hub_deploys_also_with_the_hub_down() {
         .await;
     assert_eq!(r.body["error"]["code"], "read_only_region", "{:?}", r.body);
 
+    // Aliases follow the hub: made, moved and deleted there; refused at the edge.
+    let r = hub
+        .call(
+            "PUT",
+            "/v1/functions/greet",
+            Some(json!({"metadata": {"v": "2"}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let alias_at = |version: u64| {
+        let eu = &eu;
+        async move {
+            let r = eu
+                .call("GET", "/v1/functions/greet/aliases/prod", None)
+                .await;
+            r.status == 200 && r.body["version"] == version
+        }
+    };
+    for version in [1, 2] {
+        let r = hub
+            .call(
+                "PUT",
+                "/v1/functions/greet/aliases/prod",
+                Some(json!({ "version": version })),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        eventually(
+            "an alias reaches the edge",
+            Duration::from_secs(30),
+            || both_logs(&hub, &eu),
+            || alias_at(version),
+        )
+        .await;
+        let (status, body) = call_as(
+            &eu,
+            &invoker,
+            "POST",
+            "/v1/functions/greet/invoke?alias=prod",
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(
+            (status, body["version"].as_u64()),
+            (200, Some(version)),
+            "{body}"
+        );
+        assert_eq!(body["alias"], "prod");
+    }
+    let r = eu
+        .call(
+            "PUT",
+            "/v1/functions/greet/aliases/prod",
+            Some(json!({ "version": 1 })),
+        )
+        .await;
+    assert_eq!(r.body["error"]["code"], "read_only_region", "{:?}", r.body);
+    let r = hub
+        .call("DELETE", "/v1/functions/greet/aliases/prod", None)
+        .await;
+    assert_eq!(r.status, 204);
+    eventually(
+        "a deleted alias leaves the edge",
+        Duration::from_secs(30),
+        || both_logs(&hub, &eu),
+        || async {
+            eu.call("GET", "/v1/functions/greet/aliases/prod", None)
+                .await
+                .status
+                == 404
+        },
+    )
+    .await;
+
     // A new version at the hub becomes the edge's latest; placement follows the latest.
     let r = hub
         .call(

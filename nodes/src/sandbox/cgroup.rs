@@ -1,5 +1,5 @@
-//! Small readers for a sandbox's cgroup counters (OOM kills, pids-limit hits, peak memory) on
-//! cgroup v1 (including the hybrid layout) and v2.
+//! Small readers for a sandbox's cgroup counters (OOM kills, pids-limit hits, peak memory, CPU
+//! time) on cgroup v1 (including the hybrid layout) and v2.
 //!
 //! libcontainer creates the cgroups from `linux.cgroupsPath`; on v1 each controller lives at
 //! `/sys/fs/cgroup/<controller><cgroupsPath>`, on v2 everything is at
@@ -105,6 +105,21 @@ impl SandboxCgroup {
                 file.seek(SeekFrom::Start(0))?;
                 file.read_to_string(&mut text)?;
                 parse_u64(&text)
+            }
+        }
+    }
+
+    /// CPU time used by the cgroup since it was made, user and system, in µs
+    /// (`cpuacct.usage`, in ns, on v1; `usage_usec` of `cpu.stat` on v2).
+    pub fn cpu_usage_us(&self) -> io::Result<u64> {
+        match self.version {
+            CgroupVersion::V1 => {
+                Ok(read_u64(&self.controller_dir("cpuacct").join("cpuacct.usage"))? / 1000)
+            }
+            CgroupVersion::V2 => {
+                let text = fs::read_to_string(self.controller_dir("cpu").join("cpu.stat"))?;
+                keyed_value(&text, "usage_usec")
+                    .ok_or_else(|| io::Error::other("cpu.stat has no usage_usec"))
             }
         }
     }
@@ -243,12 +258,16 @@ mod tests {
         .unwrap();
         fs::write(mem.join("memory.max_usage_in_bytes"), "4096\n").unwrap();
         fs::write(pids.join("pids.events"), "max 0\n").unwrap();
+        let cpu = root.path().join("cpuacct/fnmesh/a");
+        fs::create_dir_all(&cpu).unwrap();
+        fs::write(cpu.join("cpuacct.usage"), "2500000\n").unwrap();
 
         let mut cg = SandboxCgroup::with_root(root.path(), "/fnmesh/a");
         assert!(cg.oom_killed().unwrap());
         assert!(!cg.pids_limit_hit().unwrap());
         assert_eq!(cg.memory_peak().unwrap(), 4096);
-        assert_eq!(cg.existing_dirs().len(), 2);
+        assert_eq!(cg.cpu_usage_us().unwrap(), 2500, "ns to µs");
+        assert_eq!(cg.existing_dirs().len(), 3);
     }
 
     #[test]
@@ -264,11 +283,13 @@ mod tests {
         .unwrap();
         fs::write(dir.join("pids.events"), "max 5\n").unwrap();
         fs::write(dir.join("memory.peak"), "8192\n").unwrap();
+        fs::write(dir.join("cpu.stat"), "usage_usec 777\nuser_usec 700\n").unwrap();
 
         let mut cg = SandboxCgroup::with_root(root.path(), "/fnmesh/b");
         assert!(!cg.oom_killed().unwrap());
         assert!(cg.pids_limit_hit().unwrap());
         assert_eq!(cg.memory_peak().unwrap(), 8192);
         assert_eq!(cg.existing_dirs(), vec![dir]);
+        assert_eq!(cg.cpu_usage_us().unwrap(), 777);
     }
 }

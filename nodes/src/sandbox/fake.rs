@@ -213,6 +213,10 @@ impl ContainerRuntime for FakeRuntime {
         Ok(peak)
     }
 
+    async fn cpu_usage_us(&self, id: &str) -> Result<u64, SandboxError> {
+        Ok(self.pid(id).map_or(0, cpu_time_us))
+    }
+
     async fn destroy(&self, id: &str) -> Result<ExitReport, SandboxError> {
         let entry = self.table().remove(id);
         let mut child = match entry {
@@ -238,6 +242,27 @@ impl ContainerRuntime for FakeRuntime {
             memory_peak_bytes,
         })
     }
+}
+
+/// CPU time (user + system) of a host process, µs, from `/proc/<pid>/stat` (clock ticks of
+/// 10 ms, the kernel's `USER_HZ` of 100); 0 when unknown.
+fn cpu_time_us(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command (which may hold spaces) in parentheses: utime is the 14th
+    // field of the line, stime the 15th.
+    let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0;
+    };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) * 10_000
 }
 
 /// Peak resident set size of a host process, 0 when unknown.

@@ -88,6 +88,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Peak memory of the sandbox since the last reset; resets the peak when `reset`.
     async fn memory_peak(&self, id: &str, reset: bool) -> Result<u64, SandboxError>;
 
+    /// CPU time (user and system) the sandbox has used since it was made, µs.
+    async fn cpu_usage_us(&self, id: &str) -> Result<u64, SandboxError>;
+
     /// Kills every process of the sandbox, reaps it, reads its cgroup counters, and removes its
     /// cgroups and state. Idempotent: an unknown id gives a default report.
     async fn destroy(&self, id: &str) -> Result<ExitReport, SandboxError>;

@@ -30,6 +30,36 @@ use super::seccomp::{self, MaskedEqOrder};
 use super::users::{SandboxUser, BLOCK, SANDBOX_UID};
 use super::SandboxError;
 
+/// A block I/O throttle on one device: `rate` bytes per second, read and write each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskThrottle {
+    /// The device's major number (a whole disk, not a partition).
+    pub major: u64,
+    /// Its minor number.
+    pub minor: u64,
+    /// Bytes per second.
+    pub rate: u64,
+}
+
+/// The whole disk (`major`, `minor`) holding `path`, for a block I/O throttle; `None` when
+/// `path` is not on a block device (tmpfs, overlay, a btrfs subvolume: major 0). A partition
+/// is throttled through its disk (the kernel throttles whole devices).
+pub fn block_device_of(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    if major == 0 {
+        return None;
+    }
+    let sys = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if !sys.join("partition").exists() {
+        return Some((major, minor));
+    }
+    let parent = std::fs::read_to_string(sys.join("..").join("dev")).ok()?;
+    let (major, minor) = parent.trim().split_once(':')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
 /// Everything that varies between sandboxes. Paths are absolute host paths.
 #[derive(Debug, Clone)]
 pub struct BundleRequest {
@@ -53,6 +83,11 @@ pub struct BundleRequest {
     pub pids_limit: u32,
     /// CPU quota in millicores (1000 = one core).
     pub cpu_millis: u32,
+    /// CPU weight against other sandboxes (`cpu.shares`; `None`: the default).
+    pub cpu_shares: Option<u32>,
+    /// Block I/O throttle (read and write each), when the function sets one and the node's
+    /// sandboxes live on a block device.
+    pub disk_io: Option<DiskThrottle>,
     /// Size of the `/tmp` tmpfs.
     pub tmp_mb: u32,
     /// Absolute cgroup path, e.g. `/fnmesh/<node>/<sandbox id>`.
@@ -222,6 +257,16 @@ pub fn config_json_for(req: &BundleRequest, order: MaskedEqOrder) -> Result<Valu
         resources["cpu"] = json!({
             "quota": u64::from(req.cpu_millis) * CPU_PERIOD_US / 1000,
             "period": CPU_PERIOD_US,
+        });
+    }
+    if let Some(shares) = req.cpu_shares {
+        resources["cpu"]["shares"] = json!(shares);
+    }
+    if let Some(io) = req.disk_io {
+        let device = json!([{ "major": io.major, "minor": io.minor, "rate": io.rate }]);
+        resources["blockIO"] = json!({
+            "throttleReadBpsDevice": device,
+            "throttleWriteBpsDevice": device,
         });
     }
 
@@ -441,6 +486,8 @@ mod tests {
             memory_mb: 128,
             pids_limit: 64,
             cpu_millis: 500,
+            cpu_shares: None,
+            disk_io: None,
             tmp_mb: 32,
             cgroup_path: "/fnmesh/node-a/sb-1".into(),
             user: SandboxUser::Host {
@@ -635,6 +682,31 @@ mod tests {
         assert!(masked.contains(&json!("/proc/kcore")));
         let ro = v["linux"]["readonlyPaths"].as_array().unwrap();
         assert!(ro.contains(&json!("/proc/sys")));
+    }
+
+    #[test]
+    fn cpu_shares_and_the_disk_throttle_are_set_only_when_asked() {
+        let plain = config_json(&request()).unwrap();
+        let r = &plain["linux"]["resources"];
+        assert!(r["cpu"].get("shares").is_none() && r.get("blockIO").is_none());
+        let req = BundleRequest {
+            cpu_shares: Some(256),
+            disk_io: Some(DiskThrottle {
+                major: 254,
+                minor: 0,
+                rate: 1_048_576,
+            }),
+            ..request()
+        };
+        let v = config_json(&req).unwrap();
+        let r = &v["linux"]["resources"];
+        assert_eq!(r["cpu"]["shares"], 256);
+        assert_eq!(r["cpu"]["quota"], 50_000, "the quota stays");
+        let device = json!([{ "major": 254, "minor": 0, "rate": 1_048_576 }]);
+        assert_eq!(r["blockIO"]["throttleReadBpsDevice"], device);
+        assert_eq!(r["blockIO"]["throttleWriteBpsDevice"], device);
+        // It parses as an OCI spec (what libcontainer reads).
+        let _: Spec = serde_json::from_value(v.clone()).unwrap();
     }
 
     #[test]

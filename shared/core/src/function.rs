@@ -235,7 +235,23 @@ pub struct FunctionConfig {
     /// serves it only if its region is listed (`None`: every region). The hub always has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regions: Option<Vec<String>>,
+    /// CPU weight of the sandbox against the node's other sandboxes when the CPU is busy
+    /// (cgroup `cpu.shares`, 2..=262144; `None`: the default, 1024). Idle CPU is never held
+    /// back by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u32>,
+    /// Disk bandwidth of the sandbox, read and write each, in bytes per second (cgroup block
+    /// I/O throttle on the device holding the node's sandboxes and code; ≥ 65536; `None`:
+    /// unthrottled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_io_bps: Option<u64>,
 }
+
+/// `cpu_shares`: the sandbox's CPU weight relative to other sandboxes when the CPU is busy
+/// (cgroup `cpu.shares`; 1024 is one share of the default weight).
+pub const CPU_SHARES_RANGE: std::ops::RangeInclusive<u32> = 2..=262_144;
+/// `disk_io_bps`: the least a sandbox may be throttled to, bytes per second (64 KiB/s).
+pub const MIN_DISK_IO_BPS: u64 = 64 * 1024;
 
 /// Regions a function may name in `config.regions`, at most.
 pub const MAX_REGIONS: usize = 64;
@@ -261,6 +277,8 @@ impl Default for FunctionConfig {
             environment: BTreeMap::new(),
             rate_limit: None,
             regions: None,
+            cpu_shares: None,
+            disk_io_bps: None,
         }
     }
 }
@@ -356,6 +374,24 @@ impl FunctionConfig {
                         range: "1..=1000000",
                     });
                 }
+            }
+        }
+        if let Some(shares) = self.cpu_shares {
+            if !CPU_SHARES_RANGE.contains(&shares) {
+                return Err(ConfigError::OutOfRange {
+                    field: "cpu_shares",
+                    value: shares.into(),
+                    range: "2..=262144",
+                });
+            }
+        }
+        if let Some(bps) = self.disk_io_bps {
+            if bps < MIN_DISK_IO_BPS {
+                return Err(ConfigError::OutOfRange {
+                    field: "disk_io_bps",
+                    value: bps,
+                    range: "65536..",
+                });
             }
         }
         if let Some(regions) = &self.regions {

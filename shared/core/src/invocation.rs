@@ -129,6 +129,9 @@ pub struct InvocationMetrics {
     pub cold_start: bool,
     /// Peak memory of the sandbox during this invocation.
     pub memory_peak_bytes: u64,
+    /// CPU time the sandbox used for this invocation, user and system, from its cgroup's
+    /// counter (0 where the node cannot read it).
+    pub cpu_time_us: u64,
     /// An image function's cold start: pulling its image's blobs (part of `init_us`; 0 when
     /// they were cached, and for every other runtime).
     pub pull_us: u64,
@@ -177,6 +180,8 @@ struct MetricsWire {
     exec_us: u64,
     #[serde(default)]
     total_us: u64,
+    #[serde(default)]
+    cpu_time_us: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pull_ms: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -202,6 +207,7 @@ impl From<MetricsWire> for InvocationMetrics {
             total_us: us(w.total_us, w.total_ms),
             cold_start: w.cold_start,
             memory_peak_bytes: w.memory_peak_bytes,
+            cpu_time_us: w.cpu_time_us,
             pull_us: us(w.pull_us, w.pull_ms),
             unpack_us: us(w.unpack_us, w.unpack_ms),
         }
@@ -221,6 +227,7 @@ impl From<InvocationMetrics> for MetricsWire {
             init_us: m.init_us,
             exec_us: m.exec_us,
             total_us: m.total_us,
+            cpu_time_us: m.cpu_time_us,
             pull_ms: m.pull_us / 1000,
             unpack_ms: m.unpack_us / 1000,
             pull_us: m.pull_us,
@@ -255,6 +262,8 @@ pub struct Execution {
     pub pull_us: u64,
     /// Unpacking it, in µs (part of `init_us`; 0 when cached).
     pub unpack_us: u64,
+    /// CPU time the sandbox used for it, µs (0 when unknown).
+    pub cpu_time_us: u64,
 }
 
 impl Execution {
@@ -271,6 +280,7 @@ impl Execution {
             exec_us: 0,
             pull_us: 0,
             unpack_us: 0,
+            cpu_time_us: 0,
         }
     }
 }
@@ -493,6 +503,7 @@ impl InvocationOutcome {
             exec_us,
             pull_us,
             unpack_us,
+            cpu_time_us,
         } = execution;
         let metrics = InvocationMetrics {
             queue_us: micros_between(request.created_at, started_at),
@@ -501,6 +512,7 @@ impl InvocationOutcome {
             total_us: micros_between(request.created_at, completed_at),
             cold_start,
             memory_peak_bytes,
+            cpu_time_us,
             pull_us,
             unpack_us,
         };
@@ -567,6 +579,7 @@ mod tests {
             total_us: 260_100,
             cold_start: true,
             memory_peak_bytes: 42,
+            cpu_time_us: 0,
             pull_us: 0,
             unpack_us: 0,
         }
@@ -590,7 +603,7 @@ mod tests {
         let json = serde_json::to_string(&metrics()).unwrap();
         assert_eq!(
             json,
-            r#"{"queue_ms":1,"init_ms":250,"duration_ms":3,"cold_start":true,"memory_peak_bytes":42,"total_ms":260,"queue_us":1234,"init_us":250999,"exec_us":3456,"total_us":260100}"#
+            r#"{"queue_ms":1,"init_ms":250,"duration_ms":3,"cold_start":true,"memory_peak_bytes":42,"total_ms":260,"queue_us":1234,"init_us":250999,"exec_us":3456,"total_us":260100,"cpu_time_us":0}"#
         );
     }
 
@@ -609,6 +622,7 @@ mod tests {
                 total_us: 0,
                 cold_start: false,
                 memory_peak_bytes: 7,
+                cpu_time_us: 0,
                 pull_us: 0,
                 unpack_us: 0,
             }
@@ -625,7 +639,7 @@ mod tests {
     #[test]
     fn metrics_prefer_the_microseconds_when_both_are_there() {
         let m: InvocationMetrics = serde_json::from_str(
-            r#"{"queue_ms":2,"init_ms":0,"duration_ms":5,"cold_start":false,"memory_peak_bytes":0,"total_ms":9,"queue_us":2345,"init_us":0,"exec_us":4321,"total_us":9876}"#,
+            r#"{"queue_ms":2,"init_ms":0,"duration_ms":5,"cold_start":false,"memory_peak_bytes":0,"total_ms":9,"queue_us":2345,"init_us":0,"exec_us":4321,"total_us":9876,"cpu_time_us":0}"#,
         )
         .unwrap();
         assert_eq!(
@@ -681,6 +695,7 @@ mod tests {
             exec_us: 3_000,
             pull_us: 0,
             unpack_us: 0,
+            cpu_time_us: 2_500,
         };
         let started_at = created_at + chrono::Duration::microseconds(1_500);
         let completed_at = started_at + chrono::Duration::microseconds(210_000);
@@ -705,6 +720,7 @@ mod tests {
                 total_us: 211_500,
                 cold_start: true,
                 memory_peak_bytes: 1 << 20,
+                cpu_time_us: 2_500,
                 pull_us: 0,
                 unpack_us: 0,
             })

@@ -221,6 +221,7 @@ fn with_status(r: &InvocationResult, status: InvocationStatus, attempt: u32) -> 
                 total_us: 9_876,
                 cold_start: true,
                 memory_peak_bytes: 4096,
+                cpu_time_us: 0,
                 pull_us: 0,
                 unpack_us: 0,
             });

@@ -192,6 +192,7 @@ fn finished(queued: &InvocationResult, attempt: u32) -> InvocationResult {
         exec_us: 87_000,
         cold_start: false,
         memory_peak_bytes: 48 * 1024 * 1024,
+        cpu_time_us: 0,
         pull_us: 0,
         unpack_us: 0,
         ..InvocationMetrics::default()

@@ -246,6 +246,8 @@ pub async fn measure(args: &BenchArgs) -> Result<SandboxFigures> {
                     memory_mb: 128,
                     pids_limit: 64,
                     cpu_millis: 1000,
+                    cpu_shares: None,
+                    disk_io: None,
                     tmp_mb: 64,
                     cgroup_path: format!("/fnmesh-bench/{tag}/{id}"),
                     user: SandboxUser::Host {

@@ -151,6 +151,10 @@ impl ContainerRuntime for SupervisorPool {
         self.owner(id).client.memory_peak(id, reset).await
     }
 
+    async fn cpu_usage_us(&self, id: &str) -> Result<u64, SandboxError> {
+        self.owner(id).client.cpu_usage_us(id).await
+    }
+
     async fn destroy(&self, id: &str) -> Result<ExitReport, SandboxError> {
         let index = self.owners().remove(id).unwrap_or(0);
         let member = &self.members[index];
