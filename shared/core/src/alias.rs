@@ -35,12 +35,19 @@ pub enum RoutingError {
     /// Weights that do not add up to 100.
     #[error("weights add up to {0}, not 100")]
     Sum(u32),
+    /// A key that is not a version number.
+    #[error("{0:?} is not a version number")]
+    NotAVersion(String),
 }
 
 /// Where an alias sends its invocations: each version with a weight, the weights adding up to
 /// 100 (a single version has weight 100).
+///
+/// As JSON, an object of version (a decimal string) to weight. It is read through string
+/// keys, parsed here, rather than serde's integer map keys: those fail inside an internally
+/// tagged enum (the catalog's entries), where serde buffers the object first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "BTreeMap<u32, u8>", into = "BTreeMap<u32, u8>")]
+#[serde(try_from = "BTreeMap<String, u8>", into = "BTreeMap<u32, u8>")]
 pub struct Routing(BTreeMap<u32, u8>);
 
 impl Routing {
@@ -108,9 +115,18 @@ impl Routing {
     }
 }
 
-impl TryFrom<BTreeMap<u32, u8>> for Routing {
+impl TryFrom<BTreeMap<String, u8>> for Routing {
     type Error = RoutingError;
-    fn try_from(weights: BTreeMap<u32, u8>) -> Result<Self, RoutingError> {
+    fn try_from(weights: BTreeMap<String, u8>) -> Result<Self, RoutingError> {
+        let weights = weights
+            .into_iter()
+            .map(|(version, weight)| {
+                version
+                    .parse::<u32>()
+                    .map(|v| (v, weight))
+                    .map_err(|_| RoutingError::NotAVersion(version))
+            })
+            .collect::<Result<BTreeMap<u32, u8>, RoutingError>>()?;
         Self::split(weights)
     }
 }
@@ -185,5 +201,22 @@ mod tests {
         assert_eq!(serde_json::from_str::<Routing>(&text).unwrap(), routing);
         assert!(serde_json::from_str::<Routing>(r#"{"3":90}"#).is_err());
         assert!(serde_json::from_str::<Routing>(r#"{"x":100}"#).is_err());
+    }
+
+    /// Inside an internally tagged enum (how the catalog carries aliases), serde buffers the
+    /// object before reading it: the versions must still read.
+    #[test]
+    fn routing_reads_inside_an_internally_tagged_enum() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind", rename_all = "snake_case")]
+        enum Entry {
+            Alias { routing: Routing },
+        }
+        let entry = Entry::Alias {
+            routing: split(&[(3, 90), (4, 10)]).unwrap(),
+        };
+        let text = serde_json::to_string(&entry).unwrap();
+        assert_eq!(text, r#"{"kind":"alias","routing":{"3":90,"4":10}}"#);
+        assert_eq!(serde_json::from_str::<Entry>(&text).unwrap(), entry);
     }
 }
