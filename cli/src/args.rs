@@ -639,6 +639,9 @@ pub struct DeployArgs {
     /// Sandboxes kept warm.
     #[arg(long)]
     pub min_warm: Option<u32>,
+    /// Priority of the function's invocations (and the highest a caller may ask for).
+    #[arg(long, value_parser = ["high", "normal", "low"])]
+    pub priority: Option<String>,
     /// Environment variable for the function, `KEY=VALUE` (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -666,6 +669,9 @@ pub struct InvokeArgs {
     /// invocation and runs once.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Run it at this priority (capped at the function's: a caller may lower it, not raise it).
+    #[arg(long, value_parser = ["high", "normal", "low"])]
+    pub priority: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

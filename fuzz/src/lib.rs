@@ -189,8 +189,22 @@ pub fn names_subjects(data: &[u8]) {
     assert_name(&consumer);
     assert_eq!(
         subjects::parse_function_consumer(&prefix, &consumer),
-        Some((ns, function))
+        Some((ns.clone(), function.clone(), fnmesh_core::Priority::Normal))
     );
+    for priority in fnmesh_core::Priority::ALL {
+        let lane = subjects::bus_function_consumer_lane(&prefix, &ns, &function, priority);
+        assert_name(&lane);
+        assert_eq!(subjects::function_consumer_priority(&lane), priority);
+        assert_eq!(
+            subjects::parse_function_consumer(&prefix, &lane),
+            Some((ns.clone(), function.clone(), priority))
+        );
+        let subject = subjects::bus_invocation_lane(&prefix, &ns, &function, priority);
+        assert_eq!(
+            subjects::parse_bus_invocation(&prefix, &subject),
+            Some((ns.clone(), function.clone(), priority))
+        );
+    }
     assert_name(&subjects::node_registry_bucket(&prefix));
     assert_name(&subjects::code_bucket(&prefix));
 }

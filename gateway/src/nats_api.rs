@@ -11,7 +11,8 @@
 //! [`invoke::invoke`] like a sync HTTP invoke, and the reply is the same `InvocationResult`
 //! JSON, or the same `{"error":{"code","message"}}` body ([`ApiError::body`]) with the code HTTP
 //! would answer. The headers `Fnmesh-Alias: <alias>` and `Fnmesh-Version: <n>` ([`ALIAS_HEADER`],
-//! [`VERSION_HEADER`]) pick the version as `?alias=` and `?version=` do over HTTP, and
+//! [`VERSION_HEADER`]) pick the version as `?alias=` and `?version=` do over HTTP,
+//! `Fnmesh-Priority: low` ([`PRIORITY_HEADER`]) is `?priority=low`, and
 //! `Idempotency-Key` is the HTTP header's. Refusals (401/403) go to the audit log like the HTTP route's, with the source
 //! `nats`.
 //!
@@ -282,6 +283,7 @@ async fn handle(state: &State, message: &Message) -> Result<Invoked, ApiError> {
         idempotency_key: invoke::idempotency_key(
             header_values(headers, invoke::IDEMPOTENCY_KEY_HEADER).map(str::as_bytes),
         )?,
+        priority: invoke::parse_priority(optional_header(headers, PRIORITY_HEADER)?)?,
     };
     Ok(
         invoke::invoke(state, &principal, &name, &call, &message.payload)
@@ -292,6 +294,8 @@ async fn handle(state: &State, message: &Message) -> Result<Invoked, ApiError> {
 
 /// The request header naming the alias to invoke (`?alias=` of HTTP).
 pub(crate) const ALIAS_HEADER: &str = "Fnmesh-Alias";
+/// The header that asks for a priority (`high`, `normal`, `low`; capped at the function's).
+pub(crate) const PRIORITY_HEADER: &str = "Fnmesh-Priority";
 /// The request header naming the version to invoke (`?version=` of HTTP).
 pub(crate) const VERSION_HEADER: &str = "Fnmesh-Version";
 

@@ -80,6 +80,7 @@ async fn dead_letter_in(
         registry_auth: None,
         forwarded_to: None,
         alias: None,
+        priority: Default::default(),
     };
     app.store.insert_invocation(&request).await.unwrap();
     record_dead_letter(

@@ -147,6 +147,9 @@ async fn deploy(args: DeployArgs, as_json: bool) -> Result<()> {
     if let Some(v) = args.min_warm {
         config.insert("min_warm".into(), json!(v));
     }
+    if let Some(v) = &args.priority {
+        config.insert("priority".into(), json!(v));
+    }
     if !args.env.is_empty() {
         let mut env = Map::new();
         for kv in &args.env {

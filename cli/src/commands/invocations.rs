@@ -53,6 +53,9 @@ pub async fn invoke(args: InvokeArgs, as_json: bool) -> Result<()> {
     if let Some(alias) = &args.alias {
         query.push(format!("alias={alias}"));
     }
+    if let Some(priority) = &args.priority {
+        query.push(format!("priority={priority}"));
+    }
     let mut path = format!("/v1/functions/{}/invoke", args.name);
     if !query.is_empty() {
         path.push('?');

@@ -170,6 +170,7 @@ pub(crate) async fn replay(
         registry_auth: dead.request.registry_auth,
         forwarded_to: None,
         alias: dead.request.alias,
+        priority: dead.request.priority,
     };
     // Nodes read code from the NATS replica: put it back if it went missing (cached, cheap).
     if let Err(e) = state

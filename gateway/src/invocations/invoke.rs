@@ -37,7 +37,7 @@ use chrono::Utc;
 use fnmesh_core::idempotency::{self, KeyError, IDEMPOTENCY_TTL};
 use fnmesh_core::{
     AliasName, ErrorKind, FunctionName, IdempotencyKey, InvocationError, InvocationId,
-    InvocationOutcome, InvocationRequest, InvocationResult, InvocationStatus, Namespace,
+    InvocationOutcome, InvocationRequest, InvocationResult, InvocationStatus, Namespace, Priority,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -66,6 +66,16 @@ pub(crate) struct InvokeQuery {
     /// Answer 202 at once instead of waiting.
     #[serde(rename = "async")]
     pub asynchronous: Option<bool>,
+    /// `high`, `normal` or `low`: capped at the function's.
+    pub priority: Option<String>,
+}
+
+/// A priority as a caller named it (`?priority=`, the NATS header `Fnmesh-Priority`).
+pub(crate) fn parse_priority(raw: Option<&str>) -> Result<Option<Priority>, ApiError> {
+    raw.map(|p| {
+        Priority::parse(p.trim()).map_err(|e| ApiError::InvalidQuery(format!("{e} (got {p:?})")))
+    })
+    .transpose()
 }
 
 /// Which version of a function an invocation runs.
@@ -113,6 +123,8 @@ pub(crate) struct Call {
     pub mode: Mode,
     /// The caller's idempotency key: a retry with it is the same invocation.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The priority the caller asked for (the function's when `None`; never above it).
+    pub priority: Option<Priority>,
 }
 
 /// What an accepted invocation turned into.
@@ -182,6 +194,7 @@ pub(crate) async fn handle(
                 .iter()
                 .map(|v| v.as_bytes()),
         )?,
+        priority: parse_priority(query.priority.as_deref())?,
     };
     let accepted = invoke(&state, &principal, &name, &call, &body).await?;
     let mut response = match accepted.invoked {
@@ -275,6 +288,10 @@ pub(crate) async fn invoke(
             .map(|hub| hub.to_string()),
         None => None,
     };
+    let priority = call
+        .priority
+        .unwrap_or(function.config.priority)
+        .capped_at(function.config.priority);
     let id = InvocationId::new();
     // Commit + publish. The request carries this span's context (built here, never copied from
     // a client's header), so the node's spans join the trace; the function sees its trace id.
@@ -292,6 +309,7 @@ pub(crate) async fn invoke(
         registry_auth,
         forwarded_to,
         alias,
+        priority,
     });
     // A keyed invocation takes its key with its `queued` record, in one write; a key that is
     // taken already answers with the invocation it made.

@@ -92,6 +92,7 @@ macro_rules! bus_conformance_cases {
             concurrent_publishers_and_pullers,
             max_concurrency_caps_in_flight,
             a_flooded_function_does_not_hold_up_another,
+            priorities_share_deliveries_without_starving,
             queue_stats_count_pending_and_in_flight,
             traceparent_travels_with_the_request,
             log_followers_get_their_function_only,
@@ -147,6 +148,7 @@ pub fn request() -> InvocationRequest {
         registry_auth: None,
         forwarded_to: None,
         alias: None,
+        priority: Default::default(),
     }
 }
 
@@ -1002,6 +1004,71 @@ where
     assert!(
         held.len() <= 4,
         "at most the slow function's cap went first"
+    );
+}
+
+/// Work of each priority of a function queues in a lane of its own, and deliveries go to the
+/// priorities with work 6 : 3 : 1 ([`fnmesh_core::priority::Share`]): high work published
+/// after a flood of low work is delivered first, and the low work still gets its turns.
+pub async fn priorities_share_deliveries_without_starving<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    use fnmesh_core::Priority;
+    let bus = make(BusConfig {
+        ack_wait: Duration::from_secs(30),
+        ..test_config()
+    })
+    .await;
+    let ns = fresh_namespace();
+    let at = |priority| {
+        let mut request = request_of(&ns, "ranked", 100);
+        request.priority = priority;
+        request
+    };
+    for _ in 0..20 {
+        bus.publish_invocation(&at(Priority::Low), None)
+            .await
+            .unwrap();
+    }
+    for _ in 0..6 {
+        bus.publish_invocation(&at(Priority::High), None)
+            .await
+            .unwrap();
+    }
+    let stats = bus.queue_stats().await.expect("queue_stats");
+    let lanes: Vec<(Priority, u64)> = stats
+        .functions
+        .iter()
+        .filter(|f| f.namespace == ns.as_str() && f.function == "ranked")
+        .map(|f| (f.priority, f.pending))
+        .collect();
+    assert_eq!(
+        lanes,
+        vec![(Priority::High, 6), (Priority::Low, 20)],
+        "each priority is a lane of its own: {stats:?}"
+    );
+    let mut order = Vec::new();
+    for _ in 0..26 {
+        let d = expect_delivery(&*bus, "ranked work").await;
+        order.push(d.request.priority);
+        d.acker.ack().await.unwrap();
+    }
+    let first = &order[..8];
+    assert_eq!(
+        first.iter().filter(|p| **p == Priority::High).count(),
+        6,
+        "high work is delivered first: {order:?}"
+    );
+    assert!(
+        first.contains(&Priority::Low),
+        "low work still gets its turn while high work waits: {order:?}"
+    );
+    assert_eq!(
+        order.iter().filter(|p| **p == Priority::Low).count(),
+        20,
+        "{order:?}"
     );
 }
 

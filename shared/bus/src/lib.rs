@@ -282,13 +282,16 @@ pub struct DeadLetter {
     pub attempts: u32,
 }
 
-/// Depth of one function's work queue.
+/// Depth of one function's work queue (of one priority).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionQueue {
     /// The tenant.
     pub namespace: String,
     /// The function.
     pub function: String,
+    /// The priority lane (each priority of a function queues apart).
+    #[serde(default)]
+    pub priority: fnmesh_core::Priority,
     /// Waiting to be delivered (including nak'ed work waiting out its delay).
     pub pending: u64,
     /// Delivered and not yet settled (running somewhere).

@@ -245,6 +245,10 @@ pub struct FunctionConfig {
     /// unthrottled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_io_bps: Option<u64>,
+    /// The priority of the function's invocations, and the highest one a caller may ask for
+    /// per invocation (`high`, `normal` or `low`; see [`crate::priority`]).
+    #[serde(default, skip_serializing_if = "crate::Priority::is_normal")]
+    pub priority: crate::Priority,
 }
 
 /// `cpu_shares`: the sandbox's CPU weight relative to other sandboxes when the CPU is busy
@@ -279,6 +283,7 @@ impl Default for FunctionConfig {
             regions: None,
             cpu_shares: None,
             disk_io_bps: None,
+            priority: crate::Priority::Normal,
         }
     }
 }

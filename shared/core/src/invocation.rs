@@ -299,6 +299,9 @@ pub struct InvocationResult {
     /// The alias invoked, when the caller named one (`version` is what it chose).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<AliasName>,
+    /// The priority it queued at (records made before priorities existed read as `normal`).
+    #[serde(default)]
+    pub priority: crate::Priority,
     /// Current status.
     pub status: InvocationStatus,
     /// The handler's JSON result, when it succeeded.
@@ -335,6 +338,7 @@ impl InvocationResult {
             function: request.function.name.clone(),
             version: request.function.version,
             alias: request.alias.clone(),
+            priority: request.priority,
             status: InvocationStatus::Queued,
             result: None,
             error: None,
@@ -395,6 +399,10 @@ pub struct InvocationRequest {
     /// The alias the caller invoked (`function` is the version it chose), kept on the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<AliasName>,
+    /// Its priority: the function's, or lower when the caller asked (see [`crate::priority`]).
+    /// It picks the work lane the invocation queues in.
+    #[serde(default, skip_serializing_if = "crate::Priority::is_normal")]
+    pub priority: crate::Priority,
 }
 
 /// What a node reports for one delivery attempt.
@@ -680,6 +688,7 @@ mod tests {
             registry_auth: None,
             forwarded_to: None,
             alias: None,
+            priority: Default::default(),
         };
         let execution = Execution {
             status: InvocationStatus::Succeeded,

@@ -15,6 +15,7 @@ pub mod invocation;
 pub mod metrics;
 pub mod names;
 pub mod nats;
+pub mod priority;
 pub mod random;
 pub mod registry;
 pub mod secrets;
@@ -32,3 +33,4 @@ pub use invocation::{
     InvocationOutcome, InvocationRequest, InvocationResult, InvocationStatus, NodeEvent,
 };
 pub use names::{AliasName, FunctionName, Namespace};
+pub use priority::Priority;

@@ -6,6 +6,7 @@
 use crate::checksum::Checksum;
 use crate::ids::InvocationId;
 use crate::names::{FunctionName, Namespace};
+use crate::priority::Priority;
 use crate::registry::RegistryHost;
 
 /// Version prefix of every subject.
@@ -70,17 +71,38 @@ pub fn bus_invocation(
     format!("{PREFIX}.{prefix}.inv.{namespace}.{function}")
 }
 
-/// The namespace and function of a work subject built by [`bus_invocation`] on `prefix`
-/// (`None` for anything else).
+/// Work subject of one priority lane of a function: [`bus_invocation`] for `normal`, with a
+/// last token `high` or `low` for the others (`fnmesh.v1.<prefix>.inv.<namespace>.<function>.high`).
+pub fn bus_invocation_lane(
+    prefix: &BusPrefix,
+    namespace: &Namespace,
+    function: &FunctionName,
+    priority: Priority,
+) -> String {
+    match priority {
+        Priority::Normal => bus_invocation(prefix, namespace, function),
+        other => format!("{PREFIX}.{prefix}.inv.{namespace}.{function}.{other}"),
+    }
+}
+
+/// The namespace, function and priority of a work subject built by [`bus_invocation_lane`]
+/// on `prefix` (`None` for anything else).
 pub fn parse_bus_invocation(
     prefix: &BusPrefix,
     subject: &str,
-) -> Option<(Namespace, FunctionName)> {
+) -> Option<(Namespace, FunctionName, Priority)> {
     let rest = subject.strip_prefix(&format!("{PREFIX}.{prefix}.inv."))?;
-    let (namespace, function) = rest.split_once('.')?;
+    let (namespace, rest) = rest.split_once('.')?;
+    let (function, priority) = match rest.split_once('.') {
+        None => (rest, Priority::Normal),
+        Some((function, "high")) => (function, Priority::High),
+        Some((function, "low")) => (function, Priority::Low),
+        Some(_) => return None,
+    };
     Some((
         Namespace::parse(namespace).ok()?,
         FunctionName::parse(function).ok()?,
+        priority,
     ))
 }
 
@@ -110,10 +132,10 @@ pub fn bus_cancel(prefix: &BusPrefix) -> String {
 /// The queue group nodes take direct sync invocations in: each goes to one node.
 pub const DIRECT_QUEUE_GROUP: &str = "fnmesh-direct";
 
-/// Every invocation subject of one namespace on a prefixed bus:
-/// `fnmesh.v1.<prefix>.inv.<namespace>.*`.
+/// Every invocation subject of one namespace on a prefixed bus, every priority lane:
+/// `fnmesh.v1.<prefix>.inv.<namespace>.>`.
 pub fn bus_invocations_of_namespace(prefix: &BusPrefix, namespace: &Namespace) -> String {
-    format!("{PREFIX}.{prefix}.inv.{namespace}.*")
+    format!("{PREFIX}.{prefix}.inv.{namespace}.>")
 }
 
 /// Node-event subject of one invocation on a prefixed bus: `fnmesh.v1.<prefix>.evt.<id>`.
@@ -181,13 +203,53 @@ pub fn bus_function_consumer_prefix(prefix: &BusPrefix) -> String {
 pub fn parse_function_consumer(
     prefix: &BusPrefix,
     name: &str,
-) -> Option<(Namespace, FunctionName)> {
+) -> Option<(Namespace, FunctionName, Priority)> {
     let rest = name.strip_prefix(&bus_function_consumer_prefix(prefix))?;
-    let (namespace, function) = rest.split_once('_')?;
+    let (namespace, rest) = rest.split_once('_')?;
+    let (function, priority) = match rest.split_once('_') {
+        None => (rest, Priority::Normal),
+        Some((function, "high")) => (function, Priority::High),
+        Some((function, "low")) => (function, Priority::Low),
+        Some(_) => return None,
+    };
     Some((
         Namespace::parse(namespace).ok()?,
         FunctionName::parse(function).ok()?,
+        priority,
     ))
+}
+
+/// The durable consumer of one priority lane of a function: [`bus_function_consumer`] for
+/// `normal`, with `_high` or `_low` after it for the others. Its filter is that lane's
+/// [`bus_invocation_lane`].
+pub fn bus_function_consumer_lane(
+    prefix: &BusPrefix,
+    namespace: &Namespace,
+    function: &FunctionName,
+    priority: Priority,
+) -> String {
+    match priority {
+        Priority::Normal => bus_function_consumer(prefix, namespace, function),
+        other => format!(
+            "{}_{other}",
+            bus_function_consumer(prefix, namespace, function)
+        ),
+    }
+}
+
+/// The priority of a function consumer name of any prefix (`normal` for anything without a
+/// lane suffix): what a pulling node orders its hot consumers by.
+pub fn function_consumer_priority(name: &str) -> Priority {
+    // `fnmesh-<prefix>-fn_<namespace>_<function>[_<priority>]`: names and prefixes have no `_`,
+    // so only a lane's name has a third (a function may be called `high`).
+    if name.matches('_').count() != 3 {
+        return Priority::Normal;
+    }
+    match name.rsplit_once('_') {
+        Some((_, "high")) => Priority::High,
+        Some((_, "low")) => Priority::Low,
+        _ => Priority::Normal,
+    }
 }
 
 /// Core-NATS subject on which "work may be ready on consumer X" hints travel (payload: the
@@ -267,12 +329,12 @@ mod tests {
         assert_eq!(c, "fnmesh-t-1-fn_default_hello");
         assert_eq!(
             parse_function_consumer(&p, &c),
-            Some((ns.clone(), f.clone()))
+            Some((ns.clone(), f.clone(), Priority::Normal))
         );
         assert_eq!(parse_function_consumer(&p, "fnmesh-t-1-inv-c"), None);
         assert_eq!(
             parse_bus_invocation(&p, &bus_invocation(&p, &ns, &f)),
-            Some((ns.clone(), f.clone()))
+            Some((ns.clone(), f.clone(), Priority::Normal))
         );
         for other in [
             "fnmesh.v1.t-2.inv.default.hello",
@@ -773,6 +835,48 @@ pub fn bus_function_logs(
     function: &FunctionName,
 ) -> String {
     format!("{PREFIX}.{prefix}.logs.{namespace}.{function}")
+}
+
+#[cfg(test)]
+mod lane_tests {
+    use super::*;
+
+    #[test]
+    fn priority_lanes_have_their_own_subjects_and_consumers() {
+        let p = BusPrefix::parse("eu-1").unwrap();
+        let ns = Namespace::parse("team-a").unwrap();
+        // A function may be called like a priority: its normal lane is still normal.
+        for name in ["resize", "high", "low"] {
+            let f = FunctionName::parse(name).unwrap();
+            assert_eq!(
+                bus_invocation_lane(&p, &ns, &f, Priority::Normal),
+                bus_invocation(&p, &ns, &f)
+            );
+            assert_eq!(
+                bus_invocation_lane(&p, &ns, &f, Priority::High),
+                format!("fnmesh.v1.eu-1.inv.team-a.{name}.high")
+            );
+            let normal = bus_function_consumer_lane(&p, &ns, &f, Priority::Normal);
+            assert_eq!(normal, bus_function_consumer(&p, &ns, &f));
+            assert_eq!(function_consumer_priority(&normal), Priority::Normal);
+            let low = bus_function_consumer_lane(&p, &ns, &f, Priority::Low);
+            assert_eq!(low, format!("fnmesh-eu-1-fn_team-a_{name}_low"));
+            assert_eq!(function_consumer_priority(&low), Priority::Low);
+            assert_eq!(
+                parse_function_consumer(&p, &normal),
+                Some((ns.clone(), f.clone(), Priority::Normal))
+            );
+        }
+        assert_eq!(
+            parse_bus_invocation(&p, "fnmesh.v1.eu-1.inv.team-a.resize.urgent"),
+            None
+        );
+        assert_eq!(
+            parse_function_consumer(&p, "fnmesh-eu-1-fn_team-a_resize_x"),
+            None
+        );
+        assert!(bus_invocations_of_namespace(&p, &ns).ends_with(".inv.team-a.>"));
+    }
 }
 
 #[cfg(test)]

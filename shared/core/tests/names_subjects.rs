@@ -66,8 +66,23 @@ fn check_all_builders(ns: &Namespace, f: &FunctionName, p: &BusPrefix) {
     assert!(name_ok(&consumer), "{consumer:?}");
     assert_eq!(
         subjects::parse_function_consumer(p, &consumer),
-        Some((ns.clone(), f.clone()))
+        Some((ns.clone(), f.clone(), fnmesh_core::Priority::Normal))
     );
+    for priority in fnmesh_core::Priority::ALL {
+        let lane = subjects::bus_function_consumer_lane(p, ns, f, priority);
+        assert!(name_ok(&lane), "{lane:?}");
+        assert_eq!(subjects::function_consumer_priority(&lane), priority);
+        assert_eq!(
+            subjects::parse_function_consumer(p, &lane),
+            Some((ns.clone(), f.clone(), priority))
+        );
+        let subject = subjects::bus_invocation_lane(p, ns, f, priority);
+        assert_tokens(&subject, if priority.is_normal() { 6 } else { 7 });
+        assert_eq!(
+            subjects::parse_bus_invocation(p, &subject),
+            Some((ns.clone(), f.clone(), priority))
+        );
+    }
     let advisory = subjects::max_deliveries_advisory(p, &consumer);
     assert_tokens(advisory.trim_start_matches('$'), 7);
     assert!(name_ok(&subjects::node_registry_bucket(p)));

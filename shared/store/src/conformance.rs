@@ -194,6 +194,7 @@ pub fn request(namespace: &Namespace, function_name: &str) -> InvocationRequest 
         registry_auth: None,
         forwarded_to: None,
         alias: None,
+        priority: Default::default(),
     }
 }
 

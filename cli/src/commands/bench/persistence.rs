@@ -161,6 +161,7 @@ async fn accept(
                 registry_auth: None,
                 forwarded_to: None,
                 alias: None,
+                priority: Default::default(),
             };
             async move { store.insert_invocation(&request).await }
         })

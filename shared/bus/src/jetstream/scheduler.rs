@@ -7,6 +7,12 @@
 //! that became ready without a hint (redeliveries after an ack wait, ends of nak delays, lost
 //! hints): its cost follows the functions with work, never the functions deployed. Each hot consumer
 //! is fetched from once per round, so a flooded or slow function never holds up another.
+//!
+//! Each priority of a function is a lane of its own (subject and consumer,
+//! [`subjects::bus_invocation_lane`]): a node keeps one ring per priority and shares each
+//! pull's free slots between the priorities with hot consumers by
+//! [`fnmesh_core::priority::Share`] (6 : 3 : 1, high first; what one leaves unfilled goes to
+//! the others, high first).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -115,8 +121,10 @@ pub(super) struct PullState {
 
 #[derive(Default)]
 struct Ring {
-    /// Consumers that may have work, in round-robin order.
-    order: std::collections::VecDeque<String>,
+    /// Consumers that may have work, in round-robin order, one ring per priority (high first).
+    order: [std::collections::VecDeque<String>; 3],
+    /// How a pull's slots are shared between the priorities with hot consumers.
+    share: fnmesh_core::priority::Share,
     /// Those consumers, with a counter bumped by every hint (a hint that arrives while a
     /// fetch comes back empty keeps the consumer hot).
     hot: HashMap<String, u64>,
@@ -144,7 +152,7 @@ impl Ring {
             Some(generation) => *generation += 1,
             None => {
                 self.hot.insert(name.to_owned(), 0);
-                self.order.push_back(name.to_owned());
+                self.order[lane_of(name)].push_back(name.to_owned());
             }
         }
     }
@@ -158,10 +166,11 @@ impl JetStreamBus {
         request: &InvocationRequest,
         reply: Option<&ReplyTo>,
     ) -> Result<(), BusError> {
-        let subject = subjects::bus_invocation(
+        let subject = subjects::bus_invocation_lane(
             &self.inner.prefix,
             &request.function.namespace,
             &request.function.name,
+            request.priority,
         );
         let reply = reply.map(check_reply).transpose()?;
         self.check_namespace_room(&request.function.namespace)
@@ -183,8 +192,12 @@ impl JetStreamBus {
                 *held += 1;
             }
             let f = &request.function;
-            let consumer =
-                subjects::bus_function_consumer(&self.inner.prefix, &f.namespace, &f.name);
+            let consumer = subjects::bus_function_consumer_lane(
+                &self.inner.prefix,
+                &f.namespace,
+                &f.name,
+                request.priority,
+            );
             self.hint(&consumer, false).await;
         }
         Ok(())
@@ -268,8 +281,13 @@ impl JetStreamBus {
         // Only functions with messages in the stream have work queued or in flight: each one's
         // consumer is read.
         let mut functions = Vec::new();
-        for (namespace, function) in self.functions_with_messages().await? {
-            let name = subjects::bus_function_consumer(&self.inner.prefix, &namespace, &function);
+        for (namespace, function, priority) in self.functions_with_messages().await? {
+            let name = subjects::bus_function_consumer_lane(
+                &self.inner.prefix,
+                &namespace,
+                &function,
+                priority,
+            );
             let Ok(info) = self.inner.work_stream.consumer_info(&name).await else {
                 continue;
             };
@@ -279,12 +297,15 @@ impl JetStreamBus {
             functions.push(FunctionQueue {
                 namespace: namespace.to_string(),
                 function: function.to_string(),
+                priority,
                 pending: info.num_pending,
                 in_flight: u64::try_from(info.num_ack_pending).unwrap_or(0),
                 max_in_flight: u64::try_from(info.config.max_ack_pending).unwrap_or(0),
             });
         }
-        functions.sort_by(|a, b| (&a.namespace, &a.function).cmp(&(&b.namespace, &b.function)));
+        functions.sort_by(|a, b| {
+            (&a.namespace, &a.function, a.priority).cmp(&(&b.namespace, &b.function, b.priority))
+        });
         let mut events = self.events()?.clone();
         let events = events
             .info()
@@ -390,12 +411,19 @@ impl JetStreamBus {
         Ok(())
     }
 
-    /// The functions with messages in the work stream (pending, in flight or due for
+    /// The function lanes with messages in the work stream (pending, in flight or due for
     /// redelivery: a work-queue stream keeps a message until it is acked), from one stream-info
     /// request with a subjects filter, which lists only subjects holding messages.
     async fn functions_with_messages(
         &self,
-    ) -> Result<Vec<(fnmesh_core::Namespace, fnmesh_core::FunctionName)>, BusError> {
+    ) -> Result<
+        Vec<(
+            fnmesh_core::Namespace,
+            fnmesh_core::FunctionName,
+            fnmesh_core::Priority,
+        )>,
+        BusError,
+    > {
         let prefix = &self.inner.prefix;
         let mut subjects = self
             .inner
@@ -424,8 +452,8 @@ impl JetStreamBus {
             .functions_with_messages()
             .await?
             .iter()
-            .map(|(namespace, function)| {
-                subjects::bus_function_consumer(prefix, namespace, function)
+            .map(|(namespace, function, priority)| {
+                subjects::bus_function_consumer_lane(prefix, namespace, function, *priority)
             })
             .collect();
         let mut ring = self.ring();
@@ -531,7 +559,7 @@ impl JetStreamBus {
                         let Ok(name) = std::str::from_utf8(&message.payload) else {
                             continue;
                         };
-                        let Some((namespace, function)) =
+                        let Some((namespace, function, priority)) =
                             subjects::parse_function_consumer(&bus.inner.prefix, name)
                         else {
                             continue;
@@ -539,7 +567,10 @@ impl JetStreamBus {
                         if !bus.inner.repairs.admit(name) {
                             continue;
                         }
-                        match bus.repair_function_consumer(&namespace, &function).await {
+                        match bus
+                            .repair_function_consumer(&namespace, &function, priority)
+                            .await
+                        {
                             Ok(true) => {
                                 tracing::info!(nats.consumer = %name, "work waited for a function consumer the server had deleted: made again");
                                 bus.hint(name, false).await;
@@ -557,13 +588,44 @@ impl JetStreamBus {
         Ok(())
     }
 
-    /// Tries the hot consumers once each, round-robin, until `max` messages are found: each
+    /// Fills up to `max` slots from the hot consumers: the slots are shared between the
+    /// priorities with hot consumers by the ring's [`fnmesh_core::priority::Share`], each
+    /// priority's share fetched from its ring ([`Self::fetch_lane_ring`]); slots a priority
+    /// left unfilled (its consumers had less than they were asked for) go to the others, high
+    /// first.
+    async fn fetch_round(&self, max: usize) -> Result<Vec<jetstream::Message>, BusError> {
+        let allot = {
+            let mut ring = self.ring();
+            let waiting = [0, 1, 2].map(|i| !ring.order[i].is_empty());
+            ring.share.split(max, waiting)
+        };
+        let mut found = Vec::new();
+        for (lane, wanted) in allot.into_iter().enumerate() {
+            if wanted > 0 {
+                found.extend(self.fetch_lane_ring(lane, wanted).await?);
+            }
+        }
+        for lane in 0..3 {
+            let wanted = max.saturating_sub(found.len());
+            if wanted == 0 {
+                break;
+            }
+            found.extend(self.fetch_lane_ring(lane, wanted).await?);
+        }
+        Ok(found)
+    }
+
+    /// Tries the hot consumers of priority ring `lane` once each, round-robin, until `max` messages are found: each
     /// is asked for its share of what is still wanted (so one round trip can fill several
     /// slots, and a flooded function never takes every slot while others have work). A
     /// consumer that gave all it was asked for stays hot, at the back; one that gave less has
     /// nothing more right now and cools, unless a hint came meanwhile.
-    async fn fetch_round(&self, max: usize) -> Result<Vec<jetstream::Message>, BusError> {
-        let rounds = self.ring().order.len();
+    async fn fetch_lane_ring(
+        &self,
+        lane: usize,
+        max: usize,
+    ) -> Result<Vec<jetstream::Message>, BusError> {
+        let rounds = self.ring().order[lane].len();
         let mut found = Vec::new();
         for tried in 0..rounds {
             let wanted = max.saturating_sub(found.len());
@@ -572,7 +634,7 @@ impl JetStreamBus {
             }
             let (name, generation) = {
                 let mut ring = self.ring();
-                let Some(name) = ring.order.pop_front() else {
+                let Some(name) = ring.order[lane].pop_front() else {
                     break;
                 };
                 let generation = ring.hot.get(&name).copied().unwrap_or(0);
@@ -603,7 +665,7 @@ impl JetStreamBus {
             match got {
                 Ok(messages) if messages.len() >= share => {
                     // It may have more: keep it hot, at the back.
-                    ring.order.push_back(name);
+                    ring.order[lane].push_back(name);
                     found.extend(messages);
                 }
                 Ok(_) | Err(_) => {
@@ -618,7 +680,7 @@ impl JetStreamBus {
                         ring.hot.remove(&name);
                     } else {
                         // A hint arrived meanwhile: try it again.
-                        ring.order.push_back(name);
+                        ring.order[lane].push_back(name);
                     }
                     if let Ok(messages) = got {
                         found.extend(messages);
@@ -745,6 +807,11 @@ impl JetStreamBus {
             }),
         }))
     }
+}
+
+/// The priority ring of a function consumer's name (index in [`fnmesh_core::Priority::ALL`]).
+fn lane_of(name: &str) -> usize {
+    subjects::function_consumer_priority(name).index()
 }
 
 /// Fetches at most `max` messages that are available right now (no waiting on the server).

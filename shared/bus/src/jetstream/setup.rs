@@ -104,7 +104,7 @@ impl JetStreamBus {
         Ok(bus)
     }
 
-    /// Makes sure the durable consumer of `request`'s function exists with the function's
+    /// Makes sure the durable consumer of `request`'s function (its priority's lane) exists with the function's
     /// `max_concurrency` as `max_ack_pending` (the cap holds across every node together) and
     /// the bus's inactive threshold (the server deletes it after that long without pulls or
     /// acks). Cached per process for half the threshold: a consumer this process made sure of
@@ -117,7 +117,12 @@ impl JetStreamBus {
         request: &InvocationRequest,
     ) -> Result<(), BusError> {
         let f = &request.function;
-        let name = subjects::bus_function_consumer(&self.inner.prefix, &f.namespace, &f.name);
+        let name = subjects::bus_function_consumer_lane(
+            &self.inner.prefix,
+            &f.namespace,
+            &f.name,
+            request.priority,
+        );
         let cap = i64::from(f.config.max_concurrency.max(1));
         let idle = self.inner.consumer_idle;
         let fresh = self.ensured().get(&name).is_some_and(|(made_cap, at)| {
@@ -128,7 +133,12 @@ impl JetStreamBus {
         }
         let config = consumer::pull::Config {
             durable_name: Some(name.clone()),
-            filter_subject: subjects::bus_invocation(&self.inner.prefix, &f.namespace, &f.name),
+            filter_subject: subjects::bus_invocation_lane(
+                &self.inner.prefix,
+                &f.namespace,
+                &f.name,
+                request.priority,
+            ),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.inner.ack_wait,
             max_deliver: i64::from(self.inner.max_deliver),
@@ -164,7 +174,7 @@ impl JetStreamBus {
         Ok(())
     }
 
-    /// Makes the consumer of `namespace`'s `function` again if work waits for it in the
+    /// Makes the consumer of `namespace`'s `function` (lane `priority`) again if work waits for it in the
     /// stream (the server deleted it after its inactive threshold while no node had room, or
     /// between a publish and the pull that would have kept it): with the cap of the newest
     /// work of that function. Nothing when no work waits.
@@ -172,8 +182,10 @@ impl JetStreamBus {
         &self,
         namespace: &fnmesh_core::Namespace,
         function: &fnmesh_core::FunctionName,
+        priority: fnmesh_core::Priority,
     ) -> Result<bool, BusError> {
-        let subject = subjects::bus_invocation(&self.inner.prefix, namespace, function);
+        let subject =
+            subjects::bus_invocation_lane(&self.inner.prefix, namespace, function, priority);
         let message = match self
             .inner
             .work_stream
@@ -190,13 +202,17 @@ impl JetStreamBus {
         // read for its function's cap only, and must be of the function named.
         let request: InvocationRequest = serde_json::from_slice(&message.payload)
             .map_err(|e| backend("decoding a function's newest work", e))?;
-        if &request.function.namespace != namespace || &request.function.name != function {
+        if &request.function.namespace != namespace
+            || &request.function.name != function
+            || request.priority != priority
+        {
             return Err(backend(
                 "repairing a consumer",
                 format!("work on {subject} names another function"),
             ));
         }
-        let name = subjects::bus_function_consumer(&self.inner.prefix, namespace, function);
+        let name =
+            subjects::bus_function_consumer_lane(&self.inner.prefix, namespace, function, priority);
         self.ensured().remove(&name);
         self.ensure_function_consumer(&request).await?;
         Ok(true)
@@ -233,7 +249,7 @@ async fn manage(
         storage: stream::StorageType::File,
         num_replicas: config.replicas.max(1),
         max_messages: capacity,
-        // Subjects are per function: one function's share of the queue.
+        // Subjects are per function and priority: one function's share of the queue.
         max_messages_per_subject: i64::try_from(config.function_capacity.max(1))
             .unwrap_or(i64::MAX),
         discard: stream::DiscardPolicy::New,

@@ -188,7 +188,12 @@ impl JetStreamBus {
             serde_json::from_slice(payload).map_err(|_| Rejection::Invalid)?;
         let f = &request.function;
         let expected = match stream_seq {
-            Some(_) => subjects::bus_invocation(&self.inner.prefix, &f.namespace, &f.name),
+            Some(_) => subjects::bus_invocation_lane(
+                &self.inner.prefix,
+                &f.namespace,
+                &f.name,
+                request.priority,
+            ),
             None => subjects::bus_direct(&self.inner.prefix, &f.namespace, &f.name),
         };
         let valid = msg_id == subjects::invocation_msg_id(&request.id)

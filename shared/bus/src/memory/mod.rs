@@ -147,6 +147,7 @@ impl MemoryBus {
                 FunctionQueue {
                     namespace: f.namespace.to_string(),
                     function: f.name.to_string(),
+                    priority: item.payload.request.priority,
                     pending: 0,
                     in_flight: 0,
                     max_in_flight: state

@@ -1,6 +1,7 @@
 //! The queue of the in-process bus: items with per-delivery ack deadlines in a timer heap,
-//! queued in lanes (one per function) and delivered round-robin over the lanes with ready
-//! items and room under their in-flight cap.
+//! queued in lanes (one per function and priority) and delivered round-robin over the lanes
+//! with ready items and room under their in-flight cap, the priorities sharing deliveries by
+//! [`fnmesh_core::priority::Share`] (as a JetStream bus's nodes share their slots).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -11,6 +12,7 @@ use tokio::time::Instant;
 use super::Work;
 use crate::BusError;
 use fnmesh_core::invocation::NodeEvent;
+use fnmesh_core::priority::{Priority, Share};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Settle {
@@ -47,15 +49,23 @@ pub(super) struct Item<T> {
 /// at once (the function's `max_concurrency`, across every puller).
 pub(super) trait Laned {
     fn lane(&self) -> (String, u32);
+    /// The priority of the lane (work of each priority of a function queues apart).
+    fn priority(&self) -> Priority {
+        Priority::Normal
+    }
 }
 
 impl Laned for Work {
     fn lane(&self) -> (String, u32) {
         let f = &self.request.function;
-        (
-            format!("{}/{}", f.namespace, f.name),
-            f.config.max_concurrency.max(1),
-        )
+        let lane = match self.request.priority {
+            Priority::Normal => format!("{}/{}", f.namespace, f.name),
+            other => format!("{}/{}#{other}", f.namespace, f.name),
+        };
+        (lane, f.config.max_concurrency.max(1))
+    }
+    fn priority(&self) -> Priority {
+        self.request.priority
     }
 }
 
@@ -74,7 +84,7 @@ pub(super) struct Lane {
     in_flight: u32,
     /// At most this many in flight.
     pub(super) cap: u32,
-    /// Whether the lane is in the round-robin ring.
+    /// Whether the lane is in the round-robin ring of its priority.
     in_ring: bool,
 }
 
@@ -84,8 +94,10 @@ pub(super) struct Lane {
 pub(super) struct Queue<T> {
     pub(super) items: HashMap<u64, Item<T>>,
     pub(super) lanes: HashMap<String, Lane>,
-    /// Lanes that may have ready items, in round-robin order.
-    ring: VecDeque<String>,
+    /// Lanes that may have ready items, in round-robin order, per priority (high first).
+    rings: [VecDeque<String>; 3],
+    /// How deliveries are shared between the priorities with ready items.
+    share: Share,
     /// (due, seq, generation), earliest first. Stale entries are skipped when they fire.
     timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
     next_seq: u64,
@@ -116,7 +128,8 @@ impl<T: Clone + Laned> Queue<T> {
         Self {
             items: HashMap::new(),
             lanes: HashMap::new(),
-            ring: VecDeque::new(),
+            rings: Default::default(),
+            share: Share::default(),
             timers: BinaryHeap::new(),
             next_seq: 0,
             capacity,
@@ -177,26 +190,20 @@ impl<T: Clone + Laned> Queue<T> {
 
     /// Puts `seq` at the back of its lane's ready items.
     fn enqueue(&mut self, lane: &str, seq: u64) {
-        if !self.lanes.contains_key(lane) {
-            let cap = self
-                .items
-                .get(&seq)
-                .map_or(u32::MAX, |item| item.payload.lane().1);
-            self.lanes.insert(
-                lane.to_owned(),
-                Lane {
-                    cap,
-                    ..Lane::default()
-                },
-            );
-        }
-        let Some(entry) = self.lanes.get_mut(lane) else {
-            return;
-        };
+        let (cap, priority) = self
+            .items
+            .get(&seq)
+            .map_or((u32::MAX, Priority::Normal), |item| {
+                (item.payload.lane().1, item.payload.priority())
+            });
+        let entry = self.lanes.entry(lane.to_owned()).or_insert_with(|| Lane {
+            cap,
+            ..Lane::default()
+        });
         entry.ready.push_back(seq);
         if !entry.in_ring {
             entry.in_ring = true;
-            self.ring.push_back(lane.to_owned());
+            self.rings[priority.index()].push_back(lane.to_owned());
         }
     }
 
@@ -215,10 +222,25 @@ impl<T: Clone + Laned> Queue<T> {
         usize::from(was_full && !entry.ready.is_empty())
     }
 
-    /// Delivers the next ready item, round-robin over lanes with room: (seq, attempt, payload).
+    /// Delivers the next ready item: (seq, attempt, payload). The priority is picked by the
+    /// share among those with lanes in their ring (the others follow, high first, when none of
+    /// its lanes can deliver), then round-robin over that priority's lanes with room.
     pub(super) fn take(&mut self, now: Instant, ack_wait: Duration) -> Option<(u64, u32, T)> {
-        for _ in 0..self.ring.len() {
-            let lane_key = self.ring.pop_front()?;
+        let waiting = [0, 1, 2].map(|i| !self.rings[i].is_empty());
+        let first = self.share.next(waiting)?;
+        let order = std::iter::once(first).chain(Priority::ALL.into_iter().filter(|p| *p != first));
+        for priority in order {
+            if let Some(taken) = self.take_from(priority.index(), now, ack_wait) {
+                return Some(taken);
+            }
+        }
+        None
+    }
+
+    /// Delivers the next ready item of ring `r`, round-robin over its lanes with room.
+    fn take_from(&mut self, r: usize, now: Instant, ack_wait: Duration) -> Option<(u64, u32, T)> {
+        for _ in 0..self.rings[r].len() {
+            let lane_key = self.rings[r].pop_front()?;
             let Some(lane) = self.lanes.get_mut(&lane_key) else {
                 continue;
             };
@@ -239,7 +261,7 @@ impl<T: Clone + Laned> Queue<T> {
                 continue;
             }
             if lane.in_flight >= lane.cap {
-                self.ring.push_back(lane_key);
+                self.rings[r].push_back(lane_key);
                 continue;
             }
             let seq = lane.ready.pop_front()?;
@@ -247,7 +269,7 @@ impl<T: Clone + Laned> Queue<T> {
             if lane.ready.is_empty() {
                 lane.in_ring = false;
             } else {
-                self.ring.push_back(lane_key);
+                self.rings[r].push_back(lane_key);
             }
             let item = self.items.get_mut(&seq)?;
             item.attempt += 1;

@@ -298,6 +298,7 @@ mod tests {
             function: FunctionName::parse("f").unwrap(),
             version: 1,
             alias: None,
+            priority: Default::default(),
             status: fnmesh_core::invocation::InvocationStatus::Queued,
             result: None,
             error: None,
