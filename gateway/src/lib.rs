@@ -29,6 +29,7 @@ pub(crate) mod keys;
 pub(crate) mod lookups;
 pub(crate) mod metrics;
 pub(crate) mod nats_api;
+pub(crate) mod openapi;
 pub(crate) mod overflow;
 pub(crate) mod permits;
 pub(crate) mod pruner;

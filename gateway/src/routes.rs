@@ -36,6 +36,15 @@ pub(crate) fn api(state: State) -> BoxedFilter<(Response,)> {
             .map(into_reply)
             .and_then(std::future::ready))
         .unify()
+        .or(warp::path!("v1" / "openapi.json").and(warp::get()).map(|| {
+            let mut response = Response::new(crate::openapi::document().into());
+            response.headers_mut().insert(
+                warp::http::header::CONTENT_TYPE,
+                warp::http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }))
+        .unify()
         .or(warp::path!("metrics")
             .and(warp::get())
             .and(with_state(state.clone()))

@@ -15,7 +15,8 @@ use crate::functions::PageQuery;
 use crate::state::State;
 
 /// The query.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
     /// Only this actor (key id, token subject or `anonymous`).
     pub actor: Option<String>,
@@ -34,6 +35,7 @@ pub(crate) struct AuditQuery {
 }
 
 /// Handles the request.
+#[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", params(AuditQuery), responses((status = 200, description = "The audit log, newest first", body = crate::openapi::AdminView), crate::openapi::Errors))]
 pub(crate) async fn list(
     state: State,
     principal: Principal,

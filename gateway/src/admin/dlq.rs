@@ -35,7 +35,8 @@ use crate::invocations::parse_id;
 use crate::state::State;
 
 /// `?limit=&cursor=&namespace=`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DlqQuery {
     /// Page size (1..=1000, default 50).
     pub limit: Option<u32>,
@@ -108,6 +109,7 @@ async fn administered(
 }
 
 /// `GET /v1/admin/dlq`.
+#[utoipa::path(get, path = "/v1/admin/dlq", tag = "admin", params(DlqQuery), responses((status = 200, description = "Dead letters, newest first", body = crate::openapi::AdminView), crate::openapi::Errors))]
 pub(crate) async fn list(
     state: State,
     principal: Principal,
@@ -137,6 +139,7 @@ pub(crate) async fn list(
 }
 
 /// `GET /v1/admin/dlq/{id}`.
+#[utoipa::path(get, path = "/v1/admin/dlq/{id}", tag = "admin", params(("id" = String, Path, description = "Invocation id", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")), responses((status = 200, description = "One dead letter", body = crate::openapi::AdminView), crate::openapi::Errors))]
 pub(crate) async fn get(
     state: State,
     principal: Principal,
@@ -148,6 +151,7 @@ pub(crate) async fn get(
 }
 
 /// `POST /v1/admin/dlq/{id}/replay`: 202 `{"id", "replay_of", "status": "queued"}`.
+#[utoipa::path(post, path = "/v1/admin/dlq/{id}/replay", tag = "admin", params(("id" = String, Path, description = "Invocation id", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")), responses((status = 202, description = "Queued again as a new invocation", body = crate::openapi::Accepted), crate::openapi::Errors))]
 pub(crate) async fn replay(
     state: State,
     principal: Principal,
@@ -212,6 +216,7 @@ pub(crate) async fn replay(
 }
 
 /// `DELETE /v1/admin/dlq/{id}`: 204.
+#[utoipa::path(delete, path = "/v1/admin/dlq/{id}", tag = "admin", params(("id" = String, Path, description = "Invocation id", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")), responses((status = 204, description = "Dropped"), crate::openapi::Errors))]
 pub(crate) async fn delete(
     state: State,
     principal: Principal,

@@ -25,6 +25,7 @@ use crate::state::State;
 /// The PUT body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(crate) struct PutQuota {
     /// Most functions.
     #[serde(default)]
@@ -38,6 +39,7 @@ pub(crate) struct PutQuota {
 }
 
 /// `PUT /v1/admin/namespaces/{ns}`.
+#[utoipa::path(put, path = "/v1/admin/namespaces/{ns}", tag = "admin", params(("ns" = String, Path, description = "Namespace", pattern = "^[a-z][a-z0-9-]{0,62}$")), request_body = PutQuota, responses((status = 200, description = "The quota", body = crate::openapi::AdminView), crate::openapi::Errors))]
 pub(crate) async fn put(
     state: State,
     principal: Principal,
@@ -73,6 +75,7 @@ pub(crate) async fn put(
 }
 
 /// `GET /v1/admin/namespaces/{ns}`.
+#[utoipa::path(get, path = "/v1/admin/namespaces/{ns}", tag = "admin", params(("ns" = String, Path, description = "Namespace", pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 200, description = "Quota and usage", body = crate::openapi::AdminView), crate::openapi::Errors))]
 pub(crate) async fn get(
     state: State,
     principal: Principal,
@@ -95,6 +98,7 @@ pub(crate) async fn get(
 }
 
 /// `GET /v1/admin/namespaces`.
+#[utoipa::path(get, path = "/v1/admin/namespaces", tag = "admin", responses((status = 200, description = "Quotas", body = crate::openapi::AdminView), crate::openapi::Errors))]
 pub(crate) async fn list(state: State, principal: Principal) -> Result<Response, ApiError> {
     principal.authorize(Action::Administer)?;
     let quotas = state.backends.store.list_namespace_quotas().await?;

@@ -36,6 +36,7 @@ use crate::state::State;
 /// The body of `PUT …/aliases/{alias}`: exactly one of the two.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(crate) struct AliasTarget {
     /// Every invocation to this version.
     #[serde(default)]
@@ -134,6 +135,7 @@ fn change_error(e: StoreError) -> ApiError {
 }
 
 /// `PUT /v1/functions/{name}/aliases/{alias}`.
+#[utoipa::path(put, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$"), ("alias" = String, Path, description = "Alias name", pattern = "^[a-z][a-z0-9-]{0,62}$")), request_body = AliasTarget, responses((status = 200, description = "The alias as it is now", body = crate::openapi::AliasBody), (status = 409, description = "Read-only region", body = crate::openapi::ErrorBody), (status = 422, description = "Weights that do not add up, or a missing version", body = crate::openapi::ErrorBody), crate::openapi::Errors))]
 pub(crate) async fn put(
     state: State,
     principal: Principal,
@@ -157,6 +159,7 @@ pub(crate) async fn put(
 }
 
 /// `POST /v1/functions/{name}/aliases/{alias}/rollback`.
+#[utoipa::path(post, path = "/v1/functions/{name}/aliases/{alias}/rollback", tag = "aliases", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$"), ("alias" = String, Path, description = "Alias name", pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 200, description = "Back to its previous target", body = crate::openapi::AliasBody), (status = 409, description = "It never changed", body = crate::openapi::ErrorBody), crate::openapi::Errors))]
 pub(crate) async fn rollback(
     state: State,
     principal: Principal,
@@ -181,6 +184,7 @@ pub(crate) async fn rollback(
 }
 
 /// `GET /v1/functions/{name}/aliases/{alias}`.
+#[utoipa::path(get, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$"), ("alias" = String, Path, description = "Alias name", pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 200, description = "The alias", body = crate::openapi::AliasBody), crate::openapi::Errors))]
 pub(crate) async fn get(
     state: State,
     principal: Principal,
@@ -199,6 +203,7 @@ pub(crate) async fn get(
 }
 
 /// `GET /v1/functions/{name}/aliases`: `{"items": […]}` by name; 404 for an unknown function.
+#[utoipa::path(get, path = "/v1/functions/{name}/aliases", tag = "aliases", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 200, description = "The aliases", body = crate::openapi::AliasList), crate::openapi::Errors))]
 pub(crate) async fn list(
     state: State,
     principal: Principal,
@@ -222,6 +227,7 @@ pub(crate) async fn list(
 }
 
 /// `DELETE /v1/functions/{name}/aliases/{alias}`: 204, or 404 if there was none.
+#[utoipa::path(delete, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$"), ("alias" = String, Path, description = "Alias name", pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 204, description = "Removed"), crate::openapi::Errors))]
 pub(crate) async fn delete(
     state: State,
     principal: Principal,

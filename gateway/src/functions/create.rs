@@ -21,6 +21,7 @@ use crate::state::State;
 /// The create body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(crate) struct CreateFunction {
     /// Unique within the namespace.
     pub name: String,
@@ -43,6 +44,7 @@ pub(crate) struct CreateFunction {
     pub port: Option<u16>,
     /// Limits (defaults for omitted fields).
     #[serde(default)]
+    #[schema(value_type = Option<fnmesh_core::FunctionConfig>)]
     pub config: Option<Value>,
     /// Labels.
     #[serde(default)]
@@ -50,6 +52,7 @@ pub(crate) struct CreateFunction {
 }
 
 /// Handles the request.
+#[utoipa::path(post, path = "/v1/functions", tag = "functions", request_body = CreateFunction, responses((status = 201, description = "Created: version 1", body = fnmesh_core::Function), (status = 409, description = "Exists already", body = crate::openapi::ErrorBody), (status = 413, description = "Body over the cap", body = crate::openapi::ErrorBody), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

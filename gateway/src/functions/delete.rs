@@ -13,6 +13,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
+#[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 204, description = "Deleted with every version"), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

@@ -10,13 +10,15 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// `?version=N`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct VersionQuery {
     /// A specific version.
     pub version: Option<u32>,
 }
 
 /// Handles the request.
+#[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$"), VersionQuery), responses((status = 200, description = "The version", body = fnmesh_core::Function), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

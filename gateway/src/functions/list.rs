@@ -9,6 +9,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
+#[utoipa::path(get, path = "/v1/functions", tag = "functions", params(crate::functions::PageQuery), responses((status = 200, description = "Latest versions", body = crate::openapi::FunctionPage), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

@@ -42,6 +42,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// `?follow=true&limit=N`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LogsQuery {
     /// Stream output of invocations finishing from now on.
     pub follow: Option<bool>,
@@ -50,6 +52,7 @@ pub(crate) struct LogsQuery {
 }
 
 /// Handles the request.
+#[utoipa::path(get, path = "/v1/functions/{name}/logs", tag = "functions", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$"), LogsQuery), responses((status = 200, description = "Output of the latest invocations; with follow=true a text/event-stream of `log` events", body = crate::openapi::FunctionLogsBody), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

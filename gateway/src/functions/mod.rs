@@ -38,6 +38,7 @@ pub(crate) const MAX_PAGE_LIMIT: u32 = 1000;
 /// `code` of a create or update body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(crate) struct CodeBody {
     /// Base64 of a zip, tar.gz, tar or single file.
     pub source: String,
@@ -63,7 +64,8 @@ impl CodeBody {
 }
 
 /// `?limit=&cursor=` of listings.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     /// Page size (1..=1000, default 50).
     pub limit: Option<u32>,

@@ -25,6 +25,7 @@ use crate::state::State;
 /// The update body: the create body with every field optional.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(crate) struct UpdateFunction {
     /// Must equal the path's name if given.
     #[serde(default)]
@@ -40,6 +41,7 @@ pub(crate) struct UpdateFunction {
     pub code: Option<CodeBody>,
     /// Config fields to change.
     #[serde(default)]
+    #[schema(value_type = Option<fnmesh_core::FunctionConfig>)]
     pub config: Option<Value>,
     /// New labels.
     #[serde(default)]
@@ -56,6 +58,7 @@ pub(crate) struct UpdateFunction {
 }
 
 /// Handles the request.
+#[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$")), request_body = UpdateFunction, responses((status = 200, description = "The new version", body = fnmesh_core::Function), (status = 413, description = "Body over the cap", body = crate::openapi::ErrorBody), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
+#[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "functions", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 200, description = "Every version", body = crate::openapi::FunctionVersions), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

@@ -22,6 +22,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
+#[utoipa::path(post, path = "/v1/invocations/{id}/cancel", tag = "invocations", params(("id" = String, Path, description = "Invocation id", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")), responses((status = 200, description = "The record, now cancelled", body = fnmesh_core::InvocationResult), (status = 409, description = "It finished already", body = crate::openapi::ErrorBody), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

@@ -9,6 +9,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
+#[utoipa::path(get, path = "/v1/invocations/{id}", tag = "invocations", params(("id" = String, Path, description = "Invocation id", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")), responses((status = 200, description = "The record", body = fnmesh_core::InvocationResult), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

@@ -57,7 +57,8 @@ use crate::functions::parse_name;
 use crate::state::State;
 
 /// `?version=N&async=true`, or `?alias=prod&async=true`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct InvokeQuery {
     /// Run this version instead of the latest.
     pub version: Option<u32>,
@@ -172,6 +173,7 @@ pub(crate) fn idempotency_key<'a>(
 }
 
 /// Handles the request.
+#[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "invocations", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$"), InvokeQuery, ("Idempotency-Key" = Option<String>, Header, description = "≤ 255 printable ASCII: a retry within 24 h is the same invocation")), request_body(content = Object, description = "The JSON payload (the event)", content_type = "application/json"), responses((status = 200, description = "Sync: the finished record", body = fnmesh_core::InvocationResult), (status = 202, description = "Async: queued", body = crate::openapi::Accepted), (status = 413, description = "Payload over the cap", body = crate::openapi::ErrorBody), (status = 422, description = "Idempotency key reused with another payload or function", body = crate::openapi::ErrorBody), (status = 504, description = "Sync: still running when the wait ended", body = crate::openapi::ErrorBody), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

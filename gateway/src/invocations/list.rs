@@ -12,7 +12,8 @@ use crate::functions::{parse_name, PageQuery};
 use crate::state::State;
 
 /// The listing's query.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListInvocationsQuery {
     /// Only this function.
     pub function: Option<String>,
@@ -25,6 +26,7 @@ pub(crate) struct ListInvocationsQuery {
 }
 
 /// Handles the request.
+#[utoipa::path(get, path = "/v1/invocations", tag = "invocations", params(ListInvocationsQuery), responses((status = 200, description = "Records, newest first", body = crate::openapi::InvocationPage), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

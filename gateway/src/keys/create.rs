@@ -29,6 +29,7 @@ const MAX_GRANTS: usize = 100;
 /// The create body. Ids, hashes and timestamps are not for the caller to set.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(crate) struct CreateKey {
     /// Human label.
     pub name: String,
@@ -46,6 +47,7 @@ pub(crate) struct CreateKey {
 }
 
 /// Handles the request.
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKey, responses((status = 201, description = "The key (shown only here)", body = crate::openapi::KeyCreated), (status = 422, description = "Outlives or outranks its minter", body = crate::openapi::ErrorBody), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path, description = "Key id")), responses((status = 204, description = "Revoked with every key minted below it"), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

@@ -13,7 +13,8 @@ use crate::functions::PageQuery;
 use crate::state::State;
 
 /// `?namespace=&limit=&cursor=`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct KeysQuery {
     /// Only this namespace (admins; others may only name their own).
     pub namespace: Option<String>,
@@ -24,6 +25,7 @@ pub(crate) struct KeysQuery {
 }
 
 /// Handles the request.
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", params(KeysQuery), responses((status = 200, description = "Keys, never the key", body = crate::openapi::KeyPage), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

@@ -12,6 +12,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
+#[utoipa::path(delete, path = "/v1/registries/{host}", tag = "registries", params(("host" = String, Path, description = "Registry host[:port]")), responses((status = 204, description = "Removed"), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

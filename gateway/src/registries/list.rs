@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
+#[utoipa::path(get, path = "/v1/registries", tag = "registries", responses((status = 200, description = "Hosts only", body = crate::openapi::RegistryList), crate::openapi::Errors))]
 pub(crate) async fn handle(state: State, principal: Principal) -> Result<Response, ApiError> {
     authorize(&principal, Action::Deploy)?;
     let items = state

@@ -18,6 +18,7 @@ use crate::state::State;
 pub(crate) const MAX_REGISTRIES_PER_NAMESPACE: usize = 64;
 
 /// Handles the request.
+#[utoipa::path(put, path = "/v1/registries/{host}", tag = "registries", params(("host" = String, Path, description = "Registry host[:port]")), request_body = fnmesh_core::registry::RegistryCredential, responses((status = 204, description = "Set"), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
+#[utoipa::path(delete, path = "/v1/functions/{name}/secrets/{key}", tag = "secrets", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$"), ("key" = String, Path, description = "Secret name")), responses((status = 204, description = "Removed"), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

@@ -20,11 +20,13 @@ use crate::state::State;
 /// The body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 struct PutSecret {
     value: String,
 }
 
 /// Handles the request.
+#[utoipa::path(put, path = "/v1/functions/{name}/secrets/{key}", tag = "secrets", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$"), ("key" = String, Path, description = "Secret name")), request_body = PutSecret, responses((status = 204, description = "Set"), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,

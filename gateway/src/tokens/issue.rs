@@ -11,6 +11,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
+#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", responses((status = 200, description = "A token pair", body = super::TokenPair), crate::openapi::Errors))]
 pub(crate) async fn handle(state: State, principal: Principal) -> Result<Response, ApiError> {
     if principal.credential != CredentialKind::ApiKey {
         return Err(ApiError::Forbidden(

@@ -31,7 +31,7 @@ pub(crate) const REFRESH_PREFIX: &str = "fnr_";
 const REFRESH_RANDOM_CHARS: usize = 43;
 
 /// What a token request answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct TokenPair {
     /// The JWT.
     pub access_token: String,
@@ -48,6 +48,7 @@ pub(crate) struct TokenPair {
 /// `{"refresh_token"}` of refresh and revoke.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(crate) struct RefreshBody {
     /// The refresh token.
     pub refresh_token: String,

@@ -12,6 +12,7 @@ use crate::functions::parse_json;
 use crate::state::State;
 
 /// Handles the request.
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", security(()), request_body = super::RefreshBody, responses((status = 200, description = "A new pair; the presented token stops working", body = super::TokenPair), crate::openapi::Errors))]
 pub(crate) async fn handle(state: State, body: Bytes) -> Result<Response, ApiError> {
     let req: RefreshBody = parse_json(&body)?;
     let hash = presented_hash(&req.refresh_token).ok_or(ApiError::Unauthorized)?;

@@ -14,6 +14,7 @@ use crate::functions::parse_json;
 use crate::state::State;
 
 /// Handles the request.
+#[utoipa::path(post, path = "/v1/auth/revoke", tag = "auth", security(()), request_body = super::RefreshBody, responses((status = 204, description = "Its family is revoked"), crate::openapi::Errors))]
 pub(crate) async fn handle(state: State, body: Bytes) -> Result<Response, ApiError> {
     let req: RefreshBody = parse_json(&body)?;
     if let Some(hash) = presented_hash(&req.refresh_token) {

@@ -48,6 +48,7 @@ pub enum RoutingError {
 /// tagged enum (the catalog's entries), where serde buffers the object first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "BTreeMap<String, u8>", into = "BTreeMap<u32, u8>")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Routing(BTreeMap<u32, u8>);
 
 impl Routing {
@@ -139,6 +140,7 @@ impl From<Routing> for BTreeMap<u32, u8> {
 
 /// An alias as stored and shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Alias {
     /// The function's namespace.
     pub namespace: Namespace,

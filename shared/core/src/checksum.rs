@@ -13,6 +13,7 @@ pub struct ChecksumError(String);
 /// A SHA-256 digest as 64 lowercase hex digits; safe as a file name or object key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Checksum(String);
 
 impl Checksum {

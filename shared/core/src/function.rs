@@ -12,6 +12,7 @@ use crate::names::{FunctionName, Namespace};
 /// A limit: a sustained rate plus a burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RateLimit {
     /// Sustained requests per second (≥ 1).
     pub per_second: u32,
@@ -22,6 +23,7 @@ pub struct RateLimit {
 /// The language runtime a function runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Runtime {
     /// `handle(event, context)` in a Python module; handler `module.function`.
     Python3,
@@ -126,6 +128,7 @@ pub const DEFAULT_IMAGE_PORT: u16 = 8080;
 /// How an image function is talked to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ImageMode {
     /// The image's command runs per invocation: the payload on stdin, the JSON result on
     /// stdout, stderr to the logs.
@@ -149,6 +152,7 @@ impl ImageMode {
 /// The image of a function of runtime [`Runtime::Image`], as pinned at deploy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageSpec {
     /// Where nodes pull it from, pinned: `host[:port]/repo@sha256:<hex>`. `None` when the
     /// image is the version's uploaded code (an OCI image layout), for sites with no registry.
@@ -176,6 +180,7 @@ impl ImageSpec {
 
 /// Where a function's code is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CodeInfo {
     /// SHA-256 of the stored (normalised tar) code archive.
     pub checksum: Checksum,
@@ -207,6 +212,7 @@ pub const MAX_RATE_LIMIT: u32 = 1_000_000;
 /// Limits and settings of a function version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FunctionConfig {
     /// Wall-clock limit of one invocation.
     #[serde(default = "default_timeout")]
@@ -442,6 +448,7 @@ impl FunctionConfig {
 
 /// One immutable version of a function.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Function {
     /// Stable across versions.
     pub id: FunctionId,

@@ -18,6 +18,7 @@ macro_rules! id_type {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
         pub struct $ty(Uuid);
 
         impl $ty {
@@ -109,6 +110,7 @@ pub struct NodeIdError(String);
 /// logs. Chosen by the operator (`FNMESH_NODE_ID`) or generated ([`NodeId::generate`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeId(String);
 
 impl NodeId {

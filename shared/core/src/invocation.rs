@@ -10,6 +10,7 @@ use crate::names::{AliasName, FunctionName, Namespace};
 /// Where an invocation is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum InvocationStatus {
     /// Accepted, waiting for a node.
     Queued,
@@ -68,6 +69,7 @@ impl InvocationStatus {
 /// Why an invocation did not succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ErrorKind {
     /// The handler raised or exited non-zero.
     HandlerError,
@@ -99,6 +101,7 @@ impl ErrorKind {
 
 /// A failed invocation's error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InvocationError {
     /// What kind of failure.
     pub kind: ErrorKind,
@@ -164,6 +167,7 @@ impl InvocationMetrics {
 
 /// [`InvocationMetrics`] as JSON: the field set and order of the API, `*_ms` then `*_us`.
 #[derive(Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 struct MetricsWire {
     queue_ms: u64,
     init_ms: u64,
@@ -190,6 +194,21 @@ struct MetricsWire {
     pull_us: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     unpack_us: u64,
+}
+
+// The API's shape of the metrics is [`MetricsWire`]'s.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for InvocationMetrics {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <MetricsWire as utoipa::PartialSchema>::schema()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for InvocationMetrics {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("InvocationMetrics")
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -287,6 +306,7 @@ impl Execution {
 
 /// The record of one invocation, as the API returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InvocationResult {
     /// Its id.
     pub id: InvocationId,
@@ -354,6 +374,7 @@ impl InvocationResult {
 
 /// Captured stdout/stderr of one invocation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InvocationLogs {
     /// The text (lossy UTF-8), at most the node's cap.
     pub text: String,
@@ -553,6 +574,7 @@ fn micros_between(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
 /// (`GET /v1/functions/{name}/logs?follow=true`). Best effort: nothing is kept, a follower that
 /// is not listening misses it (the logs are still recorded with the result).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FunctionLogs {
     /// Which invocation printed it.
     pub invocation_id: InvocationId,

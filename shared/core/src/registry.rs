@@ -107,6 +107,7 @@ impl<'de> Deserialize<'de> for RegistryHost {
 /// token auth). `Debug` never shows the password.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegistryCredential {
     /// The user name.
     pub username: String,
