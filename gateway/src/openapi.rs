@@ -214,12 +214,74 @@ pub(crate) struct Health {
     status: String,
 }
 
-/// A JSON object whose fields the README's API table lists (operator views: nodes,
-/// regions, audit entries, dead letters, quotas, queues).
+/// A page of dead letters, newest first.
 #[derive(ToSchema)]
-#[schema(value_type = Object)]
 #[allow(dead_code)]
-pub(crate) struct AdminView(serde_json::Value);
+pub(crate) struct DeadLetterPage<'a> {
+    items: Vec<crate::admin::dlq::DeadLetterView<'a>>,
+    next_cursor: Option<String>,
+}
+
+/// A page of the audit log, newest first.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AuditPage {
+    items: Vec<fnmesh_store::AuditEntry>,
+    next_cursor: Option<String>,
+}
+
+/// The namespaces with a quota.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct QuotaList {
+    items: Vec<fnmesh_store::NamespaceQuota>,
+}
+
+/// A namespace's quota (`null`: unlimited) and what it uses.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct NamespaceView {
+    namespace: String,
+    max_functions: Option<u32>,
+    max_memory_mb: Option<u32>,
+    max_concurrency: Option<u32>,
+    /// When the quota last changed (`null`: never set).
+    updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    usage: fnmesh_store::NamespaceUsage,
+}
+
+/// A live node, and the link to its region (`local`: this gateway's).
+#[derive(serde::Serialize, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct NodeView {
+    #[serde(flatten)]
+    node: fnmesh_bus::registry::NodeInfo,
+    link: crate::uplink::status::Link,
+}
+
+/// Another region whose nodes are listed (or why they are not).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct RegionLink {
+    name: String,
+    link: crate::uplink::status::Link,
+    error: Option<String>,
+}
+
+/// The nodes of this region (and, at a hub, of its edges).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct NodeList {
+    items: Vec<NodeView>,
+    regions: Vec<RegionLink>,
+}
+
+/// The regions this gateway knows, its own first.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct RegionList {
+    items: Vec<crate::uplink::status::RegionStatus>,
+}
 
 /// The Bearer scheme: an API key or an access token.
 struct BearerAuth;

@@ -35,7 +35,7 @@ pub(crate) struct AuditQuery {
 }
 
 /// Handles the request.
-#[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", params(AuditQuery), responses((status = 200, description = "The audit log, newest first", body = crate::openapi::AdminView), crate::openapi::Errors))]
+#[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", params(AuditQuery), responses((status = 200, description = "The audit log, newest first", body = crate::openapi::AuditPage), crate::openapi::Errors))]
 pub(crate) async fn list(
     state: State,
     principal: Principal,

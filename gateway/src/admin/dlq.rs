@@ -47,7 +47,7 @@ pub(crate) struct DlqQuery {
 }
 
 /// A dead letter as the API shows it: the request's payload, not its whole function snapshot.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct DeadLetterView<'a> {
     /// The dead-lettered invocation.
     pub id: InvocationId,
@@ -66,6 +66,7 @@ pub(crate) struct DeadLetterView<'a> {
     /// When its attempts ran out.
     pub dead_lettered_at: DateTime<Utc>,
     /// The payload a replay sends again.
+    #[schema(value_type = Object)]
     pub payload: &'a Value,
 }
 
@@ -109,7 +110,7 @@ async fn administered(
 }
 
 /// `GET /v1/admin/dlq`.
-#[utoipa::path(get, path = "/v1/admin/dlq", tag = "admin", params(DlqQuery), responses((status = 200, description = "Dead letters, newest first", body = crate::openapi::AdminView), crate::openapi::Errors))]
+#[utoipa::path(get, path = "/v1/admin/dlq", tag = "admin", params(DlqQuery), responses((status = 200, description = "Dead letters, newest first", body = crate::openapi::DeadLetterPage<'static>), crate::openapi::Errors))]
 pub(crate) async fn list(
     state: State,
     principal: Principal,
@@ -139,7 +140,7 @@ pub(crate) async fn list(
 }
 
 /// `GET /v1/admin/dlq/{id}`.
-#[utoipa::path(get, path = "/v1/admin/dlq/{id}", tag = "admin", params(("id" = String, Path, description = "Invocation id", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")), responses((status = 200, description = "One dead letter", body = crate::openapi::AdminView), crate::openapi::Errors))]
+#[utoipa::path(get, path = "/v1/admin/dlq/{id}", tag = "admin", params(("id" = String, Path, description = "Invocation id", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")), responses((status = 200, description = "One dead letter", body = DeadLetterView<'static>), crate::openapi::Errors))]
 pub(crate) async fn get(
     state: State,
     principal: Principal,

@@ -39,7 +39,7 @@ pub(crate) struct PutQuota {
 }
 
 /// `PUT /v1/admin/namespaces/{ns}`.
-#[utoipa::path(put, path = "/v1/admin/namespaces/{ns}", tag = "admin", params(("ns" = String, Path, description = "Namespace", pattern = "^[a-z][a-z0-9-]{0,62}$")), request_body = PutQuota, responses((status = 200, description = "The quota", body = crate::openapi::AdminView), crate::openapi::Errors))]
+#[utoipa::path(put, path = "/v1/admin/namespaces/{ns}", tag = "admin", params(("ns" = String, Path, description = "Namespace", pattern = "^[a-z][a-z0-9-]{0,62}$")), request_body = PutQuota, responses((status = 200, description = "The quota", body = fnmesh_store::NamespaceQuota), crate::openapi::Errors))]
 pub(crate) async fn put(
     state: State,
     principal: Principal,
@@ -75,7 +75,7 @@ pub(crate) async fn put(
 }
 
 /// `GET /v1/admin/namespaces/{ns}`.
-#[utoipa::path(get, path = "/v1/admin/namespaces/{ns}", tag = "admin", params(("ns" = String, Path, description = "Namespace", pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 200, description = "Quota and usage", body = crate::openapi::AdminView), crate::openapi::Errors))]
+#[utoipa::path(get, path = "/v1/admin/namespaces/{ns}", tag = "admin", params(("ns" = String, Path, description = "Namespace", pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 200, description = "Quota and usage", body = crate::openapi::NamespaceView), crate::openapi::Errors))]
 pub(crate) async fn get(
     state: State,
     principal: Principal,
@@ -98,7 +98,7 @@ pub(crate) async fn get(
 }
 
 /// `GET /v1/admin/namespaces`.
-#[utoipa::path(get, path = "/v1/admin/namespaces", tag = "admin", responses((status = 200, description = "Quotas", body = crate::openapi::AdminView), crate::openapi::Errors))]
+#[utoipa::path(get, path = "/v1/admin/namespaces", tag = "admin", responses((status = 200, description = "Quotas", body = crate::openapi::QuotaList), crate::openapi::Errors))]
 pub(crate) async fn list(state: State, principal: Principal) -> Result<Response, ApiError> {
     principal.authorize(Action::Administer)?;
     let quotas = state.backends.store.list_namespace_quotas().await?;

@@ -24,7 +24,7 @@ fn with_link(node: &fnmesh_bus::registry::NodeInfo, link: Link) -> Value {
 }
 
 /// Handles the request.
-#[utoipa::path(get, path = "/v1/admin/nodes", tag = "admin", responses((status = 200, description = "Live worker nodes", body = crate::openapi::AdminView), crate::openapi::Errors))]
+#[utoipa::path(get, path = "/v1/admin/nodes", tag = "admin", responses((status = 200, description = "Live worker nodes", body = crate::openapi::NodeList), crate::openapi::Errors))]
 pub(crate) async fn list(state: State, principal: Principal) -> Result<Response, ApiError> {
     principal.authorize(Action::Administer)?;
     let own = state.backends.registry.list().await?;

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
-#[utoipa::path(get, path = "/v1/admin/queues", tag = "admin", responses((status = 200, description = "Bus depths", body = crate::openapi::AdminView), crate::openapi::Errors))]
+#[utoipa::path(get, path = "/v1/admin/queues", tag = "admin", responses((status = 200, description = "Bus depths", body = fnmesh_bus::QueueStats), crate::openapi::Errors))]
 pub(crate) async fn handle(state: State, principal: Principal) -> Result<Response, ApiError> {
     principal.authorize(Action::Administer)?;
     let stats = state.backends.bus.queue_stats().await?;

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
-#[utoipa::path(get, path = "/v1/admin/regions", tag = "admin", responses((status = 200, description = "The regions this gateway knows", body = crate::openapi::AdminView), crate::openapi::Errors))]
+#[utoipa::path(get, path = "/v1/admin/regions", tag = "admin", responses((status = 200, description = "The regions this gateway knows", body = crate::openapi::RegionList), crate::openapi::Errors))]
 pub(crate) async fn list(state: State, principal: Principal) -> Result<Response, ApiError> {
     principal.authorize(Action::Administer)?;
     let items = match state.catalog.regions() {

@@ -21,6 +21,7 @@ pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The state of the link to a region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 pub(crate) enum Link {
     /// This gateway's own region.
     Local,
@@ -31,7 +32,7 @@ pub(crate) enum Link {
 }
 
 /// One replication over a link, as its stream's server reports it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct Replication {
     /// Messages the copy is behind its origin (as of the server's last contact).
     pub lag: u64,
@@ -55,11 +56,12 @@ impl Replication {
 }
 
 /// One region as a gateway sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct RegionStatus {
     /// Its name (bus prefix and JetStream domain).
     pub name: String,
     /// `hub` or `edge` (a region over NATS that follows none is a hub to its edges).
+    #[schema(value_type = String)]
     pub role: &'static str,
     /// The link from this gateway's region to it.
     pub link: Link,

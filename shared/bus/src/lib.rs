@@ -284,6 +284,7 @@ pub struct DeadLetter {
 
 /// Depth of one function's work queue (of one priority).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FunctionQueue {
     /// The tenant.
     pub namespace: String,
@@ -302,6 +303,7 @@ pub struct FunctionQueue {
 
 /// Depths of the whole bus, for operators.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueStats {
     /// Invocations accepted and not yet settled.
     pub invocations: u64,

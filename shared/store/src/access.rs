@@ -45,6 +45,7 @@ pub struct RefreshTokenRecord {
 
 /// Limits of one namespace; `None` is unlimited.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NamespaceQuota {
     /// The namespace.
     pub namespace: Namespace,
@@ -61,6 +62,7 @@ pub struct NamespaceQuota {
 
 /// What a namespace uses, for quota checks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NamespaceUsage {
     /// Functions in the namespace.
     pub functions: u64,

@@ -18,6 +18,7 @@ pub const MAX_AUDIT_FIELD_CHARS: usize = 256;
 /// How an audited call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AuditOutcome {
     /// It succeeded (2xx).
     Ok,
@@ -59,6 +60,7 @@ impl AuditOutcome {
 
 /// One audited call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// A UUIDv7: entries list newest first by it.
     pub id: String,

@@ -52,6 +52,7 @@ pub enum RegistryError {
 /// What a node is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NodeState {
     /// Pulling work.
     Active,
@@ -61,6 +62,7 @@ pub enum NodeState {
 
 /// One node's registry entry, as written by its last heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeInfo {
     /// The node's id.
     pub id: NodeId,
@@ -101,6 +103,7 @@ pub const MAX_LISTED_IMAGES: usize = 64;
 
 /// An image in a node's cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CachedImage {
     /// Its manifest digest (`sha256:…`).
     pub digest: String,
