@@ -137,7 +137,7 @@ pub(crate) struct AliasList {
 }
 
 /// An API key as listed (never the key itself).
-#[derive(ToSchema)]
+#[derive(serde::Serialize, ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct KeyBody {
     id: String,
@@ -153,20 +153,13 @@ pub(crate) struct KeyBody {
 }
 
 /// A new API key: the key is shown only here.
-#[derive(ToSchema)]
+#[derive(serde::Serialize, ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct KeyCreated {
-    id: String,
+    #[serde(flatten)]
+    view: KeyBody,
     /// The key: shown only in this answer.
     key: String,
-    name: String,
-    role: String,
-    namespace: String,
-    functions: Option<Vec<String>>,
-    created_at: chrono::DateTime<chrono::Utc>,
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    parent_id: Option<String>,
-    root_id: Option<String>,
 }
 
 /// A page of API keys.

@@ -190,16 +190,21 @@ impl<T: Clone + Laned> Queue<T> {
 
     /// Puts `seq` at the back of its lane's ready items.
     fn enqueue(&mut self, lane: &str, seq: u64) {
-        let (cap, priority) = self
-            .items
-            .get(&seq)
-            .map_or((u32::MAX, Priority::Normal), |item| {
-                (item.payload.lane().1, item.payload.priority())
-            });
-        let entry = self.lanes.entry(lane.to_owned()).or_insert_with(|| Lane {
-            cap,
-            ..Lane::default()
-        });
+        let item = self.items.get(&seq);
+        let priority = item.map_or(Priority::Normal, |item| item.payload.priority());
+        if !self.lanes.contains_key(lane) {
+            let cap = item.map_or(u32::MAX, |item| item.payload.lane().1);
+            self.lanes.insert(
+                lane.to_owned(),
+                Lane {
+                    cap,
+                    ..Lane::default()
+                },
+            );
+        }
+        let Some(entry) = self.lanes.get_mut(lane) else {
+            return;
+        };
         entry.ready.push_back(seq);
         if !entry.in_ring {
             entry.in_ring = true;
