@@ -369,6 +369,20 @@ pub struct GatewayArgs {
     /// keeps them forever.
     #[arg(long, env = "FNMESH_RETENTION_HOURS", default_value_t = 7 * 24)]
     pub retention_hours: u64,
+    /// Hosts a function's webhook destinations may name, comma-separated: `host`, `*.domain`,
+    /// `http://host[:port]` (plain HTTP allowed), and address ranges (`10.0.0.0/8`) that may
+    /// be reached although not public. Empty: no webhooks.
+    #[arg(long, env = "FNMESH_WEBHOOK_ALLOWLIST", default_value = "")]
+    pub webhook_allowlist: String,
+    /// Tries of a destination delivery before it is given up.
+    #[arg(long, env = "FNMESH_DESTINATION_MAX_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub destination_max_attempts: u32,
+    /// Milliseconds before a failed destination delivery is tried again, doubled after each
+    /// try (up to 10 minutes).
+    #[arg(long, env = "FNMESH_DESTINATION_RETRY_BASE_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub destination_retry_base_ms: u64,
     #[command(flatten)]
     pub backends: BackendArgs,
     #[command(flatten)]

@@ -58,6 +58,9 @@ pub struct GatewayConfig {
     /// Registries (`host[:port]`) reached over plain HTTP to resolve image tags at deploy;
     /// every other registry over HTTPS (`FNMESH_INSECURE_REGISTRIES`).
     pub insecure_registries: Vec<String>,
+    /// How the destinations of finished async invocations are delivered (webhook allowlist,
+    /// retries).
+    pub destinations: crate::destinations::DestinationsConfig,
 }
 
 /// Default [`GatewayConfig::retention`]: 7 days.
@@ -92,6 +95,7 @@ impl Default for GatewayConfig {
             key_recheck_interval: Duration::from_secs(15),
             audit_failure_window: Duration::from_secs(10),
             insecure_registries: Vec::new(),
+            destinations: Default::default(),
         }
     }
 }

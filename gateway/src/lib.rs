@@ -20,6 +20,7 @@ pub mod auth;
 pub(crate) mod body;
 pub(crate) mod catalog;
 pub(crate) mod config;
+pub mod destinations;
 pub(crate) mod error;
 pub(crate) mod failpoint;
 pub(crate) mod functions;

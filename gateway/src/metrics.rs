@@ -87,6 +87,7 @@ pub struct GatewayMetrics {
     duration_seconds: Histogram,
     dead_letters: IntCounter,
     rate_limit_rejections: IntCounterVec,
+    destination_deliveries: IntCounterVec,
     rate_limiter_errors: IntCounter,
     queue_pending: IntGaugeVec,
     queue_in_flight: IntGaugeVec,
@@ -160,6 +161,14 @@ impl GatewayMetrics {
                     "Requests refused by a rate limit, by scope (key, namespace, function).",
                 ),
                 &["scope"],
+            )?,
+            destination_deliveries: IntCounterVec::new(
+                Opts::new(
+                    "fnmesh_destination_deliveries_total",
+                    "Tries of destination deliveries, by target type (nats, webhook) and \
+                     outcome (delivered, retry, failed).",
+                ),
+                &["type", "outcome"],
             )?,
             rate_limiter_errors: IntCounter::new(
                 "fnmesh_rate_limiter_errors_total",
@@ -272,6 +281,7 @@ impl GatewayMetrics {
         registry.register(Box::new(this.dead_letters.clone()))?;
         registry.register(Box::new(this.rate_limit_rejections.clone()))?;
         registry.register(Box::new(this.rate_limiter_errors.clone()))?;
+        registry.register(Box::new(this.destination_deliveries.clone()))?;
         registry.register(Box::new(this.queue_pending.clone()))?;
         registry.register(Box::new(this.queue_in_flight.clone()))?;
         registry.register(Box::new(this.http_requests.clone()))?;
@@ -339,6 +349,14 @@ impl GatewayMetrics {
         self.dead_letters.inc();
         self.invocations
             .with_label_values(&[&function, InvocationStatus::DeadLettered.as_str()])
+            .inc();
+    }
+
+    /// Counts one try of a destination delivery of `kind` (`nats`, `webhook`) that ended as
+    /// `outcome` (`delivered`, `retry`, `failed`).
+    pub fn observe_destination(&self, kind: &'static str, outcome: &'static str) {
+        self.destination_deliveries
+            .with_label_values(&[kind, outcome])
             .inc();
     }
 

@@ -462,6 +462,9 @@ async fn answer(state: &State, region: &BusPrefix, payload: &[u8]) -> Answer {
     } else {
         Mode::Async
     };
+    // The accepting region sends the destinations, once its record has the outcome: the
+    // hub keeps no deliveries of its own for it.
+    request.notify_destinations = false;
     let (namespace, id) = (request.function.namespace.clone(), request.id);
     let request = Arc::new(request);
     let span = tracing::info_span!("invocation.publish", invocation.id = %id, forwarded = true);

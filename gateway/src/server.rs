@@ -80,6 +80,8 @@ impl Gateway {
         client: async_nats::Client,
         region: &fnmesh_core::subjects::BusPrefix,
     ) -> Result<Gateway, GatewayError> {
+        // The same connection publishes destinations (gateways alone may publish them).
+        let _ = self.state.destination_nats.set(client.clone());
         self.nats_requests = Some(NatsRequests::subscribe(client, region).await?);
         Ok(self)
     }
@@ -268,5 +270,12 @@ fn worker_parts(state: &State) -> WorkerParts {
         reconcile_after: state.config.reconcile_after,
         retention: state.config.retention,
         prune_interval: state.config.prune_interval,
+        destinations: crate::destinations::Dispatcher::new(
+            state.backends.store.clone(),
+            state.config.secrets_keyring.clone(),
+            state.destination_nats.clone(),
+            state.config.destinations.clone(),
+            state.metrics.clone(),
+        ),
     }
 }

@@ -59,6 +59,9 @@ pub(crate) struct AppState {
     pub catalog: crate::catalog::Catalog,
     /// Resolves the tags of image functions at deploy.
     pub registries: fnmesh_image::registry::Registries,
+    /// The NATS connection destinations are published on, once the gateway has one
+    /// ([`crate::Gateway::serve_nats_requests`]).
+    pub destination_nats: Arc<std::sync::OnceLock<async_nats::Client>>,
 }
 
 /// Code normalisations run at once, at most.
@@ -94,6 +97,7 @@ impl AppState {
             nats_request_permits,
             catalog: Default::default(),
             registries,
+            destination_nats: Default::default(),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! A gateway's background workers, started and stopped together: the [`Recorder`] (node
 //! events and dead letters into the store), the [`Reconciler`] (re-publishes requests left
-//! queued too long) and the [`Pruner`] (removes finished invocations past the retention).
+//! queued too long), the [`Pruner`] (removes finished invocations past the retention) and the
+//! destinations' [`crate::destinations::Dispatcher`] (sends finished invocations on).
 //!
 //! [`crate::Gateway::run`] runs them itself unless `GatewayConfig::background_workers` is off;
 //! `fnmesh up` starts them with [`crate::Gateway::start_background_workers`] instead and stops
@@ -37,6 +38,7 @@ pub(crate) struct WorkerParts {
     pub(crate) reconcile_after: Duration,
     pub(crate) retention: Option<Duration>,
     pub(crate) prune_interval: Duration,
+    pub(crate) destinations: crate::destinations::Dispatcher,
 }
 
 impl BackgroundWorkers {
@@ -64,6 +66,7 @@ impl BackgroundWorkers {
             .with_writes(parts.writes);
         tasks.push(tokio::spawn(recorder.run(stop.clone())));
         tasks.push(tokio::spawn(reconciler.run(stop.clone())));
+        tasks.push(tokio::spawn(parts.destinations.run(stop.clone())));
         Self { stop, tasks }
     }
 

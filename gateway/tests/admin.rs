@@ -81,6 +81,7 @@ async fn dead_letter_in(
         forwarded_to: None,
         alias: None,
         priority: Default::default(),
+        notify_destinations: false,
     };
     app.store.insert_invocation(&request).await.unwrap();
     record_dead_letter(

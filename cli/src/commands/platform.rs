@@ -21,6 +21,7 @@ use fnmesh_core::metrics::ScrapeToken;
 use fnmesh_core::nats::NatsOptions;
 use fnmesh_core::secrets::Keyring;
 use fnmesh_core::{ErrorKind, InvocationError, InvocationStatus, NodeId};
+use fnmesh_gateway::destinations::{Allowlist, DestinationsConfig};
 use fnmesh_gateway::{auth, Backends, GatewayConfig};
 use fnmesh_nodes::node::{NodeConfig, SupervisorCommand};
 use fnmesh_nodes::runtimes::protocol::result_cap;
@@ -193,6 +194,12 @@ pub async fn open_gateway(
         secrets_keyring: Some(keyring),
         metrics_token: metrics_token(common)?,
         insecure_registries: common.insecure_registries.clone(),
+        destinations: DestinationsConfig {
+            allowlist: Allowlist::parse(&args.webhook_allowlist)?,
+            max_attempts: args.destination_max_attempts,
+            retry_base: Duration::from_millis(args.destination_retry_base_ms),
+            ..DestinationsConfig::default()
+        },
         ..GatewayConfig::default()
     };
     Ok(GatewayParts {

@@ -176,6 +176,7 @@ pub(crate) async fn replay(
         forwarded_to: None,
         alias: dead.request.alias,
         priority: dead.request.priority,
+        notify_destinations: dead.request.notify_destinations,
     };
     // Nodes read code from the NATS replica: put it back if it went missing (cached, cheap).
     if let Err(e) = state

@@ -67,6 +67,7 @@ pub(crate) async fn handle(
     let runtime = parse_runtime(&req.runtime)?;
     let handler_file = runtime.handler_file(&req.handler)?;
     let config = merge_config(&FunctionConfig::default(), req.config)?;
+    super::check_destinations(&state, &config)?;
     let metadata = req.metadata.unwrap_or_default();
     check_metadata(&metadata)?;
     super::quota::check(&state, &principal.namespace, &name, &config, true).await?;

@@ -137,6 +137,25 @@ pub(crate) fn merge_config(
     Ok(config)
 }
 
+/// Checks the webhook destinations of `config` against the operator's allowlist
+/// (`invalid_config` naming the host): a deploy is refused rather than every delivery failing.
+pub(crate) fn check_destinations(state: &State, config: &FunctionConfig) -> Result<(), ApiError> {
+    let Some(destinations) = &config.destinations else {
+        return Ok(());
+    };
+    for raw in destinations.webhook_urls() {
+        let url = fnmesh_core::destination::WebhookUrl::parse(raw)
+            .map_err(|e| ApiError::InvalidConfig(format!("config.destinations: {e}")))?;
+        state
+            .config
+            .destinations
+            .allowlist
+            .check_url(&url)
+            .map_err(|e| ApiError::InvalidConfig(format!("config.destinations: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Checks metadata stays within its limits.
 pub(crate) fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
     let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();

@@ -94,6 +94,7 @@ pub(crate) async fn handle(
     };
     let handler_file = runtime.handler_file(&handler)?;
     let config = merge_config(&latest.config, req.config)?;
+    super::check_destinations(&state, &config)?;
     let metadata = req.metadata.unwrap_or_else(|| latest.metadata.clone());
     check_metadata(&metadata)?;
     super::quota::check(&state, &principal.namespace, &name, &config, false).await?;

@@ -1,4 +1,5 @@
-//! `GET /v1/invocations/{id}`: one invocation record.
+//! `GET /v1/invocations/{id}`: one invocation record, with the state of its destination
+//! deliveries (async invocations of functions with `config.destinations`).
 
 use warp::reply::Response;
 use warp::Reply;
@@ -9,7 +10,7 @@ use crate::error::ApiError;
 use crate::state::State;
 
 /// Handles the request.
-#[utoipa::path(get, path = "/v1/invocations/{id}", tag = "invocations", params(("id" = String, Path, description = "Invocation id", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")), responses((status = 200, description = "The record", body = fnmesh_core::InvocationResult), crate::openapi::Errors))]
+#[utoipa::path(get, path = "/v1/invocations/{id}", tag = "invocations", params(("id" = String, Path, description = "Invocation id", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")), responses((status = 200, description = "The record, with its destination deliveries", body = InvocationView), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,
@@ -22,18 +23,33 @@ pub(crate) async fn handle(
         .writes
         .recent(&principal.namespace, &id)
         .map(|o| o.result.clone());
-    let record = match recent {
-        Some(record) => Some(record),
-        None => {
-            state
-                .backends
-                .store
-                .get_invocation(&principal.namespace, &id)
-                .await?
-        }
+    let store = &state.backends.store;
+    let (record, stored) = match recent {
+        // A sync outcome: no destinations.
+        Some(record) => (Some(record), false),
+        None => (store.get_invocation(&principal.namespace, &id).await?, true),
     };
     let record = record
         .filter(|r| principal.can_see_function(&r.function))
         .ok_or_else(|| ApiError::NotFound(format!("invocation {id} not found")))?;
-    Ok(warp::reply::json(&record).into_response())
+    let destinations = if stored {
+        store.deliveries_of(&principal.namespace, &id).await?
+    } else {
+        Vec::new()
+    };
+    Ok(warp::reply::json(&InvocationView {
+        record,
+        destinations,
+    })
+    .into_response())
+}
+
+/// An invocation record as `GET` shows it: the record, and its destination deliveries.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct InvocationView {
+    #[serde(flatten)]
+    record: fnmesh_core::InvocationResult,
+    /// Where the record is sent, and how that went (absent when it goes nowhere).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    destinations: Vec<fnmesh_core::destination::DeliveryStatus>,
 }

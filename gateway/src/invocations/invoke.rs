@@ -294,6 +294,14 @@ pub(crate) async fn invoke(
         .priority
         .unwrap_or(function.config.priority)
         .capped_at(function.config.priority);
+    // Destinations are for async invocations (a sync caller has the outcome already): the
+    // store keeps their deliveries with the `queued` record.
+    let notify_destinations = mode == Mode::Async
+        && function
+            .config
+            .destinations
+            .as_ref()
+            .is_some_and(|d| !d.is_empty());
     let id = InvocationId::new();
     // Commit + publish. The request carries this span's context (built here, never copied from
     // a client's header), so the node's spans join the trace; the function sees its trace id.
@@ -312,6 +320,7 @@ pub(crate) async fn invoke(
         forwarded_to,
         alias,
         priority,
+        notify_destinations,
     });
     // A keyed invocation takes its key with its `queued` record, in one write; a key that is
     // taken already answers with the invocation it made.

@@ -149,6 +149,7 @@ pub fn request() -> InvocationRequest {
         forwarded_to: None,
         alias: None,
         priority: Default::default(),
+        notify_destinations: false,
     }
 }
 

@@ -255,6 +255,9 @@ pub struct FunctionConfig {
     /// per invocation (`high`, `normal` or `low`; see [`crate::priority`]).
     #[serde(default, skip_serializing_if = "crate::Priority::is_normal")]
     pub priority: crate::Priority,
+    /// Where the records of finished async invocations are sent (see [`crate::destination`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destinations: Option<crate::destination::Destinations>,
 }
 
 /// `cpu_shares`: the sandbox's CPU weight relative to other sandboxes when the CPU is busy
@@ -290,6 +293,7 @@ impl Default for FunctionConfig {
             cpu_shares: None,
             disk_io_bps: None,
             priority: crate::Priority::Normal,
+            destinations: None,
         }
     }
 }
@@ -318,6 +322,9 @@ pub enum ConfigError {
     /// A region list with an invalid or repeated name, or too many names.
     #[error("config.regions is invalid: {0}")]
     Regions(String),
+    /// A destination that cannot be used.
+    #[error(transparent)]
+    Destinations(#[from] crate::destination::DestinationError),
     /// A handler that does not fit its runtime.
     #[error("handler {handler:?} is invalid for runtime {runtime}")]
     Handler {
@@ -404,6 +411,9 @@ impl FunctionConfig {
                     range: "65536..",
                 });
             }
+        }
+        if let Some(destinations) = &self.destinations {
+            destinations.validate()?;
         }
         if let Some(regions) = &self.regions {
             if regions.len() > MAX_REGIONS {

@@ -424,6 +424,11 @@ pub struct InvocationRequest {
     /// It picks the work lane the invocation queues in.
     #[serde(default, skip_serializing_if = "crate::Priority::is_normal")]
     pub priority: crate::Priority,
+    /// Whether the destinations of `function.config` apply (async invocations; set by the
+    /// gateway that accepts it): the store then keeps a delivery per destination with the
+    /// `queued` record (see [`crate::destination`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notify_destinations: bool,
 }
 
 /// What a node reports for one delivery attempt.
@@ -711,6 +716,7 @@ mod tests {
             forwarded_to: None,
             alias: None,
             priority: Default::default(),
+            notify_destinations: false,
         };
         let execution = Execution {
             status: InvocationStatus::Succeeded,

@@ -8,6 +8,7 @@ pub mod alias;
 pub mod archive;
 pub mod checksum;
 pub mod claims;
+pub mod destination;
 pub mod function;
 pub mod idempotency;
 pub mod ids;

@@ -129,6 +129,24 @@ pub fn bus_cancel(prefix: &BusPrefix) -> String {
     format!("{PREFIX}.{prefix}.cancel")
 }
 
+/// Subject a function's destination is published on: `fnmesh.v1.dest.<namespace>.<subject>`,
+/// where `subject` is the function's `config.destinations.*.nats`, checked by
+/// [`crate::destination::check_subject`] (`None` if it does not pass).
+pub fn destination(namespace: &Namespace, subject: &str) -> Option<String> {
+    crate::destination::check_subject(subject).ok()?;
+    Some(format!("{PREFIX}.dest.{namespace}.{subject}"))
+}
+
+/// Every destination subject: `fnmesh.v1.dest.>` (gateways publish, clients subscribe).
+pub fn destinations_all() -> String {
+    format!("{PREFIX}.dest.>")
+}
+
+/// Every destination subject of one namespace: `fnmesh.v1.dest.<namespace>.>`.
+pub fn destinations_of_namespace(namespace: &Namespace) -> String {
+    format!("{PREFIX}.dest.{namespace}.>")
+}
+
 /// The queue group nodes take direct sync invocations in: each goes to one node.
 pub const DIRECT_QUEUE_GROUP: &str = "fnmesh-direct";
 

@@ -115,11 +115,14 @@ macro_rules! store_conformance_cases {
 #[macro_export]
 macro_rules! store_exclusive_conformance_cases {
     ($callback:ident) => {
-        $callback!(prune_removes_only_old_finished_invocations);
+        $callback!(
+            prune_removes_only_old_finished_invocations,
+            destination_deliveries_follow_their_invocation
+        );
     };
 }
 
-/// Runs every case, one after the other, against `store`.
+/// Runs every case, one after the other, against `store` (not the exclusive ones).
 pub async fn run_all(store: Store) {
     macro_rules! run {
         ($($case:ident),* $(,)?) => { $( $case(store.clone()).await; )* };
@@ -195,6 +198,7 @@ pub fn request(namespace: &Namespace, function_name: &str) -> InvocationRequest 
         forwarded_to: None,
         alias: None,
         priority: Default::default(),
+        notify_destinations: false,
     }
 }
 
@@ -2540,4 +2544,293 @@ pub async fn prune_removes_only_old_finished_invocations(store: Store) {
         );
     }
     assert_eq!(store.get_logs(&ns, &recent.id).await.unwrap(), Some(logs));
+}
+
+/// A request of `function` whose function has a NATS and a webhook destination on success
+/// and a webhook on failure, with its deliveries asked for.
+fn request_with_destinations(namespace: &Namespace, function: &str) -> InvocationRequest {
+    use fnmesh_core::destination::{Destination, Destinations, Webhook};
+    let mut req = request(namespace, function);
+    let webhook = |path: &str| Webhook {
+        url: format!("https://hooks.example.com/{path}"),
+        secret: "HOOK_KEY".to_owned(),
+    };
+    req.function.config.destinations = Some(Destinations {
+        on_success: Some(Destination {
+            nats: Some("orders.done".to_owned()),
+            webhook: Some(webhook("ok")),
+        }),
+        on_failure: Some(Destination {
+            nats: None,
+            webhook: Some(webhook("failed")),
+        }),
+    });
+    req.notify_destinations = true;
+    req
+}
+
+/// Claims every due delivery and keeps those of `ns`.
+async fn claim_of(store: &Store, ns: &Namespace) -> Vec<super::ClaimedDelivery> {
+    let now = Utc::now();
+    let mut claimed = store
+        .claim_deliveries(now, now + ChronoDuration::seconds(60), 1000)
+        .await
+        .unwrap();
+    claimed.retain(|c| &c.namespace == ns);
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    claimed
+}
+
+/// Deliveries are written with the `queued` record by every insert path (only when the
+/// request asks), wait until the record finishes, then are due or skipped by how it ended
+/// (whichever path finished it), are claimed once per lease and settle fenced on their try.
+pub async fn destination_deliveries_follow_their_invocation(store: Store) {
+    use super::Settle;
+    use fnmesh_core::destination::{DeliveryCondition, DeliveryState, DeliveryTarget};
+    let ns = fresh_namespace();
+    let states = |list: &[fnmesh_core::destination::DeliveryStatus]| {
+        list.iter().map(|d| (d.on, d.state)).collect::<Vec<_>>()
+    };
+    // Three insert paths.
+    let single = request_with_destinations(&ns, "dest-a");
+    store.insert_invocation(&single).await.unwrap();
+    let batched = request_with_destinations(&ns, "dest-b");
+    let plain = request(&ns, "dest-b");
+    let mut unasked = request_with_destinations(&ns, "dest-b");
+    unasked.notify_destinations = false;
+    let written = store
+        .write_invocations(&[&batched, &plain, &unasked], &[])
+        .await
+        .unwrap();
+    assert_eq!(written.inserted, [true, true, true]);
+    let keyed = request_with_destinations(&ns, "dest-c");
+    let key = IdempotencyKey::parse("dest-key").unwrap();
+    assert_eq!(
+        store
+            .insert_keyed_invocation(&keyed, &key, "fp", Utc::now() - ChronoDuration::hours(24))
+            .await
+            .unwrap(),
+        Keyed::Inserted
+    );
+    let dead = request_with_destinations(&ns, "dest-d");
+    store.insert_invocation(&dead).await.unwrap();
+
+    let waiting = store.deliveries_of(&ns, &single.id).await.unwrap();
+    assert_eq!(
+        states(&waiting),
+        [
+            (DeliveryCondition::Success, DeliveryState::Waiting),
+            (DeliveryCondition::Success, DeliveryState::Waiting),
+            (DeliveryCondition::Failure, DeliveryState::Waiting),
+        ],
+        "one delivery per destination, in order, waiting"
+    );
+    assert_eq!(
+        waiting[0].target,
+        DeliveryTarget::Nats {
+            subject: "orders.done".to_owned()
+        }
+    );
+    assert!(waiting
+        .iter()
+        .all(|d| d.attempts == 0 && d.next_attempt_at.is_none()));
+    for req in [&batched, &keyed] {
+        assert_eq!(store.deliveries_of(&ns, &req.id).await.unwrap().len(), 3);
+    }
+    for req in [&plain, &unasked] {
+        assert!(
+            store.deliveries_of(&ns, &req.id).await.unwrap().is_empty(),
+            "no deliveries unless the request asks and the function has destinations"
+        );
+    }
+    assert!(
+        store
+            .deliveries_of(&fresh_namespace(), &single.id)
+            .await
+            .unwrap()
+            .is_empty(),
+        "deliveries are scoped by namespace"
+    );
+    assert!(
+        claim_of(&store, &ns).await.is_empty(),
+        "nothing is due before it finishes"
+    );
+
+    // A start changes nothing; a success (fenced update) makes the success deliveries due.
+    let queued = InvocationResult::queued(&single);
+    assert!(store
+        .update_invocation(&with_status(&queued, InvocationStatus::Running, 1))
+        .await
+        .unwrap());
+    assert_eq!(
+        states(&store.deliveries_of(&ns, &single.id).await.unwrap())[0].1,
+        DeliveryState::Waiting
+    );
+    assert!(store
+        .update_invocation(&with_status(&queued, InvocationStatus::Succeeded, 1))
+        .await
+        .unwrap());
+    assert_eq!(
+        states(&store.deliveries_of(&ns, &single.id).await.unwrap()),
+        [
+            (DeliveryCondition::Success, DeliveryState::Pending),
+            (DeliveryCondition::Success, DeliveryState::Pending),
+            (DeliveryCondition::Failure, DeliveryState::Skipped),
+        ]
+    );
+    // A failure through the recorder's batch write; a cancel; a dead letter.
+    let failed = with_status(
+        &InvocationResult::queued(&batched),
+        InvocationStatus::Failed,
+        1,
+    );
+    assert_eq!(
+        store
+            .write_invocations(&[], &[(&failed, None)])
+            .await
+            .unwrap()
+            .applied,
+        [true]
+    );
+    assert_eq!(
+        states(&store.deliveries_of(&ns, &batched.id).await.unwrap()),
+        [
+            (DeliveryCondition::Success, DeliveryState::Skipped),
+            (DeliveryCondition::Success, DeliveryState::Skipped),
+            (DeliveryCondition::Failure, DeliveryState::Pending),
+        ]
+    );
+    store
+        .cancel_invocation(&ns, &keyed.id, "cancelled")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .deliveries_of(&ns, &keyed.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| d.state == DeliveryState::Skipped),
+        "a cancelled invocation is sent nowhere"
+    );
+    assert!(store
+        .put_dead_letter(&dead_letter(&dead, 3, None))
+        .await
+        .unwrap());
+    assert_eq!(
+        states(&store.deliveries_of(&ns, &dead.id).await.unwrap())[2],
+        (DeliveryCondition::Failure, DeliveryState::Pending)
+    );
+
+    // Claimed once per lease.
+    let claimed = claim_of(&store, &ns).await;
+    let mut expected: Vec<(InvocationId, DeliveryCondition)> = vec![
+        (single.id, DeliveryCondition::Success),
+        (single.id, DeliveryCondition::Success),
+        (batched.id, DeliveryCondition::Failure),
+        (dead.id, DeliveryCondition::Failure),
+    ];
+    let mut got: Vec<(InvocationId, DeliveryCondition)> =
+        claimed.iter().map(|c| (c.invocation_id, c.on)).collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "exactly the due deliveries are claimed");
+    assert!(claimed.iter().all(|c| c.attempt == 1));
+    assert!(
+        claim_of(&store, &ns).await.is_empty(),
+        "a claimed delivery is leased"
+    );
+
+    // Settled, fenced on the try.
+    let nats = claimed
+        .iter()
+        .find(|c| c.invocation_id == single.id && matches!(c.target, DeliveryTarget::Nats { .. }))
+        .unwrap();
+    let hook = claimed
+        .iter()
+        .find(|c| {
+            c.invocation_id == single.id && matches!(c.target, DeliveryTarget::Webhook { .. })
+        })
+        .unwrap();
+    let failing = claimed
+        .iter()
+        .find(|c| c.invocation_id == batched.id)
+        .unwrap();
+    let now = Utc::now();
+    assert!(
+        !store
+            .settle_delivery(&nats.id, 2, &Settle::Delivered, now)
+            .await
+            .unwrap(),
+        "another try's settle is fenced off"
+    );
+    assert!(store
+        .settle_delivery(&nats.id, 1, &Settle::Delivered, now)
+        .await
+        .unwrap());
+    let retry = Settle::Retry {
+        at: now - ChronoDuration::seconds(1),
+        error: "HTTP 503".to_owned(),
+    };
+    assert!(store
+        .settle_delivery(&hook.id, 1, &retry, now)
+        .await
+        .unwrap());
+    let gave_up = Settle::Failed {
+        error: "HTTP 404".to_owned(),
+    };
+    assert!(store
+        .settle_delivery(&failing.id, 1, &gave_up, now)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .settle_delivery(&failing.id, 1, &Settle::Delivered, now)
+            .await
+            .unwrap(),
+        "a settled delivery stays settled"
+    );
+    let shown = store.deliveries_of(&ns, &single.id).await.unwrap();
+    let shown_nats = shown.iter().find(|d| d.id == nats.id).unwrap();
+    assert_eq!(shown_nats.state, DeliveryState::Delivered);
+    assert!(shown_nats.delivered_at.is_some());
+    let shown_hook = shown.iter().find(|d| d.id == hook.id).unwrap();
+    assert_eq!(
+        (
+            shown_hook.state,
+            shown_hook.attempts,
+            shown_hook.last_error.as_deref()
+        ),
+        (DeliveryState::Pending, 1, Some("HTTP 503"))
+    );
+    assert!(shown_hook.next_attempt_at.is_some());
+    let shown_failed = store.deliveries_of(&ns, &batched.id).await.unwrap();
+    assert_eq!(
+        (shown_failed[2].state, shown_failed[2].last_error.as_deref()),
+        (DeliveryState::Failed, Some("HTTP 404"))
+    );
+    // A retry comes due again, as the next try.
+    let again = claim_of(&store, &ns).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].id.as_str(), again[0].attempt),
+        (hook.id.as_str(), 2)
+    );
+    assert!(store
+        .settle_delivery(&hook.id, 2, &Settle::Delivered, Utc::now())
+        .await
+        .unwrap());
+    let delivered = store.deliveries_of(&ns, &single.id).await.unwrap();
+    let delivered = delivered.iter().find(|d| d.id == hook.id).unwrap();
+    assert_eq!(
+        (
+            delivered.state,
+            delivered.attempts,
+            delivered.last_error.as_deref()
+        ),
+        (DeliveryState::Delivered, 2, Some("HTTP 503")),
+        "a delivered delivery keeps the error of the try before"
+    );
+    assert!(delivered.next_attempt_at.is_none());
 }

@@ -177,7 +177,8 @@ pub trait InvocationStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<InvocationRequest>, StoreError>;
 
-    /// Retention: removes finished invocations (terminal records, with their logs) of any
+    /// Retention: removes finished invocations (terminal records, with their logs, idempotency
+    /// keys and destination deliveries) of any
     /// namespace last updated before `before`, oldest first, at most `limit` (clamped to
     /// 1..=1000), in one transaction; how many were removed. Queued and running records are never
     /// removed; dead letters are kept (an operator replays or deletes them).

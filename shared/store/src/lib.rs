@@ -14,6 +14,7 @@ use fnmesh_core::names::{FunctionName, Namespace};
 pub mod access;
 mod audit;
 mod common;
+mod deliveries;
 mod functions;
 mod invocations;
 pub mod postgres;
@@ -23,6 +24,7 @@ pub mod sqlite;
 
 pub use access::{AccessStore, NamespaceQuota, NamespaceUsage, RefreshTokenRecord};
 pub use audit::{AuditEntry, AuditFilter, AuditOutcome, AuditStore};
+pub use deliveries::{ClaimedDelivery, DeliveryStore, Settle};
 pub use functions::FunctionStore;
 pub use invocations::{
     FinishedInvocation, InvocationFilter, InvocationStore, Keyed, StoreSize, Written,
@@ -33,7 +35,8 @@ pub use secrets::{RegistryCredentialInfo, SecretInfo, SecretStore};
 /// `PostgresStore`): `use fnmesh_store::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AccessStore, AuditStore, FunctionStore, InvocationStore, MetadataStore, SecretStore,
+        AccessStore, AuditStore, DeliveryStore, FunctionStore, InvocationStore, MetadataStore,
+        SecretStore,
     };
 }
 
@@ -177,11 +180,19 @@ impl ApiKeyRecord {
 ///
 /// Every method taking a namespace is scoped by it: a row of another namespace is
 /// indistinguishable from an absent one. Each domain lives in its own supertrait ([`FunctionStore`], [`InvocationStore`],
-/// [`AccessStore`], [`AuditStore`], [`SecretStore`]); on `dyn MetadataStore` their methods are
+/// [`DeliveryStore`], [`AccessStore`], [`AuditStore`], [`SecretStore`]); on `dyn MetadataStore` their methods are
 /// callable without importing them, on a concrete store import them (see [`prelude`]).
 #[async_trait]
 pub trait MetadataStore:
-    FunctionStore + InvocationStore + AccessStore + AuditStore + SecretStore + Send + Sync + 'static
+    FunctionStore
+    + InvocationStore
+    + DeliveryStore
+    + AccessStore
+    + AuditStore
+    + SecretStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Checks the backend is reachable.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -162,6 +162,7 @@ async fn accept(
                 forwarded_to: None,
                 alias: None,
                 priority: Default::default(),
+                notify_destinations: false,
             };
             async move { store.insert_invocation(&request).await }
         })

@@ -124,6 +124,28 @@ impl Claims {
         self
     }
 
+    /// Adds a stream export of `subject` (wildcards allowed) to account claims: its messages
+    /// reach accounts that import it.
+    pub fn export_stream(mut self, name: &str, subject: &str) -> Self {
+        push(
+            &mut self.nats,
+            "exports",
+            json!({ "name": name, "subject": subject, "type": "stream" }),
+        );
+        self
+    }
+
+    /// Adds the import of `account`'s stream export `subject` to account claims (the
+    /// importer's users subscribe on the same subject).
+    pub fn import_stream(mut self, name: &str, account: &str, subject: &str) -> Self {
+        push(
+            &mut self.nats,
+            "imports",
+            json!({ "name": name, "subject": subject, "account": account, "type": "stream" }),
+        );
+        self
+    }
+
     /// A user's claims: its permissions, no other limits.
     pub fn user(subject: &str, name: &str, permissions: &UserPermissions) -> Self {
         let mut nats = Map::new();

@@ -4,8 +4,8 @@
 //! | account | who | what it has |
 //! |---|---|---|
 //! | `SYS` | the server | the system account |
-//! | `FNMESH` | gateways and nodes | JetStream (unlimited in its JWT), every fnmesh stream and subject; exports the request/reply service `fnmesh.v1.req.>` |
-//! | `CLIENTS` | NATS request/reply clients | no JetStream; imports only that service |
+//! | `FNMESH` | gateways and nodes | JetStream (unlimited in its JWT), every fnmesh stream and subject; exports the request/reply service `fnmesh.v1.req.>` and the stream of destinations `fnmesh.v1.dest.>` |
+//! | `CLIENTS` | NATS request/reply clients | no JetStream; imports only that service and that stream |
 //!
 //! One `.creds` file per role holds a user of these accounts whose permissions are the least
 //! the role needs ([`permissions`], built from [`crate::subjects`] for each region):
@@ -216,8 +216,9 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
     match role {
         Role::Client => UserPermissions {
             publish: vec![subjects::requests_every()],
-            // The client account holds nothing else: its inboxes are its own.
-            subscribe: vec!["_INBOX.>".to_owned()],
+            // The client account holds nothing else: its inboxes are its own, and the
+            // destinations gateways publish (imported).
+            subscribe: vec!["_INBOX.>".to_owned(), subjects::destinations_all()],
             responses: None,
             ..Default::default()
         },
@@ -229,6 +230,8 @@ pub fn permissions(role: Role, regions: &[BusPrefix]) -> UserPermissions {
                 subjects::jetstream_domain_api_all(),
                 // Acks of the streams that source edges' records into a hub.
                 subjects::jetstream_acks_all(),
+                // Functions' NATS destinations.
+                subjects::destinations_all(),
             ];
             let mut subscribe = vec![gw_inboxes, subjects::requests_all()];
             for p in regions {
@@ -471,11 +474,16 @@ pub fn init(options: &InitOptions, now: i64) -> Result<Written, InitError> {
     let system_jwt = Claims::account(&system.public_key(), "SYS", false).sign(&operator, now)?;
     let service = "fnmesh requests";
     let requests = subjects::requests_every();
+    // Destinations of finished invocations, published by gateways, read by clients.
+    let destinations = "fnmesh destinations";
+    let destination_subjects = subjects::destinations_all();
     let internal_jwt = Claims::account(&internal.public_key(), "FNMESH", true)
         .export_service(service, &requests)
+        .export_stream(destinations, &destination_subjects)
         .sign(&operator, now)?;
     let clients_jwt = Claims::account(&clients.public_key(), "CLIENTS", false)
         .import_service(service, &internal.public_key(), &requests)
+        .import_stream(destinations, &internal.public_key(), &destination_subjects)
         .sign(&operator, now)?;
 
     for (name, pair) in [

@@ -223,7 +223,17 @@ pub(crate) async fn insert_queued_in<E: SqlEngine>(
             returned.insert(row.text("id")?);
         }
     }
-    Ok(inserted_flags(requests, returned))
+    let inserted = inserted_flags(requests, returned);
+    if requests.iter().any(|r| r.notify_destinations) {
+        let new: Vec<&InvocationRequest> = requests
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, &inserted)| inserted)
+            .map(|(request, _)| *request)
+            .collect();
+        super::deliveries::insert_deliveries_in::<E>(conn, &new, now).await?;
+    }
+    Ok(inserted)
 }
 
 /// Inserts on `conn` (inside the caller's transaction) the records of `updates` that no record
@@ -296,15 +306,26 @@ impl<E: SqlEngine> InvocationStore for E {
         &self,
         request: &InvocationRequest,
     ) -> Result<InvocationResult, StoreError> {
-        // One statement: the record and its request are committed together.
-        let (record, insert) = insert_queued::<E>(request, Utc::now())?;
-        match execute(self, insert).await {
-            Ok(_) => Ok(record),
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Conflict(format!("invocation {}", record.id)))
+        // One statement: the record and its request are committed together (with its
+        // deliveries, when it has destinations, in one transaction).
+        let now = Utc::now();
+        let (record, insert) = insert_queued::<E>(request, now)?;
+        let conflict = |e: sqlx::Error| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("invocation {}", record.id))
+            } else {
+                e.into()
             }
-            Err(e) => Err(e.into()),
+        };
+        if !request.notify_destinations {
+            execute(self, insert).await.map_err(conflict)?;
+            return Ok(record);
         }
+        let mut tx = self.begin_write().await?;
+        E::execute(&mut tx, insert).await.map_err(conflict)?;
+        super::deliveries::insert_deliveries_in::<E>(&mut tx, &[request], now).await?;
+        tx.commit().await?;
+        Ok(record)
     }
 
     async fn insert_keyed_invocation(
@@ -377,6 +398,7 @@ impl<E: SqlEngine> InvocationStore for E {
             }
             Err(e) => return Err(e.into()),
         }
+        super::deliveries::insert_deliveries_in::<E>(&mut tx, &[request], now).await?;
         tx.commit().await?;
         Ok(Keyed::Inserted)
     }
@@ -514,6 +536,7 @@ impl<E: SqlEngine> InvocationStore for E {
         let mut removed = 0;
         for (table, column) in [
             ("idempotency_keys", "invocation_id"),
+            ("destination_deliveries", "invocation_id"),
             ("invocation_logs", "id"),
             ("invocations", "id"),
         ] {

@@ -25,6 +25,7 @@ use fnmesh_core::invocation::{InvocationLogs, InvocationRequest, InvocationResul
 
 mod access;
 mod audit;
+mod deliveries;
 mod functions;
 mod invocations;
 mod secrets;
