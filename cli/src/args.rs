@@ -360,6 +360,17 @@ pub struct GatewayArgs {
     /// Request bodies larger than this are refused with 413.
     #[arg(long, env = "FNMESH_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Code archives uploaded raw (`Content-Type: application/zip`, `application/gzip`,
+    /// `application/x-tar`) or as a multipart form larger than this are refused with 413;
+    /// they are spooled to disk, never held in memory.
+    #[arg(long, env = "FNMESH_MAX_ARCHIVE_BYTES",
+          default_value_t = fnmesh_gateway::DEFAULT_MAX_ARCHIVE_BYTES)]
+    pub max_archive_bytes: usize,
+    /// Code that unpacks to more than this is refused (at most 250 MiB, what nodes unpack).
+    #[arg(long, env = "FNMESH_MAX_UNPACKED_BYTES",
+          default_value_t = fnmesh_core::archive::DEFAULT_MAX_UNPACKED_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..=fnmesh_core::archive::DEFAULT_MAX_UNPACKED_BYTES))]
+    pub max_unpacked_bytes: u64,
     /// Seconds over which authentication failures (401) of one source and action are summed
     /// into one audit entry (at least 1).
     #[arg(long, env = "FNMESH_AUDIT_FAILURE_WINDOW_SECS", default_value_t = 10,

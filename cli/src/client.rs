@@ -66,12 +66,25 @@ impl ApiClient {
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> Result<(StatusCode, Value)> {
+        self.send(method, path, body, "application/json", headers)
+            .await
+    }
+
+    /// Sends `body` as `content_type` (a raw upload) with more request headers.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Value)> {
         let url = format!("{}{}", self.base, path);
         let mut req = self
             .http
             .request(method, &url)
             .bearer_auth(&self.key)
-            .header("content-type", "application/json");
+            .header("content-type", content_type);
         for (name, value) in headers {
             req = req.header(*name, *value);
         }

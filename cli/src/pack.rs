@@ -7,12 +7,15 @@ use anyhow::{bail, Context, Result};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-/// The bytes to upload for `path`.
-pub fn pack(path: &Path) -> Result<Vec<u8>> {
+/// The bytes to upload for `path`, and their `Content-Type`: a file as it is (a zip, tar,
+/// tar.gz or a single executable; the gateway tells them apart), a directory as a tar.gz.
+pub fn pack(path: &Path) -> Result<(Vec<u8>, &'static str)> {
     let meta = std::fs::symlink_metadata(path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     if meta.is_file() {
-        return std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok((bytes, "application/octet-stream"));
     }
     if !meta.is_dir() {
         bail!("{} is neither a file nor a directory", path.display());
@@ -21,7 +24,7 @@ pub fn pack(path: &Path) -> Result<Vec<u8>> {
     builder.follow_symlinks(false);
     add_dir(&mut builder, path, Path::new(""))?;
     let gz = builder.into_inner()?;
-    Ok(gz.finish()?)
+    Ok((gz.finish()?, "application/gzip"))
 }
 
 fn add_dir<W: std::io::Write>(

@@ -1,4 +1,5 @@
-//! Request bodies, read with the size cap enforced while reading.
+//! Request bodies, read with the size cap enforced while reading; function uploads
+//! ([`upload`]) as JSON, or as a raw archive or multipart form spooled to disk.
 //!
 //! A `Content-Length` over the cap is refused before anything is buffered; otherwise chunks
 //! are accumulated only while the total stays within the cap, so a chunked (or lying) body is
@@ -108,6 +109,268 @@ pub(crate) fn capped(
                     .map_err(ApiError::reject)
             }
         })
+}
+
+/// A function upload (`POST /v1/functions`, `PUT /v1/functions/{name}`): its fields as the
+/// JSON of the create or update body, and, for a raw archive or a multipart form, the code
+/// spooled to a temporary file (removed when this is dropped).
+pub(crate) struct Upload {
+    /// The JSON body; for a raw archive, an object built from the `Fnmesh-*` headers; for a
+    /// form, its `metadata` part.
+    pub(crate) fields: Bytes,
+    /// The code archive of a raw or multipart upload.
+    pub(crate) archive: Option<tempfile::TempPath>,
+}
+
+/// `Content-Type`s of a raw code archive (told apart again by magic bytes when unpacked).
+const ARCHIVE_TYPES: &[&str] = &[
+    "application/zip",
+    "application/gzip",
+    "application/x-gzip",
+    "application/x-tar",
+    "application/octet-stream",
+];
+
+/// The headers of a raw upload, the field of the JSON body each stands for, and whether
+/// its value is JSON (else a string).
+const FIELD_HEADERS: &[(&str, &str, bool)] = &[
+    ("fnmesh-name", "name", false),
+    ("fnmesh-runtime", "runtime", false),
+    ("fnmesh-handler", "handler", false),
+    ("fnmesh-image", "image", false),
+    ("fnmesh-mode", "mode", false),
+    ("fnmesh-port", "port", true),
+    ("fnmesh-config", "config", true),
+    ("fnmesh-metadata", "metadata", true),
+];
+
+/// Largest `metadata` part of a multipart upload.
+const MAX_FORM_FIELDS_BYTES: u64 = 64 * 1024;
+
+/// What a `Content-Type` makes of a body.
+enum BodyKind {
+    Json,
+    Archive,
+    Form(String),
+}
+
+fn body_kind(content_type: Option<&str>) -> Result<BodyKind, ApiError> {
+    let Some(content_type) = content_type else {
+        return Ok(BodyKind::Json);
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if ARCHIVE_TYPES.contains(&essence.as_str()) {
+        Ok(BodyKind::Archive)
+    } else if essence == "multipart/form-data" {
+        multer::parse_boundary(content_type)
+            .map(BodyKind::Form)
+            .map_err(|e| ApiError::BadRequest(format!("invalid multipart Content-Type: {e}")))
+    } else {
+        // JSON, and whatever a client sends JSON as (`curl -d` says form-urlencoded).
+        Ok(BodyKind::Json)
+    }
+}
+
+/// The fields of a raw upload, from its `Fnmesh-*` headers, as a JSON object.
+fn fields_from_headers(headers: &warp::http::HeaderMap) -> Result<Bytes, ApiError> {
+    let mut fields = serde_json::Map::new();
+    for (header, field, json) in FIELD_HEADERS {
+        let Some(value) = headers.get(*header) else {
+            continue;
+        };
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::BadRequest(format!("header {header} must be visible ASCII")))?;
+        let value = if *json {
+            serde_json::from_str(text)
+                .map_err(|e| ApiError::InvalidJson(format!("header {header} is not JSON: {e}")))?
+        } else {
+            serde_json::Value::String(text.to_owned())
+        };
+        fields.insert((*field).to_owned(), value);
+    }
+    serde_json::to_vec(&fields)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(format!("encoding upload fields: {e}")))
+}
+
+/// A new temporary file for a spooled upload, open for async writes.
+async fn spool_file() -> Result<(tokio::fs::File, tempfile::TempPath), ApiError> {
+    let file = tokio::task::spawn_blocking(|| {
+        tempfile::Builder::new().prefix("fnmesh-upload-").tempfile()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("spooling the upload: {e}")))?
+    .map_err(|e| ApiError::Internal(format!("spooling the upload: {e}")))?;
+    let (file, path) = file.into_parts();
+    Ok((tokio::fs::File::from_std(file), path))
+}
+
+/// Writes `body` to a temporary file, refusing more than `cap` bytes (413, as
+/// [`read_capped`]): the upload is never held in memory.
+async fn spool<S, B>(
+    content_length: Option<u64>,
+    drain: bool,
+    body: S,
+    cap: usize,
+) -> Result<tempfile::TempPath, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    use tokio::io::AsyncWriteExt as _;
+    let too_large = || ApiError::PayloadTooLarge { limit: cap };
+    let mut body = std::pin::pin!(body);
+    if content_length.is_some_and(|len| len > cap as u64) {
+        if drain && content_length.is_some_and(|len| len <= DRAIN_MAX_BYTES) {
+            discard(body.as_mut()).await;
+        }
+        return Err(too_large());
+    }
+    let (mut file, path) = spool_file().await?;
+    let mut written: usize = 0;
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
+        written = written.saturating_add(chunk.remaining());
+        if written > cap {
+            if drain {
+                discard(body.as_mut()).await;
+            }
+            tracing::info!(
+                http.cap_bytes = cap,
+                "code archive over the cap while reading"
+            );
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            file.write_all(part)
+                .await
+                .map_err(|e| ApiError::Internal(format!("spooling the upload: {e}")))?;
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    file.flush()
+        .await
+        .map_err(|e| ApiError::Internal(format!("spooling the upload: {e}")))?;
+    Ok(path)
+}
+
+/// Reads a multipart form of two parts: `metadata` (the JSON fields, at most 64 KiB) and
+/// `code` (the archive, spooled to a file, at most `cap` bytes).
+async fn read_form<S, B>(boundary: String, body: S, cap: usize) -> Result<Upload, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt as _;
+    let stream = body.map(|chunk| chunk.map(|mut buf| buf.copy_to_bytes(buf.remaining())));
+    let constraints = multer::Constraints::new()
+        .allowed_fields(vec!["metadata", "code"])
+        .size_limit(
+            multer::SizeLimit::new()
+                .whole_stream(cap as u64 + MAX_FORM_FIELDS_BYTES + 64 * 1024)
+                .for_field("metadata", MAX_FORM_FIELDS_BYTES)
+                .for_field("code", cap as u64),
+        );
+    let mut form = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let refused = |e: multer::Error| match e {
+        multer::Error::FieldSizeExceeded { .. } | multer::Error::StreamSizeExceeded { .. } => {
+            ApiError::PayloadTooLarge { limit: cap }
+        }
+        other => ApiError::BadRequest(format!("invalid multipart form: {other}")),
+    };
+    let mut fields = None;
+    let mut archive = None;
+    while let Some(mut field) = form.next_field().await.map_err(refused)? {
+        match field.name() {
+            Some("metadata") if fields.is_none() => {
+                fields = Some(field.bytes().await.map_err(refused)?);
+            }
+            Some("code") if archive.is_none() => {
+                let (mut file, path) = spool_file().await?;
+                while let Some(chunk) = field.chunk().await.map_err(refused)? {
+                    file.write_all(&chunk)
+                        .await
+                        .map_err(|e| ApiError::Internal(format!("spooling the upload: {e}")))?;
+                }
+                file.flush()
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("spooling the upload: {e}")))?;
+                archive = Some(path);
+            }
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "a multipart upload has one `metadata` part (JSON) and one `code` part"
+                        .to_owned(),
+                ))
+            }
+        }
+    }
+    let fields = fields.ok_or_else(|| {
+        ApiError::BadRequest("the multipart upload has no `metadata` part".to_owned())
+    })?;
+    Ok(Upload { fields, archive })
+}
+
+/// A filter extracting a function upload: a JSON body (capped at `config.max_body_bytes`), a
+/// raw archive (`Content-Type: application/zip`, `application/gzip`, `application/x-tar`;
+/// fields in `Fnmesh-*` headers) or a `multipart/form-data` form, the archive capped at
+/// `config.max_archive_bytes` and spooled to disk.
+pub(crate) fn upload(
+    state: State,
+) -> impl Filter<Extract = (Upload,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::header::headers_cloned()
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .and_then(
+            move |headers: warp::http::HeaderMap, len: Option<u64>, stream| {
+                let state = state.clone();
+                async move {
+                    let content_type = headers
+                        .get(warp::http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok());
+                    let drain = !headers
+                        .get(warp::http::header::EXPECT)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+                    let archive_cap = state.config.max_archive_bytes;
+                    let upload = match body_kind(content_type) {
+                        Ok(BodyKind::Json) => {
+                            read_capped(len, drain, stream, state.config.max_body_bytes)
+                                .await
+                                .map(|fields| Upload {
+                                    fields,
+                                    archive: None,
+                                })
+                        }
+                        Ok(BodyKind::Archive) => match fields_from_headers(&headers) {
+                            Ok(fields) => {
+                                spool(len, drain, stream, archive_cap)
+                                    .await
+                                    .map(|path| Upload {
+                                        fields,
+                                        archive: Some(path),
+                                    })
+                            }
+                            Err(e) => Err(e),
+                        },
+                        Ok(BodyKind::Form(boundary)) => {
+                            read_form(boundary, stream, archive_cap).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    upload.map_err(ApiError::reject)
+                }
+            },
+        )
 }
 
 #[cfg(test)]

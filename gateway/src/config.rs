@@ -6,6 +6,8 @@ use std::time::Duration;
 use fnmesh_core::archive::ArchiveLimits;
 use fnmesh_ratelimit::RateLimit;
 
+/// Default cap of a code archive uploaded raw or as a form (50 MiB, as Lambda's zipped limit).
+pub const DEFAULT_MAX_ARCHIVE_BYTES: usize = 50 * 1024 * 1024;
 /// Default body cap (6 MiB: a 4.5 MiB archive plus base64 overhead).
 pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
@@ -18,6 +20,9 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Limits on uploaded code archives.
     pub archive: ArchiveLimits,
+    /// Largest code archive uploaded raw or in a multipart form (spooled to disk, never held
+    /// in memory); the JSON body keeps `max_body_bytes`.
+    pub max_archive_bytes: usize,
     /// How long a sync invocation waits beyond the function's `timeout_ms`.
     pub sync_grace: Duration,
     /// The limit applied to each API key; `None` disables rate limiting.
@@ -72,6 +77,7 @@ impl Default for GatewayConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             archive: ArchiveLimits::default(),
+            max_archive_bytes: DEFAULT_MAX_ARCHIVE_BYTES,
             sync_grace: Duration::from_secs(5),
             default_rate_limit: Some(RateLimit {
                 per_second: 1000,

@@ -50,8 +50,8 @@ pub(crate) mod writes;
 
 pub use catalog::{CatalogError, CatalogLink, HubCodeOpener};
 pub use config::{
-    namespace_rate_limit, rate_limit_setting, ConfigError, GatewayConfig, DEFAULT_NAMESPACE_BURST,
-    DEFAULT_NAMESPACE_RATE,
+    namespace_rate_limit, rate_limit_setting, ConfigError, GatewayConfig,
+    DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_NAMESPACE_BURST, DEFAULT_NAMESPACE_RATE,
 };
 pub use error::{ApiError, GatewayError};
 pub use server::Gateway;

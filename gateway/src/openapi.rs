@@ -276,6 +276,52 @@ pub(crate) struct RegionList {
     items: Vec<crate::uplink::status::RegionStatus>,
 }
 
+/// A code archive uploaded as the body: a zip, a tar.gz or a tar (at most
+/// `FNMESH_MAX_ARCHIVE_BYTES`, 50 MiB by default).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub(crate) struct Archive(Vec<u8>);
+
+/// A function upload as a multipart form.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct UploadForm {
+    /// The fields of the JSON body, without `code`.
+    metadata: serde_json::Value,
+    /// The code archive.
+    #[schema(value_type = String, format = Binary)]
+    code: Vec<u8>,
+}
+
+/// The fields of a raw upload (the code archive as the body), one header each.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct UploadHeaders {
+    /// `python3`, `nodejs`, `exec` or `image`.
+    #[param(rename = "Fnmesh-Runtime")]
+    runtime: Option<String>,
+    /// What to call.
+    #[param(rename = "Fnmesh-Handler")]
+    handler: Option<String>,
+    /// The config, as JSON.
+    #[param(rename = "Fnmesh-Config")]
+    config: Option<String>,
+    /// The metadata, as JSON.
+    #[param(rename = "Fnmesh-Metadata")]
+    metadata: Option<String>,
+    /// `image`: the name of the image in the archive.
+    #[param(rename = "Fnmesh-Image")]
+    image: Option<String>,
+    /// `image`: `exec` or `http`.
+    #[param(rename = "Fnmesh-Mode")]
+    mode: Option<String>,
+    /// `image`, mode `http`: the server's port.
+    #[param(rename = "Fnmesh-Port")]
+    port: Option<String>,
+}
+
 /// The Bearer scheme: an API key or an access token.
 struct BearerAuth;
 

@@ -168,13 +168,13 @@ fn function_path(sub: FunctionSub) -> impl Filter<Extract = (String,), Error = R
 
 fn functions_routes(state: State) -> BoxedFilter<(Response,)> {
     let s = state;
-    let body = body::capped(s.clone());
+    let upload = body::upload(s.clone());
 
     let create = warp::path!("v1" / "functions")
         .and(warp::post())
         .and(with_state(s.clone()))
         .and(authed(s.clone()))
-        .and(body.clone())
+        .and(upload.clone())
         .then(functions::create::handle)
         .map(into_reply);
     let list = warp::path!("v1" / "functions")
@@ -197,9 +197,9 @@ fn functions_routes(state: State) -> BoxedFilter<(Response,)> {
         .and(warp::put())
         .and(with_state(s.clone()))
         .and(authed(s.clone()))
-        .and(body.clone())
-        .then(|name: String, state, principal, body: Bytes| {
-            functions::update::handle(state, principal, name, body)
+        .and(upload.clone())
+        .then(|name: String, state, principal, upload: body::Upload| {
+            functions::update::handle(state, principal, name, upload)
         })
         .map(into_reply);
     let delete = function_path(FunctionSub::Item)
@@ -220,7 +220,7 @@ fn functions_routes(state: State) -> BoxedFilter<(Response,)> {
         .and(authed(s.clone()))
         .and(warp::query::<invocations::invoke::InvokeQuery>())
         .and(warp::header::headers_cloned())
-        .and(body)
+        .and(body::capped(s.clone()))
         .then(
             |name: String, state, principal, query, headers, body: Bytes| {
                 invocations::invoke::handle(state, principal, name, query, headers, body)

@@ -8,6 +8,10 @@
 -- cancel). Gateways then claim due rows (`next_at` moved past a lease, `SKIP LOCKED`), send
 -- them and settle them: `delivered`, `failed`, or `pending` again at a later `next_at`.
 -- Mirrors migrations/sqlite/0012_destinations.sql.
+-- Whether an invocation has deliveries: the trigger below fires only for those (a record
+-- without destinations costs no trigger call when it finishes).
+ALTER TABLE invocations ADD COLUMN destinations boolean NOT NULL DEFAULT false;
+
 CREATE TABLE destination_deliveries (
     id            uuid             NOT NULL PRIMARY KEY,
     invocation_id uuid             NOT NULL,
@@ -46,6 +50,7 @@ $$;
 CREATE TRIGGER destination_deliveries_ready
 AFTER UPDATE OF status ON invocations
 FOR EACH ROW
-WHEN (NEW.status IN ('succeeded', 'failed', 'timeout', 'dead_lettered', 'cancelled')
+WHEN (NEW.destinations
+      AND NEW.status IN ('succeeded', 'failed', 'timeout', 'dead_lettered', 'cancelled')
       AND OLD.status IS DISTINCT FROM NEW.status)
 EXECUTE FUNCTION destination_deliveries_ready();

@@ -8,6 +8,10 @@
 -- cancel). Gateways then claim due rows (`next_at` moved past a lease), send them and settle
 -- them: `delivered`, `failed`, or `pending` again at a later `next_at` (backoff).
 -- Mirrors migrations/postgres/0011_destinations.sql.
+-- Whether an invocation has deliveries: the trigger below fires only for those (a record
+-- without destinations costs no trigger call when it finishes).
+ALTER TABLE invocations ADD COLUMN destinations INTEGER NOT NULL DEFAULT 0;
+
 CREATE TABLE destination_deliveries (
     id            TEXT    NOT NULL PRIMARY KEY,
     invocation_id TEXT    NOT NULL,
@@ -29,7 +33,8 @@ CREATE INDEX destination_deliveries_due ON destination_deliveries (next_at)
 
 CREATE TRIGGER destination_deliveries_ready
 AFTER UPDATE OF status ON invocations
-WHEN NEW.status IN ('succeeded', 'failed', 'timeout', 'dead_lettered', 'cancelled')
+WHEN NEW.destinations = 1
+     AND NEW.status IN ('succeeded', 'failed', 'timeout', 'dead_lettered', 'cancelled')
      AND OLD.status <> NEW.status
 BEGIN
     UPDATE destination_deliveries

@@ -1,7 +1,6 @@
 //! `fnmesh fn deploy|list|get|delete|versions|alias`.
 
 use anyhow::{bail, Context, Result};
-use base64::Engine;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 
@@ -160,49 +159,64 @@ async fn deploy(args: DeployArgs, as_json: bool) -> Result<()> {
         }
         config.insert("environment".into(), Value::Object(env));
     }
-    let code = source.map(|source| {
-        json!({
-            "source": base64::engine::general_purpose::STANDARD.encode(&source),
-            "source_type": "inline",
-        })
-    });
-    let mut update = Map::new();
-    update.insert("runtime".into(), json!(args.runtime));
-    update.insert("handler".into(), json!(args.handler));
-    update.insert("config".into(), Value::Object(config));
-    if let Some(code) = code {
-        update.insert("code".into(), code);
-    }
-    for (field, value) in [
-        ("image", args.image.as_ref().map(|v| json!(v))),
-        ("mode", args.mode.as_ref().map(|v| json!(v))),
-        ("port", args.port.map(|v| json!(v))),
+    // The code goes as the body (a raw upload, up to the gateway's archive cap rather than
+    // its JSON body cap), the other fields as headers; an image by reference has no code and
+    // goes as JSON.
+    let mut fields: Vec<(&str, String)> = vec![
+        ("fnmesh-runtime", args.runtime.clone()),
+        ("fnmesh-handler", args.handler.clone()),
+        ("fnmesh-config", ascii_json(&Value::Object(config.clone()))),
+    ];
+    for (header, value) in [
+        ("fnmesh-image", args.image.clone()),
+        ("fnmesh-mode", args.mode.clone()),
+        ("fnmesh-port", args.port.map(|p| p.to_string())),
     ] {
         if let Some(value) = value {
-            update.insert(field.into(), value);
+            fields.push((header, value));
         }
     }
-    let mut create = update.clone();
-    create.insert("name".into(), json!(args.name));
-    let (create, update) = (Value::Object(create), Value::Object(update));
-    let created = api
-        .call(
-            Method::POST,
-            "/v1/functions",
-            Some(serde_json::to_vec(&create)?),
-        )
-        .await;
+    let send = |method: Method, path: String, create: bool| {
+        let api = &api;
+        let source = source.clone();
+        let mut fields = fields.clone();
+        let name = args.name.clone();
+        let config = config.clone();
+        async move {
+            if create {
+                fields.push(("fnmesh-name", name));
+            }
+            match source {
+                Some((bytes, content_type)) => {
+                    let headers: Vec<(&str, &str)> =
+                        fields.iter().map(|(h, v)| (*h, v.as_str())).collect();
+                    api.send(method, &path, Some(bytes), content_type, &headers)
+                        .await
+                }
+                None => {
+                    let mut body = Map::new();
+                    for (header, value) in &fields {
+                        let field = header.trim_start_matches("fnmesh-");
+                        let value = match *header {
+                            "fnmesh-config" => Value::Object(config.clone()),
+                            "fnmesh-port" => json!(value.parse::<u16>().unwrap_or_default()),
+                            _ => json!(value),
+                        };
+                        body.insert(field.to_owned(), value);
+                    }
+                    api.call(method, &path, Some(serde_json::to_vec(&body)?))
+                        .await
+                }
+            }
+        }
+    };
+    let created = send(Method::POST, "/v1/functions".to_owned(), true).await;
     let function = match created {
         Ok((_, f)) => f,
         Err(e) => match e.downcast_ref::<ApiFailure>() {
             Some(f) if f.status == StatusCode::CONFLICT => {
-                let (_, f) = api
-                    .call(
-                        Method::PUT,
-                        &format!("/v1/functions/{}", args.name),
-                        Some(serde_json::to_vec(&update)?),
-                    )
-                    .await?;
+                let (_, f) =
+                    send(Method::PUT, format!("/v1/functions/{}", args.name), false).await?;
                 f
             }
             _ => return Err(e),
@@ -223,6 +237,22 @@ async fn deploy(args: DeployArgs, as_json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// JSON with every non-ASCII character escaped (`\uXXXX`), so it fits in a header.
+fn ascii_json(value: &Value) -> String {
+    let mut out = String::new();
+    for c in value.to_string().chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// `fnmesh fn alias …`.

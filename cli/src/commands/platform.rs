@@ -181,6 +181,11 @@ pub async fn open_gateway(
     let config = GatewayConfig {
         listen: args.listen,
         max_body_bytes: args.max_body_bytes,
+        max_archive_bytes: args.max_archive_bytes,
+        archive: fnmesh_core::archive::ArchiveLimits {
+            max_unpacked_bytes: args.max_unpacked_bytes,
+            ..Default::default()
+        },
         drain_timeout: Duration::from_secs(common.drain_secs),
         default_rate_limit: (backends.key_rate_per_second > 0).then(|| RateLimit {
             per_second: backends.key_rate_per_second,

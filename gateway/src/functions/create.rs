@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use chrono::Utc;
 use fnmesh_core::{Function, FunctionConfig, FunctionId, Runtime};
 use serde::Deserialize;
@@ -12,9 +11,10 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::{
-    check_metadata, merge_config, parse_json, parse_name, parse_runtime, store_code, CodeBody,
+    check_metadata, merge_config, parse_json, parse_name, parse_runtime, store_code, Code, CodeBody,
 };
 use crate::auth::{Action, Principal};
+use crate::body::Upload;
 use crate::error::ApiError;
 use crate::state::State;
 
@@ -52,15 +52,16 @@ pub(crate) struct CreateFunction {
 }
 
 /// Handles the request.
-#[utoipa::path(post, path = "/v1/functions", tag = "functions", request_body = CreateFunction, responses((status = 201, description = "Created: version 1", body = fnmesh_core::Function), (status = 409, description = "Exists already", body = crate::openapi::ErrorBody), (status = 413, description = "Body over the cap", body = crate::openapi::ErrorBody), crate::openapi::Errors))]
+#[utoipa::path(post, path = "/v1/functions", tag = "functions", params(crate::openapi::UploadHeaders, ("Fnmesh-Name" = Option<String>, Header, description = "Raw upload: the function's name")), request_body(content((CreateFunction = "application/json"), (crate::openapi::UploadForm = "multipart/form-data"), (crate::openapi::Archive = "application/zip"), (crate::openapi::Archive = "application/gzip"), (crate::openapi::Archive = "application/x-tar")), description = "The function as JSON (code as base64), or its code archive as the body (fields in `Fnmesh-*` headers), or a form of `metadata` (JSON) and `code`"), responses((status = 201, description = "Created: version 1", body = fnmesh_core::Function), (status = 409, description = "Exists already", body = crate::openapi::ErrorBody), (status = 413, description = "Body over the cap", body = crate::openapi::ErrorBody), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,
-    body: Bytes,
+    upload: Upload,
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Deploy)?;
     state.catalog.check_writable()?;
-    let req: CreateFunction = parse_json(&body)?;
+    let req: CreateFunction = parse_json(&upload.fields)?;
+    let code = Code::of(req.code.as_ref(), upload.archive.as_ref())?;
     let name = parse_name(&req.name)?;
     crate::audit::note_target(format!("function/{name}"));
     principal.authorize_function(Action::Deploy, &name)?;
@@ -90,14 +91,15 @@ pub(crate) async fn handle(
     };
     let (code, image) = if runtime == Runtime::Image {
         let (image, code) =
-            super::image::deploy(&state, &principal.namespace, &fields, req.code.as_ref()).await?;
+            super::image::deploy(&state, &principal.namespace, &fields, code.as_ref()).await?;
         (code, Some(image))
     } else {
         super::image::refuse_for_other_runtimes(&fields)?;
-        let code = req
-            .code
-            .as_ref()
-            .ok_or_else(|| ApiError::InvalidJson("invalid body: missing field `code`".into()))?;
+        let code = code.as_ref().ok_or_else(|| {
+            ApiError::InvalidJson(
+                "invalid body: missing field `code` (or upload the archive as the body)".into(),
+            )
+        })?;
         (store_code(&state, code, handler_file).await?, None)
     };
     let now = Utc::now();

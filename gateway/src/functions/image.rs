@@ -22,7 +22,7 @@ use fnmesh_image::layout::{BlobSource, Image, OCI_MANIFEST};
 use fnmesh_image::registry::ImageRef;
 use fnmesh_image::{Digest, ImageError};
 
-use super::CodeBody;
+use super::Code;
 use crate::error::ApiError;
 use crate::state::State;
 
@@ -76,7 +76,7 @@ pub(crate) async fn deploy(
     state: &State,
     namespace: &fnmesh_core::Namespace,
     fields: &ImageFields,
-    code: Option<&CodeBody>,
+    code: Option<&Code<'_>>,
 ) -> Result<(ImageSpec, CodeInfo), ApiError> {
     let (mode, port) = mode_and_port(fields)?;
     match code {
@@ -198,11 +198,11 @@ fn tar_of(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, ApiError> {
 async fn from_archive(
     state: &State,
     name: Option<&str>,
-    code: &CodeBody,
+    code: &Code<'_>,
     mode: ImageMode,
     port: Option<u16>,
 ) -> Result<(ImageSpec, CodeInfo), ApiError> {
-    let decoded = code.decode()?;
+    let decoded = code.bytes().await?;
     let _permit = state
         .normalize_permits
         .acquire()

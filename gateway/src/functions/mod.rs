@@ -63,6 +63,43 @@ impl CodeBody {
     }
 }
 
+/// The code of an upload: inline (`code.source`, base64 in the JSON body) or an archive
+/// spooled to disk (a raw or multipart upload, [`crate::body::Upload`]).
+pub(crate) enum Code<'a> {
+    /// Base64 in the JSON body.
+    Inline(&'a CodeBody),
+    /// A file the upload was spooled to.
+    Spooled(&'a std::path::Path),
+}
+
+impl<'a> Code<'a> {
+    /// The upload's code, if it has one: `code` of the JSON fields or the spooled archive,
+    /// not both.
+    pub(crate) fn of(
+        inline: Option<&'a CodeBody>,
+        spooled: Option<&'a tempfile::TempPath>,
+    ) -> Result<Option<Self>, ApiError> {
+        match (inline, spooled) {
+            (Some(_), Some(_)) => Err(ApiError::BadRequest(
+                "the code is uploaded as the body: the fields must not have `code` too".into(),
+            )),
+            (Some(body), None) => Ok(Some(Self::Inline(body))),
+            (None, Some(path)) => Ok(Some(Self::Spooled(path))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The whole upload in memory (image archives, whose layers are read at random).
+    pub(crate) async fn bytes(&self) -> Result<Vec<u8>, ApiError> {
+        match self {
+            Self::Inline(body) => body.decode(),
+            Self::Spooled(path) => tokio::fs::read(path)
+                .await
+                .map_err(|e| ApiError::Internal(format!("reading the spooled upload: {e}"))),
+        }
+    }
+}
+
 /// `?limit=&cursor=` of listings.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -172,13 +209,21 @@ pub(crate) fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), 
     Ok(())
 }
 
-/// Decodes, normalises and stores uploaded code; `handler_file` must be in it.
+/// Decodes, normalises and stores uploaded code; `handler_file` must be in it. The stored
+/// form is the normalized tar, gzip-compressed; a spooled upload is read from its file.
 pub(crate) async fn store_code(
     state: &State,
-    code: &CodeBody,
+    code: &Code<'_>,
     handler_file: String,
 ) -> Result<CodeInfo, ApiError> {
-    let decoded = code.decode()?;
+    enum Source {
+        Bytes(Vec<u8>),
+        File(std::path::PathBuf),
+    }
+    let source = match code {
+        Code::Inline(body) => Source::Bytes(body.decode()?),
+        Code::Spooled(path) => Source::File(path.to_path_buf()),
+    };
     let limits = state.config.archive;
     let _permit = state
         .normalize_permits
@@ -186,11 +231,36 @@ pub(crate) async fn store_code(
         .await
         .map_err(|e| ApiError::Internal(format!("normalisation permits closed: {e}")))?;
     let started = std::time::Instant::now();
-    let source_bytes = decoded.len();
-    let tar =
-        tokio::task::spawn_blocking(move || archive::normalize(&decoded, &handler_file, &limits))
-            .await
-            .map_err(|e| ApiError::Internal(format!("code normalisation task failed: {e}")))??;
+    let (tar, source_bytes) = tokio::task::spawn_blocking(move || {
+        let staging = std::env::temp_dir();
+        let packing = archive::Packing::TarGz;
+        match source {
+            Source::Bytes(bytes) => archive::normalize_reader(
+                std::io::Cursor::new(&bytes),
+                &handler_file,
+                &limits,
+                &staging,
+                packing,
+            )
+            .map(|tar| (tar, bytes.len() as u64)),
+            Source::File(path) => {
+                let file = std::fs::File::open(&path)?;
+                let len = file.metadata()?.len();
+                archive::normalize_reader(file, &handler_file, &limits, &staging, packing)
+                    .map(|tar| (tar, len))
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("code normalisation task failed: {e}")))??;
+    if tar.len() > fnmesh_code::MAX_BLOB_BYTES {
+        return Err(ApiError::InvalidArchive(format!(
+            "the code is {} bytes once normalized and compressed; the code store keeps at \
+             most {} bytes",
+            tar.len(),
+            fnmesh_code::MAX_BLOB_BYTES
+        )));
+    }
     let size = tar.len() as u64;
     let checksum = state.backends.code.put(Bytes::from(tar)).await?;
     tracing::info!(

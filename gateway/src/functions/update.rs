@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use chrono::Utc;
 use fnmesh_core::archive;
 use fnmesh_core::{Function, Runtime};
@@ -16,9 +15,10 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::{
-    check_metadata, merge_config, parse_json, parse_name, parse_runtime, store_code, CodeBody,
+    check_metadata, merge_config, parse_json, parse_name, parse_runtime, store_code, Code, CodeBody,
 };
 use crate::auth::{Action, Principal};
+use crate::body::Upload;
 use crate::error::ApiError;
 use crate::state::State;
 
@@ -58,18 +58,19 @@ pub(crate) struct UpdateFunction {
 }
 
 /// Handles the request.
-#[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$")), request_body = UpdateFunction, responses((status = 200, description = "The new version", body = fnmesh_core::Function), (status = 413, description = "Body over the cap", body = crate::openapi::ErrorBody), crate::openapi::Errors))]
+#[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name", pattern = "^[a-z][a-z0-9-]{0,62}$"), crate::openapi::UploadHeaders), request_body(content((UpdateFunction = "application/json"), (crate::openapi::UploadForm = "multipart/form-data"), (crate::openapi::Archive = "application/zip"), (crate::openapi::Archive = "application/gzip"), (crate::openapi::Archive = "application/x-tar")), description = "The changes as JSON (code as base64), or a new code archive as the body (fields in `Fnmesh-*` headers), or a form of `metadata` (JSON) and `code`"), responses((status = 200, description = "The new version", body = fnmesh_core::Function), (status = 413, description = "Body over the cap", body = crate::openapi::ErrorBody), crate::openapi::Errors))]
 pub(crate) async fn handle(
     state: State,
     principal: Principal,
     raw_name: String,
-    body: Bytes,
+    upload: Upload,
 ) -> Result<Response, ApiError> {
     principal.authorize(Action::Deploy)?;
     state.catalog.check_writable()?;
     let name = parse_name(&raw_name)?;
     principal.authorize_function(Action::Deploy, &name)?;
-    let req: UpdateFunction = parse_json(&body)?;
+    let req: UpdateFunction = parse_json(&upload.fields)?;
+    let code = Code::of(req.code.as_ref(), upload.archive.as_ref())?;
     if let Some(body_name) = &req.name {
         if body_name != name.as_str() {
             return Err(ApiError::InvalidName(
@@ -105,14 +106,14 @@ pub(crate) async fn handle(
         port: req.port,
     };
     let mut image = None;
-    let code = match &req.code {
+    let code = match &code {
         _ if runtime == Runtime::Image => {
             let (spec, code) = match &latest.image {
-                Some(previous) if req.code.is_none() && fields.image.is_none() => {
+                Some(previous) if code.is_none() && fields.image.is_none() => {
                     super::image::with_mode(&state, previous, &latest.code, &fields).await?
                 }
                 _ => {
-                    super::image::deploy(&state, &principal.namespace, &fields, req.code.as_ref())
+                    super::image::deploy(&state, &principal.namespace, &fields, code.as_ref())
                         .await?
                 }
             };

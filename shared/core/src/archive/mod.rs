@@ -4,14 +4,16 @@
 //! [`normalize`] unpacks it into a fresh staging directory — refusing absolute paths, `..`,
 //! links, devices and fifos, and enforcing [`ArchiveLimits`] on the bytes actually inflated, never
 //! on declared sizes — then re-packs it as a deterministic tar: sorted paths, zero mtimes,
-//! uid/gid 0, modes 0644/0755 only, no links. That tar is what the code store keeps and what
-//! nodes [`unpack`] (with the same checks) before running a function.
+//! uid/gid 0, modes 0644/0755 only, no links. That tar, gzip-compressed ([`Packing::TarGz`]),
+//! is what the code store keeps of function code and what nodes [`unpack`] (with the same
+//! checks) before running a function. [`normalize_reader`] reads the upload from a file, so a
+//! large upload spooled to disk is never held in memory; only the compressed result is.
 //!
 //! Files are only ever written at paths built from validated components under the staging root,
 //! with `create_new`, and no symlink is ever created, so nothing can be written outside it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Cursor, Read, Write};
+use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +21,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// Default cap on the total unpacked size of an archive (50 MiB).
-pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 50 * 1024 * 1024;
+/// Default cap on the total unpacked size of an archive (250 MiB, as Lambda's).
+pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 250 * 1024 * 1024;
 /// Default cap on the number of entries of an archive.
 pub const DEFAULT_MAX_ENTRIES: u32 = 10_000;
 /// Longest accepted entry path, in bytes.
@@ -100,6 +102,36 @@ pub fn normalize_in(
     limits: &ArchiveLimits,
     staging_parent: &Path,
 ) -> Result<Vec<u8>, ArchiveError> {
+    normalize_reader(
+        Cursor::new(source),
+        handler_file,
+        limits,
+        staging_parent,
+        Packing::Tar,
+    )
+}
+
+/// How a normalized tree is packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// A plain deterministic tar.
+    Tar,
+    /// The same tar, gzip-compressed (deterministic: no name, zero mtime, one level): what
+    /// the code store keeps of function code, so an archive that unpacks to hundreds of MiB
+    /// is stored and moved compressed. [`unpack`] and [`contains_file`] read both.
+    TarGz,
+}
+
+/// [`normalize_in`] reading the upload from `source` (a file, or bytes in a `Cursor`), so an
+/// upload spooled to disk is never read into memory whole; the result is packed as `packing`
+/// says. Only the packed result is held in memory.
+pub fn normalize_reader<R: Read + Seek>(
+    mut source: R,
+    handler_file: &str,
+    limits: &ArchiveLimits,
+    staging_parent: &Path,
+    packing: Packing,
+) -> Result<Vec<u8>, ArchiveError> {
     let handler_components = validate_path(handler_file)?;
     if handler_components.is_empty() {
         return Err(ArchiveError::MissingHandler(handler_file.to_owned()));
@@ -108,13 +140,19 @@ pub fn normalize_in(
         .prefix("fnmesh-code-")
         .tempdir_in(staging_parent)?;
     let mut tree = Tree::new(staging.path(), limits);
-    match detect(source) {
+    let mut head = Vec::with_capacity(512);
+    (&mut source).take(512).read_to_end(&mut head)?;
+    source.seek(SeekFrom::Start(0))?;
+    match detect(&head) {
         Format::Zip => unpack_zip(source, &mut tree)?,
-        Format::Gzip => unpack_tar(flate2::read::GzDecoder::new(source), &mut tree)?,
-        Format::Tar => unpack_tar(source, &mut tree)?,
+        Format::Gzip => unpack_tar(
+            flate2::read::GzDecoder::new(io::BufReader::new(source)),
+            &mut tree,
+        )?,
+        Format::Tar => unpack_tar(io::BufReader::new(source), &mut tree)?,
         Format::Single => {
             tree.count_entry()?;
-            tree.write_file(&handler_components, &mut &source[..], true, handler_file)?;
+            tree.write_file(&handler_components, &mut source, true, handler_file)?;
         }
     }
     let handler_path = tree.path_of(&handler_components);
@@ -122,23 +160,47 @@ pub fn normalize_in(
         Ok(meta) if meta.file_type().is_file() => {}
         _ => return Err(ArchiveError::MissingHandler(handler_file.to_owned())),
     }
-    let tar = pack(staging.path())?;
+    let packed = match packing {
+        Packing::Tar => pack(staging.path(), Vec::new())?,
+        Packing::TarGz => {
+            let gz = flate2::GzBuilder::new()
+                .mtime(0)
+                .write(Vec::new(), flate2::Compression::default());
+            pack(staging.path(), gz)?.finish()?
+        }
+    };
     staging.close()?;
-    Ok(tar)
+    Ok(packed)
 }
 
-/// Unpacks a normalized tar into `dest` (creating it), with the same checks as [`normalize`].
-/// `dest` should be new or empty: an entry whose path already exists there is refused as a
-/// duplicate, never overwritten.
+/// Unpacks a normalized tar (plain or gzip-compressed, [`Packing`]) into `dest` (creating it),
+/// with the same checks as [`normalize`]. `dest` should be new or empty: an entry whose path
+/// already exists there is refused as a duplicate, never overwritten.
 pub fn unpack(tar: &[u8], dest: &Path, limits: &ArchiveLimits) -> Result<(), ArchiveError> {
     fs::create_dir_all(dest)?;
     let mut tree = Tree::new(dest, limits);
-    unpack_tar(tar, &mut tree)
+    if is_gzip(tar) {
+        unpack_tar(flate2::read::GzDecoder::new(tar), &mut tree)
+    } else {
+        unpack_tar(tar, &mut tree)
+    }
 }
 
-/// Whether `path` is a regular file of a (normalized) tar, e.g. to check that a new handler
-/// exists in code that is kept across an update.
+fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b])
+}
+
+/// Whether `path` is a regular file of a normalized tar (plain or gzip-compressed), e.g. to
+/// check that a new handler exists in code that is kept across an update.
 pub fn contains_file(tar: &[u8], path: &str) -> Result<bool, ArchiveError> {
+    if is_gzip(tar) {
+        contains_file_in(flate2::read::GzDecoder::new(tar), path)
+    } else {
+        contains_file_in(tar, path)
+    }
+}
+
+fn contains_file_in<R: Read>(tar: R, path: &str) -> Result<bool, ArchiveError> {
     let wanted = validate_path(path)?.join("/");
     let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().map_err(read_error)? {
@@ -352,9 +414,9 @@ fn read_error(e: io::Error) -> ArchiveError {
     ArchiveError::InvalidArchive(e.to_string())
 }
 
-fn unpack_zip(source: &[u8], tree: &mut Tree<'_>) -> Result<(), ArchiveError> {
-    let mut archive = zip::ZipArchive::new(Cursor::new(source))
-        .map_err(|e| ArchiveError::InvalidArchive(e.to_string()))?;
+fn unpack_zip<R: Read + Seek>(source: R, tree: &mut Tree<'_>) -> Result<(), ArchiveError> {
+    let mut archive =
+        zip::ZipArchive::new(source).map_err(|e| ArchiveError::InvalidArchive(e.to_string()))?;
     if archive.len() > tree.limits.max_entries as usize {
         return Err(ArchiveError::TooManyEntries);
     }
@@ -477,11 +539,12 @@ fn unpack_tar_entries<R: Read>(source: R, tree: &mut Tree<'_>) -> Result<(), Arc
 }
 
 /// Packs everything under `root` as a deterministic tar.
-fn pack(root: &Path) -> Result<Vec<u8>, ArchiveError> {
+/// Packs the tree at `root` as a deterministic tar into `out`; returns `out`.
+fn pack<W: Write>(root: &Path, out: W) -> Result<W, ArchiveError> {
     let mut items = Vec::new();
     collect(root, "", &mut items)?;
     items.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut builder = tar::Builder::new(Vec::new());
+    let mut builder = tar::Builder::new(out);
     for (rel, kind) in items {
         let mut header = tar::Header::new_gnu();
         header.set_mtime(0);

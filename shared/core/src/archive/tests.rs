@@ -3,8 +3,12 @@
 use super::*;
 use zip::write::SimpleFileOptions;
 
+/// The bombs below are 60 MiB: the cap they meet is 50 MiB (the default is 250 MiB).
 fn limits() -> ArchiveLimits {
-    ArchiveLimits::default()
+    ArchiveLimits {
+        max_unpacked_bytes: 50 * 1024 * 1024,
+        ..ArchiveLimits::default()
+    }
 }
 
 /// A sandbox: `outer/staging-parent` is where staging dirs go; after each call `outer` must
@@ -423,4 +427,84 @@ fn broken_archives_are_invalid() {
         Err(ArchiveError::InvalidArchive(_))
     ));
     sb.assert_untouched();
+}
+
+#[test]
+fn a_spooled_upload_is_normalized_from_its_file_into_a_compressed_tar() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = vec![b'a'; 3 * 1024 * 1024];
+    let source = zip_of(&[
+        ("main.py", b"def handle(e, c):\n    return 1\n", None),
+        ("data/big.txt", &big, None),
+    ]);
+    let path = dir.path().join("upload.zip");
+    std::fs::write(&path, &source).unwrap();
+    let stored = normalize_reader(
+        File::open(&path).unwrap(),
+        "main.py",
+        &limits(),
+        dir.path(),
+        Packing::TarGz,
+    )
+    .unwrap();
+    assert!(stored.starts_with(&[0x1f, 0x8b]), "stored gzip-compressed");
+    assert!(
+        stored.len() < 64 * 1024,
+        "compressed: {} bytes",
+        stored.len()
+    );
+    // The same tree as the plain form, byte for byte once inflated, and deterministic.
+    let plain = normalize_in(&source, "main.py", &limits(), dir.path()).unwrap();
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(&stored[..])
+        .read_to_end(&mut inflated)
+        .unwrap();
+    assert_eq!(inflated, plain);
+    let again = normalize_reader(
+        Cursor::new(&source),
+        "main.py",
+        &limits(),
+        dir.path(),
+        Packing::TarGz,
+    )
+    .unwrap();
+    assert_eq!(again, stored, "the same upload stores the same bytes");
+    // Nodes unpack it and the handler is found in it, as with a plain tar.
+    assert!(contains_file(&stored, "main.py").unwrap());
+    assert!(!contains_file(&stored, "nope.py").unwrap());
+    let dest = dir.path().join("tree");
+    unpack(&stored, &dest, &limits()).unwrap();
+    assert_eq!(std::fs::read(dest.join("data/big.txt")).unwrap(), big);
+    // A single file spooled to disk is the handler, as from memory.
+    let single = dir.path().join("run");
+    std::fs::write(&single, b"#!/bin/sh\necho hi\n").unwrap();
+    let stored = normalize_reader(
+        File::open(&single).unwrap(),
+        "bin/run",
+        &limits(),
+        dir.path(),
+        Packing::TarGz,
+    )
+    .unwrap();
+    assert!(contains_file(&stored, "bin/run").unwrap());
+}
+
+#[test]
+fn a_compressed_bomb_stops_at_the_cap_when_unpacked() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = zip_of(&[("main.py", &vec![b'x'; 2 * 1024 * 1024], None)]);
+    let stored = normalize_reader(
+        Cursor::new(&source),
+        "main.py",
+        &limits(),
+        dir.path(),
+        Packing::TarGz,
+    )
+    .unwrap();
+    let small = ArchiveLimits {
+        max_unpacked_bytes: 1024 * 1024,
+        max_entries: 10,
+    };
+    let err = unpack(&stored, &dir.path().join("t"), &small).unwrap_err();
+    assert!(matches!(err, ArchiveError::TooLarge), "{err:?}");
 }

@@ -87,8 +87,8 @@ fn insert_queued<E: SqlEngine>(
     let sql = Sql::new(
         "INSERT INTO invocations \
          (id, namespace, function, version, status, attempt, body, request, created_at, \
-         updated_at) \
-         VALUES ($1::uuid, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10)",
+         updated_at, destinations) \
+         VALUES ($1::uuid, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11)",
     )
     .bind(record.id.to_string())
     .bind(record.namespace.as_str())
@@ -99,26 +99,28 @@ fn insert_queued<E: SqlEngine>(
     .bind(E::to_json(&record)?)
     .bind(E::to_json(request)?)
     .bind(record.created_at)
-    .bind(now);
+    .bind(now)
+    .bind(request.notify_destinations);
     Ok((record, sql))
 }
 
 /// Rows one multi-row statement of [`insert_queued_rows`] or [`put_logs_rows`] carries at most
-/// (10 parameters a row: far below SQLite's 32,766 and PostgreSQL's 65,535).
+/// (11 parameters a row: far below SQLite's 32,766 and PostgreSQL's 65,535).
 pub(crate) const ROWS_PER_STATEMENT: usize = 500;
 
-/// One multi-row statement inserting `rows` (a record and its request's JSON, if it keeps
-/// one) that skips ids that exist and returns (column `id`) the ids it inserted.
+/// One multi-row statement inserting `rows` (a record, its request's JSON if it keeps one,
+/// and whether it has destination deliveries) that skips ids that exist and returns (column
+/// `id`) the ids it inserted.
 fn insert_records_sql<E: SqlEngine>(
-    rows: &[(&InvocationResult, Option<String>)],
+    rows: &[(&InvocationResult, Option<String>, bool)],
     now: DateTime<Utc>,
 ) -> Result<Sql, StoreError> {
     let mut sql = Sql::new(
         "INSERT INTO invocations \
          (id, namespace, function, version, status, attempt, body, request, created_at, \
-         updated_at) VALUES ",
+         updated_at, destinations) VALUES ",
     );
-    for (i, (record, request)) in rows.iter().enumerate() {
+    for (i, (record, request, destinations)) in rows.iter().enumerate() {
         sql.push(if i == 0 { "(" } else { ", (" })
             .push_bind(record.id.to_string())
             .push("::uuid, ")
@@ -139,6 +141,8 @@ fn insert_records_sql<E: SqlEngine>(
             .push_bind(record.created_at)
             .push(", ")
             .push_bind(now)
+            .push(", ")
+            .push_bind(*destinations)
             .push(")");
     }
     sql.push(" ON CONFLICT (id) DO NOTHING RETURNING id::text AS id");
@@ -158,7 +162,13 @@ fn insert_queued_rows<E: SqlEngine>(
         let rows = records
             .iter()
             .zip(chunk)
-            .map(|(record, request)| Ok((record, Some(E::to_json(*request)?))))
+            .map(|(record, request)| {
+                Ok((
+                    record,
+                    Some(E::to_json(*request)?),
+                    request.notify_destinations,
+                ))
+            })
             .collect::<Result<Vec<_>, StoreError>>()?;
         statements.push(insert_records_sql::<E>(&rows, now)?);
     }
@@ -257,8 +267,8 @@ pub(crate) async fn insert_absent_in<E: SqlEngine>(
     }
     first.sort_unstable_by_key(|&i| updates[i].0.id);
     for chunk in first.chunks(ROWS_PER_STATEMENT) {
-        let rows: Vec<(&InvocationResult, Option<String>)> =
-            chunk.iter().map(|&i| (updates[i].0, None)).collect();
+        let rows: Vec<(&InvocationResult, Option<String>, bool)> =
+            chunk.iter().map(|&i| (updates[i].0, None, false)).collect();
         let mut returned = std::collections::HashSet::new();
         for row in E::fetch_all(conn, insert_records_sql::<E>(&rows, now)?).await? {
             returned.insert(row.text("id")?);
