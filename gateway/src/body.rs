@@ -330,47 +330,60 @@ pub(crate) fn upload(
     warp::header::headers_cloned()
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
-        .and_then(
-            move |headers: warp::http::HeaderMap, len: Option<u64>, stream| {
-                let state = state.clone();
-                async move {
-                    let content_type = headers
-                        .get(warp::http::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok());
-                    let drain = !headers
-                        .get(warp::http::header::EXPECT)
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
-                    let archive_cap = state.config.max_archive_bytes;
-                    let upload = match body_kind(content_type) {
-                        Ok(BodyKind::Json) => {
-                            read_capped(len, drain, stream, state.config.max_body_bytes)
-                                .await
-                                .map(|fields| Upload {
-                                    fields,
-                                    archive: None,
-                                })
-                        }
-                        Ok(BodyKind::Archive) => match fields_from_headers(&headers) {
-                            Ok(fields) => {
-                                spool(len, drain, stream, archive_cap)
-                                    .await
-                                    .map(|path| Upload {
-                                        fields,
-                                        archive: Some(path),
-                                    })
-                            }
-                            Err(e) => Err(e),
-                        },
-                        Ok(BodyKind::Form(boundary)) => {
-                            read_form(boundary, stream, archive_cap).await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    upload.map_err(ApiError::reject)
+        .and_then(move |headers, len, stream| {
+            let state = state.clone();
+            async move {
+                read_upload(&state, &headers, len, stream)
+                    .await
+                    .map_err(ApiError::reject)
+            }
+        })
+}
+
+/// Reads an upload in the form its `Content-Type` names (see [`upload`]).
+async fn read_upload<S, B>(
+    state: &State,
+    headers: &warp::http::HeaderMap,
+    len: Option<u64>,
+    stream: S,
+) -> Result<Upload, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send + 'static,
+{
+    let content_type = headers
+        .get(warp::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let drain = !headers
+        .get(warp::http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    let archive_cap = state.config.max_archive_bytes;
+    match body_kind(content_type)? {
+        BodyKind::Json => read_capped(len, drain, stream, state.config.max_body_bytes)
+            .await
+            .map(|fields| Upload {
+                fields,
+                archive: None,
+            }),
+        BodyKind::Archive => match fields_from_headers(headers) {
+            Ok(fields) => spool(len, drain, stream, archive_cap)
+                .await
+                .map(|path| Upload {
+                    fields,
+                    archive: Some(path),
+                }),
+            Err(e) => {
+                // Answered without the archive: read (bounded) what the client is still
+                // sending, so it reads the answer instead of a reset.
+                if drain {
+                    discard(std::pin::pin!(stream).as_mut()).await;
                 }
-            },
-        )
+                Err(e)
+            }
+        },
+        BodyKind::Form(boundary) => read_form(boundary, stream, archive_cap).await,
+    }
 }
 
 #[cfg(test)]
@@ -420,6 +433,69 @@ mod tests {
         let err = read_capped(Some(5), true, chunks(&[8, 8]), 10)
             .await
             .unwrap_err();
+        assert_eq!(err.code(), "payload_too_large");
+    }
+
+    #[test]
+    fn content_types_pick_the_upload_form() {
+        for json in [
+            None,
+            Some("application/json"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
+            assert!(matches!(body_kind(json), Ok(BodyKind::Json)), "{json:?}");
+        }
+        for raw in [
+            "application/zip",
+            "application/gzip",
+            "Application/X-Tar; q=1",
+        ] {
+            assert!(
+                matches!(body_kind(Some(raw)), Ok(BodyKind::Archive)),
+                "{raw}"
+            );
+        }
+        assert!(matches!(
+            body_kind(Some("multipart/form-data; boundary=abc")),
+            Ok(BodyKind::Form(b)) if b == "abc"
+        ));
+        assert_eq!(
+            body_kind(Some("multipart/form-data"))
+                .map(|_| ())
+                .unwrap_err()
+                .code(),
+            "bad_request"
+        );
+    }
+
+    #[test]
+    fn raw_upload_fields_come_from_headers() {
+        let mut headers = warp::http::HeaderMap::new();
+        headers.insert("fnmesh-name", "big".parse().unwrap());
+        headers.insert("fnmesh-runtime", "python3".parse().unwrap());
+        headers.insert("fnmesh-config", r#"{"memory_mb":256}"#.parse().unwrap());
+        headers.insert("fnmesh-port", "8080".parse().unwrap());
+        headers.insert("x-other", "ignored".parse().unwrap());
+        let fields: serde_json::Value =
+            serde_json::from_slice(&fields_from_headers(&headers).unwrap()).unwrap();
+        assert_eq!(
+            fields,
+            serde_json::json!({"name": "big", "runtime": "python3", "config": {"memory_mb": 256}, "port": 8080})
+        );
+        headers.insert("fnmesh-metadata", "{oops".parse().unwrap());
+        assert_eq!(
+            fields_from_headers(&headers).unwrap_err().code(),
+            "invalid_json"
+        );
+    }
+
+    #[tokio::test]
+    async fn spooling_writes_the_body_to_a_file_up_to_the_cap() {
+        let path = spool(None, false, chunks(&[4, 4, 2]), 10).await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"xxxxxxxxxx");
+        let err = spool(None, false, chunks(&[6, 6]), 10).await.unwrap_err();
+        assert_eq!(err.code(), "payload_too_large");
+        let err = spool(Some(11), false, chunks(&[11]), 10).await.unwrap_err();
         assert_eq!(err.code(), "payload_too_large");
     }
 }

@@ -130,17 +130,20 @@ impl Dispatcher {
         }
     }
 
-    /// Sends due deliveries until `stop` is cancelled (the batch in hand is finished first).
+    /// Sends due deliveries until `stop` is cancelled. Tries in flight then are abandoned
+    /// (a webhook may take its whole timeout): their deliveries come due again when their
+    /// lease runs out, so shutdown never waits on a receiver.
     pub(crate) async fn run(self, stop: CancellationToken) {
         loop {
-            let claimed = self.pass().await;
+            let claimed = tokio::select! {
+                _ = stop.cancelled() => return,
+                claimed = self.pass() => claimed,
+            };
             if claimed < BATCH as usize {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(self.config.poll_interval) => {}
                 }
-            } else if stop.is_cancelled() {
-                return;
             }
         }
     }

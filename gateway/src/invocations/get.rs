@@ -23,20 +23,20 @@ pub(crate) async fn handle(
         .writes
         .recent(&principal.namespace, &id)
         .map(|o| o.result.clone());
-    let store = &state.backends.store;
-    let (record, stored) = match recent {
+    let found = match recent {
         // A sync outcome: no destinations.
-        Some(record) => (Some(record), false),
-        None => (store.get_invocation(&principal.namespace, &id).await?, true),
+        Some(record) => Some((record, Vec::new())),
+        None => {
+            state
+                .backends
+                .store
+                .invocation_with_deliveries(&principal.namespace, &id)
+                .await?
+        }
     };
-    let record = record
-        .filter(|r| principal.can_see_function(&r.function))
+    let (record, destinations) = found
+        .filter(|(r, _)| principal.can_see_function(&r.function))
         .ok_or_else(|| ApiError::NotFound(format!("invocation {id} not found")))?;
-    let destinations = if stored {
-        store.deliveries_of(&principal.namespace, &id).await?
-    } else {
-        Vec::new()
-    };
     Ok(warp::reply::json(&InvocationView {
         record,
         destinations,

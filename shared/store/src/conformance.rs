@@ -2655,6 +2655,24 @@ pub async fn destination_deliveries_follow_their_invocation(store: Store) {
         claim_of(&store, &ns).await.is_empty(),
         "nothing is due before it finishes"
     );
+    let (record, deliveries) = store
+        .invocation_with_deliveries(&ns, &single.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.id, single.id);
+    assert_eq!(deliveries.len(), 3);
+    let (_, none) = store
+        .invocation_with_deliveries(&ns, &plain.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(none.is_empty());
+    assert!(store
+        .invocation_with_deliveries(&fresh_namespace(), &single.id)
+        .await
+        .unwrap()
+        .is_none());
 
     // A start changes nothing; a success (fenced update) makes the success deliveries due.
     let queued = InvocationResult::queued(&single);

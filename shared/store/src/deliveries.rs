@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use super::StoreError;
 use fnmesh_core::destination::{DeliveryCondition, DeliveryStatus, DeliveryTarget};
 use fnmesh_core::ids::InvocationId;
+use fnmesh_core::invocation::InvocationResult;
 use fnmesh_core::names::Namespace;
 
 /// A due delivery a gateway claimed ([`DeliveryStore::claim_deliveries`]).
@@ -79,6 +80,14 @@ pub trait DeliveryStore: Send + Sync + 'static {
         settle: &Settle,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+
+    /// One invocation of `namespace` with its deliveries, in the order they were made (one
+    /// read for an invocation without destinations, as [`crate::InvocationStore::get_invocation`]).
+    async fn invocation_with_deliveries(
+        &self,
+        namespace: &Namespace,
+        id: &InvocationId,
+    ) -> Result<Option<(InvocationResult, Vec<DeliveryStatus>)>, StoreError>;
 
     /// The deliveries of one invocation of `namespace`, in the order they were made.
     async fn deliveries_of(

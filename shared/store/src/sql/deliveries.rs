@@ -10,7 +10,7 @@ use crate::common::{clamp_limit, from_json};
 use crate::{ClaimedDelivery, DeliveryStore, Settle, StoreError};
 use fnmesh_core::destination::{DeliveryCondition, DeliveryState, DeliveryStatus};
 use fnmesh_core::ids::InvocationId;
-use fnmesh_core::invocation::InvocationRequest;
+use fnmesh_core::invocation::{InvocationRequest, InvocationResult};
 use fnmesh_core::names::Namespace;
 
 /// Rows one insert of deliveries carries at most (11 parameters a row).
@@ -165,6 +165,34 @@ impl<E: SqlEngine> DeliveryStore for E {
         )
         .await?;
         Ok(changed > 0)
+    }
+
+    async fn invocation_with_deliveries(
+        &self,
+        namespace: &Namespace,
+        id: &InvocationId,
+    ) -> Result<Option<(InvocationResult, Vec<DeliveryStatus>)>, StoreError> {
+        let row = super::fetch_optional(
+            self,
+            Sql::new(
+                "SELECT body::text AS body, \
+                 CASE WHEN destinations THEN 'y' ELSE 'n' END AS destinations \
+                 FROM invocations WHERE id = $1::uuid AND namespace = $2",
+            )
+            .bind(id.to_string())
+            .bind(namespace.as_str()),
+        )
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let record: InvocationResult = from_json(&row.text("body")?)?;
+        let deliveries = if row.text("destinations")? == "y" {
+            self.deliveries_of(namespace, id).await?
+        } else {
+            Vec::new()
+        };
+        Ok(Some((record, deliveries)))
     }
 
     async fn deliveries_of(
