@@ -5,16 +5,13 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{execute, Conn, Sql, SqlEngine, SqlRow};
+use super::{execute, Conn, Sql, SqlEngine, SqlRow, ROWS_PER_STATEMENT};
 use crate::common::{clamp_limit, from_json};
 use crate::{ClaimedDelivery, DeliveryStore, Settle, StoreError};
 use fnmesh_core::destination::{DeliveryCondition, DeliveryState, DeliveryStatus};
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{InvocationRequest, InvocationResult};
 use fnmesh_core::names::Namespace;
-
-/// Rows one insert of deliveries carries at most (11 parameters a row).
-const ROWS_PER_STATEMENT: usize = 500;
 
 /// Inserts on `conn` (inside the caller's transaction) the deliveries of the `requests` that
 /// ask for them (`notify_destinations`), `waiting` for their records to finish.
