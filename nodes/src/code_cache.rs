@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use fnmesh_code::CodeStore;
 use fnmesh_core::archive::{self, ArchiveLimits};
+use fnmesh_core::checksum::HashingReader;
 use fnmesh_core::Checksum;
 
 /// Default cap on the unpacked code a node keeps: 2 GiB.
@@ -295,36 +296,46 @@ impl CodeCache {
         if indexed && target.is_dir() {
             return Ok(lease(target));
         }
-        let bytes = self
-            .store
-            .get(checksum)
-            .await
-            .map_err(|e| CodeCacheError::Fetch {
-                checksum: checksum.clone(),
-                message: e.to_string(),
-            })?
-            .ok_or_else(|| CodeCacheError::Missing(checksum.clone()))?;
-        // Stores verify what they serve; check again here, so code from any store (or a
-        // damaged transfer) is never unpacked unless it is exactly what was deployed.
-        if Checksum::of(&bytes) != *checksum {
-            tracing::error!(code.checksum = %checksum, "fetched code does not match its checksum; refused");
-            return Err(CodeCacheError::Fetch {
-                checksum: checksum.clone(),
-                message: "checksum mismatch: the fetched bytes are not the deployed code".into(),
-            });
-        }
         let staging = self.dir.join(format!(
             "{STAGING_PREFIX}{name}-{:016x}",
             rand::random::<u64>()
         ));
-        let limits = self.limits;
-        let unpack_err = |message: String| CodeCacheError::Unpack {
+        // Fetched into a file beside the tree, a piece at a time, and unpacked from it: a
+        // large archive is never held in memory whole.
+        let blob = staging.with_extension("blob");
+        let fetched = self.store.get_file(checksum, &blob).await;
+        let fetch_err = |message: String| CodeCacheError::Fetch {
             checksum: checksum.clone(),
             message,
         };
+        match fetched {
+            Ok(true) => {}
+            Ok(false) => return Err(CodeCacheError::Missing(checksum.clone())),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&blob).await;
+                return Err(fetch_err(e.to_string()));
+            }
+        }
+        let limits = self.limits;
         let target_for_task = target.clone();
-        let size = tokio::task::spawn_blocking(move || -> Result<u64, String> {
-            archive::unpack(&bytes, &staging, &limits).map_err(|e| e.to_string())?;
+        let expected = checksum.clone();
+        let unpacked = tokio::task::spawn_blocking(move || -> Result<u64, UnpackFailure> {
+            let file = std::fs::File::open(&blob).map_err(|e| UnpackFailure::Unpack(e.to_string()));
+            let _ = std::fs::remove_file(&blob);
+            // Stores verify what they serve; check again while unpacking, so code from any
+            // store (or a damaged transfer) is never used unless it is exactly what was
+            // deployed.
+            let mut reader = HashingReader::new(file?);
+            let unpacked = archive::unpack_reader(&mut reader, &staging, &limits);
+            let hashed = reader.finish();
+            if !matches!(&hashed, Ok((got, _)) if *got == expected) {
+                remove_tree(&staging);
+                return Err(UnpackFailure::Mismatch);
+            }
+            if let Err(e) = unpacked {
+                remove_tree(&staging);
+                return Err(UnpackFailure::Unpack(e.to_string()));
+            }
             // Publish atomically; a concurrent fetch of the same code may have won the race,
             // in which case its (identical) tree stays and ours is dropped.
             match std::fs::rename(&staging, &target_for_task) {
@@ -332,14 +343,28 @@ impl CodeCache {
                 Err(_) if target_for_task.exists() => remove_tree(&staging),
                 Err(e) => {
                     remove_tree(&staging);
-                    return Err(e.to_string());
+                    return Err(UnpackFailure::Unpack(e.to_string()));
                 }
             }
             Ok(disk_usage(&target_for_task))
         })
         .await
-        .map_err(|e| unpack_err(e.to_string()))?
-        .map_err(unpack_err)?;
+        .map_err(|e| UnpackFailure::Unpack(e.to_string()));
+        let size = match unpacked.and_then(|r| r) {
+            Ok(size) => size,
+            Err(UnpackFailure::Mismatch) => {
+                tracing::error!(code.checksum = %checksum, "fetched code does not match its checksum; refused");
+                return Err(fetch_err(
+                    "checksum mismatch: the fetched bytes are not the deployed code".into(),
+                ));
+            }
+            Err(UnpackFailure::Unpack(message)) => {
+                return Err(CodeCacheError::Unpack {
+                    checksum: checksum.clone(),
+                    message,
+                })
+            }
+        };
         lock(&self.index).insert(&name, size);
         tracing::debug!(code.checksum = %checksum, code.bytes = size, "code unpacked into the node cache");
         self.evict().await;
@@ -388,9 +413,21 @@ impl CodeCache {
     }
 }
 
-/// Removes a directory tree, best effort.
+/// Why fetched code was not unpacked.
+enum UnpackFailure {
+    /// It is not what was deployed.
+    Mismatch,
+    /// Unpacking failed.
+    Unpack(String),
+}
+
+/// Removes a directory tree (or a file: a fetched blob left by a crash), best effort.
 fn remove_tree(path: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(path) {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_dir() => std::fs::remove_file(path),
+        _ => std::fs::remove_dir_all(path),
+    };
+    if let Err(e) = removed {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "removing cached code failed");
         }

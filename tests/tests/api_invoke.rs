@@ -172,7 +172,7 @@ async fn prints_reach_the_logs_and_exceptions_fail_with_handler_error() {
     let name = unique("logs");
     app.deploy(&name, "python3", "main.handle", &[("main.py", "import sys\ndef handle(event, context):\n    print('hello from the handler', event)\n    print('to stderr', file=sys.stderr)\n    if event.get('boom'):\n        raise ValueError('kaboom')\n    return 'ok'\n")]).await;
     let ok = app.invoke_ok(&name, json!({"boom": false})).await;
-    assert_eq!(ok["status"], "succeeded");
+    assert_eq!(ok["status"], "succeeded", "{ok}\nlog:\n{}", app.log());
     assert_eq!(ok["result"], "ok", "a print must never corrupt the result");
     let id = ok["id"].as_str().unwrap();
     let logs = app

@@ -284,11 +284,14 @@ impl Follower {
                 continue;
             }
             let hub = self.hub_code().await?;
-            let bytes = hub
-                .get(checksum)
-                .await?
-                .ok_or_else(|| ApplyError::MissingCode(checksum.to_string()))?;
-            code.put(bytes).await?;
+            // Through a temporary file, a piece at a time.
+            let scratch = tempfile::NamedTempFile::new().map_err(|e| {
+                fnmesh_code::CodeStoreError::Backend(format!("a temporary file for code: {e}"))
+            })?;
+            if !hub.get_file(checksum, scratch.path()).await? {
+                return Err(ApplyError::MissingCode(checksum.to_string()));
+            }
+            code.put_file(scratch.path()).await?;
         }
         let store = self.state.backends.store.clone();
         let mut next = first.version;

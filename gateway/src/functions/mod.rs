@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use bytes::Bytes;
 use fnmesh_core::archive;
 use fnmesh_core::{CodeInfo, FunctionConfig, FunctionName, Runtime};
 use serde::de::DeserializeOwned;
@@ -231,38 +230,51 @@ pub(crate) async fn store_code(
         .await
         .map_err(|e| ApiError::Internal(format!("normalisation permits closed: {e}")))?;
     let started = std::time::Instant::now();
-    let (tar, source_bytes) = tokio::task::spawn_blocking(move || {
+    // Normalized into a temporary file and stored from it a piece at a time: neither the
+    // upload nor its stored form is ever held in memory whole.
+    let (stored, source_bytes) = tokio::task::spawn_blocking(move || {
         let staging = std::env::temp_dir();
         let packing = archive::Packing::TarGz;
-        match source {
-            Source::Bytes(bytes) => archive::normalize_reader(
+        let stored = tempfile::Builder::new()
+            .prefix("fnmesh-stored-code-")
+            .tempfile_in(&staging)?;
+        let out = std::io::BufWriter::new(stored.reopen()?);
+        let (out, source_bytes) = match source {
+            Source::Bytes(bytes) => archive::normalize_to(
                 std::io::Cursor::new(&bytes),
                 &handler_file,
                 &limits,
                 &staging,
                 packing,
+                out,
             )
-            .map(|tar| (tar, bytes.len() as u64)),
+            .map(|out| (out, bytes.len() as u64)),
             Source::File(path) => {
                 let file = std::fs::File::open(&path)?;
                 let len = file.metadata()?.len();
-                archive::normalize_reader(file, &handler_file, &limits, &staging, packing)
-                    .map(|tar| (tar, len))
+                archive::normalize_to(file, &handler_file, &limits, &staging, packing, out)
+                    .map(|out| (out, len))
             }
-        }
+        }?;
+        out.into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?;
+        Ok::<_, archive::ArchiveError>((stored, source_bytes))
     })
     .await
     .map_err(|e| ApiError::Internal(format!("code normalisation task failed: {e}")))??;
-    if tar.len() > fnmesh_code::MAX_BLOB_BYTES {
+    let size = stored
+        .as_file()
+        .metadata()
+        .map_err(|e| ApiError::Internal(format!("the normalized code's size: {e}")))?
+        .len();
+    if size > fnmesh_code::MAX_BLOB_BYTES as u64 {
         return Err(ApiError::InvalidArchive(format!(
-            "the code is {} bytes once normalized and compressed; the code store keeps at \
+            "the code is {size} bytes once normalized and compressed; the code store keeps at \
              most {} bytes",
-            tar.len(),
             fnmesh_code::MAX_BLOB_BYTES
         )));
     }
-    let size = tar.len() as u64;
-    let checksum = state.backends.code.put(Bytes::from(tar)).await?;
+    let checksum = state.backends.code.put_file(stored.path()).await?;
     tracing::info!(
         code.checksum = %checksum,
         code.source_bytes = source_bytes,

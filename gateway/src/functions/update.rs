@@ -129,18 +129,31 @@ pub(crate) async fn handle(
             let unchanged =
                 latest.runtime.handler_file(&latest.handler).ok() == Some(handler_file.clone());
             if !unchanged {
-                let tar = state
+                // Read from a temporary file, never whole.
+                let scratch = tempfile::NamedTempFile::new().map_err(|e| {
+                    ApiError::Internal(format!("a temporary file for the code: {e}"))
+                })?;
+                let found = state
                     .backends
                     .code
-                    .get(&latest.code.checksum)
-                    .await?
-                    .ok_or_else(|| {
-                        ApiError::Internal(format!(
-                            "code {} of {name} is missing",
-                            latest.code.checksum
-                        ))
-                    })?;
-                if !archive::contains_file(&tar, &handler_file)? {
+                    .get_file(&latest.code.checksum, scratch.path())
+                    .await?;
+                if !found {
+                    return Err(ApiError::Internal(format!(
+                        "code {} of {name} is missing",
+                        latest.code.checksum
+                    )));
+                }
+                let file = scratch.reopen().map_err(|e| {
+                    ApiError::Internal(format!("reopening the temporary code file: {e}"))
+                })?;
+                let wanted = handler_file.clone();
+                let contains = tokio::task::spawn_blocking(move || {
+                    archive::contains_file_reader(file, &wanted)
+                })
+                .await
+                .map_err(|e| ApiError::Internal(format!("reading the code failed: {e}")))??;
+                if !contains {
                     return Err(ApiError::InvalidHandler(format!(
                         "handler file {handler_file:?} is not in the function's code; upload code with it"
                     )));

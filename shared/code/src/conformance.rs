@@ -41,6 +41,7 @@ macro_rules! code_conformance_cases {
             delete_removes,
             empty_blob,
             large_blob,
+            files_roundtrip,
             concurrent_puts_of_the_same_bytes
         );
     };
@@ -137,6 +138,44 @@ pub async fn large_blob(store: Store) {
     assert!(back == bytes, "large blob roundtrips byte for byte");
 }
 
+/// `put_file` and `get_file` move blobs between files and the store (a piece at a time),
+/// interchangeably with `put` and `get`: sizes across the [`crate::CHUNK_BYTES`] boundaries,
+/// the empty file, and absence.
+pub async fn files_roundtrip(store: Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let chunk = crate::CHUNK_BYTES;
+    for (i, len) in [0, 1, chunk, 2 * chunk, 3 * chunk + 12_345]
+        .into_iter()
+        .enumerate()
+    {
+        let bytes = random_bytes(len);
+        let source = dir.path().join(format!("in-{i}"));
+        std::fs::write(&source, &bytes).unwrap();
+        let checksum = store.put_file(&source).await.expect("put_file");
+        assert_eq!(checksum, Checksum::of(&bytes), "{len} bytes");
+        assert_eq!(store.put_file(&source).await.unwrap(), checksum, "again");
+        let dest = dir.path().join(format!("out-{i}"));
+        assert!(store.get_file(&checksum, &dest).await.expect("get_file"));
+        assert!(std::fs::read(&dest).unwrap() == bytes, "{len} bytes back");
+        assert!(
+            store.get(&checksum).await.unwrap() == Some(bytes.clone()),
+            "get of what put_file stored ({len} bytes)"
+        );
+    }
+    let bytes = random_bytes(chunk + 1);
+    let checksum = store.put(bytes.clone()).await.unwrap();
+    let dest = dir.path().join("from-put");
+    assert!(store.get_file(&checksum, &dest).await.unwrap());
+    assert!(
+        std::fs::read(&dest).unwrap() == bytes,
+        "get_file of what put stored"
+    );
+    let absent = Checksum::of(&random_bytes(64));
+    let dest = dir.path().join("absent");
+    assert!(!store.get_file(&absent, &dest).await.unwrap());
+    assert!(!dest.exists(), "nothing is written for an absent blob");
+}
+
 /// Many concurrent puts of the same bytes all succeed with one result.
 pub async fn concurrent_puts_of_the_same_bytes(store: Store) {
     let bytes = random_bytes(256 * 1024);
@@ -172,4 +211,14 @@ where
         Err(CodeStoreError::Corrupt(c)) => assert_eq!(c, checksum, "Corrupt names the blob"),
         other => panic!("a damaged blob must be Corrupt, got {other:?}"),
     }
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("damaged");
+    match store.get_file(&checksum, &dest).await {
+        Err(CodeStoreError::Corrupt(c)) => assert_eq!(c, checksum, "Corrupt names the blob"),
+        other => panic!("get_file of a damaged blob must be Corrupt, got {other:?}"),
+    }
+    assert!(
+        !dest.exists(),
+        "what a damaged blob held is not left behind"
+    );
 }

@@ -5,14 +5,15 @@
 //! so a blob is either absent or complete; concurrent puts of the same bytes race harmlessly to
 //! the same content. Reads verify the checksum, so a damaged file is reported, never served.
 
-use std::io::{ErrorKind, Write as _};
+use std::fs::File;
+use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{CodeStore, CodeStoreError};
-use fnmesh_core::checksum::Checksum;
+use fnmesh_core::checksum::{Checksum, HashingReader};
 
 /// A [`CodeStore`] in a local directory.
 #[derive(Debug, Clone)]
@@ -57,6 +58,12 @@ impl LocalCodeStore {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CodeStoreError> {
+    write_atomically_from(path, &mut &bytes[..])
+}
+
+/// Copies `source` into a temporary file beside `path` a piece at a time (`io::copy`), fsyncs
+/// it and renames it into place.
+fn write_atomically_from(path: &Path, source: &mut impl Read) -> Result<(), CodeStoreError> {
     let dir = path
         .parent()
         .ok_or_else(|| CodeStoreError::Backend(format!("no parent of {}", path.display())))?;
@@ -65,8 +72,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CodeStoreError> {
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(|e| backend("create temporary file in", dir, e))?;
-    tmp.write_all(bytes)
-        .map_err(|e| backend("write", tmp.path(), e))?;
+    std::io::copy(source, &mut tmp).map_err(|e| backend("write", tmp.path(), e))?;
     tmp.as_file()
         .sync_all()
         .map_err(|e| backend("fsync", tmp.path(), e))?;
@@ -154,6 +160,61 @@ impl CodeStore for LocalCodeStore {
     async fn put_raw(&self, key: &Checksum, bytes: Bytes) -> Result<(), CodeStoreError> {
         let path = self.blob_path(key);
         blocking(move || write_atomically(&path, &bytes)).await
+    }
+
+    async fn put_file(&self, source: &Path) -> Result<Checksum, CodeStoreError> {
+        let (checksum, _) = crate::checksum_file(source).await?;
+        let path = self.blob_path(&checksum);
+        if let Ok(existing) = crate::checksum_file(&path).await {
+            if existing.0 == checksum {
+                return Ok(checksum);
+            }
+            tracing::warn!(code.checksum = %checksum, "replacing a corrupt code blob");
+        }
+        self.put_raw_file(&checksum, source).await?;
+        Ok(checksum)
+    }
+
+    async fn get_file(&self, checksum: &Checksum, dest: &Path) -> Result<bool, CodeStoreError> {
+        crate::get_file_streamed(self, checksum, dest).await
+    }
+
+    async fn put_raw_file(&self, key: &Checksum, source: &Path) -> Result<(), CodeStoreError> {
+        let path = self.blob_path(key);
+        let source = source.to_path_buf();
+        let key = key.clone();
+        blocking(move || {
+            let mut file = File::open(&source).map_err(|e| backend("open", &source, e))?;
+            write_atomically_from(&path, &mut file)?;
+            tracing::debug!(code.checksum = %key, "code stored from a file");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_raw_file(
+        &self,
+        key: &Checksum,
+        dest: &Path,
+    ) -> Result<Option<Checksum>, CodeStoreError> {
+        let path = self.blob_path(key);
+        let dest = dest.to_path_buf();
+        blocking(move || {
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(backend("open", &path, e)),
+            };
+            let mut reader = HashingReader::new(file);
+            let mut out = File::create(&dest).map_err(|e| backend("create", &dest, e))?;
+            if let Err(e) = std::io::copy(&mut reader, &mut out) {
+                let _ = std::fs::remove_file(&dest);
+                return Err(backend("copy to", &dest, e));
+            }
+            let (checksum, _) = reader.finish().map_err(|e| backend("read", &path, e))?;
+            Ok(Some(checksum))
+        })
+        .await
     }
 
     async fn get_raw(&self, key: &Checksum) -> Result<Option<Bytes>, CodeStoreError> {

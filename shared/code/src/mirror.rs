@@ -9,6 +9,7 @@
 //! for [`RECHECK_AFTER`], so the usual cost is one map lookup.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,32 @@ impl CodeStore for Mirrored {
         }
     }
 
+    async fn put_file(&self, path: &Path) -> Result<Checksum, CodeStoreError> {
+        let checksum = self.primary.put_file(path).await?;
+        let replicated = self.replica.put_file(path).await?;
+        if replicated != checksum {
+            return Err(CodeStoreError::Backend(format!(
+                "the replica stored {replicated} for code {checksum}"
+            )));
+        }
+        self.remember(&checksum);
+        Ok(checksum)
+    }
+
+    async fn get_file(&self, checksum: &Checksum, dest: &Path) -> Result<bool, CodeStoreError> {
+        match self.primary.get_file(checksum, dest).await {
+            Ok(true) => Ok(true),
+            Ok(false) => self.replica.get_file(checksum, dest).await,
+            Err(primary) => {
+                tracing::warn!(code.checksum = %checksum, error = %primary, "primary code store failed; reading the replica");
+                match self.replica.get_file(checksum, dest).await {
+                    Ok(true) => Ok(true),
+                    _ => Err(primary),
+                }
+            }
+        }
+    }
+
     async fn exists(&self, checksum: &Checksum) -> Result<bool, CodeStoreError> {
         if self.primary.exists(checksum).await? {
             return Ok(true);
@@ -120,12 +147,16 @@ impl CodeStore for Mirrored {
             return Ok(());
         }
         if !self.replica.exists(checksum).await? {
-            let bytes = self.primary.get(checksum).await?.ok_or_else(|| {
-                CodeStoreError::Backend(format!(
-                    "code {checksum} is missing from the primary store; cannot replicate it"
-                ))
+            // Through a temporary file, a piece at a time.
+            let scratch = tempfile::NamedTempFile::new().map_err(|e| {
+                CodeStoreError::Backend(format!("a temporary file to replicate code: {e}"))
             })?;
-            self.replica.put(bytes).await?;
+            if !self.primary.get_file(checksum, scratch.path()).await? {
+                return Err(CodeStoreError::Backend(format!(
+                    "code {checksum} is missing from the primary store; cannot replicate it"
+                )));
+            }
+            self.replica.put_file(scratch.path()).await?;
             tracing::info!(code.checksum = %checksum, "code re-copied to the replica store");
         }
         self.remember(checksum);

@@ -12,6 +12,7 @@
 //! deleted) object is `None`, never a backend error. Every operation runs under a deadline.
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, object_store};
@@ -221,6 +222,80 @@ impl CodeStore for NatsCodeStore {
                 .map_err(|e| self.failed("put", &key, e))?;
             tracing::debug!(code.checksum = %checksum, code.size_bytes = bytes.len(), "code stored in nats");
             Ok(())
+        })
+        .await
+    }
+
+    async fn put_file(&self, path: &Path) -> Result<Checksum, CodeStoreError> {
+        crate::put_file_streamed(self, path).await
+    }
+
+    async fn get_file(&self, checksum: &Checksum, dest: &Path) -> Result<bool, CodeStoreError> {
+        crate::get_file_streamed(self, checksum, dest).await
+    }
+
+    async fn put_raw_file(&self, checksum: &Checksum, path: &Path) -> Result<(), CodeStoreError> {
+        let key = subjects::code_key(checksum);
+        let (raw, size) = crate::checksum_file(path).await?;
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        if size > MAX_BLOB_BYTES {
+            return Err(too_large(size));
+        }
+        let digest = hex::decode(raw.as_str())
+            .map(|d| {
+                format!(
+                    "SHA-256={}",
+                    base64::engine::general_purpose::URL_SAFE.encode(d)
+                )
+            })
+            .map_err(|e| self.failed("put", &key, e))?;
+        self.deadline("put", &key, async {
+            let _serialised = self.put_lock.lock().await;
+            if let Some(info) = self.live_info(&key).await? {
+                if info.size == size && info.digest.as_deref() == Some(digest.as_str()) {
+                    return Ok(());
+                }
+                tracing::warn!(code.checksum = %checksum, nats.bucket = %self.name, "replacing a corrupt code object");
+            }
+            let mut file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| self.failed("put: opening the file", &key, e))?;
+            self.bucket
+                .put(key.as_str(), &mut file)
+                .await
+                .map_err(|e| self.failed("put", &key, e))?;
+            tracing::debug!(code.checksum = %checksum, code.size_bytes = size, "code stored in nats from a file");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_raw_file(
+        &self,
+        checksum: &Checksum,
+        dest: &Path,
+    ) -> Result<Option<Checksum>, CodeStoreError> {
+        let key = subjects::code_key(checksum);
+        self.deadline("get", &key, async {
+            let object = match self.bucket.get(key.as_str()).await {
+                Ok(object) => object,
+                Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(self.failed("get", &key, e)),
+            };
+            let size = object.info().size;
+            if size > MAX_BLOB_BYTES {
+                return Err(too_large(size));
+            }
+            let cap = u64::try_from(MAX_BLOB_BYTES).unwrap_or(u64::MAX);
+            match crate::copy_to_file(object, dest, cap).await {
+                Ok((written, _)) => Ok(Some(written)),
+                // The object store's own digest check failed.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    tracing::error!(code.checksum = %checksum, nats.bucket = %self.name, error = %e, "code object is corrupt");
+                    Err(CodeStoreError::Corrupt(checksum.clone()))
+                }
+                Err(e) => Err(self.failed("read", &key, e)),
+            }
         })
         .await
     }

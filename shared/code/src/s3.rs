@@ -21,6 +21,7 @@
 //! | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` | static credentials (both or neither) | — |
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -339,6 +340,30 @@ impl S3CodeStore {
     }
 }
 
+impl S3CodeStore {
+    /// GET of the object; `None` if it does not exist.
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, CodeStoreError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(Some(output)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            // A 404 without NoSuchKey: a missing object on servers that omit the code, but a
+            // missing bucket (NoSuchBucket) is a backend error.
+            Err(e) if status_of(&e) == Some(404) && e.code() != Some("NoSuchBucket") => Ok(None),
+            Err(e) => Err(self.failed("get object", key, e)),
+        }
+    }
+}
+
 fn status_of<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
@@ -383,6 +408,68 @@ impl CodeStore for S3CodeStore {
         Ok(())
     }
 
+    async fn put_file(&self, path: &Path) -> Result<Checksum, CodeStoreError> {
+        crate::put_file_streamed(self, path).await
+    }
+
+    async fn get_file(&self, checksum: &Checksum, dest: &Path) -> Result<bool, CodeStoreError> {
+        crate::get_file_streamed(self, checksum, dest).await
+    }
+
+    async fn put_raw_file(&self, checksum: &Checksum, path: &Path) -> Result<(), CodeStoreError> {
+        let key = subjects::code_key(checksum);
+        let (raw, size) = crate::checksum_file(path).await?;
+        let digest = hex::decode(raw.as_str()).map_err(|e| {
+            CodeStoreError::Backend(format!("s3 put object s3://{}/{key}: {e}", self.bucket))
+        })?;
+        let content_length = i64::try_from(size).map_err(|_| {
+            CodeStoreError::Backend(format!("code blob of {size} bytes is too large"))
+        })?;
+        // Read from the file as it is sent, never whole.
+        let body = ByteStream::from_path(path).await.map_err(|e| {
+            CodeStoreError::Backend(format!(
+                "s3 put object s3://{}/{key}: reading {}: {e}",
+                self.bucket,
+                path.display()
+            ))
+        })?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/octet-stream")
+            .content_length(content_length)
+            .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(digest))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.failed("put object", &key, e))?;
+        tracing::debug!(code.checksum = %checksum, code.size_bytes = size, "code stored in s3 from a file");
+        Ok(())
+    }
+
+    async fn get_raw_file(
+        &self,
+        checksum: &Checksum,
+        dest: &Path,
+    ) -> Result<Option<Checksum>, CodeStoreError> {
+        let key = subjects::code_key(checksum);
+        let Some(output) = self.get_object(&key).await? else {
+            return Ok(None);
+        };
+        let cap = u64::try_from(crate::MAX_BLOB_BYTES).unwrap_or(u64::MAX);
+        let (written, _) = crate::copy_to_file(output.body.into_async_read(), dest, cap)
+            .await
+            .map_err(|e| {
+                CodeStoreError::Backend(format!(
+                    "s3 get object s3://{}/{key}: reading the body into {}: {e}",
+                    self.bucket,
+                    dest.display()
+                ))
+            })?;
+        Ok(Some(written))
+    }
+
     async fn get(&self, checksum: &Checksum) -> Result<Option<Bytes>, CodeStoreError> {
         let Some(bytes) = self.get_raw(checksum).await? else {
             return Ok(None);
@@ -396,22 +483,8 @@ impl CodeStore for S3CodeStore {
 
     async fn get_raw(&self, checksum: &Checksum) -> Result<Option<Bytes>, CodeStoreError> {
         let key = subjects::code_key(checksum);
-        let output = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-        {
-            Ok(output) => output,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            // A 404 without NoSuchKey: a missing object on servers that omit the code, but a
-            // missing bucket (NoSuchBucket) is a backend error.
-            Err(e) if status_of(&e) == Some(404) && e.code() != Some("NoSuchBucket") => {
-                return Ok(None)
-            }
-            Err(e) => return Err(self.failed("get object", &key, e)),
+        let Some(output) = self.get_object(&key).await? else {
+            return Ok(None);
         };
         let bytes = output
             .body

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fnmesh_code::conformance::{self, Store};
-use fnmesh_code::encrypted::{Encrypted, MAGIC};
+use fnmesh_code::encrypted::{Encrypted, MAGIC, MAGIC_V1};
 use fnmesh_code::local::LocalCodeStore;
 use fnmesh_code::{CodeStore, CodeStoreError};
 use fnmesh_core::checksum::Checksum;
@@ -155,4 +155,80 @@ async fn plaintext_blobs_are_refused_unless_allowed() {
         .unwrap()
         .starts_with(MAGIC));
     assert_eq!(strict.get(&c).await.unwrap(), Some(code));
+}
+
+#[tokio::test]
+async fn files_are_sealed_in_frames_and_cut_ones_are_corrupt() {
+    let (dir, inner) = local().await;
+    let store = sealed(&inner, ring("k1", 7));
+    // Three frames: two full ones and a short last one.
+    let code = conformance::random_bytes(2 * fnmesh_code::CHUNK_BYTES + 100);
+    let source = dir.path().join("code.tar.gz");
+    std::fs::write(&source, &code).unwrap();
+    let c = store.put_file(&source).await.unwrap();
+    assert_eq!(c, Checksum::of(&code));
+    let on_disk = std::fs::read(inner.blob_path(&c)).unwrap();
+    assert!(on_disk.starts_with(MAGIC));
+    assert!(
+        on_disk.len() > code.len(),
+        "each frame adds a nonce and a tag"
+    );
+    let back = dir.path().join("back");
+    assert!(store.get_file(&c, &back).await.unwrap());
+    assert!(std::fs::read(&back).unwrap() == code);
+    // Putting the file again is a no-op, as for bytes.
+    store.put_file(&source).await.unwrap();
+    assert_eq!(std::fs::read(inner.blob_path(&c)).unwrap(), on_disk);
+
+    // Cut after the first frame (and anywhere else): never served.
+    let frame = MAGIC.len() + 2 + 2 + 1 + 12 + 4 + fnmesh_code::CHUNK_BYTES + 16;
+    for cut in [frame, frame + 1, on_disk.len() - 1] {
+        std::fs::write(inner.blob_path(&c), &on_disk[..cut]).unwrap();
+        assert!(
+            matches!(store.get(&c).await, Err(CodeStoreError::Corrupt(_))),
+            "cut at {cut}"
+        );
+        let dest = dir.path().join(format!("cut-{cut}"));
+        assert!(
+            matches!(
+                store.get_file(&c, &dest).await,
+                Err(CodeStoreError::Corrupt(_))
+            ),
+            "cut at {cut}"
+        );
+        assert!(!dest.exists(), "a cut blob leaves no plaintext behind");
+    }
+    // Bytes after the last frame are refused too.
+    let mut longer = on_disk.clone();
+    longer.push(0);
+    std::fs::write(inner.blob_path(&c), &longer).unwrap();
+    assert!(matches!(
+        store.get(&c).await,
+        Err(CodeStoreError::Corrupt(_))
+    ));
+}
+
+#[tokio::test]
+async fn version_1_envelopes_still_open() {
+    let (dir, inner) = local().await;
+    let keyring = ring("k1", 7);
+    let code = b"sealed whole by an earlier version".to_vec();
+    let c = Checksum::of(&code);
+    let aad = format!("fnmesh.code.v1\0{}", c.as_str());
+    let sealed_value = keyring.seal(aad.as_bytes(), &code).unwrap();
+    let mut envelope = MAGIC_V1.to_vec();
+    envelope.push(sealed_value.key_id.len() as u8);
+    envelope.extend_from_slice(sealed_value.key_id.as_bytes());
+    envelope.push(sealed_value.nonce.len() as u8);
+    envelope.extend_from_slice(&sealed_value.nonce);
+    envelope.extend_from_slice(&sealed_value.ciphertext);
+    inner.put_raw(&c, Bytes::from(envelope)).await.unwrap();
+    let store = sealed(&inner, keyring);
+    assert_eq!(
+        store.get(&c).await.unwrap(),
+        Some(Bytes::from(code.clone()))
+    );
+    let dest = dir.path().join("v1");
+    assert!(store.get_file(&c, &dest).await.unwrap());
+    assert_eq!(std::fs::read(&dest).unwrap(), code);
 }

@@ -41,6 +41,73 @@ impl Checksum {
     }
 }
 
+/// A [`Checksum`] computed over bytes that arrive in pieces (a file or a stream copied in
+/// chunks), so they are never held whole.
+#[derive(Debug, Clone, Default)]
+pub struct ChecksumHasher(Sha256);
+
+impl ChecksumHasher {
+    /// A hasher that has seen nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next piece.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The checksum of everything fed.
+    pub fn finish(self) -> Checksum {
+        Checksum(hex::encode(self.0.finalize()))
+    }
+}
+
+impl std::io::Write for ChecksumHasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A reader that hashes what is read through it.
+#[derive(Debug)]
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: ChecksumHasher,
+    read: u64,
+}
+
+impl<R: std::io::Read> HashingReader<R> {
+    /// Hashes what is read from `inner`.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: ChecksumHasher::new(),
+            read: 0,
+        }
+    }
+
+    /// Reads what is left of `inner`, then gives the checksum and length of everything read.
+    pub fn finish(mut self) -> std::io::Result<(Checksum, u64)> {
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        Ok((self.hasher.finish(), self.read))
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
 impl TryFrom<String> for Checksum {
     type Error = ChecksumError;
     fn try_from(value: String) -> Result<Self, ChecksumError> {
@@ -74,5 +141,20 @@ mod tests {
         assert!(Checksum::parse(c.as_str()).is_ok());
         assert!(Checksum::parse("../etc/passwd").is_err());
         assert!(Checksum::parse(&c.as_str().to_uppercase()).is_err());
+    }
+
+    #[test]
+    fn pieces_hash_as_the_whole() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut hasher = ChecksumHasher::new();
+        for piece in data.chunks(777) {
+            hasher.update(piece);
+        }
+        assert_eq!(hasher.finish(), Checksum::of(&data));
+        let mut reader = HashingReader::new(&data[..]);
+        let mut head = [0u8; 1000];
+        std::io::Read::read_exact(&mut reader, &mut head).unwrap();
+        // What is left unread is hashed by `finish`.
+        assert_eq!(reader.finish().unwrap(), (Checksum::of(&data), 100_000));
     }
 }

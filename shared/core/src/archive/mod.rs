@@ -126,12 +126,32 @@ pub enum Packing {
 /// upload spooled to disk is never read into memory whole; the result is packed as `packing`
 /// says. Only the packed result is held in memory.
 pub fn normalize_reader<R: Read + Seek>(
-    mut source: R,
+    source: R,
     handler_file: &str,
     limits: &ArchiveLimits,
     staging_parent: &Path,
     packing: Packing,
 ) -> Result<Vec<u8>, ArchiveError> {
+    normalize_to(
+        source,
+        handler_file,
+        limits,
+        staging_parent,
+        packing,
+        Vec::new(),
+    )
+}
+
+/// [`normalize_reader`] writing the packed result to `out` (a file, so nothing of the code is
+/// held in memory whole); returns `out`.
+pub fn normalize_to<R: Read + Seek, W: Write>(
+    mut source: R,
+    handler_file: &str,
+    limits: &ArchiveLimits,
+    staging_parent: &Path,
+    packing: Packing,
+    out: W,
+) -> Result<W, ArchiveError> {
     let handler_components = validate_path(handler_file)?;
     if handler_components.is_empty() {
         return Err(ArchiveError::MissingHandler(handler_file.to_owned()));
@@ -161,11 +181,11 @@ pub fn normalize_reader<R: Read + Seek>(
         _ => return Err(ArchiveError::MissingHandler(handler_file.to_owned())),
     }
     let packed = match packing {
-        Packing::Tar => pack(staging.path(), Vec::new())?,
+        Packing::Tar => pack(staging.path(), out)?,
         Packing::TarGz => {
             let gz = flate2::GzBuilder::new()
                 .mtime(0)
-                .write(Vec::new(), flate2::Compression::default());
+                .write(out, flate2::Compression::default());
             pack(staging.path(), gz)?.finish()?
         }
     };
@@ -177,12 +197,22 @@ pub fn normalize_reader<R: Read + Seek>(
 /// with the same checks as [`normalize`]. `dest` should be new or empty: an entry whose path
 /// already exists there is refused as a duplicate, never overwritten.
 pub fn unpack(tar: &[u8], dest: &Path, limits: &ArchiveLimits) -> Result<(), ArchiveError> {
+    unpack_reader(tar, dest, limits)
+}
+
+/// [`unpack`] reading the stored form from `source` (a file), a piece at a time.
+pub fn unpack_reader<R: Read>(
+    source: R,
+    dest: &Path,
+    limits: &ArchiveLimits,
+) -> Result<(), ArchiveError> {
     fs::create_dir_all(dest)?;
     let mut tree = Tree::new(dest, limits);
-    if is_gzip(tar) {
-        unpack_tar(flate2::read::GzDecoder::new(tar), &mut tree)
+    let mut source = io::BufReader::new(source);
+    if is_gzip(io::BufRead::fill_buf(&mut source)?) {
+        unpack_tar(flate2::read::GzDecoder::new(source), &mut tree)
     } else {
-        unpack_tar(tar, &mut tree)
+        unpack_tar(source, &mut tree)
     }
 }
 
@@ -193,10 +223,16 @@ fn is_gzip(bytes: &[u8]) -> bool {
 /// Whether `path` is a regular file of a normalized tar (plain or gzip-compressed), e.g. to
 /// check that a new handler exists in code that is kept across an update.
 pub fn contains_file(tar: &[u8], path: &str) -> Result<bool, ArchiveError> {
-    if is_gzip(tar) {
-        contains_file_in(flate2::read::GzDecoder::new(tar), path)
+    contains_file_reader(tar, path)
+}
+
+/// [`contains_file`] reading the stored form from `source` (a file).
+pub fn contains_file_reader<R: Read>(source: R, path: &str) -> Result<bool, ArchiveError> {
+    let mut source = io::BufReader::new(source);
+    if is_gzip(io::BufRead::fill_buf(&mut source)?) {
+        contains_file_in(flate2::read::GzDecoder::new(source), path)
     } else {
-        contains_file_in(tar, path)
+        contains_file_in(source, path)
     }
 }
 
