@@ -43,6 +43,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if matches!(
+        cli.command,
+        Command::Function(_)
+            | Command::Invoke(_)
+            | Command::Invocation(_)
+            | Command::Logs(_)
+            | Command::Registry(_)
+            | Command::EnvVars
+    ) {
+        quiet_on_closed_stdout();
+    }
     // reqwest (our client, the OTLP exporter) leaves rustls's crypto to us: ring, as the rest.
     // An error only means a provider is already installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -155,4 +166,16 @@ fn env_vars() -> std::collections::BTreeSet<String> {
         .collect();
     walk(&<Cli as clap::CommandFactory>::command(), &mut out);
     out
+}
+
+/// Makes a client command end quietly, as other command-line tools do, when what reads its
+/// output goes away (`fnmesh fn list | head -3`): SIGPIPE back to its default action, which
+/// Rust's runtime sets to "ignore" (then `println!` panics on the broken pipe). Only for
+/// client commands: servers keep ignoring it, so a peer that hangs up is an error to handle.
+fn quiet_on_closed_stdout() {
+    // SAFETY: called before any thread is started; sets a signal's disposition to one of the
+    // predefined actions (no handler runs our code).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
