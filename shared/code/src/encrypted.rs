@@ -29,7 +29,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{CodeStore, CodeStoreError, CHUNK_BYTES};
+use super::{blocking, CodeStore, CodeStoreError, CHUNK_BYTES};
 use fnmesh_core::checksum::{Checksum, ChecksumHasher};
 use fnmesh_core::secrets::{Keyring, SealedValue, SecretsError};
 
@@ -314,16 +314,6 @@ impl Encrypted {
         (raw.starts_with(MAGIC) || raw.starts_with(MAGIC_V1))
             && self.open_to(checksum, raw, std::io::sink()).is_ok()
     }
-}
-
-async fn blocking<T, F>(f: F) -> Result<T, CodeStoreError>
-where
-    F: FnOnce() -> Result<T, CodeStoreError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CodeStoreError::Backend(format!("blocking task failed: {e}")))?
 }
 
 fn scratch_file(near: Option<&Path>) -> Result<tempfile::NamedTempFile, CodeStoreError> {

@@ -169,6 +169,17 @@ pub async fn get_file_streamed<S: CodeStore + ?Sized>(
     }
 }
 
+/// Runs blocking file work off the async threads.
+async fn blocking<T, F>(f: F) -> Result<T, CodeStoreError>
+where
+    F: FnOnce() -> Result<T, CodeStoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CodeStoreError::Backend(format!("blocking task failed: {e}")))?
+}
+
 fn file_error(what: &str, path: &Path, e: std::io::Error) -> CodeStoreError {
     CodeStoreError::Backend(format!("{what} {}: {e}", path.display()))
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{CodeStore, CodeStoreError};
+use super::{blocking, CodeStore, CodeStoreError};
 use fnmesh_core::checksum::{Checksum, HashingReader};
 
 /// A [`CodeStore`] in a local directory.
@@ -23,16 +23,6 @@ pub struct LocalCodeStore {
 
 fn backend(what: &str, path: &Path, e: std::io::Error) -> CodeStoreError {
     CodeStoreError::Backend(format!("{what} {}: {e}", path.display()))
-}
-
-async fn blocking<T, F>(f: F) -> Result<T, CodeStoreError>
-where
-    F: FnOnce() -> Result<T, CodeStoreError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CodeStoreError::Backend(format!("blocking task failed: {e}")))?
 }
 
 impl LocalCodeStore {

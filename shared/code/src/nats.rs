@@ -154,6 +154,21 @@ impl NatsCodeStore {
             })?
     }
 
+    /// The object under `key`, ready to read; `None` if absent; refused past
+    /// [`MAX_BLOB_BYTES`] before anything is read.
+    async fn open_object(&self, key: &str) -> Result<Option<object_store::Object>, CodeStoreError> {
+        let object = match self.bucket.get(key).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.failed("get", key, e)),
+        };
+        let size = object.info().size;
+        if size > MAX_BLOB_BYTES {
+            return Err(too_large(size));
+        }
+        Ok(Some(object))
+    }
+
     /// The metadata of a live object; `None` if absent or deleted.
     async fn live_info(
         &self,
@@ -277,15 +292,9 @@ impl CodeStore for NatsCodeStore {
     ) -> Result<Option<Checksum>, CodeStoreError> {
         let key = subjects::code_key(checksum);
         self.deadline("get", &key, async {
-            let object = match self.bucket.get(key.as_str()).await {
-                Ok(object) => object,
-                Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(self.failed("get", &key, e)),
+            let Some(object) = self.open_object(&key).await? else {
+                return Ok(None);
             };
-            let size = object.info().size;
-            if size > MAX_BLOB_BYTES {
-                return Err(too_large(size));
-            }
             let cap = u64::try_from(MAX_BLOB_BYTES).unwrap_or(u64::MAX);
             match crate::copy_to_file(object, dest, cap).await {
                 Ok((written, _)) => Ok(Some(written)),
@@ -314,15 +323,10 @@ impl CodeStore for NatsCodeStore {
     async fn get_raw(&self, checksum: &Checksum) -> Result<Option<Bytes>, CodeStoreError> {
         let key = subjects::code_key(checksum);
         self.deadline("get", &key, async {
-            let mut object = match self.bucket.get(key.as_str()).await {
-                Ok(object) => object,
-                Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(self.failed("get", &key, e)),
+            let Some(mut object) = self.open_object(&key).await? else {
+                return Ok(None);
             };
             let size = object.info().size;
-            if size > MAX_BLOB_BYTES {
-                return Err(too_large(size));
-            }
             let mut buf = Vec::with_capacity(size);
             let cap = u64::try_from(MAX_BLOB_BYTES).unwrap_or(u64::MAX).saturating_add(1);
             match (&mut object).take(cap).read_to_end(&mut buf).await {

@@ -341,6 +341,34 @@ impl S3CodeStore {
 }
 
 impl S3CodeStore {
+    /// PUT of `body` (`size` bytes with SHA-256 `digest`, which the server checks) under the
+    /// code key of `checksum`.
+    async fn put_object(
+        &self,
+        checksum: &Checksum,
+        size: u64,
+        digest: &[u8],
+        body: ByteStream,
+    ) -> Result<(), CodeStoreError> {
+        let key = subjects::code_key(checksum);
+        let content_length = i64::try_from(size).map_err(|_| {
+            CodeStoreError::Backend(format!("code blob of {size} bytes is too large"))
+        })?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/octet-stream")
+            .content_length(content_length)
+            .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(digest))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.failed("put object", &key, e))?;
+        tracing::debug!(code.checksum = %checksum, code.size_bytes = size, "code stored in s3");
+        Ok(())
+    }
+
     /// GET of the object; `None` if it does not exist.
     async fn get_object(
         &self,
@@ -388,24 +416,9 @@ impl CodeStore for S3CodeStore {
 
     async fn put_raw(&self, checksum: &Checksum, bytes: Bytes) -> Result<(), CodeStoreError> {
         let digest = Sha256::digest(&bytes);
-        let key = subjects::code_key(checksum);
-        let size = bytes.len();
-        let content_length = i64::try_from(size).map_err(|_| {
-            CodeStoreError::Backend(format!("code blob of {size} bytes is too large"))
-        })?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/octet-stream")
-            .content_length(content_length)
-            .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(digest))
-            .body(ByteStream::from(bytes))
-            .send()
+        let size = bytes.len() as u64;
+        self.put_object(checksum, size, &digest, ByteStream::from(bytes))
             .await
-            .map_err(|e| self.failed("put object", &key, e))?;
-        tracing::debug!(code.checksum = %checksum, code.size_bytes = size, "code stored in s3");
-        Ok(())
     }
 
     async fn put_file(&self, path: &Path) -> Result<Checksum, CodeStoreError> {
@@ -422,9 +435,6 @@ impl CodeStore for S3CodeStore {
         let digest = hex::decode(raw.as_str()).map_err(|e| {
             CodeStoreError::Backend(format!("s3 put object s3://{}/{key}: {e}", self.bucket))
         })?;
-        let content_length = i64::try_from(size).map_err(|_| {
-            CodeStoreError::Backend(format!("code blob of {size} bytes is too large"))
-        })?;
         // Read from the file as it is sent, never whole.
         let body = ByteStream::from_path(path).await.map_err(|e| {
             CodeStoreError::Backend(format!(
@@ -433,19 +443,7 @@ impl CodeStore for S3CodeStore {
                 path.display()
             ))
         })?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/octet-stream")
-            .content_length(content_length)
-            .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(digest))
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.failed("put object", &key, e))?;
-        tracing::debug!(code.checksum = %checksum, code.size_bytes = size, "code stored in s3 from a file");
-        Ok(())
+        self.put_object(checksum, size, &digest, body).await
     }
 
     async fn get_raw_file(
