@@ -191,9 +191,14 @@ fn too_large(size: usize) -> CodeStoreError {
 
 /// The digest the object store records for `bytes` (`SHA-256=<base64url>`).
 fn object_digest(bytes: &[u8]) -> String {
+    object_digest_of(&Sha256::digest(bytes))
+}
+
+/// [`object_digest`] of the bytes whose SHA-256 is `sha256`.
+fn object_digest_of(sha256: &[u8]) -> String {
     format!(
         "SHA-256={}",
-        base64::engine::general_purpose::URL_SAFE.encode(Sha256::digest(bytes))
+        base64::engine::general_purpose::URL_SAFE.encode(sha256)
     )
 }
 
@@ -256,14 +261,7 @@ impl CodeStore for NatsCodeStore {
         if size > MAX_BLOB_BYTES {
             return Err(too_large(size));
         }
-        let digest = hex::decode(raw.as_str())
-            .map(|d| {
-                format!(
-                    "SHA-256={}",
-                    base64::engine::general_purpose::URL_SAFE.encode(d)
-                )
-            })
-            .map_err(|e| self.failed("put", &key, e))?;
+        let digest = object_digest_of(&raw.digest());
         self.deadline("put", &key, async {
             let _serialised = self.put_lock.lock().await;
             if let Some(info) = self.live_info(&key).await? {

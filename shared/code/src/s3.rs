@@ -432,9 +432,7 @@ impl CodeStore for S3CodeStore {
     async fn put_raw_file(&self, checksum: &Checksum, path: &Path) -> Result<(), CodeStoreError> {
         let key = subjects::code_key(checksum);
         let (raw, size) = crate::checksum_file(path).await?;
-        let digest = hex::decode(raw.as_str()).map_err(|e| {
-            CodeStoreError::Backend(format!("s3 put object s3://{}/{key}: {e}", self.bucket))
-        })?;
+        let digest = raw.digest();
         // Read from the file as it is sent, never whole.
         let body = ByteStream::from_path(path).await.map_err(|e| {
             CodeStoreError::Backend(format!(

@@ -39,6 +39,14 @@ impl Checksum {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The 32 bytes of the digest.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        // Always 64 lowercase hex digits (checked on construction).
+        let _ = hex::decode_to_slice(&self.0, &mut out);
+        out
+    }
 }
 
 /// A [`Checksum`] computed over bytes that arrive in pieces (a file or a stream copied in
@@ -141,6 +149,7 @@ mod tests {
         assert!(Checksum::parse(c.as_str()).is_ok());
         assert!(Checksum::parse("../etc/passwd").is_err());
         assert!(Checksum::parse(&c.as_str().to_uppercase()).is_err());
+        assert_eq!(hex::encode(c.digest()), c.as_str());
     }
 
     #[test]
