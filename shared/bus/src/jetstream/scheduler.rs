@@ -600,9 +600,15 @@ impl JetStreamBus {
             ring.share.split(max, waiting)
         };
         let mut found = Vec::new();
+        // Consumers that gave less than they were asked for this round: not fetched again in
+        // it. A hint that names one meanwhile is most often the hint of a message this round
+        // got already (the gateway hints after its PubAck, the server delivers at once); a
+        // second fetch of it would find nothing and hold the round, and what it found, for the
+        // whole fetch expiry. It stays hot for the next pull.
+        let mut drained = std::collections::HashSet::new();
         for (lane, wanted) in allot.into_iter().enumerate() {
             if wanted > 0 {
-                found.extend(self.fetch_lane_ring(lane, wanted).await?);
+                found.extend(self.fetch_lane_ring(lane, wanted, &mut drained).await?);
             }
         }
         for lane in 0..3 {
@@ -610,7 +616,7 @@ impl JetStreamBus {
             if wanted == 0 {
                 break;
             }
-            found.extend(self.fetch_lane_ring(lane, wanted).await?);
+            found.extend(self.fetch_lane_ring(lane, wanted, &mut drained).await?);
         }
         Ok(found)
     }
@@ -619,11 +625,13 @@ impl JetStreamBus {
     /// is asked for its share of what is still wanted (so one round trip can fill several
     /// slots, and a flooded function never takes every slot while others have work). A
     /// consumer that gave all it was asked for stays hot, at the back; one that gave less has
-    /// nothing more right now and cools, unless a hint came meanwhile.
+    /// nothing more right now and cools, unless a hint came meanwhile; it joins `drained` and
+    /// is skipped (left hot, at the back) by later calls of the same round.
     async fn fetch_lane_ring(
         &self,
         lane: usize,
         max: usize,
+        drained: &mut std::collections::HashSet<String>,
     ) -> Result<Vec<jetstream::Message>, BusError> {
         let rounds = self.ring().order[lane].len();
         let mut found = Vec::new();
@@ -637,6 +645,10 @@ impl JetStreamBus {
                 let Some(name) = ring.order[lane].pop_front() else {
                     break;
                 };
+                if drained.contains(&name) {
+                    ring.order[lane].push_back(name);
+                    continue;
+                }
                 let generation = ring.hot.get(&name).copied().unwrap_or(0);
                 (name, generation)
             };
@@ -669,6 +681,7 @@ impl JetStreamBus {
                     found.extend(messages);
                 }
                 Ok(_) | Err(_) => {
+                    drained.insert(name.clone());
                     if let Err(e) = &got {
                         tracing::debug!(consumer = %name, error = %e, "fetch failed; consumer cooled");
                         ring.known.remove(&name);
