@@ -298,7 +298,8 @@ impl GatewayMetrics {
         Ok(this)
     }
 
-    /// Counts one recorded result (a node's `Finished` event) with its phases.
+    /// Counts one recorded result (a node's `Finished` event, or a sync outcome whose node got
+    /// its receipt: see `crate::writes`) with its phases.
     pub fn observe_result(&self, result: &InvocationResult) {
         let function = self.functions.label(result.function.as_str());
         // Phases first, the result counter last: a scrape that sees the count sees its phases.

@@ -80,7 +80,11 @@ impl AppState {
         let authenticator = Authenticator::new(backends.store.clone(), config.tokens.clone());
         let log_stream_permits = KeyPermits::new(config.max_log_streams_per_key);
         let nats_request_permits = KeyPermits::new(config.max_nats_requests_per_key);
-        let writes = crate::writes::Writes::start(backends.store.clone(), metrics.clone());
+        let writes = crate::writes::Writes::start(
+            backends.store.clone(),
+            backends.bus.clone(),
+            metrics.clone(),
+        );
         let registries =
             fnmesh_image::registry::Registries::new(config.insecure_registries.clone());
         Arc::new(Self {

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use fnmesh_bus::Bus;
 use fnmesh_core::{InvocationId, InvocationOutcome, InvocationRequest, Namespace};
 use fnmesh_store::{MetadataStore, StoreError};
 use tokio::sync::{mpsc, oneshot};
@@ -41,6 +42,8 @@ enum Pending {
     Outcome {
         outcome: Arc<InvocationOutcome>,
         done: oneshot::Sender<Result<bool, StoreError>>,
+        /// A sync reply's outcome: once stored, its node is sent the receipt it asked for.
+        receipt: bool,
     },
 }
 
@@ -64,13 +67,19 @@ pub(crate) struct Writes {
 }
 
 impl Writes {
-    /// Starts the writer task over `store` (must be called within a Tokio runtime).
-    pub(crate) fn start(store: Arc<dyn MetadataStore>, metrics: Arc<GatewayMetrics>) -> Self {
+    /// Starts the writer task over `store` (must be called within a Tokio runtime); receipts
+    /// for stored sync outcomes go out on `bus`.
+    pub(crate) fn start(
+        store: Arc<dyn MetadataStore>,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let recent = Recent::default();
         let committed = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(run(
             store,
+            bus,
             metrics,
             receiver,
             recent.clone(),
@@ -107,15 +116,20 @@ impl Writes {
 
     /// Queues a finished outcome (applied fenced, with its logs) without waiting for its
     /// commit, and answers reads of it from memory until then ([`Writes::recent`]). Waits only
-    /// for room in the queue. A write that fails is logged: the recorder stores the same
-    /// outcome from the node's `Finished` event.
+    /// for room in the queue. Once it is stored, its node is sent the receipt its reply asked
+    /// for ([`Bus::confirm_stored`]), so the node publishes no `Finished` event for it. A write
+    /// that fails sends none: the recorder stores the outcome from the node's event.
     pub(crate) async fn outcome_behind(&self, outcome: Arc<InvocationOutcome>) {
         let id = outcome.result.id;
         lock(&self.recent).insert(id, outcome.clone());
         let (done, _) = oneshot::channel();
         if self
             .queue
-            .send(Pending::Outcome { outcome, done })
+            .send(Pending::Outcome {
+                outcome,
+                done,
+                receipt: true,
+            })
             .await
             .is_err()
         {
@@ -150,8 +164,15 @@ impl Writes {
         outcome: Arc<InvocationOutcome>,
     ) -> Result<bool, StoreError> {
         let (done, answer) = oneshot::channel();
-        self.submit(Pending::Outcome { outcome, done }, answer)
-            .await?
+        self.submit(
+            Pending::Outcome {
+                outcome,
+                done,
+                receipt: false,
+            },
+            answer,
+        )
+        .await?
     }
 
     async fn submit<T>(
@@ -176,6 +197,7 @@ fn lock(
 /// The writer: batch after batch until every handle is gone.
 async fn run(
     store: Arc<dyn MetadataStore>,
+    bus: Arc<dyn Bus>,
     metrics: Arc<GatewayMetrics>,
     mut receiver: mpsc::Receiver<Pending>,
     recent: Recent,
@@ -194,15 +216,23 @@ async fn run(
             })
             .collect();
         let batch_now = std::mem::take(&mut batch);
+        let mut stored = Vec::new();
         if down_until.is_some_and(|until| tokio::time::Instant::now() < until) {
             fail(
                 batch_now,
                 &StoreError::Unavailable("the metadata store did not answer just now".into()),
             );
-        } else if commit(store.as_ref(), &metrics, batch_now).await {
+        } else if commit(store.as_ref(), &metrics, batch_now, &mut stored).await {
             down_until = Some(tokio::time::Instant::now() + FAIL_FAST);
         } else {
             down_until = None;
+        }
+        // Stored: their nodes need not publish them. An outcome whose node got its receipt is
+        // counted here; the recorder counts the others from their events.
+        for outcome in stored {
+            if bus.confirm_stored(outcome.result.id).await {
+                metrics.observe_result(&outcome.result);
+            }
         }
         // Committed (or failed: then the recorder writes them): read from the store now.
         if !written.is_empty() {
@@ -221,14 +251,28 @@ async fn run(
     tracing::debug!("store writer stopped");
 }
 
-/// Commits one batch and answers each write; whether the store was unavailable.
-async fn commit(store: &dyn MetadataStore, metrics: &GatewayMetrics, batch: Vec<Pending>) -> bool {
+/// Commits one batch and answers each write; whether the store was unavailable. The sync
+/// outcomes that asked for a receipt and are stored go to `stored`.
+async fn commit(
+    store: &dyn MetadataStore,
+    metrics: &GatewayMetrics,
+    batch: Vec<Pending>,
+    stored: &mut Vec<Arc<InvocationOutcome>>,
+) -> bool {
     let mut inserts = Vec::new();
     let mut outcomes = Vec::new();
+    let mut receipts = Vec::new();
     for pending in batch {
         match pending {
             Pending::Insert { request, done } => inserts.push((request, done)),
-            Pending::Outcome { outcome, done } => outcomes.push((outcome, done)),
+            Pending::Outcome {
+                outcome,
+                done,
+                receipt,
+            } => {
+                receipts.push(receipt);
+                outcomes.push((outcome, done));
+            }
         }
     }
     metrics.observe_store_writes("invoke", inserts.len(), outcomes.len());
@@ -241,9 +285,13 @@ async fn commit(store: &dyn MetadataStore, metrics: &GatewayMetrics, batch: Vec<
                 let one = write::<(), ()>(store, std::slice::from_ref(&(request, ())), &[]).await;
                 let _ = done.send(one.and_then(|w| inserted(&w, 0)));
             }
-            for (outcome, done) in outcomes {
+            for ((outcome, done), receipt) in outcomes.into_iter().zip(receipts) {
                 metrics.observe_store_writes("invoke", 0, 1);
-                let one = write::<(), ()>(store, &[], std::slice::from_ref(&(outcome, ()))).await;
+                let pair = (outcome, ());
+                let one = write::<(), ()>(store, &[], std::slice::from_ref(&pair)).await;
+                if receipt && one.is_ok() {
+                    stored.push(pair.0);
+                }
                 let _ = done.send(one.map(|w| w.applied.first().copied().unwrap_or(false)));
             }
             return false;
@@ -254,9 +302,10 @@ async fn commit(store: &dyn MetadataStore, metrics: &GatewayMetrics, batch: Vec<
             for (i, (_, done)) in inserts.into_iter().enumerate() {
                 let _ = done.send(inserted(&written, i));
             }
-            for (i, (outcome, done)) in outcomes.into_iter().enumerate() {
-                // Released first: the caller then takes its outcome back without a copy.
-                drop(outcome);
+            for (i, ((outcome, done), receipt)) in outcomes.into_iter().zip(receipts).enumerate() {
+                if receipt {
+                    stored.push(outcome);
+                }
                 let _ = done.send(Ok(written.applied.get(i).copied().unwrap_or(false)));
             }
         }

@@ -4,7 +4,11 @@
 //!
 //! Ordering per delivery: execute (with `in_progress` heartbeats so a long invocation is not
 //! redelivered; a `Started` event once it has run for [`STARTED_AFTER`]) → reply (sync calls)
-//! → `Finished` event (durable) → ack.
+//! → `Finished` event (durable) → ack. A sync reply asks its gateway for a receipt once it has
+//! stored the outcome ([`fnmesh_bus::Receipt`]); with one in [`RECEIPT_WAIT`] the `Finished`
+//! event is not needed and is not published (the event, its PubAck, the recorder's delivery,
+//! read and ack: four NATS messages, a JetStream write and a store read fewer per sync
+//! invocation).
 //!
 //! `Started` only marks a record `running` (the `Finished` outcome carries the start time), so
 //! an invocation that finishes sooner does without it: four NATS messages, a JetStream write
@@ -25,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use fnmesh_bus::{Acker, Bus, Delivery, ReplyTo};
+use fnmesh_bus::{Acker, Bus, Delivery, Receipt, ReplyTo};
 use fnmesh_core::{
     ErrorKind, Execution, FunctionConfig, InvocationError, InvocationOutcome, InvocationRequest,
     InvocationResult, InvocationStatus, NodeEvent,
@@ -517,14 +521,18 @@ impl Worker {
         acker: &dyn Acker,
         slot: &mut Slot,
     ) {
+        let mut receipt = Receipt::none();
         if let Some(to) = reply_to {
             let replied = self
                 .bus
-                .reply(to, &outcome)
+                .reply_with_receipt(to, &outcome)
                 .instrument(tracing::info_span!("invocation.reply"))
                 .await;
-            if let Err(e) = replied {
-                tracing::debug!(error = %e, "sync reply failed; the result is still recorded");
+            match replied {
+                Ok(r) => receipt = r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "sync reply failed; the result is still recorded")
+                }
             }
             // The caller has its answer, and its next call may come at once: the slot is
             // free while the result is reported, as long as fewer than `slots` results are
@@ -535,6 +543,14 @@ impl Worker {
                 slot.permit = None;
                 slot.busy = None;
             }
+        }
+        // The gateway stored the outcome it was answered with: no event needed (see
+        // `fnmesh_bus::Receipt`). Without a receipt in time, the event records it.
+        if receipt.stored(RECEIPT_WAIT).await {
+            if let Err(e) = acker.ack().await {
+                tracing::warn!(error = %e, "ack failed; the invocation may be redelivered");
+            }
+            return;
         }
         let event = NodeEvent::Finished(Box::new(outcome));
         // The result is kept until the recorders' stream takes it (it may be full for a while,
@@ -574,6 +590,10 @@ impl Worker {
     }
 }
 
+/// How long a node waits for the gateway's receipt of a sync reply before it publishes the
+/// outcome as a `Finished` event (a gateway commits its outcomes within milliseconds; a store
+/// that is down fails them within its timeout).
+const RECEIPT_WAIT: Duration = Duration::from_secs(1);
 /// Pauses between tries to publish a result: 50 ms, doubled per failure, at most 2 s.
 const PUBLISH_RETRY: ExponentialBuilder = ExponentialBuilder::new()
     .with_min_delay(Duration::from_millis(50))

@@ -393,3 +393,96 @@ async fn work_whose_consumer_was_deleted_is_delivered() {
         .expect("the consumer was made again");
     assert_eq!(info.config.max_ack_pending, 2, "with the function's cap");
 }
+
+/// A receipt for a sync reply counts only when it is the gateway's: one published on the
+/// node's receipt inbox by anyone else (no header, a made-up one, or one copied from another
+/// reply) is ignored, so the node still publishes its `Finished` event; the gateway's own,
+/// sent once the outcome is stored, counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receipt_counts_only_from_the_gateway() {
+    use futures::StreamExt as _;
+
+    let nats = TestNats::start();
+    let bus = bus(&nats.url(), &fresh_prefix(), test_config()).await;
+    let spy = async_nats::connect(nats.url()).await.unwrap();
+    let mut earlier_receipt: Option<String> = None;
+    for confirm in [false, true] {
+        let mut inbox = bus.open_inbox().await.unwrap();
+        // What a party that can read the gateway's inbox sees: the reply and its receipt inbox.
+        let mut watched = spy.subscribe(inbox.reply_to.0.clone()).await.unwrap();
+        spy.flush().await.unwrap();
+        let req = request();
+        bus.publish_invocation(&req, Some(&inbox.reply_to))
+            .await
+            .unwrap();
+        let d = bus
+            .pull_invocation(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("a delivery");
+        let mut sent = conformance::outcome(&req);
+        sent.result.node_id = Some("node-a".to_owned());
+        let receipt = bus
+            .reply_with_receipt(d.reply_to.as_ref().unwrap(), &sent)
+            .await
+            .unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(5), watched.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let receipt_inbox = seen
+            .reply
+            .expect("the reply asks for a receipt")
+            .to_string();
+        assert!(receipt_inbox.starts_with("_INBOX."), "{receipt_inbox}");
+        inbox.receiver.recv().await.expect("the reply");
+        let mut forged = vec![async_nats::HeaderMap::new()];
+        let mut made_up = async_nats::HeaderMap::new();
+        made_up.insert(
+            "Fnmesh-Receipt",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        );
+        forged.push(made_up);
+        if let Some(earlier) = &earlier_receipt {
+            let mut copied = async_nats::HeaderMap::new();
+            copied.insert("Fnmesh-Receipt", earlier.as_str());
+            forged.push(copied);
+        }
+        for headers in forged {
+            spy.publish_with_headers(receipt_inbox.clone(), headers, "".into())
+                .await
+                .unwrap();
+        }
+        spy.flush().await.unwrap();
+        if confirm {
+            assert!(bus.confirm_stored(req.id).await);
+            assert!(
+                receipt.stored(Duration::from_secs(5)).await,
+                "the gateway's receipt counts"
+            );
+        } else {
+            assert!(
+                !receipt.stored(Duration::from_millis(500)).await,
+                "forged receipts do not count"
+            );
+            // Keep the real one, to replay it on the next reply.
+            let mut receipts = spy.subscribe(receipt_inbox.clone()).await.unwrap();
+            spy.flush().await.unwrap();
+            assert!(bus.confirm_stored(req.id).await);
+            let real = tokio::time::timeout(Duration::from_secs(5), receipts.next())
+                .await
+                .unwrap()
+                .unwrap();
+            earlier_receipt = real
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Fnmesh-Receipt"))
+                .map(|v| v.as_str().to_owned());
+            assert!(
+                earlier_receipt.is_some(),
+                "the gateway's receipt has its header"
+            );
+        }
+        d.acker.ack().await.unwrap();
+    }
+}

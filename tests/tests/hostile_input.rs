@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use fnmesh_bus::conformance::{request, test_config};
 use fnmesh_bus::jetstream::{JetStreamBus, REPLY_HEADER};
 use fnmesh_bus::{Bus, ReplyTo};
-use fnmesh_core::claims::CLAIM_HEADER;
+use fnmesh_core::claims::{CLAIM_HEADER, RECEIPTS_OFFERED_HEADER, RECEIPTS_VERSION};
 use fnmesh_core::signing::SIGNATURE_HEADER;
 use fnmesh_core::subjects::{self, BusPrefix, BusRole};
 use fnmesh_tests::servers::nats::TestNats;
@@ -174,15 +174,24 @@ async fn published_work_carries_only_our_own_nats_headers() {
             .unwrap()
             .to_string();
         if id == sync.id.to_string() {
-            let expected: BTreeSet<String> =
-                ["Nats-Msg-Id", REPLY_HEADER, SIGNATURE_HEADER, CLAIM_HEADER]
-                    .iter()
-                    .map(|s| (*s).to_owned())
-                    .collect();
+            let expected: BTreeSet<String> = [
+                "Nats-Msg-Id",
+                REPLY_HEADER,
+                SIGNATURE_HEADER,
+                CLAIM_HEADER,
+                RECEIPTS_OFFERED_HEADER,
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
             assert_eq!(names, expected);
             assert_eq!(
                 headers.get(REPLY_HEADER).unwrap().to_string(),
                 "_INBOX.client.1"
+            );
+            assert_eq!(
+                headers.get(RECEIPTS_OFFERED_HEADER).unwrap().to_string(),
+                RECEIPTS_VERSION
             );
         } else {
             assert_eq!(id, asynchronous.id.to_string());

@@ -128,6 +128,71 @@ async fn under_steady_load_the_event_backlog_stays_bounded() {
     assert_eq!(r.body["items"], json!([]), "nothing is left running");
 }
 
+/// A sync invocation's outcome is stored by the gateway that answered it, which then sends
+/// its node the receipt the reply asked for: the node publishes no `Finished` event for it
+/// (nothing reaches the event subjects), and each record is complete all the same. An async
+/// invocation (no reply, no receipt) still reports through its event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_outcomes_stored_by_their_gateway_make_no_events() {
+    use futures::StreamExt as _;
+
+    let mesh = Mesh::start(&["node-a"], &[]).await;
+    let name = deploy_echo(&mesh).await;
+    let client = async_nats::connect(mesh.nats.url()).await.unwrap();
+    let region = BusPrefix::parse(&mesh.region).unwrap();
+    let mut events = client
+        .subscribe(subjects::bus_node_events_all(&region))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = finished.clone();
+    let watcher = tokio::spawn(async move {
+        while let Some(message) = events.next().await {
+            if let Ok(fnmesh_core::NodeEvent::Finished(outcome)) =
+                serde_json::from_slice::<fnmesh_core::NodeEvent>(&message.payload)
+            {
+                seen.lock().unwrap().push(outcome.result.id.to_string());
+            }
+        }
+    });
+
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let r = mesh
+            .call(
+                "POST",
+                &format!("/v1/functions/{name}/invoke"),
+                Some(json!({"i": i})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}\n{}", r.body, mesh.logs());
+        assert_eq!(r.body["status"], "succeeded");
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let async_id = mesh.invoke_async(&name, json!({"i": "async"})).await;
+    let record = mesh.wait_terminal(&async_id, Duration::from_secs(30)).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    // Longer than a node waits for a receipt before it publishes the event.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let finished = finished.lock().unwrap().clone();
+    watcher.abort();
+    assert_eq!(
+        finished,
+        vec![async_id.to_string()],
+        "only the async invocation made a Finished event\n{}",
+        mesh.logs()
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let r = mesh
+            .call("GET", &format!("/v1/invocations/{id}"), None)
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body["status"], "succeeded", "{}", r.body);
+        assert_eq!(r.body["result"], json!({"i": i}));
+    }
+}
+
 /// 40 async invocations accepted (the node frozen meanwhile), then the gateway (and its
 /// recorder) frozen while the node runs them: the event stream (8 events at most) fills up and stays full for several ack
 /// waits. Once the recorder is back, every invocation ends `succeeded` after exactly one

@@ -259,17 +259,25 @@ async fn gateway_and_node_creds_run_the_bus_registry_and_code_store() {
     assert_eq!(delivery.request.id, req.id);
     delivery.acker.in_progress().await.unwrap();
     node_bus.publish_event(&started(&req, 1)).await.unwrap();
-    let sent = outcome(&req);
-    node_bus
-        .reply(delivery.reply_to.as_ref().unwrap(), &sent)
+    let mut sent = outcome(&req);
+    sent.result.node_id = Some("node-a".to_owned());
+    // The reply asks for a receipt on one of the node's own inboxes; the gateway answers it
+    // within its permissions (a response to what it received).
+    let receipt = node_bus
+        .reply_with_receipt(delivery.reply_to.as_ref().unwrap(), &sent)
         .await
         .unwrap();
-    delivery.acker.ack().await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), inbox.receiver.recv())
         .await
         .expect("the reply arrives")
         .expect("the inbox is open");
     assert_eq!(got, sent);
+    assert!(gw_bus.confirm_stored(req.id).await, "a receipt is owed");
+    assert!(
+        receipt.stored(Duration::from_secs(10)).await,
+        "the receipt reaches the node"
+    );
+    delivery.acker.ack().await.unwrap();
     let events = gw_bus
         .pull_events(10, Duration::from_secs(5))
         .await

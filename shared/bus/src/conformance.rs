@@ -84,6 +84,7 @@ macro_rules! bus_conformance_cases {
             inbox_reply_roundtrip,
             send_sync_reaches_a_waiting_puller,
             reply_to_a_dropped_inbox_is_ok,
+            a_stored_reply_gets_its_receipt,
             many_inboxes_each_get_their_own_reply,
             malformed_reply_address_is_refused,
             events_publish_pull_ack,
@@ -619,6 +620,74 @@ where
             "an inbox got a second reply"
         );
     }
+}
+
+/// A sync reply that asks for a receipt gets it once the side that received it confirms the
+/// outcome stored ([`Bus::confirm_stored`]), once; never without that confirmation; and
+/// nothing is owed for an outcome that reached no inbox, or that nobody replied with.
+pub async fn a_stored_reply_gets_its_receipt<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(test_config()).await;
+    assert!(
+        !bus.confirm_stored(InvocationId::new()).await,
+        "nothing is owed for an outcome nobody replied with"
+    );
+    // Replies to two sync invocations, of which the first is confirmed stored.
+    let mut replied = Vec::new();
+    for _ in 0..2 {
+        let mut inbox = bus.open_inbox().await.expect("open_inbox");
+        let req = request();
+        bus.publish_invocation(&req, Some(&inbox.reply_to))
+            .await
+            .expect("publish");
+        let d = bus
+            .pull_invocation(PATIENCE)
+            .await
+            .expect("pull")
+            .expect("a delivery");
+        assert_eq!(d.request.id, req.id);
+        let mut sent = outcome(&req);
+        sent.result.node_id = Some("node-a".to_owned());
+        let receipt = bus
+            .reply_with_receipt(d.reply_to.as_ref().expect("a reply address"), &sent)
+            .await
+            .expect("reply");
+        let got = tokio::time::timeout(PATIENCE, inbox.receiver.recv())
+            .await
+            .expect("the reply arrives in time")
+            .expect("the inbox is open");
+        assert_eq!(got, sent, "the reply arrives unchanged");
+        d.acker.ack().await.expect("ack");
+        replied.push((req.id, receipt));
+    }
+    let (unconfirmed, confirmed) = (replied.pop().unwrap(), replied.pop().unwrap());
+    assert!(bus.confirm_stored(confirmed.0).await, "a receipt is owed");
+    assert!(
+        confirmed.1.stored(PATIENCE).await,
+        "the receipt reaches the replier"
+    );
+    assert!(
+        !bus.confirm_stored(confirmed.0).await,
+        "a receipt is sent once"
+    );
+    assert!(
+        !unconfirmed.1.stored(Duration::from_millis(300)).await,
+        "no receipt before the outcome is confirmed stored"
+    );
+    // A reply that reached no inbox: nothing owed, no receipt.
+    let inbox = bus.open_inbox().await.expect("open_inbox");
+    let to = inbox.reply_to.clone();
+    drop(inbox);
+    let req = request();
+    let mut sent = outcome(&req);
+    sent.result.node_id = Some("node-a".to_owned());
+    let receipt = bus.reply_with_receipt(&to, &sent).await.expect("reply");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!bus.confirm_stored(req.id).await, "nothing owed");
+    assert!(!receipt.stored(Duration::from_millis(100)).await);
 }
 
 /// Replying to an inbox that was dropped is not an error (the reply is lost).

@@ -35,6 +35,7 @@ use fnmesh_core::signing::{Rejections, SigningKey, TrustedKeys};
 pub mod jetstream;
 pub mod memory;
 mod nats_inbox;
+mod nats_receipts;
 pub mod placements;
 pub mod registry;
 
@@ -222,6 +223,45 @@ pub struct Inbox {
     pub guard: Option<Box<dyn Send + Sync>>,
 }
 
+/// A gateway's word that it stored the outcome a node replied with, asked for by
+/// [`Bus::reply_with_receipt`]: a node that has it need not publish that outcome as a
+/// `Finished` event (the recorders would only find it stored). Without one in time, the node
+/// publishes the event as before, so an outcome the gateway could not store is still recorded.
+pub struct Receipt {
+    received: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Keeps the bus's route to this receipt; removes it when dropped.
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl Receipt {
+    /// No receipt will come (the bus has none, or the reply asked for none).
+    pub fn none() -> Self {
+        Self {
+            received: None,
+            _guard: None,
+        }
+    }
+
+    /// A receipt that arrives on `received`; `guard` is dropped with it.
+    pub fn on(
+        received: tokio::sync::oneshot::Receiver<()>,
+        guard: Option<Box<dyn Send + Sync>>,
+    ) -> Self {
+        Self {
+            received: Some(received),
+            _guard: guard,
+        }
+    }
+
+    /// Whether it came within `wait`.
+    pub async fn stored(self, wait: Duration) -> bool {
+        match self.received {
+            Some(received) => matches!(tokio::time::timeout(wait, received).await, Ok(Ok(()))),
+            None => false,
+        }
+    }
+}
+
 /// Acknowledgement of one delivery.
 #[async_trait]
 pub trait Acker: Send + Sync {
@@ -376,6 +416,26 @@ pub trait Bus: Send + Sync + 'static {
     /// Sends an outcome to an inbox. At most once: a reply can be lost (the outcome is also
     /// recorded through the event stream).
     async fn reply(&self, to: &ReplyTo, outcome: &InvocationOutcome) -> Result<(), BusError>;
+
+    /// Sends an outcome to an inbox as [`Bus::reply`] does, asking the gateway that waits on it
+    /// for a [`Receipt`] once it has stored the outcome ([`Bus::confirm_stored`]). A bus
+    /// without receipts replies and gives [`Receipt::none`].
+    async fn reply_with_receipt(
+        &self,
+        to: &ReplyTo,
+        outcome: &InvocationOutcome,
+    ) -> Result<Receipt, BusError> {
+        self.reply(to, outcome).await.map(|()| Receipt::none())
+    }
+
+    /// The gateway's side: the outcome of invocation `id`, received on one of this bus's
+    /// inboxes, is stored; sends its node the receipt it asked for. Whether there was one to
+    /// send (the node then publishes no `Finished` event for it, unless the receipt is late
+    /// or lost). Call it only once the outcome is durable.
+    async fn confirm_stored(&self, id: InvocationId) -> bool {
+        let _ = id;
+        false
+    }
 
     /// The public key this bus signs node reports (events, replies) with, for the node's
     /// registry entry: gateways accept a node's reports only under the key it registered.

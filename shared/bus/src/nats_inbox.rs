@@ -12,6 +12,10 @@
 //! (`jetstream::reports`); any other is dropped and counted, so a party that learnt an inbox
 //! cannot answer a sync call in a node's place.
 //!
+//! A reply that names a reply subject asks for a receipt once its outcome is stored
+//! (`nats_receipts`): the check gives the receipt, owed until [`crate::Bus::confirm_stored`]
+//! pays it.
+//!
 //! If the subscription ends (the client closed for good), the next [`Inboxes::open`] makes a new
 //! one under a new `nuid`; the inboxes of the old one see their channel close.
 
@@ -24,6 +28,7 @@ use tokio::sync::mpsc;
 
 use super::{BusError, Inbox, ReplyTo};
 use crate::jetstream::reports::NodeCheck;
+use crate::nats_receipts::Receipts;
 use fnmesh_core::subjects;
 use fnmesh_core::InvocationOutcome;
 
@@ -74,8 +79,9 @@ impl Inboxes {
         &self,
         client: &async_nats::Client,
         check: &Arc<NodeCheck>,
+        receipts: &Arc<Receipts>,
     ) -> Result<Inbox, BusError> {
-        let mux = self.mux(client, check).await?;
+        let mux = self.mux(client, check, receipts).await?;
         let token = mux.next.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = mpsc::channel(1);
         mux.routes().insert(token, Waiter { sender, held: None });
@@ -110,6 +116,7 @@ impl Inboxes {
         &self,
         client: &async_nats::Client,
         check: &Arc<NodeCheck>,
+        receipts: &Arc<Receipts>,
     ) -> Result<Arc<Mux>, BusError> {
         let mut current = self.current.lock().await;
         if let Some(mux) = current.as_ref() {
@@ -134,6 +141,7 @@ impl Inboxes {
         });
         let routed = mux.clone();
         let check = check.clone();
+        let receipts = receipts.clone();
         tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
                 let token = message
@@ -152,26 +160,41 @@ impl Inboxes {
                     Ok(outcome) => {
                         let result = &outcome.result;
                         let node_id = result.node_id.as_deref().unwrap_or("");
-                        if let Err(reason) = check
-                            .check(
+                        // A receipt only to the replying node's own inboxes.
+                        let receipt_inbox = message
+                            .reply
+                            .as_ref()
+                            .map(|r| r.as_str())
+                            .filter(|r| subjects::is_receipt_inbox(r, node_id));
+                        let checked = check
+                            .check_reply(
                                 message.headers.as_ref(),
                                 message.subject.as_str(),
                                 &message.payload,
                                 result.id,
                                 node_id,
                                 result.attempt,
+                                receipt_inbox,
                             )
-                            .await
-                        {
-                            tracing::warn!(
-                                invocation.id = %result.id,
-                                node.id = node_id,
-                                reason = %reason,
-                                "sync reply refused: dropped"
-                            );
-                            continue;
+                            .await;
+                        let receipt = match checked {
+                            Ok(receipt) => receipt,
+                            Err(reason) => {
+                                tracing::warn!(
+                                    invocation.id = %result.id,
+                                    node.id = node_id,
+                                    reason = %reason,
+                                    "sync reply refused: dropped"
+                                );
+                                continue;
+                            }
+                        };
+                        let id = result.id;
+                        if let (Some(receipt), Some(inbox)) = (receipt, receipt_inbox) {
+                            receipts.owe(id, inbox.to_owned(), receipt);
                         }
                         if sender.try_send(outcome).is_err() {
+                            receipts.forgive(id);
                             tracing::debug!("reply dropped: inbox full");
                         }
                     }

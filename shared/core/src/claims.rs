@@ -38,6 +38,14 @@ use crate::signing::{framed_digest, Rejection, SigningError, SigningKey};
 pub const CLAIM_HEADER: &str = "Fnmesh-Claim";
 /// The NATS header of a node's signature on an event, reply or dead-letter record.
 pub const NODE_SIGNATURE_HEADER: &str = "Fnmesh-Node-Signature";
+/// The NATS header of a gateway's receipt for a sync reply it stored ([`ReportKey::receipt`]).
+pub const RECEIPT_HEADER: &str = "Fnmesh-Receipt";
+/// The NATS header with which a gateway says, on sync work, that it sends receipts
+/// ([`RECEIPTS_VERSION`]): a node asks for one only then (a gateway without receipts would
+/// leave the node waiting for nothing).
+pub const RECEIPTS_OFFERED_HEADER: &str = "Fnmesh-Receipts";
+/// The value of [`RECEIPTS_OFFERED_HEADER`].
+pub const RECEIPTS_VERSION: &str = "v1";
 
 /// Version tag of the node header's format and of the signed digest (Ed25519 signature).
 const VERSION: &str = "v1";
@@ -177,6 +185,35 @@ impl ReportKey {
     pub fn gateway(&self) -> &str {
         &self.gateway
     }
+
+    /// The receipt a gateway sends to `inbox` (the node's) once it has stored the outcome of
+    /// attempt `attempt` of invocation `id` that node `node_id` replied with: an HMAC under this
+    /// key, which only that node and holders of the gateways' signing key have, so nobody else
+    /// can tell a node its result is stored (it would then not publish it as an event).
+    pub fn receipt(&self, inbox: &str, id: &str, node_id: &str, attempt: u32) -> [u8; 32] {
+        mac(
+            &self.key,
+            &[
+                b"fnmesh.receipt.v1",
+                inbox.as_bytes(),
+                id.as_bytes(),
+                node_id.as_bytes(),
+                attempt.to_string().as_bytes(),
+            ],
+        )
+    }
+}
+
+/// The [`RECEIPT_HEADER`] value of a receipt.
+pub fn encode_receipt(receipt: &[u8; 32]) -> String {
+    URL_SAFE_NO_PAD.encode(receipt)
+}
+
+/// Whether `header` (a [`RECEIPT_HEADER`] value) is the receipt `expected`.
+pub fn receipt_matches(header: Option<&str>, expected: &[u8; 32]) -> bool {
+    header
+        .and_then(|h| URL_SAFE_NO_PAD.decode(h.trim()).ok())
+        .is_some_and(|got| bool::from(got.as_slice().ct_eq(expected.as_slice())))
 }
 
 /// What a node signature covers besides the header's own fields.
@@ -395,6 +432,12 @@ impl NodeSignature {
         &self.key
     }
 
+    /// Whether it is a MAC under a [`ReportKey`] (`v2`), not a signature: the node then holds
+    /// that report key and can check a receipt made with it.
+    pub fn is_mac(&self) -> bool {
+        matches!(self.tag, Tag::Mac { .. })
+    }
+
     /// Checks the signature or MAC against `message` with `registered`, the key the registry
     /// holds for `node_id`, and the proof that `node_id` holds attempt `attempt` of invocation
     /// `id` (whose claim `claims` recomputes), within the signed limit.
@@ -525,6 +568,33 @@ mod tests {
         );
         assert!(ReportKey::for_node(&s.node, "not a key").is_err());
         assert!(!format!("{:?}", s.report).contains(&URL_SAFE_NO_PAD.encode(s.report.key)));
+    }
+
+    #[test]
+    fn a_receipt_checks_only_for_its_inbox_invocation_node_and_attempt() {
+        let s = setup();
+        let inbox = "_FNMESH.node.n1.abc.7";
+        let made = s.report.receipt(inbox, "inv-1", "node-a", 2);
+        let expected = s.node_report.receipt(inbox, "inv-1", "node-a", 2);
+        assert!(receipt_matches(Some(&encode_receipt(&made)), &expected));
+        for other in [
+            s.report
+                .receipt("_FNMESH.node.n1.abc.8", "inv-1", "node-a", 2),
+            s.report.receipt(inbox, "inv-2", "node-a", 2),
+            s.report.receipt(inbox, "inv-1", "node-b", 2),
+            s.report.receipt(inbox, "inv-1", "node-a", 3),
+            ReportKey::for_gateway(&SigningKey::generate(), &s.registered)
+                .unwrap()
+                .receipt(inbox, "inv-1", "node-a", 2),
+        ] {
+            assert!(!receipt_matches(Some(&encode_receipt(&other)), &expected));
+        }
+        assert!(!receipt_matches(None, &expected));
+        assert!(!receipt_matches(Some("not base64!"), &expected));
+        assert!(!receipt_matches(
+            Some(&encode_receipt(&made)[..20]),
+            &expected
+        ));
     }
 
     #[test]

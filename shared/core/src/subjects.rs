@@ -982,6 +982,28 @@ pub fn is_reply_inbox(subject: &str) -> bool {
         })
 }
 
+/// Whether a gateway may send node `node_id` a receipt for its sync reply on `inbox` (the
+/// reply subject of that reply): one of that node's inboxes ([`node_inbox_prefix`]), or
+/// under NATS's default `_INBOX` (connections not made through `fnmesh_core::nats::NatsOptions`),
+/// one plain publish subject. Anything else would make the gateway publish where a node chose.
+pub fn is_receipt_inbox(inbox: &str, node_id: &str) -> bool {
+    let under = |prefix: &str| {
+        inbox
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('.'))
+    };
+    let node_prefix = format!("{}.{node_id}", inbox_prefix(InboxOwner::Node));
+    inbox.len() <= 256
+        && !node_id.is_empty()
+        && (under(&node_prefix) || under("_INBOX"))
+        && inbox
+            .split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">")
+        && !inbox
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+}
+
 /// One reply inbox of a multiplexed inbox subscription: `<inbox prefix>.<token>`, where the
 /// prefix is an inbox (`<connection's inbox prefix>.<nuid>`) the NATS client made.
 pub fn reply_inbox(inbox_prefix: &str, token: u64) -> String {
@@ -1053,6 +1075,34 @@ mod inbox_and_msg_id_tests {
         ] {
             assert!(!is_reply_inbox(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn receipts_go_only_to_the_replying_nodes_inboxes() {
+        let id = crate::ids::NodeId::parse("edge-1").unwrap();
+        let ours = format!("{}.abc.1", node_inbox_prefix(&id));
+        assert!(is_receipt_inbox(&ours, "edge-1"));
+        assert!(is_receipt_inbox("_INBOX.abc.1", "edge-1"));
+        for bad in [
+            "_FNMESH.node.edge-2.abc.1",
+            "_FNMESH.node.edge-10.abc.1",
+            "_FNMESH.node.edge-1",
+            "_FNMESH.gw.abc.1",
+            "_INBOX",
+            "_INBOX.a..b",
+            "_INBOX.*",
+            "_INBOX.>",
+            "_INBOX.a b",
+            "fnmesh.v1.eu.invocations.x",
+            "",
+        ] {
+            assert!(!is_receipt_inbox(bad, "edge-1"), "{bad}");
+        }
+        assert!(!is_receipt_inbox("_INBOX.abc.1", ""));
+        assert!(!is_receipt_inbox(
+            &format!("_INBOX.{}", "a".repeat(300)),
+            "edge-1"
+        ));
     }
 
     #[test]

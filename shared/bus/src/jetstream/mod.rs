@@ -83,7 +83,7 @@ use futures::StreamExt;
 
 use super::{
     Bus, BusConfig, BusError, CancelFeed, DeadLetter, Delivery, EventDelivery, Inbox, LogFeed,
-    QueueStats, ReplyTo, Sent,
+    QueueStats, Receipt, ReplyTo, Sent,
 };
 use fnmesh_core::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
 use fnmesh_core::names::{FunctionName, Namespace};
@@ -131,6 +131,8 @@ struct Inner {
     direct_intake: direct::Intake,
     /// Sync callers' reply inboxes, on one subscription.
     inboxes: super::nats_inbox::Inboxes,
+    /// Receipts for sync replies: those this node waits for, those this gateway owes.
+    receipts: Arc<super::nats_receipts::Receipts>,
     /// Signs published work and checks pulled work.
     signatures: super::Signatures,
     /// Invocation ids delivered here, to refuse replays.
@@ -245,6 +247,27 @@ impl JetStreamBus {
             signature.as_str(),
         );
         headers
+    }
+}
+
+impl JetStreamBus {
+    /// A sync reply's subject (checked), body and signed headers.
+    fn reply_message(
+        &self,
+        to: &ReplyTo,
+        outcome: &InvocationOutcome,
+    ) -> Result<(String, Vec<u8>, HeaderMap), BusError> {
+        let subject = check_reply(to)?.to_owned();
+        let payload = serde_json::to_vec(outcome).map_err(|e| backend("encoding a reply", e))?;
+        let result = &outcome.result;
+        let headers = self.report_headers(
+            &subject,
+            &payload,
+            result.id,
+            result.node_id.as_deref().unwrap_or(""),
+            result.attempt,
+        );
+        Ok((subject, payload, headers))
     }
 }
 
@@ -369,26 +392,67 @@ impl Bus for JetStreamBus {
     async fn open_inbox(&self) -> Result<Inbox, BusError> {
         self.inner
             .inboxes
-            .open(&self.inner.client, &self.inner.node_check)
+            .open(
+                &self.inner.client,
+                &self.inner.node_check,
+                &self.inner.receipts,
+            )
             .await
     }
 
     async fn reply(&self, to: &ReplyTo, outcome: &InvocationOutcome) -> Result<(), BusError> {
-        let subject = check_reply(to)?.to_owned();
-        let payload = serde_json::to_vec(outcome).map_err(|e| backend("encoding a reply", e))?;
-        let result = &outcome.result;
-        let headers = self.report_headers(
-            &subject,
-            &payload,
-            result.id,
-            result.node_id.as_deref().unwrap_or(""),
-            result.attempt,
-        );
+        let (subject, payload, headers) = self.reply_message(to, outcome)?;
         self.inner
             .client
             .publish_with_headers(subject, headers, payload.into())
             .await
             .map_err(|e| backend("sending a reply", e))
+    }
+
+    async fn reply_with_receipt(
+        &self,
+        to: &ReplyTo,
+        outcome: &InvocationOutcome,
+    ) -> Result<Receipt, BusError> {
+        let (subject, payload, headers) = self.reply_message(to, outcome)?;
+        let result = &outcome.result;
+        let node_id = result.node_id.as_deref().unwrap_or("");
+        // A receipt is asked for only where the reply is authenticated with a report key.
+        let expected = self
+            .inner
+            .receipts
+            .expect(
+                &self.inner.client,
+                &self.inner.signatures.rejections,
+                |inbox| {
+                    self.inner
+                        .held
+                        .receipt(result.id, inbox, node_id, result.attempt)
+                },
+            )
+            .await;
+        let (sent, receipt) = match expected {
+            Ok(Some((inbox, receipt))) => (
+                self.inner
+                    .client
+                    .publish_with_reply_and_headers(subject, inbox, headers, payload.into())
+                    .await,
+                receipt,
+            ),
+            Ok(None) | Err(_) => (
+                self.inner
+                    .client
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await,
+                Receipt::none(),
+            ),
+        };
+        sent.map_err(|e| backend("sending a reply", e))?;
+        Ok(receipt)
+    }
+
+    async fn confirm_stored(&self, id: fnmesh_core::InvocationId) -> bool {
+        self.inner.receipts.pay(&self.inner.client, id).await
     }
 
     fn report_key(&self) -> Option<String> {

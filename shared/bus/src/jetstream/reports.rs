@@ -48,6 +48,8 @@ struct Held {
     report: Option<Arc<ReportKey>>,
     /// The node that reported on it first (from its first event), for dead-letter records.
     node_id: Option<String>,
+    /// Whether the gateway that published it receipts the sync replies it stores.
+    receipts: bool,
 }
 
 /// The claims of the deliveries a node's bus handed out, by invocation id (bounded, oldest
@@ -99,6 +101,7 @@ impl HeldClaims {
             held.claim = claim;
             held.max_attempts = max_attempts;
             held.report = report;
+            held.receipts = false;
             return;
         }
         if state.order.len() >= HELD_MEMORY {
@@ -113,6 +116,7 @@ impl HeldClaims {
                 max_attempts,
                 report,
                 node_id: None,
+                receipts: false,
             },
         );
         state.order.push_back(id);
@@ -146,6 +150,35 @@ impl HeldClaims {
             Some((claim, max, None)) => message.sign(key, &claim, node_id, attempt, max),
             None => message.sign(key, &Claim::none(), node_id, attempt, 0),
         }
+    }
+
+    /// Notes that the gateway that published the delivery of `id` (held) sends receipts.
+    pub(crate) fn offer_receipts(&self, id: InvocationId) {
+        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = state.held.get_mut(&id) {
+            held.receipts = true;
+        }
+    }
+
+    /// The receipt a gateway owes for a reply on `id` by `node_id` for `attempt` that asked
+    /// for one on `inbox`: `None` when its gateway sends none, or the reply is not
+    /// authenticated with a report key (the gateway could not make the receipt).
+    pub(crate) fn receipt(
+        &self,
+        id: InvocationId,
+        inbox: &str,
+        node_id: &str,
+        attempt: u32,
+    ) -> Option<[u8; 32]> {
+        let report = {
+            let state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            state
+                .held
+                .get(&id)
+                .filter(|held| held.receipts)
+                .and_then(|held| held.report.clone())
+        }?;
+        Some(report.receipt(inbox, &id.to_string(), node_id, attempt))
     }
 
     /// The node that reported on `id`, if any.
@@ -250,15 +283,44 @@ impl NodeCheck {
         node_id: &str,
         attempt: u32,
     ) -> Result<(), Rejection> {
+        self.check_reply(headers, subject, body, id, node_id, attempt, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`NodeCheck::check`] of a sync reply that asked for a receipt on `receipt_inbox`: also
+    /// the receipt to send there once its outcome is stored, when the reply is authenticated
+    /// with the node's report key (only then can the node check the receipt).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn check_reply(
+        &self,
+        headers: Option<&async_nats::HeaderMap>,
+        subject: &str,
+        body: &[u8],
+        id: InvocationId,
+        node_id: &str,
+        attempt: u32,
+        receipt_inbox: Option<&str>,
+    ) -> Result<Option<[u8; 32]>, Rejection> {
         let result = self
             .verify(headers, subject, body, id, node_id, attempt)
             .await;
-        if let Err(reason) = result {
-            self.rejections.count(reason);
+        match result {
+            Ok(pair) => Ok(match (pair, receipt_inbox) {
+                (Some(pair), Some(inbox)) => pair
+                    .report
+                    .as_ref()
+                    .map(|report| report.receipt(inbox, &id.to_string(), node_id, attempt)),
+                _ => None,
+            }),
+            Err(reason) => {
+                self.rejections.count(reason);
+                Err(reason)
+            }
         }
-        result
     }
 
+    /// Checks a report; the signer's keys when it is authenticated with a report key.
     async fn verify(
         &self,
         headers: Option<&async_nats::HeaderMap>,
@@ -267,14 +329,16 @@ impl NodeCheck {
         id: InvocationId,
         node_id: &str,
         attempt: u32,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Option<Arc<KeyPair>>, Rejection> {
         let header = headers
             .and_then(|h| h.get(NODE_SIGNATURE_HEADER))
             .map(|v| v.as_str());
         let signature = NodeSignature::parse(header)?;
+        let mac = signature.is_mac();
         if self.trusted.contains(signature.key()) {
             let key = self.trusted_key(signature.key())?;
-            return signature.verify_trusted(key.signer(), &NodeMessage { subject, body });
+            signature.verify_trusted(key.signer(), &NodeMessage { subject, body })?;
+            return Ok(mac.then_some(key));
         }
         let key = self
             .registered(node_id, signature.key())
@@ -287,7 +351,8 @@ impl NodeCheck {
             &id.to_string(),
             node_id,
             attempt,
-        )
+        )?;
+        Ok(mac.then_some(key))
     }
 
     /// A trusted key named by a report, parsed once.
@@ -382,6 +447,32 @@ impl NodeCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receipt_is_asked_for_only_where_its_gateway_offers_receipts() {
+        let held = HeldClaims::default();
+        let key = SigningKey::generate();
+        let gateway = SigningKey::generate();
+        let id = InvocationId::new();
+        let claim = Claim::parse(&"A".repeat(43)).unwrap();
+        assert_eq!(held.receipt(id, "_INBOX.a.1", "n", 1), None, "not held");
+        held.hold(id, claim.clone(), 3, &key, gateway.public_key());
+        assert_eq!(held.receipt(id, "_INBOX.a.1", "n", 1), None, "not offered");
+        held.offer_receipts(id);
+        let receipt = held.receipt(id, "_INBOX.a.1", "n", 1).expect("offered");
+        // The gateway's side makes the same one.
+        let registered = VerifiedKey::parse(key.public_key()).unwrap();
+        let pair = KeyPair::of(&gateway, registered);
+        assert_eq!(
+            pair.report
+                .unwrap()
+                .receipt("_INBOX.a.1", &id.to_string(), "n", 1),
+            receipt
+        );
+        // A new delivery of it (from a gateway that may not offer them) starts without.
+        held.hold(id, claim, 3, &key, gateway.public_key());
+        assert_eq!(held.receipt(id, "_INBOX.a.1", "n", 1), None);
+    }
 
     #[test]
     fn held_claims_authenticate_only_what_was_handed_out_and_are_bounded() {

@@ -86,6 +86,7 @@ impl JetStreamBus {
                 repairs: Default::default(),
                 pull: PullState::default(),
                 inboxes: Default::default(),
+                receipts: Default::default(),
                 direct_sync: config.direct_sync,
                 direct_in_flight: Default::default(),
                 direct_intake: Default::default(),

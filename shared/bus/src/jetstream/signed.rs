@@ -21,7 +21,7 @@ use async_nats::jetstream;
 use chrono::Utc;
 
 use super::{JetStreamBus, REPLY_HEADER};
-use fnmesh_core::claims::{Claim, CLAIM_HEADER};
+use fnmesh_core::claims::{Claim, CLAIM_HEADER, RECEIPTS_OFFERED_HEADER, RECEIPTS_VERSION};
 use fnmesh_core::invocation::InvocationRequest;
 use fnmesh_core::signing::{Envelope, Limits, Rejection, SIGNATURE_HEADER};
 use fnmesh_core::subjects;
@@ -91,6 +91,8 @@ impl JetStreamBus {
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
         if let Some(reply) = reply {
             headers.insert(REPLY_HEADER, reply);
+            // This gateway receipts the replies it stores (`crate::nats_receipts`).
+            headers.insert(RECEIPTS_OFFERED_HEADER, RECEIPTS_VERSION);
         }
         // Built by the gateway from its own span (a validated type, never a client's header),
         // for NATS tooling; nodes read the same value from the request.
@@ -224,6 +226,10 @@ impl JetStreamBus {
             &self.inner.signatures.signer,
             gateway,
         );
+        // Not signed: stripping it only costs an event, adding it a wait for a receipt.
+        if header(RECEIPTS_OFFERED_HEADER) == Some(RECEIPTS_VERSION) {
+            self.inner.held.offer_receipts(request.id);
+        }
         Ok((request, limits))
     }
 }

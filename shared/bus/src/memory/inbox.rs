@@ -1,16 +1,22 @@
 //! Reply inboxes of the in-process bus: `mem-inbox.<instance>.<id>` addresses (built by
 //! [`fnmesh_core::subjects::memory_reply_inbox`]), each routed to a capacity-1 channel until
-//! its [`Inbox`] guard drops. Replies are at most once.
+//! its [`Inbox`] guard drops. Replies are at most once. A reply that asks for a [`Receipt`]
+//! and reached a waiting inbox leaves a one-shot sender by invocation id, which
+//! [`MemoryBus::confirm_receipt`] fires once the gateway stored the outcome.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, Weak};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{MemoryBus, Shared};
-use crate::{BusError, Inbox, ReplyTo};
+use crate::{BusError, Inbox, Receipt, ReplyTo};
+use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::InvocationOutcome;
 use fnmesh_core::subjects;
+
+/// Receipts waited on past which those no node waits for any more are dropped.
+const RECEIPTS_PRUNED_AT: usize = 4096;
 
 /// Removes its inbox from the bus when dropped.
 struct InboxGuard {
@@ -58,12 +64,54 @@ impl MemoryBus {
         })
     }
 
-    /// Sends `outcome` to inbox `to` of this bus.
+    /// Sends `outcome` to inbox `to` of this bus, asking for a receipt: one comes only if the
+    /// reply reached a waiting inbox.
+    pub(super) fn reply_for_receipt(
+        &self,
+        to: &ReplyTo,
+        outcome: &InvocationOutcome,
+    ) -> Result<Receipt, BusError> {
+        let id = outcome.result.id;
+        let (sender, received) = oneshot::channel();
+        {
+            let mut receipts = self.receipts();
+            // Senders whose node stopped waiting go when the map grows.
+            if receipts.len() >= RECEIPTS_PRUNED_AT {
+                receipts.retain(|_, s| !s.is_closed());
+            }
+            receipts.insert(id, sender);
+        }
+        match self.send_reply(to, outcome) {
+            Ok(true) => Ok(Receipt::on(received, None)),
+            delivered => {
+                self.receipts().remove(&id);
+                delivered.map(|_| Receipt::none())
+            }
+        }
+    }
+
+    /// Sends the receipt the reply with the outcome of `id` asked for; whether there was one.
+    pub(super) fn confirm_receipt(&self, id: InvocationId) -> bool {
+        let sender = self.receipts().remove(&id);
+        sender.is_some_and(|s| s.send(()).is_ok())
+    }
+
+    fn receipts(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<InvocationId, oneshot::Sender<()>>>
+    {
+        self.shared
+            .receipts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends `outcome` to inbox `to` of this bus; whether an inbox took it.
     pub(super) fn send_reply(
         &self,
         to: &ReplyTo,
         outcome: &InvocationOutcome,
-    ) -> Result<(), BusError> {
+    ) -> Result<bool, BusError> {
         let shared = &self.shared;
         shared.check_open()?;
         let (ours, id) = parse_reply(shared.instance, to)?;
@@ -81,10 +129,14 @@ impl MemoryBus {
             Some(sender) => {
                 if sender.try_send(outcome.clone()).is_err() {
                     tracing::debug!(reply.to = %to.0, "reply dropped: inbox full or closed");
+                    return Ok(false);
                 }
+                Ok(true)
             }
-            None => tracing::debug!(reply.to = %to.0, "reply dropped: no such inbox"),
+            None => {
+                tracing::debug!(reply.to = %to.0, "reply dropped: no such inbox");
+                Ok(false)
+            }
         }
-        Ok(())
     }
 }

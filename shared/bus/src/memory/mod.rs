@@ -36,7 +36,7 @@ use self::inbox::parse_reply;
 use self::queue::{ItemState, Queue, Settle};
 use super::{
     Acker, Bus, BusConfig, BusError, CancelFeed, DeadLetter, Delivery, EventDelivery,
-    FunctionQueue, Inbox, LogFeed, QueueStats, ReplyTo, LOG_FEED_CAPACITY,
+    FunctionQueue, Inbox, LogFeed, QueueStats, Receipt, ReplyTo, LOG_FEED_CAPACITY,
 };
 use fnmesh_core::ids::InvocationId;
 use fnmesh_core::invocation::{FunctionLogs, InvocationOutcome, InvocationRequest, NodeEvent};
@@ -63,6 +63,8 @@ struct Shared {
     instance: u64,
     next_inbox: AtomicU64,
     inboxes: Mutex<HashMap<u64, mpsc::Sender<InvocationOutcome>>>,
+    /// Receipts asked for by replies that reached an inbox, by invocation id.
+    receipts: Mutex<HashMap<InvocationId, tokio::sync::oneshot::Sender<()>>>,
     /// Live function output for followers (`follow_logs`); nothing is kept.
     logs: tokio::sync::broadcast::Sender<Arc<FunctionLogs>>,
     /// Cancelled invocation ids for nodes (`follow_cancellations`); nothing is kept.
@@ -117,6 +119,7 @@ impl MemoryBus {
                 instance: rand::random(),
                 next_inbox: AtomicU64::new(1),
                 inboxes: Mutex::new(HashMap::new()),
+                receipts: Mutex::new(HashMap::new()),
                 logs: tokio::sync::broadcast::channel(LOG_FEED_CAPACITY).0,
                 cancels: tokio::sync::broadcast::channel(LOG_FEED_CAPACITY).0,
             }),
@@ -412,7 +415,19 @@ impl Bus for MemoryBus {
     }
 
     async fn reply(&self, to: &ReplyTo, outcome: &InvocationOutcome) -> Result<(), BusError> {
-        self.send_reply(to, outcome)
+        self.send_reply(to, outcome).map(|_| ())
+    }
+
+    async fn reply_with_receipt(
+        &self,
+        to: &ReplyTo,
+        outcome: &InvocationOutcome,
+    ) -> Result<Receipt, BusError> {
+        self.reply_for_receipt(to, outcome)
+    }
+
+    async fn confirm_stored(&self, id: InvocationId) -> bool {
+        self.confirm_receipt(id)
     }
 
     async fn publish_event(&self, event: &NodeEvent) -> Result<(), BusError> {

@@ -1,0 +1,216 @@
+//! Receipts for sync replies on the JetStream bus ([`crate::Receipt`]), both sides.
+//!
+//! A node's sync reply names a reply subject: `<inbox>.<n>`, one of the node's own inboxes,
+//! multiplexed on one subscription as the gateways' reply inboxes are (`nats_inbox`). The
+//! gateway that checked the reply owes a receipt there: once its outcome is stored it
+//! publishes an empty message whose [`RECEIPT_HEADER`] is an HMAC under the report key the
+//! reply was authenticated with, over that subject, the invocation, the node and the attempt
+//! ([`fnmesh_core::claims::ReportKey::receipt`]). The node accepts only that value, so nobody
+//! but the gateway can tell it a result is stored. A node with a receipt publishes no
+//! `Finished` event for that outcome; one without (late, lost, the store down, an older
+//! gateway) publishes it as before.
+//!
+//! A gateway's permissions let it answer each message it received once (`allow_responses`),
+//! which covers the receipt; it sends one only to an inbox of the node the reply names
+//! ([`subjects::is_receipt_inbox`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::oneshot;
+
+use crate::{BusError, Receipt};
+use fnmesh_core::claims::{receipt_matches, RECEIPT_HEADER};
+use fnmesh_core::signing::{Rejection, Rejections};
+use fnmesh_core::subjects;
+use fnmesh_core::InvocationId;
+
+/// Receipts owed past which those older than [`OWED_FOR`] are dropped.
+const OWED_PRUNED_AT: usize = 4096;
+/// How long a gateway keeps a receipt it owes (a node waits for one much less).
+const OWED_FOR: Duration = Duration::from_secs(30);
+
+/// One receipt a node waits for.
+struct Expected {
+    sender: oneshot::Sender<()>,
+    receipt: [u8; 32],
+}
+
+/// The node side's subscription and its routes.
+struct Mux {
+    prefix: String,
+    next: AtomicU64,
+    routes: Mutex<HashMap<u64, Expected>>,
+    alive: AtomicBool,
+}
+
+impl Mux {
+    fn routes(&self) -> MutexGuard<'_, HashMap<u64, Expected>> {
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Removes a route when its [`Receipt`] drops.
+struct Route {
+    mux: Arc<Mux>,
+    token: u64,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        self.mux.routes().remove(&self.token);
+    }
+}
+
+/// A receipt a gateway owes.
+struct Owed {
+    inbox: String,
+    receipt: [u8; 32],
+    since: Instant,
+}
+
+/// Both sides of one bus's receipts.
+#[derive(Default)]
+pub(crate) struct Receipts {
+    current: tokio::sync::Mutex<Option<Arc<Mux>>>,
+    owed: Mutex<HashMap<InvocationId, Owed>>,
+}
+
+impl Receipts {
+    /// The node side: a fresh receipt inbox, and the receipt awaited on it, which
+    /// `expected(inbox)` gives (`None`: no receipt can be asked for, and none is).
+    pub(crate) async fn expect(
+        &self,
+        client: &async_nats::Client,
+        rejections: &Rejections,
+        expected: impl FnOnce(&str) -> Option<[u8; 32]>,
+    ) -> Result<Option<(String, Receipt)>, BusError> {
+        let mux = self.mux(client, rejections).await?;
+        let token = mux.next.fetch_add(1, Ordering::Relaxed);
+        let inbox = subjects::reply_inbox(&mux.prefix, token);
+        let Some(receipt) = expected(&inbox) else {
+            return Ok(None);
+        };
+        let (sender, received) = oneshot::channel();
+        mux.routes().insert(token, Expected { sender, receipt });
+        let guard = Route { mux, token };
+        Ok(Some((inbox, Receipt::on(received, Some(Box::new(guard))))))
+    }
+
+    /// The gateway side: a receipt `receipt` is owed on `inbox` once the outcome of `id` is
+    /// stored.
+    pub(crate) fn owe(&self, id: InvocationId, inbox: String, receipt: [u8; 32]) {
+        let mut owed = self.owed();
+        if owed.len() >= OWED_PRUNED_AT {
+            owed.retain(|_, o| o.since.elapsed() < OWED_FOR);
+        }
+        owed.insert(
+            id,
+            Owed {
+                inbox,
+                receipt,
+                since: Instant::now(),
+            },
+        );
+    }
+
+    /// The gateway side: forgets the receipt owed for `id` (its outcome will not be stored
+    /// here).
+    pub(crate) fn forgive(&self, id: InvocationId) {
+        self.owed().remove(&id);
+    }
+
+    /// The gateway side: sends the receipt owed for `id`, if any; whether there was one.
+    pub(crate) async fn pay(&self, client: &async_nats::Client, id: InvocationId) -> bool {
+        let Some(owed) = self.owed().remove(&id) else {
+            return false;
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            RECEIPT_HEADER,
+            fnmesh_core::claims::encode_receipt(&owed.receipt).as_str(),
+        );
+        match client
+            .publish_with_headers(owed.inbox, headers, bytes::Bytes::new())
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(invocation.id = %id, error = %e, "sending a receipt failed; the node publishes the outcome");
+                false
+            }
+        }
+    }
+
+    fn owed(&self) -> MutexGuard<'_, HashMap<InvocationId, Owed>> {
+        self.owed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The live subscription, made (and confirmed by a flush, so no receipt can precede it)
+    /// when there is none.
+    async fn mux(
+        &self,
+        client: &async_nats::Client,
+        rejections: &Rejections,
+    ) -> Result<Arc<Mux>, BusError> {
+        let mut current = self.current.lock().await;
+        if let Some(mux) = current.as_ref() {
+            if mux.alive.load(Ordering::Acquire) {
+                return Ok(mux.clone());
+            }
+        }
+        let prefix = client.new_inbox();
+        let subscribing = |e: &dyn std::fmt::Display| {
+            BusError::Backend(format!("subscribing the receipt inboxes: {e}"))
+        };
+        let mut subscriber = client
+            .subscribe(subjects::reply_inboxes_all(&prefix))
+            .await
+            .map_err(|e| subscribing(&e))?;
+        client.flush().await.map_err(|e| subscribing(&e))?;
+        let mux = Arc::new(Mux {
+            prefix,
+            next: AtomicU64::new(0),
+            routes: Mutex::default(),
+            alive: true.into(),
+        });
+        let routed = mux.clone();
+        let rejections = rejections.clone();
+        tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let token = message
+                    .subject
+                    .as_str()
+                    .rsplit('.')
+                    .next()
+                    .and_then(|t| t.parse::<u64>().ok());
+                let header = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(RECEIPT_HEADER))
+                    .map(|v| v.as_str());
+                let mut routes = routed.routes();
+                let Some(expected) = token.and_then(|t| routes.get(&t)) else {
+                    continue;
+                };
+                if !receipt_matches(header, &expected.receipt) {
+                    drop(routes);
+                    rejections.count(Rejection::BadSignature);
+                    tracing::warn!(nats.subject = %message.subject, "a receipt that does not check was ignored");
+                    continue;
+                }
+                if let Some(expected) = token.and_then(|t| routes.remove(&t)) {
+                    let _ = expected.sender.send(());
+                }
+            }
+            routed.alive.store(false, Ordering::Release);
+            // Waiters see their receipt never come.
+            routed.routes().clear();
+        });
+        *current = Some(mux.clone());
+        Ok(mux)
+    }
+}
