@@ -124,15 +124,7 @@ impl Inboxes {
                 return Ok(mux.clone());
             }
         }
-        let prefix = client.new_inbox();
-        let mut subscriber = client
-            .subscribe(subjects::reply_inboxes_all(&prefix))
-            .await
-            .map_err(|e| BusError::Backend(format!("subscribing the reply inboxes: {e}")))?;
-        client
-            .flush()
-            .await
-            .map_err(|e| BusError::Backend(format!("subscribing the reply inboxes: {e}")))?;
+        let (prefix, mut subscriber) = subscribe_multiplexed(client, "reply").await?;
         let mux = Arc::new(Mux {
             prefix,
             next: AtomicU64::new(0),
@@ -144,12 +136,7 @@ impl Inboxes {
         let receipts = receipts.clone();
         tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
-                let token = message
-                    .subject
-                    .as_str()
-                    .rsplit('.')
-                    .next()
-                    .and_then(|t| t.parse::<u64>().ok());
+                let token = token_of(message.subject.as_str());
                 let Some(sender) =
                     token.and_then(|t| routed.routes().get(&t).map(|w| w.sender.clone()))
                 else {
@@ -209,4 +196,28 @@ impl Inboxes {
         *current = Some(mux.clone());
         Ok(mux)
     }
+}
+
+/// Subscribes `<inbox>.*` for a fresh inbox of `client`, confirmed by a flush (so nothing sent
+/// to one of its subjects can precede it): the inbox and the subscription. `what` names the
+/// inboxes in errors.
+pub(crate) async fn subscribe_multiplexed(
+    client: &async_nats::Client,
+    what: &str,
+) -> Result<(String, async_nats::Subscriber), BusError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        BusError::Backend(format!("subscribing the {what} inboxes: {e}"))
+    };
+    let prefix = client.new_inbox();
+    let subscriber = client
+        .subscribe(subjects::reply_inboxes_all(&prefix))
+        .await
+        .map_err(|e| failed(&e))?;
+    client.flush().await.map_err(|e| failed(&e))?;
+    Ok((prefix, subscriber))
+}
+
+/// The token of `<inbox>.<n>`, one subject of a multiplexed subscription.
+pub(crate) fn token_of(subject: &str) -> Option<u64> {
+    subject.rsplit('.').next().and_then(|t| t.parse().ok())
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
+use crate::nats_inbox::{subscribe_multiplexed, token_of};
 use crate::{BusError, Receipt};
 use fnmesh_core::claims::{receipt_matches, RECEIPT_HEADER};
 use fnmesh_core::signing::{Rejection, Rejections};
@@ -162,15 +163,7 @@ impl Receipts {
                 return Ok(mux.clone());
             }
         }
-        let prefix = client.new_inbox();
-        let subscribing = |e: &dyn std::fmt::Display| {
-            BusError::Backend(format!("subscribing the receipt inboxes: {e}"))
-        };
-        let mut subscriber = client
-            .subscribe(subjects::reply_inboxes_all(&prefix))
-            .await
-            .map_err(|e| subscribing(&e))?;
-        client.flush().await.map_err(|e| subscribing(&e))?;
+        let (prefix, mut subscriber) = subscribe_multiplexed(client, "receipt").await?;
         let mux = Arc::new(Mux {
             prefix,
             next: AtomicU64::new(0),
@@ -181,12 +174,7 @@ impl Receipts {
         let rejections = rejections.clone();
         tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
-                let token = message
-                    .subject
-                    .as_str()
-                    .rsplit('.')
-                    .next()
-                    .and_then(|t| t.parse::<u64>().ok());
+                let token = token_of(message.subject.as_str());
                 let header = message
                     .headers
                     .as_ref()

@@ -475,12 +475,7 @@ pub fn reply_allowed(reply: &str) -> bool {
         && CLIENT_REPLY_PREFIXES
             .iter()
             .any(|prefix| reply.starts_with(prefix))
-        && reply
-            .split('.')
-            .all(|t| !t.is_empty() && t != "*" && t != ">")
-        && !reply
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        && is_plain_subject(reply)
 }
 
 #[cfg(test)]
@@ -992,14 +987,25 @@ pub fn is_receipt_inbox(inbox: &str, node_id: &str) -> bool {
             .strip_prefix(prefix)
             .is_some_and(|rest| rest.starts_with('.'))
     };
-    let node_prefix = format!("{}.{node_id}", inbox_prefix(InboxOwner::Node));
+    // `<node inbox prefix>.<node id>.…`, without building the prefix (one check per reply).
+    let under_node = inbox
+        .strip_prefix(inbox_prefix(InboxOwner::Node))
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.strip_prefix(node_id))
+        .is_some_and(|rest| rest.starts_with('.'));
     inbox.len() <= 256
         && !node_id.is_empty()
-        && (under(&node_prefix) || under("_INBOX"))
-        && inbox
-            .split('.')
-            .all(|t| !t.is_empty() && t != "*" && t != ">")
-        && !inbox
+        && (under_node || under("_INBOX"))
+        && is_plain_subject(inbox)
+}
+
+/// Whether `subject` is one plain publish subject: no empty token, no wildcard, no blank or
+/// control character.
+fn is_plain_subject(subject: &str) -> bool {
+    subject
+        .split('.')
+        .all(|t| !t.is_empty() && t != "*" && t != ">")
+        && !subject
             .bytes()
             .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
 }
