@@ -22,6 +22,15 @@ use clap::Parser;
 
 use crate::args::{Cli, Command};
 
+/// jemalloc instead of glibc's malloc for every Rust allocation of the binary: under load the
+/// gateway, node and `fnmesh up` spent 11–12% of their CPU in glibc's `malloc`/`free`
+/// (`perf record` at c=64; ARCHITECTURE.md, "Where a sync invocation's CPU goes"). jemalloc
+/// takes its locks around `fork` (`pthread_atfork`), as glibc's malloc does; the same binary is
+/// the image bootstrap inside seccomp-filtered sandboxes, whose allowlist has every call it
+/// makes (`mmap`, `munmap`, `madvise`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The hidden first argument that makes this binary the bootstrap of image functions inside
 /// their sandbox (see `fnmesh_nodes::runtimes::imageboot`); its arguments are passed as they
 /// are, `--` included, so it is dispatched before argument parsing.

@@ -110,6 +110,28 @@ fn tracer_provider(default_service: &str) -> Result<SdkTracerProvider, Telemetry
         .build())
 }
 
+/// warp's own lines of every HTTP request ("processing request", "finished processing …"), at
+/// `info`: the gateway logs one `request` line per request with method, path, status and
+/// duration already, so these only doubled and tripled the log lines (and their formatting and
+/// writes) of the hot path. Shown again when `FNMESH_LOG` names `warp` itself.
+const QUIET_WARP: &str = "warp::filters::trace=warn";
+
+/// The log filter of `FNMESH_LOG` (`info` when unset or invalid), with [`QUIET_WARP`] unless it
+/// names `warp`.
+fn log_filter(spec: Option<&str>) -> EnvFilter {
+    let spec = spec.map(str::trim).filter(|s| !s.is_empty());
+    let filter = spec
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    if spec.is_some_and(|s| s.contains("warp")) {
+        return filter;
+    }
+    match QUIET_WARP.parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
+}
+
 /// Installs the global subscriber: logs always, traces when the environment asks for them
 /// (see the module docs). Call once, before the async runtime starts.
 pub fn init(default_service: &str) -> Result<Telemetry, TelemetryError> {
@@ -119,7 +141,7 @@ pub fn init(default_service: &str) -> Result<Telemetry, TelemetryError> {
         Ok(v) if v.eq_ignore_ascii_case("json") => true,
         Ok(other) => return Err(TelemetryError::LogFormat(other)),
     };
-    let filter = EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(std::env::var(ENV_LOG).ok().as_deref());
     let logs = if json {
         tracing_subscriber::fmt::layer()
             .json()
@@ -154,4 +176,29 @@ pub fn init(default_service: &str) -> Result<Telemetry, TelemetryError> {
         );
     }
     Ok(Telemetry { provider })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warps_request_lines_are_quiet_unless_asked_for() {
+        for spec in [
+            None,
+            Some(""),
+            Some("info"),
+            Some("fnmesh_gateway=debug,info"),
+        ] {
+            let filter = log_filter(spec).to_string();
+            assert!(filter.contains(QUIET_WARP), "{spec:?} gave {filter}");
+        }
+        let asked = log_filter(Some("info,warp=debug")).to_string();
+        assert!(!asked.contains(QUIET_WARP), "{asked}");
+        assert!(asked.contains("warp=debug"), "{asked}");
+        // Unset, empty or invalid: `info`, as before.
+        assert!(log_filter(Some("not=a=filter"))
+            .to_string()
+            .contains("info"));
+    }
 }
