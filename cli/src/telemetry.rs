@@ -196,7 +196,7 @@ mod tests {
         let asked = log_filter(Some("info,warp=debug")).to_string();
         assert!(!asked.contains(QUIET_WARP), "{asked}");
         assert!(asked.contains("warp=debug"), "{asked}");
-        // Unset, empty or invalid: `info`, as before.
+        // Unset, empty or invalid: `info`.
         assert!(log_filter(Some("not=a=filter"))
             .to_string()
             .contains("info"));
