@@ -12,21 +12,19 @@
 //!
 //! A gateway's permissions let it answer each message it received once (`allow_responses`),
 //! which covers the receipt; it sends one only to an inbox of the node the reply names
-//! ([`subjects::is_receipt_inbox`]).
+//! ([`fnmesh_core::subjects::is_receipt_inbox`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
-use crate::nats_inbox::{subscribe_multiplexed, token_of};
+use crate::nats_inbox::{token_of, Mux, MuxSlot, Route};
 use crate::{BusError, Receipt};
 use fnmesh_core::claims::{receipt_matches, RECEIPT_HEADER};
 use fnmesh_core::signing::{Rejection, Rejections};
-use fnmesh_core::subjects;
 use fnmesh_core::InvocationId;
 
 /// Receipts owed past which those older than [`OWED_FOR`] are dropped.
@@ -40,32 +38,6 @@ struct Expected {
     receipt: [u8; 32],
 }
 
-/// The node side's subscription and its routes.
-struct Mux {
-    prefix: String,
-    next: AtomicU64,
-    routes: Mutex<HashMap<u64, Expected>>,
-    alive: AtomicBool,
-}
-
-impl Mux {
-    fn routes(&self) -> MutexGuard<'_, HashMap<u64, Expected>> {
-        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Removes a route when its [`Receipt`] drops.
-struct Route {
-    mux: Arc<Mux>,
-    token: u64,
-}
-
-impl Drop for Route {
-    fn drop(&mut self) {
-        self.mux.routes().remove(&self.token);
-    }
-}
-
 /// A receipt a gateway owes.
 struct Owed {
     inbox: String,
@@ -76,7 +48,7 @@ struct Owed {
 /// Both sides of one bus's receipts.
 #[derive(Default)]
 pub(crate) struct Receipts {
-    current: tokio::sync::Mutex<Option<Arc<Mux>>>,
+    slot: MuxSlot<Expected>,
     owed: Mutex<HashMap<InvocationId, Owed>>,
 }
 
@@ -89,16 +61,20 @@ impl Receipts {
         rejections: &Rejections,
         expected: impl FnOnce(&str) -> Option<[u8; 32]>,
     ) -> Result<Option<(String, Receipt)>, BusError> {
-        let mux = self.mux(client, rejections).await?;
-        let token = mux.next.fetch_add(1, Ordering::Relaxed);
-        let inbox = subjects::reply_inbox(&mux.prefix, token);
+        let rejections = rejections.clone();
+        let mux = self
+            .slot
+            .get(client, "receipt", |mux, subscriber| {
+                serve_receipts(mux, subscriber, rejections)
+            })
+            .await?;
+        let (token, inbox) = mux.next_inbox();
         let Some(receipt) = expected(&inbox) else {
             return Ok(None);
         };
         let (sender, received) = oneshot::channel();
-        mux.routes().insert(token, Expected { sender, receipt });
-        let guard = Route { mux, token };
-        Ok(Some((inbox, Receipt::on(received, Some(Box::new(guard))))))
+        let route = Route::insert(mux, token, Expected { sender, receipt });
+        Ok(Some((inbox, Receipt::on(received, Some(Box::new(route))))))
     }
 
     /// The gateway side: a receipt `receipt` is owed on `inbox` once the outcome of `id` is
@@ -149,56 +125,35 @@ impl Receipts {
     fn owed(&self) -> MutexGuard<'_, HashMap<InvocationId, Owed>> {
         self.owed.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    /// The live subscription, made (and confirmed by a flush, so no receipt can precede it)
-    /// when there is none.
-    async fn mux(
-        &self,
-        client: &async_nats::Client,
-        rejections: &Rejections,
-    ) -> Result<Arc<Mux>, BusError> {
-        let mut current = self.current.lock().await;
-        if let Some(mux) = current.as_ref() {
-            if mux.alive.load(Ordering::Acquire) {
-                return Ok(mux.clone());
-            }
+/// Hands each receipt of `subscriber` that checks to the node waiting on its inbox of `mux`,
+/// until it ends; any other message there is ignored and counted in `rejections`. (The slot
+/// then drops the routes: their waiters see their receipt never come.)
+async fn serve_receipts(
+    mux: Arc<Mux<Expected>>,
+    mut subscriber: async_nats::Subscriber,
+    rejections: Rejections,
+) {
+    while let Some(message) = subscriber.next().await {
+        let token = token_of(message.subject.as_str());
+        let header = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(RECEIPT_HEADER))
+            .map(|v| v.as_str());
+        let mut routes = mux.routes();
+        let Some(expected) = token.and_then(|t| routes.get(&t)) else {
+            continue;
+        };
+        if !receipt_matches(header, &expected.receipt) {
+            drop(routes);
+            rejections.count(Rejection::BadSignature);
+            tracing::warn!(nats.subject = %message.subject, "a receipt that does not check was ignored");
+            continue;
         }
-        let (prefix, mut subscriber) = subscribe_multiplexed(client, "receipt").await?;
-        let mux = Arc::new(Mux {
-            prefix,
-            next: AtomicU64::new(0),
-            routes: Mutex::default(),
-            alive: true.into(),
-        });
-        let routed = mux.clone();
-        let rejections = rejections.clone();
-        tokio::spawn(async move {
-            while let Some(message) = subscriber.next().await {
-                let token = token_of(message.subject.as_str());
-                let header = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(RECEIPT_HEADER))
-                    .map(|v| v.as_str());
-                let mut routes = routed.routes();
-                let Some(expected) = token.and_then(|t| routes.get(&t)) else {
-                    continue;
-                };
-                if !receipt_matches(header, &expected.receipt) {
-                    drop(routes);
-                    rejections.count(Rejection::BadSignature);
-                    tracing::warn!(nats.subject = %message.subject, "a receipt that does not check was ignored");
-                    continue;
-                }
-                if let Some(expected) = token.and_then(|t| routes.remove(&t)) {
-                    let _ = expected.sender.send(());
-                }
-            }
-            routed.alive.store(false, Ordering::Release);
-            // Waiters see their receipt never come.
-            routed.routes().clear();
-        });
-        *current = Some(mux.clone());
-        Ok(mux)
+        if let Some(expected) = token.and_then(|t| routes.remove(&t)) {
+            let _ = expected.sender.send(());
+        }
     }
 }
