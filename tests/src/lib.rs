@@ -111,12 +111,19 @@ pub fn run_cli(base_url: &str, args: &[&str], stdin: &str) -> CliRun {
 /// ephemeral range (32768 and up by default): a port the kernel handed out for `:0` is in
 /// that range, and between this check and the server's bind an outgoing connection of a
 /// concurrent test could take it (seen: a nats-server's monitor port "already in use").
+/// A port is handed out once per test process: two tests running side by side could
+/// otherwise both probe the same port free before either server binds it (seen: garage's
+/// RPC port "already in use" while the other deploy test started its servers).
 pub fn free_port() -> u16 {
     const LOW: u32 = 20_000;
     const HIGH: u32 = 32_000;
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..200 {
         let port = (LOW + rand_u32() % (HIGH - LOW)) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
