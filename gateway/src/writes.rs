@@ -5,7 +5,9 @@
 //! sees it. Each of those was a transaction of its own; here concurrent requests share them:
 //! one writer task takes whatever is waiting (up to [`BATCH_MAX`]) and commits it with one
 //! [`fnmesh_store::InvocationStore::write_invocations`], while the next batch gathers. A lone
-//! request is not held back (no timer), so c=1 pays one transaction and c=64 a fraction of one.
+//! request whose caller waits is not held back (no timer), so c=1 pays one transaction and
+//! c=64 a fraction of one; a few outcomes written behind their answers gather for up to
+//! [`LINGER`] first (see [`linger`]).
 //!
 //! A caller waits for its own commit where the answer promises durability (a 202's `queued`
 //! record). A sync outcome is written [`Writes::outcome_behind`] its answer instead: it is
@@ -50,6 +52,11 @@ enum Pending {
 /// Outcomes queued or being committed, by id: what [`Writes::recent`] answers from.
 type Recent = Arc<Mutex<HashMap<InvocationId, Arc<InvocationOutcome>>>>;
 
+/// How long a small batch of outcomes written behind their answers waits for more writes.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+/// Writes a batch of such outcomes gathers before it is committed without lingering longer.
+const LINGER_UNTIL: usize = 16;
+
 /// How long writes fail at once after the store was found unavailable, before it is tried
 /// again.
 const FAIL_FAST: std::time::Duration = std::time::Duration::from_millis(500);
@@ -74,6 +81,16 @@ impl Writes {
         bus: Arc<dyn Bus>,
         metrics: Arc<GatewayMetrics>,
     ) -> Self {
+        Self::start_lingering(store, bus, metrics, LINGER)
+    }
+
+    /// [`Writes::start`] with small batches of outcomes lingering for `linger`.
+    fn start_lingering(
+        store: Arc<dyn MetadataStore>,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<GatewayMetrics>,
+        linger: std::time::Duration,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let recent = Recent::default();
         let committed = Arc::new(tokio::sync::Notify::new());
@@ -81,6 +98,7 @@ impl Writes {
             store,
             bus,
             metrics,
+            linger,
             receiver,
             recent.clone(),
             committed.clone(),
@@ -199,6 +217,7 @@ async fn run(
     store: Arc<dyn MetadataStore>,
     bus: Arc<dyn Bus>,
     metrics: Arc<GatewayMetrics>,
+    linger_for: std::time::Duration,
     mut receiver: mpsc::Receiver<Pending>,
     recent: Recent,
     committed: Arc<tokio::sync::Notify>,
@@ -208,6 +227,7 @@ async fn run(
     // each waiting out the store's timeout behind the one before (a 503 within 2 s).
     let mut down_until: Option<tokio::time::Instant> = None;
     while receiver.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        linger(&mut receiver, &mut batch, linger_for).await;
         let written: Vec<Arc<InvocationOutcome>> = batch
             .iter()
             .filter_map(|p| match p {
@@ -249,6 +269,37 @@ async fn run(
         batch.reserve(BATCH_MAX);
     }
     tracing::debug!("store writer stopped");
+}
+
+/// Lets a small batch of outcomes written behind their answers ([`Writes::outcome_behind`])
+/// gather more writes for up to `time` ([`LINGER`]), until it holds [`LINGER_UNTIL`] writes or one
+/// that a caller waits for arrives (a 202's `queued` record is never held back). Nobody
+/// waits on these: their callers have their answers, reads of them are served from
+/// [`Writes::recent`], and their nodes wait up to a second for the receipt. At c=1 each lone
+/// outcome was a transaction of its own (several hops to SQLite's connection thread, each a
+/// wake-up of the process competing with the next request); gathered, they share one. Larger
+/// batches (under load) go at once.
+async fn linger(
+    receiver: &mut mpsc::Receiver<Pending>,
+    batch: &mut Vec<Pending>,
+    time: std::time::Duration,
+) {
+    let behind = |batch: &[Pending]| {
+        batch
+            .iter()
+            .all(|p| matches!(p, Pending::Outcome { receipt: true, .. }))
+    };
+    if batch.len() >= LINGER_UNTIL || !behind(batch) {
+        return;
+    }
+    let until = tokio::time::Instant::now() + time;
+    while batch.len() < LINGER_UNTIL && behind(batch) {
+        let room = BATCH_MAX - batch.len();
+        match tokio::time::timeout_at(until, receiver.recv_many(batch, room)).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Commits one batch and answers each write; whether the store was unavailable. The sync
@@ -357,5 +408,189 @@ fn inserted(written: &fnmesh_store::Written, i: usize) -> Result<(), StoreError>
         Ok(())
     } else {
         Err(StoreError::Conflict("invocation".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use fnmesh_core::invocation::{ErrorKind, Execution, InvocationError, InvocationStatus};
+    use fnmesh_core::{Checksum, CodeInfo, Function, FunctionConfig, FunctionName, Runtime};
+
+    fn request() -> Arc<InvocationRequest> {
+        let now = Utc::now();
+        Arc::new(InvocationRequest {
+            id: InvocationId::new(),
+            function: Function {
+                image: None,
+                id: fnmesh_core::ids::FunctionId::new(),
+                namespace: Namespace::parse("acme").unwrap(),
+                name: FunctionName::parse("hello").unwrap(),
+                version: 1,
+                runtime: Runtime::Python3,
+                handler: "main.handle".to_owned(),
+                code: CodeInfo {
+                    checksum: Checksum::of(b"code"),
+                    size: 4,
+                    source_type: "inline".to_owned(),
+                },
+                config: FunctionConfig::default(),
+                metadata: Default::default(),
+                created_at: now,
+                updated_at: now,
+            },
+            payload: serde_json::json!({}),
+            created_at: now,
+            trace_id: None,
+            traceparent: None,
+            secrets: None,
+            registry_auth: None,
+            forwarded_to: None,
+            alias: None,
+            priority: Default::default(),
+            notify_destinations: false,
+        })
+    }
+
+    fn outcome() -> Arc<InvocationOutcome> {
+        let request = request();
+        let execution = Execution::failed(
+            InvocationStatus::Failed,
+            InvocationError {
+                kind: ErrorKind::Crashed,
+                message: "test".to_owned(),
+            },
+        );
+        let now = Utc::now();
+        Arc::new(InvocationOutcome::finished(
+            &request, execution, "node-1", 1, now, now,
+        ))
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn MetadataStore>,
+        registry: fnmesh_core::metrics::Registry,
+        writes: Writes,
+    }
+
+    impl Fixture {
+        async fn start(linger: std::time::Duration) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn MetadataStore> = Arc::new(
+                fnmesh_store::sqlite::SqliteStore::open(&dir.path().join("fnmesh.db"))
+                    .await
+                    .unwrap(),
+            );
+            let bus: Arc<dyn Bus> = Arc::new(fnmesh_bus::memory::MemoryBus::new(
+                fnmesh_bus::BusConfig::default(),
+            ));
+            let registry = fnmesh_core::metrics::Registry::new();
+            let metrics = Arc::new(GatewayMetrics::register(&registry).unwrap());
+            let writes = Writes::start_lingering(store.clone(), bus, metrics, linger);
+            Self {
+                _dir: dir,
+                store,
+                registry,
+                writes,
+            }
+        }
+
+        fn transactions(&self) -> u64 {
+            fnmesh_core::metrics::encode(&self.registry)
+                .lines()
+                .filter_map(|line| {
+                    line.strip_prefix("fnmesh_store_write_transactions_total{path=\"invoke\"} ")
+                })
+                .map(|n| n.trim().parse::<u64>().unwrap())
+                .sum()
+        }
+
+        async fn stored(&self, outcome: &InvocationOutcome) -> bool {
+            let r = &outcome.result;
+            self.store
+                .get_invocation(&r.namespace, &r.id)
+                .await
+                .unwrap()
+                .is_some_and(|record| record.status == InvocationStatus::Failed)
+        }
+    }
+
+    /// Long enough that only the batch filling up, or an awaited write, ends a linger.
+    const FOREVER: std::time::Duration = std::time::Duration::from_secs(600);
+    /// What a test waits for an answer at most.
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// Outcomes written behind their answers a moment apart share one transaction, are read
+    /// from memory until it commits, and are stored after it.
+    #[tokio::test]
+    async fn outcomes_behind_their_answers_gather_into_one_transaction() {
+        let fx = Fixture::start(FOREVER).await;
+        let outcomes: Vec<_> = (0..LINGER_UNTIL).map(|_| outcome()).collect();
+        for outcome in &outcomes {
+            fx.writes.outcome_behind(outcome.clone()).await;
+            let r = &outcome.result;
+            assert!(fx.writes.recent(&r.namespace, &r.id).is_some());
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let ids: Vec<_> = outcomes.iter().map(|o| o.result.id).collect();
+        let all_stored = async {
+            loop {
+                fx.writes.settled(&ids).await;
+                let mut all = true;
+                for outcome in &outcomes {
+                    all &= fx.stored(outcome).await;
+                }
+                if all {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE, all_stored)
+            .await
+            .expect("a full batch commits without waiting out its linger");
+        for outcome in &outcomes {
+            let r = &outcome.result;
+            assert!(fx.writes.recent(&r.namespace, &r.id).is_none());
+        }
+        assert_eq!(
+            fx.transactions(),
+            1,
+            "{LINGER_UNTIL} outcomes, one transaction"
+        );
+    }
+
+    /// A write its caller waits for (a 202's `queued` record) is not held back by an outcome
+    /// lingering for company: it commits at once, with it.
+    #[tokio::test]
+    async fn an_awaited_insert_ends_the_linger() {
+        let fx = Fixture::start(FOREVER).await;
+        let behind = outcome();
+        fx.writes.outcome_behind(behind.clone()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        tokio::time::timeout(PATIENCE, fx.writes.insert(request()))
+            .await
+            .expect("the insert is not held back")
+            .unwrap();
+        fx.writes.settled(&[behind.result.id]).await;
+        assert!(fx.stored(&behind).await);
+        assert_eq!(fx.transactions(), 1, "the outcome went with the insert");
+    }
+
+    /// A lone outcome is stored once its linger ends.
+    #[tokio::test]
+    async fn a_lone_outcome_is_stored_after_its_linger() {
+        let fx = Fixture::start(LINGER).await;
+        let lone = outcome();
+        fx.writes.outcome_behind(lone.clone()).await;
+        tokio::time::timeout(PATIENCE, async {
+            while !fx.stored(&lone).await {
+                fx.writes.settled(&[lone.result.id]).await;
+            }
+        })
+        .await
+        .expect("a lone outcome is stored");
+        assert_eq!(fx.transactions(), 1);
     }
 }
