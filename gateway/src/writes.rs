@@ -416,41 +416,10 @@ mod tests {
     use super::*;
     use chrono::Utc;
     use fnmesh_core::invocation::{ErrorKind, Execution, InvocationError, InvocationStatus};
-    use fnmesh_core::{Checksum, CodeInfo, Function, FunctionConfig, FunctionName, Runtime};
 
     fn request() -> Arc<InvocationRequest> {
-        let now = Utc::now();
-        Arc::new(InvocationRequest {
-            id: InvocationId::new(),
-            function: Function {
-                image: None,
-                id: fnmesh_core::ids::FunctionId::new(),
-                namespace: Namespace::parse("acme").unwrap(),
-                name: FunctionName::parse("hello").unwrap(),
-                version: 1,
-                runtime: Runtime::Python3,
-                handler: "main.handle".to_owned(),
-                code: CodeInfo {
-                    checksum: Checksum::of(b"code"),
-                    size: 4,
-                    source_type: "inline".to_owned(),
-                },
-                config: FunctionConfig::default(),
-                metadata: Default::default(),
-                created_at: now,
-                updated_at: now,
-            },
-            payload: serde_json::json!({}),
-            created_at: now,
-            trace_id: None,
-            traceparent: None,
-            secrets: None,
-            registry_auth: None,
-            forwarded_to: None,
-            alias: None,
-            priority: Default::default(),
-            notify_destinations: false,
-        })
+        let namespace = Namespace::parse("acme").unwrap();
+        Arc::new(fnmesh_store::conformance::request(&namespace, "hello"))
     }
 
     fn outcome() -> Arc<InvocationOutcome> {
