@@ -394,6 +394,24 @@ async fn work_whose_consumer_was_deleted_is_delivered() {
     assert_eq!(info.config.max_ack_pending, 2, "with the function's cap");
 }
 
+/// `client`'s subscription to `subject`, registered at the server: a message the client
+/// publishes after subscribing comes back to it (the server handles a connection's commands
+/// in order), so what another connection publishes from now on reaches the subscription.
+/// (`flush` only empties the client's buffer: the server may not have read the `SUB` yet.)
+async fn subscribed(client: &async_nats::Client, subject: String) -> async_nats::Subscriber {
+    use futures::StreamExt as _;
+
+    let subscriber = client.subscribe(subject).await.unwrap();
+    let probe = client.new_inbox();
+    let mut probes = client.subscribe(probe.clone()).await.unwrap();
+    client.publish(probe, "".into()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), probes.next())
+        .await
+        .expect("the probe comes back")
+        .expect("the probe subscription is open");
+    subscriber
+}
+
 /// A receipt for a sync reply counts only when it is the gateway's: one published on the
 /// node's receipt inbox by anyone else (no header, a made-up one, or one copied from another
 /// reply) is ignored, so the node still publishes its `Finished` event; the gateway's own,
@@ -409,8 +427,7 @@ async fn a_receipt_counts_only_from_the_gateway() {
     for confirm in [false, true] {
         let mut inbox = bus.open_inbox().await.unwrap();
         // What a party that can read the gateway's inbox sees: the reply and its receipt inbox.
-        let mut watched = spy.subscribe(inbox.reply_to.0.clone()).await.unwrap();
-        spy.flush().await.unwrap();
+        let mut watched = subscribed(&spy, inbox.reply_to.0.clone()).await;
         let req = request();
         bus.publish_invocation(&req, Some(&inbox.reply_to))
             .await
@@ -466,8 +483,7 @@ async fn a_receipt_counts_only_from_the_gateway() {
                 "forged receipts do not count"
             );
             // Keep the real one, to replay it on the next reply.
-            let mut receipts = spy.subscribe(receipt_inbox.clone()).await.unwrap();
-            spy.flush().await.unwrap();
+            let mut receipts = subscribed(&spy, receipt_inbox.clone()).await;
             assert!(bus.confirm_stored(req.id).await);
             let real = tokio::time::timeout(Duration::from_secs(5), receipts.next())
                 .await
