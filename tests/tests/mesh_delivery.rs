@@ -359,15 +359,27 @@ async fn a_result_over_the_cap_is_invalid_result_once_and_the_node_serves_on() {
         r.body
     );
     assert_eq!(r.body["metrics"]["cold_start"], false, "{:?}", r.body);
-    // Nothing is left to deliver again.
-    let queues = mesh.call("GET", "/v1/admin/queues", None).await;
-    let lane = queues.body["functions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["function"] == name.as_str())
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(lane["pending"].as_u64().unwrap_or(0), 0, "{queues:?}");
-    assert_eq!(lane["in_flight"].as_u64().unwrap_or(0), 0, "{queues:?}");
+    // Nothing is left to deliver again. (The last call's delivery is acked just after its
+    // answer, once the gateway has stored the outcome and sent the node its receipt.)
+    let lane = || async {
+        let queues = mesh.call("GET", "/v1/admin/queues", None).await;
+        assert_eq!(queues.status, 200, "{:?}", queues.body);
+        queues.body["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["function"] == name.as_str())
+            .cloned()
+            .unwrap_or_default()
+    };
+    fnmesh_tests::mesh::eventually(
+        "the last delivery is acked",
+        Duration::from_secs(10),
+        || mesh.logs(),
+        || async { lane().await["in_flight"].as_u64().unwrap_or(0) == 0 },
+    )
+    .await;
+    let lane = lane().await;
+    assert_eq!(lane["pending"].as_u64().unwrap_or(0), 0, "{lane:?}");
+    assert_eq!(lane["in_flight"].as_u64().unwrap_or(0), 0, "{lane:?}");
 }
