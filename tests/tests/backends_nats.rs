@@ -502,3 +502,131 @@ async fn a_receipt_counts_only_from_the_gateway() {
         d.acker.ack().await.unwrap();
     }
 }
+
+/// The pull requests (`$JS.API.CONSUMER.MSG.NEXT`) for `consumer` that reached `pulls`, a
+/// subscription of `spy`'s, before a probe `spy` sends now comes back (the server forwards a
+/// connection's messages in order).
+async fn pulls_so_far(
+    spy: &async_nats::Client,
+    pulls: &mut async_nats::Subscriber,
+    consumer: &str,
+) -> usize {
+    use futures::{FutureExt as _, StreamExt as _};
+
+    let probe = spy.new_inbox();
+    let mut probes = spy.subscribe(probe.clone()).await.unwrap();
+    spy.publish(probe, "".into()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), probes.next())
+        .await
+        .expect("the probe comes back")
+        .expect("the probe subscription is open");
+    let suffix = format!(".{consumer}");
+    let mut seen = 0;
+    while let Some(Some(message)) = pulls.next().now_or_never() {
+        if message.subject.ends_with(&suffix) {
+            seen += 1;
+        }
+    }
+    seen
+}
+
+/// Settling a delivery hints its consumer freed, and only a node holding that consumer at its
+/// cap fetches from it again (and the settling node itself, which has a slot free now): another
+/// node that found nothing more there sends no pull request for it (every node used to send
+/// one after every settlement, held for the fetch's whole expiry, then a consumer-info
+/// request). A node at the cap does fetch, and gets the next delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_freed_slot_is_fetched_again_only_by_a_node_at_the_cap() {
+    let nats = TestNats::start();
+    let prefix = fresh_prefix();
+    let config = BusConfig {
+        ack_wait: Duration::from_secs(30),
+        ..test_config()
+    };
+    let node_a = Arc::new(bus(&nats.url(), &prefix, config.clone()).await);
+    let node_b = Arc::new(
+        bus(
+            &nats.url(),
+            &prefix,
+            BusConfig {
+                manage_streams: false,
+                ..config
+            },
+        )
+        .await,
+    );
+    let spy = async_nats::connect(nats.url()).await.unwrap();
+    let mut pulls = subscribed(&spy, "$JS.API.CONSUMER.MSG.NEXT.>".to_owned()).await;
+    let ns = fnmesh_core::Namespace::parse("freed").unwrap();
+    let consumer_of = |r: &fnmesh_core::invocation::InvocationRequest| {
+        fnmesh_core::subjects::bus_function_consumer(
+            node_a.prefix(),
+            &r.function.namespace,
+            &r.function.name,
+        )
+    };
+    let waiter = |node: &Arc<JetStreamBus>, wait: Duration| {
+        let node = node.clone();
+        tokio::spawn(async move { node.pull_invocation(wait).await.unwrap() })
+    };
+
+    // Room under the cap, and nothing more to fetch after node A's ack: node B, pulling all
+    // along, does not ask for more.
+    let roomy = conformance::request_of(&ns, "roomy", 4);
+    node_a.publish_invocation(&roomy, None).await.unwrap();
+    let d = node_a
+        .pull_invocation(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("a delivery");
+    let roomy_consumer = consumer_of(&roomy);
+    assert!(pulls_so_far(&spy, &mut pulls, &roomy_consumer).await >= 1);
+    let b_waits = waiter(&node_b, Duration::from_millis(900));
+    // Node B's first sweep sees the delivery in flight and looks at its consumer once.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    pulls_so_far(&spy, &mut pulls, &roomy_consumer).await;
+    d.acker.ack().await.unwrap();
+    assert!(
+        b_waits.await.unwrap().is_none(),
+        "nothing more was published"
+    );
+    assert_eq!(
+        pulls_so_far(&spy, &mut pulls, &roomy_consumer).await,
+        0,
+        "no pull request from node B for a consumer with room and nothing more"
+    );
+
+    // At its cap: the second invocation waits for the first one's ack.
+    let tight = [
+        conformance::request_of(&ns, "tight", 1),
+        conformance::request_of(&ns, "tight", 1),
+    ];
+    for r in &tight {
+        node_a.publish_invocation(r, None).await.unwrap();
+    }
+    let first = node_a
+        .pull_invocation(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the first delivery");
+    assert!(
+        node_b
+            .pull_invocation(Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_none(),
+        "max_concurrency 1 holds the second back"
+    );
+    let tight_consumer = consumer_of(&tight[0]);
+    pulls_so_far(&spy, &mut pulls, &tight_consumer).await;
+    let b_waits = waiter(&node_b, Duration::from_secs(5));
+    first.acker.ack().await.unwrap();
+    let second = b_waits
+        .await
+        .unwrap()
+        .expect("node B gets the second delivery after node A's ack");
+    assert_ne!(second.request.id, first.request.id);
+    assert!(tight.iter().any(|r| r.id == second.request.id));
+    assert!(pulls_so_far(&spy, &mut pulls, &tight_consumer).await >= 1);
+    second.acker.ack().await.unwrap();
+}

@@ -7,6 +7,7 @@ use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 
 use super::dead_letters::LastAttempt;
+use super::scheduler::Hint;
 use super::{backend, JetStreamBus};
 use crate::{Acker, BusError};
 
@@ -32,8 +33,16 @@ impl JetStreamAcker {
             self.message.ack_with(kind).await
         }
         .map_err(|e| backend(what, e))?;
-        if let (Some((bus, consumer)), false) = (&self.freed, matches!(kind, AckKind::Progress)) {
-            bus.hint(consumer, true).await;
+        let hint = match kind {
+            AckKind::Progress => None,
+            AckKind::Nak(None) => Some(Hint::Returned),
+            _ => Some(Hint::Freed),
+        };
+        if let (Some((bus, consumer)), Some(hint)) = (&self.freed, hint) {
+            if hint == Hint::Freed {
+                bus.settled_here(consumer);
+            }
+            bus.hint(consumer, hint).await;
         }
         Ok(())
     }
