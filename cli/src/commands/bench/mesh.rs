@@ -223,7 +223,7 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
     );
 
     eprintln!("measuring raw HTTP echo (warp), then its throughput…");
-    let (http_echo, http_rate) = raw_http(&http, args.requests, args.concurrency).await?;
+    let (http_echo, http_rate) = raw_http(args.requests, args.concurrency).await?;
     eprintln!("measuring raw NATS request/reply, then its throughput…");
     let (nats_rr, nats_rate) = raw_nats(&nats, args.requests, args.concurrency).await?;
     eprintln!("measuring raw JetStream publish…");

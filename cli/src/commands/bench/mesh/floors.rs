@@ -88,13 +88,14 @@ async fn echo(http: &reqwest::Client, url: &str) -> Result<()> {
 }
 
 /// (1) A warp server on 127.0.0.1:0 echoing the body: the round trip, and calls per second
-/// at `concurrency` (the HTTP ceiling).
-pub(super) async fn raw_http(
-    http: &reqwest::Client,
-    n: usize,
-    concurrency: usize,
-) -> Result<(Latency, f64)> {
+/// at `concurrency` (the HTTP ceiling). The client is the echo's own, so its connections are
+/// closed before the server stops (a graceful stop cuts connections still open, and warp logs
+/// each one as an error).
+pub(super) async fn raw_http(n: usize, concurrency: usize) -> Result<(Latency, f64)> {
     use warp::Filter;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
     let route = warp::post()
         .and(warp::path("echo"))
         .and(warp::body::bytes())
@@ -113,7 +114,7 @@ pub(super) async fn raw_http(
         .run();
     let server = tokio::spawn(server);
     let url = format!("http://{addr}/echo");
-    let latency = sequential(n, || echo(http, &url)).await;
+    let latency = sequential(n, || echo(&http, &url)).await;
     let per_second = match latency {
         Ok(_) => {
             let (http, url) = (http.clone(), url.clone());
@@ -125,6 +126,10 @@ pub(super) async fn raw_http(
         }
         Err(_) => Ok(0.0),
     };
+    // Every clone of the client is gone once `rate` returns: dropping it closes the pooled
+    // connections, and the server sees them end before it is told to stop.
+    drop(http);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     stop.cancel();
     let _ = server.await;
     Ok((latency?, per_second?))
