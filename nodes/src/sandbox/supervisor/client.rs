@@ -240,11 +240,11 @@ impl ContainerRuntime for SupervisorClient {
     async fn cpu_usage_us(&self, id: &str) -> Result<u64, SandboxError> {
         // Read from the cgroup directly (the node runs as root); a sandbox this client does
         // not know has no counter to read.
-        let map = self
+        let mut map = self
             .cgroups
             .lock()
             .map_err(|_| SandboxError::Supervisor("the cgroup table is poisoned".to_owned()))?;
-        let cgroup = map.get(id).ok_or_else(|| SandboxError::Container {
+        let cgroup = map.get_mut(id).ok_or_else(|| SandboxError::Container {
             id: id.to_owned(),
             message: "no cgroup known for it".to_owned(),
         })?;
