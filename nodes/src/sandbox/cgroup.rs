@@ -123,30 +123,37 @@ impl SandboxCgroup {
         self.peak_file()?.write_all(command)
     }
 
+    /// The open peak-memory counter (opened on first use).
     fn peak_file(&mut self) -> io::Result<&mut fs::File> {
-        let path = match self.version {
-            CgroupVersion::V1 => self
-                .controller_dir("memory")
-                .join("memory.max_usage_in_bytes"),
-            CgroupVersion::V2 => self.controller_dir("memory").join("memory.peak"),
-        };
-        match &mut self.peak_file {
-            Some(file) => Ok(file),
-            slot @ None => {
-                Ok(slot.insert(fs::OpenOptions::new().read(true).write(true).open(path)?))
+        let file = match self.peak_file.take() {
+            Some(file) => file,
+            None => {
+                let name = match self.version {
+                    CgroupVersion::V1 => "memory.max_usage_in_bytes",
+                    CgroupVersion::V2 => "memory.peak",
+                };
+                fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(self.controller_dir("memory").join(name))?
             }
-        }
+        };
+        Ok(self.peak_file.insert(file))
     }
 
+    /// The open CPU-time counter (opened on first use).
     fn cpu_file(&mut self) -> io::Result<&mut fs::File> {
-        let path = match self.version {
-            CgroupVersion::V1 => self.controller_dir("cpuacct").join("cpuacct.usage"),
-            CgroupVersion::V2 => self.controller_dir("cpu").join("cpu.stat"),
+        let file = match self.cpu_file.take() {
+            Some(file) => file,
+            None => {
+                let path = match self.version {
+                    CgroupVersion::V1 => self.controller_dir("cpuacct").join("cpuacct.usage"),
+                    CgroupVersion::V2 => self.controller_dir("cpu").join("cpu.stat"),
+                };
+                fs::File::open(path)?
+            }
         };
-        match &mut self.cpu_file {
-            Some(file) => Ok(file),
-            slot @ None => Ok(slot.insert(fs::File::open(path)?)),
-        }
+        Ok(self.cpu_file.insert(file))
     }
 
     /// Every directory of this cgroup that still exists, across all hierarchies.

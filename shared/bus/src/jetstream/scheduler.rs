@@ -724,8 +724,8 @@ impl JetStreamBus {
                             }
                         }
                         // Less than asked while the server still had work for it: the cap
-                        // stopped the delivery (or the fetch broke off). The settlements of what
-                        // came, this node's own, hint it free again.
+                        // stopped the delivery (or the fetch broke off). What came is settled
+                        // on this node, and each settlement makes it hot again (`settled_here`).
                         Ok(m) if m.len() < share => {
                             let more = m
                                 .last()
