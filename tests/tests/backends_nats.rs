@@ -399,9 +399,17 @@ async fn work_whose_consumer_was_deleted_is_delivered() {
 /// in order), so what another connection publishes from now on reaches the subscription.
 /// (`flush` only empties the client's buffer: the server may not have read the `SUB` yet.)
 async fn subscribed(client: &async_nats::Client, subject: String) -> async_nats::Subscriber {
+    let subscriber = client.subscribe(subject).await.unwrap();
+    probe_round_trip(client).await;
+    subscriber
+}
+
+/// Returns once a probe `client` publishes to an inbox of its own comes back: the server has
+/// handled everything `client` sent before it, and `client` has received everything the
+/// server forwarded to it before the probe.
+async fn probe_round_trip(client: &async_nats::Client) {
     use futures::StreamExt as _;
 
-    let subscriber = client.subscribe(subject).await.unwrap();
     let probe = client.new_inbox();
     let mut probes = client.subscribe(probe.clone()).await.unwrap();
     client.publish(probe, "".into()).await.unwrap();
@@ -409,7 +417,6 @@ async fn subscribed(client: &async_nats::Client, subject: String) -> async_nats:
         .await
         .expect("the probe comes back")
         .expect("the probe subscription is open");
-    subscriber
 }
 
 /// A receipt for a sync reply counts only when it is the gateway's: one published on the
@@ -513,13 +520,7 @@ async fn pulls_so_far(
 ) -> usize {
     use futures::{FutureExt as _, StreamExt as _};
 
-    let probe = spy.new_inbox();
-    let mut probes = spy.subscribe(probe.clone()).await.unwrap();
-    spy.publish(probe, "".into()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), probes.next())
-        .await
-        .expect("the probe comes back")
-        .expect("the probe subscription is open");
+    probe_round_trip(spy).await;
     let suffix = format!(".{consumer}");
     let mut seen = 0;
     while let Some(Some(message)) = pulls.next().now_or_never() {
