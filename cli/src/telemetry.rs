@@ -14,6 +14,7 @@
 //! [`Telemetry::shutdown`] flushes what is buffered under a deadline; `main` calls it once,
 //! after the command returned (the single shutdown path).
 
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -148,7 +149,10 @@ pub fn init(default_service: &str) -> Result<Telemetry, TelemetryError> {
             .with_writer(std::io::stderr)
             .boxed()
     } else {
+        // Colours only for a terminal: a log file or pipe gets plain text (and the hot path
+        // stops paying for escape codes nobody sees).
         tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed()
     }
