@@ -21,7 +21,8 @@
 //!
 //! and prints the ratio of (5) to the sum of (1), (2) and (4) and to the sum of (1), (3b) and
 //! (4), of (6) to the sum of (1) and (4),
-//! and the throughputs against the targets of the hot-path issue.
+//! the throughputs against the targets of the hot-path issue, and the CPU each process spent
+//! per invocation of the throughput runs (`cpu`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,12 +35,14 @@ use serde_json::{json, Value};
 use crate::args::MeshBenchArgs;
 
 mod counts;
+mod cpu;
 mod floors;
 mod procs;
 pub mod scale;
 pub mod soak;
 
 pub use counts::PerInvocation;
+pub use cpu::CpuUse;
 
 use counts::Counts;
 use floors::{
@@ -123,6 +126,8 @@ pub struct Throughput {
     pub recorded: bool,
     pub latency: Latency,
     pub first_error: Option<String>,
+    /// CPU each process spent during the run, per succeeded invocation (the total last).
+    pub cpu: Vec<CpuUse>,
 }
 
 /// Everything the benchmark measured; `--json-out` writes this.
@@ -238,7 +243,16 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
 
     eprintln!("starting fnmesh gateway and node…");
     let mut mesh = MeshProcs::start(&work, &nats_url, args.concurrency)?;
-    let measured = measure_mesh(&mut mesh, &http, Some(&nats), monitor.as_deref(), args).await;
+    let nats_pid = _nats_server.as_ref().and_then(|proc| proc.pid());
+    let measured = measure_mesh(
+        &mut mesh,
+        &http,
+        Some(&nats),
+        monitor.as_deref(),
+        nats_pid,
+        args,
+    )
+    .await;
     if measured.is_err() {
         eprintln!("{}", mesh.log_tails());
     }
@@ -248,7 +262,7 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
 
     eprintln!("starting fnmesh up (the embedded mode)…");
     let mut embedded = MeshProcs::start_embedded(&work, args.concurrency)?;
-    let measured = measure_mesh(&mut embedded, &http, None, None, args).await;
+    let measured = measure_mesh(&mut embedded, &http, None, None, None, args).await;
     if measured.is_err() {
         eprintln!("{}", embedded.log_tails());
     }
@@ -394,6 +408,7 @@ pub fn table(f: &Figures) -> String {
         p.nats_messages_out
             .map_or_else(|| "?".to_owned(), |m| format!("{m:.2}")),
     );
+    out += &cpu_line(t);
     if let Some(share) = p.sync_direct_share {
         out += &format!(
             "sync invocations sent straight to a node (the direct path): {:.1}%\n",
@@ -457,6 +472,7 @@ fn embedded_table(f: &Figures) -> String {
     if let Some(e) = &t.first_error {
         out += &format!("first error: {e}\n");
     }
+    out += &cpu_line(t);
     out
 }
 
@@ -466,6 +482,7 @@ async fn measure_mesh(
     http: &reqwest::Client,
     nats: Option<&async_nats::Client>,
     monitor: Option<&str>,
+    nats_pid: Option<u32>,
     args: &MeshBenchArgs,
 ) -> Result<(Latency, Throughput, PerInvocation)> {
     mesh.wait_ready(http, Duration::from_secs(60)).await?;
@@ -498,12 +515,14 @@ async fn measure_mesh(
         args.concurrency, args.duration_secs
     );
     let before = Counts::read(http, &api.base, &api.key, monitor).await?;
+    let meter = cpu::Meter::start(cpu_parts(mesh, nats_pid));
     let mut throughput = concurrent(
         &api,
         args.concurrency,
         Duration::from_secs(args.duration_secs),
     )
     .await;
+    throughput.cpu = meter.finish(throughput.succeeded);
     eprintln!("waiting for the recorders to record what the run left on the event stream…");
     let backlog = match (mesh.events_stream()?, nats) {
         (Some(stream), Some(nats)) => Backlog::Stream(Box::new(
@@ -527,6 +546,48 @@ async fn measure_mesh(
             .unwrap_or("no error recorded")
     );
     Ok((c1, throughput, per_invocation))
+}
+
+/// The processes whose CPU a throughput run reports: the gateway and the node (or `fnmesh
+/// up`), the sandboxes (everything below the node or `fnmesh up`: supervisors and runtimes,
+/// as they are after the warm-up), the NATS server the benchmark started, and this process,
+/// the load generator, which shares the cores.
+fn cpu_parts(mesh: &MeshProcs, nats_pid: Option<u32>) -> Vec<(String, Vec<u32>)> {
+    let (gateway, node) = mesh.pids();
+    let mut parts = Vec::new();
+    match node {
+        Some(node) => {
+            parts.push(("gateway".to_owned(), gateway.into_iter().collect()));
+            parts.push(("node".to_owned(), vec![node]));
+        }
+        None => parts.push(("fnmesh up".to_owned(), gateway.into_iter().collect())),
+    }
+    if let Some(root) = node.or(gateway) {
+        parts.push(("sandboxes".to_owned(), cpu::descendants(root)));
+    }
+    if let Some(nats) = nats_pid {
+        parts.push(("nats-server".to_owned(), vec![nats]));
+    }
+    parts.push(("load generator".to_owned(), vec![std::process::id()]));
+    parts
+}
+
+/// A throughput run's CPU per invocation as one line of the table.
+fn cpu_line(t: &Throughput) -> String {
+    if t.cpu.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = t
+        .cpu
+        .iter()
+        .map(|u| format!("{} {:.0}", u.part, u.per_invocation_us))
+        .collect();
+    let cores = t.cpu.last().map_or(0.0, |u| u.cores);
+    format!(
+        "CPU per invocation at c={} (µs): {} ({cores:.2} cores busy)\n",
+        t.concurrency,
+        parts.join(", ")
+    )
 }
 
 /// The longest wait, after the throughput run, for the event stream to empty.
@@ -688,6 +749,8 @@ async fn concurrent(api: &Api, concurrency: usize, duration: Duration) -> Throug
         recorded: true,
         latency: Latency::of(samples),
         first_error,
+        // Filled in by the caller, which knows the processes.
+        cpu: Vec::new(),
     }
 }
 

@@ -16,6 +16,7 @@ use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+use super::cpu::cpu_seconds;
 use super::procs::{start_nats, MeshProcs};
 use super::{scratch_dir, Latency, HANDLER, PAYLOAD};
 use crate::args::ScaleBenchArgs;
@@ -99,26 +100,6 @@ impl Client {
             .json()
             .await?)
     }
-}
-
-/// CPU seconds a process has used (user + system), from `/proc/<pid>/stat`.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name may hold spaces: fields are counted after its closing parenthesis.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("parsing /proc/<pid>/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> {
-        Ok(fields
-            .get(i)
-            .context("a short /proc/<pid>/stat")?
-            .parse::<f64>()?)
-    };
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-    Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
 /// Fraction of one core each of `pids` used over `secs`.
