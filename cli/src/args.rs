@@ -759,6 +759,32 @@ pub enum BenchCommand {
     /// Image functions: cold start with the image cached vs the python3 runtime's, and the
     /// first pull of a 20 MiB image from a local registry vs `skopeo copy`.
     Image(ImageBenchArgs),
+    /// Internal: the relay gateway of `bench mesh`'s composed floor.
+    #[command(name = "__relay-gateway", hide = true)]
+    RelayGateway(RelayArgs),
+    /// Internal: the relay node of `bench mesh`'s composed floor.
+    #[command(name = "__relay-node", hide = true)]
+    RelayNode(RelayArgs),
+}
+
+/// Arguments of the hidden `fnmesh bench __relay-gateway` and `__relay-node` commands.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// The NATS server both relays use.
+    #[arg(long)]
+    pub nats_url: String,
+    /// The subject calls travel on.
+    #[arg(long)]
+    pub subject: String,
+    /// Where the gateway listens.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// The node's scratch directory (code, sandboxes).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Calls the node runs at once.
+    #[arg(long, default_value_t = 64)]
+    pub slots: usize,
 }
 
 #[derive(Debug, Args)]

@@ -126,6 +126,12 @@ fn main() -> ExitCode {
             Command::Bench(args::BenchCommand::Image(args)) => {
                 commands::bench::image::run(args).await
             }
+            Command::Bench(args::BenchCommand::RelayGateway(args)) => {
+                commands::bench::mesh::relay::run_gateway(args).await
+            }
+            Command::Bench(args::BenchCommand::RelayNode(args)) => {
+                commands::bench::mesh::relay::run_node(args).await
+            }
             Command::Nats(args::NatsCommand::Init(args)) => commands::nats::init(&args),
             Command::Nats(args::NatsCommand::AddNode(args)) => commands::nats::add_node(&args),
             Command::Migrate { database_url } => commands::migrate::run(&database_url).await,

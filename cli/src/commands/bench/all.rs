@@ -305,6 +305,11 @@ fn rows(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Row> {
         "warm sandbox (pooled, in-process)",
         &mesh.sandbox_warm,
     ));
+    rows.push(latency_row(
+        WARM,
+        "composed floor (relay gateway + node)",
+        &mesh.relay_sync_c1,
+    ));
     for (name, l) in [
         ("work signing: gateway signs (1 KiB)", &mesh.signing_sign),
         ("work signing: node verifies", &mesh.signing_verify),
@@ -335,6 +340,14 @@ fn rows(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Row> {
     let mut load = latency_row(
         LOAD,
         &format!("fnmesh sync invoke, c={}", t.concurrency),
+        &t.latency,
+    );
+    load.ops_per_second = Some(t.per_second);
+    rows.push(load);
+    let t = &mesh.relay_throughput;
+    let mut load = latency_row(
+        LOAD,
+        &format!("composed floor (relay), c={}", t.concurrency),
         &t.latency,
     );
     load.ops_per_second = Some(t.per_second);
@@ -427,6 +440,18 @@ fn ratios(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Ratio> {
             fmt_us(mesh.sandbox_warm.p50_us)
         ),
     });
+    out.push(Ratio {
+        name: "mesh p50 / composed floor p50 (same hops)",
+        value: mesh.relay_ratio_p50,
+        unit: "x",
+        target: None,
+        met: None,
+        detail: format!(
+            "{} / {}",
+            fmt_us(mesh.fnmesh_sync_c1.p50_us),
+            fmt_us(mesh.relay_sync_c1.p50_us)
+        ),
+    });
     let signing = mesh.signing_sign.p50_us + mesh.signing_verify.p50_us;
     out.push(Ratio {
         name: "work signing per invocation (sign + verify, p50)",
@@ -459,6 +484,17 @@ fn ratios(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Ratio> {
             t.concurrency,
             t.errors,
             t.cold_starts
+        ),
+    });
+    out.push(Ratio {
+        name: "throughput / composed floor's (same hops)",
+        value: mesh.fraction_of_relay,
+        unit: "x",
+        target: None,
+        met: None,
+        detail: format!(
+            "{:.0}/s / {:.0}/s",
+            mesh.fnmesh_throughput.per_second, mesh.relay_throughput.per_second
         ),
     });
     let e = &mesh.embedded_sync_c1;

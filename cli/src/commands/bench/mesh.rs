@@ -38,6 +38,7 @@ mod counts;
 mod cpu;
 mod floors;
 mod procs;
+pub mod relay;
 pub mod scale;
 pub mod soak;
 
@@ -149,6 +150,15 @@ pub struct Figures {
     pub report_verify: Latency,
     pub fnmesh_sync_c1: Latency,
     pub fnmesh_throughput: Throughput,
+    /// The composed floor (`relay.rs`): a relay gateway and node, separate processes over the
+    /// same NATS server, carrying each call as one HTTP request, one NATS request and one warm
+    /// sandbox round trip and nothing else; c=1 and at the run's concurrency.
+    pub relay_sync_c1: Latency,
+    pub relay_throughput: Throughput,
+    /// fnmesh c=1 p50 / the relay's.
+    pub relay_ratio_p50: f64,
+    /// fnmesh's recorded throughput / the relay's.
+    pub fraction_of_relay: f64,
     /// Raw HTTP echo calls per second at the run's concurrency.
     pub http_echo_per_second: f64,
     /// Raw NATS requests per second at the run's concurrency.
@@ -240,10 +250,13 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
     let (report_sign, report_verify) = report_signing(args.requests.max(1000), SIGNED_BODY_BYTES)?;
     eprintln!("measuring the warm sandbox round trip…");
     let sandbox = sandbox_warm(&work.join("sandbox"), args.requests).await?;
+    let nats_pid = _nats_server.as_ref().and_then(|proc| proc.pid());
+    eprintln!("measuring the composed floor: a relay gateway and node, then its throughput…");
+    let (relay_c1, relay_throughput) =
+        relay::measure(&work, &nats_url, &http, nats_pid, args).await?;
 
     eprintln!("starting fnmesh gateway and node…");
     let mut mesh = MeshProcs::start(&work, &nats_url, args.concurrency)?;
-    let nats_pid = _nats_server.as_ref().and_then(|proc| proc.pid());
     let measured = measure_mesh(
         &mut mesh,
         &http,
@@ -278,6 +291,10 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
         nats_request_reply_per_second: nats_rate,
         ceiling_per_second: ceiling,
         fraction_of_ceiling: throughput.per_second / ceiling,
+        relay_ratio_p50: c1.p50_us / relay_c1.p50_us,
+        fraction_of_relay: throughput.per_second / relay_throughput.per_second.max(1e-9),
+        relay_sync_c1: relay_c1,
+        relay_throughput,
         per_invocation,
         ratio_p50: c1.p50_us / floor,
         durable_ratio_p50: c1.p50_us / durable_floor,
@@ -341,6 +358,10 @@ pub fn table(f: &Figures) -> String {
         &f.sandbox_warm,
     );
     out += &row(
+        "composed floor: relay gateway + node, c=1",
+        &f.relay_sync_c1,
+    );
+    out += &row(
         "fnmesh warm sync invoke over the mesh, c=1",
         &f.fnmesh_sync_c1,
     );
@@ -397,6 +418,14 @@ pub fn table(f: &Figures) -> String {
         f.ceiling_per_second,
         f.fraction_of_ceiling,
     );
+    let r = &f.relay_throughput;
+    out += &format!(
+        "composed floor at c={} (relay gateway → NATS request → relay node → warm sandbox; \
+         no auth, store, JetStream, signatures or events): {:.0}/s, p50 {:.0} µs; \
+         fnmesh = {:.2} of it\n",
+        r.concurrency, r.per_second, r.latency.p50_us, f.fraction_of_relay,
+    );
+    out += &cpu_line(r).replacen("CPU per invocation", "  its CPU per call", 1);
     let p = &f.per_invocation;
     out += &format!(
         "per invocation of the run: {:.3} store write transactions ({:.2} rows); NATS messages \
@@ -432,6 +461,15 @@ pub fn table(f: &Figures) -> String {
         f.jetstream_work.p50_us,
         f.sandbox_warm.p50_us,
         f.durable_ratio_p50,
+    );
+    out += &format!(
+        "ratio fnmesh p50 / composed floor p50 (the same process hops, nothing else) = {:.0} / \
+         {:.0} µs: {:.2}x; the composed floor is {:.2}x of HTTP + NATS + sandbox\n",
+        f.fnmesh_sync_c1.p50_us,
+        f.relay_sync_c1.p50_us,
+        f.relay_ratio_p50,
+        f.relay_sync_c1.p50_us
+            / (f.http_echo.p50_us + f.nats_request_reply.p50_us + f.sandbox_warm.p50_us),
     );
     out += &embedded_table(f);
     out

@@ -326,7 +326,7 @@ pub(super) async fn sandbox_warm(work: &Path, n: usize) -> Result<Latency> {
     result
 }
 
-fn sandbox_function() -> Result<Function> {
+pub(super) fn sandbox_function() -> Result<Function> {
     let name = FunctionName::parse(FUNCTION).context("function name")?;
     Ok(super::super::python_function(name, HANDLER))
 }
