@@ -336,30 +336,15 @@ fn rows(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Row> {
         samples_us: Vec::new(),
         plot: false,
     });
-    let t = &mesh.fnmesh_throughput;
-    let mut load = latency_row(
-        LOAD,
-        &format!("fnmesh sync invoke, c={}", t.concurrency),
-        &t.latency,
-    );
-    load.ops_per_second = Some(t.per_second);
-    rows.push(load);
-    let t = &mesh.relay_throughput;
-    let mut load = latency_row(
-        LOAD,
-        &format!("composed floor (relay), c={}", t.concurrency),
-        &t.latency,
-    );
-    load.ops_per_second = Some(t.per_second);
-    rows.push(load);
-    let t = &mesh.embedded_throughput;
-    let mut load = latency_row(
-        LOAD,
-        &format!("fnmesh up (embedded), c={}", t.concurrency),
-        &t.latency,
-    );
-    load.ops_per_second = Some(t.per_second);
-    rows.push(load);
+    for (name, t) in [
+        ("fnmesh sync invoke", &mesh.fnmesh_throughput),
+        ("composed floor (relay)", &mesh.relay_throughput),
+        ("fnmesh up (embedded)", &mesh.embedded_throughput),
+    ] {
+        let mut load = latency_row(LOAD, &format!("{name}, c={}", t.concurrency), &t.latency);
+        load.ops_per_second = Some(t.per_second);
+        rows.push(load);
+    }
     rows.push(series_row(
         COLD,
         "fnmesh sandbox cold start",

@@ -13,7 +13,9 @@
 //!    JetStream work round trip (publish + PubAck, delivery to a waiting pull consumer, ack, reply): the
 //!    floor of any design that holds sync work in JetStream;
 //! 4. a warm round trip through a pooled sandbox driven in this process (the executor the
-//!    node uses, without NATS or HTTP);
+//!    node uses, without NATS or HTTP); and (4b) the composed floor ([`relay`]): a relay
+//!    gateway and node as separate processes, the mesh's hops with nothing else, at c=1 and
+//!    at `--concurrency`;
 //! 5. fnmesh's sync invoke of a Python echo: p50/p99 at concurrency 1 after a warm-up, then
 //!    invocations/s at `--concurrency` for `--duration-secs`;
 //! 6. the same through `fnmesh up` (the embedded mode: one process, SQLite, the in-process
