@@ -295,23 +295,17 @@ pub(super) async fn raw_jetstream_work(nats_url: &str, n: usize) -> Result<Laten
 
 /// (4) Sequential warm invocations through a pooled sandbox, driven in this process.
 pub(super) async fn sandbox_warm(work: &Path, n: usize) -> Result<Latency> {
-    let code_dir = work.join("code");
-    std::fs::create_dir_all(&code_dir)?;
-    std::fs::write(code_dir.join("main.py"), HANDLER)?;
+    let code_dir = echo_code(work)?;
     let executor = crate::commands::bench::sandbox::bench_executor(work, 4).await?;
     let function = sandbox_function()?;
     let payload: Value = serde_json::from_str(PAYLOAD)?;
     let result = sequential(n, || async {
         let out = executor
-            .execute(Job {
-                invocation_id: InvocationId::new(),
-                function: function.clone(),
-                code_dir: code_dir.clone(),
-                payload: payload.clone(),
-                trace_id: None,
-                secrets: None,
-                registry_auth: None,
-            })
+            .execute(echo_job(
+                function.clone(),
+                code_dir.clone(),
+                payload.clone(),
+            ))
             .await;
         ensure!(
             out.status == InvocationStatus::Succeeded,
@@ -324,6 +318,27 @@ pub(super) async fn sandbox_warm(work: &Path, n: usize) -> Result<Latency> {
     .await;
     executor.shutdown(Duration::from_secs(5)).await;
     result
+}
+
+/// Writes the echo handler as `work/code/main.py`; the code directory.
+pub(super) fn echo_code(work: &Path) -> Result<std::path::PathBuf> {
+    let code_dir = work.join("code");
+    std::fs::create_dir_all(&code_dir)?;
+    std::fs::write(code_dir.join("main.py"), HANDLER)?;
+    Ok(code_dir)
+}
+
+/// One invocation of the echo function (`sandbox_function`, code in `code_dir`).
+pub(super) fn echo_job(function: Function, code_dir: std::path::PathBuf, payload: Value) -> Job {
+    Job {
+        invocation_id: InvocationId::new(),
+        function,
+        code_dir,
+        payload,
+        trace_id: None,
+        secrets: None,
+        registry_auth: None,
+    }
 }
 
 pub(super) fn sandbox_function() -> Result<Function> {

@@ -15,15 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use fnmesh_core::InvocationId;
-use fnmesh_nodes::executor::Job;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use warp::Filter;
 
-use super::HANDLER;
 use crate::args::RelayArgs;
 
 /// The queue group relay nodes answer in.
@@ -80,9 +77,7 @@ pub async fn run_node(args: RelayArgs) -> Result<()> {
         .work_dir
         .clone()
         .context("the relay node needs --work-dir")?;
-    let code_dir = work.join("code");
-    std::fs::create_dir_all(&code_dir)?;
-    std::fs::write(code_dir.join("main.py"), HANDLER)?;
+    let code_dir = super::floors::echo_code(&work)?;
     let executor = crate::commands::bench::sandbox::bench_executor(&work, args.slots + 8).await?;
     let mut function = super::floors::sandbox_function()?;
     function.config.max_concurrency = u32::try_from(args.slots).unwrap_or(u32::MAX);
@@ -113,15 +108,7 @@ pub async fn run_node(args: RelayArgs) -> Result<()> {
             let _permit = permit;
             let payload: Value = serde_json::from_slice(&call.payload).unwrap_or(Value::Null);
             let out = executor
-                .execute(Job {
-                    invocation_id: InvocationId::new(),
-                    function,
-                    code_dir,
-                    payload,
-                    trace_id: None,
-                    secrets: None,
-                    registry_auth: None,
-                })
+                .execute(super::floors::echo_job(function, code_dir, payload))
                 .await;
             let body = json!({
                 "status": out.status,
