@@ -785,6 +785,10 @@ pub struct RelayArgs {
     /// Calls the node runs at once.
     #[arg(long, default_value_t = 64)]
     pub slots: usize,
+    /// Carry each call through a JetStream work queue (publish + PubAck, a pull consumer
+    /// capped at `--slots` unacked, a confirmed ack) instead of one core-NATS request.
+    #[arg(long)]
+    pub jetstream: bool,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,10 @@
 //! stored the outcome ([`fnmesh_bus::Receipt`]); with one in [`RECEIPT_WAIT`] the `Finished`
 //! event is not needed and is not published (the event, its PubAck, the recorder's delivery,
 //! read and ack: four NATS messages, a JetStream write and a store read fewer per sync
-//! invocation).
+//! invocation). A sync delivery with work of its function waiting behind it
+//! ([`fnmesh_bus::Acker::holds_back_work`]) is acked right after its reply instead: until
+//! settled it holds a place under the function's `max_concurrency`, which the receipt's few
+//! milliseconds would keep from the waiting work; the receipt or the event still records it.
 //!
 //! `Started` only marks a record `running` (the `Finished` outcome carries the start time), so
 //! an invocation that finishes sooner does without it: four NATS messages, a JetStream write
@@ -544,19 +547,24 @@ impl Worker {
                 slot.busy = None;
             }
         }
+        // A delivery waiting for its receipt still counts against its function's
+        // `max_concurrency`: with work of the function waiting behind it, it is acked now,
+        // as the caller has its answer (the receipt or the event still records it).
+        let acked = receipt.expected() && acker.holds_back_work() && ack(acker).await;
         // The gateway stored the outcome it was answered with: no event needed (see
         // `fnmesh_bus::Receipt`). Without a receipt in time, the event records it.
         if receipt.stored(RECEIPT_WAIT).await {
-            if let Err(e) = acker.ack().await {
-                tracing::warn!(error = %e, "ack failed; the invocation may be redelivered");
+            if !acked {
+                ack(acker).await;
             }
             return;
         }
         let event = NodeEvent::Finished(Box::new(outcome));
         // The result is kept until the recorders' stream takes it (it may be full for a while,
         // or unreachable): running the invocation again would not make room, and a rerun of
-        // work that already ran is worse than a late result. The delivery is kept alive
-        // meanwhile, and the slot stays taken, so a node that cannot report stops taking work.
+        // work that already ran is worse than a late result. The delivery (unless acked
+        // above) is kept alive meanwhile, and the slot stays taken, so a node that cannot
+        // report stops taking work.
         // Shutdown's drain timeout bounds the wait; an unsettled delivery is then redelivered.
         let mut delays = PUBLISH_RETRY.build();
         let mut last_progress = Instant::now();
@@ -564,8 +572,8 @@ impl Worker {
         loop {
             match self.bus.publish_event(&event).await {
                 Ok(()) => {
-                    if let Err(e) = acker.ack().await {
-                        tracing::warn!(error = %e, "ack failed; the invocation may be redelivered");
+                    if !acked {
+                        ack(acker).await;
                     }
                     return;
                 }
@@ -578,7 +586,7 @@ impl Worker {
                     let delay = delays.next().unwrap_or(PUBLISH_RETRY_MAX);
                     tokio::time::sleep(delay.min(interval)).await;
                     try_no = try_no.saturating_add(1);
-                    if last_progress.elapsed() >= interval {
+                    if !acked && last_progress.elapsed() >= interval {
                         if let Err(e) = acker.in_progress().await {
                             tracing::debug!(error = %e, "progress while retrying the result failed");
                         }
@@ -586,6 +594,17 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Acks a finished delivery; whether the bus took the ack.
+async fn ack(acker: &dyn Acker) -> bool {
+    match acker.ack().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "ack failed; the invocation may be redelivered");
+            false
         }
     }
 }

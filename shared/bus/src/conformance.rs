@@ -95,6 +95,7 @@ macro_rules! bus_conformance_cases {
             a_flooded_function_does_not_hold_up_another,
             priorities_share_deliveries_without_starving,
             queue_stats_count_pending_and_in_flight,
+            a_delivery_knows_when_work_waits_behind_it,
             traceparent_travels_with_the_request,
             log_followers_get_their_function_only,
             cancellations_reach_every_follower
@@ -1173,6 +1174,49 @@ where
     );
     assert!(stats.invocations >= 3, "{stats:?}");
     d.acker.ack().await.unwrap();
+}
+
+/// A delivery tells whether work of its function waited behind it (the worker acks such a
+/// sync delivery without waiting for its receipt: unsettled, it holds the function's cap);
+/// another function's work does not count.
+pub async fn a_delivery_knows_when_work_waits_behind_it<F, Fut>(make: &F)
+where
+    F: Fn(BusConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Bus>>,
+{
+    let bus = make(BusConfig {
+        ack_wait: Duration::from_secs(30),
+        ..test_config()
+    })
+    .await;
+    let ns = fresh_namespace();
+    bus.publish_invocation(&request_of(&ns, "alone", 1), None)
+        .await
+        .unwrap();
+    let alone = expect_delivery(&*bus, "the lone invocation").await;
+    assert!(
+        !alone.acker.holds_back_work(),
+        "nothing of its function waits behind the lone invocation"
+    );
+    for _ in 0..2 {
+        bus.publish_invocation(&request_of(&ns, "queued", 1), None)
+            .await
+            .unwrap();
+    }
+    alone.acker.ack().await.unwrap();
+    let first = expect_delivery(&*bus, "the first queued").await;
+    assert_eq!(first.request.function.name.as_str(), "queued");
+    assert!(
+        first.acker.holds_back_work(),
+        "a second invocation of its function waits behind the first"
+    );
+    first.acker.ack().await.unwrap();
+    let second = expect_delivery(&*bus, "the second queued").await;
+    assert!(
+        !second.acker.holds_back_work(),
+        "nothing waits behind the last one"
+    );
+    second.acker.ack().await.unwrap();
 }
 
 /// The request's `traceparent` reaches the node unchanged.

@@ -253,6 +253,11 @@ impl Receipt {
         }
     }
 
+    /// Whether one was asked for (it may still never come).
+    pub fn expected(&self) -> bool {
+        self.received.is_some()
+    }
+
     /// Whether it came within `wait`.
     pub async fn stored(self, wait: Duration) -> bool {
         match self.received {
@@ -278,6 +283,12 @@ pub trait Acker: Send + Sync {
     /// cannot run it must answer the caller instead.
     fn redelivers(&self) -> bool {
         true
+    }
+    /// Whether work of this delivery's lane (its function and priority) was waiting behind it
+    /// when it was delivered. Until it is settled a delivery counts against its lane's cap
+    /// (`max_concurrency`, across every node), so such work may be held back by it.
+    fn holds_back_work(&self) -> bool {
+        false
     }
 }
 

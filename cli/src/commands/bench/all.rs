@@ -310,6 +310,11 @@ fn rows(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Row> {
         "composed floor (relay gateway + node)",
         &mesh.relay_sync_c1,
     ));
+    rows.push(latency_row(
+        WARM,
+        "JetStream floor (relays over a work queue)",
+        &mesh.relay_js_sync_c1,
+    ));
     for (name, l) in [
         ("work signing: gateway signs (1 KiB)", &mesh.signing_sign),
         ("work signing: node verifies", &mesh.signing_verify),
@@ -339,6 +344,10 @@ fn rows(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Row> {
     for (name, t) in [
         ("fnmesh sync invoke", &mesh.fnmesh_throughput),
         ("composed floor (relay)", &mesh.relay_throughput),
+        (
+            "JetStream floor (relay, work queue)",
+            &mesh.relay_js_throughput,
+        ),
         ("fnmesh up (embedded)", &mesh.embedded_throughput),
     ] {
         let mut load = latency_row(LOAD, &format!("{name}, c={}", t.concurrency), &t.latency);
@@ -480,6 +489,17 @@ fn ratios(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Ratio> {
         detail: format!(
             "{:.0}/s / {:.0}/s",
             mesh.fnmesh_throughput.per_second, mesh.relay_throughput.per_second
+        ),
+    });
+    out.push(Ratio {
+        name: "throughput / JetStream floor's (same hops + work queue)",
+        value: mesh.fraction_of_relay_js,
+        unit: "x",
+        target: None,
+        met: None,
+        detail: format!(
+            "{:.0}/s / {:.0}/s",
+            mesh.fnmesh_throughput.per_second, mesh.relay_js_throughput.per_second
         ),
     });
     let e = &mesh.embedded_sync_c1;

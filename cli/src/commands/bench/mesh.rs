@@ -15,7 +15,8 @@
 //! 4. a warm round trip through a pooled sandbox driven in this process (the executor the
 //!    node uses, without NATS or HTTP); and (4b) the composed floor ([`relay`]): a relay
 //!    gateway and node as separate processes, the mesh's hops with nothing else, at c=1 and
-//!    at `--concurrency`;
+//!    at `--concurrency`; (4c) the JetStream floor: the same relays carrying each call through
+//!    a JetStream work queue;
 //! 5. fnmesh's sync invoke of a Python echo: p50/p99 at concurrency 1 after a warm-up, then
 //!    invocations/s at `--concurrency` for `--duration-secs`;
 //! 6. the same through `fnmesh up` (the embedded mode: one process, SQLite, the in-process
@@ -161,6 +162,15 @@ pub struct Figures {
     pub relay_ratio_p50: f64,
     /// fnmesh's recorded throughput / the relay's.
     pub fraction_of_relay: f64,
+    /// The JetStream floor (`relay.rs`, `--jetstream`): the composed floor carrying each call
+    /// through a JetStream work queue (publish + PubAck, a pull consumer capped at the run's
+    /// concurrency, a confirmed ack), as any design holding sync work in JetStream must.
+    pub relay_js_sync_c1: Latency,
+    pub relay_js_throughput: Throughput,
+    /// fnmesh c=1 p50 / the JetStream floor's.
+    pub relay_js_ratio_p50: f64,
+    /// fnmesh's recorded throughput / the JetStream floor's.
+    pub fraction_of_relay_js: f64,
     /// Raw HTTP echo calls per second at the run's concurrency.
     pub http_echo_per_second: f64,
     /// Raw NATS requests per second at the run's concurrency.
@@ -255,7 +265,10 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
     let nats_pid = _nats_server.as_ref().and_then(|proc| proc.pid());
     eprintln!("measuring the composed floor: a relay gateway and node, then its throughput…");
     let (relay_c1, relay_throughput) =
-        relay::measure(&work, &nats_url, &http, nats_pid, args).await?;
+        relay::measure(&work, &nats_url, &http, nats_pid, args, false).await?;
+    eprintln!("measuring the JetStream floor: the relays over a JetStream work queue…");
+    let (relay_js_c1, relay_js_throughput) =
+        relay::measure(&work, &nats_url, &http, nats_pid, args, true).await?;
 
     eprintln!("starting fnmesh gateway and node…");
     let mut mesh = MeshProcs::start(&work, &nats_url, args.concurrency)?;
@@ -297,6 +310,10 @@ pub async fn measure(args: &MeshBenchArgs) -> Result<Figures> {
         fraction_of_relay: throughput.per_second / relay_throughput.per_second.max(1e-9),
         relay_sync_c1: relay_c1,
         relay_throughput,
+        relay_js_ratio_p50: c1.p50_us / relay_js_c1.p50_us,
+        fraction_of_relay_js: throughput.per_second / relay_js_throughput.per_second.max(1e-9),
+        relay_js_sync_c1: relay_js_c1,
+        relay_js_throughput,
         per_invocation,
         ratio_p50: c1.p50_us / floor,
         durable_ratio_p50: c1.p50_us / durable_floor,
@@ -364,6 +381,10 @@ pub fn table(f: &Figures) -> String {
         &f.relay_sync_c1,
     );
     out += &row(
+        "JetStream floor: the relays over a work queue, c=1",
+        &f.relay_js_sync_c1,
+    );
+    out += &row(
         "fnmesh warm sync invoke over the mesh, c=1",
         &f.fnmesh_sync_c1,
     );
@@ -423,9 +444,22 @@ pub fn table(f: &Figures) -> String {
     let r = &f.relay_throughput;
     out += &format!(
         "composed floor at c={} (relay gateway → NATS request → relay node → warm sandbox; \
-         no auth, store, JetStream, signatures or events): {:.0}/s, p50 {:.0} µs; \
+         no auth, store, JetStream, signatures or events): {:.0}/s, p50 {:.0} µs, {} errors; \
          fnmesh = {:.2} of it\n",
-        r.concurrency, r.per_second, r.latency.p50_us, f.fraction_of_relay,
+        r.concurrency, r.per_second, r.latency.p50_us, r.errors, f.fraction_of_relay,
+    );
+    out += &cpu_line(r).replacen("CPU per invocation", "  its CPU per call", 1);
+    let r = &f.relay_js_throughput;
+    out += &format!(
+        "JetStream floor at c={} (the same relays, each call a JetStream work message: \
+         publish + PubAck, pull capped at {} unacked, confirmed ack): {:.0}/s, p50 {:.0} µs, \
+         {} errors; fnmesh = {:.2} of it\n",
+        r.concurrency,
+        r.concurrency,
+        r.per_second,
+        r.latency.p50_us,
+        r.errors,
+        f.fraction_of_relay_js,
     );
     out += &cpu_line(r).replacen("CPU per invocation", "  its CPU per call", 1);
     let p = &f.per_invocation;
@@ -472,6 +506,10 @@ pub fn table(f: &Figures) -> String {
         f.relay_ratio_p50,
         f.relay_sync_c1.p50_us
             / (f.http_echo.p50_us + f.nats_request_reply.p50_us + f.sandbox_warm.p50_us),
+    );
+    out += &format!(
+        "ratio fnmesh p50 / JetStream floor p50 = {:.0} / {:.0} µs: {:.2}x\n",
+        f.fnmesh_sync_c1.p50_us, f.relay_js_sync_c1.p50_us, f.relay_js_ratio_p50,
     );
     out += &embedded_table(f);
     out

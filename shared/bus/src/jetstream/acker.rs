@@ -83,4 +83,10 @@ impl Acker for JetStreamAcker {
         }
         Ok(())
     }
+
+    /// From the delivery's metadata: the consumer's messages still to deliver when the server
+    /// delivered it (a function consumer's are its lane's).
+    fn holds_back_work(&self) -> bool {
+        self.freed.is_some() && self.message.info().is_ok_and(|info| info.pending > 0)
+    }
 }

@@ -343,6 +343,10 @@ impl Acker for MemoryAcker {
         self.shared
             .settle(self.which, self.seq, self.attempt, Settle::Term)
     }
+
+    fn holds_back_work(&self) -> bool {
+        self.which == Which::Invocations && self.shared.lock().invocations.waits_behind(self.seq)
+    }
 }
 
 #[async_trait]

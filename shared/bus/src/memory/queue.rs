@@ -352,6 +352,15 @@ impl<T: Clone + Laned> Queue<T> {
     }
 
     /// Applies an acker's decision, fenced on the attempt. Returns how many items became ready.
+    /// Whether item `seq`'s lane has items ready (waiting for room under its cap, or for a
+    /// puller). Entries of items settled meanwhile may count: it errs towards yes.
+    pub(super) fn waits_behind(&self, seq: u64) -> bool {
+        self.items
+            .get(&seq)
+            .and_then(|item| self.lanes.get(&item.lane))
+            .is_some_and(|lane| !lane.ready.is_empty())
+    }
+
     pub(super) fn settle(
         &mut self,
         seq: u64,

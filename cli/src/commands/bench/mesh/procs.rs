@@ -219,16 +219,24 @@ impl MeshProcs {
 
     /// Starts the composed floor's relay gateway and relay node (`fnmesh bench
     /// __relay-gateway`, `__relay-node`: see `relay.rs`) over `nats_url`, the node running
-    /// `concurrency` calls at once in `work/relay`.
-    pub(super) fn start_relay(work: &Path, nats_url: &str, concurrency: usize) -> Result<Self> {
+    /// `concurrency` calls at once in `work/relay` (with `jetstream`, the JetStream floor's,
+    /// in `work/relay-js`).
+    pub(super) fn start_relay(
+        work: &Path,
+        nats_url: &str,
+        concurrency: usize,
+        jetstream: bool,
+    ) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the fnmesh binary")?;
-        let dir = work.join("relay");
+        let dir = work.join(if jetstream { "relay-js" } else { "relay" });
         std::fs::create_dir_all(&dir)?;
         let port = free_port()?;
         let subject = format!("bench.relay.{:016x}", rand::random::<u64>());
         let base = |sub: &str| {
             let mut cmd = Command::new(&exe);
             cmd.args(["bench", sub, "--nats-url", nats_url, "--subject", &subject])
+                .args(["--slots", &concurrency.to_string()])
+                .args(jetstream.then_some("--jetstream"))
                 .env_clear()
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .env("FNMESH_LOG", "warn");
@@ -238,9 +246,7 @@ impl MeshProcs {
         gw.args(["--listen", &format!("127.0.0.1:{port}")]);
         let gateway = ChildProc::spawn("relay gateway", gw, dir.join("gateway.log"))?;
         let mut nd = base("__relay-node");
-        nd.arg("--work-dir")
-            .arg(dir.join("node"))
-            .args(["--slots", &concurrency.to_string()]);
+        nd.arg("--work-dir").arg(dir.join("node"));
         let node = ChildProc::spawn("relay node", nd, dir.join("node.log"))?;
         Ok(Self {
             node: Some(node),

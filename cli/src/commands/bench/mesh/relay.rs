@@ -9,45 +9,184 @@
 //! one process; this one pays the same process hops as the mesh (load generator → gateway →
 //! nats-server → node → sandbox and back), so it shows what the hops themselves cost on this
 //! machine, and how much of fnmesh's time and CPU is its own.
+//!
+//! With `--jetstream` the relays carry each call as a design that holds sync work in
+//! JetStream must: the gateway publishes it to a work-queue stream on file storage (with a
+//! `Nats-Msg-Id`, and waits for the PubAck), the node pulls from one durable consumer whose
+//! `max_ack_pending` is its slots (the server's cap, as a function's `max_concurrency` is
+//! fnmesh's), answers on the inbox the message names and acks with the server's
+//! confirmation. That is the *JetStream floor*: the same hops plus the work queue, still
+//! without signatures, store, receipts or events.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use async_nats::jetstream;
+use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 use warp::Filter;
 
 use crate::args::RelayArgs;
 
 /// The queue group relay nodes answer in.
 const QUEUE_GROUP: &str = "fnmesh-bench-relay";
+/// The JetStream relay's header naming the inbox a call's answer goes to.
+const REPLY_HEADER: &str = "Bench-Reply";
+/// The JetStream relay's durable consumer.
+const CONSUMER: &str = "relay";
+/// How long the relay gateway waits for an answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(30);
 
-/// The relay gateway: until SIGTERM, each invoke is one NATS request on `subject`.
+/// The JetStream relay's work stream, named after the calls' subject.
+fn stream_name(subject: &str) -> String {
+    format!("BENCH_RELAY_{}", subject.replace('.', "_"))
+}
+
+/// How the relay gateway carries a call to a node.
+#[derive(Clone)]
+enum Carrier {
+    /// One core-NATS request.
+    Core {
+        nats: async_nats::Client,
+        subject: String,
+    },
+    /// A JetStream work message; answers come on one inbox subscription.
+    JetStream(Arc<QueuedCalls>),
+}
+
+/// Calls published to the JetStream relay's stream, waiting for their answers.
+struct QueuedCalls {
+    js: jetstream::Context,
+    subject: String,
+    /// `<inbox>.<n>` is call n's answer subject.
+    inbox: String,
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Bytes>>>,
+}
+
+impl Carrier {
+    async fn call(&self, body: Bytes) -> Result<Bytes> {
+        match self {
+            Self::Core { nats, subject } => Ok(nats.request(subject.clone(), body).await?.payload),
+            Self::JetStream(calls) => {
+                let n = calls.next.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = oneshot::channel();
+                calls.lock().insert(n, tx);
+                let answered = async {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(REPLY_HEADER, format!("{}.{n}", calls.inbox).as_str());
+                    headers.insert("Nats-Msg-Id", format!("{}.{n}", calls.inbox).as_str());
+                    calls
+                        .js
+                        .publish_with_headers(calls.subject.clone(), headers, body)
+                        .await?
+                        .await?;
+                    Ok(tokio::time::timeout(ANSWER_WAIT, rx)
+                        .await
+                        .context("no answer in time")??)
+                }
+                .await;
+                calls.lock().remove(&n);
+                answered
+            }
+        }
+    }
+}
+
+impl QueuedCalls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Bytes>>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Makes the JetStream relay's work stream and its consumer, capped at `slots` unacked
+/// deliveries, and routes answers from the gateway's inbox to their callers.
+async fn queued_calls(nats: &async_nats::Client, args: &RelayArgs) -> Result<Arc<QueuedCalls>> {
+    let js = jetstream::new(nats.clone());
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: stream_name(&args.subject),
+            subjects: vec![args.subject.clone()],
+            storage: jetstream::stream::StorageType::File,
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            max_messages: 100_000,
+            ..Default::default()
+        })
+        .await
+        .context("creating the relay's work stream (is JetStream enabled: nats-server -js?)")?;
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(CONSUMER.to_owned()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: i64::try_from(args.slots.max(1)).unwrap_or(i64::MAX),
+            ..Default::default()
+        })
+        .await
+        .context("creating the relay's consumer")?;
+    let inbox = nats.new_inbox();
+    let mut answers = nats.subscribe(format!("{inbox}.*")).await?;
+    nats.flush().await?;
+    let calls = Arc::new(QueuedCalls {
+        js,
+        subject: args.subject.clone(),
+        inbox,
+        next: AtomicU64::new(0),
+        waiting: Mutex::new(HashMap::new()),
+    });
+    let routed = Arc::downgrade(&calls);
+    tokio::spawn(async move {
+        while let Some(answer) = answers.next().await {
+            let Some(calls) = routed.upgrade() else { break };
+            let n = answer
+                .subject
+                .rsplit('.')
+                .next()
+                .and_then(|n| n.parse().ok());
+            if let Some(tx) = n.and_then(|n| calls.lock().remove(&n)) {
+                let _ = tx.send(answer.payload);
+            }
+        }
+    });
+    Ok(calls)
+}
+
+/// The relay gateway: until SIGTERM, each invoke is one NATS request on `subject` (or, with
+/// `--jetstream`, one work message on it).
 pub async fn run_gateway(args: RelayArgs) -> Result<()> {
     let nats = async_nats::connect(&args.nats_url)
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
-    let subject = args.subject.clone();
+    let carrier = if args.jetstream {
+        Carrier::JetStream(queued_calls(&nats, &args).await?)
+    } else {
+        Carrier::Core {
+            nats: nats.clone(),
+            subject: args.subject.clone(),
+        }
+    };
     let invoke = warp::post()
         .and(warp::path!("v1" / "functions" / String / "invoke"))
         .and(warp::body::bytes())
-        .and_then(move |_name: String, body: bytes::Bytes| {
-            let (nats, subject) = (nats.clone(), subject.clone());
+        .and_then(move |_name: String, body: Bytes| {
+            let carrier = carrier.clone();
             async move {
-                let reply = match nats.request(subject, body).await {
+                let reply = match carrier.call(body).await {
                     Ok(answer) => warp::http::Response::builder()
                         .status(200)
                         .header("content-type", "application/json")
-                        .body(answer.payload.to_vec()),
+                        .body(answer.to_vec()),
                     Err(e) => warp::http::Response::builder()
                         .status(503)
                         .header("content-type", "application/json")
                         .body(
-                            json!({"error": {"code": "unavailable", "message": e.to_string()}})
+                            json!({"error": {"code": "unavailable", "message": format!("{e:#}")}})
                                 .to_string()
                                 .into_bytes(),
                         ),
@@ -67,10 +206,74 @@ pub async fn run_gateway(args: RelayArgs) -> Result<()> {
         })
         .run()
         .await;
+    if args.jetstream {
+        let _ = jetstream::new(nats)
+            .delete_stream(stream_name(&args.subject))
+            .await;
+    }
     Ok(())
 }
 
-/// The relay node: until SIGTERM, runs each request's payload in a warm sandbox (at most
+/// One call a relay node took: its payload, where its answer goes, and (JetStream) the
+/// delivery to ack once answered.
+struct Call {
+    payload: Bytes,
+    reply: String,
+    delivery: Option<jetstream::Message>,
+}
+
+/// The calls of the relay node: a queue subscription, or (`--jetstream`) the relay
+/// consumer's deliveries, pulled continuously.
+async fn calls(
+    nats: &async_nats::Client,
+    args: &RelayArgs,
+) -> Result<futures::stream::BoxStream<'static, Call>> {
+    if !args.jetstream {
+        let calls = nats
+            .queue_subscribe(args.subject.clone(), QUEUE_GROUP.to_owned())
+            .await?;
+        nats.flush().await?;
+        return Ok(calls
+            .filter_map(|call| async move {
+                Some(Call {
+                    reply: call.reply?.to_string(),
+                    payload: call.payload,
+                    delivery: None,
+                })
+            })
+            .boxed());
+    }
+    // The gateway makes the stream and the consumer; wait for them.
+    let js = jetstream::new(nats.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let consumer: jetstream::consumer::PullConsumer = loop {
+        let found = match js.get_stream(stream_name(&args.subject)).await {
+            Ok(stream) => stream.get_consumer(CONSUMER).await.ok(),
+            Err(_) => None,
+        };
+        match found {
+            Some(consumer) => break consumer,
+            None if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None => anyhow::bail!("the relay gateway made no work stream within 60 s"),
+        }
+    };
+    let deliveries = consumer.messages().await?;
+    Ok(deliveries
+        .filter_map(|delivery| async move {
+            let delivery = delivery.ok()?;
+            let reply = delivery.headers.as_ref()?.get(REPLY_HEADER)?.to_string();
+            Some(Call {
+                payload: delivery.payload.clone(),
+                reply,
+                delivery: Some(delivery),
+            })
+        })
+        .boxed())
+}
+
+/// The relay node: until SIGTERM, runs each call's payload in a warm sandbox (at most
 /// `slots` at once) and answers `{"status","result","metrics":{"cold_start"}}`.
 pub async fn run_node(args: RelayArgs) -> Result<()> {
     let work = args
@@ -84,10 +287,7 @@ pub async fn run_node(args: RelayArgs) -> Result<()> {
     let nats = async_nats::connect(&args.nats_url)
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
-    let mut calls = nats
-        .queue_subscribe(args.subject.clone(), QUEUE_GROUP.to_owned())
-        .await?;
-    nats.flush().await?;
+    let mut calls = calls(&nats, &args).await?;
     let slots = Arc::new(Semaphore::new(args.slots.max(1)));
     let mut term = signal(SignalKind::terminate())?;
     loop {
@@ -96,7 +296,6 @@ pub async fn run_node(args: RelayArgs) -> Result<()> {
             _ = term.recv() => None,
         };
         let Some(call) = call else { break };
-        let Some(reply) = call.reply else { continue };
         let permit = Arc::clone(&slots).acquire_owned().await?;
         let (executor, function, code_dir, nats) = (
             Arc::clone(&executor),
@@ -116,7 +315,10 @@ pub async fn run_node(args: RelayArgs) -> Result<()> {
                 "error": out.error,
                 "metrics": {"cold_start": out.cold_start},
             });
-            let _ = nats.publish(reply, body.to_string().into()).await;
+            let _ = nats.publish(call.reply, body.to_string().into()).await;
+            if let Some(delivery) = call.delivery {
+                let _ = delivery.double_ack().await;
+            }
         });
     }
     drop(calls);
@@ -133,8 +335,10 @@ pub(super) async fn measure(
     http: &reqwest::Client,
     nats_pid: Option<u32>,
     args: &crate::args::MeshBenchArgs,
+    jetstream: bool,
 ) -> Result<(super::Latency, super::Throughput)> {
-    let mut relay = super::procs::MeshProcs::start_relay(work, nats_url, args.concurrency)?;
+    let mut relay =
+        super::procs::MeshProcs::start_relay(work, nats_url, args.concurrency, jetstream)?;
     let measured = measure_started(&mut relay, http, nats_pid, args).await;
     if measured.is_err() {
         eprintln!("{}", relay.log_tails());
