@@ -284,8 +284,9 @@ pub trait Acker: Send + Sync {
     fn redelivers(&self) -> bool {
         true
     }
-    /// Whether work of this delivery's lane (its function and priority) was waiting behind it
-    /// when it was delivered. Until it is settled a delivery counts against its lane's cap
+    /// Whether work of this delivery's lane (its function and priority) waits behind it: now,
+    /// where the bus can tell (in memory), else when it was delivered (over NATS, from its
+    /// metadata). Until it is settled a delivery counts against its lane's cap
     /// (`max_concurrency`, across every node), so such work may be held back by it.
     fn holds_back_work(&self) -> bool {
         false

@@ -351,7 +351,6 @@ impl<T: Clone + Laned> Queue<T> {
         ready
     }
 
-    /// Applies an acker's decision, fenced on the attempt. Returns how many items became ready.
     /// Whether item `seq`'s lane has items ready (waiting for room under its cap, or for a
     /// puller). Entries of items settled meanwhile may count: it errs towards yes.
     pub(super) fn waits_behind(&self, seq: u64) -> bool {
@@ -361,6 +360,7 @@ impl<T: Clone + Laned> Queue<T> {
             .is_some_and(|lane| !lane.ready.is_empty())
     }
 
+    /// Applies an acker's decision, fenced on the attempt. Returns how many items became ready.
     pub(super) fn settle(
         &mut self,
         seq: u64,

@@ -210,6 +210,28 @@ pub(super) async fn raw_jetstream(nats: &async_nats::Client, n: usize) -> Result
     result
 }
 
+/// The header of a benchmark work message naming the inbox its answer goes to.
+pub(super) const REPLY_HEADER: &str = "Bench-Reply";
+
+/// A work-queue stream `name` on file storage taking `subject`, as fnmesh's work stream is.
+pub(super) async fn work_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    subject: &str,
+) -> Result<async_nats::jetstream::stream::Stream> {
+    use async_nats::jetstream::stream;
+    js.create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subject.to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::WorkQueue,
+        max_messages: 100_000,
+        ..Default::default()
+    })
+    .await
+    .context("creating the benchmark work stream (is JetStream enabled: nats-server -js?)")
+}
+
 /// (3b) The least a durable work queue costs: a requester publishes a work message on a
 /// work-queue file stream and waits for its PubAck, a worker on its own connection receives it
 /// from a durable pull consumer that always has a pull request waiting (no hint, no fetch
@@ -223,17 +245,7 @@ pub(super) async fn raw_jetstream_work(nats_url: &str, n: usize) -> Result<Laten
     let tag = format!("{:016x}", rand::random::<u64>());
     let name = format!("BENCH_WORK_{tag}");
     let subject = format!("bench.work.{tag}");
-    let stream = js
-        .create_stream(jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![subject.clone()],
-            storage: jetstream::stream::StorageType::File,
-            retention: jetstream::stream::RetentionPolicy::WorkQueue,
-            max_messages: 100_000,
-            ..Default::default()
-        })
-        .await
-        .context("creating the benchmark work stream (is JetStream enabled: nats-server -js?)")?;
+    let stream = work_stream(&js, &name, &subject).await?;
     let measured = async {
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::Config {
@@ -249,7 +261,7 @@ pub(super) async fn raw_jetstream_work(nats_url: &str, n: usize) -> Result<Laten
                 let reply = msg
                     .headers
                     .as_ref()
-                    .and_then(|h| h.get("Bench-Reply"))
+                    .and_then(|h| h.get(REPLY_HEADER))
                     .map(|v| v.as_str().to_owned());
                 let _ = msg.ack().await;
                 if let Some(reply) = reply {
@@ -266,7 +278,7 @@ pub(super) async fn raw_jetstream_work(nats_url: &str, n: usize) -> Result<Laten
                 (js.clone(), subject.clone(), inbox.clone(), answers.clone());
             async move {
                 let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Bench-Reply", inbox.as_str());
+                headers.insert(REPLY_HEADER, inbox.as_str());
                 js.publish_with_headers(subject, headers, PAYLOAD.as_bytes().to_vec().into())
                     .await?
                     .await?;

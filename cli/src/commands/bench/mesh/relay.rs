@@ -33,12 +33,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, Semaphore};
 use warp::Filter;
 
+use super::floors::{work_stream, REPLY_HEADER};
 use crate::args::RelayArgs;
 
 /// The queue group relay nodes answer in.
 const QUEUE_GROUP: &str = "fnmesh-bench-relay";
-/// The JetStream relay's header naming the inbox a call's answer goes to.
-const REPLY_HEADER: &str = "Bench-Reply";
 /// The JetStream relay's durable consumer.
 const CONSUMER: &str = "relay";
 /// How long the relay gateway waits for an answer.
@@ -110,17 +109,7 @@ impl QueuedCalls {
 /// deliveries, and routes answers from the gateway's inbox to their callers.
 async fn queued_calls(nats: &async_nats::Client, args: &RelayArgs) -> Result<Arc<QueuedCalls>> {
     let js = jetstream::new(nats.clone());
-    let stream = js
-        .create_stream(jetstream::stream::Config {
-            name: stream_name(&args.subject),
-            subjects: vec![args.subject.clone()],
-            storage: jetstream::stream::StorageType::File,
-            retention: jetstream::stream::RetentionPolicy::WorkQueue,
-            max_messages: 100_000,
-            ..Default::default()
-        })
-        .await
-        .context("creating the relay's work stream (is JetStream enabled: nats-server -js?)")?;
+    let stream = work_stream(&js, &stream_name(&args.subject), &args.subject).await?;
     stream
         .create_consumer(jetstream::consumer::pull::Config {
             durable_name: Some(CONSUMER.to_owned()),
