@@ -362,36 +362,40 @@ pub fn table(f: &Figures) -> String {
     let mut out = String::from(
         "\nround trip (µs)                                       n       p50       p99\n",
     );
-    out += &row("raw HTTP echo (warp, reqwest keep-alive)", &f.http_echo);
-    out += &row("raw NATS request/reply (async-nats)", &f.nats_request_reply);
-    out += &row(
-        "raw JetStream publish + PubAck (file stream)",
-        &f.jetstream_publish,
-    );
-    out += &row(
-        "raw JetStream work round trip (pub+ack, pull, reply)",
-        &f.jetstream_work,
-    );
-    out += &row(
-        "warm sandbox round trip (pooled, in-process)",
-        &f.sandbox_warm,
-    );
-    out += &row(
-        "composed floor: relay gateway + node, c=1",
-        &f.relay_sync_c1,
-    );
-    out += &row(
-        "JetStream floor: the relays over a work queue, c=1",
-        &f.relay_js_sync_c1,
-    );
-    out += &row(
-        "fnmesh warm sync invoke over the mesh, c=1",
-        &f.fnmesh_sync_c1,
-    );
-    out += &row("work signing: gateway signs (1 KiB body)", &f.signing_sign);
-    out += &row("work signing: node verifies", &f.signing_verify);
-    out += &row("report MAC: node makes (1 KiB body)", &f.report_sign);
-    out += &row("report MAC: gateway checks", &f.report_verify);
+    for (label, l) in [
+        ("raw HTTP echo (warp, reqwest keep-alive)", &f.http_echo),
+        ("raw NATS request/reply (async-nats)", &f.nats_request_reply),
+        (
+            "raw JetStream publish + PubAck (file stream)",
+            &f.jetstream_publish,
+        ),
+        (
+            "raw JetStream work round trip (pub+ack, pull, reply)",
+            &f.jetstream_work,
+        ),
+        (
+            "warm sandbox round trip (pooled, in-process)",
+            &f.sandbox_warm,
+        ),
+        (
+            "composed floor: relay gateway + node, c=1",
+            &f.relay_sync_c1,
+        ),
+        (
+            "JetStream floor: the relays over a work queue, c=1",
+            &f.relay_js_sync_c1,
+        ),
+        (
+            "fnmesh warm sync invoke over the mesh, c=1",
+            &f.fnmesh_sync_c1,
+        ),
+        ("work signing: gateway signs (1 KiB body)", &f.signing_sign),
+        ("work signing: node verifies", &f.signing_verify),
+        ("report MAC: node makes (1 KiB body)", &f.report_sign),
+        ("report MAC: gateway checks", &f.report_verify),
+    ] {
+        out += &row(label, l);
+    }
     let signing = f.signing_sign.p50_us + f.signing_verify.p50_us;
     out += &format!(
         "signing per invocation, p50 sign + verify: {signing:.1} µs   (target < \
