@@ -492,7 +492,7 @@ fn ratios(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Ratio> {
         ),
     });
     out.push(Ratio {
-        name: "throughput / JetStream floor's (same hops + work queue)",
+        name: "throughput / JetStream floor's (+ work queue)",
         value: mesh.fraction_of_relay_js,
         unit: "x",
         target: None,
