@@ -79,9 +79,11 @@ impl Carrier {
                 let (tx, rx) = oneshot::channel();
                 calls.lock().insert(n, tx);
                 let answered = async {
+                    // The answer subject is unique per call: it is the message id too.
+                    let answer_to = format!("{}.{n}", calls.inbox);
                     let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(REPLY_HEADER, format!("{}.{n}", calls.inbox).as_str());
-                    headers.insert("Nats-Msg-Id", format!("{}.{n}", calls.inbox).as_str());
+                    headers.insert(REPLY_HEADER, answer_to.as_str());
+                    headers.insert("Nats-Msg-Id", answer_to.as_str());
                     calls
                         .js
                         .publish_with_headers(calls.subject.clone(), headers, body)
