@@ -821,8 +821,9 @@ pub struct ScaleBenchArgs {
     /// Seconds each idle CPU sample lasts.
     #[arg(long, default_value_t = 20)]
     pub idle_secs: u64,
-    /// Seconds between the last cold invocation finishing and the idle CPU sample (the
-    /// burst's housekeeping: the server's consumer state, evicted sandboxes).
+    /// Seconds of pause before each idle CPU sample: after the one function's sync series,
+    /// and after the last cold invocation finished (the burst's housekeeping: the server's
+    /// consumer state, evicted sandboxes).
     #[arg(long, default_value_t = 10)]
     pub settle_secs: u64,
     /// The node's slots.
