@@ -1,13 +1,14 @@
 //! `fnmesh bench scale`: what many deployed functions cost. On a fresh mesh (as `bench mesh`
 //! starts it) it measures, with one function deployed: the sync p50/p99 of that function at
 //! c=1 and (after `--settle-secs`) the idle CPU of nats-server, gateway and node; then it
-//! deploys `--functions` in all, invokes each once asynchronously (cold: distinct functions) and measures how many of those
-//! cold invocations finish per second, then (after `--settle-secs`) the idle CPU again with the
-//! number of work consumers the server still holds, then the first function's sync p50/p99
-//! again. Printed side by side, with the targets, and with the ceiling of the cold
-//! invocations: the same cold starts made straight through the executor, alone. The gateway
-//! gets `FNMESH_FUNCTION_CONSUMER_IDLE_SECS` from the bench's environment (a settle longer than
-//! it measures idle once the burst's consumers have expired).
+//! deploys `--functions` in all, invokes each once asynchronously (cold: distinct functions)
+//! and measures how many of those cold invocations finish per second, then (after
+//! `--settle-secs`) the idle CPU again with the number of work consumers the server still
+//! holds, then the first function's sync p50/p99 again. Printed side by side, with the issue's
+//! targets, and with the ceiling of the cold invocations: the same cold starts made straight
+//! through the executor, alone. The gateway gets `FNMESH_FUNCTION_CONSUMER_IDLE_SECS` from the
+//! bench's environment (a settle longer than it measures idle once the burst's consumers have
+//! expired).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
