@@ -63,9 +63,10 @@ const PAYLOAD: &str = r#"{"hello":"world","n":42}"#;
 const FUNCTION: &str = "bench-echo";
 /// Sequential calls before each measured series (discarded).
 const WARMUP_CALLS: usize = 200;
-/// Targets of the mesh issue.
+/// Targets of the mesh issue (the c=1 ratio, which the hot-path issue #13 keeps) and of the
+/// hot-path issue (c=64 throughput: #13 asks ≥ 4,000/s, where the mesh issue asked 5,000/s).
 pub const TARGET_RATIO: f64 = 2.0;
-pub const TARGET_THROUGHPUT: f64 = 5_000.0;
+pub const TARGET_THROUGHPUT: f64 = 4_000.0;
 /// Targets of the hot-path issue for the embedded mode: c=1 p50 in µs, and c=64 throughput.
 pub const TARGET_EMBEDDED_P50_US: f64 = 600.0;
 pub const TARGET_EMBEDDED_THROUGHPUT: f64 = 6_000.0;

@@ -4,11 +4,12 @@
 //! deploys `--functions` in all, invokes each once asynchronously (cold: distinct functions)
 //! and measures how many of those cold invocations finish per second, then (after
 //! `--settle-secs`) the idle CPU again with the number of work consumers the server still
-//! holds, then the first function's sync p50/p99 again. Printed side by side, with the issue's
-//! targets, and with the ceiling of the cold invocations: the same cold starts made straight
-//! through the executor, alone. The gateway gets `FNMESH_FUNCTION_CONSUMER_IDLE_SECS` from the
-//! bench's environment (a settle longer than it measures idle once the burst's consumers have
-//! expired).
+//! holds, then the first function's sync p50/p99 again, in rounds alternating with a second
+//! mesh holding one function (started then), so the ratio compares like moments. Printed side
+//! by side, with the issue's targets, and with the ceiling of the cold invocations: the same
+//! cold starts made straight through the executor, alone. The gateway gets
+//! `FNMESH_FUNCTION_CONSUMER_IDLE_SECS` from the bench's environment (a settle longer than it
+//! measures idle once the burst's consumers have expired).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +35,8 @@ const TARGET_P50_RATIO: f64 = 1.2;
 const TARGET_IDLE_CPU: f64 = 0.02;
 /// Cold starts of the ceiling measurement at most (enough for a steady rate).
 const COLD_CEILING_STARTS: usize = 300;
+/// Rounds of the many functions' latency series, alternating with the 1-function mesh's.
+const SIDE_BY_SIDE_ROUNDS: usize = 6;
 
 /// The gateway's API for named functions.
 #[derive(Clone)]
@@ -140,11 +143,12 @@ pub async fn run(args: ScaleBenchArgs) -> Result<()> {
     let nats = async_nats::connect(&nats_server.url)
         .await
         .context("connecting to the bench's nats-server")?;
-    let result = scale(&mut mesh, &http, &nats, nats_pid, &args).await;
+    let result = scale(&mut mesh, &work, &http, &nats, nats_pid, &args).await;
     if result.is_err() {
         eprintln!("{}", mesh.log_tails());
     }
     let (mut table, cold_rate) = result?;
+    drop(nats);
     drop(mesh);
     drop(nats_server);
     // The ceiling: the same cold starts straight through the executor, nothing else running.
@@ -168,6 +172,7 @@ pub async fn run(args: ScaleBenchArgs) -> Result<()> {
 /// The table, and the cold invocations per second.
 async fn scale(
     mesh: &mut MeshProcs,
+    work: &std::path::Path,
     http: &reqwest::Client,
     nats: &async_nats::Client,
     nats_pid: u32,
@@ -279,8 +284,46 @@ async fn scale(
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let many_consumers = consumers().await?;
     let many_idle = idle_cpu(&pids, args.idle_secs).await?;
-    eprintln!("{} functions: sync latency of one at c=1…", args.functions);
-    let many_latency = sync_series(&client, &first, args.requests).await?;
+
+    // The 1-function figure above was taken minutes earlier, and this VM's speed moves by
+    // tens of percent within minutes (the same before/after ratio came out 0.87–1.44× in runs
+    // of the same code). So a second mesh with one function, started only now (its own
+    // nats-server, gateway and node), is measured in rounds alternating with this one: the
+    // ratio of the two is the cost of the many functions at the same moments.
+    eprintln!(
+        "{} functions: sync latency of one at c=1, in {SIDE_BY_SIDE_ROUNDS} rounds alternating \
+         with a second mesh holding one function…",
+        args.functions
+    );
+    let reference_nats = start_nats(&work.join("reference-nats"))?;
+    let reference_work = work.join("reference");
+    std::fs::create_dir_all(&reference_work)?;
+    let mut reference = MeshProcs::start(&reference_work, &reference_nats.url, args.slots)?;
+    reference.wait_ready(http, Duration::from_secs(60)).await?;
+    let reference_client = Client {
+        http: http.clone(),
+        base: reference.base_url.clone(),
+        key: reference.admin_key.clone(),
+    };
+    reference_client.deploy(&first).await?;
+    warm(&client, &first).await?;
+    warm(&reference_client, &first).await?;
+    let per_round = args.requests.div_ceil(SIDE_BY_SIDE_ROUNDS);
+    let (mut many_samples, mut reference_samples) = (Vec::new(), Vec::new());
+    for round in 0..SIDE_BY_SIDE_ROUNDS {
+        // Which goes first alternates too, so neither always follows the other's tail.
+        if round % 2 == 0 {
+            many_samples.extend(timed(&client, &first, per_round).await?);
+            reference_samples.extend(timed(&reference_client, &first, per_round).await?);
+        } else {
+            reference_samples.extend(timed(&reference_client, &first, per_round).await?);
+            many_samples.extend(timed(&client, &first, per_round).await?);
+        }
+    }
+    drop(reference);
+    drop(reference_nats);
+    let many_latency = Latency::of(many_samples);
+    let reference_latency = Latency::of(reference_samples);
 
     let mut out = format!(
         "\n{} functions deployed ({} slots); figures with 1 function beside\n\n",
@@ -306,6 +349,17 @@ async fn scale(
         "sync p99 of one, c=1 (µs)",
         one_latency.p99_us,
         many_latency.p99_us
+    );
+    out += &format!(
+        "{:<28} {:>12.0} {:>12}   (a second mesh with 1 function, rounds alternating with the \
+         {} functions' series)\n{:<28} {:>12.0} {:>12}\n",
+        "  side by side: p50 (µs)",
+        reference_latency.p50_us,
+        "",
+        args.functions,
+        "  side by side: p99 (µs)",
+        reference_latency.p99_us,
+        "",
     );
     out += &format!(
         "{:<28} {:>12} {:>12}   (at the idle sample; FNMESH_FUNCTION_CONSUMER_IDLE_SECS={})\n",
@@ -335,11 +389,18 @@ async fn scale(
         TARGET_IDLE_CPU * 100.0,
         verdict(many_total <= TARGET_IDLE_CPU)
     );
-    let ratio = many_latency.p50_us / one_latency.p50_us;
+    let ratio = many_latency.p50_us / reference_latency.p50_us;
     out += &format!(
-        "sync p50 with {} functions / with 1: {ratio:.2}x   (target ≤ {TARGET_P50_RATIO}x: {})\n",
+        "sync p50 with {} functions / with 1, side by side: {ratio:.2}x   (target ≤ \
+         {TARGET_P50_RATIO}x: {})\n",
         args.functions,
         verdict(ratio <= TARGET_P50_RATIO)
+    );
+    out += &format!(
+        "sync p50 with {} functions / with 1 on this mesh before the deploy: {:.2}x   (minutes \
+         apart: moves with the VM)\n",
+        args.functions,
+        many_latency.p50_us / one_latency.p50_us
     );
     Ok((out, cold_rate))
 }
@@ -354,9 +415,20 @@ fn verdict(met: bool) -> &'static str {
 
 /// Warms `name` up, then `n` sequential sync invocations.
 async fn sync_series(client: &Client, name: &str, n: usize) -> Result<Latency> {
+    warm(client, name).await?;
+    Ok(Latency::of(timed(client, name, n).await?))
+}
+
+/// A few discarded sync invocations of `name` (its sandbox warm, its consumer in place).
+async fn warm(client: &Client, name: &str) -> Result<()> {
     for _ in 0..20 {
         client.invoke(name, false).await?;
     }
+    Ok(())
+}
+
+/// `n` sequential sync invocations of `name`, timed; each must succeed.
+async fn timed(client: &Client, name: &str, n: usize) -> Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
@@ -364,7 +436,7 @@ async fn sync_series(client: &Client, name: &str, n: usize) -> Result<Latency> {
         ensure!(body["status"] == "succeeded", "invocation failed: {body}");
         samples.push(t.elapsed());
     }
-    Ok(Latency::of(samples))
+    Ok(samples)
 }
 
 /// Runs `f` for every name, [`SETUP_CONCURRENCY`] at once; the first error fails it.

@@ -3,7 +3,10 @@
 //! interval the throughput, p50/p99, errors and timeouts, the node events waiting in the event
 //! stream (the backlog the recorders have not recorded yet) and the size of the gateway's store.
 //! At the end: the last interval's throughput over the first's (the mesh must not slow down as
-//! it runs), the largest backlog and every error.
+//! it runs), the largest backlog and every error. Each interval also shows the CPU that
+//! nats-server, gateway and node spent per invocation in it and how long a fixed computation
+//! takes in the benchmark's process at its end (a probe of the VM's speed at that moment), so
+//! a mesh that slows down as it runs is told from a VM that does.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
+use super::cpu::cpu_seconds;
 use super::procs::{start_nats, MeshProcs};
 use super::{scratch_dir, warm_up, Api, Latency};
 use crate::args::SoakBenchArgs;
@@ -38,6 +42,10 @@ pub struct Interval {
     pub store_bytes: f64,
     /// Invocation records it holds.
     pub store_invocations: f64,
+    /// CPU of nats-server, gateway and node in the interval per invocation it finished, µs.
+    pub mesh_cpu_per_invocation_us: f64,
+    /// The fixed computation of [`speed_probe`] at the interval's end, µs.
+    pub probe_us: f64,
 }
 
 /// What `bench soak` measured.
@@ -48,6 +56,10 @@ pub struct SoakFigures {
     pub intervals: Vec<Interval>,
     /// The last interval's throughput / the first's.
     pub last_over_first: f64,
+    /// The last interval's mesh CPU per invocation / the first's.
+    pub cpu_last_over_first: f64,
+    /// The last interval's speed probe / the first's (above 1: the VM got slower).
+    pub probe_last_over_first: f64,
     pub max_event_backlog: u64,
     pub errors: u64,
     pub timeouts: u64,
@@ -78,6 +90,10 @@ pub async fn run(args: SoakBenchArgs) -> Result<()> {
     let work = scratch.path().to_path_buf();
     // Declared first, so dropped last: the children stop before their NATS server.
     let nats_server = start_nats(&work.join("nats"))?;
+    let nats_pid = nats_server
+        .proc
+        .pid()
+        .context("nats-server is not running")?;
     let nats = async_nats::connect(&nats_server.url)
         .await
         .with_context(|| format!("connecting to NATS at {}", nats_server.url))?;
@@ -86,7 +102,7 @@ pub async fn run(args: SoakBenchArgs) -> Result<()> {
         .build()?;
     eprintln!("starting fnmesh gateway and node…");
     let mut mesh = MeshProcs::start(&work, &nats_server.url, args.concurrency)?;
-    let figures = match soak(&mut mesh, &http, &nats, &args).await {
+    let figures = match soak(&mut mesh, &http, &nats, nats_pid, &args).await {
         Ok(figures) => figures,
         Err(e) => {
             eprintln!("{}", mesh.log_tails());
@@ -106,9 +122,16 @@ async fn soak(
     mesh: &mut MeshProcs,
     http: &reqwest::Client,
     nats: &async_nats::Client,
+    nats_pid: u32,
     args: &SoakBenchArgs,
 ) -> Result<SoakFigures> {
     mesh.wait_ready(http, Duration::from_secs(60)).await?;
+    let (Some(gateway_pid), Some(node_pid)) = mesh.pids() else {
+        bail!("the gateway or the node is not running");
+    };
+    let mesh_cpu = move || -> Result<f64> {
+        Ok(cpu_seconds(nats_pid)? + cpu_seconds(gateway_pid)? + cpu_seconds(node_pid)?)
+    };
     let api = Api {
         http: http.clone(),
         base: mesh.base_url.clone(),
@@ -159,17 +182,22 @@ async fn soak(
     let mut intervals = Vec::new();
     let mut first_error = None;
     let mut last = started;
+    let mut cpu_before = mesh_cpu()?;
     loop {
         let next = (last + Duration::from_secs(args.interval_secs)).min(deadline);
         tokio::time::sleep_until(next.into()).await;
         let taken = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
         let elapsed = last.elapsed().as_secs_f64().max(1e-9);
         last = Instant::now();
+        let cpu_now = mesh_cpu()?;
+        let cpu_spent = cpu_now - std::mem::replace(&mut cpu_before, cpu_now);
         let sizes = store_sizes(&api).await.unwrap_or((f64::NAN, f64::NAN));
+        let probe = tokio::task::spawn_blocking(speed_probe).await?;
+        let succeeded = taken.samples.len() as u64;
         let interval = Interval {
             at_s: started.elapsed().as_secs_f64(),
             per_second: taken.samples.len() as f64 / elapsed,
-            succeeded: taken.samples.len() as u64,
+            succeeded,
             errors: taken.errors,
             timeouts: taken.timeouts,
             latency: Latency::of(taken.samples),
@@ -177,6 +205,8 @@ async fn soak(
             work_backlog: work.info().await?.state.messages,
             store_bytes: sizes.0,
             store_invocations: sizes.1,
+            mesh_cpu_per_invocation_us: cpu_spent * 1e6 / (succeeded as f64).max(1.0),
+            probe_us: probe.as_secs_f64() * 1e6,
         };
         first_error = first_error.or(taken.first_error);
         eprintln!("{}", row(&interval));
@@ -187,16 +217,37 @@ async fn soak(
     }
     while workers.join_next().await.is_some() {}
     let rate = |i: Option<&Interval>| i.map_or(0.0, |i| i.per_second);
+    let last_over_first = |f: fn(&Interval) -> f64| {
+        intervals.last().map_or(0.0, f) / intervals.first().map_or(0.0, f).max(1e-9)
+    };
     Ok(SoakFigures {
         concurrency: args.concurrency,
         secs: args.secs,
         last_over_first: rate(intervals.last()) / rate(intervals.first()).max(1e-9),
+        cpu_last_over_first: last_over_first(|i| i.mesh_cpu_per_invocation_us),
+        probe_last_over_first: last_over_first(|i| i.probe_us),
         max_event_backlog: intervals.iter().map(|i| i.event_backlog).max().unwrap_or(0),
         errors: intervals.iter().map(|i| i.errors).sum(),
         timeouts: intervals.iter().map(|i| i.timeouts).sum(),
         first_error,
         intervals,
     })
+}
+
+/// How long a fixed computation takes now (SHA-256 of 256 KiB, the shortest of five runs, so
+/// that a run the scheduler interrupted does not count): under the same load, a slower result
+/// means a slower VM, not a slower mesh.
+fn speed_probe() -> Duration {
+    use sha2::Digest as _;
+    let data = vec![0x5a_u8; 256 * 1024];
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(sha2::Sha256::digest(std::hint::black_box(&data)));
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
 }
 
 /// `fnmesh_store_bytes` and `fnmesh_store_invocations` from the gateway's metrics.
@@ -216,7 +267,7 @@ async fn store_sizes(api: &Api) -> Result<(f64, f64)> {
 
 fn header() -> String {
     format!(
-        "{:>7} {:>9} {:>9} {:>9} {:>7} {:>8} {:>9} {:>8} {:>10} {:>9}",
+        "{:>7} {:>9} {:>9} {:>9} {:>7} {:>8} {:>9} {:>8} {:>10} {:>9} {:>10} {:>9}",
         "t (s)",
         "inv/s",
         "p50 µs",
@@ -226,13 +277,15 @@ fn header() -> String {
         "events",
         "work",
         "store MB",
-        "records"
+        "records",
+        "CPU µs/inv",
+        "probe µs"
     )
 }
 
 fn row(i: &Interval) -> String {
     format!(
-        "{:>7.0} {:>9.0} {:>9.0} {:>9.0} {:>7} {:>8} {:>9} {:>8} {:>10.1} {:>9.0}",
+        "{:>7.0} {:>9.0} {:>9.0} {:>9.0} {:>7} {:>8} {:>9} {:>8} {:>10.1} {:>9.0} {:>10.0} {:>9.0}",
         i.at_s,
         i.per_second,
         i.latency.p50_us,
@@ -242,7 +295,9 @@ fn row(i: &Interval) -> String {
         i.event_backlog,
         i.work_backlog,
         i.store_bytes / 1e6,
-        i.store_invocations
+        i.store_invocations,
+        i.mesh_cpu_per_invocation_us,
+        i.probe_us
     )
 }
 
@@ -270,6 +325,11 @@ fn summary(f: &SoakFigures) -> String {
         f.errors,
         f.timeouts,
         verdict(f.timeouts == 0),
+    );
+    out += &format!(
+        "last / first interval: mesh CPU per invocation {:.2}, speed probe {:.2} (above 1: the \
+         VM itself got slower)\n",
+        f.cpu_last_over_first, f.probe_last_over_first
     );
     if let Some(e) = &f.first_error {
         out += &format!("first error: {e}\n");
