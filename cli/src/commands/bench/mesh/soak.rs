@@ -196,7 +196,7 @@ async fn soak(
         let succeeded = taken.samples.len() as u64;
         let interval = Interval {
             at_s: started.elapsed().as_secs_f64(),
-            per_second: taken.samples.len() as f64 / elapsed,
+            per_second: succeeded as f64 / elapsed,
             succeeded,
             errors: taken.errors,
             timeouts: taken.timeouts,
@@ -216,14 +216,13 @@ async fn soak(
         }
     }
     while workers.join_next().await.is_some() {}
-    let rate = |i: Option<&Interval>| i.map_or(0.0, |i| i.per_second);
     let last_over_first = |f: fn(&Interval) -> f64| {
         intervals.last().map_or(0.0, f) / intervals.first().map_or(0.0, f).max(1e-9)
     };
     Ok(SoakFigures {
         concurrency: args.concurrency,
         secs: args.secs,
-        last_over_first: rate(intervals.last()) / rate(intervals.first()).max(1e-9),
+        last_over_first: last_over_first(|i| i.per_second),
         cpu_last_over_first: last_over_first(|i| i.mesh_cpu_per_invocation_us),
         probe_last_over_first: last_over_first(|i| i.probe_us),
         max_event_backlog: intervals.iter().map(|i| i.event_backlog).max().unwrap_or(0),
