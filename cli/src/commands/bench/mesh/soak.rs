@@ -4,7 +4,7 @@
 //! stream (the backlog the recorders have not recorded yet) and the size of the gateway's store.
 //! At the end: the last interval's throughput over the first's (the mesh must not slow down as
 //! it runs), the largest backlog and every error. Each interval also shows the CPU that
-//! nats-server, gateway and node spent per invocation in it and how long a fixed computation
+//! gateway, node and nats-server each spent per invocation in it and how long a fixed computation
 //! takes in the benchmark's process at its end (a probe of the VM's speed at that moment), so
 //! a mesh that slows down as it runs is told from a VM that does.
 
@@ -42,10 +42,34 @@ pub struct Interval {
     pub store_bytes: f64,
     /// Invocation records it holds.
     pub store_invocations: f64,
-    /// CPU of nats-server, gateway and node in the interval per invocation it finished, µs.
-    pub mesh_cpu_per_invocation_us: f64,
+    /// CPU of the gateway, the node and nats-server in the interval per invocation it
+    /// finished, µs.
+    pub cpu_per_invocation_us: MeshCpu,
     /// The fixed computation of [`speed_probe`] at the interval's end, µs.
     pub probe_us: f64,
+}
+
+/// CPU of each mesh process: seconds in all, or µs per invocation.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct MeshCpu {
+    pub gateway: f64,
+    pub node: f64,
+    pub nats_server: f64,
+}
+
+impl MeshCpu {
+    fn total(&self) -> f64 {
+        self.gateway + self.node + self.nats_server
+    }
+
+    /// `(self - before) / n`, each part.
+    fn per(&self, before: &Self, n: f64) -> Self {
+        Self {
+            gateway: (self.gateway - before.gateway) / n,
+            node: (self.node - before.node) / n,
+            nats_server: (self.nats_server - before.nats_server) / n,
+        }
+    }
 }
 
 /// What `bench soak` measured.
@@ -56,8 +80,9 @@ pub struct SoakFigures {
     pub intervals: Vec<Interval>,
     /// The last interval's throughput / the first's.
     pub last_over_first: f64,
-    /// The last interval's mesh CPU per invocation / the first's.
-    pub cpu_last_over_first: f64,
+    /// The last interval's CPU per invocation / the first's: each process, and together.
+    pub cpu_last_over_first: MeshCpu,
+    pub total_cpu_last_over_first: f64,
     /// The last interval's speed probe / the first's (above 1: the VM got slower).
     pub probe_last_over_first: f64,
     pub max_event_backlog: u64,
@@ -129,8 +154,12 @@ async fn soak(
     let (Some(gateway_pid), Some(node_pid)) = mesh.pids() else {
         bail!("the gateway or the node is not running");
     };
-    let mesh_cpu = move || -> Result<f64> {
-        Ok(cpu_seconds(nats_pid)? + cpu_seconds(gateway_pid)? + cpu_seconds(node_pid)?)
+    let mesh_cpu = move || -> Result<MeshCpu> {
+        Ok(MeshCpu {
+            gateway: cpu_seconds(gateway_pid)?,
+            node: cpu_seconds(node_pid)?,
+            nats_server: cpu_seconds(nats_pid)?,
+        })
     };
     let api = Api {
         http: http.clone(),
@@ -190,7 +219,6 @@ async fn soak(
         let elapsed = last.elapsed().as_secs_f64().max(1e-9);
         last = Instant::now();
         let cpu_now = mesh_cpu()?;
-        let cpu_spent = cpu_now - std::mem::replace(&mut cpu_before, cpu_now);
         let sizes = store_sizes(&api).await.unwrap_or((f64::NAN, f64::NAN));
         let probe = tokio::task::spawn_blocking(speed_probe).await?;
         let succeeded = taken.samples.len() as u64;
@@ -205,9 +233,10 @@ async fn soak(
             work_backlog: work.info().await?.state.messages,
             store_bytes: sizes.0,
             store_invocations: sizes.1,
-            mesh_cpu_per_invocation_us: cpu_spent * 1e6 / (succeeded as f64).max(1.0),
+            cpu_per_invocation_us: cpu_now.per(&cpu_before, (succeeded as f64).max(1.0) / 1e6),
             probe_us: probe.as_secs_f64() * 1e6,
         };
+        cpu_before = cpu_now;
         first_error = first_error.or(taken.first_error);
         eprintln!("{}", row(&interval));
         intervals.push(interval);
@@ -223,7 +252,12 @@ async fn soak(
         concurrency: args.concurrency,
         secs: args.secs,
         last_over_first: last_over_first(|i| i.per_second),
-        cpu_last_over_first: last_over_first(|i| i.mesh_cpu_per_invocation_us),
+        cpu_last_over_first: MeshCpu {
+            gateway: last_over_first(|i| i.cpu_per_invocation_us.gateway),
+            node: last_over_first(|i| i.cpu_per_invocation_us.node),
+            nats_server: last_over_first(|i| i.cpu_per_invocation_us.nats_server),
+        },
+        total_cpu_last_over_first: last_over_first(|i| i.cpu_per_invocation_us.total()),
         probe_last_over_first: last_over_first(|i| i.probe_us),
         max_event_backlog: intervals.iter().map(|i| i.event_backlog).max().unwrap_or(0),
         errors: intervals.iter().map(|i| i.errors).sum(),
@@ -266,7 +300,7 @@ async fn store_sizes(api: &Api) -> Result<(f64, f64)> {
 
 fn header() -> String {
     format!(
-        "{:>7} {:>9} {:>9} {:>9} {:>7} {:>8} {:>9} {:>8} {:>10} {:>9} {:>10} {:>9}",
+        "{:>7} {:>9} {:>9} {:>9} {:>7} {:>8} {:>9} {:>8} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9}",
         "t (s)",
         "inv/s",
         "p50 µs",
@@ -277,14 +311,17 @@ fn header() -> String {
         "work",
         "store MB",
         "records",
-        "CPU µs/inv",
+        "gw µs",
+        "node µs",
+        "nats µs",
         "probe µs"
     )
 }
 
 fn row(i: &Interval) -> String {
     format!(
-        "{:>7.0} {:>9.0} {:>9.0} {:>9.0} {:>7} {:>8} {:>9} {:>8} {:>10.1} {:>9.0} {:>10.0} {:>9.0}",
+        "{:>7.0} {:>9.0} {:>9.0} {:>9.0} {:>7} {:>8} {:>9} {:>8} {:>10.1} {:>9.0} {:>8.0} {:>8.0} \
+         {:>8.0} {:>9.0}",
         i.at_s,
         i.per_second,
         i.latency.p50_us,
@@ -295,7 +332,9 @@ fn row(i: &Interval) -> String {
         i.work_backlog,
         i.store_bytes / 1e6,
         i.store_invocations,
-        i.mesh_cpu_per_invocation_us,
+        i.cpu_per_invocation_us.gateway,
+        i.cpu_per_invocation_us.node,
+        i.cpu_per_invocation_us.nats_server,
         i.probe_us
     )
 }
@@ -326,9 +365,13 @@ fn summary(f: &SoakFigures) -> String {
         verdict(f.timeouts == 0),
     );
     out += &format!(
-        "last / first interval: mesh CPU per invocation {:.2}, speed probe {:.2} (above 1: the \
-         VM itself got slower)\n",
-        f.cpu_last_over_first, f.probe_last_over_first
+        "last / first interval, CPU per invocation: {:.2} together (gateway {:.2}, node {:.2}, \
+         nats-server {:.2}); speed probe {:.2} (above 1: the VM itself got slower)\n",
+        f.total_cpu_last_over_first,
+        f.cpu_last_over_first.gateway,
+        f.cpu_last_over_first.node,
+        f.cpu_last_over_first.nats_server,
+        f.probe_last_over_first
     );
     if let Some(e) = &f.first_error {
         out += &format!("first error: {e}\n");
