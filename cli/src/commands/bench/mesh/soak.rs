@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
-use super::cpu::cpu_seconds;
+use super::cpu::{CpuUse, Meter};
 use super::procs::{start_nats, MeshProcs};
 use super::{scratch_dir, warm_up, Api, Latency};
 use crate::args::SoakBenchArgs;
@@ -42,34 +42,11 @@ pub struct Interval {
     pub store_bytes: f64,
     /// Invocation records it holds.
     pub store_invocations: f64,
-    /// CPU of the gateway, the node and nats-server in the interval per invocation it
-    /// finished, µs.
-    pub cpu_per_invocation_us: MeshCpu,
+    /// CPU of the gateway, the node and nats-server in the interval (in that order, their
+    /// total last), per invocation it finished.
+    pub cpu: Vec<CpuUse>,
     /// The fixed computation of [`speed_probe`] at the interval's end, µs.
     pub probe_us: f64,
-}
-
-/// CPU of each mesh process: seconds in all, or µs per invocation.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct MeshCpu {
-    pub gateway: f64,
-    pub node: f64,
-    pub nats_server: f64,
-}
-
-impl MeshCpu {
-    fn total(&self) -> f64 {
-        self.gateway + self.node + self.nats_server
-    }
-
-    /// `(self - before) / n`, each part.
-    fn per(&self, before: &Self, n: f64) -> Self {
-        Self {
-            gateway: (self.gateway - before.gateway) / n,
-            node: (self.node - before.node) / n,
-            nats_server: (self.nats_server - before.nats_server) / n,
-        }
-    }
 }
 
 /// What `bench soak` measured.
@@ -80,11 +57,6 @@ pub struct SoakFigures {
     pub intervals: Vec<Interval>,
     /// The last interval's throughput / the first's.
     pub last_over_first: f64,
-    /// The last interval's CPU per invocation / the first's: each process, and together.
-    pub cpu_last_over_first: MeshCpu,
-    pub total_cpu_last_over_first: f64,
-    /// The last interval's speed probe / the first's (above 1: the VM got slower).
-    pub probe_last_over_first: f64,
     pub max_event_backlog: u64,
     pub errors: u64,
     pub timeouts: u64,
@@ -154,12 +126,12 @@ async fn soak(
     let (Some(gateway_pid), Some(node_pid)) = mesh.pids() else {
         bail!("the gateway or the node is not running");
     };
-    let mesh_cpu = move || -> Result<MeshCpu> {
-        Ok(MeshCpu {
-            gateway: cpu_seconds(gateway_pid)?,
-            node: cpu_seconds(node_pid)?,
-            nats_server: cpu_seconds(nats_pid)?,
-        })
+    let parts = || {
+        vec![
+            ("gateway".to_owned(), vec![gateway_pid]),
+            ("node".to_owned(), vec![node_pid]),
+            ("nats-server".to_owned(), vec![nats_pid]),
+        ]
     };
     let api = Api {
         http: http.clone(),
@@ -211,17 +183,18 @@ async fn soak(
     let mut intervals = Vec::new();
     let mut first_error = None;
     let mut last = started;
-    let mut cpu_before = mesh_cpu()?;
+    let mut meter = Meter::start(parts());
     loop {
         let next = (last + Duration::from_secs(args.interval_secs)).min(deadline);
         tokio::time::sleep_until(next.into()).await;
         let taken = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
         let elapsed = last.elapsed().as_secs_f64().max(1e-9);
         last = Instant::now();
-        let cpu_now = mesh_cpu()?;
+        let meter = std::mem::replace(&mut meter, Meter::start(parts()));
         let sizes = store_sizes(&api).await.unwrap_or((f64::NAN, f64::NAN));
         let probe = tokio::task::spawn_blocking(speed_probe).await?;
         let succeeded = taken.samples.len() as u64;
+        let cpu = meter.finish(succeeded);
         let interval = Interval {
             at_s: started.elapsed().as_secs_f64(),
             per_second: succeeded as f64 / elapsed,
@@ -233,10 +206,9 @@ async fn soak(
             work_backlog: work.info().await?.state.messages,
             store_bytes: sizes.0,
             store_invocations: sizes.1,
-            cpu_per_invocation_us: cpu_now.per(&cpu_before, (succeeded as f64).max(1.0) / 1e6),
+            cpu,
             probe_us: probe.as_secs_f64() * 1e6,
         };
-        cpu_before = cpu_now;
         first_error = first_error.or(taken.first_error);
         eprintln!("{}", row(&interval));
         intervals.push(interval);
@@ -245,26 +217,26 @@ async fn soak(
         }
     }
     while workers.join_next().await.is_some() {}
-    let last_over_first = |f: fn(&Interval) -> f64| {
-        intervals.last().map_or(0.0, f) / intervals.first().map_or(0.0, f).max(1e-9)
-    };
     Ok(SoakFigures {
         concurrency: args.concurrency,
         secs: args.secs,
-        last_over_first: last_over_first(|i| i.per_second),
-        cpu_last_over_first: MeshCpu {
-            gateway: last_over_first(|i| i.cpu_per_invocation_us.gateway),
-            node: last_over_first(|i| i.cpu_per_invocation_us.node),
-            nats_server: last_over_first(|i| i.cpu_per_invocation_us.nats_server),
-        },
-        total_cpu_last_over_first: last_over_first(|i| i.cpu_per_invocation_us.total()),
-        probe_last_over_first: last_over_first(|i| i.probe_us),
+        last_over_first: last_over_first(&intervals, |i| i.per_second),
         max_event_backlog: intervals.iter().map(|i| i.event_backlog).max().unwrap_or(0),
         errors: intervals.iter().map(|i| i.errors).sum(),
         timeouts: intervals.iter().map(|i| i.timeouts).sum(),
         first_error,
         intervals,
     })
+}
+
+/// A figure of the last interval over the same figure of the first.
+fn last_over_first(intervals: &[Interval], f: impl Fn(&Interval) -> f64) -> f64 {
+    intervals.last().map_or(0.0, &f) / intervals.first().map_or(0.0, &f).max(1e-9)
+}
+
+/// CPU per invocation, in µs, of part `k` of an interval's [`Interval::cpu`].
+fn cpu_us(i: &Interval, k: usize) -> f64 {
+    i.cpu.get(k).map_or(f64::NAN, |u| u.per_invocation_us)
 }
 
 /// How long a fixed computation takes now (SHA-256 of 256 KiB, the shortest of five runs, so
@@ -332,9 +304,9 @@ fn row(i: &Interval) -> String {
         i.work_backlog,
         i.store_bytes / 1e6,
         i.store_invocations,
-        i.cpu_per_invocation_us.gateway,
-        i.cpu_per_invocation_us.node,
-        i.cpu_per_invocation_us.nats_server,
+        cpu_us(i, 0),
+        cpu_us(i, 1),
+        cpu_us(i, 2),
         i.probe_us
     )
 }
@@ -367,11 +339,11 @@ fn summary(f: &SoakFigures) -> String {
     out += &format!(
         "last / first interval, CPU per invocation: {:.2} together (gateway {:.2}, node {:.2}, \
          nats-server {:.2}); speed probe {:.2} (above 1: the VM itself got slower)\n",
-        f.total_cpu_last_over_first,
-        f.cpu_last_over_first.gateway,
-        f.cpu_last_over_first.node,
-        f.cpu_last_over_first.nats_server,
-        f.probe_last_over_first
+        last_over_first(&f.intervals, |i| cpu_us(i, 3)),
+        last_over_first(&f.intervals, |i| cpu_us(i, 0)),
+        last_over_first(&f.intervals, |i| cpu_us(i, 1)),
+        last_over_first(&f.intervals, |i| cpu_us(i, 2)),
+        last_over_first(&f.intervals, |i| i.probe_us)
     );
     if let Some(e) = &f.first_error {
         out += &format!("first error: {e}\n");
