@@ -318,6 +318,8 @@ fn rows(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Row> {
     for (name, l) in [
         ("work signing: gateway signs (1 KiB)", &mesh.signing_sign),
         ("work signing: node verifies", &mesh.signing_verify),
+        ("Ed25519 alone: signs (32 bytes)", &mesh.ed25519_sign),
+        ("Ed25519 alone: verifies (strict)", &mesh.ed25519_verify),
         ("report MAC: node makes (1 KiB)", &mesh.report_sign),
         ("report MAC: gateway checks", &mesh.report_verify),
     ] {
@@ -457,6 +459,20 @@ fn ratios(sandbox: &SandboxFigures, mesh: &bench_mesh::Figures) -> Vec<Ratio> {
             "{} + {}",
             fmt_us(mesh.signing_sign.p50_us),
             fmt_us(mesh.signing_verify.p50_us)
+        ),
+    });
+    let ed25519 = mesh.ed25519_sign.p50_us + mesh.ed25519_verify.p50_us;
+    out.push(Ratio {
+        name: "work signing / Ed25519 alone (its floor, p50)",
+        value: signing / ed25519,
+        unit: "x",
+        target: None,
+        met: None,
+        detail: format!(
+            "{} / ({} + {})",
+            fmt_us(signing),
+            fmt_us(mesh.ed25519_sign.p50_us),
+            fmt_us(mesh.ed25519_verify.p50_us)
         ),
     });
     let t = &mesh.fnmesh_throughput;

@@ -358,13 +358,30 @@ pub(super) fn sandbox_function() -> Result<Function> {
     Ok(super::super::python_function(name, HANDLER))
 }
 
+/// Work signing's figures: fnmesh's, and Ed25519 alone beside them.
+pub(super) struct Signing {
+    /// A gateway signing a work message.
+    pub sign: Latency,
+    /// A node verifying it.
+    pub verify: Latency,
+    /// `ed25519-dalek` signing a 32-byte digest, nothing else.
+    pub ed25519_sign: Latency,
+    /// `ed25519-dalek` verifying that signature (`verify_strict`, as a node does).
+    pub ed25519_verify: Latency,
+}
+
 /// What signing adds to each invocation, measured in this process: a gateway signing a work
 /// message of `body_bytes` (SHA-256 of subject, reply, id, limits and body, then Ed25519) and a
-/// node verifying it, `n` times each after a warm-up.
-pub(super) fn signing(n: usize, body_bytes: usize) -> Result<(Latency, Latency)> {
+/// node verifying it, `n` times each after a warm-up; interleaved with the same, the floor:
+/// Ed25519 alone signing and verifying a 32-byte digest (the primitive fnmesh's signature is).
+pub(super) fn signing(n: usize, body_bytes: usize) -> Result<Signing> {
+    use ed25519_dalek::Signer as _;
     use fnmesh_core::signing::{Envelope, Limits, SigningKey, TrustedKeys};
     let key = SigningKey::generate();
     let trusted = TrustedKeys::parse(key.public_key())?;
+    let bare = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let bare_public = bare.verifying_key();
+    let digest = [9u8; 32];
     let body = vec![b'x'; body_bytes];
     let msg_id = InvocationId::new().to_string();
     let envelope = Envelope {
@@ -382,19 +399,34 @@ pub(super) fn signing(n: usize, body_bytes: usize) -> Result<(Latency, Latency)>
         trusted
             .verify(Some(&header), &envelope, 1)
             .map_err(|e| anyhow::anyhow!("verifying: {e}"))?;
+        bare_public
+            .verify_strict(&digest, &bare.sign(&digest))
+            .map_err(|e| anyhow::anyhow!("verifying with Ed25519 alone: {e}"))?;
     }
-    let mut signs = Vec::with_capacity(n);
-    let mut verifies = Vec::with_capacity(n);
+    let mut samples: [Vec<Duration>; 4] = std::array::from_fn(|_| Vec::with_capacity(n));
     for _ in 0..n {
         let started = Instant::now();
         let header = std::hint::black_box(key.sign(&envelope, limits));
-        signs.push(started.elapsed());
+        samples[0].push(started.elapsed());
         let started = Instant::now();
         let ok = trusted.verify(Some(&header), &envelope, 1).is_ok();
-        verifies.push(started.elapsed());
+        samples[1].push(started.elapsed());
         ensure!(ok, "a signature made here did not verify");
+        let started = Instant::now();
+        let signature = std::hint::black_box(bare.sign(&digest));
+        samples[2].push(started.elapsed());
+        let started = Instant::now();
+        let ok = bare_public.verify_strict(&digest, &signature).is_ok();
+        samples[3].push(started.elapsed());
+        ensure!(ok, "an Ed25519 signature made here did not verify");
     }
-    Ok((Latency::of(signs), Latency::of(verifies)))
+    let [sign, verify, ed25519_sign, ed25519_verify] = samples.map(Latency::of);
+    Ok(Signing {
+        sign,
+        verify,
+        ed25519_sign,
+        ed25519_verify,
+    })
 }
 
 /// What authenticating a node's report costs, measured in this process: a node making the
