@@ -405,19 +405,15 @@ pub(super) fn signing(n: usize, body_bytes: usize) -> Result<Signing> {
     }
     let mut samples: [Vec<Duration>; 4] = std::array::from_fn(|_| Vec::with_capacity(n));
     for _ in 0..n {
-        let started = Instant::now();
-        let header = std::hint::black_box(key.sign(&envelope, limits));
-        samples[0].push(started.elapsed());
-        let started = Instant::now();
-        let ok = trusted.verify(Some(&header), &envelope, 1).is_ok();
-        samples[1].push(started.elapsed());
+        let header = timed(&mut samples[0], || key.sign(&envelope, limits));
+        let ok = timed(&mut samples[1], || {
+            trusted.verify(Some(&header), &envelope, 1).is_ok()
+        });
         ensure!(ok, "a signature made here did not verify");
-        let started = Instant::now();
-        let signature = std::hint::black_box(bare.sign(&digest));
-        samples[2].push(started.elapsed());
-        let started = Instant::now();
-        let ok = bare_public.verify_strict(&digest, &signature).is_ok();
-        samples[3].push(started.elapsed());
+        let signature = timed(&mut samples[2], || bare.sign(&digest));
+        let ok = timed(&mut samples[3], || {
+            bare_public.verify_strict(&digest, &signature).is_ok()
+        });
         ensure!(ok, "an Ed25519 signature made here did not verify");
     }
     let [sign, verify, ed25519_sign, ed25519_verify] = samples.map(Latency::of);
@@ -469,13 +465,17 @@ pub(super) fn report_signing(n: usize, body_bytes: usize) -> Result<(Latency, La
     let mut signs = Vec::with_capacity(n);
     let mut verifies = Vec::with_capacity(n);
     for _ in 0..n {
-        let started = Instant::now();
-        let header = std::hint::black_box(make());
-        signs.push(started.elapsed());
-        let started = Instant::now();
-        let checked = check(&header);
-        verifies.push(started.elapsed());
-        checked?;
+        let header = timed(&mut signs, make);
+        timed(&mut verifies, || check(&header))?;
     }
     Ok((Latency::of(signs), Latency::of(verifies)))
+}
+
+/// Runs `f` once, adding how long it took to `samples`; its result is kept from being
+/// optimised away.
+fn timed<T>(samples: &mut Vec<Duration>, f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = std::hint::black_box(f());
+    samples.push(started.elapsed());
+    out
 }
